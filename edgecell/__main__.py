@@ -1,0 +1,3 @@
+from edgecell.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""Options shared by several commands, as reusable decorators (sqlite-utils style)."""
+
+from __future__ import annotations
+
+import click
+
+DEFAULT_SEED = 42
+DEFAULT_IMG_SIZE = 96
+
+
+def data_option(required: bool = True, help: str = "Data folder: one sub-folder of images per class (the Kaggle layout)."):
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=str),
+        required=required,
+        help=help,
+    )
+
+
+seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed (split, augmentation, selection).")
+img_size_option = click.option(
+    "--img-size", type=click.IntRange(32, 512), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
+)
+json_option = click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None, help="Also write the result as JSON to FILE ('-' for stdout)."
+)
+csv_option = click.option(
+    "--csv", "csv_out", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None, help="Also write the result as CSV to FILE ('-' for stdout)."
+)
+threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")

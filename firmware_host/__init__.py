@@ -1,0 +1,8 @@
+"""The TensorFlow-free runtime that runs edgecell models on a Raspberry Pi.
+
+Imports only numpy, Pillow and a TFLite interpreter (see :mod:`firmware_host.interpreter`).
+"""
+
+from firmware_host.errors import DataError, EdgecellError, ImageError, ModelError, RuntimeMissingError
+
+__all__ = ["EdgecellError", "ImageError", "ModelError", "DataError", "RuntimeMissingError"]

@@ -1,0 +1,34 @@
+"""The one error family edgecell raises for problems a user can fix.
+
+Every message names the file it is about and what is wrong with it, in one line. The CLI turns
+these into ``click.ClickException`` (one line, exit code 1); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class EdgecellError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class ImageError(EdgecellError):
+    """An image that cannot be read, decoded or preprocessed."""
+
+
+class ModelError(EdgecellError):
+    """A model file, or its metadata, that cannot be used."""
+
+
+class DataError(EdgecellError):
+    """A data folder or manifest that cannot be used (too few classes, images, ...)."""
+
+
+class RuntimeMissingError(EdgecellError):
+    """No TFLite interpreter is installed."""

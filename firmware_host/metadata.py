@@ -1,0 +1,142 @@
+"""What a converted model carries: its metadata sidecar and precision.
+
+Every ``model_<precision>.tflite`` written by ``edgecell convert`` has a ``model_<precision>.json``
+beside it. Copying the export folder to a Pi is enough to classify: the sidecar holds the class
+names in order, the input size, the preprocessing, the quantisation of input and output, the
+calibration temperature and a SHA-256 of the model bytes, which the runtime checks before use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firmware_host.errors import ModelError
+
+FORMAT = "edgecell-model/1"
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of a TFLite model.
+
+    The value is the command-line flag (``--int8``), the file suffix (``model_int8.tflite``) and
+    the ``precision`` field of the metadata.
+    """
+
+    float32 = "float32"
+    float16 = "float16"
+    int8 = "int8"
+
+    @property
+    def filename(self) -> str:
+        """File name of a model of this precision: ``model_<precision>.tflite``."""
+        return f"model_{self.value}.tflite"
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+@dataclass
+class Quantization:
+    """Affine quantisation of a tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class ModelMetadata:
+    """The sidecar JSON of a converted model.
+
+    Fields:
+        classes: class names, in the order of the model's outputs.
+        input_size: the model takes ``input_size`` x ``input_size`` RGB images, values 0-255.
+        precision: float32, float16 or int8.
+        sha256: SHA-256 of the .tflite file's bytes.
+        file: the .tflite file name (beside this sidecar).
+        preprocessing: the description from :func:`firmware_host.preprocess.describe`.
+        input_quantization / output_quantization: set for int8 models, else None.
+        temperature: divide logits by this before the softmax (1.0 = uncalibrated).
+        edgecell_version: version that wrote the model.
+        source: where it came from (run directory, Keras model hash, data set fingerprint).
+        verification: the parity check's verdict, e.g. ``{"status": "passed", ...}``.
+    """
+
+    classes: list[str]
+    input_size: int
+    precision: Precision
+    sha256: str
+    file: str
+    preprocessing: dict = field(default_factory=dict)
+    input_quantization: Quantization | None = None
+    output_quantization: Quantization | None = None
+    temperature: float = 1.0
+    edgecell_version: str = ""
+    source: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["precision"] = self.precision.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str | os.PathLike = "<metadata>") -> "ModelMetadata":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelError(f"not an edgecell model metadata file (expected format {FORMAT!r})", path)
+        try:
+            q_in = d.get("input_quantization")
+            q_out = d.get("output_quantization")
+            return cls(
+                classes=[str(c) for c in d["classes"]],
+                input_size=int(d["input_size"]),
+                precision=Precision(d["precision"]),
+                sha256=str(d["sha256"]),
+                file=str(d["file"]),
+                preprocessing=dict(d.get("preprocessing") or {}),
+                input_quantization=Quantization(**q_in) if q_in else None,
+                output_quantization=Quantization(**q_out) if q_out else None,
+                temperature=float(d.get("temperature", 1.0)),
+                edgecell_version=str(d.get("edgecell_version", "")),
+                source=dict(d.get("source") or {}),
+                verification=dict(d.get("verification") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"metadata is missing or has a bad field ({exc})", path) from None
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """``model_int8.tflite`` -> ``model_int8.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
+    """Read the sidecar of ``model_path``; a missing or broken sidecar is a :class:`ModelError`."""
+    side = sidecar_path(model_path)
+    try:
+        d = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"metadata file {side.name} is missing beside the model (copy the whole export folder)", model_path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"metadata file is unreadable ({exc})", side) from None
+    return ModelMetadata.from_dict(d, side)
+
+
+def write_metadata(model_path: str | os.PathLike, meta: ModelMetadata) -> Path:
+    from firmware_host.atomic import write_json
+
+    return write_json(sidecar_path(model_path), meta.to_dict())
