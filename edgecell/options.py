@@ -29,3 +29,18 @@ csv_option = click.option(
     "--csv", "csv_out", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None, help="Also write the result as CSV to FILE ('-' for stdout)."
 )
 threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
+
+
+def emit_json(json_out: str | None, payload) -> None:
+    """Write ``payload`` as JSON to ``json_out`` ('-' = stdout), atomically for files."""
+    if not json_out:
+        return
+    import json
+
+    from firmware_host.atomic import _json_default, write_text
+
+    text = json.dumps(payload, indent=2, default=_json_default)
+    if json_out == "-":
+        click.echo(text)
+    else:
+        write_text(json_out, text + "\n")

@@ -81,3 +81,43 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
+    """Build a whole folder in a hidden temporary sibling, then swap it in place of ``target``.
+
+    Until the swap, an existing ``target`` is untouched, so an interrupted run (Ctrl-C, full
+    disk, crash) leaves the previous results intact and no half-written folder behind.
+    ``marker``: a file that must exist in a non-empty existing ``target`` for it to be replaced,
+    so a user's unrelated folder is never overwritten.
+    """
+    import shutil
+
+    target = Path(target)
+    parent = target.parent
+    if target.exists():
+        if not target.is_dir():
+            raise EdgecellError("exists and is not a folder", target)
+        if marker and any(target.iterdir()) and not (target / marker).exists():
+            raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", parent) from None
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            os.replace(target, old / "prev")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgecellError(f"cannot write output folder ({exc.strerror or exc})", target) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

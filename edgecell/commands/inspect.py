@@ -1,0 +1,68 @@
+"""edgecell inspect"""
+
+from __future__ import annotations
+
+import click
+
+from edgecell.options import data_option, emit_json, json_option, seed_option
+
+
+@click.command("inspect", context_settings={"help_option_names": ["-h", "--help"]})
+@data_option()
+@seed_option
+@click.option("--manifest", "manifest_out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Also write the split manifest (file, class, split, sha256) to this CSV.")
+@json_option
+def inspect_cmd(data_dir, seed, manifest_out, json_out):
+    """Check a data folder: images per class, unreadable files, duplicates and the split.
+
+    Reads every image once, reports files it cannot use (and why), groups identical
+    images, and shows the stratified train/val/test split that `train` would use.
+
+    \b
+    Example:
+      edgecell inspect --data ../shared/bloodcells --manifest split.csv
+    """
+    from collections import Counter
+
+    from rich.table import Table
+
+    from edgecell import data as data_mod
+    from edgecell.console import human
+    from edgecell.train import load_dataset
+
+    con = human(json_out == "-")
+    ds = load_dataset(data_dir, None, con)
+    splits = data_mod.make_split(ds, seed)
+    per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))
+    t = Table(title=f"{data_dir}: {len(ds.samples)} usable images (split seed {seed})")
+    t.add_column("class")
+    for col in ("images", "train", "val", "test"):
+        t.add_column(col, justify="right")
+    for c, n in ds.counts().items():
+        t.add_row(c, str(n), *(str(per[(c, sp)]) for sp in data_mod.SPLITS))
+    con.print(t)
+    dups = ds.duplicate_groups()
+    if dups:
+        d = Table(title=f"{len(dups)} group(s) of identical images (each kept within one split)")
+        d.add_column("files")
+        d.add_column("split")
+        split_of = {s.rel: sp for s, sp in zip(ds.samples, splits)}
+        for g in dups:
+            d.add_row(", ".join(s.rel for s in g), split_of[g[0].rel])
+        con.print(d)
+    con.print(f"fingerprint {ds.fingerprint()[:16]}…, {len(ds.skipped)} file(s) skipped")
+    if manifest_out:
+        data_mod.write_manifest(manifest_out, ds, splits)
+        con.print(f"wrote split manifest {manifest_out}")
+    emit_json(
+        json_out,
+        {
+            "data": str(data_dir),
+            "counts": ds.counts(),
+            "split_counts": {c: {sp: per[(c, sp)] for sp in data_mod.SPLITS} for c in ds.classes},
+            "duplicates": [[s.rel for s in g] for g in dups],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped],
+            "fingerprint": ds.fingerprint(),
+            "seed": seed,
+        },
+    )

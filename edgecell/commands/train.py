@@ -1,0 +1,77 @@
+"""edgecell train"""
+
+from __future__ import annotations
+
+import click
+
+from edgecell.options import data_option, emit_json, img_size_option, json_option, seed_option
+
+
+def _widths(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        w = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 16,32,64,128, got {value!r}") from None
+    if not w or any(v < 1 or v > 1024 for v in w):
+        raise click.BadParameter("each width must be between 1 and 1024")
+    return w
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@data_option()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="Run folder to write (an earlier run there is replaced only when this one finishes).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="Maximum epochs; early stopping on validation loss usually ends sooner.")
+@img_size_option
+@seed_option
+@click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, help="Images per step.")
+@click.option("--patience", type=click.IntRange(1, 1000), default=8, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--widths", callback=_widths, default=None, help="Conv2D filters per block, e.g. 16,32,64,128 (the default).")
+@click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
+@json_option
+def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, no_augment, json_out):
+    """Train the blood-cell CNN and write a run folder with metrics and plots.
+
+    Splits the data 70/15/15 (stratified, seeded, duplicates grouped), trains with
+    augmentation and early stopping, and evaluates on the test split.
+
+    \b
+    Example:
+      edgecell train --data ../shared/bloodcells --out runs/cells
+      edgecell train --data demo/data --out demo/run --epochs 15 --cv 5
+    """
+    from edgecell.console import human
+    from edgecell.metrics import confusion_table, metrics_table
+    from edgecell.train import TrainOptions, cv_table, run
+
+    con = human(json_out == "-")
+    opts = TrainOptions(data_dir=data_dir, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv,
+                        batch_size=batch_size, patience=patience, augment=not no_augment)
+    if widths:
+        opts.widths = widths
+    res = run(opts, con)
+    con.print(metrics_table(res.test_metrics, title=f"Test split (n={res.test_metrics['n']})"))
+    con.print(confusion_table(res.test_metrics))
+    from rich.table import Table
+
+    t = Table(title="Training summary")
+    t.add_column("")
+    t.add_column("", justify="right")
+    t.add_row("run folder", str(res.run_dir))
+    t.add_row("epochs run (best)", f"{res.epochs_run} ({res.best_epoch})")
+    t.add_row("training time", f"{res.seconds:.1f} s ({res.images_per_second:.0f} images/s)")
+    t.add_row("test accuracy", f"{res.test_metrics['accuracy']:.4f}")
+    t.add_row("test macro-F1", f"{res.test_metrics['macro_f1']:.4f}")
+    t.add_row("temperature (val)", f"{res.temperature:.3f}")
+    if res.cv:
+        t.add_row(f"{res.cv['k']}-fold CV macro-F1", f"{res.cv['macro_f1_mean']:.4f} ± {res.cv['macro_f1_std']:.4f}")
+    if res.skipped:
+        t.add_row("files skipped", str(res.skipped))
+    con.print(t)
+    if json_out:
+        payload = {"run_dir": str(res.run_dir), "test": res.test_metrics, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                   "seconds": res.seconds, "images_per_second": res.images_per_second, "temperature": res.temperature, "cv": res.cv,
+                   "skipped": res.skipped}
+        emit_json(json_out, payload)

@@ -1,0 +1,99 @@
+"""PNG plots: confusion matrix, training curves, reliability diagram. Written atomically."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from firmware_host.atomic import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_png(path: str | os.PathLike, cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix") -> None:
+    plt = _plt()
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def training_curves_png(path: str | os.PathLike, history: dict) -> None:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for key, ax in (("loss", a1), ("accuracy", a2)):
+        if key in history:
+            ax.plot(epochs, history[key], label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    best = history.get("best_epoch")
+    if best:
+        for ax in (a1, a2):
+            ax.axvline(best, color="grey", ls="--", lw=1)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[str, np.ndarray], bins: int = 15) -> None:
+    """Reliability diagram (accuracy vs confidence) and risk-coverage curve for each probs array."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    a1.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for name, probs in curves.items():
+        conf = probs.max(axis=1)
+        correct = probs.argmax(axis=1) == y_true
+        xs, ys = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            m = (conf > lo) & (conf <= hi)
+            if m.any():
+                xs.append(conf[m].mean())
+                ys.append(correct[m].mean())
+        a1.plot(xs, ys, marker="o", label=name)
+        order = np.argsort(-conf)
+        kept_acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+        coverage = np.arange(1, len(order) + 1) / len(order)
+        a2.plot(1 - coverage, kept_acc, label=name)
+    a1.set_xlabel("confidence")
+    a1.set_ylabel("accuracy")
+    a1.set_title("Reliability")
+    a1.legend()
+    a1.grid(alpha=0.3)
+    a2.set_xlabel("share referred to a specialist")
+    a2.set_ylabel("accuracy of the cases kept")
+    a2.set_title("Risk-coverage")
+    a2.grid(alpha=0.3)
+    a2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

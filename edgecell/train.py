@@ -1,0 +1,433 @@
+"""Training: data -> split -> CNN -> metrics, plots and a run folder, written atomically.
+
+A run folder holds:
+
+- ``model.keras``: the trained Keras model (best weights by validation loss);
+- ``metadata.json``: classes in order, input size, preprocessing, seed, data set fingerprint,
+  temperature, options and edgecell version;
+- ``split.csv``: the split manifest (file, class, split, sha256);
+- ``history.json`` and ``training_curves.png``;
+- ``metrics.json`` (test split), ``confusion_matrix.png``;
+- ``cv.json`` with ``--cv K``.
+
+The folder is built in a hidden temporary sibling and swapped in at the end
+(:func:`firmware_host.atomic.staged_dir`), so an interrupted run leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgecell import __version__
+from edgecell import data as data_mod
+from edgecell.console import progress, stderr_console, warn
+from firmware_host import preprocess
+from firmware_host.atomic import staged_dir, write_json
+from firmware_host.errors import DataError, EdgecellError
+
+RUN_MARKER = "metadata.json"
+RUN_FORMAT = "edgecell-run/1"
+
+
+@dataclass
+class TrainOptions:
+    """What ``edgecell train`` was asked to do.
+
+    Attributes:
+        data_dir: data folder in the Kaggle layout.
+        out_dir: run folder to write (replaced atomically if it is an earlier run).
+        epochs: maximum epochs (early stopping on validation loss usually ends sooner).
+        img_size: square model input in pixels; every image is resized to it.
+        seed: seeds the split, weight initialisation, augmentation and shuffling.
+        batch_size: images per gradient step.
+        patience: epochs without validation-loss improvement before stopping.
+        learning_rate: initial Adam learning rate (halved on plateaus).
+        widths: filters of the Conv2D blocks.
+        dropout: dropout before the Dense layer.
+        augment: flips, 90-degree rotations, zoom/translation and stain/colour jitter.
+        cv: K for stratified, duplicate-grouped K-fold cross-validation on train+val (0 = off).
+        cv_epochs: maximum epochs per fold (default: ``epochs``).
+    """
+
+    data_dir: str
+    out_dir: str
+    epochs: int = 40
+    img_size: int = 96
+    seed: int = 42
+    batch_size: int = 32
+    patience: int = 8
+    learning_rate: float = 3e-3
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.3
+    augment: bool = True
+    cv: int = 0
+    cv_epochs: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run_dir: the run folder.
+        test_metrics: metrics on the test split (see :func:`edgecell.metrics.compute`).
+        epochs_run: epochs actually trained; best_epoch: the epoch whose weights were kept.
+        seconds: wall-clock training time (fit only); images_per_second: training throughput.
+        temperature: fitted on the validation split.
+        cv: cross-validation summary, or None.
+    """
+
+    run_dir: Path
+    test_metrics: dict
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    images_per_second: float
+    temperature: float
+    skipped: int
+    cv: dict | None = None
+    counts: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- TF pieces
+
+
+def _augment_fn(tf, size: int):
+    """Augmentation for microscope cells: geometry and stain/colour, applied per image."""
+
+    def augment(x, y):
+        x = tf.cast(x, tf.float32) / 255.0
+        # Geometry: any of the 8 square symmetries (cells have no up or left).
+        x = tf.image.rot90(x, tf.random.uniform([], 0, 4, dtype=tf.int32))
+        x = tf.image.random_flip_left_right(x)
+        # Small zoom and translation: crop 85-100% at a random place, back to size.
+        frac = tf.random.uniform([], 0.85, 1.0)
+        crop = tf.cast(tf.round(frac * size), tf.int32)
+        x = tf.image.random_crop(x, tf.stack([crop, crop, 3]))
+        x = tf.image.resize(x, [size, size], method="bilinear")
+        # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
+        # sometimes grey, so background tint and stain carry little information.
+        x = tf.image.random_hue(x, 0.12)
+        x = tf.image.random_saturation(x, 0.6, 1.5)
+        x = tf.image.random_brightness(x, 0.12)
+        x = tf.image.random_contrast(x, 0.75, 1.25)
+        x = x * tf.random.uniform([1, 1, 3], 0.9, 1.1)
+        grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
+        x = tf.where(tf.random.uniform([]) < 0.1, grey, x)
+        x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        return x, y
+
+    return augment
+
+
+def _dataset(tf, x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, seed: int, train: bool, augment: bool, size: int):
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    ds = tf.data.Dataset.from_tensor_slices((x, onehot))
+    if train:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            ds = ds.map(_augment_fn(tf, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:
+            ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+    else:
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced class weights (n / (k * count)); all 1.0 when classes are balanced."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    w = len(y) / (n_classes * np.maximum(counts, 1))
+    return {i: float(w[i]) for i in range(n_classes)}
+
+
+def _progress_callback(tf, con: Console, epochs: int, steps: int, label: str):
+    keras = tf.keras
+
+    class RichProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = progress(con)
+            self.bar.start()
+            self.task = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+            self.task = self.bar.add_task(f"{label}epoch {self.epoch}/{epochs}", total=steps)
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            self.bar.update(
+                self.task,
+                completed=batch + 1,
+                description=f"{label}epoch {self.epoch}/{epochs} loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}",
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.bar.update(
+                self.task,
+                completed=steps,
+                description=(
+                    f"{label}epoch {epoch + 1}/{epochs} loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"
+                    f" | val loss {logs.get('val_loss', 0):.3f} acc {logs.get('val_accuracy', 0):.3f}"
+                ),
+            )
+
+        def on_train_end(self, logs=None):
+            self.bar.stop()
+
+    return RichProgress()
+
+
+def fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    opts: TrainOptions,
+    epochs: int,
+    con: Console,
+    label: str = "",
+):
+    """Fit a fresh model; returns (model, history dict, seconds)."""
+    from edgecell.model import ModelSpec, build_model
+    from edgecell.tfutil import import_tf
+
+    tf = import_tf()
+    keras = tf.keras
+    keras.utils.set_random_seed(opts.seed)
+    model = build_model(ModelSpec(opts.img_size, n_classes, tuple(opts.widths), opts.dropout), seed=opts.seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(opts.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size)
+    val_ds = _dataset(tf, x_val, y_val, n_classes, 128, opts.seed, False, False, opts.img_size)
+    steps = int(np.ceil(len(x_train) / opts.batch_size))
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3), min_lr=1e-5),
+        _progress_callback(tf, con, epochs, steps, label),
+    ]
+    t0 = time.perf_counter()
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        class_weight=class_weights(y_train, n_classes),
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
+        verbose=0,
+    )
+    seconds = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items() if k != "learning_rate"}
+    if "learning_rate" in hist.history:
+        history["learning_rate"] = [float(v) for v in hist.history["learning_rate"]]
+    val_losses = history.get("val_loss", [])
+    history["best_epoch"] = int(np.argmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
+    history["epochs_run"] = len(history.get("loss", []))
+    return model, history, seconds
+
+
+def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Softmax probabilities for uint8 images, in batches."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(np.asarray(model(x[i : i + batch].astype(np.float32), training=False)))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptions, con: Console) -> dict:
+    """Stratified K-fold on train+val with duplicates grouped; test split untouched."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from edgecell.metrics import compute
+
+    idx = np.array([i for i, s in enumerate(splits) if s != "test"])
+    y_all = ds.labels()
+    groups = np.array([ds.samples[i].sha256 for i in idx])
+    k = opts.cv
+    if np.bincount(y_all[idx]).min() < k:
+        raise DataError(f"--cv {k} needs at least {k} images per class in train+val", ds.root)
+    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=opts.seed)
+    folds = []
+    for f, (tr, te) in enumerate(skf.split(idx, y_all[idx], groups)):
+        tr_idx, te_idx = idx[tr], idx[te]
+        # carve a validation share out of the training folds for early stopping (grouped, stratified)
+        sub = ds.subset(tr_idx)
+        sub_split = data_mod.make_split(sub, opts.seed + f + 1, (0.85, 0.075, 0.075))
+        inner_tr = tr_idx[[s == "train" for s in sub_split]]
+        inner_val = tr_idx[[s != "train" for s in sub_split]]
+        model, hist, secs = fit(
+            ds.images[inner_tr], y_all[inner_tr], ds.images[inner_val], y_all[inner_val], len(ds.classes), opts,
+            opts.cv_epochs or opts.epochs, con, label=f"fold {f + 1}/{k} ",
+        )
+        m = compute(y_all[te_idx], predict(model, ds.images[te_idx]), ds.classes)
+        folds.append({"fold": f + 1, "n_train": int(len(inner_tr)), "n_val": int(len(inner_val)), "n_test": int(len(te_idx)),
+                      "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "epochs_run": hist["epochs_run"],
+                      "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
+        del model
+    acc = np.array([f["accuracy"] for f in folds])
+    f1 = np.array([f["macro_f1"] for f in folds])
+    per_class = {c: {"mean_f1": float(np.mean([f["per_class_f1"][c] for f in folds])), "std_f1": float(np.std([f["per_class_f1"][c] for f in folds], ddof=1) if k > 1 else 0.0)} for c in ds.classes}
+    return {
+        "k": k,
+        "seed": opts.seed,
+        "folds": folds,
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)) if k > 1 else 0.0,
+        "macro_f1_mean": float(f1.mean()),
+        "macro_f1_std": float(f1.std(ddof=1)) if k > 1 else 0.0,
+        "per_class": per_class,
+    }
+
+
+def cv_table(cv: dict) -> Table:
+    t = Table(title=f"{cv['k']}-fold cross-validation (train+val, duplicates grouped)")
+    t.add_column("fold", justify="right")
+    t.add_column("train/val/test", justify="right")
+    t.add_column("accuracy", justify="right")
+    t.add_column("macro-F1", justify="right")
+    for f in cv["folds"]:
+        t.add_row(str(f["fold"]), f"{f['n_train']}/{f['n_val']}/{f['n_test']}", f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}")
+    t.add_section()
+    t.add_row("[bold]mean ± sd[/bold]", "", f"{cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}", f"{cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}")
+    return t
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def load_dataset(data_dir: str, size: int, con: Console, classes: Sequence[str] | None = None) -> data_mod.Dataset:
+    """Scan and preprocess a data folder with a progress bar; report skipped files."""
+    with progress(con, transient=True) as bar:
+        task = bar.add_task("reading images", total=None)
+        ds = data_mod.scan(data_dir, size=size, classes=classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+    report_skipped(ds, con)
+    return ds
+
+
+def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
+    for s in ds.skipped:
+        warn(f"skipped {s.path}: {s.reason}")
+    if ds.skipped:
+        warn(f"{len(ds.skipped)} file(s) skipped, {len(ds.samples)} used")
+
+
+def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
+    """Train, evaluate on the test split and write the run folder."""
+    from edgecell.metrics import compute, expected_calibration_error, fit_temperature, apply_temperature
+    from edgecell.model import ModelSpec, count_macs
+    from edgecell.plots import confusion_matrix_png, training_curves_png
+    from edgecell.tfutil import import_tf
+
+    con = con or stderr_console
+    if opts.epochs < 1:
+        raise EdgecellError("--epochs must be at least 1")
+    tf = import_tf()  # fail early, before reading thousands of images
+    ds = load_dataset(opts.data_dir, opts.img_size, con)
+    splits = data_mod.make_split(ds, opts.seed)
+    sp = np.array(splits)
+    y = ds.labels()
+    tr, va, te = (np.where(sp == s)[0] for s in data_mod.SPLITS)
+    con.print(
+        f"[bold]{len(ds.samples)}[/bold] images, {len(ds.classes)} classes, "
+        f"{len(ds.duplicate_groups())} duplicate group(s) kept within one split; "
+        f"split train/val/test = {len(tr)}/{len(va)}/{len(te)} (seed {opts.seed})"
+    )
+    with staged_dir(opts.out_dir, marker=RUN_MARKER) as tmp:
+        data_mod.write_manifest(tmp / "split.csv", ds, splits)
+        cv = None
+        if opts.cv:
+            cv = cross_validate(ds, splits, opts, con)
+            write_json(tmp / "cv.json", cv)
+            con.print(cv_table(cv))
+        model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con)
+        val_probs = predict(model, ds.images[va])
+        temperature = fit_temperature(y[va], val_probs)
+        test_probs = predict(model, ds.images[te])
+        metrics = compute(y[te], test_probs, ds.classes)
+        metrics["split"] = "test"
+        metrics["ece"] = expected_calibration_error(y[te], test_probs)
+        metrics["ece_calibrated"] = expected_calibration_error(y[te], apply_temperature(test_probs, temperature))
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "history.json", history)
+        confusion_matrix_png(tmp / "confusion_matrix.png", metrics["confusion_matrix"], ds.classes, f"Test split (n={metrics['n']})")
+        training_curves_png(tmp / "training_curves.png", history)
+        from firmware_host.atomic import atomic_path
+
+        with atomic_path(tmp / "model.keras") as mtmp:
+            model.save(mtmp)
+        spec = ModelSpec(opts.img_size, len(ds.classes), tuple(opts.widths), opts.dropout)
+        meta = {
+            "format": RUN_FORMAT,
+            "classes": list(ds.classes),
+            "input_size": opts.img_size,
+            "preprocessing": preprocess.describe(),
+            "seed": opts.seed,
+            "dataset": {"path": str(Path(opts.data_dir).resolve()), "fingerprint": ds.fingerprint(), "counts": ds.counts(), "skipped": len(ds.skipped)},
+            "split": {"train": int(len(tr)), "val": int(len(va)), "test": int(len(te)), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
+            "temperature": temperature,
+            "model": {"widths": list(opts.widths), "dropout": opts.dropout, "params": int(model.count_params()), "macs": count_macs(spec)},
+            "training": {"epochs_max": opts.epochs, "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
+                         "seconds": seconds, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
+                         "augment": opts.augment, "tensorflow": tf.__version__, "keras": tf.keras.__version__},
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+            "edgecell_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json(tmp / RUN_MARKER, meta)
+    n_seen = history["epochs_run"] * len(tr)
+    return TrainResult(
+        run_dir=Path(opts.out_dir),
+        test_metrics=metrics,
+        epochs_run=history["epochs_run"],
+        best_epoch=history["best_epoch"],
+        seconds=seconds,
+        images_per_second=n_seen / seconds if seconds else 0.0,
+        temperature=temperature,
+        skipped=len(ds.skipped),
+        cv=cv,
+        counts=ds.counts(),
+    )
+
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    """Read a run folder's metadata.json; a folder that is not a run is a clear error."""
+    p = Path(run_dir) / RUN_MARKER
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgecellError(f"not an edgecell run folder (no {RUN_MARKER}; create one with `edgecell train`)", run_dir) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgecellError(f"unreadable run metadata ({exc})", p) from None
+    if meta.get("format") != RUN_FORMAT:
+        raise EdgecellError(f"not an edgecell run metadata file (format {meta.get('format')!r})", p)
+    return meta
+
+
+def load_keras(run_dir: str | os.PathLike):
+    from edgecell.tfutil import import_tf
+
+    tf = import_tf()
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise EdgecellError("model.keras is missing from the run folder", run_dir)
+    try:
+        return tf.keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise EdgecellError(f"cannot load Keras model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path) from None

@@ -1,0 +1,164 @@
+"""The data pipeline: reading, validating, duplicates, the split and its manifest."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgecell import data
+from edgecell.cli import cli
+from firmware_host.errors import DataError
+from firmware_host.preprocess import load_image
+
+from .conftest import CLASSES, make_slice
+
+
+def _write_images(folder: Path, n: int, seed: int = 0, size: int = 40) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"img_{i:03d}.png")
+
+
+@pytest.fixture()
+def small_folder(tmp_path) -> Path:
+    for k, c in enumerate(("a", "b", "c")):
+        _write_images(tmp_path / c, 12, seed=k)
+    return tmp_path
+
+
+# ---------------------------------------------------------------- the real data set
+
+
+@pytest.mark.realdata
+def test_real_dataset_counts_duplicates_and_split(real_data):
+    ds = data.scan(real_data)
+    assert ds.classes == list(CLASSES)
+    assert ds.counts() == {c: 800 for c in CLASSES}
+    assert ds.skipped == []  # MANIFEST.csv and SOURCE.md sit at the root, not in class folders
+    groups = ds.duplicate_groups()
+    # SOURCE.md documents 6 exact pairs: 5 basophil, 1 monocyte
+    assert sorted(len(g) for g in groups) == [2] * 6
+    assert Counter(g[0].label for g in groups) == {"basophil": 5, "monocyte": 1}
+    assert {frozenset(Path(s.rel).stem for s in g) for g in groups} >= {frozenset({"BA_225540", "BA_786369"}), frozenset({"MO_145357", "MO_997225"})}
+
+    splits = data.make_split(ds, seed=42)
+    split_of = {s.rel: sp for s, sp in zip(ds.samples, splits)}
+    for g in groups:  # a duplicate pair never straddles splits
+        assert len({split_of[s.rel] for s in g}) == 1
+    per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))
+    for c in CLASSES:  # stratified 70/15/15
+        assert per[(c, "train")] == 560 and per[(c, "val")] == 120 and per[(c, "test")] == 120
+    # reproducible from the seed, and a different seed gives a different split
+    assert data.make_split(ds, seed=42) == splits
+    assert data.make_split(ds, seed=7) != splits
+
+
+@pytest.mark.realdata
+def test_split_does_not_depend_on_listing_order(real_data, tmp_path):
+    ds = data.scan(make_slice(real_data, tmp_path / "s", 30))
+    a = data.make_split(ds, 3)
+    rev = data.Dataset(ds.root, ds.classes, list(reversed(ds.samples)))
+    b = data.make_split(rev, 3)
+    assert dict(zip((s.rel for s in ds.samples), a)) == dict(zip((s.rel for s in rev.samples), b))
+
+
+@pytest.mark.realdata
+def test_manifest_roundtrip_and_loading(real_data, tmp_path):
+    ds = data.scan(make_slice(real_data, tmp_path / "s", 20), size=32)
+    assert ds.images.shape == (100, 32, 32, 3) and ds.images.dtype == np.uint8
+    splits = data.make_split(ds, 1)
+    data.write_manifest(tmp_path / "split.csv", ds, splits)
+    rows = data.read_manifest(tmp_path / "split.csv")
+    assert [r.file for r in rows] == sorted(s.rel for s in ds.samples)
+    with open(tmp_path / "split.csv") as fh:
+        assert next(csv.reader(fh)) == ["file", "class", "split", "sha256"]
+    test_rows = [r for r in rows if r.split == "test"]
+    x, y, _ = data.load_from_manifest(ds.root, test_rows, 32, ds.classes)
+    assert len(x) == len(test_rows) and set(y) == set(range(5))
+    # the arrays are exactly the shared preprocessing of those files
+    np.testing.assert_array_equal(x[0], load_image(ds.root / test_rows[0].file, 32))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_bad_files_are_skipped_and_reported(small_folder):
+    a = small_folder / "a"
+    (a / "truncated.jpg").write_bytes((small_folder / "a" / "img_000.png").read_bytes()[:100])
+    (a / "empty.png").write_bytes(b"")
+    (a / "notes.jpg").write_text("this is text, not a JPEG")
+    (a / "folder.jpg").mkdir()
+    (a / "broken.png").symlink_to(small_folder / "does-not-exist.png")
+    (a / "readme.txt").write_text("hello")
+    ds = data.scan(small_folder)
+    assert ds.counts() == {"a": 12, "b": 12, "c": 12}
+    reasons = {Path(s.path).name: s.reason for s in ds.skipped}
+    assert set(reasons) == {"truncated.jpg", "empty.png", "notes.jpg", "folder.jpg", "broken.png", "readme.txt"}
+    assert "empty" in reasons["empty.png"]
+    assert "directory" in reasons["folder.jpg"]
+    assert "symbolic link" in reasons["broken.png"]
+    assert "not an image" in reasons["readme.txt"]
+
+
+def test_bad_files_reported_by_cli(small_folder):
+    (small_folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(small_folder)])
+    assert res.exit_code == 0, res.output
+    assert "broken.jpg" in res.output and "1 file(s) skipped" in res.output
+
+
+def test_too_few_classes_is_an_error(tmp_path):
+    _write_images(tmp_path / "only", 10)
+    with pytest.raises(DataError, match="at least two class folders"):
+        data.scan(tmp_path)
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(tmp_path)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == f"Error: {tmp_path}: needs at least two class folders (one sub-folder of images per class); found 1: only"
+    assert "Traceback" not in res.output
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "found 0" in res.output and "Traceback" not in res.output
+
+
+def test_class_with_too_few_images_is_an_error(small_folder):
+    shutil.rmtree(small_folder / "c")
+    _write_images(small_folder / "c", 2, seed=5)
+    with pytest.raises(DataError, match="c has 2"):
+        data.scan(small_folder)
+
+
+def test_same_image_under_two_classes_is_left_out(small_folder):
+    shutil.copy(small_folder / "a" / "img_000.png", small_folder / "b" / "copy.png")
+    ds = data.scan(small_folder)
+    assert ds.counts() == {"a": 11, "b": 12, "c": 12}
+    assert sum("ambiguous label" in s.reason for s in ds.skipped) == 2
+
+
+def test_split_every_class_in_every_split(small_folder):
+    ds = data.scan(small_folder)
+    splits = data.make_split(ds, 0)
+    per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))
+    for c in ds.classes:
+        for sp in data.SPLITS:
+            assert per[(c, sp)] >= 1
+
+
+def test_manifest_detects_changed_file(small_folder, tmp_path):
+    ds = data.scan(small_folder)
+    splits = data.make_split(ds, 0)
+    data.write_manifest(tmp_path / "m.csv", ds, splits)
+    rows = data.read_manifest(tmp_path / "m.csv")
+    _write_images(small_folder / "a", 1, seed=99)  # overwrites img_000.png with other pixels
+    with pytest.raises(DataError, match="changed since the split manifest"):
+        data.load_from_manifest(small_folder, [r for r in rows if r.file == "a/img_000.png"], 16, ds.classes)
