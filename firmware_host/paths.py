@@ -1,0 +1,125 @@
+"""Turn the PATH arguments of ``edgecell classify`` into a list of image files.
+
+Each argument may be
+
+* a file - used as given, whatever its suffix (the user asked for it);
+* a folder - searched recursively for names ending in one of
+  :data:`firmware_host.preprocess.IMAGE_SUFFIXES` (case-insensitive), in sorted order;
+* a glob pattern such as ``'data/*/BA_*.jpg'`` or ``'data/**/*.png'`` - expanded here (quoted
+  patterns reach us unexpanded), each match treated as above.
+
+Inside a folder, an entry named like an image that is not a readable file (a directory called
+``x.jpg``, a broken symbolic link) is kept in the list, so that classification reports it as a
+bad image instead of silently skipping it. Arguments that match nothing are returned as
+:class:`ImageError` items, one per argument.
+
+Labels: an image whose parent folder is named after one of the model's classes is labelled with
+that class (the data-set layout ``<root>/<class>/<image>``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from firmware_host.errors import ImageError
+from firmware_host.preprocess import IMAGE_SUFFIXES
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+@dataclass
+class Expanded:
+    """The result of :func:`expand_paths`: image paths in order, and arguments that matched nothing."""
+
+    paths: list[Path] = field(default_factory=list)
+    errors: list[ImageError] = field(default_factory=list)
+
+
+def is_image_name(name: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
+    return name.lower().endswith(tuple(s.lower() for s in suffixes))
+
+
+def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """All image-named entries under ``folder``, recursively, sorted by path.
+
+    Symbolic links to folders are followed once (a loop is not followed twice). A folder whose own
+    name looks like an image is returned as an entry, not searched.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(d: str) -> None:
+        real = os.path.realpath(d)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_image_name(e.name, suffixes):
+                found.append(Path(e.path))
+            elif is_dir:
+                visit(e.path)
+
+    visit(os.fspath(folder))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Expanded:
+    """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
+    out = Expanded()
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.paths.append(p)
+
+    def add_match(p: Path, arg: str) -> int:
+        if p.is_dir():
+            files = walk_folder(p, suffixes)
+            for f in files:
+                add(f)
+            return len(files)
+        add(p)
+        return 1
+
+    for raw in args:
+        arg = os.fspath(raw)
+        p = Path(arg)
+        if p.is_dir():
+            if add_match(p, arg) == 0:
+                out.errors.append(ImageError(f"folder holds no images (looked for {', '.join(suffixes)})", arg))
+        elif p.exists() or p.is_symlink():
+            add(p)  # a file (or a broken link, reported when read)
+        elif _MAGIC.search(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            n = 0
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir() or is_image_name(m, suffixes) or mp.is_symlink():
+                    n += add_match(mp, arg)
+            if n == 0:
+                out.errors.append(ImageError("pattern matches no images", arg))
+        else:
+            out.errors.append(ImageError("no such file or folder", arg))
+    return out
+
+
+def label_for(path: str | os.PathLike, classes: Sequence[str]) -> str | None:
+    """The class named by the image's parent folder, or None if that folder is not a class."""
+    parent = Path(path).parent.name
+    return parent if parent in set(classes) else None

@@ -1,0 +1,487 @@
+"""Classify blood-cell images with a converted TFLite model, without TensorFlow.
+
+``Classifier.load(path)`` takes a ``.tflite`` file or an export folder, reads the sidecar
+metadata (:mod:`firmware_host.metadata`), checks the model's SHA-256 *before* handing the bytes
+to the interpreter, checks the model's input and output shapes against the metadata, and reads
+the input/output quantisation from the interpreter's tensor details. The caller always deals in
+``uint8`` images of shape ``(input_size, input_size, 3)`` (see :mod:`firmware_host.preprocess`) and
+float probabilities that sum to 1, whatever the model's precision.
+
+Steps per image:
+
+1. :func:`firmware_host.preprocess.load_image` - decode and resize (timed as ``preprocess_ms``);
+2. quantise the pixels if the model's input is int8/uint8 (``q = round(x / scale) + zero_point``,
+   clipped to the type's range; done with a 256-entry lookup table), else pass them as float32;
+3. ``invoke``; dequantise the output (``p = scale * (q - zero_point)``), clip at 0 and renormalise;
+4. if the metadata's ``temperature`` is not 1: ``p = softmax(log(p) / T)``.
+
+Steps 2-4 are timed as ``inference_ms``.
+
+:func:`triage` turns a prediction into the flag a clinic acts on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from firmware_host.errors import ImageError, ModelError
+from firmware_host.interpreter import Backend, load_interpreter
+from firmware_host.metadata import ModelMetadata, Precision, read_metadata
+from firmware_host.preprocess import load_image
+
+PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
+"""Order in which a model is picked from an export folder when no precision is asked for."""
+
+DEFAULT_THRESHOLD = 0.7
+"""Confidence below which a prediction is flagged as uncertain."""
+
+REVIEW_CLASSES = frozenset({"myeloblast", "erythroblast"})
+"""Predicted classes that always go to a haematologist, however confident the model is.
+
+* ``myeloblast``: a blast; blasts in peripheral blood are typical of acute myeloid leukaemia.
+* ``erythroblast``: a nucleated red-cell precursor; abnormal in circulating adult blood.
+"""
+
+FLAG_UNCERTAIN = "uncertain - refer"
+"""Flag for a prediction whose confidence is below the threshold."""
+FLAG_REVIEW = "review: haematologist"
+"""Flag for a confident prediction of one of :data:`REVIEW_CLASSES`."""
+
+_EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictions and triage
+
+
+@dataclass
+class Prediction:
+    """The result of classifying one image."""
+
+    path: str
+    label: str
+    confidence: float
+    top3: list[tuple[str, float]]
+    probs: np.ndarray = field(repr=False)
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+
+    def to_dict(self, classes: Sequence[str]) -> dict:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": float(self.confidence),
+            "top3": [{"label": lab, "prob": float(p)} for lab, p in self.top3],
+            "probs": {c: float(p) for c, p in zip(classes, self.probs)},
+            "preprocess_ms": round(float(self.preprocess_ms), 4),
+            "inference_ms": round(float(self.inference_ms), 4),
+        }
+
+
+def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """The flag for one prediction.
+
+    * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
+    * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`;
+    * otherwise ``""`` (no flag).
+    """
+    if prediction.confidence < threshold:
+        return FLAG_UNCERTAIN
+    if prediction.label in REVIEW_CLASSES:
+        return FLAG_REVIEW
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Numeric helpers (pure functions; tested on their own)
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """dtype and affine quantisation of a model tensor, as the interpreter reports them."""
+
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer)
+
+    def to_dict(self) -> dict:
+        return {"dtype": np.dtype(self.dtype).name, "scale": float(self.scale), "zero_point": int(self.zero_point)}
+
+
+def input_lookup_table(q: TensorQuant) -> np.ndarray:
+    """The quantised value of each pixel value 0-255: ``clip(round(x / scale) + zero_point)``."""
+    info = np.iinfo(q.dtype)
+    x = np.arange(256, dtype=np.float64)
+    return np.clip(np.round(x / q.scale) + q.zero_point, info.min, info.max).astype(q.dtype)
+
+
+def quantize_input(image: np.ndarray, q: TensorQuant) -> np.ndarray:
+    """Quantise a uint8 image (values 0-255) for an int8/uint8 input; float inputs pass through as float."""
+    if q.quantized:
+        return input_lookup_table(q)[image]
+    return image.astype(q.dtype)
+
+
+def dequantize_output(raw: np.ndarray, q: TensorQuant) -> np.ndarray:
+    """``scale * (q - zero_point)`` for an integer output, float64 copy for a float one."""
+    if q.quantized:
+        return (raw.astype(np.float64) - q.zero_point) * q.scale
+    return raw.astype(np.float64)
+
+
+def normalize(p: np.ndarray) -> np.ndarray:
+    """Clip at 0 and rescale to sum 1 (int8 softmax outputs are off by a few 1/256)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    s = p.sum()
+    if not np.isfinite(s) or s <= 0:
+        return np.full(p.shape, 1.0 / p.size)
+    return p / s
+
+
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)``: the model's softmax output recalibrated with temperature ``T``."""
+    if temperature == 1.0:
+        return normalize(p)
+    z = np.log(np.clip(p, _EPS, None)) / temperature
+    z -= z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+def latency_summary(values_ms: Sequence[float]) -> dict:
+    """min/mean/p50/p95/p99/max of a list of latencies in ms (None when empty)."""
+    if not len(values_ms):
+        return {"n": 0, "min": None, "mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+    a = np.asarray(values_ms, dtype=np.float64)
+    return {
+        "n": int(a.size),
+        "min": float(a.min()),
+        "mean": float(a.mean()),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Model selection
+
+
+def resolve_model(path: str | os.PathLike, precision: Precision | str | None = None) -> Path:
+    """The ``.tflite`` file to use for ``path`` (a file, or an export folder).
+
+    In a folder, ``precision`` picks ``model_<precision>.tflite``; without it the first present of
+    :data:`PRECISION_PREFERENCE` is used.
+    """
+    p = Path(path)
+    want = Precision(precision) if precision is not None else None
+    if p.is_dir():
+        if want is not None:
+            f = p / want.filename
+            if not f.is_file():
+                present = ", ".join(sorted(x.name for x in p.glob("model_*.tflite"))) or "none"
+                raise ModelError(f"no {want.filename} in this folder (present: {present})", p)
+            return f
+        for prec in PRECISION_PREFERENCE:
+            f = p / prec.filename
+            if f.is_file():
+                return f
+        raise ModelError(
+            f"no model in this folder (expected one of {', '.join(x.filename for x in PRECISION_PREFERENCE)}; run `edgecell convert`)",
+            p,
+        )
+    if not p.exists():
+        raise ModelError("no such model file or folder", p)
+    return p
+
+
+def models_in(path: str | os.PathLike) -> list[Path]:
+    """Every model of a folder in :data:`PRECISION_PREFERENCE` order, or ``[path]`` for a file."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    found = [p / prec.filename for prec in PRECISION_PREFERENCE if (p / prec.filename).is_file()]
+    if not found:
+        resolve_model(p)  # raises the "no model in this folder" error
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# The classifier
+
+
+def _quant_of(detail: dict) -> TensorQuant:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []))
+    zeros = np.asarray(params.get("zero_points", []))
+    if scales.size == 1:  # per-tensor: the same numbers, taken from the newer field when present
+        scale, zero = float(scales[0]), int(zeros[0]) if zeros.size else int(zero)
+    return TensorQuant(dtype=np.dtype(detail["dtype"]), scale=float(scale), zero_point=int(zero))
+
+
+class Classifier:
+    """A loaded, verified model. Not thread-safe: call ``predict_array`` from one thread."""
+
+    def __init__(self, path: Path, meta: ModelMetadata, interpreter: Any, backend: Backend, threads: int, size_bytes: int):
+        self.path = path
+        self.meta = meta
+        self.interpreter = interpreter
+        self.backend = backend
+        self.threads = threads
+        self.size_bytes = size_bytes
+        self._check_and_prepare()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        precision: Precision | str | None = None,
+        backend: str | None = None,
+    ) -> "Classifier":
+        """Load a ``.tflite`` file or the preferred (or ``precision``) model of an export folder.
+
+        Raises :class:`ModelError` for a missing/broken sidecar, a SHA-256 mismatch (changed or
+        truncated file), a file the interpreter cannot read, or shapes that do not match the
+        metadata; :class:`RuntimeMissingError` when no interpreter is installed.
+        """
+        model_path = resolve_model(path, precision)
+        meta = read_metadata(model_path)
+        if precision is not None and meta.precision != Precision(precision):
+            raise ModelError(f"is a {meta.precision.value} model but {Precision(precision).value} was asked for", model_path)
+        try:
+            data = model_path.read_bytes()
+        except IsADirectoryError:
+            raise ModelError("is a folder, not a .tflite file", model_path) from None
+        except OSError as exc:
+            raise ModelError(f"cannot read model ({exc.strerror or exc})", model_path) from None
+        if not data:
+            raise ModelError("model file is empty (0 bytes)", model_path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta.sha256.lower():
+            raise ModelError(
+                f"SHA-256 does not match its metadata ({len(data):,} bytes, sha256 {digest[:12]}..., expected {meta.sha256[:12]}...): "
+                "the file is truncated or was changed after export; copy the export folder again",
+                model_path,
+            )
+        threads = int(threads) if threads else (os.cpu_count() or 1)
+        # The verified bytes themselves go to the interpreter: nothing can change between check and use.
+        interpreter, chosen = load_interpreter(model_content=data, num_threads=threads, name=model_path, backend=backend)
+        obj = cls(model_path, meta, interpreter, chosen, threads, len(data))
+        obj._model_bytes = data  # keep the buffer alive as long as the interpreter
+        return obj
+
+    def _check_and_prepare(self) -> None:
+        it = self.interpreter
+        ins, outs = it.get_input_details(), it.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelError(f"model has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1", self.path)
+        i, o = ins[0], outs[0]
+        s = self.meta.input_size
+        in_shape = [int(x) for x in i["shape"]]
+        if in_shape != [1, s, s, 3]:
+            raise ModelError(f"model input shape is {in_shape}, but its metadata says [1, {s}, {s}, 3]", self.path)
+        out_shape = [int(x) for x in o["shape"]]
+        n = len(self.meta.classes)
+        if int(np.prod(out_shape)) != n or out_shape[-1] != n:
+            raise ModelError(f"model output shape is {out_shape}, but its metadata lists {n} classes", self.path)
+        self.input_quant = _quant_of(i)
+        self.output_quant = _quant_of(o)
+        for role, q in (("input", self.input_quant), ("output", self.output_quant)):
+            if q.dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8)):
+                raise ModelError(f"model {role} type is {q.dtype.name}; expected float32, int8 or uint8", self.path)
+            if q.quantized and not (q.scale > 0 and np.isfinite(q.scale)):
+                raise ModelError(f"model {role} is {q.dtype.name} but has no quantisation scale", self.path)
+        self._in_index = i["index"]
+        self._out_index = o["index"]
+        self._lut = input_lookup_table(self.input_quant) if self.input_quant.quantized else None
+        self._buf = np.zeros([1, s, s, 3], dtype=self.input_quant.dtype)
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.classes)
+
+    @property
+    def input_size(self) -> int:
+        return self.meta.input_size
+
+    @property
+    def precision(self) -> Precision:
+        return self.meta.precision
+
+    @property
+    def temperature(self) -> float:
+        return self.meta.temperature
+
+    def info(self) -> dict:
+        """What a report says about the model and the runtime."""
+        return {
+            "path": str(self.path),
+            "precision": self.precision.value,
+            "sha256": self.meta.sha256,
+            "size_bytes": self.size_bytes,
+            "classes": self.classes,
+            "input_size": self.input_size,
+            "temperature": self.temperature,
+            "input_quantization": self.input_quant.to_dict(),
+            "output_quantization": self.output_quant.to_dict(),
+            "interpreter": self.backend.name,
+            "interpreter_version": self.backend.version,
+            "threads": self.threads,
+        }
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _check_image(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        s = self.input_size
+        if image.shape != (s, s, 3):
+            raise ImageError(f"array shape {image.shape}, expected {(s, s, 3)} (use firmware_host.preprocess.load_image)")
+        if image.dtype != np.uint8:
+            raise ImageError(f"array dtype {image.dtype}, expected uint8 values 0-255")
+        return image
+
+    def invoke_raw(self, model_input: np.ndarray) -> np.ndarray:
+        """Run the model on an already quantised ``(1, s, s, 3)`` input; return the raw output row."""
+        self.interpreter.set_tensor(self._in_index, model_input)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out_index).reshape(-1)
+
+    def predict_array(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities (float64, sum 1, in :attr:`classes` order) for one preprocessed uint8 image."""
+        image = self._check_image(image)
+        if self._lut is not None:
+            np.take(self._lut, image, out=self._buf[0], mode="clip")  # "clip": no buffering (indices are 0-255)
+        else:
+            self._buf[0] = image
+        raw = self.invoke_raw(self._buf)
+        return apply_temperature(normalize(dequantize_output(raw, self.output_quant)), self.temperature)
+
+    def prediction(self, path: str | os.PathLike, probs: np.ndarray, preprocess_ms: float = 0.0, inference_ms: float = 0.0) -> Prediction:
+        """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3)."""
+        order = np.argsort(-probs, kind="stable")
+        classes = self.meta.classes
+        top = [(classes[k], float(probs[k])) for k in order[:3]]
+        return Prediction(
+            path=os.fspath(path),
+            label=top[0][0],
+            confidence=top[0][1],
+            top3=top,
+            probs=probs,
+            preprocess_ms=preprocess_ms,
+            inference_ms=inference_ms,
+        )
+
+    def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0) -> Prediction:
+        t0 = time.perf_counter()
+        probs = self.predict_array(image)
+        return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0)
+
+    def classify_file(self, path: str | os.PathLike) -> Prediction:
+        """Load, preprocess and classify one image file (:class:`ImageError` if it is not usable)."""
+        t0 = time.perf_counter()
+        image = load_image(path, self.input_size)
+        pre_ms = (time.perf_counter() - t0) * 1000.0
+        return self.classify_array(path, image, pre_ms)
+
+    def classify_many(self, paths: Iterable[str | os.PathLike], workers: int | None = None) -> Iterator[tuple[str, Prediction | ImageError]]:
+        """Classify many files in order, decoding in a thread pool while this thread runs inference.
+
+        Pillow releases the GIL while decoding and resizing, and the interpreter while invoking,
+        so decoding the next images overlaps with inference of the current one. Yields
+        ``(path, Prediction)`` or ``(path, ImageError)`` per file, in input order.
+        """
+        workers = workers or max(1, min(4, os.cpu_count() or 1))
+        size = self.input_size
+
+        def load(p):
+            t0 = time.perf_counter()
+            img = load_image(p, size)
+            return img, (time.perf_counter() - t0) * 1000.0
+
+        it = iter(paths)
+        pending: deque = deque()
+        ahead = workers * 4
+        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecell-decode") as pool:
+            try:
+                for p in it:
+                    pending.append((p, pool.submit(load, p)))
+                    if len(pending) >= ahead:
+                        yield self._finish(*pending.popleft())
+                while pending:
+                    yield self._finish(*pending.popleft())
+            finally:
+                for _, fut in pending:
+                    fut.cancel()
+
+    def _finish(self, path, fut) -> tuple[str, Prediction | ImageError]:
+        try:
+            image, pre_ms = fut.result()
+        except ImageError as exc:
+            return os.fspath(path), exc
+        return os.fspath(path), self.classify_array(path, image, pre_ms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics against folder labels (numpy only: no scikit-learn on the Pi)
+
+
+def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """``cm[i, j]`` = number of images of true class ``classes[i]`` predicted as ``classes[j]``."""
+    index = {c: k for k, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred):
+        cm[index[t], index[p]] += 1
+    return cm
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+
+    Macro-F1 averages over the classes that occur in the labels or the predictions (as
+    scikit-learn's ``f1_score(average="macro")`` does); an undefined precision or recall counts as 0.
+    """
+    cm = confusion_matrix(y_true, y_pred, classes)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = (support > 0) | (predicted > 0)
+    n = int(cm.sum())
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "classes": list(classes),
+        "confusion_matrix": cm.tolist(),
+        "per_class": {
+            c: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(support[k])}
+            for k, c in enumerate(classes)
+        },
+    }
