@@ -1,0 +1,547 @@
+"""A synthetic blood-cell data set, so the pipeline can be tried on a machine with no real images.
+
+``edgecell demo-data OUT`` calls :func:`generate`, which writes the Kaggle layout::
+
+    OUT/DEMO.md
+    OUT/basophil/basophil_00000.jpg
+    OUT/basophil/basophil_00001.jpg
+    ...
+    OUT/seg_neutrophil/seg_neutrophil_00149.jpg
+
+Each image is one white cell in the middle of a field of red cells, drawn with numpy and Pillow
+(no TensorFlow, no scipy). The classes differ by **morphology**:
+
+* ``seg_neutrophil``: medium cell, pale lilac cytoplasm with fine granules, nucleus of 3-5 dark
+  lobes joined by thin strands;
+* ``myeloblast``: large cell, round/oval nucleus filling most of it, fine smooth chromatin,
+  1-3 paler nucleoli, thin blue rim of cytoplasm;
+* ``monocyte``: large cell, kidney- or horseshoe-shaped nucleus (a disc with an off-centre
+  bite), grey-blue cytoplasm, sometimes a few vacuoles;
+* ``basophil``: medium cell covered with coarse dark granules that hide the nucleus;
+* ``erythroblast``: small cell, small, very dense round nucleus, blue-grey to pinkish cytoplasm.
+
+Every class then gets the same nuisance variation, drawn from the same distributions: stain hue
+rotation and saturation, stain strength, background tint and exposure, magnification (+-15%),
+rotation, position jitter, Gaussian blur (0-1.2 px), pixel noise and JPEG (quality 90). So colour
+alone says little about the class; shape and texture say it all.
+
+Images are reproducible: image ``i`` of class ``c`` is drawn from its own
+``np.random.default_rng([seed, c, i])``, so the same seed gives byte-identical files whatever
+order (or subset) they are drawn in. This is a toy: accuracy on it says nothing about real cells.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from edgecell import CLASSES
+from firmware_host.atomic import write_bytes, write_text
+from firmware_host.errors import EdgecellError
+
+JPEG_QUALITY = 90
+MARKER = "DEMO.md"
+"""The file that marks a folder as a demo set (which :func:`generate` may overwrite)."""
+MIN_SIZE = 32
+
+# Optical densities (R, G, B) of the stains: a pixel is background * exp(-sum(density * colour)).
+_OD_RBC = np.array([0.05, 0.50, 0.36], np.float32)  # pink
+_OD_NUCLEUS = np.array([0.95, 1.45, 0.55], np.float32)  # dark purple
+_OD_PLATELET = np.array([0.70, 1.00, 0.40], np.float32)
+_OD_CYTO = {
+    "seg_neutrophil": np.array([0.08, 0.22, 0.09], np.float32),  # pale pink/lilac
+    "myeloblast": np.array([0.55, 0.38, 0.12], np.float32),  # blue
+    "monocyte": np.array([0.36, 0.34, 0.17], np.float32),  # grey-blue
+    "basophil": np.array([0.14, 0.24, 0.09], np.float32),  # lilac, mostly hidden by granules
+}
+_OD_ERY_BLUE = np.array([0.42, 0.38, 0.20], np.float32)  # blue-grey ...
+_OD_ERY_PINK = np.array([0.10, 0.42, 0.28], np.float32)  # ... to pinkish
+_OD_NEUTRO_GRANULE = np.array([0.22, 0.38, 0.14], np.float32)
+_OD_BASO_GRANULE = np.array([1.45, 1.85, 0.95], np.float32)  # purple-black
+
+# Cell radius as a fraction of the image side, before the +-15% magnification.
+_RADIUS = {"erythroblast": 0.155, "seg_neutrophil": 0.235, "basophil": 0.225, "monocyte": 0.295, "myeloblast": 0.285}
+_RBC_RADIUS = 0.105
+
+
+@dataclass
+class DemoSummary:
+    """What :func:`generate` wrote.
+
+    Attributes:
+        out_dir: the data folder (one sub-folder per class, plus ``DEMO.md``).
+        per_class: images drawn per class.
+        seed: the seed; the same seed gives byte-identical images.
+        size: image side in pixels (images are square, RGB JPEG).
+        counts: images per class, in :data:`edgecell.CLASSES` order.
+    """
+
+    out_dir: Path
+    per_class: int
+    seed: int
+    size: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Images written, all classes together."""
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``out_dir`` as a string)."""
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        d["total"] = self.total
+        d["synthetic"] = True
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# drawing helpers (numpy, vectorised over the whole image or the cell's window)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    c = np.arange(size, dtype=np.float32) + 0.5
+    return c[None, :], c[:, None]  # x (1, W), y (H, 1)
+
+
+def _edge(signed: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage from a signed distance in pixels (positive inside)."""
+    return np.clip(signed + 0.5, 0.0, 1.0)
+
+
+def _ellipse(x, y, cx, cy, a, b, angle=0.0) -> np.ndarray:
+    """Soft mask of an ellipse with semi-axes a, b (pixels) rotated by ``angle``."""
+    cx, cy, a, b = float(cx), float(cy), float(a), float(b)  # python floats keep arrays float32
+    ca, sa = math.cos(angle), math.sin(angle)
+    dx, dy = x - cx, y - cy
+    u = (dx * ca + dy * sa) / a
+    v = (-dx * sa + dy * ca) / b
+    r = np.sqrt(u * u + v * v)
+    return _edge((1.0 - r) * min(a, b))
+
+
+def _capsule(x, y, p, q, half_width) -> np.ndarray:
+    """Soft mask of a thick line segment from p to q."""
+    px, py = float(p[0]), float(p[1])
+    qx, qy = float(q[0]), float(q[1])
+    half_width = float(half_width)
+    vx, vy = qx - px, qy - py
+    length2 = vx * vx + vy * vy + 1e-6
+    t = np.clip(((x - px) * vx + (y - py) * vy) / length2, 0.0, 1.0)
+    dx = x - (px + t * vx)
+    dy = y - (py + t * vy)
+    return _edge(half_width - np.sqrt(dx * dx + dy * dy))
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], feature: float) -> np.ndarray:
+    """Smooth random field of about unit spread, with blobs about ``feature`` pixels wide."""
+    h, w = shape
+    gh, gw = (max(2, int(math.ceil(n / max(feature, 1.0))) + 1) for n in (h, w))
+    small = rng.standard_normal((gh, gw)).astype(np.float32)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def _speckle(rng: np.random.Generator, shape: tuple[int, int], radius: float) -> np.ndarray:
+    """Fine per-pixel noise, blurred by ``radius`` pixels and scaled to about unit spread."""
+    out = _blur(rng.standard_normal(shape).astype(np.float32), max(0.5, radius))
+    return out / (out.std() + 1e-6)
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D float array (edges reflected); for small sigmas."""
+    k = max(1, int(math.ceil(2.5 * sigma)))
+    w = np.exp(-0.5 * (np.arange(-k, k + 1, dtype=np.float32) / sigma) ** 2)
+    w /= w.sum()
+    p = np.pad(a, k, mode="reflect")
+    h, wd = a.shape
+    rows = sum(w[i] * p[:, i : i + wd] for i in range(2 * k + 1))
+    return sum(w[i] * rows[i : i + h, :] for i in range(2 * k + 1))
+
+
+def _in_disc(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
+    """``n`` points uniform in a disc of ``radius`` around the origin, shape (n, 2)."""
+    r = radius * np.sqrt(rng.random(n))
+    t = rng.random(n) * 2 * math.pi
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def _hue_saturation_matrix(angle: float, saturation: float) -> np.ndarray:
+    """3x3 RGB matrix: rotate hue by ``angle`` (radians) about the grey axis, scale chroma."""
+    c, s = math.cos(angle), math.sin(angle)
+    k = (1.0 - c) / 3.0
+    r3 = math.sqrt(1.0 / 3.0) * s
+    hue = np.array([[c + k, k - r3, k + r3], [k + r3, c + k, k - r3], [k - r3, k + r3, c + k]], np.float32)
+    grey = np.full((3, 3), 1.0 / 3.0, np.float32)
+    sat = saturation * np.eye(3, dtype=np.float32) + (1.0 - saturation) * grey
+    return sat @ hue
+
+
+class _Cell:
+    """The white cell's frame (centre, radius, rotation; pixels) and the window it is drawn in.
+
+    All maps of the white cell cover only its window (its bounding box, clipped to the image),
+    which keeps drawing cheap; positions given to :meth:`at` and :meth:`ellipse` are in cell
+    radii, in the cell's rotated frame.
+    """
+
+    def __init__(self, size: int, cx: float, cy: float, radius: float, angle: float):
+        self.cx, self.cy, self.r, self.angle = float(cx), float(cy), float(radius), float(angle)
+        self._c, self._s = math.cos(self.angle), math.sin(self.angle)
+        reach = 1.2 * self.r + 3
+        self.x0, self.x1 = max(0, int(self.cx - reach)), min(size, int(math.ceil(self.cx + reach)))
+        self.y0, self.y1 = max(0, int(self.cy - reach)), min(size, int(math.ceil(self.cy + reach)))
+        x, y = _grid(size)
+        self.x, self.y = x[:, self.x0 : self.x1], y[self.y0 : self.y1, :]
+        self.shape = (self.y1 - self.y0, self.x1 - self.x0)
+        self.window = (slice(self.y0, self.y1), slice(self.x0, self.x1))
+
+    def at(self, u: float, v: float) -> tuple[float, float]:
+        """Image position of the cell-frame point (u, v), given in cell radii."""
+        u, v = float(u) * self.r, float(v) * self.r
+        return self.cx + u * self._c - v * self._s, self.cy + u * self._s + v * self._c
+
+    def ellipse(self, u, v, a, b, angle=0.0) -> np.ndarray:
+        """Soft ellipse at cell-frame (u, v) with semi-axes a, b in cell radii."""
+        cx, cy = self.at(u, v)
+        return _ellipse(self.x, self.y, cx, cy, a * self.r, b * self.r, self.angle + angle)
+
+    def blob(self, u, v, radius) -> np.ndarray:
+        """Gaussian spot (peak 1) at cell-frame (u, v), ``radius`` in cell radii."""
+        cx, cy = self.at(u, v)
+        rr = float(radius) * self.r
+        return np.exp(-((self.x - cx) ** 2 + (self.y - cy) ** 2) / (rr * rr))
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.shape, np.float32)
+
+    def noise(self, rng, feature: float) -> np.ndarray:
+        """Smooth noise with blobs ``feature`` cell radii wide."""
+        return _noise(rng, self.shape, feature * self.r)
+
+    def speckle(self, rng, radius: float) -> np.ndarray:
+        """Fine noise blurred by ``radius`` cell radii (at least half a pixel)."""
+        return _speckle(rng, self.shape, radius * self.r)
+
+    def dots(self, centres, radii, values) -> np.ndarray:
+        """Round granules (cell-frame centres and radii, in cell radii) drawn with ImageDraw,
+        supersampled 2x, as a 0-1 density; ``values`` are 0-255 darknesses."""
+        s = 2
+        h, w = self.shape
+        canvas = Image.new("L", (w * s, h * s), 0)
+        draw = ImageDraw.Draw(canvas)
+        for (u, v), r, val in zip(centres, radii, values):
+            cx, cy = self.at(u, v)
+            cx, cy, r = (cx - self.x0) * s, (cy - self.y0) * s, float(r) * self.r * s
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=int(val))
+        canvas = canvas.resize((w, h), Image.Resampling.BOX)
+        return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------------------------
+# the five nuclei / cell bodies; each returns a list of (density map, OD colour) layers
+
+
+def _outline(rng, cell: _Cell) -> np.ndarray:
+    """The cell body: a slightly oval, slightly wobbly disc."""
+    dx, dy = cell.x - cell.cx, cell.y - cell.cy
+    d = np.sqrt(dx * dx + dy * dy)
+    theta = np.arctan2(dy, dx)
+    wobble = 1.0 + rng.uniform(0.0, 0.07) * np.cos(2 * (theta - rng.uniform(0, math.pi)))
+    for k in (3, 4, 5):
+        wobble = wobble + rng.uniform(0.0, 0.025) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+    return _edge(cell.r * wobble - d)
+
+
+def _neutrophil(rng, cell: _Cell, body):
+    cyto = body * (0.8 + 0.1 * cell.noise(rng, 0.9))
+    granules = np.clip(cell.speckle(rng, 0.02) - 0.5, 0.0, None) * body * 0.35
+    layers = [(cyto, _OD_CYTO["seg_neutrophil"]), (granules, _OD_NEUTRO_GRANULE)]
+    n = int(rng.integers(3, 6))
+    # lobe centres along a curved path (an arc around a point near the centre)
+    rho = rng.uniform(0.40, 0.50)
+    span = rng.uniform(3.2, 4.6) if n >= 4 else rng.uniform(2.4, 3.6)
+    start = rng.uniform(0, 2 * math.pi)
+    ou, ov = rng.uniform(-0.08, 0.08, 2)
+    centres, lobes = [], cell.zeros()
+    for i in range(n):
+        t = start + span * (i / (n - 1)) + rng.uniform(-0.15, 0.15)
+        r = rho + rng.uniform(-0.06, 0.06)
+        u, v = ou + r * math.cos(t), ov + r * math.sin(t)
+        centres.append(cell.at(u, v))
+        a = rng.uniform(0.17, 0.23) * (1.1 if n == 3 else 1.0)
+        lobes = np.maximum(lobes, cell.ellipse(u, v, a, a * rng.uniform(0.7, 0.95), rng.uniform(0, math.pi)))
+    for p, q in zip(centres[:-1], centres[1:]):
+        lobes = np.maximum(lobes, _capsule(cell.x, cell.y, p, q, max(0.75, cell.r * rng.uniform(0.035, 0.05))))
+    chromatin = 0.85 + 0.12 * cell.noise(rng, 0.2) + 0.05 * cell.speckle(rng, 0.027)
+    layers.append((lobes * body * chromatin, _OD_NUCLEUS))
+    return layers
+
+
+def _myeloblast(rng, cell: _Cell, body):
+    cyto = body * (0.85 + 0.08 * cell.noise(rng, 0.9))
+    a = rng.uniform(0.76, 0.86)
+    b = a * rng.uniform(0.85, 1.0)
+    nu, nv = rng.uniform(-0.06, 0.06, 2)
+    nucleus = cell.ellipse(nu, nv, a, b, rng.uniform(0, math.pi)) * body
+    chromatin = 0.72 + 0.07 * cell.speckle(rng, 0.02) + 0.03 * cell.noise(rng, 0.6)
+    for _ in range(int(rng.integers(1, 4))):  # nucleoli: paler spots
+        pu, pv = _in_disc(rng, 1, 0.5 * b)[0]
+        chromatin = chromatin - 0.4 * cell.blob(nu + pu, nv + pv, rng.uniform(0.12, 0.2) * a)
+    return [(cyto, _OD_CYTO["myeloblast"]), (nucleus * chromatin, _OD_NUCLEUS)]
+
+
+def _monocyte(rng, cell: _Cell, body):
+    cyto = body * (0.8 + 0.1 * cell.noise(rng, 0.7))
+    phi = rng.uniform(0, 2 * math.pi)
+    rn = rng.uniform(0.58, 0.68)
+    shift = rng.uniform(0.08, 0.16)
+    nu, nv = shift * math.cos(phi), shift * math.sin(phi)
+    disc = cell.ellipse(nu, nv, rn, rn * rng.uniform(0.85, 1.0), phi)
+    # the bite: a disc centred near the nucleus rim, on the side away from the cell centre
+    horseshoe = rng.random() < 0.4
+    k = rng.uniform(0.55, 0.75) if horseshoe else rng.uniform(0.8, 1.0)
+    rb = rn * (rng.uniform(0.55, 0.72) if horseshoe else rng.uniform(0.5, 0.65))
+    bite_dir = phi + math.pi + rng.uniform(-0.5, 0.5)
+    bite = cell.ellipse(nu + k * rn * math.cos(bite_dir), nv + k * rn * math.sin(bite_dir), rb, rb, 0.0)
+    nucleus = disc * (1.0 - bite) * body
+    chromatin = 0.72 + 0.12 * cell.noise(rng, 0.22) + 0.05 * cell.speckle(rng, 0.022)
+    layers = [(cyto, _OD_CYTO["monocyte"]), (nucleus * chromatin, _OD_NUCLEUS)]
+    if rng.random() < 0.6:  # vacuoles: clear holes in the cytoplasm
+        holes = cell.zeros()
+        for _ in range(int(rng.integers(2, 7))):
+            pu, pv = _in_disc(rng, 1, 0.85)[0]
+            rr = rng.uniform(0.04, 0.08)
+            holes = np.maximum(holes, cell.ellipse(pu, pv, rr, rr, 0.0))
+        layers[0] = (cyto * (1.0 - 0.75 * holes * (1.0 - nucleus)), _OD_CYTO["monocyte"])
+    return layers
+
+
+def _basophil(rng, cell: _Cell, body):
+    cyto = body * (0.8 + 0.1 * cell.noise(rng, 0.9))
+    # a faint, irregular nucleus underneath the granules
+    nucleus = cell.zeros()
+    for _ in range(int(rng.integers(2, 4))):
+        pu, pv = _in_disc(rng, 1, 0.3)[0]
+        a = rng.uniform(0.3, 0.42)
+        nucleus = np.maximum(nucleus, cell.ellipse(pu, pv, a, a * rng.uniform(0.6, 0.9), rng.uniform(0, math.pi)))
+    n = int(rng.integers(70, 130))
+    granules = cell.dots(_in_disc(rng, n, 0.97), rng.uniform(0.05, 0.095, n), rng.uniform(170, 255, n))
+    return [(cyto, _OD_CYTO["basophil"]), (nucleus * body * 0.45, _OD_NUCLEUS), (granules, _OD_BASO_GRANULE)]
+
+
+def _erythroblast(rng, cell: _Cell, body):
+    t = rng.random()
+    colour = (1 - t) * _OD_ERY_BLUE + t * _OD_ERY_PINK
+    cyto = body * (0.85 + 0.06 * cell.noise(rng, 1.2))
+    nu, nv = _in_disc(rng, 1, 0.15)[0]
+    a = rng.uniform(0.44, 0.56)
+    nucleus = cell.ellipse(nu, nv, a, a * rng.uniform(0.88, 1.0), rng.uniform(0, math.pi)) * body
+    chromatin = 1.25 + 0.05 * cell.speckle(rng, 0.05)
+    return [(cyto, colour), (nucleus * chromatin, _OD_NUCLEUS)]
+
+
+_DRAW = {
+    "basophil": _basophil,
+    "erythroblast": _erythroblast,
+    "monocyte": _monocyte,
+    "myeloblast": _myeloblast,
+    "seg_neutrophil": _neutrophil,
+}
+
+
+def _red_cells(rng, x, y, size: int, scale: float) -> np.ndarray:
+    """Optical density of red cells (pink discs, paler centres), some cut by the frame."""
+    density = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(3, 13))):
+        cx, cy = (float(c) for c in rng.uniform(-0.12, 1.12, 2) * size)
+        r = _RBC_RADIUS * size * scale * rng.uniform(0.85, 1.15)
+        e = rng.uniform(0.85, 1.0)
+        ang = rng.uniform(0, math.pi)
+        pallor_depth, pallor_width, base = rng.uniform(0.5, 0.75), rng.uniform(0.45, 0.6), rng.uniform(0.8, 1.0)
+        # work only in the disc's bounding box
+        x0, x1 = max(0, int(cx - r - 2)), min(size, int(cx + r + 3))
+        y0, y1 = max(0, int(cy - r - 2)), min(size, int(cy + r + 3))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        ca, sa = math.cos(ang), math.sin(ang)
+        dx, dy = x[:, x0:x1] - cx, y[y0:y1, :] - cy
+        u = (dx * ca + dy * sa) / r
+        v = (-dx * sa + dy * ca) / (r * e)
+        d2 = u * u + v * v
+        disc = _edge((1.0 - np.sqrt(d2)) * r)
+        pallor = pallor_depth * np.exp(-((d2 / (pallor_width * pallor_width)) ** 2))
+        density[y0:y1, x0:x1] += disc * (base + 0.15 * d2 - pallor)
+    return density
+
+
+def draw_cell(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Image:
+    """Draw one synthetic smear image of class ``cls`` (one of :data:`edgecell.CLASSES`).
+
+    ``rng`` supplies every random choice, so the same generator state gives the same image.
+    Returns an RGB image of ``size`` x ``size`` pixels (before JPEG compression).
+    """
+    if cls not in _DRAW:
+        raise ValueError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+    x, y = _grid(size)
+    scale = rng.uniform(0.85, 1.15)  # magnification: applies to every cell in the field
+    cx, cy = (float(c) for c in size * (0.5 + rng.uniform(-0.07, 0.07, 2)))
+    cell = _Cell(size, cx, cy, _RADIUS[cls] * size * scale, rng.uniform(0, 2 * math.pi))
+
+    od = _red_cells(rng, x, y, size, scale)[..., None] * _OD_RBC
+    if rng.random() < 0.35:  # a few platelets
+        for _ in range(int(rng.integers(1, 4))):
+            px, py = (float(c) for c in rng.uniform(0, size, 2))
+            pr = size * scale * rng.uniform(0.012, 0.022)
+            od += _ellipse(x, y, px, py, pr, pr * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))[..., None] * _OD_PLATELET
+
+    body = _outline(rng, cell)
+    sub = od[cell.window]  # a view: the white cell is drawn into its window only
+    sub *= (1.0 - body)[..., None]  # it lies on top of the red cells
+    for density, colour in _DRAW[cls](rng, cell, body):
+        sub += density[..., None] * colour
+
+    # nuisance, identical in distribution for every class
+    od = od * rng.uniform(0.75, 1.25)  # stain strength
+    rgb = np.exp(-od) * np.array([0.95, 0.92, 0.9], np.float32)  # lamp / background
+    matrix = _hue_saturation_matrix(math.radians(rng.uniform(-40, 40)), rng.uniform(0.7, 1.3))
+    # per channel rather than a BLAS matmul: as fast, no thread pool, same bits on every machine
+    rgb = np.stack([rgb[..., 0] * m[0] + rgb[..., 1] * m[1] + rgb[..., 2] * m[2] for m in matrix.tolist()], axis=-1)
+    tint = 1.0 + rng.normal(0.0, 0.035, 3)  # background tint (white balance)
+    rgb = rgb * (tint * rng.uniform(0.85, 1.08)).astype(np.float32)  # ... and exposure
+    img = Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    blur = rng.uniform(0.0, 1.2)
+    if blur > 0.05:
+        img = img.filter(ImageFilter.GaussianBlur(blur))
+    sigma = rng.uniform(1.0, 5.0)
+    noisy = np.asarray(img, dtype=np.float32) + rng.standard_normal((size, size, 3), dtype=np.float32) * sigma
+    return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# writing a data set
+
+
+def image_rng(seed: int, class_index: int, image_index: int) -> np.random.Generator:
+    """The generator for one image: independent of the order images are drawn in."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, class_index, image_index])
+
+
+def encode(img: Image.Image) -> bytes:
+    """JPEG bytes (quality 90, no optimisation or EXIF: deterministic across runs)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def generate(
+    out_dir: str | os.PathLike,
+    per_class: int,
+    seed: int = 0,
+    size: int = 128,
+    progress_callback: Callable[[int, int], None] | None = None,
+) -> DemoSummary:
+    """Write ``per_class`` synthetic images per class into ``out_dir`` (Kaggle layout).
+
+    ``out_dir`` may be missing, empty, or a previous demo set (it has ``DEMO.md``), which is
+    overwritten: stale demo images beyond ``per_class`` are removed. Any other non-empty folder
+    is refused with :class:`EdgecellError`. ``progress_callback(done, total)`` is called after
+    each image. Files are written atomically, so an interrupted run leaves no half-written file.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+    out = Path(out_dir)
+    check_target(out)
+    summary = DemoSummary(out_dir=out, per_class=per_class, seed=seed, size=size)
+    # DEMO.md goes first, so an interrupted run still counts as a demo set and can be re-run
+    write_text(out / MARKER, _demo_md(summary, complete=False))
+    total = per_class * len(CLASSES)
+    done = 0
+    for ci, cls in enumerate(CLASSES):
+        folder = out / cls
+        for i in range(per_class):
+            img = draw_cell(cls, image_rng(seed, ci, i), size)
+            write_bytes(folder / f"{cls}_{i:05d}.jpg", encode(img))
+            done += 1
+            if progress_callback is not None:
+                progress_callback(done, total)
+        _remove_stale(folder, cls, per_class)
+        summary.counts[cls] = per_class
+    write_text(out / MARKER, _demo_md(summary, complete=True))
+    return summary
+
+
+def check_target(out_dir: str | os.PathLike) -> None:
+    """Raise :class:`EdgecellError` unless ``out_dir`` may receive a demo set.
+
+    Allowed: a missing path, an empty folder, or a previous demo set (has ``DEMO.md``).
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgecellError("exists and is not a folder; choose another output folder", out)
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as exc:
+        raise EdgecellError(f"cannot read folder ({exc.strerror or exc})", out) from None
+    if not empty and not (out / MARKER).is_file():
+        raise EdgecellError(
+            f"folder is not empty and is not a previous demo set (no {MARKER}); refusing to write into it, choose a new or empty folder",
+            out,
+        )
+
+
+def _remove_stale(folder: Path, cls: str, keep: int) -> None:
+    """Delete demo images of this class numbered ``keep`` or more (left by a larger earlier run)."""
+    pattern = re.compile(rf"{re.escape(cls)}_(\d{{5}})\.jpg")
+    for p in folder.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and int(m.group(1)) >= keep and p.is_file():
+            p.unlink()
+
+
+def _demo_md(s: DemoSummary, complete: bool) -> str:
+    rows = "\n".join(f"| {c} | {s.per_class if complete else '-'} |" for c in CLASSES)
+    status = (
+        f"Complete: {s.per_class * len(CLASSES)} images."
+        if complete
+        else "**Incomplete**: generation was interrupted or is still running; re-run the command to finish."
+    )
+    return f"""# Synthetic demo data (not real blood cells)
+
+Drawn by `edgecell demo-data` so the pipeline can be tried without the real data set.
+Every image is a **synthetic drawing**: a toy white cell in a field of toy red cells, with
+shapes loosely modelled on the five classes. A model's accuracy on these images says **nothing**
+about its accuracy on real blood-cell images; never report it as such.
+
+- seed: {s.seed}
+- images per class: {s.per_class}
+- image size: {s.size} x {s.size} px, RGB JPEG quality {JPEG_QUALITY}
+- {status}
+
+| class | images |
+|---|---|
+{rows}
+
+Re-create byte-identical files with:
+
+    edgecell demo-data {shlex.quote(str(s.out_dir))} --per-class {s.per_class} --seed {s.seed} --size {s.size}
+
+This folder may be overwritten by `edgecell demo-data` (it recognises this file).
+"""
