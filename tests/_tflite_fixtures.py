@@ -1,0 +1,162 @@
+"""Tiny TFLite models for the runtime and classify tests (a plain module; tests import it).
+
+Import it as ``tests._tflite_fixtures``. Builds once per test session: a seeded Keras model (Rescaling(1/255) + Conv2D(4) +
+GlobalAveragePooling + Dense(5, softmax), input 32x32x3), converted to float32 and to full-int8
+TFLite (int8 input/output), plus a uint8-input/-output variant, each with the sidecar written by
+:func:`firmware_host.metadata.write_metadata`. Keras' own probabilities on a fixed set of
+images are stored beside them, so tests compare against Keras without re-running it.
+
+Only :func:`build_models` imports TensorFlow, and it skips the calling test when TensorFlow is not
+installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_host.metadata import ModelMetadata, Precision, Quantization, sha256_file, write_metadata
+from firmware_host.preprocess import describe
+
+CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
+SIZE = 32
+SEED = 8  # picked so that the random model answers three different classes on the comparison images
+
+
+@dataclass
+class TinyModels:
+    root: Path
+    export: Path  # model_float32.tflite + model_int8.tflite (+ sidecars)
+    export_uint8: Path  # model_int8.tflite with uint8 input/output
+    float32: Path
+    int8: Path
+    uint8: Path
+    keras_file: Path  # the Keras model itself (for bench --keras)
+    images: np.ndarray  # (N, SIZE, SIZE, 3) uint8, the comparison set
+    keras_probs: np.ndarray  # (N, 5) Keras softmax on ``images``
+
+
+_CACHE: dict[str, TinyModels] = {}
+
+
+def comparison_images(n: int = 24, seed: int = SEED) -> np.ndarray:
+    """Random images with a per-image colour cast, so the tiny model's answers differ between them."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(n, 1, 1, 3)).astype(np.float64)
+    noise = rng.normal(0, 40, size=(n, SIZE, SIZE, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _keras_model():
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    # Linear conv with a negative bias: features change sign with an image's colour, so the
+    # random model's top class differs between images (a useful test, unlike a constant answer).
+    x = keras.layers.Conv2D(
+        4, 3, kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=SEED), bias_initializer=keras.initializers.Constant(-1.0)
+    )(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(5, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 3.0, seed=SEED + 1))(x)
+    return keras.Model(inputs, x)
+
+
+def _convert(model, io_type=None) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if io_type is not None:
+        rng = np.random.default_rng(SEED + 2)
+
+        def representative():
+            for _ in range(8):
+                yield [rng.integers(0, 256, size=(1, SIZE, SIZE, 3)).astype(np.float32)]
+            for img in comparison_images(56, SEED + 3):
+                yield [img[None].astype(np.float32)]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = io_type
+        conv.inference_output_type = io_type
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": expected for int8 I/O
+        warnings.simplefilter("ignore", UserWarning)
+        return conv.convert()
+
+
+def write_model(path: Path, data: bytes, precision: Precision, classes=CLASSES, input_size=SIZE, temperature=1.0, sha256=None) -> Path:
+    """Write a .tflite and its sidecar (quantisation read back with the interpreter)."""
+    from firmware_host.interpreter import load_interpreter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    it, _ = load_interpreter(model_content=data, num_threads=1)
+    qi, qo = it.get_input_details()[0]["quantization"], it.get_output_details()[0]["quantization"]
+    meta = ModelMetadata(
+        classes=list(classes),
+        input_size=input_size,
+        precision=precision,
+        sha256=sha256 or sha256_file(path),
+        file=path.name,
+        preprocessing=describe(),
+        input_quantization=Quantization(float(qi[0]), int(qi[1])) if qi[0] else None,
+        output_quantization=Quantization(float(qo[0]), int(qo[1])) if qo[0] else None,
+        temperature=temperature,
+        edgecell_version="test",
+    )
+    write_metadata(path, meta)
+    return path
+
+
+def build_models(tmp_path_factory) -> TinyModels:
+    """Build (once per session) and return the tiny models; skips when TensorFlow is missing."""
+    if "models" in _CACHE:
+        return _CACHE["models"]
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("tiny_tflite")
+    model = _keras_model()
+    images = comparison_images()
+    keras_probs = np.asarray(model.predict(images.astype(np.float32), verbose=0), dtype=np.float64)
+    model.save(root / "model.keras")
+    export = root / "export"
+    f32 = write_model(export / Precision.float32.filename, _convert(model), Precision.float32)
+    i8 = write_model(export / Precision.int8.filename, _convert(model, tf.int8), Precision.int8)
+    u8 = write_model(root / "export_uint8" / Precision.int8.filename, _convert(model, tf.uint8), Precision.int8)
+    _CACHE["models"] = TinyModels(root, export, u8.parent, f32, i8, u8, root / "model.keras", images, keras_probs)
+    return _CACHE["models"]
+
+
+def copy_model(src: Path, dst_dir: Path) -> Path:
+    """Copy a .tflite and its sidecar into ``dst_dir``; return the new .tflite path."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst_dir / src.name)
+    shutil.copy2(src.with_suffix(".json"), dst_dir / src.with_suffix(".json").name)
+    return dst_dir / src.name
+
+
+def save_jpeg(path: Path, array: np.ndarray, quality: int = 92) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, "JPEG", quality=quality)
+    return path
+
+
+def labelled_folder(root: Path, per_class: int = 3, size: int = 48, seed: int = 7) -> Path:
+    """``root/<class>/img_k.jpg``: a small data set in the Kaggle layout (random pixels)."""
+    rng = np.random.default_rng(seed)
+    for c in CLASSES:
+        for k in range(per_class):
+            base = rng.integers(0, 256, size=(1, 1, 3))
+            img = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            save_jpeg(root / c / f"{c}_{k}.jpg", img)
+    return root

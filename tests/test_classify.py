@@ -1,0 +1,242 @@
+"""``edgecell classify`` and ``edgecell bench`` through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecell.cli import cli
+from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "bloodcells"
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return labelled_folder(tmp_path_factory.mktemp("cells") / "data", per_class=3)
+
+
+def run(*args) -> "object":
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_has_summary_and_example():
+    r = run("classify", "--help")
+    assert r.exit_code == 0
+    assert "Classify cell images" in r.output and "Example:" in r.output and "edgecell classify --model" in r.output
+    for opt in ("--model", "--json", "--csv", "--threshold", "--threads", "--precision"):
+        assert opt in r.output
+    r = run("bench", "--help")
+    assert r.exit_code == 0 and "Example:" in r.output and "--keras" in r.output
+
+
+def test_all_good_exit_0_with_metrics(models, data, tmp_path):
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.export, data, "--json", out, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["summary"]["n_classified"] == 15 and rep["summary"]["n_failed"] == 0 and rep["failed"] == []
+    assert rep["model"]["precision"] == "int8" and rep["model"]["interpreter"]
+    assert rep["metrics"]["n"] == 15 and 0 <= rep["metrics"]["accuracy"] <= 1 and rep["metrics"]["macro_f1"] is not None
+    assert np.array(rep["metrics"]["confusion_matrix"]).sum() == 15
+    assert sum(rep["summary"]["differential"].values()) == 15
+    for res in rep["results"]:
+        assert res["true_label"] == Path(res["path"]).parent.name
+        assert sum(res["probs"].values()) == pytest.approx(1.0)
+        assert res["preprocess_ms"] >= 0 and res["inference_ms"] >= 0
+        assert res["flag"] in ("", FLAG_REVIEW, FLAG_UNCERTAIN)
+    assert rep["latency"]["inference_ms"]["p95"] is not None and rep["latency"]["preprocess_ms"]["p50"] is not None
+    # the human summary
+    assert "Differential count" in r.output and "accuracy" in r.output and "Confusion matrix" in r.output
+    assert "p95" in r.output and "Flagged:" in r.output
+
+
+def test_bad_files_among_good_ones_exit_1(models, data, tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    good = sorted((data / "monocyte").glob("*.jpg"))
+    for g in good:
+        (d / g.name).write_bytes(g.read_bytes())
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "trunc.jpg").write_bytes(good[0].read_bytes()[:200])
+    (d / "text.jpg").write_text("hello, not an image")
+    (d / "folder.jpg").mkdir()
+    os.symlink(d / "gone.jpg", d / "link.jpg")
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.export, d, "--json", out)
+    assert r.exit_code == 1
+    rep = json.loads(out.read_text())
+    assert rep["summary"]["n_classified"] == len(good)
+    failed = {Path(f["path"]).name: f["error"] for f in rep["failed"]}
+    assert set(failed) == {"zero.jpg", "trunc.jpg", "text.jpg", "folder.jpg", "link.jpg"}
+    assert "broken symbolic link" in failed["link.jpg"] and "directory" in failed["folder.jpg"]
+    for name in failed:
+        lines = [ln for ln in r.output.splitlines() if name in ln and "error" in ln]
+        assert len(lines) == 1, (name, r.output)
+    assert "5 of 8 inputs could not be classified" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_path_argument_exit_1(models, data):
+    r = run("classify", "--model", models.export, data / "basophil", data / "no_such.jpg")
+    assert r.exit_code == 1
+    assert "no_such.jpg: no such file or folder" in r.output
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "sha"])
+def test_bad_model_one_line_error(models, data, tmp_path, kind):
+    m = copy_model(models.int8, tmp_path / "bad")
+    if kind == "garbage":
+        m.write_bytes(b"\x00garbage" * 100)
+    elif kind == "truncated":
+        m.write_bytes(m.read_bytes()[:1000])
+    else:
+        m.write_bytes(m.read_bytes()[:-1] + b"\x01")
+    r = CliRunner().invoke(cli, ["classify", "--model", str(m), str(data)])
+    assert r.exit_code == 1
+    err = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("Error:") and str(m) in err[0], r.output
+    assert "Traceback" not in r.output
+
+
+def test_json_to_stdout_stays_clean(models, data):
+    r = run("classify", "--model", models.export, data / "basophil", "--json", "-")
+    assert r.exit_code == 0
+    rep = json.loads(r.stdout)
+    assert len(rep["results"]) == 3 and rep["metrics"]["n"] == 3
+    assert "Differential count" in r.stderr
+
+
+def test_csv_one_row_per_image(models, data, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = tmp_path / "r.csv"
+    r = run("classify", "--model", models.export, "--precision", "float32", data, bad, "--csv", out)
+    assert r.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 16
+    ok = [x for x in rows if not x["error"]]
+    assert len(ok) == 15 and all(x["label"] in CLASSES for x in ok)
+    assert all(abs(sum(float(x[f"p_{c}"]) for c in CLASSES) - 1) < 1e-4 for x in ok)
+    assert {x["true_label"] for x in ok} == set(CLASSES)
+    assert [x for x in rows if x["error"]][0]["path"] == str(bad)
+    r = run("classify", "--model", models.export, data / "myeloblast", "--csv", "-")
+    assert r.exit_code == 0 and r.stdout.startswith("path,label,confidence,flag")
+    assert len(r.stdout.strip().splitlines()) == 4
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.7, 0.9, 1.0])
+def test_threshold_and_flags(models, data, tmp_path, threshold):
+    out = tmp_path / "r.json"
+    assert run("classify", "--model", models.export, data, "--threshold", threshold, "--json", out).exit_code == 0
+    rep = json.loads(out.read_text())
+    for x in rep["results"]:
+        if x["confidence"] < threshold:
+            assert x["flag"] == FLAG_UNCERTAIN
+        else:
+            assert x["flag"] == (FLAG_REVIEW if x["label"] in ("myeloblast", "erythroblast") else "")
+    flagged = rep["summary"]["flagged"]
+    assert flagged["review"] == sum(x["flag"] == FLAG_REVIEW for x in rep["results"])
+    assert flagged["uncertain"] == sum(x["flag"] == FLAG_UNCERTAIN for x in rep["results"])
+    if threshold == 0.0:
+        assert flagged["uncertain"] == 0
+    if threshold == 0.9:
+        assert 0 < flagged["uncertain"] < 15  # the tiny model is unsure of some images, sure of others
+
+
+def test_glob_pattern_and_single_file(models, data, tmp_path):
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.int8, str(data / "*" / "*_0.jpg"), "--json", out)
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(out.read_text())["results"]) == 5
+
+
+def test_many_images_show_flagged_only(models, tmp_path):
+    d = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    for k in range(60):
+        save_jpeg(d / f"img_{k:03d}.jpg", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), quality=70)
+    r = run("classify", "--model", models.export, d)
+    assert r.exit_code == 0
+    assert "the table lists only the" in r.output and "flagged" in r.output
+    assert "img_000.jpg" not in r.output or "Flagged images" in r.output
+
+
+def test_bench_json(models, data, tmp_path):
+    out = tmp_path / "b.json"
+    r = run("bench", models.export, "--runs", 5, "--warmup", 1, "--threads", "1,2", "--data", data, "--json", out)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert len(rep["results"]) == 4
+    assert {(x["precision"], x["threads"]) for x in rep["results"]} == {("int8", 1), ("int8", 2), ("float32", 1), ("float32", 2)}
+    for x in rep["results"]:
+        assert x["latency_ms"]["n"] == 5 and x["latency_ms"]["p50"] > 0 and x["throughput_per_s"] > 0
+        assert x["end_to_end"]["classified"] == 15 and x["peak_rss_mb"] > 0 and x["size_bytes"] > 0
+    assert len(rep["speedup_int8_vs_float32"]) == 2
+    assert "int8 vs float32" in r.output
+    r = run("bench", models.int8, "--threads", "0")
+    assert r.exit_code == 2
+
+
+def test_bench_keras_comparison(models, tmp_path):
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "b.json"
+    r = run("bench", models.float32, "--runs", 3, "--warmup", 1, "--threads", "1", "--keras", models.keras_file, "--json", out)
+    assert r.exit_code == 0, r.output
+    k = json.loads(out.read_text())["keras"]
+    assert k["predict_one"]["latency_ms"]["n"] == 3 and k["predict_on_batch"]["batch"] == 32
+    assert k["predict_on_batch"]["images_per_s"] > 0
+
+
+def test_cli_runs_without_importing_tensorflow(models, data, tmp_path):
+    """classify --help, a full classify and a bench in a fresh interpreter leave TensorFlow unimported."""
+    out = tmp_path / "r.json"
+    code = f"""
+import sys
+from click.testing import CliRunner
+from edgecell.cli import cli
+r = CliRunner()
+a = r.invoke(cli, ["classify", "--help"])
+b = r.invoke(cli, ["classify", "--model", {str(models.export)!r}, {str(data)!r}, "--json", {str(out)!r}])
+c = r.invoke(cli, ["bench", {str(models.export)!r}, "--runs", "3", "--warmup", "1", "--threads", "1", "--data", {str(data)!r}])
+print(a.exit_code, b.exit_code, c.exit_code)
+print('tensorflow' in sys.modules, 'keras' in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "EDGECELL_INTERPRETER"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    codes, modules = p.stdout.strip().splitlines()[-2:]
+    assert codes == "0 0 0", p.stdout
+    assert modules == "False False"
+    assert json.loads(out.read_text())["summary"]["n_classified"] == 15
+
+
+@pytest.mark.realdata
+def test_real_images_classify(models, tmp_path):
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data set not found at {REAL_DATA}")
+    files = []
+    for c in CLASSES:
+        files += sorted((REAL_DATA / c).glob("*.jpg"))[:3]
+    assert len(files) == 15, "expected at least 3 JPEGs per class"
+    out = tmp_path / "real.json"
+    r = run("classify", "--model", models.export, *files, "--json", out)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["summary"]["n_classified"] == 15 and rep["metrics"]["n"] == 15
+    assert {x["true_label"] for x in rep["results"]} == set(CLASSES)

@@ -1,0 +1,332 @@
+"""firmware_host runtime: interpreter choice, verified loading, quantisation, triage, PATH expansion."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests._tflite_fixtures import CLASSES, SIZE, build_models, copy_model, save_jpeg
+from firmware_host import interpreter as interp_mod
+from firmware_host.errors import ImageError, ModelError, RuntimeMissingError
+from firmware_host.interpreter import load_interpreter
+from firmware_host.metadata import Precision, read_metadata, sha256_file, write_metadata
+from firmware_host.paths import expand_paths, label_for, walk_folder
+from firmware_host.runtime import (
+    FLAG_REVIEW,
+    FLAG_UNCERTAIN,
+    REVIEW_CLASSES,
+    Classifier,
+    Prediction,
+    TensorQuant,
+    apply_temperature,
+    classification_metrics,
+    dequantize_output,
+    input_lookup_table,
+    models_in,
+    quantize_input,
+    resolve_model,
+    triage,
+)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+def _edit_sidecar(model: Path, **changes) -> None:
+    meta = read_metadata(model)
+    for k, v in changes.items():
+        setattr(meta, k, v)
+    write_metadata(model, meta)
+
+
+# -- parity with Keras ------------------------------------------------------------------------
+
+
+def test_float32_matches_keras(models):
+    clf = Classifier.load(models.float32, threads=1)
+    assert clf.precision is Precision.float32 and not clf.input_quant.quantized
+    probs = np.stack([clf.predict_array(x) for x in models.images])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(probs, models.keras_probs, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["int8", "uint8"])
+def test_integer_models_close_to_keras(models, which):
+    clf = Classifier.load(getattr(models, which), threads=1)
+    assert clf.input_quant.dtype == np.dtype(which) and clf.output_quant.dtype == np.dtype(which)
+    probs = np.stack([clf.predict_array(x) for x in models.images])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert (probs >= 0).all()
+    agree = (probs.argmax(1) == models.keras_probs.argmax(1)).mean()
+    assert agree >= 0.9, agree
+    assert np.abs(probs - models.keras_probs).max() < 0.05
+
+
+def test_quantisation_read_from_interpreter_and_applied(models):
+    clf = Classifier.load(models.int8, threads=1)
+    raw, _ = load_interpreter(model_path=models.int8, num_threads=1)
+    i, o = raw.get_input_details()[0], raw.get_output_details()[0]
+    assert (clf.input_quant.scale, clf.input_quant.zero_point) == pytest.approx(i["quantization"])
+    assert (clf.output_quant.scale, clf.output_quant.zero_point) == pytest.approx(o["quantization"])
+    assert clf.input_quant.scale > 0 and clf.output_quant.scale > 0
+    for x in models.images[:6]:
+        s, z = i["quantization"]
+        q = np.clip(np.round(x.astype(np.float64) / s) + z, -128, 127).astype(np.int8)
+        raw.set_tensor(i["index"], q[None])
+        raw.invoke()
+        out = raw.get_tensor(o["index"])[0]
+        s_o, z_o = o["quantization"]
+        manual = np.clip((out.astype(np.float64) - z_o) * s_o, 0, None)
+        manual /= manual.sum()
+        np.testing.assert_allclose(clf.predict_array(x), manual, atol=1e-12)
+
+
+def test_quantisation_helpers():
+    q8 = TensorQuant(np.dtype(np.int8), 1.0, -128)
+    np.testing.assert_array_equal(input_lookup_table(q8), (np.arange(256) - 128).astype(np.int8))
+    qu = TensorQuant(np.dtype(np.uint8), 2.0, 3)
+    lut = input_lookup_table(qu)
+    assert lut.dtype == np.uint8 and lut[0] == 3 and lut[255] == min(255, round(255 / 2) + 3)
+    img = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    np.testing.assert_array_equal(quantize_input(img, q8), np.array([[[-128, 0, 127]]], dtype=np.int8))
+    np.testing.assert_array_equal(quantize_input(img, TensorQuant(np.dtype(np.float32), 0.0, 0)), img.astype(np.float32))
+    np.testing.assert_allclose(dequantize_output(np.array([-128, 0, 127], np.int8), TensorQuant(np.dtype(np.int8), 1 / 256, -128)), [0, 0.5, 255 / 256])
+
+
+def test_temperature_applied(models, tmp_path):
+    base = Classifier.load(models.float32, threads=1)
+    m = copy_model(models.float32, tmp_path / "t")
+    _edit_sidecar(m, temperature=2.0)
+    hot = Classifier.load(m, threads=1)
+    for x in models.images[:5]:
+        p = base.predict_array(x)
+        q = hot.predict_array(x)
+        z = np.log(p) / 2.0
+        expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        np.testing.assert_allclose(q, expected, atol=1e-9)
+        assert q.sum() == pytest.approx(1.0) and q.max() <= p.max() + 1e-12
+    np.testing.assert_allclose(apply_temperature(np.array([0.5, 0.5, 0.0]), 3.0).sum(), 1.0)
+
+
+# -- refusing bad models ------------------------------------------------------------------------
+
+
+def test_sha_mismatch_is_model_error(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    data = bytearray(m.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    m.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256 does not match") as ei:
+        Classifier.load(m)
+    assert str(m) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_truncated_model_is_model_error(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    m.write_bytes(m.read_bytes()[: m.stat().st_size // 2])
+    with pytest.raises(ModelError, match="truncated"):
+        Classifier.load(m)
+    # The same truncated bytes with a matching checksum: the interpreter refuses them, one line.
+    _edit_sidecar(m, sha256=sha256_file(m))
+    with pytest.raises(ModelError, match="not a usable TFLite model") as ei:
+        Classifier.load(m)
+    assert str(m) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_garbage_named_tflite_is_model_error(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    m.write_bytes(os.urandom(3000))
+    with pytest.raises(ModelError, match="SHA-256"):
+        Classifier.load(m)
+    _edit_sidecar(m, sha256=sha256_file(m))
+    with pytest.raises(ModelError, match="not a usable TFLite model"):
+        Classifier.load(m)
+    with pytest.raises(ModelError, match="not a usable TFLite model"):
+        load_interpreter(model_path=m)
+
+
+def test_empty_model_and_missing_sidecar(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    m.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        Classifier.load(m)
+    m2 = copy_model(models.int8, tmp_path / "y")
+    m2.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="metadata file model_int8.json is missing"):
+        Classifier.load(m2)
+
+
+def test_class_count_mismatch_is_model_error(models, tmp_path):
+    m = copy_model(models.float32, tmp_path / "x")
+    _edit_sidecar(m, classes=CLASSES[:4])
+    with pytest.raises(ModelError, match="lists 4 classes"):
+        Classifier.load(m)
+
+
+def test_input_shape_mismatch_is_model_error(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    _edit_sidecar(m, input_size=SIZE * 2)
+    with pytest.raises(ModelError, match=r"input shape is \[1, 32, 32, 3\]"):
+        Classifier.load(m)
+
+
+# -- choosing a model and an interpreter -------------------------------------------------------
+
+
+def test_folder_prefers_int8_and_precision_selects(models, tmp_path):
+    assert resolve_model(models.export) == models.int8
+    assert resolve_model(models.export, "float32") == models.float32
+    assert [p.name for p in models_in(models.export)] == ["model_int8.tflite", "model_float32.tflite"]
+    assert Classifier.load(models.export, precision="float32").precision is Precision.float32
+    with pytest.raises(ModelError, match="no model_float16.tflite"):
+        Classifier.load(models.export, precision="float16")
+    with pytest.raises(ModelError, match="is a int8 model but float32"):
+        Classifier.load(models.int8, precision="float32")
+    with pytest.raises(ModelError, match="no model in this folder"):
+        resolve_model(tmp_path)
+
+
+def test_backend_forced_and_missing(models, monkeypatch):
+    monkeypatch.setenv("EDGECELL_INTERPRETER", "ai_edge_litert")
+    clf = Classifier.load(models.int8, threads=1)
+    assert clf.backend.name == "ai_edge_litert" and clf.backend.version[0].isdigit()
+    assert clf.info()["interpreter"] == "ai_edge_litert"
+    monkeypatch.setenv("EDGECELL_INTERPRETER", "no_such_thing")
+    with pytest.raises(RuntimeMissingError, match="not one of"):
+        Classifier.load(models.int8)
+    monkeypatch.delenv("EDGECELL_INTERPRETER")
+    monkeypatch.setattr(interp_mod, "_try_import", lambda name: None)
+    with pytest.raises(RuntimeMissingError) as ei:
+        Classifier.load(models.int8)
+    assert 'pip install "edgecell[pi]"' in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_tflite_runtime_forced_when_absent(monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    try:
+        import tflite_runtime  # noqa: F401
+    except ImportError:
+        monkeypatch.setenv("EDGECELL_INTERPRETER", "tflite_runtime")
+        with pytest.raises(RuntimeMissingError, match="tflite_runtime"):
+            interp_mod.find_backend()
+    else:  # pragma: no cover - only where tflite-runtime is installed
+        monkeypatch.setenv("EDGECELL_INTERPRETER", "tflite_runtime")
+        assert interp_mod.find_backend().name == "tflite_runtime"
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+
+def test_predict_array_rejects_wrong_arrays(models):
+    clf = Classifier.load(models.int8, threads=1)
+    with pytest.raises(ImageError, match="shape"):
+        clf.predict_array(np.zeros((SIZE + 1, SIZE, 3), np.uint8))
+    with pytest.raises(ImageError, match="dtype"):
+        clf.predict_array(np.zeros((SIZE, SIZE, 3), np.float32))
+
+
+def test_classify_file_and_many(models, tmp_path):
+    clf = Classifier.load(models.int8, threads=1)
+    good = [save_jpeg(tmp_path / f"g{k}.jpg", np.full((40, 50, 3), 30 * k, np.uint8)) for k in range(5)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    p = clf.classify_file(good[0])
+    assert isinstance(p, Prediction) and p.label in CLASSES and p.path == str(good[0])
+    assert [lab for lab, _ in p.top3][0] == p.label and len(p.top3) == 3
+    assert p.top3[0][1] >= p.top3[1][1] >= p.top3[2][1]
+    assert p.preprocess_ms > 0 and p.inference_ms > 0 and p.probs.sum() == pytest.approx(1.0)
+    order = good[:2] + [bad] + good[2:]
+    out = list(clf.classify_many(order, workers=2))
+    assert [o[0] for o in out] == [str(x) for x in order]
+    assert isinstance(out[2][1], ImageError) and "bad.jpg" in str(out[2][1])
+    assert all(isinstance(r, Prediction) for k, (_, r) in enumerate(out) if k != 2)
+    np.testing.assert_allclose(out[0][1].probs, p.probs)
+
+
+# -- triage ------------------------------------------------------------------------------------
+
+
+def _pred(label, conf):
+    return Prediction("x.jpg", label, conf, [(label, conf)], np.array([conf]))
+
+
+def test_triage_flags():
+    assert REVIEW_CLASSES == {"myeloblast", "erythroblast"}
+    assert triage(_pred("seg_neutrophil", 0.95), 0.7) == ""
+    assert triage(_pred("monocyte", 0.69), 0.7) == FLAG_UNCERTAIN == "uncertain - refer"
+    assert triage(_pred("myeloblast", 0.99), 0.7) == FLAG_REVIEW
+    assert triage(_pred("erythroblast", 0.8), 0.7) == FLAG_REVIEW
+    assert triage(_pred("myeloblast", 0.5), 0.7) == FLAG_UNCERTAIN
+    assert triage(_pred("basophil", 0.7), 0.7) == ""
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_match_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    classes = CLASSES
+    y = [classes[k] for k in rng.integers(0, 5, 200)]
+    p = [t if rng.random() < 0.6 else classes[k] for t, k in zip(y, rng.integers(0, 4, 200))]  # class 4 rarely predicted
+    m = classification_metrics(y, p, classes)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, p))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(y, p, average="macro", zero_division=0))
+    np.testing.assert_array_equal(np.array(m["confusion_matrix"]), sk.confusion_matrix(y, p, labels=classes))
+    # only two classes present: macro over the present ones, as scikit-learn does
+    y2, p2 = ["myeloblast", "myeloblast", "basophil"], ["myeloblast", "basophil", "basophil"]
+    assert classification_metrics(y2, p2, classes)["macro_f1"] == pytest.approx(sk.f1_score(y2, p2, average="macro"))
+
+
+# -- PATH expansion ----------------------------------------------------------------------------
+
+
+def test_expand_paths(tmp_path):
+    img = np.zeros((16, 16, 3), np.uint8)
+    a = save_jpeg(tmp_path / "data" / "myeloblast" / "b.jpg", img)
+    b = save_jpeg(tmp_path / "data" / "myeloblast" / "a.JPG", img)
+    c = save_jpeg(tmp_path / "data" / "other" / "deep" / "c.jpeg", img)
+    (tmp_path / "data" / "notes.txt").write_text("x")
+    (tmp_path / "data" / "dir.jpg").mkdir()
+    (tmp_path / "data" / "dir.jpg" / "inner.jpg").write_bytes(b"")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "data" / "broken.png")
+    (tmp_path / "empty").mkdir()
+    single = save_jpeg(tmp_path / "single.bmp.jpg", img)
+
+    found = walk_folder(tmp_path / "data")
+    names = [p.relative_to(tmp_path / "data").as_posix() for p in found]
+    assert names == ["broken.png", "dir.jpg", "myeloblast/a.JPG", "myeloblast/b.jpg", "other/deep/c.jpeg"]
+
+    ex = expand_paths([tmp_path / "data", str(a), str(tmp_path / "data" / "m*" / "*"), single, tmp_path / "nope.jpg", tmp_path / "empty", str(tmp_path / "zz*.png")])
+    assert ex.paths[: len(found)] == found  # the folder, then the duplicates dropped
+    assert ex.paths[-1] == single and len(ex.paths) == len(found) + 1
+    reasons = sorted(e.reason for e in ex.errors)
+    assert reasons == ["folder holds no images (looked for .jpg, .jpeg, .png, .tif, .tiff, .bmp)", "no such file or folder", "pattern matches no images"]
+
+    g = expand_paths([str(tmp_path / "data" / "**" / "*.jp*g")])
+    assert {p.name for p in g.paths} >= {"b.jpg", "c.jpeg"} and not g.errors
+
+    assert label_for(a, CLASSES) == "myeloblast" and label_for(b, CLASSES) == "myeloblast"
+    assert label_for(c, CLASSES) is None
+
+
+def test_module_imports_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, firmware_host.runtime, firmware_host.paths, firmware_host.interpreter; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_info_is_json_serialisable(models):
+    info = Classifier.load(models.int8, threads=1).info()
+    assert json.loads(json.dumps(info))["precision"] == "int8"
+    assert info["input_quantization"]["dtype"] == "int8" and info["sha256"] == sha256_file(models.int8)
