@@ -27,7 +27,7 @@ def _widths(ctx, param, value):
 @seed_option
 @click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, help="Images per step.")
-@click.option("--patience", type=click.IntRange(1, 1000), default=8, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--patience", type=click.IntRange(1, 1000), default=12, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--widths", callback=_widths, default=None, help="Conv2D filters per block, e.g. 16,32,64,128 (the default).")
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option

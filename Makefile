@@ -1,0 +1,57 @@
+# edgecell: the two commands of the README are `make demo` and `make test`.
+# Each builds its own virtual environment (.venv) first; nothing else needs to be installed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo
+# The Pi-only environment: the runtime without TensorFlow, as installed on a Raspberry Pi.
+PI_VENV ?= .venv-pi
+
+.PHONY: install demo test test-all pi-check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,pi,dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+## demo: synthetic data -> train -> convert --int8 -> classify unseen images -> parity and latency
+demo: install
+	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 150 --seed 0
+	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1
+	$(BIN)/edgecell train --data $(DEMO)/data --out $(DEMO)/run --epochs 25
+	$(BIN)/edgecell convert $(DEMO)/run --int8
+	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen --json $(DEMO)/classify.json
+	$(BIN)/edgecell bench $(DEMO)/run/export/model_float32.tflite $(DEMO)/run/export/model_int8.tflite --data $(DEMO)/unseen --runs 200 --json $(DEMO)/bench.json
+
+## test: the test suite (slow tests excluded; `make test-all` includes them)
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+## pi-check: install .[pi] alone in a fresh environment (no TensorFlow) and classify and bench there
+pi-check: install
+	rm -rf $(PI_VENV) build/pi-check
+	$(BIN)/edgecell demo-data build/pi-check/data --per-class 20 --seed 3
+	$(BIN)/edgecell train --data build/pi-check/data --out build/pi-check/run --epochs 2 --img-size 48 --widths 8,16
+	$(BIN)/edgecell convert build/pi-check/run --int8 --max-drop 100
+	$(PYTHON) -m venv $(PI_VENV)
+	$(PI_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PI_VENV)/bin/python -m pip install --quiet ".[pi]"
+	$(PI_VENV)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)" \
+		|| (echo "pi-check: TensorFlow got installed into the Pi environment" && false)
+	cd build && ../$(PI_VENV)/bin/edgecell classify --model pi-check/run/export pi-check/data/myeloblast --json pi-check/classify.json
+	cd build && ../$(PI_VENV)/bin/edgecell bench pi-check/run/export/model_int8.tflite --runs 50 --warmup 5 --data pi-check/data --json pi-check/bench.json
+	@echo "pi-check: classify and bench ran without TensorFlow"
+
+## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(PI_VENV) build $(DEMO) .pytest_cache

@@ -1,0 +1,95 @@
+"""edgecell train and evaluate on a small slice of the real data (a tiny model, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgecell.cli import cli
+
+pytestmark = [pytest.mark.realdata, pytest.mark.tf]
+
+ARTIFACTS = ("model.keras", "metadata.json", "split.csv", "history.json", "metrics.json", "confusion_matrix.png", "training_curves.png")
+
+
+def test_train_writes_every_artifact(tiny_run):
+    for name in ARTIFACTS:
+        assert (tiny_run / name).is_file(), name
+    assert not list(tiny_run.parent.glob(f".{tiny_run.name}.tmp-*")), "staging folder left behind"
+    assert (tiny_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((tiny_run / "metadata.json").read_text())
+    assert meta["classes"] == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
+    assert meta["input_size"] == 48 and meta["seed"] == 1
+    assert len(meta["dataset"]["fingerprint"]) == 64
+    assert meta["preprocessing"]["version"] == 1
+    assert meta["temperature"] > 0
+
+
+def test_tiny_model_learns(tiny_run):
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n"] == 30  # 15% of 40 per class
+    assert m["accuracy"] >= 0.6, f"a tiny model should beat chance (0.2) clearly; got {m['accuracy']}"
+    assert sum(map(sum, m["confusion_matrix"])) == m["n"]
+
+
+def test_never_tests_on_training_images(tiny_run):
+    with open(tiny_run / "split.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_split = {s: {r["sha256"] for r in rows if r["split"] == s} for s in ("train", "val", "test")}
+    assert not by_split["train"] & by_split["test"]
+    assert not by_split["train"] & by_split["val"]
+    assert not by_split["val"] & by_split["test"]
+
+
+def test_evaluate_reproduces_train_metrics(tiny_run, tmp_path):
+    res = CliRunner().invoke(cli, ["evaluate", str(tiny_run), "--out", str(tmp_path), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    written = json.loads((tiny_run / "metrics.json").read_text())
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["confusion_matrix"] == written["confusion_matrix"]
+    assert got["accuracy"] == pytest.approx(written["accuracy"], abs=1e-12)
+    assert got["macro_f1"] == pytest.approx(written["macro_f1"], abs=1e-12)
+    assert (tmp_path / "keras_test_confusion_matrix.png").is_file()
+    assert "macro-F1" in res.output
+
+
+def test_evaluate_not_a_run_folder(tmp_path):
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    assert str(tmp_path) in res.output
+
+
+def test_retrain_replaces_run_only_when_done(tiny_run, real_slice, tmp_path):
+    """A failing re-run (unusable data) leaves the previous run folder intact."""
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
+    bad = tmp_path / "bad"
+    (bad / "a").mkdir(parents=True)
+    res = CliRunner().invoke(cli, ["train", "--data", str(bad), "--out", str(tiny_run), "--epochs", "1"])
+    assert res.exit_code == 1
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before
+
+
+def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(tmp_path), "--epochs", "1"])
+    assert res.exit_code == 1
+    assert "not an edgecell folder" in res.output
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_cross_validation(real_slice, tmp_path):
+    out = tmp_path / "cv"
+    res = CliRunner().invoke(
+        cli, ["train", "--data", str(real_slice), "--out", str(out), "--epochs", "3", "--img-size", "32", "--widths", "4,8", "--cv", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    cv = json.loads((out / "cv.json").read_text())
+    assert cv["k"] == 3 and len(cv["folds"]) == 3
+    assert sum(f["n_test"] for f in cv["folds"]) == 170  # train+val of 200 images: 30 per class held out as test
+    for key in ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"):
+        assert 0 <= cv[key] <= 1
+    assert "cross-validation" in res.output
