@@ -1,0 +1,55 @@
+"""The command line itself: help, version, every command documented with an example."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgecell import __version__
+from edgecell.cli import COMMANDS, cli
+
+
+def test_version():
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"edgecell, version {__version__}"
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_group_help_lists_every_command(flag):
+    res = CliRunner().invoke(cli, [flag])
+    assert res.exit_code == 0
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_summary_and_example(name):
+    res = CliRunner().invoke(cli, [name, "-h"])
+    assert res.exit_code == 0, res.output
+    cmd = cli.get_command(None, name)
+    summary = cmd.help.strip().split("\n\n")[0]
+    assert "\n" not in summary and summary.endswith("."), f"one-line summary expected, got {summary!r}"
+    assert len(summary) <= 100
+    assert summary.split()[0] in res.output
+    assert "Example" in res.output and f"edgecell {name}" in res.output
+
+
+def test_unknown_command_is_a_usage_error():
+    res = CliRunner().invoke(cli, ["frobnicate"])
+    assert res.exit_code == 2
+    assert "No such command" in res.output
+
+
+def test_start_up_imports_no_tensorflow():
+    code = (
+        "import sys; from click.testing import CliRunner; from edgecell.cli import cli;"
+        "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output;"
+        "[CliRunner().invoke(cli, [c, '--help']) for c in ('classify', 'bench', 'train', 'convert', 'evaluate', 'audit', 'inspect', 'demo-data')];"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'sklearn', 'matplotlib')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
