@@ -1,0 +1,143 @@
+"""Keras -> TFLite: float32, float16 and full-integer int8, with a sanity check of the bytes.
+
+Every conversion goes through ``tf.lite.TFLiteConverter.from_keras_model(model)`` (it works with
+Keras 3 on TensorFlow 2.21). ``from_concrete_functions`` is deliberately not used: without
+freezing the variables it silently writes a model that has no weights.
+
+* float32: the plain conversion.
+* float16: ``Optimize.DEFAULT`` with ``supported_types=[tf.float16]`` (float16 weights, float32
+  input and output).
+* int8: ``Optimize.DEFAULT``, a representative data set of float32 ``(1, S, S, 3)`` batches with
+  pixel values 0-255 (the model's Rescaling layer is inside the graph, so the int8 input is
+  quantised pixels), ``TFLITE_BUILTINS_INT8`` only, int8 input and int8 output.
+
+The converter's C++ log lines are silenced (``TF_CPP_MIN_LOG_LEVEL``, absl and file descriptors
+1 and 2 redirected around ``convert()``); a failed conversion is one :class:`ModelError` line.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from firmware_host.errors import ModelError
+from firmware_host.metadata import Precision
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """dtype and per-tensor affine quantisation (``real = scale * (q - zero_point)``) of a tensor."""
+
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _converter(tf, model):
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
+def convert(model, precision: Precision | str, representative_dataset: Callable | None = None) -> bytes:
+    """Convert a Keras model to TFLite bytes of ``precision``.
+
+    ``representative_dataset`` is required for int8: a callable returning an iterator of
+    ``[float32 array (1, S, S, 3)]`` with values 0-255.
+    """
+    from edgecell.tfutil import import_tf, quiet_fds
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = import_tf()
+    precision = Precision(precision)
+    conv = _converter(tf, model)
+    if precision is Precision.float16:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision is Precision.int8:
+        if representative_dataset is None:
+            raise ValueError("int8 conversion needs a representative data set")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative_dataset
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    try:
+        with quiet_fds(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Statistics for quantized inputs were expected ..."
+            data = conv.convert()
+    except Exception as exc:  # converter errors come as ConverterError/RuntimeError with pages of MLIR
+        raise ModelError(f"TFLite {precision.value} conversion failed ({_one_line(exc)}); re-run with EDGECELL_DEBUG=1 for the converter log") from None
+    return bytes(data)
+
+
+def weight_count(model) -> int:
+    """Trainable parameters (kernels, biases, batch-norm scale/shift): what the file must carry."""
+    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+
+
+BYTES_PER_WEIGHT = {Precision.float32: 4, Precision.float16: 2, Precision.int8: 1}
+
+
+def check_size(data: bytes, precision: Precision | str, n_weights: int, name: str = "<model>") -> None:
+    """Refuse bytes whose size cannot hold the model's weights.
+
+    A weightless model (the classic ``from_concrete_functions`` trap) is a few KB whatever the
+    network; a healthy one is about ``bytes-per-weight x weights`` plus a few KB of graph. Batch-norm
+    folding removes a little, so the floor is 75% of that product.
+    """
+    precision = Precision(precision)
+    per = BYTES_PER_WEIGHT[precision]
+    floor = int(0.75 * per * n_weights)
+    if len(data) < floor:
+        raise ModelError(
+            f"the {precision.value} TFLite model is {len(data):,} bytes, but {n_weights:,} weights need at least {floor:,}: "
+            "the converter wrote a model without its weights",
+            name,
+        )
+    # 4 bytes per weight at most, plus generous room for the graph, names and quantisation tables
+    ceiling = 4 * n_weights * 2 + 512 * 1024
+    if len(data) > ceiling:
+        raise ModelError(f"the {precision.value} TFLite model is {len(data):,} bytes, far more than {n_weights:,} weights explain", name)
+    if data[4:8] != b"TFL3":
+        raise ModelError(f"the {precision.value} conversion did not produce a TFLite flatbuffer (no TFL3 identifier)", name)
+
+
+def tensor_io(data: bytes) -> dict:
+    """dtype and quantisation of the input and output tensors, read from an interpreter."""
+    from edgecell.tfutil import quiet_fds
+    from firmware_host.interpreter import load_interpreter
+
+    with quiet_fds():
+        it, _ = load_interpreter(model_content=data, num_threads=1, name="<converted model>")
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    return {"input": _quant(i), "output": _quant(o), "input_shape": [int(x) for x in i["shape"]], "output_shape": [int(x) for x in o["shape"]]}
+
+
+def _quant(detail: dict) -> TensorInfo:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []))
+    zeros = np.asarray(params.get("zero_points", []))
+    if scales.size == 1:
+        scale, zero = float(scales[0]), int(zeros[0]) if zeros.size else int(zero)
+    return TensorInfo(np.dtype(detail["dtype"]), float(scale), int(zero))
+
+
+def check_int8(data: bytes, name: str = "<model>") -> dict:
+    """The int8 model must take and give int8 tensors with a usable scale; returns :func:`tensor_io`."""
+    io = tensor_io(data)
+    for role in ("input", "output"):
+        q = io[role]
+        if np.dtype(q.dtype) != np.dtype(np.int8):
+            raise ModelError(f"the int8 model's {role} tensor is {np.dtype(q.dtype).name}, expected int8", name)
+        if not (q.scale > 0 and np.isfinite(q.scale)):
+            raise ModelError(f"the int8 model's {role} tensor has no quantisation scale", name)
+    return io
