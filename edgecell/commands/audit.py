@@ -1,0 +1,79 @@
+"""edgecell audit"""
+
+from __future__ import annotations
+
+import click
+
+from edgecell.options import data_option, emit_json, json_option, seed_option
+
+
+@click.command("audit", context_settings={"help_option_names": ["-h", "--help"]})
+@data_option(required=False, help="Data folder: one sub-folder of images per class (default: the run's, when RUN_DIR is given).")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@seed_option
+@click.option("--margin", type=click.FloatRange(0, 100), default=3.0, show_default=True,
+              help="Warn when a baseline's test accuracy is within this many percentage points of the CNN's.")
+@json_option
+def audit(data_dir, run_dir, seed, margin, json_out):
+    """Check whether image size or colour alone can do the CNN's job (a shortcut audit).
+
+    Fits simple scikit-learn models on features that carry no cell shape (image size, mean
+    colour, background-corner colour, colour histograms, an 8x8 thumbnail) on the same
+    train/test split as the CNN, plus a shuffled-label control that must land at chance.
+    With RUN_DIR the run's split.csv is used and the CNN's test accuracy is shown beside
+    the baselines; without it the split is made with --seed, as `train` would.
+
+    \b
+    Example:
+      edgecell audit --data ../shared/bloodcells runs/cells
+      edgecell audit --data ../shared/bloodcells --seed 42 --json audit.json
+    """
+    from pathlib import Path
+
+    from edgecell import audit as audit_mod
+    from edgecell.console import human, progress, warn
+    from firmware_host.errors import DataError
+
+    con = human(json_out == "-")
+    classes = None
+    meta = None
+    if run_dir is not None:
+        from edgecell.train import read_run
+
+        meta = read_run(run_dir)
+        classes = list(meta["classes"])
+        data_dir = data_dir or meta.get("dataset", {}).get("path")
+        if not (Path(run_dir) / "split.csv").is_file():
+            raise DataError("split.csv is missing from the run folder", run_dir)
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
+
+    with progress(con, transient=True) as bar:
+        task = bar.add_task("reading images", total=None)
+        fs = audit_mod.load_features(data_dir, classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+    for s in fs.skipped:
+        warn(f"skipped {s.path}: {s.reason}")
+    splits, split_source = audit_mod.split_for(fs, seed if meta is None else int(meta.get("seed", seed)), run_dir)
+    if run_dir is not None:
+        # files the run never saw (added after training) take no part in the audit
+        keep = splits != ""
+        if not keep.all():
+            warn(f"{int((~keep).sum())} image(s) in {data_dir} are not in the run's split and are left out")
+    groups = audit_mod.lab_groups(fs)
+    cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir else None
+    with con.status("fitting baselines", spinner="dots"):
+        result = audit_mod.audit(fs, splits, seed, cnn, margin, groups)
+    result["split_source"] = split_source
+    result["run_dir"] = run_dir
+    con.print(audit_mod.table(result))
+    if groups:
+        con.print("lab groups (by most common image size): " + "; ".join(f"{g['size']}: {', '.join(g['classes'])}" for g in groups))
+    if cnn is None:
+        con.print("no CNN to compare with" + (f" ({run_dir} has no metrics.json)" if run_dir else "; pass a RUN_DIR to set its test accuracy beside the baselines"))
+    else:
+        best = next(r for r in result["baselines"] if r["name"] == result["best_baseline"])
+        con.print(f"CNN test accuracy {cnn['accuracy']:.1%}; best morphology-free baseline '{best['name']}' {best['accuracy']:.1%} "
+                  f"(CNN lead {result['cnn_lead_points']:+.1f} points)")
+    for w in result["warnings"]:
+        warn(w)
+    emit_json(json_out, result)
