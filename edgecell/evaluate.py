@@ -87,12 +87,19 @@ class Predictor:
             from edgecell.train import predict
 
             return predict(self.model, x)
-        from firmware_host.runtime import dequantize_output, normalize
+        from firmware_host.runtime import dequantize_output, normalize, quantize_input
 
+        # The Pi's steps 2-3 (quantise the input, invoke, dequantise, renormalise), without step 4
+        # (the temperature), which the caller applies so it can report before and after.
+        uncalibrated = getattr(self.clf, "predict_uncalibrated", None)  # the Pi's own path, where the runtime has it
         out = []
+        q_in, q_out = self.clf.input_quant, self.clf.output_quant
         for img in x:
-            raw = self.clf.invoke_raw(self.clf._check_image(img))
-            out.append(normalize(dequantize_output(raw, self.clf.output_quant)))
+            if uncalibrated is not None:
+                out.append(uncalibrated(img))
+            else:
+                raw = self.clf.invoke_raw(quantize_input(self.clf._check_image(img), q_in)[None])
+                out.append(normalize(dequantize_output(raw, q_out)))
         return np.stack(out) if out else np.zeros((0, len(self.target.classes)), np.float32)
 
 
@@ -127,8 +134,115 @@ def load_split(target: Target, data_dir: str | None, split: str, con: Console) -
     return x, y, [r.file for r in rows]
 
 
-def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None) -> dict:
-    """Metrics of ``target`` on ``split``; writes metrics JSON and confusion-matrix PNG to ``out_dir``."""
+RISK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+"""Confidence thresholds of the risk-coverage table (``classify --threshold`` candidates)."""
+
+
+def risk_coverage(y_true: np.ndarray, probs: np.ndarray, thresholds=RISK_THRESHOLDS) -> list[dict]:
+    """What each ``classify --threshold`` would do on these images.
+
+    ``probs`` should be the calibrated probabilities (what ``classify`` sees). The rule is the
+    runtime's (:func:`firmware_host.runtime.triage`): confidence below the threshold is referred.
+    Per threshold: share referred, images kept, accuracy of the kept ones (None if none kept),
+    errors kept, and the share of all errors that get referred.
+    """
+    y_true = np.asarray(y_true)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    n, n_err = len(y_true), int((~correct).sum())
+    rows = []
+    for t in thresholds:
+        kept = conf >= t
+        k = int(kept.sum())
+        err_kept = int((kept & ~correct).sum())
+        rows.append(
+            {
+                "threshold": float(t),
+                "referred": float(1 - k / n) if n else 0.0,
+                "kept": k,
+                "kept_accuracy": float(correct[kept].mean()) if k else None,
+                "errors_kept": err_kept,
+                "errors_referred": float((n_err - err_kept) / n_err) if n_err else None,
+            }
+        )
+    return rows
+
+
+def risk_coverage_table(rows: list[dict], n: int, default: float | None = None, title: str = "Risk-coverage (calibrated confidence)"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("--threshold", "referred", "kept", "accuracy of kept", "errors kept", "errors referred"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        mark = " (default)" if default is not None and abs(r["threshold"] - default) < 1e-9 else ""
+        t.add_row(f"{r['threshold']:.2f}{mark}", f"{r['referred']:.1%}", f"{r['kept']}/{n}",
+                  "-" if r["kept_accuracy"] is None else f"{r['kept_accuracy']:.2%}", str(r["errors_kept"]),
+                  "-" if r["errors_referred"] is None else f"{r['errors_referred']:.0%}")
+    return t
+
+
+def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: float, seed: int, clean_probs: np.ndarray | None = None,
+                on_step=None) -> dict:
+    """Accuracy and macro-F1 under each member of :func:`edgecell.stain.family`, the worst case and its drop."""
+    from edgecell import stain
+    from edgecell.metrics import apply_temperature, compute, expected_calibration_error
+
+    clean_probs = predictor(x) if clean_probs is None else clean_probs
+    clean = compute(y, clean_probs, classes)
+    clean_pred = clean_probs.argmax(axis=1)
+    rows = []
+    for p in stain.family():
+        probs = predictor(p(x, seed))
+        m = compute(y, probs, classes)
+        rows.append(
+            {
+                "name": p.name,
+                "description": p.description,
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "drop_points": 100 * (clean["accuracy"] - m["accuracy"]),
+                "changed": float((probs.argmax(axis=1) != clean_pred).mean()),
+                "ece_calibrated": expected_calibration_error(y, apply_temperature(probs, temperature)),
+                "confusion_matrix": m["confusion_matrix"],
+            }
+        )
+        if on_step:
+            on_step(p.name)
+    worst = min(rows, key=lambda r: r["accuracy"])
+    return {
+        "seed": seed,
+        "n": int(len(y)),
+        "clean": {"accuracy": clean["accuracy"], "macro_f1": clean["macro_f1"]},
+        "perturbations": rows,
+        "worst": {"name": worst["name"], "accuracy": worst["accuracy"], "macro_f1": worst["macro_f1"], "drop_points": worst["drop_points"]},
+    }
+
+
+def stain_table(s: dict, title: str = "Stain shift"):
+    from rich.table import Table
+
+    t = Table(title=f"{title} (n={s['n']}, seed {s['seed']})")
+    t.add_column("perturbation")
+    for col in ("accuracy", "macro-F1", "drop (points)", "predictions changed", "ECE (T)"):
+        t.add_column(col, justify="right")
+    t.add_row("none (clean)", f"{s['clean']['accuracy']:.4f}", f"{s['clean']['macro_f1']:.4f}", "", "", "")
+    t.add_section()
+    for r in s["perturbations"]:
+        style = "bold red" if r["name"] == s["worst"]["name"] else ""
+        drop = f"{r['drop_points']:+.1f}"
+        t.add_row(r["name"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"[{style}]{drop}[/{style}]" if style else drop,
+                  f"{r['changed']:.1%}", f"{r['ece_calibrated']:.4f}")
+    return t
+
+
+def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None,
+             stain: bool = False, seed: int = 42) -> dict:
+    """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
+
+    Also computes the risk-coverage table on the calibrated probabilities and, with ``stain``,
+    the same metrics under each stain/colour perturbation of :mod:`edgecell.stain`.
+    """
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, reliability_png
     from firmware_host.atomic import write_json
@@ -148,8 +262,17 @@ def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out
             "temperature": target.temperature,
             "ece": expected_calibration_error(y, probs),
             "ece_calibrated": expected_calibration_error(y, cal),
+            "risk_coverage": risk_coverage(y, cal),
         }
     )
+    if stain:
+        from edgecell.console import progress
+        from edgecell.stain import family
+
+        with progress(con, transient=True) as bar:
+            task = bar.add_task("stain shifts", total=len(family()))
+            m["stain_shift"] = stain_shift(predictor, x, y, target.classes, target.temperature, seed, probs,
+                                           on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"))
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / "evaluation")
     stem = f"{target.kind}_{split}"
     write_json(out / f"{stem}_metrics.json", m)

@@ -12,29 +12,42 @@ from edgecell.options import data_option, emit_json, json_option, threads_option
 @data_option(required=False, help="Data folder (default: the one the run was trained on).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True, help="Which images: a split of the run's manifest, or every image in --data.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None, help="Folder for the JSON and PNGs (default: RUN_DIR/evaluation).")
+@click.option("--stain-shift", "stain", is_flag=True,
+              help="Also re-run the split under hue, saturation, brightness, grayscale and background-tint shifts (another lab's slides).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the random member of the stain-shift family.")
 @threads_option
 @json_option
-def evaluate(model, data_dir, split, out_dir, threads, json_out):
-    """Measure a model's accuracy, precision, recall, F1 and confusion matrix.
+def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
+    """Measure a model's accuracy, F1, confusion matrix, calibration and risk-coverage.
 
     MODEL is a run folder, its model.keras, an exported .tflite, or an export folder. The test
-    split is the one written at training time, so no training image is ever tested on.
+    split is the one written at training time, so no training image is ever tested on. The
+    risk-coverage table shows, for each `classify --threshold`, the share of images referred
+    and the accuracy of those kept (on temperature-calibrated confidence, as classify uses).
 
     \b
     Example:
       edgecell evaluate runs/cells
-      edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells
+      edgecell evaluate runs/cells --stain-shift
+      edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells --stain-shift
     """
     from edgecell.console import human
     from edgecell.evaluate import evaluate as run_eval
-    from edgecell.evaluate import resolve
+    from edgecell.evaluate import resolve, risk_coverage_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
+    from firmware_host.runtime import DEFAULT_THRESHOLD
 
     con = human(json_out == "-")
     target = resolve(model)
-    m = run_eval(target, data_dir, split, con, out_dir, threads)
+    m = run_eval(target, data_dir, split, con, out_dir, threads, stain=stain, seed=seed)
     con.print(metrics_table(m, title=f"{target.kind} model, {split} split (n={m['n']})"))
     con.print(confusion_table(m))
     con.print(f"expected calibration error: {m['ece']:.4f} (with temperature {m['temperature']:.2f}: {m['ece_calibrated']:.4f})")
+    con.print(risk_coverage_table(m["risk_coverage"], m["n"], DEFAULT_THRESHOLD))
+    if stain:
+        s = m["stain_shift"]
+        con.print(stain_table(s, title=f"{target.kind} model under stain shift, {split} split"))
+        w = s["worst"]
+        con.print(f"worst case: {w['name']}, accuracy {w['accuracy']:.4f} ({w['drop_points']:.1f} points of drop from clean {s['clean']['accuracy']:.4f})")
     con.print(f"wrote {m['outputs']['metrics']}, {m['outputs']['confusion_matrix']}, {m['outputs']['reliability']}")
     emit_json(json_out, m)
