@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""One benchmark run, side by side: edgecell against what a user would run instead.
+
+    python benchmarks/run.py [--data ../shared/bloodcells] [--run RUN_DIR] [--rounds 7]
+
+1. Trains with defaults (timed) or reuses ``--run``, converts to float32 and int8 (``--int8``).
+2. Measures on the same test-split images, interleaved round by round so machine drift hits
+   every method alike:
+   - Keras ``model.predict`` on one image, ``predict_on_batch`` on one image, a ``tf.function``;
+   - float32 and int8 TFLite through ai-edge-litert at 1 and 2 threads (edgecell's runtime);
+   - the same .tflite files through tflite-runtime 2.14 in its own virtual environment with
+     numpy<2 (when it installs);
+   - end-to-end classify throughput (decode + preprocess + inference, 2 threads) and decode +
+     preprocess alone (the ceiling classify can approach).
+3. Reports accuracy and macro-F1 of each model on the test split, file sizes, and for every speed
+   figure the median over rounds and its ratio to the int8 LiteRT figure. Writes
+   ``benchmarks/results/latest.json`` and ``benchmarks/results/latest.md``.
+
+Figures are from the machine this runs on (see the ``machine`` field); they are x86 figures,
+not Raspberry Pi figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "bloodcells"
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+
+TFLITE_RUNTIME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from tflite_runtime.interpreter import Interpreter
+    spec = json.loads(sys.argv[1])
+    x = np.load(spec["images"])
+    out = {}
+    for name, path in spec["models"].items():
+        try:
+            it = Interpreter(model_path=path, num_threads=1)
+            it.allocate_tensors()
+        except Exception as exc:
+            out[name] = {"error": str(exc).splitlines()[0]}
+            continue
+        i = it.get_input_details()[0]; o = it.get_output_details()[0]
+        scale, zp = i["quantization"]
+        def feed(img):
+            if i["dtype"] == np.float32:
+                return img[None].astype(np.float32)
+            q = np.clip(np.round(img.astype(np.float32) / scale + zp), -128, 127)
+            return q.astype(i["dtype"])[None]
+        for img in x[:20]:
+            it.set_tensor(i["index"], feed(img)); it.invoke()
+        times = []
+        for img in x[: spec["n"]]:
+            t0 = time.perf_counter()
+            it.set_tensor(i["index"], feed(img)); it.invoke(); r = it.get_tensor(o["index"])
+            times.append((time.perf_counter() - t0) * 1000)
+        out[name] = {"ms": float(np.median(times))}
+    print(json.dumps(out))
+    """
+)
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def edgecell_cmd() -> list[str]:
+    return [sys.executable, "-m", "edgecell"]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(), "system": platform.system()}
+
+
+def tflite_runtime_python() -> str | None:
+    """A venv with tflite-runtime 2.14 and numpy<2, or None when it cannot be installed."""
+    venv = WORK / "venv-tflite-runtime"
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([py, "-c", "import tflite_runtime"], capture_output=True).returncode == 0:
+        return str(py)
+    try:
+        sh([sys.executable, "-m", "venv", venv])
+        sh([py, "-m", "pip", "install", "--quiet", "tflite-runtime==2.14.0", "numpy<2"], timeout=600)
+        return str(py)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        print(f"tflite-runtime 2.14 could not be installed ({exc}); its column is left out", flush=True)
+        return None
+
+
+def time_calls(fn, inputs, warmup: int = 5) -> float:
+    """Median milliseconds of ``fn(x)`` over ``inputs`` (after a warm-up)."""
+    for x in inputs[:warmup]:
+        fn(x)
+    times = []
+    for x in inputs:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="data folder (default ../shared/bloodcells)")
+    ap.add_argument("--run", default=None, help="reuse this trained run folder instead of training")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds (median taken)")
+    ap.add_argument("--per-round", type=int, default=100, help="single-image calls per method per round")
+    ap.add_argument("--keras-per-round", type=int, default=20, help="Keras predict() calls per round (slow)")
+    ap.add_argument("--no-tflite-runtime", action="store_true", help="skip the tflite-runtime 2.14 comparison")
+    args = ap.parse_args()
+
+    t_start = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "data": args.data}
+
+    # 1. train (timed) and convert -------------------------------------------------------------
+    if args.run:
+        run = Path(args.run)
+    else:
+        run = WORK / "run-default"
+        t0 = time.perf_counter()
+        sh(edgecell_cmd() + ["train", "--data", args.data, "--out", run, "--json", WORK / "train.json"])
+        result["train_wall_seconds"] = time.perf_counter() - t0
+    train_meta = json.loads((run / "metadata.json").read_text())
+    result["training"] = train_meta["training"]
+    result["model"] = train_meta["model"]
+    result["input_size"] = train_meta["input_size"]
+    result["keras_test_metrics"] = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("accuracy", "macro_f1", "n", "ece", "ece_calibrated")}
+    t0 = time.perf_counter()
+    sh(edgecell_cmd() + ["convert", run, "--int8", "--data", args.data, "--json", WORK / "convert.json"])
+    result["convert_wall_seconds"] = time.perf_counter() - t0
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    result["parity"] = parity
+
+    # 2. speed, interleaved ---------------------------------------------------------------------
+    from edgecell import data as data_mod
+    from edgecell.tfutil import import_tf
+    from firmware_host.preprocess import load_image
+    from firmware_host.runtime import Classifier
+
+    classes = train_meta["classes"]
+    size = int(train_meta["input_size"])
+    rows = [r for r in data_mod.read_manifest(run / "split.csv") if r.split == "test"]
+    files = [Path(args.data) / r.file for r in rows]
+    x, y, _ = data_mod.load_from_manifest(args.data, rows, size, classes)
+    sample = x[: args.per_round]
+    np.save(WORK / "images.npy", sample)
+
+    tf = import_tf()
+    keras_model = tf.keras.models.load_model(run / "model.keras", compile=False)
+    tf_fn = tf.function(lambda t: keras_model(t, training=False))
+    export = run / "export"
+    lite = {}
+    for prec in ("float32", "int8"):
+        for threads in (1, 2):
+            lite[f"litert_{prec}_{threads}t"] = Classifier.load(export / f"model_{prec}.tflite", threads=threads, backend="ai_edge_litert")
+
+    def keras_predict(img):
+        keras_model.predict(img[None].astype(np.float32), verbose=0)
+
+    def keras_batch(img):
+        keras_model.predict_on_batch(img[None].astype(np.float32))
+
+    def keras_tf_function(img):
+        tf_fn(tf.constant(img[None].astype(np.float32)))
+
+    def e2e(workers: int = 2) -> float:
+        clf = lite["litert_int8_2t"]
+        t0 = time.perf_counter()
+        n = sum(1 for _ in clf.classify_many(files, workers=workers))
+        return n / (time.perf_counter() - t0)
+
+    def decode_only(workers: int = 2) -> float:
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(workers) as pool:
+            n = sum(1 for _ in pool.map(lambda p: load_image(p, size), files))
+        return n / (time.perf_counter() - t0)
+
+    trt_py = None if args.no_tflite_runtime else tflite_runtime_python()
+    samples: dict[str, list[float]] = {}
+
+    def record(name, value):
+        samples.setdefault(name, []).append(value)
+
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+        ksample = sample[: args.keras_per_round]
+        record("keras_predict_ms", time_calls(keras_predict, ksample, warmup=3))
+        record("keras_predict_on_batch_ms", time_calls(keras_batch, sample))
+        record("keras_tf_function_ms", time_calls(keras_tf_function, sample))
+        for name, clf in lite.items():
+            record(f"{name}_ms", time_calls(clf.predict_array, sample, warmup=20))
+        if trt_py:
+            spec = {"images": str(WORK / "images.npy"), "n": args.per_round,
+                    "models": {p: str(export / f"model_{p}.tflite") for p in ("float32", "int8")}}
+            proc = subprocess.run([trt_py, "-c", TFLITE_RUNTIME_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                for p, v in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                    if "ms" in v:
+                        record(f"tflite_runtime_{p}_1t_ms", v["ms"])
+                    else:
+                        result.setdefault("tflite_runtime_errors", {})[p] = v["error"]
+            else:
+                result["tflite_runtime_errors"] = {"all": proc.stderr.strip().splitlines()[-1:]}
+        record("e2e_classify_images_per_s", e2e())
+        record("decode_preprocess_images_per_s", decode_only())
+
+    med = {k: float(statistics.median(v)) for k, v in samples.items()}
+    ref = med["litert_int8_1t_ms"]
+    speed = {}
+    for k, v in med.items():
+        if k.endswith("_ms"):
+            speed[k] = {"median": v, "rounds": samples[k], "times_int8_litert_1t": v / ref}
+        else:
+            speed[k] = {"median": v, "rounds": samples[k]}
+    result["speed"] = speed
+    result["ratios"] = {
+        "keras_predict_over_int8": med["keras_predict_ms"] / ref,
+        "float32_over_int8_litert_1t": med["litert_float32_1t_ms"] / ref,
+        "tflite_runtime_int8_over_litert_int8": (med["tflite_runtime_int8_1t_ms"] / ref) if "tflite_runtime_int8_1t_ms" in med else None,
+        "e2e_share_of_decode_ceiling": med["e2e_classify_images_per_s"] / med["decode_preprocess_images_per_s"],
+    }
+    sizes = {p: (export / f"model_{p}.tflite").stat().st_size for p in ("float32", "int8")}
+    result["sizes_bytes"] = {"keras": (run / "model.keras").stat().st_size, **sizes}
+    result["total_seconds"] = time.perf_counter() - t_start
+
+    # 3. write ----------------------------------------------------------------------------------
+    from firmware_host.atomic import write_json, write_text
+
+    write_json(RESULTS / "latest.json", result)
+    write_text(RESULTS / "latest.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    p = r["parity"]
+    s = r["speed"]
+    m = r["machine"]
+
+    def pm(key):
+        v = s.get(key)
+        return "n/a" if v is None else f"{v['median']:.3f} ms | {v['times_int8_litert_1t']:.1f}x"
+
+    models = p.get("models", {})
+
+    def acc(name):
+        mm = models.get(name, {})
+        return f"{mm.get('accuracy', float('nan')) * 100:.2f} % | {mm.get('macro_f1', float('nan')):.4f}"
+
+    lines = [
+        f"Measured {r['date']} on {m['cpu']} ({m['cores']} cores, {m['machine']}, Python {m['python']}); "
+        f"input {r['input_size']}x{r['input_size']}, {r['model']['params']:,} parameters, {r['model']['macs'] / 1e6:.1f} M multiply-accumulates per image.",
+        "",
+        "| model | test accuracy | macro-F1 | file size |",
+        "|---|---|---|---|",
+        f"| Keras (float32) | {acc('keras').replace(' | ', ' | ')} | {r['sizes_bytes']['keras'] / 1024:.0f} KB (.keras) |",
+        f"| TFLite float32 | {acc('float32')} | {r['sizes_bytes']['float32'] / 1024:.0f} KB |",
+        f"| TFLite int8 | {acc('int8')} | {r['sizes_bytes']['int8'] / 1024:.0f} KB |",
+        "",
+        "| per-image latency, 1 image (median of rounds) | time | x int8 LiteRT |",
+        "|---|---|---|",
+        f"| Keras `model.predict` | {pm('keras_predict_ms')} |",
+        f"| Keras `predict_on_batch` | {pm('keras_predict_on_batch_ms')} |",
+        f"| Keras `tf.function` | {pm('keras_tf_function_ms')} |",
+        f"| TFLite float32, ai-edge-litert, 1 thread | {pm('litert_float32_1t_ms')} |",
+        f"| TFLite float32, ai-edge-litert, 2 threads | {pm('litert_float32_2t_ms')} |",
+        f"| **TFLite int8, ai-edge-litert, 1 thread** | {pm('litert_int8_1t_ms')} |",
+        f"| TFLite int8, ai-edge-litert, 2 threads | {pm('litert_int8_2t_ms')} |",
+        f"| TFLite float32, tflite-runtime 2.14, 1 thread | {pm('tflite_runtime_float32_1t_ms')} |",
+        f"| TFLite int8, tflite-runtime 2.14, 1 thread | {pm('tflite_runtime_int8_1t_ms')} |",
+        "",
+        "| throughput on the test-split JPEGs, 2 threads | images/s |",
+        "|---|---|",
+        f"| decode + preprocess alone (ceiling) | {s['decode_preprocess_images_per_s']['median']:.0f} |",
+        f"| end-to-end classify, int8 (decode + preprocess + inference) | {s['e2e_classify_images_per_s']['median']:.0f} "
+        f"({r['ratios']['e2e_share_of_decode_ceiling'] * 100:.0f} % of the ceiling) |",
+    ]
+    if r.get("train_wall_seconds"):
+        lines += ["", f"Training with defaults took {r['train_wall_seconds'] / 60:.1f} min wall-clock "
+                  f"({r['training']['epochs_run']} epochs, best {r['training']['best_epoch']}); the whole benchmark {r['total_seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
