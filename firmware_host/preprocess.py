@@ -6,8 +6,10 @@ Only numpy and Pillow are imported here.
 
 Steps (preprocessing version 1):
 
-1. Read the file's bytes; refuse empty files and images over :data:`MAX_PIXELS` pixels
-   (checked from the header, before decoding, so a 20000x20000 image cannot freeze a Pi).
+1. Read the file's bytes; refuse what is not a regular file, files over
+   :data:`MAX_FILE_BYTES`, empty files, and images over :data:`MAX_PIXELS` pixels (checked from
+   the header, before decoding, so a 20000x20000 image cannot freeze a Pi) or under
+   :data:`MIN_SIDE` pixels wide or high.
 2. For JPEG, ask the decoder for a DCT-scaled draft no smaller than the target size
    (``Image.draft``): a 2-4x faster decode with the same result on every machine.
 3. Apply the EXIF orientation (``ImageOps.exif_transpose``).
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -38,6 +42,8 @@ from firmware_host.errors import ImageError
 PREPROCESSING_VERSION = 1
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused before decoding."""
+MAX_FILE_BYTES = 256 * 2**20
+"""Largest file read as one image (256 MiB); larger ones are refused without being read."""
 MIN_SIDE = 8
 """Smallest width or height accepted: a smaller image cannot hold a cell."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -53,6 +59,11 @@ PREPROCESSING = {
     "max_pixels": MAX_PIXELS,
 }
 """What the metadata files record about preprocessing."""
+
+# Pillow warns (then errors) about decompression bombs while opening a file. Turn the warning
+# into an error once, here, rather than per call with ``warnings.catch_warnings()``, which is not
+# thread-safe (images are decoded in thread pools) and could scramble other warning filters.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def describe() -> dict:
@@ -86,31 +97,28 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     if not data:
         raise ImageError("empty file (0 bytes)", path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(
-                    f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit (refused to protect memory)",
-                    path,
-                )
-            if min(w, h) < MIN_SIDE:
-                raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
-            if img.format == "JPEG":
-                img.draft("RGB", (size, size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            if img.size != (size, size):
-                img = img.resize((size, size), RESAMPLE)
-            arr = np.asarray(img, dtype=np.uint8)
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(_too_large(f"{w}x{h} pixels"), path)
+        if min(w, h) < MIN_SIDE:
+            raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        if img.size != (size, size):
+            img = img.resize((size, size), RESAMPLE)
+        arr = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
         raise ImageError("not an image Pillow can read", path) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"refused as a decompression bomb ({exc})", path) from None
+        # Pillow refused it while reading the header: "Image size (N pixels) exceeds limit ..."
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageError(_too_large(f"{int(m.group(1)):,} pixels" if m else "too many pixels"), path) from None
     except MemoryError:
         raise ImageError("not enough memory to decode this image", path) from None
     except Exception as exc:  # truncated data, broken headers, codec errors: all one kind for the user
@@ -121,13 +129,33 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     return arr
 
 
+def _too_large(what: str) -> str:
+    return f"image is {what}, over the {MAX_PIXELS:,}-pixel limit (refused from its header, before decoding, to protect memory)"
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a file, turning every OS-level failure into an :class:`ImageError`."""
+    """Read a file, turning every OS-level failure into an :class:`ImageError`.
+
+    Only regular files are read (a named pipe or a device called ``x.jpg`` would block or never
+    end), and none over :data:`MAX_FILE_BYTES` (a multi-gigabyte whole-slide scan would exhaust a
+    Pi's memory before its header could be checked).
+    """
     p = Path(path)
     try:
-        if p.is_dir():
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError("is a directory, not an image file", path)
-        return p.read_bytes()
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError("is not a regular file (a pipe, socket or device); not read", path)
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"file is {st.st_size / 2**20:,.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path
+            )
+        with open(p, "rb") as fh:
+            data = fh.read(st.st_size + 1)  # +1: notice a file that grew since stat()
+        if len(data) > MAX_FILE_BYTES:  # grew while being read
+            raise ImageError(f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path)
+        return data
     except ImageError:
         raise
     except FileNotFoundError:
