@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary file beside the target, then rename.
 
 An interrupted or failed write (Ctrl-C, full disk) never leaves a half-written artifact, and a
-file that existed before stays intact.
+file that existed before stays intact. A whole folder is built the same way (:func:`staged_dir`):
+in a hidden sibling, swapped in only when complete, with Ctrl-C held back for the two renames of
+the swap so that an interrupt can never leave neither the old nor the new folder in place.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -25,8 +30,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     target = Path(path)
     folder = target.parent
+    _ensure_folder(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + (suffix if suffix is not None else target.suffix), dir=folder)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are meant to be copied and shared
@@ -42,6 +47,41 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         _unlink(tmp_path)
         raise
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents; a file standing in the way is named as such.
+
+    (``mkdir`` would only say "File exists" or "Not a directory".)
+    """
+    for anc in (folder, *folder.parents):
+        if anc.is_dir():
+            break
+        if anc.exists() or anc.is_symlink():
+            what = "is a file, not a folder" + ("" if anc == folder else f", so {folder} cannot be created in it")
+            raise EdgecellError(what, anc)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgecellError(f"cannot create this folder ({exc.strerror or exc})", folder) from None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, with one line naming the folder, if ``path`` could not be written later.
+
+    Creates the folder if needed and a temporary file in it (removed at once), so a long job
+    (classifying thousands of images) does not end with results it cannot save.
+    """
+    folder = Path(path).parent
+    _ensure_folder(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".check", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", folder) from None
+    if Path(path).is_dir():
+        raise EdgecellError("is a folder; give a file name", path)
 
 
 def _umask() -> int:
@@ -65,7 +105,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 (a Latin-1 name from an old camera)
+    # is written back as the very bytes it has on disk, instead of failing the whole write.
+    return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -98,33 +140,101 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
     disk, crash) leaves the previous results intact and no half-written folder behind.
     ``marker``: a file that must exist in a non-empty existing ``target`` for it to be replaced,
     so a user's unrelated folder is never overwritten.
-    """
-    import shutil
 
+    The swap is two renames (old folder aside, new one in place); Ctrl-C is held back during
+    them, and if the second fails the previous folder is put back. Errors raised inside the
+    block that name a file in the staging folder are re-worded to name the final path.
+    """
     target = Path(target)
     parent = target.parent
-    if target.exists():
+    if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise EdgecellError("exists and is not a folder", target)
         if marker and any(target.iterdir()) and not (target / marker).exists():
             raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
+    _ensure_folder(parent)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     except OSError as exc:
         raise EdgecellError(f"cannot write here ({exc.strerror or exc})", parent) from None
     try:
         yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            os.replace(target, old / "prev")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+    except EdgecellError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _retarget(exc, tmp, target)
+        raise
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EdgecellError(f"cannot write output folder ({exc.strerror or exc})", target) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        with _interrupts_held():
+            _swap(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgecellError(f"cannot write output folder ({exc.strerror or exc}); the previous one is unchanged", target) from None
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Put ``tmp`` where ``target`` is; on failure the previous ``target`` is back in place."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    try:
+        os.replace(target, old / "prev")
+    except OSError:
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        try:
+            os.replace(old / "prev", target)
+        except OSError:
+            raise EdgecellError(
+                f"cannot write output folder ({exc.strerror or exc}); the previous one was moved to {old / 'prev'}", target
+            ) from None
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _retarget(exc: EdgecellError, tmp: Path, target: Path) -> None:
+    """Make an error about ``tmp/x`` name ``target/x`` (the staging folder is gone by now)."""
+    if exc.path is None:
+        return
+    try:
+        rel = Path(exc.path).relative_to(tmp)
+    except ValueError:
+        return
+    exc.path = os.fspath(target / rel)
+    exc.args = (f"{exc.path}: {exc.reason}",)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) for the duration; deliver it afterwards.
+
+    Only possible in the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
