@@ -93,7 +93,7 @@ class ModelMetadata:
         try:
             q_in = d.get("input_quantization")
             q_out = d.get("output_quantization")
-            return cls(
+            meta = cls(
                 classes=[str(c) for c in d["classes"]],
                 input_size=int(d["input_size"]),
                 precision=Precision(d["precision"]),
@@ -109,6 +109,26 @@ class ModelMetadata:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"metadata is missing or has a bad field ({exc})", path) from None
+        meta._validate(path)
+        return meta
+
+    def _validate(self, path: str | os.PathLike) -> None:
+        """Refuse values that would give silently wrong answers (a zero temperature, no classes...)."""
+        import math
+
+        problems = []
+        if not self.classes:
+            problems.append("classes is empty")
+        elif len(set(self.classes)) != len(self.classes):
+            problems.append("classes has duplicate names")
+        if self.input_size < 1:
+            problems.append(f"input_size is {self.input_size}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"temperature is {self.temperature} (must be a positive number)")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
+            problems.append("sha256 is not a SHA-256 hex digest")
+        if problems:
+            raise ModelError(f"metadata has bad values: {'; '.join(problems)}", path)
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
