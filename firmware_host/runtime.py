@@ -370,15 +370,23 @@ class Classifier:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out_index).reshape(-1)
 
-    def predict_array(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities (float64, sum 1, in :attr:`classes` order) for one preprocessed uint8 image."""
+    def predict_uncalibrated(self, image: np.ndarray) -> np.ndarray:
+        """The model's own softmax for one preprocessed uint8 image, before the temperature.
+
+        Quantises the image for an int8/uint8 input, invokes, dequantises and renormalises.
+        (:meth:`invoke_raw` takes an already quantised batch; this takes the image.)
+        """
         image = self._check_image(image)
         if self._lut is not None:
             np.take(self._lut, image, out=self._buf[0], mode="clip")  # "clip": no buffering (indices are 0-255)
         else:
             self._buf[0] = image
         raw = self.invoke_raw(self._buf)
-        return apply_temperature(normalize(dequantize_output(raw, self.output_quant)), self.temperature)
+        return normalize(dequantize_output(raw, self.output_quant))
+
+    def predict_array(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities (float64, sum 1, in :attr:`classes` order) for one preprocessed uint8 image."""
+        return apply_temperature(self.predict_uncalibrated(image), self.temperature)
 
     def prediction(self, path: str | os.PathLike, probs: np.ndarray, preprocess_ms: float = 0.0, inference_ms: float = 0.0) -> Prediction:
         """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3)."""
