@@ -46,6 +46,7 @@ class LazyGroup(click.Group):
         from firmware_host.errors import EdgecellError
 
         debug = ctx.params.get("debug") or os.environ.get("EDGECELL_DEBUG") == "1"
+        _lenient_output()
         try:
             return super().invoke(ctx)
         except EdgecellError as exc:
@@ -63,8 +64,29 @@ class LazyGroup(click.Group):
             if debug:
                 raise
             raise click.ClickException(
-                f"unexpected error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback, and report it)"
+                f"unexpected error: {type(exc).__name__}: {_first_line(exc)} (re-run with --debug for the traceback, and report it)"
             ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _lenient_output() -> None:
+    """Never fail on printing a file name.
+
+    A name that is not valid UTF-8 (e.g. Latin-1 bytes from an old camera's memory card) reaches
+    Python as lone surrogates, which a strict UTF-8 terminal (the usual en_GB.UTF-8 locale)
+    refuses to encode. Such bytes are written back as they are (``surrogateescape``), like ``ls``
+    does; on a terminal that is not UTF-8, unencodable characters are shown as escapes.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            utf8 = (stream.encoding or "").replace("-", "").lower() == "utf8"
+            stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (captured, closed, ...)
+            pass
 
 
 def _module_exists(target: str) -> bool:
