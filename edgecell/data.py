@@ -88,7 +88,7 @@ class Dataset:
         """SHA-256 over (file, class, hash) of every sample: names this exact data set."""
         h = hashlib.sha256()
         for s in sorted(self.samples, key=lambda s: s.rel):
-            h.update(f"{s.rel}\t{s.label}\t{s.sha256}\n".encode())
+            h.update(f"{s.rel}\t{s.label}\t{s.sha256}\n".encode("utf-8", "surrogateescape"))  # names as their bytes
         return h.hexdigest()
 
     def path(self, sample: Sample) -> Path:
@@ -162,7 +162,13 @@ def scan(
         class_names = list(classes)
     else:
         class_names = sorted(by_name)
-    if len(class_names) < 2:
+    if classes is not None and not class_names:
+        # Evaluating a model: any one of its classes is enough (e.g. a folder of only basophils).
+        raise DataError(
+            f"holds no class folder (one sub-folder of images per class, named after a model class; found: {', '.join(by_name) or 'none'})",
+            root,
+        )
+    if classes is None and len(class_names) < 2:
         raise DataError(
             f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}"
             + (f": {class_names[0]}" if class_names else ""),
@@ -192,13 +198,10 @@ def scan(
         return (Sample(path.relative_to(root).as_posix(), label, hashlib.sha256(data).hexdigest()), arr if size else None), None
 
     results = []
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1))) as pool:
-        for res in pool.map(work, jobs):
-            results.append(res)
-            done += 1
-            if on_progress:
-                on_progress(done, len(jobs))
+    for done, res in enumerate(_map_in_threads(work, jobs, workers), 1):
+        results.append(res)
+        if on_progress:
+            on_progress(done, len(jobs))
 
     samples: list[Sample] = []
     arrays: list[np.ndarray] = []
@@ -237,9 +240,25 @@ def scan(
     )
     small = {c: n for c, n in ds.counts().items() if n < min_per_class}
     if small:
-        desc = ", ".join(f"{c} has {n}" for c, n in small.items())
-        raise DataError(f"too few usable images: {desc} (each class needs at least {min_per_class})", root)
+        unusable = Counter(Path(s.path).relative_to(root).parts[0] for s in ds.skipped if Path(s.path).is_relative_to(root))
+        desc = ", ".join(f"{c} has {n}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "") for c, n in small.items())
+        err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class})", root)
+        err.skipped = ds.skipped  # so a caller can list them before giving up
+        raise err
     return ds
+
+
+def _map_in_threads(fn, items: Sequence, workers: int | None = None):
+    """``map(fn, items)`` in a thread pool, in order; on Ctrl-C or an error, queued work is dropped.
+
+    (Leaving a ``with ThreadPoolExecutor()`` block waits for every queued item, so Ctrl-C while
+    reading 10,000 images would hang until all of them were read.)
+    """
+    pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1)))
+    try:
+        yield from pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- split
@@ -304,7 +323,8 @@ class ManifestRow:
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # surrogateescape: file names that are not valid UTF-8 were written as their raw bytes
+        text = p.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise DataError(f"cannot read split manifest ({exc.strerror or exc})", p) from None
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -350,11 +370,10 @@ def load_from_manifest(
         return decode(data, size, path)
 
     arrays = []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for i, a in enumerate(pool.map(work, rows)):
-            arrays.append(a)
-            if on_progress:
-                on_progress(i + 1, len(rows))
+    for i, a in enumerate(_map_in_threads(work, rows)):
+        arrays.append(a)
+        if on_progress:
+            on_progress(i + 1, len(rows))
     x = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
     y = np.array([index[r.label] for r in rows], dtype=np.int64)
     return x, y, rows
