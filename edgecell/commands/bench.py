@@ -83,6 +83,10 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
     from firmware_host.preprocess import load_image
     from firmware_host.runtime import Classifier, latency_summary, models_in
 
+    if json_out and json_out != "-":
+        from firmware_host.atomic import check_writable
+
+        check_writable(json_out)  # before minutes of timing, not after
     con = human(json_out == "-")
     files = [f for m in models for f in models_in(m)]
     images = expand_paths([data_dir]).paths[:limit] if data_dir else []

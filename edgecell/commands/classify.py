@@ -100,6 +100,11 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
 
     if json_out == "-" and csv_out == "-":
         raise click.UsageError("only one of --json and --csv can write to stdout ('-')")
+    from firmware_host.atomic import check_writable
+
+    for dest in (json_out, csv_out):
+        if dest and dest != "-":
+            check_writable(dest)  # before the work, so results are never computed only to be lost
     con = human(json_out == "-" or csv_out == "-")
     err = stderr_console
 
