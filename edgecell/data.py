@@ -148,7 +148,9 @@ def scan(
     non-image files are recorded in ``Dataset.skipped`` rather than raised. Raises
     :class:`DataError` for fewer than two classes or a class with fewer than ``min_per_class``
     usable images. ``classes`` restricts and orders the classes (folders not named are ignored;
-    a named class with no folder is an error).
+    a named class with no folder is an error); with ``classes`` given (evaluating a model), one
+    class is enough and a class folder without a usable image is allowed, as long as some
+    image is usable. A :class:`DataError` about too few images carries ``.skipped``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -238,7 +240,16 @@ def scan(
         images=np.stack(arrays) if size and arrays else (np.zeros((0, size, size, 3), np.uint8) if size else None),
         size=size,
     )
-    small = {c: n for c, n in ds.counts().items() if n < min_per_class}
+    counts = ds.counts()
+    if classes is not None:
+        # Evaluating a model: a class folder with nothing usable in it contributes nothing (its
+        # files are in ``skipped``, for the caller to list); only no usable image at all is fatal.
+        if not ds.samples:
+            err = DataError(f"no usable images in {', '.join(class_names)} ({len(ds.skipped)} unusable file(s) skipped)", root)
+            err.skipped = ds.skipped
+            raise err
+        counts = {c: n for c, n in counts.items() if n > 0}
+    small = {c: n for c, n in counts.items() if n < min_per_class}
     if small:
         unusable = Counter(Path(s.path).relative_to(root).parts[0] for s in ds.skipped if Path(s.path).is_relative_to(root))
         desc = ", ".join(f"{c} has {n}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "") for c, n in small.items())
