@@ -1,0 +1,1098 @@
+"""Reliability: every bad input gets a clear error, nothing is lost, interrupted work leaves no damage.
+
+Each case goes through the command line (``CliRunner`` on :data:`edgecell.cli.cli`, or a
+subprocess where a signal is needed) and checks what a user sees:
+
+* a one-line ``Error: PATH: what is wrong`` and a non-zero exit when the whole job cannot go on;
+* one ``error:``/``warning:`` line per bad input, naming it, while the other inputs are still used;
+* never a traceback (except with ``--debug``), never a half-written file, earlier results intact.
+
+docs/reliability.md lists every case and what edgecell does with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgecell.cli import cli
+from firmware_host import atomic
+from firmware_host.errors import EdgecellError, ImageError
+from firmware_host.preprocess import MAX_PIXELS, decode, load_image
+from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
+
+from .conftest import make_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_CONVERTER = (ROOT / "converters" / "tflite.py").is_file()
+needs_converter = pytest.mark.skipif(not HAVE_CONVERTER, reason="converters/tflite.py is not there yet (edgecell convert is being written)")
+LATIN1_NAME = os.fsdecode(b"caf\xe9 cell.png")  # not valid UTF-8: reaches Python as a lone surrogate
+UNICODE_NAME = "cell with spaces é ü 漢字.png"
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def cli_run(*args, **kwargs):
+    """Invoke the CLI in-process; no exception may escape it and no traceback may be printed."""
+    res = CliRunner().invoke(cli, [os.fspath(a) if isinstance(a, Path) else str(a) for a in args], **kwargs)
+    assert "Traceback" not in res.output, res.output
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise AssertionError(f"an exception escaped the CLI: {res.exception!r}\n{res.output}") from res.exception
+    return res
+
+
+def nonblank(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def assert_one_line_error(res, path, *words, code: int = 1) -> str:
+    """Exit ``code``; exactly one ``Error:`` line, the last thing on stderr, naming ``path`` and ``words``."""
+    assert res.exit_code == code, res.output
+    errors = [ln for ln in nonblank(res.stderr) if ln.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    line = errors[0]
+    assert nonblank(res.stderr)[-1] == line, res.stderr
+    assert os.fspath(path) in line, (path, line)
+    for w in words:
+        assert w in line, (w, line)
+    return line
+
+
+def lines_naming(text: str, name: str, marker: str) -> list[str]:
+    return [ln for ln in text.splitlines() if name in ln and marker in ln]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative path -> digest): "byte-for-byte intact"."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden staging/temporary entries edgecell might have left in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header announcing ``width`` x ``height`` pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def bmp_header_only(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 16, 0, 0, 14 + 40) + info + b"\x00" * 16
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose SOF0 marker is patched to announce ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    i = data.index(b"\xff\xc0")
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def tiff_rgb48(arr: np.ndarray) -> bytes:
+    """An uncompressed 16-bit-per-channel RGB TIFF (Pillow cannot write one itself)."""
+    h, w, _ = arr.shape
+    body = arr.astype("<u2").tobytes()
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None),
+            (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(body)), (284, 3, 1, 1)]
+    ifd_size = 2 + 12 * len(tags) + 4
+    bps_at, data_at = 8 + ifd_size, 8 + ifd_size + 6
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags))
+    for tag, typ, count, value in tags:
+        value = {258: bps_at, 273: data_at}.get(tag, value)
+        out += struct.pack("<HHIHH", tag, typ, count, value, 0) if typ == 3 and count == 1 else struct.pack("<HHII", tag, typ, count, value)
+    return out + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + body
+
+
+def cell_like(seed: int = 0, size: tuple[int, int] = (72, 64)) -> np.ndarray:
+    """An asymmetric RGB test picture (so a wrong rotation or flip changes it)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([255 * x / w, 255 * y / h, 128 + 60 * np.sin(x / 5.0)], axis=-1)
+    img[: h // 4, : w // 3] = (250, 30, 30)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+BAD_IMAGES = {
+    # name -> what the one-line message must say
+    "truncated.jpg": "cannot decode image",
+    "zero-bytes.jpg": "empty file (0 bytes)",
+    "text.jpg": "not an image Pillow can read",
+    "folder.jpg": "is a directory",
+    "broken-link.jpg": "broken symbolic link",
+    "one-pixel.png": "too small",
+    "huge-20000.png": "pixel limit",
+    "huge-20000.bmp": "pixel limit",
+    "huge-20000.jpg": "pixel limit",
+}
+
+
+def write_bad_images(folder: Path, good_jpeg: bytes) -> dict[str, str]:
+    """Write every unusable input of :data:`BAD_IMAGES` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 3])
+    (folder / "zero-bytes.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("Patient notes, not a picture.\n")
+    (folder / "folder.jpg").mkdir()
+    os.symlink(folder / "was-deleted.jpg", folder / "broken-link.jpg")
+    Image.new("RGB", (1, 1), (120, 40, 200)).save(folder / "one-pixel.png")
+    (folder / "huge-20000.png").write_bytes(png_header_only(20000, 20000))
+    (folder / "huge-20000.bmp").write_bytes(bmp_header_only(20000, 20000))
+    (folder / "huge-20000.jpg").write_bytes(jpeg_claiming(20000, 20000))
+    return dict(BAD_IMAGES)
+
+
+def write_odd_images(folder: Path, rgb: np.ndarray) -> list[str]:
+    """Usable images in every awkward encoding a lab produces; returns their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Image.fromarray(rgb)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.linspace(0, 255, rgb.shape[0] * rgb.shape[1]).reshape(rgb.shape[:2]).astype(np.uint8)))
+    rgba.save(folder / "alpha.png")
+    base.convert("L").save(folder / "grayscale.png")
+    base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(folder / "palette.png")
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(folder / "gray16.tif")
+    (folder / "rgb48.tif").write_bytes(tiff_rgb48(rgb.astype(np.uint16) * 257))
+    base.convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the pixels are stored turned the other way
+    base.transpose(Image.Transpose.ROTATE_90).save(folder / "exif-rotated.jpg", exif=exif.tobytes(), quality=95)
+    base.save(folder / UNICODE_NAME)
+    base.save(os.path.join(folder, LATIN1_NAME))
+    return ["alpha.png", "grayscale.png", "palette.png", "gray16.tif", "rgb48.tif", "cmyk.jpg", "exif-rotated.jpg", UNICODE_NAME, LATIN1_NAME]
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    return labelled_folder(tmp_path_factory.mktemp("labelled") / "data", per_class=3)
+
+
+# ============================================================== images: decode semantics
+
+
+def test_oversized_images_are_refused_from_the_header_quickly(tmp_path):
+    """20000x20000 (400 MP, 1.2 GB decoded) is refused in milliseconds, without decoding."""
+    for name, data in {
+        "h.png": png_header_only(20000, 20000),
+        "h.bmp": bmp_header_only(20000, 20000),
+        "h.jpg": jpeg_claiming(20000, 20000),
+        "h2.png": png_header_only(8000, 8000),  # 64 MP: under Pillow's own limit, over ours
+    }.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        assert len(data) < 2000
+        t0 = time.perf_counter()
+        with pytest.raises(ImageError, match="pixel limit") as exc:
+            load_image(p, 32)
+        assert time.perf_counter() - t0 < 0.5
+        assert str(exc.value).startswith(f"{p}: image is ") and "refused from its header" in str(exc.value)
+    assert MAX_PIXELS < 20000 * 20000
+
+
+def test_file_too_big_to_read_is_refused_unread(tmp_path):
+    """A multi-GB whole-slide scan named .tif is refused from its size, not read into memory."""
+    big = tmp_path / "whole-slide.tif"
+    with open(big, "wb") as fh:
+        fh.truncate(300 * 2**20)  # sparse: costs no disk
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match="MiB limit"):
+        load_image(big, 32)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_named_pipe_named_jpg_does_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo, 32)  # open() on a FIFO would block forever
+
+
+def test_odd_modes_give_the_expected_pixels():
+    """Not just 'no crash': alpha on white, grey as R=G=B, 16-bit scaled, CMYK and palette as RGB."""
+    rgb = cell_like(1, (40, 40))
+    s = 40  # no resize, so pixels compare directly
+
+    def enc(img, fmt="PNG", **kw):
+        b = io.BytesIO()
+        img.save(b, fmt, **kw)
+        return b.getvalue()
+
+    clear = Image.fromarray(rgb).convert("RGBA")
+    clear.putalpha(0)
+    assert (decode(enc(clear), s) == 255).all()  # fully transparent -> white, not the hidden colours
+    grey = decode(enc(Image.fromarray(rgb).convert("L")), s)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    g16 = decode(enc(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "TIFF"), s)
+    assert np.array_equal(g16[..., 0], rgb[..., 0])
+    assert np.array_equal(decode(tiff_rgb48(rgb.astype(np.uint16) * 257), s), rgb)
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    assert np.array_equal(decode(enc(pal), s), np.asarray(pal.convert("RGB")))
+    cmyk = decode(enc(Image.fromarray(rgb).convert("CMYK"), "TIFF"), s)
+    assert np.abs(cmyk.astype(int) - rgb).max() <= 2
+
+
+INVERSE = {  # EXIF orientation -> how the pixels are stored so that applying the tag gives upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG"])
+def test_exif_rotated_image_preprocesses_upright(fmt):
+    """An image saved rotated with an EXIF orientation tag gives the upright original's array.
+
+    PNG and TIFF are lossless, so the arrays are identical; JPEG re-encodes rotated pixels (and
+    decodes with DCT scaling), so it must be within a few levels of upright - and far from the
+    array that ignoring the tag would give.
+    """
+    upright = Image.fromarray(cell_like(2, (200, 120)))
+    kw = {"quality": 95} if fmt == "JPEG" else {}
+
+    def encoded(img, orientation=None):
+        b = io.BytesIO()
+        extra = dict(kw)
+        if orientation:
+            ex = Image.Exif()
+            ex[0x0112] = orientation
+            extra["exif"] = ex.tobytes()
+        img.save(b, fmt, **extra)
+        return b.getvalue()
+
+    ref = decode(encoded(upright), 32).astype(int)
+    for orientation, stored in INVERSE.items():
+        pixels = upright.transpose(stored)
+        got = decode(encoded(pixels, orientation), 32).astype(int)
+        ignored = decode(encoded(pixels), 32).astype(int)  # what a reader ignoring EXIF would see
+        if fmt == "JPEG":
+            assert np.abs(got - ref).mean() < 2.0, orientation
+            assert np.abs(ignored - ref).mean() > 10 * max(np.abs(got - ref).mean(), 0.5), orientation
+        else:
+            assert np.array_equal(got, ref), orientation
+
+
+def test_exif_rotated_jpeg_is_classified_like_the_upright_one(models, tmp_path):
+    upright = cell_like(3, (96, 64))
+    save_jpeg(tmp_path / "upright.jpg", upright, quality=95)
+    ex = Image.Exif()
+    ex[0x0112] = 8
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.jpg", exif=ex.tobytes(), quality=95)
+    out = tmp_path / "r.json"
+    res = cli_run("classify", "--model", models.float32, tmp_path / "upright.jpg", tmp_path / "rotated.jpg", "--json", out)
+    assert res.exit_code == 0, res.output
+    a, b = json.loads(out.read_text())["results"]
+    assert a["label"] == b["label"]
+    assert max(abs(a["probs"][c] - b["probs"][c]) for c in CLASSES) < 0.02
+
+
+# ============================================================== images through classify
+
+
+def test_classify_reports_each_bad_image_and_classifies_the_rest(models, tmp_path):
+    d = tmp_path / "slide 1"
+    bad = write_bad_images(d, jpeg_bytes(cell_like(4)))
+    odd = write_odd_images(d, cell_like(5))
+    save_jpeg(d / "plain.jpg", cell_like(6))
+    out, csv_out = tmp_path / "r.json", tmp_path / "r.csv"
+    res = cli_run("classify", "--model", models.export, d, "--json", out, "--csv", csv_out)
+    assert res.exit_code == 1, res.output  # some inputs failed: the job as a whole is not clean
+    rep = json.loads(out.read_text())
+    failed = {Path(f["path"]).name: f["error"] for f in rep["failed"]}
+    assert set(failed) == set(bad)
+    for name, reason in bad.items():
+        assert reason in failed[name], (name, failed[name])
+        lines = lines_naming(res.stderr, name, "error:")
+        assert len(lines) == 1 and reason in lines[0], (name, res.stderr)
+    done = {Path(r["path"]).name for r in rep["results"]}
+    assert done == set(odd) | {"plain.jpg"}
+    assert f"{len(bad)} of {len(bad) + len(odd) + 1} inputs could not be classified" in res.stderr
+    # names with spaces, non-ASCII and non-UTF-8 bytes survive into JSON and CSV exactly
+    assert os.path.join(d, LATIN1_NAME) in {r["path"] for r in rep["results"]}
+    raw = csv_out.read_bytes()
+    assert os.fsencode(os.path.join(d, LATIN1_NAME)) in raw and os.fsencode(os.path.join(d, UNICODE_NAME)) in raw
+
+
+def test_classify_all_inputs_bad_exits_1(models, tmp_path):
+    write_bad_images(tmp_path / "d", b"\xff\xd8\xff\xe0" + b"\x00" * 300)
+    res = cli_run("classify", "--model", models.export, tmp_path / "d")
+    assert res.exit_code == 1
+    assert f"{len(BAD_IMAGES)} of {len(BAD_IMAGES)} inputs could not be classified" in res.stderr
+
+
+def test_classify_empty_folder(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = cli_run("classify", "--model", models.export, tmp_path / "empty")
+    assert res.exit_code == 1
+    assert len(lines_naming(res.stderr, str(tmp_path / "empty"), "folder holds no images")) == 1
+
+
+def test_classify_unknown_class_folder_is_unlabelled(models, labelled, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(labelled / "basophil", d / "basophil")
+    for k in range(2):
+        save_jpeg(d / "lymphocyte" / f"ly_{k}.jpg", cell_like(10 + k))
+    out = tmp_path / "r.json"
+    res = cli_run("classify", "--model", models.export, d, "--json", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    truth = {Path(r["path"]).name: r["true_label"] for r in rep["results"]}
+    assert truth["ly_0.jpg"] is None and truth["ly_1.jpg"] is None
+    assert rep["metrics"]["n"] == 3 and rep["metrics"]["n_unlabelled"] == 2
+    assert rep["summary"]["n_classified"] == 5
+
+
+def test_classify_names_that_are_not_utf8_under_a_strict_terminal(models, tmp_path):
+    """The usual en_GB.UTF-8 locale refuses to print a Latin-1 file name; edgecell must not crash."""
+    d = tmp_path / "names"
+    write_odd_images(d, cell_like(7))
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.run([sys.executable, "-m", "edgecell", "classify", "--model", str(models.export), str(d)],
+                       capture_output=True, env=env, cwd=ROOT, timeout=120)
+    out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "unexpected error" not in err
+    assert os.fsencode(LATIN1_NAME) in p.stdout  # shown as the bytes it has on disk, like ls does
+
+
+def test_duplicate_paths_and_duplicate_images_are_each_classified_once(models, labelled, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(labelled / "monocyte", d)
+    first = sorted(d.glob("*.jpg"))[0]
+    shutil.copy(first, d / "copy-of-first.jpg")
+    out = tmp_path / "r.json"
+    res = cli_run("classify", "--model", models.export, d, first, str(d) + "/*.jpg", "--json", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    paths = [r["path"] for r in rep["results"]]
+    assert len(paths) == len(set(paths)) == 4
+    by = {Path(r["path"]).name: r["probs"] for r in rep["results"]}
+    assert by["copy-of-first.jpg"] == by[first.name]  # same bytes, same answer
+
+
+# ============================================================== models
+
+
+def _bad_model(kind: str, models, folder: Path) -> tuple[Path, Path, str]:
+    """A broken copy of the float32 model: (model path, path the error must name, words it must say)."""
+    m = copy_model(models.float32, folder)
+    side = m.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    data = m.read_bytes()
+
+    def replace_bytes(b: bytes) -> None:  # the sidecar agrees, so the interpreter itself must refuse
+        m.write_bytes(b)
+        meta["sha256"] = hashlib.sha256(b).hexdigest()
+
+    named, words = m, ""
+    if kind == "truncated":
+        replace_bytes(data[: len(data) // 2])
+        words = "not a usable TFLite model"
+    elif kind == "not-tflite":
+        replace_bytes(b"GIF89a, or a Word document, or anything else\n" * 40)
+        words = "not a usable TFLite model"
+    elif kind == "empty":
+        replace_bytes(b"")
+        words = "model file is empty (0 bytes)"
+    elif kind == "sha-mismatch":
+        m.write_bytes(data[:-64] + bytes(64))
+        words = "SHA-256 does not match its metadata"
+    elif kind == "wrong-input-shape":
+        meta["input_size"] = 48
+        words = "model input shape is [1, 32, 32, 3], but its metadata says [1, 48, 48, 3]"
+    elif kind == "fewer-labels":
+        meta["classes"] = CLASSES[:4]
+        words = "model output shape is [1, 5], but its metadata lists 4 classes"
+    elif kind == "more-labels":
+        meta["classes"] = CLASSES + ["lymphocyte"]
+        words = "model output shape is [1, 5], but its metadata lists 6 classes"
+    elif kind == "no-sidecar":
+        side.unlink()
+        return m, m, "metadata file model_float32.json is missing"
+    elif kind == "broken-sidecar":
+        side.write_text('{"format": "edgecell-model/1", "classes": [')
+        return m, side, "metadata file is unreadable"
+    elif kind == "zero-temperature":
+        meta["temperature"] = 0
+        named, words = side, "temperature is 0"
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    side.write_text(json.dumps(meta))
+    return m, named, words
+
+
+MODEL_KINDS = ["truncated", "not-tflite", "empty", "sha-mismatch", "wrong-input-shape", "fewer-labels", "more-labels",
+               "no-sidecar", "broken-sidecar", "zero-temperature"]
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_bad_model_classify(models, labelled, tmp_path, kind):
+    m, named, words = _bad_model(kind, models, tmp_path / "export")
+    res = cli_run("classify", "--model", m, labelled / "basophil")
+    assert_one_line_error(res, named, words)
+    assert "Differential count" not in res.output
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not-tflite", "sha-mismatch", "wrong-input-shape", "fewer-labels", "no-sidecar"])
+def test_bad_model_evaluate(models, labelled, tmp_path, kind):
+    pytest.importorskip("sklearn")
+    m, named, words = _bad_model(kind, models, tmp_path / "export")
+    data = tmp_path / "data"  # one class the (possibly shortened) class list always has
+    shutil.copytree(labelled / "basophil", data / "basophil")
+    res = cli_run("evaluate", m, "--data", data, "--split", "all", "--out", tmp_path / "ev")
+    assert_one_line_error(res, named, words)
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not-tflite", "sha-mismatch", "more-labels"])
+def test_bad_model_bench(models, tmp_path, kind):
+    m, named, words = _bad_model(kind, models, tmp_path / "export")
+    res = cli_run("bench", m, "--runs", 1, "--warmup", 0, "--threads", 1)
+    assert_one_line_error(res, named, words)
+
+
+@pytest.fixture(scope="module")
+def odd_models(models, tmp_path_factory):
+    """Real TFLite models with two outputs, and with a one-channel input (sidecars say 5 classes, RGB)."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from firmware_host.metadata import Precision
+    from tests._tflite_fixtures import _convert, write_model
+
+    root = tmp_path_factory.mktemp("odd_models")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    two = keras.Model(inp, [keras.layers.Dense(5, activation="softmax")(x), keras.layers.Dense(5, activation="softmax")(x)])
+    gin = keras.Input((32, 32, 1))
+    grey = keras.Model(gin, keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(gin)))
+    return {
+        "two-outputs": (write_model(root / "two" / Precision.float32.filename, _convert(two), Precision.float32), "model has 1 inputs and 2 outputs, expected 1 and 1"),
+        "grey-input": (write_model(root / "grey" / Precision.float32.filename, _convert(grey), Precision.float32), "model input shape is [1, 32, 32, 1]"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["two-outputs", "grey-input"])
+def test_model_with_wrong_tensors_classify(odd_models, labelled, kind):
+    m, words = odd_models[kind]
+    res = cli_run("classify", "--model", m, labelled / "basophil")
+    assert_one_line_error(res, m, words)
+
+
+# ============================================================== data folders: evaluate --split all
+
+
+def test_evaluate_all_unknown_class_is_an_error(models, labelled, tmp_path):
+    pytest.importorskip("sklearn")
+    d = tmp_path / "data"
+    shutil.copytree(labelled, d)
+    save_jpeg(d / "lymphocyte" / "ly.jpg", cell_like(1))
+    res = cli_run("evaluate", models.float32, "--data", d, "--split", "all", "--out", tmp_path / "ev")
+    assert_one_line_error(res, d, "class folder(s) the model does not know: lymphocyte")
+
+
+def test_evaluate_all_empty_folder(models, tmp_path):
+    pytest.importorskip("sklearn")
+    (tmp_path / "empty").mkdir()
+    res = cli_run("evaluate", models.float32, "--data", tmp_path / "empty", "--split", "all", "--out", tmp_path / "ev")
+    assert_one_line_error(res, tmp_path / "empty", "holds no class folder")
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_evaluate_a_tflite_model(models, labelled, tmp_path, precision):
+    pytest.importorskip("sklearn")
+    res = cli_run("evaluate", getattr(models, precision), "--data", labelled, "--split", "all", "--out", tmp_path / "ev",
+                  "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 15
+
+
+# ============================================================== outputs: not writable, disk full
+
+
+def _enospc_open(when):
+    """An ``open`` for firmware_host.atomic that writes half of the data and then reports a full disk."""
+    real_open = open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if "w" not in mode or not when(os.fspath(file)):
+            return fh
+
+        class HalfThenFull:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                fh.close()
+                return False
+
+            def write(self, data):
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def __getattr__(self, name):
+                return getattr(fh, name)
+
+        return HalfThenFull()
+
+    return fake_open
+
+
+def test_classify_json_under_a_file_fails_before_classifying(models, labelled, tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    res = cli_run("classify", "--model", models.export, labelled, "--json", tmp_path / "results" / "r.json")
+    assert_one_line_error(res, tmp_path / "results", "is a file, not a folder")
+    assert "Differential count" not in res.output  # no work done only to be lost
+
+
+def test_classify_csv_permission_denied(models, labelled, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    res = cli_run("classify", "--model", models.export, labelled, "--csv", tmp_path / "out" / "r.csv")
+    assert_one_line_error(res, tmp_path / "out", "cannot write here (Permission denied)")
+
+
+def test_classify_disk_full_keeps_the_previous_results(models, labelled, tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    assert cli_run("classify", "--model", models.export, labelled / "basophil", "--json", out).exit_code == 0
+    before = out.read_bytes()
+    monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: ".r.json." in f), raising=False)
+    res = cli_run("classify", "--model", models.export, labelled, "--json", out)
+    assert_one_line_error(res, out, "No space left on device")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no half-written temporary file
+
+
+def test_staged_dir_failed_swap_puts_the_previous_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "metadata.json").write_text("previous")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == target and ".tmp-" in Path(src).name:  # the second rename of the swap
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(EdgecellError, match="Permission denied.*previous one is unchanged"):
+        with atomic.staged_dir(target, marker="metadata.json") as tmp:
+            (tmp / "metadata.json").write_text("new")
+    assert (target / "metadata.json").read_text() == "previous"
+    assert leftovers(tmp_path) == []
+
+
+def test_staged_dir_holds_ctrl_c_until_the_swap_is_done(tmp_path, monkeypatch):
+    """Ctrl-C between the two renames must not leave neither the old nor the new folder."""
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "metadata.json").write_text("previous")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(src) == target:  # the old folder has just been moved aside: worst moment
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.staged_dir(target, marker="metadata.json") as tmp:
+            (tmp / "metadata.json").write_text("new")
+    assert (target / "metadata.json").read_text() == "new"
+    assert leftovers(tmp_path) == []
+
+
+def test_staged_dir_error_names_the_final_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: "metrics.json" in f), raising=False)
+    with pytest.raises(EdgecellError) as exc:
+        with atomic.staged_dir(tmp_path / "run") as tmp:
+            atomic.write_json(tmp / "metrics.json", {"a": 1})
+    assert str(exc.value).startswith(f"{tmp_path / 'run' / 'metrics.json'}: cannot write file (No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ============================================================== --debug and unexpected errors
+
+
+def test_debug_shows_the_traceback_and_plain_does_not(models, labelled, tmp_path):
+    m, named, words = _bad_model("truncated", models, tmp_path / "export")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("EDGECELL_DEBUG", None)
+    base = [sys.executable, "-m", "edgecell"]
+    args = ["classify", "--model", str(m), str(labelled / "basophil")]
+    plain = subprocess.run(base + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert plain.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert nonblank(plain.stderr)[-1].startswith(f"Error: {m}: {words}"), plain.stderr
+    debug = subprocess.run(base + ["--debug"] + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr and "ModelError" in debug.stderr
+
+
+def test_unexpected_error_is_still_one_line(models, labelled, monkeypatch):
+    import firmware_host.runtime
+
+    def boom(*a, **k):
+        raise RuntimeError("first line of a long message\nsecond line\nthird line")
+
+    monkeypatch.setattr(firmware_host.runtime.Classifier, "load", boom)
+    res = cli_run("classify", "--model", models.export, labelled)
+    assert res.exit_code == 1
+    last = nonblank(res.stderr)
+    assert len(last) == 1 and last[0] == (
+        "Error: unexpected error: RuntimeError: first line of a long message (re-run with --debug for the traceback, and report it)"
+    )
+
+
+# ============================================================== train, evaluate and convert on a messy data set
+
+
+@pytest.fixture(scope="module")
+def messy(real_data, tmp_path_factory) -> dict:
+    """A small real data set with every kind of bad, odd, oddly named and duplicated file, trained on once."""
+    pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("messy")
+    data = make_slice(real_data, root / "data", 8)
+    real = sorted((real_data / "basophil").iterdir())[0]
+    bad = write_bad_images(data / "basophil", real.read_bytes())
+    rgb = np.asarray(Image.open(sorted((real_data / "erythroblast").iterdir())[20]).convert("RGB"))
+    odd = write_odd_images(data / "erythroblast", rgb)
+    # duplicates: the same bytes twice in one class (kept, one split), and under two classes (left out)
+    mono = sorted((data / "monocyte").iterdir())
+    shutil.copy(mono[0], data / "monocyte" / "duplicate of first.jpg")
+    shutil.copy(mono[1], data / "myeloblast" / "filed under two classes.jpg")
+    run = root / "run"
+    res = cli_run("train", "--data", data, "--out", run, "--epochs", 1, "--img-size", 32, "--widths", "4,8", "--seed", 3)
+    return {"data": data, "run": run, "res": res, "bad": bad, "odd": odd, "mono": mono}
+
+
+def test_train_skips_each_bad_file_with_one_line_and_uses_the_rest(messy):
+    res, data = messy["res"], messy["data"]
+    assert res.exit_code == 0, res.output
+    for name, reason in messy["bad"].items():
+        lines = lines_naming(res.stderr, name, "warning: skipped")
+        assert len(lines) == 1 and reason in lines[0], (name, res.stderr)
+    rows = (messy["run"] / "split.csv").read_bytes().decode("utf-8", "surrogateescape")
+    for name in messy["odd"]:
+        assert f"erythroblast/{name}" in rows, name  # used, with its exact name (spaces, non-ASCII, non-UTF-8)
+    for name in messy["bad"]:
+        assert name not in rows
+    # exact duplicates share a split; the same image under two classes is left out, named, both copies
+    import csv
+
+    table = {r["file"]: r for r in csv.DictReader(io.StringIO(rows))}
+    first = f"monocyte/{messy['mono'][0].name}"
+    assert table[first]["split"] == table["monocyte/duplicate of first.jpg"]["split"]
+    assert "myeloblast/filed under two classes.jpg" not in table and f"monocyte/{messy['mono'][1].name}" not in table
+    assert len(lines_naming(res.stderr, "filed under two classes.jpg", "ambiguous label")) == 1
+    assert leftovers(messy["run"].parent) == []
+
+
+def test_evaluate_reads_back_every_odd_name(messy, tmp_path):
+    """The test split (from split.csv, odd names and all), then --split all with its bad files."""
+    res = cli_run("evaluate", messy["run"], "--out", tmp_path / "ev", "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    res = cli_run("evaluate", messy["run"], "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / "all.json")
+    assert res.exit_code == 0, res.output
+    for name, reason in messy["bad"].items():
+        lines = lines_naming(res.stderr, name, "warning:")
+        assert len(lines) == 1 and reason in lines[0], (name, res.stderr)
+    # 5 x 8 real + the odd ones + one in-class duplicate; the image filed under two classes is left out (both copies)
+    assert json.loads((tmp_path / "all.json").read_text())["n"] == 40 + len(messy["odd"]) + 1 + 1 - 2
+
+
+def test_evaluate_all_one_class_and_one_image(messy, real_data, tmp_path):
+    """A folder holding only one class (one image of it) is a legitimate thing to evaluate on."""
+    d = tmp_path / "data"
+    (d / "basophil").mkdir(parents=True)
+    (d / "basophil" / "one.jpg").symlink_to(sorted((real_data / "basophil").iterdir())[-1])
+    res = cli_run("evaluate", messy["run"], "--data", d, "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 1
+
+
+def test_evaluate_all_class_of_only_bad_files(messy, real_data, tmp_path):
+    """Its files are named one by one and the other classes are still evaluated; nothing usable at all is an error."""
+    d = tmp_path / "data"
+    write_bad_images(d / "basophil", sorted((real_data / "basophil").iterdir())[0].read_bytes())
+    make_slice(real_data, tmp_path / "all", 2, offset=300)
+    shutil.move(tmp_path / "all" / "monocyte", d / "monocyte")
+    res = cli_run("evaluate", messy["run"], "--data", d, "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    for name, reason in BAD_IMAGES.items():
+        lines = lines_naming(res.stderr, name, "warning: skipped")
+        assert len(lines) == 1 and reason in lines[0], (name, res.stderr)
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 2
+    shutil.rmtree(d / "monocyte")
+    res = cli_run("evaluate", messy["run"], "--data", d, "--split", "all", "--out", tmp_path / "ev")
+    assert_one_line_error(res, d, f"no usable images in basophil ({len(BAD_IMAGES)} unusable file(s) skipped)")
+
+
+def test_evaluate_out_under_a_file(messy, tmp_path):
+    (tmp_path / "report").write_text("a file, not a folder")
+    res = cli_run("evaluate", messy["run"], "--out", tmp_path / "report" / "ev")
+    assert_one_line_error(res, tmp_path / "report", "is a file, not a folder")
+    assert (tmp_path / "report").read_text() == "a file, not a folder"
+
+
+def test_evaluate_split_file_gone_since_training(messy, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(messy["data"], data, symlinks=True)
+    rows = (messy["run"] / "split.csv").read_text(errors="surrogateescape").splitlines()[1:]
+    gone = next(r.split(",")[0] for r in rows if r.split(",")[2] == "test")
+    (data / gone).unlink()
+    res = cli_run("evaluate", messy["run"], "--data", data, "--out", tmp_path / "ev")
+    assert_one_line_error(res, data / gone, "no such file", "listed in the split manifest")
+
+
+@pytest.mark.parametrize(
+    "layout, words",
+    [
+        ("empty", "found 0"),
+        ("one-class", "needs at least two class folders"),
+        ("one-image", "basophil has 1"),
+        ("all-bad", "basophil has 0 (9 unusable file(s) skipped)"),
+    ],
+)
+def test_train_unusable_data_folders(real_data, tmp_path, layout, words):
+    pytest.importorskip("tensorflow")
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "one-class":
+        make_slice(real_data, tmp_path / "all", 6)
+        shutil.move(tmp_path / "all" / "monocyte", data / "monocyte")
+    elif layout in ("one-image", "all-bad"):
+        make_slice(real_data, data, 6)
+        shutil.rmtree(data / "basophil")
+        if layout == "one-image":
+            (data / "basophil").mkdir()
+            src = sorted((real_data / "basophil").iterdir())[0]
+            (data / "basophil" / src.name).symlink_to(src)
+        else:
+            write_bad_images(data / "basophil", sorted((real_data / "basophil").iterdir())[0].read_bytes())
+    out = tmp_path / "run"
+    res = cli_run("train", "--data", data, "--out", out, "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    assert_one_line_error(res, data, words)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="edgecell/train.py load_dataset lists skipped files only when data.scan succeeds; when scan refuses the data "
+    "set (DataError, which carries .skipped), the user is not told which files were unusable. Fix: wrap the scan call in "
+    "try/except DataError as exc: report each of getattr(exc, 'skipped', []) with warn(), then raise",
+)
+def test_train_names_each_unusable_file_when_it_refuses_the_data(real_data, tmp_path):
+    pytest.importorskip("tensorflow")
+    data = make_slice(real_data, tmp_path / "data", 6)
+    shutil.rmtree(data / "basophil")
+    write_bad_images(data / "basophil", sorted((real_data / "basophil").iterdir())[0].read_bytes())
+    res = cli_run("train", "--data", data, "--out", tmp_path / "run", "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    assert res.exit_code == 1
+    for name, reason in BAD_IMAGES.items():
+        lines = lines_naming(res.stderr, name, "warning: skipped")
+        assert len(lines) == 1 and reason in lines[0], (name, res.stderr)
+
+
+def test_train_out_under_a_file(messy, tmp_path):
+    (tmp_path / "runs").write_text("a file")
+    res = cli_run("train", "--data", messy["data"], "--out", tmp_path / "runs" / "r1", "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    assert_one_line_error(res, tmp_path / "runs", "is a file, not a folder")
+    assert (tmp_path / "runs").read_text() == "a file"
+
+
+def test_train_disk_full_keeps_the_previous_run(messy, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(messy["run"], run)
+    before = tree_digest(run)
+    monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: Path(f).name.startswith(".metadata.json.")), raising=False)
+    res = cli_run("train", "--data", messy["data"], "--out", run, "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    assert_one_line_error(res, run / "metadata.json", "No space left on device")
+    assert tree_digest(run) == before
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- convert
+
+
+@pytest.fixture(scope="module")
+def converted(real_data, tmp_path_factory) -> Path:
+    """A tiny run on clean data with an int8 export: the 'previous results' later tests must not damage."""
+    if not HAVE_CONVERTER:
+        pytest.skip("converters/tflite.py is not there yet")
+    pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("converted")
+    data = make_slice(real_data, root / "data", 8, offset=200)
+    run = root / "run"
+    res = cli_run("train", "--data", data, "--out", run, "--epochs", 1, "--img-size", 32, "--widths", "4,8", "--seed", 5)
+    assert res.exit_code == 0, res.output
+    res = cli_run("convert", run, "--int8", "--max-drop", 100)
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst)
+    return dst
+
+
+@needs_converter
+def test_convert_calibration_folder_empty(messy, tmp_path):
+    (tmp_path / "cal").mkdir()
+    res = cli_run("convert", messy["run"], "--int8", "--calibration", tmp_path / "cal")
+    assert_one_line_error(res, tmp_path / "cal", "only 0 usable calibration image(s)")
+    assert not (messy["run"] / "export").exists() and leftovers(messy["run"]) == []
+
+
+@needs_converter
+def test_convert_calibration_folder_of_wrong_formats(messy, tmp_path):
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    (cal / "notes.txt").write_text("calibration notes")
+    Image.fromarray(cell_like(1)).save(cal / "cell.gif")
+    Image.fromarray(cell_like(2)).save(cal / "cell.webp")
+    write_bad_images(cal, jpeg_bytes(cell_like(3)))
+    res = cli_run("convert", messy["run"], "--int8", "--calibration", cal)
+    line = assert_one_line_error(res, cal, "only 0 usable calibration image(s)")
+    assert "unusable file(s) skipped" in line
+
+
+@needs_converter
+def test_convert_calibration_folder_of_odd_sizes_and_modes(converted, real_data, tmp_path):
+    """Any size is resized like every other image; too-small and broken files are named and skipped."""
+    run = _copy_run(converted, tmp_path / "run")
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    for k, f in enumerate(sorted((real_data / "seg_neutrophil").iterdir())[100:112]):
+        img = Image.open(f).convert("RGB")
+        img = img.resize((1000, 700) if k % 3 == 0 else (24, 24) if k % 3 == 1 else img.size)
+        (img.convert("L") if k % 4 == 0 else img).save(cal / f"cal_{k}.png")
+    Image.new("RGB", (2, 2)).save(cal / "tiny.png")
+    (cal / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    res = cli_run("convert", run, "--int8", "--max-drop", 100, "--calibration", cal, "--json", tmp_path / "p.json")
+    assert res.exit_code == 0, res.output
+    assert len(lines_naming(res.stderr, "tiny.png", "warning: skipped calibration image")) == 1
+    assert len(lines_naming(res.stderr, "broken.jpg", "warning: skipped calibration image")) == 1
+    assert json.loads((tmp_path / "p.json").read_text())["calibration"]["n"] == 12
+
+
+@needs_converter
+@pytest.mark.xfail(
+    strict=True,
+    reason="converters/calibration.py CalibrationSet.summary hashes file names with str.encode() (strict UTF-8): a "
+    "calibration image whose name is not valid UTF-8 crashes convert --int8 with UnicodeEncodeError. "
+    "Fix: .encode('utf-8', 'surrogateescape'), as edgecell/data.py Dataset.fingerprint does",
+)
+def test_convert_calibration_image_with_a_non_utf8_name(converted, tmp_path):
+    run = _copy_run(converted, tmp_path / "run")
+    cal = tmp_path / "cal"
+    write_odd_images(cal, cell_like(11))
+    for k in range(6):
+        Image.fromarray(cell_like(20 + k)).save(cal / f"c{k}.png")
+    res = cli_run("convert", run, "--int8", "--max-drop", 100, "--calibration", cal)
+    assert res.exit_code == 0, res.output
+
+
+@needs_converter
+def test_convert_not_a_run_folder(tmp_path):
+    res = cli_run("convert", tmp_path, "--int8")
+    assert_one_line_error(res, tmp_path, "not an edgecell run folder")
+
+
+@needs_converter
+def test_convert_truncated_keras_model(messy, tmp_path):
+    run = _copy_run(messy["run"], tmp_path / "run")
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes()[:500])
+    res = cli_run("convert", run)
+    assert_one_line_error(res, run / "model.keras", "cannot load Keras model")
+    assert not (run / "export").exists() and leftovers(run) == []
+
+
+@needs_converter
+def test_convert_disk_full_keeps_the_previous_export(converted, tmp_path, monkeypatch):
+    run = _copy_run(converted, tmp_path / "run")
+    before = tree_digest(run)
+    monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: Path(f).name.startswith(".model_float32.tflite.")), raising=False)
+    res = cli_run("convert", run)
+    assert_one_line_error(res, run / "export" / "model_float32.tflite", "No space left on device")
+    assert tree_digest(run) == before
+    assert leftovers(run) == []
+
+
+@needs_converter
+def test_convert_export_not_writable(converted, tmp_path, monkeypatch):
+    run = _copy_run(converted, tmp_path / "run")
+    before = tree_digest(run)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == run / "export" and ".tmp-" in Path(src).name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    res = cli_run("convert", run)
+    assert_one_line_error(res, run / "export", "Permission denied")
+    assert tree_digest(run) == before
+    assert leftovers(run) == []
+
+
+# ============================================================== Ctrl-C in a real process
+
+
+def _start(args: list[str], code: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env.pop("EDGECELL_DEBUG", None)
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "edgecell", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _interrupt_when(proc: subprocess.Popen, pattern: str, timeout: float = 120.0, settle: float = 0.0) -> tuple[str, str]:
+    """Send SIGINT once ``pattern`` (a glob) matches; return (stdout, stderr) after the process ends."""
+    deadline = time.monotonic() + timeout
+    while not glob.glob(pattern):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {pattern} appeared:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{pattern} did not appear within {timeout} s")
+        time.sleep(0.01)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the process did not stop within 60 s of Ctrl-C")
+
+
+def _assert_interrupted_cleanly(proc, err: str) -> None:
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert nonblank(err)[-1] == "Interrupted: nothing half-written was kept; earlier results are intact.", err
+
+
+def test_ctrl_c_during_training(messy, real_data, tmp_path):
+    run = _copy_run(messy["run"], tmp_path / "run")
+    before = tree_digest(run)
+    data = make_slice(real_data, tmp_path / "data", 8, offset=100)
+    args = ["train", "--data", str(data), "--out", str(run), "--img-size", "32", "--widths", "4,8", "--epochs", "50", "--patience", "50"]
+    proc = _start(args)
+    out, err = _interrupt_when(proc, str(tmp_path / ".run.tmp-*"), settle=0.5)  # the staging folder: training has begun
+    _assert_interrupted_cleanly(proc, err)
+    assert tree_digest(run) == before
+    assert leftovers(tmp_path) == []
+    # a re-run starts cleanly and succeeds (2 epochs instead of 50, to keep the test short)
+    res = cli_run(*args[:-4], "--epochs", "2", "--patience", "2")
+    assert res.exit_code == 0, res.output
+    assert tree_digest(run) != before and json.loads((run / "metadata.json").read_text())["training"]["epochs_max"] == 2
+    assert leftovers(tmp_path) == []
+
+
+# The export folder is staged only for the last fraction of a second of a conversion (parity on a
+# tiny test split), so to land Ctrl-C inside it every time, the process runs the real CLI with the
+# parity step slowed down. Otherwise it is ``python -m edgecell convert ...``.
+SLOW_PARITY = """
+import runpy, sys, time
+import converters.parity as parity
+_real = parity.tflite_probs
+def _slow(*args, **kwargs):
+    time.sleep(60)
+    return _real(*args, **kwargs)
+parity.tflite_probs = _slow
+sys.argv[0] = "edgecell"
+runpy.run_module("edgecell", run_name="__main__", alter_sys=True)
+"""
+
+
+@needs_converter
+def test_ctrl_c_during_conversion_with_the_export_staged(converted, tmp_path):
+    run = _copy_run(converted, tmp_path / "run")
+    before = tree_digest(run)
+    args = ["convert", str(run), "--int8", "--max-drop", "100"]
+    proc = _start(args, code=SLOW_PARITY)
+    out, err = _interrupt_when(proc, str(run / ".export.tmp-*"))
+    _assert_interrupted_cleanly(proc, err)
+    assert tree_digest(run) == before
+    assert leftovers(run) == []
+    res = cli_run(*args)
+    assert res.exit_code == 0, res.output
+    assert leftovers(run) == [] and (run / "export" / "model_int8.tflite").is_file()
+
+
+@needs_converter
+def test_ctrl_c_while_converting_to_int8(converted, tmp_path):
+    """Plain ``python -m edgecell convert``, interrupted while the int8 converter is calibrating."""
+    run = _copy_run(converted, tmp_path / "run")
+    before = tree_digest(run)
+    proc = _start(["convert", str(run), "--int8", "--max-drop", "100"])
+    seen = []
+    for line in proc.stdout:  # "converted float32: ..." is printed just before the int8 conversion starts
+        seen.append(line)
+        if line.startswith("converted float32"):
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail("convert ended without converting:\n" + "".join(seen) + proc.stderr.read())
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (1, 130), err
+    assert "Traceback" not in err
+    last = nonblank(err)[-1]
+    assert last.startswith("Interrupted:") or (last.startswith("Error:") and "interrupt" in last.lower()), err
+    assert tree_digest(run) == before
+    assert leftovers(run) == []
