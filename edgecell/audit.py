@@ -401,9 +401,10 @@ def warnings_for(result: dict) -> list[str]:
             if gap <= margin:
                 where = f"{-gap:.1f} points above" if gap < 0 else f"within {gap:.1f} points of"
                 out.append(
-                    f"the '{r['name']}' baseline reaches {r['accuracy']:.1%} test accuracy without looking at a cell's shape, "
-                    f"{where} the CNN ({cnn['accuracy']:.1%}). The CNN's score may come from telling the labs or scanners apart "
-                    "rather than the cells; test it on stain-shifted images (edgecell evaluate --stain-shift) and on another lab's slides."
+                    f"the '{r['name']}' baseline reaches {r['accuracy']:.1%} test accuracy from size and colour statistics alone "
+                    f"(without looking at a cell's shape), {where} the CNN ({cnn['accuracy']:.1%}). On this split the CNN's accuracy "
+                    "does not show that it learnt cell morphology: it may rest on image size, background tint or stain colour, which "
+                    "another lab's slides do not share. Check it with `edgecell evaluate --stain-shift` and on another lab's slides."
                 )
     groups = result.get("lab_groups") or []
     size = next((r for r in result["baselines"] if r["name"] == "size"), None)
