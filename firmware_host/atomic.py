@@ -31,22 +31,38 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     target = Path(path)
     folder = target.parent
     _ensure_folder(folder)
+    tmp_path: Path | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + (suffix if suffix is not None else target.suffix), dir=folder)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are meant to be copied and shared
-    except OSError as exc:
-        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", folder) from None
-    tmp_path = Path(tmp)
-    try:
+        with _interrupts_held():  # Ctrl-C between creating the temporary file and owning it would leak it
+            tmp_path = _new_temp(folder, f".{target.name}.", ".tmp" + (suffix if suffix is not None else target.suffix), folder=False)
         yield tmp_path
         os.replace(tmp_path, target)
     except OSError as exc:
-        _unlink(tmp_path)
+        if tmp_path is not None:
+            _unlink(tmp_path)
         raise EdgecellError(f"cannot write file ({exc.strerror or exc})", target) from None
     except BaseException:
-        _unlink(tmp_path)
+        if tmp_path is not None:
+            _unlink(tmp_path)
         raise
+
+
+def _new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new temporary file or folder in ``parent``, with the modes a shared artifact should have.
+
+    ``mkstemp``/``mkdtemp`` make 0600/0700; results are meant to be copied and shared.
+    """
+    try:
+        if folder:
+            made = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+        else:
+            fd, made = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+            os.close(fd)
+    except OSError as exc:
+        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", parent) from None
+    with contextlib.suppress(OSError):  # still usable with the narrower mode
+        os.chmod(made, (0o777 if folder else 0o666) & ~_umask())
+    return Path(made)
 
 
 def _ensure_folder(folder: Path) -> None:
@@ -85,6 +101,13 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def _umask() -> int:
+    try:  # Linux: read it, rather than set-and-restore (which briefly affects every thread)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -153,21 +176,23 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
         if marker and any(target.iterdir()) and not (target / marker).exists():
             raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
     _ensure_folder(parent)
+    tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", parent) from None
-    try:
+        with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
+            tmp = _new_temp(parent, f".{target.name}.tmp-", folder=True)
         yield tmp
     except EdgecellError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _retarget(exc, tmp, target)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _retarget(exc, tmp, target)
         raise
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise EdgecellError(f"cannot write output folder ({exc.strerror or exc})", target) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         with _interrupts_held():
@@ -216,25 +241,34 @@ def _retarget(exc: EdgecellError, tmp: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Hold back SIGINT (Ctrl-C) for the duration; deliver it afterwards.
+    """Hold back SIGINT (Ctrl-C) and SIGTERM (``kill``, a service stop) for the duration.
 
-    Only possible in the main thread; elsewhere this does nothing.
+    A signal that arrives meanwhile is delivered afterwards, as it would have been. Only
+    possible in the main thread; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
+    previous: dict[int, object] = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(caught):
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, None)
+        elif handler == signal.SIG_DFL:
+            if sig == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), sig)  # the default action (terminate), now that the swap is done
