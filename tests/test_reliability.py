@@ -656,6 +656,66 @@ def test_staged_dir_holds_ctrl_c_until_the_swap_is_done(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+SIGTERM_DURING_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from firmware_host import atomic
+target = Path(sys.argv[1])
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if Path(src) == target:  # the old folder has just been moved aside
+        os.kill(os.getpid(), signal.SIGTERM)
+atomic.os.replace = replace
+with atomic.staged_dir(target, marker="metadata.json") as tmp:
+    (tmp / "metadata.json").write_text("new")
+print("not reached: SIGTERM is delivered once the swap is done")
+"""
+
+
+def test_staged_dir_holds_sigterm_until_the_swap_is_done(tmp_path):
+    """``kill`` or a service stop at the worst moment: the process still ends, with the new folder in place."""
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "metadata.json").write_text("previous")
+    p = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SWAP, str(target)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == -signal.SIGTERM, (p.returncode, p.stdout, p.stderr)
+    assert "not reached" not in p.stdout
+    assert (target / "metadata.json").read_text() == "new"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("what", ["mkdtemp", "mkstemp"])
+def test_ctrl_c_just_after_the_staging_folder_or_temp_file_is_made(tmp_path, monkeypatch, what):
+    """The moment a test (or a user) sees the staging folder appear is the moment to press Ctrl-C."""
+    real = getattr(atomic.tempfile, what)
+
+    def make_then_interrupt(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(atomic.tempfile, what, make_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        if what == "mkdtemp":
+            with atomic.staged_dir(tmp_path / "run"):
+                pytest.fail("the body must not run")
+        else:
+            atomic.write_text(tmp_path / "r.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_folders_are_shareable_like_files(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic.staged_dir(tmp_path / "run") as tmp:
+            atomic.write_text(tmp / "metadata.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "run" / "metadata.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_staged_dir_error_names_the_final_path(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: "metrics.json" in f), raising=False)
     with pytest.raises(EdgecellError) as exc:
