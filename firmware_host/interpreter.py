@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware_host.errors import ModelError, RuntimeMissingError
+from firmware_host.quiet import quiet_fds
 
 ENV_VAR = "EDGECELL_INTERPRETER"
 """Environment variable that forces one backend."""
@@ -132,8 +133,9 @@ def load_interpreter(
             raise ModelError("model file is empty (0 bytes)", label)
         kwargs["model_content"] = bytes(model_content)
     try:
-        interpreter = chosen.interpreter_class(**kwargs)
-        interpreter.allocate_tensors()
+        with quiet_fds(stdout=False):  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+            interpreter = chosen.interpreter_class(**kwargs)
+            interpreter.allocate_tensors()
     except MemoryError:
         raise ModelError("not enough memory to load this model", label) from None
     except Exception as exc:  # ValueError/RuntimeError from the C++ side: all "cannot use this file"

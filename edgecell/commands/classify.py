@@ -204,7 +204,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
             box=box.SIMPLE_HEAD,
             collapse_padding=True,
         )
-        table.add_column("file", overflow="fold", min_width=12)
+        table.add_column("file", overflow="fold", min_width=24)
         table.add_column("predicted", overflow="fold")
         table.add_column("conf", justify="right")
         table.add_column("top-3", overflow="fold", min_width=19)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecell.options import data_option, emit_json, img_size_option, json_option, seed_option
+from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
 
 def _widths(ctx, param, value):
@@ -22,12 +23,12 @@ def _widths(ctx, param, value):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="Run folder to write (an earlier run there is replaced only when this one finishes).")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="Maximum epochs; early stopping on validation loss usually ends sooner.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_Defaults.epochs, show_default=True, help="Maximum epochs; early stopping on validation loss usually ends sooner.")
 @img_size_option
 @seed_option
 @click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, help="Images per step.")
-@click.option("--patience", type=click.IntRange(1, 1000), default=12, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_Defaults.batch_size, show_default=True, help="Images per step.")
+@click.option("--patience", type=click.IntRange(1, 1000), default=_Defaults.patience, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--widths", callback=_widths, default=None, help="Conv2D filters per block, e.g. 16,32,64,128 (the default).")
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option
