@@ -36,7 +36,7 @@ def confusion_matrix_png(path: str | os.PathLike, cm: Sequence[Sequence[int]], c
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -59,7 +59,7 @@ def training_curves_png(path: str | os.PathLike, history: dict) -> None:
             ax.axvline(best, color="grey", ls="--", lw=1)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -95,5 +95,5 @@ def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[st
     a2.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
