@@ -94,7 +94,7 @@ class CalibrationSet:
         """What the sidecar and parity report record about the calibration."""
         h = hashlib.sha256()
         for it in self.items:
-            h.update(f"{it.file}\t{it.label or ''}\t{it.sha256}\n".encode())
+            h.update(f"{it.file}\t{it.label or ''}\t{it.sha256}\n".encode("utf-8", "surrogateescape"))
         return {
             "source": self.source,
             "root": str(self.root),

@@ -890,12 +890,6 @@ def test_train_unusable_data_folders(real_data, tmp_path, layout, words):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edgecell/train.py load_dataset lists skipped files only when data.scan succeeds; when scan refuses the data "
-    "set (DataError, which carries .skipped), the user is not told which files were unusable. Fix: wrap the scan call in "
-    "try/except DataError as exc: report each of getattr(exc, 'skipped', []) with warn(), then raise",
-)
 def test_train_names_each_unusable_file_when_it_refuses_the_data(real_data, tmp_path):
     pytest.importorskip("tensorflow")
     data = make_slice(real_data, tmp_path / "data", 6)
@@ -991,12 +985,6 @@ def test_convert_calibration_folder_of_odd_sizes_and_modes(converted, real_data,
 
 
 @needs_converter
-@pytest.mark.xfail(
-    strict=True,
-    reason="converters/calibration.py CalibrationSet.summary hashes file names with str.encode() (strict UTF-8): a "
-    "calibration image whose name is not valid UTF-8 crashes convert --int8 with UnicodeEncodeError. "
-    "Fix: .encode('utf-8', 'surrogateescape'), as edgecell/data.py Dataset.fingerprint does",
-)
 def test_convert_calibration_image_with_a_non_utf8_name(converted, tmp_path):
     run = _copy_run(converted, tmp_path / "run")
     cal = tmp_path / "cal"
