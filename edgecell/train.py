@@ -315,9 +315,14 @@ def cv_table(cv: dict) -> Table:
 
 def load_dataset(data_dir: str, size: int, con: Console, classes: Sequence[str] | None = None) -> data_mod.Dataset:
     """Scan and preprocess a data folder with a progress bar; report skipped files."""
-    with progress(con, transient=True) as bar:
-        task = bar.add_task("reading images", total=None)
-        ds = data_mod.scan(data_dir, size=size, classes=classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+    try:
+        with progress(con, transient=True) as bar:
+            task = bar.add_task("reading images", total=None)
+            ds = data_mod.scan(data_dir, size=size, classes=classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+    except DataError as exc:  # name the unusable files before the one-line refusal
+        for s in getattr(exc, "skipped", []):
+            warn(f"skipped {s.path}: {s.reason}")
+        raise
     report_skipped(ds, con)
     return ds
 
