@@ -117,6 +117,87 @@ def tflite_runtime_python() -> str | None:
         return None
 
 
+def trust(run: Path, data: str) -> dict:
+    """Stain shift (Keras, float32 and int8 TFLite), calibration and the shortcut audit, through the CLI."""
+    out: dict = {"stain_shift": {}, "calibration": {}}
+    export = run / "export"
+    targets = {"keras": run, "float32": export / "model_float32.tflite", "int8": export / "model_int8.tflite"}
+    t0 = time.perf_counter()
+    for name, target in targets.items():
+        js = WORK / f"evaluate_{name}.json"
+        sh(edgecell_cmd() + ["evaluate", target, "--data", data, "--stain-shift", "--out", WORK / "evaluation", "--json", js],
+           stdout=subprocess.DEVNULL)
+        m = json.loads(js.read_text())
+        s = m["stain_shift"]
+        out["stain_shift"][name] = {
+            "clean_accuracy": s["clean"]["accuracy"],
+            "worst": s["worst"],
+            "per_perturbation": {r["name"]: r["accuracy"] for r in s["perturbations"]},
+        }
+        out["calibration"][name] = {"temperature": m["temperature"], "ece": m["ece"], "ece_calibrated": m["ece_calibrated"]}
+    out["evaluate_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    js = WORK / "audit.json"
+    sh(edgecell_cmd() + ["audit", run, "--data", data, "--json", js], stdout=subprocess.DEVNULL)
+    a = json.loads(js.read_text())
+    out["audit"] = {
+        "baselines": {r["name"]: r["accuracy"] for r in a["baselines"]},
+        "best_baseline": a["best_baseline"],
+        "cnn_accuracy": a["cnn"]["accuracy"],
+        "cnn_lead_points": a["cnn_lead_points"],
+        "shuffled_control": {k: a["shuffled_control"][k] for k in ("accuracy", "chance", "at_chance")},
+    }
+    out["audit_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def bars(r: dict) -> list[dict]:
+    """Each issue's bar, the figure measured for it and whether it is met (None: not measured in this run)."""
+    p = r["parity"]["models"]
+    s = {k: v["median"] for k, v in r["speed"].items()}
+    ratios = r["ratios"]
+    rows = []
+
+    def bar(issue, what, value, target, ok, fmt="{:.4f}"):
+        rows.append({"issue": issue, "bar": what, "value": value, "target": target,
+                     "shown": "n/a" if value is None else fmt.format(value), "met": None if value is None else bool(ok)})
+
+    kt = r["keras_test_metrics"]
+    bar(3, "test macro-F1 of the float model", kt["macro_f1"], ">= 0.985", kt["macro_f1"] >= 0.985)
+    tw = r.get("train_wall_seconds")
+    bar(3, "training with defaults, minutes (wall clock, whole command)", None if tw is None else tw / 60, "<= 15", tw is not None and tw <= 900, "{:.1f}")
+    drop = p["int8"]["accuracy_drop_pp"]
+    bar(4, "int8 accuracy drop vs the float (Keras) model, points", drop, "<= 0.5", drop <= 0.5, "{:+.2f}")
+    agree = p["int8"].get("agreement_with_float32")
+    bar(4, "top-1 agreement int8 vs float32, %", None if agree is None else 100 * agree, ">= 99.5", agree is not None and agree >= 0.995, "{:.2f}")
+    sz = r["sizes_bytes"]
+    bar(4, "int8 file, KB", sz["int8"] / 1024, "<= 300", sz["int8"] <= 300 * 1024, "{:.0f}")
+    bar(4, "int8 file as share of float32, %", 100 * sz["int8"] / sz["float32"], "<= 30", sz["int8"] <= 0.3 * sz["float32"], "{:.1f}")
+    bar(5, "int8 inference, 1 thread, ms per image", s["litert_int8_1t_ms"], "<= 1.0", s["litert_int8_1t_ms"] <= 1.0, "{:.3f}")
+    bar(5, "float32 / int8 LiteRT time, 1 thread", ratios["float32_over_int8_litert_1t"], ">= 1.5", ratios["float32_over_int8_litert_1t"] >= 1.5, "{:.2f}x")
+    bar(5, "Keras predict (1 image) / int8 LiteRT time", ratios["keras_predict_over_int8"], ">= 30", ratios["keras_predict_over_int8"] >= 30, "{:.0f}x")
+    e2e = s["e2e_classify_images_per_s"]
+    bar(5, "end-to-end classify, 2 threads, images/s", e2e, ">= 150", e2e >= 150, "{:.0f}")
+    trt = ratios.get("tflite_runtime_int8_over_litert_int8")
+    bar(6, "tflite-runtime 2.14 / LiteRT time, int8, same file", trt, "> 1", trt is not None and trt > 1, "{:.2f}x")
+    share = ratios["e2e_share_of_decode_ceiling"]
+    bar(6, "end-to-end classify as share of decode+preprocess ceiling, %", 100 * share, ">= 70", share >= 0.7, "{:.0f}")
+    tot = r.get("total_seconds")
+    bar(6, "whole benchmark run, minutes", None if tot is None else tot / 60, "<= 25", tot is not None and tot <= 1500, "{:.1f}")
+    t = r.get("trust")
+    if t:
+        w = t["stain_shift"]["int8"]
+        d = 100 * (w["clean_accuracy"] - w["worst"]["accuracy"])
+        bar(8, f"int8 worst stain-shift drop, points ({w['worst']['name']})", d, "<= 5", d <= 5, "{:.1f}")
+        lead = t["audit"]["cnn_lead_points"]
+        bar(8, f"CNN lead over best morphology-free baseline ({t['audit']['best_baseline']}), points", lead, ">= 3", lead >= 3, "{:+.1f}")
+        ece = t["calibration"]["int8"]["ece_calibrated"]
+        bar(8, "ECE after temperature scaling, int8, test split", ece, "<= 0.02", ece <= 0.02, "{:.4f}")
+        ece_k = t["calibration"]["keras"]["ece_calibrated"]
+        bar(8, "ECE after temperature scaling, Keras, test split", ece_k, "<= 0.02", ece_k <= 0.02, "{:.4f}")
+    return rows
+
+
 def time_calls(fn, inputs, warmup: int = 5) -> float:
     """Median milliseconds of ``fn(x)`` over ``inputs`` (after a warm-up)."""
     for x in inputs[:warmup]:
@@ -137,6 +218,7 @@ def main() -> int:
     ap.add_argument("--per-round", type=int, default=100, help="single-image calls per method per round")
     ap.add_argument("--keras-per-round", type=int, default=20, help="Keras predict() calls per round (slow)")
     ap.add_argument("--no-tflite-runtime", action="store_true", help="skip the tflite-runtime 2.14 comparison")
+    ap.add_argument("--no-trust", action="store_true", help="skip stain shift, calibration and the shortcut audit")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -162,6 +244,8 @@ def main() -> int:
     result["convert_wall_seconds"] = time.perf_counter() - t0
     parity = json.loads((run / "export" / "parity.json").read_text())
     result["parity"] = parity
+    if not args.no_trust:
+        result["trust"] = trust(run, args.data)
 
     # 2. speed, interleaved ---------------------------------------------------------------------
     from edgecell import data as data_mod
@@ -254,6 +338,7 @@ def main() -> int:
     sizes = {p: (export / f"model_{p}.tflite").stat().st_size for p in ("float32", "int8")}
     result["sizes_bytes"] = {"keras": (run / "model.keras").stat().st_size, **sizes}
     result["total_seconds"] = time.perf_counter() - t_start
+    result["bars"] = bars(result)
 
     # 3. write ----------------------------------------------------------------------------------
     from firmware_host.atomic import write_json, write_text
@@ -307,6 +392,30 @@ def markdown(r: dict) -> str:
         f"| end-to-end classify, int8 (decode + preprocess + inference) | {s['e2e_classify_images_per_s']['median']:.0f} "
         f"({r['ratios']['e2e_share_of_decode_ceiling'] * 100:.0f} % of the ceiling) |",
     ]
+    t = r.get("trust")
+    if t:
+        fam = list(t["stain_shift"]["keras"]["per_perturbation"])
+        lines += ["", "| test accuracy under stain shift | " + " | ".join(["clean"] + fam) + " | worst drop |",
+                  "|---|" + "---|" * (len(fam) + 2)]
+        for name, label in (("keras", "Keras"), ("float32", "TFLite float32"), ("int8", "TFLite int8")):
+            v = t["stain_shift"][name]
+            cells = [f"{v['clean_accuracy'] * 100:.1f}"] + [f"{v['per_perturbation'][f] * 100:.1f}" for f in fam]
+            drop = 100 * (v["clean_accuracy"] - v["worst"]["accuracy"])
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {drop:.1f} points ({v['worst']['name']}) |")
+        c = t["calibration"]
+        lines += ["", "| calibration (test split) | temperature | ECE before | ECE after |", "|---|---|---|---|"]
+        for name, label in (("keras", "Keras"), ("int8", "TFLite int8")):
+            lines.append(f"| {label} | {c[name]['temperature']:.2f} | {c[name]['ece']:.4f} | {c[name]['ece_calibrated']:.4f} |")
+        a = t["audit"]
+        lines += ["", "| shortcut audit: test accuracy | % |", "|---|---|", f"| **CNN (Keras)** | {a['cnn_accuracy'] * 100:.1f} |"]
+        lines += [f"| {name} (no morphology) | {acc * 100:.1f} |" for name, acc in a["baselines"].items()]
+        sc = a["shuffled_control"]
+        lines.append(f"| shuffled-label control (chance {sc['chance'] * 100:.1f}) | {sc['accuracy'] * 100:.1f} |")
+    if r.get("bars"):
+        lines += ["", "| issue | bar | measured | target | met |", "|---|---|---|---|---|"]
+        for b in r["bars"]:
+            met = "n/a" if b["met"] is None else ("yes" if b["met"] else "**no**")
+            lines.append(f"| #{b['issue']} | {b['bar']} | {b['shown']} | {b['target']} | {met} |")
     if r.get("train_wall_seconds"):
         lines += ["", f"Training with defaults took {r['train_wall_seconds'] / 60:.1f} min wall-clock "
                   f"({r['training']['epochs_run']} epochs, best {r['training']['best_epoch']}); the whole benchmark {r['total_seconds'] / 60:.1f} min."]
