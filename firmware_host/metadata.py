@@ -4,6 +4,8 @@ Every ``model_<precision>.tflite`` written by ``edgecell convert`` has a ``model
 beside it. Copying the export folder to a Pi is enough to classify: the sidecar holds the class
 names in order, the input size, the preprocessing, the quantisation of input and output, the
 calibration temperature and a SHA-256 of the model bytes, which the runtime checks before use.
+The runtime also refuses a sidecar whose preprocessing is not its own
+(:func:`check_preprocessing`): the model would be fed other pixels than it was trained on.
 """
 
 from __future__ import annotations
@@ -129,6 +131,51 @@ class ModelMetadata:
             problems.append("sha256 is not a SHA-256 hex digest")
         if problems:
             raise ModelError(f"metadata has bad values: {'; '.join(problems)}", path)
+
+
+PREPROCESSING_LIMITS = frozenset({"max_pixels"})
+"""Keys of the preprocessing description that are safety limits, not pixel arithmetic: a model
+recorded with a different value still sees the same pixels, so they are not compared."""
+
+
+def preprocessing_mismatch(recorded: dict, model: str = "the model") -> str | None:
+    """What differs between a sidecar's recorded preprocessing and this runtime's, or None.
+
+    The version is compared first; with equal versions every other key of
+    :func:`firmware_host.preprocess.describe` (except :data:`PREPROCESSING_LIMITS`) must match too,
+    so a hand-edited or foreign sidecar cannot claim version 1 with, say, a bicubic resize.
+    An empty description (no ``preprocessing`` in the sidecar) is a mismatch: nothing says what
+    the model was trained on. ``model`` names the model in the returned phrase.
+    """
+    from firmware_host.preprocess import describe
+
+    current = describe()
+    if not recorded:
+        return f"records no preprocessing for {model} (this runtime does v{current['version']})"
+    if recorded.get("version") != current["version"]:
+        return f"{model} was trained with preprocessing v{recorded.get('version')}, this runtime does v{current['version']}"
+    diffs = [
+        f"{k} {recorded[k]!r} (this runtime: {current[k]!r})" if k in recorded else f"no {k} (this runtime: {current[k]!r})"
+        for k in sorted(current)
+        if k not in PREPROCESSING_LIMITS and k != "version" and recorded.get(k) != current[k]
+    ]
+    if diffs:
+        return f"{model} was trained with preprocessing v{current['version']} but " + ", ".join(diffs)
+    return None
+
+
+def check_preprocessing(meta: ModelMetadata, model_path: str | os.PathLike) -> None:
+    """Raise :class:`ModelError` naming the sidecar and the model if ``meta`` records other
+    preprocessing than this runtime's: the model would see other pixels and answer wrongly."""
+    model = Path(model_path)
+    problem = preprocessing_mismatch(meta.preprocessing, model.name)
+    if problem:
+        by = f" ({meta.edgecell_version})" if meta.edgecell_version else ""
+        raise ModelError(
+            f"{problem}, so its answers here cannot be trusted; "
+            f"classify with the edgecell version that exported it{by}, or retrain and re-export it with this edgecell version",
+            sidecar_path(model),
+        )
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

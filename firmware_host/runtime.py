@@ -1,7 +1,8 @@
 """Classify blood-cell images with a converted TFLite model, without TensorFlow.
 
 ``Classifier.load(path)`` takes a ``.tflite`` file or an export folder, reads the sidecar
-metadata (:mod:`firmware_host.metadata`), checks the model's SHA-256 *before* handing the bytes
+metadata (:mod:`firmware_host.metadata`), refuses a model whose recorded preprocessing is not
+this runtime's (:func:`firmware_host.metadata.check_preprocessing`), checks the model's SHA-256 *before* handing the bytes
 to the interpreter, checks the model's input and output shapes against the metadata, and reads
 the input/output quantisation from the interpreter's tensor details. The caller always deals in
 ``uint8`` images of shape ``(input_size, input_size, 3)`` (see :mod:`firmware_host.preprocess`) and
@@ -35,7 +36,7 @@ import numpy as np
 
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
-from firmware_host.metadata import ModelMetadata, Precision, read_metadata
+from firmware_host.metadata import ModelMetadata, Precision, check_preprocessing, read_metadata
 from firmware_host.preprocess import load_image
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
@@ -262,12 +263,14 @@ class Classifier:
     ) -> "Classifier":
         """Load a ``.tflite`` file or the preferred (or ``precision``) model of an export folder.
 
-        Raises :class:`ModelError` for a missing/broken sidecar, a SHA-256 mismatch (changed or
+        Raises :class:`ModelError` for a missing/broken sidecar, a sidecar whose preprocessing
+        (version, resize filter, ...) is not this runtime's, a SHA-256 mismatch (changed or
         truncated file), a file the interpreter cannot read, or shapes that do not match the
         metadata; :class:`RuntimeMissingError` when no interpreter is installed.
         """
         model_path = resolve_model(path, precision)
         meta = read_metadata(model_path)
+        check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
         if precision is not None and meta.precision != Precision(precision):
             raise ModelError(f"is a {meta.precision.value} model but {Precision(precision).value} was asked for", model_path)
         try:

@@ -176,6 +176,76 @@ def test_input_shape_mismatch_is_model_error(models, tmp_path):
         Classifier.load(m)
 
 
+def _bump_preprocessing(model: Path, **changes) -> dict:
+    """Rewrite the sidecar's preprocessing description with ``changes``; return the new description."""
+    from firmware_host.preprocess import describe
+
+    pre = {**describe(), **changes}
+    _edit_sidecar(model, preprocessing=pre)
+    return pre
+
+
+def test_other_preprocessing_version_is_model_error(models, tmp_path):
+    from firmware_host.preprocess import PREPROCESSING_VERSION
+
+    # the sidecars the current code writes load fine (and record this runtime's version)
+    assert read_metadata(models.int8).preprocessing["version"] == PREPROCESSING_VERSION
+    Classifier.load(models.int8, threads=1)
+    m = copy_model(models.int8, tmp_path / "x")
+    other = PREPROCESSING_VERSION + 1
+    _bump_preprocessing(m, version=other)
+    with pytest.raises(ModelError) as ei:
+        Classifier.load(m, threads=1)
+    side = m.with_suffix(".json")
+    assert ei.value.path == str(side)
+    assert ei.value.reason.startswith(
+        f"model_int8.tflite was trained with preprocessing v{other}, this runtime does v{PREPROCESSING_VERSION}, so its answers here cannot be trusted; "
+    )
+    assert "re-export it with this edgecell version" in ei.value.reason and "(test)" in ei.value.reason  # the exporting version
+    assert "\n" not in str(ei.value)
+    # through a folder too (the usual way a Pi loads a model)
+    with pytest.raises(ModelError, match=f"trained with preprocessing v{other}"):
+        Classifier.load(m.parent)
+
+
+def test_other_resize_same_version_is_model_error(models, tmp_path):
+    m = copy_model(models.float32, tmp_path / "x")
+    _bump_preprocessing(m, resize="whole image to size x size, PIL bicubic")
+    with pytest.raises(ModelError, match=r"v1 but resize 'whole image to size x size, PIL bicubic' \(this runtime: '.*bilinear'\)"):
+        Classifier.load(m, threads=1)
+    # a safety limit is not pixel arithmetic: a different max_pixels still loads
+    _bump_preprocessing(m, max_pixels=10)
+    assert Classifier.load(m, threads=1).precision is Precision.float32
+
+
+def test_no_preprocessing_recorded_is_model_error(models, tmp_path):
+    m = copy_model(models.int8, tmp_path / "x")
+    d = json.loads(m.with_suffix(".json").read_text())
+    del d["preprocessing"]
+    m.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=r"records no preprocessing for model_int8.tflite \(this runtime does v1\)"):
+        Classifier.load(m, threads=1)
+
+
+def test_classify_cli_refuses_other_preprocessing(models, tmp_path):
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+    from firmware_host.preprocess import PREPROCESSING_VERSION
+
+    m = copy_model(models.int8, tmp_path / "x")
+    _bump_preprocessing(m, version=PREPROCESSING_VERSION + 1)
+    img = save_jpeg(tmp_path / "cell.jpg", np.full((40, 40, 3), 128, np.uint8))
+    r = CliRunner().invoke(cli, ["classify", "--model", str(m), str(img)])
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines == [
+        f"Error: {m.with_suffix('.json')}: model_int8.tflite was trained with preprocessing v{PREPROCESSING_VERSION + 1}, "
+        f"this runtime does v{PREPROCESSING_VERSION}, so its answers here cannot be trusted; "
+        "classify with the edgecell version that exported it (test), or retrain and re-export it with this edgecell version"
+    ], r.output
+
+
 # -- choosing a model and an interpreter -------------------------------------------------------
 
 
