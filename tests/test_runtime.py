@@ -400,3 +400,79 @@ def test_info_is_json_serialisable(models):
     info = Classifier.load(models.int8, threads=1).info()
     assert json.loads(json.dumps(info))["precision"] == "int8"
     assert info["input_quantization"]["dtype"] == "int8" and info["sha256"] == sha256_file(models.int8)
+
+
+# -- real images: the Pi sees the pixels training saw -------------------------------------------
+
+
+def _float_model_of_size(root: Path, size: int) -> Path:
+    """A tiny float32 TFLite model taking ``size`` x ``size`` images (mean colour -> Dense)."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from tests._tflite_fixtures import _convert, write_model
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    return write_model(root / Precision.float32.filename, _convert(keras.Model(inputs, x)), Precision.float32, input_size=size)
+
+
+@pytest.mark.realdata
+def test_runtime_preprocessing_equals_training_on_real_images(real_data, tmp_path, monkeypatch):
+    """Seeded real images from both labs: the arrays training builds (``edgecell.train.load_dataset``
+    -> ``data.scan``), ``preprocess.load_image`` and the tensor ``Classifier`` hands the interpreter
+    are identical, byte for byte."""
+    import io
+
+    from PIL import Image
+    from rich.console import Console
+
+    from edgecell.train import TrainOptions, load_dataset
+    from firmware_host.preprocess import load_image
+
+    size = TrainOptions.__dataclass_fields__["img_size"].default  # the size training uses by default
+    assert size == 96
+    rng = np.random.default_rng(20240611)
+    chosen: list[Path] = []
+    for c in CLASSES:
+        files = sorted((real_data / c).glob("*.jpg"))
+        chosen += [files[k] for k in sorted(rng.choice(len(files), size=10, replace=False))]
+    sizes = {Image.open(p).size for p in chosen}
+    assert {(360, 363), (400, 400)} <= sizes, sizes  # PBC (Barcelona) and LMU (Munich) images both present
+
+    slice_dir = tmp_path / "slice"  # symlinks only: nothing is copied
+    for p in chosen:
+        (slice_dir / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (slice_dir / p.parent.name / p.name).symlink_to(p)
+    ds = load_dataset(str(slice_dir), size, Console(file=io.StringIO()))
+    assert ds.skipped == [] and len(ds.samples) == len(chosen) == 50
+    assert ds.images.shape == (50, size, size, 3) and ds.images.dtype == np.uint8
+    originals = [real_data / s.rel for s in ds.samples]
+    for img, p in zip(ds.images, originals):
+        assert np.array_equal(img, load_image(p, size)), p
+
+    clf = Classifier.load(_float_model_of_size(tmp_path / "m", size), threads=1)
+    assert clf.input_size == size and clf.input_quant.dtype == np.float32
+    fed: list[np.ndarray] = []
+    real_set_tensor = clf.interpreter.set_tensor
+
+    def spy(index, value):
+        fed.append(np.array(value, copy=True))
+        return real_set_tensor(index, value)
+
+    monkeypatch.setattr(clf.interpreter, "set_tensor", spy)
+    # training feeds tf.cast(uint8 -> float32) of these arrays (edgecell.train._dataset)
+    expected = ds.images.astype(np.float32)
+    for k, p in enumerate(originals):
+        clf.classify_file(p)
+        assert len(fed) == k + 1
+        assert fed[k].shape == (1, size, size, 3) and fed[k].dtype == np.float32
+        assert np.array_equal(fed[k][0], expected[k]), p
+    # and the pooled path `edgecell classify` uses, in input order
+    fed.clear()
+    done = [path for path, res in clf.classify_many(originals, workers=2) if not isinstance(res, Exception)]
+    assert done == [os.fspath(p) for p in originals]
+    assert np.array_equal(np.concatenate(fed), expected)
