@@ -19,6 +19,7 @@ from rich.table import Table
 
 from edgecell.console import human, progress, stderr_console
 from edgecell.options import csv_option, json_option, threads_option
+from firmware_host.metadata import Precision
 
 MANY = 50
 """Above this many images the table lists only flagged images (and a progress bar is shown)."""
@@ -67,7 +68,7 @@ def _flag_markup(flag: str) -> str:
 @threads_option
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "int8", "float16"]),
+    type=click.Choice([p.value for p in Precision]),
     default=None,
     help="Which model of an export folder to use (default: int8, else float32, else float16).",
 )
