@@ -15,6 +15,8 @@ import click
 from edgecell import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SUMMARY_LIMIT = 1000
+"""Longest command summary shown whole in ``edgecell --help`` (click's own limit is the line width)."""
 
 # name -> "module:attribute"; the order is the order of ``edgecell --help``.
 COMMANDS = {
@@ -41,6 +43,21 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        """List each command with its whole one-line summary, wrapped rather than cut with "...".
+
+        click shortens summaries to fit one line (``edgecell -h`` at 80 columns cut 6 of 8); a
+        summary is a single sentence, so it is shown in full and wrapped by the formatter.
+        """
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=SUMMARY_LIMIT)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         from firmware_host.errors import EdgecellError

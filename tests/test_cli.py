@@ -38,6 +38,18 @@ def test_every_command_has_summary_and_example(name):
     assert "Example" in res.output and f"edgecell {name}" in res.output
 
 
+def test_group_help_shows_whole_summaries_at_80_columns():
+    res = CliRunner().invoke(cli, ["-h"], prog_name="edgecell", terminal_width=80)
+    assert res.exit_code == 0, res.output
+    listing = res.output.split("\nCommands:\n", 1)[1]
+    assert "..." not in listing, listing
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    flat = " ".join(listing.split())  # summaries are wrapped onto several lines
+    for name in COMMANDS:
+        summary = " ".join(cli.get_command(None, name).help.strip().split("\n\n")[0].split())
+        assert f"{name} {summary}" in flat, (name, summary, listing)
+
+
 def test_unknown_command_is_a_usage_error():
     res = CliRunner().invoke(cli, ["frobnicate"])
     assert res.exit_code == 2
