@@ -186,9 +186,16 @@ def test_bench_json(models, data, tmp_path):
     assert {(x["precision"], x["threads"]) for x in rep["results"]} == {("int8", 1), ("int8", 2), ("float32", 1), ("float32", 2)}
     for x in rep["results"]:
         assert x["latency_ms"]["n"] == 5 and x["latency_ms"]["p50"] > 0 and x["throughput_per_s"] > 0
-        assert x["end_to_end"]["classified"] == 15 and x["peak_rss_mb"] > 0 and x["size_bytes"] > 0
+        assert x["end_to_end"]["classified"] == 15 and x["size_bytes"] > 0
+        assert "peak_rss_mb" not in x  # the old name, which read as a per-model figure
+        # the model's own memory is a growth, far below the whole process's peak
+        assert 0 <= x["model_rss_mb"] < x["process_peak_rss_mb"]
+    peaks = [x["process_peak_rss_mb"] for x in rep["results"]]
+    assert peaks == sorted(peaks)  # process-wide and monotonic: why it is not the per-model figure
+    assert any(n.startswith("model_rss_mb = ") for n in rep["notes"]) and any(n.startswith("process_peak_rss_mb = ") for n in rep["notes"])
     assert len(rep["speedup_int8_vs_float32"]) == 2
     assert "int8 vs float32" in r.output
+    assert "+RSS MB" in r.output and "peak MB" in r.output
     r = run("bench", models.int8, "--threads", "0")
     assert r.exit_code == 2
 
@@ -201,6 +208,57 @@ def test_bench_keras_comparison(models, tmp_path):
     k = json.loads(out.read_text())["keras"]
     assert k["predict_one"]["latency_ms"]["n"] == 3 and k["predict_on_batch"]["batch"] == 32
     assert k["predict_on_batch"]["images_per_s"] > 0
+    assert 0 <= k["model_rss_mb"] < k["process_peak_rss_mb"] and "peak_rss_mb" not in k
+    assert "Keras (model.keras" in r.output and "RSS added by the model" in r.output
+    # a run folder works as well as the file
+    r = run("bench", models.float32, "--runs", 1, "--warmup", 0, "--threads", "1", "--keras", models.keras_file.parent)
+    assert r.exit_code == 0 and "Keras (model.keras" in r.output
+
+
+def test_bench_rss_helpers_see_an_allocation():
+    from edgecell.commands.bench import _rss_added, current_rss_mb, release_freed_memory
+
+    if current_rss_mb() is None:
+        pytest.skip("/proc/self/statm is Linux-only; model_rss_mb is None elsewhere")
+    release_freed_memory()
+    before = current_rss_mb()
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
+    added = _rss_added(before)
+    assert 60 <= added <= 80, added
+    del block
+    release_freed_memory()
+    assert current_rss_mb() < before + 16  # handed back: the next row does not inherit it
+
+
+def test_bench_keras_without_tensorflow_is_an_error(tmp_path, monkeypatch):
+    """Blocking the import (sys.modules[name] = None) is how Python itself marks a module absent."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes(b"never read: the TensorFlow check comes first")
+    tflite = tmp_path / "model_int8.tflite"
+    tflite.write_bytes(b"never read either: refused before any timing")
+    r = CliRunner().invoke(cli, ["bench", str(tflite), "--keras", str(run_dir)])
+    assert r.exit_code == 1, r.output
+    assert [ln for ln in r.output.splitlines() if ln.strip()] == [
+        'Error: --keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); '
+        "leave out --keras to bench the TFLite models alone"
+    ]
+
+
+def test_bench_keras_without_a_keras_model_is_an_error(models, tmp_path):
+    empty = tmp_path / "run"
+    empty.mkdir()
+    r = CliRunner().invoke(cli, ["bench", str(models.int8), "--runs", "1", "--warmup", "0", "--threads", "1", "--keras", str(empty)])
+    assert r.exit_code == 1, r.output
+    assert [ln for ln in r.output.splitlines() if ln.strip()] == [
+        f"Error: {empty}: --keras: no .keras model in this folder (give a training run folder or its model.keras)"
+    ]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    r = CliRunner().invoke(cli, ["bench", str(models.int8), "--keras", str(notes)])
+    assert r.exit_code == 1
+    assert [ln for ln in r.output.splitlines() if ln.strip()] == [f"Error: {notes}: --keras wants a .keras file or a run folder holding one"]
 
 
 def test_cli_runs_without_importing_tensorflow(models, data, tmp_path):

@@ -1,10 +1,25 @@
 """``edgecell bench``: latency, throughput, memory and size of converted models, side by side.
 
-TensorFlow is imported only for ``--keras`` (and only if it is installed).
+TensorFlow is imported only for ``--keras``; without ``--keras`` it is never imported. Asking for
+``--keras`` where TensorFlow is not installed, or with a folder holding no ``.keras`` model, is a
+one-line error (exit 1) before any timing starts.
+
+Memory is reported two ways, because they answer different questions:
+
+* ``model_rss_mb``: how much the resident set grew while loading this model and running its
+  warm-up and timed inferences (current RSS from ``/proc/self/statm`` just before ``load`` minus
+  just after the runs; the interpreter library is imported before the first row, and memory the
+  previous row freed is handed back to the OS first where glibc allows, so rows do not inherit
+  each other's memory). Linux only (None elsewhere).
+* ``process_peak_rss_mb``: the whole process's peak RSS so far (``getrusage``). It only ever
+  rises, so a later row includes every earlier row's peak; it is the figure to size a device
+  for, not a per-model figure.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import json
 import os
 import sys
@@ -30,6 +45,44 @@ def _parse_threads(ctx, param, value: str) -> list[int]:
     if not out or any(t < 1 or t > 64 for t in out):
         raise click.BadParameter("thread counts must be between 1 and 64, e.g. 1,2,4")
     return list(dict.fromkeys(out))
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory of this process right now (``/proc/self/statm``), in MiB; None off Linux."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            resident_pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and ask glibc to return freed heap to the OS (``malloc_trim``), so the next
+    RSS reading is not flattered by memory an earlier model left in the allocator's free lists."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, ...): RSS readings are just less tight
+            pass
+
+
+def _rss_added(before: float | None) -> float | None:
+    after = current_rss_mb()
+    return None if before is None or after is None else max(0.0, after - before)
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported, found without importing it (bench stays TF-free)."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"] is not None  # None: import blocked
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def peak_rss_mb() -> float | None:
@@ -61,7 +114,7 @@ def peak_rss_mb() -> float | None:
     "keras_path",
     type=click.Path(exists=True, path_type=str),
     default=None,
-    help="A .keras model or training run folder: also time Keras predict (needs TensorFlow).",
+    help="A .keras model or training run folder: also time Keras predict. Needs TensorFlow; without it, or with no .keras model there, bench stops with an error before timing anything.",
 )
 def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_path):
     """Benchmark TFLite models (files or export folders): latency, throughput, memory, size.
@@ -69,8 +122,11 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
     For each model and thread count: inference latency (min/p50/p95/p99, quantise + invoke +
     dequantise on one preprocessed image), single-stream throughput, end-to-end throughput
     on real images from --data (decode + resize + inference, decoding in a thread pool as
-    `edgecell classify` does), the process's peak RSS so far and the model size. An export
-    folder contributes every precision it holds, so float32 and int8 appear side by side.
+    `edgecell classify` does), the model size, and memory: the RSS the model added (resident
+    memory after loading it and running the timed inferences, minus just before loading;
+    Linux) and, separately, the process's peak RSS so far (it only rises, so later rows
+    include earlier ones). An export folder contributes every precision it holds, so float32
+    and int8 appear side by side.
 
     \b
     Example:
@@ -79,6 +135,8 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
     """
     import numpy as np
 
+    from firmware_host.interpreter import find_backend
+    from firmware_host.metadata import read_metadata
     from firmware_host.paths import expand_paths
     from firmware_host.preprocess import load_image
     from firmware_host.runtime import Classifier, latency_summary, models_in
@@ -87,6 +145,7 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
         from firmware_host.atomic import check_writable
 
         check_writable(json_out)  # before minutes of timing, not after
+    keras_file = _check_keras(keras_path) if keras_path else None  # likewise: refuse before timing
     con = human(json_out == "-")
     files = [f for m in models for f in models_in(m)]
     images = expand_paths([data_dir]).paths[:limit] if data_dir else []
@@ -95,13 +154,16 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
 
     rows = []
     sample_cache: dict[int, np.ndarray] = {}
+    find_backend()  # import the interpreter library now, so the first row's RSS is the model's, not the library's
     for f in files:
         for t in threads_list:
-            clf = Classifier.load(f, threads=t)
-            s = clf.input_size
-            if s not in sample_cache:
+            s = read_metadata(f).input_size
+            if s not in sample_cache:  # decoded before measuring: Pillow's first decode is not the model's memory
                 sample_cache[s] = _sample_image(images, s, load_image)
             x = sample_cache[s]
+            release_freed_memory()
+            rss_before = current_rss_mb()
+            clf = Classifier.load(f, threads=t)
             for _ in range(warmup):
                 clf.predict_array(x)
             lat = []
@@ -109,6 +171,7 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
                 t0 = time.perf_counter()
                 clf.predict_array(x)
                 lat.append((time.perf_counter() - t0) * 1000.0)
+            model_rss = _rss_added(rss_before)  # before the end-to-end pass: decoding buffers are not the model's
             summ = latency_summary(lat)
             e2e = None
             if images:
@@ -129,14 +192,13 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
                     "latency_ms": summ,
                     "throughput_per_s": 1000.0 / summ["mean"] if summ["mean"] else None,
                     "end_to_end": e2e,
-                    "peak_rss_mb": peak_rss_mb(),
+                    "model_rss_mb": model_rss,
+                    "process_peak_rss_mb": peak_rss_mb(),
                 }
             )
             del clf
 
-    keras_result = None
-    if keras_path:
-        keras_result = _bench_keras(keras_path, runs, warmup, con)
+    keras_result = _bench_keras(keras_file, runs, warmup) if keras_file else None
 
     _print(con, rows, keras_result, bool(images))
     report = {
@@ -151,7 +213,10 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
         "notes": [
             "latency = quantise + invoke + dequantise for one preprocessed image (decode excluded)",
             "end_to_end = decode + resize + inference over --data images, decoding in a thread pool",
-            "peak_rss_mb = peak resident memory of the whole process so far (monotonic across rows)",
+            "model_rss_mb = resident memory added by loading the model and running its warm-up and timed inferences "
+            "(current RSS from /proc/self/statm after the runs minus just before loading; end-to-end pass excluded; None off Linux)",
+            "process_peak_rss_mb = peak resident memory of the whole process so far (getrusage); it only rises, "
+            "so each row includes every earlier row's peak",
         ],
     }
     if json_out:
@@ -214,23 +279,36 @@ def _find_keras(path: str) -> Path:
             return p / name
     found = sorted(p.rglob("*.keras"))
     if not found:
-        raise ModelError("no .keras model in this folder", p)
+        raise ModelError("--keras: no .keras model in this folder (give a training run folder or its model.keras)", p)
     return found[0]
 
 
-def _bench_keras(path: str, runs: int, warmup: int, con) -> dict | None:
-    try:
-        import tensorflow as tf  # noqa: F401  (only here: the TFLite rows never need it)
-        import keras
-    except ImportError:
-        warn('--keras: TensorFlow is not installed here (pip install "edgecell[train]"); Keras timing skipped', con)
-        return None
+def _check_keras(path: str) -> Path:
+    """The .keras file ``--keras`` names, checked before any timing: TensorFlow must be installed
+    (looked up, not imported) and a model must be there; otherwise a one-line error, exit 1."""
+    from firmware_host.errors import EdgecellError
+
+    kpath = _find_keras(path)
+    if not tensorflow_installed():
+        raise EdgecellError(
+            '--keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); '
+            "leave out --keras to bench the TFLite models alone"
+        )
+    return kpath
+
+
+def _bench_keras(kpath: Path, runs: int, warmup: int) -> dict:
+    from edgecell.tfutil import import_tf
+
+    tf = import_tf()  # only here: the TFLite rows never need it
+    import keras
     import numpy as np
 
     from firmware_host.errors import ModelError
     from firmware_host.runtime import latency_summary
 
-    kpath = _find_keras(path)
+    release_freed_memory()
+    rss_before = current_rss_mb()  # after importing TensorFlow: the figure is the model's, not the library's
     try:
         model = keras.models.load_model(kpath, compile=False)
     except Exception as exc:
@@ -255,6 +333,7 @@ def _bench_keras(path: str, runs: int, warmup: int, con) -> dict | None:
         model.predict_on_batch(batch)
         blat.append((time.perf_counter() - t0) * 1000.0)
     bs = latency_summary(blat)
+    model_rss = _rss_added(rss_before)
     return {
         "model": str(kpath),
         "tensorflow_version": tf.__version__,
@@ -266,7 +345,8 @@ def _bench_keras(path: str, runs: int, warmup: int, con) -> dict | None:
             "per_image_ms": bs["p50"] / KERAS_BATCH,
             "images_per_s": 1000.0 * KERAS_BATCH / bs["mean"],
         },
-        "peak_rss_mb": peak_rss_mb(),
+        "model_rss_mb": model_rss,
+        "process_peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -298,7 +378,8 @@ def _print(con, rows, keras_result, with_e2e: bool) -> None:
         table.add_column(name, justify=justify, overflow="fold")
     if with_e2e:
         table.add_column("e2e/s", justify="right")
-    table.add_column("RSS MB", justify="right")
+    table.add_column("+RSS MB", justify="right")
+    table.add_column("peak MB", justify="right")
     for r in rows:
         lat = r["latency_ms"]
         cells = [
@@ -315,13 +396,15 @@ def _print(con, rows, keras_result, with_e2e: bool) -> None:
         if with_e2e:
             e = r["end_to_end"]
             cells.append(_f(e and e["images_per_s"], "{:.0f}"))
-        cells.append(_f(r["peak_rss_mb"], "{:.0f}"))
+        cells.append(_f(r["model_rss_mb"], "{:.1f}"))
+        cells.append(_f(r["process_peak_rss_mb"], "{:.0f}"))
         table.add_row(*cells)
     con.print(table)
     if rows:
         con.print(
             f"Interpreter: {escape(rows[0]['interpreter'])}. Latency: quantise + invoke + dequantise, decoding excluded; "
-            "img/s = 1000 / mean latency; RSS MB = the process's peak so far.",
+            "img/s = 1000 / mean latency; +RSS MB = resident memory this model added (load + timed runs); "
+            "peak MB = the whole process's peak RSS so far (only rises, so later rows include earlier ones).",
             soft_wrap=True,
         )
     for s in _speedups(rows):
@@ -338,6 +421,6 @@ def _print(con, rows, keras_result, with_e2e: bool) -> None:
             f"Keras ({escape(Path(k['model']).name)}, TF {k['tensorflow_version']}): predict on 1 image p50 "
             f"{k['predict_one']['latency_ms']['p50']:.2f} ms; predict_on_batch({KERAS_BATCH}) "
             f"{k['predict_on_batch']['per_image_ms']:.3f} ms/image ({k['predict_on_batch']['images_per_s']:.0f} img/s); "
-            f"peak RSS {_f(k['peak_rss_mb'], '{:.0f}')} MB",
+            f"RSS added by the model {_f(k['model_rss_mb'], '{:.1f}')} MB (process peak {_f(k['process_peak_rss_mb'], '{:.0f}')} MB, TensorFlow included)",
             soft_wrap=True,
         )
