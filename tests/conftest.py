@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data set (skipped with a reason when absent) and small slices of it."""
+"""Shared fixtures: the real data set (skipped with a reason when absent), small slices of it, and the --update-golden option."""
 
 from __future__ import annotations
 
@@ -11,6 +11,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REAL_DATA = Path(os.environ.get("EDGECELL_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "bloodcells"))
 CLASSES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="Rewrite tests/golden/ from the current output instead of comparing with it (see tests/test_golden.py).",
+    )
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    """True under ``--update-golden``: golden tests rewrite their files instead of comparing."""
+    return bool(request.config.getoption("--update-golden"))
 
 
 def real_data_or_skip() -> Path:
