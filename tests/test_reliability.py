@@ -909,6 +909,43 @@ def test_train_out_under_a_file(messy, tmp_path):
     assert (tmp_path / "runs").read_text() == "a file"
 
 
+def test_train_out_in_a_folder_that_is_not_writable(tmp_path, monkeypatch):
+    """--out inside a read-only folder: one line naming that folder, before any training, nothing left."""
+    pytest.importorskip("tensorflow")
+    import edgecell.train as train_mod
+    from edgecell.demo import generate
+
+    data = generate(tmp_path / "data", per_class=8, seed=0, size=48).out_dir
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write there anyway: refuse as the kernel does for everyone else
+        def refusing(real):
+            def make(*args, dir=None, **kwargs):
+                if dir is not None and Path(dir) == locked:
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+                return real(*args, dir=dir, **kwargs)
+
+            return make
+
+        monkeypatch.setattr(atomic.tempfile, "mkdtemp", refusing(atomic.tempfile.mkdtemp))
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", refusing(atomic.tempfile.mkstemp))
+    trained = []
+
+    def fit(*args, **kwargs):
+        trained.append(True)
+        raise RuntimeError("training started although the run folder cannot be written")
+
+    monkeypatch.setattr(train_mod, "fit", fit)
+    try:
+        res = cli_run("train", "--data", data, "--out", locked / "run", "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(res, locked, "cannot write here (Permission denied)")
+    assert trained == []
+    assert list(locked.iterdir()) == [] and leftovers(tmp_path) == []
+
+
 def test_train_disk_full_keeps_the_previous_run(messy, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(messy["run"], run)
