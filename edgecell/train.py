@@ -31,7 +31,7 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
 from firmware_host import preprocess
-from firmware_host.atomic import staged_dir, write_json
+from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 
 RUN_MARKER = "metadata.json"
@@ -344,6 +344,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
     con = con or stderr_console
     if opts.epochs < 1:
         raise EdgecellError("--epochs must be at least 1")
+    check_stageable(opts.out_dir, marker=RUN_MARKER)  # before minutes of work, not after
     tf = import_tf()  # fail early, before reading thousands of images
     ds = load_dataset(opts.data_dir, opts.img_size, con)
     splits = data_mod.make_split(ds, opts.seed)

@@ -155,6 +155,30 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _check_target_folder(target: Path, marker: str | None) -> None:
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise EdgecellError("exists and is not a folder", target)
+        if marker and any(target.iterdir()) and not (target / marker).exists():
+            raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
+    _ensure_folder(target.parent)
+
+
+def check_stageable(target: str | os.PathLike, marker: str | None = None) -> None:
+    """Fail now, with one line, if :func:`staged_dir` could not later write ``target``.
+
+    The same checks as ``staged_dir`` (a file or a foreign folder in the way, a parent that cannot
+    be created) plus creating and removing a staging folder, so a long job (training) is refused
+    before it starts rather than after.
+    """
+    target = Path(target)
+    _check_target_folder(target, marker)
+    with _interrupts_held():
+        probe = _new_temp(target.parent, f".{target.name}.check-", folder=True)
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Build a whole folder in a hidden temporary sibling, then swap it in place of ``target``.
@@ -170,12 +194,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
     """
     target = Path(target)
     parent = target.parent
-    if target.exists() or target.is_symlink():
-        if not target.is_dir():
-            raise EdgecellError("exists and is not a folder", target)
-        if marker and any(target.iterdir()) and not (target / marker).exists():
-            raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
-    _ensure_folder(parent)
+    _check_target_folder(target, marker)
     tmp: Path | None = None
     try:
         with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it

@@ -74,7 +74,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
     from edgecell.console import progress, warn
     from edgecell.train import load_keras, predict, read_run
     from firmware_host import preprocess
-    from firmware_host.atomic import staged_dir, write_bytes, write_json
+    from firmware_host.atomic import check_stageable, staged_dir, write_bytes, write_json
     from firmware_host.errors import DataError
     from firmware_host.metadata import ModelMetadata, Precision, Quantization, sha256_file, write_metadata
 
@@ -88,6 +88,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
         raise DataError("the data folder the model was trained on is not there; pass --data DIR", data_dir or "--data")
     if not (run_dir / "split.csv").is_file():
         raise DataError("split.csv is missing from the run folder (the test split and calibration need it)", run_dir)
+    check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename)  # refuse an unwritable export before converting
 
     # 1. the calibration set first: a bad --calibration folder fails in a second, before TensorFlow loads
     cal = None
