@@ -17,6 +17,16 @@ at chance; if it does not, the split leaks. Each image is read once (in a thread
 feature comes from that one decode. Test accuracies are set beside the CNN's (the run's
 ``metrics.json``) and a warning is raised when a baseline comes within ``margin`` points of it.
 
+Accuracy alone cannot settle it (on the blood-cell set the colour histogram comes within a point of
+the CNN), so every baseline, fit on the clean training images only, is also scored on the test images
+under each stain shift of :func:`edgecell.stain.family` (hue, saturation, brightness, grayscale, a
+background-tint swap between the labs, a seeded random mix): a model that reads the lab falls, one
+that reads the cell holds. The shifts are applied to each test image at its original size (read and
+decoded again, one image per worker at a time; random draws seeded per image by :func:`image_seed`);
+the size features do not change. The CNN's figures under the same shifts are read from
+``RUN/evaluation/keras_test_metrics.json`` (written by ``edgecell evaluate RUN --stain-shift``, which
+applies them to the CNN's preprocessed input).
+
 "Lab groups" are found from the data, not assumed: classes whose most common image size is the same
 form one acquisition group. The lab-group accuracy of a model is the share of test images whose
 predicted class is in the right group.
@@ -67,8 +77,8 @@ BASELINES = (
 # Features: one decode per image
 
 
-def image_features(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, np.ndarray]:
-    """The morphology-free features of one encoded image (see the module docstring)."""
+def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, tuple[int, int]]:
+    """One encoded image as a ``uint8`` RGB array (EXIF orientation applied) and its (width, height) from the header."""
     from PIL import Image, ImageOps
 
     from firmware_host.preprocess import _to_rgb
@@ -85,26 +95,50 @@ def image_features(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell", path)
         img.load()
-        img = _to_rgb(ImageOps.exif_transpose(img))
-        a = np.asarray(img, dtype=np.uint8)
-        thumb = np.asarray(img.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        a = np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
     except ImageError:
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(f"cannot decode image ({reason})", path) from None
+    return a, (w, h)
+
+
+_CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)
+
+
+def rgb_features(a: np.ndarray, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The morphology-free features of one decoded ``uint8`` RGB image ``(H, W, 3)`` (see the module docstring).
+
+    ``size`` is the (width, height) from the file header; default: the array's own.
+    """
+    from PIL import Image
+
+    a = np.asarray(a)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3), got {a.dtype} {a.shape}")
+    w, h = size if size is not None else (a.shape[1], a.shape[0])
+    thumb = np.asarray(Image.fromarray(a).resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     p = max(1, min(CORNER, a.shape[0] // 4, a.shape[1] // 4))
     corners = np.concatenate([a[:p, :p], a[:p, -p:], a[-p:, :p], a[-p:, -p:]]).reshape(-1, 3)
     flat = a.reshape(-1, 3)
-    q = flat >> (8 - int(np.log2(HIST_BINS)))
-    hist = np.concatenate([np.bincount(q[:, c], minlength=HIST_BINS) for c in range(3)]).astype(np.float32) / len(flat)
+    # one pass: the 256-level count of each channel gives both the exact mean and the coarser histogram
+    counts = np.bincount((flat.astype(np.uint16) + _CHANNEL_OFFSET).ravel(), minlength=768).reshape(3, 256)
+    hist = counts.reshape(3, HIST_BINS, 256 // HIST_BINS).sum(axis=2).reshape(-1).astype(np.float32) / len(flat)
+    mean = (counts @ np.arange(256, dtype=np.int64)) / len(flat)
     return {
         "size": np.array([w, h], dtype=np.float32),
-        "mean": flat.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0,
+        "mean": mean.astype(np.float32) / 255.0,
         "corner": corners.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0,
         "hist": hist,
         "thumb": thumb.reshape(-1),
     }
+
+
+def image_features(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, np.ndarray]:
+    """The morphology-free features of one encoded image: :func:`decode_rgb` then :func:`rgb_features`."""
+    a, size = decode_rgb(data, path)
+    return rgb_features(a, size)
 
 
 @dataclass
@@ -188,6 +222,125 @@ def load_features(
         raise DataError("no usable images", root)
     features = {k: np.stack([f[k] for _, f in ok]) for k in ok[0][1]}
     return FeatureSet(root, class_names, [s for s, _ in ok], features, sorted(skipped, key=lambda s: s.path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stain shift: the test images' features under each member of edgecell.stain.family()
+
+_POINTWISE_PREFIXES = ("hue ", "saturation x", "brightness ")
+_POINTWISE_NAMES = ("grayscale", "random mix")
+
+
+def is_pointwise(name: str) -> bool:
+    """Whether the family member ``name`` maps each pixel's colour on its own (the same colour always
+    gives the same result within one image): hue, saturation, brightness, grayscale and random mix,
+    whose draws are per image. Those are applied to the image's distinct colours only (a palette of
+    about 20,000 instead of 160,000 pixels) with the same result, bit for bit; any other member (the
+    background swap, which reads the image's border, and members added later) to the whole image."""
+    return name.startswith(_POINTWISE_PREFIXES) or name in _POINTWISE_NAMES
+
+
+def image_seed(seed: int, sha256: str) -> int:
+    """The seed a stain perturbation gets for one image: ``seed`` XOR the first 32 bits of the image's SHA-256.
+
+    :class:`edgecell.stain.Perturbation` then derives the member's own generator from it, as for a
+    batch; one image gets the same draw whatever the order of the files or the split.
+    """
+    return (int(seed) ^ int(sha256[:8], 16)) & 0xFFFFFFFF
+
+
+class _Palette:
+    """The distinct colours of one image, as a 1 x U image, and where each pixel's colour sits in it."""
+
+    def __init__(self, a: np.ndarray):
+        code = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+        u, inv = np.unique(code.ravel(), return_inverse=True)
+        self.colours = np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], axis=-1).astype(np.uint8)[None]
+        self.inverse = inv.ravel()
+        self.shape = a.shape
+
+
+def perturb(member, a: np.ndarray, seed: int, palette: _Palette | None = None) -> np.ndarray:
+    """``member(a, seed)`` for one ``uint8`` RGB image, through ``palette`` when the member is pointwise."""
+    if palette is not None and is_pointwise(member.name):
+        return np.take(member(palette.colours, seed)[0], palette.inverse, axis=0).reshape(palette.shape)
+    return member(a, seed)
+
+
+def shifted_features(
+    fs: FeatureSet,
+    indices: Sequence[int],
+    seed: int,
+    members: Sequence | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Features of the images ``fs.samples[indices]`` under each stain-shift member: ``{member: {block: (n, d)}}``.
+
+    Each image is read and decoded again (one at a time per worker, so memory stays bounded), each
+    member of ``members`` (default: the whole :func:`edgecell.stain.family`) is applied to the
+    original-size RGB image with :func:`image_seed`, and :func:`rgb_features` is computed from the
+    result. The ``size`` block is the header's and does not change.
+    """
+    from edgecell import stain
+
+    members = list(stain.family() if members is None else members)
+    idx = [int(i) for i in indices]
+
+    def work(i):
+        sample = fs.samples[i]
+        path = fs.root / sample.rel
+        raw = read_bytes(path)
+        if hashlib.sha256(raw).hexdigest() != sample.sha256:
+            raise DataError("file changed while the audit was running (SHA-256 differs)", path)
+        a, size = decode_rgb(raw, path)
+        pal = _Palette(a)
+        s = image_seed(seed, sample.sha256)
+        return [rgb_features(perturb(m, a, s, pal), size) for m in members]
+
+    rows = []
+    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+    try:
+        for k, feats in enumerate(pool.map(work, idx)):
+            rows.append(feats)
+            if on_progress:
+                on_progress(k + 1, len(idx))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    blocks = list(fs.features)
+    return {
+        m.name: {b: np.stack([r[j][b] for r in rows]) if rows else np.zeros((0,) + fs.features[b].shape[1:], np.float32) for b in blocks}
+        for j, m in enumerate(members)
+    }
+
+
+def read_cnn_stain_shift(run_dir: str | os.PathLike | None) -> tuple[dict | None, str | None]:
+    """The CNN's test accuracy under each stain shift, from ``RUN/evaluation/keras_test_metrics.json``.
+
+    Returns ``(figures, None)`` or ``(None, note)``, the note saying where the figures come from.
+    ``figures``: ``source``, ``seed``, ``n``, ``clean`` accuracy and ``shifted`` ``{member: accuracy}``.
+    """
+    if run_dir is None:
+        return None, "No CNN figures without a run folder: `edgecell evaluate RUN --stain-shift` gives the CNN's accuracy under the same shifts"
+    p = Path(run_dir) / "evaluation" / "keras_test_metrics.json"
+    hint = f"`edgecell evaluate {run_dir} --stain-shift` writes the CNN's accuracy under the same shifts"
+    if not p.is_file():
+        return None, f"No CNN figures: {p} is missing; {hint}"
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+        s = m.get("stain_shift")
+        if not s:
+            return None, f"No CNN figures: {p} has no stain-shift section; {hint}"
+        figures = {
+            "source": str(p),
+            "seed": s.get("seed"),
+            "n": int(s["n"]),
+            "clean": float(s["clean"]["accuracy"]),
+            "shifted": {r["name"]: float(r["accuracy"]) for r in s["perturbations"]},
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EdgecellError(f"unreadable evaluation metrics ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", p) from None
+    return figures, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,13 +437,18 @@ def _model():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER, C=1.0))
 
 
-def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    """Standardise, fit a multinomial logistic regression, predict the test labels."""
+def fit(x_train: np.ndarray, y_train: np.ndarray):
+    """Standardise, fit a multinomial logistic regression; returns the fitted pipeline."""
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return _model().fit(x_train, y_train).predict(x_test)
+        return _model().fit(x_train, y_train)
+
+
+def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Standardise, fit a multinomial logistic regression, predict the test labels."""
+    return fit(x_train, y_train).predict(x_test)
 
 
 def chance_level(y_test: np.ndarray, n_classes: int) -> float:
@@ -326,9 +484,26 @@ def read_cnn(run_dir: str | os.PathLike, groups: list[dict], classes: Sequence[s
     }
 
 
+def _shift_summary(clean: float, shifted: dict[str, float]) -> dict:
+    worst = min(shifted, key=shifted.get) if shifted else None
+    return {
+        "clean": clean,
+        "shifted": shifted,
+        "worst": None if worst is None else {"name": worst, "accuracy": shifted[worst], "drop_points": 100 * (clean - shifted[worst])},
+    }
+
+
 def audit(fs: FeatureSet, splits: np.ndarray, seed: int, cnn: dict | None = None, margin: float = DEFAULT_MARGIN,
-          groups: list[dict] | None = None, repeats: int = SHUFFLE_REPEATS) -> dict:
-    """Fit every baseline on the train split, score it on the test split, compare with ``cnn``."""
+          groups: list[dict] | None = None, repeats: int = SHUFFLE_REPEATS,
+          shifted: dict[str, dict[str, np.ndarray]] | None = None, cnn_shift: dict | None = None,
+          cnn_shift_note: str | None = None) -> dict:
+    """Fit every baseline on the train split, score it on the test split, compare with ``cnn``.
+
+    ``shifted``: features of the test images (in split order) under each stain shift, from
+    :func:`shifted_features`; every baseline, fit on the clean training images, is scored on each.
+    ``cnn_shift``/``cnn_shift_note``: :func:`read_cnn_stain_shift`. Without ``shifted``,
+    ``result["stain_shift"]`` is None.
+    """
     from sklearn.metrics import f1_score
 
     y = fs.labels()
@@ -339,9 +514,19 @@ def audit(fs: FeatureSet, splits: np.ndarray, seed: int, cnn: dict | None = None
     k = len(fs.classes)
     labels = list(range(k))
     rows = []
+    shift_rows: dict[str, dict] = {}
     for name, desc, blocks in BASELINES:
         x = fs.block(blocks)
-        pred = fit_predict(x[tr], y[tr], x[te])
+        model = fit(x[tr], y[tr])
+        pred = model.predict(x[te])
+        if shifted is not None:
+            accs = {}
+            for member, feats in shifted.items():
+                xs = np.concatenate([feats[b] for b in blocks], axis=1)
+                if len(xs) != int(te.sum()):
+                    raise ValueError(f"stain-shift features for {len(xs)} images, the test split has {int(te.sum())}")
+                accs[member] = float((model.predict(xs) == y[te]).mean())
+            shift_rows[name] = _shift_summary(float((pred == y[te]).mean()), accs)
         rows.append(
             {
                 "name": name,
@@ -385,9 +570,139 @@ def audit(fs: FeatureSet, splits: np.ndarray, seed: int, cnn: dict | None = None
         "margin_points": margin,
         "best_baseline": best["name"],
         "cnn_lead_points": None if cnn is None else 100 * (cnn["accuracy"] - best["accuracy"]),
+        "stain_shift": None,
     }
+    if shifted is not None:
+        from edgecell import stain
+
+        members = list(shifted)
+        descriptions = {p.name: p.description for p in stain.family()}
+        cnn_rows = None
+        note = cnn_shift_note
+        if cnn_shift is not None:
+            missing = [m for m in members if m not in cnn_shift["shifted"]]
+            if missing:
+                note = f"No CNN figures: {cnn_shift['source']} has none for {', '.join(missing)}; re-run `edgecell evaluate --stain-shift`"
+            else:
+                cnn_rows = dict(_shift_summary(cnn_shift["clean"], {m: cnn_shift["shifted"][m] for m in members}),
+                                source=cnn_shift["source"], seed=cnn_shift.get("seed"), n=cnn_shift.get("n"))
+                if cnn_shift.get("n") is not None and cnn_shift["n"] != int(te.sum()):
+                    note = f"The CNN's stain-shift figures are on {cnn_shift['n']} test images, the audit's on {int(te.sum())}"
+        result["stain_shift"] = {
+            "members": members,
+            "descriptions": {m: descriptions.get(m, "") for m in members},
+            "seed": seed,
+            "per_image_seed": "seed XOR the first 32 bits of the image's SHA-256 (edgecell.audit.image_seed)",
+            "applied_to": "each test image at its original size; models fit on the clean training images",
+            "n": int(te.sum()),
+            "baselines": shift_rows,
+            "cnn": cnn_rows,
+            "cnn_note": note,
+        }
     result["warnings"] = warnings_for(result)
     return result
+
+
+def _shift_figures(row: dict) -> str:
+    """'W at worst (member; grayscale G, background swap B)' for one model's stain-shift summary."""
+    if all(v == row["clean"] for v in row["shifted"].values()):
+        return f"{row['clean']:.1%} under every shift (unchanged)"
+    parts = [f"{m} {row['shifted'][m]:.1%}" for m in ("grayscale", "background swap") if m in row["shifted"] and m != row["worst"]["name"]]
+    return f"{row['worst']['accuracy']:.1%} at worst ({row['worst']['name']}" + (f"; {', '.join(parts)})" if parts else ")")
+
+
+def _shift_sentence(result: dict, name: str) -> str:
+    """How baseline ``name`` and the CNN hold under stain shift, in words, for the near-CNN warning."""
+    ss = result.get("stain_shift")
+    row = (ss or {}).get("baselines", {}).get(name)
+    if not row or row["worst"] is None:
+        return "Check it with `edgecell evaluate --stain-shift` and on another lab's slides."
+    text = f"Under stain shift (fit on clean training images, tested on shifted test images) the baseline scores {_shift_figures(row)}"
+    c = ss.get("cnn")
+    if c is None:
+        return text + ". " + (ss.get("cnn_note") or "`edgecell evaluate RUN --stain-shift` gives the CNN's figures") + ". Check it on another lab's slides too."
+    text += f" and the CNN {_shift_figures(c)}. "
+    lead = 100 * (c["worst"]["accuracy"] - row["worst"]["accuracy"])
+    if lead > result["margin_points"]:
+        return text + (f"The CNN holds {lead:.1f} points better at worst, so it reads more than the lab's colours; "
+                       "still check it on another lab's slides.")
+    return text + "The CNN holds no better than the baseline: its accuracy may rest on the same shortcut."
+
+
+def stain_summary(result: dict) -> list[str]:
+    """Plain-words lines on the stain shift: the best baseline (and the colour histogram, when it is not the best) beside the CNN."""
+    ss = result.get("stain_shift")
+    if not ss or not ss["baselines"]:
+        return []
+
+    def move(a: float, b: float) -> str:
+        if b < a - 0.005:
+            return f"falls from {a:.1%} to {b:.1%}"
+        if b > a + 0.005:
+            return f"rises from {a:.1%} to {b:.1%}"
+        return f"holds at {b:.1%}"
+
+    names = [n for n in dict.fromkeys([result["best_baseline"], "colour histogram"]) if n in ss["baselines"]]
+    c = ss.get("cnn")
+    out = []
+    for m, words in (("background swap", "a background-tint swap"), ("grayscale", "grayscale")):
+        if m not in ss["members"]:
+            continue
+        parts = [f"the '{n}' baseline {move(ss['baselines'][n]['clean'], ss['baselines'][n]['shifted'][m])}" for n in names]
+        if c is not None:
+            parts.append(f"the CNN {move(c['clean'], c['shifted'][m]).replace('falls', 'drops').replace('holds at', 'keeps')}")
+        out.append(f"Under {words} " + "; ".join(parts) + ".")
+    worst = [f"'{n}' {ss['baselines'][n]['worst']['accuracy']:.1%} ({ss['baselines'][n]['worst']['name']})" for n in names]
+    if c is not None:
+        worst.append(f"CNN {c['worst']['accuracy']:.1%} ({c['worst']['name']})")
+    out.append("Worst stain shift: " + ", ".join(worst) + ".")
+    if ss.get("cnn_note"):
+        out.append(ss["cnn_note"] + ".")
+    return out
+
+
+def short_name(name: str) -> str:
+    """A compact column header for a baseline ('colour histogram' -> 'colour hist.')."""
+    return {"all of the above": "all", "colour histogram": "colour hist.", f"{THUMB}x{THUMB} thumbnail": f"{THUMB}x{THUMB} thumb"}.get(name, name)
+
+
+def short_member(name: str) -> str:
+    """A compact row label for a stain-shift member ('saturation x0.6' -> 'sat. x0.6')."""
+    return name.replace(" deg", "").replace("saturation ", "sat. ").replace("brightness ", "bright. ").replace("background swap", "bg swap")
+
+
+def stain_table(result: dict):
+    """Test accuracy (%) of each baseline and the CNN, clean and under each stain shift, as a rich table.
+
+    One row per shift and one column per model (the other way round, 14 columns, does not fit 80 characters).
+    """
+    from rich.table import Table
+
+    ss = result["stain_shift"]
+    models = list(ss["baselines"].items()) + [("CNN", ss.get("cnn"))]
+    t = Table(title=f"Stain shift: test accuracy %, models fit on clean training images (n={ss['n']})")
+    t.add_column("shift", no_wrap=True)
+    for name, _ in models:
+        t.add_column("[bold]CNN[/bold]" if name == "CNN" else short_name(name), justify="right")
+
+    def cell(row, member=None):
+        if row is None:
+            return "-"
+        v = row["clean"] if member is None else row["shifted"][member]
+        text = f"{100 * v:.1f}"
+        worst = member is not None and member == row["worst"]["name"] and row["worst"]["accuracy"] < row["clean"]
+        return f"[bold red]{text}[/bold red]" if worst else text
+
+    t.add_row("none (clean)", *(cell(r) for _, r in models))
+    t.add_section()
+    for m in ss["members"]:
+        t.add_row(short_member(m), *(cell(r, m) for _, r in models))
+    t.add_section()
+    t.add_row("worst", *("-" if r is None else f"{100 * r['worst']['accuracy']:.1f}" for _, r in models))
+    t.caption = ("baselines: each shift applied to the original-size test images; CNN: `edgecell evaluate --stain-shift` "
+                 "on its preprocessed input" + ("" if ss.get("cnn") is not None else " (not available: see below)")
+                 + "; red: each model's worst shift")
+    return t
 
 
 def warnings_for(result: dict) -> list[str]:
@@ -404,7 +719,7 @@ def warnings_for(result: dict) -> list[str]:
                     f"the '{r['name']}' baseline reaches {r['accuracy']:.1%} test accuracy from size and colour statistics alone "
                     f"(without looking at a cell's shape), {where} the CNN ({cnn['accuracy']:.1%}). On this split the CNN's accuracy "
                     "does not show that it learnt cell morphology: it may rest on image size, background tint or stain colour, which "
-                    "another lab's slides do not share. Check it with `edgecell evaluate --stain-shift` and on another lab's slides."
+                    "another lab's slides do not share. " + _shift_sentence(result, r["name"])
                 )
     groups = result.get("lab_groups") or []
     size = next((r for r in result["baselines"] if r["name"] == "size"), None)

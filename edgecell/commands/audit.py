@@ -13,8 +13,10 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
 @seed_option
 @click.option("--margin", type=click.FloatRange(0, 100), default=3.0, show_default=True,
               help="Warn when a baseline's test accuracy is within this many percentage points of the CNN's.")
+@click.option("--no-stain-shift", "no_stain_shift", is_flag=True,
+              help="Skip scoring the baselines under the stain shifts (which reads the test images a second time: about a third of the run time).")
 @json_option
-def audit(data_dir, run_dir, seed, margin, json_out):
+def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     """Check whether image size or colour alone can do the CNN's job (a shortcut audit).
 
     Fits simple scikit-learn models on features that carry no cell shape (image size, mean
@@ -22,6 +24,12 @@ def audit(data_dir, run_dir, seed, margin, json_out):
     train/test split as the CNN, plus a shuffled-label control that must land at chance.
     With RUN_DIR the run's split.csv is used and the CNN's test accuracy is shown beside
     the baselines; without it the split is made with --seed, as `train` would.
+
+    Each baseline, fit on the clean training images, is also scored on the test images
+    under the stain shifts of `evaluate --stain-shift` (hue, saturation, brightness,
+    grayscale, background swap, random mix), beside the CNN's figures from
+    RUN_DIR/evaluation/keras_test_metrics.json when `edgecell evaluate RUN_DIR
+    --stain-shift` has written them. A model that reads the lab falls under these shifts.
 
     \b
     Example:
@@ -61,8 +69,17 @@ def audit(data_dir, run_dir, seed, margin, json_out):
             warn(f"{int((~keep).sum())} image(s) in {data_dir} are not in the run's split and are left out")
     groups = audit_mod.lab_groups(fs)
     cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir else None
+    shifted, cnn_shift, cnn_note = None, None, None
+    if not no_stain_shift:
+        import numpy as np
+
+        test_idx = np.flatnonzero(splits == "test")
+        with progress(con, transient=True) as bar:
+            task = bar.add_task("stain shifts (test images)", total=len(test_idx))
+            shifted = audit_mod.shifted_features(fs, test_idx, seed, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+        cnn_shift, cnn_note = audit_mod.read_cnn_stain_shift(run_dir)
     with con.status("fitting baselines", spinner="dots"):
-        result = audit_mod.audit(fs, splits, seed, cnn, margin, groups)
+        result = audit_mod.audit(fs, splits, seed, cnn, margin, groups, shifted=shifted, cnn_shift=cnn_shift, cnn_shift_note=cnn_note)
     result["split_source"] = split_source
     result["run_dir"] = run_dir
     con.print(audit_mod.table(result))
@@ -74,6 +91,10 @@ def audit(data_dir, run_dir, seed, margin, json_out):
         best = next(r for r in result["baselines"] if r["name"] == result["best_baseline"])
         con.print(f"CNN test accuracy {cnn['accuracy']:.1%}; best morphology-free baseline '{best['name']}' {best['accuracy']:.1%} "
                   f"(CNN lead {result['cnn_lead_points']:+.1f} points)")
+    if result["stain_shift"] is not None:
+        con.print(audit_mod.stain_table(result))
+        for line in audit_mod.stain_summary(result):
+            con.print(line, highlight=False)
     for w in result["warnings"]:
         warn(w)
     emit_json(json_out, result)
