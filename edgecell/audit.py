@@ -40,7 +40,6 @@ import json
 import os
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,14 +198,10 @@ def load_features(
         return (data_mod.Sample(path.relative_to(root).as_posix(), label, hashlib.sha256(raw).hexdigest()), feats), None
 
     results = []
-    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
-    try:
-        for i, res in enumerate(pool.map(work, jobs)):
-            results.append(res)
-            if on_progress:
-                on_progress(i + 1, len(jobs))
-    finally:  # on Ctrl-C, drop the queued images instead of reading all of them first
-        pool.shutdown(wait=True, cancel_futures=True)
+    for i, res in enumerate(data_mod.map_in_threads(work, jobs, workers)):  # Ctrl-C drops the queued images
+        results.append(res)
+        if on_progress:
+            on_progress(i + 1, len(jobs))
     ok = [r for r, bad in results if bad is None]
     skipped += [bad for _, bad in results if bad is not None]
     # identical bytes under two classes: ambiguous, left out (as `edgecell.data.scan` does)
@@ -299,14 +294,10 @@ def shifted_features(
         return [rgb_features(perturb(m, a, s, pal), size) for m in members]
 
     rows = []
-    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
-    try:
-        for k, feats in enumerate(pool.map(work, idx)):
-            rows.append(feats)
-            if on_progress:
-                on_progress(k + 1, len(idx))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    for k, feats in enumerate(data_mod.map_in_threads(work, idx, workers)):
+        rows.append(feats)
+        if on_progress:
+            on_progress(k + 1, len(idx))
     blocks = list(fs.features)
     return {
         m.name: {b: np.stack([r[j][b] for r in rows]) if rows else np.zeros((0,) + fs.features[b].shape[1:], np.float32) for b in blocks}

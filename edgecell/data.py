@@ -200,7 +200,7 @@ def scan(
         return (Sample(path.relative_to(root).as_posix(), label, hashlib.sha256(data).hexdigest()), arr if size else None), None
 
     results = []
-    for done, res in enumerate(_map_in_threads(work, jobs, workers), 1):
+    for done, res in enumerate(map_in_threads(work, jobs, workers), 1):
         results.append(res)
         if on_progress:
             on_progress(done, len(jobs))
@@ -259,7 +259,7 @@ def scan(
     return ds
 
 
-def _map_in_threads(fn, items: Sequence, workers: int | None = None):
+def map_in_threads(fn, items: Sequence, workers: int | None = None):
     """``map(fn, items)`` in a thread pool, in order; on Ctrl-C or an error, queued work is dropped.
 
     (Leaving a ``with ThreadPoolExecutor()`` block waits for every queued item, so Ctrl-C while
@@ -381,7 +381,7 @@ def load_from_manifest(
         return decode(data, size, path)
 
     arrays = []
-    for i, a in enumerate(_map_in_threads(work, rows)):
+    for i, a in enumerate(map_in_threads(work, rows)):
         arrays.append(a)
         if on_progress:
             on_progress(i + 1, len(rows))
