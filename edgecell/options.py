@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 DEFAULT_SEED = 42
-DEFAULT_IMG_SIZE = 96
+DEFAULT_IMG_SIZE = 112
 
 
 def data_option(required: bool = True, help: str = "Data folder: one sub-folder of images per class (the Kaggle layout)."):

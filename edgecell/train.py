@@ -30,6 +30,7 @@ from rich.table import Table
 from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
+from edgecell.options import DEFAULT_IMG_SIZE
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
@@ -60,11 +61,11 @@ class TrainOptions:
 
     data_dir: str
     out_dir: str
-    epochs: int = 40
-    img_size: int = 96
+    epochs: int = 50
+    img_size: int = DEFAULT_IMG_SIZE
     seed: int = 42
     batch_size: int = 32
-    patience: int = 12
+    patience: int = 15
     learning_rate: float = 2e-3
     widths: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.3
@@ -116,13 +117,13 @@ def _augment_fn(tf, size: int):
         x = tf.image.resize(x, [size, size], method="bilinear")
         # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
-        x = tf.image.random_hue(x, 0.08)
+        x = tf.image.random_hue(x, 0.1)
         x = tf.image.random_saturation(x, 0.6, 1.5)
         x = tf.image.random_brightness(x, 0.12)
         x = tf.image.random_contrast(x, 0.75, 1.25)
-        x = x * tf.random.uniform([1, 1, 3], 0.9, 1.1)
+        x = x * tf.random.uniform([1, 1, 3], 0.85, 1.15)  # covers the gains that swap one lab's background tint for the other's
         grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-        x = tf.where(tf.random.uniform([]) < 0.1, grey, x)
+        x = tf.where(tf.random.uniform([]) < 0.25, grey, x)
         x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
         return x, y
 
