@@ -69,5 +69,7 @@ def test_trust_section_has_stain_shift_calibration_and_audit(bench_result):
         assert "grayscale" in v["per_perturbation"] and "background swap" in v["per_perturbation"]
         assert v["worst"]["accuracy"] == min(v["per_perturbation"].values())
     assert t["audit"]["shuffled_control"]["chance"] == pytest.approx(0.2, abs=0.05)
+    shifted = t["audit"]["under_stain_shift"]["colour histogram"]
+    assert shifted["worst"] <= min(shifted["grayscale"], shifted["background swap"])
     assert "| issue | bar | measured | target | met |" in md
     assert "test accuracy under stain shift" in md and "shortcut audit" in md
