@@ -434,7 +434,6 @@ def test_runtime_preprocessing_equals_training_on_real_images(real_data, tmp_pat
     from firmware_host.preprocess import load_image
 
     size = TrainOptions.__dataclass_fields__["img_size"].default  # the size training uses by default
-    assert size == 96
     rng = np.random.default_rng(20240611)
     chosen: list[Path] = []
     for c in CLASSES:
