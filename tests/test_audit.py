@@ -74,16 +74,10 @@ def test_warning_when_a_baseline_is_close_to_the_cnn(slice_audit):
 def test_audit_with_a_run_folder_uses_its_split_and_metrics(real_slice, tmp_path):
     """RUN_DIR: split.csv decides the split, metrics.json gives the CNN's accuracy (a stand-in run, no training)."""
     from edgecell import data as data_mod
-    from edgecell.train import RUN_FORMAT
 
+    run = _stand_in_run(real_slice, tmp_path)
     ds = data_mod.scan(real_slice)
     splits = data_mod.make_split(ds, 5)
-    run = tmp_path / "run"
-    run.mkdir()
-    data_mod.write_manifest(run / "split.csv", ds, splits)
-    (run / "metadata.json").write_text(json.dumps({"format": RUN_FORMAT, "classes": list(CLASSES), "seed": 5, "dataset": {"path": str(real_slice)}}))
-    cm = np.diag([6, 6, 6, 6, 6]).tolist()
-    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.40, "macro_f1": 0.40, "n": 30, "confusion_matrix": cm}))
     out = tmp_path / "a.json"
     res = CliRunner().invoke(cli, ["audit", str(run), "--json", str(out)])  # --data defaults to the run's
     assert res.exit_code == 0, res.output
