@@ -1,3 +1,4 @@
 from edgecell.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes (firmware_host.decode) import this module too
+    main()

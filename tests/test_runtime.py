@@ -87,6 +87,17 @@ def test_quantisation_read_from_interpreter_and_applied(models):
         np.testing.assert_allclose(clf.predict_array(x), manual, atol=1e-12)
 
 
+@pytest.mark.parametrize("which", ["int8", "uint8"])
+def test_input_buffer_equals_lookup_table(models, which):
+    """The XOR fast path (int8, scale 1, zero point -128) and the table give the same bytes."""
+    clf = Classifier.load(getattr(models, which), threads=1)
+    assert clf._xor128 == (which == "int8")  # the tiny int8 model is calibrated on full-range pixels
+    rng = np.random.default_rng(0)
+    for x in [*models.images[:3], rng.integers(0, 256, models.images[0].shape, dtype=np.uint8)]:
+        clf.predict_uncalibrated(x)
+        np.testing.assert_array_equal(clf._buf[0], quantize_input(x, clf.input_quant))
+
+
 def test_quantisation_helpers():
     q8 = TensorQuant(np.dtype(np.int8), 1.0, -128)
     np.testing.assert_array_equal(input_lookup_table(q8), (np.arange(256) - 128).astype(np.int8))

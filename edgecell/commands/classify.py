@@ -312,7 +312,7 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
         if bar:
             bar.start()
         try:
-            for path, res in clf.classify_many(expanded.paths):
+            for path, res in clf.classify_many(expanded.paths, processes=None):  # processes for long lists
                 if isinstance(res, Exception):
                     err.print(f"[red]error:[/red] {escape(str(res))}", soft_wrap=True, highlight=False)
                     summary.add_failure(path, res.reason)

@@ -1,0 +1,160 @@
+"""firmware_host.decode: the same images, order and errors from threads and from worker processes."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import firmware_host.decode as decode
+from firmware_host.decode import decode_many
+from firmware_host.errors import ImageError
+from firmware_host.preprocess import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """40 small JPEGs and PNGs with two bad files among them (an empty one, a missing one)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("decode")
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(40):
+        arr = rng.integers(0, 256, (40 + k, 50, 3), dtype=np.uint8)
+        p = root / f"img_{k:02d}.{'png' if k % 5 == 0 else 'jpg'}"
+        Image.fromarray(arr).save(p)
+        out.append(p)
+    (root / "empty.jpg").write_bytes(b"")
+    out.insert(7, root / "empty.jpg")
+    out.insert(23, root / "missing.jpg")
+    return out
+
+
+def _check(results, files):
+    assert [p for p, _, _ in results] == [os.fspath(f) for f in files]
+    for (path, img, ms), f in zip(results, files):
+        if f.name in ("empty.jpg", "missing.jpg"):
+            assert isinstance(img, ImageError) and ms == 0.0
+            with pytest.raises(ImageError) as direct:
+                load_image(f, SIZE)
+            assert str(img) == str(direct.value)  # the same one line as decoding it directly
+        else:
+            np.testing.assert_array_equal(img, load_image(f, SIZE))
+            assert ms > 0
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_threads_give_every_file_in_order(files, workers):
+    _check(list(decode_many(files, SIZE, workers=workers)), files)
+
+
+def test_processes_give_the_same_as_threads(files):
+    _check(list(decode_many(files, SIZE, workers=2, processes=True)), files)
+
+
+def test_auto_uses_processes_only_for_long_lists(files, monkeypatch):
+    started = []
+    real = decode._process_pool
+    monkeypatch.setattr(decode, "_process_pool", lambda w: started.append(w) or real(w))
+    monkeypatch.setattr(decode, "PROCESS_MIN_FILES", len(files))
+    list(decode_many(files[:-1], SIZE, workers=2, processes=None))
+    list(decode_many(iter(files), SIZE, workers=2, processes=None))  # an iterator has no length: threads
+    list(decode_many(files, SIZE, workers=1, processes=None))  # one worker: threads
+    assert started == []
+    _check(list(decode_many(files, SIZE, workers=2, processes=None)), files)
+    assert started == [2]
+
+
+def test_falls_back_to_threads_where_processes_cannot_start(files, monkeypatch):
+    monkeypatch.setattr(decode, "_process_pool", lambda w: None)
+    _check(list(decode_many(files, SIZE, workers=2, processes=True)), files)
+
+
+class _DeadPool:
+    """A process pool whose workers have all died (killed for memory, say)."""
+
+    def __init__(self):
+        self.shut = False
+
+    def submit(self, fn, *args):
+        fut = cf.Future()
+        fut.set_exception(BrokenProcessPool("a worker died"))
+        return fut
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        self.shut = True
+
+
+def test_a_dead_worker_only_moves_its_files_here(files, monkeypatch):
+    pool = _DeadPool()
+    monkeypatch.setattr(decode, "_process_pool", lambda w: pool)
+    _check(list(decode_many(files, SIZE, workers=2, processes=True)), files)
+    assert pool.shut
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the worker processes")
+def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory):
+    """Ctrl-C while worker processes decode: exit 130, one line, and no worker left behind."""
+    pytest.importorskip("tensorflow")
+    from tests._tflite_fixtures import build_models, copy_model
+
+    models = build_models(tmp_path_factory)
+    model = copy_model(models.int8, tmp_path / "model")
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    base = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(base).save(folder / "img_0000.jpg", quality=90)
+    data = (folder / "img_0000.jpg").read_bytes()
+    for k in range(1, 4000):
+        (folder / f"img_{k:04d}.jpg").write_bytes(data)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecell", "classify", "--model", str(model), str(folder), "--csv", str(tmp_path / "out.csv")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2:  # the forkserver (or spawned workers) have started
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no worker processes appeared (exit {proc.returncode}): {proc.communicate()}")
+        time.sleep(0.01)
+    time.sleep(0.3)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("classify did not stop within 60 s of Ctrl-C")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert [ln for ln in err.splitlines() if ln.strip()][-1] == "Interrupted: nothing half-written was kept; earlier results are intact."
+    assert not (tmp_path / "out.csv").exists()
+    time.sleep(0.5)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert alive == [], f"worker processes left running: {alive}"
