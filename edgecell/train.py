@@ -30,6 +30,7 @@ from rich.table import Table
 from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
+from edgecell.model import ModelSpec  # no TensorFlow at import time
 from edgecell.options import DEFAULT_IMG_SIZE
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, staged_dir, write_json
@@ -52,7 +53,8 @@ class TrainOptions:
         batch_size: images per gradient step.
         patience: epochs without validation-loss improvement before stopping.
         learning_rate: initial Adam learning rate (cosine decay to 1% of it).
-        widths: filters of the Conv2D blocks.
+        widths, depths, stem_stride, stem_kernel: the network's shape (see
+            :class:`edgecell.model.ModelSpec`; the defaults are its defaults).
         dropout: dropout before the Dense layer.
         augment: flips, 90-degree rotations, zoom/translation and stain/colour jitter.
         cv: K for stratified, duplicate-grouped K-fold cross-validation on train+val (0 = off).
@@ -67,11 +69,19 @@ class TrainOptions:
     batch_size: int = 32
     patience: int = 15
     learning_rate: float = 2e-3
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    widths: tuple[int, ...] = ModelSpec.widths
+    depths: tuple[int, ...] | None = ModelSpec.depths
+    stem_stride: int = ModelSpec.stem_stride
+    stem_kernel: int = ModelSpec.stem_kernel
     dropout: float = 0.3
     augment: bool = True
     cv: int = 0
     cv_epochs: int | None = None
+
+    def model_spec(self, n_classes: int):
+        """The :class:`edgecell.model.ModelSpec` these options describe."""
+        depths = tuple(self.depths) if self.depths is not None else None
+        return ModelSpec(self.img_size, n_classes, tuple(self.widths), self.dropout, depths, self.stem_stride, self.stem_kernel)
 
 
 @dataclass
@@ -212,13 +222,13 @@ def fit(
     label: str = "",
 ):
     """Fit a fresh model; returns (model, history dict, seconds)."""
-    from edgecell.model import ModelSpec, build_model
+    from edgecell.model import build_model
     from edgecell.tfutil import import_tf
 
     tf = import_tf()
     keras = tf.keras
     keras.utils.set_random_seed(opts.seed)
-    model = build_model(ModelSpec(opts.img_size, n_classes, tuple(opts.widths), opts.dropout), seed=opts.seed)
+    model = build_model(opts.model_spec(n_classes), seed=opts.seed)
     train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size)
     val_ds = _dataset(tf, x_val, y_val, n_classes, 128, opts.seed, False, False, opts.img_size)
     steps = int(np.ceil(len(x_train) / opts.batch_size))
@@ -349,13 +359,15 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
     """Train, evaluate on the test split and write the run folder."""
     from edgecell.metrics import compute, expected_calibration_error, fit_temperature, apply_temperature
-    from edgecell.model import ModelSpec, count_macs
+    from edgecell.model import count_macs
     from edgecell.plots import confusion_matrix_png, training_curves_png
     from edgecell.tfutil import import_tf
 
     con = con or stderr_console
     if opts.epochs < 1:
         raise EdgecellError("--epochs must be at least 1")
+    if opts.depths is not None and len(opts.depths) != len(opts.widths):
+        raise EdgecellError(f"{len(opts.depths)} depths for {len(opts.widths)} widths; give one depth per width")
     check_stageable(opts.out_dir, marker=RUN_MARKER)  # before minutes of work, not after
     tf = import_tf()  # fail early, before reading thousands of images
     ds = load_dataset(opts.data_dir, opts.img_size, con)
@@ -391,7 +403,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
 
         with atomic_path(tmp / "model.keras") as mtmp:
             model.save(mtmp)
-        spec = ModelSpec(opts.img_size, len(ds.classes), tuple(opts.widths), opts.dropout)
+        spec = opts.model_spec(len(ds.classes))
         meta = {
             "format": RUN_FORMAT,
             "classes": list(ds.classes),
@@ -401,7 +413,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             "dataset": {"path": str(Path(opts.data_dir).resolve()), "fingerprint": ds.fingerprint(), "counts": ds.counts(), "skipped": len(ds.skipped)},
             "split": {"train": int(len(tr)), "val": int(len(va)), "test": int(len(te)), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
             "temperature": temperature,
-            "model": {"widths": list(opts.widths), "dropout": opts.dropout, "params": int(model.count_params()), "macs": count_macs(spec)},
+            "model": {"widths": list(spec.widths), "depths": list(spec.block_depths()), "stem_stride": spec.stem_stride, "stem_kernel": spec.stem_kernel, "dropout": opts.dropout, "params": int(model.count_params()), "macs": count_macs(spec)},
             "training": {"epochs_max": opts.epochs, "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
                          "seconds": seconds, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
                          "augment": opts.augment, "tensorflow": tf.__version__, "keras": tf.keras.__version__},

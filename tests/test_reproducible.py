@@ -46,7 +46,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
     quiet = Console(file=open(os.devnull, "w"))
 
     def weights(seed):
-        opts = TrainOptions(data_dir="", out_dir="", epochs=2, img_size=SIZE, widths=(4, 8), seed=seed)
+        opts = TrainOptions(data_dir="", out_dir="", epochs=2, img_size=SIZE, widths=(4, 8), depths=(1, 1), seed=seed)
         model, _, _ = fit(x[:96], y[:96], x[96:], y[96:], 5, opts, 2, quiet)
         return np.concatenate([w.reshape(-1) for w in model.get_weights()])
 

@@ -26,6 +26,8 @@ def test_train_writes_every_artifact(tiny_run):
     assert len(meta["dataset"]["fingerprint"]) == 64
     assert meta["preprocessing"]["version"] == 1
     assert meta["temperature"] > 0
+    # --widths 16,32,64 has the default number of blocks, so it keeps the default depths
+    assert meta["model"]["widths"] == [16, 32, 64] and meta["model"]["depths"] == [1, 2, 2]
 
 
 def test_tiny_model_learns(tiny_run):
@@ -54,6 +56,22 @@ def test_evaluate_reproduces_train_metrics(tiny_run, tmp_path):
     assert got["macro_f1"] == pytest.approx(written["macro_f1"], abs=1e-12)
     assert (tmp_path / "keras_test_confusion_matrix.png").is_file()
     assert "macro-F1" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--depths", "1,2"], "Invalid value for '--depths': 2 depths for 3 widths; give one depth per width"),
+        (["--widths", "8,16", "--depths", "1,1,1"], "Invalid value for '--depths': 3 depths for 2 widths; give one depth per width"),
+        (["--depths", "1,0,2"], "Invalid value for '--depths': each depth must be between 1 and 8"),
+        (["--widths", "8,x"], "Invalid value for '--widths': expected comma-separated integers such as 32,64,128, got '8,x'"),
+    ],
+)
+def test_network_shape_options_checked_before_work(real_slice, tmp_path, args, message):
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(tmp_path / "run"), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_not_a_run_folder(tmp_path):

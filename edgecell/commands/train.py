@@ -8,16 +8,23 @@ from edgecell.options import data_option, emit_json, img_size_option, json_optio
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
 
-def _widths(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        w = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 16,32,64,128, got {value!r}") from None
-    if not w or any(v < 1 or v > 1024 for v in w):
-        raise click.BadParameter("each width must be between 1 and 1024")
-    return w
+def _int_list(example: str, low: int, high: int, what: str):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            v = tuple(int(x) for x in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers such as {example}, got {value!r}") from None
+        if not v or any(x < low or x > high for x in v):
+            raise click.BadParameter(f"each {what} must be between {low} and {high}")
+        return v
+
+    return parse
+
+
+_widths = _int_list(",".join(map(str, _Defaults.widths)), 1, 1024, "width")
+_depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,10 +36,11 @@ def _widths(ctx, param, value):
 @click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_Defaults.batch_size, show_default=True, help="Images per step.")
 @click.option("--patience", type=click.IntRange(1, 1000), default=_Defaults.patience, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--widths", callback=_widths, default=None, help="Conv2D filters per block, e.g. 16,32,64,128 (the default).")
+@click.option("--widths", callback=_widths, default=None, help=f"Conv2D filters per block [default: {','.join(map(str, _Defaults.widths))}].")
+@click.option("--depths", callback=_depths, default=None, help=f"Conv2D layers per block, one per width [default: {','.join(map(str, _Defaults.depths))}; 1 per block with --widths of another length].")
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option
-def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, no_augment, json_out):
+def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, no_augment, json_out):
     """Train the blood-cell CNN and write a run folder with metrics and plots.
 
     Splits the data 70/15/15 (stratified, seeded, duplicates grouped), trains with
@@ -52,6 +60,12 @@ def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, w
                         batch_size=batch_size, patience=patience, augment=not no_augment)
     if widths:
         opts.widths = widths
+        if depths is None and len(widths) != len(_Defaults.depths):
+            depths = (1,) * len(widths)  # a new shape of network: one convolution per block unless told
+    if depths:
+        opts.depths = depths
+    if len(opts.depths) != len(opts.widths):
+        raise click.BadParameter(f"{len(opts.depths)} depths for {len(opts.widths)} widths; give one depth per width", param_hint="'--depths'")
     res = run(opts, con)
     con.print(metrics_table(res.test_metrics, title=f"Test split (n={res.test_metrics['n']})"))
     con.print(confusion_table(res.test_metrics))
