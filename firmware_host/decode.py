@@ -20,6 +20,7 @@ that dies (killed for memory, say) only makes the files it held decode in this p
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing as mp
 import os
 import signal
@@ -61,35 +62,80 @@ def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, 
     return [_decode_one(p, size) for p in paths]
 
 
-def _worker_init() -> None:
-    # Ctrl-C goes to the whole process group; only the parent decides what to do with it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> cf.ProcessPoolExecutor | None:
+    """A pool of worker processes, or None where processes cannot be started here.
 
-
-def _process_pool(workers: int) -> cf.ProcessPoolExecutor | None:
-    """A pool of decode processes, or None where processes cannot be started here."""
+    ``initializer(*initargs)`` runs in each worker after Ctrl-C is set to be ignored there.
+    """
     try:
         methods = mp.get_all_start_methods()
         # forkserver: workers fork from a clean single-threaded server (never from this process,
         # whose interpreter may run threads); spawn where there is no forkserver.
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["firmware_host.preprocess"])
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+            ctx.set_forkserver_preload(["firmware_host.runtime"])
+        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(initializer, initargs))
     except (OSError, ValueError, NotImplementedError, ImportError):
         return None
 
 
-def _result(paths: list[str], size: int, fut: cf.Future) -> list[tuple[np.ndarray | None, float, str | None]]:
+def _worker_init(initializer=None, initargs: tuple = ()) -> None:
+    # Ctrl-C goes to the whole process group; only the parent decides what to do with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, workers: int) -> Iterator[tuple[list[str], list]]:
+    """Run ``remote(chunk)`` in ``pool`` on chunks of :data:`CHUNK` paths; yield ``(chunk, results)`` in order.
+
+    At most two chunks per worker are in flight. A chunk whose worker died (or any chunk once
+    the pool is broken) runs through ``local(chunk)`` in this process instead. The pool is shut
+    down at the end, and on Ctrl-C (queued chunks are cancelled).
+    """
+    it = (os.fspath(p) for p in paths)
+    pending: deque = deque()
+    broken = False
     try:
-        return fut.result()
-    except BrokenProcessPool:
-        return _decode_chunk(paths, size)  # the worker died: decode its files here
+        while True:
+            chunk = [p for _, p in zip(range(CHUNK), it)]
+            if chunk:
+                fut = None
+                if not broken:
+                    try:
+                        fut = pool.submit(remote, chunk)
+                    except (BrokenProcessPool, RuntimeError):
+                        broken = True
+                if fut is None:
+                    fut = cf.Future()
+                    fut.set_result(local(chunk))
+                pending.append((chunk, fut))
+            if not pending:
+                break
+            if len(pending) >= 2 * workers or not chunk:
+                done, fut = pending.popleft()
+                try:
+                    results = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    results = local(done)  # the worker died: do its files here
+                yield done, results
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _as_decoded(paths: list[str], results) -> Iterator[Decoded]:
     for p, (img, ms, reason) in zip(paths, results):
         yield (p, img, ms) if reason is None else (p, ImageError(reason, p), 0.0)
+
+
+def use_processes(paths, workers: int, processes: bool | None) -> bool:
+    """Resolve ``processes=None`` (auto): a list of at least :data:`PROCESS_MIN_FILES`, more than one worker."""
+    if processes is None:
+        return workers > 1 and isinstance(paths, Sequence) and len(paths) >= PROCESS_MIN_FILES
+    return bool(processes)
 
 
 def decode_many(
@@ -106,42 +152,17 @@ def decode_many(
             processes for a list of at least :data:`PROCESS_MIN_FILES` files when ``workers > 1``.
 
     Yields ``(path, image, decode ms)``, or ``(path, ImageError, 0.0)`` for a file that cannot
-    be used. At most a few chunks per worker are decoded ahead, so memory stays flat however
-    many files there are.
+    be used. Only a few files per worker are decoded ahead, so memory stays flat however many
+    files there are.
     """
     workers = workers or default_workers()
-    if processes is None:
-        processes = workers > 1 and isinstance(paths, Sequence) and len(paths) >= PROCESS_MIN_FILES
-    pool = _process_pool(workers) if processes else None
+    pool = _process_pool(workers) if use_processes(paths, workers, processes) else None
     if pool is None:
         yield from _decode_in_threads(paths, size, workers)
         return
-    it = (os.fspath(p) for p in paths)
-    pending: deque = deque()
-    broken = False
-    try:
-        while True:
-            chunk = [p for _, p in zip(range(CHUNK), it)]
-            if chunk:
-                fut = None
-                if not broken:
-                    try:
-                        fut = pool.submit(_decode_chunk, chunk, size)
-                    except (BrokenProcessPool, RuntimeError):
-                        broken = True
-                if fut is None:
-                    fut = cf.Future()
-                    fut.set_result(_decode_chunk(chunk, size))
-                pending.append((chunk, fut))
-            if not pending:
-                break
-            if len(pending) >= 2 * workers or not chunk:
-                done_paths, fut = pending.popleft()
-                yield from _as_decoded(done_paths, _result(done_paths, size, fut))
-    finally:
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+    work = functools.partial(_decode_chunk, size=size)
+    for chunk, results in ordered_chunks(paths, pool, work, work, workers):
+        yield from _as_decoded(chunk, results)
 
 
 def _decode_in_threads(paths: Iterable[str | os.PathLike], size: int, workers: int) -> Iterator[Decoded]:

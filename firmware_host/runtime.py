@@ -23,6 +23,7 @@ Steps 2-4 are timed as ``inference_ms``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from firmware_host.decode import decode_many
+from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, check_preprocessing, read_metadata
@@ -425,18 +426,70 @@ class Classifier:
     def classify_many(
         self, paths: Iterable[str | os.PathLike], workers: int | None = None, processes: bool | None = False
     ) -> Iterator[tuple[str, Prediction | ImageError]]:
-        """Classify many files in order, decoding ahead in parallel while this thread runs inference.
+        """Classify many files, in input order, with decoding and inference spread over the cores.
 
-        Decoding runs in worker processes for long lists and in threads otherwise (see
-        :func:`firmware_host.decode.decode_many`, which takes ``workers`` and ``processes``); the
-        interpreter releases the GIL while invoking, so inference overlaps with decoding. Yields
-        ``(path, Prediction)`` or ``(path, ImageError)`` per file, in input order.
+        Args:
+            workers: parallel workers (default: the cores, at most 4).
+            processes: False (the default): decoding runs ahead in threads while this thread runs
+                this classifier's interpreter (the interpreter releases the GIL while invoking).
+                True: each of ``workers`` processes decodes *and* classifies its share of the
+                files with its own single-threaded copy of this model (the same verified bytes),
+                so Pillow's GIL-held work never waits on inference and nothing crosses between
+                processes but file names and probabilities. None: processes for a list of at least
+                :data:`firmware_host.decode.PROCESS_MIN_FILES` files and more than one worker.
+                Where processes cannot start, threads are used.
+
+        Yields ``(path, Prediction)`` or ``(path, ImageError)`` per file, in input order.
         """
-        for path, image, pre_ms in decode_many(paths, self.input_size, workers, processes):
-            if isinstance(image, ImageError):
-                yield path, image
-            else:
-                yield path, self.classify_array(path, image, pre_ms)
+        workers = workers or default_workers()
+        pool = None
+        data = getattr(self, "_model_bytes", None)  # the verified bytes (a Classifier from load())
+        if data is not None and use_processes(paths, workers, processes):
+            pool = _process_pool(workers, _init_worker_classifier, (self.path, self.meta, data, self.backend.name))
+        if pool is None:
+            for path, image, pre_ms in decode_many(paths, self.input_size, workers, processes=False):
+                yield (path, image) if isinstance(image, ImageError) else (path, self.classify_array(path, image, pre_ms))
+            return
+        local = functools.partial(_classify_paths, self)
+        for chunk, results in ordered_chunks(paths, pool, _classify_in_worker, local, workers):
+            for path, (probs, pre_ms, inf_ms, reason) in zip(chunk, results):
+                if reason is not None:
+                    yield path, ImageError(reason, path)
+                else:
+                    yield path, self.prediction(path, probs, pre_ms, inf_ms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes of classify_many(processes=True)
+
+_WORKER_CLASSIFIER: Classifier | None = None
+
+
+def _init_worker_classifier(path: Path, meta: ModelMetadata, data: bytes, backend: str) -> None:
+    """In a worker process: a single-threaded interpreter over the parent's verified model bytes."""
+    global _WORKER_CLASSIFIER
+    interpreter, chosen = load_interpreter(model_content=data, num_threads=1, name=path, backend=backend)
+    clf = Classifier(path, meta, interpreter, chosen, 1, len(data))
+    clf._model_bytes = data
+    _WORKER_CLASSIFIER = clf
+
+
+def _classify_paths(clf: Classifier, paths: list[str]) -> list[tuple[np.ndarray | None, float, float, str | None]]:
+    """Decode and classify: ``(probabilities, decode ms, inference ms, None)`` or ``(None, 0, 0, reason)`` per path."""
+    out = []
+    for p in paths:
+        image, pre_ms, reason = _decode_one(p, clf.input_size)
+        if reason is not None:
+            out.append((None, 0.0, 0.0, reason))
+            continue
+        t0 = time.perf_counter()
+        probs = clf.predict_array(image)
+        out.append((probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None))
+    return out
+
+
+def _classify_in_worker(paths: list[str]) -> list[tuple[np.ndarray | None, float, float, str | None]]:
+    return _classify_paths(_WORKER_CLASSIFIER, paths)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -158,3 +158,38 @@ def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory
     time.sleep(0.5)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
     assert alive == [], f"worker processes left running: {alive}"
+
+
+# ------------------------------------------------------------ classify_many: decode + infer per worker
+
+
+@pytest.fixture(scope="module")
+def int8_classifier(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    from firmware_host.runtime import Classifier
+    from tests._tflite_fixtures import build_models
+
+    return Classifier.load(build_models(tmp_path_factory).int8, threads=1)
+
+
+def _summary(results):
+    return [(p, str(r)) if isinstance(r, ImageError) else (p, r.label, r.probs.tolist()) for p, r in results]
+
+
+def test_classify_in_worker_processes_equals_this_process(files, int8_classifier):
+    here = list(int8_classifier.classify_many(files, workers=2, processes=False))
+    there = list(int8_classifier.classify_many(files, workers=2, processes=True))
+    assert _summary(there) == _summary(here)  # the same bytes through the same model: identical
+    assert [p for p, _ in there] == [os.fspath(f) for f in files]
+    ok = [r for _, r in there if not isinstance(r, ImageError)]
+    assert len(ok) == len(files) - 2 and all(r.preprocess_ms > 0 and r.inference_ms > 0 for r in ok)
+
+
+def test_classify_with_dead_workers_classifies_here(files, int8_classifier, monkeypatch):
+    import firmware_host.runtime as runtime
+
+    pool = _DeadPool()
+    monkeypatch.setattr(runtime, "_process_pool", lambda *a: pool)
+    here = list(int8_classifier.classify_many(files, workers=2, processes=False))
+    assert _summary(int8_classifier.classify_many(files, workers=2, processes=True)) == _summary(here)
+    assert pool.shut

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgecell.console import human, progress, stderr_console
-from edgecell.options import csv_option, json_option, threads_option
+from edgecell.options import csv_option, json_option
 from firmware_host.metadata import Precision
 
 MANY = 50
@@ -237,7 +237,8 @@ def _flag_markup(flag: str) -> str:
     show_default=True,
     help="Flag predictions whose confidence is below this as 'uncertain - refer'.",
 )
-@threads_option
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="Interpreter threads, in this process (default: all cores; 256 images or more: one worker process per core, 1 thread each).")
 @click.option(
     "--precision",
     type=click.Choice([p.value for p in Precision]),
@@ -272,6 +273,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
 def run(opts: ClassifyOptions) -> ClassifySummary:
     """Classify, stream every result to --csv / --json, print the summary for people; return the tally."""
     from firmware_host.atomic import check_writable
+    from firmware_host.decode import default_workers, use_processes
     from firmware_host.paths import expand_paths, label_for
     from firmware_host.runtime import Classifier, triage
 
@@ -298,6 +300,11 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
     for exc in expanded.errors:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         summary.add_failure(exc.path, exc.reason)
+    # Long lists: one worker process per core, each decoding and classifying on 1 thread.
+    # --threads N keeps the interpreter in this process, with the N threads asked for.
+    processes = None if opts.threads is None else False
+    if use_processes(expanded.paths, default_workers(), processes):
+        con.print(f"{n} images: {default_workers()} worker processes, each decoding and classifying on 1 interpreter thread")
 
     with contextlib.ExitStack() as outputs:  # temporary files, renamed into place only if all goes well
         csv_out = _CsvStream(outputs.enter_context(_text_output(opts.csv_out)), classes) if opts.csv_out else None
@@ -312,7 +319,7 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
         if bar:
             bar.start()
         try:
-            for path, res in clf.classify_many(expanded.paths, processes=None):  # processes for long lists
+            for path, res in clf.classify_many(expanded.paths, processes=processes):
                 if isinstance(res, Exception):
                     err.print(f"[red]error:[/red] {escape(str(res))}", soft_wrap=True, highlight=False)
                     summary.add_failure(path, res.reason)
