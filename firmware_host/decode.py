@@ -4,9 +4,10 @@
 Pillow holds Python's GIL for part of every image, so threads share one core for that part and hold
 up whichever thread wants to run the interpreter next; processes do not. The process machinery
 (:func:`ordered_chunks`) also serves ``Classifier.classify_many(processes=True)``, where each worker
-decodes *and* classifies. On the 2-core benchmark machine, on the 600 test-split JPEGs, that ran at
-72-75% of the decode-only rate of the same worker processes, against 68-75% with decoding in
-threads and the interpreter in the main thread.
+decodes *and* classifies. In the latest benchmark run (2 cores, the 600 test-split JPEGs; see
+benchmarks/results/latest.md) that reached 72% of the decode-only rate of the same worker processes,
+and decoding in threads with the interpreter in the main thread 71%: a small gain at 2 workers. The
+GIL is shared by every thread, so the gap should grow with more cores; that was not measured.
 
 Either way the result is the same bytes in the same order (tested): ``(path, image, ms)`` or
 ``(path, ImageError, 0.0)`` per file. A worker never raises for a bad file, and a worker process
