@@ -8,7 +8,7 @@ DEMO   ?= demo
 # The Pi-only environment: the runtime without TensorFlow, as installed on a Raspberry Pi.
 PI_VENV ?= .venv-pi
 
-.PHONY: install demo test test-all pi-check bench clean
+.PHONY: install lint demo test test-all pi-check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ demo: install
 	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen --json $(DEMO)/classify.json
 	$(BIN)/edgecell bench $(DEMO)/run/export/model_float32.tflite $(DEMO)/run/export/model_int8.tflite --data $(DEMO)/unseen --runs 200 --json $(DEMO)/bench.json
 
-## test: the test suite (slow tests excluded; `make test-all` includes them)
-test: install
+## lint: ruff lint and format check (one configuration, in pyproject.toml)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## test: lint, then the test suite (slow tests excluded; `make test-all` includes them)
+test: lint
 	$(BIN)/python -m pytest
 
 test-all: install

@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -124,8 +123,10 @@ def trust(run: Path, data: str) -> dict:
     t0 = time.perf_counter()
     for name, target in targets.items():
         js = WORK / f"evaluate_{name}.json"
-        sh(edgecell_cmd() + ["evaluate", target, "--data", data, "--stain-shift", "--json", js],  # into RUN/evaluation, where audit reads it
-           stdout=subprocess.DEVNULL)
+        sh(
+            edgecell_cmd() + ["evaluate", target, "--data", data, "--stain-shift", "--json", js],  # into RUN/evaluation, where audit reads it
+            stdout=subprocess.DEVNULL,
+        )
         m = json.loads(js.read_text())
         s = m["stain_shift"]
         out["stain_shift"][name] = {
@@ -163,8 +164,13 @@ def audit_shift(a: dict) -> dict | None:
     for name, m in models.items():
         shifted = m["shifted"]
         worst = min(shifted, key=shifted.get)
-        out[name] = {"clean": m["clean"], "grayscale": shifted.get("grayscale"), "background swap": shifted.get("background swap"),
-                     "worst": shifted[worst], "worst_name": worst}
+        out[name] = {
+            "clean": m["clean"],
+            "grayscale": shifted.get("grayscale"),
+            "background swap": shifted.get("background swap"),
+            "worst": shifted[worst],
+            "worst_name": worst,
+        }
     return out
 
 
@@ -176,8 +182,16 @@ def bars(r: dict) -> list[dict]:
     rows = []
 
     def bar(issue, what, value, target, ok, fmt="{:.4f}"):
-        rows.append({"issue": issue, "bar": what, "value": value, "target": target,
-                     "shown": "n/a" if value is None else fmt.format(value), "met": None if value is None else bool(ok)})
+        rows.append(
+            {
+                "issue": issue,
+                "bar": what,
+                "value": value,
+                "target": target,
+                "shown": "n/a" if value is None else fmt.format(value),
+                "met": None if value is None else bool(ok),
+            }
+        )
 
     kt = r["keras_test_metrics"]
     bar(3, "test macro-F1 of the float model", kt["macro_f1"], ">= 0.985", kt["macro_f1"] >= 0.985)
@@ -197,8 +211,9 @@ def bars(r: dict) -> list[dict]:
     bar(5, "end-to-end classify, 2 workers, images/s", e2e, ">= 150", e2e >= 150, "{:.0f}")
     trt = ratios.get("tflite_runtime_int8_over_litert_int8")
     bar(6, "tflite-runtime 2.14 / LiteRT time, int8, same file", trt, "> 1", trt is not None and trt > 1, "{:.2f}x")
-    share, how = max((ratios["e2e_share_of_decode_ceiling"], "classify's default, 2 worker processes"),
-                     (ratios["e2e_interp_1t_share_of_decode_ceiling"], "--threads 1"))
+    share, how = max(
+        (ratios["e2e_share_of_decode_ceiling"], "classify's default, 2 worker processes"), (ratios["e2e_interp_1t_share_of_decode_ceiling"], "--threads 1")
+    )
     bar(6, f"end-to-end classify as share of decode+preprocess ceiling, % ({how})", 100 * share, ">= 70", share >= 0.7, "{:.0f}")
     tot = r.get("total_seconds")
     bar(6, "whole benchmark run, minutes", None if tot is None else tot / 60, "<= 25", tot is not None and tot <= 1500, "{:.1f}")
@@ -240,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-trust", action="store_true", help="skip stain shift, calibration and the shortcut audit")
     ap.add_argument("--work", default=str(WORK), help="scratch folder (run folder, JSON of each step; default benchmarks/work)")
     ap.add_argument("--results", default=str(RESULTS), help="where latest.json and latest.md go (default benchmarks/results)")
-    ap.add_argument("--render-only", action="store_true",
-                    help="rewrite latest.md from latest.json (and the same run's audit.json in --work) without measuring")
+    ap.add_argument("--render-only", action="store_true", help="rewrite latest.md from latest.json (and the same run's audit.json in --work) without measuring")
     args = ap.parse_args(argv)
     WORK, RESULTS = Path(args.work), Path(args.results)
     if args.render_only:
@@ -273,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     result["training"] = train_meta["training"]
     result["model"] = train_meta["model"]
     result["input_size"] = train_meta["input_size"]
-    result["keras_test_metrics"] = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("accuracy", "macro_f1", "n", "ece", "ece_calibrated")}
+    result["keras_test_metrics"] = {
+        k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("accuracy", "macro_f1", "n", "ece", "ece_calibrated")
+    }
     t0 = time.perf_counter()
     # --max-drop 100: the benchmark measures the int8 drop (see the bars) rather than stopping at the gate
     sh(edgecell_cmd() + ["convert", run, "--int8", "--data", args.data, "--max-drop", "100", "--json", WORK / "convert.json"])
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     size = int(train_meta["input_size"])
     rows = [r for r in data_mod.read_manifest(run / "split.csv") if r.split == "test"]
     files = [Path(args.data) / r.file for r in rows]
-    x, y, _ = data_mod.load_from_manifest(args.data, rows, size, classes)
+    x, _y, _ = data_mod.load_from_manifest(args.data, rows, size, classes)
     sample = x[: args.per_round]
     np.save(WORK / "images.npy", sample)
 
@@ -342,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, clf in lite.items():
             record(f"{name}_ms", time_calls(clf.predict_array, sample, warmup=20))
         if trt_py:
-            spec = {"images": str(WORK / "images.npy"), "n": args.per_round,
-                    "models": {p: str(export / f"model_{p}.tflite") for p in ("float32", "int8")}}
+            spec = {"images": str(WORK / "images.npy"), "n": args.per_round, "models": {p: str(export / f"model_{p}.tflite") for p in ("float32", "int8")}}
             proc = subprocess.run([trt_py, "-c", TFLITE_RUNTIME_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
             if proc.returncode == 0:
                 for p, v in json.loads(proc.stdout.strip().splitlines()[-1]).items():
@@ -437,8 +452,7 @@ def markdown(r: dict) -> str:
     t = r.get("trust")
     if t:
         fam = list(t["stain_shift"]["keras"]["per_perturbation"])
-        lines += ["", "| test accuracy under stain shift | " + " | ".join(["clean"] + fam) + " | worst drop |",
-                  "|---|" + "---|" * (len(fam) + 2)]
+        lines += ["", "| test accuracy under stain shift | " + " | ".join(["clean"] + fam) + " | worst drop |", "|---|" + "---|" * (len(fam) + 2)]
         for name, label in (("keras", "Keras"), ("float32", "TFLite float32"), ("int8", "TFLite int8")):
             v = t["stain_shift"][name]
             cells = [f"{v['clean_accuracy'] * 100:.1f}"] + [f"{v['per_perturbation'][f] * 100:.1f}" for f in fam]
@@ -457,8 +471,12 @@ def markdown(r: dict) -> str:
                 return " | | |"
             return f" | {v['grayscale'] * 100:.1f} | {v['background swap'] * 100:.1f} | {v['worst'] * 100:.1f} ({v['worst_name']}) |"
 
-        lines += ["", "| shortcut audit: test accuracy, % | clean | grayscale | background swap | worst shift |", "|---|---|---|---|---|",
-                  f"| **CNN (Keras)** | {a['cnn_accuracy'] * 100:.1f}" + shifted("CNN")]
+        lines += [
+            "",
+            "| shortcut audit: test accuracy, % | clean | grayscale | background swap | worst shift |",
+            "|---|---|---|---|---|",
+            f"| **CNN (Keras)** | {a['cnn_accuracy'] * 100:.1f}" + shifted("CNN"),
+        ]
         lines += [f"| {name} (no morphology) | {acc * 100:.1f}" + shifted(name) for name, acc in a["baselines"].items()]
         sc = a["shuffled_control"]
         lines.append(f"| shuffled-label control (chance {sc['chance'] * 100:.1f}) | {sc['accuracy'] * 100:.1f} | | | |")
@@ -468,8 +486,11 @@ def markdown(r: dict) -> str:
             met = "n/a" if b["met"] is None else ("yes" if b["met"] else "**no**")
             lines.append(f"| #{b['issue']} | {b['bar']} | {b['shown']} | {b['target']} | {met} |")
     if r.get("train_wall_seconds"):
-        lines += ["", f"Training with defaults took {r['train_wall_seconds'] / 60:.1f} min wall-clock "
-                  f"({r['training']['epochs_run']} epochs, best {r['training']['best_epoch']}); the whole benchmark {r['total_seconds'] / 60:.1f} min."]
+        lines += [
+            "",
+            f"Training with defaults took {r['train_wall_seconds'] / 60:.1f} min wall-clock "
+            f"({r['training']['epochs_run']} epochs, best {r['training']['best_epoch']}); the whole benchmark {r['total_seconds'] / 60:.1f} min.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -28,10 +28,10 @@ import hashlib
 import io
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -242,7 +242,9 @@ def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, s
             unknown.add(label)
         out.append((r["file"], label, r.get("sha256") or None))
     if unknown:
-        raise DataError(f"calibration manifest names class(es) the model does not know: {', '.join(sorted(unknown))} (model classes: {', '.join(classes)})", path)
+        raise DataError(
+            f"calibration manifest names class(es) the model does not know: {', '.join(sorted(unknown))} (model classes: {', '.join(classes)})", path
+        )
     return out
 
 

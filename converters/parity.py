@@ -19,8 +19,8 @@ and file size. Rules:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from rich.table import Table
@@ -34,8 +34,9 @@ DEFAULT_MAX_DROP = 1.0
 FORMAT = "edgecell-parity/1"
 
 
-def tflite_probs(model_path: str | os.PathLike, images: np.ndarray, threads: int | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+def tflite_probs(
+    model_path: str | os.PathLike, images: np.ndarray, threads: int | None = None, on_progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, dict]:
     """Raw probabilities of a .tflite (with its sidecar) on uint8 images, through the Pi's Classifier.
 
     Returns (probs (N, K) float64, classifier info).
@@ -59,8 +60,9 @@ def tflite_probs(model_path: str | os.PathLike, images: np.ndarray, threads: int
     return out, clf.info()
 
 
-def check_float32(keras_probs: np.ndarray, f32_probs: np.ndarray, files: Sequence[str], tol: float = FLOAT32_TOLERANCE,
-                  path: str | os.PathLike | None = None, worst: int = 3) -> float:
+def check_float32(
+    keras_probs: np.ndarray, f32_probs: np.ndarray, files: Sequence[str], tol: float = FLOAT32_TOLERANCE, path: str | os.PathLike | None = None, worst: int = 3
+) -> float:
     """Every float32 probability within ``tol`` of Keras, or one error listing all mismatches' count and the worst.
 
     Returns the largest difference.
@@ -105,17 +107,19 @@ def build_report(
         p = info["probs"]
         m = _metrics(y, p, classes)
         diff = np.abs(p - keras_probs)
-        m.update({
-            "file": info["file"],
-            "sha256": info["sha256"],
-            "size_bytes": int(info["size_bytes"]),
-            "size_kb": round(info["size_bytes"] / 1024, 1),
-            "per_class_f1_change": {c: m["per_class_f1"][c] - keras["per_class_f1"][c] for c in classes},
-            "agreement_with_keras": float(np.mean(p.argmax(axis=1) == keras_pred)) if len(y) else 1.0,
-            "prob_diff_mean": float(diff.mean()) if diff.size else 0.0,
-            "prob_diff_max": float(diff.max()) if diff.size else 0.0,
-            "accuracy_drop_pp": 100.0 * (keras["accuracy"] - m["accuracy"]),
-        })
+        m.update(
+            {
+                "file": info["file"],
+                "sha256": info["sha256"],
+                "size_bytes": int(info["size_bytes"]),
+                "size_kb": round(info["size_bytes"] / 1024, 1),
+                "per_class_f1_change": {c: m["per_class_f1"][c] - keras["per_class_f1"][c] for c in classes},
+                "agreement_with_keras": float(np.mean(p.argmax(axis=1) == keras_pred)) if len(y) else 1.0,
+                "prob_diff_mean": float(diff.mean()) if diff.size else 0.0,
+                "prob_diff_max": float(diff.max()) if diff.size else 0.0,
+                "accuracy_drop_pp": 100.0 * (keras["accuracy"] - m["accuracy"]),
+            }
+        )
         if prec != "float32" and "float32" in tflite:
             m["agreement_with_float32"] = float(np.mean(p.argmax(axis=1) == tflite["float32"]["probs"].argmax(axis=1))) if len(y) else 1.0
         if prec == "float32":
@@ -126,7 +130,7 @@ def build_report(
     report = {
         "format": FORMAT,
         "split": "test",
-        "n": int(len(y)),
+        "n": len(y),
         "classes": list(classes),
         "float32_tolerance": FLOAT32_TOLERANCE,
         "max_drop_pp": float(max_drop),
@@ -187,8 +191,10 @@ def parity_table(report: dict) -> Table:
     row("max |Δp|", lambda k, m: "" if k == "keras" else f"{m['prob_diff_max']:.1e}")
     t.add_section()
     for c in report["classes"]:
-        row(f"F1 {c}", lambda k, m, c=c: f"{m['per_class_f1'][c]:.3f}" if k == "keras"
-            else f"{m['per_class_f1'][c]:.3f} {0.0 + m['per_class_f1_change'][c]:+.3f}")
+        row(
+            f"F1 {c}",
+            lambda k, m, c=c: f"{m['per_class_f1'][c]:.3f}" if k == "keras" else f"{m['per_class_f1'][c]:.3f} {0.0 + m['per_class_f1_change'][c]:+.3f}",
+        )
     t.add_section()
     row("size", lambda k, m: "" if m.get("size_bytes") is None else f"{m['size_bytes'] / 1024:.1f} KB")
     row("bytes", lambda k, m: "" if m.get("size_bytes") is None else f"{m['size_bytes']:,}")

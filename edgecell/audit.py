@@ -40,9 +40,9 @@ import json
 import os
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -484,10 +484,18 @@ def _shift_summary(clean: float, shifted: dict[str, float]) -> dict:
     }
 
 
-def audit(fs: FeatureSet, splits: np.ndarray, seed: int, cnn: dict | None = None, margin: float = DEFAULT_MARGIN,
-          groups: list[dict] | None = None, repeats: int = SHUFFLE_REPEATS,
-          shifted: dict[str, dict[str, np.ndarray]] | None = None, cnn_shift: dict | None = None,
-          cnn_shift_note: str | None = None) -> dict:
+def audit(
+    fs: FeatureSet,
+    splits: np.ndarray,
+    seed: int,
+    cnn: dict | None = None,
+    margin: float = DEFAULT_MARGIN,
+    groups: list[dict] | None = None,
+    repeats: int = SHUFFLE_REPEATS,
+    shifted: dict[str, dict[str, np.ndarray]] | None = None,
+    cnn_shift: dict | None = None,
+    cnn_shift_note: str | None = None,
+) -> dict:
     """Fit every baseline on the train split, score it on the test split, compare with ``cnn``.
 
     ``shifted``: features of the test images (in split order) under each stain shift, from
@@ -575,8 +583,12 @@ def audit(fs: FeatureSet, splits: np.ndarray, seed: int, cnn: dict | None = None
             if missing:
                 note = f"No CNN figures: {cnn_shift['source']} has none for {', '.join(missing)}; re-run `edgecell evaluate --stain-shift`"
             else:
-                cnn_rows = dict(_shift_summary(cnn_shift["clean"], {m: cnn_shift["shifted"][m] for m in members}),
-                                source=cnn_shift["source"], seed=cnn_shift.get("seed"), n=cnn_shift.get("n"))
+                cnn_rows = dict(
+                    _shift_summary(cnn_shift["clean"], {m: cnn_shift["shifted"][m] for m in members}),
+                    source=cnn_shift["source"],
+                    seed=cnn_shift.get("seed"),
+                    n=cnn_shift.get("n"),
+                )
                 if cnn_shift.get("n") is not None and cnn_shift["n"] != int(te.sum()):
                     note = f"The CNN's stain-shift figures are on {cnn_shift['n']} test images, the audit's on {int(te.sum())}"
         result["stain_shift"] = {
@@ -615,8 +627,7 @@ def _shift_sentence(result: dict, name: str) -> str:
     text += f" and the CNN {_shift_figures(c)}. "
     lead = 100 * (c["worst"]["accuracy"] - row["worst"]["accuracy"])
     if lead > result["margin_points"]:
-        return text + (f"The CNN holds {lead:.1f} points better at worst, so it reads more than the lab's colours; "
-                       "still check it on another lab's slides.")
+        return text + (f"The CNN holds {lead:.1f} points better at worst, so it reads more than the lab's colours; still check it on another lab's slides.")
     return text + "The CNN holds no better than the baseline: its accuracy may rest on the same shortcut."
 
 
@@ -690,9 +701,10 @@ def stain_table(result: dict):
         t.add_row(short_member(m), *(cell(r, m) for _, r in models))
     t.add_section()
     t.add_row("worst", *("-" if r is None else f"{100 * r['worst']['accuracy']:.1f}" for _, r in models))
-    t.caption = ("baselines: each shift applied to the original-size test images; CNN: `edgecell evaluate --stain-shift` "
-                 "on its preprocessed input" + ("" if ss.get("cnn") is not None else " (not available: see below)")
-                 + "; red: each model's worst shift")
+    t.caption = (
+        "baselines: each shift applied to the original-size test images; CNN: `edgecell evaluate --stain-shift` "
+        "on its preprocessed input" + ("" if ss.get("cnn") is not None else " (not available: see below)") + "; red: each model's worst shift"
+    )
     return t
 
 
@@ -761,8 +773,16 @@ def table(result: dict):
     t.add_row("chance", "", fmt(c["chance"]), *pad)
     if cnn is not None:
         t.add_section()
-        t.add_row("[bold]CNN[/bold] (metrics.json)", "", f"[bold]{cnn['accuracy']:.3f}[/bold]", fmt(cnn["macro_f1"]), fmt(cnn["group_accuracy"]),
-                  fmt(cnn.get("within_group_accuracy")), "")
+        t.add_row(
+            "[bold]CNN[/bold] (metrics.json)",
+            "",
+            f"[bold]{cnn['accuracy']:.3f}[/bold]",
+            fmt(cnn["macro_f1"]),
+            fmt(cnn["group_accuracy"]),
+            fmt(cnn.get("within_group_accuracy")),
+            "",
+        )
     t.caption = "lab group: share predicted into the right lab; within lab: accuracy among those" + (
-        "; CNN lead: CNN accuracy minus the baseline's, in points" if cnn is not None else "")
+        "; CNN lead: CNN accuracy minus the baseline's, in points" if cnn is not None else ""
+    )
     return t

@@ -15,14 +15,14 @@ import hashlib
 import io
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from firmware_host.errors import DataError, EdgecellError, ImageError
+from firmware_host.errors import DataError, ImageError
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
 MIN_PER_CLASS = 5
@@ -94,7 +94,7 @@ class Dataset:
     def path(self, sample: Sample) -> Path:
         return self.root / sample.rel
 
-    def subset(self, indices: Sequence[int]) -> "Dataset":
+    def subset(self, indices: Sequence[int]) -> Dataset:
         idx = list(indices)
         return Dataset(
             root=self.root,
@@ -172,8 +172,7 @@ def scan(
         )
     if classes is None and len(class_names) < 2:
         raise DataError(
-            f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}"
-            + (f": {class_names[0]}" if class_names else ""),
+            f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}" + (f": {class_names[0]}" if class_names else ""),
             root,
         )
 

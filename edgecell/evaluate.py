@@ -119,8 +119,13 @@ def load_split(target: Target, data_dir: str | None, split: str, con: Console) -
             unknown = sorted(folders - set(target.classes))
             if unknown:
                 raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(target.classes)})", data_dir)
-            ds = data_mod.scan(data_dir, size=target.input_size, classes=[c for c in target.classes if c in folders], min_per_class=1,
-                               on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+            ds = data_mod.scan(
+                data_dir,
+                size=target.input_size,
+                classes=[c for c in target.classes if c in folders],
+                min_per_class=1,
+                on_progress=lambda d, n: bar.update(task, completed=d, total=n),
+            )
         report_skipped(ds, con)
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
@@ -176,14 +181,18 @@ def risk_coverage_table(rows: list[dict], n: int, default: float | None = None, 
         t.add_column(col, justify="right")
     for r in rows:
         mark = " (default)" if default is not None and abs(r["threshold"] - default) < 1e-9 else ""
-        t.add_row(f"{r['threshold']:.2f}{mark}", f"{r['referred']:.1%}", f"{r['kept']}/{n}",
-                  "-" if r["kept_accuracy"] is None else f"{r['kept_accuracy']:.2%}", str(r["errors_kept"]),
-                  "-" if r["errors_referred"] is None else f"{r['errors_referred']:.0%}")
+        t.add_row(
+            f"{r['threshold']:.2f}{mark}",
+            f"{r['referred']:.1%}",
+            f"{r['kept']}/{n}",
+            "-" if r["kept_accuracy"] is None else f"{r['kept_accuracy']:.2%}",
+            str(r["errors_kept"]),
+            "-" if r["errors_referred"] is None else f"{r['errors_referred']:.0%}",
+        )
     return t
 
 
-def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: float, seed: int, clean_probs: np.ndarray | None = None,
-                on_step=None) -> dict:
+def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: float, seed: int, clean_probs: np.ndarray | None = None, on_step=None) -> dict:
     """Accuracy and macro-F1 under each member of :func:`edgecell.stain.family`, the worst case and its drop."""
     from edgecell import stain
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
@@ -212,7 +221,7 @@ def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: f
     worst = min(rows, key=lambda r: r["accuracy"])
     return {
         "seed": seed,
-        "n": int(len(y)),
+        "n": len(y),
         "clean": {"accuracy": clean["accuracy"], "macro_f1": clean["macro_f1"]},
         "perturbations": rows,
         "worst": {"name": worst["name"], "accuracy": worst["accuracy"], "macro_f1": worst["macro_f1"], "drop_points": worst["drop_points"]},
@@ -231,13 +240,20 @@ def stain_table(s: dict, title: str = "Stain shift"):
     for r in s["perturbations"]:
         style = "bold red" if r["name"] == s["worst"]["name"] else ""
         drop = f"{r['drop_points']:+.1f}"
-        t.add_row(r["name"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"[{style}]{drop}[/{style}]" if style else drop,
-                  f"{r['changed']:.1%}", f"{r['ece_calibrated']:.4f}")
+        t.add_row(
+            r["name"],
+            f"{r['accuracy']:.4f}",
+            f"{r['macro_f1']:.4f}",
+            f"[{style}]{drop}[/{style}]" if style else drop,
+            f"{r['changed']:.1%}",
+            f"{r['ece_calibrated']:.4f}",
+        )
     return t
 
 
-def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None,
-             stain: bool = False, seed: int = 42) -> dict:
+def evaluate(
+    target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None, stain: bool = False, seed: int = 42
+) -> dict:
     """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
 
     Also computes the risk-coverage table on the calibrated probabilities and, with ``stain``,
@@ -247,7 +263,7 @@ def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out
     from edgecell.plots import confusion_matrix_png, reliability_png
     from firmware_host.atomic import write_json
 
-    x, y, files = load_split(target, data_dir, split, con)
+    x, y, _files = load_split(target, data_dir, split, con)
     if len(x) == 0:
         raise DataError(f"no images in the {split} split", data_dir)
     predictor = Predictor(target, threads)
@@ -271,13 +287,24 @@ def evaluate(target: Target, data_dir: str | None, split: str, con: Console, out
 
         with progress(con, transient=True) as bar:
             task = bar.add_task("stain shifts", total=len(family()))
-            m["stain_shift"] = stain_shift(predictor, x, y, target.classes, target.temperature, seed, probs,
-                                           on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"))
+            m["stain_shift"] = stain_shift(
+                predictor,
+                x,
+                y,
+                target.classes,
+                target.temperature,
+                seed,
+                probs,
+                on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
+            )
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / "evaluation")
     stem = f"{target.kind}_{split}"
     write_json(out / f"{stem}_metrics.json", m)
     confusion_matrix_png(out / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
     reliability_png(out / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})
-    m["outputs"] = {"metrics": str(out / f"{stem}_metrics.json"), "confusion_matrix": str(out / f"{stem}_confusion_matrix.png"),
-                    "reliability": str(out / f"{stem}_reliability.png")}
+    m["outputs"] = {
+        "metrics": str(out / f"{stem}_metrics.json"),
+        "confusion_matrix": str(out / f"{stem}_confusion_matrix.png"),
+        "reliability": str(out / f"{stem}_reliability.png"),
+    }
     return m

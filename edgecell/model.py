@@ -81,7 +81,9 @@ def build_model(spec: ModelSpec, seed: int = 0):
             name = f"{i + 1}" if depth == 1 else f"{i + 1}_{j + 1}"
             stem = i == 0 and j == 0
             stride = spec.stem_stride if stem else 1
-            x = layers.Conv2D(w, spec.stem_kernel if stem else 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init, name=f"conv{name}")(x)
+            x = layers.Conv2D(w, spec.stem_kernel if stem else 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init, name=f"conv{name}")(
+                x
+            )
             x = layers.BatchNormalization(momentum=0.9, name=f"bn{name}")(x)  # short memory: stable validation while weights move
             x = layers.ReLU(name=f"relu{name}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)

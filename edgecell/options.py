@@ -23,10 +23,18 @@ img_size_option = click.option(
     "--img-size", type=click.IntRange(32, 512), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
 )
 json_option = click.option(
-    "--json", "json_out", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None, help="Also write the result as JSON to FILE ('-' for stdout)."
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default=None,
+    help="Also write the result as JSON to FILE ('-' for stdout).",
 )
 csv_option = click.option(
-    "--csv", "csv_out", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None, help="Also write the result as CSV to FILE ('-' for stdout)."
+    "--csv",
+    "csv_out",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default=None,
+    help="Also write the result as CSV to FILE ('-' for stdout).",
 )
 threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
 

@@ -14,8 +14,8 @@ monocyte" fails when the same cells are stained or scanned elsewhere; these shif
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -146,8 +146,12 @@ def background_colour(images: np.ndarray) -> np.ndarray:
         a = a[None]
     b = border_width(min(a.shape[1], a.shape[2]))
     ring = np.concatenate(
-        [a[:, :b, :, :].reshape(len(a), -1, 3), a[:, -b:, :, :].reshape(len(a), -1, 3),
-         a[:, b:-b, :b, :].reshape(len(a), -1, 3), a[:, b:-b, -b:, :].reshape(len(a), -1, 3)],
+        [
+            a[:, :b, :, :].reshape(len(a), -1, 3),
+            a[:, -b:, :, :].reshape(len(a), -1, 3),
+            a[:, b:-b, :b, :].reshape(len(a), -1, 3),
+            a[:, b:-b, -b:, :].reshape(len(a), -1, 3),
+        ],
         axis=1,
     )
     bg = np.median(ring.astype(np.float32), axis=1)

@@ -14,7 +14,7 @@ def import_tf():
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         with quiet_fds():
-            import tensorflow as tf  # noqa: PLC0415 - lazy by design
+            import tensorflow as tf
     except ImportError:
         from firmware_host.errors import EdgecellError
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from rich.console import Console
@@ -295,18 +295,40 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
         sub_split = data_mod.make_split(sub, opts.seed + f + 1, (0.85, 0.075, 0.075))
         inner_tr = tr_idx[[s == "train" for s in sub_split]]
         inner_val = tr_idx[[s != "train" for s in sub_split]]
-        model, hist, secs = fit(
-            ds.images[inner_tr], y_all[inner_tr], ds.images[inner_val], y_all[inner_val], len(ds.classes), opts,
-            opts.cv_epochs or opts.epochs, con, label=f"fold {f + 1}/{k} ",
+        model, hist, _secs = fit(
+            ds.images[inner_tr],
+            y_all[inner_tr],
+            ds.images[inner_val],
+            y_all[inner_val],
+            len(ds.classes),
+            opts,
+            opts.cv_epochs or opts.epochs,
+            con,
+            label=f"fold {f + 1}/{k} ",
         )
         m = compute(y_all[te_idx], predict(model, ds.images[te_idx]), ds.classes)
-        folds.append({"fold": f + 1, "n_train": int(len(inner_tr)), "n_val": int(len(inner_val)), "n_test": int(len(te_idx)),
-                      "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "epochs_run": hist["epochs_run"],
-                      "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
+        folds.append(
+            {
+                "fold": f + 1,
+                "n_train": len(inner_tr),
+                "n_val": len(inner_val),
+                "n_test": len(te_idx),
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "epochs_run": hist["epochs_run"],
+                "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+            }
+        )
         del model
     acc = np.array([f["accuracy"] for f in folds])
     f1 = np.array([f["macro_f1"] for f in folds])
-    per_class = {c: {"mean_f1": float(np.mean([f["per_class_f1"][c] for f in folds])), "std_f1": float(np.std([f["per_class_f1"][c] for f in folds], ddof=1) if k > 1 else 0.0)} for c in ds.classes}
+    per_class = {
+        c: {
+            "mean_f1": float(np.mean([f["per_class_f1"][c] for f in folds])),
+            "std_f1": float(np.std([f["per_class_f1"][c] for f in folds], ddof=1) if k > 1 else 0.0),
+        }
+        for c in ds.classes
+    }
     return {
         "k": k,
         "seed": opts.seed,
@@ -358,7 +380,7 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
     """Train, evaluate on the test split and write the run folder."""
-    from edgecell.metrics import compute, expected_calibration_error, fit_temperature, apply_temperature
+    from edgecell.metrics import apply_temperature, compute, expected_calibration_error, fit_temperature
     from edgecell.model import count_macs
     from edgecell.plots import confusion_matrix_png, training_curves_png
     from edgecell.tfutil import import_tf
@@ -411,12 +433,28 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             "preprocessing": preprocess.describe(),
             "seed": opts.seed,
             "dataset": {"path": str(Path(opts.data_dir).resolve()), "fingerprint": ds.fingerprint(), "counts": ds.counts(), "skipped": len(ds.skipped)},
-            "split": {"train": int(len(tr)), "val": int(len(va)), "test": int(len(te)), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
+            "split": {"train": len(tr), "val": len(va), "test": len(te), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
             "temperature": temperature,
-            "model": {"widths": list(spec.widths), "depths": list(spec.block_depths()), "stem_stride": spec.stem_stride, "stem_kernel": spec.stem_kernel, "dropout": opts.dropout, "params": int(model.count_params()), "macs": count_macs(spec)},
-            "training": {"epochs_max": opts.epochs, "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
-                         "seconds": seconds, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
-                         "augment": opts.augment, "tensorflow": tf.__version__, "keras": tf.keras.__version__},
+            "model": {
+                "widths": list(spec.widths),
+                "depths": list(spec.block_depths()),
+                "stem_stride": spec.stem_stride,
+                "stem_kernel": spec.stem_kernel,
+                "dropout": opts.dropout,
+                "params": int(model.count_params()),
+                "macs": count_macs(spec),
+            },
+            "training": {
+                "epochs_max": opts.epochs,
+                "epochs_run": history["epochs_run"],
+                "best_epoch": history["best_epoch"],
+                "seconds": seconds,
+                "batch_size": opts.batch_size,
+                "learning_rate": opts.learning_rate,
+                "augment": opts.augment,
+                "tensorflow": tf.__version__,
+                "keras": tf.keras.__version__,
+            },
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
             "edgecell_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -5,4 +5,4 @@ Imports only numpy, Pillow and a TFLite interpreter (see :mod:`firmware_host.int
 
 from firmware_host.errors import DataError, EdgecellError, ImageError, ModelError, RuntimeMissingError
 
-__all__ = ["EdgecellError", "ImageError", "ModelError", "DataError", "RuntimeMissingError"]
+__all__ = ["DataError", "EdgecellError", "ImageError", "ModelError", "RuntimeMissingError"]

@@ -15,8 +15,8 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from firmware_host.errors import EdgecellError
 
@@ -119,11 +119,10 @@ def _unlink(p: Path) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(path)
 
 
@@ -238,9 +237,7 @@ def _swap(tmp: Path, target: Path) -> None:
         try:
             os.replace(old / "prev", target)
         except OSError:
-            raise EdgecellError(
-                f"cannot write output folder ({exc.strerror or exc}); the previous one was moved to {old / 'prev'}", target
-            ) from None
+            raise EdgecellError(f"cannot write output folder ({exc.strerror or exc}); the previous one was moved to {old / 'prev'}", target) from None
         shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)

@@ -25,9 +25,8 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -53,7 +52,7 @@ def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, float, str | N
         return load_image(path, size), (time.perf_counter() - t0) * 1000.0, None
     except ImageError as exc:
         return None, 0.0, exc.reason
-    except Exception as exc:  # noqa: BLE001 - one odd file must not take a worker down
+    except Exception as exc:
         return None, 0.0, f"cannot decode image ({type(exc).__name__})"
 
 

@@ -94,9 +94,7 @@ def find_backend(force: str | None = None) -> Backend:
         backend = _try_import(name)
         if backend is not None:
             return backend
-    raise RuntimeMissingError(
-        f"no TFLite interpreter installed (tried {', '.join(BACKENDS)}); install one with: {INSTALL_HINT}"
-    )
+    raise RuntimeMissingError(f"no TFLite interpreter installed (tried {', '.join(BACKENDS)}); install one with: {INSTALL_HINT}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -89,7 +89,7 @@ class ModelMetadata:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, path: str | os.PathLike = "<metadata>") -> "ModelMetadata":
+    def from_dict(cls, d: dict, path: str | os.PathLike = "<metadata>") -> ModelMetadata:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelError(f"not an edgecell model metadata file (expected format {FORMAT!r})", path)
         try:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from firmware_host.errors import ImageError
 from firmware_host.preprocess import IMAGE_SUFFIXES

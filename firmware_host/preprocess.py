@@ -148,9 +148,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise ImageError("is not a regular file (a pipe, socket or device); not read", path)
         if st.st_size > MAX_FILE_BYTES:
-            raise ImageError(
-                f"file is {st.st_size / 2**20:,.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path
-            )
+            raise ImageError(f"file is {st.st_size / 2**20:,.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path)
         with open(p, "rb") as fh:
             data = fh.read(st.st_size + 1)  # +1: notice a file that grew since stat()
         if len(data) > MAX_FILE_BYTES:  # grew while being read

@@ -27,9 +27,10 @@ import functools
 import hashlib
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -260,7 +261,7 @@ class Classifier:
         threads: int | None = None,
         precision: Precision | str | None = None,
         backend: str | None = None,
-    ) -> "Classifier":
+    ) -> Classifier:
         """Load a ``.tflite`` file or the preferred (or ``precision``) model of an export folder.
 
         Raises :class:`ModelError` for a missing/broken sidecar, a sidecar whose preprocessing
@@ -528,7 +529,6 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
         "classes": list(classes),
         "confusion_matrix": cm.tolist(),
         "per_class": {
-            c: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(support[k])}
-            for k, c in enumerate(classes)
+            c: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(support[k])} for k, c in enumerate(classes)
         },
     }

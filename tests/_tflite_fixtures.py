@@ -60,9 +60,7 @@ def _keras_model():
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
     # Linear conv with a negative bias: features change sign with an image's colour, so the
     # random model's top class differs between images (a useful test, unlike a constant answer).
-    x = keras.layers.Conv2D(
-        4, 3, kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=SEED), bias_initializer=keras.initializers.Constant(-1.0)
-    )(x)
+    x = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=SEED), bias_initializer=keras.initializers.Constant(-1.0))(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(5, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 3.0, seed=SEED + 1))(x)
     return keras.Model(inputs, x)

@@ -65,7 +65,23 @@ def tiny_run(real_slice, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     res = CliRunner().invoke(
         cli,
-        ["train", "--data", str(real_slice), "--out", str(out), "--epochs", "20", "--img-size", "48", "--widths", "16,32,64", "--patience", "20", "--seed", "1"],
+        [
+            "train",
+            "--data",
+            str(real_slice),
+            "--out",
+            str(out),
+            "--epochs",
+            "20",
+            "--img-size",
+            "48",
+            "--widths",
+            "16,32,64",
+            "--patience",
+            "20",
+            "--seed",
+            "1",
+        ],
     )
     assert res.exit_code == 0, res.output
     return out

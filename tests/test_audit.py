@@ -261,9 +261,20 @@ def _write_evaluation(run, accs: dict, clean=0.40, n=30):
     (run / "evaluation").mkdir(exist_ok=True)
     rows = [{"name": k, "description": k, "accuracy": v, "macro_f1": v} for k, v in accs.items()]
     worst = min(rows, key=lambda r: r["accuracy"])
-    (run / "evaluation" / "keras_test_metrics.json").write_text(json.dumps(
-        {"accuracy": clean, "stain_shift": {"seed": 42, "n": n, "clean": {"accuracy": clean, "macro_f1": clean}, "perturbations": rows,
-                                            "worst": {"name": worst["name"], "accuracy": worst["accuracy"]}}}))
+    (run / "evaluation" / "keras_test_metrics.json").write_text(
+        json.dumps(
+            {
+                "accuracy": clean,
+                "stain_shift": {
+                    "seed": 42,
+                    "n": n,
+                    "clean": {"accuracy": clean, "macro_f1": clean},
+                    "perturbations": rows,
+                    "worst": {"name": worst["name"], "accuracy": worst["accuracy"]},
+                },
+            }
+        )
+    )
 
 
 def test_cnn_stain_shift_column_read_from_the_evaluation_json(real_slice, tmp_path):

@@ -25,9 +25,25 @@ def bench_result(tiny_run, real_slice, tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     run = work / "run"
     shutil.copytree(tiny_run, run)  # the benchmark converts into run/export; keep the shared fixture as it was
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--data", str(real_slice), "--run", str(run),
-           "--rounds", "2", "--per-round", "5", "--keras-per-round", "2", "--no-tflite-runtime",
-           "--work", str(work / "w"), "--results", str(work / "results")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--data",
+        str(real_slice),
+        "--run",
+        str(run),
+        "--rounds",
+        "2",
+        "--per-round",
+        "5",
+        "--keras-per-round",
+        "2",
+        "--no-tflite-runtime",
+        "--work",
+        str(work / "w"),
+        "--results",
+        str(work / "results"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((work / "results" / "latest.json").read_text()), (work / "results" / "latest.md").read_text()

@@ -31,7 +31,7 @@ def data(tmp_path_factory) -> Path:
     return labelled_folder(tmp_path_factory.mktemp("cells") / "data", per_class=3)
 
 
-def run(*args) -> "object":
+def run(*args) -> object:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -241,8 +241,7 @@ def test_bench_keras_without_tensorflow_is_an_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["bench", str(tflite), "--keras", str(run_dir)])
     assert r.exit_code == 1, r.output
     assert [ln for ln in r.output.splitlines() if ln.strip()] == [
-        'Error: --keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); '
-        "leave out --keras to bench the TFLite models alone"
+        'Error: --keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); leave out --keras to bench the TFLite models alone'
     ]
 
 

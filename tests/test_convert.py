@@ -174,8 +174,18 @@ def test_export_folder_has_models_sidecars_and_parity(converted, run_copy):
 
     export, report = converted
     names = sorted(p.name for p in export.iterdir())
-    assert names == sorted(["model_float32.tflite", "model_float32.json", "model_float16.tflite", "model_float16.json",
-                            "model_int8.tflite", "model_int8.json", "parity.json", "calibration_manifest.csv"])
+    assert names == sorted(
+        [
+            "model_float32.tflite",
+            "model_float32.json",
+            "model_float16.tflite",
+            "model_float16.json",
+            "model_int8.tflite",
+            "model_int8.json",
+            "parity.json",
+            "calibration_manifest.csv",
+        ]
+    )
     run_meta = json.loads((run_copy / "metadata.json").read_text())
     for prec in ("float32", "float16", "int8"):
         meta = read_metadata(export / f"model_{prec}.tflite")
@@ -261,9 +271,11 @@ def test_same_seed_gives_identical_int8_bytes(run_copy, tmp_path):
     """Same seed -> same selection -> same bytes; the copied selection (--calibration-out) reproduces them too."""
     a, b, c = (_fresh_copy(run_copy, tmp_path, n) for n in "abc")
     copied = tmp_path / "calib-copy"
-    for run, extra in ((a, ["--calib-size", "10", "--seed", "3", "--calibration-out", str(copied)]),
-                       (b, ["--calib-size", "10", "--seed", "3"]),
-                       (c, ["--calibration", str(copied)])):
+    for run, extra in (
+        (a, ["--calib-size", "10", "--seed", "3", "--calibration-out", str(copied)]),
+        (b, ["--calib-size", "10", "--seed", "3"]),
+        (c, ["--calibration", str(copied)]),
+    ):
         res = CliRunner().invoke(cli, ["convert", str(run), "--int8", *extra, *LENIENT])
         assert res.exit_code == 0, res.output
     for name in ("model_int8.tflite", "model_float32.tflite", "calibration_manifest.csv"):
@@ -282,8 +294,9 @@ def test_max_drop_fails_when_int8_loses_accuracy(run_copy, tmp_path):
 
     run = _fresh_copy(run_copy, tmp_path)
     _images(tmp_path / "dark", 12, value=0)
-    res = CliRunner().invoke(cli, ["convert", str(run), "--int8", "--calibration", str(tmp_path / "dark"), "--max-drop", "0",
-                                   "--json", str(tmp_path / "p.json")])
+    res = CliRunner().invoke(
+        cli, ["convert", str(run), "--int8", "--calibration", str(tmp_path / "dark"), "--max-drop", "0", "--json", str(tmp_path / "p.json")]
+    )
     report = json.loads((tmp_path / "p.json").read_text())
     keras_acc, int8_acc = report["models"]["keras"]["accuracy"], report["models"]["int8"]["accuracy"]
     assert int8_acc < keras_acc, f"precondition: the tiny model must beat a constant answer (keras {keras_acc}, int8 {int8_acc})"

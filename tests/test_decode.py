@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def files(tmp_path_factory) -> list[Path]:
 
 def _check(results, files):
     assert [p for p, _, _ in results] == [os.fspath(f) for f in files]
-    for (path, img, ms), f in zip(results, files):
+    for (_path, img, ms), f in zip(results, files):
         if f.name in ("empty.jpg", "missing.jpg"):
             assert isinstance(img, ImageError) and ms == 0.0
             with pytest.raises(ImageError) as direct:
@@ -107,10 +108,8 @@ def test_a_dead_worker_only_moves_its_files_here(files, monkeypatch):
 def _children(pid: int) -> set[int]:
     kids = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             kids |= {int(x) for x in (task / "children").read_text().split()}
-        except OSError:
-            pass
     return kids
 
 
@@ -135,7 +134,11 @@ def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgecell", "classify", "--model", str(model), str(folder), "--csv", str(tmp_path / "out.csv")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2:  # the forkserver (or spawned workers) have started

@@ -82,11 +82,7 @@ def lines_naming(text: str, name: str, marker: str) -> list[str]:
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (relative path -> digest): "byte-for-byte intact"."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -123,8 +119,18 @@ def tiff_rgb48(arr: np.ndarray) -> bytes:
     """An uncompressed 16-bit-per-channel RGB TIFF (Pillow cannot write one itself)."""
     h, w, _ = arr.shape
     body = arr.astype("<u2").tobytes()
-    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None),
-            (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(body)), (284, 3, 1, 1)]
+    tags = [
+        (256, 3, 1, w),
+        (257, 3, 1, h),
+        (258, 3, 3, None),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, None),
+        (277, 3, 1, 3),
+        (278, 3, 1, h),
+        (279, 4, 1, len(body)),
+        (284, 3, 1, 1),
+    ]
     ifd_size = 2 + 12 * len(tags) + 4
     bps_at, data_at = 8 + ifd_size, 8 + ifd_size + 6
     out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags))
@@ -183,7 +189,7 @@ def write_odd_images(folder: Path, rgb: np.ndarray) -> list[str]:
     rgba.save(folder / "alpha.png")
     base.convert("L").save(folder / "grayscale.png")
     base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(folder / "palette.png")
-    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(folder / "gray16.tif")
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(folder / "gray16.tif")
     (folder / "rgb48.tif").write_bytes(tiff_rgb48(rgb.astype(np.uint16) * 257))
     base.convert("CMYK").save(folder / "cmyk.jpg", quality=95)
     exif = Image.Exif()
@@ -396,9 +402,10 @@ def test_classify_names_that_are_not_utf8_under_a_strict_terminal(models, tmp_pa
     d = tmp_path / "names"
     write_odd_images(d, cell_like(7))
     env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", TF_CPP_MIN_LOG_LEVEL="3")
-    p = subprocess.run([sys.executable, "-m", "edgecell", "classify", "--model", str(models.export), str(d)],
-                       capture_output=True, env=env, cwd=ROOT, timeout=120)
-    out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    p = subprocess.run(
+        [sys.executable, "-m", "edgecell", "classify", "--model", str(models.export), str(d)], capture_output=True, env=env, cwd=ROOT, timeout=120
+    )
+    _out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
     assert p.returncode == 0, err
     assert "Traceback" not in err and "unexpected error" not in err
     assert os.fsencode(LATIN1_NAME) in p.stdout  # shown as the bytes it has on disk, like ls does
@@ -470,8 +477,18 @@ def _bad_model(kind: str, models, folder: Path) -> tuple[Path, Path, str]:
     return m, named, words
 
 
-MODEL_KINDS = ["truncated", "not-tflite", "empty", "sha-mismatch", "wrong-input-shape", "fewer-labels", "more-labels",
-               "no-sidecar", "broken-sidecar", "zero-temperature"]
+MODEL_KINDS = [
+    "truncated",
+    "not-tflite",
+    "empty",
+    "sha-mismatch",
+    "wrong-input-shape",
+    "fewer-labels",
+    "more-labels",
+    "no-sidecar",
+    "broken-sidecar",
+    "zero-temperature",
+]
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
@@ -517,7 +534,10 @@ def odd_models(models, tmp_path_factory):
     gin = keras.Input((32, 32, 1))
     grey = keras.Model(gin, keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(gin)))
     return {
-        "two-outputs": (write_model(root / "two" / Precision.float32.filename, _convert(two), Precision.float32), "model has 1 inputs and 2 outputs, expected 1 and 1"),
+        "two-outputs": (
+            write_model(root / "two" / Precision.float32.filename, _convert(two), Precision.float32),
+            "model has 1 inputs and 2 outputs, expected 1 and 1",
+        ),
         "grey-input": (write_model(root / "grey" / Precision.float32.filename, _convert(grey), Precision.float32), "model input shape is [1, 32, 32, 1]"),
     }
 
@@ -551,8 +571,7 @@ def test_evaluate_all_empty_folder(models, tmp_path):
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_evaluate_a_tflite_model(models, labelled, tmp_path, precision):
     pytest.importorskip("sklearn")
-    res = cli_run("evaluate", getattr(models, precision), "--data", labelled, "--split", "all", "--out", tmp_path / "ev",
-                  "--json", tmp_path / "m.json")
+    res = cli_run("evaluate", getattr(models, precision), "--data", labelled, "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / "m.json")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 15
 
@@ -629,9 +648,8 @@ def test_staged_dir_failed_swap_puts_the_previous_folder_back(tmp_path, monkeypa
         return real_replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", replace)
-    with pytest.raises(EdgecellError, match="Permission denied.*previous one is unchanged"):
-        with atomic.staged_dir(target, marker="metadata.json") as tmp:
-            (tmp / "metadata.json").write_text("new")
+    with pytest.raises(EdgecellError, match="Permission denied.*previous one is unchanged"), atomic.staged_dir(target, marker="metadata.json") as tmp:
+        (tmp / "metadata.json").write_text("new")
     assert (target / "metadata.json").read_text() == "previous"
     assert leftovers(tmp_path) == []
 
@@ -649,9 +667,8 @@ def test_staged_dir_holds_ctrl_c_until_the_swap_is_done(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(atomic.os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.staged_dir(target, marker="metadata.json") as tmp:
-            (tmp / "metadata.json").write_text("new")
+    with pytest.raises(KeyboardInterrupt), atomic.staged_dir(target, marker="metadata.json") as tmp:
+        (tmp / "metadata.json").write_text("new")
     assert (target / "metadata.json").read_text() == "new"
     assert leftovers(tmp_path) == []
 
@@ -718,9 +735,8 @@ def test_staged_folders_are_shareable_like_files(tmp_path):
 
 def test_staged_dir_error_names_the_final_path(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "open", _enospc_open(lambda f: "metrics.json" in f), raising=False)
-    with pytest.raises(EdgecellError) as exc:
-        with atomic.staged_dir(tmp_path / "run") as tmp:
-            atomic.write_json(tmp / "metrics.json", {"a": 1})
+    with pytest.raises(EdgecellError) as exc, atomic.staged_dir(tmp_path / "run") as tmp:
+        atomic.write_json(tmp / "metrics.json", {"a": 1})
     assert str(exc.value).startswith(f"{tmp_path / 'run' / 'metrics.json'}: cannot write file (No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -729,7 +745,7 @@ def test_staged_dir_error_names_the_final_path(tmp_path, monkeypatch):
 
 
 def test_debug_shows_the_traceback_and_plain_does_not(models, labelled, tmp_path):
-    m, named, words = _bad_model("truncated", models, tmp_path / "export")
+    m, _named, words = _bad_model("truncated", models, tmp_path / "export")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("EDGECELL_DEBUG", None)
     base = [sys.executable, "-m", "edgecell"]
@@ -781,7 +797,7 @@ def messy(real_data, tmp_path_factory) -> dict:
 
 
 def test_train_skips_each_bad_file_with_one_line_and_uses_the_rest(messy):
-    res, data = messy["res"], messy["data"]
+    res, _data = messy["res"], messy["data"]
     assert res.exit_code == 0, res.output
     for name, reason in messy["bad"].items():
         lines = lines_naming(res.stderr, name, "warning: skipped")
@@ -920,6 +936,7 @@ def test_train_out_in_a_folder_that_is_not_writable(tmp_path, monkeypatch):
     locked.mkdir()
     locked.chmod(0o555)
     if os.geteuid() == 0:  # root may write there anyway: refuse as the kernel does for everyone else
+
         def refusing(real):
             def make(*args, dir=None, **kwargs):
                 if dir is not None and Path(dir) == locked:
@@ -1118,7 +1135,7 @@ def test_ctrl_c_during_training(messy, real_data, tmp_path):
     data = make_slice(real_data, tmp_path / "data", 8, offset=100)
     args = ["train", "--data", str(data), "--out", str(run), "--img-size", "32", "--widths", "4,8", "--epochs", "50", "--patience", "50"]
     proc = _start(args)
-    out, err = _interrupt_when(proc, str(tmp_path / ".run.tmp-*"), settle=0.5)  # the staging folder: training has begun
+    _out, err = _interrupt_when(proc, str(tmp_path / ".run.tmp-*"), settle=0.5)  # the staging folder: training has begun
     _assert_interrupted_cleanly(proc, err)
     assert tree_digest(run) == before
     assert leftovers(tmp_path) == []
@@ -1151,7 +1168,7 @@ def test_ctrl_c_during_conversion_with_the_export_staged(converted, tmp_path):
     before = tree_digest(run)
     args = ["convert", str(run), "--int8", "--max-drop", "100"]
     proc = _start(args, code=SLOW_PARITY)
-    out, err = _interrupt_when(proc, str(run / ".export.tmp-*"))
+    _out, err = _interrupt_when(proc, str(run / ".export.tmp-*"))
     _assert_interrupted_cleanly(proc, err)
     assert tree_digest(run) == before
     assert leftovers(run) == []
@@ -1174,7 +1191,7 @@ def test_ctrl_c_while_converting_to_int8(converted, tmp_path):
             break
     else:
         pytest.fail("convert ended without converting:\n" + "".join(seen) + proc.stderr.read())
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode in (1, 130), err
     assert "Traceback" not in err
     last = nonblank(err)[-1]

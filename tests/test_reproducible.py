@@ -43,7 +43,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
     from edgecell.train import TrainOptions, fit
 
     x, y = _data(120, seed=1)
-    quiet = Console(file=open(os.devnull, "w"))
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the whole test
 
     def weights(seed):
         opts = TrainOptions(data_dir="", out_dir="", epochs=2, img_size=SIZE, widths=(4, 8), depths=(1, 1), seed=seed)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._tflite_fixtures import CLASSES, SIZE, build_models, copy_model, save_jpeg
 from firmware_host import interpreter as interp_mod
 from firmware_host.errors import ImageError, ModelError, RuntimeMissingError
 from firmware_host.interpreter import load_interpreter
@@ -31,6 +30,7 @@ from firmware_host.runtime import (
     resolve_model,
     triage,
 )
+from tests._tflite_fixtures import CLASSES, SIZE, build_models, copy_model, save_jpeg
 
 
 @pytest.fixture(scope="session")
@@ -338,7 +338,7 @@ def _pred(label, conf):
 
 
 def test_triage_flags():
-    assert REVIEW_CLASSES == {"myeloblast", "erythroblast"}
+    assert {"myeloblast", "erythroblast"} == REVIEW_CLASSES
     assert triage(_pred("seg_neutrophil", 0.95), 0.7) == ""
     assert triage(_pred("monocyte", 0.69), 0.7) == FLAG_UNCERTAIN == "uncertain - refer"
     assert triage(_pred("myeloblast", 0.99), 0.7) == FLAG_REVIEW
@@ -384,7 +384,9 @@ def test_expand_paths(tmp_path):
     names = [p.relative_to(tmp_path / "data").as_posix() for p in found]
     assert names == ["broken.png", "dir.jpg", "myeloblast/a.JPG", "myeloblast/b.jpg", "other/deep/c.jpeg"]
 
-    ex = expand_paths([tmp_path / "data", str(a), str(tmp_path / "data" / "m*" / "*"), single, tmp_path / "nope.jpg", tmp_path / "empty", str(tmp_path / "zz*.png")])
+    ex = expand_paths(
+        [tmp_path / "data", str(a), str(tmp_path / "data" / "m*" / "*"), single, tmp_path / "nope.jpg", tmp_path / "empty", str(tmp_path / "zz*.png")]
+    )
     assert ex.paths[: len(found)] == found  # the folder, then the duplicates dropped
     assert ex.paths[-1] == single and len(ex.paths) == len(found) + 1
     reasons = sorted(e.reason for e in ex.errors)

@@ -99,7 +99,7 @@ def test_classify_cli_20000_images_memory_is_flat(tmp_path_factory, tmp_path):
             while child.poll() is None:
                 if tmp_csv is None:
                     found = glob.glob(str(out.parent / ".results.csv.*.tmp.csv"))
-                    tmp_csv = open(found[0], "rb") if found else None
+                    tmp_csv = open(found[0], "rb") if found else None  # noqa: SIM115 - closed in the finally below
                 if tmp_csv is not None:
                     lines += tmp_csv.read().count(b"\n")
                 rss = _rss_kib(child.pid)
@@ -132,7 +132,7 @@ def test_classify_cli_20000_images_memory_is_flat(tmp_path_factory, tmp_path):
     warm = [i for i, (n, _, _) in enumerate(samples) if n > WARM]
     assert warm, f"fewer than {WARM} CSV rows were written before classify finished: results are not streamed ({len(samples)} samples)"
     assert samples[-1][0] >= 0.9 * N_IMAGES, f"last sample at {samples[-1][0]} CSV lines: the end of the run was not sampled"
-    after = samples[warm[0]:]
+    after = samples[warm[0] :]
     assert len(after) >= 20, f"only {len(after)} RSS samples after the first {WARM} images"
 
     base = after[0][1]

@@ -47,8 +47,7 @@ def test_same_seed_same_arrays_and_seed_matters_only_for_random_members():
 def test_family_names_are_unique_and_cover_the_issue():
     names = stain.names()
     assert len(names) == len(set(names)) == 11
-    for want in ("hue +10 deg", "hue -20 deg", "saturation x0.6", "saturation x1.4", "brightness +15%", "brightness -15%",
-                 "grayscale", "background swap"):
+    for want in ("hue +10 deg", "hue -20 deg", "saturation x0.6", "saturation x1.4", "brightness +15%", "brightness -15%", "grayscale", "background swap"):
         assert want in names
     with pytest.raises(KeyError):
         stain.apply("sepia", _cells(n=1))
@@ -171,8 +170,9 @@ def test_evaluate_stain_shift_on_tflite(tmp_path_factory, tmp_path):
     models = build_models(tmp_path_factory)
     data = labelled_folder(tmp_path / "data", per_class=2, size=40)
     out = tmp_path / "e.json"
-    res = CliRunner().invoke(cli, ["evaluate", str(models.int8), "--data", str(data), "--split", "all", "--stain-shift",
-                                   "--out", str(tmp_path / "ev"), "--json", str(out)])
+    res = CliRunner().invoke(
+        cli, ["evaluate", str(models.int8), "--data", str(data), "--split", "all", "--stain-shift", "--out", str(tmp_path / "ev"), "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     m = json.loads(out.read_text())
     assert m["kind"] == "int8" and m["n"] == 10

@@ -101,9 +101,7 @@ def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
 
 def test_cross_validation(real_slice, tmp_path):
     out = tmp_path / "cv"
-    res = CliRunner().invoke(
-        cli, ["train", "--data", str(real_slice), "--out", str(out), "--epochs", "3", "--img-size", "32", "--widths", "4,8", "--cv", "3"]
-    )
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(out), "--epochs", "3", "--img-size", "32", "--widths", "4,8", "--cv", "3"])
     assert res.exit_code == 0, res.output
     cv = json.loads((out / "cv.json").read_text())
     assert cv["k"] == 3 and len(cv["folds"]) == 3

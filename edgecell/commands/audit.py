@@ -11,10 +11,19 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
 @data_option(required=False, help="Data folder: one sub-folder of images per class (default: the run's, when RUN_DIR is given).")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
 @seed_option
-@click.option("--margin", type=click.FloatRange(0, 100), default=3.0, show_default=True,
-              help="Warn when a baseline's test accuracy is within this many percentage points of the CNN's.")
-@click.option("--no-stain-shift", "no_stain_shift", is_flag=True,
-              help="Skip scoring the baselines under the stain shifts (which reads the test images a second time: about a third of the run time).")
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 100),
+    default=3.0,
+    show_default=True,
+    help="Warn when a baseline's test accuracy is within this many percentage points of the CNN's.",
+)
+@click.option(
+    "--no-stain-shift",
+    "no_stain_shift",
+    is_flag=True,
+    help="Skip scoring the baselines under the stain shifts (which reads the test images a second time: about a third of the run time).",
+)
 @json_option
 def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     """Check whether image size or colour alone can do the CNN's job (a shortcut audit).
@@ -86,11 +95,15 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     if groups:
         con.print("lab groups (by most common image size): " + "; ".join(f"{g['size']}: {', '.join(g['classes'])}" for g in groups))
     if cnn is None:
-        con.print("no CNN to compare with" + (f" ({run_dir} has no metrics.json)" if run_dir else "; pass a RUN_DIR to set its test accuracy beside the baselines"))
+        con.print(
+            "no CNN to compare with" + (f" ({run_dir} has no metrics.json)" if run_dir else "; pass a RUN_DIR to set its test accuracy beside the baselines")
+        )
     else:
         best = next(r for r in result["baselines"] if r["name"] == result["best_baseline"])
-        con.print(f"CNN test accuracy {cnn['accuracy']:.1%}; best morphology-free baseline '{best['name']}' {best['accuracy']:.1%} "
-                  f"(CNN lead {result['cnn_lead_points']:+.1f} points)")
+        con.print(
+            f"CNN test accuracy {cnn['accuracy']:.1%}; best morphology-free baseline '{best['name']}' {best['accuracy']:.1%} "
+            f"(CNN lead {result['cnn_lead_points']:+.1f} points)"
+        )
     if result["stain_shift"] is not None:
         con.print(audit_mod.stain_table(result))
         for line in audit_mod.stain_summary(result):

@@ -215,8 +215,7 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
             "end_to_end = decode + resize + inference over --data images, decoding in a thread pool",
             "model_rss_mb = resident memory added by loading the model and running its warm-up and timed inferences "
             "(current RSS from /proc/self/statm after the runs minus just before loading; end-to-end pass excluded; None off Linux)",
-            "process_peak_rss_mb = peak resident memory of the whole process so far (getrusage); it only rises, "
-            "so each row includes every earlier row's peak",
+            "process_peak_rss_mb = peak resident memory of the whole process so far (getrusage); it only rises, so each row includes every earlier row's peak",
         ],
     }
     if json_out:
@@ -291,8 +290,7 @@ def _check_keras(path: str) -> Path:
     kpath = _find_keras(path)
     if not tensorflow_installed():
         raise EdgecellError(
-            '--keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); '
-            "leave out --keras to bench the TFLite models alone"
+            '--keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); leave out --keras to bench the TFLite models alone'
         )
     return kpath
 

@@ -17,8 +17,9 @@ import os
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 
 import click
 from rich import box
@@ -237,8 +238,12 @@ def _flag_markup(flag: str) -> str:
     show_default=True,
     help="Flag predictions whose confidence is below this as 'uncertain - refer'.",
 )
-@click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="Interpreter threads, in this process (default: all cores; 256 images or more: one worker process per core, 1 thread each).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Interpreter threads, in this process (default: all cores; 256 images or more: one worker process per core, 1 thread each).",
+)
 @click.option(
     "--precision",
     type=click.Choice([p.value for p in Precision]),
@@ -262,8 +267,13 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
       edgecell classify --model run/export data/ --json - > results.json
     """
     opts = ClassifyOptions(
-        model_path=model_path, paths=tuple(paths), json_out=json_out, csv_out=csv_out,
-        threshold=threshold, threads=threads, precision=precision,
+        model_path=model_path,
+        paths=tuple(paths),
+        json_out=json_out,
+        csv_out=csv_out,
+        threshold=threshold,
+        threads=threads,
+        precision=precision,
     )
     summary = run(opts)
     if summary.failed:
@@ -309,9 +319,13 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
     with contextlib.ExitStack() as outputs:  # temporary files, renamed into place only if all goes well
         csv_out = _CsvStream(outputs.enter_context(_text_output(opts.csv_out)), classes) if opts.csv_out else None
         json_out = (
-            _JsonStream(outputs.enter_context(_text_output(opts.json_out)), {"model": info, "threshold": opts.threshold},
-                        indent=2 if n <= JSON_INDENT_MAX_RESULTS else None)
-            if opts.json_out else None
+            _JsonStream(
+                outputs.enter_context(_text_output(opts.json_out)),
+                {"model": info, "threshold": opts.threshold},
+                indent=2 if n <= JSON_INDENT_MAX_RESULTS else None,
+            )
+            if opts.json_out
+            else None
         )
         t0 = time.perf_counter()
         bar = progress(con, transient=True) if n > MANY else None
@@ -429,8 +443,7 @@ def _print_summary(con, err, s: ClassifySummary, metrics: dict | None, latency: 
         _print_metrics(con, metrics, s.classes)
     if s.failed:
         err.print(
-            f"[red]{len(s.failed)} of {s.n_inputs} inputs could not be classified[/red] (listed above); "
-            f"{n_ok} classified.",
+            f"[red]{len(s.failed)} of {s.n_inputs} inputs could not be classified[/red] (listed above); {n_ok} classified.",
             soft_wrap=True,
         )
     elif not n_ok:
@@ -485,11 +498,10 @@ def _text_output(dest: str) -> Iterator[IO[str]]:
     # artifact is written through the same call, which the reliability tests replace to simulate
     # a full disk.
     opener = getattr(atomic, "open", open)
-    with atomic.atomic_path(dest) as tmp:
-        with opener(tmp, "w", **text) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic.atomic_path(dest) as tmp, opener(tmp, "w", **text) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 JSON_INDENT_MAX_RESULTS = 500

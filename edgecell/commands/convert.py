@@ -160,9 +160,18 @@ def export_run(opts: ConvertOptions, con) -> dict:
             if prec is Precision.int8:
                 src["calibration"] = cal.summary(classes) | {"manifest": CALIBRATION_MANIFEST}
             metas[prec] = ModelMetadata(
-                classes=classes, input_size=size, precision=prec, sha256=sha256_file(path), file=prec.filename,
-                preprocessing=preprocess.describe(), input_quantization=q_in, output_quantization=q_out,
-                temperature=temperature, edgecell_version=__version__, source=src, verification={"status": "pending"},
+                classes=classes,
+                input_size=size,
+                precision=prec,
+                sha256=sha256_file(path),
+                file=prec.filename,
+                preprocessing=preprocess.describe(),
+                input_quantization=q_in,
+                output_quantization=q_out,
+                temperature=temperature,
+                edgecell_version=__version__,
+                source=src,
+                verification={"status": "pending"},
             )
             write_metadata(path, metas[prec])
         if cal is not None:
@@ -173,7 +182,9 @@ def export_run(opts: ConvertOptions, con) -> dict:
         with progress(con, transient=True) as bar:
             for prec in blobs:
                 task = bar.add_task(f"parity: {prec.value} TFLite on {len(x_test)} test images", total=len(x_test))
-                probs, _ = parity.tflite_probs(tmp / prec.filename, x_test, threads=opts.threads, on_progress=lambda d, task=task: bar.update(task, completed=d))
+                probs, _ = parity.tflite_probs(
+                    tmp / prec.filename, x_test, threads=opts.threads, on_progress=lambda d, task=task: bar.update(task, completed=d)
+                )
                 results[prec.value] = {"probs": probs, "size_bytes": len(blobs[prec]), "file": prec.filename, "sha256": metas[prec].sha256}
                 if prec is Precision.float32:
                     parity.check_float32(keras_probs, probs, files, path=run_dir / EXPORT_DIR / prec.filename)
@@ -208,19 +219,51 @@ def _max_drop(ctx, param, value):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--int8", "int8", is_flag=True, help="Also write a full-integer int8 model (int8 weights, activations, input and output), calibrated on representative images.")
+@click.option(
+    "--int8",
+    "int8",
+    is_flag=True,
+    help="Also write a full-integer int8 model (int8 weights, activations, input and output), calibrated on representative images.",
+)
 @click.option("--float16", "float16", is_flag=True, help="Also write a float16-weight model.")
-@click.option("--calibration", "calibration", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
-              help="Calibrate --int8 on this curated folder (manifest.csv with file,class[,sha256], class sub-folders, or a flat folder of images) instead of the run's training split.")
-@click.option("--calib-size", "calib_size", type=click.IntRange(1, 10000), default=None,
-              help=f"Images per class picked (stratified, seeded) from the run's training split to calibrate --int8.  [default: {DEFAULT_PER_CLASS}]")
-@click.option("--calibration-out", "calibration_out", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Also copy the calibration images used, with a manifest.csv, to this folder (a start for a curated --calibration folder).")
-@click.option("--max-drop", "max_drop", type=float, default=1.0, show_default=True, callback=_max_drop,
-              help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.")
+@click.option(
+    "--calibration",
+    "calibration",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    default=None,
+    help="Calibrate --int8 on this curated folder (manifest.csv with file,class[,sha256], class sub-folders, or a flat folder of images) instead of the run's training split.",
+)
+@click.option(
+    "--calib-size",
+    "calib_size",
+    type=click.IntRange(1, 10000),
+    default=None,
+    help=f"Images per class picked (stratified, seeded) from the run's training split to calibrate --int8.  [default: {DEFAULT_PER_CLASS}]",
+)
+@click.option(
+    "--calibration-out",
+    "calibration_out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Also copy the calibration images used, with a manifest.csv, to this folder (a start for a curated --calibration folder).",
+)
+@click.option(
+    "--max-drop",
+    "max_drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_max_drop,
+    help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.",
+)
 @seed_option
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
-              help="Data folder (default: the one recorded in the run's metadata.json).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    default=None,
+    help="Data folder (default: the one recorded in the run's metadata.json).",
+)
 @json_option
 def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, max_drop, seed, data_dir, json_out):
     """Convert a run's model to TFLite, verify it against Keras, and write RUN_DIR/export.
@@ -247,8 +290,17 @@ def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, ma
     if (calibration or calib_size or calibration_out) and not int8:
         raise click.UsageError("--calibration, --calib-size and --calibration-out only apply with --int8")
     con = human(json_out == "-")
-    opts = ConvertOptions(run_dir=run_dir, int8=int8, float16=float16, calibration=calibration, calib_size=calib_size,
-                          calibration_out=calibration_out, max_drop=max_drop, seed=seed, data_dir=data_dir)
+    opts = ConvertOptions(
+        run_dir=run_dir,
+        int8=int8,
+        float16=float16,
+        calibration=calibration,
+        calib_size=calib_size,
+        calibration_out=calibration_out,
+        max_drop=max_drop,
+        seed=seed,
+        data_dir=data_dir,
+    )
     report = export_run(opts, con)
     con.print(parity_table(report))
     con.print(f"wrote {Path(run_dir) / EXPORT_DIR} ({', '.join(Path(p).name for k, p in report['outputs'].items() if k not in ('calibration_out',))})")

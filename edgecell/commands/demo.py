@@ -57,8 +57,7 @@ def demo_data(out: str, per_class: int, seed: int, size: int, json_out: str | No
     table.add_row("total", str(summary.total), style="bold")
     con.print(table)
     con.print(
-        f"{summary.total} images of {size}x{size} px in {seconds:.1f} s, seed {seed}. "
-        "Synthetic drawings: use them to try the pipeline, not to judge accuracy.",
+        f"{summary.total} images of {size}x{size} px in {seconds:.1f} s, seed {seed}. Synthetic drawings: use them to try the pipeline, not to judge accuracy.",
         soft_wrap=True,
     )
 

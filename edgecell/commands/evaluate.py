@@ -10,10 +10,22 @@ from edgecell.options import data_option, emit_json, json_option, threads_option
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, path_type=str))
 @data_option(required=False, help="Data folder (default: the one the run was trained on).")
-@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True, help="Which images: a split of the run's manifest, or every image in --data.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None, help="Folder for the JSON and PNGs (default: RUN_DIR/evaluation).")
-@click.option("--stain-shift", "stain", is_flag=True,
-              help="Also re-run the split under hue, saturation, brightness, grayscale and background-tint shifts (another lab's slides).")
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train", "all"]),
+    default="test",
+    show_default=True,
+    help="Which images: a split of the run's manifest, or every image in --data.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None, help="Folder for the JSON and PNGs (default: RUN_DIR/evaluation)."
+)
+@click.option(
+    "--stain-shift",
+    "stain",
+    is_flag=True,
+    help="Also re-run the split under hue, saturation, brightness, grayscale and background-tint shifts (another lab's slides).",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the random member of the stain-shift family.")
 @threads_option
 @json_option

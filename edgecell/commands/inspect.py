@@ -10,7 +10,13 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
 @click.command("inspect", context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
 @seed_option
-@click.option("--manifest", "manifest_out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Also write the split manifest (file, class, split, sha256) to this CSV.")
+@click.option(
+    "--manifest",
+    "manifest_out",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Also write the split manifest (file, class, split, sha256) to this CSV.",
+)
 @json_option
 def inspect_cmd(data_dir, seed, manifest_out, json_out):
     """Check a data folder: images per class, unreadable files, duplicates and the split.

@@ -29,15 +29,32 @@ _depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="Run folder to write (an earlier run there is replaced only when this one finishes).")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=_Defaults.epochs, show_default=True, help="Maximum epochs; early stopping on validation loss usually ends sooner.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    required=True,
+    help="Run folder to write (an earlier run there is replaced only when this one finishes).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 1000),
+    default=_Defaults.epochs,
+    show_default=True,
+    help="Maximum epochs; early stopping on validation loss usually ends sooner.",
+)
 @img_size_option
 @seed_option
 @click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_Defaults.batch_size, show_default=True, help="Images per step.")
 @click.option("--patience", type=click.IntRange(1, 1000), default=_Defaults.patience, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--widths", callback=_widths, default=None, help=f"Conv2D filters per block [default: {','.join(map(str, _Defaults.widths))}].")
-@click.option("--depths", callback=_depths, default=None, help=f"Conv2D layers per block, one per width [default: {','.join(map(str, _Defaults.depths))}; 1 per block with --widths of another length].")
+@click.option(
+    "--depths",
+    callback=_depths,
+    default=None,
+    help=f"Conv2D layers per block, one per width [default: {','.join(map(str, _Defaults.depths))}; 1 per block with --widths of another length].",
+)
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option
 def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, no_augment, json_out):
@@ -53,11 +70,12 @@ def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, w
     """
     from edgecell.console import human
     from edgecell.metrics import confusion_table, metrics_table
-    from edgecell.train import TrainOptions, cv_table, run
+    from edgecell.train import TrainOptions, run
 
     con = human(json_out == "-")
-    opts = TrainOptions(data_dir=data_dir, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv,
-                        batch_size=batch_size, patience=patience, augment=not no_augment)
+    opts = TrainOptions(
+        data_dir=data_dir, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv, batch_size=batch_size, patience=patience, augment=not no_augment
+    )
     if widths:
         opts.widths = widths
         if depths is None and len(widths) != len(_Defaults.depths):
@@ -86,7 +104,15 @@ def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, w
         t.add_row("files skipped", str(res.skipped))
     con.print(t)
     if json_out:
-        payload = {"run_dir": str(res.run_dir), "test": res.test_metrics, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-                   "seconds": res.seconds, "images_per_second": res.images_per_second, "temperature": res.temperature, "cv": res.cv,
-                   "skipped": res.skipped}
+        payload = {
+            "run_dir": str(res.run_dir),
+            "test": res.test_metrics,
+            "epochs_run": res.epochs_run,
+            "best_epoch": res.best_epoch,
+            "seconds": res.seconds,
+            "images_per_second": res.images_per_second,
+            "temperature": res.temperature,
+            "cv": res.cv,
+            "skipped": res.skipped,
+        }
         emit_json(json_out, payload)
