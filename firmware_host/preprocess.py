@@ -107,10 +107,7 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
             img.draft("RGB", (size, size))
         img.load()
         img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-        if img.size != (size, size):
-            img = img.resize((size, size), RESAMPLE)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = prepare(np.asarray(_to_rgb(img), dtype=np.uint8), size)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
@@ -127,6 +124,17 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     if arr.shape != (size, size, 3):
         raise ImageError(f"decoded to shape {arr.shape}, expected {(size, size, 3)}", path)
     return arr
+
+
+def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The step after decoding: an RGB uint8 array of any shape ``(H, W, 3)`` to the model's input.
+
+    ``decode`` calls it for files; ``scan`` calls it for the region around each cell it finds in a
+    field of view, so a cell cut from a field gets exactly the preprocessing of a single-cell image.
+    """
+    if rgb.shape[:2] == (size, size):
+        return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return np.asarray(Image.fromarray(rgb, "RGB").resize((size, size), RESAMPLE), dtype=np.uint8)
 
 
 def _too_large(what: str) -> str:
