@@ -1,6 +1,12 @@
 """Reading a data folder, validating it, grouping duplicates and splitting it reproducibly.
 
 The layout is the Kaggle "Blood Cell Images for Cancer Detection" one: ``ROOT/<class>/<image>``.
+Several roots may be given, and a root may instead hold one sub-folder per *source* (a lab, a
+scanner, a clinic), each holding class folders: ``ROOT/<source>/<class>/<image>``
+(:func:`discover_sources`). Every image carries its source, so a model can be tested on a lab it
+never saw. Class folders named after a cell type that is not one of the model's types
+(:data:`OTHER_TYPES`: lymphocytes, eosinophils, platelets, immature granulocytes) teach the class
+:data:`OTHER_CLASS`; each sample keeps its folder's name as its ``type``.
 Nothing here imports TensorFlow or scikit-learn, so ``edgecell inspect`` runs anywhere.
 
 The split manifest (``split.csv``: file, class, split, sha256) is written once per run, and every
@@ -28,17 +34,100 @@ from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 MIN_PER_CLASS = 5
 """A class needs at least this many usable images (one each for val and test, three to train)."""
 SPLITS = ("train", "val", "test")
+MIN_STRATUM = 5
+"""A (class, source) stratum smaller than this is not split when the class has other sources."""
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 MANIFEST_FIELDS = ("file", "class", "split", "sha256")
+SOURCE_FIELDS = ("source", "type")
+"""Manifest columns added with several sources (a manifest without them has one unnamed source)."""
+OTHER_CLASS = "other"
+"""The class of every cell that is not one of the types the model names."""
+OTHER_TYPES = ("other", "lymphocyte", "eosinophil", "platelet", "ig", "smudge")
+"""Class-folder names that are taught as :data:`OTHER_CLASS` (ig: immature granulocytes)."""
+CELL_TYPES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
+"""The cell types edgecell's default model names; with :data:`OTHER_TYPES`, the folder names that
+mark a folder as a source of class folders (see :func:`discover_sources`)."""
 
 
 @dataclass
 class Sample:
-    """One usable image: ``rel`` is its POSIX path relative to the data root."""
+    """One usable image: ``rel`` is its POSIX path relative to its source's folder.
+
+    ``label`` is the class it teaches; ``type`` the name of its class folder (the same, except for
+    the :data:`OTHER_TYPES` taught as :data:`OTHER_CLASS`); ``source`` the name of its source.
+    """
 
     rel: str
     label: str
     sha256: str
+    source: str = ""
+    type: str = ""
+
+    def __post_init__(self):
+        self.type = self.type or self.label
+
+
+@dataclass(frozen=True)
+class Source:
+    """A folder of class folders from one lab or scanner, and the name it is reported under."""
+
+    name: str
+    folder: Path
+
+
+def class_of(folder_name: str) -> str:
+    """The class a class folder teaches: :data:`OTHER_CLASS` for the :data:`OTHER_TYPES`."""
+    return OTHER_CLASS if folder_name in OTHER_TYPES else folder_name
+
+
+def _has_images(folder: Path) -> bool:
+    try:
+        return any(f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES) for f in folder.iterdir())
+    except OSError:
+        return False
+
+
+def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
+    """The sources under the data folders ``paths``, and notes on folders left out.
+
+    A folder whose sub-folders hold images is one source (named after the folder) whose
+    sub-folders are its classes. A folder whose sub-folders hold no images directly is a folder of
+    sources: each sub-folder with at least one class folder named after a known cell type
+    (:data:`CELL_TYPES`, :data:`OTHER_TYPES`) is a source; the others (say, a folder of whole
+    fields with annotations) are left out with a note. Two sources with one name are an error.
+    """
+    sources: list[Source] = []
+    notes: list[str] = []
+    known = set(CELL_TYPES) | set(OTHER_TYPES)
+    for raw in paths:
+        root = Path(raw)
+        if str(raw) == "" or not root.is_dir():
+            raise DataError("not a folder", root)
+        children = list_class_folders(root)
+        nested = [c for c in children if any(g.name in known for g in list_class_folders(c))]
+        if not nested or any(_has_images(c) for c in children):
+            sources.append(Source(root.resolve().name or str(root), root))
+            continue
+        for child in children:
+            if child in nested:
+                sources.append(Source(child.name, child))
+            else:
+                notes.append(f"{child}: no class folder named after a cell type inside; left out")
+    seen: dict[str, Path] = {}
+    for s in sources:
+        if s.name in seen:
+            raise DataError(f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); give each source folder its own name", s.folder)
+        seen[s.name] = s.folder
+    return sources, notes
+
+
+def matches(sample_source: str, sample_type: str, patterns: Iterable[str]) -> bool:
+    """True when ``SOURCE`` or ``SOURCE/TYPE`` in ``patterns`` names this sample."""
+    for pat in patterns:
+        src, _, typ = pat.partition("/")
+        if src == sample_source and (not typ or typ == sample_type):
+            return True
+    return False
 
 
 @dataclass
@@ -54,7 +143,7 @@ class Dataset:
     """A validated data folder.
 
     Attributes:
-        root: the data folder.
+        root: the first source's folder (for messages).
         classes: class names (sorted folder names).
         samples: usable images, in sorted order.
         skipped: files reported and left out (unreadable, not images, conflicting labels).
@@ -68,6 +157,8 @@ class Dataset:
     skipped: list[Skipped] = field(default_factory=list)
     images: np.ndarray | None = None
     size: int | None = None
+    sources: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
@@ -76,6 +167,35 @@ class Dataset:
     def labels(self) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[s.label] for s in self.samples], dtype=np.int64)
+
+    def counts_by_source(self) -> dict[str, dict[str, int]]:
+        """Images per source and class folder type: ``{source: {type: n}}``."""
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for (src, typ), n in sorted(Counter((s.source, s.type) for s in self.samples).items()):
+            out[src][typ] = n
+        return dict(out)
+
+    def confounding(self) -> list[str]:
+        """Plain-words warnings when a class comes from one source only, or sources split the classes."""
+        if len(self.sources) < 2 and len({s.source for s in self.samples}) < 2:
+            by_class = self.counts()
+            return (
+                [
+                    f"every class comes from one source ({next(iter(self.sources), '?')}): the model cannot learn which differences are the lab's and which the cell's"
+                ]
+                if by_class
+                else []
+            )
+        out = []
+        per_class: dict[str, set[str]] = defaultdict(set)
+        for s in self.samples:
+            per_class[s.label].add(s.source)
+        single = {c: next(iter(v)) for c, v in per_class.items() if len(v) == 1}
+        for c, src in sorted(single.items()):
+            out.append(f"class {c} comes from one source only ({src}): the model may learn that lab's look as the class")
+        if len(single) == len(per_class) and len({*single.values()}) > 1:
+            out.append("sources and classes are confounded: no class is seen from two sources")
+        return out
 
     def duplicate_groups(self) -> list[list[Sample]]:
         """Groups of two or more samples with identical bytes."""
@@ -87,12 +207,12 @@ class Dataset:
     def fingerprint(self) -> str:
         """SHA-256 over (file, class, hash) of every sample: names this exact data set."""
         h = hashlib.sha256()
-        for s in sorted(self.samples, key=lambda s: s.rel):
-            h.update(f"{s.rel}\t{s.label}\t{s.sha256}\n".encode("utf-8", "surrogateescape"))  # names as their bytes
+        for s in sorted(self.samples, key=lambda s: (s.source, s.rel)):
+            h.update(f"{s.source}/{s.rel}\t{s.label}\t{s.sha256}\n".encode("utf-8", "surrogateescape"))  # names as their bytes
         return h.hexdigest()
 
     def path(self, sample: Sample) -> Path:
-        return self.root / sample.rel
+        return self.sources.get(sample.source, self.root) / sample.rel
 
     def subset(self, indices: Sequence[int]) -> Dataset:
         idx = list(indices)
@@ -103,6 +223,8 @@ class Dataset:
             skipped=list(self.skipped),
             images=None if self.images is None else self.images[idx],
             size=self.size,
+            sources=dict(self.sources),
+            notes=list(self.notes),
         )
 
 
@@ -134,42 +256,47 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 
 def scan(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Sequence[str | os.PathLike],
     size: int | None = None,
     classes: Sequence[str] | None = None,
     min_per_class: int = MIN_PER_CLASS,
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    exclude: Sequence[str] = (),
 ) -> Dataset:
-    """Read, hash and validate every image under ``root``.
+    """Read, hash and validate every image under ``root`` (one data folder or several).
 
-    Each file is read once: its bytes are hashed and decoded with the shared preprocessing
-    (to ``size`` pixels if given, else to a small size just to prove it decodes). Unreadable and
-    non-image files are recorded in ``Dataset.skipped`` rather than raised. Raises
-    :class:`DataError` for fewer than two classes or a class with fewer than ``min_per_class``
-    usable images. ``classes`` restricts and orders the classes (folders not named are ignored;
-    a named class with no folder is an error); with ``classes`` given (evaluating a model), one
-    class is enough and a class folder without a usable image is allowed, as long as some
-    image is usable. A :class:`DataError` about too few images carries ``.skipped``.
+    The folders are resolved into sources by :func:`discover_sources`. Each file is read once:
+    its bytes are hashed and decoded with the shared preprocessing (to ``size`` pixels if given,
+    else to a small size just to prove it decodes). Unreadable and non-image files are recorded in
+    ``Dataset.skipped`` rather than raised. Raises :class:`DataError` for fewer than two classes or
+    a class with fewer than ``min_per_class`` usable images. ``classes`` restricts and orders the
+    classes (folders of other classes are ignored; a named class with no folder is an error); with
+    ``classes`` given (evaluating a model), one class is enough and a class folder without a usable
+    image is allowed, as long as some image is usable. ``exclude`` leaves out whole sources
+    (``SOURCE``) or one class folder of a source (``SOURCE/TYPE``): a pattern that names nothing is
+    an error. A :class:`DataError` about too few images carries ``.skipped``.
     """
-    root = Path(root)
-    if not root.is_dir():
+    paths = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    if not paths:
+        raise DataError("no data folder given")
+    root = Path(paths[0])
+    if str(paths[0]) == "" or not root.is_dir():
         raise DataError("not a folder", root)
-    folders = list_class_folders(root)
-    by_name = {p.name: p for p in folders}
+    sources, notes = discover_sources(paths)
+    folders = [(src, f) for src in sources for f in list_class_folders(src.folder)]
+    for pat in exclude:
+        if not any(matches(src.name, f.name, [pat]) for src, f in folders):
+            raise DataError(f"--exclude {pat}: no source or SOURCE/TYPE of that name (sources: {', '.join(s.name for s in sources)})")
+    folders = [(src, f) for src, f in folders if not matches(src.name, f.name, exclude)]
+    found = sorted({class_of(f.name) for _, f in folders})
     if classes is not None:
-        missing = [c for c in classes if c not in by_name]
+        missing = [c for c in classes if c not in found]
         if missing:
-            raise DataError(f"no folder for class(es) {', '.join(missing)} (found: {', '.join(by_name) or 'none'})", root)
+            raise DataError(f"no folder for class(es) {', '.join(missing)} (found: {', '.join(found) or 'none'})", root)
         class_names = list(classes)
     else:
-        class_names = sorted(by_name)
-    if classes is not None and not class_names:
-        # Evaluating a model: any one of its classes is enough (e.g. a folder of only basophils).
-        raise DataError(
-            f"holds no class folder (one sub-folder of images per class, named after a model class; found: {', '.join(by_name) or 'none'})",
-            root,
-        )
+        class_names = found
     if classes is None and len(class_names) < 2:
         raise DataError(
             f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}" + (f": {class_names[0]}" if class_names else ""),
@@ -177,26 +304,33 @@ def scan(
         )
 
     skipped: list[Skipped] = []
-    jobs: list[tuple[Path, str]] = []
-    for name in class_names:
-        for f in _candidate_files(by_name[name]):
+    unusable: Counter = Counter()
+    jobs: list[tuple[Path, Source, str]] = []
+    for src, folder in folders:
+        label = class_of(folder.name)
+        if label not in class_names:
+            continue
+        for f in _candidate_files(folder):
             if f.is_dir():
                 skipped.append(Skipped(str(f), "is a directory, not an image file"))
+                unusable[label] += 1
             elif not f.name.lower().endswith(IMAGE_SUFFIXES):
                 skipped.append(Skipped(str(f), f"not an image file (suffix {f.suffix or 'none'!r}; expected {', '.join(IMAGE_SUFFIXES)})"))
+                unusable[label] += 1
             else:
-                jobs.append((f, name))
+                jobs.append((f, src, folder.name))
 
     decode_size = size or 16
 
-    def work(job: tuple[Path, str]):
-        path, label = job
+    def work(job: tuple[Path, Source, str]):
+        path, src, typ = job
         try:
             data = read_bytes(path)
             arr = decode(data, decode_size, path)
         except ImageError as exc:
-            return None, Skipped(str(path), exc.reason)
-        return (Sample(path.relative_to(root).as_posix(), label, hashlib.sha256(data).hexdigest()), arr if size else None), None
+            return None, Skipped(str(path), exc.reason), class_of(typ)
+        sample = Sample(path.relative_to(src.folder).as_posix(), class_of(typ), hashlib.sha256(data).hexdigest(), src.name, typ)
+        return (sample, arr if size else None), None, None
 
     results = []
     for done, res in enumerate(map_in_threads(work, jobs, workers), 1):
@@ -206,14 +340,16 @@ def scan(
 
     samples: list[Sample] = []
     arrays: list[np.ndarray] = []
-    for ok, bad in results:
+    for ok, bad, label in results:
         if bad is not None:
             skipped.append(bad)
+            unusable[label] += 1
         else:
             samples.append(ok[0])
             if size:
                 arrays.append(ok[1])
 
+    src_folder = {s.name: s.folder for s in sources}
     # The same bytes under two classes: the label is ambiguous, so neither copy is used.
     labels_by_hash: dict[str, set[str]] = defaultdict(set)
     for s in samples:
@@ -224,7 +360,7 @@ def scan(
         for i, s in enumerate(samples):
             if s.sha256 in conflicted:
                 others = sorted(labels_by_hash[s.sha256] - {s.label})
-                skipped.append(Skipped(str(root / s.rel), f"identical image also filed under {', '.join(others)}: ambiguous label, left out"))
+                skipped.append(Skipped(str(src_folder[s.source] / s.rel), f"identical image also filed under {', '.join(others)}: ambiguous label, left out"))
             else:
                 keep.append(i)
         samples = [samples[i] for i in keep]
@@ -238,6 +374,8 @@ def scan(
         skipped=sorted(skipped, key=lambda s: s.path),
         images=np.stack(arrays) if size and arrays else (np.zeros((0, size, size, 3), np.uint8) if size else None),
         size=size,
+        sources=src_folder,
+        notes=notes,
     )
     counts = ds.counts()
     if classes is not None:
@@ -250,7 +388,6 @@ def scan(
         counts = {c: n for c, n in counts.items() if n > 0}
     small = {c: n for c, n in counts.items() if n < min_per_class}
     if small:
-        unusable = Counter(Path(s.path).relative_to(root).parts[0] for s in ds.skipped if Path(s.path).is_relative_to(root))
         desc = ", ".join(f"{c} has {n}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "") for c, n in small.items())
         err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class})", root)
         err.skipped = ds.skipped  # so a caller can list them before giving up
@@ -271,42 +408,60 @@ def map_in_threads(fn, items: Sequence, workers: int | None = None):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+    """Source name -> folder, for reading a run's split manifest: from ``--data`` if given, else
+    from the run's metadata (``dataset.sources``, or ``dataset.path`` for a run of one unnamed source).
+    The key ``""`` names the folder of manifest rows without a source."""
+    if given:
+        sources, _ = discover_sources(given)
+        out = {s.name: s.folder for s in sources}
+    else:
+        recorded = dataset_meta.get("sources") or ({"": dataset_meta["path"]} if dataset_meta.get("path") else {})
+        out = {k: Path(v) for k, v in recorded.items()}
+        gone = [v for v in out.values() if not v.is_dir()]
+        if not out or gone:
+            raise DataError("the data folder the model was trained on is not there; pass --data DIR", gone[0] if gone else "--data")
+    if len(out) == 1:
+        out.setdefault("", next(iter(out.values())))
+    return out
+
+
 # --------------------------------------------------------------------------- split
 
 
 def make_split(ds: Dataset, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[str]:
     """A stratified, seeded train/val/test assignment, one entry per sample.
 
-    Duplicates (same SHA-256) form one group and go to one split. Within each class, groups are
-    put in a fixed order (by hash), shuffled with ``seed``, and dealt to test, then val, until
-    each reaches its share; the rest is train. Every class gets at least one image in each split.
-    The result depends only on the files' contents, names and the seed, not on listing order.
+    Strata are (class, source), so every source of a class is in every split and results can be
+    reported per source. Duplicates (same SHA-256) form one group and go to one split. Within each
+    stratum, groups are put in a fixed order (by hash), shuffled with ``seed``, and dealt to test,
+    then val, until each reaches its share; the rest is train. A stratum of fewer than
+    :data:`MIN_STRATUM` images goes to train whole, but every class gets at least one image in each
+    split. The result depends only on the files' contents, names and the seed, not on listing order.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     rng = np.random.default_rng(seed)
-    assignment = [""] * len(ds.samples)
-    by_class: dict[str, dict[str, list[int]]] = {c: defaultdict(list) for c in ds.classes}
+    assignment = ["train"] * len(ds.samples)
+    groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(ds.samples):
-        by_class[s.label][s.sha256].append(i)
-    for c in ds.classes:
-        groups = [by_class[c][h] for h in sorted(by_class[c])]
-        order = rng.permutation(len(groups))
-        n = sum(len(g) for g in groups)
-        want_test = max(1, int(round(fractions[2] * n)))
-        want_val = max(1, int(round(fractions[1] * n)))
+        groups[s.sha256].append(i)
+    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
+    for h in sorted(groups):
+        first = ds.samples[groups[h][0]]
+        strata[(first.label, first.source)].append(groups[h])
+    for key in sorted(strata):
+        gs = strata[key]
+        n = sum(len(g) for g in gs)
+        if n < MIN_STRATUM and sum(1 for k in strata if k[0] == key[0]) > 1:
+            continue  # too small to split; the class's other sources give it test and val images
+        want = {"test": max(1, int(round(fractions[2] * n))), "val": max(1, int(round(fractions[1] * n)))}
         got = {"test": 0, "val": 0}
-        for gi in order:
-            g = groups[gi]
-            if got["test"] < want_test:
-                split = "test"
-            elif got["val"] < want_val:
-                split = "val"
-            else:
-                split = "train"
+        for gi in rng.permutation(len(gs)):
+            split = next((sp for sp in ("test", "val") if got[sp] < want[sp]), "train")
             if split != "train":
-                got[split] += len(g)
-            for i in g:
+                got[split] += len(gs[gi])
+            for i in gs[gi]:
                 assignment[i] = split
     return assignment
 
@@ -316,9 +471,9 @@ def write_manifest(path: str | os.PathLike, ds: Dataset, splits: Sequence[str]) 
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(MANIFEST_FIELDS)
-    for s, sp in sorted(zip(ds.samples, splits), key=lambda t: t[0].rel):
-        w.writerow([s.rel, s.label, sp, s.sha256])
+    w.writerow(MANIFEST_FIELDS + SOURCE_FIELDS)
+    for s, sp in sorted(zip(ds.samples, splits), key=lambda t: (t[0].source, t[0].rel)):
+        w.writerow([s.rel, s.label, sp, s.sha256, s.source, s.type])
     return write_text(path, buf.getvalue())
 
 
@@ -328,6 +483,8 @@ class ManifestRow:
     label: str
     split: str
     sha256: str
+    source: str = ""
+    type: str = ""
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
@@ -337,19 +494,19 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         text = p.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise DataError(f"cannot read split manifest ({exc.strerror or exc})", p) from None
-    rows = list(csv.DictReader(io.StringIO(text)))
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows or set(MANIFEST_FIELDS) - set(rows[0]):
         raise DataError(f"not a split manifest (needs columns {', '.join(MANIFEST_FIELDS)})", p)
     out = []
     for r in rows:
         if r["split"] not in SPLITS:
             raise DataError(f"unknown split {r['split']!r} for {r['file']}", p)
-        out.append(ManifestRow(r["file"], r["class"], r["split"], r["sha256"]))
+        out.append(ManifestRow(r["file"], r["class"], r["split"], r["sha256"], r.get("source") or "", r.get("type") or r["class"]))
     return out
 
 
 def load_from_manifest(
-    root: str | os.PathLike,
+    root: str | os.PathLike | dict[str, Path],
     rows: Iterable[ManifestRow],
     size: int,
     classes: Sequence[str],
@@ -358,19 +515,25 @@ def load_from_manifest(
 ) -> tuple[np.ndarray, np.ndarray, list[ManifestRow]]:
     """Load the images a manifest names from ``root``, preprocessed to ``size``.
 
+    ``root`` is one folder, or a mapping from source name to folder (rows name their source).
     Returns (images uint8 (N,S,S,3), labels int64 (N,), rows). A missing file or one whose bytes
     changed since the manifest was written is a :class:`DataError` naming it: evaluating on
     different images than the split promised would give a silently wrong answer.
     """
-    root = Path(root)
+    folders = root if isinstance(root, dict) else None
+    root = Path(next(iter(folders.values()))) if folders else Path(root)
     rows = list(rows)
+    if folders is not None:
+        lost = sorted({r.source for r in rows} - set(folders))
+        if lost:
+            raise DataError(f"the split manifest names source(s) {', '.join(lost)} that the data folders do not hold (sources: {', '.join(folders)})", root)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({r.label for r in rows} - set(index))
     if unknown:
         raise DataError(f"manifest has class(es) the model does not know: {', '.join(unknown)}", root)
 
     def work(r: ManifestRow):
-        path = root / r.file
+        path = (Path(folders[r.source]) if folders is not None else root) / r.file
         try:
             data = read_bytes(path)
         except ImageError as exc:

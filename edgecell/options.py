@@ -5,17 +5,33 @@ from __future__ import annotations
 import click
 
 DEFAULT_SEED = 42
-DEFAULT_IMG_SIZE = 112
+DEFAULT_IMG_SIZE = 64
 
 
-def data_option(required: bool = True, help: str = "Data folder: one sub-folder of images per class (the Kaggle layout)."):
+DATA_HELP = (
+    "Data folder: one sub-folder of images per class, or one sub-folder per source (lab) holding class folders. "
+    "Repeat for several sources; class folders lymphocyte, eosinophil, platelet, ig teach 'other'."
+)
+
+
+def data_option(required: bool = True, help: str = DATA_HELP):
+    """``--data``, repeatable: a tuple of folders (empty when not given)."""
     return click.option(
         "--data",
         "data_dir",
         type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=str),
         required=required,
+        multiple=True,
         help=help,
     )
+
+
+exclude_option = click.option(
+    "--exclude",
+    multiple=True,
+    metavar="SOURCE[/TYPE]",
+    help="Leave a source, or one class folder of a source, out of the data (repeatable): to test on a lab the model never saw.",
+)
 
 
 seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed (split, augmentation, selection).")

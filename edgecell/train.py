@@ -45,7 +45,10 @@ class TrainOptions:
     """What ``edgecell train`` was asked to do.
 
     Attributes:
-        data_dir: data folder in the Kaggle layout.
+        data_dir: data folder(s): class folders, or source folders of class folders (see
+            :func:`edgecell.data.discover_sources`); one path or several.
+        exclude: sources (``SOURCE``) or class folders of a source (``SOURCE/TYPE``) left out of
+            training, to test on a lab the model has never seen.
         out_dir: run folder to write (replaced atomically if it is an earlier run).
         epochs: maximum epochs (early stopping on validation loss usually ends sooner).
         img_size: square model input in pixels; every image is resized to it.
@@ -61,8 +64,9 @@ class TrainOptions:
         cv_epochs: maximum epochs per fold (default: ``epochs``).
     """
 
-    data_dir: str
+    data_dir: str | Sequence[str]
     out_dir: str
+    exclude: tuple[str, ...] = ()
     epochs: int = 50
     img_size: int = DEFAULT_IMG_SIZE
     seed: int = 42
@@ -112,36 +116,73 @@ class TrainResult:
 # --------------------------------------------------------------------------- TF pieces
 
 
+AUG_RESOLUTION = (0.3, 1.0)
+"""Down-then-up scaling: the image's resolution shrinks to this share of the input at random."""
+AUG_SHARPNESS = (-1.0, 1.0)
+"""Unsharp-mask amount: below 0 blurs (-1: a Gaussian blur), above 0 sharpens."""
+AUG_NOISE = 0.04
+"""Largest standard deviation of Gaussian pixel noise (pixels scaled to 0-1)."""
+AUG_JPEG_QUALITY = (30, 95)
+"""JPEG re-encoding quality range."""
+AUG_PROB = 0.5
+"""Probability of each acquisition augmentation (resolution, sharpness, noise, JPEG)."""
+
+
 def _augment_fn(tf, size: int):
-    """Augmentation for microscope cells: geometry and stain/colour, applied per image.
+    """Augmentation for microscope cells: geometry, acquisition and stain/colour, per image.
+
+    Acquisition augmentations destroy what tells one lab's camera from another's (a lab is in its
+    optics' sharpness, its sensor's noise and its JPEG settings as much as in its colours), so
+    the model has to read the cell: resolution (down, then up again), blur or sharpening, noise and
+    JPEG re-encoding at a random quality, each applied with probability :data:`AUG_PROB`.
 
     Every random draw is *stateless*, keyed by a per-image seed pair (see :func:`_dataset`), so the
     same ``--seed`` gives the same augmented images, in any thread order, and so the same model.
     (Stateful random ops in a parallel ``map`` draw in whatever order the threads run: two runs of
     the same seed differed by 1 point of test accuracy.)
     """
+    offsets = tf.range(-2, 3, dtype=tf.float32)
+
+    def blur(x, sigma):
+        g = tf.exp(-(offsets**2) / (2.0 * sigma * sigma))
+        g = g / tf.reduce_sum(g)
+        k = tf.tile(tf.reshape(tf.tensordot(g, g, axes=0), [5, 5, 1, 1]), [1, 1, 3, 1])
+        padded = tf.pad(x[None], [[0, 0], [2, 2], [2, 2], [0, 0]], mode="REFLECT")
+        return tf.nn.depthwise_conv2d(padded, k, [1, 1, 1, 1], "VALID")[0]
 
     def augment(x, y, seed):
-        s = tf.random.experimental.stateless_split(seed, num=10)
+        s = tf.random.experimental.stateless_split(seed, num=20)
+
+        def draw(i, lo=0.0, hi=1.0):
+            return tf.random.stateless_uniform([], s[i], lo, hi)
+
         x = tf.cast(x, tf.float32) / 255.0
         # Geometry: any of the 8 square symmetries (cells have no up or left).
         x = tf.image.rot90(x, tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32))
         x = tf.image.stateless_random_flip_left_right(x, s[1])
         # Small zoom and translation: crop 85-100% at a random place, back to size.
-        frac = tf.random.stateless_uniform([], s[2], 0.85, 1.0)
-        crop = tf.cast(tf.round(frac * size), tf.int32)
+        crop = tf.cast(tf.round(draw(2, 0.85, 1.0) * size), tf.int32)
         x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), s[3])
         x = tf.image.resize(x, [size, size], method="bilinear")
+        # Acquisition: resolution, sharpness, (later) noise and JPEG.
+        low = tf.maximum(8, tf.cast(tf.round(draw(10, *AUG_RESOLUTION) * size), tf.int32))
+        x = tf.cond(draw(11) < AUG_PROB, lambda: tf.image.resize(tf.image.resize(x, [low, low], antialias=True), [size, size]), lambda: x)
+        amount, sigma = draw(12, *AUG_SHARPNESS), draw(13, 0.5, 1.5)
+        x = tf.cond(draw(14) < AUG_PROB, lambda: x + amount * (x - blur(x, sigma)), lambda: x)
         # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
-        x = tf.image.stateless_random_hue(x, 0.1, s[4])
+        x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), 0.1, s[4])
         x = tf.image.stateless_random_saturation(x, 0.6, 1.5, s[5])
         x = tf.image.stateless_random_brightness(x, 0.12, s[6])
         x = tf.image.stateless_random_contrast(x, 0.75, 1.25, s[7])
         x = x * tf.random.stateless_uniform([1, 1, 3], s[8], 0.85, 1.15)  # covers the gains that swap one lab's background tint for the other's
         grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-        x = tf.where(tf.random.stateless_uniform([], s[9]) < 0.25, grey, x)
-        x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        x = tf.where(draw(9) < 0.25, grey, x)
+        noise = tf.random.stateless_normal(tf.shape(x), s[15]) * draw(16, 0.0, AUG_NOISE)
+        x = tf.cond(draw(17) < AUG_PROB, lambda: x + noise, lambda: x)
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        x = tf.cond(draw(18) < AUG_PROB, lambda: tf.image.stateless_random_jpeg_quality(x, *AUG_JPEG_QUALITY, s[19]), lambda: x)
+        x = tf.reshape(x, [size, size, 3]) * 255.0
         return x, y
 
     return augment
@@ -357,17 +398,19 @@ def cv_table(cv: dict) -> Table:
 # --------------------------------------------------------------------------- the whole run
 
 
-def load_dataset(data_dir: str, size: int, con: Console, classes: Sequence[str] | None = None) -> data_mod.Dataset:
-    """Scan and preprocess a data folder with a progress bar; report skipped files."""
+def load_dataset(data_dir: str | Sequence[str], size: int, con: Console, classes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> data_mod.Dataset:
+    """Scan and preprocess data folder(s) with a progress bar; report skipped files and left-out folders."""
     try:
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
-            ds = data_mod.scan(data_dir, size=size, classes=classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+            ds = data_mod.scan(data_dir, size=size, classes=classes, exclude=exclude, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
     except DataError as exc:  # name the unusable files before the one-line refusal
         for s in getattr(exc, "skipped", []):
             warn(f"skipped {s.path}: {s.reason}")
         raise
     report_skipped(ds, con)
+    for note in ds.notes:
+        con.print(f"[dim]note: {note}[/dim]")
     return ds
 
 
@@ -392,7 +435,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         raise EdgecellError(f"{len(opts.depths)} depths for {len(opts.widths)} widths; give one depth per width")
     check_stageable(opts.out_dir, marker=RUN_MARKER)  # before minutes of work, not after
     tf = import_tf()  # fail early, before reading thousands of images
-    ds = load_dataset(opts.data_dir, opts.img_size, con)
+    ds = load_dataset(opts.data_dir, opts.img_size, con, exclude=opts.exclude)
     splits = data_mod.make_split(ds, opts.seed)
     sp = np.array(splits)
     y = ds.labels()
@@ -432,7 +475,15 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             "input_size": opts.img_size,
             "preprocessing": preprocess.describe(),
             "seed": opts.seed,
-            "dataset": {"path": str(Path(opts.data_dir).resolve()), "fingerprint": ds.fingerprint(), "counts": ds.counts(), "skipped": len(ds.skipped)},
+            "dataset": {
+                "path": str(ds.root.resolve()),
+                "sources": {name: str(Path(folder).resolve()) for name, folder in ds.sources.items()},
+                "exclude": list(opts.exclude),
+                "fingerprint": ds.fingerprint(),
+                "counts": ds.counts(),
+                "counts_by_source": ds.counts_by_source(),
+                "skipped": len(ds.skipped),
+            },
             "split": {"train": len(tr), "val": len(va), "test": len(te), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
             "temperature": temperature,
             "model": {

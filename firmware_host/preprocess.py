@@ -4,22 +4,30 @@ The training side (``edgecell.data``) and the runtime (``firmware_host.runtime``
 :func:`load_image`, so a model sees the same pixels on the Pi that it saw in training.
 Only numpy and Pillow are imported here.
 
-Steps (preprocessing version 1):
+Steps (preprocessing version 2):
 
 1. Read the file's bytes; refuse what is not a regular file, files over
    :data:`MAX_FILE_BYTES`, empty files, and images over :data:`MAX_PIXELS` pixels (checked from
    the header, before decoding, so a 20000x20000 image cannot freeze a Pi) or under
    :data:`MIN_SIDE` pixels wide or high.
-2. For JPEG, ask the decoder for a DCT-scaled draft no smaller than the target size
-   (``Image.draft``): a 2-4x faster decode with the same result on every machine.
+2. For JPEG, ask the decoder for a DCT-scaled draft no smaller than :data:`DRAFT_FACTOR` times the
+   target size (``Image.draft``): a faster decode with the same result on every machine.
 3. Apply the EXIF orientation (``ImageOps.exif_transpose``).
 4. Convert to 8-bit RGB: transparency is composited onto white; 16-bit and 32-bit integer
    images are scaled by 1/257; float images are clipped to 0-255; CMYK, palette, grey and
    other modes go through Pillow's ``convert("RGB")``.
-5. Resize the whole image (no crop, aspect ratio not kept) to ``size`` x ``size`` with
-   Pillow's bilinear filter (``Image.Resampling.BILINEAR``, antialiased when shrinking).
-   Every image ends at one size, whatever the lab's camera, so image size tells the model
-   nothing.
+5. :func:`prepare`, the cell-centred crop. Each lab's camera frames its cells differently (one
+   lab's cells fill the frame, another's a third of it; a phone on an eyepiece anything in
+   between), and a model that sees whole frames learns the lab from that. So the white cell is
+   located by its nucleus (:func:`locate_cell`: nuclei stain far more blue than green, far more
+   than red cells, plasma or background; the threshold is Otsu's on each image's own stain
+   histogram), and a square of :data:`CELL_SCALE` nucleus radii around it is cut out (outside the
+   image: the image's background colour) and resized to ``size`` x ``size`` (bilinear,
+   antialiased). The cell then has about the same size in the input whatever the camera or
+   magnification.
+6. White balance: each channel is scaled so that the crop's brightest pixels (the background or
+   the palest cytoplasm; see :func:`white_balance`) become neutral grey, so the lab's background
+   tint is gone too.
 
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
 network's range happens inside the model.
@@ -32,6 +40,7 @@ import os
 import re
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +48,7 @@ from PIL import Image, ImageOps
 
 from firmware_host.errors import ImageError
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused before decoding."""
 MAX_FILE_BYTES = 256 * 2**20
@@ -48,13 +57,28 @@ MIN_SIDE = 8
 """Smallest width or height accepted: a smaller image cannot hold a cell."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 RESAMPLE = Image.Resampling.BILINEAR
+DRAFT_FACTOR = 2
+"""JPEGs are decoded at a DCT-scaled draft of at least this many times the target size: the cell
+fills about half of a single-cell image, so this keeps the cell at or above the target's resolution."""
+LOCATE_SIDE = 48
+"""The nucleus is located on a copy reduced to about this many pixels on its longer side."""
+CELL_SCALE = 2.6
+"""Side of the cell-centred crop, in nucleus radii (the RMS-based radius of the stained pixels)."""
+WHITE_SHARE = 0.1
+"""White balance takes the brightest share of the crop's pixels as the white reference."""
+WHITE_LEVEL = 235.0
+"""...and maps their mean to this grey level in every channel."""
+MAX_GAIN = 1.6
+"""Largest white-balance gain per channel (a crop that is all cell has no white to balance by)."""
 
 PREPROCESSING = {
     "version": PREPROCESSING_VERSION,
     "decode": "pillow; JPEG draft (DCT scaling) to >= size",
     "exif_transpose": True,
     "color": "RGB uint8; alpha composited on white; 16-bit scaled by 1/257",
-    "resize": "whole image to size x size, PIL bilinear",
+    "crop": f"cell-centred: nucleus by Otsu on blue-green at {LOCATE_SIDE} px, square of {CELL_SCALE} nucleus radii, background fill",
+    "resize": "crop to size x size, PIL bilinear",
+    "white_balance": f"brightest {WHITE_SHARE:.0%} of the crop to grey {WHITE_LEVEL:g}, gain <= {MAX_GAIN:g}",
     "range": "0-255 (scaling is inside the model)",
     "max_pixels": MAX_PIXELS,
 }
@@ -104,7 +128,7 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
         if img.format == "JPEG":
-            img.draft("RGB", (size, size))
+            img.draft("RGB", (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
         img.load()
         img = ImageOps.exif_transpose(img)
         arr = prepare(np.asarray(_to_rgb(img), dtype=np.uint8), size)
@@ -126,15 +150,118 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     return arr
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold of ``values``: the cut that best separates them into two classes."""
+    hist, edges = np.histogram(values, bins=bins)
+    p = hist / max(1, hist.sum())
+    mids = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    m0 = np.cumsum(p * mids)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m0[-1] * w0 - m0) ** 2 / (w0 * (1 - w0))
+    return float(mids[int(np.argmax(np.nan_to_num(between, nan=0.0, posinf=0.0)))])
+
+
+def stain_map(rgb: np.ndarray) -> np.ndarray:
+    """How strongly each pixel is stained like a nucleus: blue minus green, as float32.
+
+    Romanowsky stains (May-Grunwald-Giemsa, Wright, Leishman) colour nuclei blue-violet; red cells,
+    plasma and background are pink, peach or white, with blue no higher than green.
+    """
+    rgb = np.asarray(rgb)
+    return rgb[..., 2].astype(np.float32) - rgb[..., 1].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CellLocation:
+    """Where the cell is in an image: centre (``cy``, ``cx``) and nucleus radius, in pixels.
+
+    ``found`` is False when the image holds nothing stained like a nucleus (then the location is
+    the image centre with a quarter of its shorter side as radius: the whole image, as version 1).
+    """
+
+    cy: float
+    cx: float
+    radius: float
+    found: bool
+
+
+def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> CellLocation:
+    """Locate the nucleus nearest the centre of a single-cell image.
+
+    On a copy reduced to about ``work_side`` pixels, pixels above Otsu's threshold of
+    :func:`stain_map` are nucleus candidates, weighted by how far above it they are. A weighted
+    mean shift, starting at the image centre with a Gaussian window, moves to the nucleus that
+    dominates the middle of the image (cells from other lab's crops, and platelets near the edge,
+    weigh little); the radius is the RMS distance of the candidates near it, times sqrt(2) (the
+    radius of a uniform disc with that RMS distance). Lobed nuclei count as one.
+    """
+    h, w = rgb.shape[:2]
+    factor = max(1, max(h, w) // work_side)
+    small = np.asarray(Image.fromarray(rgb, "RGB").reduce(factor)) if factor > 1 else rgb
+    sh, sw = small.shape[:2]
+    stain = stain_map(small)
+    fallback = CellLocation(h / 2, w / 2, min(h, w) / 4, False)
+    t = otsu_threshold(stain)
+    if not np.isfinite(t) or stain.max() - stain.min() < 16:  # flat: no nucleus against a background
+        return fallback
+    ys, xs = np.nonzero(stain > t)
+    if len(ys) < 4:
+        return fallback
+    wts = stain[ys, xs] - t
+    ys = ys.astype(np.float32) + 0.5
+    xs = xs.astype(np.float32) + 0.5
+    span = float(max(sh, sw))
+    cy, cx, sigma = sh / 2, sw / 2, 0.3 * span
+    for _ in range(5):
+        d2 = (ys - cy) ** 2 + (xs - cx) ** 2
+        g = wts * np.exp(-d2 / (2 * sigma * sigma))
+        total = float(g.sum())
+        if total <= 0:
+            return fallback
+        cy, cx = float(np.dot(g, ys) / total), float(np.dot(g, xs) / total)
+        sigma = float(np.clip(2.0 * np.sqrt(np.dot(g, d2) / total), 0.15 * span, 0.3 * span))
+    d2 = (ys - cy) ** 2 + (xs - cx) ** 2
+    near = d2 < (2.5 * sigma) ** 2
+    radius = float(np.sqrt(2 * np.average(d2[near], weights=wts[near])))
+    return CellLocation(cy * factor, cx * factor, max(radius, 1.0) * factor, True)
+
+
+def white_balance(rgb: np.ndarray) -> np.ndarray:
+    """Scale each channel so the brightest :data:`WHITE_SHARE` of pixels average :data:`WHITE_LEVEL`."""
+    flat = rgb.reshape(-1, 3).astype(np.float32)
+    k = max(1, int(len(flat) * WHITE_SHARE))
+    bright = flat[np.argpartition(flat.sum(axis=1), len(flat) - k)[-k:]]
+    gains = np.clip(WHITE_LEVEL / np.maximum(bright.mean(axis=0), 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
+    return np.clip(flat * gains + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
+def cell_box(loc: CellLocation, scale: float = CELL_SCALE) -> tuple[float, float, float, float]:
+    """The square (x0, y0, x1, y1) of ``scale`` nucleus radii centred on the cell."""
+    half = scale * loc.radius / 2
+    return (loc.cx - half, loc.cy - half, loc.cx + half, loc.cy + half)
+
+
 def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
     """The step after decoding: an RGB uint8 array of any shape ``(H, W, 3)`` to the model's input.
 
-    ``decode`` calls it for files; ``scan`` calls it for the region around each cell it finds in a
-    field of view, so a cell cut from a field gets exactly the preprocessing of a single-cell image.
+    Cell-centred crop, resize and white balance (steps 5 and 6 of the module docstring).
+    ``decode`` calls it for files; ``scan`` calls it for the region around each cell it finds in
+    a field of view, so a cell cut from a field gets exactly the preprocessing of a single-cell image.
     """
-    if rgb.shape[:2] == (size, size):
-        return np.ascontiguousarray(rgb, dtype=np.uint8)
-    return np.asarray(Image.fromarray(rgb, "RGB").resize((size, size), RESAMPLE), dtype=np.uint8)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    loc = locate_cell(rgb)
+    x0, y0, x1, y1 = cell_box(loc)
+    img = Image.fromarray(rgb, "RGB")
+    if x0 < 0 or y0 < 0 or x1 > rgb.shape[1] or y1 > rgb.shape[0]:
+        fill = tuple(int(v) for v in rgb[:: max(1, rgb.shape[0] // 16), :: max(1, rgb.shape[1] // 16)].reshape(-1, 3).max(axis=0))
+        side = int(np.ceil(x1 - x0))
+        ix0, iy0 = int(np.floor(x0)), int(np.floor(y0))
+        canvas = Image.new("RGB", (side + 1, side + 1), fill)
+        canvas.paste(img, (-ix0, -iy0))
+        img, x0, y0, x1, y1 = canvas, x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0
+    out = img.resize((size, size), RESAMPLE, box=(x0, y0, x1, y1))
+    return white_balance(np.asarray(out, dtype=np.uint8))
 
 
 def _too_large(what: str) -> str:

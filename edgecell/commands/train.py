@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, img_size_option, json_option, seed_option
+from edgecell.options import data_option, emit_json, exclude_option, img_size_option, json_option, seed_option
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
 
@@ -29,6 +29,7 @@ _depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
+@exclude_option
 @click.option(
     "--out",
     "out_dir",
@@ -57,7 +58,7 @@ _depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
 )
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option
-def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, no_augment, json_out):
+def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, no_augment, json_out):
     """Train the blood-cell CNN and write a run folder with metrics and plots.
 
     Splits the data 70/15/15 (stratified, seeded, duplicates grouped), trains with
@@ -65,7 +66,8 @@ def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, w
 
     \b
     Example:
-      edgecell train --data ../shared/bloodcells --out runs/cells
+      edgecell train --data ../shared/bloodcells --data ../shared/more_cells --out runs/cells
+      edgecell train --data ../shared/bloodcells --data ../shared/more_cells --exclude bccd --out runs/no-bccd
       edgecell train --data demo/data --out demo/run --epochs 15 --cv 5
     """
     from edgecell.console import human
@@ -74,7 +76,7 @@ def train(data_dir, out_dir, epochs, img_size, seed, cv, batch_size, patience, w
 
     con = human(json_out == "-")
     opts = TrainOptions(
-        data_dir=data_dir, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv, batch_size=batch_size, patience=patience, augment=not no_augment
+        data_dir=data_dir, exclude=exclude, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv, batch_size=batch_size, patience=patience, augment=not no_augment
     )
     if widths:
         opts.widths = widths
