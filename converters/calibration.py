@@ -171,32 +171,36 @@ def select_from_split(rows, classes: Sequence[str], per_class: int, seed: int) -
     for c in classes:
         seen: set[str] = set()
         pool = []
-        for r in sorted((r for r in rows if r.split == "train" and r.label == c), key=lambda r: r.file):
+        for r in sorted((r for r in rows if r.split == "train" and r.label == c), key=lambda r: (r.source, r.file)):
             if r.sha256 not in seen:
                 seen.add(r.sha256)
                 pool.append(r)
         order = rng.permutation(len(pool))
         chosen.extend(pool[i] for i in order[:per_class])
-    return sorted(chosen, key=lambda r: r.file)
+    return sorted(chosen, key=lambda r: (r.source, r.file))
 
 
 def from_run(
     run_dir: str | os.PathLike,
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | dict[str, Path],
     classes: Sequence[str],
     size: int,
     per_class: int,
     seed: int,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationSet:
-    """The automatic selection from a run's training split, loaded from ``data_dir``."""
+    """The automatic selection from a run's training split, loaded from ``data_dir`` (one folder,
+    or source name -> folder as :func:`edgecell.data.run_sources` gives)."""
     from edgecell import data as data_mod
 
     rows = data_mod.read_manifest(Path(run_dir) / "split.csv")
     picked = select_from_split(rows, classes, per_class, seed)
     x, _, picked = data_mod.load_from_manifest(data_dir, picked, size, classes, on_progress=on_progress)
-    items = [CalibrationItem(r.file, r.label, r.sha256) for r in picked]
-    cal = CalibrationSet(Path(data_dir), "train-split", items, x, per_class=per_class, seed=seed)
+    folders = {k: Path(v).resolve() for k, v in data_dir.items()} if isinstance(data_dir, dict) else {r.source: Path(data_dir).resolve() for r in picked}
+    # with several sources, items are named relative to the folder that holds them all
+    root = Path(os.path.commonpath([str(f) for f in folders.values()])) if folders else Path(".")
+    items = [CalibrationItem((folders[r.source] / r.file).relative_to(root).as_posix(), r.label, r.sha256) for r in picked]
+    cal = CalibrationSet(root, "train-split", items, x, per_class=per_class, seed=seed)
     counts = cal.counts(classes)
     short = {c: n for c, n in counts.items() if n < per_class}
     if short:
@@ -204,7 +208,7 @@ def from_run(
             "the training split has fewer than --calib-size "
             f"{per_class} distinct images for {', '.join(f'{c} ({n})' for c, n in short.items())}; all of them are used"
         )
-    _check_amount(cal, classes, Path(data_dir))
+    _check_amount(cal, classes, root)
     return cal
 
 

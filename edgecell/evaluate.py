@@ -8,6 +8,7 @@ images of the requested split, and computes metrics with scikit-learn.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class Target:
     classes: list[str]
     input_size: int
     temperature: float
-    dataset_path: str | None = None
+    dataset: dict | None = None
 
 
 def resolve(target: str | os.PathLike) -> Target:
@@ -45,11 +46,11 @@ def resolve(target: str | os.PathLike) -> Target:
     p = Path(target)
     if p.is_dir() and (p / RUN_MARKER).is_file():
         meta = read_run(p)
-        return Target("keras", p / "model.keras", p, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta["dataset"]["path"])
+        return Target("keras", p / "model.keras", p, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta.get("dataset"))
     if p.suffix == ".keras":
         run = p.parent
         meta = read_run(run)
-        return Target("keras", p, run, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta["dataset"]["path"])
+        return Target("keras", p, run, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta.get("dataset"))
     from firmware_host.metadata import read_metadata
     from firmware_host.runtime import resolve_model
 
@@ -60,10 +61,8 @@ def resolve(target: str | os.PathLike) -> Target:
         if (cand / RUN_MARKER).is_file() and (cand / "split.csv").is_file():
             run = cand
             break
-    ds_path = None
-    if run is not None:
-        ds_path = read_run(run)["dataset"]["path"]
-    return Target(meta.precision.value, model, run, list(meta.classes), int(meta.input_size), float(meta.temperature), ds_path)
+    dataset = read_run(run).get("dataset") if run is not None else None
+    return Target(meta.precision.value, model, run, list(meta.classes), int(meta.input_size), float(meta.temperature), dataset)
 
 
 class Predictor:
@@ -103,24 +102,41 @@ class Predictor:
         return np.stack(out) if out else np.zeros((0, len(self.target.classes)), np.float32)
 
 
-def load_split(target: Target, data_dir: str | None, split: str, con: Console) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images and labels of ``split`` ("train", "val", "test" or "all")."""
+@dataclass
+class Split:
+    """The images of one split, with where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    files: list[str]
+    sources: list[str]
+    types: list[str]
+
+
+def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str, con: Console) -> Split:
+    """Images and labels of ``split`` ("train", "val", "test" or "all"), from the run's data
+    folders or from ``data_dir`` (one folder or several, as ``train --data``)."""
     from edgecell.console import progress
 
-    data_dir = data_dir or target.dataset_path
-    if not data_dir or not Path(data_dir).is_dir():
-        raise DataError("the data folder the model was trained on is not there; pass --data DIR", data_dir or "--data")
+    given = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir or [])
     if split == "all":
         from edgecell.train import report_skipped
 
+        if not given:
+            given = list(data_mod.run_sources(target.dataset or {}).values())[:1] if target.dataset else []
+            if not given:
+                raise DataError("the data folder the model was trained on is not there; pass --data DIR", "--data")
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
-            folders = {p.name for p in data_mod.list_class_folders(Path(data_dir))}
+            sources, _ = data_mod.discover_sources(given)
+            folders = {data_mod.class_of(p.name) for s in sources for p in data_mod.list_class_folders(s.folder)}
             unknown = sorted(folders - set(target.classes))
-            if unknown:
-                raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(target.classes)})", data_dir)
+            if unknown and len(folders & set(target.classes)) == 0:
+                raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(target.classes)})", given[0])
+            for u in unknown:
+                con.print(f"[yellow]note:[/yellow] class folder(s) for {u} left out: the model does not know that class")
             ds = data_mod.scan(
-                data_dir,
+                given,
                 size=target.input_size,
                 classes=[c for c in target.classes if c in folders],
                 min_per_class=1,
@@ -129,18 +145,74 @@ def load_split(target: Target, data_dir: str | None, split: str, con: Console) -
         report_skipped(ds, con)
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
-        return ds.images, y, [s.rel for s in ds.samples]
+        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples])
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
+    roots = data_mod.run_sources(target.dataset or {}, given)
     rows = [r for r in data_mod.read_manifest(target.run_dir / "split.csv") if r.split == split]
     with progress(con, transient=True) as bar:
         task = bar.add_task(f"reading {split} images", total=len(rows))
-        x, y, rows = data_mod.load_from_manifest(data_dir, rows, target.input_size, target.classes, on_progress=lambda d, n: bar.update(task, completed=d))
-    return x, y, [r.file for r in rows]
+        x, y, rows = data_mod.load_from_manifest(roots, rows, target.input_size, target.classes, on_progress=lambda d, n: bar.update(task, completed=d))
+    return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows])
+
+
+def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources: Sequence[str], types: Sequence[str], threshold: float) -> dict:
+    """What a clinic would see, per source and per (source, cell type), from calibrated probabilities.
+
+    For each group: ``n``; ``accuracy`` (right class, ``other`` counted); ``flagged`` (share with any
+    flag: uncertain, review, other); ``wrong_unflagged`` (share wrong AND without a flag: the errors
+    nobody is told to check); ``called``: how many were given each label; per source also
+    ``macro_f1`` over the classes present in it.
+    """
+    from sklearn.metrics import f1_score
+
+    from firmware_host.runtime import Prediction, triage
+
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    flags = np.array([triage(Prediction("", classes[p], float(c), [], probs[i]), threshold) != "" for i, (p, c) in enumerate(zip(pred, conf))], dtype=bool)
+    right = pred == y
+    src = np.array(sources, dtype=object)
+    key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
+
+    def group(mask: np.ndarray) -> dict:
+        n = int(mask.sum())
+        called = np.bincount(pred[mask], minlength=len(classes))
+        return {
+            "n": n,
+            "accuracy": float(right[mask].mean()) if n else 0.0,
+            "flagged": float(flags[mask].mean()) if n else 0.0,
+            "wrong_unflagged": float((~right[mask] & ~flags[mask]).mean()) if n else 0.0,
+            "called": {c: int(k) for c, k in zip(classes, called) if k},
+        }
+
+    out_src = {}
+    for s in sorted(set(sources)):
+        mask = src == s
+        g = group(mask)
+        present = sorted(set(y[mask].tolist()))
+        g["macro_f1"] = float(f1_score(y[mask], pred[mask], labels=present, average="macro", zero_division=0))
+        out_src[s] = g
+    return {"threshold": threshold, "by_source": out_src, "by_type": {k: group(key == k) for k in sorted(set(key.tolist()))}}
+
+
+def source_table(rep: dict, title: str = "By source and cell type (calibrated; flags: uncertain, review, other)"):
+    """Rich table of :func:`by_source`: one row per source, then its cell types."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("source / type", "n", "right", "flagged", "wrong, no flag", "called"):
+        t.add_column(col, justify="left" if col in ("source / type", "called") else "right")
+    for s, g in rep["by_source"].items():
+        t.add_row(f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}")
+        for k, tg in rep["by_type"].items():
+            if k.split("/", 1)[0] == s:
+                top = ", ".join(f"{c} {n}" for c, n in sorted(tg["called"].items(), key=lambda kv: -kv[1])[:3])
+                t.add_row(f"  {k.split('/', 1)[1]}", str(tg["n"]), f"{tg['accuracy']:.1%}", f"{tg['flagged']:.1%}", f"{tg['wrong_unflagged']:.1%}", top)
+    return t
 
 
 RISK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-"""Confidence thresholds of the risk-coverage table (``classify --threshold`` candidates)."""
 
 
 def risk_coverage(y_true: np.ndarray, probs: np.ndarray, thresholds=RISK_THRESHOLDS) -> list[dict]:
@@ -262,14 +334,17 @@ def evaluate(
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, reliability_png
     from firmware_host.atomic import write_json
+    from firmware_host.runtime import DEFAULT_THRESHOLD
 
-    x, y, _files = load_split(target, data_dir, split, con)
+    sp = load_split(target, data_dir, split, con)
+    x, y = sp.x, sp.y
     if len(x) == 0:
         raise DataError(f"no images in the {split} split", data_dir)
     predictor = Predictor(target, threads)
     probs = predictor(x)
     m = compute(y, probs, target.classes)
     cal = apply_temperature(probs, target.temperature)
+    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD)
     m.update(
         {
             "split": split,

@@ -116,7 +116,7 @@ class TrainResult:
 # --------------------------------------------------------------------------- TF pieces
 
 
-AUG_RESOLUTION = (0.3, 1.0)
+AUG_RESOLUTION = (0.25, 1.0)
 """Down-then-up scaling: the image's resolution shrinks to this share of the input at random."""
 AUG_SHARPNESS = (-1.0, 1.0)
 """Unsharp-mask amount: below 0 blurs (-1: a Gaussian blur), above 0 sharpens."""
@@ -167,14 +167,14 @@ def _augment_fn(tf, size: int):
         # Acquisition: resolution, sharpness, (later) noise and JPEG.
         low = tf.maximum(8, tf.cast(tf.round(draw(10, *AUG_RESOLUTION) * size), tf.int32))
         x = tf.cond(draw(11) < AUG_PROB, lambda: tf.image.resize(tf.image.resize(x, [low, low], antialias=True), [size, size]), lambda: x)
-        amount, sigma = draw(12, *AUG_SHARPNESS), draw(13, 0.5, 1.5)
+        amount, sigma = draw(12, *AUG_SHARPNESS), draw(13, 0.5, 2.0)
         x = tf.cond(draw(14) < AUG_PROB, lambda: x + amount * (x - blur(x, sigma)), lambda: x)
         # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
         x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), 0.1, s[4])
-        x = tf.image.stateless_random_saturation(x, 0.6, 1.5, s[5])
+        x = tf.image.stateless_random_saturation(x, 0.5, 1.6, s[5])
         x = tf.image.stateless_random_brightness(x, 0.12, s[6])
-        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, s[7])
+        x = tf.image.stateless_random_contrast(x, 0.6, 1.4, s[7])
         x = x * tf.random.stateless_uniform([1, 1, 3], s[8], 0.85, 1.15)  # covers the gains that swap one lab's background tint for the other's
         grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
         x = tf.where(draw(9) < 0.25, grey, x)

@@ -25,9 +25,10 @@ Steps (preprocessing version 2):
    image: the image's background colour) and resized to ``size`` x ``size`` (bilinear,
    antialiased). The cell then has about the same size in the input whatever the camera or
    magnification.
-6. White balance: each channel is scaled so that the crop's brightest pixels (the background or
-   the palest cytoplasm; see :func:`white_balance`) become neutral grey, so the lab's background
-   tint is gone too.
+6. White balance and levels (:func:`white_balance`): each channel is scaled so that the crop's
+   brightest pixels (the background or the palest cytoplasm) become neutral grey, then the levels
+   are stretched so its darkest pixels (the nucleus) reach a fixed depth: the lab's background
+   tint and the strength of its stain are gone too.
 
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
 network's range happens inside the model.
@@ -70,6 +71,12 @@ WHITE_LEVEL = 235.0
 """...and maps their mean to this grey level in every channel."""
 MAX_GAIN = 1.6
 """Largest white-balance gain per channel (a crop that is all cell has no white to balance by)."""
+DARK_SHARE = 0.02
+"""Levels take the darkest share of the crop's pixels (the nucleus) as the black reference..."""
+DARK_LEVEL = 60.0
+"""...and bring their mean grey down (or up) to this level."""
+MAX_STRETCH = 3.0
+"""Largest levels stretch (an empty crop has no nucleus to stretch to)."""
 
 PREPROCESSING = {
     "version": PREPROCESSING_VERSION,
@@ -79,6 +86,7 @@ PREPROCESSING = {
     "crop": f"cell-centred: nucleus by Otsu on blue-green at {LOCATE_SIDE} px, square of {CELL_SCALE} nucleus radii, background fill",
     "resize": "crop to size x size, PIL bilinear",
     "white_balance": f"brightest {WHITE_SHARE:.0%} of the crop to grey {WHITE_LEVEL:g}, gain <= {MAX_GAIN:g}",
+    "levels": f"darkest {DARK_SHARE:.0%} to grey {DARK_LEVEL:g}, stretch <= {MAX_STRETCH:g}",
     "range": "0-255 (scaling is inside the model)",
     "max_pixels": MAX_PIXELS,
 }
@@ -228,12 +236,26 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> CellLocation:
 
 
 def white_balance(rgb: np.ndarray) -> np.ndarray:
-    """Scale each channel so the brightest :data:`WHITE_SHARE` of pixels average :data:`WHITE_LEVEL`."""
+    """Neutral white and a fixed black: the lab's tint and stain strength taken out.
+
+    Each channel is scaled so that the brightest :data:`WHITE_SHARE` of pixels average
+    :data:`WHITE_LEVEL` (gains limited to :data:`MAX_GAIN`); then the levels are stretched, the
+    same for every channel (hue kept), so that the darkest :data:`DARK_SHARE` of pixels sit at
+    :data:`DARK_LEVEL` (stretch limited to :data:`MAX_STRETCH`): a pale, thinly stained nucleus
+    from one lab and a dark one from another end at the same depth.
+    """
     flat = rgb.reshape(-1, 3).astype(np.float32)
-    k = max(1, int(len(flat) * WHITE_SHARE))
-    bright = flat[np.argpartition(flat.sum(axis=1), len(flat) - k)[-k:]]
+    lum = flat.sum(axis=1)
+    n = len(flat)
+    k = max(1, int(n * WHITE_SHARE))
+    bright = flat[np.argpartition(lum, n - k)[n - k :]]
     gains = np.clip(WHITE_LEVEL / np.maximum(bright.mean(axis=0), 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
-    return np.clip(flat * gains + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+    flat *= gains
+    kd = max(1, int(n * DARK_SHARE))
+    dark = float(np.partition(flat.mean(axis=1), kd)[:kd].mean())
+    stretch = min(MAX_STRETCH, (WHITE_LEVEL - DARK_LEVEL) / max(WHITE_LEVEL - dark, 1.0))
+    flat = WHITE_LEVEL - (WHITE_LEVEL - flat) * stretch
+    return np.clip(flat + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
 
 
 def cell_box(loc: CellLocation, scale: float = CELL_SCALE) -> tuple[float, float, float, float]:

@@ -57,6 +57,10 @@ FLAG_UNCERTAIN = "uncertain - refer"
 """Flag for a prediction whose confidence is below the threshold."""
 FLAG_REVIEW = "review: haematologist"
 """Flag for a confident prediction of one of :data:`REVIEW_CLASSES`."""
+OTHER_CLASS = "other"
+"""The class of cells that are none of the types the model names (lymphocytes, eosinophils, ...)."""
+FLAG_OTHER = "not one of the five - refer"
+"""Flag for a cell labelled :data:`OTHER_CLASS`: counted apart from the five in the differential."""
 
 _EPS = 1e-12
 
@@ -92,10 +96,13 @@ class Prediction:
 def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     """The flag for one prediction.
 
+    * labelled :data:`OTHER_CLASS`: :data:`FLAG_OTHER` (a person decides what it is);
     * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
     * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`;
     * otherwise ``""`` (no flag).
     """
+    if prediction.label == OTHER_CLASS:
+        return FLAG_OTHER
     if prediction.confidence < threshold:
         return FLAG_UNCERTAIN
     if prediction.label in REVIEW_CLASSES:

@@ -79,7 +79,7 @@ def test_manifest_roundtrip_and_loading(real_data, tmp_path):
     rows = data.read_manifest(tmp_path / "split.csv")
     assert [r.file for r in rows] == sorted(s.rel for s in ds.samples)
     with open(tmp_path / "split.csv") as fh:
-        assert next(csv.reader(fh)) == ["file", "class", "split", "sha256"]
+        assert next(csv.reader(fh)) == ["file", "class", "split", "sha256", "source", "type"]
     test_rows = [r for r in rows if r.split == "test"]
     x, y, _ = data.load_from_manifest(ds.root, test_rows, 32, ds.classes)
     assert len(x) == len(test_rows) and set(y) == set(range(5))

@@ -52,6 +52,9 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     from firmware_host.errors import DataError
 
     con = human(json_out == "-")
+    if len(data_dir) > 1:
+        raise DataError("audit compares baselines on one data folder at a time; give --data once", data_dir[1])
+    data_dir = data_dir[0] if data_dir else None
     classes = None
     meta = None
     if run_dir is not None:

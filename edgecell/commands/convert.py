@@ -83,9 +83,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
     classes = list(meta["classes"])
     size = int(meta["input_size"])
     temperature = float(meta.get("temperature", 1.0))
-    data_dir = opts.data_dir or meta.get("dataset", {}).get("path")
-    if not data_dir or not Path(data_dir).is_dir():
-        raise DataError("the data folder the model was trained on is not there; pass --data DIR", data_dir or "--data")
+    roots = data_mod.run_sources(meta.get("dataset", {}), [opts.data_dir] if opts.data_dir else [])
     if not (run_dir / "split.csv").is_file():
         raise DataError("split.csv is missing from the run folder (the test split and calibration need it)", run_dir)
     check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename)  # refuse an unwritable export before converting
@@ -99,7 +97,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
             if opts.calibration:
                 cal = cal_mod.from_folder(opts.calibration, classes, size, on_progress=tick)
             else:
-                cal = cal_mod.from_run(run_dir, data_dir, classes, size, opts.calib_size or cal_mod.DEFAULT_PER_CLASS, opts.seed, on_progress=tick)
+                cal = cal_mod.from_run(run_dir, roots, classes, size, opts.calib_size or cal_mod.DEFAULT_PER_CLASS, opts.seed, on_progress=tick)
         for path, reason in cal.skipped:
             warn(f"skipped calibration image {path}: {reason}")
         for w in cal.warnings:
@@ -109,7 +107,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
     rows = [r for r in data_mod.read_manifest(run_dir / "split.csv") if r.split == "test"]
     with progress(con, transient=True) as bar:
         task = bar.add_task("reading test images", total=len(rows))
-        x_test, y_test, rows = data_mod.load_from_manifest(data_dir, rows, size, classes, on_progress=lambda d, n: bar.update(task, completed=d))
+        x_test, y_test, rows = data_mod.load_from_manifest(roots, rows, size, classes, on_progress=lambda d, n: bar.update(task, completed=d))
     if len(x_test) == 0:
         raise DataError("the run's test split is empty; nothing to verify the conversion on", run_dir / "split.csv")
     files = [r.file for r in rows]
@@ -142,7 +140,8 @@ def export_run(opts: ConvertOptions, con) -> dict:
         "run_name": run_dir.resolve().name,
         "keras_model": "model.keras",
         "keras_sha256": sha256_file(run_dir / "model.keras"),
-        "dataset_path": str(Path(data_dir).resolve()),
+        "dataset_path": str(Path(next(iter(roots.values()))).resolve()),
+        "dataset_sources": {k: str(Path(v).resolve()) for k, v in roots.items() if k},
         "dataset_fingerprint": meta.get("dataset", {}).get("fingerprint"),
         "split_sha256": sha256_file(run_dir / "split.csv"),
         "run_seed": meta.get("seed"),

@@ -9,7 +9,7 @@ from edgecell.options import data_option, emit_json, json_option, threads_option
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@data_option(required=False, help="Data folder (default: the one the run was trained on).")
+@data_option(required=False, help="Data folder(s), as train --data (default: the run's). With --split all, every image in them.")
 @click.option(
     "--split",
     type=click.Choice(["test", "val", "train", "all"]),
@@ -41,11 +41,12 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
     Example:
       edgecell evaluate runs/cells
       edgecell evaluate runs/cells --stain-shift
+      edgecell evaluate runs/no-bccd --data ../shared/more_cells/bccd --split all
       edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells --stain-shift
     """
     from edgecell.console import human
     from edgecell.evaluate import evaluate as run_eval
-    from edgecell.evaluate import resolve, risk_coverage_table, stain_table
+    from edgecell.evaluate import resolve, risk_coverage_table, source_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -56,6 +57,7 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
     con.print(confusion_table(m))
     con.print(f"expected calibration error: {m['ece']:.4f} (with temperature {m['temperature']:.2f}: {m['ece_calibrated']:.4f})")
     con.print(risk_coverage_table(m["risk_coverage"], m["n"], DEFAULT_THRESHOLD))
+    con.print(source_table(m["sources"]))
     if stain:
         s = m["stain_shift"]
         con.print(stain_table(s, title=f"{target.kind} model under stain shift, {split} split"))

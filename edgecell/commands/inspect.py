@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, json_option, seed_option
+from edgecell.options import data_option, emit_json, exclude_option, json_option, seed_option
 
 
 @click.command("inspect", context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
+@exclude_option
 @seed_option
 @click.option(
     "--manifest",
@@ -18,29 +19,41 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
     help="Also write the split manifest (file, class, split, sha256) to this CSV.",
 )
 @json_option
-def inspect_cmd(data_dir, seed, manifest_out, json_out):
-    """Check a data folder: images per class, unreadable files, duplicates and the split.
+def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
+    """Check data folders: images per class and source, unusable files, duplicates and the split.
 
-    Reads every image once, reports files it cannot use (and why), groups identical
-    images, and shows the stratified train/val/test split that `train` would use.
+    Reads every image once, reports files it cannot use (and why), groups identical images,
+    shows the stratified train/val/test split that `train` would use, and warns when a class
+    comes from one source only (the model could learn the lab instead of the cell).
 
     \b
     Example:
-      edgecell inspect --data ../shared/bloodcells --manifest split.csv
+      edgecell inspect --data ../shared/bloodcells --data ../shared/more_cells --manifest split.csv
     """
     from collections import Counter
 
     from rich.table import Table
 
     from edgecell import data as data_mod
-    from edgecell.console import human
+    from edgecell.console import human, warn
     from edgecell.train import load_dataset
 
     con = human(json_out == "-")
-    ds = load_dataset(data_dir, None, con)
+    ds = load_dataset(data_dir, None, con, exclude=exclude)
     splits = data_mod.make_split(ds, seed)
     per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))
-    t = Table(title=f"{data_dir}: {len(ds.samples)} usable images (split seed {seed})")
+    by_source = ds.counts_by_source()
+    st = Table(title="Images per cell type (class folder) and source")
+    st.add_column("type (class)")
+    for src in by_source:
+        st.add_column(src, justify="right")
+    for typ in sorted({s.type for s in ds.samples}):
+        cls = data_mod.class_of(typ)
+        st.add_row(typ if cls == typ else f"{typ} ({cls})", *(str(by_source[src].get(typ, "")) for src in by_source))
+    con.print(st)
+    for w in ds.confounding():
+        warn(w)
+    t = Table(title=f"{', '.join(map(str, data_dir))}: {len(ds.samples)} usable images (split seed {seed})")
     t.add_column("class")
     for col in ("images", "train", "val", "test"):
         t.add_column(col, justify="right")
@@ -52,9 +65,9 @@ def inspect_cmd(data_dir, seed, manifest_out, json_out):
         d = Table(title=f"{len(dups)} group(s) of identical images (each kept within one split)")
         d.add_column("files")
         d.add_column("split")
-        split_of = {s.rel: sp for s, sp in zip(ds.samples, splits)}
+        split_of = {(s.source, s.rel): sp for s, sp in zip(ds.samples, splits)}
         for g in dups:
-            d.add_row(", ".join(s.rel for s in g), split_of[g[0].rel])
+            d.add_row(", ".join(f"{s.source}/{s.rel}" for s in g), split_of[(g[0].source, g[0].rel)])
         con.print(d)
     con.print(f"fingerprint {ds.fingerprint()[:16]}…, {len(ds.skipped)} file(s) skipped")
     if manifest_out:
@@ -63,8 +76,11 @@ def inspect_cmd(data_dir, seed, manifest_out, json_out):
     emit_json(
         json_out,
         {
-            "data": str(data_dir),
+            "data": list(data_dir),
+            "sources": {k: str(v) for k, v in ds.sources.items()},
             "counts": ds.counts(),
+            "counts_by_source": by_source,
+            "warnings": ds.confounding(),
             "split_counts": {c: {sp: per[(c, sp)] for sp in data_mod.SPLITS} for c in ds.classes},
             "duplicates": [[s.rel for s in g] for g in dups],
             "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped],
