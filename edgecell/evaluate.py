@@ -204,7 +204,9 @@ def source_table(rep: dict, title: str = "By source and cell type (calibrated; f
     for col in ("source / type", "n", "right", "flagged", "wrong, no flag", "called"):
         t.add_column(col, justify="left" if col in ("source / type", "called") else "right")
     for s, g in rep["by_source"].items():
-        t.add_row(f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}")
+        t.add_row(
+            f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}"
+        )
         for k, tg in rep["by_type"].items():
             if k.split("/", 1)[0] == s:
                 top = ", ".join(f"{c} {n}" for c, n in sorted(tg["called"].items(), key=lambda kv: -kv[1])[:3])

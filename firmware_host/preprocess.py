@@ -194,7 +194,14 @@ class CellLocation:
     found: bool
 
 
-def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> CellLocation:
+def reduced(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> tuple[np.ndarray, int]:
+    """A copy of ``rgb`` box-reduced by a whole factor to about ``work_side`` pixels, and the factor."""
+    h, w = rgb.shape[:2]
+    factor = max(1, max(h, w) // work_side)
+    return (np.asarray(Image.fromarray(rgb, "RGB").reduce(factor)) if factor > 1 else rgb), factor
+
+
+def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE, small: tuple[np.ndarray, int] | None = None) -> CellLocation:
     """Locate the nucleus nearest the centre of a single-cell image.
 
     On a copy reduced to about ``work_side`` pixels, pixels above Otsu's threshold of
@@ -205,8 +212,7 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> CellLocation:
     radius of a uniform disc with that RMS distance). Lobed nuclei count as one.
     """
     h, w = rgb.shape[:2]
-    factor = max(1, max(h, w) // work_side)
-    small = np.asarray(Image.fromarray(rgb, "RGB").reduce(factor)) if factor > 1 else rgb
+    small, factor = small or reduced(rgb, work_side)
     sh, sw = small.shape[:2]
     stain = stain_map(small)
     fallback = CellLocation(h / 2, w / 2, min(h, w) / 4, False)
@@ -235,22 +241,29 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE) -> CellLocation:
     return CellLocation(cy * factor, cx * factor, max(radius, 1.0) * factor, True)
 
 
-def white_balance(rgb: np.ndarray) -> np.ndarray:
+def white_gains(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel gains that bring the brightest :data:`WHITE_SHARE` of pixels to :data:`WHITE_LEVEL`.
+
+    Taken over the whole image (mostly background in a single-cell image), not the crop, whose
+    brightest pixels may be a pale cytoplasm. Limited to :data:`MAX_GAIN` either way.
+    """
+    flat = rgb.reshape(-1, 3).astype(np.float32)
+    n = len(flat)
+    k = max(1, int(n * WHITE_SHARE))
+    bright = flat[np.argpartition(flat.sum(axis=1), n - k)[n - k :]]
+    return np.clip(WHITE_LEVEL / np.maximum(bright.mean(axis=0), 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
+
+
+def white_balance(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
     """Neutral white and a fixed black: the lab's tint and stain strength taken out.
 
-    Each channel is scaled so that the brightest :data:`WHITE_SHARE` of pixels average
-    :data:`WHITE_LEVEL` (gains limited to :data:`MAX_GAIN`); then the levels are stretched, the
+    Each channel is scaled by ``gains`` (:func:`white_gains`); then the levels are stretched, the
     same for every channel (hue kept), so that the darkest :data:`DARK_SHARE` of pixels sit at
     :data:`DARK_LEVEL` (stretch limited to :data:`MAX_STRETCH`): a pale, thinly stained nucleus
     from one lab and a dark one from another end at the same depth.
     """
-    flat = rgb.reshape(-1, 3).astype(np.float32)
-    lum = flat.sum(axis=1)
+    flat = rgb.reshape(-1, 3).astype(np.float32) * gains
     n = len(flat)
-    k = max(1, int(n * WHITE_SHARE))
-    bright = flat[np.argpartition(lum, n - k)[n - k :]]
-    gains = np.clip(WHITE_LEVEL / np.maximum(bright.mean(axis=0), 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
-    flat *= gains
     kd = max(1, int(n * DARK_SHARE))
     dark = float(np.partition(flat.mean(axis=1), kd)[:kd].mean())
     stretch = min(MAX_STRETCH, (WHITE_LEVEL - DARK_LEVEL) / max(WHITE_LEVEL - dark, 1.0))
@@ -272,7 +285,8 @@ def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
     a field of view, so a cell cut from a field gets exactly the preprocessing of a single-cell image.
     """
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    loc = locate_cell(rgb)
+    small = reduced(rgb)
+    loc = locate_cell(rgb, small=small)
     x0, y0, x1, y1 = cell_box(loc)
     img = Image.fromarray(rgb, "RGB")
     if x0 < 0 or y0 < 0 or x1 > rgb.shape[1] or y1 > rgb.shape[0]:
@@ -283,7 +297,7 @@ def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
         canvas.paste(img, (-ix0, -iy0))
         img, x0, y0, x1, y1 = canvas, x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0
     out = img.resize((size, size), RESAMPLE, box=(x0, y0, x1, y1))
-    return white_balance(np.asarray(out, dtype=np.uint8))
+    return white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0]))
 
 
 def _too_large(what: str) -> str:

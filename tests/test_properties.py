@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from firmware_host.errors import ImageError
-from firmware_host.preprocess import MIN_SIDE, RESAMPLE, decode, load_image
+from firmware_host.preprocess import MIN_SIDE, decode, load_image, prepare
 
 MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "I", "I;16", "F", "CMYK")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
@@ -144,12 +144,13 @@ def test_truncated_or_corrupted_images(img, cut, flips, size):
 @SETTINGS
 @given(combo=st.sampled_from(LOSSLESS_RGB), w=st.integers(MIN_SIDE, 48), h=st.integers(MIN_SIDE, 48), seed=st.integers(0, 2**32 - 1), size=sizes)
 def test_lossless_rgb_is_exactly_the_documented_resize(combo, w, h, seed, size):
-    """Not only 'some array': for lossless RGB files it is exactly Pillow's bilinear resize of the pixels."""
+    """Not only 'some array': for lossless RGB files it is exactly the documented step after decoding
+    (``prepare``: cell-centred crop, resize, white balance) applied to the file's own pixels."""
     _, fmt = combo
     img = _image("RGB", w, h, seed, False)
     buf = io.BytesIO()
     img.save(buf, fmt)
-    expected = np.asarray(img if (w, h) == (size, size) else img.resize((size, size), RESAMPLE))
+    expected = prepare(np.asarray(img), size)
     assert np.array_equal(decode(buf.getvalue(), size), expected)
 
 

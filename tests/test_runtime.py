@@ -221,8 +221,10 @@ def test_other_preprocessing_version_is_model_error(models, tmp_path):
 
 def test_other_resize_same_version_is_model_error(models, tmp_path):
     m = copy_model(models.float32, tmp_path / "x")
-    _bump_preprocessing(m, resize="whole image to size x size, PIL bicubic")
-    with pytest.raises(ModelError, match=r"v1 but resize 'whole image to size x size, PIL bicubic' \(this runtime: '.*bilinear'\)"):
+    from firmware_host.preprocess import PREPROCESSING_VERSION
+
+    _bump_preprocessing(m, resize="crop to size x size, PIL bicubic")
+    with pytest.raises(ModelError, match=rf"v{PREPROCESSING_VERSION} but resize 'crop to size x size, PIL bicubic' \(this runtime: '.*bilinear'\)"):
         Classifier.load(m, threads=1)
     # a safety limit is not pixel arithmetic: a different max_pixels still loads
     _bump_preprocessing(m, max_pixels=10)
@@ -234,7 +236,9 @@ def test_no_preprocessing_recorded_is_model_error(models, tmp_path):
     d = json.loads(m.with_suffix(".json").read_text())
     del d["preprocessing"]
     m.with_suffix(".json").write_text(json.dumps(d))
-    with pytest.raises(ModelError, match=r"records no preprocessing for model_int8.tflite \(this runtime does v1\)"):
+    from firmware_host.preprocess import PREPROCESSING_VERSION
+
+    with pytest.raises(ModelError, match=rf"records no preprocessing for model_int8.tflite \(this runtime does v{PREPROCESSING_VERSION}\)"):
         Classifier.load(m, threads=1)
 
 

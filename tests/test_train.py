@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
+from firmware_host.preprocess import PREPROCESSING_VERSION
 
 pytestmark = [pytest.mark.realdata, pytest.mark.tf]
 
@@ -24,7 +25,7 @@ def test_train_writes_every_artifact(tiny_run):
     assert meta["classes"] == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
     assert meta["input_size"] == 48 and meta["seed"] == 1
     assert len(meta["dataset"]["fingerprint"]) == 64
-    assert meta["preprocessing"]["version"] == 1
+    assert meta["preprocessing"]["version"] == PREPROCESSING_VERSION
     assert meta["temperature"] > 0
     # --widths 16,32,64 has the default number of blocks, so it keeps the default depths
     assert meta["model"]["widths"] == [16, 32, 64] and meta["model"]["depths"] == [1, 2, 2]

@@ -76,7 +76,16 @@ def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, pa
 
     con = human(json_out == "-")
     opts = TrainOptions(
-        data_dir=data_dir, exclude=exclude, out_dir=out_dir, epochs=epochs, img_size=img_size, seed=seed, cv=cv, batch_size=batch_size, patience=patience, augment=not no_augment
+        data_dir=data_dir,
+        exclude=exclude,
+        out_dir=out_dir,
+        epochs=epochs,
+        img_size=img_size,
+        seed=seed,
+        cv=cv,
+        batch_size=batch_size,
+        patience=patience,
+        augment=not no_augment,
     )
     if widths:
         opts.widths = widths
