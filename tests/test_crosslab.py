@@ -111,7 +111,7 @@ def test_split_keeps_every_source_in_every_split_and_manifest_roundtrips(tmp_pat
     assert {r.source for r in rows} == {"kaggle", "labA"}
     roots = data.run_sources({"sources": {k: str(v) for k, v in ds.sources.items()}})
     x, y, _ = data.load_from_manifest(roots, [r for r in rows if r.split == "test"], 32, ds.classes)
-    assert len(x) == splits.count("test") and x.shape[1:] == (32, 32, 3)
+    assert len(x) == len(y) == splits.count("test") and x.shape[1:] == (32, 32, 3)
 
 
 def test_confounding_warnings(tmp_path):
