@@ -75,6 +75,28 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.clip((lo + hi) / 2, T_MIN, T_MAX))
 
 
+LAB_CHECK_BATCH = 20
+"""Images a lab check needs: fewer say too little about a slide."""
+LAB_CHECK_QUANTILE = 0.01
+"""Share of in-lab batches that the lab check may wrongly call unlike the training labs."""
+
+
+def fit_lab_check(cal_probs: np.ndarray, batch: int = LAB_CHECK_BATCH, quantile: float = LAB_CHECK_QUANTILE, draws: int = 4000, seed: int = 0) -> dict:
+    """The slide-level lab check, fitted on calibrated validation probabilities of the training labs.
+
+    Images from a lab the model has never seen get lower confidence on the whole: the lowest mean
+    confidence that only ``quantile`` of random ``batch``-image sets of the training labs' own
+    validation images fall below is the threshold (seeded resampling; see
+    :func:`firmware_host.runtime.lab_warning`, which applies it).
+    """
+    conf = cal_probs.max(axis=1)
+    if len(conf) == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    means = conf[rng.integers(0, len(conf), size=(draws, batch))].mean(axis=1)
+    return {"min_mean_confidence": float(np.quantile(means, quantile)), "batch": batch, "quantile": quantile, "validation_mean_confidence": float(conf.mean())}
+
+
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     if t == 1.0:
         return probs

@@ -423,7 +423,7 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
     """Train, evaluate on the test split and write the run folder."""
-    from edgecell.metrics import apply_temperature, compute, expected_calibration_error, fit_temperature
+    from edgecell.metrics import apply_temperature, compute, expected_calibration_error, fit_lab_check, fit_temperature
     from edgecell.model import count_macs
     from edgecell.plots import confusion_matrix_png, training_curves_png
     from edgecell.tfutil import import_tf
@@ -486,6 +486,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             },
             "split": {"train": len(tr), "val": len(va), "test": len(te), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
             "temperature": temperature,
+            "lab_check": fit_lab_check(apply_temperature(val_probs, temperature)),
             "model": {
                 "widths": list(spec.widths),
                 "depths": list(spec.block_depths()),

@@ -67,6 +67,8 @@ class ModelMetadata:
         edgecell_version: version that wrote the model.
         source: where it came from (run directory, Keras model hash, data set fingerprint).
         verification: the parity check's verdict, e.g. ``{"status": "passed", ...}``.
+        lab_check: the slide-level check of :func:`firmware_host.runtime.lab_warning`
+            (``min_mean_confidence``, ``batch``), fitted on the training labs; empty: no check.
     """
 
     classes: list[str]
@@ -81,6 +83,7 @@ class ModelMetadata:
     edgecell_version: str = ""
     source: dict = field(default_factory=dict)
     verification: dict = field(default_factory=dict)
+    lab_check: dict = field(default_factory=dict)
     format: str = FORMAT
 
     def to_dict(self) -> dict:
@@ -108,6 +111,7 @@ class ModelMetadata:
                 edgecell_version=str(d.get("edgecell_version", "")),
                 source=dict(d.get("source") or {}),
                 verification=dict(d.get("verification") or {}),
+                lab_check=dict(d.get("lab_check") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"metadata is missing or has a bad field ({exc})", path) from None
@@ -129,6 +133,12 @@ class ModelMetadata:
             problems.append(f"temperature is {self.temperature} (must be a positive number)")
         if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
             problems.append("sha256 is not a SHA-256 hex digest")
+        if self.lab_check:
+            lc = self.lab_check
+            ok = isinstance(lc.get("batch"), int) and lc["batch"] >= 1
+            ok = ok and isinstance(lc.get("min_mean_confidence"), (int, float)) and math.isfinite(lc["min_mean_confidence"])
+            if not ok or not 0 <= lc["min_mean_confidence"] <= 1:
+                problems.append("lab_check needs an integer batch >= 1 and a min_mean_confidence between 0 and 1")
         if problems:
             raise ModelError(f"metadata has bad values: {'; '.join(problems)}", path)
 

@@ -62,7 +62,27 @@ OTHER_CLASS = "other"
 FLAG_OTHER = "not one of the five - refer"
 """Flag for a cell labelled :data:`OTHER_CLASS`: counted apart from the five in the differential."""
 
+LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
+"""What a user should do when :func:`lab_warning` fires."""
+
 _EPS = 1e-12
+
+
+def lab_warning(mean_confidence: float, n: int, lab_check: dict) -> str | None:
+    """One line when a set of images looks unlike every lab the model was trained on, else None.
+
+    ``lab_check`` (from the model's sidecar) holds ``min_mean_confidence``: the mean calibrated
+    confidence that only 1 % of ``batch``-image sets from the training labs fall below. A set of
+    ``n`` >= ``batch`` images whose ``mean_confidence`` is lower looks like another lab's (another stain,
+    camera or magnification), where the model's answers are less reliable than its test figures say.
+    """
+    if not lab_check or n < int(lab_check.get("batch", 1)):
+        return None
+    mean = float(mean_confidence)
+    floor = float(lab_check["min_mean_confidence"])
+    if mean >= floor:
+        return None
+    return f"these {n} images look unlike the labs this model was trained on (mean confidence {mean:.2f}, below {floor:.2f}): {LAB_ADVICE}"
 
 
 # ----------------------------------------------------------------------------------------------

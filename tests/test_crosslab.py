@@ -143,3 +143,19 @@ def test_by_source_counts_wrong_and_unflagged():
     assert g["wrong_unflagged"] == pytest.approx(1 / 3) and g["flagged"] == pytest.approx(1 / 3)
     assert g["called"] == {"basophil": 1, "myeloblast": 1, "seg_neutrophil": 1}
     assert rep["by_source"]["bccd"]["flagged"] == pytest.approx(0.5)
+
+
+def test_lab_check_fires_on_a_less_confident_slide_only():
+    from edgecell.metrics import fit_lab_check
+    from firmware_host.runtime import lab_warning
+
+    rng = np.random.default_rng(0)
+    val_conf = np.clip(rng.normal(0.93, 0.08, 900), 0.2, 1.0)
+    probs = np.stack([val_conf, 1 - val_conf], axis=1)
+    check = fit_lab_check(probs)
+    assert 0.85 < check["min_mean_confidence"] < 0.93 and check["batch"] == 20
+    assert lab_warning(float(val_conf[:100].mean()), 100, check) is None  # the training labs' own images
+    msg = lab_warning(0.62, 200, check)
+    assert msg is not None and "unlike the labs" in msg and "edgecell adapt" in msg
+    assert lab_warning(0.62, 5, check) is None  # too few images to say
+    assert lab_warning(0.62, 200, {}) is None  # a model without a check

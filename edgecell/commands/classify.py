@@ -102,6 +102,8 @@ class ClassifySummary:
     flagged_rows: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    lab_check: dict = field(default_factory=dict)
+    confidence_sum: float = 0.0
     _index: dict = field(default_factory=dict, init=False, repr=False)
     _root: str | None = field(default=None, init=False, repr=False)
     _last_dir: str | None = field(default=None, init=False, repr=False)
@@ -117,6 +119,7 @@ class ClassifySummary:
         from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
 
         self.n_classified += 1
+        self.confidence_sum += row["confidence"]
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         self.n_review += row["flag"] == FLAG_REVIEW
@@ -191,6 +194,14 @@ class ClassifySummary:
             "images_per_s": (self.n_classified / self.wall_s) if self.wall_s > 0 and self.n_classified else None,
         }
 
+    @property
+    def lab_warning(self) -> str | None:
+        """One line when these images look unlike the model's training labs (see ``runtime.lab_warning``)."""
+        from firmware_host.runtime import lab_warning
+
+        n = self.n_classified
+        return lab_warning(self.confidence_sum / n, n, self.lab_check) if n else None
+
     def to_dict(self) -> dict:
         """The ``summary`` section of the JSON report."""
         from firmware_host.runtime import REVIEW_CLASSES
@@ -206,6 +217,7 @@ class ClassifySummary:
             "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
             "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "total": self.n_flagged},
             "review_classes": sorted(REVIEW_CLASSES),
+            "lab_warning": self.lab_warning,
         }
 
 
@@ -306,7 +318,9 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
 
     expanded = expand_paths(opts.paths)
     n = len(expanded.paths)
-    summary = ClassifySummary(classes=list(classes), threshold=opts.threshold, n_inputs=n + len(expanded.errors), n_images=n)
+    summary = ClassifySummary(
+        classes=list(classes), threshold=opts.threshold, n_inputs=n + len(expanded.errors), n_images=n, lab_check=dict(clf.meta.lab_check)
+    )
     for exc in expanded.errors:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         summary.add_failure(exc.path, exc.reason)
@@ -377,6 +391,8 @@ def _print_summary(con, err, s: ClassifySummary, metrics: dict | None, latency: 
     from firmware_host.runtime import REVIEW_CLASSES
 
     n_ok = s.n_classified
+    if s.lab_warning:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.lab_warning)}")
     rows = s.first_rows
     note = None
     if n_ok > MANY:

@@ -171,6 +171,7 @@ def export_run(opts: ConvertOptions, con) -> dict:
                 edgecell_version=__version__,
                 source=src,
                 verification={"status": "pending"},
+                lab_check=dict(meta.get("lab_check") or {}),
             )
             write_metadata(path, metas[prec])
         if cal is not None:
