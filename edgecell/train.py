@@ -67,7 +67,7 @@ class TrainOptions:
     data_dir: str | Sequence[str]
     out_dir: str
     exclude: tuple[str, ...] = ()
-    epochs: int = 50
+    epochs: int = 60
     img_size: int = DEFAULT_IMG_SIZE
     seed: int = 42
     batch_size: int = 32
@@ -124,10 +124,12 @@ AUG_NOISE = 0.04
 """Largest standard deviation of Gaussian pixel noise (pixels scaled to 0-1)."""
 AUG_JPEG_QUALITY = (30, 95)
 """JPEG re-encoding quality range."""
-AUG_HUE = 0.5
-"""Largest hue rotation, as a share of the colour wheel (0.5: any hue)."""
-AUG_SATURATION = (0.3, 2.0)
+AUG_HUE = 0.2
+"""Largest hue rotation, as a share of the colour wheel (0.5 would be any hue)."""
+AUG_SATURATION = (0.4, 1.8)
 """Saturation factor range."""
+AUG_GREY = 0.3
+"""Probability of a grey image."""
 AUG_PROB = 0.5
 """Probability of each acquisition augmentation (resolution, sharpness, noise, JPEG)."""
 
@@ -175,15 +177,15 @@ def _augment_fn(tf, size: int):
         x = tf.cond(draw(14) < AUG_PROB, lambda: x + amount * (x - blur(x, sigma)), lambda: x)
         # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
-        # Hue turns all the way round: each lab's stain has its own hue (violet, purple, blue), so only
-        # the differences of hue within a cell (granules against nucleus) may carry information.
+        # Hue turns far: each lab's stain has its own hue (violet, purple, blue), so mostly the
+        # differences of hue within a cell (granules against nucleus) carry information.
         x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), AUG_HUE, s[4])
         x = tf.image.stateless_random_saturation(x, *AUG_SATURATION, s[5])
         x = tf.image.stateless_random_brightness(x, 0.12, s[6])
         x = tf.image.stateless_random_contrast(x, 0.6, 1.4, s[7])
         x = x * tf.random.stateless_uniform([1, 1, 3], s[8], 0.85, 1.15)  # covers the gains that swap one lab's background tint for the other's
         grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-        x = tf.where(draw(9) < 0.25, grey, x)
+        x = tf.where(draw(9) < AUG_GREY, grey, x)
         noise = tf.random.stateless_normal(tf.shape(x), s[15]) * draw(16, 0.0, AUG_NOISE)
         x = tf.cond(draw(17) < AUG_PROB, lambda: x + noise, lambda: x)
         x = tf.clip_by_value(x, 0.0, 1.0)
