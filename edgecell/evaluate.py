@@ -129,12 +129,13 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
             sources, _ = data_mod.discover_sources(given)
-            folders = {data_mod.class_of(p.name) for s in sources for p in data_mod.list_class_folders(s.folder)}
-            unknown = sorted(folders - set(target.classes))
-            if unknown and len(folders & set(target.classes)) == 0:
+            names = {p.name for s in sources for p in data_mod.list_class_folders(s.folder)}
+            if not names:
+                raise DataError(f"holds no class folder (one sub-folder of images per class, named after a model class: {', '.join(target.classes)})", given[0])
+            folders = {data_mod.class_of(n) for n in names}
+            unknown = sorted(n for n in names if data_mod.class_of(n) not in target.classes)
+            if unknown:
                 raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(target.classes)})", given[0])
-            for u in unknown:
-                con.print(f"[yellow]note:[/yellow] class folder(s) for {u} left out: the model does not know that class")
             ds = data_mod.scan(
                 given,
                 size=target.input_size,

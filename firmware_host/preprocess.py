@@ -121,10 +121,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Preprocess encoded image bytes into a ``(size, size, 3)`` uint8 array.
+def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Steps 1-4: encoded image bytes to an 8-bit RGB array ``(H, W, 3)`` of the upright image.
 
-    Raises :class:`ImageError` (naming ``path``) for anything that is not a usable image.
+    ``draft``: for JPEG, let the decoder scale down (DCT scaling) to no less than ``draft`` pixels
+    on each side. Raises :class:`ImageError` (naming ``path``) for anything that is not a usable image.
     """
     if not data:
         raise ImageError("empty file (0 bytes)", path)
@@ -135,11 +136,11 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
             raise ImageError(_too_large(f"{w}x{h} pixels"), path)
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
-        if img.format == "JPEG":
-            img.draft("RGB", (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
+        if img.format == "JPEG" and draft:
+            img.draft("RGB", (draft, draft))
         img.load()
         img = ImageOps.exif_transpose(img)
-        arr = prepare(np.asarray(_to_rgb(img), dtype=np.uint8), size)
+        return np.asarray(_to_rgb(img), dtype=np.uint8)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
@@ -153,6 +154,18 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     except Exception as exc:  # truncated data, broken headers, codec errors: all one kind for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(f"cannot decode image ({reason})", path) from None
+
+
+def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Preprocess encoded image bytes into a ``(size, size, 3)`` uint8 array (every step).
+
+    Raises :class:`ImageError` (naming ``path``) for anything that is not a usable image.
+    """
+    rgb = decode_rgb(data, DRAFT_FACTOR * size, path)
+    try:
+        arr = prepare(rgb, size)
+    except MemoryError:
+        raise ImageError("not enough memory to preprocess this image", path) from None
     if arr.shape != (size, size, 3):
         raise ImageError(f"decoded to shape {arr.shape}, expected {(size, size, 3)}", path)
     return arr

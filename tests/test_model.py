@@ -3,6 +3,7 @@
 import pytest
 
 from edgecell.model import ModelSpec, build_model, count_macs
+from edgecell.options import DEFAULT_IMG_SIZE
 
 SPECS = [
     ModelSpec(64, 5),  # the default shape
@@ -47,7 +48,7 @@ def test_default_shape_is_the_documented_one():
     from edgecell.train import TrainOptions
 
     spec = TrainOptions(data_dir="", out_dir="").model_spec(5)
-    assert spec == ModelSpec(112, 5)
+    assert spec == ModelSpec(DEFAULT_IMG_SIZE, 5) and DEFAULT_IMG_SIZE == 64
     assert (spec.widths, spec.block_depths(), spec.stem_stride, spec.stem_kernel) == ((32, 64, 128), (1, 2, 2), 2, 2)
 
 
