@@ -67,7 +67,7 @@ class TrainOptions:
     data_dir: str | Sequence[str]
     out_dir: str
     exclude: tuple[str, ...] = ()
-    epochs: int = 60
+    epochs: int = 50
     img_size: int = DEFAULT_IMG_SIZE
     seed: int = 42
     batch_size: int = 32
@@ -124,11 +124,11 @@ AUG_NOISE = 0.04
 """Largest standard deviation of Gaussian pixel noise (pixels scaled to 0-1)."""
 AUG_JPEG_QUALITY = (30, 95)
 """JPEG re-encoding quality range."""
-AUG_HUE = 0.2
-"""Largest hue rotation, as a share of the colour wheel (0.5 would be any hue)."""
-AUG_SATURATION = (0.4, 1.8)
+AUG_HUE = 0.1
+"""Largest hue rotation, as a share of the colour wheel (the preprocessing has normalised the stain)."""
+AUG_SATURATION = (0.5, 1.6)
 """Saturation factor range."""
-AUG_GREY = 0.3
+AUG_GREY = 0.25
 """Probability of a grey image."""
 AUG_PROB = 0.5
 """Probability of each acquisition augmentation (resolution, sharpness, noise, JPEG)."""
@@ -177,8 +177,6 @@ def _augment_fn(tf, size: int):
         x = tf.cond(draw(14) < AUG_PROB, lambda: x + amount * (x - blur(x, sigma)), lambda: x)
         # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
-        # Hue turns far: each lab's stain has its own hue (violet, purple, blue), so mostly the
-        # differences of hue within a cell (granules against nucleus) carry information.
         x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), AUG_HUE, s[4])
         x = tf.image.stateless_random_saturation(x, *AUG_SATURATION, s[5])
         x = tf.image.stateless_random_brightness(x, 0.12, s[6])

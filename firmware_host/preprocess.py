@@ -29,6 +29,8 @@ Steps (preprocessing version 2):
    brightest pixels (the background or the palest cytoplasm) become neutral grey, then the levels
    are stretched so its darkest pixels (the nucleus) reach a fixed depth: the lab's background
    tint and the strength of its stain are gone too.
+7. Stain normalisation (:func:`normalise_stain`): every colour turned about the grey axis and
+   scaled so that the nucleus has one hue and one chroma, whatever the lab's stain.
 
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
 network's range happens inside the model.
@@ -77,6 +79,19 @@ DARK_LEVEL = 60.0
 """...and bring their mean grey down (or up) to this level."""
 MAX_STRETCH = 3.0
 """Largest levels stretch (an empty crop has no nucleus to stretch to)."""
+NUCLEUS_SHARE = 0.1
+"""Stain normalisation reads the nucleus colour from the darkest share of the crop's pixels..."""
+NUCLEUS_HUE = -72.0
+"""...turns every colour about the grey axis so that the nucleus has this hue angle (degrees in the
+opponent plane of :func:`normalise_stain`; the median of the training labs' nuclei)..."""
+NUCLEUS_CHROMA = 105.0
+"""...and scales every colour's distance from grey so that the nucleus has this chroma."""
+MAX_HUE_TURN = 60.0
+"""Largest hue turn, degrees (a crop without a nucleus has no stain to normalise by)."""
+CHROMA_GAIN = (0.5, 2.0)
+"""Smallest and largest chroma gain."""
+_U = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)  # the opponent plane, orthogonal to grey (1, 1, 1)
+_V = np.array([1.0, 1.0, -2.0]) / np.sqrt(6.0)
 
 PREPROCESSING = {
     "version": PREPROCESSING_VERSION,
@@ -87,6 +102,7 @@ PREPROCESSING = {
     "resize": "crop to size x size, PIL bilinear",
     "white_balance": f"brightest {WHITE_SHARE:.0%} of the crop to grey {WHITE_LEVEL:g}, gain <= {MAX_GAIN:g}",
     "levels": f"darkest {DARK_SHARE:.0%} to grey {DARK_LEVEL:g}, stretch <= {MAX_STRETCH:g}",
+    "stain": f"nucleus (darkest {NUCLEUS_SHARE:.0%}) to hue {NUCLEUS_HUE:g} deg, chroma {NUCLEUS_CHROMA:g}; turn <= {MAX_HUE_TURN:g} deg, gain {CHROMA_GAIN}",
     "range": "0-255 (scaling is inside the model)",
     "max_pixels": MAX_PIXELS,
 }
@@ -284,6 +300,34 @@ def white_balance(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
     return np.clip(flat + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
 
 
+def normalise_stain(rgb: np.ndarray) -> np.ndarray:
+    """One stain for every lab: the nucleus turned to one hue and one chroma, greys kept.
+
+    Each lab's stain gives its nuclei their own hue and saturation (violet, purple, blue; pale or
+    vivid), and a model that sees them learns the lab. The nucleus colour is the mean of the
+    darkest :data:`NUCLEUS_SHARE` of pixels; every pixel's colour, split into its grey level and
+    its offset from grey, has that offset turned about the grey axis by the angle that brings the
+    nucleus to :data:`NUCLEUS_HUE` and scaled to bring it to :data:`NUCLEUS_CHROMA` (a single 3x3
+    matrix). Grey and white stay as they are; colours keep their differences of hue within the
+    cell (the orange granules of an eosinophil against its nucleus).
+    """
+    flat = rgb.reshape(-1, 3).astype(np.float32)
+    n = len(flat)
+    k = max(1, int(n * NUCLEUS_SHARE))
+    nucleus = flat[np.argpartition(flat.sum(axis=1), k)[:k]].mean(axis=0)
+    off = nucleus - nucleus.mean()
+    a, b = float(off @ _U), float(off @ _V)
+    chroma = float(np.hypot(a, b))
+    if chroma < 1.0:
+        return rgb
+    turn = np.radians(np.clip(NUCLEUS_HUE - np.degrees(np.arctan2(b, a)), -MAX_HUE_TURN, MAX_HUE_TURN))
+    gain = float(np.clip(NUCLEUS_CHROMA / chroma, *CHROMA_GAIN))
+    basis = np.stack([_U, _V])  # 2 x 3
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    m = gain * basis.T @ rot @ basis + np.full((3, 3), 1.0 / 3.0)
+    return np.clip(flat @ m.T.astype(np.float32) + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
 def cell_box(loc: CellLocation, scale: float = CELL_SCALE) -> tuple[float, float, float, float]:
     """The square (x0, y0, x1, y1) of ``scale`` nucleus radii centred on the cell."""
     half = scale * loc.radius / 2
@@ -310,7 +354,7 @@ def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
         canvas.paste(img, (-ix0, -iy0))
         img, x0, y0, x1, y1 = canvas, x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0
     out = img.resize((size, size), RESAMPLE, box=(x0, y0, x1, y1))
-    return white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0]))
+    return normalise_stain(white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0])))
 
 
 def _too_large(what: str) -> str:
