@@ -216,14 +216,14 @@ def test_bench_keras_comparison(models, tmp_path):
 
 
 def test_bench_rss_helpers_see_an_allocation():
-    from edgecell.commands.bench import _rss_added, current_rss_mb, release_freed_memory
+    from firmware_host.bench import current_rss_mb, release_freed_memory, rss_added
 
     if current_rss_mb() is None:
         pytest.skip("/proc/self/statm is Linux-only; model_rss_mb is None elsewhere")
     release_freed_memory()
     before = current_rss_mb()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
-    added = _rss_added(before)
+    added = rss_added(before)
     assert 60 <= added <= 80, added
     del block
     release_freed_memory()
