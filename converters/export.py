@@ -32,6 +32,7 @@ from pathlib import Path
 from converters.calibration import DEFAULT_PER_CLASS, CalibrationSet
 from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import DEFAULT_SEED
+from edgecell.runfolder import RunFolder
 from firmware_host.metadata import Precision
 
 EXPORT_DIR = "export"
@@ -163,18 +164,19 @@ def _int8_notes(io_int8) -> list[str]:
     return []
 
 
-def _source(run_dir: Path, data_dir: str, meta: dict) -> dict:
+def _source(run: RunFolder, data_dir: str) -> dict:
+    """Where a model came from, for its sidecar."""
     from firmware_host.metadata import sha256_file
 
     return {
-        "run_dir": str(run_dir.resolve()),
-        "run_name": run_dir.resolve().name,
-        "keras_model": "model.keras",
-        "keras_sha256": sha256_file(run_dir / "model.keras"),
+        "run_dir": str(run.path.resolve()),
+        "run_name": run.path.resolve().name,
+        "keras_model": run.keras_path.name,
+        "keras_sha256": sha256_file(run.keras_path),
         "dataset_path": str(Path(data_dir).resolve()),
-        "dataset_fingerprint": meta.get("dataset", {}).get("fingerprint"),
-        "split_sha256": sha256_file(run_dir / "split.csv"),
-        "run_seed": meta.get("seed"),
+        "dataset_fingerprint": run.dataset_fingerprint,
+        "split_sha256": sha256_file(run.split_path),
+        "run_seed": run.seed,
     }
 
 
@@ -185,29 +187,22 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     from converters import calibration as cal_mod
     from converters import parity, tflite
     from edgecell import __version__
-    from edgecell.train import load_keras, predict, read_run
+    from edgecell.train import predict
     from firmware_host import preprocess
     from firmware_host.atomic import check_stageable, staged_dir, write_bytes, write_json
-    from firmware_host.errors import DataError
-    from firmware_host.metadata import ModelMetadata, Quantization, sha256_file, write_metadata
+    from firmware_host.metadata import ModelMetadata, sha256_file, write_metadata
 
     rep = reporter or Reporter()
-    run_dir = Path(opts.run_dir)
-    meta = read_run(run_dir)
-    classes = list(meta["classes"])
-    size = int(meta["input_size"])
-    temperature = float(meta.get("temperature", 1.0))
-    data_dir = opts.data_dir or meta.get("dataset", {}).get("path")
-    if not data_dir or not Path(data_dir).is_dir():
-        raise DataError("the data folder the model was trained on is not there; pass --data DIR", data_dir or "--data")
-    if not (run_dir / "split.csv").is_file():
-        raise DataError("split.csv is missing from the run folder (the test split and calibration need it)", run_dir)
+    run = RunFolder.read(opts.run_dir)
+    run_dir, classes, size = run.path, run.classes, run.input_size
+    data_dir = run.data_dir(opts.data_dir)
+    run.require_split(" (the test split and calibration need it)")
     check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename)  # refuse an unwritable export before converting
 
     cal = _calibration_set(opts, run_dir, data_dir, classes, size, rep) if opts.int8 else None
     x_test, y_test, files = _test_split(run_dir, data_dir, size, classes, rep)
     with rep.status("loading the Keras model"):
-        model = load_keras(run_dir)
+        model = run.load_keras()
         keras_probs = predict(model, x_test).astype(np.float64)
     n_weights = tflite.weight_count(model)
 
@@ -223,7 +218,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     for n in notes:
         rep.warn(n)
 
-    source = _source(run_dir, data_dir, meta)
+    source = _source(run, data_dir)
     export_dir = run_dir / EXPORT_DIR
     with staged_dir(export_dir, marker=Precision.float32.filename) as tmp:
         metas: dict[Precision, ModelMetadata] = {}
@@ -232,8 +227,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
             q_in = q_out = None
             src = dict(source)
             if prec is Precision.int8:
-                q_in = Quantization(io_int8["input"].scale, io_int8["input"].zero_point)
-                q_out = Quantization(io_int8["output"].scale, io_int8["output"].zero_point)
+                q_in, q_out = io_int8["input"].to_metadata(), io_int8["output"].to_metadata()
                 src["calibration"] = cal.summary(classes) | {"manifest": CALIBRATION_MANIFEST}
             metas[prec] = ModelMetadata(
                 classes=classes,
@@ -244,7 +238,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
                 preprocessing=preprocess.describe(),
                 input_quantization=q_in,
                 output_quantization=q_out,
-                temperature=temperature,
+                temperature=run.temperature,
                 edgecell_version=__version__,
                 source=src,
                 verification={"status": "pending"},
@@ -268,7 +262,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
         if cal is not None:
             report["calibration"] = cal.summary(classes)
         if io_int8 is not None:
-            report["int8_io"] = {r: {"dtype": "int8", "scale": io_int8[r].scale, "zero_point": io_int8[r].zero_point} for r in ("input", "output")}
+            report["int8_io"] = {r: io_int8[r].to_dict() for r in ("input", "output")}
         for prec, m in metas.items():
             m.verification = parity.verification(report, prec.value)
             write_metadata(tmp / prec.filename, m)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from firmware_host.bench import current_rss_mb, peak_rss_mb, release_freed_memory, rss_added
-from firmware_host.errors import EdgecellError, ModelError
+from firmware_host.errors import EdgecellError, ModelError, first_line
 from firmware_host.runtime import latency_summary
 
 KERAS_BATCH = 32
@@ -67,7 +67,7 @@ def bench_keras(kpath: Path, runs: int, warmup: int) -> dict:
     try:
         model = keras.models.load_model(kpath, compile=False)
     except Exception as exc:
-        raise ModelError(f"Keras cannot load this model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", kpath) from None
+        raise ModelError(f"Keras cannot load this model ({type(exc).__name__}: {first_line(exc, '')})", kpath) from None
     shape = tuple(int(d) for d in model.input_shape[1:])
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, size=(1, *shape)).astype(np.float32)

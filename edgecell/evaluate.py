@@ -40,30 +40,19 @@ class Target:
 
 
 def resolve(target: str | os.PathLike) -> Target:
-    from edgecell.train import RUN_MARKER, read_run
+    from edgecell.runfolder import RunFolder
 
     p = Path(target)
-    if p.is_dir() and (p / RUN_MARKER).is_file():
-        meta = read_run(p)
-        return Target("keras", p / "model.keras", p, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta["dataset"]["path"])
-    if p.suffix == ".keras":
-        run = p.parent
-        meta = read_run(run)
-        return Target("keras", p, run, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta["dataset"]["path"])
+    if RunFolder.is_run(p) or p.suffix == ".keras":
+        run = RunFolder.read(p if p.is_dir() else p.parent)
+        return Target("keras", run.keras_path if p.is_dir() else p, run.path, run.classes, run.input_size, run.temperature, run.dataset_path)
     from firmware_host.metadata import read_metadata
     from firmware_host.runtime import resolve_model
 
     model = resolve_model(p)
     meta = read_metadata(model)
-    run = None
-    for cand in (model.parent, model.parent.parent):
-        if (cand / RUN_MARKER).is_file() and (cand / "split.csv").is_file():
-            run = cand
-            break
-    ds_path = None
-    if run is not None:
-        ds_path = read_run(run)["dataset"]["path"]
-    return Target(meta.precision.value, model, run, list(meta.classes), int(meta.input_size), float(meta.temperature), ds_path)
+    run = RunFolder.containing(model)
+    return Target(meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), run and run.dataset_path)
 
 
 class Predictor:
@@ -72,9 +61,9 @@ class Predictor:
     def __init__(self, target: Target, threads: int | None = None):
         self.target = target
         if target.kind == "keras":
-            from edgecell.train import load_keras
+            from edgecell.runfolder import RunFolder
 
-            self.model = load_keras(target.run_dir)
+            self.model = RunFolder.read(target.run_dir).load_keras()
             self.clf = None
         else:
             from firmware_host.runtime import Classifier
@@ -87,20 +76,9 @@ class Predictor:
             from edgecell.train import predict
 
             return predict(self.model, x)
-        from firmware_host.runtime import dequantize_output, normalize, quantize_input
-
         # The Pi's steps 2-3 (quantise the input, invoke, dequantise, renormalise), without step 4
         # (the temperature), which the caller applies so it can report before and after.
-        uncalibrated = getattr(self.clf, "predict_uncalibrated", None)  # the Pi's own path, where the runtime has it
-        out = []
-        q_in, q_out = self.clf.input_quant, self.clf.output_quant
-        for img in x:
-            if uncalibrated is not None:
-                out.append(uncalibrated(img))
-            else:
-                raw = self.clf.invoke_raw(quantize_input(self.clf._check_image(img), q_in)[None])
-                out.append(normalize(dequantize_output(raw, q_out)))
-        return np.stack(out) if out else np.zeros((0, len(self.target.classes)), np.float32)
+        return self.clf.predict_batch_uncalibrated(x)
 
 
 def load_split(target: Target, data_dir: str | None, split: str, con: Console) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from firmware_host import atomic
-from firmware_host.atomic import _json_default, check_writable
+from firmware_host.atomic import check_writable, json_text
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.paths import expand_paths, label_for
@@ -380,7 +380,7 @@ class JsonStream:
         fh.write(before + "[")
 
     def _dump(self, obj) -> str:
-        return json.dumps(obj, indent=self.indent, default=_json_default)
+        return json_text(obj, indent=self.indent)
 
     def add(self, row: dict) -> None:
         item = self._dump(row)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from firmware_host.errors import ImageError
+from firmware_host.errors import ImageError, first_line
 
 PREPROCESSING_VERSION = 1
 MAX_PIXELS = 50_000_000
@@ -119,7 +119,7 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     except MemoryError:
         raise ImageError("not enough memory to decode this image", path) from None
     except Exception as exc:  # truncated data, broken headers, codec errors: all one kind for the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageError(f"cannot decode image ({reason})", path) from None
     if arr.shape != (size, size, 3):
         raise ImageError(f"decoded to shape {arr.shape}, expected {(size, size, 3)}", path)

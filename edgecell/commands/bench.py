@@ -5,18 +5,8 @@ from __future__ import annotations
 import click
 
 from edgecell.console import human, warn
-from edgecell.options import emit_json, json_option
+from edgecell.options import IntList, emit_json, json_option
 from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP
-
-
-def _parse_threads(ctx, param, value: str) -> list[int]:
-    try:
-        out = [int(x) for x in str(value).replace(" ", "").split(",") if x]
-    except ValueError:
-        raise click.BadParameter("give thread counts separated by commas, e.g. 1,2,4") from None
-    if not out or any(t < 1 or t > 64 for t in out):
-        raise click.BadParameter("thread counts must be between 1 and 64, e.g. 1,2,4")
-    return list(dict.fromkeys(out))
 
 
 @click.command("bench", context_settings={"max_content_width": 100})
@@ -26,9 +16,9 @@ def _parse_threads(ctx, param, value: str) -> list[int]:
 @click.option(
     "--threads",
     "threads_list",
+    type=IntList(1, 64, "thread count", "1,2,4", unique=True),
     default=",".join(map(str, DEFAULT_THREADS)),
     show_default=True,
-    callback=_parse_threads,
     help="Interpreter thread counts to try, comma-separated.",
 )
 @click.option(

@@ -12,12 +12,6 @@ from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import emit_json, json_option, seed_option
 
 
-def _max_drop(ctx, param, value):
-    if value is not None and value < 0:
-        raise click.BadParameter("must be 0 or more percentage points")
-    return value
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option(
@@ -51,10 +45,9 @@ def _max_drop(ctx, param, value):
 @click.option(
     "--max-drop",
     "max_drop",
-    type=float,
+    type=click.FloatRange(min=0),
     default=DEFAULT_MAX_DROP,
     show_default=True,
-    callback=_max_drop,
     help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.",
 )
 @seed_option
