@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from edgecell import data as data_mod
+from edgecell.options import DEFAULT_SEED
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -230,7 +231,14 @@ def stain_table(s: dict, title: str = "Stain shift"):
 
 
 def evaluate(
-    target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None, stain: bool = False, seed: int = 42
+    target: Target,
+    data_dir: str | None,
+    split: str,
+    con: Console,
+    out_dir: str | None = None,
+    threads: int | None = None,
+    stain: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> dict:
     """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
 

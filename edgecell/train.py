@@ -29,7 +29,7 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
 from edgecell.model import ModelSpec  # no TensorFlow at import time
-from edgecell.options import DEFAULT_IMG_SIZE
+from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
 from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, staged_dir, write_json
@@ -61,7 +61,7 @@ class TrainOptions:
     out_dir: str
     epochs: int = 50
     img_size: int = DEFAULT_IMG_SIZE
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     batch_size: int = 32
     patience: int = 15
     learning_rate: float = 2e-3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecell.console import human, warn
-from edgecell.options import IntList, emit_json, json_option
+from edgecell.options import IntList, data_option, emit_json, json_option
 from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP
 
 
@@ -21,13 +21,7 @@ from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DE
     show_default=True,
     help="Interpreter thread counts to try, comma-separated.",
 )
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=str),
-    default=None,
-    help="Folder of real images: adds end-to-end throughput (JPEG decode + resize + inference).",
-)
+@data_option(required=False, help="Folder of real images: adds end-to-end throughput (JPEG decode + resize + inference).")
 @click.option("--limit", type=click.IntRange(1), default=DEFAULT_LIMIT, show_default=True, help="At most this many images from --data.")
 @json_option
 @click.option(

@@ -9,7 +9,7 @@ import click
 from converters.calibration import DEFAULT_PER_CLASS
 from converters.export import EXPORT_DIR
 from converters.parity import DEFAULT_MAX_DROP
-from edgecell.options import emit_json, json_option, seed_option
+from edgecell.options import data_option, emit_json, json_option, seed_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,13 +51,7 @@ from edgecell.options import emit_json, json_option, seed_option
     help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.",
 )
 @seed_option
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=str),
-    default=None,
-    help="Data folder (default: the one recorded in the run's metadata.json).",
-)
+@data_option(required=False, help="Data folder (default: the one recorded in the run's metadata.json).")
 @json_option
 def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, max_drop, seed, data_dir, json_out):
     """Convert a run's model to TFLite, verify it against Keras, and write RUN_DIR/export.
