@@ -54,7 +54,7 @@ class IntList(click.ParamType):
         except ValueError:
             self.fail(f"expected comma-separated integers such as {self.example}, got {value!r}", param, ctx)
         if not v or any(x < self.low or x > self.high for x in v):
-            self.fail(f"each {self.what} must be between {self.low} and {self.high}, e.g. {self.example}", param, ctx)
+            self.fail(f"each {self.what} must be between {self.low} and {self.high}", param, ctx)
         return tuple(dict.fromkeys(v)) if self.unique else v
 
 
