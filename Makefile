@@ -7,6 +7,10 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo
 # The Pi-only environment: the runtime without TensorFlow, as installed on a Raspberry Pi.
 PI_VENV ?= .venv-pi
+# The runtime tests (marked `pi`) that must pass there, at least.
+PI_MIN_TESTS ?= 40
+# The test files holding them (the others import TensorFlow, scikit-learn or hypothesis at collection).
+PI_TESTS = $(shell grep -l "pytest.mark.pi" tests/test_*.py)
 
 .PHONY: install lint demo test test-all pi-check bench clean
 
@@ -39,7 +43,7 @@ test: lint
 test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-## pi-check: install .[pi] alone in a fresh environment (no TensorFlow) and classify and bench there
+## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench and the `pi` tests there (committed .tflite fixtures)
 pi-check: install
 	rm -rf $(PI_VENV) build/pi-check
 	$(BIN)/edgecell demo-data build/pi-check/data --per-class 20 --seed 3
@@ -52,7 +56,10 @@ pi-check: install
 		|| (echo "pi-check: TensorFlow got installed into the Pi environment" && false)
 	cd build && ../$(PI_VENV)/bin/edgecell classify --model pi-check/run/export pi-check/data/myeloblast --json pi-check/classify.json
 	cd build && ../$(PI_VENV)/bin/edgecell bench pi-check/run/export/model_int8.tflite --runs 50 --warmup 5 --data pi-check/data --json pi-check/bench.json
-	@echo "pi-check: classify and bench ran without TensorFlow"
+	$(PI_VENV)/bin/python -m pip install --quiet "pytest>=8"
+	$(PI_VENV)/bin/python -m pytest -m "pi and not slow" -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
+	$(PI_VENV)/bin/python tests/count_passed.py build/pi-check/pytest.xml --at-least $(PI_MIN_TESTS)
+	@echo "pi-check: classify, bench and the runtime's tests ran without TensorFlow"
 
 ## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
 bench: install

@@ -283,10 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         sh(edgecell_cmd() + ["train", "--data", args.data, "--out", run, "--json", WORK / "train.json"])
         result["train_wall_seconds"] = time.perf_counter() - t0
-    train_meta = json.loads((run / "metadata.json").read_text())
-    result["training"] = train_meta["training"]
-    result["model"] = train_meta["model"]
-    result["input_size"] = train_meta["input_size"]
+    from edgecell.runfolder import RunFolder
+
+    run_meta = RunFolder.read(run)
+    result["training"] = run_meta.extra["training"]
+    result["model"] = run_meta.extra["model"]
+    result["input_size"] = run_meta.input_size
     result["keras_test_metrics"] = {
         k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("accuracy", "macro_f1", "n", "ece", "ece_calibrated")
     }
@@ -305,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     from firmware_host.decode import decode_many
     from firmware_host.runtime import Classifier
 
-    classes = train_meta["classes"]
-    size = int(train_meta["input_size"])
+    classes, size = run_meta.classes, run_meta.input_size
     rows = [r for r in data_mod.read_manifest(run / "split.csv") if r.split == "test"]
     files = [Path(args.data) / r.file for r in rows]
     x, _y, _ = data_mod.load_from_manifest(args.data, rows, size, classes)

@@ -29,13 +29,14 @@ import io
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from firmware_host.decode import map_in_threads
 from firmware_host.errors import DataError, ImageError
+from firmware_host.paths import list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
 DEFAULT_PER_CLASS = 50
@@ -216,13 +217,7 @@ def from_run(
 
 
 def _list_images(root: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and name != MANIFEST_NAME:
-                out.append(Path(dirpath) / name)
-    return out
+    return [p for p in list_files(root) if p.name != MANIFEST_NAME]
 
 
 def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
@@ -294,15 +289,14 @@ def from_folder(
 
     items: list[CalibrationItem] = []
     arrays: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for k, (ok, bad) in enumerate(pool.map(work, jobs)):
-            if bad is not None:
-                skipped.append(bad)
-            else:
-                items.append(ok[0])
-                arrays.append(ok[1])
-            if on_progress:
-                on_progress(k + 1, len(jobs))
+    for k, (ok, bad) in enumerate(map_in_threads(work, jobs)):  # Ctrl-C drops the queued images
+        if bad is not None:
+            skipped.append(bad)
+        else:
+            items.append(ok[0])
+            arrays.append(ok[1])
+        if on_progress:
+            on_progress(k + 1, len(jobs))
     # keep the folder's order stable and independent of listing order; drop exact duplicates
     order = sorted(range(len(items)), key=lambda i: items[i].file)
     seen: set[str] = set()

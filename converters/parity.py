@@ -42,22 +42,11 @@ def tflite_probs(
     Returns (probs (N, K) float64, classifier info).
     """
     from edgecell.tfutil import quiet_fds
-    from firmware_host.runtime import Classifier, dequantize_output, normalize, quantize_input
+    from firmware_host.runtime import Classifier
 
     with quiet_fds():  # the interpreter announces its delegate on stderr
         clf = Classifier.load(model_path, threads=threads)
-    uncalibrated = getattr(clf, "predict_uncalibrated", None)  # the Pi's own path, where the runtime has it
-    out = np.zeros((len(images), len(clf.classes)), np.float64)
-    for k, img in enumerate(images):
-        img = np.asarray(img, dtype=np.uint8)
-        if uncalibrated is not None:
-            out[k] = uncalibrated(img)
-        else:
-            raw = clf.invoke_raw(quantize_input(img, clf.input_quant)[None])
-            out[k] = normalize(dequantize_output(raw, clf.output_quant))
-        if on_progress:
-            on_progress(k + 1)
-    return out, clf.info()
+    return clf.predict_batch_uncalibrated([np.asarray(img, dtype=np.uint8) for img in images], on_progress), clf.info()
 
 
 def check_float32(

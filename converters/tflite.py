@@ -20,26 +20,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_host.errors import ModelError
+from firmware_host.errors import ModelError, first_line
 from firmware_host.metadata import Precision
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """dtype and per-tensor affine quantisation (``real = scale * (q - zero_point)``) of a tensor."""
-
-    dtype: np.dtype
-    scale: float
-    zero_point: int
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _converter(tf, model):
@@ -74,7 +59,7 @@ def convert(model, precision: Precision | str, representative_dataset: Callable 
             warnings.simplefilter("ignore")  # e.g. "Statistics for quantized inputs were expected ..."
             data = conv.convert()
     except Exception as exc:  # converter errors come as ConverterError/RuntimeError with pages of MLIR
-        raise ModelError(f"TFLite {precision.value} conversion failed ({_one_line(exc)}); re-run with EDGECELL_DEBUG=1 for the converter log") from None
+        raise ModelError(f"TFLite {precision.value} conversion failed ({first_line(exc)}); re-run with EDGECELL_DEBUG=1 for the converter log") from None
     return bytes(data)
 
 
@@ -111,24 +96,15 @@ def check_size(data: bytes, precision: Precision | str, n_weights: int, name: st
 
 
 def tensor_io(data: bytes) -> dict:
-    """dtype and quantisation of the input and output tensors, read from an interpreter."""
+    """dtype and quantisation (:class:`firmware_host.runtime.TensorQuant`) of the input and output tensors, read from an interpreter."""
     from edgecell.tfutil import quiet_fds
     from firmware_host.interpreter import load_interpreter
+    from firmware_host.runtime import tensor_quant
 
     with quiet_fds():
         it, _ = load_interpreter(model_content=data, num_threads=1, name="<converted model>")
     i, o = it.get_input_details()[0], it.get_output_details()[0]
-    return {"input": _quant(i), "output": _quant(o), "input_shape": [int(x) for x in i["shape"]], "output_shape": [int(x) for x in o["shape"]]}
-
-
-def _quant(detail: dict) -> TensorInfo:
-    scale, zero = detail.get("quantization", (0.0, 0))
-    params = detail.get("quantization_parameters") or {}
-    scales = np.asarray(params.get("scales", []))
-    zeros = np.asarray(params.get("zero_points", []))
-    if scales.size == 1:
-        scale, zero = float(scales[0]), int(zeros[0]) if zeros.size else int(zero)
-    return TensorInfo(np.dtype(detail["dtype"]), float(scale), int(zero))
+    return {"input": tensor_quant(i), "output": tensor_quant(o), "input_shape": [int(x) for x in i["shape"]], "output_shape": [int(x) for x in o["shape"]]}
 
 
 def check_int8(data: bytes, name: str = "<model>") -> dict:

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecell import data as data_mod
-from firmware_host.errors import DataError, EdgecellError, ImageError
+from firmware_host.errors import DataError, EdgecellError, ImageError, first_line
 from firmware_host.preprocess import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, read_bytes
 
 CORNER = 16
@@ -98,7 +98,7 @@ def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.nda
     except ImageError:
         raise
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageError(f"cannot decode image ({reason})", path) from None
     return a, (w, h)
 
@@ -330,7 +330,7 @@ def read_cnn_stain_shift(run_dir: str | os.PathLike | None) -> tuple[dict | None
             "shifted": {r["name"]: float(r["accuracy"]) for r in s["perturbations"]},
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise EdgecellError(f"unreadable evaluation metrics ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", p) from None
+        raise EdgecellError(f"unreadable evaluation metrics ({type(exc).__name__}: {first_line(exc, '')})", p) from None
     return figures, None
 
 

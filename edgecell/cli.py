@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx):
-        from firmware_host.errors import EdgecellError
+        from firmware_host.errors import EdgecellError, first_line
 
         debug = ctx.params.get("debug") or os.environ.get("EDGECELL_DEBUG") == "1"
         _lenient_output()
@@ -81,13 +81,8 @@ class LazyGroup(click.Group):
             if debug:
                 raise
             raise click.ClickException(
-                f"unexpected error: {type(exc).__name__}: {_first_line(exc)} (re-run with --debug for the traceback, and report it)"
+                f"unexpected error: {type(exc).__name__}: {first_line(exc, '')} (re-run with --debug for the traceback, and report it)"
             ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else ""
 
 
 def _lenient_output() -> None:

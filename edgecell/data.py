@@ -22,13 +22,14 @@ import io
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError
+from firmware_host.paths import list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
 MIN_PER_CLASS = 5
@@ -241,18 +242,7 @@ def list_class_folders(root: Path) -> list[Path]:
 
 
 def _candidate_files(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        d = Path(dirpath)
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                out.append(d / name)
-        # a directory named like an image is a user error worth reporting
-        for name in dirnames:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                out.append(d / name)
-    return out
+    return list_files(folder, image_named_dirs=True)  # a directory named like an image is a user error worth reporting
 
 
 def scan(
@@ -393,19 +383,6 @@ def scan(
         err.skipped = ds.skipped  # so a caller can list them before giving up
         raise err
     return ds
-
-
-def map_in_threads(fn, items: Sequence, workers: int | None = None):
-    """``map(fn, items)`` in a thread pool, in order; on Ctrl-C or an error, queued work is dropped.
-
-    (Leaving a ``with ThreadPoolExecutor()`` block waits for every queued item, so Ctrl-C while
-    reading 10,000 images would hang until all of them were read.)
-    """
-    pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1)))
-    try:
-        yield from pool.map(fn, items)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:

@@ -16,6 +16,7 @@ import numpy as np
 from rich.console import Console
 
 from edgecell import data as data_mod
+from edgecell.options import DEFAULT_SEED
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -41,28 +42,19 @@ class Target:
 
 
 def resolve(target: str | os.PathLike) -> Target:
-    from edgecell.train import RUN_MARKER, read_run
+    from edgecell.runfolder import RunFolder
 
     p = Path(target)
-    if p.is_dir() and (p / RUN_MARKER).is_file():
-        meta = read_run(p)
-        return Target("keras", p / "model.keras", p, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta.get("dataset"))
-    if p.suffix == ".keras":
-        run = p.parent
-        meta = read_run(run)
-        return Target("keras", p, run, meta["classes"], int(meta["input_size"]), float(meta.get("temperature", 1.0)), meta.get("dataset"))
+    if RunFolder.is_run(p) or p.suffix == ".keras":
+        run = RunFolder.read(p if p.is_dir() else p.parent)
+        return Target("keras", run.keras_path if p.is_dir() else p, run.path, run.classes, run.input_size, run.temperature, run.dataset)
     from firmware_host.metadata import read_metadata
     from firmware_host.runtime import resolve_model
 
     model = resolve_model(p)
     meta = read_metadata(model)
-    run = None
-    for cand in (model.parent, model.parent.parent):
-        if (cand / RUN_MARKER).is_file() and (cand / "split.csv").is_file():
-            run = cand
-            break
-    dataset = read_run(run).get("dataset") if run is not None else None
-    return Target(meta.precision.value, model, run, list(meta.classes), int(meta.input_size), float(meta.temperature), dataset)
+    run = RunFolder.containing(model)
+    return Target(meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), run and run.dataset)
 
 
 class Predictor:
@@ -71,9 +63,9 @@ class Predictor:
     def __init__(self, target: Target, threads: int | None = None):
         self.target = target
         if target.kind == "keras":
-            from edgecell.train import load_keras
+            from edgecell.runfolder import RunFolder
 
-            self.model = load_keras(target.run_dir)
+            self.model = RunFolder.read(target.run_dir).load_keras()
             self.clf = None
         else:
             from firmware_host.runtime import Classifier
@@ -86,20 +78,9 @@ class Predictor:
             from edgecell.train import predict
 
             return predict(self.model, x)
-        from firmware_host.runtime import dequantize_output, normalize, quantize_input
-
         # The Pi's steps 2-3 (quantise the input, invoke, dequantise, renormalise), without step 4
         # (the temperature), which the caller applies so it can report before and after.
-        uncalibrated = getattr(self.clf, "predict_uncalibrated", None)  # the Pi's own path, where the runtime has it
-        out = []
-        q_in, q_out = self.clf.input_quant, self.clf.output_quant
-        for img in x:
-            if uncalibrated is not None:
-                out.append(uncalibrated(img))
-            else:
-                raw = self.clf.invoke_raw(quantize_input(self.clf._check_image(img), q_in)[None])
-                out.append(normalize(dequantize_output(raw, q_out)))
-        return np.stack(out) if out else np.zeros((0, len(self.target.classes)), np.float32)
+        return self.clf.predict_batch_uncalibrated(x)
 
 
 @dataclass
@@ -123,7 +104,7 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         from edgecell.train import report_skipped
 
         if not given:
-            given = list(data_mod.run_sources(target.dataset or {}).values())[:1] if target.dataset else []
+            given = list(dict.fromkeys(data_mod.run_sources(target.dataset).values())) if target.dataset else []
             if not given:
                 raise DataError("the data folder the model was trained on is not there; pass --data DIR", "--data")
         with progress(con, transient=True) as bar:
@@ -327,7 +308,14 @@ def stain_table(s: dict, title: str = "Stain shift"):
 
 
 def evaluate(
-    target: Target, data_dir: str | None, split: str, con: Console, out_dir: str | None = None, threads: int | None = None, stain: bool = False, seed: int = 42
+    target: Target,
+    data_dir: str | None,
+    split: str,
+    con: Console,
+    out_dir: str | None = None,
+    threads: int | None = None,
+    stain: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> dict:
     """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
 

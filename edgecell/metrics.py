@@ -30,17 +30,33 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> di
     }
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins: the mean |accuracy - confidence| weighted by bin size."""
+DEFAULT_BINS = 15
+"""Equal-width confidence bins of the expected calibration error and the reliability diagram."""
+
+
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty confidence bin: accuracy, mean confidence and share of the images.
+
+    The binning is scikit-learn's :func:`~sklearn.calibration.calibration_curve` (equal width,
+    ``strategy="uniform"``, bins closed on the right) on "was the top class right" against the
+    top-class confidence; the expected calibration error and the reliability diagram both use it.
+    """
+    from sklearn.calibration import calibration_curve
+
+    probs = np.asarray(probs)
     conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.int64)
+    acc, mean_conf = calibration_curve(correct, conf, n_bins=bins, strategy="uniform", pos_label=1)
+    counts = np.bincount(np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], conf), minlength=bins)  # calibration_curve's bin ids
+    return acc, mean_conf, counts[counts > 0] / len(conf)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = DEFAULT_BINS) -> float:
+    """ECE: the mean |accuracy - confidence| over :func:`reliability_bins`, weighted by bin size."""
+    if not len(probs):
+        return 0.0
+    acc, conf, share = reliability_bins(y_true, probs, bins)
+    return float(np.sum(share * np.abs(acc - conf)))
 
 
 T_MIN, T_MAX = 0.5, 10.0
@@ -50,11 +66,14 @@ T_MIN, T_MAX = 0.5, 10.0
 def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
     """The temperature T minimising the negative log-likelihood of softmax(log(p) / T).
 
-    Fitted on the validation split; a 1-D search over log T (no SciPy needed), bounded to
+    Fitted on the validation split with SciPy's bounded scalar minimiser over log T, within
     [:data:`T_MIN`, :data:`T_MAX`]. When validation is (nearly) error-free the likelihood keeps
     improving as T shrinks; the bound stops such a split from making the model wildly over-confident.
     """
+    from scipy.optimize import minimize_scalar
+
     logits = np.log(np.clip(probs, 1e-12, 1.0))
+    y_true = np.asarray(y_true)
 
     def nll(t: float) -> float:
         z = logits / t
@@ -62,17 +81,9 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return float(-logp[np.arange(len(y_true)), y_true].mean())
 
-    grid = np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 200))
-    best = min(grid, key=nll)
-    lo, hi = best / 1.1, best * 1.1
-    for _ in range(40):  # golden-section refinement
-        a = hi - (hi - lo) / 1.618
-        b = lo + (hi - lo) / 1.618
-        if nll(a) < nll(b):
-            hi = b
-        else:
-            lo = a
-    return float(np.clip((lo + hi) / 2, T_MIN, T_MAX))
+    res = minimize_scalar(lambda u: nll(np.exp(u)), bounds=(np.log(T_MIN), np.log(T_MAX)), method="bounded", options={"xatol": 1e-6})
+    # the minimiser stops just inside a bound; the bound itself when it is at least as good
+    return float(min((T_MIN, float(np.exp(res.x)), T_MAX), key=nll))
 
 
 LAB_CHECK_BATCH = 20
@@ -98,12 +109,10 @@ def fit_lab_check(cal_probs: np.ndarray, batch: int = LAB_CHECK_BATCH, quantile:
 
 
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
-    if t == 1.0:
-        return probs
-    z = np.log(np.clip(probs, 1e-12, 1.0)) / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """softmax(log(p) / T) for each row: the runtime's :func:`firmware_host.runtime.apply_temperature`."""
+    from firmware_host.runtime import apply_temperature as apply
+
+    return apply(probs, t)
 
 
 def metrics_table(m: dict, title: str = "Metrics") -> Table:

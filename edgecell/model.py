@@ -2,32 +2,10 @@
 
 Rescaling lives inside the model, so the runtime feeds plain RGB pixels 0-255.
 
-The default shape (the defaults of :class:`ModelSpec`) was chosen by measurement, int8 first.
-At 112x112, with ai-edge-litert (XNNPACK) on the 2-core x86 benchmark machine:
-
-* The stem is a 2x2 convolution with stride 2 (32 filters), then MaxPooling: the network reaches
-  28x28 after one layer. An int8 convolution of the 3 colour channels at full resolution is
-  slower than the same layer in float32 (0.51 against 0.16 ms for
-  a 3x3 convolution to 16 filters); a 3x3 stride-2 stem cost 0.13 ms and the 2x2 one 0.08 ms.
-* The compute sits in wide layers at low resolution (two 64-filter convolutions at 28x28 and two
-  128-filter ones at 14x14), which int8 runs 8 to 24 times faster than float32 (timed layer
-  by layer).
-
-Measured alternatives on ../shared/bloodcells (seed 42, 50 epochs unless said; test macro-F1,
-and int8 ms per image on 1 thread):
-
-==================================================  ========  =======
-design                                              macro-F1  int8 ms
-==================================================  ========  =======
-16/32/64/128, full-resolution 3x3 first layer       0.972     0.72
-16/32/64/128, 3x3 stride-2 first layer, no pool     0.980     0.30
-the same + a second 128-filter conv (60 epochs)     0.995     0.36
-32/64/128, depths 1/2/2, 3x3 s2 stem (60 epochs)    0.993     0.27
-the same, 4x4 stride-4 stem, no pool (60 epochs)    0.983     0.19
-the same, 2x2 stride-2 stem (the default)           0.992     0.21
-==================================================  ========  =======
-
-One run each: the same design moves by about a point of macro-F1 between seeds.
+The default shape (the defaults of :class:`ModelSpec`) is built for int8: a 2x2 stride-2 stem
+and MaxPooling take the image to low resolution after one layer, and the compute sits in wide
+layers at low resolution, which int8 runs many times faster than float32. The measurements behind
+it, and the designs tried, are in docs/design.md.
 """
 
 from __future__ import annotations

@@ -52,6 +52,28 @@ csv_option = click.option(
     default=None,
     help="Also write the result as CSV to FILE ('-' for stdout).",
 )
+
+
+class IntList(click.ParamType):
+    """A comma-separated list of whole numbers, each within [low, high] (``--widths 32,64,128``)."""
+
+    name = "integers"
+
+    def __init__(self, low: int, high: int, what: str, example: str, unique: bool = False):
+        self.low, self.high, self.what, self.example, self.unique = low, high, what, example, unique
+
+    def convert(self, value, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple | list):
+            return tuple(value)
+        try:
+            v = tuple(int(x) for x in str(value).replace(" ", "").split(",") if x)
+        except ValueError:
+            self.fail(f"expected comma-separated integers such as {self.example}, got {value!r}", param, ctx)
+        if not v or any(x < self.low or x > self.high for x in v):
+            self.fail(f"each {self.what} must be between {self.low} and {self.high}", param, ctx)
+        return tuple(dict.fromkeys(v)) if self.unique else v
+
+
 threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
 
 
@@ -59,12 +81,9 @@ def emit_json(json_out: str | None, payload) -> None:
     """Write ``payload`` as JSON to ``json_out`` ('-' = stdout), atomically for files."""
     if not json_out:
         return
-    import json
+    from firmware_host.atomic import json_text, write_json
 
-    from firmware_host.atomic import _json_default, write_text
-
-    text = json.dumps(payload, indent=2, default=_json_default)
     if json_out == "-":
-        click.echo(text)
+        click.echo(json_text(payload))
     else:
-        write_text(json_out, text + "\n")
+        write_json(json_out, payload)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgecell.metrics import DEFAULT_BINS, reliability_bins
 from firmware_host.atomic import atomic_path
 
 
@@ -63,22 +64,16 @@ def training_curves_png(path: str | os.PathLike, history: dict) -> None:
     plt.close(fig)
 
 
-def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[str, np.ndarray], bins: int = 15) -> None:
+def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[str, np.ndarray], bins: int = DEFAULT_BINS) -> None:
     """Reliability diagram (accuracy vs confidence) and risk-coverage curve for each probs array."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     a1.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
-    edges = np.linspace(0, 1, bins + 1)
     for name, probs in curves.items():
+        ys, xs, _ = reliability_bins(y_true, probs, bins)
+        a1.plot(xs, ys, marker="o", label=name)
         conf = probs.max(axis=1)
         correct = probs.argmax(axis=1) == y_true
-        xs, ys = [], []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            m = (conf > lo) & (conf <= hi)
-            if m.any():
-                xs.append(conf[m].mean())
-                ys.append(correct[m].mean())
-        a1.plot(xs, ys, marker="o", label=name)
         order = np.argsort(-conf)
         kept_acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
         coverage = np.arange(1, len(order) + 1) / len(order)

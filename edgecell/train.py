@@ -16,8 +16,6 @@ The folder is built in a hidden temporary sibling and swapped in at the end
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,13 +29,11 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
 from edgecell.model import ModelSpec  # no TensorFlow at import time
-from edgecell.options import DEFAULT_IMG_SIZE
+from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
+from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
-
-RUN_MARKER = "metadata.json"
-RUN_FORMAT = "edgecell-run/1"
 
 
 @dataclass
@@ -69,7 +65,7 @@ class TrainOptions:
     exclude: tuple[str, ...] = ()
     epochs: int = 50
     img_size: int = DEFAULT_IMG_SIZE
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     batch_size: int = 32
     patience: int = 15
     learning_rate: float = 2e-3
@@ -517,7 +513,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             "edgecell_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(tmp / RUN_MARKER, meta)
+        RunFolder.from_dict(tmp, meta).write(tmp)  # validated as every reader validates it
     n_seen = history["epochs_run"] * len(tr)
     return TrainResult(
         run_dir=Path(opts.out_dir),
@@ -531,30 +527,3 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         cv=cv,
         counts=ds.counts(),
     )
-
-
-def read_run(run_dir: str | os.PathLike) -> dict:
-    """Read a run folder's metadata.json; a folder that is not a run is a clear error."""
-    p = Path(run_dir) / RUN_MARKER
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgecellError(f"not an edgecell run folder (no {RUN_MARKER}; create one with `edgecell train`)", run_dir) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgecellError(f"unreadable run metadata ({exc})", p) from None
-    if meta.get("format") != RUN_FORMAT:
-        raise EdgecellError(f"not an edgecell run metadata file (format {meta.get('format')!r})", p)
-    return meta
-
-
-def load_keras(run_dir: str | os.PathLike):
-    from edgecell.tfutil import import_tf
-
-    tf = import_tf()
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise EdgecellError("model.keras is missing from the run folder", run_dir)
-    try:
-        return tf.keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise EdgecellError(f"cannot load Keras model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path) from None

@@ -1,8 +1,36 @@
 """The TensorFlow-free runtime that runs edgecell models on a Raspberry Pi.
 
-Imports only numpy, Pillow and a TFLite interpreter (see :mod:`firmware_host.interpreter`).
+Imports only numpy, Pillow and a TFLite interpreter (see :mod:`firmware_host.interpreter`), and
+nothing from ``edgecell`` or ``converters``. The Python API::
+
+    from firmware_host import Classifier, classify_paths
+
+    clf = Classifier.load("export")                      # a .tflite or an export folder; SHA-256 checked
+    pred = clf.classify_file("cell.jpg")                 # Prediction: label, confidence, top3, probs
+    summary = classify_paths("export", ["slides/"], csv_out="results.csv")   # what `edgecell classify` does
+
+The names below are imported on first use, so ``import firmware_host`` stays light.
 """
 
 from firmware_host.errors import DataError, EdgecellError, ImageError, ModelError, RuntimeMissingError
 
-__all__ = ["DataError", "EdgecellError", "ImageError", "ModelError", "RuntimeMissingError"]
+_LAZY = {
+    "Classifier": "firmware_host.runtime",
+    "Prediction": "firmware_host.runtime",
+    "triage": "firmware_host.runtime",
+    "ClassifyJob": "firmware_host.classify",
+    "ClassifyOptions": "firmware_host.classify",
+    "ClassifySummary": "firmware_host.classify",
+    "classify_paths": "firmware_host.classify",
+    "bench_models": "firmware_host.bench",
+}
+
+__all__ = ["DataError", "EdgecellError", "ImageError", "ModelError", "RuntimeMissingError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'firmware_host' has no attribute {name!r}")

@@ -132,8 +132,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
+def json_text(obj, indent: int | None = 2) -> str:
+    """``obj`` as JSON text (no trailing newline): numpy numbers and arrays, enums and paths included.
+
+    The one JSON encoding of every file and stdout report edgecell writes.
+    """
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(path, json_text(obj) + "\n")
 
 
 def _json_default(o):

@@ -4,10 +4,7 @@
 Pillow holds Python's GIL for part of every image, so threads share one core for that part and hold
 up whichever thread wants to run the interpreter next; processes do not. The process machinery
 (:func:`ordered_chunks`) also serves ``Classifier.classify_many(processes=True)``, where each worker
-decodes *and* classifies. In the latest benchmark run (2 cores, the 600 test-split JPEGs; see
-benchmarks/results/latest.md) that reached 72% of the decode-only rate of the same worker processes,
-and decoding in threads with the interpreter in the main thread 71%: a small gain at 2 workers. The
-GIL is shared by every thread, so the gap should grow with more cores; that was not measured.
+decodes *and* classifies. How the two compare is measured by benchmarks/run.py (see docs/design.md).
 
 Either way the result is the same bytes in the same order (tested): ``(path, image, ms)`` or
 ``(path, ImageError, 0.0)`` per file. A worker never raises for a bad file, and a worker process
@@ -25,7 +22,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -165,19 +162,34 @@ def decode_many(
 
 
 def _decode_in_threads(paths: Iterable[str | os.PathLike], size: int, workers: int) -> Iterator[Decoded]:
-    pending: deque = deque()
-    ahead = workers * 4
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecell-decode") as pool:
-        try:
-            for p in paths:
-                p = os.fspath(p)
-                pending.append((p, pool.submit(_decode_one, p, size)))
-                if len(pending) >= ahead:
-                    p0, fut = pending.popleft()
-                    yield from _as_decoded([p0], [fut.result()])
-            while pending:
-                p0, fut = pending.popleft()
-                yield from _as_decoded([p0], [fut.result()])
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+    def one(p: str | os.PathLike) -> tuple[str, tuple]:
+        p = os.fspath(p)
+        return p, _decode_one(p, size)
+
+    for p, result in map_in_threads(one, paths, workers):
+        yield from _as_decoded([p], [result])
+
+
+def map_in_threads(fn: Callable, items: Iterable, workers: int | None = None, ahead: int | None = None) -> Iterator:
+    """``map(fn, items)`` in a thread pool, results in input order, at most ``ahead`` items in flight.
+
+    On Ctrl-C, an error, or a caller that stops iterating, queued work is cancelled and the pool
+    shut down without running it (leaving a plain ``with ThreadPoolExecutor()`` block waits for
+    every queued item, so Ctrl-C while reading 10,000 images would hang until all were read).
+    ``workers`` defaults to :func:`default_workers`, ``ahead`` to four per worker.
+    """
+    workers = workers or default_workers()
+    ahead = ahead or 4 * workers
+    pending: deque[cf.Future] = deque()
+    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecell-pool")
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

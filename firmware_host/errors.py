@@ -32,3 +32,14 @@ class DataError(EdgecellError):
 
 class RuntimeMissingError(EdgecellError):
     """No TFLite interpreter is installed."""
+
+
+def first_line(exc: BaseException, empty: str | None = None) -> str:
+    """The first non-blank line of an exception's message, for a one-line error.
+
+    An exception with no message gives ``empty``, or its type's name when ``empty`` is None.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines:
+        return lines[0]
+    return type(exc).__name__ if empty is None else empty

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_host.errors import ModelError, RuntimeMissingError
+from firmware_host.errors import ModelError, RuntimeMissingError, first_line
 from firmware_host.quiet import quiet_fds
 
 ENV_VAR = "EDGECELL_INTERPRETER"
@@ -97,12 +97,6 @@ def find_backend(force: str | None = None) -> Backend:
     raise RuntimeMissingError(f"no TFLite interpreter installed (tried {', '.join(BACKENDS)}); install one with: {INSTALL_HINT}")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def load_interpreter(
     model_path: str | os.PathLike | None = None,
     model_content: bytes | None = None,
@@ -137,5 +131,5 @@ def load_interpreter(
     except MemoryError:
         raise ModelError("not enough memory to load this model", label) from None
     except Exception as exc:  # ValueError/RuntimeError from the C++ side: all "cannot use this file"
-        raise ModelError(f"not a usable TFLite model ({chosen.name}: {_one_line(exc)})", label) from None
+        raise ModelError(f"not a usable TFLite model ({chosen.name}: {first_line(exc)})", label) from None
     return interpreter, chosen

@@ -194,11 +194,9 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
+    """The file's SHA-256, hex."""
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:

@@ -77,6 +77,24 @@ def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
     return sorted(found, key=lambda p: p.as_posix())
 
 
+def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> list[Path]:
+    """Every non-hidden file under ``folder``, whatever its suffix, sorted; symbolic links to folders not followed.
+
+    For data and calibration folders, where a file that is not an image is reported rather than
+    skipped silently. With ``image_named_dirs``, a folder named like an image (``x.jpg/``) is
+    listed too, as the user error it is. (Classify's :func:`walk_folder` lists image names only
+    and follows links.)
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        d = Path(dirpath)
+        out.extend(d / name for name in sorted(filenames) if not name.startswith("."))
+        if image_named_dirs:
+            out.extend(d / name for name in dirnames if is_image_name(name))
+    return out
+
+
 def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Expanded:
     """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
     out = Expanded()

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from firmware_host.errors import ImageError
+from firmware_host.errors import ImageError, first_line
 
 PREPROCESSING_VERSION = 2
 MAX_PIXELS = 50_000_000
@@ -168,7 +168,7 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
     except MemoryError:
         raise ImageError("not enough memory to decode this image", path) from None
     except Exception as exc:  # truncated data, broken headers, codec errors: all one kind for the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageError(f"cannot decode image ({reason})", path) from None
 
 

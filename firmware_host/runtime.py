@@ -27,7 +27,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
-from firmware_host.metadata import ModelMetadata, Precision, check_preprocessing, read_metadata
+from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
 from firmware_host.preprocess import load_image
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
@@ -149,6 +149,10 @@ class TensorQuant:
     def to_dict(self) -> dict:
         return {"dtype": np.dtype(self.dtype).name, "scale": float(self.scale), "zero_point": int(self.zero_point)}
 
+    def to_metadata(self) -> Quantization:
+        """The sidecar's record of it (:class:`firmware_host.metadata.Quantization`)."""
+        return Quantization(float(self.scale), int(self.zero_point))
+
 
 def input_lookup_table(q: TensorQuant) -> np.ndarray:
     """The quantised value of each pixel value 0-255: ``clip(round(x / scale) + zero_point)``."""
@@ -172,22 +176,27 @@ def dequantize_output(raw: np.ndarray, q: TensorQuant) -> np.ndarray:
 
 
 def normalize(p: np.ndarray) -> np.ndarray:
-    """Clip at 0 and rescale to sum 1 (int8 softmax outputs are off by a few 1/256)."""
+    """Clip at 0 and rescale each row (last axis) to sum 1 (int8 softmax outputs are off by a few 1/256).
+
+    A row that sums to 0 or is not finite becomes uniform.
+    """
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
-    s = p.sum()
-    if not np.isfinite(s) or s <= 0:
-        return np.full(p.shape, 1.0 / p.size)
-    return p / s
+    s = p.sum(axis=-1, keepdims=True)
+    bad = ~np.isfinite(s) | (s <= 0)
+    return np.where(bad, 1.0 / p.shape[-1], p / np.where(bad, 1.0, s))
 
 
 def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log(p) / T)``: the model's softmax output recalibrated with temperature ``T``."""
+    """``softmax(log(p) / T)`` along the last axis: softmax outputs recalibrated with temperature ``T``.
+
+    One image's probabilities or a batch of them; the one place the temperature is applied.
+    """
     if temperature == 1.0:
         return normalize(p)
-    z = np.log(np.clip(p, _EPS, None)) / temperature
-    z -= z.max()
+    z = np.log(np.clip(np.asarray(p, dtype=np.float64), _EPS, None)) / temperature
+    z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum()
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -257,7 +266,8 @@ def models_in(path: str | os.PathLike) -> list[Path]:
 # The classifier
 
 
-def _quant_of(detail: dict) -> TensorQuant:
+def tensor_quant(detail: dict) -> TensorQuant:
+    """The :class:`TensorQuant` of an interpreter tensor detail (``get_input_details()[0]``)."""
     scale, zero = detail.get("quantization", (0.0, 0))
     params = detail.get("quantization_parameters") or {}
     scales = np.asarray(params.get("scales", []))
@@ -337,8 +347,8 @@ class Classifier:
         n = len(self.meta.classes)
         if int(np.prod(out_shape)) != n or out_shape[-1] != n:
             raise ModelError(f"model output shape is {out_shape}, but its metadata lists {n} classes", self.path)
-        self.input_quant = _quant_of(i)
-        self.output_quant = _quant_of(o)
+        self.input_quant = tensor_quant(i)
+        self.output_quant = tensor_quant(o)
         for role, q in (("input", self.input_quant), ("output", self.output_quant)):
             if q.dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8)):
                 raise ModelError(f"model {role} type is {q.dtype.name}; expected float32, int8 or uint8", self.path)
@@ -419,6 +429,20 @@ class Classifier:
             self._buf[0] = image
         raw = self.invoke_raw(self._buf)
         return normalize(dequantize_output(raw, self.output_quant))
+
+    def predict_batch_uncalibrated(self, images: Sequence[np.ndarray], on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """:meth:`predict_uncalibrated` of each image, as an ``(N, classes)`` float64 array.
+
+        What the conversion's parity check and ``edgecell evaluate`` compare with the Keras
+        softmax (the temperature is left out so calibration can be reported before and after).
+        ``on_progress(done)`` is called after each image.
+        """
+        out = np.zeros((len(images), len(self.classes)), np.float64)
+        for k, img in enumerate(images):
+            out[k] = self.predict_uncalibrated(img)
+            if on_progress:
+                on_progress(k + 1)
+        return out
 
     def predict_array(self, image: np.ndarray) -> np.ndarray:
         """Probabilities (float64, sum 1, in :attr:`classes` order) for one preprocessed uint8 image."""

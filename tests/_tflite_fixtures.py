@@ -1,17 +1,23 @@
 """Tiny TFLite models for the runtime and classify tests (a plain module; tests import it).
 
-Import it as ``tests._tflite_fixtures``. Builds once per test session: a seeded Keras model (Rescaling(1/255) + Conv2D(4) +
+Import it as ``tests._tflite_fixtures``. The models are committed under ``tests/fixtures/tiny/``
+(a few kilobytes), so the runtime's tests need no TensorFlow and run in the Pi-only environment
+(``make pi-check``): a seeded Keras model (Rescaling(1/255) + Conv2D(4) +
 GlobalAveragePooling + Dense(5, softmax), input 32x32x3), converted to float32 and to full-int8
 TFLite (int8 input/output), plus a uint8-input/-output variant, each with the sidecar written by
 :func:`firmware_host.metadata.write_metadata`. Keras' own probabilities on a fixed set of
-images are stored beside them, so tests compare against Keras without re-running it.
+images (:func:`comparison_images`) are stored beside them (``keras_probs.json``), so tests
+compare against Keras without re-running it.
 
-Only :func:`build_models` imports TensorFlow, and it skips the calling test when TensorFlow is not
-installed.
+Regenerate them (TensorFlow needed, only for this) with ``python tests/make_tflite_fixtures.py``.
+:func:`build_models` copies them into a temporary folder for each session, with the sidecar's
+preprocessing record set to this runtime's (:func:`firmware_host.preprocess.describe`): the
+models are random, so a preprocessing version change does not make them stale.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -20,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_host.metadata import ModelMetadata, Precision, Quantization, sha256_file, write_metadata
+from firmware_host.metadata import ModelMetadata, Precision, Quantization, read_metadata, sha256_file, write_metadata
 from firmware_host.preprocess import describe
 
 CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
 SIZE = 32
 SEED = 8  # picked so that the random model answers three different classes on the comparison images
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tiny"
+"""The committed models: export/ (float32, int8), export_uint8/ (int8 with uint8 I/O), keras_probs.json."""
 
 
 @dataclass
@@ -36,9 +44,17 @@ class TinyModels:
     float32: Path
     int8: Path
     uint8: Path
-    keras_file: Path  # the Keras model itself (for bench --keras)
     images: np.ndarray  # (N, SIZE, SIZE, 3) uint8, the comparison set
     keras_probs: np.ndarray  # (N, 5) Keras softmax on ``images``
+
+    @property
+    def keras_file(self) -> Path:
+        """A saved Keras model of the same design (for ``bench --keras``); skips the test without TensorFlow."""
+        pytest.importorskip("tensorflow")
+        path = self.root / "model.keras"
+        if not path.is_file():
+            _keras_model().save(path)
+        return path
 
 
 _CACHE: dict[str, TinyModels] = {}
@@ -114,23 +130,44 @@ def write_model(path: Path, data: bytes, precision: Precision, classes=CLASSES, 
 
 
 def build_models(tmp_path_factory) -> TinyModels:
-    """Build (once per session) and return the tiny models; skips when TensorFlow is missing."""
+    """Copy the committed models into a session folder (once) and return them; no TensorFlow."""
     if "models" in _CACHE:
         return _CACHE["models"]
-    pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("tiny_tflite")
+    for sub in ("export", "export_uint8"):
+        for src in sorted((FIXTURES / sub).glob("*.tflite")):
+            dst = copy_model(src, root / sub)
+            meta = read_metadata(dst)
+            meta.preprocessing = describe()
+            write_metadata(dst, meta)
+    keras_probs = np.asarray(json.loads((FIXTURES / "keras_probs.json").read_text())["probs"], dtype=np.float64)
+    export = root / "export"
+    models = TinyModels(
+        root,
+        export,
+        root / "export_uint8",
+        export / Precision.float32.filename,
+        export / Precision.int8.filename,
+        root / "export_uint8" / Precision.int8.filename,
+        comparison_images(),
+        keras_probs,
+    )
+    _CACHE["models"] = models
+    return models
+
+
+def regenerate(out: Path = FIXTURES) -> None:
+    """Rebuild the committed models with TensorFlow (``python tests/make_tflite_fixtures.py``)."""
     import tensorflow as tf
 
-    root = tmp_path_factory.mktemp("tiny_tflite")
     model = _keras_model()
     images = comparison_images()
     keras_probs = np.asarray(model.predict(images.astype(np.float32), verbose=0), dtype=np.float64)
-    model.save(root / "model.keras")
-    export = root / "export"
-    f32 = write_model(export / Precision.float32.filename, _convert(model), Precision.float32)
-    i8 = write_model(export / Precision.int8.filename, _convert(model, tf.int8), Precision.int8)
-    u8 = write_model(root / "export_uint8" / Precision.int8.filename, _convert(model, tf.uint8), Precision.int8)
-    _CACHE["models"] = TinyModels(root, export, u8.parent, f32, i8, u8, root / "model.keras", images, keras_probs)
-    return _CACHE["models"]
+    write_model(out / "export" / Precision.float32.filename, _convert(model), Precision.float32)
+    write_model(out / "export" / Precision.int8.filename, _convert(model, tf.int8), Precision.int8)
+    write_model(out / "export_uint8" / Precision.int8.filename, _convert(model, tf.uint8), Precision.int8)
+    text = json.dumps({"images": "comparison_images()", "seed": SEED, "probs": keras_probs.tolist()}) + "\n"
+    (out / "keras_probs.json").write_text(text)
 
 
 def copy_model(src: Path, dst_dir: Path) -> Path:

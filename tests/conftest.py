@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tests._realdata import make_slice, real_data_or_skip
 
-REAL_DATA = Path(os.environ.get("EDGECELL_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "bloodcells"))
-CLASSES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def pytest_addoption(parser):
@@ -28,24 +27,9 @@ def update_golden(request) -> bool:
     return bool(request.config.getoption("--update-golden"))
 
 
-def real_data_or_skip() -> Path:
-    if not (REAL_DATA / "MANIFEST.csv").is_file():
-        pytest.skip(f"real data set not found at {REAL_DATA} (CI has it at ../shared/bloodcells; set EDGECELL_REAL_DATA to point elsewhere)")
-    return REAL_DATA
-
-
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     return real_data_or_skip()
-
-
-def make_slice(src: Path, dst: Path, per_class: int, offset: int = 0) -> Path:
-    """Symlink ``per_class`` images of each class (sorted, from ``offset``) into ``dst``; nothing is copied."""
-    for c in CLASSES:
-        (dst / c).mkdir(parents=True, exist_ok=True)
-        for f in sorted((src / c).iterdir())[offset : offset + per_class]:
-            (dst / c / f.name).symlink_to(f)
-    return dst
 
 
 @pytest.fixture(scope="session")

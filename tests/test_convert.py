@@ -203,19 +203,20 @@ def test_export_folder_has_models_sidecars_and_parity(converted, run_copy):
 
 def test_float32_tflite_matches_keras(converted, run_copy):
     from edgecell import data as data_mod
-    from edgecell.train import load_keras, predict, read_run
+    from edgecell.runfolder import RunFolder
+    from edgecell.train import predict
     from firmware_host.runtime import Classifier
 
     export, report = converted
     assert report["models"]["float32"]["prob_diff_max"] < 1e-4
     assert report["models"]["float32"]["agreement_with_keras"] == 1.0
     # independently of the parity code: Keras vs the Pi's Classifier (temperature applied to both)
-    meta = read_run(run_copy)
-    rows = [r for r in data_mod.read_manifest(run_copy / "split.csv") if r.split == "test"][:8]
-    x, _, _ = data_mod.load_from_manifest(meta["dataset"]["path"], rows, 48, meta["classes"])
+    run = RunFolder.read(run_copy)
+    rows = [r for r in data_mod.read_manifest(run.split_path) if r.split == "test"][:8]
+    x, _, _ = data_mod.load_from_manifest(run.dataset_path, rows, run.input_size, run.classes)
     from edgecell.metrics import apply_temperature
 
-    keras = apply_temperature(predict(load_keras(run_copy), x).astype(np.float64), meta["temperature"])
+    keras = apply_temperature(predict(run.load_keras(), x).astype(np.float64), run.temperature)
     clf = Classifier.load(export, precision="float32")
     tfl = np.stack([clf.predict_array(img) for img in x])
     assert np.abs(tfl - keras).max() < 1e-4

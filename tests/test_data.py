@@ -16,8 +16,7 @@ from edgecell import data
 from edgecell.cli import cli
 from firmware_host.errors import DataError
 from firmware_host.preprocess import load_image
-
-from .conftest import CLASSES, make_slice
+from tests._realdata import CLASSES, make_slice
 
 
 def _write_images(folder: Path, n: int, seed: int = 0, size: int = 40) -> None:

@@ -20,6 +20,8 @@ from firmware_host.decode import decode_many
 from firmware_host.errors import ImageError
 from firmware_host.preprocess import load_image
 
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
@@ -116,7 +118,6 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the worker processes")
 def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory):
     """Ctrl-C while worker processes decode: exit 130, one line, and no worker left behind."""
-    pytest.importorskip("tensorflow")
     from tests._tflite_fixtures import build_models, copy_model
 
     models = build_models(tmp_path_factory)
@@ -168,7 +169,6 @@ def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory
 
 @pytest.fixture(scope="module")
 def int8_classifier(tmp_path_factory):
-    pytest.importorskip("tensorflow")
     from firmware_host.runtime import Classifier
     from tests._tflite_fixtures import build_models
 

@@ -33,6 +33,8 @@ from edgecell.cli import COMMANDS, cli
 from firmware_host.atomic import write_text
 from tests._tflite_fixtures import build_models, labelled_folder
 
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGENERATE = "python tests/regen_golden.py (or: pytest tests/test_golden.py --update-golden)"
 WIDTH = 100
@@ -166,12 +168,10 @@ def classify_json(models, data) -> str:
     return json.dumps(rep, indent=2, ensure_ascii=False) + "\n"
 
 
-@pytest.mark.tf
 def test_classify_json(inputs, update_golden):
     check_golden("classify.json", classify_json(*inputs), update_golden)
 
 
-@pytest.mark.tf
 def test_classify_json_is_stable(inputs, tmp_path):
     """The normalised report is the same for the same images elsewhere (other folder, second run)."""
     models, data = inputs
@@ -179,7 +179,6 @@ def test_classify_json_is_stable(inputs, tmp_path):
     assert classify_json(models, other) == classify_json(models, data)
 
 
-@pytest.mark.tf
 def test_classify_csv_header(inputs, update_golden):
     models, data = inputs
     r = run("classify", "--model", models.export, data / "myeloblast", "--csv", "-")

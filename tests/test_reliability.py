@@ -36,13 +36,10 @@ from edgecell.cli import cli
 from firmware_host import atomic
 from firmware_host.errors import EdgecellError, ImageError
 from firmware_host.preprocess import MAX_PIXELS, decode, decode_rgb, load_image
+from tests._realdata import make_slice
 from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
 
-from .conftest import make_slice
-
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_CONVERTER = (ROOT / "converters" / "tflite.py").is_file()
-needs_converter = pytest.mark.skipif(not HAVE_CONVERTER, reason="converters/tflite.py is not there yet (edgecell convert is being written)")
 LATIN1_NAME = os.fsdecode(b"caf\xe9 cell.png")  # not valid UTF-8: reaches Python as a lone surrogate
 UNICODE_NAME = "cell with spaces é ü 漢字.png"
 
@@ -985,8 +982,6 @@ def test_train_disk_full_keeps_the_previous_run(messy, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def converted(real_data, tmp_path_factory) -> Path:
     """A tiny run on clean data with an int8 export: the 'previous results' later tests must not damage."""
-    if not HAVE_CONVERTER:
-        pytest.skip("converters/tflite.py is not there yet")
     pytest.importorskip("tensorflow")
     root = tmp_path_factory.mktemp("converted")
     data = make_slice(real_data, root / "data", 8, offset=200)
@@ -1003,7 +998,6 @@ def _copy_run(run: Path, dst: Path) -> Path:
     return dst
 
 
-@needs_converter
 def test_convert_calibration_folder_empty(messy, tmp_path):
     (tmp_path / "cal").mkdir()
     res = cli_run("convert", messy["run"], "--int8", "--calibration", tmp_path / "cal")
@@ -1011,7 +1005,6 @@ def test_convert_calibration_folder_empty(messy, tmp_path):
     assert not (messy["run"] / "export").exists() and leftovers(messy["run"]) == []
 
 
-@needs_converter
 def test_convert_calibration_folder_of_wrong_formats(messy, tmp_path):
     cal = tmp_path / "cal"
     cal.mkdir()
@@ -1024,7 +1017,6 @@ def test_convert_calibration_folder_of_wrong_formats(messy, tmp_path):
     assert "unusable file(s) skipped" in line
 
 
-@needs_converter
 def test_convert_calibration_folder_of_odd_sizes_and_modes(converted, real_data, tmp_path):
     """Any size is resized like every other image; too-small and broken files are named and skipped."""
     run = _copy_run(converted, tmp_path / "run")
@@ -1043,7 +1035,6 @@ def test_convert_calibration_folder_of_odd_sizes_and_modes(converted, real_data,
     assert json.loads((tmp_path / "p.json").read_text())["calibration"]["n"] == 12
 
 
-@needs_converter
 def test_convert_calibration_image_with_a_non_utf8_name(converted, tmp_path):
     run = _copy_run(converted, tmp_path / "run")
     cal = tmp_path / "cal"
@@ -1054,13 +1045,11 @@ def test_convert_calibration_image_with_a_non_utf8_name(converted, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-@needs_converter
 def test_convert_not_a_run_folder(tmp_path):
     res = cli_run("convert", tmp_path, "--int8")
     assert_one_line_error(res, tmp_path, "not an edgecell run folder")
 
 
-@needs_converter
 def test_convert_truncated_keras_model(messy, tmp_path):
     run = _copy_run(messy["run"], tmp_path / "run")
     (run / "model.keras").write_bytes((run / "model.keras").read_bytes()[:500])
@@ -1069,7 +1058,6 @@ def test_convert_truncated_keras_model(messy, tmp_path):
     assert not (run / "export").exists() and leftovers(run) == []
 
 
-@needs_converter
 def test_convert_disk_full_keeps_the_previous_export(converted, tmp_path, monkeypatch):
     run = _copy_run(converted, tmp_path / "run")
     before = tree_digest(run)
@@ -1080,7 +1068,6 @@ def test_convert_disk_full_keeps_the_previous_export(converted, tmp_path, monkey
     assert leftovers(run) == []
 
 
-@needs_converter
 def test_convert_export_not_writable(converted, tmp_path, monkeypatch):
     run = _copy_run(converted, tmp_path / "run")
     before = tree_digest(run)
@@ -1167,7 +1154,6 @@ runpy.run_module("edgecell", run_name="__main__", alter_sys=True)
 """
 
 
-@needs_converter
 def test_ctrl_c_during_conversion_with_the_export_staged(converted, tmp_path):
     run = _copy_run(converted, tmp_path / "run")
     before = tree_digest(run)
@@ -1182,7 +1168,6 @@ def test_ctrl_c_during_conversion_with_the_export_staged(converted, tmp_path):
     assert leftovers(run) == [] and (run / "export" / "model_int8.tflite").is_file()
 
 
-@needs_converter
 def test_ctrl_c_while_converting_to_int8(converted, tmp_path):
     """Plain ``python -m edgecell convert``, interrupted while the int8 converter is calibrating."""
     run = _copy_run(converted, tmp_path / "run")

@@ -32,6 +32,8 @@ from firmware_host.runtime import (
 )
 from tests._tflite_fixtures import CLASSES, SIZE, build_models, copy_model, save_jpeg
 
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):

@@ -154,8 +154,11 @@ def test_evaluate_stain_shift_on_tiny_run(tiny_run, tmp_path):
     worst = min(s["perturbations"], key=lambda r: r["accuracy"])
     assert s["worst"]["name"] == worst["name"]
     assert s["worst"]["drop_points"] == pytest.approx(100 * (m["accuracy"] - worst["accuracy"]))
-    for r in s["perturbations"]:
-        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and 0 <= r["changed"] <= 1
+    n = m["n"]
+    for r in s["perturbations"]:  # shares of the n test images
+        for key in ("accuracy", "changed"):
+            assert r[key] * n == pytest.approx(round(r[key] * n)), (r["name"], key)
+        assert 0 <= r["macro_f1"] <= 1
     assert len(m["risk_coverage"]) == len(RISK_THRESHOLDS)
     assert "worst case" in res.output and "Risk-coverage" in res.output
     # written to the metrics JSON too

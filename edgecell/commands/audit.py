@@ -56,15 +56,14 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         raise DataError("audit compares baselines on one data folder at a time; give --data once", data_dir[1])
     data_dir = data_dir[0] if data_dir else None
     classes = None
-    meta = None
+    run = None
     if run_dir is not None:
-        from edgecell.train import read_run
+        from edgecell.runfolder import RunFolder
 
-        meta = read_run(run_dir)
-        classes = list(meta["classes"])
-        data_dir = data_dir or meta.get("dataset", {}).get("path")
-        if not (Path(run_dir) / "split.csv").is_file():
-            raise DataError("split.csv is missing from the run folder", run_dir)
+        run = RunFolder.read(run_dir)
+        classes = run.classes
+        data_dir = data_dir or run.dataset_path
+        run.require_split()
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
 
@@ -73,7 +72,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         fs = audit_mod.load_features(data_dir, classes, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
     for s in fs.skipped:
         warn(f"skipped {s.path}: {s.reason}")
-    splits, split_source = audit_mod.split_for(fs, seed if meta is None else int(meta.get("seed", seed)), run_dir)
+    splits, split_source = audit_mod.split_for(fs, seed if run is None or run.seed is None else int(run.seed), run_dir)
     if run_dir is not None:
         # files the run never saw (added after training) take no part in the audit
         keep = splits != ""

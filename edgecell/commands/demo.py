@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -61,11 +60,4 @@ def demo_data(out: str, per_class: int, seed: int, size: int, json_out: str | No
         soft_wrap=True,
     )
 
-    if json_out is not None:
-        payload = summary.to_dict()
-        if json_out == "-":
-            click.echo(json.dumps(payload, indent=2))
-        else:
-            from firmware_host.atomic import write_json
-
-            write_json(json_out, payload)
+    options.emit_json(json_out, summary.to_dict())

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, exclude_option, img_size_option, json_option, seed_option
+from edgecell.options import IntList, data_option, emit_json, exclude_option, img_size_option, json_option, seed_option
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
-
-def _int_list(example: str, low: int, high: int, what: str):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            v = tuple(int(x) for x in value.split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers such as {example}, got {value!r}") from None
-        if not v or any(x < low or x > high for x in v):
-            raise click.BadParameter(f"each {what} must be between {low} and {high}")
-        return v
-
-    return parse
-
-
-_widths = _int_list(",".join(map(str, _Defaults.widths)), 1, 1024, "width")
-_depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
+_widths = IntList(1, 1024, "width", ",".join(map(str, _Defaults.widths)))
+_depths = IntList(1, 8, "depth", ",".join(map(str, _Defaults.depths)))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,10 +33,10 @@ _depths = _int_list(",".join(map(str, _Defaults.depths)), 1, 8, "depth")
 @click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_Defaults.batch_size, show_default=True, help="Images per step.")
 @click.option("--patience", type=click.IntRange(1, 1000), default=_Defaults.patience, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--widths", callback=_widths, default=None, help=f"Conv2D filters per block [default: {','.join(map(str, _Defaults.widths))}].")
+@click.option("--widths", type=_widths, default=None, help=f"Conv2D filters per block [default: {','.join(map(str, _Defaults.widths))}].")
 @click.option(
     "--depths",
-    callback=_depths,
+    type=_depths,
     default=None,
     help=f"Conv2D layers per block, one per width [default: {','.join(map(str, _Defaults.depths))}; 1 per block with --widths of another length].",
 )

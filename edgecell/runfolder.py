@@ -1,0 +1,193 @@
+"""A training run folder and its ``metadata.json``: read, validated and written in one place.
+
+A run folder (written by ``edgecell train``) holds ``model.keras``, ``metadata.json`` (the
+:class:`RunFolder` fields plus what training recorded: model shape, training figures, options),
+``split.csv``, metrics, plots and, after ``edgecell convert``, ``export/``. See docs/design.md.
+
+::
+
+    run = RunFolder.read("runs/cells")      # a clear one-line error when it is not a run
+    run.classes, run.input_size, run.temperature
+    data_dir = run.data_dir(cli_data)       # --data, else the folder recorded at training time
+    model = run.load_keras()                # TensorFlow imported here, not before
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firmware_host.errors import DataError, EdgecellError
+
+RUN_MARKER = "metadata.json"
+"""The file that makes a folder a run folder."""
+RUN_FORMAT = "edgecell-run/1"
+SPLIT_FILE = "split.csv"
+KERAS_FILE = "model.keras"
+
+
+@dataclass
+class RunFolder:
+    """What a run's ``metadata.json`` says, typed; ``extra`` keeps every other recorded field.
+
+    Attributes:
+        path: the run folder.
+        classes: class names in the model's output order.
+        input_size: the model's square input size in pixels.
+        temperature: the calibration temperature fitted on the validation split (1 = none).
+        seed: the seed of the split and training.
+        dataset: what training recorded about its data (``path``, ``fingerprint``, counts, ...).
+        extra: the remaining metadata (``model``, ``training``, ``options``, ...), as recorded.
+    """
+
+    path: Path
+    classes: list[str]
+    input_size: int
+    temperature: float = 1.0
+    seed: int | None = None
+    dataset: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dataset_path(self) -> str | None:
+        """The data folder the model was trained on, as recorded."""
+        return self.dataset.get("path")
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        """The data set's fingerprint at training time."""
+        return self.dataset.get("fingerprint")
+
+    # -- files of the folder -------------------------------------------------------------------
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / RUN_MARKER
+
+    @property
+    def keras_path(self) -> Path:
+        return self.path / KERAS_FILE
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / SPLIT_FILE
+
+    @staticmethod
+    def is_run(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a folder holding a run's metadata (not validated)."""
+        return (Path(path) / RUN_MARKER).is_file()
+
+    @classmethod
+    def containing(cls, model_path: str | os.PathLike) -> RunFolder | None:
+        """The run a model file belongs to (its folder or the one above, with a split), or None."""
+        p = Path(model_path)
+        for cand in (p.parent, p.parent.parent):
+            if cls.is_run(cand) and (cand / SPLIT_FILE).is_file():
+                return cls.read(cand)
+        return None
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunFolder:
+        """Read and validate ``path/metadata.json``; a folder that is not a run is a clear error."""
+        path = Path(path)
+        p = path / RUN_MARKER
+        try:
+            meta = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EdgecellError(f"not an edgecell run folder (no {RUN_MARKER}; create one with `edgecell train`)", path) from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgecellError(f"unreadable run metadata ({exc})", p) from None
+        if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise EdgecellError(f"not an edgecell run metadata file (format {fmt!r})", p)
+        return cls.from_dict(path, meta)
+
+    @classmethod
+    def from_dict(cls, path: str | os.PathLike, meta: dict) -> RunFolder:
+        """Validate a metadata dict (as read from ``metadata.json``) into a RunFolder."""
+        where = Path(path) / RUN_MARKER
+        classes = meta.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+            raise EdgecellError(f"run metadata: 'classes' must list at least two distinct class names (got {classes!r})", where)
+        size = meta.get("input_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise EdgecellError(f"run metadata: 'input_size' must be a positive whole number (got {size!r})", where)
+        temperature = meta.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+            raise EdgecellError(f"run metadata: 'temperature' must be a positive number (got {temperature!r})", where)
+        dataset = meta.get("dataset") or {}
+        if not isinstance(dataset, dict):
+            raise EdgecellError(f"run metadata: 'dataset' must be an object (got {dataset!r})", where)
+        known = {"format", "classes", "input_size", "temperature", "seed", "dataset"}
+        return cls(
+            path=Path(path),
+            classes=list(classes),
+            input_size=int(size),
+            temperature=float(temperature),
+            seed=meta.get("seed"),
+            dataset=dict(dataset),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict:
+        """The ``metadata.json`` content (the typed fields first, then ``extra``)."""
+        out = {"format": RUN_FORMAT, "classes": list(self.classes), "input_size": self.input_size}
+        extra = dict(self.extra)
+        for k in ("preprocessing",):  # keep the recorded order of the first fields
+            if k in extra:
+                out[k] = extra.pop(k)
+        out["seed"] = self.seed
+        out["dataset"] = dict(self.dataset)
+        if "split" in extra:
+            out["split"] = extra.pop("split")
+        out["temperature"] = self.temperature
+        out.update(extra)
+        return out
+
+    def write(self, folder: str | os.PathLike | None = None) -> Path:
+        """Write ``metadata.json`` (atomically) into ``folder`` (default: the run folder)."""
+        from firmware_host.atomic import write_json
+
+        return write_json(Path(folder or self.path) / RUN_MARKER, self.to_dict())
+
+    # -- what the commands need from a run -----------------------------------------------------
+
+    def data_dir(self, override: str | None = None, what: str = "the data folder the model was trained on is not there; pass --data DIR") -> str:
+        """``override`` (``--data``) if given, else the recorded data folder; an error if it is not a folder."""
+        d = override or self.dataset_path
+        if not d or not Path(d).is_dir():
+            raise DataError(what, d or "--data")
+        return d
+
+    def sources(self, given: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> dict[str, Path]:
+        """Source name -> folder of the run's data: from ``--data`` (one folder or several) if given,
+        else as recorded (see :func:`edgecell.data.run_sources`)."""
+        from edgecell.data import run_sources
+
+        given = [given] if isinstance(given, (str, os.PathLike)) else list(given or [])
+        return run_sources(self.dataset, given)
+
+    def require_split(self, why: str = "") -> Path:
+        """``split.csv``, or an error naming the run folder."""
+        if not self.split_path.is_file():
+            raise DataError(f"split.csv is missing from the run folder{why}", self.path)
+        return self.split_path
+
+    def load_keras(self):
+        """The run's Keras model (imports TensorFlow)."""
+        from edgecell.tfutil import import_tf
+
+        tf = import_tf()
+        if not self.keras_path.is_file():
+            raise EdgecellError("model.keras is missing from the run folder", self.path)
+        try:
+            return tf.keras.models.load_model(self.keras_path, compile=False)
+        except Exception as exc:
+            from firmware_host.errors import first_line
+
+            raise EdgecellError(f"cannot load Keras model ({first_line(exc)})", self.keras_path) from None

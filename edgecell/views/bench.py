@@ -1,0 +1,87 @@
+"""What ``edgecell bench`` prints for people (rich); the timing is in :mod:`firmware_host.bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from edgecell.bench import KERAS_BATCH
+from firmware_host.bench import speedups
+from firmware_host.metadata import Precision
+
+
+def _f(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _label(model: str) -> str:
+    """Short name of a row's model: the export folder's name, or the file name for a lone file."""
+    p = Path(model)
+    return p.parent.name if p.name in {x.filename for x in Precision} else p.name
+
+
+def print_report(con, rows, keras_result, with_e2e: bool) -> None:
+    table = Table(title="TFLite inference (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name, justify in [
+        ("model", "left"),
+        ("prec", "left"),
+        ("thr", "right"),
+        ("KB", "right"),
+        ("min", "right"),
+        ("p50", "right"),
+        ("p95", "right"),
+        ("p99", "right"),
+        ("img/s", "right"),
+    ]:
+        table.add_column(name, justify=justify, overflow="fold")
+    if with_e2e:
+        table.add_column("e2e/s", justify="right")
+    table.add_column("+RSS MB", justify="right")
+    table.add_column("peak MB", justify="right")
+    for r in rows:
+        lat = r["latency_ms"]
+        cells = [
+            escape(_label(r["model"])),
+            r["precision"],
+            str(r["threads"]),
+            f"{r['size_bytes'] / 1024:.1f}",
+            _f(lat["min"], "{:.3g}"),
+            _f(lat["p50"], "{:.3g}"),
+            _f(lat["p95"], "{:.3g}"),
+            _f(lat["p99"], "{:.3g}"),
+            _f(r["throughput_per_s"], "{:.0f}"),
+        ]
+        if with_e2e:
+            e = r["end_to_end"]
+            cells.append(_f(e and e["images_per_s"], "{:.0f}"))
+        cells.append(_f(r["model_rss_mb"], "{:.1f}"))
+        cells.append(_f(r["process_peak_rss_mb"], "{:.0f}"))
+        table.add_row(*cells)
+    con.print(table)
+    if rows:
+        con.print(
+            f"Interpreter: {escape(rows[0]['interpreter'])}. Latency: quantise + invoke + dequantise, decoding excluded; "
+            "img/s = 1000 / mean latency; +RSS MB = resident memory this model added (load + timed runs); "
+            "peak MB = the whole process's peak RSS so far (only rises, so later rows include earlier ones).",
+            soft_wrap=True,
+        )
+    for s in speedups(rows):
+        sp = s["speedup"]
+        verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x slower"
+        con.print(
+            f"int8 vs float32 ({escape(Path(s['folder']).name)}, {s['threads']} thread(s)): p50 {s['p50_int8_ms']:.3g} ms vs "
+            f"{s['p50_float32_ms']:.3g} ms - int8 is {verdict}, {s['size_ratio']:.1f}x smaller",
+            soft_wrap=True,
+        )
+    if keras_result:
+        k = keras_result
+        con.print(
+            f"Keras ({escape(Path(k['model']).name)}, TF {k['tensorflow_version']}): predict on 1 image p50 "
+            f"{k['predict_one']['latency_ms']['p50']:.2f} ms; predict_on_batch({KERAS_BATCH}) "
+            f"{k['predict_on_batch']['per_image_ms']:.3f} ms/image ({k['predict_on_batch']['images_per_s']:.0f} img/s); "
+            f"RSS added by the model {_f(k['model_rss_mb'], '{:.1f}')} MB (process peak {_f(k['process_peak_rss_mb'], '{:.0f}')} MB, TensorFlow included)",
+            soft_wrap=True,
+        )

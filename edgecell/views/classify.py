@@ -1,0 +1,147 @@
+"""What ``edgecell classify`` prints for people (rich); the work is in :mod:`firmware_host.classify`."""
+
+from __future__ import annotations
+
+import os
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
+from firmware_host.runtime import REVIEW_CLASSES
+
+
+def print_header(con, job: ClassifyJob) -> None:
+    """The model line; which worker processes will classify (for long lists)."""
+    clf = job.classifier
+    con.print(
+        f"Model [bold]{escape(str(clf.path))}[/bold] ({clf.precision.value}, {clf.input_size}x{clf.input_size}, "
+        f"{len(clf.classes)} classes, SHA-256 verified) on {clf.backend.describe()}, {clf.threads} thread(s)",
+        soft_wrap=True,
+    )
+
+
+def print_error(err, exc) -> None:
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+
+
+def _fmt_ms(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _flag_markup(flag: str) -> str:
+    if not flag:
+        return ""
+    colour = "yellow" if flag.startswith("uncertain") else "red"
+    return f"[{colour}]{escape(flag)}[/{colour}]"
+
+
+def _where_saved(opts: ClassifyOptions) -> str:
+    """Where the full list of results is, for the note under a shortened table."""
+    files = [d for d in (opts.csv_out, opts.json_out) if d and d != "-"]
+    if opts.csv_out == "-" or opts.json_out == "-":
+        files.append("the " + ("CSV" if opts.csv_out == "-" else "JSON") + " on stdout")
+    if not files:
+        return "add --csv FILE or --json FILE to save every result"
+    return "every result is in " + " and ".join(escape(f) for f in files)
+
+
+def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
+    """The results table, differential count, flags, latency and (with folder labels) the metrics."""
+    metrics, latency = s.metrics(), s.latency()
+    n_ok = s.n_classified
+    if s.lab_warning:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.lab_warning)}", soft_wrap=True, highlight=False)
+    rows = s.first_rows
+    note = None
+    if n_ok > MANY:
+        rows = s.flagged_rows
+        shown = f"first {len(rows)} of the {s.n_flagged} flagged ones" if s.n_flagged > len(rows) else f"{s.n_flagged} flagged ones"
+        note = f"{n_ok} images classified: the table lists only the {shown} ({n_ok - len(rows)} not shown); {_where_saved(opts)}."
+    if rows:
+        root = s.root
+        table = Table(
+            title="Flagged images" if note else "Results",
+            title_justify="left",
+            caption=f"files under {escape(root)}" if root else None,
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            collapse_padding=True,
+        )
+        show_truth = bool(s.n_labelled)
+        table.add_column("file", overflow="fold", min_width=24)
+        table.add_column("predicted", overflow="fold")
+        table.add_column("conf", justify="right")
+        table.add_column("top-3", overflow="fold", min_width=19)
+        table.add_column("flag", overflow="fold")
+        if show_truth:
+            table.add_column("ok", justify="center")  # predicted == folder label (the folder is shown in "file")
+        for r in rows:
+            cells = [
+                escape(os.path.relpath(r["path"], root) if root else r["path"]),
+                escape(r["label"]),
+                f"{r['confidence']:.2f}",
+                escape("\n".join(f"{t['prob']:.2f} {t['label']}" for t in r["top3"])),
+                _flag_markup(r["flag"]),
+            ]
+            if show_truth:
+                t = r["true_label"]
+                cells.append("" if t is None else ("[green]yes[/green]" if r["correct"] else "[red]no[/red]"))
+            table.add_row(*cells)
+        con.print(table)
+    if note:
+        con.print(note, soft_wrap=True)
+
+    if n_ok:
+        diff = Table(title="Differential count", title_justify="left")
+        diff.add_column("class")
+        diff.add_column("count", justify="right")
+        diff.add_column("%", justify="right")
+        for c, count in s.differential.items():
+            mark = " [red](review)[/red]" if c in REVIEW_CLASSES else ""
+            diff.add_row(escape(c) + mark, str(count), f"{100.0 * count / n_ok:.1f}")
+        diff.add_row("[bold]total[/bold]", f"[bold]{n_ok}[/bold]", "100.0")
+        con.print(diff)
+        con.print(
+            f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review "
+            f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",
+            soft_wrap=True,
+        )
+        pre, inf = latency["preprocess_ms"], latency["inference_ms"]
+        con.print(
+            f"Latency per image: preprocess p50 {_fmt_ms(pre['p50'])} ms, p95 {_fmt_ms(pre['p95'])} ms; "
+            f"inference p50 {_fmt_ms(inf['p50'])} ms, p95 {_fmt_ms(inf['p95'])} ms. "
+            f"{n_ok} images in {s.wall_s:.2f} s ({latency['images_per_s']:.1f} images/s end to end).",
+            soft_wrap=True,
+        )
+    if metrics:
+        _print_metrics(con, metrics, s.classes)
+    if s.failed:
+        err.print(
+            f"[red]{len(s.failed)} of {s.n_inputs} inputs could not be classified[/red] (listed above); {n_ok} classified.",
+            soft_wrap=True,
+        )
+    elif not n_ok:
+        err.print("no images classified", soft_wrap=True)
+
+
+def _print_metrics(con, metrics: dict, classes) -> None:
+    extra = f" ({metrics['n_unlabelled']} images not in a class folder were left out)" if metrics.get("n_unlabelled") else ""
+    con.print(
+        f"Against folder labels ({metrics['n']} images): accuracy [bold]{metrics['accuracy']:.3f}[/bold], "
+        f"macro-F1 [bold]{metrics['macro_f1']:.3f}[/bold]{extra}",
+        soft_wrap=True,
+    )
+    cm = Table(title="Confusion matrix (rows: folder label, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for c in classes:
+        cm.add_column(escape(c), justify="right")
+    cm.add_column("recall", justify="right")
+    for i, c in enumerate(classes):
+        row = metrics["confusion_matrix"][i]
+        if not sum(row):
+            continue
+        cells = [f"[bold]{v}[/bold]" if j == i else str(v) for j, v in enumerate(row)]
+        cm.add_row(escape(c), *cells, f"{metrics['per_class'][c]['recall']:.2f}")
+    con.print(cm)

@@ -1,0 +1,464 @@
+"""Classify a list of image files with a converted model and stream the results to CSV / JSON.
+
+The library behind ``edgecell classify``, usable on its own on a Pi (no TensorFlow, no click,
+no rich)::
+
+    from firmware_host import classify_paths
+
+    summary = classify_paths("export", ["slides/"], csv_out="results.csv")
+    print(summary.differential, summary.n_flagged, summary.metrics())
+
+Results stream: each image's row goes to the --csv / --json temporary file as soon as it is
+classified, and only counts, two float32 latencies per image and a bounded number of table rows
+stay in memory (:class:`ClassifySummary`), so memory does not grow with the number of images
+(tests/test_soak.py classifies 20,000 in one process). The files are renamed into place only
+when the whole run succeeded (:func:`text_output`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from firmware_host import atomic
+from firmware_host.atomic import check_writable, json_text
+from firmware_host.decode import default_workers, use_processes
+from firmware_host.errors import ImageError
+from firmware_host.paths import expand_paths, label_for
+from firmware_host.runtime import (
+    DEFAULT_THRESHOLD,
+    FLAG_REVIEW,
+    FLAG_UNCERTAIN,
+    REVIEW_CLASSES,
+    Classifier,
+    classification_metrics,
+    latency_summary,
+    triage,
+)
+
+MANY = 50
+"""Above this many images the table lists only flagged images (and a progress bar is shown)."""
+MAX_TABLE_ROWS = 100
+"""At most this many rows in the flagged-only table; every result is in --json/--csv."""
+
+
+@dataclass
+class ClassifyOptions:
+    """What to classify and where the results go (the options of ``edgecell classify``).
+
+    Attributes:
+        model_path: a ``model_<precision>.tflite`` (with its ``.json`` beside it) or an export folder.
+        paths: files, folders and glob patterns to classify.
+        json_out: where to write the JSON report ('-' = stdout), or None.
+        csv_out: where to write one CSV row per input ('-' = stdout), or None.
+        threshold: predictions less confident than this are flagged as uncertain.
+        threads: interpreter threads (None = all cores).
+        precision: which model of an export folder to use (None = int8, else float32, else float16).
+    """
+
+    model_path: str
+    paths: tuple[str, ...]
+    json_out: str | None = None
+    csv_out: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    threads: int | None = None
+    precision: str | None = None
+
+
+@dataclass
+class ClassifySummary:
+    """What a classify run keeps while the images stream past: counts, not per-image results.
+
+    Every per-image result goes straight to --csv / --json; memory held here grows by 8 bytes
+    per classified image (the two latencies, for exact percentiles) and by one small entry per
+    input that could not be classified, and is otherwise bounded.
+
+    Attributes:
+        classes: the model's classes, the order of ``predicted`` and ``confusion``.
+        threshold: confidence below which a prediction is flagged as uncertain.
+        n_inputs: inputs given, after expanding folders and globs (images plus path errors).
+        n_images: image files found.
+        n_classified: images classified.
+        predicted: images predicted as each class (the differential count).
+        n_review: confident predictions of a review class (myeloblast, erythroblast).
+        n_uncertain: predictions below ``threshold``.
+        confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
+        n_unlabelled: classified images that are not in a folder named after a class.
+        preprocess_ms: per-image decode-and-resize time, float32, in input order.
+        inference_ms: per-image interpreter time, float32, in input order.
+        first_rows: the first :data:`MANY` results (the whole table when there are no more).
+        flagged_rows: the first :data:`MAX_TABLE_ROWS` flagged results (the table when there are more).
+        failed: every input that could not be classified, as ``{"path", "error"}``, in order.
+        wall_s: wall-clock time of the classification loop.
+    """
+
+    classes: list[str]
+    threshold: float
+    n_inputs: int = 0
+    n_images: int = 0
+    n_classified: int = 0
+    predicted: list[int] = field(default_factory=list)
+    n_review: int = 0
+    n_uncertain: int = 0
+    confusion: list[list[int]] = field(default_factory=list)
+    n_unlabelled: int = 0
+    preprocess_ms: array = field(default_factory=lambda: array("f"))
+    inference_ms: array = field(default_factory=lambda: array("f"))
+    first_rows: list[dict] = field(default_factory=list)
+    flagged_rows: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    lab_check: dict = field(default_factory=dict)
+    confidence_sum: float = 0.0
+    _index: dict = field(default_factory=dict, init=False, repr=False)
+    _root: str | None = field(default=None, init=False, repr=False)
+    _last_dir: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        k = len(self.classes)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+        self.predicted = self.predicted or [0] * k
+        self.confusion = self.confusion or [[0] * k for _ in range(k)]
+
+    def add(self, row: dict, preprocess_ms: float, inference_ms: float) -> None:
+        """Count one classified image; ``row`` is its result (``Prediction.to_dict`` plus flag and truth)."""
+        self.n_classified += 1
+        self.confidence_sum += row["confidence"]
+        pred = self._index[row["label"]]
+        self.predicted[pred] += 1
+        self.n_review += row["flag"] == FLAG_REVIEW
+        self.n_uncertain += row["flag"] == FLAG_UNCERTAIN
+        if row["true_label"] is None:
+            self.n_unlabelled += 1
+        else:
+            self.confusion[self._index[row["true_label"]]][pred] += 1
+        self.preprocess_ms.append(preprocess_ms)
+        self.inference_ms.append(inference_ms)
+        if len(self.first_rows) < MANY:
+            self.first_rows.append(row)
+        if row["flag"] and len(self.flagged_rows) < MAX_TABLE_ROWS:
+            self.flagged_rows.append(row)
+        self._note_folder(row["path"])
+
+    def add_failure(self, path: str, reason: str) -> None:
+        self.failed.append({"path": path, "error": reason})
+
+    def _note_folder(self, path: str) -> None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder == self._last_dir:
+            return
+        self._last_dir = folder
+        if self._root is None:
+            self._root = folder
+        elif self._root:
+            try:
+                self._root = os.path.commonpath([self._root, folder])
+            except ValueError:  # different drives
+                self._root = ""
+
+    @property
+    def root(self) -> str:
+        """The folder all classified images share (shown once under the table), or ""."""
+        return "" if self._root in (None, "", os.sep) else self._root
+
+    @property
+    def n_flagged(self) -> int:
+        return self.n_review + self.n_uncertain
+
+    @property
+    def n_labelled(self) -> int:
+        return self.n_classified - self.n_unlabelled
+
+    @property
+    def differential(self) -> dict[str, int]:
+        return dict(zip(self.classes, self.predicted))
+
+    def metrics(self) -> dict | None:
+        """Accuracy, macro-F1 and the confusion matrix against folder labels (None if no image is labelled)."""
+        if not self.n_labelled:
+            return None
+        # classification_metrics takes label sequences; feed it the tallied matrix as two lazy,
+        # aligned streams of labels instead of materialising one entry per image.
+        cells = [(i, j, n) for i, row in enumerate(self.confusion) for j, n in enumerate(row) if n]
+        y_true = (self.classes[i] for i, _, n in cells for _ in range(n))
+        y_pred = (self.classes[j] for _, j, n in cells for _ in range(n))
+        metrics = classification_metrics(y_true, y_pred, self.classes)
+        metrics["n_unlabelled"] = self.n_unlabelled
+        return metrics
+
+    def latency(self) -> dict:
+        return {
+            "preprocess_ms": latency_summary(self.preprocess_ms),
+            "inference_ms": latency_summary(self.inference_ms),
+            "wall_s": self.wall_s,
+            "images_per_s": (self.n_classified / self.wall_s) if self.wall_s > 0 and self.n_classified else None,
+        }
+
+    @property
+    def lab_warning(self) -> str | None:
+        """One line when these images look unlike the model's training labs (see ``runtime.lab_warning``)."""
+        from firmware_host.runtime import lab_warning
+
+        n = self.n_classified
+        return lab_warning(self.confidence_sum / n, n, self.lab_check) if n else None
+
+    def to_dict(self) -> dict:
+        """The ``summary`` section of the JSON report."""
+        n_ok = self.n_classified
+        return {
+            "n_inputs": self.n_inputs,
+            "n_images": self.n_images,
+            "n_classified": n_ok,
+            "n_failed": len(self.failed),
+            "threshold": self.threshold,
+            "differential": self.differential,
+            "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
+            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "total": self.n_flagged},
+            "review_classes": sorted(REVIEW_CLASSES),
+            "lab_warning": self.lab_warning,
+        }
+
+
+class ClassifyJob:
+    """One classify run: the model loaded, the paths expanded, the outputs open; iterate to classify.
+
+    ::
+
+        with ClassifyJob(opts) as job:          # checks the outputs, loads and verifies the model
+            for path, result in job:            # a row dict, or the ImageError of an unusable file
+                ...
+            job.summary                         # counts, latencies, metrics
+        # leaving the block writes the JSON/CSV tails and renames the files into place
+
+    Attributes:
+        classifier: the loaded :class:`~firmware_host.runtime.Classifier`.
+        paths: the image files found, in order; ``path_errors``: arguments that matched nothing.
+        processes: whether ``workers`` worker processes classify (256+ files and no ``threads`` asked for).
+        summary: the :class:`ClassifySummary` being tallied.
+    """
+
+    def __init__(self, opts: ClassifyOptions):
+        if opts.json_out == "-" and opts.csv_out == "-":
+            raise ValueError("only one of --json and --csv can write to stdout ('-')")
+        for dest in (opts.json_out, opts.csv_out):
+            if dest and dest != "-":
+                check_writable(dest)  # before the work, so results are never computed only to be lost
+        self.opts = opts
+        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
+        expanded = expand_paths(opts.paths)
+        self.paths, self.path_errors = expanded.paths, expanded.errors
+        n = len(self.paths)
+        self.summary = ClassifySummary(
+            classes=list(self.classifier.classes),
+            threshold=opts.threshold,
+            n_inputs=n + len(self.path_errors),
+            n_images=n,
+            lab_check=dict(self.classifier.meta.lab_check),
+        )
+        for exc in self.path_errors:
+            self.summary.add_failure(exc.path, exc.reason)
+        # Long lists: one worker process per core, each decoding and classifying on 1 thread.
+        # threads=N keeps the interpreter in this process, with the N threads asked for.
+        self._processes = None if opts.threads is None else False
+        self.workers = default_workers()
+        self.processes = use_processes(self.paths, self.workers, self._processes)
+        self._stack = contextlib.ExitStack()
+        self._csv: CsvStream | None = None
+        self._json: JsonStream | None = None
+
+    def __enter__(self) -> ClassifyJob:
+        opts, classes = self.opts, self.classifier.classes
+        with self._stack:
+            if opts.csv_out:
+                self._csv = CsvStream(self._stack.enter_context(text_output(opts.csv_out)), classes)
+            if opts.json_out:
+                head = {"model": self.classifier.info(), "threshold": opts.threshold}
+                indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
+                self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
+            self._stack = self._stack.pop_all()
+        return self
+
+    def __iter__(self) -> Iterator[tuple[str, dict | ImageError]]:
+        """Classify every path in order, tallying and streaming each result; yields ``(path, row or ImageError)``."""
+        s, classes, t0 = self.summary, self.classifier.classes, time.perf_counter()
+        try:
+            for path, res in self.classifier.classify_many(self.paths, processes=self._processes):
+                if isinstance(res, ImageError):
+                    s.add_failure(path, res.reason)
+                    yield path, res
+                    continue
+                truth = label_for(path, classes)
+                row = res.to_dict(classes)
+                row.update(flag=triage(res, self.opts.threshold), true_label=truth, correct=None if truth is None else truth == res.label)
+                s.add(row, res.preprocess_ms, res.inference_ms)
+                for out in (self._csv, self._json):
+                    if out:
+                        out.add(row)
+                yield path, row
+        finally:
+            s.wall_s = time.perf_counter() - t0
+
+    def __exit__(self, *exc_info) -> bool | None:
+        if exc_info[0] is not None:  # the temporary files are removed; nothing half-written is kept
+            return self._stack.__exit__(*exc_info)
+        with self._stack:
+            s = self.summary
+            if self._json:
+                self._json.close({"failed": s.failed, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
+            if self._csv:
+                self._csv.close(s.failed)
+        return None
+
+
+def classify_paths(
+    model: str | os.PathLike,
+    paths: list[str] | tuple[str, ...],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    csv_out: str | None = None,
+    json_out: str | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
+    on_result: Callable[[str, dict | ImageError], None] | None = None,
+) -> ClassifySummary:
+    """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
+
+    Writes every result to ``csv_out`` / ``json_out`` (file names, '-' for stdout) when given,
+    calls ``on_result(path, row_or_error)`` per image, and returns the :class:`ClassifySummary`
+    (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
+    """
+    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision)
+    with ClassifyJob(opts) as job:
+        for path, result in job:
+            if on_result:
+                on_result(path, result)
+    return job.summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Streamed outputs
+
+
+@contextlib.contextmanager
+def text_output(dest: str) -> Iterator[IO[str]]:
+    """A text file to stream machine-readable output into; nobody sees it until it is complete.
+
+    A file name: a temporary file beside it (:func:`firmware_host.atomic.atomic_path`), fsynced
+    and renamed onto it when the block ends without error, removed otherwise; a write error is
+    one line naming ``dest``. '-': an anonymous temporary file, copied to stdout at the end, so
+    stdout gets the whole report or nothing. File names that are not valid UTF-8 are written as
+    the bytes they have on disk (surrogateescape), as :func:`firmware_host.atomic.write_text` does.
+    """
+    text = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+    if dest == "-":
+        with tempfile.TemporaryFile("w+", **text) as fh:
+            yield fh
+            fh.seek(0)
+            out = sys.stdout
+            while chunk := fh.read(1 << 16):
+                out.write(chunk)
+            out.flush()
+        return
+    # firmware_host.atomic's own ``open`` (the one its write_bytes uses) when it has one: every
+    # artifact is written through the same call, which the reliability tests replace to simulate
+    # a full disk.
+    opener = getattr(atomic, "open", open)
+    with atomic.atomic_path(dest) as tmp, opener(tmp, "w", **text) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+JSON_INDENT_MAX_RESULTS = 500
+"""Reports with more results are written without indentation (Python's indenting encoder is slow)."""
+
+
+class JsonStream:
+    """Writes the JSON report ``json.dumps`` would write, with the results streamed in one by one.
+
+    The report is ``{"model", "threshold", "results": [...], "failed", "summary", "metrics",
+    "latency"}``; the keys before ``results`` are known at the start, those after it at the end.
+    """
+
+    _HOLE = "\x00edgecell results\x00"  # a string no model info or summary can contain
+
+    def __init__(self, fh: IO[str], head: dict, indent: int | None):
+        self.fh, self.indent, self.n = fh, indent, 0
+        before, hole, _ = self._dump({**head, "results": self._HOLE}).rpartition(json.dumps(self._HOLE))
+        assert hole
+        fh.write(before + "[")
+
+    def _dump(self, obj) -> str:
+        return json_text(obj, indent=self.indent)
+
+    def add(self, row: dict) -> None:
+        item = self._dump(row)
+        if self.indent:  # an item two levels deep; JSON strings hold no raw newlines
+            pad = "\n" + " " * (2 * self.indent)
+            self.fh.write(("," if self.n else "") + pad + item.replace("\n", pad))
+        else:
+            self.fh.write((", " if self.n else "") + item)
+        self.n += 1
+
+    def close(self, tail: dict) -> None:
+        _, hole, after = self._dump({"results": self._HOLE, **tail}).partition(json.dumps(self._HOLE))
+        assert hole
+        self.fh.write(("\n" + " " * self.indent if self.indent and self.n else "") + "]" + after + "\n")
+
+
+CSV_BASE_COLUMNS = [
+    "path",
+    "label",
+    "confidence",
+    "flag",
+    "top2_label",
+    "top2_prob",
+    "top3_label",
+    "top3_prob",
+    "true_label",
+    "correct",
+    "preprocess_ms",
+    "inference_ms",
+]
+
+
+class CsvStream:
+    """One CSV row per classified image as it comes, then one per input that could not be classified."""
+
+    def __init__(self, fh: IO[str], classes):
+        self.classes = list(classes)
+        self.w = csv.DictWriter(fh, fieldnames=CSV_BASE_COLUMNS + [f"p_{c}" for c in classes] + ["error"], lineterminator="\n")
+        self.w.writeheader()
+
+    def add(self, r: dict) -> None:
+        top = r["top3"] + [{"label": "", "prob": ""}] * 3
+        row = {
+            "path": r["path"],
+            "label": r["label"],
+            "confidence": f"{r['confidence']:.6f}",
+            "flag": r["flag"],
+            "top2_label": top[1]["label"],
+            "top2_prob": "" if top[1]["prob"] == "" else f"{top[1]['prob']:.6f}",
+            "top3_label": top[2]["label"],
+            "top3_prob": "" if top[2]["prob"] == "" else f"{top[2]['prob']:.6f}",
+            "true_label": r["true_label"] or "",
+            "correct": "" if r["correct"] is None else int(r["correct"]),
+            "preprocess_ms": f"{r['preprocess_ms']:.3f}",
+            "inference_ms": f"{r['inference_ms']:.3f}",
+            "error": "",
+        }
+        row.update({f"p_{c}": f"{r['probs'][c]:.6f}" for c in self.classes})
+        self.w.writerow(row)
+
+    def close(self, failed: list[dict]) -> None:
+        for f in failed:
+            self.w.writerow({"path": f["path"], "error": f["error"]})

@@ -1,0 +1,95 @@
+"""RunFolder: the one reader and writer of a run's metadata.json (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
+from firmware_host.errors import DataError, EdgecellError
+
+META = {
+    "format": RUN_FORMAT,
+    "classes": ["a", "b", "c"],
+    "input_size": 48,
+    "preprocessing": {"version": 1},
+    "seed": 3,
+    "dataset": {"path": "/data/cells", "fingerprint": "abc", "counts": {"a": 1}, "skipped": 0},
+    "split": {"train": 1, "val": 1, "test": 1},
+    "temperature": 1.5,
+    "model": {"widths": [8]},
+    "training": {"epochs_run": 2},
+}
+
+
+def write(folder, meta) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_MARKER).write_text(json.dumps(meta))
+
+
+def test_read_types_the_fields(tmp_path):
+    write(tmp_path / "run", META)
+    run = RunFolder.read(tmp_path / "run")
+    assert (run.classes, run.input_size, run.temperature, run.seed) == (["a", "b", "c"], 48, 1.5, 3)
+    assert (run.dataset_path, run.dataset_fingerprint) == ("/data/cells", "abc")
+    assert run.extra["training"] == {"epochs_run": 2} and run.keras_path == tmp_path / "run" / "model.keras"
+
+
+def test_write_then_read_gives_the_same_file(tmp_path):
+    write(tmp_path / "run", META)
+    run = RunFolder.read(tmp_path / "run")
+    run.write(tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / RUN_MARKER).read_text()) == META
+    assert list(json.loads((tmp_path / "copy" / RUN_MARKER).read_text())) == list(META)  # the recorded key order
+
+
+def test_temperature_defaults_to_one(tmp_path):
+    write(tmp_path / "run", {k: v for k, v in META.items() if k != "temperature"})
+    assert RunFolder.read(tmp_path / "run").temperature == 1.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "other/1"}, "not an edgecell run metadata file"),
+        ({"classes": ["a"]}, "'classes' must list at least two"),
+        ({"classes": ["a", "a"]}, "'classes' must list at least two distinct"),
+        ({"input_size": "48"}, "'input_size' must be a positive whole number"),
+        ({"input_size": 0}, "'input_size' must be a positive whole number"),
+        ({"temperature": -1}, "'temperature' must be a positive number"),
+    ],
+)
+def test_invalid_metadata_is_one_line_naming_the_file(tmp_path, change, message):
+    write(tmp_path / "run", META | change)
+    with pytest.raises(EdgecellError, match=message) as info:
+        RunFolder.read(tmp_path / "run")
+    assert info.value.path == str(tmp_path / "run" / RUN_MARKER) and "\n" not in str(info.value)
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(EdgecellError, match="not an edgecell run folder"):
+        RunFolder.read(tmp_path)
+    (tmp_path / RUN_MARKER).write_text("{not json")
+    with pytest.raises(EdgecellError, match="unreadable run metadata"):
+        RunFolder.read(tmp_path)
+
+
+def test_data_dir_prefers_the_option_and_checks_it_is_a_folder(tmp_path):
+    write(tmp_path / "run", META | {"dataset": {"path": str(tmp_path)}})
+    run = RunFolder.read(tmp_path / "run")
+    assert run.data_dir() == str(tmp_path)
+    assert run.data_dir(str(tmp_path / "run")) == str(tmp_path / "run")
+    with pytest.raises(DataError, match="pass --data DIR"):
+        run.data_dir(str(tmp_path / "missing"))
+
+
+def test_containing_finds_the_run_of_an_exported_model(tmp_path):
+    write(tmp_path / "run", META)
+    (tmp_path / "run" / "split.csv").write_text("file,class,split\n")
+    model = tmp_path / "run" / "export" / "model_int8.tflite"
+    assert RunFolder.containing(model).path == tmp_path / "run"
+    assert RunFolder.containing(tmp_path / "elsewhere" / "model_int8.tflite") is None
+    (tmp_path / "run" / "split.csv").unlink()
+    with pytest.raises(DataError, match="split.csv is missing"):
+        RunFolder.read(tmp_path / "run").require_split()
