@@ -369,32 +369,44 @@ class JsonStream:
 
     The report is ``{"model", "threshold", "results": [...], "failed", "summary", "metrics",
     "latency"}``; the keys before ``results`` are known at the start, those after it at the end.
+    Each member is written as :func:`firmware_host.atomic.json_text` writes it, indented to its
+    depth (JSON strings hold no raw newlines, so re-indenting a dumped value is exact).
     """
 
-    _HOLE = "\x00edgecell results\x00"  # a string no model info or summary can contain
-
     def __init__(self, fh: IO[str], head: dict, indent: int | None):
-        self.fh, self.indent, self.n = fh, indent, 0
-        before, hole, _ = self._dump({**head, "results": self._HOLE}).rpartition(json.dumps(self._HOLE))
-        assert hole
-        fh.write(before + "[")
+        self.fh, self.indent, self.n, self._members = fh, indent, 0, 0
+        fh.write("{")
+        for key, value in head.items():
+            self._member(key, value)
+        self._key("results")
+        fh.write("[")
 
-    def _dump(self, obj) -> str:
-        return json_text(obj, indent=self.indent)
+    def _newline(self, depth: int) -> str:
+        return "\n" + " " * (self.indent * depth) if self.indent else ""
+
+    def _value(self, obj, depth: int) -> str:
+        text = json_text(obj, indent=self.indent)
+        return text.replace("\n", self._newline(depth)) if self.indent else text
+
+    def _key(self, key: str) -> None:
+        comma = ("," if self.indent else ", ") if self._members else ""
+        self.fh.write(comma + self._newline(1) + json.dumps(key) + ": ")
+        self._members += 1
+
+    def _member(self, key: str, value) -> None:
+        self._key(key)
+        self.fh.write(self._value(value, 1))
 
     def add(self, row: dict) -> None:
-        item = self._dump(row)
-        if self.indent:  # an item two levels deep; JSON strings hold no raw newlines
-            pad = "\n" + " " * (2 * self.indent)
-            self.fh.write(("," if self.n else "") + pad + item.replace("\n", pad))
-        else:
-            self.fh.write((", " if self.n else "") + item)
+        comma = ("," if self.indent else ", ") if self.n else ""
+        self.fh.write(comma + self._newline(2) + self._value(row, 2))
         self.n += 1
 
     def close(self, tail: dict) -> None:
-        _, hole, after = self._dump({"results": self._HOLE, **tail}).partition(json.dumps(self._HOLE))
-        assert hole
-        self.fh.write(("\n" + " " * self.indent if self.indent and self.n else "") + "]" + after + "\n")
+        self.fh.write((self._newline(1) if self.n else "") + "]")
+        for key, value in tail.items():
+            self._member(key, value)
+        self.fh.write(self._newline(0) + "}\n")
 
 
 CSV_BASE_COLUMNS = [
