@@ -63,6 +63,7 @@ class ClassifyOptions:
         threshold: predictions less confident than this are flagged as uncertain.
         threads: interpreter threads (None = all cores).
         precision: which model of an export folder to use (None = int8, else float32, else float16).
+        report_out: where to write the review page (:mod:`firmware_host.report`), or None.
     """
 
     model_path: str
@@ -72,6 +73,7 @@ class ClassifyOptions:
     threshold: float = DEFAULT_THRESHOLD
     threads: int | None = None
     precision: str | None = None
+    report_out: str | None = None
 
 
 @dataclass
@@ -237,7 +239,7 @@ class ClassifyJob:
     def __init__(self, opts: ClassifyOptions):
         if opts.json_out == "-" and opts.csv_out == "-":
             raise ValueError("only one of --json and --csv can write to stdout ('-')")
-        for dest in (opts.json_out, opts.csv_out):
+        for dest in (opts.json_out, opts.csv_out, opts.report_out):
             if dest and dest != "-":
                 check_writable(dest)  # before the work, so results are never computed only to be lost
         self.opts = opts
@@ -256,6 +258,7 @@ class ClassifyJob:
         self._stack = contextlib.ExitStack()
         self._csv: CsvStream | None = None
         self._json: JsonStream | None = None
+        self._report = None  # a firmware_host.report.ReportWriter with --report
 
     def __enter__(self) -> ClassifyJob:
         opts, classes = self.opts, self.classifier.classes
@@ -266,6 +269,10 @@ class ClassifyJob:
                 head = {"model": self.classifier.info(), "threshold": opts.threshold}
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
+            if opts.report_out:
+                from firmware_host.report import report_for
+
+                self._report = self._stack.enter_context(report_for(self.classifier, opts.threshold, len(self.paths)))
             self._stack = self._stack.pop_all()
         return self
 
@@ -273,7 +280,8 @@ class ClassifyJob:
         """Classify every path in order, tallying and streaming each result; yields ``(path, row or ImageError)``."""
         s, classes, t0 = self.summary, self.classifier.classes, time.perf_counter()
         try:
-            for path, res in self.classifier.classify_many(self.paths, processes=self._processes):
+            thumbnails = self._report.thumb_px if self._report else 0
+            for path, res in self.classifier.classify_many(self.paths, processes=self._processes, thumbnails=thumbnails):
                 if isinstance(res, ImageError):
                     s.add_failure(path, res.reason)
                     yield path, res
@@ -285,6 +293,8 @@ class ClassifyJob:
                 for out in (self._csv, self._json):
                     if out:
                         out.add(row)
+                if self._report:
+                    self._report.add_row(row, res.thumbnail)
                 yield path, row
         finally:
             s.wall_s = time.perf_counter() - t0
@@ -298,6 +308,9 @@ class ClassifyJob:
                 self._json.close({"failed": s.failed, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
             if self._csv:
                 self._csv.close(s.failed)
+            if self._report:
+                self._report.header.n_failed = len(s.failed)
+                self._report.write(self.opts.report_out)
         return None
 
 
@@ -311,14 +324,16 @@ def classify_paths(
     threads: int | None = None,
     precision: str | None = None,
     on_result: Callable[[str, dict | ImageError], None] | None = None,
+    report_out: str | None = None,
 ) -> ClassifySummary:
     """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
 
     Writes every result to ``csv_out`` / ``json_out`` (file names, '-' for stdout) when given,
+    writes the review page to ``report_out`` when given (:mod:`firmware_host.report`),
     calls ``on_result(path, row_or_error)`` per image, and returns the :class:`ClassifySummary`
     (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
     """
-    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision)
+    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out)
     with ClassifyJob(opts) as job:
         for path, result in job:
             if on_result:
