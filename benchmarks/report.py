@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The review page at 1,000 cells: its size, its load time in a browser, and what it adds to classify.
 
-    python benchmarks/report.py [--data ../shared/bloodcells] [--run RUN_DIR] [--n 1000] [--rounds 5]
+    python benchmarks/report.py [--data ../shared/bloodcells] [--run RUN_DIR] [--n 1000] [--rounds 7]
 
 1. Reuses ``--run`` (a run folder with ``export/``) or trains a small model with the default
    network (2 epochs on 20 images per class, 112 px) and converts it to int8: the page's cost does
@@ -10,9 +10,10 @@
 3. Classifies them ``--rounds`` times without and with ``--report``, alternating within each
    round so machine drift hits both alike, in this process through the library call the command
    makes (``edgecell.commands.classify.run``; model loading included). The ratio of the medians is
-   the cost of the page; the target is at most 1.20.
+   the cost of the page; the target is at most 1.20. The ratio of the fastest runs is given too:
+   on a shared machine it is the steadier of the two.
 4. Opens the page in headless Chromium (the system's, driven by Playwright) ``--rounds`` times and
-   takes the median of the navigation's ``loadEventEnd`` (target: at most 2 s) and the page's size
+   takes the median (and the fastest) of the navigation's ``loadEventEnd`` (target: median at most 2 s) and the page's size
    (target: at most 15 MB). A screenshot goes to benchmarks/work/report/page.png.
 
 Writes benchmarks/results/report.json and benchmarks/results/report.md. Figures are from the
@@ -131,6 +132,7 @@ def browser_load(page_path: Path, rounds: int) -> dict:
             b.close()
     return {
         "load_s_median": statistics.median(loads),
+        "load_s_min": min(loads),
         "load_s": loads,
         "dom_content_loaded_s_median": statistics.median(dcl),
         "cells_shown": n_cells,
@@ -144,7 +146,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--run", default=None, help="A run folder with export/ (default: train a small one under benchmarks/work/report)")
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():
@@ -177,6 +179,7 @@ def main() -> int:
         "thumbnail": {"px": THUMB_PX, "jpeg_quality": THUMB_QUALITY, "source": "the model's input pixels, encoded where they were decoded"},
         "classify_s": {"without_report": without, "with_report": with_report, "median_without": m0, "median_with": m1},
         "report_cost_ratio": m1 / m0,
+        "report_cost_ratio_fastest": min(with_report) / min(without),
         "page_bytes": size,
         "page_mb": size / 1e6,
         "bytes_per_cell": size / args.n,
@@ -191,7 +194,7 @@ def main() -> int:
     result["met"] = ok
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    load = f"{browser['load_s_median']:.2f} s" if "load_s_median" in browser else browser.get("error", "?")
+    load = f"{browser['load_s_median']:.2f} s (fastest {browser['load_s_min']:.2f} s)" if "load_s_median" in browser else browser.get("error", "?")
     md = [
         "# Review page benchmark (`python benchmarks/report.py`)",
         "",
@@ -202,12 +205,12 @@ def main() -> int:
         "|---|---|---|---|",
         f"| page size, {args.n} cells | {result['page_mb']:.2f} MB ({result['bytes_per_cell'] / 1000:.1f} kB per cell) | <= {MAX_PAGE_MB:.0f} MB | {'yes' if ok['page size'] else 'no'} |",
         f"| load in headless Chromium (loadEventEnd) | {load} | <= {MAX_LOAD_S:.0f} s | {'yes' if ok['load time'] else 'no'} |",
-        f"| classify without --report | {m0:.2f} s | | |",
-        f"| classify with --report | {m1:.2f} s | | |",
-        f"| cost of the page (ratio) | {result['report_cost_ratio']:.3f} | <= {MAX_RATIO:.2f} | {'yes' if ok['classify cost'] else 'no'} |",
+        f"| classify without --report | {m0:.2f} s (fastest {min(without):.2f} s) | | |",
+        f"| classify with --report | {m1:.2f} s (fastest {min(with_report):.2f} s) | | |",
+        f"| cost of the page (ratio of medians; of fastest) | {result['report_cost_ratio']:.3f}; {result['report_cost_ratio_fastest']:.3f} | <= {MAX_RATIO:.2f} | {'yes' if ok['classify cost'] else 'no'} |",
         "",
         f"Thumbnails: {THUMB_PX} px JPEG (quality {THUMB_QUALITY}) of the model's input, made in the worker process that decoded it.",
-        "x86 figures from a shared machine; not Raspberry Pi figures.",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. x86 figures from a shared machine; not Raspberry Pi figures.",
         "",
     ]
     (RESULTS / "report.md").write_text("\n".join(md))

@@ -277,7 +277,7 @@ class ReportWriter:
         title = f"edgecell review: {n} cell{'s' if n != 1 else ''}"
         yield (
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
             '<meta name="referrer" content="no-referrer">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{_e(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
@@ -406,14 +406,13 @@ class ReportWriter:
         groups: dict[str, list[_Cell]] = {c: [] for c in choices}
         for c in self.cells:
             groups.setdefault(c.label, []).append(c)
-        options = {c: f'<option value="{_e(c)}">{_e(c)}</option>' for c in choices}
         yield (
             '<section id="cells">\n<h2>Cells by predicted class</h2>\n'
             '<div class="toolbar"><button type="button" id="download">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
             '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted (confirmed)</label></div>\n'
             '<p class="hint">Flagged cells come first in each class, then the least confident. '
-            "Pick another class under a cell to correct it.</p>\n"
+            "Click the class under a cell to pick another.</p>\n"
         )
         for k, cls in enumerate(groups):
             members = sorted(groups[cls], key=lambda c: (not _flagged(c), c.confidence, c.index))
@@ -428,11 +427,11 @@ class ReportWriter:
                 continue
             yield '<ul class="cells">\n'
             for c in members:
-                yield self._cell_html(c, root, options)
+                yield self._cell_html(c, root)
             yield "</ul></section>\n"
         yield "</section>\n"
 
-    def _cell_html(self, c: _Cell, root: str, options: dict[str, str]) -> str:
+    def _cell_html(self, c: _Cell, root: str) -> str:
         name = _rel(c.file, root)
         classes = ["cell"]
         tags = []
@@ -449,14 +448,11 @@ class ReportWriter:
             if c.thumb
             else '<span class="nothumb">no thumbnail</span>'
         )
-        opts = "".join(o.replace(">", " selected>", 1) if key == c.label else o for key, o in options.items())
-        if c.label not in options:  # a label outside the choices (should not happen): keep it selectable
-            opts = f'<option value="{_e(c.label)}" selected>{_e(c.label)}</option>' + opts
         return (
             f'<li class="{" ".join(classes)}" data-i="{c.index}">{img}'
             f'<div class="meta"><span class="conf">{c.confidence:.2f}</span>{"".join(tags)}</div>'
             f'<div class="name" title="{_e(c.file)}">{_e(name)}</div>'
-            f'<select class="cls" data-i="{c.index}" aria-label="class of {_e(name)}">{opts}</select></li>\n'
+            f'<button type="button" class="cls" data-i="{c.index}" title="change the class of {_e(name)}">{_e(c.label)}</button></li>\n'
         )
 
 
@@ -559,8 +555,9 @@ td.after.changed{font-weight:700;color:#0b5cad}td.diag{font-weight:700}td.off{ba
 .tag.flag,.tag.review{background:#ffe0b3}.tag.wrong{background:#f8caca}
 .toolbar{position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2;display:flex;gap:12px;align-items:center;flex-wrap:wrap;border-bottom:1px solid #ddd}
 button{font:inherit;padding:4px 12px;cursor:pointer}
+button.cls,select.cls{font-size:.8rem;padding:1px 4px;text-align:left}button.cls::after{content:" \\25BE";color:#666}
 ul.cells{list-style:none;margin:0;padding:0;display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px}
-li.cell{background:#fff;border:1px solid #d6d6d6;border-radius:4px;padding:5px;display:flex;flex-direction:column;gap:3px;font-size:.8rem}
+li.cell{content-visibility:auto;contain-intrinsic-size:auto 190px;background:#fff;border:1px solid #d6d6d6;border-radius:4px;padding:5px;display:flex;flex-direction:column;gap:3px;font-size:.8rem}
 li.cell img{width:80px;height:80px;object-fit:contain;image-rendering:auto;align-self:center;background:#eee}
 li.cell.flagged{border-color:#e0a400;box-shadow:inset 0 0 0 1px #e0a400}
 li.cell.wrong{border-color:#c62828;box-shadow:inset 0 0 0 2px #c62828}
@@ -598,6 +595,29 @@ _SCRIPT = """
     });
     document.getElementById("ncorrected").textContent = n + " corrected";
   }
+  // The selector is made when a cell's class button is clicked: 1,000 cells, 1,000 light buttons.
+  function selectFor(button) {
+    var i = Number(button.getAttribute("data-i"));
+    var sel = document.createElement("select");
+    sel.className = "cls";
+    sel.setAttribute("data-i", String(i));
+    sel.setAttribute("aria-label", button.getAttribute("title"));
+    var current = Object.prototype.hasOwnProperty.call(corrected, i) ? corrected[i] : data.cells[i][1];
+    data.classes.forEach(function (c) {
+      var o = document.createElement("option");
+      o.value = c;
+      o.textContent = c;
+      sel.appendChild(o);
+    });
+    sel.value = current;
+    button.replaceWith(sel);
+    sel.focus();
+    return sel;
+  }
+  document.addEventListener("click", function (ev) {
+    var b = ev.target.closest ? ev.target.closest("button.cls") : null;
+    if (b) { selectFor(b); }
+  });
   document.addEventListener("change", function (ev) {
     var sel = ev.target;
     if (!sel.classList || !sel.classList.contains("cls")) { return; }
