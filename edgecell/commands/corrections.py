@@ -10,7 +10,12 @@ from edgecell.console import console, stderr_console
 
 @click.group("corrections", context_settings={"max_content_width": 100})
 def corrections() -> None:
-    """Use the corrections a reviewer downloaded from a review page (classify --report)."""
+    """Use the corrections a reviewer downloaded from a review page (classify --report).
+
+    \b
+    Example:
+      edgecell corrections apply ~/Downloads/corrections.csv --out corrected/
+    """
 
 
 @corrections.command("apply")
@@ -39,9 +44,10 @@ def corrections() -> None:
 )
 @click.pass_context
 def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
-    """Turn a corrections CSV (file,predicted,corrected) into OUT/<class>/<image>, ready for train --data.
+    """Turn a corrections CSV into a labelled folder for train --data.
 
-    Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a
+    The CSV is the review page's download (file,predicted,corrected); OUT gets one sub-folder per
+    corrected class, OUT/<class>/<image>. Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a
     malformed CSV are listed one line each, and nothing is written. OUT is built beside itself and
     renamed into place when complete; an existing OUT is replaced only if this command made it.
 
