@@ -8,6 +8,10 @@ only when complete (:func:`firmware_host.atomic.staged_dir`), so a failure leave
 an existing ``OUT`` is replaced only if an earlier ``corrections apply`` made it (it holds
 :data:`MARKER`). The user's images are only read, never moved or written.
 
+A cell found by ``edgecell scan`` is named ``FIELD#x0,y0,x1,y1`` in the CSV
+(:func:`firmware_host.report.cell_name`): its box is cut out of the field (after the EXIF
+orientation, as the runtime reads it) and written as a PNG, whatever ``--link`` says.
+
 Every problem is found before anything is written, and each is one line naming the CSV row and
 the file: a malformed CSV, a file that does not exist or is not a regular file, a class not in the
 allowed list, a file listed twice (the same class: duplicate; different classes: conflicting), a
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError
-from firmware_host.report import CSV_COLUMNS, OTHER
+from firmware_host.report import CSV_COLUMNS, OTHER, Box, parse_cell_name
 
 MARKER = "corrections.json"
 """File at the top of an output folder that ``corrections apply`` wrote (lists every image and where it came from)."""
@@ -61,6 +65,8 @@ class Correction:
     source: Path
     predicted: str
     corrected: str
+    box: Box | None = None
+    """For a cell of a scan field: its box in ``source`` (the field), cut out into the folder."""
 
 
 @dataclass
@@ -133,7 +139,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if corrected not in allowed:
             problems.append(f"{where}: line {line}: {file}: unknown class {corrected!r} (known: {', '.join(classes)})")
             continue
-        source = Path(file) if os.path.isabs(file) else base / file
+        source = _resolve(file, base)
+        box = None
+        if not source.exists() and (cell := parse_cell_name(file)) is not None and _resolve(cell[0], base).exists():
+            source, box = _resolve(cell[0], base), cell[1]
         try:
             st = source.stat()
         except OSError:
@@ -142,7 +151,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{where}: line {line}: {file}: not a regular file")
             continue
-        key = os.path.realpath(source)
+        if box is not None and (bad := _box_problem(source, box)):
+            problems.append(f"{where}: line {line}: {file}: {bad}")
+            continue
+        key = os.path.realpath(source) + ("" if box is None else f"#{box.x0},{box.y0},{box.x1},{box.y1}")
         before = seen.get(key)
         if before is not None:
             if before.corrected == corrected:
@@ -150,7 +162,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             else:
                 problems.append(f"{where}: line {line}: {file}: conflicting rows (line {before.line} says {before.corrected!r}, this one {corrected!r})")
             continue
-        c = Correction(line, file, source, predicted, corrected)
+        c = Correction(line, file, source, predicted, corrected, box)
         seen[key] = c
         out.append(c)
     if problems:
@@ -195,10 +207,13 @@ def apply_corrections(
     with staged_dir(out, MARKER) as tmp:
         used: set[str] = set()
         for r in rows:
-            name = _unique_name(r.source, r.corrected, used)
+            name = _unique_name(r.source, r.corrected, used, r.box)
             dest = tmp / r.corrected / name
             dest.parent.mkdir(exist_ok=True)
-            _place(r.source, dest, mode)
+            if r.box is None:
+                _place(r.source, dest, mode)
+            else:
+                _cut(r.source, r.box, dest)
             result.counts[r.corrected] = result.counts.get(r.corrected, 0) + 1
             result.files.append((os.fspath(r.source), f"{r.corrected}/{name}"))
         manifest = {
@@ -215,12 +230,51 @@ def apply_corrections(
     return result
 
 
-def _unique_name(source: Path, cls: str, used: set[str]) -> str:
-    """The image's own name in its class folder; a short hash of its path is added when two share a name."""
-    name = source.name
+def _resolve(file: str, base: Path) -> Path:
+    return Path(file) if os.path.isabs(file) else base / file
+
+
+def _oriented(img):
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
+def _box_problem(field: Path, box: Box) -> str | None:
+    """Why ``box`` cannot be cut from the image ``field`` (read from its header), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(field) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when read
+                w, h = h, w
+    except Exception as exc:
+        return f"the field image cannot be read ({type(exc).__name__})"
+    if not (0 <= box.x0 < box.x1 <= w and 0 <= box.y0 < box.y1 <= h):
+        return f"box {box.x0},{box.y0},{box.x1},{box.y1} is not inside the {w}x{h} field"
+    return None
+
+
+def _cut(field: Path, box: Box, dest: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(field) as img:
+            _oriented(img).convert("RGB").crop((box.x0, box.y0, box.x1, box.y1)).save(dest, "PNG")
+    except OSError as exc:
+        raise DataError(f"cannot cut the cell out of this field ({exc.strerror or exc})", field) from None
+
+
+def _unique_name(source: Path, cls: str, used: set[str], box: Box | None = None) -> str:
+    """The image's own name in its class folder; a short hash of its path is added when two share a name.
+
+    A cell cut from a field is named after the field and its box, as a PNG.
+    """
+    name = source.name if box is None else f"{source.stem}_{box.x0}_{box.y0}_{box.x1}_{box.y1}.png"
     if f"{cls}/{name}" in used:
         digest = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:8]
-        name = f"{source.stem}__{digest}{source.suffix}"
+        name = f"{Path(name).stem}__{digest}{Path(name).suffix}"
     used.add(f"{cls}/{name}")
     return name
 

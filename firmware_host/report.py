@@ -26,6 +26,11 @@ Safety: every file name is written through ``html.escape``; the data the script 
 can close it. A Content-Security-Policy meta tag allows only this file's own script and style
 (by SHA-256) and ``data:``/``blob:`` images: nothing is fetched from anywhere.
 
+Scan mode (``edgecell scan --report``): add each field with :meth:`ReportWriter.add_field`, then
+its cells with ``add_cell(cell_name(field_file, box), ..., field=index, box=box)``. A cell's name
+``FIELD#x0,y0,x1,y1`` (:func:`cell_name`) is what the corrections CSV holds, and
+``edgecell corrections apply`` cuts that box out of the field into the labelled folder.
+
 Memory: thumbnails are spooled to a temporary file as they come; only a small record per cell is
 kept until the page is written.
 """
@@ -41,6 +46,7 @@ import html
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +120,23 @@ class Box:
     y0: int
     x1: int
     y1: int
+
+
+CELL_IN_FIELD = re.compile(r"^(?P<field>.+)#(?P<x0>\d+),(?P<y0>\d+),(?P<x1>\d+),(?P<y1>\d+)$", re.S)
+"""A scan cell's name: the field's file, ``#``, and its box ``x0,y0,x1,y1`` in the field's pixels."""
+
+
+def cell_name(field_file: str | os.PathLike, box: Box) -> str:
+    """The name of a cell found in a field of view (scan mode): ``FIELD#x0,y0,x1,y1``."""
+    return f"{os.fspath(field_file)}#{box.x0},{box.y0},{box.x1},{box.y1}"
+
+
+def parse_cell_name(name: str) -> tuple[str, Box] | None:
+    """``(field file, box)`` for a name made by :func:`cell_name`, else None."""
+    m = CELL_IN_FIELD.match(name)
+    if not m:
+        return None
+    return m["field"], Box(int(m["x0"]), int(m["y0"]), int(m["x1"]), int(m["y1"]))
 
 
 @dataclass
@@ -192,6 +215,8 @@ class ReportWriter:
 
     def __init__(self, header: ReportHeader):
         self.header = header
+        self.thumb_px = THUMB_PX
+        """Thumbnail size to ask the classifier for (``Classifier.classify_many(thumbnails=...)``)."""
         self.cells: list[_Cell] = []
         self.fields: list[_Field] = []
         self._spool = tempfile.TemporaryFile(prefix="edgecell-report-")  # noqa: SIM115 - lives as long as the writer; close() ends it

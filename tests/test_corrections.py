@@ -217,3 +217,25 @@ def test_csv_from_the_page_round_trips_odd_names(tmp_path):
     (tmp_path / "c.csv").write_text(text, encoding="utf-8")
     done = apply_corrections(tmp_path / "c.csv", tmp_path / "out", base=root)
     assert done.n == 4 and sorted(p.name for p in (tmp_path / "out" / "other").iterdir()) == sorted(names)
+
+
+def test_scan_cells_are_cut_out_of_their_field(tmp_path):
+    """A scan cell (FIELD#x0,y0,x1,y1) becomes a PNG of its box; a box outside the field is one line, nothing written."""
+    from PIL import Image
+
+    from firmware_host.report import Box, cell_name
+
+    rng = np.random.default_rng(5)
+    field = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    root = tmp_path / "fields"
+    root.mkdir()
+    Image.fromarray(field).save(root / "f1.png")
+    rows = [[cell_name("f1.png", Box(10, 20, 60, 80)), "monocyte", "other"], [cell_name("f1.png", Box(100, 0, 150, 40)), "monocyte", "basophil"]]
+    done = apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=root)
+    assert done.n == 2 and done.counts == {"other": 1, "basophil": 1}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "other" / "f1_10_20_60_80.png")), field[20:80, 10:60])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "basophil" / "f1_100_0_150_40.png")), field[0:40, 100:150])
+    rows = [[cell_name("f1.png", Box(150, 0, 260, 40)), "monocyte", "other"]]
+    with pytest.raises(CorrectionsError, match=r"line 2: f1.png#150,0,260,40: box 150,0,260,40 is not inside the 200x120 field"):
+        apply_corrections(write_csv(tmp_path / "d.csv", rows), tmp_path / "out2", base=root)
+    assert not (tmp_path / "out2").exists()
