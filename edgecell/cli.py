@@ -27,6 +27,7 @@ COMMANDS = {
     "audit": "edgecell.commands.audit:audit",
     "convert": "edgecell.commands.convert:convert",
     "classify": "edgecell.commands.classify:classify",
+    "corrections": "edgecell.commands.corrections:corrections",
     "bench": "edgecell.commands.bench:bench",
 }
 

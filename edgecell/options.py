@@ -74,6 +74,14 @@ class IntList(click.ParamType):
         return tuple(dict.fromkeys(v)) if self.unique else v
 
 
+report_option = click.option(
+    "--report",
+    "report_out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    metavar="FILE.html",
+    help="Also write the review page: one self-contained HTML file (thumbnails embedded) where a person checks the cells and downloads corrections.",
+)
 threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
 
 

@@ -63,6 +63,7 @@ class ClassifyOptions:
         threshold: predictions less confident than this are flagged as uncertain.
         threads: interpreter threads (None = all cores).
         precision: which model of an export folder to use (None = int8, else float32, else float16).
+        report_out: where to write the review page (:mod:`firmware_host.report`), or None.
     """
 
     model_path: str
@@ -72,6 +73,7 @@ class ClassifyOptions:
     threshold: float = DEFAULT_THRESHOLD
     threads: int | None = None
     precision: str | None = None
+    report_out: str | None = None
 
 
 @dataclass
@@ -249,7 +251,7 @@ class ClassifyJob:
     def __init__(self, opts: ClassifyOptions):
         if opts.json_out == "-" and opts.csv_out == "-":
             raise ValueError("only one of --json and --csv can write to stdout ('-')")
-        for dest in (opts.json_out, opts.csv_out):
+        for dest in (opts.json_out, opts.csv_out, opts.report_out):
             if dest and dest != "-":
                 check_writable(dest)  # before the work, so results are never computed only to be lost
         self.opts = opts
@@ -274,6 +276,7 @@ class ClassifyJob:
         self._stack = contextlib.ExitStack()
         self._csv: CsvStream | None = None
         self._json: JsonStream | None = None
+        self._report = None  # a firmware_host.report.ReportWriter with --report
 
     def __enter__(self) -> ClassifyJob:
         opts, classes = self.opts, self.classifier.classes
@@ -284,6 +287,10 @@ class ClassifyJob:
                 head = {"model": self.classifier.info(), "threshold": opts.threshold}
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
+            if opts.report_out:
+                from firmware_host.report import report_for
+
+                self._report = self._stack.enter_context(report_for(self.classifier, opts.threshold, len(self.paths)))
             self._stack = self._stack.pop_all()
         return self
 
@@ -291,7 +298,8 @@ class ClassifyJob:
         """Classify every path in order, tallying and streaming each result; yields ``(path, row or ImageError)``."""
         s, classes, t0 = self.summary, self.classifier.classes, time.perf_counter()
         try:
-            for path, res in self.classifier.classify_many(self.paths, processes=self._processes):
+            thumbnails = self._report.thumb_px if self._report else 0
+            for path, res in self.classifier.classify_many(self.paths, processes=self._processes, thumbnails=thumbnails):
                 if isinstance(res, ImageError):
                     s.add_failure(path, res.reason)
                     yield path, res
@@ -303,6 +311,8 @@ class ClassifyJob:
                 for out in (self._csv, self._json):
                     if out:
                         out.add(row)
+                if self._report:
+                    self._report.add_row(row, res.thumbnail)
                 yield path, row
         finally:
             s.wall_s = time.perf_counter() - t0
@@ -316,6 +326,9 @@ class ClassifyJob:
                 self._json.close({"failed": s.failed, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
             if self._csv:
                 self._csv.close(s.failed)
+            if self._report:
+                self._report.header.n_failed = len(s.failed)
+                self._report.write(self.opts.report_out)
         return None
 
 
@@ -329,14 +342,16 @@ def classify_paths(
     threads: int | None = None,
     precision: str | None = None,
     on_result: Callable[[str, dict | ImageError], None] | None = None,
+    report_out: str | None = None,
 ) -> ClassifySummary:
     """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
 
     Writes every result to ``csv_out`` / ``json_out`` (file names, '-' for stdout) when given,
+    writes the review page to ``report_out`` when given (:mod:`firmware_host.report`),
     calls ``on_result(path, row_or_error)`` per image, and returns the :class:`ClassifySummary`
     (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
     """
-    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision)
+    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out)
     with ClassifyJob(opts) as job:
         for path, result in job:
             if on_result:
@@ -387,32 +402,44 @@ class JsonStream:
 
     The report is ``{"model", "threshold", "results": [...], "failed", "summary", "metrics",
     "latency"}``; the keys before ``results`` are known at the start, those after it at the end.
+    Each member is written as :func:`firmware_host.atomic.json_text` writes it, indented to its
+    depth (JSON strings hold no raw newlines, so re-indenting a dumped value is exact).
     """
 
-    _HOLE = "\x00edgecell results\x00"  # a string no model info or summary can contain
-
     def __init__(self, fh: IO[str], head: dict, indent: int | None):
-        self.fh, self.indent, self.n = fh, indent, 0
-        before, hole, _ = self._dump({**head, "results": self._HOLE}).rpartition(json.dumps(self._HOLE))
-        assert hole
-        fh.write(before + "[")
+        self.fh, self.indent, self.n, self._members = fh, indent, 0, 0
+        fh.write("{")
+        for key, value in head.items():
+            self._member(key, value)
+        self._key("results")
+        fh.write("[")
 
-    def _dump(self, obj) -> str:
-        return json_text(obj, indent=self.indent)
+    def _newline(self, depth: int) -> str:
+        return "\n" + " " * (self.indent * depth) if self.indent else ""
+
+    def _value(self, obj, depth: int) -> str:
+        text = json_text(obj, indent=self.indent)
+        return text.replace("\n", self._newline(depth)) if self.indent else text
+
+    def _key(self, key: str) -> None:
+        comma = ("," if self.indent else ", ") if self._members else ""
+        self.fh.write(comma + self._newline(1) + json.dumps(key) + ": ")
+        self._members += 1
+
+    def _member(self, key: str, value) -> None:
+        self._key(key)
+        self.fh.write(self._value(value, 1))
 
     def add(self, row: dict) -> None:
-        item = self._dump(row)
-        if self.indent:  # an item two levels deep; JSON strings hold no raw newlines
-            pad = "\n" + " " * (2 * self.indent)
-            self.fh.write(("," if self.n else "") + pad + item.replace("\n", pad))
-        else:
-            self.fh.write((", " if self.n else "") + item)
+        comma = ("," if self.indent else ", ") if self.n else ""
+        self.fh.write(comma + self._newline(2) + self._value(row, 2))
         self.n += 1
 
     def close(self, tail: dict) -> None:
-        _, hole, after = self._dump({"results": self._HOLE, **tail}).partition(json.dumps(self._HOLE))
-        assert hole
-        self.fh.write(("\n" + " " * self.indent if self.indent and self.n else "") + "]" + after + "\n")
+        self.fh.write((self._newline(1) if self.n else "") + "]")
+        for key, value in tail.items():
+            self._member(key, value)
+        self.fh.write(self._newline(0) + "}\n")
 
 
 CSV_BASE_COLUMNS = [

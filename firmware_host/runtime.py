@@ -100,6 +100,8 @@ class Prediction:
     probs: np.ndarray = field(repr=False)
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    thumbnail: bytes | None = field(default=None, repr=False)
+    """A small JPEG of the model's input pixels, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
 
     def to_dict(self, classes: Sequence[str]) -> dict:
         return {
@@ -476,7 +478,7 @@ class Classifier:
         return self.classify_array(path, image, pre_ms)
 
     def classify_many(
-        self, paths: Iterable[str | os.PathLike], workers: int | None = None, processes: bool | None = False
+        self, paths: Iterable[str | os.PathLike], workers: int | None = None, processes: bool | None = False, thumbnails: int = 0
     ) -> Iterator[tuple[str, Prediction | ImageError]]:
         """Classify many files, in input order, with decoding and inference spread over the cores.
 
@@ -490,6 +492,9 @@ class Classifier:
                 processes but file names and probabilities. None: processes for a list of at least
                 :data:`firmware_host.decode.PROCESS_MIN_FILES` files and more than one worker.
                 Where processes cannot start, threads are used.
+            thumbnails: if > 0, each Prediction's ``thumbnail`` is a JPEG of the model's input at
+                most this many pixels wide (:func:`firmware_host.report.thumbnail_jpeg`), made where
+                the pixels already are (in the worker process), so the review page costs no second decode.
 
         Yields ``(path, Prediction)`` or ``(path, ImageError)`` per file, in input order.
         """
@@ -500,15 +505,24 @@ class Classifier:
             pool = _process_pool(workers, _init_worker_classifier, (self.path, self.meta, data, self.backend.name))
         if pool is None:
             for path, image, pre_ms in decode_many(paths, self.input_size, workers, processes=False):
-                yield (path, image) if isinstance(image, ImageError) else (path, self.classify_array(path, image, pre_ms))
+                if isinstance(image, ImageError):
+                    yield path, image
+                    continue
+                pred = self.classify_array(path, image, pre_ms)
+                if thumbnails:
+                    pred.thumbnail = _thumbnail(image, thumbnails)
+                yield path, pred
             return
-        local = functools.partial(_classify_paths, self)
-        for chunk, results in ordered_chunks(paths, pool, _classify_in_worker, local, workers):
-            for path, (probs, pre_ms, inf_ms, reason) in zip(chunk, results):
+        local = functools.partial(_classify_paths, self, thumbnails=thumbnails)
+        remote = functools.partial(_classify_in_worker, thumbnails=thumbnails) if thumbnails else _classify_in_worker
+        for chunk, results in ordered_chunks(paths, pool, remote, local, workers):
+            for path, (probs, pre_ms, inf_ms, reason, *thumb) in zip(chunk, results):
                 if reason is not None:
                     yield path, ImageError(reason, path)
                 else:
-                    yield path, self.prediction(path, probs, pre_ms, inf_ms)
+                    pred = self.prediction(path, probs, pre_ms, inf_ms)
+                    pred.thumbnail = thumb[0] if thumb else None
+                    yield path, pred
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,8 +540,11 @@ def _init_worker_classifier(path: Path, meta: ModelMetadata, data: bytes, backen
     _WORKER_CLASSIFIER = clf
 
 
-def _classify_paths(clf: Classifier, paths: list[str]) -> list[tuple[np.ndarray | None, float, float, str | None]]:
-    """Decode and classify: ``(probabilities, decode ms, inference ms, None)`` or ``(None, 0, 0, reason)`` per path."""
+def _classify_paths(clf: Classifier, paths: list[str], thumbnails: int = 0) -> list[tuple]:
+    """Decode and classify: ``(probabilities, decode ms, inference ms, None)`` or ``(None, 0, 0, reason)`` per path.
+
+    With ``thumbnails`` > 0 each successful tuple has a fifth item, the JPEG thumbnail of the input.
+    """
     out = []
     for p in paths:
         image, pre_ms, reason = _decode_one(p, clf.input_size)
@@ -536,12 +553,19 @@ def _classify_paths(clf: Classifier, paths: list[str]) -> list[tuple[np.ndarray 
             continue
         t0 = time.perf_counter()
         probs = clf.predict_array(image)
-        out.append((probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None))
+        item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None)
+        out.append(item + (_thumbnail(image, thumbnails),) if thumbnails else item)
     return out
 
 
-def _classify_in_worker(paths: list[str]) -> list[tuple[np.ndarray | None, float, float, str | None]]:
-    return _classify_paths(_WORKER_CLASSIFIER, paths)
+def _classify_in_worker(paths: list[str], thumbnails: int = 0) -> list[tuple]:
+    return _classify_paths(_WORKER_CLASSIFIER, paths, thumbnails)
+
+
+def _thumbnail(image: np.ndarray, px: int) -> bytes:
+    from firmware_host.report import thumbnail_jpeg
+
+    return thumbnail_jpeg(image, px)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -84,3 +84,23 @@ def test_bench_models_rows_and_speedup(models, data):
 )
 def test_first_line(message, empty, expected):
     assert first_line(OSError(message) if message else OSError(), empty) == expected
+
+
+@pytest.mark.parametrize("indent", [2, None])
+@pytest.mark.parametrize("n_rows", [0, 1, 3])
+def test_json_stream_writes_what_json_dumps_writes(indent, n_rows):
+    """The streamed report is byte for byte the one-shot json.dumps of the whole report."""
+    import io
+    import json
+
+    from firmware_host.classify import JsonStream
+
+    head = {"model": {"classes": ["a", "é"], "sizes": [1, 2], "empty": {}}, "threshold": 0.7}
+    rows = [{"path": f"x/{k}.jpg", "probs": {"a": 0.25 * k, "é": 1.0}, "top3": [{"label": "a"}], "nested": []} for k in range(n_rows)]
+    tail = {"failed": [], "summary": {"n": n_rows, "d": {"a": [1, [2, {}]]}}, "metrics": None}
+    fh = io.StringIO()
+    stream = JsonStream(fh, head, indent)
+    for r in rows:
+        stream.add(r)
+    stream.close(tail)
+    assert fh.getvalue() == json.dumps({**head, "results": rows, **tail}, indent=indent) + "\n"

@@ -7,7 +7,7 @@ import contextlib
 import click
 
 from edgecell.console import human, progress, stderr_console
-from edgecell.options import csv_option, json_option
+from edgecell.options import csv_option, json_option, report_option
 from edgecell.views import classify as view
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
 from firmware_host.errors import ImageError
@@ -26,6 +26,7 @@ from firmware_host.runtime import DEFAULT_THRESHOLD
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @json_option
 @csv_option
+@report_option
 @click.option(
     "--threshold",
     type=click.FloatRange(0.0, 1.0),
@@ -46,7 +47,7 @@ from firmware_host.runtime import DEFAULT_THRESHOLD
     help="Which model of an export folder to use (default: int8, else float32, else float16).",
 )
 @click.pass_context
-def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, precision):
+def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, threads, precision):
     """Classify cell images (files, folders, glob patterns) and flag those a person should see.
 
     Prints one row per image (predicted class, confidence, top-3, flag), the differential count
@@ -60,6 +61,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
       edgecell classify --model run/export images/
       edgecell classify --model run/export/model_int8.tflite 'slides/**/*.jpg' --csv results.csv
       edgecell classify --model run/export data/ --json - > results.json
+      edgecell classify --model run/export slide7/ --report slide7.html
     """
     opts = ClassifyOptions(
         model_path=model_path,
@@ -69,6 +71,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, threshold, threads, prec
         threshold=threshold,
         threads=threads,
         precision=precision,
+        report_out=report_out,
     )
     summary = run(opts)
     if summary.failed:

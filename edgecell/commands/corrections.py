@@ -1,0 +1,71 @@
+"""``edgecell corrections apply``: the review page's corrections CSV -> a labelled folder for ``train --data``."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from edgecell.console import console, stderr_console
+
+
+@click.group("corrections", context_settings={"max_content_width": 100})
+def corrections() -> None:
+    """Use the corrections a reviewer downloaded from a review page (classify --report).
+
+    \b
+    Example:
+      edgecell corrections apply ~/Downloads/corrections.csv --out corrected/
+    """
+
+
+@corrections.command("apply")
+@click.argument("csv_path", metavar="CSV", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="Folder to build: one sub-folder per class.")
+@click.option(
+    "--link",
+    "mode",
+    type=click.Choice(["copy", "hard", "sym"]),
+    default="copy",
+    show_default=True,
+    help="Copy the images, or hard-link or symlink them (the images themselves are never moved or changed).",
+)
+@click.option(
+    "--base",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    default=None,
+    help="Folder the CSV's relative file names are relative to (default: the current folder, where classify ran).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, path_type=str),
+    default=None,
+    help="Take the allowed classes from this model (file or export folder) instead of edgecell's cell types; 'other' is always allowed.",
+)
+@click.pass_context
+def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
+    """Turn a corrections CSV into a labelled folder for train --data.
+
+    The CSV is the review page's download (file,predicted,corrected); OUT gets one sub-folder per
+    corrected class, OUT/<class>/<image>. Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a
+    malformed CSV are listed one line each, and nothing is written. OUT is built beside itself and
+    renamed into place when complete; an existing OUT is replaced only if this command made it.
+
+    \b
+    Example:
+      edgecell corrections apply ~/Downloads/corrections.csv --out corrected/
+      edgecell train --data corrected/ --data ../shared/bloodcells --out run2
+    """
+    from edgecell.corrections import CorrectionsError, apply_corrections, model_classes
+
+    classes = model_classes(model_path) if model_path else None
+    try:
+        done = apply_corrections(csv_path, out_dir, classes=classes, base=base, mode=mode)
+    except CorrectionsError as exc:
+        for line in exc.problems:
+            stderr_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, highlight=False)
+        stderr_console.print(f"{len(exc.problems)} problem(s); nothing was written.", soft_wrap=True)
+        ctx.exit(1)
+    per_class = ", ".join(f"{escape(c)} {n}" for c, n in sorted(done.counts.items()))
+    verb = {"copy": "copied", "hard": "hard-linked", "sym": "symlinked"}[done.mode.value]
+    console.print(f"{done.n} image(s) {verb} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)

@@ -1,0 +1,292 @@
+"""Corrections from the review page, turned into a labelled folder that ``train --data`` reads.
+
+The review page (:mod:`firmware_host.report`) downloads a CSV with the columns ``file,predicted,corrected``
+(:data:`firmware_host.report.CSV_COLUMNS`). :func:`apply_corrections` reads it, checks every row, and
+builds ``OUT/<class>/<image>`` with one sub-folder per corrected class: copies by default, or hard or
+symbolic links. The folder is built in a hidden staging folder beside ``OUT`` and renamed into place
+only when complete (:func:`firmware_host.atomic.staged_dir`), so a failure leaves nothing half-written;
+an existing ``OUT`` is replaced only if an earlier ``corrections apply`` made it (it holds
+:data:`MARKER`). The user's images are only read, never moved or written.
+
+A cell found by ``edgecell scan`` is named ``FIELD#x0,y0,x1,y1`` in the CSV
+(:func:`firmware_host.report.cell_name`): its box is cut out of the field (after the EXIF
+orientation, as the runtime reads it) and written as a PNG, whatever ``--link`` says.
+
+Every problem is found before anything is written, and each is one line naming the CSV row and
+the file: a malformed CSV, a file that does not exist or is not a regular file, a class not in the
+allowed list, a file listed twice (the same class: duplicate; different classes: conflicting), a
+source image inside ``OUT`` (which would be replaced).
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firmware_host.errors import DataError
+from firmware_host.report import CSV_COLUMNS, OTHER, Box, parse_cell_name
+
+MARKER = "corrections.json"
+"""File at the top of an output folder that ``corrections apply`` wrote (lists every image and where it came from)."""
+
+
+class LinkMode(str, enum.Enum):
+    """How an image gets into the output folder."""
+
+    copy = "copy"
+    hard = "hard"
+    sym = "sym"
+
+
+class CorrectionsError(DataError):
+    """The CSV cannot be applied; ``problems`` holds one line per problem found."""
+
+    def __init__(self, problems: Sequence[str], path: str | os.PathLike):
+        self.problems = list(problems)
+        more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        super().__init__(self.problems[0] + more, None)
+        self.path = os.fspath(path)
+
+
+@dataclass
+class Correction:
+    """One row of the CSV: its line number, the file as written, the file found, and the classes."""
+
+    line: int
+    file: str
+    source: Path
+    predicted: str
+    corrected: str
+    box: Box | None = None
+    """For a cell of a scan field: its box in ``source`` (the field), cut out into the folder."""
+
+
+@dataclass
+class Applied:
+    """What :func:`apply_corrections` wrote: ``counts`` per class, and every ``(source, written)`` pair."""
+
+    out: Path
+    mode: LinkMode
+    counts: dict[str, int] = field(default_factory=dict)
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.files)
+
+
+def default_classes() -> list[str]:
+    """The classes a correction may name when no model is given: edgecell's cell types and ``other``."""
+    from edgecell import CLASSES
+
+    return list(CLASSES) + ([] if OTHER in CLASSES else [OTHER])
+
+
+def model_classes(model: str | os.PathLike) -> list[str]:
+    """The classes of a converted model (file or export folder), and ``other``."""
+    from firmware_host.metadata import read_metadata
+    from firmware_host.runtime import resolve_model
+
+    classes = list(read_metadata(resolve_model(model)).classes)
+    return classes + ([] if OTHER in classes else [OTHER])
+
+
+def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: str | os.PathLike | None = None) -> list[Correction]:
+    """Read and check the CSV; relative file names are taken from ``base`` (default: the current folder).
+
+    Raises :class:`CorrectionsError` listing every problem (one line each), or returns the rows.
+    """
+    csv_path = Path(csv_path)
+    base = Path(base) if base is not None else Path.cwd()
+    allowed = set(classes)
+    problems: list[str] = []
+    where = os.fspath(csv_path)
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh, strict=True))
+    except FileNotFoundError:
+        raise CorrectionsError([f"{where}: no such file"], csv_path) from None
+    except UnicodeDecodeError:
+        raise CorrectionsError([f"{where}: not a UTF-8 text file (expected the CSV the review page downloads)"], csv_path) from None
+    except csv.Error as exc:
+        raise CorrectionsError([f"{where}: malformed CSV ({exc})"], csv_path) from None
+    except OSError as exc:
+        raise CorrectionsError([f"{where}: cannot read ({exc.strerror or exc})"], csv_path) from None
+    if not rows or [c.strip().lower() for c in rows[0]] != list(CSV_COLUMNS):
+        got = ",".join(rows[0]) if rows else "an empty file"
+        raise CorrectionsError([f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"], csv_path)
+
+    out: list[Correction] = []
+    seen: dict[str, Correction] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(CSV_COLUMNS):
+            problems.append(f"{where}: line {line}: {len(row)} fields, expected {len(CSV_COLUMNS)} ({','.join(CSV_COLUMNS)})")
+            continue
+        file, predicted, corrected = row[0], row[1].strip(), row[2].strip()
+        if not file:
+            problems.append(f"{where}: line {line}: no file name")
+            continue
+        if corrected not in allowed:
+            problems.append(f"{where}: line {line}: {file}: unknown class {corrected!r} (known: {', '.join(classes)})")
+            continue
+        source = _resolve(file, base)
+        box = None
+        if not source.exists() and (cell := parse_cell_name(file)) is not None and _resolve(cell[0], base).exists():
+            source, box = _resolve(cell[0], base), cell[1]
+        try:
+            st = source.stat()
+        except OSError:
+            problems.append(f"{where}: line {line}: {file}: no such file" + ("" if os.path.isabs(file) else f" (relative to {base})"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{where}: line {line}: {file}: not a regular file")
+            continue
+        if box is not None and (bad := _box_problem(source, box)):
+            problems.append(f"{where}: line {line}: {file}: {bad}")
+            continue
+        key = os.path.realpath(source) + ("" if box is None else f"#{box.x0},{box.y0},{box.x1},{box.y1}")
+        before = seen.get(key)
+        if before is not None:
+            if before.corrected == corrected:
+                problems.append(f"{where}: line {line}: {file}: duplicate row (line {before.line} already gives it class {corrected!r})")
+            else:
+                problems.append(f"{where}: line {line}: {file}: conflicting rows (line {before.line} says {before.corrected!r}, this one {corrected!r})")
+            continue
+        c = Correction(line, file, source, predicted, corrected, box)
+        seen[key] = c
+        out.append(c)
+    if problems:
+        raise CorrectionsError(problems, csv_path)
+    return out
+
+
+def apply_corrections(
+    csv_path: str | os.PathLike,
+    out: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    base: str | os.PathLike | None = None,
+    mode: LinkMode | str = LinkMode.copy,
+) -> Applied:
+    """Build ``out/<corrected class>/<image>`` from the corrections CSV (see the module docstring).
+
+    Args:
+        classes: the classes a correction may name (default: :func:`default_classes`).
+        base: folder that relative file names in the CSV are relative to (default: the current folder).
+        mode: copy the images (default), or hard-link or symlink them.
+    """
+    from firmware_host.atomic import check_stageable, staged_dir
+
+    mode = LinkMode(mode)
+    classes = list(classes) if classes is not None else default_classes()
+    rows = read_corrections(csv_path, classes, base)
+    if not rows:
+        raise CorrectionsError([f"{os.fspath(csv_path)}: holds no corrections (only the header)"], csv_path)
+    out = Path(out)
+    real_out = os.path.realpath(out)
+    inside = [r for r in rows if os.path.realpath(r.source).startswith(real_out + os.sep)]
+    if inside:
+        raise CorrectionsError(
+            [
+                f"{os.fspath(csv_path)}: line {r.line}: {r.file}: is inside the output folder {out}, which would be replaced; choose another --out"
+                for r in inside
+            ],
+            csv_path,
+        )
+    check_stageable(out, MARKER)
+    result = Applied(out=out, mode=mode)
+    with staged_dir(out, MARKER) as tmp:
+        used: set[str] = set()
+        for r in rows:
+            name = _unique_name(r.source, r.corrected, used, r.box)
+            dest = tmp / r.corrected / name
+            dest.parent.mkdir(exist_ok=True)
+            if r.box is None:
+                _place(r.source, dest, mode)
+            else:
+                _cut(r.source, r.box, dest)
+            result.counts[r.corrected] = result.counts.get(r.corrected, 0) + 1
+            result.files.append((os.fspath(r.source), f"{r.corrected}/{name}"))
+        manifest = {
+            "format": "edgecell-corrections/1",
+            "csv": os.path.abspath(csv_path),
+            "mode": mode.value,
+            "counts": dict(sorted(result.counts.items())),
+            "files": [
+                {"line": r.line, "source": os.path.abspath(r.source), "predicted": r.predicted, "corrected": r.corrected, "file": f}
+                for r, (_, f) in zip(rows, result.files)
+            ],
+        }
+        (tmp / MARKER).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors="surrogateescape")
+    return result
+
+
+def _resolve(file: str, base: Path) -> Path:
+    return Path(file) if os.path.isabs(file) else base / file
+
+
+def _oriented(img):
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
+def _box_problem(field: Path, box: Box) -> str | None:
+    """Why ``box`` cannot be cut from the image ``field`` (read from its header), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(field) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when read
+                w, h = h, w
+    except Exception as exc:
+        return f"the field image cannot be read ({type(exc).__name__})"
+    if not (0 <= box.x0 < box.x1 <= w and 0 <= box.y0 < box.y1 <= h):
+        return f"box {box.x0},{box.y0},{box.x1},{box.y1} is not inside the {w}x{h} field"
+    return None
+
+
+def _cut(field: Path, box: Box, dest: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(field) as img:
+            _oriented(img).convert("RGB").crop((box.x0, box.y0, box.x1, box.y1)).save(dest, "PNG")
+    except OSError as exc:
+        raise DataError(f"cannot cut the cell out of this field ({exc.strerror or exc})", field) from None
+
+
+def _unique_name(source: Path, cls: str, used: set[str], box: Box | None = None) -> str:
+    """The image's own name in its class folder; a short hash of its path is added when two share a name.
+
+    A cell cut from a field is named after the field and its box, as a PNG.
+    """
+    name = source.name if box is None else f"{source.stem}_{box.x0}_{box.y0}_{box.x1}_{box.y1}.png"
+    if f"{cls}/{name}" in used:
+        digest = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:8]
+        name = f"{Path(name).stem}__{digest}{Path(name).suffix}"
+    used.add(f"{cls}/{name}")
+    return name
+
+
+def _place(source: Path, dest: Path, mode: LinkMode) -> None:
+    try:
+        if mode is LinkMode.copy:
+            shutil.copy2(source, dest)
+        elif mode is LinkMode.hard:
+            os.link(source, dest)
+        else:
+            os.symlink(os.path.abspath(source), dest)
+    except OSError as exc:
+        hint = " (hard links cannot cross file systems: use copies or --link sym)" if mode is LinkMode.hard else ""
+        raise DataError(f"cannot {'copy' if mode is LinkMode.copy else 'link'} it into the output folder ({exc.strerror or exc}){hint}", source) from None

@@ -1,0 +1,241 @@
+"""``edgecell corrections apply``: the review page's CSV -> a labelled folder, and every way a CSV can be wrong."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecell.cli import cli
+from edgecell.corrections import MARKER, CorrectionsError, apply_corrections
+from edgecell.data import scan
+from tests._tflite_fixtures import save_jpeg
+
+
+def run(*args, cwd: Path | None = None):
+    old = Path.cwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """slide/<class>/<name>.jpg: six small images, two sharing a file name in different folders."""
+    root = tmp_path / "slide"
+    rng = np.random.default_rng(3)
+    for rel in ["monocyte/a.jpg", "monocyte/b.jpg", "basophil/a.jpg", "basophil/c d.jpg", "myeloblast/e.jpg", "myeloblast/f.jpg"]:
+        save_jpeg(root / rel, rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    return root
+
+
+def write_csv(path: Path, rows, header=("file", "predicted", "corrected")) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+GOOD = [
+    ["monocyte/a.jpg", "monocyte", "other"],
+    ["basophil/a.jpg", "basophil", "other"],  # same file name as the one above, another folder
+    ["basophil/c d.jpg", "basophil", "monocyte"],
+    ["myeloblast/e.jpg", "myeloblast", "erythroblast"],
+]
+
+
+@pytest.mark.parametrize("mode", ["copy", "hard", "sym"])
+def test_apply_builds_a_folder_train_accepts(images, tmp_path, mode):
+    before = digests(images)
+    csv_path = write_csv(tmp_path / "corrections.csv", GOOD)
+    out = tmp_path / "corrected"
+    r = run("corrections", "apply", csv_path, "--out", out, "--link", mode, cwd=images)
+    assert r.exit_code == 0, r.output
+    assert "4 image(s)" in r.output
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["erythroblast", "monocyte", "other"]
+    others = sorted(p.name for p in (out / "other").iterdir())
+    assert len(others) == 2 and "a.jpg" in others  # the second a.jpg got a distinct name
+    assert (out / "monocyte" / "c d.jpg").read_bytes() == (images / "basophil" / "c d.jpg").read_bytes()
+    if mode == "sym":
+        assert (out / "monocyte" / "c d.jpg").is_symlink()
+    elif mode == "hard":
+        assert os.path.samefile(out / "monocyte" / "c d.jpg", images / "basophil" / "c d.jpg")
+    else:
+        assert (
+            not (out / "monocyte" / "c d.jpg").is_symlink() and (out / "monocyte" / "c d.jpg").stat().st_ino != (images / "basophil" / "c d.jpg").stat().st_ino
+        )
+    manifest = json.loads((out / MARKER).read_text())
+    assert len(manifest["files"]) == 4 and manifest["mode"] == mode
+    assert digests(images) == before  # the user's images untouched
+    ds = scan(out, min_per_class=1)  # what train --data reads
+    assert sorted(ds.classes) == ["erythroblast", "monocyte", "other"] and len(ds.samples) == 4
+    assert leftovers(tmp_path, "corrected") == []
+
+
+def test_apply_again_replaces_its_own_folder(images, tmp_path):
+    out = tmp_path / "corrected"
+    apply_corrections(write_csv(tmp_path / "one.csv", GOOD), out, base=images)
+    apply_corrections(write_csv(tmp_path / "two.csv", GOOD[:1]), out, base=images)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["other/a.jpg"]
+
+
+def test_never_writes_over_a_folder_it_did_not_make(images, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD), "--out", out, cwd=images)
+    assert r.exit_code == 1 and "not an edgecell folder" in r.output
+    assert (out / "notes.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+
+
+def test_source_inside_out_is_refused(images, tmp_path):
+    # --out is the image folder itself (marked as if made by us): replacing it would delete the images
+    (images / MARKER).write_text("{}")
+    before = digests(images)
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD), "--out", images, cwd=images)
+    assert r.exit_code == 1 and "is inside the output folder" in r.output
+    assert digests(images) == before
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([["monocyte/zzz.jpg", "monocyte", "other"]], ["line 2: monocyte/zzz.jpg: no such file"]),
+        ([["monocyte/a.jpg", "monocyte", "lymphocyte"]], ["line 2: monocyte/a.jpg: unknown class 'lymphocyte'"]),
+        ([["monocyte/a.jpg", "monocyte", "../../etc"]], ["line 2: monocyte/a.jpg: unknown class '../../etc'"]),
+        (
+            [["monocyte/a.jpg", "monocyte", "other"], ["./monocyte/a.jpg", "monocyte", "other"]],
+            ["line 3: ./monocyte/a.jpg: duplicate row (line 2 already gives it class 'other')"],
+        ),
+        (
+            [["monocyte/a.jpg", "monocyte", "other"], ["monocyte/a.jpg", "monocyte", "basophil"]],
+            ["line 3: monocyte/a.jpg: conflicting rows (line 2 says 'other', this one 'basophil')"],
+        ),
+        ([["monocyte/a.jpg", "monocyte"]], ["line 2: 2 fields, expected 3"]),
+        ([["monocyte", "monocyte", "other"]], ["line 2: monocyte: not a regular file"]),
+        (
+            # several problems at once: one line each, in row order
+            [["nope.jpg", "x", "other"], ["monocyte/b.jpg", "monocyte", "blast"], ["monocyte/a.jpg", "monocyte", "other"], ["monocyte/a.jpg", "m", "other"]],
+            ["line 2: nope.jpg: no such file", "line 3: monocyte/b.jpg: unknown class 'blast'", "line 5: monocyte/a.jpg: duplicate row"],
+        ),
+    ],
+    ids=["unknown-file", "unknown-class", "path-as-class", "duplicate", "conflict", "short-row", "folder", "several"],
+)
+def test_bad_rows_one_line_each_nothing_written(images, tmp_path, rows, expected):
+    csv_path = write_csv(tmp_path / "c.csv", GOOD[2:3] + rows)  # one good row first: still nothing written
+    out = tmp_path / "corrected"
+    r = run("corrections", "apply", csv_path, "--out", out, cwd=images)
+    assert r.exit_code == 1
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == len(expected), r.output
+    for line, want in zip(errors, expected):
+        assert str(csv_path) in line
+        assert _shift(want) in line, (want, line)
+    assert "nothing was written" in r.output and "Traceback" not in r.output
+    assert not out.exists() and leftovers(tmp_path, "corrected") == []
+
+
+def _shift(msg: str) -> str:
+    """The expected messages count the data rows from line 2; the test puts one good row first."""
+    import re
+
+    return re.sub(r"line (\d+)", lambda m: f"line {int(m.group(1)) + 1}", msg)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "expected the header file,predicted,corrected, found 'an empty file'"),
+        ("path,label\nmonocyte/a.jpg,other\n", "line 1: expected the header file,predicted,corrected, found 'path,label'"),
+        ('file,predicted,corrected\n"monocyte/a.jpg,monocyte,other\n', "malformed CSV"),
+        ("file,predicted,corrected\n", "holds no corrections"),
+    ],
+    ids=["empty", "wrong-header", "unclosed-quote", "header-only"],
+)
+def test_malformed_csv_one_line(images, tmp_path, content, expected):
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text(content, encoding="utf-8")
+    out = tmp_path / "corrected"
+    r = run("corrections", "apply", csv_path, "--out", out, cwd=images)
+    assert r.exit_code == 1
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and str(csv_path) in errors[0], r.output
+    assert not out.exists()
+
+
+def test_not_utf8_and_missing_csv(tmp_path):
+    bad = tmp_path / "c.csv"
+    bad.write_bytes(b"file,predicted,corrected\n\xff\xfe,x,y\n")
+    with pytest.raises(CorrectionsError, match="not a UTF-8 text file"):
+        apply_corrections(bad, tmp_path / "out")
+    with pytest.raises(CorrectionsError, match="no such file"):
+        apply_corrections(tmp_path / "none.csv", tmp_path / "out")
+
+
+def test_classes_from_a_model(images, tmp_path):
+    """--model: the model's classes (not the default five) and `other`."""
+    from firmware_host.metadata import ModelMetadata, Precision, sha256_file, write_metadata
+    from firmware_host.preprocess import describe
+
+    model = tmp_path / "m" / "model_int8.tflite"
+    model.parent.mkdir()
+    model.write_bytes(b"not read: only the sidecar's classes are")
+    meta = ModelMetadata(["lymphocyte", "monocyte"], 32, Precision.int8, sha256_file(model), model.name, describe())
+    write_metadata(model, meta)
+    rows = [["monocyte/a.jpg", "monocyte", "lymphocyte"], ["monocyte/b.jpg", "monocyte", "basophil"]]
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", rows), "--out", tmp_path / "o", "--model", model, cwd=images)
+    assert r.exit_code == 1 and "line 3: monocyte/b.jpg: unknown class 'basophil' (known: lymphocyte, monocyte, other)" in r.output
+
+
+def test_csv_from_the_page_round_trips_odd_names(tmp_path):
+    """Names with commas, quotes and newlines, quoted as the page's script quotes them (every field in quotes)."""
+    root = tmp_path / "imgs"
+    names = ["a,b.jpg", 'say "hi".jpg', "line\nbreak.jpg", "ß 血.jpg"]
+    for n in names:
+        save_jpeg(root / n, np.zeros((16, 16, 3), np.uint8))
+    q = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731 - the page's csvField()
+    text = "file,predicted,corrected\n" + "".join(",".join(map(q, [n, "monocyte", "other"])) + "\n" for n in names)
+    (tmp_path / "c.csv").write_text(text, encoding="utf-8")
+    done = apply_corrections(tmp_path / "c.csv", tmp_path / "out", base=root)
+    assert done.n == 4 and sorted(p.name for p in (tmp_path / "out" / "other").iterdir()) == sorted(names)
+
+
+def test_scan_cells_are_cut_out_of_their_field(tmp_path):
+    """A scan cell (FIELD#x0,y0,x1,y1) becomes a PNG of its box; a box outside the field is one line, nothing written."""
+    from PIL import Image
+
+    from firmware_host.report import Box, cell_name
+
+    rng = np.random.default_rng(5)
+    field = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    root = tmp_path / "fields"
+    root.mkdir()
+    Image.fromarray(field).save(root / "f1.png")
+    rows = [[cell_name("f1.png", Box(10, 20, 60, 80)), "monocyte", "other"], [cell_name("f1.png", Box(100, 0, 150, 40)), "monocyte", "basophil"]]
+    done = apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=root)
+    assert done.n == 2 and done.counts == {"other": 1, "basophil": 1}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "other" / "f1_10_20_60_80.png")), field[20:80, 10:60])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "basophil" / "f1_100_0_150_40.png")), field[0:40, 100:150])
+    rows = [[cell_name("f1.png", Box(150, 0, 260, 40)), "monocyte", "other"]]
+    with pytest.raises(CorrectionsError, match=r"line 2: f1.png#150,0,260,40: box 150,0,260,40 is not inside the 200x120 field"):
+        apply_corrections(write_csv(tmp_path / "d.csv", rows), tmp_path / "out2", base=root)
+    assert not (tmp_path / "out2").exists()

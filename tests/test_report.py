@@ -1,0 +1,268 @@
+"""The review page (firmware_host/report.py, ``classify --report``), checked as HTML and in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecell.cli import cli
+from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_PX, Box, ReportHeader, ReportWriter, thumbnail_jpeg
+from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+from tests._browser import browser
+from tests._tflite_fixtures import build_models, labelled_folder, save_jpeg
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+"""Screenshots the browser tests leave for a person to look at (build/ is not committed)."""
+
+EVIL = "<img src=x onerror=alert(1)>.jpg"
+TRICKY = [EVIL, "quote\"and'apostrophe.jpg", "space and </script><script>alert(2)</script>.jpg", "Blutausstrich-Zelle ß 血球.jpg", "a&amp;b.jpg"]
+
+
+def _header(classes, **kw) -> ReportHeader:
+    base = dict(classes=classes, model="export/model_int8.tflite", sha256="ab" * 32, precision="int8", edgecell_version="0.1.0", threshold=0.7, n_images=0)
+    base.update(kw)
+    return ReportHeader(**base)
+
+
+def _thumb(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.normal(0, 25, (48, 48, 3)), 0, 255).astype(np.uint8)
+    return thumbnail_jpeg(img)
+
+
+def _page(tmp_path: Path, classes, cells, name="page.html", **kw) -> tuple[Path, ReportWriter]:
+    """Write a page of ``cells`` = [(file, label, confidence, flag, true_label)] with synthetic thumbnails."""
+    with ReportWriter(_header(classes, n_images=len(cells), **kw)) as w:
+        for k, (f, label, conf, flag, truth) in enumerate(cells):
+            w.add_cell(f, label, conf, flag, truth, _thumb(k))
+        out = w.write(tmp_path / name)
+    return out, w
+
+
+SIX = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil", OTHER]
+
+
+def _mixed_cells():
+    """20 cells over the six classes (none predicted as erythroblast), tricky names included, all labelled by folder."""
+    cells = []
+    plan = {"basophil": 3, "monocyte": 5, "myeloblast": 4, "seg_neutrophil": 6, OTHER: 2}
+    k = 0
+    for cls, n in plan.items():
+        for j in range(n):
+            conf = 0.5 + 0.05 * j
+            flag = FLAG_UNCERTAIN if conf < 0.7 else (FLAG_REVIEW if cls == "myeloblast" else "")
+            truth = cls if j % 3 else "monocyte"
+            name = TRICKY[k] if k < len(TRICKY) else f"{cls}_{j}.jpg"
+            cells.append((f"slide/{truth}/{name}", cls, conf, flag, truth))
+            k += 1
+    return cells
+
+
+# ------------------------------------------------------------------------------------ the HTML itself
+
+
+def test_page_is_self_contained_and_escapes_every_name(tmp_path):
+    out, _ = _page(tmp_path, SIX, _mixed_cells())
+    text = out.read_text(encoding="utf-8")
+    # one file: nothing fetched from anywhere, a strict CSP, only data: images
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
+    assert "<link" not in text and "@import" not in text
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)"', text).group(1)
+    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+    assert "corrections stay on this device" in text.lower() and "embedded in this file" in text
+    # the markup never contains a name's raw angle brackets or quotes: only escaped ones
+    for name in TRICKY:
+        assert html.escape(name) in text
+        if re.search(r"[<>\"'&]", name):
+            assert name not in text
+    assert "<img src=x" not in text and "<script>alert(2)" not in text
+    # exactly two scripts: the JSON data block and the page's own script
+    assert len(re.findall(r"<script\b", text)) == 2 and len(re.findall(r"</script>", text)) == 2
+    data = json.loads(re.search(r'<script type="application/json" id="edgecell-data">(.*?)</script>', text, re.S).group(1))
+    assert data["classes"] == SIX
+    assert [c[0] for c in data["cells"]] == [c[0] for c in _mixed_cells()]
+
+
+def test_classes_come_from_the_model_and_other_is_always_offered(tmp_path):
+    three = ["lymphocyte", "monocyte", "neutrophil"]
+    cells = [("a.jpg", "lymphocyte", 0.9, "", None), ("b.jpg", "neutrophil", 0.4, FLAG_UNCERTAIN, None)]
+    out, _ = _page(tmp_path, three, cells)
+    text = out.read_text(encoding="utf-8")
+    groups = re.findall(r'<section class="group" data-class="([^"]+)"', text)
+    assert groups == three + [OTHER]
+    assert text.count('<button type="button" class="cls"') == 2
+    assert "basophil" not in text  # nothing from the default five
+    assert 'id="confusion"' not in text  # no folder labels, no confusion matrix
+
+
+def test_flagged_first_then_least_confident(tmp_path):
+    cells = [
+        ("sure.jpg", "monocyte", 0.99, "", None),
+        ("unsure.jpg", "monocyte", 0.55, FLAG_UNCERTAIN, None),
+        ("fair.jpg", "monocyte", 0.80, "", None),
+        ("less-unsure.jpg", "monocyte", 0.65, FLAG_UNCERTAIN, None),
+    ]
+    out, _ = _page(tmp_path, SIX, cells)
+    text = out.read_text(encoding="utf-8")
+    group = text.split('data-class="monocyte"><h3>', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'class="name" title="([^"]+)"', group) == ["unsure.jpg", "less-unsure.jpg", "fair.jpg", "sure.jpg"]
+    assert "2 flagged" in group
+
+
+def test_confusion_matrix_and_wrong_ones_marked(tmp_path):
+    cells = [("m/1.jpg", "monocyte", 0.9, "", "monocyte"), ("m/2.jpg", "basophil", 0.9, "", "monocyte"), ("x.jpg", "basophil", 0.9, "", None)]
+    out, _ = _page(tmp_path, SIX, cells)
+    text = out.read_text(encoding="utf-8")
+    assert 'id="confusion"' in text and "2 cells sit in folders" in text
+    assert text.count('class="cell wrong"') == 1 and "folder: monocyte" in text
+
+
+def test_scan_mode_fields_with_boxes(tmp_path):
+    rng = np.random.default_rng(0)
+    field = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    with ReportWriter(_header(SIX, n_images=1, mode="scan")) as w:
+        fi = w.add_field("fields/f1.jpg", field)
+        w.add_cell("fields/f1.jpg#1", "monocyte", 0.9, "", None, _thumb(1), field=fi, box=Box(10, 20, 60, 80))
+        w.add_cell("fields/f1.jpg#2", OTHER, 0.8, "", None, _thumb(2), field=fi, box=Box(200, 100, 250, 150))
+        text = "".join(w.render())
+    assert 'id="fields"' in text and 'viewBox="0 0 400 300"' in text
+    assert '<rect x="10" y="20" width="50" height="60"/>' in text and '<rect x="200" y="100" width="50" height="50"/>' in text
+    assert "2 cells" in text
+
+
+def test_thumbnails_spool_and_size(tmp_path):
+    img = np.zeros((112, 112, 3), np.uint8)
+    jpeg = thumbnail_jpeg(img)
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(jpeg)).size == (THUMB_PX, THUMB_PX)
+    assert Image.open(io.BytesIO(thumbnail_jpeg(np.zeros((48, 48, 3), np.uint8)))).size == (48, 48)  # never enlarged
+
+
+# ------------------------------------------------------------------------------------ in a real browser
+
+
+def test_page_in_headless_chromium(tmp_path):
+    cells = _mixed_cells()
+    out, _ = _page(tmp_path, SIX, cells)
+    expected = {c: sum(1 for x in cells if x[1] == c) for c in SIX}
+    with browser() as b:
+        page = b.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        problems, dialogs, requests = [], [], []
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None)
+        page.goto(out.as_uri())
+        page.wait_for_load_state("load")
+
+        # thumbnails per class, as predicted
+        for cls, n in expected.items():
+            assert page.locator(f'section.group[data-class="{cls}"] li.cell img').count() == n, cls
+        assert page.locator("li.cell").count() == len(cells)
+        # the malicious names are text: no element came out of them, no script ran
+        assert page.locator('img[src="x"]').count() == 0 and dialogs == []
+        names = [c[0] for c in cells]
+        for name in TRICKY:
+            i = next(k for k, f in enumerate(names) if f.endswith("/" + name))
+            shown = page.locator(f'li.cell[data-i="{i}"] .name')
+            assert shown.inner_text() == names[i].removeprefix("slide/") and shown.get_attribute("title") == names[i]
+
+        # a click changes a cell's class; the page follows it
+        target = f"slide/monocyte/{EVIL}"
+        index = names.index(target)
+        assert page.locator("select").count() == 0  # selectors are made on demand
+        assert page.locator(f'button.cls[data-i="{index}"]').inner_text() == "basophil"
+        page.click(f'button.cls[data-i="{index}"]')
+        sel = page.locator(f'select.cls[data-i="{index}"]')
+        assert sel.input_value() == "basophil" and sel.locator("option").all_inner_texts() == SIX
+        sel.select_option(OTHER)
+        assert page.locator(f'li.cell[data-i="{index}"]').get_attribute("class").split().count("corrected") == 1
+        assert page.locator("#ncorrected").inner_text() == "1 corrected"
+        after = page.locator('#differential tr[data-class="other"] td.after').inner_text()
+        assert int(after) == expected[OTHER] + 1
+        # a second change, then back: only the first counts
+        assert index != 1
+        page.click('button.cls[data-i="1"]')
+        other = page.locator('select.cls[data-i="1"]')
+        other.select_option("monocyte")
+        other.select_option(cells[1][1])
+        assert page.locator("#ncorrected").inner_text() == "1 corrected"
+
+        with page.expect_download() as dl:
+            page.click("#download")
+        got = Path(dl.value.path()).read_text(encoding="utf-8")
+        assert dl.value.suggested_filename == "corrections.csv"
+        rows = list(csv.reader(io.StringIO(got)))
+        assert rows == [list(CSV_COLUMNS), [target, "basophil", OTHER]]
+
+        page.check("#include-confirmed")
+        with page.expect_download() as dl:
+            page.click("#download")
+        rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
+        assert len(rows) == 1 + len(cells) and [target, "basophil", OTHER] in rows and [cells[1][0], cells[1][1], cells[1][1]] in rows
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review_page.png"), full_page=True)
+        assert (ARTIFACTS / "review_page.png").stat().st_size > 10_000
+        assert problems == [] and requests == []
+
+
+# ------------------------------------------------------------------------------------ classify --report
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+def test_classify_report_end_to_end(models, tmp_path):
+    data = labelled_folder(tmp_path / "data", per_class=3)
+    save_jpeg(data / "monocyte" / EVIL, np.full((48, 48, 3), 120, np.uint8))
+    report = tmp_path / "out" / "review.html"
+    r = CliRunner().invoke(cli, ["classify", "--model", str(models.export), str(data), "--report", str(report), "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    text = report.read_text(encoding="utf-8")
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert len(re.findall(r'<img alt="" width="\d+" height="\d+" decoding="async" src="data:image/jpeg;base64,', text)) == len(results) == 16
+    for cls in models_classes(models):
+        n = sum(1 for x in results if x["label"] == cls)
+        group = text.split(f'<section class="group" data-class="{cls}">', 1)[1].split("</section>", 1)[0]
+        assert group.count('<li class="cell') == n
+    assert html.escape(EVIL) in text and "<img src=x" not in text
+    assert "model_int8.tflite" in text and "int8" in text and json.loads((tmp_path / "r.json").read_text())["model"]["sha256"][:12] in text
+    assert 'id="confusion"' in text  # the folders are named after classes
+
+
+def models_classes(models) -> list[str]:
+    from firmware_host.metadata import read_metadata
+
+    return list(read_metadata(models.int8).classes)
+
+
+def test_thumbnails_same_from_worker_processes_and_threads(models, tmp_path):
+    from firmware_host.runtime import Classifier
+
+    data = labelled_folder(tmp_path / "data", per_class=2)
+    files = sorted(data.rglob("*.jpg"))
+    clf = Classifier.load(models.int8, threads=1)
+    here = list(clf.classify_many(files, workers=2, processes=False, thumbnails=THUMB_PX))
+    there = list(clf.classify_many(files, workers=2, processes=True, thumbnails=THUMB_PX))
+    assert [p.thumbnail for _, p in here] == [p.thumbnail for _, p in there]
+    assert all(p.thumbnail and p.thumbnail[:2] == b"\xff\xd8" for _, p in here)
+    assert all(p.thumbnail is None for _, p in clf.classify_many(files[:2], workers=1))  # not asked: none made
+
+
+def test_report_not_written_when_the_folder_cannot_be(models, tmp_path):
+    data = labelled_folder(tmp_path / "data", per_class=1)
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(cli, ["classify", "--model", str(models.export), str(data), "--report", str(tmp_path / "file" / "r.html")])
+    assert r.exit_code != 0 and "is a file, not a folder" in r.output and "Traceback" not in r.output
