@@ -45,7 +45,6 @@ def test_count_macs_matches_built_model(spec):
 
 def test_train_defaults_are_the_model_defaults():
     """TrainOptions builds ModelSpec's default network at the default input size (one set of defaults, not two)."""
-    from edgecell.options import DEFAULT_IMG_SIZE
     from edgecell.train import TrainOptions
 
     assert TrainOptions(data_dir="", out_dir="").model_spec(5) == ModelSpec(DEFAULT_IMG_SIZE, 5)
