@@ -17,6 +17,7 @@ from converters import parity
 from edgecell.cli import cli
 from edgecell.data import ManifestRow
 from firmware_host.errors import DataError, EdgecellError, ModelError
+from firmware_host.preprocess import PREPROCESSING_VERSION
 
 CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
 LENIENT = ["--max-drop", "100"]
@@ -192,7 +193,7 @@ def test_export_folder_has_models_sidecars_and_parity(converted, run_copy):
         assert meta.sha256 == sha256_file(export / f"model_{prec}.tflite")
         assert meta.classes == run_meta["classes"] and meta.input_size == run_meta["input_size"] == 48
         assert meta.temperature == run_meta["temperature"]
-        assert meta.preprocessing["version"] == 1
+        assert meta.preprocessing["version"] == PREPROCESSING_VERSION
         assert meta.source["keras_sha256"] == sha256_file(run_copy / "model.keras")
         assert meta.source["dataset_fingerprint"] == run_meta["dataset"]["fingerprint"]
         assert meta.verification["status"] == "passed"

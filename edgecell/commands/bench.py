@@ -21,7 +21,7 @@ from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DE
     show_default=True,
     help="Interpreter thread counts to try, comma-separated.",
 )
-@data_option(required=False, help="Folder of real images: adds end-to-end throughput (JPEG decode + resize + inference).")
+@data_option(required=False, help="Folder(s) of real images: adds end-to-end throughput (decode + preprocess + inference).")
 @click.option("--limit", type=click.IntRange(1), default=DEFAULT_LIMIT, show_default=True, help="At most this many images from --data.")
 @json_option
 @click.option(
@@ -58,10 +58,10 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
         check_writable(json_out)  # before minutes of timing, not after
     keras_file = check_keras(keras_path) if keras_path else None  # likewise: refuse before timing
     con = human(json_out == "-")
-    images = expand_paths([data_dir]).paths[:limit] if data_dir else []
+    images = expand_paths(data_dir).paths[:limit] if data_dir else []
     if data_dir and not images:
-        warn(f"{data_dir}: no images found; end-to-end throughput skipped", con)
+        warn(f"{', '.join(data_dir)}: no images found; end-to-end throughput skipped", con)
     rows = lib.bench_models(models, runs, warmup, threads_list, images)
     keras_result = bench_keras(keras_file, runs, warmup) if keras_file else None
     print_report(con, rows, keras_result, bool(images))
-    emit_json(json_out, lib.report(rows, runs=runs, warmup=warmup, threads=threads_list, data=data_dir, keras=keras_result))
+    emit_json(json_out, lib.report(rows, runs=runs, warmup=warmup, threads=threads_list, data=list(data_dir) or None, keras=keras_result))
