@@ -23,12 +23,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## demo: synthetic data -> train -> convert --int8 -> classify unseen images -> parity and latency
+## (lymphocytes and eosinophils are taught as `other`; the non-cell images in unseen_objects are never trained on)
 demo: install
 	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 150 --seed 0
-	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1
+	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1 --objects $(DEMO)/unseen_objects
 	$(BIN)/edgecell train --data $(DEMO)/data --out $(DEMO)/run --epochs 25
 	$(BIN)/edgecell convert $(DEMO)/run --int8
-	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen --json $(DEMO)/classify.json
+	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen $(DEMO)/unseen_objects --json $(DEMO)/classify.json
 	$(BIN)/edgecell bench $(DEMO)/run/export/model_float32.tflite $(DEMO)/run/export/model_int8.tflite --data $(DEMO)/unseen --runs 200 --json $(DEMO)/bench.json
 
 ## lint: ruff lint and format check (one configuration, in pyproject.toml)
