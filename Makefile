@@ -25,7 +25,7 @@ install: $(BIN)/.installed
 ## demo: synthetic data -> train -> convert --int8 -> classify unseen images -> parity and latency
 ## (lymphocytes and eosinophils are taught as `other`; the non-cell images in unseen_objects are never trained on)
 demo: install
-	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 150 --seed 0
+	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 110 --seed 0
 	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1 --objects $(DEMO)/unseen_objects
 	$(BIN)/edgecell train --data $(DEMO)/data --out $(DEMO)/run --epochs 25
 	$(BIN)/edgecell convert $(DEMO)/run --int8
