@@ -44,7 +44,7 @@ test: lint
 test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench and the `pi` tests there (committed .tflite fixtures)
+## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench, scan and the `pi` tests there (committed .tflite fixtures)
 pi-check: install
 	rm -rf $(PI_VENV) build/pi-check
 	$(BIN)/edgecell demo-data build/pi-check/data --per-class 20 --seed 3
@@ -57,10 +57,12 @@ pi-check: install
 		|| (echo "pi-check: TensorFlow got installed into the Pi environment" && false)
 	cd build && ../$(PI_VENV)/bin/edgecell classify --model pi-check/run/export pi-check/data/myeloblast --json pi-check/classify.json
 	cd build && ../$(PI_VENV)/bin/edgecell bench pi-check/run/export/model_int8.tflite --runs 50 --warmup 5 --data pi-check/data --json pi-check/bench.json
+	$(PI_VENV)/bin/python tests/_fields.py build/pi-check/fields
+	cd build && ../$(PI_VENV)/bin/edgecell scan --model pi-check/run/export pi-check/fields --json pi-check/scan.json --annotate pi-check/scan-boxes
 	$(PI_VENV)/bin/python -m pip install --quiet "pytest>=8"
 	$(PI_VENV)/bin/python -m pytest -m "pi and not slow" -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
 	$(PI_VENV)/bin/python tests/count_passed.py build/pi-check/pytest.xml --at-least $(PI_MIN_TESTS)
-	@echo "pi-check: classify, bench and the runtime's tests ran without TensorFlow"
+	@echo "pi-check: classify, bench, scan and the runtime's tests ran without TensorFlow"
 
 ## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
 bench: install
