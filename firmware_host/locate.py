@@ -25,7 +25,8 @@ Algorithm (all on a reduced copy where a white cell is about :data:`WORK_CELL` p
    joined. A component wider or higher than :data:`SPLIT_EXTENT` cells (two nuclei pressed
    together) is eroded until it falls apart into pieces, which are grown back within the
    component (a numpy watershed on the distance to the background; :func:`split_component`);
-   the split is kept only when every piece is a nucleus by the rules of step 7.
+   the split is kept only when every piece is a nucleus by the rules of step 7 and the pieces'
+   boxes overlap little (:data:`MAX_SPLIT_OVERLAP`; pieces of one granular cell interleave).
 7. **Keep white cells only**: a component is kept when its nucleus area is at least
    :data:`MIN_NUCLEUS_AREA` of a cell's area (platelets are a few micrometres, a white cell's
    nucleus much larger) and its stain is strong relative to this image's threshold
@@ -75,6 +76,12 @@ MIN_STAIN_EXCESS = 0.1
 """A kept nucleus's mean stain exceeds the threshold by at least this (balanced units)."""
 SPLIT_EXTENT = 1.6
 """A nucleus component wider or higher than this many cell diameters is tried for splitting."""
+MAX_SPLIT_OVERLAP = 0.2
+"""A split is kept only if no two pieces' boxes overlap by more than this share of the smaller box.
+
+Two round nuclei pressed together overlap their boxes by under 0.2 in any arrangement (two discs
+at 0.8 of touching distance on a diagonal: 0.19); the interleaved pieces of one granular cell
+(an eosinophil's granules, a smudged cell) overlap more."""
 MAX_ERODE = 8
 """Most erosions tried when splitting a component in two or more nuclei."""
 GROW = 0.12
@@ -286,22 +293,25 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
     if n == 0:
         return []
     cell_area = np.pi / 4 * cw * cw
-    # per-component stats over the *undilated* nucleus pixels inside each joined run
-    comp_img = np.full((sh, sw), -1, dtype=np.int32)
-    _paint(comp_img, rs, cs, ce, lab)
-    comp = np.where(mask, comp_img, -1)
-    ys, xs = np.nonzero(comp >= 0)
-    ids = comp[ys, xs]
-    area = np.bincount(ids, minlength=n)
-    ssum = np.bincount(ids, weights=s[ys, xs], minlength=n)
+    # Per-component statistics over the *undilated* nucleus pixels, computed on the mask's runs:
+    # each run of the mask lies inside one run of the dilated mask, whose component it takes.
+    mr, mc0, mc1 = _runs(mask)
+    big = np.int64(1 << 20)
+    joined_key = rs.astype(np.int64) * big + cs
+    ids = lab[np.searchsorted(joined_key, mr.astype(np.int64) * big + mc0, side="right") - 1]
+    lengths = mc1 - mc0
+    area = np.bincount(ids, weights=lengths, minlength=n)
+    row_sums = np.zeros((sh, sw + 1), dtype=np.float64)
+    np.cumsum(s, axis=1, out=row_sums[:, 1:])
+    ssum = np.bincount(ids, weights=row_sums[mr, mc1] - row_sums[mr, mc0], minlength=n)
     x0 = np.full(n, sw)
     y0 = np.full(n, sh)
     x1 = np.zeros(n, dtype=np.int64)
     y1 = np.zeros(n, dtype=np.int64)
-    np.minimum.at(x0, ids, xs)
-    np.minimum.at(y0, ids, ys)
-    np.maximum.at(x1, ids, xs + 1)
-    np.maximum.at(y1, ids, ys + 1)
+    np.minimum.at(x0, ids, mc0)
+    np.minimum.at(y0, ids, mr)
+    np.maximum.at(x1, ids, mc1)
+    np.maximum.at(y1, ids, mr + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_s = ssum / np.maximum(area, 1)
     min_area = MIN_NUCLEUS_AREA * cell_area
@@ -311,7 +321,9 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
         bx0, by0, bx1, by1 = int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])
         boxes = [((bx0, by0, bx1, by1), float(mean_s[k] - t))]
         if max(bx1 - bx0, by1 - by0) > SPLIT_EXTENT * cw:
-            sub = comp[by0:by1, bx0:bx1] == k
+            comp = np.full((sh, sw), -1, dtype=np.int32)
+            _paint(comp, rs, cs, ce, lab)
+            sub = (comp[by0:by1, bx0:bx1] == k) & mask[by0:by1, bx0:bx1]
             pieces = split_component(sub, min_area)
             if pieces:
                 sub_s = s[by0:by1, bx0:bx1]
@@ -378,10 +390,23 @@ def split_component(mask: np.ndarray, min_area: float) -> list[tuple[np.ndarray,
                 break  # pixels no seed can reach (cut off by the erosion's order): left out
             lab = grown
         pieces = [np.nonzero(lab == k) for k in range(big.size)]
-        if all(p[0].size >= min_area for p in pieces):
+        if all(p[0].size >= min_area for p in pieces) and _apart(pieces):
             return pieces
         return None
     return None
+
+
+def _apart(pieces) -> bool:
+    """No two pieces' bounding boxes overlap by more than :data:`MAX_SPLIT_OVERLAP` of the smaller."""
+    boxes = [(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) for ys, xs in pieces]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            if inter > MAX_SPLIT_OVERLAP * smaller:
+                return False
+    return True
 
 
 def _make_cell(nuc, stain, factor, cw, sw, sh, w, h) -> Cell:
