@@ -374,7 +374,7 @@ def _print_summary(con, err, s, rows, n: int, opts: ScanOptions) -> None:
         con.print(diff)
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
-        f"{s.n_empty} fields without one. Flagged: [bold]{s.n_review + s.n_uncertain}[/bold] - {s.n_review} for haematologist review, "
+        f"{s.n_empty} without one. Flagged: [bold]{s.n_review + s.n_uncertain}[/bold] - {s.n_review} for haematologist review, "
         f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",
         soft_wrap=True,
     )
