@@ -74,6 +74,7 @@ class ScanOptions:
     "--annotate",
     "annotate_dir",
     type=click.Path(file_okay=False, path_type=str),
+    metavar="DIR",
     default=None,
     help="Write each field as a PNG into DIR with its cells boxed, coloured by class and labelled.",
 )
