@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from firmware_host.locate import locate  # noqa: E402
+from firmware_host.locate import WORK_CELL, _dilate, _reduce, label, locate, otsu_threshold, stain_map  # noqa: E402
 
 DEFAULT_FIELDS = ROOT.parent / "shared" / "more_cells" / "bccd_fields"
 RESULTS = HERE / "results"
@@ -147,6 +147,29 @@ def scores(rows: list[dict], stems: set[str] | None = None) -> dict:
         }
     out.update(fields=len(sel), wbc_boxes=n_truth, found=n_found)
     return out
+
+
+def label_cost(fields: list[dict], rounds: int) -> dict:
+    """Time :func:`firmware_host.locate.label` alone on each field's dilated nucleus mask (as locate builds it)."""
+    times, runs = [], []
+    for f in fields:
+        rgb = np.asarray(Image.open(f["path"]).convert("RGB"))
+        factor = max(1, round(0.3 * min(rgb.shape[:2]) / WORK_CELL))
+        s = stain_map(_reduce(rgb, factor))
+        mask = _dilate(s > max(otsu_threshold(s), float(np.median(s)) + 0.12), 1)
+        t = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            rs = label(mask)[0]
+            t.append((time.perf_counter() - t0) * 1000.0)
+        times.append(float(np.median(t)))
+        runs.append(rs.size)
+    return {
+        "median_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "mask_shape": list(mask.shape),
+        "median_runs": float(np.median(runs)),
+    }
 
 
 def run_locator(fields: list[dict], rounds: int = 1, **kwargs) -> list[dict]:
@@ -271,6 +294,7 @@ def main(argv=None) -> int:
             "threads": 1,
             "image_size": "640x480" if all(tuple(r["size"]) == (640, 480) for r in rows) else "mixed",
         },
+        "label_cost": label_cost(fields, args.rounds),
         "edge_cells": int(sum(sum(r["edge"]) for r in rows)),
         "fields_without_wbc_box": sum(1 for r in rows if not r["truth"]),
         "disagreements_iou_0.5": disagreements(rows),
@@ -332,6 +356,9 @@ def markdown(r: dict) -> str:
         f"median {m['median']:.1f} ms, p90 {m['p90']:.1f} ms, max {m['max']:.1f} ms "
         f"on {r['machine']['processor']} ({r['machine']['cores']} cores shared with other work; load average "
         f"{r['machine']['load_average_1min_at_end']} at the end of the run).",
+        f"Of that, the connected-component labelling (`label`, run-length union-find in numpy) on the "
+        f"{r['label_cost']['mask_shape'][1]}x{r['label_cost']['mask_shape'][0]} mask (median {r['label_cost']['median_runs']:.0f} runs): "
+        f"median {r['label_cost']['median_ms']:.2f} ms, p90 {r['label_cost']['p90_ms']:.2f} ms.",
         "",
         f"Cells marked `edge` (cut by the border): {r['edge_cells']}. Fields with no WBC box: {r['fields_without_wbc_box']}.",
         "",

@@ -8,8 +8,9 @@ Algorithm (all on a reduced copy where a white cell is about :data:`WORK_CELL` p
 1. **Reduce.** Box-filter the field down by an integer factor (Pillow's ``reduce``) chosen from
    the expected white-cell diameter (``cell_size``; default :data:`CELL_FRACTION` of the
    field's shorter side).
-2. **White balance.** Each channel is divided by its :data:`WHITE_PERCENTILE` th percentile
-   (the bright background between the cells), so the camera's white balance and exposure drop out.
+2. **White balance.** The green and blue channels are divided by their :data:`WHITE_PERCENTILE` th
+   percentiles (the bright background between the cells), so the camera's white balance and
+   exposure drop out.
 3. **Stain map.** ``s = blue - green`` of the balanced image. Nuclei stained by a Romanowsky stain
    (Wright, Giemsa, May-Gruenwald-Giemsa, Leishman) are purple: they absorb green far more than
    blue, so ``s`` is high there, near zero on background and low on red cells (pink: they absorb
@@ -19,7 +20,8 @@ Algorithm (all on a reduced copy where a white cell is about :data:`WORK_CELL` p
    keeps a field with no white cell from calling red cells nuclei.
 5. **Connected components** of the nucleus mask, closed by a small dilation
    (:data:`LOBE_GAP` of a cell) so the lobes of a segmented nucleus join into one cell, written
-   in numpy (:func:`label`: run-length encoding, union-find over overlapping runs).
+   in numpy (:func:`label`: run-length encoding, union-find over overlapping runs; its cost per
+   field is in benchmarks/results/scan.md).
 6. **Touching cells** are separated by their nuclei: each white cell has its own nucleus
    component, and cells whose cytoplasm touches stay apart because only nucleus pixels are
    joined. A component wider or higher than :data:`SPLIT_EXTENT` cells (two nuclei pressed
@@ -45,8 +47,11 @@ Assumptions (what changes with another lab or camera, and what that does):
   stain map.
 * Magnification: the size rules are relative to ``cell_size``. The default assumes the field's
   shorter side is about ``1 / CELL_FRACTION`` white-cell diameters (a 100x objective photographed
-  as in BCCD: 640x480 with cells of 100-230 px). Another magnification needs ``cell_size``
-  (``edgecell scan --cell-size``); a factor of two either way still works, as the rules are wide.
+  as in BCCD: 640x480 with cells of 100-230 px); the image's resolution does not matter, its
+  magnification does. Another magnification needs ``cell_size`` (``edgecell scan --cell-size``):
+  benchmarks/scan.py shows the BCCD fields at half the magnification losing a quarter of their
+  cells with the default (nuclei look like platelets), and at twice the magnification gaining
+  false cells, while with ``cell_size`` set to match both score as at the original magnification.
 * Cells lie in one layer (a monolayer area of the smear): heavily overlapping white cells whose
   nuclei touch along a long border can be counted as one.
 * Smudge cells and large stained debris look like nuclei and are reported as cells (the classifier
