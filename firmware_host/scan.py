@@ -22,20 +22,26 @@ cell is missing, and the next field of the smear may show it whole.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
 import io
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from firmware_host.atomic import write_bytes
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.locate import Cell, locate
 from firmware_host.preprocess import MAX_PIXELS, MIN_SIDE, _to_rgb, read_bytes
+from firmware_host.runtime import DEFAULT_THRESHOLD
 
 CROP_MARGIN = 0.25
 """The region passed to the classifier: the box's longer side plus this fraction of it on each side."""
@@ -342,3 +348,264 @@ def _dashed_rect(draw: ImageDraw.ImageDraw, box, colour, width: int) -> None:
         for s in range(a, b, 2 * EDGE_DASH):
             e = min(s + EDGE_DASH, b)
             draw.line(((s, fixed), (e, fixed)) if horizontal else ((fixed, s), (fixed, e)), fill=colour, width=width)
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole run: options, outputs, the loop
+
+
+@dataclass
+class ScanOptions:
+    """What ``edgecell scan`` was asked to do.
+
+    Attributes:
+        model_path: a ``model_<precision>.tflite`` (with its ``.json``) or an export folder.
+        paths: field-of-view images: files, folders, glob patterns.
+        json_out: JSON report destination ('-' = stdout) or None.
+        csv_out: one CSV row per cell ('-' = stdout) or None.
+        annotate_dir: folder for PNGs of the fields with their boxes, or None.
+        report_out: the HTML review page, or None.
+        threshold: cells classified less confidently than this are flagged as uncertain.
+        cell_size: expected white-cell diameter in pixels (None: a fraction of each field's shorter side).
+        threads: interpreter threads (None: all cores; long lists use worker processes instead).
+        precision: which model of an export folder to use.
+    """
+
+    model_path: str
+    paths: tuple[str, ...]
+    json_out: str | None = None
+    csv_out: str | None = None
+    annotate_dir: str | None = None
+    report_out: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    cell_size: float | None = None
+    threads: int | None = None
+    precision: str | None = None
+
+
+class ScanJob:
+    """One scan run: the model loaded, the paths expanded, the outputs open; iterate to scan.
+
+    ::
+
+        with ScanJob(opts) as job:              # checks the outputs, loads and verifies the model
+            for res in job:                     # a FieldResult per field (``error`` set when unreadable)
+                ...
+            job.summary                         # counts, the differential
+        # leaving the block writes the JSON tail and the review page and renames the files into place
+
+    Attributes:
+        classifier: the loaded :class:`~firmware_host.runtime.Classifier`.
+        paths: the field files found, in order; ``path_errors``: arguments that matched nothing.
+        processes: whether worker processes scan (256+ fields and no ``threads`` asked for).
+        summary: the :class:`ScanSummary` being tallied.
+    """
+
+    def __init__(self, opts: ScanOptions):
+        from firmware_host.atomic import check_writable
+        from firmware_host.paths import expand_paths
+        from firmware_host.runtime import Classifier
+
+        if opts.json_out == "-" and opts.csv_out == "-":
+            raise ValueError("only one of --json and --csv can write to stdout ('-')")
+        for dest in (opts.json_out, opts.csv_out, opts.report_out):
+            if dest and dest != "-":
+                check_writable(dest)  # before the work, so results are never computed only to be lost
+        self.opts = opts
+        self.report = report_hook(opts.report_out) if opts.report_out else None
+        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
+        expanded = expand_paths(opts.paths)
+        self.paths, self.path_errors = expanded.paths, expanded.errors
+        self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold)
+        for exc in self.path_errors:
+            self.summary.add(FieldResult(file=exc.path, error=exc.reason))
+        self._processes = None if opts.threads is None else False
+        self.workers = default_workers()
+        self.processes = use_processes(self.paths, self.workers, self._processes)
+        self.annotator = Annotator(opts.annotate_dir, self.paths, self.classifier.classes) if opts.annotate_dir else None
+        self._stack = contextlib.ExitStack()
+        self._csv: CellCsv | None = None
+        self._json = None
+
+    def __enter__(self) -> ScanJob:
+        from firmware_host.classify import JSON_INDENT_MAX_RESULTS, JsonStream, text_output
+
+        opts = self.opts
+        with self._stack:
+            if opts.csv_out:
+                self._csv = CellCsv(self._stack.enter_context(text_output(opts.csv_out)))
+            if opts.json_out:
+                head = {"model": self.classifier.info(), "threshold": opts.threshold, "cell_size": opts.cell_size}
+                indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
+                self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
+            if self.report is not None:
+                self.report.start(self.classifier, len(self.paths), opts.threshold)
+                self._stack.callback(self.report.close)
+            self._stack = self._stack.pop_all()
+        return self
+
+    def __iter__(self) -> Iterator[FieldResult]:
+        """Scan every path in order, tallying and streaming each field; yields its :class:`FieldResult`."""
+        s, t0 = self.summary, time.perf_counter()
+        try:
+            for res in scan_many(self.classifier, self.paths, self.opts.threshold, self.opts.cell_size, processes=self._processes):
+                s.add(res)
+                if res.error is None:
+                    if self._json:
+                        self._json.add(res.to_dict())
+                    if self.annotator or self.report is not None:
+                        self._pictures(res)
+                if self._csv:
+                    self._csv.add(res)
+                yield res
+        finally:
+            s.wall_s = time.perf_counter() - t0
+
+    def _pictures(self, res: FieldResult) -> None:
+        """The field's pixels again, in this process (worker processes return only results)."""
+        try:
+            rgb = decode_field(read_bytes(res.file), res.file)
+        except ImageError:  # changed or removed since it was scanned: no picture
+            return
+        if self.annotator:
+            self.annotator.write(res, rgb)
+        if self.report is not None:
+            self.report.add(res, rgb)
+
+    def __exit__(self, *exc_info) -> bool | None:
+        if exc_info[0] is not None:  # the temporary files are removed; nothing half-written is kept
+            return self._stack.__exit__(*exc_info)
+        with self._stack:
+            if self._json:
+                self._json.close({"failed": self.summary.failed, "summary": self.summary.to_dict()})
+            if self.report is not None:
+                self.report.finish(self.summary)
+        return None
+
+
+def scan_paths(model: str | os.PathLike, paths: Sequence[str], **options) -> ScanSummary:
+    """Scan field-of-view files, folders and glob patterns with ``model``; return the :class:`ScanSummary`.
+
+    ``options`` are the fields of :class:`ScanOptions` (``json_out``, ``csv_out``, ``annotate_dir``,
+    ``report_out``, ``threshold``, ``cell_size``, ``threads``, ``precision``).
+    """
+    opts = ScanOptions(str(model), tuple(str(p) for p in paths), **options)
+    with ScanJob(opts) as job:
+        for _ in job:
+            pass
+    return job.summary
+
+
+class Annotator:
+    """Writes ``<stem>.png`` per field into a folder, never over an input and never twice in one run."""
+
+    def __init__(self, folder: str, inputs, classes):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.classes = list(classes)
+        self.inputs = {os.path.realpath(p) for p in inputs}
+        self.used: set[str] = set()
+
+    def target(self, file: str) -> Path:
+        stem = Path(file).stem or "field"
+        name, k = f"{stem}.png", 1
+        while name in self.used or os.path.realpath(self.folder / name) in self.inputs:
+            name, k = f"{stem}-{k}.png", k + 1
+        self.used.add(name)
+        return self.folder / name
+
+    def write(self, res: FieldResult, rgb: np.ndarray) -> None:
+        buf = io.BytesIO()
+        annotate(rgb, res.cells, self.classes).save(buf, format="PNG")
+        write_bytes(self.target(res.file), buf.getvalue())
+
+
+class ReportHook:
+    """``--report``: the review page of :mod:`firmware_host.report` in scan mode (fields with their boxes, cells)."""
+
+    def __init__(self, dest: str, module):
+        self.dest, self.mod, self.writer = dest, module, None
+
+    def start(self, clf, n: int, threshold: float) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from firmware_host.runtime import REVIEW_CLASSES
+
+        try:
+            edgecell_version = version("edgecell")
+        except PackageNotFoundError:
+            edgecell_version = "unknown"
+        header = self.mod.header_for(
+            clf.info(),
+            classes=clf.classes,
+            threshold=threshold,
+            n_images=n,
+            edgecell_version=edgecell_version,
+            mode="scan",
+            review_classes=sorted(REVIEW_CLASSES),
+        )
+        self.writer = self.mod.ReportWriter(header)
+
+    def add(self, res: FieldResult, rgb: np.ndarray) -> None:
+        k = self.writer.add_field(res.file, rgb)
+        for c in res.cells:
+            x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
+            thumb = self.mod.thumbnail_jpeg(rgb[y0:y1, x0:x1])
+            self.writer.add_cell(res.file, c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=self.mod.Box(*c["box"]))
+
+    def finish(self, summary: ScanSummary) -> None:
+        self.writer.header.n_failed = summary.n_failed
+        self.writer.write(self.dest)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def report_hook(dest: str) -> ReportHook:
+    """The ``--report`` writer, or :class:`~firmware_host.errors.EdgecellError` when the review page module is missing."""
+    import importlib
+    import importlib.util
+
+    from firmware_host.errors import EdgecellError
+
+    if importlib.util.find_spec("firmware_host.report") is None:
+        raise EdgecellError("--report needs the review page (firmware_host.report), which this edgecell does not have yet", dest)
+    return ReportHook(dest, importlib.import_module("firmware_host.report"))
+
+
+CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "error"]
+
+
+class CellCsv:
+    """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error."""
+
+    def __init__(self, fh: IO[str]):
+        self.w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        self.w.writeheader()
+
+    def add(self, res) -> None:
+        if res.error is not None:
+            self.w.writerow({"file": res.file, "error": res.error})
+            return
+        if not res.cells:
+            self.w.writerow({"file": res.file, "width": res.width, "height": res.height})
+        for i, c in enumerate(res.cells):
+            x0, y0, x1, y1 = c["box"]
+            self.w.writerow(
+                {
+                    "file": res.file,
+                    "width": res.width,
+                    "height": res.height,
+                    "cell": i,
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "label": c["label"],
+                    "confidence": f"{c['confidence']:.6f}",
+                    "flag": c["flag"],
+                    "edge": int(c["edge"]),
+                    "error": "",
+                }
+            )

@@ -300,3 +300,26 @@ def test_cli_scan_missing_path_one_line(models, tmp_path):
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "nothing*.jpg")])
     assert res.exit_code == 1
     assert "Traceback" not in res.output
+
+
+def test_scan_paths_is_the_library_behind_the_command(models, fields, tmp_path):
+    from firmware_host import scan_paths
+
+    out = tmp_path / "s.json"
+    s = scan_paths(models.export, [fields / "two.jpg", fields / "none.png"], json_out=str(out), threads=1)
+    assert (s.n_fields, s.n_cells, s.n_empty, s.n_failed) == (2, 2, 1, 0)
+    assert json.loads(out.read_text())["summary"]["cells"] == 2
+
+
+def test_cli_scan_report(models, fields, tmp_path):
+    """--report writes the review page where the review module exists, else says so in one line."""
+    import importlib.util
+
+    page = tmp_path / "review.html"
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--report", str(page), "--threads", "1"])
+    if importlib.util.find_spec("firmware_host.report") is None:
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert "--report needs the review page" in res.output and not page.exists()
+    else:
+        assert res.exit_code == 0, res.output
+        assert page.read_text().lstrip().lower().startswith("<!doctype html")
