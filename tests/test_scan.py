@@ -23,6 +23,8 @@ from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, s
 from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
 from tests._tflite_fixtures import build_models
 
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
 
 def cell_box(cx, cy, d=CELL):
     return (cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2)
