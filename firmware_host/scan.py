@@ -527,31 +527,16 @@ class ReportHook:
         self.dest, self.mod, self.writer = dest, module, None
 
     def start(self, clf, n: int, threshold: float) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from firmware_host.runtime import REVIEW_CLASSES
-
-        try:
-            edgecell_version = version("edgecell")
-        except PackageNotFoundError:
-            edgecell_version = "unknown"
-        header = self.mod.header_for(
-            clf.info(),
-            classes=clf.classes,
-            threshold=threshold,
-            n_images=n,
-            edgecell_version=edgecell_version,
-            mode="scan",
-            review_classes=sorted(REVIEW_CLASSES),
-        )
-        self.writer = self.mod.ReportWriter(header)
+        self.writer = self.mod.report_for(clf, threshold, n, mode="scan")
 
     def add(self, res: FieldResult, rgb: np.ndarray) -> None:
+        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region)."""
         k = self.writer.add_field(res.file, rgb)
         for c in res.cells:
+            box = self.mod.Box(*c["box"])
             x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
             thumb = self.mod.thumbnail_jpeg(rgb[y0:y1, x0:x1])
-            self.writer.add_cell(res.file, c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=self.mod.Box(*c["box"]))
+            self.writer.add_cell(self.mod.cell_name(res.file, box), c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=box)
 
     def finish(self, summary: ScanSummary) -> None:
         self.writer.header.n_failed = summary.n_failed

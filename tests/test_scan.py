@@ -324,4 +324,6 @@ def test_cli_scan_report(models, fields, tmp_path):
         assert "--report needs the review page" in res.output and not page.exists()
     else:
         assert res.exit_code == 0, res.output
-        assert page.read_text().lstrip().lower().startswith("<!doctype html")
+        html = page.read_text()
+        assert html.lstrip().lower().startswith("<!doctype html")
+        assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
