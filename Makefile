@@ -23,12 +23,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## demo: synthetic data -> train -> convert --int8 -> classify unseen images -> parity and latency
+## (lymphocytes and eosinophils are taught as `other`; the non-cell images in unseen_objects are never trained on)
 demo: install
-	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 150 --seed 0
-	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1
+	$(BIN)/edgecell demo-data $(DEMO)/data --per-class 110 --seed 0
+	$(BIN)/edgecell demo-data $(DEMO)/unseen --per-class 8 --seed 1 --objects $(DEMO)/unseen_objects
 	$(BIN)/edgecell train --data $(DEMO)/data --out $(DEMO)/run --epochs 25
 	$(BIN)/edgecell convert $(DEMO)/run --int8
-	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen --json $(DEMO)/classify.json
+	$(BIN)/edgecell classify --model $(DEMO)/run/export $(DEMO)/unseen $(DEMO)/unseen_objects --json $(DEMO)/classify.json
 	$(BIN)/edgecell bench $(DEMO)/run/export/model_float32.tflite $(DEMO)/run/export/model_int8.tflite --data $(DEMO)/unseen --runs 200 --json $(DEMO)/bench.json
 
 ## lint: ruff lint and format check (one configuration, in pyproject.toml)
@@ -43,7 +44,7 @@ test: lint
 test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench and the `pi` tests there (committed .tflite fixtures)
+## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench, scan and the `pi` tests there (committed .tflite fixtures)
 pi-check: install
 	rm -rf $(PI_VENV) build/pi-check
 	$(BIN)/edgecell demo-data build/pi-check/data --per-class 20 --seed 3
@@ -56,10 +57,12 @@ pi-check: install
 		|| (echo "pi-check: TensorFlow got installed into the Pi environment" && false)
 	cd build && ../$(PI_VENV)/bin/edgecell classify --model pi-check/run/export pi-check/data/myeloblast --json pi-check/classify.json
 	cd build && ../$(PI_VENV)/bin/edgecell bench pi-check/run/export/model_int8.tflite --runs 50 --warmup 5 --data pi-check/data --json pi-check/bench.json
+	$(PI_VENV)/bin/python tests/_fields.py build/pi-check/fields
+	cd build && ../$(PI_VENV)/bin/edgecell scan --model pi-check/run/export pi-check/fields --json pi-check/scan.json --annotate pi-check/scan-boxes
 	$(PI_VENV)/bin/python -m pip install --quiet "pytest>=8"
 	$(PI_VENV)/bin/python -m pytest -m "pi and not slow" -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
 	$(PI_VENV)/bin/python tests/count_passed.py build/pi-check/pytest.xml --at-least $(PI_MIN_TESTS)
-	@echo "pi-check: classify, bench and the runtime's tests ran without TensorFlow"
+	@echo "pi-check: classify, bench, scan and the runtime's tests ran without TensorFlow"
 
 ## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
 bench: install

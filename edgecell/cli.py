@@ -28,6 +28,7 @@ COMMANDS = {
     "convert": "edgecell.commands.convert:convert",
     "classify": "edgecell.commands.classify:classify",
     "corrections": "edgecell.commands.corrections:corrections",
+    "scan": "edgecell.commands.scan:scan",
     "bench": "edgecell.commands.bench:bench",
 }
 

@@ -7,6 +7,7 @@
     OUT/basophil/basophil_00001.jpg
     ...
     OUT/seg_neutrophil/seg_neutrophil_00149.jpg
+    OUT/lymphocyte/lymphocyte_00000.jpg      (and eosinophil/: taught as ``other``)
 
 Each image is one white cell in the middle of a field of red cells, drawn with numpy and Pillow
 (no TensorFlow, no scipy). The classes differ by **morphology**:
@@ -20,13 +21,26 @@ Each image is one white cell in the middle of a field of red cells, drawn with n
 * ``basophil``: medium cell covered with coarse dark granules that hide the nucleus;
 * ``erythroblast``: small cell, small, very dense round nucleus, blue-grey to pinkish cytoplasm.
 
+Two more cell types, which are not one of the five (:data:`OTHER_CELL_TYPES`), get class folders
+of their own that ``edgecell train`` teaches as ``other`` (``--no-others`` leaves them out):
+
+* ``lymphocyte``: small round cell (about a red cell's size), a round, dense, dark nucleus
+  filling most of it, a thin rim of pale blue cytoplasm;
+* ``eosinophil``: medium cell, nucleus of two lobes, cytoplasm packed with coarse orange-red
+  granules.
+
+With ``--objects DIR``, non-cell images (:data:`OBJECT_KINDS`: a blank background crop, a field
+of red cells only, a random pattern that is not blood) go to DIR, outside OUT, for the
+never-seen check: training never reads them.
+
 Every class then gets the same nuisance variation, drawn from the same distributions: stain hue
 rotation and saturation, stain strength, background tint and exposure, magnification (+-15%),
 rotation, position jitter, Gaussian blur (0-1.2 px), pixel noise and JPEG (quality 90). So colour
 alone says little about the class; shape and texture say it all.
 
 Images are reproducible: image ``i`` of class ``c`` is drawn from its own
-``np.random.default_rng([seed, c, i])``, so the same seed gives byte-identical files whatever
+``np.random.default_rng([seed, c, i])`` (``c`` is 0-4 for the five, 100+ for the other cell
+types, 200+ for the non-cell kinds), so the same seed gives byte-identical files whatever
 order (or subset) they are drawn in. This is a toy: accuracy on it says nothing about real cells.
 """
 
@@ -63,15 +77,35 @@ _OD_CYTO = {
     "myeloblast": np.array([0.55, 0.38, 0.12], np.float32),  # blue
     "monocyte": np.array([0.36, 0.34, 0.17], np.float32),  # grey-blue
     "basophil": np.array([0.14, 0.24, 0.09], np.float32),  # lilac, mostly hidden by granules
+    "lymphocyte": np.array([0.40, 0.24, 0.07], np.float32),  # pale sky blue
+    "eosinophil": np.array([0.10, 0.26, 0.16], np.float32),  # pale pink, mostly hidden by granules
 }
 _OD_ERY_BLUE = np.array([0.42, 0.38, 0.20], np.float32)  # blue-grey ...
 _OD_ERY_PINK = np.array([0.10, 0.42, 0.28], np.float32)  # ... to pinkish
 _OD_NEUTRO_GRANULE = np.array([0.22, 0.38, 0.14], np.float32)
 _OD_BASO_GRANULE = np.array([1.45, 1.85, 0.95], np.float32)  # purple-black
+_OD_EOSIN_GRANULE = np.array([0.06, 0.62, 0.95], np.float32)  # orange-red (eosin)
 
 # Cell radius as a fraction of the image side, before the +-15% magnification.
-_RADIUS = {"erythroblast": 0.155, "seg_neutrophil": 0.235, "basophil": 0.225, "monocyte": 0.295, "myeloblast": 0.285}
+_RADIUS = {
+    "erythroblast": 0.155,
+    "seg_neutrophil": 0.235,
+    "basophil": 0.225,
+    "monocyte": 0.295,
+    "myeloblast": 0.285,
+    "lymphocyte": 0.13,
+    "eosinophil": 0.25,
+}
 _RBC_RADIUS = 0.105
+
+OTHER_CELL_TYPES = ("eosinophil", "lymphocyte")
+"""Cell types that are not one of the five, drawn into class folders of the same name, which
+``edgecell train`` teaches as the class ``other`` (see ``edgecell.data.OTHER_TYPES``)."""
+OBJECT_KINDS = ("background", "red_cells", "pattern")
+"""Non-cell images for the never-seen check: a blank background crop, a field of red cells
+only (one in the middle), a random pattern that is not blood at all."""
+_RNG_OTHER = 100  # image_rng class index of OTHER_CELL_TYPES[0]; the five use 0-4
+_RNG_OBJECT = 200  # ... and of OBJECT_KINDS[0]
 
 
 @dataclass
@@ -80,10 +114,13 @@ class DemoSummary:
 
     Attributes:
         out_dir: the data folder (one sub-folder per class, plus ``DEMO.md``).
-        per_class: images drawn per class.
+        per_class: images drawn per class (and per kind of non-cell image).
         seed: the seed; the same seed gives byte-identical images.
         size: image side in pixels (images are square, RGB JPEG).
-        counts: images per class, in :data:`edgecell.CLASSES` order.
+        counts: images per class folder: :data:`edgecell.CLASSES`, then :data:`OTHER_CELL_TYPES`
+            (taught as ``other``) unless they were left out.
+        objects_dir: the folder of non-cell images, or None when none were asked for.
+        objects: non-cell images per kind (:data:`OBJECT_KINDS`).
     """
 
     out_dir: Path
@@ -91,16 +128,20 @@ class DemoSummary:
     seed: int
     size: int
     counts: dict[str, int] = field(default_factory=dict)
+    objects_dir: Path | None = None
+    objects: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        """Images written, all classes together."""
-        return sum(self.counts.values())
+        """Images written, all class folders and non-cell images together."""
+        return sum(self.counts.values()) + sum(self.objects.values())
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (``out_dir`` as a string)."""
+        """A JSON-ready dict (paths as strings)."""
         d = asdict(self)
         d["out_dir"] = str(self.out_dir)
+        d["objects_dir"] = None if self.objects_dir is None else str(self.objects_dir)
+        d["other_types"] = [c for c in OTHER_CELL_TYPES if c in self.counts]
         d["total"] = self.total
         d["synthetic"] = True
         return d
@@ -352,8 +393,44 @@ def _erythroblast(rng, cell: _Cell, body):
     return [(cyto, colour), (nucleus * chromatin, _OD_NUCLEUS)]
 
 
+def _lymphocyte(rng, cell: _Cell, body):
+    cyto = body * (0.85 + 0.08 * cell.noise(rng, 0.9))
+    a = rng.uniform(0.76, 0.88)  # a round nucleus filling most of the cell ...
+    b = a * rng.uniform(0.88, 1.0)
+    nu, nv = _in_disc(rng, 1, 0.1)[0]  # ... a little off-centre, leaving a thin rim of cytoplasm
+    nucleus = cell.ellipse(nu, nv, a, b, rng.uniform(0, math.pi))
+    if rng.random() < 0.3:  # sometimes a shallow notch
+        phi = rng.uniform(0, 2 * math.pi)
+        rr = rng.uniform(0.2, 0.3)
+        nucleus = nucleus * (1.0 - cell.ellipse(nu + (a + 0.6 * rr) * math.cos(phi), nv + (a + 0.6 * rr) * math.sin(phi), rr, rr))
+    chromatin = 1.15 + 0.12 * cell.noise(rng, 0.25) + 0.06 * cell.speckle(rng, 0.04)  # dense, clumped
+    return [(cyto, _OD_CYTO["lymphocyte"]), (nucleus * body * chromatin, _OD_NUCLEUS)]
+
+
+def _eosinophil(rng, cell: _Cell, body):
+    cyto = body * (0.8 + 0.1 * cell.noise(rng, 0.9))
+    # two lobes ("spectacles") joined by a strand
+    t = rng.uniform(0, 2 * math.pi)
+    d = rng.uniform(0.28, 0.38)
+    lobes, centres = cell.zeros(), []
+    for side in (1.0, -1.0):
+        u = side * d * math.cos(t) + rng.uniform(-0.05, 0.05)
+        v = side * d * math.sin(t) + rng.uniform(-0.05, 0.05)
+        a = rng.uniform(0.22, 0.3)
+        lobes = np.maximum(lobes, cell.ellipse(u, v, a, a * rng.uniform(0.7, 0.95), rng.uniform(0, math.pi)))
+        centres.append(cell.at(u, v))
+    lobes = np.maximum(lobes, _capsule(cell.x, cell.y, centres[0], centres[1], max(0.75, cell.r * rng.uniform(0.04, 0.06))))
+    chromatin = 0.8 + 0.1 * cell.noise(rng, 0.2) + 0.05 * cell.speckle(rng, 0.027)
+    # cytoplasm packed with coarse, even, orange-red granules
+    n = int(rng.integers(140, 190))
+    granules = cell.dots(_in_disc(rng, n, 0.95), rng.uniform(0.06, 0.08, n), rng.uniform(150, 220, n))
+    return [(cyto, _OD_CYTO["eosinophil"]), (granules * body, _OD_EOSIN_GRANULE), (lobes * body * chromatin, _OD_NUCLEUS)]
+
+
 _DRAW = {
     "basophil": _basophil,
+    "eosinophil": _eosinophil,
+    "lymphocyte": _lymphocyte,
     "erythroblast": _erythroblast,
     "monocyte": _monocyte,
     "myeloblast": _myeloblast,
@@ -361,11 +438,17 @@ _DRAW = {
 }
 
 
-def _red_cells(rng, x, y, size: int, scale: float) -> np.ndarray:
-    """Optical density of red cells (pink discs, paler centres), some cut by the frame."""
+def _red_cells(rng, x, y, size: int, scale: float, count: tuple[int, int] = (3, 13), centred: bool = False) -> np.ndarray:
+    """Optical density of red cells (pink discs, paler centres), some cut by the frame.
+
+    ``count``: the range (low inclusive, high exclusive) of their number; ``centred`` puts the
+    first one near the middle of the image.
+    """
     density = np.zeros((size, size), np.float32)
-    for _ in range(int(rng.integers(3, 13))):
+    for k in range(int(rng.integers(*count))):
         cx, cy = (float(c) for c in rng.uniform(-0.12, 1.12, 2) * size)
+        if centred and k == 0:
+            cx, cy = (float(c) for c in size * (0.5 + rng.uniform(-0.07, 0.07, 2)))
         r = _RBC_RADIUS * size * scale * rng.uniform(0.85, 1.15)
         e = rng.uniform(0.85, 1.0)
         ang = rng.uniform(0, math.pi)
@@ -386,35 +469,51 @@ def _red_cells(rng, x, y, size: int, scale: float) -> np.ndarray:
     return density
 
 
-def draw_cell(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Image:
-    """Draw one synthetic smear image of class ``cls`` (one of :data:`edgecell.CLASSES`).
+def _platelets(rng, x, y, size: int, scale: float) -> np.ndarray:
+    """Optical density (H, W, 3) of a few platelets, in about a third of the fields."""
+    od = np.zeros((size, size, 3), np.float32)
+    if rng.random() < 0.35:
+        for _ in range(int(rng.integers(1, 4))):
+            px, py = (float(c) for c in rng.uniform(0, size, 2))
+            pr = size * scale * rng.uniform(0.012, 0.022)
+            od += _ellipse(x, y, px, py, pr, pr * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))[..., None] * _OD_PLATELET
+    return od
 
-    ``rng`` supplies every random choice, so the same generator state gives the same image.
-    Returns an RGB image of ``size`` x ``size`` pixels (before JPEG compression).
-    """
-    if cls not in _DRAW:
-        raise ValueError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
+
+def _check_size(size: int) -> None:
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+
+
+def draw_cell(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Image:
+    """Draw one synthetic smear image of a white cell of type ``cls``.
+
+    ``cls`` is one of :data:`edgecell.CLASSES` or :data:`OTHER_CELL_TYPES`. ``rng`` supplies
+    every random choice, so the same generator state gives the same image. Returns an RGB image
+    of ``size`` x ``size`` pixels (before JPEG compression).
+    """
+    if cls not in _DRAW:
+        raise ValueError(f"unknown class {cls!r}; expected one of {', '.join((*CLASSES, *OTHER_CELL_TYPES))}")
+    _check_size(size)
     x, y = _grid(size)
     scale = rng.uniform(0.85, 1.15)  # magnification: applies to every cell in the field
     cx, cy = (float(c) for c in size * (0.5 + rng.uniform(-0.07, 0.07, 2)))
     cell = _Cell(size, cx, cy, _RADIUS[cls] * size * scale, rng.uniform(0, 2 * math.pi))
 
     od = _red_cells(rng, x, y, size, scale)[..., None] * _OD_RBC
-    if rng.random() < 0.35:  # a few platelets
-        for _ in range(int(rng.integers(1, 4))):
-            px, py = (float(c) for c in rng.uniform(0, size, 2))
-            pr = size * scale * rng.uniform(0.012, 0.022)
-            od += _ellipse(x, y, px, py, pr, pr * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))[..., None] * _OD_PLATELET
+    od += _platelets(rng, x, y, size, scale)
 
     body = _outline(rng, cell)
     sub = od[cell.window]  # a view: the white cell is drawn into its window only
     sub *= (1.0 - body)[..., None]  # it lies on top of the red cells
     for density, colour in _DRAW[cls](rng, cell, body):
         sub += density[..., None] * colour
+    return _photograph(rng, od, size)
 
-    # nuisance, identical in distribution for every class
+
+def _photograph(rng, od: np.ndarray, size: int) -> Image.Image:
+    """The stained field (optical densities, H x W x 3) as the camera sees it: the nuisance
+    variation, identical in distribution for every class."""
     od = od * rng.uniform(0.75, 1.25)  # stain strength
     rgb = np.exp(-od) * np.array([0.95, 0.92, 0.9], np.float32)  # lamp / background
     matrix = _hue_saturation_matrix(math.radians(rng.uniform(-40, 40)), rng.uniform(0.7, 1.3))
@@ -422,13 +521,63 @@ def draw_cell(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Imag
     rgb = np.stack([rgb[..., 0] * m[0] + rgb[..., 1] * m[1] + rgb[..., 2] * m[2] for m in matrix.tolist()], axis=-1)
     tint = 1.0 + rng.normal(0.0, 0.035, 3)  # background tint (white balance)
     rgb = rgb * (tint * rng.uniform(0.85, 1.08)).astype(np.float32)  # ... and exposure
-    img = Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return _camera(rng, Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)), size)
+
+
+def _camera(rng, img: Image.Image, size: int) -> Image.Image:
+    """Focus blur and sensor noise."""
     blur = rng.uniform(0.0, 1.2)
     if blur > 0.05:
         img = img.filter(ImageFilter.GaussianBlur(blur))
     sigma = rng.uniform(1.0, 5.0)
     noisy = np.asarray(img, dtype=np.float32) + rng.standard_normal((size, size, 3), dtype=np.float32) * sigma
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
+
+
+def _pattern(rng, size: int) -> Image.Image:
+    """Something that is not blood: bright flat shapes, stripes and lines on a coloured ground."""
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
+    img = Image.new("RGB", (size, size), colour())
+    draw = ImageDraw.Draw(img)
+    if rng.random() < 0.5:  # stripes
+        step = int(rng.integers(4, max(5, size // 6)))
+        ink = colour()
+        for k in range(-size, 2 * size, 2 * step):
+            shift = int(rng.integers(-size, size + 1)) if rng.random() < 0.1 else 0
+            draw.polygon([(k + shift, 0), (k + step + shift, 0), (k + step - size // 2, size), (k - size // 2, size)], fill=ink)
+    for _ in range(int(rng.integers(3, 12))):
+        x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, 4))
+        box = [min(x0, x1), min(y0, y1), max(x0, x1) + 2, max(y0, y1) + 2]
+        shape = int(rng.integers(0, 3))
+        if shape == 0:
+            draw.rectangle(box, fill=colour())
+        elif shape == 1:
+            draw.ellipse(box, outline=colour(), width=int(rng.integers(1, 5)))
+        else:
+            draw.line([(x0, y0), (x1, y1)], fill=colour(), width=int(rng.integers(1, 6)))
+    return _camera(rng, img, size)
+
+
+def draw_object(kind: str, rng: np.random.Generator, size: int = 128) -> Image.Image:
+    """Draw one non-cell image of ``kind`` (one of :data:`OBJECT_KINDS`), for the never-seen check.
+
+    ``background`` and ``red_cells`` get the same stain, lamp and camera variation as the cells;
+    ``pattern`` is not a smear at all. Same contract as :func:`draw_cell`.
+    """
+    if kind not in OBJECT_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(OBJECT_KINDS)}")
+    _check_size(size)
+    if kind == "pattern":
+        return _pattern(rng, size)
+    x, y = _grid(size)
+    scale = rng.uniform(0.85, 1.15)
+    od = np.zeros((size, size, 3), np.float32)
+    if kind == "red_cells":
+        od += _red_cells(rng, x, y, size, scale, count=(6, 20), centred=True)[..., None] * _OD_RBC
+        od += _platelets(rng, x, y, size, scale)
+    else:  # an empty background: a little uneven stain and dust
+        od += (0.02 + 0.01 * _noise(rng, (size, size), size / 3.0))[..., None] * _OD_RBC
+    return _photograph(rng, od, size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,45 +602,77 @@ def generate(
     seed: int = 0,
     size: int = 128,
     progress_callback: Callable[[int, int], None] | None = None,
+    others: bool = True,
+    objects_dir: str | os.PathLike | None = None,
 ) -> DemoSummary:
     """Write ``per_class`` synthetic images per class into ``out_dir`` (Kaggle layout).
 
-    ``out_dir`` may be missing, empty, or a previous demo set (it has ``DEMO.md``), which is
-    overwritten: stale demo images beyond ``per_class`` are removed. Any other non-empty folder
-    is refused with :class:`EdgecellError`. ``progress_callback(done, total)`` is called after
-    each image. Files are written atomically, so an interrupted run leaves no half-written file.
+    With ``others`` (the default), the cell types that are not one of the five
+    (:data:`OTHER_CELL_TYPES`) get class folders too, which ``edgecell train`` teaches as
+    ``other``. With ``objects_dir``, ``per_class`` non-cell images of each of
+    :data:`OBJECT_KINDS` go there, flat (``background_00000.jpg``, ...): a folder outside
+    ``out_dir`` that training never reads, for checking that never-seen things come out as
+    ``other``; it gets its own ``DEMO.md``.
+
+    ``out_dir`` (and ``objects_dir``) may be missing, empty, or a previous demo set (it has
+    ``DEMO.md``), which is overwritten: stale demo images beyond ``per_class`` are removed. Any
+    other non-empty folder is refused with :class:`EdgecellError`, and so is an ``objects_dir``
+    inside ``out_dir`` or around it. ``progress_callback(done, total)`` is called after each
+    image. Files are written atomically, so an interrupted run leaves no half-written file.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+    _check_size(size)
     out = Path(out_dir)
-    check_target(out)
-    summary = DemoSummary(out_dir=out, per_class=per_class, seed=seed, size=size)
+    objects = None if objects_dir is None else Path(objects_dir)
+    check_target(out, objects)
+    summary = DemoSummary(out_dir=out, per_class=per_class, seed=seed, size=size, objects_dir=objects)
+    # (folder, file prefix, rng class index, drawing function) of every kind of image asked for
+    jobs = [(out / c, c, i, draw_cell) for i, c in enumerate(CLASSES)]
+    if others:
+        jobs += [(out / c, c, _RNG_OTHER + i, draw_cell) for i, c in enumerate(OTHER_CELL_TYPES)]
+    if objects is not None:
+        jobs += [(objects, k, _RNG_OBJECT + i, draw_object) for i, k in enumerate(OBJECT_KINDS)]
     # DEMO.md goes first, so an interrupted run still counts as a demo set and can be re-run
-    write_text(out / MARKER, _demo_md(summary, complete=False))
-    total = per_class * len(CLASSES)
+    write_text(out / MARKER, _demo_md(summary, others, complete=False))
+    if objects is not None:
+        write_text(objects / MARKER, _objects_md(summary, others, complete=False))
+    total = per_class * len(jobs)
     done = 0
-    for ci, cls in enumerate(CLASSES):
-        folder = out / cls
+    for folder, name, index, draw in jobs:
         for i in range(per_class):
-            img = draw_cell(cls, image_rng(seed, ci, i), size)
-            write_bytes(folder / f"{cls}_{i:05d}.jpg", encode(img))
+            img = draw(name, image_rng(seed, index, i), size)
+            write_bytes(folder / f"{name}_{i:05d}.jpg", encode(img))
             done += 1
             if progress_callback is not None:
                 progress_callback(done, total)
-        _remove_stale(folder, cls, per_class)
-        summary.counts[cls] = per_class
-    write_text(out / MARKER, _demo_md(summary, complete=True))
+        _remove_stale(folder, name, per_class)
+        (summary.objects if folder == objects else summary.counts)[name] = per_class
+    write_text(out / MARKER, _demo_md(summary, others, complete=True))
+    if objects is not None:
+        write_text(objects / MARKER, _objects_md(summary, others, complete=True))
     return summary
 
 
-def check_target(out_dir: str | os.PathLike) -> None:
-    """Raise :class:`EdgecellError` unless ``out_dir`` may receive a demo set.
+def check_target(out_dir: str | os.PathLike, objects_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`EdgecellError` unless ``out_dir`` (and ``objects_dir``) may receive a demo set.
 
-    Allowed: a missing path, an empty folder, or a previous demo set (has ``DEMO.md``).
+    Allowed: a missing path, an empty folder, or a previous demo set (has ``DEMO.md``); the
+    folder of non-cell images must lie outside ``out_dir`` (where it would be read as a class)
+    and must not hold it.
     """
     out = Path(out_dir)
+    _check_folder(out)
+    if objects_dir is None:
+        return
+    objects = Path(objects_dir)
+    a, b = out.resolve(), objects.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise EdgecellError(f"must be a folder apart from {out} (not it, inside it or around it): training would read it as a class", objects)
+    _check_folder(objects)
+
+
+def _check_folder(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
@@ -516,32 +697,84 @@ def _remove_stale(folder: Path, cls: str, keep: int) -> None:
             p.unlink()
 
 
-def _demo_md(s: DemoSummary, complete: bool) -> str:
-    rows = "\n".join(f"| {c} | {s.per_class if complete else '-'} |" for c in CLASSES)
-    status = (
-        f"Complete: {s.per_class * len(CLASSES)} images."
-        if complete
-        else "**Incomplete**: generation was interrupted or is still running; re-run the command to finish."
-    )
+def _reproduce(s: DemoSummary, others: bool) -> str:
+    flags = "" if others else " --no-others"
+    if s.objects_dir is not None:
+        flags += f" --objects {shlex.quote(str(s.objects_dir))}"
+    return f"edgecell demo-data {shlex.quote(str(s.out_dir))} --per-class {s.per_class} --seed {s.seed} --size {s.size}{flags}"
+
+
+def _status(n: int, complete: bool) -> str:
+    if complete:
+        return f"Complete: {n} images."
+    return "**Incomplete**: generation was interrupted or is still running; re-run the command to finish."
+
+
+def _demo_md(s: DemoSummary, others: bool, complete: bool) -> str:
+    n = s.per_class if complete else "-"
+    rows = [f"| {c} | {n} | {c} |" for c in CLASSES]
+    if others:
+        rows += [f"| {c} | {n} | other (not one of the five) |" for c in OTHER_CELL_TYPES]
+    if s.objects_dir is None:
+        objects = "No non-cell images were asked for (`--objects DIR` draws them)."
+    else:
+        objects = (
+            f"Non-cell images for the never-seen check ({', '.join(OBJECT_KINDS)}: a blank background crop, "
+            f"a field of red cells only, a pattern that is not blood), {n} of each, are in "
+            f"`{s.objects_dir}`, outside this folder, so `edgecell train` never reads them as a class. "
+            "Classify them: a model with the `other` class should call them `other`."
+        )
     return f"""# Synthetic demo data (not real blood cells)
 
 Drawn by `edgecell demo-data` so the pipeline can be tried without the real data set.
 Every image is a **synthetic drawing**: a toy white cell in a field of toy red cells, with
-shapes loosely modelled on the five classes. A model's accuracy on these images says **nothing**
-about its accuracy on real blood-cell images; never report it as such.
+shapes loosely modelled on the five classes (and on lymphocytes and eosinophils, which are not
+one of the five). A model's accuracy on these images says **nothing** about its accuracy on real
+blood-cell images; never report it as such.
 
 - seed: {s.seed}
 - images per class: {s.per_class}
 - image size: {s.size} x {s.size} px, RGB JPEG quality {JPEG_QUALITY}
-- {status}
+- {_status(sum(s.counts.values()), complete)}
 
-| class | images |
-|---|---|
-{rows}
+| class folder | images | taught by `edgecell train` as |
+|---|---|---|
+{chr(10).join(rows)}
+
+{objects}
 
 Re-create byte-identical files with:
 
-    edgecell demo-data {shlex.quote(str(s.out_dir))} --per-class {s.per_class} --seed {s.seed} --size {s.size}
+    {_reproduce(s, others)}
+
+This folder may be overwritten by `edgecell demo-data` (it recognises this file).
+"""
+
+
+def _objects_md(s: DemoSummary, others: bool, complete: bool) -> str:
+    n = s.per_class if complete else "-"
+    rows = "\n".join(f"| {k} | `{k}_*.jpg` | {n} |" for k in OBJECT_KINDS)
+    return f"""# Synthetic non-cell images (the never-seen check)
+
+Drawn by `edgecell demo-data` next to the demo set `{s.out_dir}`: things that are not a white
+cell at all, which no model was trained on. A model with the `other` class should call them
+`other` ("not one of the five - refer"). They lie flat in this folder, not in class folders:
+do not train on them.
+
+- seed: {s.seed}
+- image size: {s.size} x {s.size} px, RGB JPEG quality {JPEG_QUALITY}
+- {_status(sum(s.objects.values()), complete)}
+
+| kind | files | images |
+|---|---|---|
+{rows}
+
+`background`: an empty background crop (a little uneven stain); `red_cells`: red cells only, one
+in the middle; `pattern`: flat coloured shapes and stripes, not blood.
+
+Re-create byte-identical files with:
+
+    {_reproduce(s, others)}
 
 This folder may be overwritten by `edgecell demo-data` (it recognises this file).
 """

@@ -8,6 +8,7 @@ nothing from ``edgecell`` or ``converters``. The Python API::
     clf = Classifier.load("export")                      # a .tflite or an export folder; SHA-256 checked
     pred = clf.classify_file("cell.jpg")                 # Prediction: label, confidence, top3, probs
     summary = classify_paths("export", ["slides/"], csv_out="results.csv")   # what `edgecell classify` does
+    summary = scan_paths("export", ["fields/"], json_out="scan.json")         # what `edgecell scan` does
 
 The names below are imported on first use, so ``import firmware_host`` stays light.
 """
@@ -23,6 +24,11 @@ _LAZY = {
     "ClassifySummary": "firmware_host.classify",
     "classify_paths": "firmware_host.classify",
     "bench_models": "firmware_host.bench",
+    "locate": "firmware_host.locate",
+    "ScanJob": "firmware_host.scan",
+    "ScanOptions": "firmware_host.scan",
+    "ScanSummary": "firmware_host.scan",
+    "scan_paths": "firmware_host.scan",
 }
 
 __all__ = ["DataError", "EdgecellError", "ImageError", "ModelError", "RuntimeMissingError", *_LAZY]

@@ -38,7 +38,7 @@ from firmware_host.decode import _decode_one, _process_pool, decode_many, defaul
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
-from firmware_host.preprocess import load_image
+from firmware_host.preprocess import load_image, prepare
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -469,6 +469,20 @@ class Classifier:
         t0 = time.perf_counter()
         probs = self.predict_array(image)
         return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0)
+
+    def classify_rgb(self, path: str | os.PathLike, rgb: np.ndarray) -> Prediction:
+        """Classify an RGB uint8 array of any size ``(H, W, 3)``, e.g. a cell cut from a field of view.
+
+        It goes through :func:`firmware_host.preprocess.prepare` (the step after decoding, timed as
+        ``preprocess_ms``), so it gets the preprocessing of a single-cell image file; ``path``
+        only names it in the result.
+        """
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+            raise ImageError(f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB", path)
+        t0 = time.perf_counter()
+        image = prepare(np.ascontiguousarray(rgb), self.input_size)
+        return self.classify_array(path, image, (time.perf_counter() - t0) * 1000.0)
 
     def classify_file(self, path: str | os.PathLike) -> Prediction:
         """Load, preprocess and classify one image file (:class:`ImageError` if it is not usable)."""

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
-from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_PX, Box, ReportHeader, ReportWriter, thumbnail_jpeg
+from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, thumbnail_jpeg
 from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
 from tests._browser import browser
 from tests._tflite_fixtures import build_models, labelled_folder, save_jpeg
@@ -139,11 +139,10 @@ def test_scan_mode_fields_with_boxes(tmp_path):
 
 
 def test_thumbnails_spool_and_size(tmp_path):
-    img = np.zeros((112, 112, 3), np.uint8)
-    jpeg = thumbnail_jpeg(img)
     from PIL import Image
 
-    assert Image.open(io.BytesIO(jpeg)).size == (THUMB_PX, THUMB_PX)
+    assert Image.open(io.BytesIO(thumbnail_jpeg(np.zeros((300, 200, 3), np.uint8)))).size == (THUMB_MAX_PX * 2 // 3, THUMB_MAX_PX)
+    assert Image.open(io.BytesIO(thumbnail_jpeg(np.zeros((112, 112, 3), np.uint8)))).size == (112, 112)  # embedded as it is
     assert Image.open(io.BytesIO(thumbnail_jpeg(np.zeros((48, 48, 3), np.uint8)))).size == (48, 48)  # never enlarged
 
 
@@ -254,8 +253,8 @@ def test_thumbnails_same_from_worker_processes_and_threads(models, tmp_path):
     data = labelled_folder(tmp_path / "data", per_class=2)
     files = sorted(data.rglob("*.jpg"))
     clf = Classifier.load(models.int8, threads=1)
-    here = list(clf.classify_many(files, workers=2, processes=False, thumbnails=THUMB_PX))
-    there = list(clf.classify_many(files, workers=2, processes=True, thumbnails=THUMB_PX))
+    here = list(clf.classify_many(files, workers=2, processes=False, thumbnails=THUMB_MAX_PX))
+    there = list(clf.classify_many(files, workers=2, processes=True, thumbnails=THUMB_MAX_PX))
     assert [p.thumbnail for _, p in here] == [p.thumbnail for _, p in there]
     assert all(p.thumbnail and p.thumbnail[:2] == b"\xff\xd8" for _, p in here)
     assert all(p.thumbnail is None for _, p in clf.classify_many(files[:2], workers=1))  # not asked: none made

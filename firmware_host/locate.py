@@ -1,0 +1,429 @@
+"""Find the white cells in a photo of a stained blood smear, with numpy and Pillow only.
+
+:func:`locate` takes an RGB ``uint8`` field of view of any size and returns one :class:`Cell` per
+white cell: its box in the original pixel coordinates and whether the image border cuts it.
+
+Algorithm (all on a reduced copy where a white cell is about :data:`WORK_CELL` pixels across):
+
+1. **Reduce.** Box-filter the field down by an integer factor (Pillow's ``reduce``) chosen from
+   the expected white-cell diameter (``cell_size``; default :data:`CELL_FRACTION` of the
+   field's shorter side).
+2. **White balance.** The green and blue channels are divided by their :data:`WHITE_PERCENTILE` th
+   percentiles (the bright background between the cells), so the camera's white balance and
+   exposure drop out.
+3. **Stain map.** ``s = blue - green`` of the balanced image. Nuclei stained by a Romanowsky stain
+   (Wright, Giemsa, May-Gruenwald-Giemsa, Leishman) are purple: they absorb green far more than
+   blue, so ``s`` is high there, near zero on background and low on red cells (pink: they absorb
+   green and blue about equally).
+4. **Threshold by Otsu on this image's histogram** of ``s``: the split adapts to each
+   image's stain intensity. A floor (:data:`MIN_CONTRAST` above the background's median)
+   keeps a field with no white cell from calling red cells nuclei.
+5. **Connected components** of the nucleus mask, closed by a small dilation
+   (:data:`LOBE_GAP` of a cell) so the lobes of a segmented nucleus join into one cell, written
+   in numpy (:func:`label`: run-length encoding, union-find over overlapping runs; its cost per
+   field is in benchmarks/results/scan.md).
+6. **Touching cells** are separated by their nuclei: each white cell has its own nucleus
+   component, and cells whose cytoplasm touches stay apart because only nucleus pixels are
+   joined. A component wider or higher than :data:`SPLIT_EXTENT` cells (two nuclei pressed
+   together) is eroded until it falls apart into pieces, which are grown back within the
+   component (a numpy watershed on the distance to the background; :func:`split_component`);
+   the split is kept only when every piece is a nucleus by the rules of step 7 and the pieces'
+   boxes overlap little (:data:`MAX_SPLIT_OVERLAP`; pieces of one granular cell interleave).
+7. **Keep white cells only**: a component is kept when its nucleus area is at least
+   :data:`MIN_NUCLEUS_AREA` of a cell's area (platelets are a few micrometres, a white cell's
+   nucleus much larger) and its stain is strong relative to this image's threshold
+   (:data:`MIN_STAIN_EXCESS`); red cells never pass the threshold.
+8. **Box**: the nucleus's bounding box grown to a cell (:data:`GROW` of the nucleus's size on
+   each side, at least a cell of :data:`MIN_BOX` of ``cell_size``), clipped to the image, mapped
+   back to the original pixel grid. ``edge`` is true when the nucleus reaches the border:
+   part of the cell is outside the field.
+
+Assumptions (what changes with another lab or camera, and what that does):
+
+* Romanowsky-type stain, bright-field, background brighter than the cells and occupying at least
+  a few per cent of the field (its percentile sets the white point). Another white balance or
+  exposure is normalised away; a weaker or stronger stain moves the Otsu threshold with it.
+  A stain whose nuclei are not bluer than green (e.g. H&E-like pink-dominant) would need another
+  stain map.
+* Magnification: the size rules are relative to ``cell_size``. The default assumes the field's
+  shorter side is about ``1 / CELL_FRACTION`` white-cell diameters (a 100x objective photographed
+  as in BCCD: 640x480 with cells of 100-230 px); the image's resolution does not matter, its
+  magnification does. Another magnification needs ``cell_size`` (``edgecell scan --cell-size``):
+  benchmarks/scan.py shows the BCCD fields at half the magnification losing a quarter of their
+  cells with the default (nuclei look like platelets), and at twice the magnification gaining
+  false cells, while with ``cell_size`` set to match both score as at the original magnification.
+* Cells lie in one layer (a monolayer area of the smear): heavily overlapping white cells whose
+  nuclei touch along a long border can be counted as one.
+* Smudge cells and large stained debris look like nuclei and are reported as cells (the classifier
+  and its ``other`` class, and a person reviewing flagged cells, are the next line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+CELL_FRACTION = 0.3
+"""Default expected white-cell diameter as a fraction of the field's shorter side."""
+WORK_CELL = 32
+"""A white cell's diameter, in pixels, in the reduced image the search works on."""
+WHITE_PERCENTILE = 99.0
+"""Percentile of each channel taken as the white point (the background)."""
+MIN_CONTRAST = 0.12
+"""The nucleus threshold is at least this far above the median of the stain map (balanced units)."""
+LOBE_GAP = 0.08
+"""Gaps between nucleus lobes up to this fraction of a cell are bridged (dilation radius)."""
+MIN_NUCLEUS_AREA = 0.15
+"""Smallest nucleus kept, as a fraction of a cell's area (pi/4 cell_size^2); platelets are below."""
+MIN_STAIN_EXCESS = 0.1
+"""A kept nucleus's mean stain exceeds the threshold by at least this (balanced units)."""
+SPLIT_EXTENT = 1.6
+"""A nucleus component wider or higher than this many cell diameters is tried for splitting."""
+MAX_SPLIT_OVERLAP = 0.2
+"""A split is kept only if no two pieces' boxes overlap by more than this share of the smaller box.
+
+Two round nuclei pressed together overlap their boxes by under 0.2 in any arrangement (two discs
+at 0.8 of touching distance on a diagonal: 0.19); the interleaved pieces of one granular cell
+(an eosinophil's granules, a smudged cell) overlap more."""
+MAX_ERODE = 8
+"""Most erosions tried when splitting a component in two or more nuclei."""
+GROW = 0.12
+"""The box is the nucleus's box grown by this fraction of the nucleus's size on each side."""
+MIN_BOX = 0.55
+"""A box is at least this fraction of ``cell_size`` wide and high (centred on the nucleus)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One white cell found in a field.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` in the original image's pixels (x1, y1 exclusive).
+        edge: the image border cuts the cell (its nucleus reaches the border).
+        nucleus: the nucleus's ``(x0, y0, x1, y1)`` in the original image's pixels.
+        stain: the nucleus's mean stain value minus the image's threshold (balanced units).
+    """
+
+    box: tuple[int, int, int, int]
+    edge: bool
+    nucleus: tuple[int, int, int, int]
+    stain: float
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "edge": self.edge}
+
+
+# ----------------------------------------------------------------------------------------------
+# Connected components in numpy
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Horizontal runs of True in a 2-D bool array: ``(row, start, stop)`` arrays (stop exclusive)."""
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    rs, cs = np.nonzero(d == 1)
+    _, ce = np.nonzero(d == -1)
+    return rs, cs, ce  # np.nonzero is row-major, so starts and stops pair up
+
+
+def _find_roots(parent: np.ndarray) -> np.ndarray:
+    while True:  # pointer jumping: log(depth) passes
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt
+
+
+def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Connected components of a 2-D bool mask by run-length labelling.
+
+    Runs of each row are linked to the overlapping runs of the row above (8- or 4-connected),
+    the links are merged by vectorised union-find (minimum label propagation with pointer
+    jumping), and labels are renumbered 0..n-1 in raster order of their first run.
+
+    Returns ``(row, start, stop, run_label, n)``: every run and its component.
+    """
+    rs, cs, ce = _runs(mask)
+    n_runs = rs.size
+    if n_runs == 0:
+        return rs, cs, ce, np.zeros(0, dtype=np.int64), 0
+    reach = 1 if connectivity == 8 else 0
+    # Runs are in raster order, so the runs of the row above are a contiguous block sorted by
+    # start (and by stop): the ones touching a run are the slice [left, right) of that block.
+    row_first = np.searchsorted(rs, np.arange(mask.shape[0] + 1))
+    prev = rs - 1
+    has_prev = prev >= 0
+    left = _rowlocal_search(ce, row_first, prev, has_prev, cs - reach, side="right")  # first with stop > start - reach
+    right = _rowlocal_search(cs, row_first, prev, has_prev, ce + reach, side="left")  # first with start >= stop + reach
+    counts = np.maximum(right - left, 0)
+    a = np.repeat(np.arange(n_runs), counts)
+    b = np.repeat(left, counts) + (np.arange(a.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    parent = np.arange(n_runs)
+    if a.size:
+        while True:
+            ra, rb = parent[a], parent[b]
+            if np.array_equal(ra, rb):
+                break
+            lo_ = np.minimum(ra, rb)
+            np.minimum.at(parent, ra, lo_)
+            np.minimum.at(parent, rb, lo_)
+            parent = _find_roots(parent)
+    roots = _find_roots(parent)
+    uniq, lab = np.unique(roots, return_inverse=True)
+    return rs, cs, ce, lab.reshape(-1), int(uniq.size)
+
+
+def _rowlocal_search(values: np.ndarray, row_first: np.ndarray, prev: np.ndarray, valid: np.ndarray, keys: np.ndarray, side: str) -> np.ndarray:
+    """``searchsorted`` of each key within the runs of row ``prev`` (values sorted within a row)."""
+    # Offset each row's values by a large multiple of the row index so one global search works.
+    big = np.int64(1 << 20)
+    rows = np.repeat(np.arange(row_first.size - 1), np.diff(row_first))
+    keyed = values.astype(np.int64) + rows * big
+    k = keys.astype(np.int64) + np.clip(prev, 0, None) * big
+    out = np.searchsorted(keyed, k, side=side)
+    return np.where(valid, out, 0)
+
+
+def label_image(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
+    """A label image (``-1`` background, components ``0..n-1``) from :func:`label`."""
+    rs, cs, ce, lab, n = label(mask, connectivity)
+    out = np.full(mask.shape, -1, dtype=np.int32)
+    _paint(out, rs, cs, ce, lab)
+    return out, n
+
+
+def _paint(img: np.ndarray, rs, cs, ce, lab) -> None:
+    """Write each run's label into a 2-D label image."""
+    lengths = ce - cs
+    total = int(lengths.sum())
+    if not total:
+        return
+    first = rs * img.shape[1] + cs
+    flat = np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+    img.reshape(-1)[flat] = np.repeat(lab, lengths)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold of a set of values (maximises the between-class variance of the histogram)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return hi
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mt = m0[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m0 * w1 - (mt - m0) * w0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = 0.0
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1)-square, separable (shifted ORs)."""
+    if r <= 0:
+        return mask
+    out = mask.copy()
+    for k in range(1, r + 1):
+        out[:, k:] |= mask[:, :-k]
+        out[:, :-k] |= mask[:, k:]
+    tmp = out.copy()
+    for k in range(1, r + 1):
+        out[k:, :] |= tmp[:-k, :]
+        out[:-k, :] |= tmp[k:, :]
+    return out
+
+
+def _reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return np.asarray(rgb, dtype=np.float32)
+    return np.asarray(Image.fromarray(rgb, "RGB").reduce(factor), dtype=np.float32)
+
+
+def stain_map(small: np.ndarray) -> np.ndarray:
+    """The nucleus-stain map: white-balanced blue minus white-balanced green."""
+    flat = small.reshape(-1, 3)
+    white = np.percentile(flat[:, 1:], WHITE_PERCENTILE, axis=0)
+    white = np.maximum(white, 1.0)
+    return small[..., 2] / white[1] - small[..., 1] / white[0]
+
+
+def default_cell_size(width: int, height: int) -> float:
+    """The expected white-cell diameter in pixels when not given: :data:`CELL_FRACTION` of the shorter side."""
+    return CELL_FRACTION * min(width, height)
+
+
+# ----------------------------------------------------------------------------------------------
+# The locator
+
+
+def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
+    """The white cells of one field of view (``(H, W, 3)`` uint8 RGB), in raster order of their nuclei.
+
+    Args:
+        cell_size: expected white-cell diameter in this image's pixels (default
+            :func:`default_cell_size`). The size rules are relative to it.
+
+    A field with no white cell gives ``[]``.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    cell = float(cell_size) if cell_size else default_cell_size(w, h)
+    factor = max(1, int(round(cell / WORK_CELL)))
+    small = _reduce(np.ascontiguousarray(rgb), factor)
+    sh, sw = small.shape[:2]
+    if min(sh, sw) < 2:
+        return []
+    cw = cell / factor  # cell diameter in reduced pixels
+    s = stain_map(small)
+    t = max(otsu_threshold(s), float(np.median(s)) + MIN_CONTRAST)
+    mask = s > t
+    if not mask.any():
+        return []
+    r = max(1, int(round(LOBE_GAP * cw / 2)))
+    joined = _dilate(mask, r)
+    rs, cs, ce, lab, n = label(joined)
+    if n == 0:
+        return []
+    cell_area = np.pi / 4 * cw * cw
+    # Per-component statistics over the *undilated* nucleus pixels, computed on the mask's runs:
+    # each run of the mask lies inside one run of the dilated mask, whose component it takes.
+    mr, mc0, mc1 = _runs(mask)
+    big = np.int64(1 << 20)
+    joined_key = rs.astype(np.int64) * big + cs
+    ids = lab[np.searchsorted(joined_key, mr.astype(np.int64) * big + mc0, side="right") - 1]
+    lengths = mc1 - mc0
+    area = np.bincount(ids, weights=lengths, minlength=n)
+    row_sums = np.zeros((sh, sw + 1), dtype=np.float64)
+    np.cumsum(s, axis=1, out=row_sums[:, 1:])
+    ssum = np.bincount(ids, weights=row_sums[mr, mc1] - row_sums[mr, mc0], minlength=n)
+    x0 = np.full(n, sw)
+    y0 = np.full(n, sh)
+    x1 = np.zeros(n, dtype=np.int64)
+    y1 = np.zeros(n, dtype=np.int64)
+    np.minimum.at(x0, ids, mc0)
+    np.minimum.at(y0, ids, mr)
+    np.maximum.at(x1, ids, mc1)
+    np.maximum.at(y1, ids, mr + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_s = ssum / np.maximum(area, 1)
+    min_area = MIN_NUCLEUS_AREA * cell_area
+    keep = (area >= min_area) & (mean_s - t >= MIN_STAIN_EXCESS)
+    cells: list[Cell] = []
+    for k in np.nonzero(keep)[0].tolist():
+        bx0, by0, bx1, by1 = int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])
+        boxes = [((bx0, by0, bx1, by1), float(mean_s[k] - t))]
+        if max(bx1 - bx0, by1 - by0) > SPLIT_EXTENT * cw:
+            comp = np.full((sh, sw), -1, dtype=np.int32)
+            _paint(comp, rs, cs, ce, lab)
+            sub = (comp[by0:by1, bx0:bx1] == k) & mask[by0:by1, bx0:bx1]
+            pieces = split_component(sub, min_area)
+            if pieces:
+                sub_s = s[by0:by1, bx0:bx1]
+                boxes = []
+                for ys_, xs_ in pieces:
+                    boxes.append(
+                        ((bx0 + int(xs_.min()), by0 + int(ys_.min()), bx0 + int(xs_.max()) + 1, by0 + int(ys_.max()) + 1), float(sub_s[ys_, xs_].mean() - t))
+                    )
+        for nuc, excess in boxes:
+            cells.append(_make_cell(nuc, excess, factor, cw, sw, sh, w, h))
+    return cells
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3x3 cross (pixels outside the array count as background)."""
+    out = mask.copy()
+    out[1:, :] &= mask[:-1, :]
+    out[:-1, :] &= mask[1:, :]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[0, :] = out[-1, :] = False
+    out[:, 0] = out[:, -1] = False
+    return out
+
+
+def split_component(mask: np.ndarray, min_area: float) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Split one component (a 2-D bool mask) into touching nuclei, or None when it is one.
+
+    Erodes up to :data:`MAX_ERODE` times; at the first erosion that leaves two or more pieces of
+    at least 1/8 of ``min_area`` pixels, those pieces are seeds, grown back one pixel per step
+    inside ``mask`` (each pixel goes to the seed that reaches it first: a watershed on the
+    distance to the background). Returns ``(ys, xs)`` per piece when every piece has at least
+    ``min_area`` pixels, else None.
+    """
+    m = mask
+    for _ in range(MAX_ERODE):
+        m = _erode(m)
+        if not m.any():
+            return None
+        seeds, n = label_image(m)
+        if n < 2:
+            continue
+        sizes = np.bincount(seeds[seeds >= 0], minlength=n)
+        big = np.nonzero(sizes >= min_area / 8)[0]
+        if big.size < 2:
+            continue
+        lab = np.full(mask.shape, -1, dtype=np.int32)
+        for new, old in enumerate(big.tolist()):
+            lab[seeds == old] = new
+        while True:  # grow the seeds inside the mask, 4-connected, one pixel per step
+            free = mask & (lab < 0)
+            if not free.any():
+                break
+            grown = lab.copy()
+            for src, dst in (
+                ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+                ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+            ):
+                take = free[dst] & (grown[dst] < 0) & (lab[src] >= 0)
+                grown[dst][take] = lab[src][take]
+            if np.array_equal(grown, lab):
+                break  # pixels no seed can reach (cut off by the erosion's order): left out
+            lab = grown
+        pieces = [np.nonzero(lab == k) for k in range(big.size)]
+        if all(p[0].size >= min_area for p in pieces) and _apart(pieces):
+            return pieces
+        return None
+    return None
+
+
+def _apart(pieces) -> bool:
+    """No two pieces' bounding boxes overlap by more than :data:`MAX_SPLIT_OVERLAP` of the smaller."""
+    boxes = [(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) for ys, xs in pieces]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            if inter > MAX_SPLIT_OVERLAP * smaller:
+                return False
+    return True
+
+
+def _make_cell(nuc, stain, factor, cw, sw, sh, w, h) -> Cell:
+    x0, y0, x1, y1 = nuc
+    edge = x0 <= 0 or y0 <= 0 or x1 >= sw or y1 >= sh
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w = max((x1 - x0) * (0.5 + GROW), MIN_BOX * cw / 2)
+    half_h = max((y1 - y0) * (0.5 + GROW), MIN_BOX * cw / 2)
+
+    def clip(v, hi):
+        return int(min(max(round(v), 0), hi))
+
+    box = (clip((cx - half_w) * factor, w), clip((cy - half_h) * factor, h), clip((cx + half_w) * factor, w), clip((cy + half_h) * factor, h))
+    nbox = (clip(x0 * factor, w), clip(y0 * factor, h), clip(x1 * factor, w), clip(y1 * factor, h))
+    return Cell(box=box, edge=bool(edge), nucleus=nbox, stain=stain)

@@ -1,0 +1,596 @@
+"""Scan fields of view: find every white cell, classify each, count them. numpy, Pillow, LiteRT only.
+
+:func:`scan_field` does one field: read the file at full resolution (the checks of
+:func:`firmware_host.preprocess.read_bytes`, the EXIF orientation, 8-bit RGB), find the white
+cells with :func:`firmware_host.locate.locate`, cut a square around each (:func:`cell_region`:
+the box's longer side plus :data:`CROP_MARGIN` of it on every side, clipped to the image) and
+classify it through :meth:`firmware_host.runtime.Classifier.classify_rgb`, which gives it exactly
+the preprocessing of a single-cell file (:func:`firmware_host.preprocess.prepare`) and the same
+int8 runtime, temperature and triage (:func:`firmware_host.runtime.triage`) as ``classify``.
+
+:func:`scan_many` does many fields in input order with flat memory: in this process for a short
+list, in worker processes for a long one (the machinery of :mod:`firmware_host.decode`, each
+worker with its own single-threaded copy of the verified model, as ``classify`` does). A field that
+cannot be read comes back as a :class:`FieldResult` with ``error`` set; a field with no white cell
+has ``cells == []``.
+
+:class:`ScanSummary` is the run's tally (the differential count, flagged and edge cells), kept
+as counts so a run of thousands of fields holds no per-field results. Cells cut by the field's
+border (``edge``) are classified and listed but left out of the differential count: part of the
+cell is missing, and the next field of the smear may show it whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import io
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from firmware_host.atomic import write_bytes
+from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
+from firmware_host.errors import ImageError
+from firmware_host.locate import Cell, locate
+from firmware_host.preprocess import MAX_PIXELS, MIN_SIDE, _to_rgb, read_bytes
+from firmware_host.runtime import DEFAULT_THRESHOLD
+
+CROP_MARGIN = 0.25
+"""The region passed to the classifier: the box's longer side plus this fraction of it on each side."""
+ANNOTATE_WIDTH = 3
+"""Line width of the boxes drawn by :func:`annotate`, in pixels of a 640-pixel-wide field."""
+EDGE_DASH = 8
+"""Dash length of the box of a cell cut by the border."""
+
+
+# ----------------------------------------------------------------------------------------------
+# One field
+
+
+def decode_field(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Encoded bytes of a field of view to a full-resolution ``(H, W, 3)`` uint8 RGB array.
+
+    The same checks and conversions as :func:`firmware_host.preprocess.decode` (pixel limit from
+    the header, EXIF orientation, 8-bit RGB), without the resize; :class:`ImageError` otherwise.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)", path)
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit (refused from its header)", path)
+        if min(w, h) < MIN_SIDE:
+            raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
+        img.load()
+        return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read", path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image is over the {MAX_PIXELS:,}-pixel limit (refused from its header)", path) from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image", path) from None
+    except Exception as exc:  # truncated data, broken headers, codec errors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"cannot decode image ({reason})", path) from None
+
+
+def cell_region(box: Sequence[int], width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The square around ``box`` that is cut for the classifier, clipped to the image.
+
+    Its side is the box's longer side times ``1 + 2 * margin``, centred on the box; where the
+    image ends the square is cut short (a cell at the border gets a rectangle).
+    """
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    rx0, ry0 = max(0, int(round(cx - side / 2))), max(0, int(round(cy - side / 2)))
+    rx1, ry1 = min(width, int(round(cx + side / 2))), min(height, int(round(cy + side / 2)))
+    return rx0, ry0, max(rx1, rx0 + 1), max(ry1, ry0 + 1)
+
+
+@dataclass
+class FieldResult:
+    """One field's result: its size and cells, or the reason it could not be read.
+
+    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "top3"}`` with ``box``
+    ``[x0, y0, x1, y1]`` in the original image's pixels (x1, y1 exclusive).
+    """
+
+    file: str
+    width: int = 0
+    height: int = 0
+    cells: list[dict] = field(default_factory=list)
+    error: str | None = None
+    locate_ms: float = 0.0
+    classify_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The field's JSON record (``file``, ``width``, ``height``, ``cells``; ``error`` instead for a failure)."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "width": self.width, "height": self.height, "cells": self.cells}
+
+
+def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "") -> list[dict]:
+    """Classify each located cell of a field through ``clf`` (a :class:`~firmware_host.runtime.Classifier`)."""
+    from firmware_host.runtime import triage
+
+    h, w = rgb.shape[:2]
+    out = []
+    for c in cells:
+        x0, y0, x1, y1 = cell_region(c.box, w, h)
+        pred = clf.classify_rgb(path, rgb[y0:y1, x0:x1])
+        out.append(
+            {
+                "box": list(c.box),
+                "label": pred.label,
+                "confidence": float(pred.confidence),
+                "flag": triage(pred, threshold),
+                "edge": bool(c.edge),
+                "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
+            }
+        )
+    return out
+
+
+def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size: float | None = None) -> FieldResult:
+    """Locate and classify the white cells of a field given as an RGB uint8 array."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    t0 = time.perf_counter()
+    cells = locate(rgb, cell_size=cell_size)
+    t1 = time.perf_counter()
+    rows = classify_cells(clf, rgb, cells, threshold, path)
+    t2 = time.perf_counter()
+    return FieldResult(file=path, width=w, height=h, cells=rows, locate_ms=(t1 - t0) * 1e3, classify_ms=(t2 - t1) * 1e3)
+
+
+def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float | None = None) -> FieldResult:
+    """Read one field file and scan it; a file that cannot be read gives a result with ``error`` set."""
+    p = os.fspath(path)
+    t0 = time.perf_counter()
+    try:
+        rgb = decode_field(read_bytes(p), p)
+    except ImageError as exc:
+        return FieldResult(file=p, error=exc.reason)
+    decode_ms = (time.perf_counter() - t0) * 1e3
+    res = scan_array(clf, rgb, threshold, p, cell_size)
+    res.decode_ms = decode_ms
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Many fields
+
+
+def _scan_paths(clf, paths: list[str], threshold: float, cell_size: float | None) -> list[FieldResult]:
+    return [scan_field(clf, p, threshold, cell_size) for p in paths]
+
+
+def _scan_in_worker(paths: list[str], threshold: float, cell_size: float | None) -> list[FieldResult]:
+    from firmware_host import runtime
+
+    return _scan_paths(runtime._WORKER_CLASSIFIER, paths, threshold, cell_size)
+
+
+def scan_many(
+    clf,
+    paths: Iterable[str | os.PathLike],
+    threshold: float,
+    cell_size: float | None = None,
+    workers: int | None = None,
+    processes: bool | None = None,
+) -> Iterator[FieldResult]:
+    """Scan many fields, yielding one :class:`FieldResult` per path in input order.
+
+    Args:
+        processes: True: ``workers`` processes, each reading, locating and classifying its share
+            of the fields with its own single-threaded copy of ``clf``'s verified model; False:
+            everything in this process; None (default): processes for a list of at least
+            :data:`firmware_host.decode.PROCESS_MIN_FILES` fields and more than one worker.
+            Where processes cannot start, this process does the work.
+
+    Only a few chunks of fields are in flight at once, so memory stays flat however many fields.
+    Ctrl-C stops the workers (they ignore it; the pool is shut down) and propagates here.
+    """
+    from firmware_host.runtime import _init_worker_classifier
+
+    workers = workers or default_workers()
+    pool = None
+    data = getattr(clf, "_model_bytes", None)
+    if data is not None and use_processes(paths, workers, processes):
+        pool = _process_pool(workers, _init_worker_classifier, (clf.path, clf.meta, data, clf.backend.name))
+    if pool is None:
+        for p in paths:
+            yield scan_field(clf, p, threshold, cell_size)
+        return
+    remote = functools.partial(_scan_in_worker, threshold=threshold, cell_size=cell_size)
+    local = functools.partial(_scan_paths, clf, threshold=threshold, cell_size=cell_size)
+    for _chunk, results in ordered_chunks(paths, pool, remote, local, workers):
+        yield from results
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's tally
+
+
+@dataclass
+class ScanSummary:
+    """Counts over a scan run (no per-field results are kept).
+
+    Attributes:
+        classes: the model's classes (the order of ``differential``).
+        threshold: confidence below which a cell is flagged as uncertain.
+        n_fields: fields scanned (read and searched).
+        n_failed: fields that could not be read.
+        n_empty: fields with no white cell.
+        n_cells: cells found, edge cells included.
+        n_edge: cells cut by a field's border (not in the differential count).
+        predicted: non-edge cells predicted as each class (the differential count).
+        n_review: cells flagged for a haematologist (review classes).
+        n_uncertain: cells flagged as uncertain.
+        failed: ``{"file", "error"}`` per field that could not be read, in order.
+        locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
+    """
+
+    classes: list[str]
+    threshold: float
+    n_fields: int = 0
+    n_failed: int = 0
+    n_empty: int = 0
+    n_cells: int = 0
+    n_edge: int = 0
+    predicted: dict[str, int] = field(default_factory=dict)
+    n_review: int = 0
+    n_uncertain: int = 0
+    failed: list[dict] = field(default_factory=list)
+    locate_ms: float = 0.0
+    classify_ms: float = 0.0
+    wall_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.predicted = self.predicted or {c: 0 for c in self.classes}
+
+    def add(self, res: FieldResult) -> None:
+        from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+
+        if res.error is not None:
+            self.n_failed += 1
+            self.failed.append({"file": res.file, "error": res.error})
+            return
+        self.n_fields += 1
+        self.n_empty += not res.cells
+        self.locate_ms += res.locate_ms
+        self.classify_ms += res.classify_ms
+        for c in res.cells:
+            self.n_cells += 1
+            self.n_review += c["flag"] == FLAG_REVIEW
+            self.n_uncertain += c["flag"] == FLAG_UNCERTAIN
+            if c["edge"]:
+                self.n_edge += 1
+            else:
+                self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
+
+    @property
+    def n_counted(self) -> int:
+        return sum(self.predicted.values())
+
+    def to_dict(self) -> dict:
+        n = self.n_counted
+        return {
+            "fields": self.n_fields,
+            "fields_failed": self.n_failed,
+            "fields_without_cells": self.n_empty,
+            "cells": self.n_cells,
+            "edge_cells": self.n_edge,
+            "counted_cells": n,
+            "threshold": self.threshold,
+            "differential": dict(self.predicted),
+            "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
+            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "total": self.n_review + self.n_uncertain},
+            "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
+            "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
+            "wall_s": self.wall_s,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+
+def class_colour(label: str, classes: Sequence[str]) -> tuple[int, int, int]:
+    """A distinct, saturated colour per class (by its position in ``classes``)."""
+    import colorsys
+
+    k = list(classes).index(label) if label in classes else len(classes)
+    r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.9, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> Image.Image:
+    """The field with each cell's box in its class's colour and labelled (class, confidence, flag).
+
+    Edge cells get a dashed box.
+    """
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    lw = max(1, int(round(ANNOTATE_WIDTH * img.width / 640)))
+    for c in cells:
+        x0, y0, x1, y1 = c["box"]
+        colour = class_colour(c["label"], classes)
+        if c["edge"]:
+            _dashed_rect(draw, (x0, y0, x1 - 1, y1 - 1), colour, lw)
+        else:
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=lw)
+        text = f"{c['label']} {c['confidence']:.2f}" + (" !" if c["flag"] else "")
+        tx, ty = x0 + lw, max(0, y0 - 12) if y0 >= 12 else y0 + lw
+        tb = draw.textbbox((tx, ty), text)
+        draw.rectangle(tb, fill=colour)
+        draw.text((tx, ty), text, fill=(0, 0, 0))
+    return img
+
+
+def _dashed_rect(draw: ImageDraw.ImageDraw, box, colour, width: int) -> None:
+    x0, y0, x1, y1 = box
+    for a, b, horizontal, fixed in ((x0, x1, True, y0), (x0, x1, True, y1), (y0, y1, False, x0), (y0, y1, False, x1)):
+        for s in range(a, b, 2 * EDGE_DASH):
+            e = min(s + EDGE_DASH, b)
+            draw.line(((s, fixed), (e, fixed)) if horizontal else ((fixed, s), (fixed, e)), fill=colour, width=width)
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole run: options, outputs, the loop
+
+
+@dataclass
+class ScanOptions:
+    """What ``edgecell scan`` was asked to do.
+
+    Attributes:
+        model_path: a ``model_<precision>.tflite`` (with its ``.json``) or an export folder.
+        paths: field-of-view images: files, folders, glob patterns.
+        json_out: JSON report destination ('-' = stdout) or None.
+        csv_out: one CSV row per cell ('-' = stdout) or None.
+        annotate_dir: folder for PNGs of the fields with their boxes, or None.
+        report_out: the HTML review page, or None.
+        threshold: cells classified less confidently than this are flagged as uncertain.
+        cell_size: expected white-cell diameter in pixels (None: a fraction of each field's shorter side).
+        threads: interpreter threads (None: all cores; long lists use worker processes instead).
+        precision: which model of an export folder to use.
+    """
+
+    model_path: str
+    paths: tuple[str, ...]
+    json_out: str | None = None
+    csv_out: str | None = None
+    annotate_dir: str | None = None
+    report_out: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    cell_size: float | None = None
+    threads: int | None = None
+    precision: str | None = None
+
+
+class ScanJob:
+    """One scan run: the model loaded, the paths expanded, the outputs open; iterate to scan.
+
+    ::
+
+        with ScanJob(opts) as job:              # checks the outputs, loads and verifies the model
+            for res in job:                     # a FieldResult per field (``error`` set when unreadable)
+                ...
+            job.summary                         # counts, the differential
+        # leaving the block writes the JSON tail and the review page and renames the files into place
+
+    Attributes:
+        classifier: the loaded :class:`~firmware_host.runtime.Classifier`.
+        paths: the field files found, in order; ``path_errors``: arguments that matched nothing.
+        processes: whether worker processes scan (256+ fields and no ``threads`` asked for).
+        summary: the :class:`ScanSummary` being tallied.
+    """
+
+    def __init__(self, opts: ScanOptions):
+        from firmware_host.atomic import check_writable
+        from firmware_host.paths import expand_paths
+        from firmware_host.runtime import Classifier
+
+        if opts.json_out == "-" and opts.csv_out == "-":
+            raise ValueError("only one of --json and --csv can write to stdout ('-')")
+        for dest in (opts.json_out, opts.csv_out, opts.report_out):
+            if dest and dest != "-":
+                check_writable(dest)  # before the work, so results are never computed only to be lost
+        self.opts = opts
+        self.report = report_hook(opts.report_out) if opts.report_out else None
+        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
+        expanded = expand_paths(opts.paths)
+        self.paths, self.path_errors = expanded.paths, expanded.errors
+        self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold)
+        for exc in self.path_errors:
+            self.summary.add(FieldResult(file=exc.path, error=exc.reason))
+        self._processes = None if opts.threads is None else False
+        self.workers = default_workers()
+        self.processes = use_processes(self.paths, self.workers, self._processes)
+        self.annotator = Annotator(opts.annotate_dir, self.paths, self.classifier.classes) if opts.annotate_dir else None
+        self._stack = contextlib.ExitStack()
+        self._csv: CellCsv | None = None
+        self._json = None
+
+    def __enter__(self) -> ScanJob:
+        from firmware_host.classify import JSON_INDENT_MAX_RESULTS, JsonStream, text_output
+
+        opts = self.opts
+        with self._stack:
+            if opts.csv_out:
+                self._csv = CellCsv(self._stack.enter_context(text_output(opts.csv_out)))
+            if opts.json_out:
+                head = {"model": self.classifier.info(), "threshold": opts.threshold, "cell_size": opts.cell_size}
+                indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
+                self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
+            if self.report is not None:
+                self.report.start(self.classifier, len(self.paths), opts.threshold)
+                self._stack.callback(self.report.close)
+            self._stack = self._stack.pop_all()
+        return self
+
+    def __iter__(self) -> Iterator[FieldResult]:
+        """Scan every path in order, tallying and streaming each field; yields its :class:`FieldResult`."""
+        s, t0 = self.summary, time.perf_counter()
+        try:
+            for res in scan_many(self.classifier, self.paths, self.opts.threshold, self.opts.cell_size, processes=self._processes):
+                s.add(res)
+                if res.error is None:
+                    if self._json:
+                        self._json.add(res.to_dict())
+                    if self.annotator or self.report is not None:
+                        self._pictures(res)
+                if self._csv:
+                    self._csv.add(res)
+                yield res
+        finally:
+            s.wall_s = time.perf_counter() - t0
+
+    def _pictures(self, res: FieldResult) -> None:
+        """The field's pixels again, in this process (worker processes return only results)."""
+        try:
+            rgb = decode_field(read_bytes(res.file), res.file)
+        except ImageError:  # changed or removed since it was scanned: no picture
+            return
+        if self.annotator:
+            self.annotator.write(res, rgb)
+        if self.report is not None:
+            self.report.add(res, rgb)
+
+    def __exit__(self, *exc_info) -> bool | None:
+        if exc_info[0] is not None:  # the temporary files are removed; nothing half-written is kept
+            return self._stack.__exit__(*exc_info)
+        with self._stack:
+            if self._json:
+                self._json.close({"failed": self.summary.failed, "summary": self.summary.to_dict()})
+            if self.report is not None:
+                self.report.finish(self.summary)
+        return None
+
+
+def scan_paths(model: str | os.PathLike, paths: Sequence[str], **options) -> ScanSummary:
+    """Scan field-of-view files, folders and glob patterns with ``model``; return the :class:`ScanSummary`.
+
+    ``options`` are the fields of :class:`ScanOptions` (``json_out``, ``csv_out``, ``annotate_dir``,
+    ``report_out``, ``threshold``, ``cell_size``, ``threads``, ``precision``).
+    """
+    opts = ScanOptions(str(model), tuple(str(p) for p in paths), **options)
+    with ScanJob(opts) as job:
+        for _ in job:
+            pass
+    return job.summary
+
+
+class Annotator:
+    """Writes ``<stem>.png`` per field into a folder, never over an input and never twice in one run."""
+
+    def __init__(self, folder: str, inputs, classes):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.classes = list(classes)
+        self.inputs = {os.path.realpath(p) for p in inputs}
+        self.used: set[str] = set()
+
+    def target(self, file: str) -> Path:
+        stem = Path(file).stem or "field"
+        name, k = f"{stem}.png", 1
+        while name in self.used or os.path.realpath(self.folder / name) in self.inputs:
+            name, k = f"{stem}-{k}.png", k + 1
+        self.used.add(name)
+        return self.folder / name
+
+    def write(self, res: FieldResult, rgb: np.ndarray) -> None:
+        buf = io.BytesIO()
+        annotate(rgb, res.cells, self.classes).save(buf, format="PNG")
+        write_bytes(self.target(res.file), buf.getvalue())
+
+
+class ReportHook:
+    """``--report``: the review page of :mod:`firmware_host.report` in scan mode (fields with their boxes, cells)."""
+
+    def __init__(self, dest: str, module):
+        self.dest, self.mod, self.writer = dest, module, None
+
+    def start(self, clf, n: int, threshold: float) -> None:
+        self.writer = self.mod.report_for(clf, threshold, n, mode="scan")
+
+    def add(self, res: FieldResult, rgb: np.ndarray) -> None:
+        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region)."""
+        k = self.writer.add_field(res.file, rgb)
+        for c in res.cells:
+            box = self.mod.Box(*c["box"])
+            x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
+            thumb = self.mod.thumbnail_jpeg(rgb[y0:y1, x0:x1])
+            self.writer.add_cell(self.mod.cell_name(res.file, box), c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=box)
+
+    def finish(self, summary: ScanSummary) -> None:
+        self.writer.header.n_failed = summary.n_failed
+        self.writer.write(self.dest)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def report_hook(dest: str) -> ReportHook:
+    """The ``--report`` writer, or :class:`~firmware_host.errors.EdgecellError` when the review page module is missing."""
+    import importlib
+    import importlib.util
+
+    from firmware_host.errors import EdgecellError
+
+    if importlib.util.find_spec("firmware_host.report") is None:
+        raise EdgecellError("--report needs the review page (firmware_host.report), which this edgecell does not have yet", dest)
+    return ReportHook(dest, importlib.import_module("firmware_host.report"))
+
+
+CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "error"]
+
+
+class CellCsv:
+    """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error."""
+
+    def __init__(self, fh: IO[str]):
+        self.w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        self.w.writeheader()
+
+    def add(self, res) -> None:
+        if res.error is not None:
+            self.w.writerow({"file": res.file, "error": res.error})
+            return
+        if not res.cells:
+            self.w.writerow({"file": res.file, "width": res.width, "height": res.height})
+        for i, c in enumerate(res.cells):
+            x0, y0, x1, y1 = c["box"]
+            self.w.writerow(
+                {
+                    "file": res.file,
+                    "width": res.width,
+                    "height": res.height,
+                    "cell": i,
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "label": c["label"],
+                    "confidence": f"{c['confidence']:.6f}",
+                    "flag": c["flag"],
+                    "edge": int(c["edge"]),
+                    "error": "",
+                }
+            )

@@ -1,0 +1,329 @@
+"""``edgecell scan`` and the white-cell locator, on synthetic fields of view drawn here.
+
+A field is a light background with pink red cells, small purple platelets and white cells (a
+pale cytoplasm disc with a dark purple, optionally lobed, nucleus) at known places; the tests
+check the boxes :func:`firmware_host.locate.locate` finds against the drawn cells. Real BCCD
+fields are measured by benchmarks/scan.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgecell.cli import cli
+from firmware_host.locate import Cell, label, label_image, locate, otsu_threshold
+from firmware_host.preprocess import prepare
+from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
+from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
+from tests._tflite_fixtures import build_models
+
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
+
+def cell_box(cx, cy, d=CELL):
+    return (cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2)
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def assert_found(cells: list[Cell], expected: list[tuple], min_iou: float = 0.5) -> None:
+    """Each expected cell box is matched by exactly one found cell with IoU >= min_iou, and nothing else is found."""
+    assert len(cells) == len(expected), [c.box for c in cells]
+    for e in expected:
+        best = max(iou(c.box, e) for c in cells)
+        assert best >= min_iou, (e, [c.box for c in cells])
+
+
+# ----------------------------------------------------------------------------------------------
+# Connected components and threshold
+
+
+def _bfs_labels(mask: np.ndarray, eight: bool) -> np.ndarray:
+    h, w = mask.shape
+    out = np.full((h, w), -1)
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)] + ([(-1, -1), (-1, 1), (1, -1), (1, 1)] if eight else [])
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and out[y, x] < 0:
+                out[y, x] = n
+                q = deque([(y, x)])
+                while q:
+                    a, b = q.popleft()
+                    for dy, dx in steps:
+                        u, v = a + dy, b + dx
+                        if 0 <= u < h and 0 <= v < w and mask[u, v] and out[u, v] < 0:
+                            out[u, v] = n
+                            q.append((u, v))
+                n += 1
+    return out
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_label_matches_flood_fill(connectivity):
+    rng = np.random.default_rng(connectivity)
+    for _ in range(60):
+        mask = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < rng.uniform(0.1, 0.8)
+        got, n = label_image(mask, connectivity)
+        ref = _bfs_labels(mask, connectivity == 8)
+        assert n == ref.max() + 1
+        assert (got >= 0).sum() == mask.sum() and ((got >= 0) == mask).all()
+        # the same partition, numbered in raster order of first pixel: identical labels
+        assert np.array_equal(got, ref)
+
+
+def test_label_diagonal_touch_depends_on_connectivity():
+    mask = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert label(mask, 8)[4] == 1
+    assert label(mask, 4)[4] == 2
+    assert label(np.zeros((3, 3), bool))[4] == 0
+
+
+def test_otsu_splits_two_groups():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 0.05, 5000), rng.normal(1.0, 0.05, 300)
+    t = otsu_threshold(np.concatenate([a, b]))
+    assert (a > t).mean() < 0.01 and (b <= t).mean() < 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# The locator on synthetic fields
+
+
+def test_cells_at_known_places():
+    wbcs = [(150, 140), (470, 330)]
+    field = draw_field(wbcs, _away(RBC_GRID, wbcs), platelets=[(330, 60), (560, 80)])
+    cells = locate(field)
+    assert_found(cells, [cell_box(*w) for w in wbcs])
+    assert not any(c.edge for c in cells)
+    for c, w in zip(sorted(cells, key=lambda c: c.box[0]), wbcs):
+        x0, y0, x1, y1 = c.box
+        assert x0 < w[0] < x1 and y0 < w[1] < y1
+
+
+def test_lobed_nucleus_is_one_cell():
+    wbcs = [(320, 240)]
+    cells = locate(draw_field(wbcs, _away(RBC_GRID, wbcs), lobes=True))
+    assert_found(cells, [cell_box(*wbcs[0])], min_iou=0.4)
+
+
+def test_touching_cells_are_separated():
+    # cytoplasm discs overlap (centres 0.9 diameters apart): two cells, two boxes
+    wbcs = [(250, 240), (250 + 0.9 * CELL, 240)]
+    cells = locate(draw_field(wbcs, _away(RBC_GRID, wbcs)))
+    assert_found(cells, [cell_box(*w) for w in wbcs], min_iou=0.4)
+
+
+def test_cells_pressed_together_are_split():
+    # nuclei merge into one blob (centres 0.6 diameters apart): split into two
+    wbcs = [(260, 240), (260 + 0.62 * CELL, 240)]
+    cells = locate(draw_field(wbcs, _away(RBC_GRID, wbcs)))
+    assert len(cells) == 2, [c.box for c in cells]
+    xs = sorted((c.box[0] + c.box[2]) / 2 for c in cells)
+    assert abs(xs[0] - wbcs[0][0]) < 0.2 * CELL and abs(xs[1] - wbcs[1][0]) < 0.2 * CELL
+
+
+def test_cell_cut_by_the_edge_is_marked():
+    wbcs = [(15, 200), (400, 250)]
+    cells = locate(draw_field(wbcs, _away(RBC_GRID, wbcs)))
+    assert len(cells) == 2
+    edge = [c for c in cells if c.edge]
+    inner = [c for c in cells if not c.edge]
+    assert len(edge) == 1 and len(inner) == 1
+    assert edge[0].box[0] == 0
+    assert iou(inner[0].box, cell_box(*wbcs[1])) >= 0.5
+
+
+def test_field_with_no_white_cell():
+    field = draw_field((), RBC_GRID, platelets=[(100, 100), (300, 200), (500, 400), (250, 420)])
+    assert locate(field) == []
+    assert locate(np.full((100, 120, 3), 230, np.uint8)) == []
+
+
+def test_platelets_and_red_cells_left_out_next_to_a_white_cell():
+    wbcs = [(320, 240)]
+    plts = [(100, 60), (520, 70), (120, 420), (560, 420), (230, 300)]
+    cells = locate(draw_field(wbcs, RBC_GRID[::2], platelets=plts))
+    assert_found(cells, [cell_box(*wbcs[0])], min_iou=0.4)
+
+
+def test_white_balance_and_stain_strength_do_not_matter():
+    """Another camera (colour cast, exposure) and a paler stain: the same cells."""
+    wbcs = [(180, 170), (480, 320)]
+    field = draw_field(wbcs, _away(RBC_GRID, wbcs)).astype(np.float64)
+    base = locate(field.astype(np.uint8))
+    assert_found(base, [cell_box(*w) for w in wbcs])
+    pale = 255 - 0.7 * (255 - field)  # a weaker stain: every absorbance 30 % lower
+    cast = np.clip(pale * np.array([0.85, 1.0, 1.1]) * 0.9, 0, 255).astype(np.uint8)
+    assert_found(locate(cast), [cell_box(*w) for w in wbcs])
+
+
+def test_magnification_follows_cell_size():
+    wbcs = [(200, 200)]
+    small = draw_field(wbcs, _away(RBC_GRID, wbcs))
+    big = np.asarray(Image.fromarray(small).resize((2 * W, 2 * H), Image.Resampling.BILINEAR))
+    a = locate(small)
+    b = locate(big, cell_size=2 * 0.3 * H)
+    assert len(a) == len(b) == 1
+    assert iou([2 * v for v in a[0].box], b[0].box) > 0.8
+
+
+def test_locate_refuses_other_arrays():
+    with pytest.raises(ValueError):
+        locate(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError):
+        locate(np.zeros((10, 10, 3), np.float32))
+
+
+def test_cell_region_is_a_generous_square_clipped_to_the_image():
+    assert cell_region((100, 100, 200, 180), 640, 480) == (75, 65, 225, 215)
+    x0, y0, x1, y1 = cell_region((0, 0, 60, 80), 640, 480)
+    assert (x0, y0) == (0, 0) and x1 <= 640 and y1 <= 480
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification of the cells and the command
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fields")
+    two = [(150, 140), (470, 330)]
+    Image.fromarray(draw_field(two, _away(RBC_GRID, two), platelets=[(330, 60)])).save(d / "two.jpg", quality=92)
+    Image.fromarray(draw_field((), RBC_GRID, platelets=[(330, 60)], seed=1)).save(d / "none.png")
+    edge = [(15, 200)]
+    Image.fromarray(draw_field(edge, _away(RBC_GRID, edge), seed=2)).save(d / "edge.jpg", quality=92)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return d
+
+
+def test_classify_rgb_is_prepare_then_classify_array(models):
+    from firmware_host.runtime import Classifier
+
+    clf = Classifier.load(models.export, threads=1)
+    rgb = draw_field([(60, 60, 100)], size=(130, 110))
+    a = clf.classify_rgb("x", rgb)
+    b = clf.classify_array("x", prepare(rgb, clf.input_size))
+    assert a.label == b.label and np.array_equal(a.probs, b.probs)
+    with pytest.raises(Exception, match="expected"):
+        clf.classify_rgb("x", rgb[..., 0])
+
+
+def test_scan_array_and_summary(models):
+    from firmware_host.runtime import Classifier
+
+    clf = Classifier.load(models.export, threads=1)
+    wbcs = [(150, 140), (15, 300)]
+    res = scan_array(clf, draw_field(wbcs, _away(RBC_GRID, wbcs)), threshold=0.5, path="f")
+    assert (res.width, res.height) == (W, H) and len(res.cells) == 2
+    assert sorted(c["edge"] for c in res.cells) == [False, True]
+    for c in res.cells:
+        assert c["label"] in clf.classes and 0 <= c["confidence"] <= 1
+    s = ScanSummary(classes=clf.classes, threshold=0.5)
+    s.add(res)
+    d = s.to_dict()
+    assert d["cells"] == 2 and d["edge_cells"] == 1 and d["counted_cells"] == 1 and sum(d["differential"].values()) == 1
+    img = annotate(draw_field(wbcs), res.cells, clf.classes)
+    assert img.size == (W, H)
+
+
+def test_scan_many_worker_processes_match_in_process(models, fields):
+    from firmware_host.runtime import Classifier
+
+    clf = Classifier.load(models.export, threads=1)
+    paths = sorted(str(p) for p in fields.iterdir())
+    a = [r.to_dict() for r in scan_many(clf, paths, 0.5, processes=False)]
+    b = [r.to_dict() for r in scan_many(clf, paths, 0.5, processes=True, workers=2)]
+    assert a == b
+    assert [("error" in r) for r in a] == [p.endswith("broken.jpg") for p in paths]
+
+
+def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
+    out = tmp_path / "scan.json"
+    csv_path = tmp_path / "cells.csv"
+    ann = tmp_path / "ann"
+    res = CliRunner().invoke(
+        cli,
+        ["scan", "--model", str(models.export), str(fields), "--json", str(out), "--csv", str(csv_path), "--annotate", str(ann), "--threads", "1"],
+    )
+    assert res.exit_code == 1, res.output  # broken.jpg is reported and skipped
+    assert "broken.jpg" in res.output
+    report = json.loads(out.read_text())
+    by_name = {r["file"].rsplit("/", 1)[-1]: r for r in report["results"]}
+    assert set(by_name) == {"two.jpg", "none.png", "edge.jpg"}
+    assert by_name["none.png"]["cells"] == []
+    assert len(by_name["two.jpg"]["cells"]) == 2 and (by_name["two.jpg"]["width"], by_name["two.jpg"]["height"]) == (W, H)
+    assert [c["edge"] for c in by_name["edge.jpg"]["cells"]] == [True]
+    for c in by_name["two.jpg"]["cells"]:
+        assert set(c) >= {"box", "label", "confidence", "flag", "edge"}
+        assert max(iou(c["box"], cell_box(*w)) for w in [(150, 140), (470, 330)]) >= 0.5
+    assert [f["file"].rsplit("/", 1)[-1] for f in report["failed"]] == ["broken.jpg"]
+    s = report["summary"]
+    assert s["fields"] == 3 and s["fields_failed"] == 1 and s["cells"] == 3 and s["edge_cells"] == 1 and s["fields_without_cells"] == 1
+    assert sum(s["differential"].values()) == 2
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 1 + 3 + 1 + 1  # header, three cells, the empty field, the failed field
+    assert sorted(p.name for p in ann.iterdir()) == ["edge.png", "none.png", "two.png"]
+    assert Image.open(ann / "two.png").size == (W, H)
+
+
+def test_cli_scan_never_writes_over_an_input(models, fields, tmp_path):
+    before = (fields / "none.png").read_bytes()
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "none.png"), "--annotate", str(fields), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert (fields / "none.png").read_bytes() == before
+    assert (fields / "none-1.png").is_file()
+    (fields / "none-1.png").unlink()
+
+
+def test_cli_scan_json_to_stdout_is_clean(models, fields):
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--json", "-", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["summary"]["cells"] == 2
+
+
+def test_cli_scan_missing_path_one_line(models, tmp_path):
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "nothing*.jpg")])
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+
+
+def test_scan_paths_is_the_library_behind_the_command(models, fields, tmp_path):
+    from firmware_host import scan_paths
+
+    out = tmp_path / "s.json"
+    s = scan_paths(models.export, [fields / "two.jpg", fields / "none.png"], json_out=str(out), threads=1)
+    assert (s.n_fields, s.n_cells, s.n_empty, s.n_failed) == (2, 2, 1, 0)
+    assert json.loads(out.read_text())["summary"]["cells"] == 2
+
+
+def test_cli_scan_report(models, fields, tmp_path):
+    """--report writes the review page where the review module exists, else says so in one line."""
+    import importlib.util
+
+    page = tmp_path / "review.html"
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--report", str(page), "--threads", "1"])
+    if importlib.util.find_spec("firmware_host.report") is None:
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert "--report needs the review page" in res.output and not page.exists()
+    else:
+        assert res.exit_code == 0, res.output
+        html = page.read_text()
+        assert html.lstrip().lower().startswith("<!doctype html")
+        assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
