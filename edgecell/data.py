@@ -29,7 +29,7 @@ import numpy as np
 
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError
-from firmware_host.paths import list_files
+from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files  # noqa: F401 - re-exported
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
 MIN_PER_CLASS = 5
@@ -41,10 +41,6 @@ DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 MANIFEST_FIELDS = ("file", "class", "split", "sha256")
 SOURCE_FIELDS = ("source", "type")
 """Manifest columns added with several sources (a manifest without them has one unnamed source)."""
-OTHER_CLASS = "other"
-"""The class of every cell that is not one of the types the model names."""
-OTHER_TYPES = ("other", "lymphocyte", "eosinophil", "platelet", "ig", "smudge")
-"""Class-folder names that are taught as :data:`OTHER_CLASS` (ig: immature granulocytes)."""
 CELL_TYPES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
 """The cell types edgecell's default model names; with :data:`OTHER_TYPES`, the folder names that
 mark a folder as a source of class folders (see :func:`discover_sources`)."""
@@ -74,11 +70,6 @@ class Source:
 
     name: str
     folder: Path
-
-
-def class_of(folder_name: str) -> str:
-    """The class a class folder teaches: :data:`OTHER_CLASS` for the :data:`OTHER_TYPES`."""
-    return OTHER_CLASS if folder_name in OTHER_TYPES else folder_name
 
 
 def _has_images(folder: Path) -> bool:

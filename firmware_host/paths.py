@@ -137,7 +137,18 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
     return out
 
 
+OTHER_CLASS = "other"
+"""The class of every cell that is none of the types a model names."""
+OTHER_TYPES = ("other", "lymphocyte", "eosinophil", "platelet", "ig", "smudge")
+"""Folder names of cell types that are taught and scored as :data:`OTHER_CLASS` (ig: immature granulocytes)."""
+
+
+def class_of(folder_name: str) -> str:
+    """The class a class folder stands for: :data:`OTHER_CLASS` for the :data:`OTHER_TYPES`."""
+    return OTHER_CLASS if folder_name in OTHER_TYPES else folder_name
+
+
 def label_for(path: str | os.PathLike, classes: Sequence[str]) -> str | None:
-    """The class named by the image's parent folder, or None if that folder is not a class."""
-    parent = Path(path).parent.name
+    """The class named by the image's parent folder (a lymphocyte folder names ``other``), or None."""
+    parent = class_of(Path(path).parent.name)
     return parent if parent in set(classes) else None

@@ -38,6 +38,7 @@ from firmware_host.decode import _decode_one, _process_pool, decode_many, defaul
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
+from firmware_host.paths import OTHER_CLASS
 from firmware_host.preprocess import load_image, prepare
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
@@ -57,8 +58,6 @@ FLAG_UNCERTAIN = "uncertain - refer"
 """Flag for a prediction whose confidence is below the threshold."""
 FLAG_REVIEW = "review: haematologist"
 """Flag for a confident prediction of one of :data:`REVIEW_CLASSES`."""
-OTHER_CLASS = "other"
-"""The class of cells that are none of the types the model names (lymphocytes, eosinophils, ...)."""
 FLAG_OTHER = "not one of the five - refer"
 """Flag for a cell labelled :data:`OTHER_CLASS`: counted apart from the five in the differential."""
 
