@@ -48,8 +48,9 @@ VENV_IN_ROOT=/opt/edgecell-venv
 MIN_IMAGES=40
 DEMO_PER_CLASS=8    # 8 x the model's classes synthetic cells: at least 40 images without ../shared
 REAL_PER_FOLDER=2   # real images per class folder of ../shared/bloodcells and ../shared/more_cells
-# The TensorFlow-free tests: the runtime's own (firmware_host only, committed .tflite fixtures) and the comparer's.
-PI_TESTS=${PI_ARM64_TESTS:-tests/test_pi_arm64_compare.py}
+# The TensorFlow-free tests: the runtime's (firmware_host only; the tests that need TensorFlow to build their
+# models skip with that reason until committed .tflite fixtures replace them), decoding, preprocessing, the comparer.
+PI_TESTS=${PI_ARM64_TESTS:-tests/test_runtime.py tests/test_decode.py tests/test_properties.py tests/test_pi_arm64_compare.py}
 
 say() { echo "pi-arm64: $*"; }
 skip() {
@@ -293,7 +294,18 @@ say "${#IMAGES[@]} images ($(cd "$STAGE" && find images/demo -type f "${IS_IMAGE
 }
 printf '%s\n' "${IMAGES[@]}" >"$STAGE/images.txt"
 HAS_SCAN=0
-"$PI_VENV/bin/edgecell" scan --help >/dev/null 2>&1 && HAS_SCAN=1
+if "$PI_VENV/bin/edgecell" scan --help >/dev/null 2>&1; then
+	# Fields of view for scan: synthetic ones (tests/_fields.py, when present) and real BCCD fields from ../shared.
+	HAS_SCAN=1
+	mkdir -p "$STAGE/fields"
+	[ -f tests/_fields.py ] && "$PI_VENV/bin/python" tests/_fields.py "$STAGE/fields/synthetic" >/dev/null
+	if [ -d ../shared/more_cells/bccd_fields/JPEGImages ]; then
+		mapfile -t picked < <(find ../shared/more_cells/bccd_fields/JPEGImages -maxdepth 1 -type f "${IS_IMAGE[@]}" | sort)
+		[ ${#picked[@]} -eq 0 ] || cp "${picked[@]:0:4}" "$STAGE/fields/"
+	fi
+	say "edgecell scan exists: $(find "$STAGE/fields" -type f "${IS_IMAGE[@]}" | wc -l) fields of view"
+	[ -n "$(find "$STAGE/fields" -type f "${IS_IMAGE[@]}")" ] || HAS_SCAN=0
+fi
 
 # The commands, identical on both machines: run from the staging folder with relative paths, outputs in OUT.
 cat >"$STAGE/commands.sh" <<EOF
@@ -307,12 +319,16 @@ done
 # bench: that it runs; its latency under emulation says nothing about a Pi and is not reported
 edgecell bench export/model_float32.tflite export/model_int8.tflite --runs 5 --warmup 1 --threads 1 --data images/demo --limit 10 --json \$OUT/bench.json >\$OUT/bench.log
 if [ $HAS_SCAN = 1 ]; then
-	edgecell scan --model export images --json \$OUT/scan.json >\$OUT/scan.log
+	for p in float32 int8; do
+		edgecell scan --model export --precision \$p --json \$OUT/scan_\$p.json fields >\$OUT/scan_\$p.log
+	done
 fi
 EOF
 
 # ---------------------------------------------------------------------------------------------- x86
 t=$SECONDS
+# The x86 side runs the very wheel the arm64 side gets (the Pi environment may hold an older build of edgecell).
+"$PI_VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$WHEEL"
 (cd "$STAGE" && PATH="$REPO/$PI_VENV/bin:$PATH" bash commands.sh "$REPO/$WORK/x86")
 say "x86 ($PI_VENV): classify, raw outputs and bench in $((SECONDS - t)) s"
 

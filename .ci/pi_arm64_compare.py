@@ -5,7 +5,8 @@ Each side's folder holds what .ci/pi_arm64.sh wrote there with the same argument
 * ``classify_<precision>.json`` - ``edgecell classify --json`` (full-precision probabilities);
 * ``probe_<precision>.jsonl`` - .ci/pi_arm64_probe.py: the SHA-256 of each preprocessed image and the
   interpreter's raw output row;
-* ``scan.json`` (when ``edgecell scan`` exists) - compared as a tree of values, numbers as float32 results.
+* ``scan_<precision>.json`` (when ``edgecell scan`` exists) - compared value by value: boxes and classes exactly,
+  every number within :data:`FLOAT32_TOL`, timings and machine details skipped.
 
 What counts as the same:
 
@@ -184,7 +185,7 @@ def compare_dirs(x86_dir: Path, arm_dir: Path, min_images: int = MIN_IMAGES) -> 
             summary.append(f"raw output {precision}: {n} images, {len(p)} differences, largest difference {largest:.3g}")
         else:
             problems.append(f"raw output {precision}: {name} missing on one side")
-    for name in ("scan.json",):
+    for name in (f"scan_{p}.json" for p in PRECISIONS):
         xs, as_ = x86_dir / name, arm_dir / name
         if xs.is_file() != as_.is_file():
             problems.append(f"{name}: written on {'x86' if xs.is_file() else 'arm64'} only")
