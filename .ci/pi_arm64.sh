@@ -44,6 +44,7 @@ PI_VENV=${PI_VENV:-.venv-pi}
 DEV_VENV=${VENV:-.venv}
 EXPORT=${PI_ARM64_EXPORT:-build/pi-check/run/export}
 WORK=build/pi-arm64
+KEEP_ROOTS=3 # cached roots kept (about 450 MB each); older ones are removed
 VENV_IN_ROOT=/opt/edgecell-venv
 MIN_IMAGES=40
 DEMO_PER_CLASS=8    # 8 x the model's classes synthetic cells: at least 40 images without ../shared
@@ -185,11 +186,13 @@ WHEEL=$(ls "$WORK"/wheel/edgecell-*.whl)
 # The wheel's requirements (pi extra included) pinned to the versions the x86 Pi environment resolved, so both
 # machines run the same numpy, Pillow and LiteRT releases; pytest and hypothesis at the dev environment's versions.
 "$PI_VENV/bin/python" -m pip freeze --exclude edgecell >"$RUN/constraints.txt"
-"$DEV_VENV/bin/python" -m pip freeze | grep -iE '^(pytest|hypothesis)==' >>"$RUN/constraints.txt"
+for tool in pytest hypothesis; do
+	grep -qi "^$tool==" "$RUN/constraints.txt" || "$DEV_VENV/bin/python" -m pip freeze | grep -i "^$tool==" >>"$RUN/constraints.txt"
+done
 REQUIRES=$(unzip -p "$WHEEL" '*.dist-info/METADATA' | grep '^Requires-Dist:' | sort)
 KEY=$(
 	{
-		echo "suite=$SUITE arch=$ARCH mirror=$MIRROR variant=minbase include=$INCLUDE mode=$ROOT_MODE venv=$VENV_IN_ROOT layout=4"
+		echo "suite=$SUITE arch=$ARCH mirror=$MIRROR variant=minbase include=$INCLUDE mode=$ROOT_MODE venv=$VENV_IN_ROOT layout=5"
 		sha256sum <"$HOST_CA"
 		cat "$RUN/cpuinfo"
 		echo "$REQUIRES"
@@ -233,9 +236,9 @@ build_root() {
 	mount_machine "$tmp/root"
 	t=$SECONDS
 	# The wheel's dependencies (pi extra) and the test tools, from PyPI (the host's pip mirror has no aarch64
-	# wheels); then edgecell itself is removed again: each run installs its own commit's wheel.
+	# wheels), with bookworm's own pip (23.0.1); then edgecell itself is removed again: each run installs its
+	# own commit's wheel.
 	in_root "$tmp/root" python3 -m venv $VENV_IN_ROOT
-	in_root "$tmp/root" pip install --quiet --upgrade pip
 	in_root "$tmp/root" pip install --quiet -c /constraints.txt "/$(basename "$WHEEL")[pi]" pytest hypothesis
 	in_root "$tmp/root" pip uninstall --quiet --yes edgecell
 	rm -f "$tmp/root/$(basename "$WHEEL")"
@@ -247,10 +250,22 @@ build_root() {
 	}
 	say "pip inside the root took $((SECONDS - t)) s"
 	echo "$KEY" >"$tmp/root/.edgecell-arm64-key"
-	mv -T "$tmp/root" "$CACHED/root" 2>/dev/null || {
-		mkdir -p "$CACHED"
-		mv -T "$tmp/root" "$CACHED/root"
-	}
+	mkdir -p "$CACHED"
+	mv -T "$tmp/root" "$CACHED/root"
+}
+
+prune_cache() { # keep the KEEP_ROOTS most recently used roots; never one that a running make pi-arm64 holds
+	local d k
+	for d in $(ls -1dt "$CACHE_DIR"/[0-9a-f]*/ 2>/dev/null | tail -n +$((KEEP_ROOTS + 1))); do
+		k=$(basename "$d")
+		[ "$k" != "$KEY" ] || continue
+		exec 8>"$CACHE_DIR/.lock-$k"
+		if flock -n -x 8; then
+			say "removing the arm64 root $d (not among the $KEEP_ROOTS most recently used)"
+			remove_dir "${d%/}" && rm -f "$CACHE_DIR/.lock-$k"
+		fi
+		exec 8>&-
+	done
 }
 
 exec 9>"$CACHE_DIR/.lock-$KEY"
@@ -261,7 +276,9 @@ else
 	remove_dir "$CACHED" # an unfinished earlier build (the key file is written last)
 	build_root
 fi
-flock -u 9
+flock -s 9 # held shared until the end: prune_cache (of another run) leaves this root alone
+touch "$CACHED"   # most recently used
+prune_cache
 
 # ---------------------------------------------------------------------------------------------- the inputs
 STAGE=$WORK/stage
