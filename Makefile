@@ -67,7 +67,7 @@ pi-check: install
 ## pi-arm64: the Pi runtime (no TensorFlow) in an emulated 64-bit ARM Debian (qemu, root), outputs compared with x86
 ## on the pi-check models (run first when missing); the arm64 root is cached in /var/cache/edgecell-arm64
 pi-arm64: install
-	PI_VENV=$(PI_VENV) VENV=$(VENV) bash .ci/pi_arm64.sh
+	PI_VENV=$(PI_VENV) VENV=$(VENV) PI_ARM64_TESTS="$(PI_TESTS)" PI_MIN_TESTS=$(PI_MIN_TESTS) bash .ci/pi_arm64.sh
 
 ## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
 bench: install

@@ -19,6 +19,8 @@ _spec = importlib.util.spec_from_file_location("pi_arm64_compare", _PATH)
 cmp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cmp)
 
+pytestmark = pytest.mark.pi  # TensorFlow-free: runs in make pi-check and inside the arm64 root too
+
 CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
 N = 40
 SCALE = 1 / 256
