@@ -193,7 +193,9 @@ WHEEL=$(ls "$WORK"/wheel/edgecell-*.whl)
 for tool in pytest hypothesis; do
 	grep -qi "^$tool==" "$RUN/constraints.txt" || "$DEV_VENV/bin/python" -m pip freeze | grep -i "^$tool==" >>"$RUN/constraints.txt"
 done
-REQUIRES=$(unzip -p "$WHEEL" '*.dist-info/METADATA' | grep '^Requires-Dist:' | sort)
+# What the root installs: the base requirements and the pi extra's (not train's or dev's).
+REQUIRES=$(unzip -p "$WHEEL" '*.dist-info/METADATA' | grep '^Requires-Dist:' | grep -v 'extra ==' | sort
+	unzip -p "$WHEEL" '*.dist-info/METADATA' | grep '^Requires-Dist:.*extra == "pi"' | sort)
 KEY=$(
 	{
 		echo "suite=$SUITE arch=$ARCH mirror=$MIRROR variant=minbase include=$INCLUDE mode=$ROOT_MODE venv=$VENV_IN_ROOT layout=6 compile=host"
