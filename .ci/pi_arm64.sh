@@ -187,6 +187,8 @@ mkdir -p "$WORK/wheel" "$WORK/stage/images" "$WORK/x86" "$WORK/arm64"
 	exit 1
 }
 WHEEL=$(ls "$WORK"/wheel/edgecell-*.whl)
+# The x86 side runs the very wheel the arm64 side gets (the Pi environment may hold an older build of edgecell).
+"$PI_VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$WHEEL"
 # The wheel's requirements (pi extra included) pinned to the versions the x86 Pi environment resolved, so both
 # machines run the same numpy, Pillow and LiteRT releases; pytest and hypothesis at the dev environment's versions.
 "$PI_VENV/bin/python" -m pip freeze --exclude edgecell >"$RUN/constraints.txt"
@@ -353,8 +355,6 @@ EOF
 
 # ---------------------------------------------------------------------------------------------- x86
 t=$SECONDS
-# The x86 side runs the very wheel the arm64 side gets (the Pi environment may hold an older build of edgecell).
-"$PI_VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$WHEEL"
 (cd "$STAGE" && PATH="$REPO/$PI_VENV/bin:$PATH" bash commands.sh "$REPO/$WORK/x86")
 say "x86 ($PI_VENV): classify, raw outputs and bench in $((SECONDS - t)) s"
 
