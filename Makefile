@@ -12,7 +12,7 @@ PI_MIN_TESTS ?= 40
 # The test files holding them (the others import TensorFlow, scikit-learn or hypothesis at collection).
 PI_TESTS = $(shell grep -l "pytest.mark.pi" tests/test_*.py)
 
-.PHONY: install lint demo test test-all pi-check bench clean
+.PHONY: install lint demo test test-all pi-check pi-arm64 bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ pi-check: install
 	$(PI_VENV)/bin/python -m pytest -m "pi and not slow" -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
 	$(PI_VENV)/bin/python tests/count_passed.py build/pi-check/pytest.xml --at-least $(PI_MIN_TESTS)
 	@echo "pi-check: classify, bench, scan and the runtime's tests ran without TensorFlow"
+
+## pi-arm64: the Pi runtime (no TensorFlow) in an emulated 64-bit ARM Debian (qemu, root), outputs compared with x86
+## on the pi-check models (run first when missing); the arm64 root is cached in /var/cache/edgecell-arm64
+pi-arm64: install
+	PI_VENV=$(PI_VENV) VENV=$(VENV) PI_ARM64_TESTS="$(PI_TESTS)" PI_MIN_TESTS=$(PI_MIN_TESTS) bash .ci/pi_arm64.sh
 
 ## bench: the side-by-side benchmark on the real data (../shared/bloodcells)
 bench: install

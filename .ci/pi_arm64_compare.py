@@ -1,0 +1,218 @@
+"""Compare the Pi runtime's outputs on x86 with the same commands run under emulated arm64 (``make pi-arm64``).
+
+Each side's folder holds what .ci/pi_arm64.sh wrote there with the same arguments and relative paths:
+
+* ``classify_<precision>.json`` - ``edgecell classify --json`` (full-precision probabilities);
+* ``probe_<precision>.jsonl`` - .ci/pi_arm64_probe.py: the SHA-256 of each preprocessed image and the
+  interpreter's raw output row;
+* ``scan_<precision>.json`` (when ``edgecell scan`` exists) - compared value by value: boxes and classes exactly,
+  every number within :data:`FLOAT32_TOL`, timings and machine details skipped.
+
+What counts as the same:
+
+* every image: the same top-1 class, and the same preprocessed pixels (decode and resize are Pillow's on both);
+* int8 raw outputs: **exactly equal integers**. The int8 model's output *is* an int8 number per class; its
+  probabilities are ``scale * (q - zero_point)`` renormalised, so "equal probabilities" means the same
+  quantised value. One step (1/256 of the probability range) would be a real kernel difference, which is what
+  qemu 7.2's default CPU showed (wrong int8 kernels); nothing justifies allowing it, so the tolerance is zero;
+* int8 probabilities in ``classify --json``: within :data:`INT8_PROB_TOL` (1e-12). From the same integers both
+  machines compute the same float64 arithmetic, except ``log``/``exp`` of the temperature step, whose last bit
+  may differ between numpy's x86 and arm64 code; one quantisation step moves a probability by far more (at least
+  about 1e-6 even at 0.999 confidence), so this tolerance still means "the same quantised value";
+* float32 (raw outputs and probabilities): within :data:`FLOAT32_TOL` (1e-5 absolute): XNNPACK's x86 and NEON
+  kernels sum in different orders, a few float32 ulps.
+
+A difference prints one line naming the image and both outputs; the exit status is 1.
+
+    python .ci/pi_arm64_compare.py X86_DIR ARM64_DIR [--min-images 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+FLOAT32_TOL = 1e-5
+"""Largest absolute difference allowed between float32 outputs or probabilities of the two machines."""
+INT8_PROB_TOL = 1e-12
+"""Largest absolute difference allowed between int8 probabilities (last-bit libm differences only, see above)."""
+PRECISIONS = ("float32", "int8")
+MIN_IMAGES = 40
+"""The issue's bar: at least this many images compared in each precision."""
+
+
+def _fmt(values) -> str:
+    if isinstance(values, dict):
+        return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in values.items()) + "}"
+    return "[" + ", ".join(_num(v) for v in values) + "]"
+
+
+def _num(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.9g}"
+
+
+def _max_abs_diff(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b):
+        return math.inf
+    return max((abs(x - y) for x, y in zip(a, b)), default=0.0)
+
+
+def _by_path(rows: list[dict], what: str, side: str, problems: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["path"] in out:
+            problems.append(f"{what}: {r['path']}: listed twice in the {side} output")
+        out[r["path"]] = r
+    return out
+
+
+def _same_paths(what: str, x86: dict, arm: dict, problems: list[str]) -> list[str]:
+    for p in sorted(set(x86) - set(arm)):
+        problems.append(f"{what}: {p}: x86 has a result, arm64 has none")
+    for p in sorted(set(arm) - set(x86)):
+        problems.append(f"{what}: {p}: arm64 has a result, x86 has none")
+    return sorted(set(x86) & set(arm))
+
+
+def compare_classify(x86: dict, arm: dict, precision: str) -> tuple[int, list[str], float]:
+    """Compare two ``classify --json`` reports; return (images compared, one line per difference, largest difference)."""
+    what = f"classify {precision}"
+    tol = INT8_PROB_TOL if precision == "int8" else FLOAT32_TOL
+    problems: list[str] = []
+    if x86["model"]["sha256"] != arm["model"]["sha256"]:
+        problems.append(f"{what}: different models: x86 sha256 {x86['model']['sha256']}, arm64 {arm['model']['sha256']}")
+    xr = _by_path(x86["results"], what, "x86", problems)
+    ar = _by_path(arm["results"], what, "arm64", problems)
+    paths = _same_paths(what, xr, ar, problems)
+    largest = 0.0
+    for p in paths:
+        a, b = xr[p], ar[p]
+        diff = _max_abs_diff([a["probs"][c] for c in a["probs"]], [b["probs"].get(c, math.nan) for c in a["probs"]])
+        largest = max(largest, diff) if diff == diff else math.inf
+        if a["label"] != b["label"] or set(a["probs"]) != set(b["probs"]) or not diff <= tol:
+            problems.append(
+                f"{what}: {p}: x86 {a['label']} {_fmt(a['probs'])} | arm64 {b['label']} {_fmt(b['probs'])} (max diff {diff:.3g}, tolerance {tol:g})"
+            )
+    xf = {f["path"]: f["error"] for f in x86.get("failed", [])}
+    af = {f["path"]: f["error"] for f in arm.get("failed", [])}
+    for p in sorted(set(xf) | set(af)):
+        if (p in xf) != (p in af):
+            problems.append(f"{what}: {p}: x86 {xf.get(p, 'classified')} | arm64 {af.get(p, 'classified')}")
+    return len(paths), problems, largest
+
+
+def compare_probe(x86_rows: list[dict], arm_rows: list[dict], precision: str) -> tuple[int, list[str], float]:
+    """Compare two probe outputs: same pixels, int8 outputs equal, float outputs within :data:`FLOAT32_TOL`."""
+    what = f"raw output {precision}"
+    problems: list[str] = []
+    xr = _by_path(x86_rows, what, "x86", problems)
+    ar = _by_path(arm_rows, what, "arm64", problems)
+    paths = _same_paths(what, xr, ar, problems)
+    largest = 0.0
+    for p in paths:
+        a, b = xr[p], ar[p]
+        if a["pixels_sha256"] != b["pixels_sha256"]:
+            problems.append(f"{what}: {p}: preprocessed pixels differ: x86 sha256 {a['pixels_sha256'][:16]} | arm64 {b['pixels_sha256'][:16]}")
+        if a["dtype"] != b["dtype"]:
+            problems.append(f"{what}: {p}: output type x86 {a['dtype']} | arm64 {b['dtype']}")
+            continue
+        exact = a["dtype"].startswith(("int", "uint"))
+        diff = _max_abs_diff(a["raw"], b["raw"])
+        largest = max(largest, diff) if diff == diff else math.inf
+        same = a["raw"] == b["raw"] if exact else diff <= FLOAT32_TOL
+        if not same:
+            tol = "exact" if exact else f"tolerance {FLOAT32_TOL:g}"
+            problems.append(f"{what}: {p}: x86 {_fmt(a['raw'])} | arm64 {_fmt(b['raw'])} ({tol})")
+    return len(paths), problems, largest
+
+
+def _flatten(obj, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        out: dict[str, object] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: obj}
+
+
+VOLATILE = ("_ms", "ms_", "latency", "seconds", "wall", "time", "interpreter", "threads", "rss", "version", "python", "platform", "machine", "cpu")
+"""Keys (substrings) of a JSON report that describe the machine or the clock, not the result: not compared."""
+
+
+def compare_tree(x86, arm, what: str) -> list[str]:
+    """Compare two JSON reports value by value (numbers within :data:`FLOAT32_TOL`), skipping :data:`VOLATILE` keys."""
+    xa = {k: v for k, v in _flatten(x86).items() if not any(s in k.lower() for s in VOLATILE)}
+    aa = {k: v for k, v in _flatten(arm).items() if not any(s in k.lower() for s in VOLATILE)}
+    problems = []
+    for k in sorted(set(xa) | set(aa)):
+        a, b = xa.get(k, "<missing>"), aa.get(k, "<missing>")
+        num = isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) and not isinstance(b, bool)
+        if (num and not abs(a - b) <= FLOAT32_TOL) or (not num and a != b):
+            problems.append(f"{what}: {k}: x86 {a!r} | arm64 {b!r}")
+    return problems
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compare_dirs(x86_dir: Path, arm_dir: Path, min_images: int = MIN_IMAGES) -> tuple[list[str], list[str]]:
+    """Compare everything both sides wrote; return (summary lines, one line per difference)."""
+    summary: list[str] = []
+    problems: list[str] = []
+    for precision in PRECISIONS:
+        name = f"classify_{precision}.json"
+        if not (x86_dir / name).is_file() or not (arm_dir / name).is_file():
+            problems.append(f"classify {precision}: {name} missing on {'x86' if not (x86_dir / name).is_file() else 'arm64'}")
+            continue
+        n, p, largest = compare_classify(json.loads((x86_dir / name).read_text()), json.loads((arm_dir / name).read_text()), precision)
+        problems += p
+        if n < min_images:
+            problems.append(f"classify {precision}: only {n} images compared, at least {min_images} needed")
+        summary.append(f"classify {precision}: {n} images, {len(p)} differences, largest probability difference {largest:.3g}")
+        name = f"probe_{precision}.jsonl"
+        if (x86_dir / name).is_file() and (arm_dir / name).is_file():
+            n, p, largest = compare_probe(_read_jsonl(x86_dir / name), _read_jsonl(arm_dir / name), precision)
+            problems += p
+            summary.append(f"raw output {precision}: {n} images, {len(p)} differences, largest difference {largest:.3g}")
+        else:
+            problems.append(f"raw output {precision}: {name} missing on one side")
+    for name in (f"scan_{p}.json" for p in PRECISIONS):
+        xs, as_ = x86_dir / name, arm_dir / name
+        if xs.is_file() != as_.is_file():
+            problems.append(f"{name}: written on {'x86' if xs.is_file() else 'arm64'} only")
+        elif xs.is_file():
+            p = compare_tree(json.loads(xs.read_text()), json.loads(as_.read_text()), name)
+            problems += p
+            summary.append(f"{name}: {len(p)} differences")
+    return summary, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Compare x86 and emulated-arm64 outputs of the Pi runtime.")
+    ap.add_argument("x86_dir", type=Path)
+    ap.add_argument("arm64_dir", type=Path)
+    ap.add_argument("--min-images", type=int, default=MIN_IMAGES)
+    args = ap.parse_args(argv)
+    summary, problems = compare_dirs(args.x86_dir, args.arm64_dir, args.min_images)
+    for line in summary:
+        print(f"pi-arm64: {line}")
+    for line in problems:
+        print(f"pi-arm64: DIFFERENT {line}")
+    if problems:
+        print(f"pi-arm64: FAILED: {len(problems)} differences between x86 and arm64")
+        return 1
+    print(f"pi-arm64: x86 and arm64 agree (int8 raw outputs exactly, int8 probabilities within {INT8_PROB_TOL:g}, float32 within {FLOAT32_TOL:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
