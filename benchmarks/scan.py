@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from firmware_host.locate import WORK_CELL, _dilate, _reduce, label, locate, otsu_threshold, stain_map  # noqa: E402
+from firmware_host.locate import WORK_CELL, _dilate, _reduce, label, locate, stain_map  # noqa: E402
+from firmware_host.preprocess import otsu_threshold  # noqa: E402
 
 DEFAULT_FIELDS = ROOT.parent / "shared" / "more_cells" / "bccd_fields"
 RESULTS = HERE / "results"

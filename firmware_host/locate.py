@@ -65,12 +65,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from firmware_host.preprocess import otsu_threshold
+
 CELL_FRACTION = 0.3
 """Default expected white-cell diameter as a fraction of the field's shorter side."""
 WORK_CELL = 32
 """A white cell's diameter, in pixels, in the reduced image the search works on."""
 WHITE_PERCENTILE = 99.0
 """Percentile of each channel taken as the white point (the background)."""
+OTSU_BINS = 128
+"""Histogram bins of the stain map's Otsu threshold."""
 MIN_CONTRAST = 0.12
 """The nucleus threshold is at least this far above the median of the stain map (balanced units)."""
 LOBE_GAP = 0.08
@@ -211,24 +215,6 @@ def _paint(img: np.ndarray, rs, cs, ce, lab) -> None:
 # Pieces
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
-    """Otsu's threshold of a set of values (maximises the between-class variance of the histogram)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return hi
-    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist).astype(np.float64)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mt = m0[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (m0 * w1 - (mt - m0) * w0) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = 0.0
-    return float(edges[int(np.argmax(between)) + 1])
-
-
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     """Binary dilation by a (2r+1)-square, separable (shifted ORs)."""
     if r <= 0:
@@ -288,7 +274,7 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
         return []
     cw = cell / factor  # cell diameter in reduced pixels
     s = stain_map(small)
-    t = max(otsu_threshold(s), float(np.median(s)) + MIN_CONTRAST)
+    t = max(otsu_threshold(s, OTSU_BINS), float(np.median(s)) + MIN_CONTRAST)
     mask = s > t
     if not mask.any():
         return []

@@ -188,8 +188,12 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold of ``values``: the cut that best separates them into two classes."""
-    hist, edges = np.histogram(values, bins=bins)
+    """Otsu's threshold of ``values``: the cut that best separates them into two classes
+    (the centre of the histogram bin that maximises the between-class variance)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0 or v.max() <= v.min():
+        return float(v.max()) if v.size else 0.0
+    hist, edges = np.histogram(v, bins=bins)
     p = hist / max(1, hist.sum())
     mids = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from firmware_host.atomic import write_bytes
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.locate import Cell, locate
-from firmware_host.preprocess import MAX_PIXELS, MIN_SIDE, _to_rgb, read_bytes
+from firmware_host.preprocess import decode_rgb, read_bytes
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
 CROP_MARGIN = 0.25
@@ -56,33 +56,9 @@ EDGE_DASH = 8
 
 
 def decode_field(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Encoded bytes of a field of view to a full-resolution ``(H, W, 3)`` uint8 RGB array.
-
-    The same checks and conversions as :func:`firmware_host.preprocess.decode` (pixel limit from
-    the header, EXIF orientation, 8-bit RGB), without the resize; :class:`ImageError` otherwise.
-    """
-    if not data:
-        raise ImageError("empty file (0 bytes)", path)
-    try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit (refused from its header)", path)
-        if min(w, h) < MIN_SIDE:
-            raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
-        img.load()
-        return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
-    except ImageError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read", path) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image is over the {MAX_PIXELS:,}-pixel limit (refused from its header)", path) from None
-    except MemoryError:
-        raise ImageError("not enough memory to decode this image", path) from None
-    except Exception as exc:  # truncated data, broken headers, codec errors
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(f"cannot decode image ({reason})", path) from None
+    """Encoded bytes of a field of view to a full-resolution ``(H, W, 3)`` uint8 RGB array:
+    :func:`firmware_host.preprocess.decode_rgb` (its checks and conversions), with no draft."""
+    return decode_rgb(data, None, path)
 
 
 def cell_region(box: Sequence[int], width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecell.cli import cli
-from firmware_host.locate import Cell, label, label_image, locate, otsu_threshold
-from firmware_host.preprocess import prepare
+from firmware_host.locate import Cell, label, label_image, locate
+from firmware_host.preprocess import otsu_threshold, prepare
 from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
 from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
 from tests._tflite_fixtures import build_models
