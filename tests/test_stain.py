@@ -85,17 +85,19 @@ def test_background_swap_moves_the_border_to_the_other_lab(src, dst):
     assert (stain.nearest_background(after) == stain.BACKGROUNDS.index(dst)).all()
 
 
-def test_background_swap_on_real_images(real_slice):
-    """On real images the estimated border colour moves towards the other lab's background."""
+def test_preprocessing_neutralises_each_labs_background_on_real_images(real_slice):
+    """The two labs' background tints (peach, lavender) are far apart in the files and close after
+    preprocessing, which white-balances every image: the background-swap perturbation, made for
+    whole frames, now has little left to swap."""
     from firmware_host.preprocess import load_image
 
-    for cls, dst in (("basophil", stain.LAVENDER), ("myeloblast", stain.PEACH)):
+    def backgrounds(cls):
         files = sorted((real_slice / cls).iterdir())[:8]
-        x = np.stack([load_image(f, 64) for f in files])
-        before = stain.background_colour(x)
-        after = stain.background_colour(stain.swap_background(x))
-        moved = np.linalg.norm(after - np.array(dst), axis=1) < np.linalg.norm(before - np.array(dst), axis=1)
-        assert moved.mean() >= 0.75, (cls, before, after)
+        return stain.background_colour(np.stack([load_image(f, 64) for f in files])).mean(axis=0)
+
+    raw_gap = np.linalg.norm(np.array(stain.PEACH) - np.array(stain.LAVENDER))
+    gap = np.linalg.norm(backgrounds("basophil") - backgrounds("myeloblast"))  # Barcelona against Munich
+    assert gap < raw_gap / 2, (gap, raw_gap)
 
 
 # ------------------------------------------------------------------------------- risk-coverage
