@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 from tests._realdata import make_slice, real_data_or_skip
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# A run started in the background of a non-interactive shell inherits SIGINT ignored (POSIX), and so would every
+# process a test starts: the Ctrl-C tests would fail for a reason that is not edgecell's. Python's own handler
+# again (a process started from here then gets the default action, as from a terminal).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):
