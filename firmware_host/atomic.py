@@ -433,8 +433,8 @@ STDOUT = "-"
 """The output path that means standard output."""
 
 
-class OutputRefused(EdgecellError):
-    """An output path that would destroy something the command reads, or another output: a usage error."""
+class OutputRefused(EdgecellError, ValueError):
+    """An output path that would destroy something the command reads, or another output: a usage error (a ValueError to the API)."""
 
     exit_code = 2
 
@@ -473,7 +473,7 @@ def check_outputs(
     seen: dict[str, str] = {}
     to_stdout = [opt for opt, dest in files.items() if dest is not None and os.fspath(dest) == STDOUT]
     if len(to_stdout) > 1:
-        raise OutputRefused(f"{' and '.join(to_stdout)} both write to stdout ('-'); send one of them to a file")
+        raise OutputRefused(f"only one of {' and '.join(to_stdout)} can write to stdout ('-'); send the other to a file")
     for opt, dest in {**files, **folders}.items():
         if dest is None:
             continue

@@ -23,7 +23,7 @@ import pytest
 
 from tests._tflite_fixtures import build_models, labelled_folder
 
-from .test_reliability import HAVE_CONVERTER, ROOT, _copy_run, leftovers, nonblank, tree_digest
+from .test_reliability import ROOT, leftovers, nonblank, tree_digest
 
 N_IMAGES = 3000  # enough for worker processes (256+) and for a run that lasts while we signal it
 
@@ -158,8 +158,6 @@ def test_classify_killed_mid_run_leaves_no_process_and_no_temp_file(models, many
 
 @pytest.fixture(scope="module")
 def converted(real_data, tmp_path_factory) -> Path:
-    if not HAVE_CONVERTER:
-        pytest.skip("converters/tflite.py is not there yet")
     pytest.importorskip("tensorflow")
     from click.testing import CliRunner
 
@@ -178,7 +176,8 @@ def converted(real_data, tmp_path_factory) -> Path:
 
 
 def test_sigterm_during_convert_leaves_no_savedmodel_or_autograph_files(converted, tmp_path):
-    run = _copy_run(converted, tmp_path / "run")
+    run = tmp_path / "run"
+    shutil.copytree(converted, run)
     before = tree_digest(run)
     tmpdir = tmp_path / "tmp"
     proc = _start(["convert", run, "--int8", "--max-drop", 100], tmpdir)
