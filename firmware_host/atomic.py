@@ -462,7 +462,10 @@ def check_outputs(
     read_dirs: list[tuple[str, str, str]] = []  # (realpath, given, what)
     if all(d is None or os.fspath(d) in ("", STDOUT) for d in files.values()) and all(d is None or os.fspath(d) == "" for d in folders.values()):
         reads = ()  # nothing written to a named path: nothing to compare (20,000 images are not stat-ed for '-')
-    for p, what in reads:
+    flat = []
+    for p, what in reads:  # a repeated option (--data A --data B) gives a tuple of paths
+        flat.extend((q, what) for q in (p if isinstance(p, (list, tuple)) else (p,)))
+    for p, what in flat:
         if p is None or os.fspath(p) == "":
             continue
         if os.path.isdir(p):
