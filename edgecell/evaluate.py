@@ -65,8 +65,11 @@ def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
     out = [(str(target.model_path), "the model")] if target.kind == "keras" else model_reads(target.model_path)
     if target.run_dir is not None:
         out += [(str(target.run_dir / name), f"the run's {name}") for name in ("split.csv", "metadata.json")]
-    data = data_dir or target.dataset_path
-    for d in (data,) if isinstance(data, (str, Path)) else tuple(data or ()):  # one folder, or several sources
+    if data_dir:
+        data = data_dir
+    else:  # the folders the run was trained on, one per source
+        data = tuple(dict.fromkeys(data_mod.run_sources(target.dataset).values())) if target.dataset else ()
+    for d in (data,) if isinstance(data, (str, Path)) else tuple(data or ()):
         out.append((str(d), "the data folder being read"))
     return out
 
