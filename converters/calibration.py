@@ -122,8 +122,10 @@ class CalibrationSet:
 
 
 def manifest_text(items: Sequence[CalibrationItem]) -> str:
+    from firmware_host.atomic import csv_writer
+
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)  # quotes a CR or LF in a file name
     w.writerow(MANIFEST_FIELDS)
     for it in items:
         w.writerow([it.file, it.label or "", it.sha256])
@@ -221,9 +223,11 @@ def _list_images(root: Path) -> list[Path]:
 
 
 def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
+    from firmware_host.atomic import read_csv_text
+
     path = root / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_csv_text(path, encoding="utf-8-sig", errors="strict")  # line ends untouched
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read calibration manifest ({getattr(exc, 'strerror', None) or exc})", path) from None
     reader = csv.DictReader(io.StringIO(text))

@@ -97,6 +97,15 @@ class Reporter:
 # One function per format: Keras model (+ calibration set for int8) -> TFLite bytes
 
 
+def reads(run_dir: str | Path, calibration: str | None = None, data_dir: str | None = None) -> list[tuple[str, str]]:
+    """What converting ``run_dir`` reads and writes itself, for :func:`firmware_host.atomic.check_outputs`."""
+    run = Path(run_dir)
+    out = [(str(run / name), f"the run's {name}") for name in ("model.keras", "split.csv", "metadata.json")]
+    out.append((str(run / EXPORT_DIR), "the export folder this command writes"))
+    out += [(calibration, "the calibration folder being read"), (data_dir, "the data folder being read")]
+    return out
+
+
 def export_float32(model, cal: CalibrationSet | None) -> bytes:
     from converters import tflite
 

@@ -6,6 +6,7 @@ at all) inside its function body, so ``edgecell classify --help`` on a Pi import
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -62,21 +63,41 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from firmware_host.atomic import Terminated, signals_as_interrupts
         from firmware_host.errors import EdgecellError, first_line
+        from firmware_host.quiet import warning_lines
 
         debug = ctx.params.get("debug") or os.environ.get("EDGECELL_DEBUG") == "1"
         _lenient_output()
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts(), warning_lines():  # kill and a closed terminal clean up as Ctrl-C does
+                return super().invoke(ctx)
         except EdgecellError as exc:
             if debug:
                 raise
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
+            raise _one_line(str(exc), getattr(exc, "exit_code", 1)) from None
+        except RecursionError:  # input nested beyond any real use (a folder or file thousands of levels deep)
             if debug:
                 raise
-            click.echo("Interrupted: nothing half-written was kept; earlier results are intact.", err=True)
-            ctx.exit(130)
+            raise _one_line("input is nested too deeply to be read (thousands of levels of folders or brackets)", 1) from None
+        except OSError as exc:  # writing the human-readable output to a closed pipe or a full disk
+            if debug or not _stdout_failed(exc):
+                if debug:
+                    raise
+                raise click.ClickException(
+                    f"unexpected error: {type(exc).__name__}: {first_line(exc)} (re-run with --debug for the traceback, and report it)"
+                ) from None
+            from firmware_host.atomic import stdout_error
+
+            _silence_stdout()
+            raise _one_line(str(stdout_error(exc)), 1) from None
+        except KeyboardInterrupt as exc:
+            if debug:
+                raise
+            by = f" by {exc.name}" if isinstance(exc, Terminated) else ""
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                click.echo(f"Interrupted{by}: nothing half-written was kept; earlier results are intact.", err=True)
+            ctx.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug, not a user error: still one line unless --debug
@@ -85,6 +106,43 @@ class LazyGroup(click.Group):
             raise click.ClickException(
                 f"unexpected error: {type(exc).__name__}: {first_line(exc, '')} (re-run with --debug for the traceback, and report it)"
             ) from None
+
+
+def _one_line(message: str, exit_code: int) -> click.ClickException:
+    from firmware_host.errors import printable
+
+    exc = click.ClickException(printable(message))  # a file name's control characters, escaped
+    exc.exit_code = exit_code
+    return exc
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Whether ``exc`` came from writing the console (a broken pipe, a full disk, a closed stream).
+
+    An error about a named file carries its name. One without a name is the console's if it is a
+    broken pipe, or a full-disk/IO error raised from inside rich's or click's printing.
+    """
+    import errno
+    import traceback
+
+    if getattr(exc, "filename", None) is not None:
+        return False
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        return True
+    if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG):
+        return False
+    printing = (os.path.join("rich", "console.py"), os.path.join("click", "utils.py"))
+    return any(f.filename.endswith(printing) for f in traceback.extract_tb(exc.__traceback__))
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's final flush of a broken stdout is not a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _lenient_output() -> None:
@@ -127,7 +185,16 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="edgecell")
+    try:
+        cli(prog_name="edgecell")
+    finally:
+        # Output still buffered for stdout must not fail after the command has reported (a reader
+        # that went away): that would print a second, Python-level error and change the exit code.
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except (OSError, ValueError):
+            _silence_stdout()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,8 +12,44 @@ import os
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(highlight=False)
-stderr_console = Console(stderr=True, highlight=False)
+MIN_WIDTH = 60
+"""Narrower terminals (or ``COLUMNS=0``, which made rich print nothing at all) are laid out at this
+width and wrapped by the terminal: nothing is dropped, errors always print."""
+
+
+class _Console(Console):
+    """rich's Console, except that a reader that went away is reported, not a silent exit 1, and
+    that a terminal narrower than :data:`MIN_WIDTH` is treated as that wide."""
+
+    @property
+    def size(self):
+        from rich.console import ConsoleDimensions
+
+        size = Console.size.fget(self)
+        return size if size.width >= MIN_WIDTH else ConsoleDimensions(MIN_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+    def on_broken_pipe(self) -> None:
+        import os
+        import sys
+
+        from firmware_host.atomic import stdout_error
+
+        self.quiet = True
+        try:  # the interpreter's last flush must not fail a second time
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise stdout_error(BrokenPipeError())
+
+
+console = _Console(highlight=False)
+stderr_console = _Console(stderr=True, highlight=False)
 
 
 def human(to_stdout_taken: bool = False) -> Console:
@@ -23,7 +59,9 @@ def human(to_stdout_taken: bool = False) -> Console:
 
 def warn(message: str, con: Console | None = None) -> None:
     """Print one warning line (to stderr, so it never mixes into machine-readable output)."""
-    (con or stderr_console).print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False, soft_wrap=True)
+    from firmware_host.errors import printable
+
+    (con or stderr_console).print(f"[yellow]warning:[/yellow] {printable(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def progress(con: Console | None = None, transient: bool = False) -> Progress:

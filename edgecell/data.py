@@ -435,10 +435,10 @@ def make_split(ds: Dataset, seed: int, fractions: Sequence[float] = DEFAULT_FRAC
 
 
 def write_manifest(path: str | os.PathLike, ds: Dataset, splits: Sequence[str]) -> Path:
-    from firmware_host.atomic import write_text
+    from firmware_host.atomic import csv_writer, write_text
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)  # quotes a CR or LF in a file name, so every name reads back exactly
     w.writerow(MANIFEST_FIELDS + SOURCE_FIELDS)
     for s, sp in sorted(zip(ds.samples, splits), key=lambda t: (t[0].source, t[0].rel)):
         w.writerow([s.rel, s.label, sp, s.sha256, s.source, s.type])
@@ -456,10 +456,13 @@ class ManifestRow:
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    from firmware_host.atomic import read_csv_text
+
     p = Path(path)
     try:
         # surrogateescape: file names that are not valid UTF-8 were written as their raw bytes
-        text = p.read_text(encoding="utf-8", errors="surrogateescape")
+        # line ends untouched: a CR inside a quoted file name stays a CR
+        text = read_csv_text(p)
     except OSError as exc:
         raise DataError(f"cannot read split manifest ({exc.strerror or exc})", p) from None
     rows = list(csv.DictReader(io.StringIO(text, newline="")))

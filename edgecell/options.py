@@ -6,6 +6,39 @@ import click
 
 DEFAULT_SEED = 42
 DEFAULT_IMG_SIZE = 64
+MAX_SEED = 2**32 - 1
+"""Seeds go to NumPy, Python and TensorFlow; every one of them takes 0 to 2**32 - 1."""
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and infinities (nan compares false with every bound, so passes them)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+class InputPath(click.ParamType):
+    """A file, folder or glob pattern to read; an empty string is refused (it is not "the current folder")."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value == "":
+            self.fail("'' is an empty path; give a file, a folder or a pattern", param, ctx)
+        return value
+
+
+INPUT_PATH = InputPath()
+PROBABILITY = FiniteFloatRange(0.0, 1.0)
+"""The type of every probability-like option (--threshold): a finite number from 0 to 1."""
+PERCENTAGE_POINTS = FiniteFloatRange(0.0, 100.0)
+"""The type of every option in percentage points (--max-drop, --margin)."""
+SEED = click.IntRange(0, MAX_SEED)
 
 
 DATA_HELP = (
@@ -34,23 +67,46 @@ exclude_option = click.option(
 )
 
 
-seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed (split, augmentation, selection).")
+seed_option = click.option("--seed", type=SEED, default=DEFAULT_SEED, show_default=True, help="Random seed (split, augmentation, selection).")
 img_size_option = click.option(
     "--img-size", type=click.IntRange(32, 512), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
 )
-json_option = click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
-    default=None,
-    help="Also write the result as JSON to FILE ('-' for stdout).",
-)
-csv_option = click.option(
-    "--csv",
-    "csv_out",
-    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
-    default=None,
-    help="Also write the result as CSV to FILE ('-' for stdout).",
+OUTPUT_FILE = click.Path(dir_okay=False, allow_dash=True, path_type=str)
+"""The type of every output-file option. Where an output may go (never onto an input, a model or
+inside a folder being read; ``-`` is stdout) is checked by :func:`firmware_host.atomic.check_outputs`,
+which every command calls with all its outputs and inputs before it starts (see :func:`check_outputs`)."""
+
+
+def output_option(flag: str, dest: str, help: str):
+    """An option naming an output file ('-' for stdout), of type :data:`OUTPUT_FILE`."""
+    return click.option(flag, dest, type=OUTPUT_FILE, default=None, metavar="FILE", help=help)
+
+
+json_option = output_option("--json", "json_out", "Also write the result as JSON to FILE ('-' for stdout).")
+csv_option = output_option("--csv", "csv_out", "Also write the result as CSV to FILE ('-' for stdout).")
+
+
+def data_reads(data_dir) -> list[tuple[str, str]]:
+    """The data folder(s) of ``--data`` (one, or a repeated option's tuple) as :func:`check_outputs` reads."""
+    folders = (data_dir,) if isinstance(data_dir, str) else tuple(data_dir or ())
+    return [(d, "the data folder being read") for d in folders]
+
+
+def check_outputs(files: dict, reads=(), folders: dict | None = None) -> None:
+    """Refuse outputs that would overwrite an input, a model, a file inside a folder being read, or each other.
+
+    A thin alias of :func:`firmware_host.atomic.check_outputs` (one line, exit 2), so commands import
+    their shared options and this rule from one place.
+    """
+    from firmware_host.atomic import check_outputs as check
+
+    check(files, reads, folders)
+
+
+allow_unverified_option = click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Use a model whose own parity check failed at conversion (refused otherwise).",
 )
 
 
@@ -89,9 +145,9 @@ def emit_json(json_out: str | None, payload) -> None:
     """Write ``payload`` as JSON to ``json_out`` ('-' = stdout), atomically for files."""
     if not json_out:
         return
-    from firmware_host.atomic import json_text, write_json
+    from firmware_host.atomic import json_text, write_json, write_stdout
 
     if json_out == "-":
-        click.echo(json_text(payload))
+        write_stdout(json_text(payload) + "\n")  # a closed, broken or full stdout is one error line
     else:
         write_json(json_out, payload)

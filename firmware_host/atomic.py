@@ -4,18 +4,31 @@ An interrupted or failed write (Ctrl-C, full disk) never leaves a half-written a
 file that existed before stays intact. A whole folder is built the same way (:func:`staged_dir`):
 in a hidden sibling, swapped in only when complete, with Ctrl-C held back for the two renames of
 the swap so that an interrupt can never leave neither the old nor the new folder in place.
+
+Where outputs may go (:func:`check_outputs`, the one rule every command applies before it
+starts): never onto an input image, a model or its sidecar, nor inside a folder being read; two
+outputs never name the same file; ``-`` is stdout (:func:`write_stdout`). A replaced file keeps
+its permission bits; a path that names a pipe or a device is written to as a stream, never
+replaced; a symbolic link is written through, so the link stays a link.
+
+CSV is written by :func:`csv_writer` / :func:`csv_dict_writer`, which quote every field holding
+a comma, a quote, a line feed *or* a carriage return, so that every file name reads back exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import errno
 import json
 import os
 import shutil
 import signal
+import stat
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from firmware_host.errors import EdgecellError
@@ -26,15 +39,30 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     ``suffix`` defaults to the target's suffix, so libraries that pick a format from the file
-    name (Keras, matplotlib) still do the right thing.
+    name (Keras, matplotlib) still do the right thing. A file that is replaced keeps its
+    permission bits. A symbolic link is written through (its target is replaced, the link
+    stays). A path naming a pipe or a device (``/dev/null``, a FIFO a reader waits on) is not
+    replaced by a regular file: the path itself is yielded, to be written as a stream.
     """
     target = Path(path)
+    if is_stream(target):
+        try:
+            yield target
+        except OSError as exc:
+            raise EdgecellError(f"cannot write ({exc.strerror or exc})", target) from None
+        return
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     folder = target.parent
     _ensure_folder(folder)
+    mode = _existing_mode(target)
     tmp_path: Path | None = None
     try:
         with _interrupts_held():  # Ctrl-C between creating the temporary file and owning it would leak it
             tmp_path = _new_temp(folder, f".{target.name}.", ".tmp" + (suffix if suffix is not None else target.suffix), folder=False)
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp_path, mode)
         yield tmp_path
         os.replace(tmp_path, target)
     except OSError as exc:
@@ -45,6 +73,30 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path is not None:
             _unlink(tmp_path)
         raise
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder (a pipe, a device, a socket)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+def _existing_mode(target: Path) -> int | None:
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+
+
+def fsync(fh) -> None:
+    """``os.fsync`` for a regular file; a pipe or a device cannot be synced and needs not be."""
+    fd = fh.fileno()
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fsync(fd)
 
 
 def _new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
@@ -88,6 +140,12 @@ def check_writable(path: str | os.PathLike) -> None:
     Creates the folder if needed and a temporary file in it (removed at once), so a long job
     (classifying thousands of images) does not end with results it cannot save.
     """
+    if is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise EdgecellError("cannot write here (Permission denied)", path)
+        return
+    if Path(path).is_symlink():
+        path = os.path.realpath(path)
     folder = Path(path).parent
     _ensure_folder(folder)
     try:
@@ -122,7 +180,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        fsync(fh)
     return Path(path)
 
 
@@ -264,8 +322,79 @@ def _retarget(exc: EdgecellError, tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def private_tempdir(prefix: str = "edgecell-") -> Iterator[Path]:
+    """Send every temporary file of the block (``tempfile``, and ``TMPDIR`` for native code and children) to a new folder, removed at the end.
+
+    TensorFlow's converter writes a SavedModel and autograph writes generated modules to the
+    temporary directory, and leaves them when interrupted; inside this block they go to one folder
+    that is removed however the block ends (an exception, Ctrl-C, SIGTERM, SIGHUP).
+    """
+    with _interrupts_held():
+        made = tempfile.mkdtemp(prefix=prefix)
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = made
+    os.environ["TMPDIR"] = made
+    try:
+        yield Path(made)
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(made, ignore_errors=True)
+
+
+_HELD = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a service stop) or SIGHUP (the terminal closed), raised like Ctrl-C.
+
+    Being a ``KeyboardInterrupt``, it runs every clean-up Ctrl-C runs: temporary files and
+    staging folders are removed, worker processes stopped. The CLI exits 128 + ``signum``.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """For the duration, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as Ctrl-C raises ``KeyboardInterrupt``.
+
+    A second such signal while the first is being cleaned up after is ignored (``kill -9`` still
+    works). Elsewhere than in the main thread this does nothing.
+    """
+    sigs = [s for s in _HELD if s != signal.SIGINT]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        for s in sigs:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for s in sigs:
+            previous[s] = signal.signal(s, handler)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Hold back SIGINT (Ctrl-C) and SIGTERM (``kill``, a service stop) for the duration.
+    """Hold back SIGINT (Ctrl-C), SIGTERM (``kill``, a service stop) and SIGHUP for the duration.
 
     A signal that arrives meanwhile is delivered afterwards, as it would have been. Only
     possible in the main thread; elsewhere this does nothing.
@@ -276,7 +405,7 @@ def _interrupts_held() -> Iterator[None]:
     caught: list[int] = []
     previous: dict[int, object] = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _HELD:
             previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     except (ValueError, OSError):  # pragma: no cover - not the main interpreter
         for sig, handler in previous.items():
@@ -296,3 +425,197 @@ def _interrupts_held() -> Iterator[None]:
             if sig == signal.SIGINT:
                 raise KeyboardInterrupt
             os.kill(os.getpid(), sig)  # the default action (terminate), now that the swap is done
+
+
+# ------------------------------------------------------------------------------ where outputs may go
+
+STDOUT = "-"
+"""The output path that means standard output."""
+
+
+class OutputRefused(EdgecellError, ValueError):
+    """An output path that would destroy something the command reads, or another output: a usage error (a ValueError to the API)."""
+
+    exit_code = 2
+
+
+def check_outputs(
+    files: Mapping[str, str | os.PathLike | None],
+    reads: Iterable[tuple[str | os.PathLike, str]] = (),
+    folders: Mapping[str, str | os.PathLike | None] | None = None,
+) -> None:
+    """Refuse, in one line (:class:`OutputRefused`, exit 2), outputs that would destroy what is being read.
+
+    Args:
+        files: output files by option name (``{"--json": "r.json", "--csv": None}``); ``-`` is stdout.
+        reads: what the command reads (or writes itself), as ``(path, what)``: ``(image, "an input
+            image")``, ``(data_dir, "the data folder being read")``; a folder protects everything in it.
+        folders: output folders by option name (``{"--out": "ev"}``); such a folder may not be, or
+            lie inside, a folder being read, nor hold anything being read.
+
+    An output file may not be a file being read (through any link), may not lie inside a folder
+    being read (a report in the data folder would be read back as an image, or replace one), and
+    two outputs may not name the same file. Checked before any work, so nothing is lost later.
+    """
+    folders = dict(folders or {})
+    read_files: list[tuple[str, str]] = []  # (given, what); compared by inode, so links and other spellings count
+    read_dirs: list[tuple[str, str, str]] = []  # (realpath, given, what)
+    if all(d is None or os.fspath(d) in ("", STDOUT) for d in files.values()) and all(d is None or os.fspath(d) == "" for d in folders.values()):
+        reads = ()  # nothing written to a named path: nothing to compare (20,000 images are not stat-ed for '-')
+    flat = []
+    for p, what in reads:  # a repeated option (--data A --data B) gives a tuple of paths
+        flat.extend((q, what) for q in (p if isinstance(p, (list, tuple)) else (p,)))
+    for p, what in flat:
+        if p is None or os.fspath(p) == "":
+            continue
+        if os.path.isdir(p):
+            read_dirs.append((os.path.realpath(p), os.fspath(p), what))
+        else:
+            read_files.append((os.fspath(p), what))
+
+    seen: dict[str, str] = {}
+    to_stdout = [opt for opt, dest in files.items() if dest is not None and os.fspath(dest) == STDOUT]
+    if len(to_stdout) > 1:
+        raise OutputRefused(f"only one of {' and '.join(to_stdout)} can write to stdout ('-'); send the other to a file")
+    for opt, dest in {**files, **folders}.items():
+        if dest is None:
+            continue
+        given = os.fspath(dest)
+        is_folder = opt in folders
+        if given == "":
+            raise OutputRefused(f"{opt} is an empty path; give a " + ("folder name" if is_folder else "file name, or '-' for stdout"))
+        if given == STDOUT and not is_folder:
+            check_stdout()
+            continue
+        if not is_folder and given.endswith(("/", os.sep)):
+            raise OutputRefused(f"{opt} ends with '/', so it names a folder; give a file name (such as {given}{opt.lstrip('-')}.{opt.lstrip('-')})", given)
+        real = os.path.realpath(given)
+        if real in seen:
+            raise OutputRefused(f"{seen[real]} and {opt} name the same file; give each its own", given)
+        seen[real] = opt
+        for r, shown, what in read_dirs:
+            if _inside(real, r):
+                where = "is" if real == r else "is inside"
+                raise OutputRefused(f"{opt} {where} {what} ({shown}); write it elsewhere", given)
+            if is_folder and _inside(r, real):
+                raise OutputRefused(f"{opt} holds {what} ({shown}); choose another folder", given)
+        if is_folder:
+            for shown, what in read_files:
+                if _inside(os.path.realpath(shown), real):
+                    raise OutputRefused(f"{opt} holds {what} ({shown}); choose another folder", given)
+        elif os.path.isfile(real):
+            same = _same_file_as(real, read_files)
+            if same is not None:
+                shown, what = same
+                also = "" if os.path.realpath(shown) == real else f" {shown}"
+                raise OutputRefused(f"{opt} would overwrite {what}{also}; choose another file", given)
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _same_file_as(real: str, read_files: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The read file that ``real`` is (under any name: a link, another spelling), or None."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    for entry in read_files:
+        try:
+            rs = os.stat(entry[0])
+        except OSError:
+            continue
+        if (rs.st_dev, rs.st_ino) == (st.st_dev, st.st_ino):
+            return entry
+    return None
+
+
+def check_stdout() -> None:
+    """Fail now, in one line, if standard output is closed or cannot be written (``>&-``)."""
+    out = sys.stdout
+    if out is None:
+        raise EdgecellError("standard output is closed, so '-' has nowhere to go; give a file name", "stdout")
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured in tests): writes are checked as they happen
+    try:
+        import fcntl
+
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    except OSError:
+        raise EdgecellError("standard output is closed, so '-' has nowhere to go; give a file name", "stdout") from None
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        raise EdgecellError("standard output is open for reading only, so '-' has nowhere to go; give a file name", "stdout")
+
+
+class StdoutError(EdgecellError):
+    """Standard output cannot be written (the reader went away, the disk is full): the user's situation, not a bug."""
+
+
+def stdout_error(exc: OSError) -> StdoutError:
+    """The one-line error for ``exc``, raised while writing standard output."""
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        return StdoutError("the program reading standard output stopped (broken pipe); the output is incomplete", "stdout")
+    return StdoutError(f"cannot write standard output ({exc.strerror or exc}); the output is incomplete", "stdout")
+
+
+def write_stdout(data: str | bytes) -> None:
+    """Write ``data`` to standard output and flush; a closed, broken or full stdout is one :class:`StdoutError` line."""
+    check_stdout()
+    out = sys.stdout
+    try:
+        if isinstance(data, str):
+            buf = getattr(out, "buffer", None)
+            if buf is not None:
+                out.flush()
+                buf.write(data.encode(out.encoding or "utf-8", "surrogateescape"))
+                buf.flush()
+            else:
+                out.write(data)
+        else:
+            (getattr(out, "buffer", None) or out).write(data)
+        out.flush()
+    except OSError as exc:
+        raise stdout_error(exc) from None
+
+
+# ------------------------------------------------------------------------------ CSV
+
+
+class _RowEnds:
+    """Turns each row's ``\\r\\n`` terminator into ``\\n`` (quoted CR/LF inside fields are kept)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, s: str):
+        if s.endswith("\r\n"):
+            s = s[:-2] + "\n"
+        return self.fh.write(s)
+
+
+def csv_writer(fh, **kwargs):
+    """A ``csv.writer`` whose rows end in ``\\n`` and which quotes a field holding a CR, an LF, a comma or a quote.
+
+    (``csv.writer(fh, lineterminator="\\n")`` leaves a bare carriage return unquoted, so a file
+    name holding one splits its row.) Read the file back with ``newline=""`` (or from bytes).
+    """
+    return csv.writer(_RowEnds(fh), lineterminator="\r\n", **kwargs)
+
+
+def csv_dict_writer(fh, fieldnames, **kwargs):
+    """A ``csv.DictWriter`` with the quoting of :func:`csv_writer`."""
+    return csv.DictWriter(_RowEnds(fh), fieldnames=fieldnames, lineterminator="\r\n", **kwargs)
+
+
+def read_csv_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "surrogateescape") -> str:
+    """The text of a CSV file with its line ends untouched (a CR inside a quoted field stays a CR)."""
+    with open(path, "rb") as fh:
+        return fh.read().decode(encoding, errors)

@@ -108,7 +108,7 @@ def bench_one(path: str | os.PathLike, threads: int, x: np.ndarray, runs: int, w
     """One row: load ``path`` on ``threads`` threads, time ``runs`` inferences on ``x``, then the end-to-end pass."""
     release_freed_memory()
     rss_before = current_rss_mb()
-    clf = Classifier.load(path, threads=threads)
+    clf = Classifier.load(path, threads=threads, allow_unverified=True)  # timing only
     for _ in range(warmup):
         clf.predict_array(x)
     lat = []

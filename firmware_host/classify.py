@@ -18,10 +18,8 @@ when the whole run succeeded (:func:`text_output`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
-import sys
 import tempfile
 import time
 from array import array
@@ -30,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from firmware_host import atomic
-from firmware_host.atomic import check_writable, json_text
+from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer, json_text
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
-from firmware_host.paths import expand_paths, label_for
+from firmware_host.metadata import model_reads
+from firmware_host.paths import expand_paths, label_for, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
     FLAG_REVIEW,
@@ -64,6 +63,7 @@ class ClassifyOptions:
         threads: interpreter threads (None = all cores).
         precision: which model of an export folder to use (None = int8, else float32, else float16).
         report_out: where to write the review page (:mod:`firmware_host.report`), or None.
+        allow_unverified: use a model whose sidecar records a failed parity check.
     """
 
     model_path: str
@@ -74,6 +74,7 @@ class ClassifyOptions:
     threads: int | None = None
     precision: str | None = None
     report_out: str | None = None
+    allow_unverified: bool = False
 
 
 @dataclass
@@ -249,15 +250,17 @@ class ClassifyJob:
     """
 
     def __init__(self, opts: ClassifyOptions):
-        if opts.json_out == "-" and opts.csv_out == "-":
-            raise ValueError("only one of --json and --csv can write to stdout ('-')")
+        expanded = expand_paths(opts.paths)
+        # an output may not be an input image, the model, its sidecar or inside a folder being read
+        outputs = {"--json": opts.json_out, "--csv": opts.csv_out, "--report": opts.report_out}
+        check_outputs(outputs, model_reads(opts.model_path) + path_reads(opts.paths, expanded))
         for dest in (opts.json_out, opts.csv_out, opts.report_out):
             if dest and dest != "-":
                 check_writable(dest)  # before the work, so results are never computed only to be lost
         self.opts = opts
-        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
-        expanded = expand_paths(opts.paths)
+        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, allow_unverified=opts.allow_unverified)
         self.paths, self.path_errors = expanded.paths, expanded.errors
+        self.links = expanded.links  # links to folders read already: their images counted once
         n = len(self.paths)
         self.summary = ClassifySummary(
             classes=list(self.classifier.classes),
@@ -343,6 +346,7 @@ def classify_paths(
     precision: str | None = None,
     on_result: Callable[[str, dict | ImageError], None] | None = None,
     report_out: str | None = None,
+    allow_unverified: bool = False,
 ) -> ClassifySummary:
     """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
 
@@ -351,7 +355,7 @@ def classify_paths(
     calls ``on_result(path, row_or_error)`` per image, and returns the :class:`ClassifySummary`
     (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
     """
-    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out)
+    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out, allow_unverified)
     with ClassifyJob(opts) as job:
         for path, result in job:
             if on_result:
@@ -378,10 +382,8 @@ def text_output(dest: str) -> Iterator[IO[str]]:
         with tempfile.TemporaryFile("w+", **text) as fh:
             yield fh
             fh.seek(0)
-            out = sys.stdout
             while chunk := fh.read(1 << 16):
-                out.write(chunk)
-            out.flush()
+                atomic.write_stdout(chunk)  # a closed, broken or full stdout is one error line
         return
     # firmware_host.atomic's own ``open`` (the one its write_bytes uses) when it has one: every
     # artifact is written through the same call, which the reliability tests replace to simulate
@@ -390,7 +392,7 @@ def text_output(dest: str) -> Iterator[IO[str]]:
     with atomic.atomic_path(dest) as tmp, opener(tmp, "w", **text) as fh:
         yield fh
         fh.flush()
-        os.fsync(fh.fileno())
+        atomic.fsync(fh)  # a pipe or a device (written as a stream) cannot be synced
 
 
 JSON_INDENT_MAX_RESULTS = 500
@@ -463,7 +465,8 @@ class CsvStream:
 
     def __init__(self, fh: IO[str], classes):
         self.classes = list(classes)
-        self.w = csv.DictWriter(fh, fieldnames=CSV_BASE_COLUMNS + [f"p_{c}" for c in classes] + ["error"], lineterminator="\n")
+        # quotes a CR or LF in a file name, so every name reads back exactly
+        self.w = csv_dict_writer(fh, CSV_BASE_COLUMNS + [f"p_{c}" for c in classes] + ["error"])
         self.w.writeheader()
 
     def add(self, r: dict) -> None:

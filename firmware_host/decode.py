@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+from firmware_host.atomic import _interrupts_held
 from firmware_host.errors import ImageError
 from firmware_host.preprocess import load_image
 
@@ -70,16 +71,58 @@ def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> cf.Pr
         if ctx.get_start_method() == "forkserver":
             # imported once by the server, so that every worker starts with them (missing ones are skipped)
             ctx.set_forkserver_preload(["firmware_host.runtime", "ai_edge_litert.interpreter", "tflite_runtime.interpreter"])
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(initializer, initargs))
+        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(initializer, initargs, os.getpid()))
     except (OSError, ValueError, NotImplementedError, ImportError):
         return None
 
 
-def _worker_init(initializer=None, initargs: tuple = ()) -> None:
-    # Ctrl-C goes to the whole process group; only the parent decides what to do with it.
+def _worker_init(initializer=None, initargs: tuple = (), parent: int | None = None) -> None:
+    # Ctrl-C, and the hang-up of a closed terminal, go to the whole process group; only the
+    # parent decides what to do with them (it stops the pool, and so these workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if parent is not None:
+        exit_with(parent)
+    from firmware_host.quiet import install_warning_lines
+
+    install_warning_lines()  # a warning about an image is one line naming it, here too
     if initializer is not None:
         initializer(*initargs)
+
+
+def exit_with(pid: int, poll_s: float = 0.5) -> None:
+    """End this process as soon as process ``pid`` has ended, however it ended (even ``kill -9``).
+
+    A worker's parent is the forkserver, not the process that asked for it, so the kernel's
+    parent-death signal would not follow the right process; instead a daemon thread waits on a
+    pidfd of ``pid`` (Linux 5.3+), or polls it every ``poll_s`` seconds elsewhere. Without this, a
+    worker whose parent was killed waits for work forever (it holds its own queue's write end),
+    and keeps the resource tracker alive with it.
+    """
+    import threading
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(poll_s)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except OSError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="edgecell-exit-with-parent", daemon=True).start()
 
 
 def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, workers: int) -> Iterator[tuple[list[str], list]]:
@@ -99,7 +142,11 @@ def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, work
                 fut = None
                 if not broken:
                     try:
-                        fut = pool.submit(remote, chunk)
+                        # Ctrl-C in the middle of submit could leave a worker half-started (sent to
+                        # the forkserver, not yet known to the pool, so never joined); it would then
+                        # print a traceback after this process has gone. Delivered just after instead.
+                        with _interrupts_held():
+                            fut = pool.submit(remote, chunk)
                     except (BrokenProcessPool, RuntimeError):
                         broken = True
                 if fut is None:

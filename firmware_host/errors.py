@@ -18,6 +18,29 @@ class EdgecellError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\r``, ``\\n``, ``\\x1b``...), safe to print on a terminal.
+
+    A file name may hold a carriage return, a line feed or a terminal escape sequence; printed
+    raw, it would rewrite the line, split it, or drive the terminal. Everything else is kept,
+    including non-ASCII letters and the surrogate escapes of names that are not valid UTF-8.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if o < 0x20 or 0x7F <= o < 0xA0 or ch in "\u2028\u2029":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class ImageWarning(UserWarning):
+    """Something about an image that was used anyway (only its first page, its colour profile dropped)."""
+
+
 class ImageError(EdgecellError):
     """An image that cannot be read, decoded or preprocessed."""
 

@@ -93,54 +93,181 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, d: dict, path: str | os.PathLike = "<metadata>") -> ModelMetadata:
+        """Check ``d`` against :data:`SCHEMA` (every field's type and range) and build the metadata.
+
+        The first field that is missing or wrong is named in one :class:`ModelError` line.
+        """
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelError(f"not an edgecell model metadata file (expected format {FORMAT!r})", path)
-        try:
-            q_in = d.get("input_quantization")
-            q_out = d.get("output_quantization")
-            meta = cls(
-                classes=[str(c) for c in d["classes"]],
-                input_size=int(d["input_size"]),
-                precision=Precision(d["precision"]),
-                sha256=str(d["sha256"]),
-                file=str(d["file"]),
-                preprocessing=dict(d.get("preprocessing") or {}),
-                input_quantization=Quantization(**q_in) if q_in else None,
-                output_quantization=Quantization(**q_out) if q_out else None,
-                temperature=float(d.get("temperature", 1.0)),
-                edgecell_version=str(d.get("edgecell_version", "")),
-                source=dict(d.get("source") or {}),
-                verification=dict(d.get("verification") or {}),
-                lab_check=dict(d.get("lab_check") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"metadata is missing or has a bad field ({exc})", path) from None
-        meta._validate(path)
-        return meta
+        for name, (required, check) in SCHEMA.items():
+            if name not in d or d[name] is None:
+                if required or (name.endswith("_quantization") and d.get("precision") == Precision.int8.value):
+                    raise ModelError(f"metadata has a bad field: {name} is missing", path)
+                continue
+            problem = check(d[name])
+            if problem is None and name.endswith("_quantization") and d.get("precision") != Precision.int8.value:
+                problem = f"is set, but a {d.get('precision')} model has no quantised {name.split('_')[0]}"
+            if problem:
+                raise ModelError(f"metadata has a bad field: {name} {problem}", path)
+        q_in, q_out = d.get("input_quantization"), d.get("output_quantization")
+        return cls(
+            classes=list(d["classes"]),
+            input_size=int(d["input_size"]),
+            precision=Precision(d["precision"]),
+            sha256=d["sha256"],
+            file=d["file"],
+            preprocessing=dict(d.get("preprocessing") or {}),
+            input_quantization=Quantization(float(q_in["scale"]), int(q_in["zero_point"])) if q_in else None,
+            output_quantization=Quantization(float(q_out["scale"]), int(q_out["zero_point"])) if q_out else None,
+            temperature=float(d["temperature"]),
+            edgecell_version=str(d.get("edgecell_version") or ""),
+            source=dict(d.get("source") or {}),
+            verification=dict(d.get("verification") or {}),
+            lab_check=dict(d.get("lab_check") or {}),
+        )
 
-    def _validate(self, path: str | os.PathLike) -> None:
-        """Refuse values that would give silently wrong answers (a zero temperature, no classes...)."""
-        import math
+    @property
+    def unverified(self) -> str | None:
+        """Why this model's own parity check says it should not be used, or None.
 
-        problems = []
-        if not self.classes:
-            problems.append("classes is empty")
-        elif len(set(self.classes)) != len(self.classes):
-            problems.append("classes has duplicate names")
-        if self.input_size < 1:
-            problems.append(f"input_size is {self.input_size}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            problems.append(f"temperature is {self.temperature} (must be a positive number)")
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
-            problems.append("sha256 is not a SHA-256 hex digest")
-        if self.lab_check:
-            lc = self.lab_check
-            ok = isinstance(lc.get("batch"), int) and lc["batch"] >= 1
-            ok = ok and isinstance(lc.get("min_mean_confidence"), (int, float)) and math.isfinite(lc["min_mean_confidence"])
-            if not ok or not 0 <= lc["min_mean_confidence"] <= 1:
-                problems.append("lab_check needs an integer batch >= 1 and a min_mean_confidence between 0 and 1")
-        if problems:
-            raise ModelError(f"metadata has bad values: {'; '.join(problems)}", path)
+        ``edgecell convert`` records the check in ``verification``; a model whose check failed
+        (its accuracy dropped more than allowed, or float32 differs from Keras) is still written,
+        so that it can be inspected, but classifying with it needs ``--allow-unverified``.
+        """
+        status = self.verification.get("status")
+        if status == "failed":
+            v = self.verification
+            if "accuracy_drop_pp" in v and "max_drop_pp" in v:
+                return (
+                    f"its parity check failed: test accuracy {_num(v['accuracy_drop_pp'])} points below Keras, more than the {_num(v['max_drop_pp'])} allowed"
+                )
+            return "its parity check against the Keras model failed"
+        if status not in (None, "passed"):
+            return f"its parity check did not finish (status {status!r})"
+        return None
+
+
+def _num(x) -> str:
+    try:
+        return f"{float(x):.2f}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+# ------------------------------------------------------------------------------ the sidecar's schema
+
+MAX_INPUT_SIZE = 4096
+"""Largest ``input_size`` a sidecar may give (an edgecell model takes 32-512 px)."""
+TEMPERATURE_RANGE = (0.01, 100.0)
+"""Calibration temperatures outside this range are not calibration: at 1e308 every probability
+becomes 1/k (every cell the first class, no review flag), near 0 they overflow."""
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_classes(v) -> str | None:
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of class names"
+    if not all(isinstance(c, str) and c.strip() for c in v):
+        bad = next(c for c in v if not (isinstance(c, str) and c.strip()))
+        return f"must hold only non-empty strings (found {json.dumps(bad)[:40]})"
+    if len(set(v)) != len(v):
+        return "has duplicate class names"
+    return None
+
+
+def _check_input_size(v) -> str | None:
+    if not isinstance(v, int) or isinstance(v, bool):
+        return f"must be a whole number of pixels (found {json.dumps(v)[:40]})"
+    if not 1 <= v <= MAX_INPUT_SIZE:
+        return f"is {v} (must be 1 to {MAX_INPUT_SIZE})"
+    return None
+
+
+def _check_temperature(v) -> str | None:
+    import math
+
+    if not _is_number(v):
+        return f"must be a number (found {json.dumps(v)[:40]})"
+    lo, hi = TEMPERATURE_RANGE
+    if not (math.isfinite(v) and lo <= v <= hi):
+        return f"is {v:g} (must be a positive number from {lo:g} to {hi:g})"
+    return None
+
+
+def _check_precision(v) -> str | None:
+    if v not in {p.value for p in Precision}:
+        return f"must be one of {', '.join(p.value for p in Precision)} (found {json.dumps(v)[:40]})"
+    return None
+
+
+def _check_sha256(v) -> str | None:
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v):
+        return "is not a SHA-256 hex digest"
+    return None
+
+
+def _check_file(v) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must be the model's file name"
+    return None
+
+
+def _check_quantization(v) -> str | None:
+    import math
+
+    if not isinstance(v, dict):
+        return "must be an object with scale and zero_point"
+    for key in ("scale", "zero_point"):
+        if key not in v:
+            return f"has no {key}"
+    if not _is_number(v["scale"]) or not (math.isfinite(v["scale"]) and v["scale"] > 0):
+        return f"has a bad scale ({json.dumps(v['scale'])[:40]}; must be a positive number)"
+    if not isinstance(v["zero_point"], int) or isinstance(v["zero_point"], bool) or not -128 <= v["zero_point"] <= 255:
+        return f"has a bad zero_point ({json.dumps(v['zero_point'])[:40]}; must be a whole number from -128 to 255)"
+    return None
+
+
+def _object(v) -> str | None:
+    return None if isinstance(v, dict) else "must be an object"
+
+
+def _string(v) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def _check_lab_check(v) -> str | None:
+    import math
+
+    if not isinstance(v, dict):
+        return "must be an object"
+    if not v:
+        return None
+    ok = isinstance(v.get("batch"), int) and not isinstance(v.get("batch"), bool) and v["batch"] >= 1
+    ok = ok and _is_number(v.get("min_mean_confidence")) and math.isfinite(v["min_mean_confidence"]) and 0 <= v["min_mean_confidence"] <= 1
+    return None if ok else "needs an integer batch >= 1 and a min_mean_confidence between 0 and 1"
+
+
+SCHEMA = {
+    # field: (required, check returning what is wrong or None)
+    "classes": (True, _check_classes),
+    "input_size": (True, _check_input_size),
+    "precision": (True, _check_precision),
+    "sha256": (True, _check_sha256),
+    "file": (True, _check_file),
+    "temperature": (True, _check_temperature),
+    "preprocessing": (False, _object),
+    "input_quantization": (False, _check_quantization),
+    "output_quantization": (False, _check_quantization),
+    "edgecell_version": (False, _string),
+    "source": (False, _object),
+    "verification": (False, _object),
+    "lab_check": (False, _check_lab_check),
+}
+"""Every field of a model sidecar: whether it must be there and what it must hold. The
+quantisation fields must be there for an int8 model and absent (or null) otherwise."""
 
 
 PREPROCESSING_LIMITS = frozenset({"max_pixels"})
@@ -199,15 +326,28 @@ def sha256_file(path: str | os.PathLike) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+MAX_METADATA_BYTES = 1 << 20
+"""A sidecar is a few kilobytes; a larger one is not read."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     """Read the sidecar of ``model_path``; a missing or broken sidecar is a :class:`ModelError`."""
     side = sidecar_path(model_path)
     try:
+        if side.stat().st_size > MAX_METADATA_BYTES:
+            raise ModelError(f"metadata file is {side.stat().st_size:,} bytes, over the {MAX_METADATA_BYTES:,}-byte limit (not read)", side)
         d = json.loads(side.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"metadata file {side.name} is missing beside the model (copy the whole export folder)", model_path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"metadata file is unreadable ({exc})", side) from None
+    except RecursionError:
+        raise ModelError("metadata file is unreadable (nested too deeply)", side) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of thousands of digits
+        raise ModelError(f"metadata file is unreadable ({_first_line(exc)})", side) from None
     return ModelMetadata.from_dict(d, side)
 
 
@@ -215,3 +355,14 @@ def write_metadata(model_path: str | os.PathLike, meta: ModelMetadata) -> Path:
     from firmware_host.atomic import write_json
 
     return write_json(sidecar_path(model_path), meta.to_dict())
+
+
+def model_reads(model_path: str | os.PathLike) -> list[tuple[str, str]]:
+    """What a command reading ``model_path`` reads, as :func:`firmware_host.atomic.check_outputs` takes it.
+
+    A model file and its sidecar, or a whole export folder; no output may be written over them.
+    """
+    p = Path(model_path)
+    if p.is_dir():
+        return [(os.fspath(p), "the model folder being read")]
+    return [(os.fspath(p), "the model"), (os.fspath(sidecar_path(p)), "the model's metadata")]

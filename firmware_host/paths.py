@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,43 +38,93 @@ class Expanded:
 
     paths: list[Path] = field(default_factory=list)
     errors: list[ImageError] = field(default_factory=list)
+    links: list[tuple[Path, Path]] = field(default_factory=list)
+    """Symbolic links to folders that were read already, as ``(link, folder)``: their images count once."""
 
 
 def is_image_name(name: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES, links: list | None = None) -> list[Path]:
     """All image-named entries under ``folder``, recursively, sorted by path.
 
-    Symbolic links to folders are followed once (a loop is not followed twice). A folder whose own
-    name looks like an image is returned as an entry, not searched.
+    Real folders are searched first and symbolic links to folders after them, each folder once:
+    a link to a folder that is also reached directly (``basophil/alias -> ../monocyte``) adds
+    nothing, so every image keeps the path under its own class folder (its label), and the pair
+    ``(link, target)`` is appended to ``links`` for the caller to report. A loop is not followed
+    twice. A folder whose own name looks like an image is returned as an entry, not searched.
+    Iterative, so a folder nested thousands of levels deep is searched like any other.
     """
     found: list[Path] = []
-    seen: set[str] = set()
+    seen: dict[tuple[int, int], str] = {}
+    deferred: list[str] = []  # symbolic links to folders, searched once every real folder has been
 
-    def visit(d: str) -> None:
-        real = os.path.realpath(d)
-        if real in seen:
-            return
-        seen.add(real)
+    def search(top: str) -> None:
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                if links is not None and os.path.islink(d):
+                    links.append((Path(d), Path(seen[key])))
+                continue
+            seen[key] = d
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue
+            subfolders = []
+            for e in entries:
+                try:
+                    is_dir = e.is_dir(follow_symlinks=True)
+                except OSError:
+                    is_dir = False
+                if is_image_name(e.name, suffixes):
+                    found.append(Path(e.path))
+                elif is_dir:
+                    (deferred if e.is_symlink() else subfolders).append(e.path)
+            stack.extend(reversed(subfolders))
+
+    search(os.fspath(folder))
+    while deferred:
+        search(deferred.pop(0))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def walk(top: str | os.PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, followlinks=False)`` (top-down; prune by editing the yielded folder names), without recursion.
+
+    Python 3.11's ``os.walk`` recurses once per level, so a folder nested about 1,000 levels deep
+    raised RecursionError; this walks any depth.
+    """
+    stack = [os.fspath(top)]
+    while stack:
+        d = stack.pop()
         try:
             with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = list(it)
         except OSError:
-            return
+            continue
+        dirs, files, links = [], [], set()
         for e in entries:
             try:
-                is_dir = e.is_dir(follow_symlinks=True)
+                is_dir = e.is_dir()
             except OSError:
                 is_dir = False
-            if is_image_name(e.name, suffixes):
-                found.append(Path(e.path))
-            elif is_dir:
-                visit(e.path)
-
-    visit(os.fspath(folder))
-    return sorted(found, key=lambda p: p.as_posix())
+            if is_dir:
+                dirs.append(e.name)
+                if e.is_symlink():
+                    links.add(e.name)
+            else:
+                files.append(e.name)
+        yield d, dirs, files
+        stack.extend(os.path.join(d, name) for name in reversed(dirs) if name not in links)
 
 
 def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> list[Path]:
@@ -86,7 +136,7 @@ def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> lis
     and follows links.)
     """
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in walk(folder):  # any depth (os.walk recurses)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         d = Path(dirpath)
         out.extend(d / name for name in sorted(filenames) if not name.startswith("."))
@@ -108,7 +158,7 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
 
     def add_match(p: Path, arg: str) -> int:
         if p.is_dir():
-            files = walk_folder(p, suffixes)
+            files = walk_folder(p, suffixes, out.links)
             for f in files:
                 add(f)
             return len(files)
@@ -152,3 +202,9 @@ def label_for(path: str | os.PathLike, classes: Sequence[str]) -> str | None:
     """The class named by the image's parent folder (a lymphocyte folder names ``other``), or None."""
     parent = class_of(Path(path).parent.name)
     return parent if parent in set(classes) else None
+
+
+def path_reads(args: Iterable[str | os.PathLike], expanded: Expanded) -> list[tuple[str, str]]:
+    """What ``expand_paths(args)`` reads, as :func:`firmware_host.atomic.check_outputs` takes it: each folder given and each image."""
+    folders = [(os.fspath(a), "an input folder being read") for a in args if os.path.isdir(a)]
+    return folders + [(os.fspath(p), "an input image") for p in expanded.paths]

@@ -42,6 +42,8 @@ import io
 import os
 import re
 import stat
+import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from firmware_host.errors import ImageError, first_line
+from firmware_host.errors import ImageError, ImageWarning, first_line
 
 PREPROCESSING_VERSION = 2
 MAX_PIXELS = 50_000_000
@@ -130,11 +132,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "F":
-        arr = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        arr = np.asarray(img, dtype=np.float64)
+        bad = ~np.isfinite(arr)
+        if bad.any():  # NaN would be cast to an arbitrary grey (and numpy warns without a file name)
+            warnings.warn(ImageWarning(f"{int(bad.sum()):,} of {arr.size:,} pixels are not numbers (NaN or infinite); used as 0"), stacklevel=2)
+            arr = np.where(bad, 0.0, arr)
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode != "RGB":
         return img.convert("RGB")
     return img
+
+
+_decoding = threading.local()
+
+
+def decoding_path() -> str | None:
+    """The file this thread is decoding now, or None: a warning raised meanwhile is about it."""
+    return getattr(_decoding, "path", None)
 
 
 def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = "<bytes>") -> np.ndarray:
@@ -142,7 +157,47 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
 
     ``draft``: for JPEG, let the decoder scale down (DCT scaling) to no less than ``draft`` pixels
     on each side. Raises :class:`ImageError` (naming ``path``) for anything that is not a usable image.
+    Python warnings raised while decoding (corrupt EXIF, a multi-page TIFF) are about ``path``
+    (:func:`decoding_path`; :func:`firmware_host.quiet.warning_lines` prints them naming it). A
+    PNG whose colour profile cannot be read is decoded without it, with a warning.
     """
+    prior = getattr(_decoding, "path", None)
+    _decoding.path = os.fspath(path)
+    try:
+        try:
+            return _decode_rgb(data, draft, path)
+        except ImageError as exc:
+            stripped = _png_without(data, b"iCCP")
+            if stripped is None:
+                raise
+            arr = _decode_rgb(stripped, draft, path)  # any other fault of the file still stands
+            warnings.warn(ImageWarning(f"its colour profile (PNG iCCP chunk) cannot be read ({exc.reason}); decoded without it"), stacklevel=2)
+            return arr
+    finally:
+        _decoding.path = prior
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_without(data: bytes, kind: bytes) -> bytes | None:
+    """``data`` (a PNG) without its ``kind`` chunks, or None if it is not a PNG or has none."""
+    if not data.startswith(_PNG_MAGIC):
+        return None
+    out, i, dropped = [data[:8]], 8, False
+    while i + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        end = i + 12 + length
+        if data[i + 4 : i + 8] == kind:
+            dropped = True
+        else:
+            out.append(data[i:end])
+        i = end
+    out.append(data[i:])
+    return b"".join(out) if dropped else None
+
+
+def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.ndarray:
     if not data:
         raise ImageError("empty file (0 bytes)", path)
     try:
@@ -152,6 +207,9 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
             raise ImageError(_too_large(f"{w}x{h} pixels"), path)
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
+        pages = getattr(img, "n_frames", 1)
+        if pages > 1:
+            warnings.warn(ImageWarning(f"has {pages} pages (frames); only the first is used"), stacklevel=2)
         if img.format == "JPEG" and draft:
             img.draft("RGB", (draft, draft))
         img.load()

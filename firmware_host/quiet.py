@@ -41,3 +41,49 @@ def quiet_fds(stdout: bool = True, stderr: bool = True):
             os.dup2(copy, fd)
             os.close(copy)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def warning_lines():
+    """For the duration, every Python warning is one line on stderr, ``warning: PATH: message``.
+
+    PATH is the image being decoded in the thread that raised it
+    (:func:`firmware_host.preprocess.decoding_path`); a warning about something else keeps its
+    category instead. Warnings about images are shown every time, not once per source line.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        install_warning_lines()
+        yield
+
+
+def install_warning_lines() -> None:
+    """Make every later warning in this process one line (see :func:`warning_lines`); for worker processes."""
+    import warnings
+
+    from firmware_host.errors import ImageWarning
+
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("always", category=ImageWarning)
+    # UserWarning only: Pillow's DecompressionBombWarning (a RuntimeWarning) must stay an error
+    warnings.filterwarnings("always", category=UserWarning, module=r"(PIL|firmware_host)(\..*)?$")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from firmware_host.errors import ImageWarning, printable
+    from firmware_host.preprocess import decoding_path
+
+    text = str(message).strip()
+    text = text.splitlines()[0] if text else category.__name__
+    path = decoding_path()
+    if path is not None:
+        text = f"{path}: {text}"
+    elif not issubclass(category, ImageWarning):
+        text = f"{text} ({category.__name__})"
+    stream = file or sys.stderr
+    try:
+        stream.write(f"warning: {printable(text)}\n")
+        stream.flush()
+    except (OSError, ValueError, AttributeError):  # nowhere to print it: a warning never stops the work
+        pass

@@ -44,6 +44,8 @@ from firmware_host.preprocess import load_image, prepare
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
 
+MAX_MODEL_BYTES = 256 << 20
+"""No edgecell model comes near this (int8: about 0.1 MiB, float32: under 2 MiB); a larger file is refused unread."""
 DEFAULT_THRESHOLD = 0.7
 """Confidence below which a prediction is flagged as uncertain."""
 
@@ -299,20 +301,31 @@ class Classifier:
         threads: int | None = None,
         precision: Precision | str | None = None,
         backend: str | None = None,
+        allow_unverified: bool = False,
     ) -> Classifier:
         """Load a ``.tflite`` file or the preferred (or ``precision``) model of an export folder.
 
         Raises :class:`ModelError` for a missing/broken sidecar, a sidecar whose preprocessing
         (version, resize filter, ...) is not this runtime's, a SHA-256 mismatch (changed or
         truncated file), a file the interpreter cannot read, or shapes that do not match the
-        metadata; :class:`RuntimeMissingError` when no interpreter is installed.
+        metadata; :class:`RuntimeMissingError` when no interpreter is installed. A model whose
+        sidecar records a failed parity check is refused unless ``allow_unverified``; a file over
+        :data:`MAX_MODEL_BYTES` is refused before it is read.
         """
         model_path = resolve_model(path, precision)
         meta = read_metadata(model_path)
+        why = meta.unverified
+        if why and not allow_unverified:
+            raise ModelError(f"{why}; not used (convert again, or pass --allow-unverified to use it anyway)", model_path)
         check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
         if precision is not None and meta.precision != Precision(precision):
             raise ModelError(f"is a {meta.precision.value} model but {Precision(precision).value} was asked for", model_path)
         try:
+            size = model_path.stat().st_size
+            if size > MAX_MODEL_BYTES:  # before reading: a 20 GiB file would be read into memory whole
+                raise ModelError(
+                    f"model file is {size / (1 << 20):,.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB any edgecell model could be (not read)", model_path
+                )
             data = model_path.read_bytes()
         except IsADirectoryError:
             raise ModelError("is a folder, not a .tflite file", model_path) from None

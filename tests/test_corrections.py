@@ -193,13 +193,14 @@ def test_not_utf8_and_missing_csv(tmp_path):
 
 def test_classes_from_a_model(images, tmp_path):
     """--model: the model's classes (not the default five) and `other`."""
-    from firmware_host.metadata import ModelMetadata, Precision, sha256_file, write_metadata
+    from firmware_host.metadata import ModelMetadata, Precision, Quantization, sha256_file, write_metadata
     from firmware_host.preprocess import describe
 
     model = tmp_path / "m" / "model_int8.tflite"
     model.parent.mkdir()
     model.write_bytes(b"not read: only the sidecar's classes are")
-    meta = ModelMetadata(["lymphocyte", "monocyte"], 32, Precision.int8, sha256_file(model), model.name, describe())
+    q = Quantization(1 / 255, -128)  # an int8 sidecar carries its quantisation (the schema requires it)
+    meta = ModelMetadata(["lymphocyte", "monocyte"], 32, Precision.int8, sha256_file(model), model.name, describe(), q, q)
     write_metadata(model, meta)
     rows = [["monocyte/a.jpg", "monocyte", "lymphocyte"], ["monocyte/b.jpg", "monocyte", "basophil"]]
     r = run("corrections", "apply", write_csv(tmp_path / "c.csv", rows), "--out", tmp_path / "o", "--model", model, cwd=images)

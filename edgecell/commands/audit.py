@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, json_option, seed_option
+from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
 
 
 @click.command("audit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +13,7 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
 @seed_option
 @click.option(
     "--margin",
-    type=click.FloatRange(0, 100),
+    type=PERCENTAGE_POINTS,
     default=3.0,
     show_default=True,
     help="Warn when a baseline's test accuracy is within this many percentage points of the CNN's.",
@@ -66,6 +66,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         run.require_split()
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
+    check_outputs({"--json": json_out}, data_reads(data_dir) + [(run_dir, "the run folder being read")])
 
     with progress(con, transient=True) as bar:
         task = bar.add_task("reading images", total=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecell.console import human, warn
-from edgecell.options import IntList, data_option, emit_json, json_option
+from edgecell.options import IntList, check_outputs, data_option, emit_json, json_option
 from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP
 
 
@@ -52,8 +52,11 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
     from edgecell.views.bench import print_report
     from firmware_host import bench as lib
     from firmware_host.atomic import check_writable
+    from firmware_host.metadata import model_reads
     from firmware_host.paths import expand_paths
 
+    reads = [r for m in models for r in model_reads(m)] + [(data_dir, "the data folder being read"), (keras_path, "the Keras model")]
+    check_outputs({"--json": json_out}, reads)  # never onto a model, its sidecar or into the data folder
     if json_out and json_out != "-":
         check_writable(json_out)  # before minutes of timing, not after
     keras_file = check_keras(keras_path) if keras_path else None  # likewise: refuse before timing

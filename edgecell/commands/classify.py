@@ -7,7 +7,7 @@ import contextlib
 import click
 
 from edgecell.console import human, progress, stderr_console
-from edgecell.options import csv_option, json_option, report_option
+from edgecell.options import INPUT_PATH, PROBABILITY, allow_unverified_option, csv_option, json_option, report_option
 from edgecell.views import classify as view
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
 from firmware_host.errors import ImageError
@@ -23,13 +23,13 @@ from firmware_host.runtime import DEFAULT_THRESHOLD
     required=True,
     help="A model_<precision>.tflite (with its .json beside it) or an export folder.",
 )
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=INPUT_PATH)
 @json_option
 @csv_option
 @report_option
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0),
+    type=PROBABILITY,
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Flag predictions whose confidence is below this as 'uncertain - refer'.",
@@ -46,8 +46,9 @@ from firmware_host.runtime import DEFAULT_THRESHOLD
     default=None,
     help="Which model of an export folder to use (default: int8, else float32, else float16).",
 )
+@allow_unverified_option
 @click.pass_context
-def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, threads, precision):
+def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, threads, precision, allow_unverified):
     """Classify cell images (files, folders, glob patterns) and flag those a person should see.
 
     Prints one row per image (predicted class, confidence, top-3, flag), the differential count
@@ -72,6 +73,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, t
         threads=threads,
         precision=precision,
         report_out=report_out,
+        allow_unverified=allow_unverified,
     )
     summary = run(opts)
     if summary.failed:
@@ -80,11 +82,10 @@ def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, t
 
 def run(opts: ClassifyOptions) -> ClassifySummary:
     """Classify, stream every result to --csv / --json, print the summary for people; return the tally."""
-    if opts.json_out == "-" and opts.csv_out == "-":
-        raise click.UsageError("only one of --json and --csv can write to stdout ('-')")
     job = ClassifyJob(opts)
     con, err = human(opts.json_out == "-" or opts.csv_out == "-"), stderr_console
     view.print_header(con, job)
+    view.print_warnings(err, job)
     for exc in job.path_errors:
         view.print_error(err, exc)
     if job.processes:

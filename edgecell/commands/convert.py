@@ -9,7 +9,7 @@ import click
 from converters.calibration import DEFAULT_PER_CLASS
 from converters.export import EXPORT_DIR
 from converters.parity import DEFAULT_MAX_DROP
-from edgecell.options import data_option, emit_json, json_option, seed_option
+from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit_json, json_option, seed_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +45,7 @@ from edgecell.options import data_option, emit_json, json_option, seed_option
 @click.option(
     "--max-drop",
     "max_drop",
-    type=click.FloatRange(min=0),
+    type=PERCENTAGE_POINTS,
     default=DEFAULT_MAX_DROP,
     show_default=True,
     help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.",
@@ -69,9 +69,10 @@ def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, ma
       edgecell convert runs/cells --int8 --calib-size 100 --seed 7 --json parity.json
       edgecell convert runs/cells --int8 --calibration ~/cells/calib-lab2
     """
-    from converters.export import ExportOptions, export_run
+    from converters.export import ExportOptions, export_run, reads
     from converters.parity import parity_table
     from edgecell.console import RichReporter, human
+    from firmware_host.atomic import private_tempdir
     from firmware_host.errors import EdgecellError
 
     if calibration and calib_size:
@@ -79,6 +80,7 @@ def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, ma
     if (calibration or calib_size or calibration_out) and not int8:
         raise click.UsageError("--calibration, --calib-size and --calibration-out only apply with --int8")
     con = human(json_out == "-")
+    check_outputs({"--json": json_out}, reads(run_dir, calibration, data_dir), folders={"--calibration-out": calibration_out})
     opts = ExportOptions(
         run_dir=run_dir,
         int8=int8,
@@ -90,7 +92,8 @@ def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, ma
         seed=seed,
         data_dir=data_dir,
     )
-    report = export_run(opts, RichReporter(con))
+    with private_tempdir():  # TensorFlow's SavedModel and autograph files, removed however convert ends
+        report = export_run(opts, RichReporter(con))
     con.print(parity_table(report))
     con.print(f"wrote {Path(run_dir) / EXPORT_DIR} ({', '.join(Path(p).name for k, p in report['outputs'].items() if k not in ('calibration_out',))})")
     if "calibration_out" in report["outputs"]:

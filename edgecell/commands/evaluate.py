@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, json_option, threads_option
+from edgecell.options import DEFAULT_SEED, SEED, check_outputs, data_option, emit_json, json_option, threads_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +18,11 @@ from edgecell.options import data_option, emit_json, json_option, threads_option
     help="Which images: a split of the run's manifest, or every image in --data.",
 )
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None, help="Folder for the JSON and PNGs (default: RUN_DIR/evaluation)."
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Folder for the JSON and PNGs (default: RUN_DIR/evaluation; never inside the data folder).",
 )
 @click.option(
     "--stain-shift",
@@ -26,7 +30,7 @@ from edgecell.options import data_option, emit_json, json_option, threads_option
     is_flag=True,
     help="Also re-run the split under hue, saturation, brightness, grayscale and background-tint shifts (another lab's slides).",
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the random member of the stain-shift family.")
+@click.option("--seed", type=SEED, default=DEFAULT_SEED, show_default=True, help="Seed of the random member of the stain-shift family.")
 @threads_option
 @json_option
 def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
@@ -46,12 +50,13 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
     """
     from edgecell.console import human
     from edgecell.evaluate import evaluate as run_eval
-    from edgecell.evaluate import resolve, risk_coverage_table, source_table, stain_table
+    from edgecell.evaluate import reads, resolve, risk_coverage_table, source_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     con = human(json_out == "-")
     target = resolve(model)
+    check_outputs({"--json": json_out}, reads(target, data_dir), folders={"--out": out_dir})
     m = run_eval(target, data_dir, split, con, out_dir, threads, stain=stain, seed=seed)
     con.print(metrics_table(m, title=f"{target.kind} model, {split} split (n={m['n']})"))
     con.print(confusion_table(m))

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import data_option, emit_json, exclude_option, json_option, seed_option
+from edgecell.options import check_outputs, data_option, data_reads, emit_json, exclude_option, json_option, output_option, seed_option
 
 
 @click.command("inspect", context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
 @exclude_option
 @seed_option
-@click.option(
-    "--manifest",
-    "manifest_out",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Also write the split manifest (file, class, split, sha256) to this CSV.",
-)
+@output_option("--manifest", "manifest_out", help="Also write the split manifest (file, class, split, sha256) to this CSV.")
 @json_option
 def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     """Check data folders: images per class and source, unusable files, duplicates and the split.
@@ -39,6 +33,7 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     from edgecell.train import load_dataset
 
     con = human(json_out == "-")
+    check_outputs({"--manifest": manifest_out, "--json": json_out}, data_reads(data_dir))
     ds = load_dataset(data_dir, None, con, exclude=exclude)
     splits = data_mod.make_split(ds, seed)
     per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import IntList, data_option, emit_json, exclude_option, img_size_option, json_option, seed_option
+from edgecell.options import IntList, check_outputs, data_option, data_reads, emit_json, exclude_option, img_size_option, json_option, seed_option
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
 _widths = IntList(1, 1024, "width", ",".join(map(str, _Defaults.widths)))
@@ -59,6 +59,7 @@ def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, pa
     from edgecell.train import TrainOptions, run
 
     con = human(json_out == "-")
+    check_outputs({"--json": json_out}, data_reads(data_dir), folders={"--out": out_dir})
     opts = TrainOptions(
         data_dir=data_dir,
         exclude=exclude,

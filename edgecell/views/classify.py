@@ -5,11 +5,30 @@ from __future__ import annotations
 import os
 
 from rich import box
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
 from firmware_host.runtime import REVIEW_CLASSES
+
+
+def escape(text) -> str:
+    """Text from outside (a file name, an error naming one) made safe to print: control characters
+    escaped (:func:`firmware_host.errors.printable`), then rich markup escaped."""
+    from firmware_host.errors import printable
+
+    return _markup_escape(printable(str(text)))
+
+
+def print_warnings(err, job: ClassifyJob) -> None:
+    """A model used despite a failed parity check; links to folders that were read already."""
+    from edgecell.console import warn
+
+    why = job.classifier.meta.unverified
+    if why:
+        warn(f"{escape(job.classifier.path)}: {escape(why)}; used anyway because of --allow-unverified", err)
+    for link, target in job.links:
+        warn(f"{escape(link)}: a link to {escape(target)}, which is read already; its images are classified once, under their own folder", err)
 
 
 def print_header(con, job: ClassifyJob) -> None:
@@ -17,7 +36,8 @@ def print_header(con, job: ClassifyJob) -> None:
     clf = job.classifier
     con.print(
         f"Model [bold]{escape(str(clf.path))}[/bold] ({clf.precision.value}, {clf.input_size}x{clf.input_size}, "
-        f"{len(clf.classes)} classes, SHA-256 verified) on {clf.backend.describe()}, {clf.threads} thread(s)",
+        f"{len(clf.classes)} classes, SHA-256 verified{', parity check FAILED' if clf.meta.unverified else ''}) on {clf.backend.describe()}, "
+        f"{clf.threads} thread(s)",
         soft_wrap=True,
     )
 
@@ -59,7 +79,9 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         rows = s.flagged_rows
         shown = f"first {len(rows)} of the {s.n_flagged} flagged ones" if s.n_flagged > len(rows) else f"{s.n_flagged} flagged ones"
         note = f"{n_ok} images classified: the table lists only the {shown} ({n_ok - len(rows)} not shown); {_where_saved(opts)}."
-    if rows:
+    if rows and con.width < TABLE_MIN_WIDTH:
+        _print_lines(con, s, rows, "Flagged images" if note else "Results")
+    elif rows:
         root = s.root
         table = Table(
             title="Flagged images" if note else "Results",
@@ -82,7 +104,7 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
                 escape(os.path.relpath(r["path"], root) if root else r["path"]),
                 escape(r["label"]),
                 f"{r['confidence']:.2f}",
-                escape("\n".join(f"{t['prob']:.2f} {t['label']}" for t in r["top3"])),
+                "\n".join(f"{t['prob']:.2f} {escape(t['label'])}" for t in r["top3"]),
                 _flag_markup(r["flag"]),
             ]
             if show_truth:
@@ -124,6 +146,22 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         )
     elif not n_ok:
         err.print("no images classified", soft_wrap=True)
+
+
+TABLE_MIN_WIDTH = 90
+"""Narrower than this, the results table would drop or cut columns (the flag first): one line per image instead."""
+
+
+def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
+    """The results as one line per image (every field, wrapped by the terminal, never cut)."""
+    root = s.root
+    con.print(f"[bold]{title}[/bold]" + (f" (files under {escape(root)})" if root else ""), soft_wrap=True)
+    for r in rows:
+        name = escape(os.path.relpath(r["path"], root) if root else r["path"])
+        top = ", ".join(f"{escape(t['label'])} {t['prob']:.2f}" for t in r["top3"][1:])
+        ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {escape(r['true_label'])})[/red]")
+        flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
+        con.print(f"{name}: {escape(r['label'])} {r['confidence']:.2f}{flag}{ok}" + (f"  (then {top})" if top else ""), soft_wrap=True)
 
 
 def _print_metrics(con, metrics: dict, classes) -> None:

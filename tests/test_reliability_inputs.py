@@ -1,0 +1,212 @@
+"""Reliability, round 2 (issue #18), input validation: options, model sidecars, odd images and folders.
+
+Through the command line, as tests/test_reliability.py: a bad option value is a usage error
+(exit 2); a bad sidecar field is one ``Error:`` line naming the field (exit 1); a model whose own
+parity check failed is refused unless ``--allow-unverified``; odd inputs that used to end as
+"unexpected error ... report it" are one clear line. docs/reliability.md lists each case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._tflite_fixtures import build_models, copy_model, labelled_folder
+
+from .test_reliability import assert_one_line_error, cli_run, nonblank
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    return labelled_folder(tmp_path / "data", per_class=1)
+
+
+def assert_usage_error(res, *words) -> None:
+    assert res.exit_code == 2, res.output
+    last = nonblank(res.stderr)[-1]
+    for w in words:
+        assert w in last, (w, last)
+
+
+# ============================================================== option values
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1.5", "-0.1"])
+def test_threshold_must_be_a_finite_probability(models, labelled, value):
+    res = cli_run("classify", "--model", models.int8, labelled, "--threshold", value, "--json", "-")
+    assert_usage_error(res, "--threshold")
+    assert "NaN" not in res.stdout and not res.stdout.strip()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "101"])
+def test_max_drop_and_margin_must_be_finite_points(tmp_path, labelled, value):
+    run = tmp_path / "run"
+    run.mkdir()
+    res = cli_run("convert", run, "--max-drop", value)
+    assert_usage_error(res, "--max-drop")
+    res = cli_run("audit", "--data", labelled, "--margin", value)
+    assert_usage_error(res, "--margin")
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**32), str(10**30)])
+def test_seed_out_of_range_is_a_usage_error(labelled, value):
+    res = cli_run("inspect", "--data", labelled, "--seed", value)
+    assert_usage_error(res, "--seed")
+
+
+def test_empty_path_argument_is_not_the_current_folder(models, labelled, monkeypatch):
+    monkeypatch.chdir(labelled)  # '' used to mean "." and classified everything here
+    res = cli_run("classify", "--model", models.int8, "", "--json", "-")
+    assert_usage_error(res, "empty path")
+    assert not res.stdout.strip()
+
+
+# ============================================================== the model sidecar
+
+
+def _sidecar_case(model: Path, mutate) -> Path:
+    side = model.with_suffix(".json")
+    d = json.loads(side.read_text())
+    mutate(d)
+    side.write_text(json.dumps(d))
+    return side
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+SIDECAR_CASES = {
+    # name: (mutation, field named in the error, words)
+    "temperature-huge": (_set("temperature", 1e308), "temperature", "must be a positive number from"),
+    "temperature-tiny": (_set("temperature", 1e-300), "temperature", "must be a positive number from"),
+    "temperature-string": (_set("temperature", "1.0"), "temperature", "must be a number"),
+    "temperature-bool": (_set("temperature", True), "temperature", "must be a number"),
+    "temperature-missing": (_drop("temperature"), "temperature", "is missing"),
+    "classes-numbers": (_set("classes", [1, 2, 3, 4, 5]), "classes", "non-empty strings"),
+    "classes-nested": (_set("classes", [["basophil"], "b", "c", "d", "e"]), "classes", "non-empty strings"),
+    "classes-empty-name": (_set("classes", ["basophil", "", "c", "d", "e"]), "classes", "non-empty strings"),
+    "classes-not-a-list": (_set("classes", "basophil"), "classes", "list"),
+    "input-size-string": (_set("input_size", "32"), "input_size", "whole number"),
+    "input-size-fraction": (_set("input_size", 32.5), "input_size", "whole number"),
+    "input-size-zero": (_set("input_size", 0), "input_size", "must be 1 to"),
+    "scale-missing": (lambda d: d["input_quantization"].pop("scale"), "input_quantization", "has no scale"),
+    "scale-string": (lambda d: d["output_quantization"].__setitem__("scale", "0.1"), "output_quantization", "bad scale"),
+    "zero-point-fraction": (lambda d: d["input_quantization"].__setitem__("zero_point", 0.5), "input_quantization", "bad zero_point"),
+    "quantization-missing": (_drop("output_quantization"), "output_quantization", "is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIDECAR_CASES))
+def test_sidecar_fields_are_validated_and_named(models, labelled, tmp_path, case):
+    mutate, fieldname, words = SIDECAR_CASES[case]
+    model = copy_model(models.int8, tmp_path / "export")
+    side = _sidecar_case(model, mutate)
+    res = cli_run("classify", "--model", model, labelled)
+    line = assert_one_line_error(res, side, f"metadata has a bad field: {fieldname} ", words)
+    assert "unexpected error" not in line
+
+
+@pytest.mark.parametrize("command", ["classify", "bench", "evaluate"])
+def test_sidecar_nested_deeply_or_with_a_huge_number_is_one_line(models, labelled, tmp_path, command):
+    model = copy_model(models.int8, tmp_path / "export")
+    side = model.with_suffix(".json")
+    args = {
+        "classify": ["classify", "--model", model, labelled],
+        "bench": ["bench", model, "--runs", 1, "--warmup", 0, "--threads", 1],
+        "evaluate": ["evaluate", model, "--data", labelled, "--split", "all", "--out", tmp_path / "ev"],
+    }[command]
+    text = side.read_text()
+    side.write_text('{"format": "edgecell-model/1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    res = cli_run(*args)
+    assert_one_line_error(res, side, "metadata file is unreadable")
+    side.write_text(text.replace('"temperature": 1.0', '"temperature": 1' + "0" * 5000))
+    res = cli_run(*args)
+    line = assert_one_line_error(res, side, "metadata file is unreadable")
+    assert "unexpected error" not in line
+
+
+def test_failed_parity_check_is_refused_unless_allowed(models, labelled, tmp_path):
+    model = copy_model(models.int8, tmp_path / "export")
+    verdict = {"status": "failed", "accuracy_drop_pp": 12.5, "max_drop_pp": 1.0}
+    _sidecar_case(model, _set("verification", verdict))
+    res = cli_run("classify", "--model", model, labelled)
+    assert_one_line_error(res, model, "parity check failed", "12.50 points", "--allow-unverified")
+    res = cli_run("classify", "--model", model, labelled, "--allow-unverified", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert any("warning:" in ln and "parity check failed" in ln and "--allow-unverified" in ln for ln in res.stderr.splitlines()), res.stderr
+    assert "parity check FAILED" in res.stdout and json.loads((tmp_path / "r.json").read_text())["results"]
+
+
+def test_a_huge_model_file_is_refused_unread(models, labelled, tmp_path):
+    model = copy_model(models.int8, tmp_path / "export")
+    with open(model, "r+b") as fh:
+        fh.truncate(300 << 20)  # sparse: 300 MiB on paper, nothing on disk
+    t0 = time.perf_counter()
+    res = cli_run("classify", "--model", model, labelled)
+    assert_one_line_error(res, model, "300 MiB", "over the 256 MiB", "not read")
+    assert time.perf_counter() - t0 < 5
+
+
+# ============================================================== folders nested deeply
+
+
+def _nest(root: Path, depth: int) -> Path:
+    """``root/d/d/.../d`` (``depth`` levels), made one level at a time (``mkdir(parents=True)`` recurses)."""
+    d = root
+    for _ in range(depth):
+        d = d / "d"
+        d.mkdir(parents=d.parent == root)
+    return d
+
+
+def _unnest(root: Path, depth: int) -> None:
+    """Remove what :func:`_nest` made, deepest first (``shutil.rmtree`` recurses too)."""
+    for k in range(depth, 0, -1):
+        d = Path(os.path.join(root, *(["d"] * k)))
+        for f in d.iterdir():
+            if f.is_file():
+                f.unlink()
+        d.rmdir()
+
+
+DEPTH = 1200
+
+
+def test_folder_nested_1200_levels_deep(models, labelled, tmp_path):
+    deep = tmp_path / "deep"
+    leaf = _nest(deep, DEPTH)
+    shutil.copy(next((labelled / "basophil").iterdir()), leaf / "cell.jpg")
+    try:
+        res = cli_run("classify", "--model", models.int8, deep, "--json", tmp_path / "r.json")
+        assert res.exit_code == 0, res.output
+        assert len(json.loads((tmp_path / "r.json").read_text())["results"]) == 1
+        # a class folder nested as deep: read by inspect (and train) like any other
+        data = tmp_path / "data2"
+        shutil.copytree(labelled, data)
+        for k in range(5):
+            shutil.copy(next((labelled / "monocyte").iterdir()), leaf / f"c{k}.jpg")
+        os.rename(deep / "d", data / "basophil" / "d")
+        try:
+            res = cli_run("inspect", "--data", data, "--json", tmp_path / "i.json")
+            # read, down to the bottom (the copies there are named as duplicates), and judged like any data set
+            assert "unexpected error" not in res.output and "RecursionError" not in res.output, res.output
+            assert "identical image also filed under basophil" in res.stderr
+        finally:
+            os.rename(data / "basophil" / "d", deep / "d")
+    finally:
+        _unnest(deep, DEPTH)

@@ -1,0 +1,199 @@
+"""Reliability, round 2 (issue #18), processes: kill, a service stop or a closed terminal leave nothing behind.
+
+A real ``python -m edgecell`` is signalled while it works, as a user or a service manager would
+(``kill PID``, ``kill -HUP PID``, ``kill -9 PID``): SIGTERM and SIGHUP are handled like Ctrl-C
+(exit 143 / 129, one line, nothing half-written, temporary files removed); whatever ends the
+main process, its worker processes, the forkserver and the resource tracker end with it.
+docs/reliability.md ("Interruptions") lists each case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._tflite_fixtures import build_models, labelled_folder
+
+from .test_reliability import ROOT, leftovers, nonblank, tree_digest
+
+N_IMAGES = 3000  # enough for worker processes (256+) and for a run that lasts while we signal it
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """``N_IMAGES`` small JPEGs in class folders: a few images, hard-linked many times."""
+    root = tmp_path_factory.mktemp("many")
+    base = labelled_folder(root / "base", per_class=2)
+    data = root / "data"
+    files = sorted(base.rglob("*.jpg"))
+    for i in range(N_IMAGES):
+        src = files[i % len(files)]
+        dst = data / src.parent.name / f"{i:05d}_{src.name}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dst)
+    return data
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    return kids
+
+
+def descendants(pid: int) -> set[int]:
+    kids, out, todo = _children(), set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
+
+
+def alive(pids) -> set[int]:
+    """The processes of ``pids`` still running (a zombie has ended)."""
+    out = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            out.add(p)
+    return out
+
+
+def _start(args, tmpdir: Path) -> subprocess.Popen:
+    tmpdir.mkdir(exist_ok=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", TMPDIR=str(tmpdir))
+    env.pop("EDGECELL_DEBUG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecell", *(os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _wait_for(proc, ready, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.02)
+
+
+def _assert_gone(pids, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = alive(pids)
+    if left:
+        for p in left:  # do not leave them to the next test
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+        pytest.fail(
+            f"{len(left)} process(es) outlived their parent by {within} s: "
+            + ", ".join(Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:80] for p in left if Path(f"/proc/{p}").exists())
+        )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: signal.Signals(s).name)
+def test_classify_killed_mid_run_leaves_no_process_and_no_temp_file(models, many, tmp_path, sig):
+    out = tmp_path / "out"
+    out.mkdir()
+    tmpdir = tmp_path / "tmp"
+    proc = _start(["classify", "--model", models.int8, many, "--csv", out / "r.csv", "--json", out / "r.json"], tmpdir)
+    family: set[int] = set()
+
+    def working() -> bool:  # worker processes started and results streaming into the temporary CSV
+        family.update(descendants(proc.pid))
+        return len(family) >= 3 and bool(glob.glob(str(out / ".r.csv.*")))
+
+    _wait_for(proc, working, "worker processes and a temporary CSV")
+    family.update(descendants(proc.pid))
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"classify did not stop within 60 s of {signal.Signals(sig).name}")
+    _assert_gone(family)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        return  # nothing can run in a process killed so; earlier results are intact (the outputs never existed)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err, err
+    assert nonblank(err)[-1] == f"Interrupted by {signal.Signals(sig).name}: nothing half-written was kept; earlier results are intact.", err
+    assert list(out.iterdir()) == [], "a half-written or temporary output was left"
+    assert list(tmpdir.iterdir()) == [], "temporary files (multiprocessing's) were left"
+
+
+@pytest.fixture(scope="module")
+def converted(real_data, tmp_path_factory) -> Path:
+    pytest.importorskip("tensorflow")
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    from .conftest import make_slice
+
+    root = tmp_path_factory.mktemp("sigconv")
+    data = make_slice(real_data, root / "data", 8, offset=200)
+    run = root / "run"
+    res = CliRunner().invoke(cli, ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--img-size", "32", "--widths", "4,8", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["convert", str(run)])
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def test_sigterm_during_convert_leaves_no_savedmodel_or_autograph_files(converted, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(converted, run)
+    before = tree_digest(run)
+    tmpdir = tmp_path / "tmp"
+    proc = _start(["convert", run, "--int8", "--max-drop", 100], tmpdir)
+
+    def saved_model_written() -> bool:  # the converter's SavedModel, wherever under TMPDIR it is
+        return bool(glob.glob(str(tmpdir / "**" / "saved_model.pb"), recursive=True))
+
+    _wait_for(proc, saved_model_written, "SavedModel in the temporary directory", timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("convert did not stop within 120 s of SIGTERM")
+    assert proc.returncode == 143, err
+    assert nonblank(err)[-1] == "Interrupted by SIGTERM: nothing half-written was kept; earlier results are intact.", err
+    assert [p.name for p in tmpdir.iterdir()] == [], "the converter's temporary files were left"
+    assert tree_digest(run) == before and leftovers(run) == []
+    shutil.rmtree(tmpdir)
