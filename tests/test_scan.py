@@ -292,6 +292,18 @@ def test_cli_scan_never_writes_over_an_input(models, fields, tmp_path):
     (fields / "none-1.png").unlink()
 
 
+@pytest.mark.parametrize("target", ["field", "model", "sidecar"])
+def test_cli_scan_refuses_an_output_over_an_input(models, fields, tmp_path, target):
+    """--json/--csv/--report may not name an input field, the model or its sidecar: one line, exit 2, nothing replaced."""
+    model = models.export / "model_int8.tflite"
+    dest = {"field": fields / "two.jpg", "model": model, "sidecar": model.with_suffix(".json")}[target]
+    before = dest.read_bytes()
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--json", str(dest), "--threads", "1"])
+    assert res.exit_code == 2, res.output
+    assert dest.read_bytes() == before
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1 and str(dest) in res.output
+
+
 def test_cli_scan_json_to_stdout_is_clean(models, fields):
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--json", "-", "--threads", "1"])
     assert res.exit_code == 0, res.output
