@@ -262,13 +262,13 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
 
 
 def stain_map(rgb: np.ndarray) -> np.ndarray:
-    """How strongly each pixel is stained like a nucleus: blue minus green, as float32.
+    """How strongly each pixel is stained like a nucleus: blue minus green, as float64.
 
     Romanowsky stains (May-Grunwald-Giemsa, Wright, Leishman) colour nuclei blue-violet; red cells,
     plasma and background are pink, peach or white, with blue no higher than green.
     """
     rgb = np.asarray(rgb)
-    return rgb[..., 2].astype(np.float32) - rgb[..., 1].astype(np.float32)
+    return rgb[..., 2].astype(np.float64) - rgb[..., 1].astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -314,8 +314,8 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE, small: tuple[np.n
     if len(ys) < 4:
         return fallback
     wts = stain[ys, xs] - t
-    ys = ys.astype(np.float32) + 0.5
-    xs = xs.astype(np.float32) + 0.5
+    ys = ys.astype(np.float64) + 0.5
+    xs = xs.astype(np.float64) + 0.5
     span = float(max(sh, sw))
     cy, cx, sigma = sh / 2, sw / 2, 0.3 * span
     for _ in range(5):
@@ -324,12 +324,21 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE, small: tuple[np.n
         total = float(g.sum())
         if total <= 0:
             return fallback
-        cy, cx = float(np.dot(g, ys) / total), float(np.dot(g, xs) / total)
-        sigma = float(np.clip(2.0 * np.sqrt(np.dot(g, d2) / total), 0.15 * span, 0.3 * span))
+        cy, cx = float((g * ys).sum() / total), float((g * xs).sum() / total)
+        sigma = float(np.clip(2.0 * np.sqrt((g * d2).sum() / total), 0.15 * span, 0.3 * span))
     d2 = (ys - cy) ** 2 + (xs - cx) ** 2
     near = d2 < (2.5 * sigma) ** 2
     radius = float(np.sqrt(2 * np.average(d2[near], weights=wts[near])))
     return CellLocation(cy * factor, cx * factor, max(radius, 1.0) * factor, True)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float64 pixel values to uint8: rounded to the nearest (half to even) and clipped to 0-255.
+
+    The colour steps compute in float64 with element-wise operations only, so x86 and ARM give the
+    same bits (a float32 BLAS product rounds differently per CPU, and a pixel then moves by one).
+    """
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def white_gains(rgb: np.ndarray) -> np.ndarray:
@@ -338,7 +347,7 @@ def white_gains(rgb: np.ndarray) -> np.ndarray:
     Taken over the whole image (mostly background in a single-cell image), not the crop, whose
     brightest pixels may be a pale cytoplasm. Limited to :data:`MAX_GAIN` either way.
     """
-    flat = rgb.reshape(-1, 3).astype(np.float32)
+    flat = rgb.reshape(-1, 3).astype(np.float64)
     n = len(flat)
     k = max(1, int(n * WHITE_SHARE))
     bright = flat[np.argpartition(flat.sum(axis=1), n - k)[n - k :]]
@@ -353,7 +362,7 @@ def white_balance(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
     :data:`DARK_LEVEL` (stretch limited to :data:`MAX_STRETCH`): a pale, thinly stained nucleus
     from one lab and a dark one from another end at the same depth.
     """
-    flat = rgb.reshape(-1, 3).astype(np.float32) * gains
+    flat = rgb.reshape(-1, 3).astype(np.float64) * gains
     n = len(flat)
     kd = max(1, int(n * DARK_SHARE))
     dark = float(np.partition(flat.mean(axis=1), kd)[:kd].mean())
@@ -373,12 +382,12 @@ def normalise_stain(rgb: np.ndarray) -> np.ndarray:
     matrix). Grey and white stay as they are; colours keep their differences of hue within the
     cell (the orange granules of an eosinophil against its nucleus).
     """
-    flat = rgb.reshape(-1, 3).astype(np.float32)
+    flat = rgb.reshape(-1, 3).astype(np.float64)
     n = len(flat)
     k = max(1, int(n * NUCLEUS_SHARE))
     nucleus = flat[np.argpartition(flat.sum(axis=1), k)[:k]].mean(axis=0)
     off = nucleus - nucleus.mean()
-    a, b = float(off @ _U), float(off @ _V)
+    a, b = float((off * _U).sum()), float((off * _V).sum())
     chroma = float(np.hypot(a, b))
     if chroma < 1.0:
         return rgb
@@ -387,7 +396,9 @@ def normalise_stain(rgb: np.ndarray) -> np.ndarray:
     basis = np.stack([_U, _V])  # 2 x 3
     rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
     m = gain * basis.T @ rot @ basis + np.full((3, 3), 1.0 / 3.0)
-    return np.clip(flat @ m.T.astype(np.float32) + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+    # three multiply-adds per channel rather than a matrix product: no BLAS kernel, so the same bits everywhere
+    out = np.stack([flat[:, 0] * m[c, 0] + flat[:, 1] * m[c, 1] + flat[:, 2] * m[c, 2] for c in range(3)], axis=1)
+    return to_uint8(out).reshape(rgb.shape)
 
 
 def cell_box(loc: CellLocation, scale: float = CELL_SCALE) -> tuple[float, float, float, float]:
