@@ -35,8 +35,8 @@ def test_train_writes_every_artifact(tiny_run):
 def test_tiny_model_learns(tiny_run):
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert m["split"] == "test" and m["n"] == 30  # 15% of 40 per class
-    # 2.5x chance: with preprocessing v2's camera augmentations, 20 epochs on 28 training images per class land
-    # between 0.55 and 0.7 depending on the machine's rounding, so 0.6 was a coin toss rather than a check
+    # 2.5x chance: with preprocessing v2's camera augmentations, 20 epochs on 28 training images per class gave 0.57
+    # in one CI run and 0.6 or more in others, so 0.6 was a coin toss rather than a check
     assert m["accuracy"] >= 0.5, f"a tiny model should beat chance (0.2) clearly; got {m['accuracy']}"
     assert sum(map(sum, m["confusion_matrix"])) == m["n"]
 
