@@ -231,6 +231,21 @@ class ClassifySummary:
         }
 
 
+def expand_and_check_outputs(opts):
+    """Expand ``opts.paths`` and check ``--json``/``--csv``/``--report`` before any work (classify's and scan's).
+
+    An output may not be an input image, the model, its sidecar or inside a folder being read, and must be
+    writable, so results are never computed only to be lost. Returns the expanded paths.
+    """
+    expanded = expand_paths(opts.paths)
+    outputs = {"--json": opts.json_out, "--csv": opts.csv_out, "--report": opts.report_out}
+    check_outputs(outputs, model_reads(opts.model_path) + path_reads(opts.paths, expanded))
+    for dest in outputs.values():
+        if dest and dest != "-":
+            check_writable(dest)
+    return expanded
+
+
 class ClassifyJob:
     """One classify run: the model loaded, the paths expanded, the outputs open; iterate to classify.
 
@@ -250,13 +265,7 @@ class ClassifyJob:
     """
 
     def __init__(self, opts: ClassifyOptions):
-        expanded = expand_paths(opts.paths)
-        # an output may not be an input image, the model, its sidecar or inside a folder being read
-        outputs = {"--json": opts.json_out, "--csv": opts.csv_out, "--report": opts.report_out}
-        check_outputs(outputs, model_reads(opts.model_path) + path_reads(opts.paths, expanded))
-        for dest in (opts.json_out, opts.csv_out, opts.report_out):
-            if dest and dest != "-":
-                check_writable(dest)  # before the work, so results are never computed only to be lost
+        expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, allow_unverified=opts.allow_unverified)
         self.paths, self.path_errors = expanded.paths, expanded.errors

@@ -378,21 +378,12 @@ class ScanJob:
     """
 
     def __init__(self, opts: ScanOptions):
-        from firmware_host.atomic import check_outputs, check_writable
-        from firmware_host.metadata import model_reads
-        from firmware_host.paths import expand_paths, path_reads
+        from firmware_host.classify import expand_and_check_outputs
         from firmware_host.runtime import Classifier
 
         if opts.json_out == "-" and opts.csv_out == "-":
             raise ValueError("only one of --json and --csv can write to stdout ('-')")
-        expanded = expand_paths(opts.paths)
-        # the rule of every command: no output over an input field, the model or inside a folder being read
-        # (--annotate never writes over a file: its Annotator picks a free name)
-        outputs = {"--json": opts.json_out, "--csv": opts.csv_out, "--report": opts.report_out}
-        check_outputs(outputs, model_reads(opts.model_path) + path_reads(opts.paths, expanded))
-        for dest in (opts.json_out, opts.csv_out, opts.report_out):
-            if dest and dest != "-":
-                check_writable(dest)  # before the work, so results are never computed only to be lost
+        expanded = expand_and_check_outputs(opts)  # --annotate never writes over a file: its Annotator picks a free name
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
