@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -62,6 +63,18 @@ def warn(message: str, con: Console | None = None) -> None:
     from firmware_host.errors import printable
 
     (con or stderr_console).print(f"[yellow]warning:[/yellow] {printable(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def steps(con: Console, total: int, description: str, show: bool = True) -> Iterator[Callable[[], None]]:
+    """A transient progress bar of ``total`` steps on ``con`` (none unless ``show``); yields the
+    function that advances it by one."""
+    if not show:
+        yield lambda: None
+        return
+    with progress(con, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
 
 
 def progress(con: Console | None = None, transient: bool = False) -> Progress:

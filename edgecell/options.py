@@ -140,6 +140,47 @@ report_option = click.option(
 )
 threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
 
+MODEL_HELP = "A model_<precision>.tflite (with its .json beside it) or an export folder."
+model_option = click.option("--model", "model_path", type=click.Path(exists=True, path_type=str), required=True, help=MODEL_HELP)
+"""``--model`` of the commands that run a converted model (classify, scan)."""
+
+
+def precision_option(f):
+    """``--precision``: which model of an export folder to use."""
+    from firmware_host.metadata import Precision
+
+    return click.option(
+        "--precision",
+        type=click.Choice([p.value for p in Precision]),
+        default=None,
+        help="Which model of an export folder to use (default: int8, else float32, else float16).",
+    )(f)
+
+
+def threshold_option(what: str):
+    """``--threshold``: ``what`` (predictions, cells) less confident than this are flagged as uncertain."""
+    from firmware_host.runtime import DEFAULT_THRESHOLD
+
+    return click.option(
+        "--threshold",
+        type=PROBABILITY,
+        default=DEFAULT_THRESHOLD,
+        show_default=True,
+        help=f"Flag {what} whose confidence is below this as 'uncertain - refer'.",
+    )
+
+
+def worker_threads_option(items: str):
+    """``--threads`` of a command that moves to worker processes for long lists of ``items`` (images, fields)."""
+    from firmware_host.decode import PROCESS_MIN_FILES
+
+    return click.option(
+        "--threads",
+        type=click.IntRange(1, 64),
+        default=None,
+        help=f"Interpreter threads, in this process (default: all cores; {PROCESS_MIN_FILES} {items} or more: one worker process per core, 1 thread each).",
+    )
+
 
 def emit_json(json_out: str | None, payload) -> None:
     """Write ``payload`` as JSON to ``json_out`` ('-' = stdout), atomically for files."""

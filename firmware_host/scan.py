@@ -49,6 +49,8 @@ ANNOTATE_WIDTH = 3
 """Line width of the boxes drawn by :func:`annotate`, in pixels of a 640-pixel-wide field."""
 EDGE_DASH = 8
 """Dash length of the box of a cell cut by the border."""
+FIRST_FIELDS = 50
+""":class:`ScanSummary` keeps this many first fields' cells, for a table (every field is in --json / --csv)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ class ScanSummary:
         n_uncertain: cells flagged as uncertain.
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
+        first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
     """
 
     classes: list[str]
@@ -235,6 +238,7 @@ class ScanSummary:
     locate_ms: float = 0.0
     classify_ms: float = 0.0
     wall_s: float = 0.0
+    first_fields: list[tuple[str, list[dict]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
@@ -248,6 +252,8 @@ class ScanSummary:
             return
         self.n_fields += 1
         self.n_empty += not res.cells
+        if len(self.first_fields) < FIRST_FIELDS:
+            self.first_fields.append((res.file, res.cells))
         self.locate_ms += res.locate_ms
         self.classify_ms += res.classify_ms
         for c in res.cells:
@@ -381,13 +387,12 @@ class ScanJob:
         from firmware_host.classify import expand_and_check_outputs
         from firmware_host.runtime import Classifier
 
-        if opts.json_out == "-" and opts.csv_out == "-":
-            raise ValueError("only one of --json and --csv can write to stdout ('-')")
         expanded = expand_and_check_outputs(opts)  # --annotate never writes over a file: its Annotator picks a free name
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
         self.paths, self.path_errors = expanded.paths, expanded.errors
+        self.links = expanded.links  # links to folders read already: their fields scanned once
         self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold)
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))

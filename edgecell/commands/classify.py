@@ -2,50 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
-from edgecell.console import human, progress, stderr_console
-from edgecell.options import INPUT_PATH, PROBABILITY, allow_unverified_option, csv_option, json_option, report_option
+from edgecell.console import human, stderr_console, steps
+from edgecell.options import (
+    INPUT_PATH,
+    allow_unverified_option,
+    csv_option,
+    json_option,
+    model_option,
+    precision_option,
+    report_option,
+    threshold_option,
+    worker_threads_option,
+)
 from edgecell.views import classify as view
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
 from firmware_host.errors import ImageError
-from firmware_host.metadata import Precision
-from firmware_host.runtime import DEFAULT_THRESHOLD
 
 
 @click.command("classify", context_settings={"max_content_width": 100})
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, path_type=str),
-    required=True,
-    help="A model_<precision>.tflite (with its .json beside it) or an export folder.",
-)
+@model_option
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=INPUT_PATH)
 @json_option
 @csv_option
 @report_option
-@click.option(
-    "--threshold",
-    type=PROBABILITY,
-    default=DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Flag predictions whose confidence is below this as 'uncertain - refer'.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Interpreter threads, in this process (default: all cores; 256 images or more: one worker process per core, 1 thread each).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice([p.value for p in Precision]),
-    default=None,
-    help="Which model of an export folder to use (default: int8, else float32, else float16).",
-)
+@threshold_option("predictions")
+@worker_threads_option("images")
+@precision_option
 @allow_unverified_option
 @click.pass_context
 def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, threads, precision, allow_unverified):
@@ -84,20 +68,12 @@ def run(opts: ClassifyOptions) -> ClassifySummary:
     """Classify, stream every result to --csv / --json, print the summary for people; return the tally."""
     job = ClassifyJob(opts)
     con, err = human(opts.json_out == "-" or opts.csv_out == "-"), stderr_console
-    view.print_header(con, job)
-    view.print_warnings(err, job)
-    for exc in job.path_errors:
-        view.print_error(err, exc)
-    if job.processes:
-        con.print(f"{len(job.paths)} images: {job.workers} worker processes, each decoding and classifying on 1 interpreter thread")
+    view.print_start(con, err, job, "images", "decoding and classifying")
     with job:  # temporary files, renamed into place only if all goes well
-        bar = progress(con, transient=True) if len(job.paths) > MANY else None
-        with bar or contextlib.nullcontext():
-            task = bar.add_task("Classifying", total=len(job.paths)) if bar else None
+        with steps(con, len(job.paths), "Classifying", show=len(job.paths) > MANY) as step:
             for _, result in job:
                 if isinstance(result, ImageError):
                     view.print_error(err, result)
-                if bar:
-                    bar.advance(task)
+                step()
         view.print_summary(con, err, job.summary, opts)
     return job.summary

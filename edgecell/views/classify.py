@@ -1,4 +1,4 @@
-"""What ``edgecell classify`` prints for people (rich); the work is in :mod:`firmware_host.classify`."""
+"""What ``edgecell classify`` prints for people (rich), and what ``scan`` shares with it; the work is in :mod:`firmware_host.classify`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,31 @@ def print_header(con, job: ClassifyJob) -> None:
 
 def print_error(err, exc) -> None:
     err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+
+
+def print_start(con, err, job, items: str, work: str) -> None:
+    """Before a job (classify's or scan's) runs: the model line, warnings, the arguments that
+    matched nothing, and for long lists the worker processes that do ``work`` on the ``items``."""
+    print_header(con, job)
+    print_warnings(err, job)
+    for exc in job.path_errors:
+        print_error(err, exc)
+    if job.processes:
+        con.print(f"{len(job.paths)} {items}: {job.workers} worker processes, each {work} on 1 interpreter thread")
+
+
+def differential_table(title: str, counts: dict[str, int]) -> Table:
+    """The differential count: each class's count and share of the total, review classes marked."""
+    total = sum(counts.values())
+    diff = Table(title=title, title_justify="left")
+    diff.add_column("class")
+    diff.add_column("count", justify="right")
+    diff.add_column("%", justify="right")
+    for c, count in counts.items():
+        mark = " [red](review)[/red]" if c in REVIEW_CLASSES else ""
+        diff.add_row(escape(c) + mark, str(count), f"{100.0 * count / total if total else 0.0:.1f}")
+    diff.add_row("[bold]total[/bold]", f"[bold]{total}[/bold]", "100.0" if total else "-")
+    return diff
 
 
 def _fmt_ms(v) -> str:
@@ -116,15 +141,7 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         con.print(note, soft_wrap=True)
 
     if n_ok:
-        diff = Table(title="Differential count", title_justify="left")
-        diff.add_column("class")
-        diff.add_column("count", justify="right")
-        diff.add_column("%", justify="right")
-        for c, count in s.differential.items():
-            mark = " [red](review)[/red]" if c in REVIEW_CLASSES else ""
-            diff.add_row(escape(c) + mark, str(count), f"{100.0 * count / n_ok:.1f}")
-        diff.add_row("[bold]total[/bold]", f"[bold]{n_ok}[/bold]", "100.0")
-        con.print(diff)
+        con.print(differential_table("Differential count", s.differential))
         con.print(
             f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review "
             f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",

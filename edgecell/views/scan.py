@@ -1,0 +1,39 @@
+"""What ``edgecell scan`` prints for people (rich); the work is in :mod:`firmware_host.scan`."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgecell.views.classify import differential_table, escape
+from firmware_host.scan import FIRST_FIELDS, ScanSummary
+
+
+def print_summary(con, err, s: ScanSummary) -> None:
+    """The first fields' cells, the differential count, the flags, the timings and the failures."""
+    if s.first_fields:
+        table = Table(title="Fields" if s.n_fields <= FIRST_FIELDS else f"First {len(s.first_fields)} fields", title_justify="left")
+        table.add_column("field", overflow="fold")
+        table.add_column("cells", justify="right")
+        table.add_column("found", overflow="fold")
+        for file, cells in s.first_fields:
+            found = ", ".join(f"{c['label']} {c['confidence']:.2f}" + (" (edge)" if c["edge"] else "") + (" !" if c["flag"] else "") for c in cells)
+            table.add_row(escape(file), str(len(cells)), escape(found) or "[dim]no white cell[/dim]")
+        con.print(table)
+    d = s.to_dict()
+    if s.n_cells:
+        con.print(differential_table("Differential count (cells cut by a field's border left out)", s.predicted))
+    con.print(
+        f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
+        f"{s.n_empty} without one. Flagged: [bold]{s.n_review + s.n_uncertain}[/bold] - {s.n_review} for haematologist review, "
+        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",
+        soft_wrap=True,
+    )
+    if s.n_fields:
+        loc = d["locate_ms_per_field"]
+        cls = d["classify_ms_per_cell"]
+        con.print(
+            f"Locating {loc:.1f} ms per field" + (f", classifying {cls:.1f} ms per cell" if cls is not None else "") + f"; {s.wall_s:.2f} s in all.",
+            soft_wrap=True,
+        )
+    if s.n_failed:
+        err.print(f"[red]{s.n_failed} input(s) could not be scanned[/red] (listed above).", soft_wrap=True)
