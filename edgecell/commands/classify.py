@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from edgecell.console import human, stderr_console, steps
 from edgecell.options import (
     INPUT_PATH,
     allow_unverified_option,
@@ -17,7 +16,7 @@ from edgecell.options import (
     worker_threads_option,
 )
 from edgecell.views import classify as view
-from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
+from firmware_host.classify import ClassifyJob, ClassifyOptions, ClassifySummary
 from firmware_host.errors import ImageError
 
 
@@ -66,14 +65,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, t
 
 def run(opts: ClassifyOptions) -> ClassifySummary:
     """Classify, stream every result to --csv / --json, print the summary for people; return the tally."""
-    job = ClassifyJob(opts)
-    con, err = human(opts.json_out == "-" or opts.csv_out == "-"), stderr_console
-    view.print_start(con, err, job, "images", "decoding and classifying")
-    with job:  # temporary files, renamed into place only if all goes well
-        with steps(con, len(job.paths), "Classifying", show=len(job.paths) > MANY) as step:
-            for _, result in job:
-                if isinstance(result, ImageError):
-                    view.print_error(err, result)
-                step()
+    with ClassifyJob(opts) as job:  # temporary files, renamed into place only if all goes well
+        con, err = view.run_job(job, "images", "decoding and classifying", "Classifying", lambda item: item[1] if isinstance(item[1], ImageError) else None)
         view.print_summary(con, err, job.summary, opts)
     return job.summary

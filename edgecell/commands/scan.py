@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import click
 
-from edgecell.console import human, stderr_console, steps
 from edgecell.options import csv_option, json_option, model_option, precision_option, threshold_option, worker_threads_option
 from edgecell.views import classify as common
 from edgecell.views import scan as view
-from firmware_host.classify import MANY
 from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 
 
@@ -61,14 +59,7 @@ def scan(ctx, model_path, paths, json_out, csv_out, annotate_dir, report_out, th
 
 def run(opts: ScanOptions) -> ScanSummary:
     """Scan, stream every field to --csv / --json / --annotate / --report, print the summary; return the tally."""
-    job = ScanJob(opts)
-    con, err = human(opts.json_out == "-" or opts.csv_out == "-"), stderr_console
-    common.print_start(con, err, job, "fields", "locating and classifying")
-    # the temporary files are renamed into place only if all goes well
-    with job, steps(con, len(job.paths), "Scanning", show=len(job.paths) > MANY) as step:
-        for res in job:
-            if res.error is not None:
-                common.print_error(err, f"{res.file}: {res.error}")
-            step()
+    with ScanJob(opts) as job:  # temporary files, renamed into place only if all goes well
+        con, err = common.run_job(job, "fields", "locating and classifying", "Scanning", lambda res: None if res.error is None else f"{res.file}: {res.error}")
     view.print_summary(con, err, job.summary)
     return job.summary

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from rich import box
 from rich.markup import escape as _markup_escape
@@ -55,6 +57,24 @@ def print_start(con, err, job, items: str, work: str) -> None:
         print_error(err, exc)
     if job.processes:
         con.print(f"{len(job.paths)} {items}: {job.workers} worker processes, each {work} on 1 interpreter thread")
+
+
+def run_job(job, items: str, work: str, description: str, error_of: Callable[[Any], object | None]):
+    """Run an entered job (:class:`~firmware_host.classify.ClassifyJob`, :class:`~firmware_host.scan.ScanJob`)
+    to its end for people: :func:`print_start`, then every result with a progress bar for long lists,
+    each failure printed as it comes (``error_of(result)``: what to print, None for a success).
+    Returns the consoles ``(con, err)`` for the summary (stderr only when stdout carries --json/--csv)."""
+    from edgecell.console import human, stderr_console, steps
+
+    con, err = human(job.opts.json_out == "-" or job.opts.csv_out == "-"), stderr_console
+    print_start(con, err, job, items, work)
+    with steps(con, len(job.paths), description, show=len(job.paths) > MANY) as step:
+        for result in job:
+            error = error_of(result)
+            if error is not None:
+                print_error(err, error)
+            step()
+    return con, err
 
 
 def differential_table(title: str, counts: dict[str, int]) -> Table:
