@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecell import data as data_mod
-from firmware_host.errors import DataError, EdgecellError, ImageError, first_line
-from firmware_host.preprocess import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, read_bytes
+from firmware_host.errors import DataError, EdgecellError, first_line
+from firmware_host.preprocess import read_bytes
 
 CORNER = 16
 """Side of each corner patch used for the background colour, in original pixels."""
@@ -77,30 +77,15 @@ BASELINES = (
 
 
 def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, tuple[int, int]]:
-    """One encoded image as a ``uint8`` RGB array (EXIF orientation applied) and its (width, height) from the header."""
-    from PIL import Image, ImageOps
+    """One encoded image as a ``uint8`` RGB array, upright (:func:`firmware_host.preprocess.decode_rgb`:
+    its checks and conversions, at full resolution), and its (width, height) from the header."""
+    from PIL import Image
 
-    from firmware_host.preprocess import _to_rgb
+    from firmware_host.preprocess import decode_rgb as decode_upright
 
-    if not data:
-        raise ImageError("empty file (0 bytes)", path)
-    # (no warnings.catch_warnings() here: it is not thread-safe, and this runs in a thread pool;
-    # the size check below refuses decompression bombs before anything is decoded)
-    try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size  # from the header, before anything is decoded
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit", path)
-        if min(w, h) < MIN_SIDE:
-            raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell", path)
-        img.load()
-        a = np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
-    except ImageError:
-        raise
-    except Exception as exc:
-        reason = first_line(exc)
-        raise ImageError(f"cannot decode image ({reason})", path) from None
-    return a, (w, h)
+    a = decode_upright(data, None, path)
+    with Image.open(io.BytesIO(data)) as img:  # the header again: read, not decoded
+        return a, img.size
 
 
 _CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)
@@ -164,59 +149,21 @@ def load_features(
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> FeatureSet:
-    """Read every image under ``root`` once: SHA-256 and features. Unusable files are skipped, not raised."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError("not a folder", root)
-    by_name = {p.name: p for p in data_mod.list_class_folders(root)}
-    if classes is not None:
-        missing = [c for c in classes if c not in by_name]
-        if missing:
-            raise DataError(f"no folder for class(es) {', '.join(missing)} (found: {', '.join(by_name) or 'none'})", root)
-        class_names = list(classes)
-    else:
-        class_names = sorted(by_name)
-    if len(class_names) < 2:
-        raise DataError(f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}", root)
+    """Read every image under ``root`` once: SHA-256 and features. Unusable files are skipped, not raised.
 
-    skipped: list[data_mod.Skipped] = []
-    jobs: list[tuple[Path, str]] = []
-    for name in class_names:
-        for f in data_mod._candidate_files(by_name[name]):
-            if f.is_dir() or not f.name.lower().endswith(IMAGE_SUFFIXES):
-                skipped.append(data_mod.Skipped(str(f), "not an image file"))
-            else:
-                jobs.append((f, name))
-
-    def work(job):
-        path, label = job
-        try:
-            raw = read_bytes(path)
-            feats = image_features(raw, path)
-        except ImageError as exc:
-            return None, data_mod.Skipped(str(path), exc.reason)
-        return (data_mod.Sample(path.relative_to(root).as_posix(), label, hashlib.sha256(raw).hexdigest()), feats), None
-
-    results = []
-    for i, res in enumerate(data_mod.map_in_threads(work, jobs, workers)):  # Ctrl-C drops the queued images
-        results.append(res)
-        if on_progress:
-            on_progress(i + 1, len(jobs))
-    ok = [r for r, bad in results if bad is None]
-    skipped += [bad for _, bad in results if bad is not None]
-    # identical bytes under two classes: ambiguous, left out (as `edgecell.data.scan` does)
-    labels_by_hash: dict[str, set[str]] = defaultdict(set)
-    for s, _ in ok:
-        labels_by_hash[s.sha256].add(s.label)
-    conflicted = {h for h, labs in labels_by_hash.items() if len(labs) > 1}
-    for s, _ in ok:
-        if s.sha256 in conflicted:
-            skipped.append(data_mod.Skipped(str(root / s.rel), "identical image also filed under another class: ambiguous label, left out"))
-    ok = [(s, f) for s, f in ok if s.sha256 not in conflicted]
+    The folder is walked and read as :func:`edgecell.data.scan` does (:func:`~edgecell.data.find_images`,
+    :func:`~edgecell.data.read_images`, :func:`~edgecell.data.drop_ambiguous`): the same class
+    folders (a lymphocyte folder teaches ``other``), the same files, the same refusals.
+    """
+    found = data_mod.find_images(root, classes)
+    if len(found.sources) > 1:
+        names = ", ".join(s.name for s in found.sources)
+        raise DataError(f"holds several sources ({names}); the audit compares baselines within one: give --data one of them", found.root)
+    ok = data_mod.drop_ambiguous(found, data_mod.read_images(found, image_features, on_progress, workers))
     if not ok:
-        raise DataError("no usable images", root)
+        raise DataError("no usable images", found.root)
     features = {k: np.stack([f[k] for _, f in ok]) for k in ok[0][1]}
-    return FeatureSet(root, class_names, [s for s, _ in ok], features, sorted(skipped, key=lambda s: s.path))
+    return FeatureSet(found.root, found.classes, [s for s, _ in ok], features, sorted(found.skipped, key=lambda s: s.path))
 
 
 # ----------------------------------------------------------------------------------------------

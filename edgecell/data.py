@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from firmware_host.decode import map_in_threads  # re-exported: audit uses data_
 from firmware_host.errors import DataError, ImageError
 from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files  # noqa: F401 - re-exported
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
+
+T = TypeVar("T")
 
 MIN_PER_CLASS = 5
 """A class needs at least this many usable images (one each for val and test, three to train)."""
@@ -236,27 +239,33 @@ def _candidate_files(folder: Path) -> list[Path]:
     return list_files(folder, image_named_dirs=True)  # a directory named like an image is a user error worth reporting
 
 
-def scan(
-    root: str | os.PathLike | Sequence[str | os.PathLike],
-    size: int | None = None,
-    classes: Sequence[str] | None = None,
-    min_per_class: int = MIN_PER_CLASS,
-    on_progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None,
-    exclude: Sequence[str] = (),
-) -> Dataset:
-    """Read, hash and validate every image under ``root`` (one data folder or several).
+@dataclass
+class ImageFiles:
+    """The candidate image files under data folders, before any is read (:func:`find_images`).
 
-    The folders are resolved into sources by :func:`discover_sources`. Each file is read once:
-    its bytes are hashed and decoded with the shared preprocessing (to ``size`` pixels if given,
-    else to a small size just to prove it decodes). Unreadable and non-image files are recorded in
-    ``Dataset.skipped`` rather than raised. Raises :class:`DataError` for fewer than two classes or
-    a class with fewer than ``min_per_class`` usable images. ``classes`` restricts and orders the
-    classes (folders of other classes are ignored; a named class with no folder is an error); with
-    ``classes`` given (evaluating a model), one class is enough and a class folder without a usable
-    image is allowed, as long as some image is usable. ``exclude`` leaves out whole sources
-    (``SOURCE``) or one class folder of a source (``SOURCE/TYPE``): a pattern that names nothing is
-    an error. A :class:`DataError` about too few images carries ``.skipped``.
+    Attributes:
+        root: the first data folder (for messages).
+        sources: the sources found (:func:`discover_sources`); ``notes`` on folders left out.
+        classes: the classes to read, in order.
+        files: ``(file, source, class folder name)`` of every file with an image suffix.
+        skipped: files refused so far (not image files; later also unreadable and ambiguous ones).
+        unusable: refused files per class.
+    """
+
+    root: Path
+    sources: list[Source]
+    notes: list[str]
+    classes: list[str]
+    files: list[tuple[Path, Source, str]]
+    skipped: list[Skipped] = field(default_factory=list)
+    unusable: Counter = field(default_factory=Counter)
+
+
+def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> ImageFiles:
+    """Walk the data folder(s) ``root``: sources, class folders and their image files (nothing is read).
+
+    ``classes`` restricts and orders the classes (a named class with no folder is an error);
+    without it every class folder counts and there must be two. ``exclude`` as in :func:`scan`.
     """
     paths = [root] if isinstance(root, (str, os.PathLike)) else list(root)
     if not paths:
@@ -283,80 +292,112 @@ def scan(
             f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}" + (f": {class_names[0]}" if class_names else ""),
             root,
         )
-
-    skipped: list[Skipped] = []
-    unusable: Counter = Counter()
-    jobs: list[tuple[Path, Source, str]] = []
+    out = ImageFiles(root, sources, notes, class_names, [])
     for src, folder in folders:
         label = class_of(folder.name)
         if label not in class_names:
             continue
         for f in _candidate_files(folder):
             if f.is_dir():
-                skipped.append(Skipped(str(f), "is a directory, not an image file"))
-                unusable[label] += 1
+                out.skipped.append(Skipped(str(f), "is a directory, not an image file"))
+                out.unusable[label] += 1
             elif not f.name.lower().endswith(IMAGE_SUFFIXES):
-                skipped.append(Skipped(str(f), f"not an image file (suffix {f.suffix or 'none'!r}; expected {', '.join(IMAGE_SUFFIXES)})"))
-                unusable[label] += 1
+                out.skipped.append(Skipped(str(f), f"not an image file (suffix {f.suffix or 'none'!r}; expected {', '.join(IMAGE_SUFFIXES)})"))
+                out.unusable[label] += 1
             else:
-                jobs.append((f, src, folder.name))
+                out.files.append((f, src, folder.name))
+    return out
 
-    decode_size = size or 16
+
+def read_images(
+    found: ImageFiles,
+    read: Callable[[bytes, Path], T],
+    on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> list[tuple[Sample, T]]:
+    """Read and hash each of ``found.files`` once, in a thread pool: ``(sample, read(bytes, path))``
+    in order. A file that cannot be read or that ``read`` refuses (:class:`ImageError`) is added to
+    ``found.skipped`` instead. Ctrl-C drops the files not read yet."""
 
     def work(job: tuple[Path, Source, str]):
         path, src, typ = job
         try:
             data = read_bytes(path)
-            arr = decode(data, decode_size, path)
+            value = read(data, path)
         except ImageError as exc:
             return None, Skipped(str(path), exc.reason), class_of(typ)
         sample = Sample(path.relative_to(src.folder).as_posix(), class_of(typ), hashlib.sha256(data).hexdigest(), src.name, typ)
-        return (sample, arr if size else None), None, None
+        return (sample, value), None, None
 
-    results = []
-    for done, res in enumerate(map_in_threads(work, jobs, workers), 1):
-        results.append(res)
-        if on_progress:
-            on_progress(done, len(jobs))
-
-    samples: list[Sample] = []
-    arrays: list[np.ndarray] = []
-    for ok, bad, label in results:
+    out = []
+    for done, (ok, bad, label) in enumerate(map_in_threads(work, found.files, workers), 1):
         if bad is not None:
-            skipped.append(bad)
-            unusable[label] += 1
+            found.skipped.append(bad)
+            found.unusable[label] += 1
         else:
-            samples.append(ok[0])
-            if size:
-                arrays.append(ok[1])
+            out.append(ok)
+        if on_progress:
+            on_progress(done, len(found.files))
+    return out
 
-    src_folder = {s.name: s.folder for s in sources}
-    # The same bytes under two classes: the label is ambiguous, so neither copy is used.
+
+def drop_ambiguous(found: ImageFiles, pairs: list[tuple[Sample, T]]) -> list[tuple[Sample, T]]:
+    """``pairs`` without the images whose bytes are filed under two classes (their label is
+    ambiguous, so neither copy is used); those go to ``found.skipped``."""
     labels_by_hash: dict[str, set[str]] = defaultdict(set)
-    for s in samples:
+    for s, _ in pairs:
         labels_by_hash[s.sha256].add(s.label)
-    conflicted = {h for h, labs in labels_by_hash.items() if len(labs) > 1}
-    if conflicted:
-        keep = []
-        for i, s in enumerate(samples):
-            if s.sha256 in conflicted:
-                others = sorted(labels_by_hash[s.sha256] - {s.label})
-                skipped.append(Skipped(str(src_folder[s.source] / s.rel), f"identical image also filed under {', '.join(others)}: ambiguous label, left out"))
-            else:
-                keep.append(i)
-        samples = [samples[i] for i in keep]
-        if size:
-            arrays = [arrays[i] for i in keep]
+    folders = {src.name: src.folder for src in found.sources}
+    keep = []
+    for s, value in pairs:
+        others = sorted(labels_by_hash[s.sha256] - {s.label})
+        if others:
+            found.skipped.append(Skipped(str(folders[s.source] / s.rel), f"identical image also filed under {', '.join(others)}: ambiguous label, left out"))
+        else:
+            keep.append((s, value))
+    return keep
 
+
+def scan(
+    root: str | os.PathLike | Sequence[str | os.PathLike],
+    size: int | None = None,
+    classes: Sequence[str] | None = None,
+    min_per_class: int = MIN_PER_CLASS,
+    on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    exclude: Sequence[str] = (),
+) -> Dataset:
+    """Read, hash and validate every image under ``root`` (one data folder or several).
+
+    The folders are resolved into sources by :func:`discover_sources`. Each file is read once:
+    its bytes are hashed and decoded with the shared preprocessing (to ``size`` pixels if given,
+    else to a small size just to prove it decodes). Unreadable and non-image files are recorded in
+    ``Dataset.skipped`` rather than raised. Raises :class:`DataError` for fewer than two classes or
+    a class with fewer than ``min_per_class`` usable images. ``classes`` restricts and orders the
+    classes (folders of other classes are ignored; a named class with no folder is an error); with
+    ``classes`` given (evaluating a model), one class is enough and a class folder without a usable
+    image is allowed, as long as some image is usable. ``exclude`` leaves out whole sources
+    (``SOURCE``) or one class folder of a source (``SOURCE/TYPE``): a pattern that names nothing is
+    an error. A :class:`DataError` about too few images carries ``.skipped``.
+    """
+    found = find_images(root, classes, exclude)
+    root, class_names, unusable = found.root, found.classes, found.unusable
+
+    def read(data: bytes, path: Path) -> np.ndarray | None:
+        arr = decode(data, size or 16, path)  # without a size, a small decode just proves it decodes
+        return arr if size else None
+
+    pairs = drop_ambiguous(found, read_images(found, read, on_progress, workers))
+    arrays = [a for _, a in pairs] if size else []
     ds = Dataset(
         root=root,
         classes=class_names,
-        samples=samples,
-        skipped=sorted(skipped, key=lambda s: s.path),
+        samples=[s for s, _ in pairs],
+        skipped=sorted(found.skipped, key=lambda s: s.path),
         images=np.stack(arrays) if size and arrays else (np.zeros((0, size, size, 3), np.uint8) if size else None),
         size=size,
-        sources=src_folder,
-        notes=notes,
+        sources={s.name: s.folder for s in found.sources},
+        notes=found.notes,
     )
     counts = ds.counts()
     if classes is not None:

@@ -349,3 +349,32 @@ def test_near_cnn_warning_says_how_both_hold_under_shift(slice_audit):
     unknown = dict(holds, stain_shift=dict(ss, cnn=None, cnn_note="No CNN figures: x is missing"))
     w = next(w for w in audit_mod.warnings_for(unknown) if f"the '{best['name']}' baseline reaches" in w)
     assert "No CNN figures: x is missing" in w and "the CNN " not in w.split("Under stain shift")[1]
+
+
+def test_load_features_reads_the_folder_as_data_scan_does(tmp_path):
+    """One walker: the same samples (a lymphocyte folder teaches 'other'), the same refusals, as edgecell.data.scan."""
+    from edgecell import data
+
+    root = _colour_data(tmp_path / "d", per_class=6)
+    (root / "red").rename(root / "lymphocyte")
+    (root / "green" / "notes.txt").write_text("not an image")
+    (root / "green" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "lymphocyte" / "copy.png").write_bytes((root / "green" / "green_000.png").read_bytes())  # under two classes
+    fs = audit_mod.load_features(root)
+    ds = data.scan(root, min_per_class=1)
+    assert fs.classes == ds.classes == ["green", "other"]
+    assert [(s.rel, s.label, s.sha256) for s in fs.samples] == [(s.rel, s.label, s.sha256) for s in ds.samples]
+    assert [(k.path, k.reason) for k in fs.skipped] == [(k.path, k.reason) for k in ds.skipped]
+    assert {k.path.rsplit("/", 1)[-1] for k in fs.skipped} == {"notes.txt", "broken.png", "copy.png", "green_000.png"}
+    assert all(len(v) == len(fs.samples) for v in fs.features.values())
+
+
+def test_load_features_refuses_a_folder_of_several_sources(tmp_path):
+    from firmware_host.errors import DataError
+
+    for lab in ("lab_a", "lab_b"):
+        _colour_data(tmp_path / "labs" / lab, per_class=2)
+        for name in ("green", "red"):
+            (tmp_path / "labs" / lab / name).rename(tmp_path / "labs" / lab / {"green": "basophil", "red": "monocyte"}[name])
+    with pytest.raises(DataError, match="several sources"):
+        audit_mod.load_features(tmp_path / "labs")
