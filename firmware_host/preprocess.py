@@ -33,12 +33,14 @@ Steps (preprocessing version 2):
    scaled so that the nucleus has one hue and one chroma, whatever the lab's stain.
 
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
-network's range happens inside the model.
+network's range happens inside the model. It is the same, byte for byte, on x86 and ARM (steps 5-7 use only
+exactly rounded arithmetic in a fixed order; see "Platform-exact arithmetic" below; ``make pi-arm64`` compares).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import stat
@@ -92,8 +94,25 @@ MAX_HUE_TURN = 60.0
 """Largest hue turn, degrees (a crop without a nucleus has no stain to normalise by)."""
 CHROMA_GAIN = (0.5, 2.0)
 """Smallest and largest chroma gain."""
-_U = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)  # the opponent plane, orthogonal to grey (1, 1, 1)
-_V = np.array([1.0, 1.0, -2.0]) / np.sqrt(6.0)
+_U = (1.0 / math.sqrt(2.0), -1.0 / math.sqrt(2.0), 0.0)  # the opponent plane, orthogonal to grey (1, 1, 1)
+_V = (1.0 / math.sqrt(6.0), 1.0 / math.sqrt(6.0), -2.0 / math.sqrt(6.0))
+
+
+def _direction(degrees: float) -> tuple[float, float]:
+    """(cos, sin) of a constant angle, rounded to 12 decimals: a platform's libm may differ in the last bit
+    (about 1e-16), and rounding makes the constant the same everywhere (tests/test_preprocess_exact.py checks
+    that no constant used lies within 1e-15 of a rounding boundary)."""
+    t = math.radians(degrees)
+    return round(math.cos(t), 12), round(math.sin(t), 12)
+
+
+_HUE = _direction(NUCLEUS_HUE)
+_MAX_TURN = _direction(MAX_HUE_TURN)
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split in two (fdlibm's constants): k * _LN2_HI is exact for |k| < 2**11
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_EXP_TERMS = tuple(1.0 / math.factorial(i) for i in range(13))
+"""Taylor coefficients of e**r to degree 12: below 2e-16 relative error for |r| <= ln(2)/2."""
 
 PREPROCESSING = {
     "version": PREPROCESSING_VERSION,
@@ -310,17 +329,20 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE, small: tuple[np.n
     t = otsu_threshold(stain)
     if not np.isfinite(t) or stain.max() - stain.min() < 16:  # flat: no nucleus against a background
         return fallback
-    ys, xs = np.nonzero(stain > t)
-    if len(ys) < 4:
+    iy, ix = np.nonzero(stain > t)
+    if len(iy) < 4:
         return fallback
-    wts = stain[ys, xs] - t
-    ys = ys.astype(np.float64) + 0.5
-    xs = xs.astype(np.float64) + 0.5
+    wts = stain[iy, ix] - t
+    rows, cols = np.arange(sh) + 0.5, np.arange(sw) + 0.5  # pixel centres
+    ys, xs = rows[iy], cols[ix]
     span = float(max(sh, sw))
     cy, cx, sigma = sh / 2, sw / 2, 0.3 * span
     for _ in range(5):
-        d2 = (ys - cy) ** 2 + (xs - cx) ** 2
-        g = wts * np.exp(-d2 / (2 * sigma * sigma))
+        dy2, dx2 = (rows - cy) ** 2, (cols - cx) ** 2
+        d2 = dy2[iy] + dx2[ix]
+        # the Gaussian window is separable: exp of one value per row and per column, not per pixel
+        window = exp_exact(np.concatenate([dy2, dx2]) / (-2 * sigma * sigma))
+        g = wts * window[iy] * window[sh + ix]
         total = float(g.sum())
         if total <= 0:
             return fallback
@@ -333,12 +355,53 @@ def locate_cell(rgb: np.ndarray, work_side: int = LOCATE_SIDE, small: tuple[np.n
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
-    """Float64 pixel values to uint8: rounded to the nearest (half to even) and clipped to 0-255.
-
-    The colour steps compute in float64 with element-wise operations only, so x86 and ARM give the
-    same bits (a float32 BLAS product rounds differently per CPU, and a pixel then moves by one).
-    """
+    """Float64 pixel values to uint8: rounded to the nearest (half to even) and clipped to 0-255."""
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+# Platform-exact arithmetic. x86 and ARM must give the model the same input bytes (make pi-arm64 checks it), so
+# every number that reaches a pixel comes from operations IEEE 754 rounds the same everywhere (+ - * / sqrt, rint,
+# comparisons) applied in a fixed order: no np.exp/np.sin/np.hypot (numpy's x86 build has its own AVX-512 code for
+# them, ARM uses libm: the last bit differs), no BLAS product (its kernels sum in a CPU-dependent order), no float
+# reduction over values whose order a partition leaves undefined, and no choice among ties left to argpartition.
+
+
+def exp_exact(x: np.ndarray) -> np.ndarray:
+    """``e**x`` of a float64 array (``x`` above -700) with the same bits on every machine.
+
+    ``x = k ln 2 + r`` with ``|r| <= ln(2)/2``; ``e**r`` by its Taylor polynomial (:data:`_EXP_TERMS`),
+    scaled by ``2**k`` exactly (``np.ldexp``). Within 2 ulp of ``np.exp``, whose x86 SIMD code differs from
+    ARM's by an ulp.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    k = np.rint(x * _INV_LN2)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = r * _EXP_TERMS[-1]
+    p += _EXP_TERMS[-2]
+    for c in _EXP_TERMS[-3::-1]:
+        p *= r
+        p += c
+    return np.ldexp(p, k.astype(np.int64))
+
+
+def extreme_mean(pixels: np.ndarray, k: int, brightest: bool) -> np.ndarray:
+    """Mean colour (float64, 3 values) of the ``k`` brightest (or darkest) of ``pixels`` (uint8, ``(n, 3)``)
+    by R+G+B.
+
+    The pixels tied with the k-th share the places left equally, so the result does not depend on which
+    of them a partition picks (numpy's argpartition picks different ones on x86 and ARM: with version 2's
+    first code, most images then differed by one or more levels in hundreds of values). The sums are of
+    integers, exact in any order; only the last two divisions round.
+    """
+    keys = pixels[:, 0].astype(np.int32) + pixels[:, 1] + pixels[:, 2]
+    n = len(keys)
+    kth = n - k if brightest else k - 1
+    cut = np.partition(keys, kth)[kth]
+    beyond = keys > cut if brightest else keys < cut
+    tied = keys == cut
+    need = k - int(np.count_nonzero(beyond))
+    tied_sum = pixels[tied].sum(axis=0, dtype=np.int64)
+    return (pixels[beyond].sum(axis=0, dtype=np.int64) + need * tied_sum / int(np.count_nonzero(tied))) / k
 
 
 def white_gains(rgb: np.ndarray) -> np.ndarray:
@@ -347,11 +410,10 @@ def white_gains(rgb: np.ndarray) -> np.ndarray:
     Taken over the whole image (mostly background in a single-cell image), not the crop, whose
     brightest pixels may be a pale cytoplasm. Limited to :data:`MAX_GAIN` either way.
     """
-    flat = rgb.reshape(-1, 3).astype(np.float64)
-    n = len(flat)
-    k = max(1, int(n * WHITE_SHARE))
-    bright = flat[np.argpartition(flat.sum(axis=1), n - k)[n - k :]]
-    return np.clip(WHITE_LEVEL / np.maximum(bright.mean(axis=0), 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
+    flat = rgb.reshape(-1, 3)
+    k = max(1, int(len(flat) * WHITE_SHARE))
+    bright = extreme_mean(flat, k, brightest=True)
+    return np.clip(WHITE_LEVEL / np.maximum(bright, 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
 
 
 def white_balance(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
@@ -362,13 +424,30 @@ def white_balance(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
     :data:`DARK_LEVEL` (stretch limited to :data:`MAX_STRETCH`): a pale, thinly stained nucleus
     from one lab and a dark one from another end at the same depth.
     """
-    flat = rgb.reshape(-1, 3).astype(np.float64) * gains
+    flat = rgb.reshape(-1, 3) * np.asarray(gains, dtype=np.float64)
     n = len(flat)
     kd = max(1, int(n * DARK_SHARE))
-    dark = float(np.partition(flat.mean(axis=1), kd)[:kd].mean())
+    grey = (flat[:, 0] + flat[:, 1] + flat[:, 2]) / 3.0  # column additions: far faster than mean(axis=1) over rows of 3
+    dark = math.fsum(np.partition(grey, kd)[:kd].tolist()) / kd  # fsum: exactly rounded, whatever the partition's order
     stretch = min(MAX_STRETCH, (WHITE_LEVEL - DARK_LEVEL) / max(WHITE_LEVEL - dark, 1.0))
     flat = WHITE_LEVEL - (WHITE_LEVEL - flat) * stretch
     return np.clip(flat + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
+def stain_turn(a: float, b: float, chroma: float) -> tuple[float, float]:
+    """(cos, sin) of the turn that brings the colour ``(a, b)`` (opponent plane; ``chroma`` its length) to
+    :data:`NUCLEUS_HUE`, at most :data:`MAX_HUE_TURN` either way.
+
+    Without trigonometry on the colour: the cosine and sine are the dot and cross products of the two unit
+    directions. A turn beyond the limit is the limit, on the side ``NUCLEUS_HUE - atan2(b, a)`` falls on
+    (degrees in -180..180, as version 2 defined it); that comparison is never within a last-bit of its
+    boundary, since the colour is then more than :data:`MAX_HUE_TURN` away from the target hue.
+    """
+    (ch, sh), (cm, sm) = _HUE, _MAX_TURN
+    cos_t, sin_t = (a * ch + b * sh) / chroma, (a * sh - b * ch) / chroma
+    if cos_t < cm:
+        return cm, (sm if math.atan2(b, a) < math.radians(NUCLEUS_HUE) else -sm)
+    return cos_t, sin_t
 
 
 def normalise_stain(rgb: np.ndarray) -> np.ndarray:
@@ -382,22 +461,24 @@ def normalise_stain(rgb: np.ndarray) -> np.ndarray:
     matrix). Grey and white stay as they are; colours keep their differences of hue within the
     cell (the orange granules of an eosinophil against its nucleus).
     """
-    flat = rgb.reshape(-1, 3).astype(np.float64)
-    n = len(flat)
-    k = max(1, int(n * NUCLEUS_SHARE))
-    nucleus = flat[np.argpartition(flat.sum(axis=1), k)[:k]].mean(axis=0)
-    off = nucleus - nucleus.mean()
-    a, b = float((off * _U).sum()), float((off * _V).sum())
-    chroma = float(np.hypot(a, b))
+    pixels = rgb.reshape(-1, 3)
+    k = max(1, int(len(pixels) * NUCLEUS_SHARE))
+    nucleus = [float(v) for v in extreme_mean(pixels, k, brightest=False)]
+    grey = (nucleus[0] + nucleus[1] + nucleus[2]) / 3.0
+    off = [v - grey for v in nucleus]
+    a = off[0] * _U[0] + off[1] * _U[1] + off[2] * _U[2]
+    b = off[0] * _V[0] + off[1] * _V[1] + off[2] * _V[2]
+    chroma = math.sqrt(a * a + b * b)
     if chroma < 1.0:
         return rgb
-    turn = np.radians(np.clip(NUCLEUS_HUE - np.degrees(np.arctan2(b, a)), -MAX_HUE_TURN, MAX_HUE_TURN))
-    gain = float(np.clip(NUCLEUS_CHROMA / chroma, *CHROMA_GAIN))
-    basis = np.stack([_U, _V])  # 2 x 3
-    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
-    m = gain * basis.T @ rot @ basis + np.full((3, 3), 1.0 / 3.0)
-    # three multiply-adds per channel rather than a matrix product: no BLAS kernel, so the same bits everywhere
-    out = np.stack([flat[:, 0] * m[c, 0] + flat[:, 1] * m[c, 1] + flat[:, 2] * m[c, 2] for c in range(3)], axis=1)
+    cos_t, sin_t = stain_turn(a, b, chroma)
+    gain = min(max(NUCLEUS_CHROMA / chroma, CHROMA_GAIN[0]), CHROMA_GAIN[1])
+    # m = gain * B^T R B + 1/3 with B = (U; V), R the turn: written out, in Python floats (no BLAS product)
+    m = [[gain * (_U[c] * (cos_t * _U[j] - sin_t * _V[j]) + _V[c] * (sin_t * _U[j] + cos_t * _V[j])) + 1.0 / 3.0 for j in range(3)] for c in range(3)]
+    flat = pixels.astype(np.float64)
+    out = np.empty_like(flat)
+    for c in range(3):  # three multiply-adds per channel, element-wise
+        out[:, c] = flat[:, 0] * m[c][0] + flat[:, 1] * m[c][1] + flat[:, 2] * m[c][2]
     return to_uint8(out).reshape(rgb.shape)
 
 
