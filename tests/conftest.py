@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data set (skipped with a reason when absent), small slices of it, and the --update-golden option."""
+"""Shared fixtures: the tiny committed models, the real data set (skipped with a reason when absent), small slices of it and runs
+trained on them, and the --update-golden option."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def pytest_addoption(parser):
 def update_golden(request) -> bool:
     """True under ``--update-golden``: golden tests rewrite their files instead of comparing."""
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """The committed tiny .tflite models (tests/fixtures), copied once per session; no TensorFlow."""
+    from tests._tflite_fixtures import build_models
+
+    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +83,24 @@ def tiny_run(real_slice, tmp_path_factory) -> Path:
     )
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def converted(real_data, tmp_path_factory) -> Path:
+    """A tiny run on clean real data with float32 and int8 exports: the 'previous results' that tests
+    of interrupted and failing commands must leave intact (they work on copies or check digests)."""
+    pytest.importorskip("tensorflow")
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    root = tmp_path_factory.mktemp("converted")
+    data = make_slice(real_data, root / "data", 8, offset=200)
+    run = root / "run"
+    for args in (
+        ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--img-size", "32", "--widths", "4,8", "--seed", "5"],
+        ["convert", str(run), "--int8", "--max-drop", "100"],
+    ):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+    return run

@@ -12,14 +12,9 @@ from firmware_host.bench import bench_models, speedups
 from firmware_host.classify import ClassifyJob, ClassifyOptions, classify_paths
 from firmware_host.errors import ImageError, first_line
 from firmware_host.runtime import Classifier
-from tests._tflite_fixtures import CLASSES, build_models, labelled_folder
+from tests._tflite_fixtures import CLASSES, labelled_folder
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

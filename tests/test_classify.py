@@ -16,16 +16,11 @@ from click.testing import CliRunner
 
 from edgecell.cli import cli
 from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
-from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
+from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "bloodcells"
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

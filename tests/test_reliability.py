@@ -37,7 +37,7 @@ from firmware_host import atomic
 from firmware_host.errors import EdgecellError, ImageError
 from firmware_host.preprocess import MAX_PIXELS, decode, decode_rgb, load_image
 from tests._realdata import make_slice
-from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
+from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 LATIN1_NAME = os.fsdecode(b"caf\xe9 cell.png")  # not valid UTF-8: reaches Python as a lone surrogate
@@ -204,11 +204,6 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 
 
 # ------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -977,20 +972,6 @@ def test_train_disk_full_keeps_the_previous_run(messy, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- convert
-
-
-@pytest.fixture(scope="module")
-def converted(real_data, tmp_path_factory) -> Path:
-    """A tiny run on clean data with an int8 export: the 'previous results' later tests must not damage."""
-    pytest.importorskip("tensorflow")
-    root = tmp_path_factory.mktemp("converted")
-    data = make_slice(real_data, root / "data", 8, offset=200)
-    run = root / "run"
-    res = cli_run("train", "--data", data, "--out", run, "--epochs", 1, "--img-size", 32, "--widths", "4,8", "--seed", 5)
-    assert res.exit_code == 0, res.output
-    res = cli_run("convert", run, "--int8", "--max-drop", 100)
-    assert res.exit_code == 0, res.output
-    return run
 
 
 def _copy_run(run: Path, dst: Path) -> Path:

@@ -22,16 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests._tflite_fixtures import CLASSES, build_models, labelled_folder
+from tests._tflite_fixtures import CLASSES, labelled_folder
 
 from .test_reliability import ROOT, cli_run, nonblank
 
 FLAGS = ("uncertain - refer", "review: haematologist")
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._tflite_fixtures import build_models, copy_model, labelled_folder
+from tests._tflite_fixtures import copy_model, labelled_folder
 
 from .test_reliability import assert_one_line_error, cli_run, nonblank
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture

@@ -22,18 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._tflite_fixtures import CLASSES, build_models, copy_model, labelled_folder, save_jpeg
+from tests._realdata import make_slice
+from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jpeg
 
-from .conftest import make_slice
 from .test_reliability import ROOT, assert_one_line_error, cli_run, leftovers, nonblank, tree_digest
 
 # Names a careful user may well have: a carriage return, a line feed, a comma, quotes.
 ODD_NAMES = ["carriage\rreturn.jpg", "line\nfeed.jpg", "comma, here.jpg", 'say "cheese".jpg', 'both\r\nends,"q".jpg']
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture

@@ -21,16 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests._tflite_fixtures import build_models, labelled_folder
+from tests._tflite_fixtures import labelled_folder
 
 from .test_reliability import ROOT, leftovers, nonblank, tree_digest
 
 N_IMAGES = 3000  # enough for worker processes (256+) and for a run that lasts while we signal it
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -154,25 +149,6 @@ def test_classify_killed_mid_run_leaves_no_process_and_no_temp_file(models, many
     assert nonblank(err)[-1] == f"Interrupted by {signal.Signals(sig).name}: nothing half-written was kept; earlier results are intact.", err
     assert list(out.iterdir()) == [], "a half-written or temporary output was left"
     assert list(tmpdir.iterdir()) == [], "temporary files (multiprocessing's) were left"
-
-
-@pytest.fixture(scope="module")
-def converted(real_data, tmp_path_factory) -> Path:
-    pytest.importorskip("tensorflow")
-    from click.testing import CliRunner
-
-    from edgecell.cli import cli
-
-    from .conftest import make_slice
-
-    root = tmp_path_factory.mktemp("sigconv")
-    data = make_slice(real_data, root / "data", 8, offset=200)
-    run = root / "run"
-    res = CliRunner().invoke(cli, ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--img-size", "32", "--widths", "4,8", "--seed", "5"])
-    assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(cli, ["convert", str(run)])
-    assert res.exit_code == 0, res.output
-    return run
 
 
 def test_sigterm_during_convert_leaves_no_savedmodel_or_autograph_files(converted, tmp_path):

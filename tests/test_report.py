@@ -10,14 +10,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
 from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, thumbnail_jpeg
 from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
 from tests._browser import browser
-from tests._tflite_fixtures import build_models, labelled_folder, save_jpeg
+from tests._tflite_fixtures import labelled_folder, save_jpeg
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
 """Screenshots the browser tests leave for a person to look at (build/ is not committed)."""
@@ -216,11 +215,6 @@ def test_page_in_headless_chromium(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ classify --report
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 def test_classify_report_end_to_end(models, tmp_path):

@@ -30,14 +30,9 @@ from firmware_host.runtime import (
     resolve_model,
     triage,
 )
-from tests._tflite_fixtures import CLASSES, SIZE, build_models, copy_model, save_jpeg
+from tests._tflite_fixtures import CLASSES, SIZE, copy_model, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 def _edit_sidecar(model: Path, **changes) -> None:

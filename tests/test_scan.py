@@ -21,7 +21,6 @@ from firmware_host.locate import Cell, label, label_image, locate
 from firmware_host.preprocess import otsu_threshold, prepare
 from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
 from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
-from tests._tflite_fixtures import build_models
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -194,11 +193,6 @@ def test_cell_region_is_a_generous_square_clipped_to_the_image():
 
 # ----------------------------------------------------------------------------------------------
 # Classification of the cells and the command
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
