@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(WORK))
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
+    from benchmarks._results import publish
     from benchmarks.run import machine
-    from firmware_host.atomic import write_json, write_text
 
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -291,10 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         r["loso"][name] = {"seeds": per_seed, "mean": mean_figures(per_seed)}
     r["seconds"] = time.perf_counter() - t_start
     r["bars"] = bars(r)
-    results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "crosslab.json", r)
-    write_text(results / "crosslab.md", markdown(r))
-    print(markdown(r))
+    publish(results, "crosslab", r, markdown(r))
     return 0
 
 

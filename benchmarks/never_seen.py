@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=300, help="images per drawn kind and BCCD field windows")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
-    from firmware_host.atomic import write_json, write_text
+    from benchmarks._results import publish
 
     shared = Path(args.shared)
     r = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/never_seen.py " + " ".join(argv if argv is not None else sys.argv[1:]), "runs": {}}
@@ -248,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_no_bccd:
         extra = {f"BCCD {t} (never seen)": shared / "more_cells" / "bccd" / t for t in ("lymphocyte", "eosinophil")}
         r["runs"]["trained without BCCD"] = measure(Path(args.run_no_bccd), shared, args.n, extra)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "never_seen.json", r)
-    write_text(results / "never_seen.md", markdown(r))
-    print(markdown(r))
+    publish(args.results, "never_seen", r, markdown(r))
     return 0
 
 

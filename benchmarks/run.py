@@ -259,15 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     WORK, RESULTS = Path(args.work), Path(args.results)
     if args.render_only:
-        from firmware_host.atomic import write_json, write_text
+        from benchmarks._results import publish
 
         result = json.loads((RESULTS / "latest.json").read_text())
         audit_json = WORK / "audit.json"
         if result.get("trust") and audit_json.is_file():
             result["trust"]["audit"]["under_stain_shift"] = audit_shift(json.loads(audit_json.read_text()))
-        write_json(RESULTS / "latest.json", result)
-        write_text(RESULTS / "latest.md", markdown(result))
-        print(markdown(result))
+        publish(RESULTS, "latest", result, markdown(result))
         return 0
 
     t_start = time.perf_counter()
@@ -397,11 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     result["bars"] = bars(result)
 
     # 3. write ----------------------------------------------------------------------------------
-    from firmware_host.atomic import write_json, write_text
+    from benchmarks._results import publish
 
-    write_json(RESULTS / "latest.json", result)
-    write_text(RESULTS / "latest.md", markdown(result))
-    print(markdown(result))
+    publish(RESULTS, "latest", result, markdown(result))
     return 0
 
 

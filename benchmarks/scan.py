@@ -20,7 +20,6 @@ Writes ``benchmarks/results/scan.json`` and ``benchmarks/results/scan.md``. No i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks._results import publish  # noqa: E402
 from firmware_host.locate import WORK_CELL, _dilate, _reduce, label, locate, stain_map  # noqa: E402
 from firmware_host.preprocess import otsu_threshold  # noqa: E402
 
@@ -308,10 +308,7 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scan.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "scan.md").write_text(markdown(result))
-    print(markdown(result))
+    publish(args.out, "scan", result, markdown(result))
     return 0
 
 
