@@ -190,8 +190,8 @@ def _augment_fn(tf, size: int):
     return augment
 
 
-def _dataset(tf, x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, seed: int, train: bool, augment: bool, size: int):
-    onehot = np.eye(n_classes, dtype=np.float32)[y]
+def _dataset(tf, x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, seed: int, train: bool, augment: bool, size: int, targets: np.ndarray | None = None):
+    onehot = np.eye(n_classes, dtype=np.float32)[y] if targets is None else targets.astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, onehot))
     if train:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)  # a new order each epoch, the same for a seed
@@ -263,16 +263,26 @@ def fit(
     epochs: int,
     con: Console,
     label: str = "",
+    model=None,
+    early_stopping: bool = True,
+    targets: np.ndarray | None = None,
 ):
-    """Fit a fresh model; returns (model, history dict, seconds)."""
+    """Fit a fresh model, or go on training ``model`` (fine-tuning); returns (model, history dict, seconds).
+
+    With ``early_stopping`` training stops after ``opts.patience`` epochs without a lower validation
+    loss and keeps the best epoch's weights; without it, it runs every epoch and keeps the last.
+    ``targets`` (N, classes) replaces the one-hot labels of ``y_train`` as what the model learns
+    (soft targets; class weights still follow ``y_train``).
+    """
     from edgecell.model import build_model
     from edgecell.tfutil import import_tf
 
     tf = import_tf()
     keras = tf.keras
     keras.utils.set_random_seed(opts.seed)
-    model = build_model(opts.model_spec(n_classes), seed=opts.seed)
-    train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size)
+    if model is None:
+        model = build_model(opts.model_spec(n_classes), seed=opts.seed)
+    train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size, targets)
     val_ds = _dataset(tf, x_val, y_val, n_classes, 128, opts.seed, False, False, opts.img_size)
     steps = int(np.ceil(len(x_train) / opts.batch_size))
     # Cosine decay over the full epoch budget: large steps early, fine ones late.
@@ -282,10 +292,9 @@ def fit(
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=["accuracy"],
     )
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True),
-        _progress_callback(tf, con, epochs, steps, label),
-    ]
+    callbacks = [_progress_callback(tf, con, epochs, steps, label)]
+    if early_stopping:
+        callbacks.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True))
     t0 = time.perf_counter()
     hist = model.fit(
         train_ds,
@@ -301,7 +310,7 @@ def fit(
     if "learning_rate" in hist.history:
         history["learning_rate"] = [float(v) for v in hist.history["learning_rate"]]
     val_losses = history.get("val_loss", [])
-    history["best_epoch"] = int(np.argmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
+    history["best_epoch"] = int(np.argmin(val_losses)) + 1 if val_losses and early_stopping else len(history.get("loss", []))
     history["epochs_run"] = len(history.get("loss", []))
     return model, history, seconds
 
@@ -397,6 +406,40 @@ def cv_table(cv: dict) -> Table:
     return t
 
 
+# --------------------------------------------------------------------------- after fitting (train and adapt)
+
+
+def calibrate(model, x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """What is fitted on the validation split after the weights: the metadata keys ``temperature``
+    and ``lab_check`` (see :func:`edgecell.metrics.fit_temperature`, :func:`~edgecell.metrics.fit_lab_check`)."""
+    from edgecell.metrics import apply_temperature, fit_lab_check, fit_temperature
+
+    val_probs = predict(model, x_val)
+    temperature = fit_temperature(y_val, val_probs)
+    return {"temperature": temperature, "lab_check": fit_lab_check(apply_temperature(val_probs, temperature))}
+
+
+def write_results(folder: Path, model, history: dict, x_test: np.ndarray, y_test: np.ndarray, classes: Sequence[str], temperature: float) -> dict:
+    """Write a run folder's model and figures (``model.keras``, ``metrics.json`` on the test split,
+    ``history.json``, ``confusion_matrix.png``, ``training_curves.png``); returns the test metrics."""
+    from edgecell.metrics import apply_temperature, compute, expected_calibration_error
+    from edgecell.plots import confusion_matrix_png, training_curves_png
+    from firmware_host.atomic import atomic_path
+
+    test_probs = predict(model, x_test)
+    metrics = compute(y_test, test_probs, classes)
+    metrics["split"] = "test"
+    metrics["ece"] = expected_calibration_error(y_test, test_probs)
+    metrics["ece_calibrated"] = expected_calibration_error(y_test, apply_temperature(test_probs, temperature))
+    write_json(folder / "metrics.json", metrics)
+    write_json(folder / "history.json", history)
+    confusion_matrix_png(folder / "confusion_matrix.png", metrics["confusion_matrix"], list(classes), f"Test split (n={metrics['n']})")
+    training_curves_png(folder / "training_curves.png", history)
+    with atomic_path(folder / "model.keras") as mtmp:
+        model.save(mtmp)
+    return metrics
+
+
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -425,9 +468,7 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
     """Train, evaluate on the test split and write the run folder."""
-    from edgecell.metrics import apply_temperature, compute, expected_calibration_error, fit_lab_check, fit_temperature
     from edgecell.model import count_macs
-    from edgecell.plots import confusion_matrix_png, training_curves_png
     from edgecell.tfutil import import_tf
 
     con = con or stderr_console
@@ -455,21 +496,9 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             write_json(tmp / "cv.json", cv)
             con.print(cv_table(cv))
         model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con)
-        val_probs = predict(model, ds.images[va])
-        temperature = fit_temperature(y[va], val_probs)
-        test_probs = predict(model, ds.images[te])
-        metrics = compute(y[te], test_probs, ds.classes)
-        metrics["split"] = "test"
-        metrics["ece"] = expected_calibration_error(y[te], test_probs)
-        metrics["ece_calibrated"] = expected_calibration_error(y[te], apply_temperature(test_probs, temperature))
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "history.json", history)
-        confusion_matrix_png(tmp / "confusion_matrix.png", metrics["confusion_matrix"], ds.classes, f"Test split (n={metrics['n']})")
-        training_curves_png(tmp / "training_curves.png", history)
-        from firmware_host.atomic import atomic_path
-
-        with atomic_path(tmp / "model.keras") as mtmp:
-            model.save(mtmp)
+        cal = calibrate(model, ds.images[va], y[va])
+        temperature = cal["temperature"]
+        metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)
         spec = opts.model_spec(len(ds.classes))
         meta = {
             "format": RUN_FORMAT,
@@ -487,8 +516,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
                 "skipped": len(ds.skipped),
             },
             "split": {"train": len(tr), "val": len(va), "test": len(te), "fractions": list(data_mod.DEFAULT_FRACTIONS)},
-            "temperature": temperature,
-            "lab_check": fit_lab_check(apply_temperature(val_probs, temperature)),
+            **cal,
             "model": {
                 "widths": list(spec.widths),
                 "depths": list(spec.block_depths()),
