@@ -201,10 +201,7 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """SHA-256 over (file, class, hash) of every sample: names this exact data set."""
-        h = hashlib.sha256()
-        for s in sorted(self.samples, key=lambda s: (s.source, s.rel)):
-            h.update(f"{s.source}/{s.rel}\t{s.label}\t{s.sha256}\n".encode("utf-8", "surrogateescape"))  # names as their bytes
-        return h.hexdigest()
+        return fingerprint_of((s.source, s.rel, s.label, s.sha256) for s in self.samples)
 
     def path(self, sample: Sample) -> Path:
         return self.sources.get(sample.source, self.root) / sample.rel
@@ -417,6 +414,21 @@ def scan(
     return ds
 
 
+def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], size: int, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
+    """Read labelled folders for a model that knows ``classes`` (to evaluate or adapt it): every class
+    folder must name one of them (or a type taught as one, see :func:`class_of`); a class may have
+    no folder, and one usable image per class is enough."""
+    sources, _ = discover_sources(given)
+    names = {p.name for s in sources for p in list_class_folders(s.folder)}
+    if not names:
+        raise DataError(f"holds no class folder (one sub-folder of images per class, named after a model class: {', '.join(classes)})", given[0])
+    unknown = sorted(n for n in names if class_of(n) not in classes)
+    if unknown:
+        raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})", given[0])
+    present = {class_of(n) for n in names}
+    return scan(given, size=size, classes=[c for c in classes if c in present], min_per_class=1, on_progress=on_progress)
+
+
 def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
     """Source name -> folder, for reading a run's split manifest: from ``--data`` if given, else
     from the run's metadata (``dataset.sources``, or ``dataset.path`` for a run of one unnamed source).
@@ -476,14 +488,8 @@ def make_split(ds: Dataset, seed: int, fractions: Sequence[float] = DEFAULT_FRAC
 
 
 def write_manifest(path: str | os.PathLike, ds: Dataset, splits: Sequence[str]) -> Path:
-    from firmware_host.atomic import csv_writer, write_text
-
-    buf = io.StringIO()
-    w = csv_writer(buf)  # quotes a CR or LF in a file name, so every name reads back exactly
-    w.writerow(MANIFEST_FIELDS + SOURCE_FIELDS)
-    for s, sp in sorted(zip(ds.samples, splits), key=lambda t: (t[0].source, t[0].rel)):
-        w.writerow([s.rel, s.label, sp, s.sha256, s.source, s.type])
-    return write_text(path, buf.getvalue())
+    """Write the split manifest of ``ds`` (one split name per sample)."""
+    return write_rows(path, [ManifestRow(s.rel, s.label, sp, s.sha256, s.source, s.type) for s, sp in zip(ds.samples, splits)])
 
 
 @dataclass
@@ -494,6 +500,31 @@ class ManifestRow:
     sha256: str
     source: str = ""
     type: str = ""
+
+
+def write_rows(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
+    """Write split manifest rows (atomically), sorted by source and file."""
+    from firmware_host.atomic import csv_writer, write_text
+
+    buf = io.StringIO()
+    w = csv_writer(buf)  # quotes a CR or LF in a file name, so every name reads back exactly
+    w.writerow(MANIFEST_FIELDS + SOURCE_FIELDS)
+    for r in sorted(rows, key=lambda r: (r.source, r.file)):
+        w.writerow([r.file, r.label, r.split, r.sha256, r.source, r.type])
+    return write_text(path, buf.getvalue())
+
+
+def fingerprint_of(entries: Iterable[tuple[str, str, str, str]]) -> str:
+    """SHA-256 over (source, file, class, file hash) entries, in sorted order: names an exact data set."""
+    h = hashlib.sha256()
+    for source, file, label, sha in sorted(entries, key=lambda e: (e[0], e[1])):
+        h.update(f"{source}/{file}\t{label}\t{sha}\n".encode("utf-8", "surrogateescape"))  # names as their bytes
+    return h.hexdigest()
+
+
+def rows_fingerprint(rows: Iterable[ManifestRow]) -> str:
+    """:func:`fingerprint_of` the images a split manifest names (the same as the scanned data set's)."""
+    return fingerprint_of((r.source, r.file, r.label, r.sha256) for r in rows)
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:

@@ -126,21 +126,7 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
                 raise DataError("the data folder the model was trained on is not there; pass --data DIR", "--data")
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
-            sources, _ = data_mod.discover_sources(given)
-            names = {p.name for s in sources for p in data_mod.list_class_folders(s.folder)}
-            if not names:
-                raise DataError(f"holds no class folder (one sub-folder of images per class, named after a model class: {', '.join(target.classes)})", given[0])
-            folders = {data_mod.class_of(n) for n in names}
-            unknown = sorted(n for n in names if data_mod.class_of(n) not in target.classes)
-            if unknown:
-                raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(target.classes)})", given[0])
-            ds = data_mod.scan(
-                given,
-                size=target.input_size,
-                classes=[c for c in target.classes if c in folders],
-                min_per_class=1,
-                on_progress=lambda d, n: bar.update(task, completed=d, total=n),
-            )
+            ds = data_mod.scan_for_model(given, target.classes, target.input_size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
         report_skipped(ds, con)
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
@@ -155,6 +141,37 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
     return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows])
 
 
+def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
+    """Which calibrated predictions the runtime flags (uncertain, review or other; see
+    :func:`firmware_host.runtime.triage`), as a boolean array."""
+    from firmware_host.runtime import Prediction, triage
+
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    return np.array([triage(Prediction("", classes[k], float(c), [], probs[i]), threshold) != "" for i, (k, c) in enumerate(zip(pred, conf))], dtype=bool)
+
+
+def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float) -> dict:
+    """What a clinic would see on a labelled set, from calibrated probabilities: ``n``, ``accuracy``
+    (``other`` counted as a class), ``macro_f1`` over the classes present, ``flagged`` (share with
+    any flag) and ``wrong_unflagged`` (share wrong and not flagged: the errors nobody is told to check)."""
+    from sklearn.metrics import f1_score
+
+    n = len(y)
+    if not n:
+        return {"n": 0, "accuracy": None, "macro_f1": None, "flagged": None, "wrong_unflagged": None}
+    pred = probs.argmax(axis=1)
+    flags = flagged(probs, classes, threshold)
+    right = pred == y
+    present = sorted(set(np.asarray(y).tolist()))
+    return {
+        "n": int(n),
+        "accuracy": float(right.mean()),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "flagged": float(flags.mean()),
+        "wrong_unflagged": float((~right & ~flags).mean()),
+    }
+
+
 def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources: Sequence[str], types: Sequence[str], threshold: float) -> dict:
     """What a clinic would see, per source and per (source, cell type), from calibrated probabilities.
 
@@ -165,11 +182,8 @@ def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources:
     """
     from sklearn.metrics import f1_score
 
-    from firmware_host.runtime import Prediction, triage
-
     pred = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    flags = np.array([triage(Prediction("", classes[p], float(c), [], probs[i]), threshold) != "" for i, (p, c) in enumerate(zip(pred, conf))], dtype=bool)
+    flags = flagged(probs, classes, threshold)
     right = pred == y
     src = np.array(sources, dtype=object)
     key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
