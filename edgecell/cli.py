@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "edgecell.commands.train:train",
     "evaluate": "edgecell.commands.evaluate:evaluate",
     "audit": "edgecell.commands.audit:audit",
+    "adapt": "edgecell.commands.adapt:adapt",
     "convert": "edgecell.commands.convert:convert",
     "classify": "edgecell.commands.classify:classify",
     "corrections": "edgecell.commands.corrections:corrections",

@@ -27,3 +27,13 @@ def make_slice(src: Path, dst: Path, per_class: int, offset: int = 0) -> Path:
         for f in sorted((src / c).iterdir())[offset : offset + per_class]:
             (dst / c / f.name).symlink_to(f)
     return dst
+
+
+MORE_CELLS = REAL_DATA.parent / "more_cells"
+
+
+def more_cells_or_skip() -> Path:
+    """``../shared/more_cells`` (the other labs, see its SOURCE.md), or a skip saying where it was looked for."""
+    if not (MORE_CELLS / "MANIFEST.csv").is_file():
+        pytest.skip(f"more_cells not found at {MORE_CELLS} (CI has it at ../shared/more_cells, beside bloodcells)")
+    return MORE_CELLS

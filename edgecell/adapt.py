@@ -1,0 +1,341 @@
+"""Adapting a trained run to a clinic's own microscope from a few dozen labelled cells.
+
+::
+
+    from edgecell.adapt import AdaptOptions, adapt
+    res = adapt(AdaptOptions(run_dir="runs/cells", data_dir=("clinic/labelled",), out_dir="runs/clinic"))
+    res.report["local_holdout"]["after"]["accuracy"]
+
+The parent run's model is fine-tuned on the clinic's labelled images (class folders, as for
+``train``; lymphocyte, eosinophil, ... folders teach ``other``), mixed with a seeded replay sample
+of the parent's own training split, so the labs it learnt from are not forgotten. A class with no
+local image is kept and trained from the replay alone. Afterwards the post-fit calibration is fitted
+again on the parent's validation split exactly as ``train`` fits it (:func:`edgecell.train.calibrate`).
+
+A seeded, stratified share of the local images (``holdout_share``) is held out and never trained
+on: the report gives, before and after, on that hold-out and on the parent's test split, accuracy,
+macro-F1, the flagged share and the share wrong and not flagged.
+
+The new run folder has the layout of a trained one (``convert`` and ``evaluate`` take it
+unchanged): its ``split.csv`` is the parent's plus the local images (trained on: ``train``; held
+out: ``test``), its metadata records the local sources next to the parent's, and ``adapted_from``
+gives the lineage (parent run, its model's SHA-256, the local data fingerprint and counts).
+``adapt.json`` holds the before/after report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from edgecell import __version__
+from edgecell import data as data_mod
+from edgecell.console import progress, stderr_console
+from edgecell.options import DEFAULT_SEED
+from edgecell.runfolder import RUN_MARKER, SPLIT_FILE, RunFolder
+from firmware_host.atomic import check_stageable, staged_dir, write_json
+from firmware_host.errors import DataError, EdgecellError
+
+DEFAULT_EPOCHS = 20
+"""Fine-tuning epochs (each: the replay sample plus the local images, repeated to :data:`LOCAL_SHARE`)."""
+DEFAULT_HOLDOUT_SHARE = 0.25
+"""Share of each local class (and cell type) held out for the before/after report."""
+DEFAULT_REPLAY_PER_CLASS = 100
+"""Images per class drawn (seeded) from the parent's training split and trained on again."""
+DEFAULT_LEARNING_RATE = 1e-4
+"""Initial fine-tuning learning rate (a twentieth of training's; cosine decay as in training)."""
+LOCAL_SHARE = 0.5
+"""Share of each epoch's images that are local: the few local images are repeated (and augmented) to reach it."""
+DISTIL = 0.5
+"""Weight of the parent's own probabilities in a replayed image's target (the rest: its label)."""
+RECOMMENDED_PER_CLASS = 20
+"""Labelled local cells per class that adapting is designed for (20 to 50)."""
+MIN_PER_CLASS = 2
+"""Local images a class needs to give one to training and hold one out."""
+REPORT_FILE = "adapt.json"
+
+
+@dataclass
+class AdaptOptions:
+    """What ``edgecell adapt`` was asked to do.
+
+    Attributes:
+        run_dir: the trained run to start from (never modified).
+        data_dir: the clinic's labelled folder(s): class folders, or source folders of class folders.
+        out_dir: the new run folder.
+        parent_data: where the parent's training data is, when it has moved (default: as recorded).
+        epochs, learning_rate, batch_size: fine-tuning.
+        holdout_share: share of each local class held out for the report (0: none held out).
+        replay_per_class: images per class replayed from the parent's training split.
+        seed: seeds the hold-out, the replay pick, augmentation and shuffling.
+    """
+
+    run_dir: str
+    data_dir: tuple[str, ...]
+    out_dir: str
+    parent_data: tuple[str, ...] = ()
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = 32
+    holdout_share: float = DEFAULT_HOLDOUT_SHARE
+    replay_per_class: int = DEFAULT_REPLAY_PER_CLASS
+    seed: int = DEFAULT_SEED
+
+
+@dataclass
+class AdaptResult:
+    """What adapting produced: the new run folder and the before/after report (``adapt.json``)."""
+
+    run_dir: Path
+    report: dict
+    seconds: float
+    advice: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- choosing images
+
+
+def holdout(samples: Sequence[data_mod.Sample], share: float, seed: int) -> np.ndarray:
+    """Which local samples are held out: a seeded share of every (class, cell type) stratum, at
+    least one and never all of it; copies of one image (same SHA-256) stay together."""
+    out = np.zeros(len(samples), dtype=bool)
+    if share <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    strata: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, s in enumerate(samples):
+        strata[(s.label, s.type)][s.sha256].append(i)
+    for key in sorted(strata):
+        groups = [strata[key][h] for h in sorted(strata[key])]
+        if len(groups) < MIN_PER_CLASS:
+            continue  # one image (or one image in copies): it trains; the class's other types give the hold-out
+        want = min(max(1, round(share * len(groups))), len(groups) - 1)
+        for gi in rng.permutation(len(groups))[:want]:
+            out[groups[gi]] = True
+    return out
+
+
+def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[str]:
+    """Refuse a local set too small to train on and hold anything out; returns advice lines for
+    classes below :data:`RECOMMENDED_PER_CLASS`."""
+    counts = ds.counts()
+    present = {c: n for c, n in counts.items() if n}
+    if share > 0:
+        short = {c: n for c, n in present.items() if n < MIN_PER_CLASS or not held[[i for i, s in enumerate(ds.samples) if s.label == c]].any()}
+        if short:
+            listed = ", ".join(f"{c} {n}" for c, n in sorted(short.items()))
+            raise DataError(
+                f"too few labelled cells to hold any out ({listed}); label at least {max(MIN_PER_CLASS, math.ceil(1 / share))} per class "
+                f"({RECOMMENDED_PER_CLASS} or more helps), or pass --holdout-share 0 to train on all of them without a local check",
+                ds.root,
+            )
+    return [f"{c}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for c, n in sorted(present.items()) if n < RECOMMENDED_PER_CLASS]
+
+
+def replay_pick(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int) -> list[data_mod.ManifestRow]:
+    """A seeded pick of ``per_class`` training rows of each class, spread over its sources and types."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[data_mod.ManifestRow]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (r.label, r.source, r.type, r.sha256, r.file)):
+        by_class[r.label].append(r)
+    out = []
+    for c in sorted(by_class):
+        rs = by_class[c]
+        out += [rs[i] for i in sorted(rng.permutation(len(rs))[:per_class])]
+    return out
+
+
+# --------------------------------------------------------------------------- the whole adaptation
+
+
+def freeze_batchnorm(model) -> None:
+    """Every batch normalisation layer keeps the parent's statistics (and runs in inference mode):
+    a few dozen local images, repeated, would otherwise drag statistics learnt from thousands."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _load_rows(roots: dict, rows: list, size: int, classes: Sequence[str], con: Console, what: str):
+    with progress(con, transient=True) as bar:
+        task = bar.add_task(f"reading {what}", total=len(rows))
+        x, y, _ = data_mod.load_from_manifest(roots, rows, size, classes, on_progress=lambda d, n: bar.update(task, completed=d))
+    return x, y
+
+
+def _train_options(parent: RunFolder, opts: AdaptOptions):
+    """The parent's training options, with adapt's learning rate, batch and seed."""
+    from edgecell.train import TrainOptions
+
+    recorded = parent.extra.get("options") or {}
+    names = {f.name for f in fields(TrainOptions)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in recorded.items() if k in names}
+    kw.update(
+        data_dir=opts.data_dir,
+        out_dir=opts.out_dir,
+        img_size=parent.input_size,
+        learning_rate=opts.learning_rate,
+        batch_size=opts.batch_size,
+        seed=opts.seed,
+        augment=True,
+    )
+    return TrainOptions(**kw)
+
+
+def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
+    """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
+    from edgecell.evaluate import outcomes
+    from edgecell.metrics import apply_temperature
+    from edgecell.train import calibrate, fit, predict, write_results
+    from firmware_host.metadata import sha256_file
+    from firmware_host.runtime import DEFAULT_THRESHOLD
+
+    con = con or stderr_console
+    if not 0 <= opts.holdout_share < 1:
+        raise EdgecellError(f"--holdout-share must be at least 0 and below 1 (got {opts.holdout_share})")
+    parent = RunFolder.read(opts.run_dir)
+    split_path = parent.require_split(" (adapting replays the parent's training split)")
+    if Path(opts.out_dir).resolve() == parent.path.resolve():
+        raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
+    check_stageable(opts.out_dir, marker=RUN_MARKER)
+    classes, size = parent.classes, parent.input_size
+    roots = parent.sources(opts.parent_data)
+
+    with progress(con, transient=True) as bar:
+        task = bar.add_task("reading local images", total=None)
+        local = data_mod.scan_for_model(list(opts.data_dir), classes, size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+    for s in local.skipped:
+        con.print(f"[yellow]warning:[/yellow] skipped {s.path}: {s.reason}")
+    clash = sorted(set(local.sources) & {k for k in roots if k})
+    if clash:
+        raise DataError(
+            f"local source {clash[0]!r} has the name of one of the parent run's sources; give the local folder its own name", local.sources[clash[0]]
+        )
+    held = holdout(local.samples, opts.holdout_share, opts.seed)
+    advice = check_local(local, held, opts.holdout_share)
+    index = {c: i for i, c in enumerate(classes)}
+    y_local = np.array([index[s.label] for s in local.samples], dtype=np.int64)
+
+    rows = data_mod.read_manifest(split_path)
+    replay_rows = replay_pick([r for r in rows if r.split == "train"], opts.replay_per_class, opts.seed)
+    val_rows = [r for r in rows if r.split == "val"]
+    test_rows = [r for r in rows if r.split == "test"]
+    x_replay, y_replay = _load_rows(roots, replay_rows, size, classes, con, "replay images")
+    x_val, y_val = _load_rows(roots, val_rows, size, classes, con, "validation images")
+    x_test, y_test = _load_rows(roots, test_rows, size, classes, con, "test images")
+    x_hold, y_hold = local.images[held], y_local[held]
+    x_loc, y_loc = local.images[~held], y_local[~held]
+
+    model = parent.load_keras()
+    freeze_batchnorm(model)
+
+    def report(temperature: float) -> dict:
+        return {
+            name: outcomes(y, apply_temperature(predict(model, x), temperature), classes, DEFAULT_THRESHOLD)
+            for name, x, y in (("local_holdout", x_hold, y_hold), ("original_test", x_test, y_test))
+        }
+
+    before = report(parent.temperature)
+    repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
+    x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
+    y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
+    onehot = np.eye(len(classes), dtype=np.float32)
+    # replayed images teach the label and what the parent said of them (distillation keeps its other labs)
+    soft = DISTIL * predict(model, x_replay) + (1 - DISTIL) * onehot[y_replay]
+    targets = np.concatenate([soft, onehot[np.repeat(y_loc, repeat)]])
+    topts = _train_options(parent, opts)
+    model, history, seconds = fit(
+        x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
+    )
+    cal = calibrate(model, x_val, y_val)
+    after = report(cal["temperature"])
+
+    sets = {name: {"before": before[name], "after": after[name]} for name in before}
+    rep = {
+        **sets,
+        "threshold": DEFAULT_THRESHOLD,
+        "local": {
+            "sources": {k: str(Path(v).resolve()) for k, v in local.sources.items()},
+            "counts": {c: n for c, n in local.counts().items() if n},
+            "trained": int((~held).sum()),
+            "held_out": int(held.sum()),
+            "holdout_share": opts.holdout_share,
+        },
+        "replay": {"per_class": opts.replay_per_class, "images": len(replay_rows), "local_repeat": repeat},
+        "epochs": opts.epochs,
+        "seconds": seconds,
+        "advice": advice,
+    }
+    local_rows = [data_mod.ManifestRow(s.rel, s.label, "test" if h else "train", s.sha256, s.source, s.type) for s, h in zip(local.samples, held)]
+    new_rows = rows + local_rows
+    with staged_dir(opts.out_dir, marker=RUN_MARKER) as tmp:
+        data_mod.write_rows(tmp / SPLIT_FILE, new_rows)
+        write_results(tmp, model, history, np.concatenate([x_test, x_hold]), np.concatenate([y_test, y_hold]), classes, cal["temperature"])
+        write_json(tmp / REPORT_FILE, rep)
+        meta = parent.to_dict()
+        dataset = dict(parent.dataset)
+        dataset["sources"] = {**{k: str(Path(v).resolve()) for k, v in roots.items() if k}, **rep["local"]["sources"]}
+        counts: dict[str, int] = defaultdict(int)
+        by_source: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for r in new_rows:
+            counts[r.label] += 1
+            by_source[r.source][r.type] += 1
+        dataset["counts"] = {c: counts.get(c, 0) for c in classes}
+        dataset["counts_by_source"] = {s: dict(sorted(t.items())) for s, t in sorted(by_source.items())}
+        dataset["fingerprint"] = data_mod.rows_fingerprint(new_rows)
+        split_counts = {sp: sum(1 for r in new_rows if r.split == sp) for sp in data_mod.SPLITS}
+        meta.update(
+            dataset=dataset,
+            split={**(meta.get("split") or {}), **split_counts},
+            **cal,
+            adapted_from={
+                "run": str(parent.path.resolve()),
+                "model_sha256": sha256_file(parent.keras_path),
+                "dataset_fingerprint": parent.dataset_fingerprint,
+                "local_fingerprint": local.fingerprint(),
+                "local_counts": rep["local"]["counts"],
+                "local_counts_by_type": {k: dict(v) for k, v in local.counts_by_source().items()},
+                "held_out": rep["local"]["held_out"],
+                "replay_per_class": opts.replay_per_class,
+                "epochs": opts.epochs,
+                "learning_rate": opts.learning_rate,
+                "seed": opts.seed,
+                "seconds": seconds,
+            },
+            edgecell_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        meta["training"] = {**(meta.get("training") or {}), "adapt_history": {k: v for k, v in history.items() if k in ("loss", "accuracy")}}
+        RunFolder.from_dict(tmp, meta).write(tmp)
+    return AdaptResult(Path(opts.out_dir), rep, seconds, advice)
+
+
+def report_table(rep: dict):
+    """Rich table of the before/after report: one row per (set, measure)."""
+    from rich.table import Table
+
+    t = Table(title=f"Before and after adapting (calibrated; flag threshold {rep['threshold']})")
+    for col, just in (("set", "left"), ("n", "right"), ("measure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        t.add_column(col, justify=just)
+    names = {"local_holdout": "local, held out", "original_test": "original test split"}
+    for key, label in names.items():
+        b, a = rep[key]["before"], rep[key]["after"]
+        if not b["n"]:
+            t.add_row(label, "0", "(nothing held out)", "", "", "")
+            continue
+        for i, (m, what) in enumerate((("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("flagged", "flagged"), ("wrong_unflagged", "wrong, not flagged"))):
+            fmt = "{:.3f}" if m == "macro_f1" else "{:.1%}"
+            delta = a[m] - b[m]
+            change = f"{delta:+.3f}" if m == "macro_f1" else f"{100 * delta:+.1f} pts"
+            t.add_row(label if i == 0 else "", str(b["n"]) if i == 0 else "", what, fmt.format(b[m]), fmt.format(a[m]), change)
+        t.add_section()
+    return t

@@ -1,0 +1,84 @@
+"""edgecell adapt"""
+
+from __future__ import annotations
+
+import click
+
+from edgecell import adapt as _defaults  # no TensorFlow at import time
+from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=str))
+@data_option(help="The clinic's labelled images: one sub-folder per class (lymphocyte, eosinophil, ... teach 'other'), or per source. Repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="The new run folder (the parent run is never changed).")
+@click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs.")
+@click.option(
+    "--learning-rate",
+    type=FiniteFloatRange(1e-6, 1.0),
+    default=_defaults.DEFAULT_LEARNING_RATE,
+    show_default=True,
+    help="Initial fine-tuning learning rate (cosine decay).",
+)
+@click.option(
+    "--holdout-share",
+    type=FiniteFloatRange(0.0, 0.9),
+    default=_defaults.DEFAULT_HOLDOUT_SHARE,
+    show_default=True,
+    help="Share of each local class held out to measure before and after (0: train on all, no local check).",
+)
+@click.option(
+    "--replay",
+    "replay_per_class",
+    type=click.IntRange(0, 100000),
+    default=_defaults.DEFAULT_REPLAY_PER_CLASS,
+    show_default=True,
+    help="Images per class replayed from the parent's training split, so its labs are not forgotten.",
+)
+@click.option(
+    "--parent-data",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    help="Where the parent run's training data is, if it has moved since training (repeatable, as train's --data).",
+)
+@seed_option
+@json_option
+def adapt(run_dir, data_dir, out_dir, epochs, learning_rate, holdout_share, replay_per_class, parent_data, seed, json_out):
+    """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
+
+    Fine-tunes RUN's model on the labelled images mixed with a replay sample of its own training
+    data, re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
+    is. Reports accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on
+    held-out local cells and on RUN's test split.
+
+    \b
+    Example:
+      edgecell adapt runs/cells --data clinic/labelled --out runs/clinic
+      edgecell convert runs/clinic --int8
+    """
+    from edgecell.adapt import AdaptOptions, adapt, report_table
+    from edgecell.console import human
+
+    con = human(json_out == "-")
+    reads = [(run_dir, "the run being adapted"), *data_reads(data_dir), *data_reads(parent_data)]
+    check_outputs({"--json": json_out}, reads, folders={"--out": out_dir})
+    opts = AdaptOptions(
+        run_dir=run_dir,
+        data_dir=data_dir,
+        out_dir=out_dir,
+        parent_data=parent_data,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        holdout_share=holdout_share,
+        replay_per_class=replay_per_class,
+        seed=seed,
+    )
+    res = adapt(opts, con)
+    con.print(report_table(res.report))
+    local = res.report["local"]
+    con.print(
+        f"adapted run written to [bold]{res.run_dir}[/bold]: {local['trained']} local images trained on, {local['held_out']} held out; fine-tuning {res.seconds:.0f} s"
+    )
+    for line in res.advice:
+        con.print(f"[yellow]advice:[/yellow] {line}")
+    emit_json(json_out, {"run_dir": str(res.run_dir), **res.report})

@@ -1,0 +1,174 @@
+"""edgecell adapt: fine-tuning a run on a clinic's few labelled cells (issue #19).
+
+The parent is the session's tiny model, trained on the Kaggle set's two labs; the "clinic" is a third
+lab, BCCD (``../shared/more_cells/bccd``), whose monocytes the parent calls myeloblasts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecell import data as data_mod
+from edgecell.adapt import MIN_PER_CLASS, holdout, replay_pick
+from edgecell.cli import cli
+
+pytest.importorskip("tensorflow")
+
+PER_CLASS = 20
+LOCAL_TYPE = "monocyte"
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def clinic(tmp_path_factory) -> Path:
+    """A third lab: 20 of BCCD's monocytes (links), in a source folder named clinic."""
+    from tests._realdata import more_cells_or_skip
+
+    src = more_cells_or_skip() / "bccd" / LOCAL_TYPE
+    out = tmp_path_factory.mktemp("local") / "clinic"
+    (out / LOCAL_TYPE).mkdir(parents=True)
+    for f in sorted(src.iterdir())[:PER_CLASS]:
+        (out / LOCAL_TYPE / f.name).symlink_to(f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_run, clinic, tmp_path_factory):
+    """The tiny run adapted to the clinic through the CLI; (new run, JSON report, parent digest before)."""
+    before = _tree_digest(tiny_run)
+    out = tmp_path_factory.mktemp("adapted") / "clinic-run"
+    js = out.parent / "adapt.json"
+    args = ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--epochs", "10", "--replay", "20", "--json", str(js)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    return out, json.loads(js.read_text()), before, res.output
+
+
+def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
+    _, rep, _, output = adapted
+    hold = rep["local_holdout"]
+    assert hold["before"]["n"] == hold["after"]["n"] == rep["local"]["held_out"] > 0
+    # the parent calls BCCD's monocytes myeloblasts (measured: 0 of 5 right); 15 labelled ones teach it (5 of 5)
+    assert hold["after"]["accuracy"] >= hold["before"]["accuracy"] + 0.4
+    assert rep["original_test"]["before"]["n"] == rep["original_test"]["after"]["n"] > 0
+    for key in ("accuracy", "macro_f1", "flagged", "wrong_unflagged"):
+        assert key in hold["after"] and key in rep["original_test"]["before"]
+    assert "Before and after adapting" in output and "local, held out" in output
+
+
+def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic):
+    out, rep, parent_digest, _ = adapted
+    for name in ("model.keras", "metadata.json", "split.csv", "metrics.json", "history.json", "adapt.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "metadata.json").read_text())
+    parent = json.loads((tiny_run / "metadata.json").read_text())
+    assert meta["classes"] == parent["classes"] and meta["input_size"] == parent["input_size"]
+    lineage = meta["adapted_from"]
+    assert lineage["run"] == str(tiny_run.resolve())
+    assert lineage["model_sha256"] == hashlib.sha256((tiny_run / "model.keras").read_bytes()).hexdigest()
+    assert lineage["local_counts"] == {LOCAL_TYPE: PER_CLASS}
+    assert lineage["local_fingerprint"] == data_mod.scan(clinic, classes=[LOCAL_TYPE]).fingerprint()
+    assert meta["dataset"]["sources"]["clinic"] == str(clinic.resolve())
+    assert meta["temperature"] > 0 and "lab_check" in meta
+    # the split: the parent's rows unchanged, plus every local image (held out = test)
+    rows = data_mod.read_manifest(out / "split.csv")
+    parent_rows = data_mod.read_manifest(tiny_run / "split.csv")
+    local = [r for r in rows if r.source == "clinic"]
+    assert len(rows) == len(parent_rows) + PER_CLASS
+    assert {(r.file, r.split) for r in rows if r.source != "clinic"} == {(r.file, r.split) for r in parent_rows}
+    assert sum(r.split == "test" for r in local) == rep["local"]["held_out"]
+    assert {r.split for r in local} == {"train", "test"}
+    assert meta["dataset"]["fingerprint"] == data_mod.rows_fingerprint(rows)
+    # the parent run is never touched
+    assert _tree_digest(tiny_run) == parent_digest
+
+
+def test_adapted_run_evaluates_and_converts_unchanged(adapted, tmp_path):
+    out, _, _, _ = adapted
+    res = CliRunner().invoke(cli, ["evaluate", str(out), "--split", "test", "--json", str(tmp_path / "ev.json"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert ev["n"] == metrics["n"] and ev["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+    assert "clinic" in ev["sources"]["by_source"]
+    res = CliRunner().invoke(cli, ["convert", str(out), "--int8", "--max-drop", "100", "--json", str(tmp_path / "conv.json")])
+    assert res.exit_code == 0, res.output
+    assert (out / "export" / "model_int8.tflite").is_file()
+
+
+def test_too_few_to_hold_out_is_refused_with_how_many_to_label(tiny_run, clinic, tmp_path):
+    small = tmp_path / "few"
+    for c in ("monocyte", "basophil"):
+        (small / c).mkdir(parents=True)
+    files = sorted((clinic / LOCAL_TYPE).iterdir())
+    for f in files[:5]:
+        (small / "monocyte" / f.name).symlink_to(f)
+    (small / "basophil" / files[5].name).symlink_to(files[5])
+    out = tmp_path / "new"
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(small), "--out", str(out)])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert "too few labelled cells to hold any out (basophil 1)" in lines[0] and "label at least 4 per class" in lines[0]
+    assert not out.exists()
+
+
+def test_out_onto_the_parent_run_is_refused(tiny_run, clinic):
+    before = _tree_digest(tiny_run)
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(tiny_run)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "the run being adapted" in res.output
+    assert _tree_digest(tiny_run) == before
+
+
+def test_a_folder_the_model_does_not_know_is_one_line(tiny_run, tmp_path):
+    (tmp_path / "lab" / "band_cell").mkdir(parents=True)
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1
+    assert "class folder(s) the model does not know: band_cell" in res.output and "Traceback" not in res.output
+
+
+def _samples(spec: dict[tuple[str, str], int]) -> list[data_mod.Sample]:
+    out = []
+    for (label, typ), n in spec.items():
+        out += [data_mod.Sample(f"{typ}/{i}.jpg", label, f"{typ}-{i}", "clinic", typ) for i in range(n)]
+    return out
+
+
+def test_holdout_is_seeded_stratified_and_never_all_of_a_stratum():
+    s = _samples({("seg_neutrophil", "seg_neutrophil"): 20, ("other", "lymphocyte"): 10, ("other", "eosinophil"): 3, ("monocyte", "monocyte"): 1})
+    a, b, c = holdout(s, 0.25, 1), holdout(s, 0.25, 1), holdout(s, 0.25, 2)
+    assert (a == b).all() and not (a == c).all()
+    by = lambda typ: a[[i for i, x in enumerate(s) if x.type == typ]]  # noqa: E731
+    assert by("seg_neutrophil").sum() == 5 and by("lymphocyte").sum() == 2 and by("eosinophil").sum() == 1
+    assert by("monocyte").sum() == 0  # fewer than MIN_PER_CLASS: it trains
+    assert MIN_PER_CLASS == 2
+    assert not holdout(s, 0.0, 1).any()
+
+
+def test_holdout_keeps_copies_of_one_image_together():
+    s = _samples({("basophil", "basophil"): 8})
+    for x in s[:4]:
+        x.sha256 = "same"
+    held = holdout(s, 0.5, 0)
+    assert len(set(held[:4].tolist())) == 1
+
+
+def test_replay_pick_is_seeded_and_per_class():
+    rows = [data_mod.ManifestRow(f"{c}/{i}.jpg", c, "train", f"{c}{i}", "lab", c) for c in ("a", "b") for i in range(30)]
+    rows += [data_mod.ManifestRow("c/0.jpg", "c", "train", "c0", "lab", "c")]
+    pick = replay_pick(rows, 10, 5)
+    assert [r.file for r in pick] == [r.file for r in replay_pick(list(reversed(rows)), 10, 5)]  # listing order does not matter
+    counts = {c: sum(r.label == c for r in pick) for c in "abc"}
+    assert counts == {"a": 10, "b": 10, "c": 1}
+    assert [r.file for r in pick] != [r.file for r in replay_pick(rows, 10, 6)]
+    assert len({r.file for r in pick}) == len(pick) and np.all([r.split == "train" for r in pick])
