@@ -17,7 +17,8 @@
 # then crashes -> a Pi 4's cpuinfo is bind-mounted over /proc/cpuinfo; qemu's default CPU ("max") has an SME bug
 # that breaks XNNPACK's int8 kernels -> QEMU_CPU=cortex-a72 (a Pi 4's core); without /sys, CPU detection fails
 # quietly -> sysfs is mounted read-only. The host's /dev is never bind-mounted (debootstrap made the device
-# nodes; /dev/shm is a fresh tmpfs), and every mount is undone before anything is deleted.
+# nodes; /dev/shm is a fresh tmpfs), and every mount is undone before anything is deleted (a run killed outright
+# leaves its mounts behind; the next run unmounts and removes them).
 #
 # Skips with one line (exit 0) when it cannot run: not root, no qemu-user-static/binfmt, no debootstrap.
 # PI_ARM64_REQUIRED=1 turns a skip into a failure.
@@ -173,7 +174,23 @@ HOST_PY=$(command -v python3.11 || true)
 HOST_CA=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 [ -s "$HOST_CA" ] || skip "no CA bundle at $HOST_CA for pip inside the arm64 root (set PIP_CERT to one)"
 mkdir -p "$CACHE_DIR" build
+# A run killed outright (SIGKILL, a reboot) cannot run its cleanup and leaves its folder with the overlay, /proc and
+# /sys still mounted. Each run holds an exclusive lock on its folder's .running file until it ends, however it ends;
+# a folder whose lock is free is such a leftover: unmounted and removed here (remove_dir) by the next run.
+for d in "$CACHE_DIR"/run.*/; do
+	d=${d%/}
+	[ -d "$d" ] || continue
+	if [ ! -e "$d/.running" ]; then
+		say "WARNING: leftover $d has no .running lock (an older pi_arm64.sh, or a run stopped while starting); not removed: unmount what is under it, then delete it"
+	elif flock -n "$d/.running" true; then
+		say "removing the leftover $d of a run that was killed (unmounting what is under it first)"
+		remove_dir "$d" || true
+	fi
+done
 RUN=$(mktemp -d "$CACHE_DIR/run.XXXXXX")
+exec 7>"$RUN/.starting"
+flock -x 7 # held until this process ends (see above); locked before it is named .running, so never seen free
+mv "$RUN/.starting" "$RUN/.running"
 CLEAN+=("$RUN")
 ROOTS_GLOB=$RUN
 pi4_cpuinfo "$(nproc --all)" >"$RUN/cpuinfo"
