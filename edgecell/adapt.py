@@ -208,7 +208,12 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
     check_stageable(opts.out_dir, marker=RUN_MARKER)
     classes, size = parent.classes, parent.input_size
-    roots = parent.sources(opts.parent_data)
+    try:
+        roots = parent.sources(opts.parent_data)
+    except DataError as exc:
+        if opts.parent_data:
+            raise
+        raise DataError("the parent run's training data is not there (adapt replays some of it); pass --parent-data DIR", exc.path) from None
 
     with progress(con, transient=True) as bar:
         task = bar.add_task("reading local images", total=None)

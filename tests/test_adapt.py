@@ -172,3 +172,18 @@ def test_replay_pick_is_seeded_and_per_class():
     assert counts == {"a": 10, "b": 10, "c": 1}
     assert [r.file for r in pick] != [r.file for r in replay_pick(rows, 10, 6)]
     assert len({r.file for r in pick}) == len(pick) and np.all([r.split == "train" for r in pick])
+
+
+def test_missing_parent_data_names_parent_data(tiny_run, clinic, tmp_path):
+    """A run copied to a laptop without its training data: the one line says which option gives it."""
+    import shutil
+
+    moved = tmp_path / "moved-run"
+    shutil.copytree(tiny_run, moved)
+    meta = json.loads((moved / "metadata.json").read_text())
+    meta["dataset"]["sources"] = {name: str(tmp_path / "gone") for name in meta["dataset"]["sources"]}
+    meta["dataset"]["path"] = str(tmp_path / "gone")
+    (moved / "metadata.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(cli, ["adapt", str(moved), "--data", str(clinic), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "pass --parent-data DIR" in res.output and len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
