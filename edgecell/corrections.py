@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import enum
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -184,7 +183,7 @@ def apply_corrections(
         base: folder that relative file names in the CSV are relative to (default: the current folder).
         mode: copy the images (default), or hard-link or symlink them.
     """
-    from firmware_host.atomic import check_stageable, staged_dir
+    from firmware_host.atomic import check_stageable, staged_dir, write_json
 
     mode = LinkMode(mode)
     classes = list(classes) if classes is not None else default_classes()
@@ -226,7 +225,7 @@ def apply_corrections(
                 for r, (_, f) in zip(rows, result.files)
             ],
         }
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors="surrogateescape")
+        write_json(tmp / MARKER, manifest)
     return result
 
 

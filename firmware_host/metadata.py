@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import ModelError
+from firmware_host.errors import ModelError, first_line
 
 FORMAT = "edgecell-model/1"
 
@@ -330,11 +330,6 @@ MAX_METADATA_BYTES = 1 << 20
 """A sidecar is a few kilobytes; a larger one is not read."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "strerror", None) or exc)
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     """Read the sidecar of ``model_path``; a missing or broken sidecar is a :class:`ModelError`."""
     side = sidecar_path(model_path)
@@ -347,7 +342,7 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     except RecursionError:
         raise ModelError("metadata file is unreadable (nested too deeply)", side) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of thousands of digits
-        raise ModelError(f"metadata file is unreadable ({_first_line(exc)})", side) from None
+        raise ModelError(f"metadata file is unreadable ({getattr(exc, 'strerror', None) or first_line(exc)})", side) from None
     return ModelMetadata.from_dict(d, side)
 
 
