@@ -33,12 +33,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.crosslab import edgecell, train  # noqa: E402
+from benchmarks.crosslab import DEFAULT_SHARED, RESULTS, edgecell, train  # noqa: E402
+from benchmarks.crosslab import WORK as CROSSLAB_WORK  # noqa: E402
 
-DEFAULT_SHARED = ROOT.parent / "shared"
 WORK = HERE / "work" / "adapt"
-CROSSLAB_WORK = HERE / "work" / "crosslab"
-RESULTS = HERE / "results"
 PARENT_SEED = 42
 
 # experiment -> (train --exclude, the held-out lab's folder under shared/, labelled cells picked per type)
@@ -179,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
     args = ap.parse_args(argv)
+    from benchmarks._results import publish
     from benchmarks.run import machine
-    from firmware_host.atomic import write_json, write_text
 
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -201,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = shared / EXPERIMENTS[name][1]
         per_pick = {str(s): one_pick(name, parent, lab, s, args.adapt_options) for s in picks}
         r["experiments"][name] = {"parent": str(parent), "pick": EXPERIMENTS[name][2], "picks": per_pick, "summary": summary(per_pick)}
-    results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "adapt.json", r)
-    write_text(results / "adapt.md", markdown(r))
-    print(markdown(r))
+    publish(results, "adapt", r, markdown(r))
     return 0
 
 
