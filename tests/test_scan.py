@@ -227,8 +227,8 @@ def test_scan_array_and_summary(models):
     res = scan_array(clf, draw_field(wbcs, _away(RBC_GRID, wbcs)), threshold=0.5, path="f")
     assert (res.width, res.height) == (W, H) and len(res.cells) == 2
     assert sorted(c["edge"] for c in res.cells) == [False, True]
-    for c in res.cells:
-        assert c["label"] in clf.classes and 0 <= c["confidence"] <= 1
+    for c in res.cells:  # the confidence is the top class's calibrated probability, as classify reports it
+        assert c["label"] == c["top3"][0]["label"] and c["confidence"] == c["top3"][0]["prob"] >= c["top3"][1]["prob"]
     s = ScanSummary(classes=clf.classes, threshold=0.5)
     s.add(res)
     d = s.to_dict()
@@ -333,3 +333,17 @@ def test_cli_scan_report(models, fields, tmp_path):
         html = page.read_text()
         assert html.lstrip().lower().startswith("<!doctype html")
         assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
+
+
+def test_cli_scan_warns_about_a_link_to_a_folder_read_already(models, fields, tmp_path):
+    """The start lines scan shares with classify: a link to a folder given already is read once, with a warning."""
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "two.jpg").write_bytes((fields / "two.jpg").read_bytes())
+    (given / "again").symlink_to(given, target_is_directory=True)
+    out = tmp_path / "scan.json"
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(given), "--json", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert [r["file"].rsplit("/", 1)[-1] for r in json.loads(out.read_text())["results"]] == ["two.jpg"]
+    warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln and "again" in ln]
+    assert len(warned) == 1 and "read already" in warned[0], res.stderr
