@@ -168,22 +168,18 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     global WORK
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=str(DEFAULT_SHARED), help="folder holding bloodcells/ and more_cells/ (default ../shared)")
-    ap.add_argument("--picks", default="1,2,3", help="comma-separated seeds of the labelled picks (and of adapt)")
-    ap.add_argument("--only", choices=list(EXPERIMENTS), action="append", help="run only these experiments (repeatable)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished parent runs instead of training them again")
-    ap.add_argument("--work", default=str(WORK))
-    ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
-    args = ap.parse_args(argv)
-    from benchmarks._results import publish
+    from benchmarks._results import common_options, publish, shared_data
     from benchmarks.run import machine
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_options(ap, WORK, RESULTS, DEFAULT_SHARED, "reuse finished parent runs instead of training them again")
+    ap.add_argument("--picks", default="1,2,3", help="comma-separated seeds of the labelled picks (and of adapt)")
+    ap.add_argument("--only", choices=list(EXPERIMENTS), action="append", help="run only these experiments (repeatable)")
+    ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
+    args = ap.parse_args(argv)
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
-    shared = Path(args.shared)
-    data = [shared / "bloodcells", shared / "more_cells"]
+    shared, data = Path(args.shared), shared_data(args)
     picks = [int(s) for s in args.picks.split(",")]
     results = Path(args.results)
     previous = json.loads((results / "adapt.json").read_text()) if (results / "adapt.json").is_file() else {}

@@ -43,7 +43,7 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
 )
 @seed_option
 @json_option
-def adapt(run_dir, data_dir, out_dir, epochs, learning_rate, holdout_share, replay_per_class, parent_data, seed, json_out):
+def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
 
     Fine-tunes RUN's model on the labelled images mixed with a replay sample of its own training
@@ -60,19 +60,9 @@ def adapt(run_dir, data_dir, out_dir, epochs, learning_rate, holdout_share, repl
     from edgecell.console import human
 
     con = human(json_out == "-")
-    reads = [(run_dir, "the run being adapted"), *data_reads(data_dir), *data_reads(parent_data)]
-    check_outputs({"--json": json_out}, reads, folders={"--out": out_dir})
-    opts = AdaptOptions(
-        run_dir=run_dir,
-        data_dir=data_dir,
-        out_dir=out_dir,
-        parent_data=parent_data,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        holdout_share=holdout_share,
-        replay_per_class=replay_per_class,
-        seed=seed,
-    )
+    opts = AdaptOptions(**options)  # every option but --json is a field of AdaptOptions, by the same name
+    reads = [(opts.run_dir, "the run being adapted"), *data_reads(opts.data_dir), *data_reads(opts.parent_data)]
+    check_outputs({"--json": json_out}, reads, folders={"--out": opts.out_dir})
     res = adapt(opts, con)
     con.print(report_table(res.report))
     local = res.report["local"]
