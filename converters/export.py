@@ -197,10 +197,12 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     from converters import calibration as cal_mod
     from converters import parity, tflite
     from edgecell import __version__
+    from edgecell.model import predict_with_features, with_features
     from edgecell.train import predict
     from firmware_host import preprocess
     from firmware_host.atomic import check_stageable, staged_dir, write_bytes, write_json
     from firmware_host.metadata import ModelMetadata, sha256_file, write_metadata
+    from firmware_host.otherscore import OtherScore
 
     rep = reporter or Reporter()
     run = RunFolder.read(opts.run_dir)
@@ -211,9 +213,15 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
 
     cal = _calibration_set(opts, run_dir, data_dir, classes, size, rep) if opts.int8 else None
     x_test, y_test, files = _test_split(run_dir, data_dir, size, classes, rep)
+    other_score = OtherScore.from_dict(run.extra.get("other_score") or {})
     with rep.status("loading the Keras model"):
         model = run.load_keras()
-        keras_probs = predict(model, x_test).astype(np.float64)
+        if other_score is None:
+            keras_probs, keras_scores = predict(model, x_test).astype(np.float64), None
+        else:  # the exported models get the pooled features as a second output (firmware_host.otherscore)
+            keras_probs, feats = predict_with_features(model, x_test)
+            keras_scores = other_score.scores(feats)
+            model = with_features(model)
     n_weights = tflite.weight_count(model)
 
     blobs: dict[Precision, bytes] = {}
@@ -223,7 +231,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
         tflite.check_size(data, prec, n_weights, name=prec.filename)
         blobs[prec] = data
         rep.info(f"converted {prec.value}: {len(data):,} bytes ({len(data) / 1024:.1f} KB)")
-    io_int8 = tflite.check_int8(blobs[Precision.int8], Precision.int8.filename) if opts.int8 else None
+    io_int8 = tflite.check_int8(blobs[Precision.int8], Precision.int8.filename, len(classes)) if opts.int8 else None
     notes = _int8_notes(io_int8)
     for n in notes:
         rep.warn(n)
@@ -253,6 +261,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
                 source=src,
                 verification={"status": "pending"},
                 lab_check=dict(run.extra.get("lab_check") or {}),
+                other_score=dict(run.extra.get("other_score") or {}),
             )
             write_metadata(path, metas[prec])
         if cal is not None:
@@ -262,11 +271,13 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
         results: dict[str, dict] = {}
         for prec in blobs:
             with rep.progress(f"parity: {prec.value} TFLite on {len(x_test)} test images", len(x_test)) as tick:
-                probs, _ = parity.tflite_probs(tmp / prec.filename, x_test, threads=opts.threads, on_progress=tick)
-            results[prec.value] = {"probs": probs, "size_bytes": len(blobs[prec]), "file": prec.filename, "sha256": metas[prec].sha256}
+                probs, scores, _ = parity.tflite_outputs(tmp / prec.filename, x_test, threads=opts.threads, on_progress=tick)
+            results[prec.value] = {"probs": probs, "scores": scores, "size_bytes": len(blobs[prec]), "file": prec.filename, "sha256": metas[prec].sha256}
             if prec is Precision.float32:
                 parity.check_float32(keras_probs, probs, files, path=run_dir / EXPORT_DIR / prec.filename)
-        report = parity.build_report(y_test, classes, keras_probs, results, opts.max_drop, parity.keras_size(run_dir))
+        report = parity.build_report(
+            y_test, classes, keras_probs, results, opts.max_drop, parity.keras_size(run_dir), keras_scores, other_score.threshold if other_score else None
+        )
         report["run_dir"] = str(run_dir.resolve())
         report["edgecell_version"] = __version__
         report["notes"] = notes

@@ -41,12 +41,21 @@ def tflite_probs(
 
     Returns (probs (N, K) float64, classifier info).
     """
+    probs, _, info = tflite_outputs(model_path, images, threads, on_progress)
+    return probs, info
+
+
+def tflite_outputs(
+    model_path: str | os.PathLike, images: np.ndarray, threads: int | None = None, on_progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """:func:`tflite_probs` and the never-seen scores (None for a model without a score)."""
     from edgecell.tfutil import quiet_fds
     from firmware_host.runtime import Classifier
 
     with quiet_fds():  # the interpreter announces its delegate on stderr
         clf = Classifier.load(model_path, threads=threads, allow_unverified=True)  # this is the verification
-    return clf.predict_batch_uncalibrated([np.asarray(img, dtype=np.uint8) for img in images], on_progress), clf.info()
+    probs, scores = clf.predict_batch_scored([np.asarray(img, dtype=np.uint8) for img in images], on_progress)
+    return probs, scores, clf.info()
 
 
 def check_float32(
@@ -83,14 +92,29 @@ def build_report(
     tflite: dict[str, dict],
     max_drop: float,
     keras_size: int | None = None,
+    keras_scores: np.ndarray | None = None,
+    other_threshold: float | None = None,
 ) -> dict:
     """The parity report.
 
-    ``tflite`` maps precision -> {"probs": (N, K), "size_bytes": int, "file": str, "sha256": str}.
+    ``tflite`` maps precision -> {"probs": (N, K), "size_bytes": int, "file": str, "sha256": str,
+    and optionally "scores": (N,) never-seen scores}. With ``keras_scores`` and ``other_threshold``,
+    each model also gets ``other_agreement_with_keras``: the share of images on which it and Keras
+    make the same ``other`` decision (:func:`firmware_host.otherscore.decide`), and the share each sends to ``other``.
     """
+    from firmware_host.otherscore import decide
+    from firmware_host.paths import OTHER_CLASS
+
+    def is_other(probs, scores):
+        if OTHER_CLASS not in classes:
+            return np.zeros(len(probs), dtype=bool)
+        return decide(probs, scores, other_threshold, classes) == list(classes).index(OTHER_CLASS)
+
+    keras_other = is_other(keras_probs, keras_scores)
     keras_pred = keras_probs.argmax(axis=1)
     keras = _metrics(y, keras_probs, classes)
     keras["size_bytes"] = keras_size
+    keras["other_share"] = float(keras_other.mean()) if len(y) else 0.0
     models: dict[str, dict] = {"keras": keras}
     for prec, info in tflite.items():
         p = info["probs"]
@@ -109,6 +133,11 @@ def build_report(
                 "accuracy_drop_pp": 100.0 * (keras["accuracy"] - m["accuracy"]),
             }
         )
+        other = is_other(p, info.get("scores"))
+        m["other_share"] = float(other.mean()) if len(y) else 0.0
+        m["other_agreement_with_keras"] = float(np.mean(other == keras_other)) if len(y) else 1.0
+        if info.get("scores") is not None and keras_scores is not None and len(y):
+            m["other_score_diff_max"] = float(np.nanmax(np.abs(info["scores"] - keras_scores)))
         if prec != "float32" and "float32" in tflite:
             m["agreement_with_float32"] = float(np.mean(p.argmax(axis=1) == tflite["float32"]["probs"].argmax(axis=1))) if len(y) else 1.0
         if prec == "float32":
@@ -123,6 +152,7 @@ def build_report(
         "classes": list(classes),
         "float32_tolerance": FLOAT32_TOLERANCE,
         "max_drop_pp": float(max_drop),
+        "other_threshold": other_threshold,
         "models": models,
         "size_ratio_int8_float32": (models["int8"]["size_bytes"] / models["float32"]["size_bytes"]) if "int8" in models and "float32" in models else None,
     }
@@ -142,6 +172,7 @@ def verification(report: dict, precision: str) -> dict:
         "keras_accuracy": report["models"]["keras"]["accuracy"],
         "keras_macro_f1": report["models"]["keras"]["macro_f1"],
         "agreement_with_keras": m["agreement_with_keras"],
+        "other_agreement_with_keras": m["other_agreement_with_keras"],
         "prob_diff_mean": m["prob_diff_mean"],
         "prob_diff_max": m["prob_diff_max"],
     }
@@ -176,6 +207,8 @@ def parity_table(report: dict) -> Table:
     row("vs Keras (points)", lambda k, m: "" if k == "keras" else f"{0.0 - m['accuracy_drop_pp']:+.2f}")
     row("top-1 = Keras", lambda k, m: "" if k == "keras" else _pct(m["agreement_with_keras"]))
     row("top-1 = float32", lambda k, m: _pct(m["agreement_with_float32"]) if "agreement_with_float32" in m else "")
+    row("sent to other", lambda k, m: _pct(m["other_share"]))
+    row("other = Keras", lambda k, m: "" if k == "keras" else _pct(m["other_agreement_with_keras"]))
     row("mean |Δp|", lambda k, m: "" if k == "keras" else f"{m['prob_diff_mean']:.1e}")
     row("max |Δp|", lambda k, m: "" if k == "keras" else f"{m['prob_diff_max']:.1e}")
     t.add_section()

@@ -95,22 +95,31 @@ def check_size(data: bytes, precision: Precision | str, n_weights: int, name: st
         raise ModelError(f"the {precision.value} conversion did not produce a TFLite flatbuffer (no TFL3 identifier)", name)
 
 
-def tensor_io(data: bytes) -> dict:
-    """dtype and quantisation (:class:`firmware_host.runtime.TensorQuant`) of the input and output tensors, read from an interpreter."""
+def tensor_io(data: bytes, n_classes: int | None = None) -> dict:
+    """dtype and quantisation (:class:`firmware_host.runtime.TensorQuant`) of the input and output tensors, read from an interpreter.
+
+    With two outputs (probabilities and the never-seen score's features), ``output`` is the one of
+    ``n_classes`` values (:func:`firmware_host.runtime.split_outputs`) and ``features`` the other.
+    """
     from edgecell.tfutil import quiet_fds
     from firmware_host.interpreter import load_interpreter
-    from firmware_host.runtime import tensor_quant
+    from firmware_host.runtime import split_outputs, tensor_quant
 
     with quiet_fds():
         it, _ = load_interpreter(model_content=data, num_threads=1, name="<converted model>")
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    return {"input": tensor_quant(i), "output": tensor_quant(o), "input_shape": [int(x) for x in i["shape"]], "output_shape": [int(x) for x in o["shape"]]}
+    outs = it.get_output_details()
+    i = it.get_input_details()[0]
+    o, f = split_outputs(outs, n_classes, "<converted model>") if n_classes else (outs[0], None)
+    io = {"input": tensor_quant(i), "output": tensor_quant(o), "input_shape": [int(x) for x in i["shape"]], "output_shape": [int(x) for x in o["shape"]]}
+    if f is not None:
+        io["features"] = tensor_quant(f)
+    return io
 
 
-def check_int8(data: bytes, name: str = "<model>") -> dict:
+def check_int8(data: bytes, name: str = "<model>", n_classes: int | None = None) -> dict:
     """The int8 model must take and give int8 tensors with a usable scale; returns :func:`tensor_io`."""
-    io = tensor_io(data)
-    for role in ("input", "output"):
+    io = tensor_io(data, n_classes)
+    for role in [r for r in ("input", "output", "features") if r in io]:
         q = io[role]
         if np.dtype(q.dtype) != np.dtype(np.int8):
             raise ModelError(f"the int8 model's {role} tensor is {np.dtype(q.dtype).name}, expected int8", name)

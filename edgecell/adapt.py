@@ -261,7 +261,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     model, history, seconds = fit(
         x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
     )
-    cal = calibrate(model, x_val, y_val)
+    cal = calibrate(model, x_val, y_val, classes, x_train, y_train)  # the never-seen score re-fitted: the features moved
     after = report(cal["temperature"])
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}

@@ -138,3 +138,55 @@ def confusion_table(m: dict, title: str = "Confusion matrix (rows: true, columns
         row = m["confusion_matrix"][i]
         t.add_row(c, *[f"[bold green]{v}[/bold green]" if i == j else (f"[red]{v}[/red]" if v else "0") for j, v in enumerate(row)])
     return t
+
+
+DEFAULT_OTHER_SHARE = 0.01
+"""Share of the five types' validation cells that the never-seen score may send to ``other`` (on top of
+those whose most probable class is ``other``)."""
+COVARIANCE_RIDGE = 1e-3
+"""Added to the diagonal of the features' covariance, times its mean variance: a feature that never fires
+(no variance) would otherwise make int8 rounding of it count as a far-away image."""
+
+
+def fit_feature_distance(features: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class means and the whitening matrix ``W`` (``W @ W.T`` = the inverse of one covariance shared by the classes).
+
+    A class without images gets the mean of all features (it never is the nearest by accident: it
+    sits among the others).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    overall = f.mean(axis=0)
+    means = np.stack([f[y == k].mean(axis=0) if (y == k).any() else overall for k in range(n_classes)])
+    centred = f - means[y]
+    cov = centred.T @ centred / max(1, len(f))
+    cov += COVARIANCE_RIDGE * max(float(np.trace(cov)) / f.shape[1], 1e-12) * np.eye(f.shape[1])
+    return means, np.linalg.cholesky(np.linalg.inv(cov))
+
+
+def fit_other_threshold(
+    model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, classes: Sequence[str], share: float = DEFAULT_OTHER_SHARE
+) -> dict:
+    """The never-seen score of :mod:`firmware_host.otherscore`, fitted: what a run records as ``other_score``.
+
+    The class means and shared covariance of the Keras ``model``'s pooled features on the training
+    images; the threshold is the score that only ``share`` of the validation split's five-type cells
+    exceed (among those not already labelled ``other`` by their most probable class). Empty (no
+    score: the runtime labels by the most probable class alone) for a model without an ``other`` class.
+    """
+    from edgecell.model import predict_with_features
+    from firmware_host.otherscore import OtherScore
+    from firmware_host.paths import OTHER_CLASS
+
+    if OTHER_CLASS not in classes or not len(x_train) or not len(x_val):
+        return {}
+    other = list(classes).index(OTHER_CLASS)
+    _, f_train = predict_with_features(model, x_train)
+    means, whitening = fit_feature_distance(f_train, y_train, len(classes))
+    p_val, f_val = predict_with_features(model, x_val)
+    five = (np.asarray(y_val) != other) & (p_val.argmax(axis=1) != other)
+    if not five.any():
+        return {}
+    scores = OtherScore(means, whitening, 0.0).scores(f_val[five])
+    threshold = float(np.quantile(scores, 1.0 - share, method="higher"))
+    return OtherScore(means, whitening, threshold, float(share)).to_dict() | {"validation_n": int(five.sum())}

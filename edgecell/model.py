@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class ModelSpec:
@@ -87,3 +89,26 @@ def count_macs(spec: ModelSpec) -> int:
         size //= 2
     macs += cin * spec.n_classes
     return macs
+
+
+def with_features(model):
+    """``model`` with a second output: the pooled features (:data:`firmware_host.otherscore.FEATURES_LAYER`)
+    that the never-seen score reads. The same weights; what ``convert`` exports when the run has a score."""
+    from edgecell.tfutil import import_tf
+    from firmware_host.otherscore import FEATURES_LAYER
+
+    tf = import_tf()
+    return tf.keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURES_LAYER).output], name=f"{model.name}_features")
+
+
+def predict_with_features(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and pooled features of uint8 images, in batches (float64)."""
+    net = with_features(model)
+    probs, feats = [], []
+    for i in range(0, len(x), batch):
+        p, f = net([x[i : i + batch].astype(np.float32)], training=False)
+        probs.append(np.asarray(p, np.float64))
+        feats.append(np.asarray(f, np.float64))
+    if not probs:
+        return np.zeros((0, model.output_shape[-1])), np.zeros((0, net.outputs[1].shape[-1]))
+    return np.concatenate(probs), np.concatenate(feats)

@@ -64,6 +64,8 @@ class ClassifyOptions:
         precision: which model of an export folder to use (None = int8, else float32, else float16).
         report_out: where to write the review page (:mod:`firmware_host.report`), or None.
         allow_unverified: use a model whose sidecar records a failed parity check.
+        other_threshold: the never-seen score above which a cell is labelled ``other``
+            (None = the threshold in the model's sidecar; see :mod:`firmware_host.otherscore`).
     """
 
     model_path: str
@@ -75,6 +77,7 @@ class ClassifyOptions:
     precision: str | None = None
     report_out: str | None = None
     allow_unverified: bool = False
+    other_threshold: float | None = None
 
 
 @dataclass
@@ -267,7 +270,9 @@ class ClassifyJob:
     def __init__(self, opts: ClassifyOptions):
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
-        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, allow_unverified=opts.allow_unverified)
+        self.classifier = Classifier.load(
+            opts.model_path, threads=opts.threads, precision=opts.precision, allow_unverified=opts.allow_unverified, other_threshold=opts.other_threshold
+        )
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their images counted once
         n = len(self.paths)
@@ -356,6 +361,7 @@ def classify_paths(
     on_result: Callable[[str, dict | ImageError], None] | None = None,
     report_out: str | None = None,
     allow_unverified: bool = False,
+    other_threshold: float | None = None,
 ) -> ClassifySummary:
     """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
 
@@ -363,8 +369,11 @@ def classify_paths(
     writes the review page to ``report_out`` when given (:mod:`firmware_host.report`),
     calls ``on_result(path, row_or_error)`` per image, and returns the :class:`ClassifySummary`
     (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
+    ``other_threshold`` replaces the never-seen score's threshold of the model's sidecar.
     """
-    opts = ClassifyOptions(str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out, allow_unverified)
+    opts = ClassifyOptions(
+        str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out, allow_unverified, other_threshold
+    )
     with ClassifyJob(opts) as job:
         for path, result in job:
             if on_result:
@@ -458,6 +467,7 @@ CSV_BASE_COLUMNS = [
     "label",
     "confidence",
     "flag",
+    "other_score",
     "top2_label",
     "top2_prob",
     "top3_label",
@@ -485,6 +495,7 @@ class CsvStream:
             "label": r["label"],
             "confidence": f"{r['confidence']:.6f}",
             "flag": r["flag"],
+            "other_score": "" if r.get("other_score") is None else f"{r['other_score']:.4f}",
             "top2_label": top[1]["label"],
             "top2_prob": "" if top[1]["prob"] == "" else f"{top[1]['prob']:.6f}",
             "top3_label": top[2]["label"],

@@ -69,6 +69,9 @@ class ModelMetadata:
         verification: the parity check's verdict, e.g. ``{"status": "passed", ...}``.
         lab_check: the slide-level check of :func:`firmware_host.runtime.lab_warning`
             (``min_mean_confidence``, ``batch``), fitted on the training labs; empty: no check.
+        other_score: the never-seen score (:class:`firmware_host.otherscore.OtherScore`: class
+            means, whitening matrix, ``threshold``, ``share``) read from the model's second output;
+            empty: the label is the most probable class (models exported before it).
     """
 
     classes: list[str]
@@ -84,6 +87,7 @@ class ModelMetadata:
     source: dict = field(default_factory=dict)
     verification: dict = field(default_factory=dict)
     lab_check: dict = field(default_factory=dict)
+    other_score: dict = field(default_factory=dict)
     format: str = FORMAT
 
     def to_dict(self) -> dict:
@@ -124,6 +128,7 @@ class ModelMetadata:
             source=dict(d.get("source") or {}),
             verification=dict(d.get("verification") or {}),
             lab_check=dict(d.get("lab_check") or {}),
+            other_score=dict(d.get("other_score") or {}),
         )
 
     @property
@@ -250,6 +255,18 @@ def _check_lab_check(v) -> str | None:
     return None if ok else "needs an integer batch >= 1 and a min_mean_confidence between 0 and 1"
 
 
+def _check_other_score(v) -> str | None:
+    from firmware_host.otherscore import OtherScore
+
+    if not isinstance(v, dict):
+        return "must be an object"
+    try:
+        OtherScore.from_dict(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 SCHEMA = {
     # field: (required, check returning what is wrong or None)
     "classes": (True, _check_classes),
@@ -265,6 +282,7 @@ SCHEMA = {
     "source": (False, _object),
     "verification": (False, _object),
     "lab_check": (False, _check_lab_check),
+    "other_score": (False, _check_other_score),
 }
 """Every field of a model sidecar: whether it must be there and what it must hold. The
 quantisation fields must be there for an int8 model and absent (or null) otherwise."""

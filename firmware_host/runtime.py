@@ -38,6 +38,7 @@ from firmware_host.decode import _decode_one, _process_pool, decode_many, defaul
 from firmware_host.errors import ImageError, ModelError
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
+from firmware_host.otherscore import OtherScore, decide
 from firmware_host.paths import OTHER_CLASS
 from firmware_host.preprocess import load_image, prepare
 
@@ -103,6 +104,8 @@ class Prediction:
     inference_ms: float = 0.0
     thumbnail: bytes | None = field(default=None, repr=False)
     """A small JPEG of the model's input pixels, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
+    other_score: float | None = None
+    """The never-seen score (:mod:`firmware_host.otherscore`); None for a model without one."""
 
     def to_dict(self, classes: Sequence[str]) -> dict:
         return {
@@ -111,6 +114,7 @@ class Prediction:
             "confidence": float(self.confidence),
             "top3": [{"label": lab, "prob": float(p)} for lab, p in self.top3],
             "probs": {c: float(p) for c, p in zip(classes, self.probs)},
+            "other_score": None if self.other_score is None else round(float(self.other_score), 6),
             "preprocess_ms": round(float(self.preprocess_ms), 4),
             "inference_ms": round(float(self.inference_ms), 4),
         }
@@ -119,7 +123,8 @@ class Prediction:
 def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     """The flag for one prediction.
 
-    * labelled :data:`OTHER_CLASS`: :data:`FLAG_OTHER` (a person decides what it is);
+    * labelled :data:`OTHER_CLASS` (its most probable class, or its never-seen score passed the
+      model's threshold: :meth:`Classifier.prediction`): :data:`FLAG_OTHER` (a person decides what it is);
     * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
     * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`;
     * otherwise ``""`` (no flag).
@@ -269,6 +274,21 @@ def models_in(path: str | os.PathLike) -> list[Path]:
 # The classifier
 
 
+def split_outputs(outputs: Sequence[dict], n_classes: int, path: str | os.PathLike = "<model>") -> tuple[dict, dict | None]:
+    """(probabilities output, features output or None) of a model's output details.
+
+    One output: the probabilities. Two: the one with ``n_classes`` values is the probabilities, the
+    other the pooled features of the never-seen score (:mod:`firmware_host.otherscore`).
+    """
+    if len(outputs) == 1:
+        return outputs[0], None
+    sizes = [int(np.prod(o["shape"])) for o in outputs]
+    probs = [k for k, n in enumerate(sizes) if n == n_classes]
+    if len(probs) != 1:
+        raise ModelError(f"model has outputs of {' and '.join(map(str, sizes))} values; expected one of {n_classes} (the classes) and the features", path)
+    return outputs[probs[0]], outputs[1 - probs[0]]
+
+
 def tensor_quant(detail: dict) -> TensorQuant:
     """The :class:`TensorQuant` of an interpreter tensor detail (``get_input_details()[0]``)."""
     scale, zero = detail.get("quantization", (0.0, 0))
@@ -302,6 +322,7 @@ class Classifier:
         precision: Precision | str | None = None,
         backend: str | None = None,
         allow_unverified: bool = False,
+        other_threshold: float | None = None,
     ) -> Classifier:
         """Load a ``.tflite`` file or the preferred (or ``precision``) model of an export folder.
 
@@ -310,10 +331,15 @@ class Classifier:
         truncated file), a file the interpreter cannot read, or shapes that do not match the
         metadata; :class:`RuntimeMissingError` when no interpreter is installed. A model whose
         sidecar records a failed parity check is refused unless ``allow_unverified``; a file over
-        :data:`MAX_MODEL_BYTES` is refused before it is read.
+        :data:`MAX_MODEL_BYTES` is refused before it is read. ``other_threshold`` replaces the
+        never-seen score's threshold of the sidecar (a model without a score is refused with it).
         """
         model_path = resolve_model(path, precision)
         meta = read_metadata(model_path)
+        if other_threshold is not None:
+            if not meta.other_score:
+                raise ModelError("has no never-seen score, so an other-threshold cannot apply (convert a run trained with this edgecell version)", model_path)
+            meta.other_score = {**meta.other_score, "threshold": float(other_threshold)}
         why = meta.unverified
         if why and not allow_unverified:
             raise ModelError(f"{why}; not used (convert again, or pass --allow-unverified to use it anyway)", model_path)
@@ -350,9 +376,10 @@ class Classifier:
     def _check_and_prepare(self) -> None:
         it = self.interpreter
         ins, outs = it.get_input_details(), it.get_output_details()
-        if len(ins) != 1 or len(outs) != 1:
-            raise ModelError(f"model has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1", self.path)
-        i, o = ins[0], outs[0]
+        if len(ins) != 1 or len(outs) not in (1, 2):
+            raise ModelError(f"model has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1 (or 2 with the never-seen score's features)", self.path)
+        i = ins[0]
+        o, feats = split_outputs(outs, len(self.meta.classes), self.path)
         s = self.meta.input_size
         in_shape = [int(x) for x in i["shape"]]
         if in_shape != [1, s, s, 3]:
@@ -363,7 +390,12 @@ class Classifier:
             raise ModelError(f"model output shape is {out_shape}, but its metadata lists {n} classes", self.path)
         self.input_quant = tensor_quant(i)
         self.output_quant = tensor_quant(o)
-        for role, q in (("input", self.input_quant), ("output", self.output_quant)):
+        self.other_score = self._other_score(feats)
+        self.features_quant = tensor_quant(feats) if self.other_score else None
+        self._feat_index = feats["index"] if self.other_score else None
+        for role, q in (("input", self.input_quant), ("output", self.output_quant), ("features", self.features_quant)):
+            if q is None:
+                continue
             if q.dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8)):
                 raise ModelError(f"model {role} type is {q.dtype.name}; expected float32, int8 or uint8", self.path)
             if q.quantized and not (q.scale > 0 and np.isfinite(q.scale)):
@@ -375,6 +407,21 @@ class Classifier:
         # The usual int8 input (scale 1, zero point -128) is the pixel with its top bit flipped:
         # one XOR instead of a table lookup (about 15 times faster; same bytes, tested).
         self._xor128 = self._lut is not None and np.array_equal(self._lut.view(np.uint8), np.arange(256, dtype=np.uint8) ^ 0x80)
+
+    def _other_score(self, feats: dict | None) -> OtherScore | None:
+        """The sidecar's never-seen score, checked against the model's features output (None: argmax only)."""
+        try:
+            score = OtherScore.from_dict(self.meta.other_score)
+        except ValueError as exc:  # the sidecar was checked on reading; a caller's meta may not have been
+            raise ModelError(f"metadata has a bad field: other_score {exc}", self.path) from None
+        if score is None:
+            return None
+        if feats is None:
+            raise ModelError("its metadata has a never-seen score (other_score) but the model has no features output; convert it again", self.path)
+        dim = int(np.prod(feats["shape"]))
+        if dim != score.dim:
+            raise ModelError(f"model's features output has {dim} values, but its never-seen score expects {score.dim}", self.path)
+        return score
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -394,6 +441,11 @@ class Classifier:
     def temperature(self) -> float:
         return self.meta.temperature
 
+    @property
+    def other_threshold(self) -> float | None:
+        """The never-seen score's threshold (None: the model has no score; labels by argmax alone)."""
+        return self.other_score.threshold if self.other_score else None
+
     def info(self) -> dict:
         """What a report says about the model and the runtime."""
         return {
@@ -404,6 +456,7 @@ class Classifier:
             "classes": self.classes,
             "input_size": self.input_size,
             "temperature": self.temperature,
+            "other_score": {"kind": "mahalanobis", "threshold": self.other_score.threshold, "share": self.other_score.share} if self.other_score else None,
             "input_quantization": self.input_quant.to_dict(),
             "output_quantization": self.output_quant.to_dict(),
             "interpreter": self.backend.name,
@@ -434,6 +487,10 @@ class Classifier:
         Quantises the image for an int8/uint8 input, invokes, dequantises and renormalises.
         (:meth:`invoke_raw` takes an already quantised batch; this takes the image.)
         """
+        return self.predict_scored(image)[0]
+
+    def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """:meth:`predict_uncalibrated` and the never-seen score (None for a model without one)."""
         image = self._check_image(image)
         if self._xor128:
             np.bitwise_xor(image, 0x80, out=self._buf.view(np.uint8)[0])
@@ -442,7 +499,22 @@ class Classifier:
         else:
             self._buf[0] = image
         raw = self.invoke_raw(self._buf)
-        return normalize(dequantize_output(raw, self.output_quant))
+        probs = normalize(dequantize_output(raw, self.output_quant))
+        if self.other_score is None:
+            return probs, None
+        feats = dequantize_output(self.interpreter.get_tensor(self._feat_index).reshape(-1), self.features_quant)
+        return probs, float(self.other_score.scores(feats))
+
+    def predict_batch_scored(self, images: Sequence[np.ndarray], on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_batch_uncalibrated` and the never-seen scores (None for a model without a score)."""
+        out = np.zeros((len(images), len(self.classes)), np.float64)
+        scores = np.full(len(images), np.nan)
+        for k, img in enumerate(images):
+            out[k], s = self.predict_scored(img)
+            scores[k] = np.nan if s is None else s
+            if on_progress:
+                on_progress(k + 1)
+        return out, (scores if self.other_score else None)
 
     def predict_batch_uncalibrated(self, images: Sequence[np.ndarray], on_progress: Callable[[int], None] | None = None) -> np.ndarray:
         """:meth:`predict_uncalibrated` of each image, as an ``(N, classes)`` float64 array.
@@ -462,25 +534,39 @@ class Classifier:
         """Probabilities (float64, sum 1, in :attr:`classes` order) for one preprocessed uint8 image."""
         return apply_temperature(self.predict_uncalibrated(image), self.temperature)
 
-    def prediction(self, path: str | os.PathLike, probs: np.ndarray, preprocess_ms: float = 0.0, inference_ms: float = 0.0) -> Prediction:
-        """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3)."""
+    def predict_array_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """:meth:`predict_array` and the never-seen score (None for a model without one)."""
+        probs, score = self.predict_scored(image)
+        return apply_temperature(probs, self.temperature), score
+
+    def prediction(
+        self, path: str | os.PathLike, probs: np.ndarray, preprocess_ms: float = 0.0, inference_ms: float = 0.0, other_score: float | None = None
+    ) -> Prediction:
+        """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3).
+
+        The label is the most probable class, or :data:`OTHER_CLASS` when ``other_score`` is above
+        the model's threshold (:func:`firmware_host.otherscore.decide`); the confidence is the
+        probability of the label.
+        """
         order = np.argsort(-probs, kind="stable")
         classes = self.meta.classes
         top = [(classes[k], float(probs[k])) for k in order[:3]]
+        label = classes[int(decide(probs, None if other_score is None else np.float64(other_score), self.other_threshold, classes))]
         return Prediction(
             path=os.fspath(path),
-            label=top[0][0],
-            confidence=top[0][1],
+            label=label,
+            confidence=float(probs[classes.index(label)]),
             top3=top,
             probs=probs,
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
+            other_score=other_score,
         )
 
     def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0) -> Prediction:
         t0 = time.perf_counter()
-        probs = self.predict_array(image)
-        return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0)
+        probs, score = self.predict_array_scored(image)
+        return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0, score)
 
     def classify_rgb(self, path: str | os.PathLike, rgb: np.ndarray) -> Prediction:
         """Classify an RGB uint8 array of any size ``(H, W, 3)``, e.g. a cell cut from a field of view.
@@ -542,11 +628,11 @@ class Classifier:
         local = functools.partial(_classify_paths, self, thumbnails=thumbnails)
         remote = functools.partial(_classify_in_worker, thumbnails=thumbnails) if thumbnails else _classify_in_worker
         for chunk, results in ordered_chunks(paths, pool, remote, local, workers):
-            for path, (probs, pre_ms, inf_ms, reason, *thumb) in zip(chunk, results):
+            for path, (probs, pre_ms, inf_ms, reason, score, *thumb) in zip(chunk, results):
                 if reason is not None:
                     yield path, ImageError(reason, path)
                 else:
-                    pred = self.prediction(path, probs, pre_ms, inf_ms)
+                    pred = self.prediction(path, probs, pre_ms, inf_ms, score)
                     pred.thumbnail = thumb[0] if thumb else None
                     yield path, pred
 
@@ -567,19 +653,19 @@ def _init_worker_classifier(path: Path, meta: ModelMetadata, data: bytes, backen
 
 
 def _classify_paths(clf: Classifier, paths: list[str], thumbnails: int = 0) -> list[tuple]:
-    """Decode and classify: ``(probabilities, decode ms, inference ms, None)`` or ``(None, 0, 0, reason)`` per path.
+    """Decode and classify: ``(probabilities, decode ms, inference ms, None, score)`` or ``(None, 0, 0, reason, None)`` per path.
 
-    With ``thumbnails`` > 0 each successful tuple has a fifth item, the JPEG thumbnail of the input.
+    With ``thumbnails`` > 0 each successful tuple has a sixth item, the JPEG thumbnail of the input.
     """
     out = []
     for p in paths:
         image, pre_ms, reason = _decode_one(p, clf.input_size)
         if reason is not None:
-            out.append((None, 0.0, 0.0, reason))
+            out.append((None, 0.0, 0.0, reason, None))
             continue
         t0 = time.perf_counter()
-        probs = clf.predict_array(image)
-        item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None)
+        probs, score = clf.predict_array_scored(image)
+        item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None, score)
         out.append(item + (_thumbnail(image, thumbnails),) if thumbnails else item)
     return out
 

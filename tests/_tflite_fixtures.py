@@ -30,10 +30,14 @@ from firmware_host.metadata import ModelMetadata, Precision, Quantization, read_
 from firmware_host.preprocess import describe
 
 CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
+OTHER_CLASSES = ["basophil", "erythroblast", "monocyte", "myeloblast", "other", "seg_neutrophil"]
+"""The classes of the export_other/ models (with ``other`` and the never-seen score's features output)."""
 SIZE = 32
 SEED = 8  # picked so that the random model answers three different classes on the comparison images
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tiny"
-"""The committed models: export/ (float32, int8), export_uint8/ (int8 with uint8 I/O), keras_probs.json."""
+"""The committed models: export/ (float32, int8), export_uint8/ (int8 with uint8 I/O), keras_probs.json;
+export_other/ (float32, int8: six classes with ``other``, a second output of 4 pooled features and a
+never-seen score in the sidecar) and keras_other.json (Keras' probabilities and features)."""
 
 
 @dataclass
@@ -68,7 +72,7 @@ def comparison_images(n: int = 24, seed: int = SEED) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def _keras_model():
+def _keras_model(n_classes: int = 5, features: bool = False):
     import keras
 
     keras.utils.set_random_seed(SEED)
@@ -77,9 +81,9 @@ def _keras_model():
     # Linear conv with a negative bias: features change sign with an image's colour, so the
     # random model's top class differs between images (a useful test, unlike a constant answer).
     x = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=SEED), bias_initializer=keras.initializers.Constant(-1.0))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(5, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 3.0, seed=SEED + 1))(x)
-    return keras.Model(inputs, x)
+    gap = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 3.0, seed=SEED + 1))(gap)
+    return keras.Model(inputs, [x, gap] if features else x)
 
 
 def _convert(model, io_type=None) -> bytes:
@@ -105,14 +109,15 @@ def _convert(model, io_type=None) -> bytes:
         return conv.convert()
 
 
-def write_model(path: Path, data: bytes, precision: Precision, classes=CLASSES, input_size=SIZE, temperature=1.0, sha256=None) -> Path:
+def write_model(path: Path, data: bytes, precision: Precision, classes=CLASSES, input_size=SIZE, temperature=1.0, sha256=None, other_score=None) -> Path:
     """Write a .tflite and its sidecar (quantisation read back with the interpreter)."""
     from firmware_host.interpreter import load_interpreter
+    from firmware_host.runtime import split_outputs
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     it, _ = load_interpreter(model_content=data, num_threads=1)
-    qi, qo = it.get_input_details()[0]["quantization"], it.get_output_details()[0]["quantization"]
+    qi, qo = it.get_input_details()[0]["quantization"], split_outputs(it.get_output_details(), len(classes))[0]["quantization"]
     meta = ModelMetadata(
         classes=list(classes),
         input_size=input_size,
@@ -124,6 +129,7 @@ def write_model(path: Path, data: bytes, precision: Precision, classes=CLASSES, 
         output_quantization=Quantization(float(qo[0]), int(qo[1])) if qo[0] else None,
         temperature=temperature,
         edgecell_version="test",
+        other_score=dict(other_score or {}),
     )
     write_metadata(path, meta)
     return path
@@ -134,7 +140,7 @@ def build_models(tmp_path_factory) -> TinyModels:
     if "models" in _CACHE:
         return _CACHE["models"]
     root = tmp_path_factory.mktemp("tiny_tflite")
-    for sub in ("export", "export_uint8"):
+    for sub in ("export", "export_uint8", "export_other"):
         for src in sorted((FIXTURES / sub).glob("*.tflite")):
             dst = copy_model(src, root / sub)
             meta = read_metadata(dst)
@@ -168,6 +174,35 @@ def regenerate(out: Path = FIXTURES) -> None:
     write_model(out / "export_uint8" / Precision.int8.filename, _convert(model, tf.uint8), Precision.int8)
     text = json.dumps({"images": "comparison_images()", "seed": SEED, "probs": keras_probs.tolist()}) + "\n"
     (out / "keras_probs.json").write_text(text)
+    regenerate_other(out)
+
+
+def regenerate_other(out: Path = FIXTURES) -> None:
+    """Rebuild export_other/ and keras_other.json (TensorFlow needed)."""
+    import tensorflow as tf
+
+    images = comparison_images()
+    # six classes with other, the pooled features as a second output and a never-seen score whose
+    # threshold half of the comparison images pass
+    from edgecell.metrics import fit_feature_distance
+    from firmware_host.otherscore import OtherScore
+
+    two = _keras_model(len(OTHER_CLASSES), features=True)
+    probs, feats = (np.asarray(a, dtype=np.float64) for a in two.predict(images.astype(np.float32), verbose=0))
+    means, whitening = fit_feature_distance(feats, probs.argmax(axis=1), len(OTHER_CLASSES))
+    score = OtherScore(means, whitening, 0.0, 0.5)
+    score = score.with_threshold(float(np.median(score.scores(feats))))
+    for prec, io_type in ((Precision.float32, None), (Precision.int8, tf.int8)):
+        write_model(out / "export_other" / prec.filename, _convert(two, io_type), prec, classes=OTHER_CLASSES, other_score=score.to_dict())
+    text = json.dumps({"images": "comparison_images()", "seed": SEED, "probs": probs.tolist(), "features": feats.tolist()}) + "\n"
+    (out / "keras_other.json").write_text(text)
+
+
+def other_models(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The export_other/ folder of :func:`build_models` and Keras' probabilities and features on :func:`comparison_images`."""
+    models = build_models(tmp_path_factory)
+    d = json.loads((FIXTURES / "keras_other.json").read_text())
+    return models.root / "export_other", np.asarray(d["probs"]), np.asarray(d["features"])
 
 
 def copy_model(src: Path, dst_dir: Path) -> Path:

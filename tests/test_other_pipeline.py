@@ -1,0 +1,106 @@
+"""The never-seen score end to end: fitted by train, exported by convert, applied by classify (issue #13)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecell.cli import cli
+from firmware_host.otherscore import OtherScore
+
+pytest.importorskip("tensorflow")
+
+LENIENT = ["--max-drop", "100"]
+
+
+def test_fit_other_threshold_sends_the_stated_share_of_validation_cells():
+    from edgecell.metrics import fit_other_threshold
+    from edgecell.model import ModelSpec, build_model, predict_with_features
+
+    classes = ["basophil", "monocyte", "other", "seg_neutrophil"]
+    model = build_model(ModelSpec(32, len(classes), widths=(8, 16), depths=(1, 1)), seed=3)
+    rng = np.random.default_rng(0)
+    x_tr, x_va = (rng.integers(0, 256, size=(n, 32, 32, 3)).astype(np.uint8) for n in (80, 200))
+    y_tr, y_va = rng.integers(0, 4, 80), rng.integers(0, 4, 200)
+    fitted = fit_other_threshold(model, x_tr, y_tr, x_va, y_va, classes, share=0.05)
+    score = OtherScore.from_dict(fitted)
+    assert score.share == 0.05 and score.means.shape == (4, 16) and score.dim == 16
+    probs, feats = predict_with_features(model, x_va)
+    five = (y_va != 2) & (probs.argmax(axis=1) != 2)
+    assert fitted["validation_n"] == int(five.sum())
+    above = (score.scores(feats[five]) > score.threshold).mean()
+    assert 0 < above <= 0.05
+    # a model without an `other` class: no score (argmax only)
+    assert fit_other_threshold(model, x_tr, y_tr, x_va, y_va, ["a", "b", "c", "d"]) == {}
+
+
+def test_fit_feature_distance_whitens_the_shared_covariance():
+    from edgecell.metrics import fit_feature_distance
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 500)
+    f = rng.normal(size=(1000, 3)) @ np.diag([1.0, 2.0, 0.5]) + np.where(y[:, None] == 1, 10.0, 0.0)
+    means, w = fit_feature_distance(f, y, 3)
+    np.testing.assert_allclose(means[0], 0, atol=0.4)
+    np.testing.assert_allclose(means[1], 10, atol=0.4)
+    np.testing.assert_allclose(means[2], f.mean(axis=0))  # a class without images: the overall mean
+    z = (f - means[y]) @ w
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(3), atol=0.02)  # less the small ridge
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory) -> Path:
+    """A tiny model trained on a demo set with lymphocytes and eosinophils (class `other`), then converted."""
+    root = tmp_path_factory.mktemp("other_run")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["demo-data", str(root / "data"), "--per-class", "16", "--size", "64", "--objects", str(root / "objects")])
+    assert res.exit_code == 0, res.output
+    args = ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "6", "--img-size", "32", "--widths", "8,16,32", "--seed", "1"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["convert", str(root / "run"), "--int8", "--json", str(root / "parity.json"), *LENIENT])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_train_records_the_score_and_convert_exports_it(other_run):
+    from firmware_host.interpreter import load_interpreter
+    from firmware_host.metadata import read_metadata
+
+    meta = json.loads((other_run / "run" / "metadata.json").read_text())
+    score = OtherScore.from_dict(meta["other_score"])
+    assert "other" in meta["classes"] and score.share == 0.01 and score.dim == 32
+    for prec in ("float32", "int8"):
+        model = other_run / "run" / "export" / f"model_{prec}.tflite"
+        assert read_metadata(model).other_score == meta["other_score"]
+        it, _ = load_interpreter(model_content=model.read_bytes(), num_threads=1)
+        assert sorted(int(np.prod(o["shape"])) for o in it.get_output_details()) == sorted([len(meta["classes"]), 32])
+
+
+def test_parity_reports_the_other_decision(other_run):
+    report = json.loads((other_run / "parity.json").read_text())
+    assert report["other_threshold"] == pytest.approx(json.loads((other_run / "run" / "metadata.json").read_text())["other_score"]["threshold"])
+    f32, i8 = report["models"]["float32"], report["models"]["int8"]
+    assert f32["other_agreement_with_keras"] == 1.0 and f32["other_share"] == report["models"]["keras"]["other_share"]
+    assert 0.5 <= i8["other_agreement_with_keras"] <= 1.0
+    assert f32["other_score_diff_max"] < 1e-2
+    sidecar = json.loads((other_run / "run" / "export" / "model_int8.json").read_text())
+    assert sidecar["verification"]["other_agreement_with_keras"] == i8["other_agreement_with_keras"]
+
+
+def test_classify_sends_never_seen_objects_to_other(other_run):
+    from firmware_host.classify import classify_paths
+    from firmware_host.runtime import FLAG_OTHER
+
+    export = other_run / "run" / "export"
+    rows = []
+    summary = classify_paths(export, [str(other_run / "objects")], other_threshold=0.0, on_result=lambda p, r: rows.append(r))
+    assert rows and all(r["label"] == "other" and r["flag"] == FLAG_OTHER and r["other_score"] > 0 for r in rows)
+    assert summary.differential["other"] == len(rows)
+    plain = []
+    classify_paths(export, [str(other_run / "objects")], other_threshold=1e9, on_result=lambda p, r: plain.append(r))
+    assert all(r["label"] == max(r["probs"], key=r["probs"].get) for r in plain)

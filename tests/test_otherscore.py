@@ -1,0 +1,181 @@
+"""The never-seen score (firmware_host.otherscore) and how the runtime applies it (TensorFlow-free)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from firmware_host.errors import ModelError
+from firmware_host.metadata import ModelMetadata, read_metadata, write_metadata
+from firmware_host.otherscore import OtherScore, decide, decode_array, encode_array
+from firmware_host.runtime import FLAG_OTHER, Classifier, triage
+from tests._tflite_fixtures import OTHER_CLASSES, build_models, comparison_images, copy_model, other_models, save_jpeg
+
+pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
+OTHER = OTHER_CLASSES.index("other")
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    return other_models(tmp_path_factory)
+
+
+def test_encode_decode_round_trip_and_errors():
+    a = np.arange(12, dtype=np.float64).reshape(3, 4) / 7
+    np.testing.assert_allclose(decode_array(encode_array(a)), a, rtol=1e-7)
+    bad = encode_array(a)
+    bad["shape"] = [4, 4]
+    with pytest.raises(ValueError, match="bytes"):
+        decode_array(bad)
+    with pytest.raises(ValueError, match="base64"):
+        decode_array({"shape": [1], "float32_base64": "!!"})
+    with pytest.raises(ValueError, match="finite"):
+        decode_array(encode_array(np.array([np.inf])))
+
+
+def test_score_is_the_mahalanobis_distance_to_the_nearest_mean():
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 4))
+    cov = np.cov(rng.normal(size=(200, 4)), rowvar=False) + 0.1 * np.eye(4)
+    w = np.linalg.cholesky(np.linalg.inv(cov))
+    s = OtherScore(means, w, 1.0)
+    f = rng.normal(size=(5, 4))
+    inv = np.linalg.inv(cov)
+    expected = np.sqrt(np.min([[(x - m) @ inv @ (x - m) for m in means] for x in f], axis=1))
+    np.testing.assert_allclose(s.scores(f), expected, rtol=1e-9)
+    assert s.scores(means[1]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_decide_other_by_argmax_or_score():
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    classes = ["a", "other", "b"]
+    assert decide(probs, None, 1.0, classes).tolist() == [0, 1, 2]
+    assert decide(probs, np.array([2.0, 0.0, 0.5]), 1.0, classes).tolist() == [1, 1, 2]
+    assert decide(probs, np.array([np.nan, 0.0, 0.5]), 1.0, classes).tolist() == [0, 1, 2]
+    assert decide(probs, np.array([2.0, 2.0, 2.0]), 1.0, ["a", "c", "b"]).tolist() == [0, 1, 2]  # no other class: argmax
+
+
+def test_float32_runtime_score_matches_keras_features(other):
+    folder, keras_probs, keras_feats = other
+    clf = Classifier.load(folder, precision="float32")
+    assert clf.other_score is not None and clf.other_threshold == pytest.approx(read_metadata(folder / "model_float32.tflite").other_score["threshold"])
+    probs, scores = clf.predict_batch_scored(list(comparison_images()))
+    np.testing.assert_allclose(scores, clf.other_score.scores(keras_feats), rtol=1e-3)
+    np.testing.assert_allclose(probs, keras_probs, atol=1e-4)
+
+
+def test_int8_runtime_score_reads_the_dequantised_features_output(other):
+    """The int8 model's features output, dequantised with its own scale and zero point, is what the score reads."""
+    from firmware_host.interpreter import load_interpreter
+    from firmware_host.runtime import dequantize_output, split_outputs, tensor_quant
+
+    folder, _, _ = other
+    clf = Classifier.load(folder, precision="int8")
+    it, _ = load_interpreter(model_content=(folder / "model_int8.tflite").read_bytes(), num_threads=1)
+    it.allocate_tensors()
+    i = it.get_input_details()[0]
+    _, f = split_outputs(it.get_output_details(), len(OTHER_CLASSES))
+    for img in comparison_images()[:6]:
+        it.set_tensor(i["index"], (img.astype(np.int16) - 128).astype(np.int8)[None])
+        it.invoke()
+        feats = dequantize_output(it.get_tensor(f["index"]).reshape(-1), tensor_quant(f))
+        _, score = clf.predict_scored(img)
+        assert score == pytest.approx(float(clf.other_score.scores(feats)), rel=1e-9)
+    _, scores = clf.predict_batch_scored(list(comparison_images()))
+    assert np.all(np.isfinite(scores)) and np.all(scores >= 0)
+
+
+def test_label_is_other_when_the_score_passes_the_threshold(other):
+    folder, _, _ = other
+    clf = Classifier.load(folder, precision="float32")
+    images = comparison_images()
+    preds = [clf.classify_array(f"img{k}", img) for k, img in enumerate(images)]
+    scores = np.array([p.other_score for p in preds])
+    passed = scores > clf.other_threshold
+    assert passed.any() and (~passed).any()  # the fixture's threshold is the median score
+    for p, hit in zip(preds, passed):
+        argmax = OTHER_CLASSES[int(np.argmax(p.probs))]
+        assert p.label == ("other" if hit else argmax)
+        assert p.confidence == pytest.approx(p.probs[OTHER_CLASSES.index(p.label)])
+        if p.label == "other":
+            assert triage(p) == FLAG_OTHER
+        assert p.to_dict(OTHER_CLASSES)["other_score"] == pytest.approx(p.other_score, abs=1e-6)
+
+
+def test_other_threshold_overrides_the_sidecar(other):
+    folder, _, _ = other
+    images = comparison_images()
+    never = Classifier.load(folder, precision="float32", other_threshold=1e9)
+    always = Classifier.load(folder, precision="float32", other_threshold=0.0)
+    assert never.other_threshold == 1e9
+    labels_never = [never.classify_array("x", img).label for img in images]
+    assert labels_never == [OTHER_CLASSES[int(np.argmax(never.predict_array(img)))] for img in images]
+    assert all(always.classify_array("x", img).label == "other" for img in images)
+
+
+def test_other_threshold_on_a_model_without_a_score_is_refused(tmp_path_factory):
+    models = build_models(tmp_path_factory)
+    with pytest.raises(ModelError, match="no never-seen score"):
+        Classifier.load(models.float32, other_threshold=1.0)
+    clf = Classifier.load(models.float32)  # old sidecars: argmax only
+    assert clf.other_score is None and clf.other_threshold is None
+    assert clf.classify_array("x", models.images[0]).other_score is None
+
+
+def test_sidecar_with_a_score_but_a_model_without_features_is_refused(other, tmp_path_factory, tmp_path):
+    folder, _, _ = other
+    models = build_models(tmp_path_factory)
+    plain = copy_model(models.float32, tmp_path)
+    meta = read_metadata(plain)
+    meta.other_score = read_metadata(folder / "model_float32.tflite").other_score
+    write_metadata(plain, meta)
+    with pytest.raises(ModelError, match="no features output"):
+        Classifier.load(plain)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(kind="energy"), "kind"),
+        (lambda s: s.update(threshold=-1), "threshold"),
+        (lambda s: s.update(threshold="1"), "threshold"),
+        (lambda s: s["whitening"].update(shape=[3, 3]), "bytes"),
+        (lambda s: s.pop("means"), "means"),
+    ],
+)
+def test_bad_other_score_in_the_sidecar_is_one_line(other, tmp_path, change, message):
+    folder, _, _ = other
+    model = copy_model(folder / "model_float32.tflite", tmp_path)
+    d = json.loads(model.with_suffix(".json").read_text())
+    change(d["other_score"])
+    model.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=f"other_score.*{message}"):
+        read_metadata(model)
+
+
+def test_sidecar_round_trip_keeps_the_score(other):
+    folder, _, _ = other
+    meta = read_metadata(folder / "model_int8.tflite")
+    again = ModelMetadata.from_dict(json.loads(json.dumps(meta.to_dict())))
+    assert again.other_score == meta.other_score
+
+
+def test_classify_json_and_csv_carry_the_score(other, tmp_path):
+    from firmware_host.classify import classify_paths
+
+    folder, _, _ = other
+    for k, img in enumerate(comparison_images()[:6]):
+        save_jpeg(tmp_path / "in" / f"{k}.jpg", np.kron(img, np.ones((2, 2, 1), np.uint8)))
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    summary = classify_paths(folder, [str(tmp_path / "in")], json_out=str(js), csv_out=str(cs), other_threshold=0.0)
+    rows = json.loads(js.read_text())["results"]
+    assert len(rows) == 6 and all(r["label"] == "other" and r["flag"] == FLAG_OTHER and r["other_score"] >= 0 for r in rows)
+    assert summary.differential["other"] == 6
+    with open(cs, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [float(r["other_score"]) for r in table] == pytest.approx([r["other_score"] for r in rows], abs=1e-4)
+    assert json.loads(js.read_text())["model"]["other_score"]["threshold"] == 0.0
