@@ -533,7 +533,7 @@ def odd_models(models, tmp_path_factory):
     return {
         "two-outputs": (
             write_model(root / "two" / Precision.float32.filename, _convert(two), Precision.float32),
-            "model has 1 inputs and 2 outputs, expected 1 and 1",
+            "model has outputs of 5 and 5 values; expected one of 5 (the classes) and the features",
         ),
         "grey-input": (write_model(root / "grey" / Precision.float32.filename, _convert(grey), Precision.float32), "model input shape is [1, 32, 32, 1]"),
     }
