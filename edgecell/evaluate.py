@@ -90,6 +90,29 @@ class Predictor:
             self.model = None
             self.clf = Classifier.load(target.model_path, threads=threads, allow_unverified=True)  # measuring it is how to see why
 
+    @property
+    def other_score(self):
+        """The never-seen score (:class:`firmware_host.otherscore.OtherScore`) of the run or the sidecar, or None."""
+        from firmware_host.otherscore import OtherScore
+
+        if self.clf is not None:
+            return self.clf.other_score
+        from edgecell.runfolder import RunFolder
+
+        return OtherScore.from_dict(RunFolder.read(self.target.run_dir).extra.get("other_score") or {})
+
+    def scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw probabilities and the never-seen scores (None for a model without a score)."""
+        score = self.other_score
+        if self.model is not None:
+            if score is None:
+                return self(x), None
+            from edgecell.model import predict_with_features
+
+            probs, feats = predict_with_features(self.model, x)
+            return probs, score.scores(feats)
+        return self.clf.predict_batch_scored(x)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.model is not None:
             from edgecell.train import predict
@@ -141,12 +164,13 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
     return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows])
 
 
-def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
+def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> np.ndarray:
     """Which calibrated predictions the runtime flags (uncertain, review or other; see
-    :func:`firmware_host.runtime.triage`), as a boolean array."""
+    :func:`firmware_host.runtime.triage`), as a boolean array; ``pred``: the labels (default: the most probable class)."""
     from firmware_host.runtime import Prediction, triage
 
-    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
+    conf = probs[np.arange(len(pred)), pred]
     return np.array([triage(Prediction("", classes[k], float(c), [], probs[i]), threshold) != "" for i, (k, c) in enumerate(zip(pred, conf))], dtype=bool)
 
 
@@ -172,8 +196,20 @@ def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold
     }
 
 
-def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources: Sequence[str], types: Sequence[str], threshold: float) -> dict:
+def by_source(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    sources: Sequence[str],
+    types: Sequence[str],
+    threshold: float,
+    scores: np.ndarray | None = None,
+    other_threshold: float | None = None,
+) -> dict:
     """What a clinic would see, per source and per (source, cell type), from calibrated probabilities.
+
+    The label is the runtime's: the most probable class, or ``other`` when the never-seen score
+    (``scores``) is above ``other_threshold`` (:func:`firmware_host.otherscore.decide`).
 
     For each group: ``n``; ``accuracy`` (right class, ``other`` counted); ``flagged`` (share with any
     flag: uncertain, review, other); ``wrong_unflagged`` (share wrong AND without a flag: the errors
@@ -182,8 +218,10 @@ def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources:
     """
     from sklearn.metrics import f1_score
 
-    pred = probs.argmax(axis=1)
-    flags = flagged(probs, classes, threshold)
+    from firmware_host.otherscore import decide
+
+    pred = decide(probs, scores, other_threshold, classes)
+    flags = flagged(probs, classes, threshold, pred)
     right = pred == y
     src = np.array(sources, dtype=object)
     key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
@@ -206,7 +244,12 @@ def by_source(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources:
         present = sorted(set(y[mask].tolist()))
         g["macro_f1"] = float(f1_score(y[mask], pred[mask], labels=present, average="macro", zero_division=0))
         out_src[s] = g
-    return {"threshold": threshold, "by_source": out_src, "by_type": {k: group(key == k) for k in sorted(set(key.tolist()))}}
+    return {
+        "threshold": threshold,
+        "other_threshold": other_threshold,
+        "by_source": out_src,
+        "by_type": {k: group(key == k) for k in sorted(set(key.tolist()))},
+    }
 
 
 def source_table(rep: dict, title: str = "By source and cell type (calibrated; flags: uncertain, review, other)"):
@@ -224,6 +267,103 @@ def source_table(rep: dict, title: str = "By source and cell type (calibrated; f
             if k.split("/", 1)[0] == s:
                 top = ", ".join(f"{c} {n}" for c, n in sorted(tg["called"].items(), key=lambda kv: -kv[1])[:3])
                 t.add_row(f"  {k.split('/', 1)[1]}", str(tg["n"]), f"{tg['accuracy']:.1%}", f"{tg['flagged']:.1%}", f"{tg['wrong_unflagged']:.1%}", top)
+    return t
+
+
+OTHER_CURVE_POINTS = 41
+"""Thresholds of the never-seen score's curve (:func:`other_report`), from the lowest score to the highest."""
+
+
+def other_report(
+    y: np.ndarray,
+    probs: np.ndarray,
+    scores: np.ndarray | None,
+    threshold: float | None,
+    classes: Sequence[str],
+    sources: Sequence[str],
+    types: Sequence[str],
+    points: int = OTHER_CURVE_POINTS,
+) -> dict:
+    """What the ``other`` decision does on these images, per source and per cell type, and against the threshold.
+
+    ``probs`` calibrated, ``scores`` the never-seen scores (None: argmax only). Per source:
+    ``five_n`` and ``five_sent_to_other`` (the five types' cells wrongly labelled ``other``),
+    ``other_n`` and ``other_caught`` (cells of types taught or scored as ``other``, labelled
+    ``other``). Per source/type: ``n``, ``other`` (whether the type is ``other``) and
+    ``sent_to_other``. ``curve``: the same two shares over every image, and the share caught per
+    ``other`` type, at ``points`` thresholds from the lowest to the highest score (with a score).
+    """
+    from firmware_host.otherscore import decide
+    from firmware_host.paths import OTHER_CLASS
+
+    if OTHER_CLASS not in classes:
+        return {}
+    other = list(classes).index(OTHER_CLASS)
+    y = np.asarray(y)
+    is_other = y == other
+    src = np.array(sources, dtype=object)
+    key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
+
+    def sent(thr):
+        return decide(probs, scores, thr, classes) == other
+
+    def share(mask, hit):
+        return float(hit[mask].mean()) if mask.any() else None
+
+    hit = sent(threshold)
+    out = {"threshold": threshold, "score": scores is not None, "five_n": int((~is_other).sum()), "five_sent_to_other": share(~is_other, hit)}
+    out["other_n"], out["other_caught"] = int(is_other.sum()), share(is_other, hit)
+    out["by_source"] = {
+        s: {
+            "five_n": int((~is_other & (src == s)).sum()),
+            "five_sent_to_other": share(~is_other & (src == s), hit),
+            "other_n": int((is_other & (src == s)).sum()),
+            "other_caught": share(is_other & (src == s), hit),
+        }
+        for s in sorted(set(sources))
+    }
+    out["by_type"] = {
+        k: {"n": int((key == k).sum()), "other": bool(is_other[key == k].all()), "sent_to_other": share(key == k, hit)} for k in sorted(set(key.tolist()))
+    }
+    curve = []
+    if scores is not None and np.isfinite(scores).any():
+        finite = scores[np.isfinite(scores)]
+        other_types = [k for k, v in out["by_type"].items() if v["other"]]
+        for t in np.unique(np.r_[np.linspace(finite.min(), finite.max(), points), [] if threshold is None else [threshold]]):
+            h = sent(float(t))
+            curve.append(
+                {
+                    "threshold": float(t),
+                    "five_sent_to_other": share(~is_other, h),
+                    "other_caught": share(is_other, h),
+                    "by_type": {k: share(key == k, h) for k in other_types},
+                }
+            )
+    out["curve"] = curve
+    return out
+
+
+def other_table(rep: dict, title: str = "Sent to other, per source and cell type"):
+    """Rich table of :func:`other_report`."""
+    from rich.table import Table
+
+    thr = rep["threshold"]
+    t = Table(title=f"{title} (never-seen score threshold {'none: argmax only' if thr is None else f'{thr:.3g}'})")
+    for col in ("source / type", "five types: n", "wrongly sent to other", "other types: n", "caught as other"):
+        t.add_column(col, justify="left" if col == "source / type" else "right")
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
+    for s, g in rep["by_source"].items():
+        t.add_row(f"[bold]{s}[/bold]", str(g["five_n"]), pct(g["five_sent_to_other"]), str(g["other_n"]), pct(g["other_caught"]))
+        for k, tg in rep["by_type"].items():
+            if k.split("/", 1)[0] == s:
+                name = f"  {k.split('/', 1)[1]}"
+                if tg["other"]:
+                    t.add_row(name, "", "", str(tg["n"]), pct(tg["sent_to_other"]))
+                else:
+                    t.add_row(name, str(tg["n"]), pct(tg["sent_to_other"]), "", "")
     return t
 
 
@@ -347,14 +487,17 @@ def evaluate(
     threads: int | None = None,
     stain: bool = False,
     seed: int = DEFAULT_SEED,
+    other_threshold: float | None = None,
 ) -> dict:
     """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
 
     Also computes the risk-coverage table on the calibrated probabilities and, with ``stain``,
-    the same metrics under each stain/colour perturbation of :mod:`edgecell.stain`.
+    the same metrics under each stain/colour perturbation of :mod:`edgecell.stain`, and what the
+    ``other`` decision does (:func:`other_report`, with its curve against the never-seen score's
+    threshold as ``{kind}_{split}_other.json`` and ``_other.png``); ``other_threshold`` replaces the model's.
     """
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
-    from edgecell.plots import confusion_matrix_png, reliability_png
+    from edgecell.plots import confusion_matrix_png, other_curve_png, reliability_png
     from firmware_host.atomic import write_json
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -363,10 +506,17 @@ def evaluate(
     if len(x) == 0:
         raise DataError(f"no images in the {split} split", data_dir)
     predictor = Predictor(target, threads)
-    probs = predictor(x)
+    probs, scores = predictor.scored(x)
+    score = predictor.other_score
+    if other_threshold is not None and score is None:
+        raise EdgecellError(
+            "has no never-seen score, so --other-threshold cannot apply (a run trained before it, or a model converted from one)", target.model_path
+        )
+    thr = other_threshold if other_threshold is not None else (score.threshold if score else None)
     m = compute(y, probs, target.classes)
     cal = apply_temperature(probs, target.temperature)
-    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD)
+    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr)
+    m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types)
     m.update(
         {
             "split": split,
@@ -404,4 +554,8 @@ def evaluate(
         "confusion_matrix": str(out / f"{stem}_confusion_matrix.png"),
         "reliability": str(out / f"{stem}_reliability.png"),
     }
+    if m["other"].get("curve"):
+        write_json(out / f"{stem}_other.json", m["other"])
+        other_curve_png(out / f"{stem}_other.png", m["other"]["curve"], thr, f"{target.kind}, {split} split: the other decision against the threshold")
+        m["outputs"] |= {"other": str(out / f"{stem}_other.json"), "other_curve": str(out / f"{stem}_other.png")}
     return m

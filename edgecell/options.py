@@ -170,6 +170,15 @@ def threshold_option(what: str):
     )
 
 
+other_threshold_option = click.option(
+    "--other-threshold",
+    type=FiniteFloatRange(min=0.0),
+    default=None,
+    help="Label a cell 'other' when its never-seen score (distance of its features from every trained class) is above this "
+    "(default: the threshold fitted at training, in the model's metadata; evaluate draws the curve to choose from).",
+)
+
+
 def worker_threads_option(items: str):
     """``--threads`` of a command that moves to worker processes for long lists of ``items`` (images, fields)."""
     from firmware_host.decode import PROCESS_MIN_FILES

@@ -92,3 +92,31 @@ def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[st
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
+
+
+def other_curve_png(path: str | os.PathLike, curve: Sequence[dict], threshold: float | None, title: str = "The other decision against the threshold") -> None:
+    """Share of the five types wrongly sent to ``other`` and share of ``other`` cells caught (overall and per
+    type) against the never-seen score's threshold (:func:`edgecell.evaluate.other_report`'s ``curve``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    t = [c["threshold"] for c in curve]
+
+    def line(values, **kw):
+        ax.plot(t, [np.nan if v is None else 100 * v for v in values], **kw)
+
+    line([c["five_sent_to_other"] for c in curve], color="tab:red", lw=2, label="five types wrongly sent to other")
+    line([c["other_caught"] for c in curve], color="tab:blue", lw=2, label="other cells caught")
+    for k in curve[0]["by_type"] if curve else ():
+        line([c["by_type"][k] for c in curve], lw=1, ls="--", label=f"{k} caught")
+    if threshold is not None:
+        ax.axvline(threshold, color="grey", ls=":", label=f"model's threshold {threshold:.3g}")
+    ax.set_xlabel("never-seen score threshold (classify --other-threshold)")
+    ax.set_ylabel("% of cells")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)

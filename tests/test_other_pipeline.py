@@ -104,3 +104,51 @@ def test_classify_sends_never_seen_objects_to_other(other_run):
     plain = []
     classify_paths(export, [str(other_run / "objects")], other_threshold=1e9, on_result=lambda p, r: plain.append(r))
     assert all(r["label"] == max(r["probs"], key=r["probs"].get) for r in plain)
+
+
+def test_evaluate_reports_other_per_type_and_the_curve(other_run, tmp_path):
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(cli, ["evaluate", str(other_run / "run"), "--out", str(out), "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    rep = m["other"]
+    thr = json.loads((other_run / "run" / "metadata.json").read_text())["other_score"]["threshold"]
+    assert rep["threshold"] == pytest.approx(thr) and rep["score"] is True
+    types = {k.split("/", 1)[1]: v for k, v in rep["by_type"].items()}
+    assert types["lymphocyte"]["other"] and types["eosinophil"]["other"] and not types["basophil"]["other"]
+    assert rep["five_n"] + rep["other_n"] == m["n"]
+    # the curve runs from every cell sent to other (lowest threshold) to the argmax alone (highest)
+    first, last = rep["curve"][0], rep["curve"][-1]
+    assert first["five_sent_to_other"] >= last["five_sent_to_other"] and first["other_caught"] >= last["other_caught"]
+    assert set(first["by_type"]) == {k for k, v in rep["by_type"].items() if v["other"]}
+    assert json.loads((out / "keras_test_other.json").read_text())["curve"] == rep["curve"]
+    assert (out / "keras_test_other.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Sent to other" in " ".join(res.output.split())
+    # --other-threshold 0: every cell is other
+    res = CliRunner().invoke(
+        cli, ["evaluate", str(other_run / "run" / "export"), "--other-threshold", "0", "--out", str(tmp_path / "ev0"), "--json", str(tmp_path / "m0.json")]
+    )
+    assert res.exit_code == 0, res.output
+    rep0 = json.loads((tmp_path / "m0.json").read_text())["other"]
+    assert rep0["five_sent_to_other"] == 1.0 and rep0["other_caught"] == 1.0 and rep0["threshold"] == 0.0
+
+
+def test_other_threshold_user_errors(other_run, tiny_run, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["classify", "--model", str(other_run / "run" / "export"), str(other_run / "objects"), "--other-threshold", "-1"])
+    assert res.exit_code == 2 and "--other-threshold" in res.output
+    res = runner.invoke(cli, ["evaluate", str(tiny_run), "--other-threshold", "1", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "has no never-seen score" in lines[0] and "Traceback" not in res.output
+
+
+def test_classify_cli_other_threshold_overrides_the_sidecar(other_run, tmp_path):
+    js = tmp_path / "r.json"
+    args = ["classify", "--model", str(other_run / "run" / "export"), str(other_run / "objects"), "--json", str(js)]
+    res = CliRunner().invoke(cli, [*args, "--other-threshold", "0"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(js.read_text())
+    assert report["model"]["other_score"]["threshold"] == 0.0
+    assert all(r["label"] == "other" for r in report["results"])
+    assert report["summary"]["differential"]["other"] == len(report["results"])

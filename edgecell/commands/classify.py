@@ -10,6 +10,7 @@ from edgecell.options import (
     csv_option,
     json_option,
     model_option,
+    other_threshold_option,
     precision_option,
     report_option,
     threshold_option,
@@ -27,18 +28,20 @@ from firmware_host.errors import ImageError
 @csv_option
 @report_option
 @threshold_option("predictions")
+@other_threshold_option
 @worker_threads_option("images")
 @precision_option
 @allow_unverified_option
 @click.pass_context
-def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, threads, precision, allow_unverified):
+def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, other_threshold, threads, precision, allow_unverified):
     """Classify cell images (files, folders, glob patterns) and flag those a person should see.
 
     Prints one row per image (predicted class, confidence, top-3, flag), the differential count
     per class, latency, and - when images sit in folders named after classes - accuracy,
     macro-F1 and the confusion matrix. Myeloblasts and erythroblasts are always flagged for a
-    haematologist; predictions below --threshold are flagged as uncertain. Unreadable images are
-    listed and skipped; the exit code is then 1.
+    haematologist; predictions below --threshold are flagged as uncertain. Cells of no type the
+    model knows (by class, or by a never-seen score above --other-threshold) are labelled 'other'
+    and counted apart from the five. Unreadable images are listed and skipped; the exit code is then 1.
 
     \b
     Example:
@@ -57,6 +60,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, t
         precision=precision,
         report_out=report_out,
         allow_unverified=allow_unverified,
+        other_threshold=other_threshold,
     )
     summary = run(opts)
     if summary.failed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import DEFAULT_SEED, SEED, check_outputs, data_option, emit_json, json_option, threads_option
+from edgecell.options import DEFAULT_SEED, SEED, check_outputs, data_option, emit_json, json_option, other_threshold_option, threads_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,15 +31,18 @@ from edgecell.options import DEFAULT_SEED, SEED, check_outputs, data_option, emi
     help="Also re-run the split under hue, saturation, brightness, grayscale and background-tint shifts (another lab's slides).",
 )
 @click.option("--seed", type=SEED, default=DEFAULT_SEED, show_default=True, help="Seed of the random member of the stain-shift family.")
+@other_threshold_option
 @threads_option
 @json_option
-def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
+def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, threads, json_out):
     """Measure a model's accuracy, F1, confusion matrix, calibration and risk-coverage.
 
     MODEL is a run folder, its model.keras, an exported .tflite, or an export folder. The test
     split is the one written at training time, so no training image is ever tested on. The
     risk-coverage table shows, for each `classify --threshold`, the share of images referred
-    and the accuracy of those kept (on temperature-calibrated confidence, as classify uses).
+    and the accuracy of those kept (on temperature-calibrated confidence, as classify uses). Per
+    source and cell type: the share caught as 'other' and the share of the five wrongly sent
+    there, with a curve of both against --other-threshold (PNG and JSON).
 
     \b
     Example:
@@ -50,23 +53,25 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, threads, json_out):
     """
     from edgecell.console import human
     from edgecell.evaluate import evaluate as run_eval
-    from edgecell.evaluate import reads, resolve, risk_coverage_table, source_table, stain_table
+    from edgecell.evaluate import other_table, reads, resolve, risk_coverage_table, source_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     con = human(json_out == "-")
     target = resolve(model)
     check_outputs({"--json": json_out}, reads(target, data_dir), folders={"--out": out_dir})
-    m = run_eval(target, data_dir, split, con, out_dir, threads, stain=stain, seed=seed)
+    m = run_eval(target, data_dir, split, con, out_dir, threads, stain=stain, seed=seed, other_threshold=other_threshold)
     con.print(metrics_table(m, title=f"{target.kind} model, {split} split (n={m['n']})"))
     con.print(confusion_table(m))
     con.print(f"expected calibration error: {m['ece']:.4f} (with temperature {m['temperature']:.2f}: {m['ece_calibrated']:.4f})")
     con.print(risk_coverage_table(m["risk_coverage"], m["n"], DEFAULT_THRESHOLD))
     con.print(source_table(m["sources"]))
+    if m["other"]:
+        con.print(other_table(m["other"]))
     if stain:
         s = m["stain_shift"]
         con.print(stain_table(s, title=f"{target.kind} model under stain shift, {split} split"))
         w = s["worst"]
         con.print(f"worst case: {w['name']}, accuracy {w['accuracy']:.4f} ({w['drop_points']:.1f} points of drop from clean {s['clean']['accuracy']:.4f})")
-    con.print(f"wrote {m['outputs']['metrics']}, {m['outputs']['confusion_matrix']}, {m['outputs']['reliability']}")
+    con.print("wrote " + ", ".join(m["outputs"].values()))
     emit_json(json_out, m)
