@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         r["default"] = default_figures(run, shared, args.reuse)
         if secs is not None:
             r["default"]["train_wall_minutes"] = secs / 60
+        elif previous.get("default", {}).get("train_wall_minutes") is not None:  # the reused run's own training, measured when it was trained
+            r["default"]["train_wall_minutes"] = previous["default"]["train_wall_minutes"]
     if "preprocess" in parts and r.get("default"):
         size = json.loads((WORK / "run-all" / "metadata.json").read_text())["input_size"] if (WORK / "run-all" / "metadata.json").is_file() else 64
         r["default"].update(preprocess_figures(shared, size))
