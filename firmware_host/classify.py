@@ -138,7 +138,8 @@ class ClassifySummary:
     def add(self, row: dict, preprocess_ms: float, inference_ms: float) -> None:
         """Count one classified image; ``row`` is its result (``Prediction.to_dict`` plus flag and truth)."""
         self.n_classified += 1
-        self.confidence_sum += row["confidence"]
+        # the lab check was fitted on the top probability; a cell labelled other by its never-seen score keeps it
+        self.confidence_sum += max(row["probs"].values())
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         self.n_review += row["flag"] == FLAG_REVIEW

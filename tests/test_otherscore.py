@@ -179,3 +179,17 @@ def test_classify_json_and_csv_carry_the_score(other, tmp_path):
         table = list(csv.DictReader(fh))
     assert [float(r["other_score"]) for r in table] == pytest.approx([r["other_score"] for r in rows], abs=1e-4)
     assert json.loads(js.read_text())["model"]["other_score"]["threshold"] == 0.0
+
+
+def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, tmp_path):
+    """The lab check was fitted on each cell's top probability; a cell relabelled by its score keeps that."""
+    from firmware_host.classify import classify_paths
+
+    folder, _, _ = other
+    for k, img in enumerate(comparison_images()[:6]):
+        save_jpeg(tmp_path / "in" / f"{k}.jpg", np.kron(img, np.ones((2, 2, 1), np.uint8)))
+    rows = []
+    summary = classify_paths(folder, [str(tmp_path / "in")], other_threshold=0.0, on_result=lambda p, r: rows.append(r))
+    assert all(r["label"] == "other" for r in rows)
+    assert summary.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
+    assert summary.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
