@@ -195,8 +195,10 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
     from edgecell.evaluate import outcomes
     from edgecell.metrics import apply_temperature
+    from edgecell.model import predict_with_features
     from edgecell.train import calibrate, fit, predict, write_results
     from firmware_host.metadata import sha256_file
+    from firmware_host.otherscore import OtherScore, decide
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     con = con or stderr_console
@@ -243,13 +245,20 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     model = parent.load_keras()
     freeze_batchnorm(model)
 
-    def report(temperature: float) -> dict:
-        return {
-            name: outcomes(y, apply_temperature(predict(model, x), temperature), classes, DEFAULT_THRESHOLD)
-            for name, x, y in (("local_holdout", x_hold, y_hold), ("original_test", x_test, y_test))
-        }
+    def report(temperature: float, other_score: dict | None) -> dict:
+        """What the runtime would say: calibrated, labelled ``other`` by the argmax or the never-seen score."""
+        score = OtherScore.from_dict(other_score or {})
+        out = {}
+        for name, x, y in (("local_holdout", x_hold, y_hold), ("original_test", x_test, y_test)):
+            if score is None:
+                probs, pred = predict(model, x), None
+            else:
+                probs, feats = predict_with_features(model, x)
+                pred = decide(probs, score.scores(feats), score.threshold, classes)
+            out[name] = outcomes(y, apply_temperature(probs, temperature), classes, DEFAULT_THRESHOLD, pred)
+        return out
 
-    before = report(parent.temperature)
+    before = report(parent.temperature, parent.extra.get("other_score"))
     repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
     x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
     y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
@@ -262,7 +271,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
     )
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train)  # the never-seen score re-fitted: the features moved
-    after = report(cal["temperature"])
+    after = report(cal["temperature"], cal.get("other_score"))
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}
     rep = {

@@ -174,17 +174,18 @@ def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: n
     return np.array([triage(Prediction("", classes[k], float(c), [], probs[i]), threshold) != "" for i, (k, c) in enumerate(zip(pred, conf))], dtype=bool)
 
 
-def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float) -> dict:
+def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> dict:
     """What a clinic would see on a labelled set, from calibrated probabilities: ``n``, ``accuracy``
     (``other`` counted as a class), ``macro_f1`` over the classes present, ``flagged`` (share with
-    any flag) and ``wrong_unflagged`` (share wrong and not flagged: the errors nobody is told to check)."""
+    any flag) and ``wrong_unflagged`` (share wrong and not flagged: the errors nobody is told to check).
+    ``pred``: the labels given (default: the most probable class; see :func:`firmware_host.otherscore.decide`)."""
     from sklearn.metrics import f1_score
 
     n = len(y)
     if not n:
         return {"n": 0, "accuracy": None, "macro_f1": None, "flagged": None, "wrong_unflagged": None}
-    pred = probs.argmax(axis=1)
-    flags = flagged(probs, classes, threshold)
+    pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
+    flags = flagged(probs, classes, threshold, pred)
     right = pred == y
     present = sorted(set(np.asarray(y).tolist()))
     return {

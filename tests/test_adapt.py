@@ -187,3 +187,15 @@ def test_missing_parent_data_names_parent_data(tiny_run, clinic, tmp_path):
     res = CliRunner().invoke(cli, ["adapt", str(moved), "--data", str(clinic), "--out", str(tmp_path / "new")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "pass --parent-data DIR" in res.output and len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+
+def test_outcomes_count_the_labels_the_runtime_gives():
+    """adapt's report counts what the runtime would say (the never-seen score may relabel a cell other), not the argmax."""
+    from edgecell.evaluate import outcomes
+
+    classes = ["basophil", "other"]
+    probs = np.array([[0.9, 0.1], [0.95, 0.05]])
+    y = np.array([0, 1])
+    assert outcomes(y, probs, classes, 0.7)["accuracy"] == 0.5
+    relabelled = outcomes(y, probs, classes, 0.7, pred=np.array([0, 1]))
+    assert relabelled["accuracy"] == 1.0 and relabelled["wrong_unflagged"] == 0.0
