@@ -311,21 +311,17 @@ def mean_figures(per_seed: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     global WORK
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=str(DEFAULT_SHARED), help="folder holding bloodcells/ and more_cells/ (default ../shared)")
-    ap.add_argument("--seeds", default="42", help="comma-separated training seeds for the leave-one-source-out runs")
-    ap.add_argument("--only", choices=["default", "preprocess", *LOSO], action="append", help="run only these parts (repeatable)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished run folders in --work instead of training again")
-    ap.add_argument("--work", default=str(WORK))
-    ap.add_argument("--results", default=str(RESULTS))
-    args = ap.parse_args(argv)
-    from benchmarks._results import publish
+    from benchmarks._results import common_options, publish, shared_data
     from benchmarks.run import machine
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_options(ap, WORK, RESULTS, DEFAULT_SHARED, "reuse finished run folders in --work instead of training again")
+    ap.add_argument("--seeds", default="42", help="comma-separated training seeds for the leave-one-source-out runs")
+    ap.add_argument("--only", choices=["default", "preprocess", *LOSO], action="append", help="run only these parts (repeatable)")
+    args = ap.parse_args(argv)
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
-    shared = Path(args.shared)
-    data = [shared / "bloodcells", shared / "more_cells"]
+    shared, data = Path(args.shared), shared_data(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     parts = args.only or ["default", *LOSO]
     results = Path(args.results)
