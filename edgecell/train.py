@@ -112,6 +112,8 @@ class TrainResult:
 # --------------------------------------------------------------------------- TF pieces
 
 
+AUG_ZOOM = (0.85, 1.0)
+"""Zoom and translation: a random square of this share of the side, at a random place, back to full size."""
 AUG_RESOLUTION = (0.25, 1.0)
 """Down-then-up scaling: the image's resolution shrinks to this share of the input at random."""
 AUG_SHARPNESS = (-1.0, 1.0)
@@ -162,8 +164,8 @@ def _augment_fn(tf, size: int):
         # Geometry: any of the 8 square symmetries (cells have no up or left).
         x = tf.image.rot90(x, tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32))
         x = tf.image.stateless_random_flip_left_right(x, s[1])
-        # Small zoom and translation: crop 85-100% at a random place, back to size.
-        crop = tf.cast(tf.round(draw(2, 0.85, 1.0) * size), tf.int32)
+        # Zoom and translation: a random square of AUG_ZOOM of the side, back to size.
+        crop = tf.cast(tf.round(draw(2, *AUG_ZOOM) * size), tf.int32)
         x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), s[3])
         x = tf.image.resize(x, [size, size], method="bilinear")
         # Acquisition: resolution, sharpness, (later) noise and JPEG.
