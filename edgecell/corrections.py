@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import DataError
+from firmware_host.errors import DataError, os_reason
 from firmware_host.report import CSV_COLUMNS, OTHER, Box, parse_cell_name
 
 MARKER = "corrections.json"
@@ -118,7 +118,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     except csv.Error as exc:
         raise CorrectionsError([f"{where}: malformed CSV ({exc})"], csv_path) from None
     except OSError as exc:
-        raise CorrectionsError([f"{where}: cannot read ({exc.strerror or exc})"], csv_path) from None
+        raise CorrectionsError([f"{where}: cannot read ({os_reason(exc)})"], csv_path) from None
     if not rows or [c.strip().lower() for c in rows[0]] != list(CSV_COLUMNS):
         got = ",".join(rows[0]) if rows else "an empty file"
         raise CorrectionsError([f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"], csv_path)
@@ -262,7 +262,7 @@ def _cut(field: Path, box: Box, dest: Path) -> None:
         with Image.open(field) as img:
             _oriented(img).convert("RGB").crop((box.x0, box.y0, box.x1, box.y1)).save(dest, "PNG")
     except OSError as exc:
-        raise DataError(f"cannot cut the cell out of this field ({exc.strerror or exc})", field) from None
+        raise DataError(f"cannot cut the cell out of this field ({os_reason(exc)})", field) from None
 
 
 def _unique_name(source: Path, cls: str, used: set[str], box: Box | None = None) -> str:
@@ -288,4 +288,4 @@ def _place(source: Path, dest: Path, mode: LinkMode) -> None:
             os.symlink(os.path.abspath(source), dest)
     except OSError as exc:
         hint = " (hard links cannot cross file systems: use copies or --link sym)" if mode is LinkMode.hard else ""
-        raise DataError(f"cannot {'copy' if mode is LinkMode.copy else 'link'} it into the output folder ({exc.strerror or exc}){hint}", source) from None
+        raise DataError(f"cannot {'copy' if mode is LinkMode.copy else 'link'} it into the output folder ({os_reason(exc)}){hint}", source) from None

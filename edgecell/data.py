@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
-from firmware_host.errors import DataError, ImageError
+from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files  # noqa: F401 - re-exported
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
@@ -228,7 +228,7 @@ def list_class_folders(root: Path) -> list[Path]:
     try:
         entries = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     except OSError as exc:
-        raise DataError(f"cannot list folder ({exc.strerror or exc})", root) from None
+        raise DataError(f"cannot list folder ({os_reason(exc)})", root) from None
     return entries
 
 
@@ -536,7 +536,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         # line ends untouched: a CR inside a quoted file name stays a CR
         text = read_csv_text(p)
     except OSError as exc:
-        raise DataError(f"cannot read split manifest ({exc.strerror or exc})", p) from None
+        raise DataError(f"cannot read split manifest ({os_reason(exc)})", p) from None
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows or set(MANIFEST_FIELDS) - set(rows[0]):
         raise DataError(f"not a split manifest (needs columns {', '.join(MANIFEST_FIELDS)})", p)

@@ -61,7 +61,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from edgecell import CLASSES
 from firmware_host.atomic import write_bytes, write_text
-from firmware_host.errors import EdgecellError
+from firmware_host.errors import EdgecellError, os_reason
 
 JPEG_QUALITY = 90
 MARKER = "DEMO.md"
@@ -680,7 +680,7 @@ def _check_folder(out: Path) -> None:
     try:
         empty = next(out.iterdir(), None) is None
     except OSError as exc:
-        raise EdgecellError(f"cannot read folder ({exc.strerror or exc})", out) from None
+        raise EdgecellError(f"cannot read folder ({os_reason(exc)})", out) from None
     if not empty and not (out / MARKER).is_file():
         raise EdgecellError(
             f"folder is not empty and is not a previous demo set (no {MARKER}); refusing to write into it, choose a new or empty folder",

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from firmware_host.errors import EdgecellError
+from firmware_host.errors import EdgecellError, os_reason
 
 
 @contextlib.contextmanager
@@ -49,7 +49,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         try:
             yield target
         except OSError as exc:
-            raise EdgecellError(f"cannot write ({exc.strerror or exc})", target) from None
+            raise EdgecellError(f"cannot write ({os_reason(exc)})", target) from None
         return
     if target.is_symlink():
         target = Path(os.path.realpath(target))
@@ -68,7 +68,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except OSError as exc:
         if tmp_path is not None:
             _unlink(tmp_path)
-        raise EdgecellError(f"cannot write file ({exc.strerror or exc})", target) from None
+        raise EdgecellError(f"cannot write file ({os_reason(exc)})", target) from None
     except BaseException:
         if tmp_path is not None:
             _unlink(tmp_path)
@@ -111,7 +111,7 @@ def _new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False)
             fd, made = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
             os.close(fd)
     except OSError as exc:
-        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", parent) from None
+        raise EdgecellError(f"cannot write here ({os_reason(exc)})", parent) from None
     with contextlib.suppress(OSError):  # still usable with the narrower mode
         os.chmod(made, (0o777 if folder else 0o666) & ~_umask())
     return Path(made)
@@ -131,7 +131,7 @@ def _ensure_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgecellError(f"cannot create this folder ({exc.strerror or exc})", folder) from None
+        raise EdgecellError(f"cannot create this folder ({os_reason(exc)})", folder) from None
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -153,7 +153,7 @@ def check_writable(path: str | os.PathLike) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise EdgecellError(f"cannot write here ({exc.strerror or exc})", folder) from None
+        raise EdgecellError(f"cannot write here ({os_reason(exc)})", folder) from None
     if Path(path).is_dir():
         raise EdgecellError("is a folder; give a file name", path)
 
@@ -273,7 +273,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
     except OSError as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise EdgecellError(f"cannot write output folder ({exc.strerror or exc})", target) from None
+        raise EdgecellError(f"cannot write output folder ({os_reason(exc)})", target) from None
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -283,7 +283,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
             _swap(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise EdgecellError(f"cannot write output folder ({exc.strerror or exc}); the previous one is unchanged", target) from None
+        raise EdgecellError(f"cannot write output folder ({os_reason(exc)}); the previous one is unchanged", target) from None
 
 
 def _swap(tmp: Path, target: Path) -> None:
@@ -303,7 +303,7 @@ def _swap(tmp: Path, target: Path) -> None:
         try:
             os.replace(old / "prev", target)
         except OSError:
-            raise EdgecellError(f"cannot write output folder ({exc.strerror or exc}); the previous one was moved to {old / 'prev'}", target) from None
+            raise EdgecellError(f"cannot write output folder ({os_reason(exc)}); the previous one was moved to {old / 'prev'}", target) from None
         shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
@@ -563,7 +563,7 @@ def stdout_error(exc: OSError) -> StdoutError:
     """The one-line error for ``exc``, raised while writing standard output."""
     if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
         return StdoutError("the program reading standard output stopped (broken pipe); the output is incomplete", "stdout")
-    return StdoutError(f"cannot write standard output ({exc.strerror or exc}); the output is incomplete", "stdout")
+    return StdoutError(f"cannot write standard output ({os_reason(exc)}); the output is incomplete", "stdout")
 
 
 def write_stdout(data: str | bytes) -> None:

@@ -18,6 +18,11 @@ class EdgecellError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
 
 
+def os_reason(exc: OSError) -> str:
+    """What the operating system said, for a one-line message: ``strerror`` ("Permission denied"), else the exception."""
+    return exc.strerror or str(exc)
+
+
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\r``, ``\\n``, ``\\x1b``...), safe to print on a terminal.
 

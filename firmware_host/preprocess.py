@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from firmware_host.errors import ImageError, ImageWarning, first_line
+from firmware_host.errors import ImageError, ImageWarning, first_line, os_reason
 
 PREPROCESSING_VERSION = 2
 MAX_PIXELS = 50_000_000
@@ -545,7 +545,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     except PermissionError:
         raise ImageError("permission denied", path) from None
     except OSError as exc:
-        raise ImageError(f"cannot read ({exc.strerror or exc})", path) from None
+        raise ImageError(f"cannot read ({os_reason(exc)})", path) from None
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
-from firmware_host.errors import ImageError, ModelError
+from firmware_host.errors import ImageError, ModelError, os_reason
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
 from firmware_host.otherscore import OtherScore, decide
@@ -356,7 +356,7 @@ class Classifier:
         except IsADirectoryError:
             raise ModelError("is a folder, not a .tflite file", model_path) from None
         except OSError as exc:
-            raise ModelError(f"cannot read model ({exc.strerror or exc})", model_path) from None
+            raise ModelError(f"cannot read model ({os_reason(exc)})", model_path) from None
         if not data:
             raise ModelError("model file is empty (0 bytes)", model_path)
         digest = hashlib.sha256(data).hexdigest()
