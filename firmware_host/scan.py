@@ -81,7 +81,7 @@ def cell_region(box: Sequence[int], width: int, height: int, margin: float = CRO
 class FieldResult:
     """One field's result: its size and cells, or the reason it could not be read.
 
-    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "top3"}`` with ``box``
+    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "other_score", "top3"}`` with ``box``
     ``[x0, y0, x1, y1]`` in the original image's pixels (x1, y1 exclusive).
     """
 
@@ -117,6 +117,7 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
                 "confidence": float(pred.confidence),
                 "flag": triage(pred, threshold),
                 "edge": bool(c.edge),
+                "other_score": None if pred.other_score is None else round(float(pred.other_score), 6),
                 "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
             }
         )
@@ -351,6 +352,7 @@ class ScanOptions:
         cell_size: expected white-cell diameter in pixels (None: a fraction of each field's shorter side).
         threads: interpreter threads (None: all cores; long lists use worker processes instead).
         precision: which model of an export folder to use.
+        other_threshold: the never-seen score above which a cell is labelled ``other`` (None: the sidecar's).
     """
 
     model_path: str
@@ -363,6 +365,7 @@ class ScanOptions:
     cell_size: float | None = None
     threads: int | None = None
     precision: str | None = None
+    other_threshold: float | None = None
 
 
 class ScanJob:
@@ -390,7 +393,7 @@ class ScanJob:
         expanded = expand_and_check_outputs(opts)  # --annotate never writes over a file: its Annotator picks a free name
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
-        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision)
+        self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, other_threshold=opts.other_threshold)
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their fields scanned once
         self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold)
@@ -536,7 +539,7 @@ def report_hook(dest: str) -> ReportHook:
     return ReportHook(dest, importlib.import_module("firmware_host.report"))
 
 
-CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "error"]
+CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "other_score", "error"]
 
 
 class CellCsv:
@@ -568,6 +571,7 @@ class CellCsv:
                     "confidence": f"{c['confidence']:.6f}",
                     "flag": c["flag"],
                     "edge": int(c["edge"]),
+                    "other_score": "" if c.get("other_score") is None else f"{c['other_score']:.4f}",
                     "error": "",
                 }
             )

@@ -193,3 +193,50 @@ def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, 
     assert all(r["label"] == "other" for r in rows)
     assert summary.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
     assert summary.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
+
+
+def test_scan_reports_each_cells_score_in_json_and_csv(other):
+    """A cell found in a field carries the score that decided it, as classify's rows do."""
+    import io
+
+    from firmware_host.scan import CellCsv, cell_region, scan_array
+    from tests._fields import RBC_GRID, _away, draw_field
+
+    folder, _, _ = other
+    clf = Classifier.load(folder, precision="float32")
+    wbcs = [(150, 140), (470, 330)]
+    rgb = draw_field(wbcs, _away(RBC_GRID, wbcs))
+    res = scan_array(clf, rgb, threshold=0.5, path="f")
+    assert len(res.cells) == 2
+    h, w = rgb.shape[:2]
+    for c in res.cells:
+        x0, y0, x1, y1 = cell_region(c["box"], w, h)
+        assert c["other_score"] == pytest.approx(clf.classify_rgb("f", rgb[y0:y1, x0:x1]).other_score, abs=1e-6)
+        assert (c["label"] == "other") == (c["other_score"] > clf.other_threshold or c["top3"][0]["label"] == "other")
+    out = io.StringIO()
+    CellCsv(out).add(res)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [float(r["other_score"]) for r in rows] == pytest.approx([c["other_score"] for c in res.cells], abs=1e-4)
+
+
+def test_scan_other_threshold_option(other, tmp_path):
+    """``scan --other-threshold 0`` sends every cell to ``other``, and the JSON head records the threshold used."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgecell.cli import cli
+    from tests._fields import RBC_GRID, _away, draw_field
+
+    folder, _, _ = other
+    wbcs = [(150, 140), (470, 330)]
+    Image.fromarray(draw_field(wbcs, _away(RBC_GRID, wbcs))).save(tmp_path / "field.png")
+    out = tmp_path / "scan.json"
+    args = ["scan", "--model", str(folder / "model_float32.tflite"), str(tmp_path / "field.png"), "--json", str(out), "--threads", "1"]
+    res = CliRunner().invoke(cli, [*args, "--other-threshold", "0"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["model"]["other_score"]["threshold"] == 0.0
+    cells = report["results"][0]["cells"]
+    assert len(cells) == 2 and all(c["label"] == "other" and c["flag"] == FLAG_OTHER for c in cells)
+    res = CliRunner().invoke(cli, [*args, "--other-threshold", "-1"])
+    assert res.exit_code == 2 and "--other-threshold" in res.output

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import csv_option, json_option, model_option, precision_option, threshold_option, worker_threads_option
+from edgecell.options import csv_option, json_option, model_option, other_threshold_option, precision_option, threshold_option, worker_threads_option
 from edgecell.views import classify as common
 from edgecell.views import scan as view
 from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
@@ -29,6 +29,7 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 )
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the HTML review page to FILE.")
 @threshold_option("cells")
+@other_threshold_option
 @click.option(
     "--cell-size",
     type=click.FloatRange(8.0, None),
@@ -38,7 +39,7 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 @worker_threads_option("fields")
 @precision_option
 @click.pass_context
-def scan(ctx, model_path, paths, json_out, csv_out, annotate_dir, report_out, threshold, cell_size, threads, precision):
+def scan(ctx, model_path, paths, json_out, csv_out, annotate_dir, report_out, threshold, other_threshold, cell_size, threads, precision):
     """Find the white cells in photos of a blood smear (fields of view), classify each, count them.
 
     Prints one row per field (cells found, their classes, flags), the differential count over
@@ -51,7 +52,7 @@ def scan(ctx, model_path, paths, json_out, csv_out, annotate_dir, report_out, th
       edgecell scan --model run/export fields/ --json scan.json --annotate boxes/
       edgecell scan --model run/export 'smear1/*.jpg' --csv cells.csv
     """
-    opts = ScanOptions(model_path, tuple(paths), json_out, csv_out, annotate_dir, report_out, threshold, cell_size, threads, precision)
+    opts = ScanOptions(model_path, tuple(paths), json_out, csv_out, annotate_dir, report_out, threshold, cell_size, threads, precision, other_threshold)
     summary = run(opts)
     if summary.n_failed:
         ctx.exit(1)
