@@ -98,13 +98,16 @@ NEVER_SEEN_N = 300
 
 def never_seen_figures(model: Path, shared: Path, size: int, n: int = NEVER_SEEN_N) -> dict:
     """Share of each never-seen set labelled ``other`` by ``model`` (the Pi's Classifier, int8)."""
-    from benchmarks.never_seen import drawn, field_windows
+    from benchmarks.never_seen import drawn_cells, field_window_cells
     from firmware_host.runtime import Classifier
 
     clf = Classifier.load(model, threads=1)
-    sets = {f"drawn {k}": drawn(k, n, size) for k in ("background", "red_cells", "pattern")}
-    sets["BCCD field windows (no white cell)"] = field_windows(shared / "more_cells" / "bccd_fields", n, size)
-    per = {k: {"n": len(x), "other": sum(clf.classify_array(k, img).label == "other" for img in x) / len(x)} for k, x in sets.items()}
+    sets = {f"drawn {k}": drawn_cells(k, n, size) for k in ("background", "red_cells", "pattern")}
+    sets["BCCD field windows (no white cell)"] = field_window_cells(shared / "more_cells" / "bccd_fields", n, size)
+    per = {
+        k: {"n": len(x), "other": sum(clf.classify_array(k, img, nucleus_offset=o).label == "other" for img, o in zip(x, offsets)) / len(x)}
+        for k, (x, offsets) in sets.items()
+    }
     total = sum(v["n"] for v in per.values())
     return {"model": str(model), "other_threshold": clf.other_threshold, "sets": per, "other": sum(v["other"] * v["n"] for v in per.values()) / total}
 

@@ -54,15 +54,26 @@ FROM_PROBS = {"not_five", "msp", "entropy"}
 
 
 def drawn(kind: str, n: int, size: int, seed: int = 0) -> np.ndarray:
-    from edgecell.demo import draw_object, encode
-    from firmware_host.preprocess import decode
+    return drawn_cells(kind, n, size, seed)[0]
 
-    return np.stack([decode(encode(draw_object(kind, np.random.default_rng([seed, i]), 128)), size) for i in range(n)])
+
+def drawn_cells(kind: str, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` drawn images of ``kind``, preprocessed as files are, and their nucleus offsets."""
+    from edgecell.demo import draw_object, encode
+    from firmware_host.preprocess import decode_cell
+
+    cells = [decode_cell(encode(draw_object(kind, np.random.default_rng([seed, i]), 128)), size) for i in range(n)]
+    return np.stack([c[0] for c in cells]), np.array([c[1] for c in cells])
 
 
 def field_windows(fields: Path, n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Cell-sized windows of BCCD fields that overlap no annotated white cell (one per field, seeded)."""
-    from firmware_host.preprocess import decode_rgb, prepare, read_bytes
+    return field_window_cells(fields, n, size, seed)[0]
+
+
+def field_window_cells(fields: Path, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-sized windows of BCCD fields that overlap no annotated white cell (one per field, seeded),
+    preprocessed as ``scan`` does, and their nucleus offsets."""
+    from firmware_host.preprocess import decode_rgb, prepare_cell, read_bytes
 
     rng = np.random.default_rng(seed)
     out = []
@@ -82,9 +93,9 @@ def field_windows(fields: Path, n: int, size: int, seed: int = 0) -> np.ndarray:
         for _ in range(50):
             x0, y0 = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
             if all(x0 + side <= a or b <= x0 or y0 + side <= c or d <= y0 for a, c, b, d in wbc):
-                out.append(prepare(rgb[y0 : y0 + side, x0 : x0 + side], size))
+                out.append(prepare_cell(rgb[y0 : y0 + side, x0 : x0 + side], size))
                 break
-    return np.stack(out)
+    return np.stack([c[0] for c in out]), np.array([c[1] for c in out])
 
 
 def folder_images(folder: Path, size: int) -> np.ndarray:

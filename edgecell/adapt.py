@@ -166,10 +166,11 @@ def freeze_batchnorm(model) -> None:
 
 
 def _load_rows(roots: dict, rows: list, size: int, classes: Sequence[str], con: Console, what: str):
+    """Images, labels and nucleus offsets of manifest rows."""
     with progress(con, transient=True) as bar:
         task = bar.add_task(f"reading {what}", total=len(rows))
-        x, y, _ = data_mod.load_from_manifest(roots, rows, size, classes, on_progress=lambda d, n: bar.update(task, completed=d))
-    return x, y
+        x, y, _, offsets = data_mod.load_cells_from_manifest(roots, rows, size, classes, on_progress=lambda d, n: bar.update(task, completed=d))
+    return x, y, offsets
 
 
 def _train_options(parent: RunFolder, opts: AdaptOptions):
@@ -236,11 +237,11 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     replay_rows = replay_pick([r for r in rows if r.split == "train"], opts.replay_per_class, opts.seed)
     val_rows = [r for r in rows if r.split == "val"]
     test_rows = [r for r in rows if r.split == "test"]
-    x_replay, y_replay = _load_rows(roots, replay_rows, size, classes, con, "replay images")
-    x_val, y_val = _load_rows(roots, val_rows, size, classes, con, "validation images")
-    x_test, y_test = _load_rows(roots, test_rows, size, classes, con, "test images")
-    x_hold, y_hold = local.images[held], y_local[held]
-    x_loc, y_loc = local.images[~held], y_local[~held]
+    x_replay, y_replay, o_replay = _load_rows(roots, replay_rows, size, classes, con, "replay images")
+    x_val, y_val, _ = _load_rows(roots, val_rows, size, classes, con, "validation images")
+    x_test, y_test, o_test = _load_rows(roots, test_rows, size, classes, con, "test images")
+    x_hold, y_hold, o_hold = local.images[held], y_local[held], local.nucleus_offsets[held]
+    x_loc, y_loc, o_loc = local.images[~held], y_local[~held], local.nucleus_offsets[~held]
 
     model = parent.load_keras()
     freeze_batchnorm(model)
@@ -249,12 +250,12 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         """What the runtime would say: calibrated, labelled ``other`` by the argmax or the never-seen score."""
         score = OtherScore.from_dict(other_score or {})
         out = {}
-        for name, x, y in (("local_holdout", x_hold, y_hold), ("original_test", x_test, y_test)):
+        for name, x, y, offsets in (("local_holdout", x_hold, y_hold, o_hold), ("original_test", x_test, y_test, o_test)):
             if score is None:
                 probs, pred = predict(model, x), None
             else:
                 probs, feats = predict_with_features(model, x)
-                pred = decide(probs, score.scores(feats), score.threshold, classes)
+                pred = decide(probs, score.scores(feats), score.threshold, classes, nucleus_offsets=offsets, nucleus_max=score.nucleus_max)
             out[name] = outcomes(y, apply_temperature(probs, temperature), classes, DEFAULT_THRESHOLD, pred)
         return out
 
@@ -270,7 +271,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     model, history, seconds = fit(
         x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
     )
-    cal = calibrate(model, x_val, y_val, classes, x_train, y_train)  # the never-seen score re-fitted: the features moved
+    offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
+    cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train)  # the never-seen score re-fitted: the features moved
     after = report(cal["temperature"], cal.get("other_score"))
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}

@@ -31,7 +31,7 @@ import numpy as np
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files  # noqa: F401 - re-exported
-from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
+from firmware_host.preprocess import IMAGE_SUFFIXES, decode_cell, read_bytes
 
 T = TypeVar("T")
 
@@ -144,6 +144,8 @@ class Dataset:
         skipped: files reported and left out (unreadable, not images, conflicting labels).
         images: preprocessed uint8 array (N, S, S, 3) aligned with ``samples``, if decoded.
         size: the size ``images`` were preprocessed to, or None.
+        nucleus_offsets: float array (N,) aligned with ``samples``, if decoded: each image's nucleus offset
+            (:func:`firmware_host.preprocess.prepare_cell`).
     """
 
     root: Path
@@ -154,6 +156,7 @@ class Dataset:
     size: int | None = None
     sources: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nucleus_offsets: np.ndarray | None = None
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
@@ -217,6 +220,7 @@ class Dataset:
             size=self.size,
             sources=dict(self.sources),
             notes=list(self.notes),
+            nucleus_offsets=None if self.nucleus_offsets is None else self.nucleus_offsets[idx],
         )
 
 
@@ -380,12 +384,12 @@ def scan(
     found = find_images(root, classes, exclude)
     root, class_names, unusable = found.root, found.classes, found.unusable
 
-    def read(data: bytes, path: Path) -> np.ndarray | None:
-        arr = decode(data, size or 16, path)  # without a size, a small decode just proves it decodes
-        return arr if size else None
+    def read(data: bytes, path: Path) -> tuple[np.ndarray, float] | None:
+        cell = decode_cell(data, size or 16, path)  # without a size, a small decode just proves it decodes
+        return cell if size else None
 
     pairs = drop_ambiguous(found, read_images(found, read, on_progress, workers))
-    arrays = [a for _, a in pairs] if size else []
+    arrays = [a for _, (a, _) in pairs] if size else []
     ds = Dataset(
         root=root,
         classes=class_names,
@@ -395,6 +399,7 @@ def scan(
         size=size,
         sources={s.name: s.folder for s in found.sources},
         notes=found.notes,
+        nucleus_offsets=np.array([o for _, (_, o) in pairs], dtype=np.float64) if size else None,
     )
     counts = ds.counts()
     if classes is not None:
@@ -563,6 +568,25 @@ def load_from_manifest(
     changed since the manifest was written is a :class:`DataError` naming it: evaluating on
     different images than the split promised would give a silently wrong answer.
     """
+    x, y, rows, _ = load_cells_from_manifest(root, rows, size, classes, on_progress, check_hash)
+    return x, y, rows
+
+
+def load_cells_from_manifest(
+    root: str | os.PathLike | dict[str, Path],
+    rows: Iterable[ManifestRow],
+    size: int,
+    classes: Sequence[str],
+    on_progress: Callable[[int, int], None] | None = None,
+    check_hash: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[ManifestRow], np.ndarray]:
+    """:func:`load_from_manifest`, and each image's nucleus offset (:func:`firmware_host.preprocess.prepare_cell`).
+
+    ``root`` is one folder, or a mapping from source name to folder (rows name their source).
+    Returns (images uint8 (N,S,S,3), labels int64 (N,), rows). A missing file or one whose bytes
+    changed since the manifest was written is a :class:`DataError` naming it: evaluating on
+    different images than the split promised would give a silently wrong answer.
+    """
     folders = root if isinstance(root, dict) else None
     root = Path(next(iter(folders.values()))) if folders else Path(root)
     rows = list(rows)
@@ -583,13 +607,14 @@ def load_from_manifest(
             raise DataError(f"{exc.reason} (listed in the split manifest; is --data the folder the model was trained on?)", path) from None
         if check_hash and hashlib.sha256(data).hexdigest() != r.sha256:
             raise DataError("file changed since the split manifest was written (SHA-256 differs)", path)
-        return decode(data, size, path)
+        return decode_cell(data, size, path)
 
-    arrays = []
-    for i, a in enumerate(map_in_threads(work, rows)):
+    arrays, offsets = [], []
+    for i, (a, o) in enumerate(map_in_threads(work, rows)):
         arrays.append(a)
+        offsets.append(o)
         if on_progress:
             on_progress(i + 1, len(rows))
     x = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
     y = np.array([index[r.label] for r in rows], dtype=np.int64)
-    return x, y, rows
+    return x, y, rows, np.array(offsets, dtype=np.float64)

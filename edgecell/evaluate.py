@@ -125,13 +125,15 @@ class Predictor:
 
 @dataclass
 class Split:
-    """The images of one split, with where each came from."""
+    """The images of one split, with where each came from and their nucleus offsets
+    (:func:`firmware_host.preprocess.prepare_cell`)."""
 
     x: np.ndarray
     y: np.ndarray
     files: list[str]
     sources: list[str]
     types: list[str]
+    offsets: np.ndarray
 
 
 def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str, con: Console) -> Split:
@@ -153,15 +155,17 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         report_skipped(ds, con)
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
-        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples])
+        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples], ds.nucleus_offsets)
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
     roots = data_mod.run_sources(target.dataset or {}, given)
     rows = [r for r in data_mod.read_manifest(target.run_dir / "split.csv") if r.split == split]
     with progress(con, transient=True) as bar:
         task = bar.add_task(f"reading {split} images", total=len(rows))
-        x, y, rows = data_mod.load_from_manifest(roots, rows, target.input_size, target.classes, on_progress=lambda d, n: bar.update(task, completed=d))
-    return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows])
+        x, y, rows, offsets = data_mod.load_cells_from_manifest(
+            roots, rows, target.input_size, target.classes, on_progress=lambda d, n: bar.update(task, completed=d)
+        )
+    return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows], offsets)
 
 
 def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> np.ndarray:
@@ -206,11 +210,14 @@ def by_source(
     threshold: float,
     scores: np.ndarray | None = None,
     other_threshold: float | None = None,
+    offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
 ) -> dict:
     """What a clinic would see, per source and per (source, cell type), from calibrated probabilities.
 
     The label is the runtime's: the most probable class, or ``other`` when the never-seen score
-    (``scores``) is above ``other_threshold`` (:func:`firmware_host.otherscore.decide`).
+    (``scores``) is above ``other_threshold`` or the nucleus offset (``offsets``) above ``nucleus_max``
+    (:func:`firmware_host.otherscore.decide`).
 
     For each group: ``n``; ``accuracy`` (right class, ``other`` counted); ``flagged`` (share with any
     flag: uncertain, review, other); ``wrong_unflagged`` (share wrong AND without a flag: the errors
@@ -221,7 +228,7 @@ def by_source(
 
     from firmware_host.otherscore import decide
 
-    pred = decide(probs, scores, other_threshold, classes)
+    pred = decide(probs, scores, other_threshold, classes, nucleus_offsets=offsets, nucleus_max=nucleus_max)
     flags = flagged(probs, classes, threshold, pred)
     right = pred == y
     src = np.array(sources, dtype=object)
@@ -284,6 +291,8 @@ def other_report(
     sources: Sequence[str],
     types: Sequence[str],
     points: int = OTHER_CURVE_POINTS,
+    offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
 ) -> dict:
     """What the ``other`` decision does on these images, per source and per cell type, and against the threshold.
 
@@ -293,6 +302,7 @@ def other_report(
     ``other``). Per source/type: ``n``, ``other`` (whether the type is ``other``) and
     ``sent_to_other``. ``curve``: the same two shares over every image, and the share caught per
     ``other`` type, at ``points`` thresholds from the lowest to the highest score (with a score).
+    ``offsets`` and ``nucleus_max``: the nucleus check, part of the decision at every threshold.
     """
     from firmware_host.otherscore import decide
     from firmware_host.paths import OTHER_CLASS
@@ -306,7 +316,7 @@ def other_report(
     key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
 
     def sent(thr):
-        return decide(probs, scores, thr, classes) == other
+        return decide(probs, scores, thr, classes, nucleus_offsets=offsets, nucleus_max=nucleus_max) == other
 
     def share(mask, hit):
         return float(hit[mask].mean()) if mask.any() else None
@@ -516,8 +526,9 @@ def evaluate(
     thr = other_threshold if other_threshold is not None else (score.threshold if score else None)
     m = compute(y, probs, target.classes)
     cal = apply_temperature(probs, target.temperature)
-    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr)
-    m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types)
+    nucleus_max = score.nucleus_max if score else None
+    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max)
+    m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
     m.update(
         {
             "split": split,

@@ -164,15 +164,45 @@ def fit_feature_distance(features: np.ndarray, y: np.ndarray, n_classes: int) ->
     return means, np.linalg.cholesky(np.linalg.inv(cov))
 
 
+NUCLEUS_QUANTILE = 0.999
+"""The nucleus check clears this share of the training images' nucleus offsets..."""
+NUCLEUS_MARGIN = 10.0
+"""...by this many degrees of hue (:func:`fit_nucleus_check`)."""
+
+
+def fit_nucleus_check(offsets: np.ndarray) -> float:
+    """The nucleus check's limit for a model trained on images with these nucleus offsets
+    (:func:`firmware_host.preprocess.prepare_cell`): at least :data:`~firmware_host.preprocess.NO_NUCLEUS_HUE`,
+    and :data:`NUCLEUS_MARGIN` degrees above the :data:`NUCLEUS_QUANTILE` quantile of the offsets, so that
+    the check never sends the kind of image the model was taught (real cells: about 30 degrees at most;
+    edgecell's drawn demo cells, whose granules can be darker than their nucleus, much more), at most
+    :data:`~firmware_host.preprocess.NO_NUCLEUS_FOUND`."""
+    from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE
+
+    offsets = np.asarray(offsets, dtype=np.float64)
+    offsets = offsets[np.isfinite(offsets)]
+    if not len(offsets):
+        return float(NO_NUCLEUS_HUE)
+    return float(min(NO_NUCLEUS_FOUND, max(NO_NUCLEUS_HUE, np.quantile(offsets, NUCLEUS_QUANTILE) + NUCLEUS_MARGIN)))
+
+
 def fit_other_threshold(
-    model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, classes: Sequence[str], share: float = DEFAULT_OTHER_SHARE
+    model,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: Sequence[str],
+    share: float = DEFAULT_OTHER_SHARE,
+    offsets_train: np.ndarray | None = None,
 ) -> dict:
     """The never-seen score of :mod:`firmware_host.otherscore`, fitted: what a run records as ``other_score``.
 
     The class means and shared covariance of the Keras ``model``'s pooled features on the training
     images; the threshold is the score that only ``share`` of the validation split's five-type cells
-    exceed (among those not already labelled ``other`` by their most probable class). Empty (no
-    score: the runtime labels by the most probable class alone) for a model without an ``other`` class.
+    exceed (among those not already labelled ``other`` by their most probable class). With the training
+    images' nucleus offsets, the nucleus check too (:func:`fit_nucleus_check`). Empty (no score: the runtime
+    labels by the most probable class alone) for a model without an ``other`` class.
     """
     from edgecell.model import predict_with_features
     from firmware_host.otherscore import OtherScore
@@ -189,4 +219,5 @@ def fit_other_threshold(
         return {}
     scores = OtherScore(means, whitening, 0.0).scores(f_val[five])
     threshold = float(np.quantile(scores, 1.0 - share, method="higher"))
-    return OtherScore(means, whitening, threshold, float(share)).to_dict() | {"validation_n": int(five.sum())}
+    nucleus = None if offsets_train is None else fit_nucleus_check(offsets_train)
+    return OtherScore(means, whitening, threshold, float(share), nucleus).to_dict() | {"validation_n": int(five.sum())}

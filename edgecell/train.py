@@ -412,18 +412,25 @@ def cv_table(cv: dict) -> Table:
 
 
 def calibrate(
-    model, x_val: np.ndarray, y_val: np.ndarray, classes: Sequence[str] | None = None, x_train: np.ndarray | None = None, y_train: np.ndarray | None = None
+    model,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: Sequence[str] | None = None,
+    x_train: np.ndarray | None = None,
+    y_train: np.ndarray | None = None,
+    offsets_train: np.ndarray | None = None,
 ) -> dict:
     """What is fitted on the validation split after the weights: the metadata keys ``temperature``,
     ``lab_check`` and ``other_score`` (see :func:`edgecell.metrics.fit_temperature`, :func:`~edgecell.metrics.fit_lab_check`,
     :func:`~edgecell.metrics.fit_other_threshold`; the never-seen score also needs the training images and
-    ``classes``, and is empty - argmax only - without them)."""
+    ``classes``, and is empty - argmax only - without them; the nucleus check needs the training images'
+    nucleus offsets)."""
     from edgecell.metrics import apply_temperature, fit_lab_check, fit_other_threshold, fit_temperature
 
     val_probs = predict(model, x_val)
     temperature = fit_temperature(y_val, val_probs)
     fitted = classes is not None and x_train is not None and y_train is not None
-    other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes) if fitted else {}
+    other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train) if fitted else {}
     return {"temperature": temperature, "lab_check": fit_lab_check(apply_temperature(val_probs, temperature)), "other_score": other_score}
 
 
@@ -504,7 +511,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             write_json(tmp / "cv.json", cv)
             con.print(cv_table(cv))
         model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con)
-        cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr])
+        cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr])
         temperature = cal["temperature"]
         metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)
         spec = opts.model_spec(len(ds.classes))

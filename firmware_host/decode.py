@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -29,14 +30,15 @@ import numpy as np
 
 from firmware_host.atomic import _interrupts_held
 from firmware_host.errors import ImageError
-from firmware_host.preprocess import load_image
+from firmware_host.preprocess import load_cell
 
 #: With ``processes=None``, lists at least this long are decoded in worker processes.
 PROCESS_MIN_FILES = 256
 #: Files per task sent to a worker process (one round trip per chunk, not per file).
 CHUNK = 16
 
-Decoded = tuple[str, "np.ndarray | ImageError", float]
+Decoded = tuple[str, "np.ndarray | ImageError", float, float]
+"""``(path, image or error, decode ms, nucleus offset)`` (the offset of :func:`firmware_host.preprocess.prepare_cell`; NaN for an error)."""
 
 
 def default_workers() -> int:
@@ -44,17 +46,18 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, float, str | None]:
+def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, float, str | None, float]:
     t0 = time.perf_counter()
     try:
-        return load_image(path, size), (time.perf_counter() - t0) * 1000.0, None
+        image, offset = load_cell(path, size)
+        return image, (time.perf_counter() - t0) * 1000.0, None, offset
     except ImageError as exc:
-        return None, 0.0, exc.reason
+        return None, 0.0, exc.reason, math.nan
     except Exception as exc:
-        return None, 0.0, f"cannot decode image ({type(exc).__name__})"
+        return None, 0.0, f"cannot decode image ({type(exc).__name__})", math.nan
 
 
-def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, float, str | None]]:
+def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, float, str | None, float]]:
     return [_decode_one(p, size) for p in paths]
 
 
@@ -170,8 +173,8 @@ def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, work
 
 
 def _as_decoded(paths: list[str], results) -> Iterator[Decoded]:
-    for p, (img, ms, reason) in zip(paths, results):
-        yield (p, img, ms) if reason is None else (p, ImageError(reason, p), 0.0)
+    for p, (img, ms, reason, offset) in zip(paths, results):
+        yield (p, img, ms, offset) if reason is None else (p, ImageError(reason, p), 0.0, math.nan)
 
 
 def use_processes(paths, workers: int, processes: bool | None) -> bool:
@@ -194,8 +197,8 @@ def decode_many(
         processes: True for worker processes, False for threads (the default); None chooses
             processes for a list of at least :data:`PROCESS_MIN_FILES` files when ``workers > 1``.
 
-    Yields ``(path, image, decode ms)``, or ``(path, ImageError, 0.0)`` for a file that cannot
-    be used. Only a few files per worker are decoded ahead, so memory stays flat however many
+    Yields ``(path, image, decode ms, nucleus offset)``, or ``(path, ImageError, 0.0, nan)`` for a file that
+    cannot be used. Only a few files per worker are decoded ahead, so memory stays flat however many
     files there are.
     """
     workers = workers or default_workers()

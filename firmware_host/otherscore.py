@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_host.preprocess import NO_NUCLEUS_FOUND, no_nucleus
+
 KIND = "mahalanobis"
 """The one kind of score so far."""
 FEATURES_LAYER = "gap"
@@ -67,12 +69,16 @@ class OtherScore:
         whitening: (D, D) ``W`` with ``W @ W.T`` the inverse of the shared covariance.
         threshold: a score above it labels the cell ``other``.
         share: the share of the five types' validation cells above ``threshold`` (what it was fitted to).
+        nucleus_max: the nucleus check (:func:`firmware_host.preprocess.prepare_cell`): a crop whose nucleus
+            offset is above it holds no stained nucleus and is labelled ``other``; None: no check (runs
+            fitted before it).
     """
 
     means: np.ndarray
     whitening: np.ndarray
     threshold: float
     share: float = 0.0
+    nucleus_max: float | None = None
 
     @property
     def dim(self) -> int:
@@ -85,7 +91,7 @@ class OtherScore:
         return np.sqrt(np.min(np.einsum("...kd,...kd->...k", z, z), axis=-1))
 
     def with_threshold(self, threshold: float) -> OtherScore:
-        return OtherScore(self.means, self.whitening, float(threshold), self.share)
+        return OtherScore(self.means, self.whitening, float(threshold), self.share, self.nucleus_max)
 
     def to_dict(self) -> dict:
         return {
@@ -95,7 +101,7 @@ class OtherScore:
             "share": float(self.share),
             "means": encode_array(self.means),
             "whitening": encode_array(self.whitening),
-        }
+        } | ({} if self.nucleus_max is None else {"nucleus_max_offset": float(self.nucleus_max)})
 
     @classmethod
     def from_dict(cls, d: dict) -> OtherScore | None:
@@ -116,18 +122,36 @@ class OtherScore:
             raise ValueError(f"means or whitening {exc}") from None
         if means.ndim != 2 or w.ndim != 2 or w.shape != (means.shape[1], means.shape[1]):
             raise ValueError(f"has means of shape {list(means.shape)} and whitening of shape {list(w.shape)}; expected (classes, D) and (D, D)")
-        return cls(means, w, float(t), float(share))
+        nucleus = d.get("nucleus_max_offset")
+        if nucleus is not None and (not isinstance(nucleus, (int, float)) or isinstance(nucleus, bool) or not 0 <= nucleus <= NO_NUCLEUS_FOUND):
+            raise ValueError(f"has a nucleus_max_offset that is not between 0 and {NO_NUCLEUS_FOUND:g} degrees")
+        return cls(means, w, float(t), float(share), None if nucleus is None else float(nucleus))
 
 
-def decide(probs: np.ndarray, scores: np.ndarray | None, threshold: float | None, classes: Sequence[str], other: str = "other") -> np.ndarray:
-    """The label index of each row: ``other`` when it is the most probable class OR the score is above ``threshold``.
+def decide(
+    probs: np.ndarray,
+    scores: np.ndarray | None,
+    threshold: float | None,
+    classes: Sequence[str],
+    other: str = "other",
+    nucleus_offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
+) -> np.ndarray:
+    """The label index of each row: ``other`` when it is the most probable class, OR the score is above
+    ``threshold``, OR the image holds no stained nucleus (its offset of :func:`firmware_host.preprocess.prepare_cell`
+    in ``nucleus_offsets`` above ``nucleus_max``, :attr:`OtherScore.nucleus_max`).
 
-    ``scores`` None, ``threshold`` None or a model without an ``other`` class: the most probable class
-    (what models without a score always did). A NaN score never passes.
+    A model without an ``other`` class: the most probable class. ``scores`` or ``threshold`` None: no
+    score (what models without one always did); ``nucleus_offsets`` or ``nucleus_max`` None: no nucleus
+    check. A NaN score or offset never passes.
     """
     pred = np.asarray(probs).argmax(axis=-1)
-    if scores is None or threshold is None or other not in classes:
+    if other not in classes:
         return pred
-    with np.errstate(invalid="ignore"):
-        passed = np.asarray(scores, dtype=np.float64) > threshold
+    passed = np.zeros(pred.shape, dtype=bool)
+    if scores is not None and threshold is not None:
+        with np.errstate(invalid="ignore"):
+            passed |= np.asarray(scores, dtype=np.float64) > threshold
+    if nucleus_offsets is not None and nucleus_max is not None:
+        passed |= no_nucleus(nucleus_offsets, nucleus_max)
     return np.where(passed, list(classes).index(other), pred)

@@ -32,6 +32,9 @@ Steps (preprocessing version 2):
 7. Stain normalisation (:func:`normalise_stain`): every colour turned about the grey axis and
    scaled so that the nucleus has one hue and one chroma, whatever the lab's stain.
 
+Beside the pixels, :func:`prepare_cell` gives the crop's nucleus offset (the hue of its darkest pixels,
+before step 7, against the nucleus hue): the runtime labels a crop with no stained nucleus ``other``.
+
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
 network's range happens inside the model. It is the same, byte for byte, on x86 and ARM (steps 5-7 use only
 exactly rounded arithmetic in a fixed order; see "Platform-exact arithmetic" below; ``make pi-arm64`` compares).
@@ -94,6 +97,15 @@ MAX_HUE_TURN = 60.0
 """Largest hue turn, degrees (a crop without a nucleus has no stain to normalise by)."""
 CHROMA_GAIN = (0.5, 2.0)
 """Smallest and largest chroma gain."""
+NO_NUCLEUS_HUE = 45.0
+"""The nucleus check (:func:`prepare_cell`): a crop whose darkest pixels are further than this many degrees
+of hue from :data:`NUCLEUS_HUE` holds no stained nucleus (red cells, background, debris). Every white cell of
+the three labs in ``../shared`` (the five types and the others, 6,000+ images) is within 34 degrees. The
+least a model's check is set to (``edgecell.metrics.fit_nucleus_check`` raises it to clear its training images)."""
+NUCLEUS_MIN_CHROMA = 10.0
+"""Below this chroma the crop's darkest pixels are grey (a monochrome camera): no hue to judge, no verdict."""
+NO_NUCLEUS_FOUND = 180.0
+"""The nucleus offset of a coloured crop with nothing stained like a nucleus at all (:attr:`CellLocation.found` False)."""
 _U = (1.0 / math.sqrt(2.0), -1.0 / math.sqrt(2.0), 0.0)  # the opponent plane, orthogonal to grey (1, 1, 1)
 _V = (1.0 / math.sqrt(6.0), 1.0 / math.sqrt(6.0), -2.0 / math.sqrt(6.0))
 
@@ -254,14 +266,19 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
 
     Raises :class:`ImageError` (naming ``path``) for anything that is not a usable image.
     """
+    return decode_cell(data, size, path)[0]
+
+
+def decode_cell(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, float]:
+    """:func:`decode`, and the nucleus offset of :func:`prepare_cell`."""
     rgb = decode_rgb(data, DRAFT_FACTOR * size, path)
     try:
-        arr = prepare(rgb, size)
+        arr, offset = prepare_cell(rgb, size)
     except MemoryError:
         raise ImageError("not enough memory to preprocess this image", path) from None
     if arr.shape != (size, size, 3):
         raise ImageError(f"decoded to shape {arr.shape}, expected {(size, size, 3)}", path)
-    return arr
+    return arr, offset
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
@@ -450,7 +467,38 @@ def stain_turn(a: float, b: float, chroma: float) -> tuple[float, float]:
     return cos_t, sin_t
 
 
-def normalise_stain(rgb: np.ndarray) -> np.ndarray:
+def nucleus_colour(rgb: np.ndarray) -> tuple[float, float, float]:
+    """The colour of the darkest :data:`NUCLEUS_SHARE` of ``rgb``'s pixels in the opponent plane: ``(a, b, chroma)``."""
+    pixels = rgb.reshape(-1, 3)
+    k = max(1, int(len(pixels) * NUCLEUS_SHARE))
+    nucleus = [float(v) for v in extreme_mean(pixels, k, brightest=False)]
+    grey = (nucleus[0] + nucleus[1] + nucleus[2]) / 3.0
+    off = [v - grey for v in nucleus]
+    a = off[0] * _U[0] + off[1] * _U[1] + off[2] * _U[2]
+    b = off[0] * _V[0] + off[1] * _V[1] + off[2] * _V[2]
+    return a, b, math.sqrt(a * a + b * b)
+
+
+def hue_offset(a: float, b: float, chroma: float) -> float:
+    """Degrees (0-180) between the hue of the colour ``(a, b)`` and :data:`NUCLEUS_HUE`; NaN below :data:`NUCLEUS_MIN_CHROMA`.
+
+    Used only for the nucleus check's verdict, never for pixels, so ``atan2`` is fine here: a last-bit
+    difference between platforms moves the angle by about 1e-14 degrees.
+    """
+    if chroma < NUCLEUS_MIN_CHROMA:
+        return math.nan
+    return abs((math.degrees(math.atan2(b, a)) - NUCLEUS_HUE + 180.0) % 360.0 - 180.0)
+
+
+def no_nucleus(offset, limit: float = NO_NUCLEUS_HUE):
+    """Whether a crop with this nucleus offset (:func:`prepare_cell`; a float or an array) holds no stained
+    nucleus: the offset is above ``limit``. NaN: no verdict (False)."""
+    with np.errstate(invalid="ignore"):
+        out = np.asarray(offset, dtype=np.float64) > limit
+    return bool(out) if out.ndim == 0 else out
+
+
+def normalise_stain(rgb: np.ndarray, colour: tuple[float, float, float] | None = None) -> np.ndarray:
     """One stain for every lab: the nucleus turned to one hue and one chroma, greys kept.
 
     Each lab's stain gives its nuclei their own hue and saturation (violet, purple, blue; pale or
@@ -459,16 +507,11 @@ def normalise_stain(rgb: np.ndarray) -> np.ndarray:
     its offset from grey, has that offset turned about the grey axis by the angle that brings the
     nucleus to :data:`NUCLEUS_HUE` and scaled to bring it to :data:`NUCLEUS_CHROMA` (a single 3x3
     matrix). Grey and white stay as they are; colours keep their differences of hue within the
-    cell (the orange granules of an eosinophil against its nucleus).
+    cell (the orange granules of an eosinophil against its nucleus). ``colour``: :func:`nucleus_colour` of
+    ``rgb``, when the caller has it already.
     """
     pixels = rgb.reshape(-1, 3)
-    k = max(1, int(len(pixels) * NUCLEUS_SHARE))
-    nucleus = [float(v) for v in extreme_mean(pixels, k, brightest=False)]
-    grey = (nucleus[0] + nucleus[1] + nucleus[2]) / 3.0
-    off = [v - grey for v in nucleus]
-    a = off[0] * _U[0] + off[1] * _U[1] + off[2] * _U[2]
-    b = off[0] * _V[0] + off[1] * _V[1] + off[2] * _V[2]
-    chroma = math.sqrt(a * a + b * b)
+    a, b, chroma = colour or nucleus_colour(rgb)
     if chroma < 1.0:
         return rgb
     cos_t, sin_t = stain_turn(a, b, chroma)
@@ -491,9 +534,22 @@ def cell_box(loc: CellLocation, scale: float = CELL_SCALE) -> tuple[float, float
 def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
     """The step after decoding: an RGB uint8 array of any shape ``(H, W, 3)`` to the model's input.
 
-    Cell-centred crop, resize and white balance (steps 5 and 6 of the module docstring).
+    Cell-centred crop, resize, white balance and stain (steps 5 to 7 of the module docstring).
     ``decode`` calls it for files; ``scan`` calls it for the region around each cell it finds in
     a field of view, so a cell cut from a field gets exactly the preprocessing of a single-cell image.
+    """
+    return prepare_cell(rgb, size)[0]
+
+
+def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """:func:`prepare`, and the crop's nucleus offset: the degrees of hue between its darkest pixels (before the
+    stain is normalised) and :data:`NUCLEUS_HUE`.
+
+    A white cell's nucleus is the darkest, most violet thing in a stained smear, in every lab; a crop whose
+    darkest pixels are red (red cells), grey or of another hue holds no white cell, and :func:`no_nucleus`
+    says so (offset above :data:`NO_NUCLEUS_HUE`). :data:`NO_NUCLEUS_FOUND` when nothing stained like a nucleus
+    was found at all; NaN when the darkest pixels are grey (no verdict: a monochrome camera's cell stays the
+    model's to classify).
     """
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     small = reduced(rgb)
@@ -508,7 +564,12 @@ def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
         canvas.paste(img, (-ix0, -iy0))
         img, x0, y0, x1, y1 = canvas, x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0
     out = img.resize((size, size), RESAMPLE, box=(x0, y0, x1, y1))
-    return normalise_stain(white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0])))
+    balanced = white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0]))
+    colour = nucleus_colour(balanced)
+    offset = hue_offset(*colour)
+    if not loc.found and not math.isnan(offset):
+        offset = NO_NUCLEUS_FOUND
+    return normalise_stain(balanced, colour), offset
 
 
 def _too_large(what: str) -> str:
@@ -551,3 +612,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Read and preprocess one image file; see the module docstring for the exact steps."""
     return decode(read_bytes(path), size, path)
+
+
+def load_cell(path: str | os.PathLike, size: int) -> tuple[np.ndarray, float]:
+    """:func:`load_image`, and the nucleus offset of :func:`prepare_cell`."""
+    return decode_cell(read_bytes(path), size, path)

@@ -10,7 +10,7 @@ float probabilities that sum to 1, whatever the model's precision.
 
 Steps per image:
 
-1. :func:`firmware_host.preprocess.load_image` - decode and resize (timed as ``preprocess_ms``);
+1. :func:`firmware_host.preprocess.load_cell` - decode and resize (timed as ``preprocess_ms``);
 2. quantise the pixels if the model's input is int8/uint8 (``q = round(x / scale) + zero_point``,
    clipped to the type's range; done with a 256-entry lookup table), else pass them as float32;
 3. ``invoke``; dequantise the output (``p = scale * (q - zero_point)``), clip at 0 and renormalise;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,7 +41,7 @@ from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
 from firmware_host.otherscore import OtherScore, decide
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import load_image, prepare
+from firmware_host.preprocess import load_cell, prepare_cell
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -106,6 +107,10 @@ class Prediction:
     """A small JPEG of the model's input pixels, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
     other_score: float | None = None
     """The never-seen score (:mod:`firmware_host.otherscore`); None for a model without one."""
+    nucleus_offset: float = math.nan
+    """Degrees of hue between the crop's darkest pixels and a nucleus (:func:`firmware_host.preprocess.prepare_cell`);
+    above :data:`~firmware_host.preprocess.NO_NUCLEUS_HUE` the crop holds no stained nucleus and is labelled
+    ``other``. NaN: not measured (an array given already preprocessed) or grey."""
 
     def to_dict(self, classes: Sequence[str]) -> dict:
         return {
@@ -115,6 +120,7 @@ class Prediction:
             "top3": [{"label": lab, "prob": float(p)} for lab, p in self.top3],
             "probs": {c: float(p) for c, p in zip(classes, self.probs)},
             "other_score": None if self.other_score is None else round(float(self.other_score), 6),
+            "nucleus_offset": None if math.isnan(self.nucleus_offset) else round(float(self.nucleus_offset), 3),
             "preprocess_ms": round(float(self.preprocess_ms), 4),
             "inference_ms": round(float(self.inference_ms), 4),
         }
@@ -123,8 +129,9 @@ class Prediction:
 def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     """The flag for one prediction.
 
-    * labelled :data:`OTHER_CLASS` (its most probable class, or its never-seen score passed the
-      model's threshold: :meth:`Classifier.prediction`): :data:`FLAG_OTHER` (a person decides what it is);
+    * labelled :data:`OTHER_CLASS` (its most probable class, its never-seen score passed the
+      model's threshold, or it holds no stained nucleus: :meth:`Classifier.prediction`): :data:`FLAG_OTHER`
+      (a person decides what it is);
     * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
     * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`;
     * otherwise ``""`` (no flag).
@@ -456,7 +463,14 @@ class Classifier:
             "classes": self.classes,
             "input_size": self.input_size,
             "temperature": self.temperature,
-            "other_score": {"kind": "mahalanobis", "threshold": self.other_score.threshold, "share": self.other_score.share} if self.other_score else None,
+            "other_score": {
+                "kind": "mahalanobis",
+                "threshold": self.other_score.threshold,
+                "share": self.other_score.share,
+                "nucleus_max_offset": self.other_score.nucleus_max,
+            }
+            if self.other_score
+            else None,
             "input_quantization": self.input_quant.to_dict(),
             "output_quantization": self.output_quant.to_dict(),
             "interpreter": self.backend.name,
@@ -540,18 +554,26 @@ class Classifier:
         return apply_temperature(probs, self.temperature), score
 
     def prediction(
-        self, path: str | os.PathLike, probs: np.ndarray, preprocess_ms: float = 0.0, inference_ms: float = 0.0, other_score: float | None = None
+        self,
+        path: str | os.PathLike,
+        probs: np.ndarray,
+        preprocess_ms: float = 0.0,
+        inference_ms: float = 0.0,
+        other_score: float | None = None,
+        nucleus_offset: float = math.nan,
     ) -> Prediction:
         """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3).
 
         The label is the most probable class, or :data:`OTHER_CLASS` when ``other_score`` is above
-        the model's threshold (:func:`firmware_host.otherscore.decide`); the confidence is the
-        probability of the label.
+        the model's threshold or ``nucleus_offset`` says the crop holds no nucleus
+        (:func:`firmware_host.otherscore.decide`); the confidence is the probability of the label.
         """
         order = np.argsort(-probs, kind="stable")
         classes = self.meta.classes
         top = [(classes[k], float(probs[k])) for k in order[:3]]
-        label = classes[int(decide(probs, None if other_score is None else np.float64(other_score), self.other_threshold, classes))]
+        score = None if other_score is None else np.float64(other_score)
+        nucleus_max = self.other_score.nucleus_max if self.other_score else None
+        label = classes[int(decide(probs, score, self.other_threshold, classes, nucleus_offsets=np.float64(nucleus_offset), nucleus_max=nucleus_max))]
         return Prediction(
             path=os.fspath(path),
             label=label,
@@ -561,17 +583,19 @@ class Classifier:
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
             other_score=other_score,
+            nucleus_offset=float(nucleus_offset),
         )
 
-    def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0) -> Prediction:
+    def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0, nucleus_offset: float = math.nan) -> Prediction:
+        """Classify a preprocessed image (``nucleus_offset``: what :func:`~firmware_host.preprocess.prepare_cell` gave with it)."""
         t0 = time.perf_counter()
         probs, score = self.predict_array_scored(image)
-        return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0, score)
+        return self.prediction(path, probs, preprocess_ms, (time.perf_counter() - t0) * 1000.0, score, nucleus_offset)
 
     def classify_rgb(self, path: str | os.PathLike, rgb: np.ndarray) -> Prediction:
         """Classify an RGB uint8 array of any size ``(H, W, 3)``, e.g. a cell cut from a field of view.
 
-        It goes through :func:`firmware_host.preprocess.prepare` (the step after decoding, timed as
+        It goes through :func:`firmware_host.preprocess.prepare_cell` (the step after decoding, timed as
         ``preprocess_ms``), so it gets the preprocessing of a single-cell image file; ``path``
         only names it in the result.
         """
@@ -579,15 +603,15 @@ class Classifier:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
             raise ImageError(f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB", path)
         t0 = time.perf_counter()
-        image = prepare(np.ascontiguousarray(rgb), self.input_size)
-        return self.classify_array(path, image, (time.perf_counter() - t0) * 1000.0)
+        image, offset = prepare_cell(np.ascontiguousarray(rgb), self.input_size)
+        return self.classify_array(path, image, (time.perf_counter() - t0) * 1000.0, offset)
 
     def classify_file(self, path: str | os.PathLike) -> Prediction:
         """Load, preprocess and classify one image file (:class:`ImageError` if it is not usable)."""
         t0 = time.perf_counter()
-        image = load_image(path, self.input_size)
+        image, offset = load_cell(path, self.input_size)
         pre_ms = (time.perf_counter() - t0) * 1000.0
-        return self.classify_array(path, image, pre_ms)
+        return self.classify_array(path, image, pre_ms, offset)
 
     def classify_many(
         self, paths: Iterable[str | os.PathLike], workers: int | None = None, processes: bool | None = False, thumbnails: int = 0
@@ -616,11 +640,11 @@ class Classifier:
         if data is not None and use_processes(paths, workers, processes):
             pool = _process_pool(workers, _init_worker_classifier, (self.path, self.meta, data, self.backend.name))
         if pool is None:
-            for path, image, pre_ms in decode_many(paths, self.input_size, workers, processes=False):
+            for path, image, pre_ms, offset in decode_many(paths, self.input_size, workers, processes=False):
                 if isinstance(image, ImageError):
                     yield path, image
                     continue
-                pred = self.classify_array(path, image, pre_ms)
+                pred = self.classify_array(path, image, pre_ms, offset)
                 if thumbnails:
                     pred.thumbnail = _thumbnail(image, thumbnails)
                 yield path, pred
@@ -628,11 +652,11 @@ class Classifier:
         local = functools.partial(_classify_paths, self, thumbnails=thumbnails)
         remote = functools.partial(_classify_in_worker, thumbnails=thumbnails) if thumbnails else _classify_in_worker
         for chunk, results in ordered_chunks(paths, pool, remote, local, workers):
-            for path, (probs, pre_ms, inf_ms, reason, score, *thumb) in zip(chunk, results):
+            for path, (probs, pre_ms, inf_ms, reason, score, offset, *thumb) in zip(chunk, results):
                 if reason is not None:
                     yield path, ImageError(reason, path)
                 else:
-                    pred = self.prediction(path, probs, pre_ms, inf_ms, score)
+                    pred = self.prediction(path, probs, pre_ms, inf_ms, score, offset)
                     pred.thumbnail = thumb[0] if thumb else None
                     yield path, pred
 
@@ -653,19 +677,20 @@ def _init_worker_classifier(path: Path, meta: ModelMetadata, data: bytes, backen
 
 
 def _classify_paths(clf: Classifier, paths: list[str], thumbnails: int = 0) -> list[tuple]:
-    """Decode and classify: ``(probabilities, decode ms, inference ms, None, score)`` or ``(None, 0, 0, reason, None)`` per path.
+    """Decode and classify: ``(probabilities, decode ms, inference ms, None, score, nucleus offset)`` or
+    ``(None, 0, 0, reason, None, nan)`` per path.
 
-    With ``thumbnails`` > 0 each successful tuple has a sixth item, the JPEG thumbnail of the input.
+    With ``thumbnails`` > 0 each successful tuple has a seventh item, the JPEG thumbnail of the input.
     """
     out = []
     for p in paths:
-        image, pre_ms, reason = _decode_one(p, clf.input_size)
+        image, pre_ms, reason, offset = _decode_one(p, clf.input_size)
         if reason is not None:
-            out.append((None, 0.0, 0.0, reason, None))
+            out.append((None, 0.0, 0.0, reason, None, math.nan))
             continue
         t0 = time.perf_counter()
         probs, score = clf.predict_array_scored(image)
-        item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None, score)
+        item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None, score, offset)
         out.append(item + (_thumbnail(image, thumbnails),) if thumbnails else item)
     return out
 

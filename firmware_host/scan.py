@@ -26,6 +26,7 @@ import contextlib
 import csv
 import functools
 import io
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -81,7 +82,7 @@ def cell_region(box: Sequence[int], width: int, height: int, margin: float = CRO
 class FieldResult:
     """One field's result: its size and cells, or the reason it could not be read.
 
-    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "other_score", "top3"}`` with ``box``
+    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "other_score", "nucleus_offset", "top3"}`` with ``box``
     ``[x0, y0, x1, y1]`` in the original image's pixels (x1, y1 exclusive).
     """
 
@@ -118,6 +119,7 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
                 "flag": triage(pred, threshold),
                 "edge": bool(c.edge),
                 "other_score": None if pred.other_score is None else round(float(pred.other_score), 6),
+                "nucleus_offset": None if math.isnan(pred.nucleus_offset) else round(pred.nucleus_offset, 3),
                 "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
             }
         )
@@ -539,7 +541,7 @@ def report_hook(dest: str) -> ReportHook:
     return ReportHook(dest, importlib.import_module("firmware_host.report"))
 
 
-CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "other_score", "error"]
+CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "other_score", "nucleus_offset", "error"]
 
 
 class CellCsv:
@@ -572,6 +574,7 @@ class CellCsv:
                     "flag": c["flag"],
                     "edge": int(c["edge"]),
                     "other_score": "" if c.get("other_score") is None else f"{c['other_score']:.4f}",
+                    "nucleus_offset": "" if c.get("nucleus_offset") is None else f"{c['nucleus_offset']:.1f}",
                     "error": "",
                 }
             )

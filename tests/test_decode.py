@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import firmware_host.decode as decode
 from firmware_host.decode import decode_many
 from firmware_host.errors import ImageError
-from firmware_host.preprocess import load_image
+from firmware_host.preprocess import load_cell, load_image
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -46,16 +47,18 @@ def files(tmp_path_factory) -> list[Path]:
 
 
 def _check(results, files):
-    assert [p for p, _, _ in results] == [os.fspath(f) for f in files]
-    for (_path, img, ms), f in zip(results, files):
+    assert [p for p, _, _, _ in results] == [os.fspath(f) for f in files]
+    for (_path, img, ms, offset), f in zip(results, files):
         if f.name in ("empty.jpg", "missing.jpg"):
-            assert isinstance(img, ImageError) and ms == 0.0
+            assert isinstance(img, ImageError) and ms == 0.0 and math.isnan(offset)
             with pytest.raises(ImageError) as direct:
                 load_image(f, SIZE)
             assert str(img) == str(direct.value)  # the same one line as decoding it directly
         else:
+            direct, direct_offset = load_cell(f, SIZE)
+            np.testing.assert_array_equal(img, direct)
             np.testing.assert_array_equal(img, load_image(f, SIZE))
-            assert ms > 0
+            assert ms > 0 and offset == pytest.approx(direct_offset, nan_ok=True)
 
 
 @pytest.mark.parametrize("workers", [1, 3])

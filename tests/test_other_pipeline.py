@@ -103,7 +103,11 @@ def test_classify_sends_never_seen_objects_to_other(other_run):
     assert summary.differential["other"] == len(rows)
     plain = []
     classify_paths(export, [str(other_run / "objects")], other_threshold=1e9, on_result=lambda p, r: plain.append(r))
-    assert all(r["label"] == max(r["probs"], key=r["probs"].get) for r in plain)
+    # the score off: the most probable class, unless the crop holds no stained nucleus (the nucleus check)
+    limit = json.loads((other_run / "run" / "metadata.json").read_text())["other_score"]["nucleus_max_offset"]
+    checked = [r for r in plain if r["nucleus_offset"] is not None and r["nucleus_offset"] > limit]
+    assert checked and all(r["label"] == "other" and r["flag"] == FLAG_OTHER for r in checked)
+    assert all(r["label"] == max(r["probs"], key=r["probs"].get) for r in plain if r not in checked)
 
 
 def test_evaluate_reports_other_per_type_and_the_curve(other_run, tmp_path):

@@ -1,0 +1,149 @@
+"""The nucleus check: a crop whose darkest pixels are not nucleus-coloured holds no white cell (TensorFlow-free)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecell.demo import draw_cell, draw_object, encode
+from edgecell.metrics import NUCLEUS_MARGIN, fit_nucleus_check
+from firmware_host.errors import ModelError
+from firmware_host.metadata import read_metadata, write_metadata
+from firmware_host.otherscore import OtherScore, decide
+from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, no_nucleus, prepare, prepare_cell
+from firmware_host.runtime import FLAG_OTHER, Classifier, triage
+from tests._tflite_fixtures import OTHER_CLASSES, comparison_images, copy_model, other_models, save_jpeg
+
+pytestmark = pytest.mark.pi
+
+SIZE = 48
+
+
+def _drawn(kind: str, i: int) -> bytes:
+    return encode(draw_object(kind, np.random.default_rng([5, i]), 128))
+
+
+def test_prepare_cell_gives_the_same_pixels_as_prepare():
+    for i in range(6):
+        data = encode(draw_cell("monocyte", np.random.default_rng([2, i]), 128))
+        image, offset = decode_cell(data, SIZE)
+        np.testing.assert_array_equal(image, decode(data, SIZE))
+        assert 0.0 <= offset <= 180.0
+
+
+def test_red_cells_and_blank_background_hold_no_nucleus():
+    reds = [decode_cell(_drawn("red_cells", i), SIZE)[1] for i in range(20)]
+    assert np.mean(no_nucleus(np.array(reds))) >= 0.9  # measured on 300: 99 %
+    blank = [decode_cell(_drawn("background", i), SIZE)[1] for i in range(20)]
+    assert all(b == NO_NUCLEUS_FOUND or math.isnan(b) for b in blank)  # nothing stained: 180, or grey: no verdict
+
+
+def test_a_violet_nucleus_passes_and_a_red_one_does_not():
+    """A pale background with one dark disc: violet (a nucleus) passes, red (a red cell) does not, grey has no verdict."""
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 20**2
+
+    def offset(colour):
+        rgb = np.full((96, 96, 3), 235, np.uint8)
+        rgb[disc] = colour
+        return prepare_cell(rgb, SIZE)[1]
+
+    assert offset((90, 50, 140)) < NO_NUCLEUS_HUE  # violet
+    assert offset((190, 60, 70)) > NO_NUCLEUS_HUE  # red
+    assert math.isnan(offset((80, 80, 80)))  # grey: a monochrome camera, no verdict
+    assert no_nucleus(math.nan) is False and no_nucleus(np.array([math.nan, 90.0])).tolist() == [False, True]
+
+
+def test_fit_nucleus_check_clears_the_training_images():
+    assert fit_nucleus_check(np.array([1.0, 5.0, 30.0])) == NO_NUCLEUS_HUE  # real cells: the floor
+    wide = np.concatenate([np.linspace(0, 120, 1000), [np.nan]])
+    limit = fit_nucleus_check(wide)
+    assert limit == pytest.approx(np.quantile(wide[:-1], 0.999) + NUCLEUS_MARGIN) and (wide[:-1] <= limit).all()
+    assert fit_nucleus_check(np.array([179.0, 180.0])) == NO_NUCLEUS_FOUND  # never above "nothing found"
+    assert fit_nucleus_check(np.array([np.nan])) == NO_NUCLEUS_HUE
+
+
+def test_decide_sends_no_nucleus_to_other_only_with_a_limit():
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])
+    classes = ["a", "other", "b"]
+    offsets = np.array([10.0, 90.0])
+    assert decide(probs, None, None, classes, nucleus_offsets=offsets, nucleus_max=45.0).tolist() == [0, 1]
+    assert decide(probs, None, None, classes, nucleus_offsets=offsets).tolist() == [0, 0]  # no limit: no check
+    assert decide(probs, None, None, ["a", "c", "b"], nucleus_offsets=offsets, nucleus_max=45.0).tolist() == [0, 0]  # no other class
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """The fixture model with a score, its sidecar given a nucleus check."""
+    folder, _, _ = other_models(tmp_path_factory)
+    model = copy_model(folder / "model_float32.tflite", tmp_path_factory.mktemp("checked"))
+    meta = read_metadata(model)
+    meta.other_score = {**meta.other_score, "threshold": 1e9, "nucleus_max_offset": NO_NUCLEUS_HUE}  # the score off: the check alone
+    write_metadata(model, meta)
+    return model
+
+
+def test_runtime_labels_a_red_cell_crop_other(checked, tmp_path):
+    clf = Classifier.load(checked)
+    assert clf.other_score.nucleus_max == NO_NUCLEUS_HUE and clf.info()["other_score"]["nucleus_max_offset"] == NO_NUCLEUS_HUE
+    red = next(d for d in (_drawn("red_cells", i) for i in range(20)) if no_nucleus(decode_cell(d, clf.input_size)[1]))
+    path = tmp_path / "red.jpg"
+    path.write_bytes(red)
+    pred = clf.classify_file(path)
+    assert pred.label == "other" and triage(pred) == FLAG_OTHER and pred.nucleus_offset > NO_NUCLEUS_HUE
+    assert pred.to_dict(OTHER_CLASSES)["nucleus_offset"] == pytest.approx(pred.nucleus_offset, abs=1e-3)
+    # the same crop through classify_many (threads and worker processes) and classify_rgb
+    for processes in (False, True):
+        [(_, many)] = list(clf.classify_many([str(path)], workers=2, processes=processes))
+        assert many.label == "other" and many.nucleus_offset == pytest.approx(pred.nucleus_offset)
+    # an already preprocessed array has no offset: no verdict, the model decides
+    arr = prepare(np.asarray(Image.open(path).convert("RGB")), clf.input_size)
+    assert math.isnan(clf.classify_array("x", arr).nucleus_offset)
+
+
+def test_runtime_keeps_cells_with_a_nucleus(checked, tmp_path):
+    clf = Classifier.load(checked)
+    for k, img in enumerate(comparison_images()[:4]):
+        p = save_jpeg(tmp_path / f"c{k}.jpg", img)
+        pred = clf.classify_file(p)
+        expected = "other" if no_nucleus(pred.nucleus_offset, NO_NUCLEUS_HUE) else OTHER_CLASSES[int(np.argmax(pred.probs))]
+        assert pred.label == expected
+
+
+@pytest.mark.parametrize("value", [-1, 181, "45", True])
+def test_bad_nucleus_limit_in_the_sidecar_is_one_line(checked, tmp_path, value):
+    model = copy_model(checked, tmp_path)
+    d = json.loads(model.with_suffix(".json").read_text())
+    d["other_score"]["nucleus_max_offset"] = value
+    model.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="other_score.*nucleus_max_offset"):
+        read_metadata(model)
+
+
+def test_score_without_a_nucleus_limit_round_trips_without_one(checked):
+    d = read_metadata(checked).other_score
+    assert OtherScore.from_dict(d).nucleus_max == NO_NUCLEUS_HUE
+    d = {k: v for k, v in d.items() if k != "nucleus_max_offset"}
+    s = OtherScore.from_dict(d)
+    assert s.nucleus_max is None and "nucleus_max_offset" not in s.to_dict()
+
+
+@pytest.mark.realdata
+def test_real_white_cells_of_every_lab_have_a_nucleus():
+    """Every class folder of the three labs in ../shared (the five types and the others): no cell fails the check."""
+    from tests._realdata import more_cells_or_skip, real_data_or_skip
+
+    folders = [f for f in sorted(real_data_or_skip().iterdir()) if f.is_dir()]
+    folders += [t for s in sorted(more_cells_or_skip().iterdir()) if s.is_dir() for t in sorted(s.iterdir()) if t.is_dir() and s.name != "bccd_fields"]
+    checked = 0
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[::10][:30]
+        for p in files:
+            offset = decode_cell(p.read_bytes(), SIZE, p)[1]
+            assert not no_nucleus(offset), (p, offset)
+            checked += 1
+    assert checked >= 300
