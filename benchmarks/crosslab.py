@@ -19,9 +19,10 @@
 4. Every bar of the issues is set beside its figure in ``benchmarks/results/crosslab.json`` and
    ``crosslab.md``.
 
-With ``--reuse``, a finished run trained before the never-seen score existed gets it fitted on its
-own training and validation splits (:func:`edgecell.metrics.fit_other_threshold`, the post-fit step
-of ``train``; no weights change) and is converted again, so the figures need no new training.
+With ``--reuse``, a finished run trained before the never-seen score or the nucleus check existed gets
+them fitted on its own training and validation splits (:func:`edgecell.metrics.fit_other_threshold`,
+:func:`edgecell.metrics.fit_nucleus_check`, the post-fit step of ``train``; no weights change) and is
+converted again, so the figures need no new training.
 
 Figures are from the machine this runs on (an x86 machine, not a Raspberry Pi).
 """
@@ -74,20 +75,26 @@ def train(out: Path, data: list[Path], seed: int, exclude: list[str] = (), reuse
 
 
 def ensure_other_score(run: Path) -> bool:
-    """Fit the never-seen score of a finished run that has none (``train``'s post-fit step); True if it did."""
+    """Fit what a finished run trained before them lacks of ``train``'s post-fit step: the never-seen score and the
+    nucleus check (each fitted as ``train`` fits it, nothing else changed); True if it fitted anything."""
     from rich.console import Console
 
     from edgecell.evaluate import load_split, resolve
-    from edgecell.metrics import fit_other_threshold
+    from edgecell.metrics import fit_nucleus_check, fit_other_threshold
     from edgecell.runfolder import RunFolder
 
     folder = RunFolder.read(run)
-    if folder.extra.get("other_score") or "other" not in folder.classes:
+    score = folder.extra.get("other_score")
+    if "other" not in folder.classes or (score and "nucleus_max_offset" in score):
         return False
-    print(f"fitting the never-seen score of {run} (post-fit step only)", flush=True)
+    print(f"fitting the {'nucleus check' if score else 'never-seen score'} of {run} (post-fit step only)", flush=True)
     quiet = Console(stderr=True, quiet=True)
-    tr, va = (load_split(resolve(run), None, s, quiet) for s in ("train", "val"))
-    folder.extra["other_score"] = fit_other_threshold(folder.load_keras(), tr.x, tr.y, va.x, va.y, folder.classes)
+    tr = load_split(resolve(run), None, "train", quiet)
+    if score:
+        folder.extra["other_score"] = {**score, "nucleus_max_offset": fit_nucleus_check(tr.offsets)}
+    else:
+        va = load_split(resolve(run), None, "val", quiet)
+        folder.extra["other_score"] = fit_other_threshold(folder.load_keras(), tr.x, tr.y, va.x, va.y, folder.classes, offsets_train=tr.offsets)
     folder.write()
     return True
 
