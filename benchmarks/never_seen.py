@@ -98,6 +98,54 @@ def field_window_cells(fields: Path, n: int, size: int, seed: int = 0) -> tuple[
     return np.stack([c[0] for c in out]), np.array([c[1] for c in out])
 
 
+DAMAGE = ("cut", "smudged")
+"""Damaged white cells made from real ones (:func:`damaged_cells`)."""
+
+
+def damage(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A white cell made unusable: ``cut`` by the frame (the image ends a tenth of a nucleus radius past the
+    cell's centre, on a random side: about half the cell is left), or ``smudged`` (a crushed cell: within 1.5
+    nucleus radii of its centre, everything blurred over half a radius and washed 40 % toward the background)."""
+    from PIL import Image, ImageFilter
+
+    from firmware_host.preprocess import locate_cell
+
+    loc = locate_cell(rgb)
+    h, w = rgb.shape[:2]
+    if kind == "cut":
+        side = int(rng.integers(4))
+        cy, cx, r = int(loc.cy), int(loc.cx), loc.radius
+        keep = [slice(None), slice(None)]
+        if side == 0:
+            keep[1] = slice(0, min(w, int(cx + 0.1 * r)))
+        elif side == 1:
+            keep[1] = slice(max(0, int(cx - 0.1 * r)), w)
+        elif side == 2:
+            keep[0] = slice(0, min(h, int(cy + 0.1 * r)))
+        else:
+            keep[0] = slice(max(0, int(cy - 0.1 * r)), h)
+        return np.ascontiguousarray(rgb[tuple(keep)])
+    if kind == "smudged":
+        blurred = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(max(1.0, loc.radius / 2))), dtype=np.float32)
+        background = np.percentile(rgb.reshape(-1, 3), 90, axis=0)
+        yy, xx = np.mgrid[:h, :w]
+        inside = ((yy - loc.cy) ** 2 + (xx - loc.cx) ** 2 < (1.5 * loc.radius) ** 2)[..., None]
+        washed = 0.6 * blurred + 0.4 * background
+        return np.clip(np.where(inside, washed, rgb) + 0.5, 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown damage {kind!r}; expected one of {', '.join(DAMAGE)}")
+
+
+def damaged_cells(files: list[Path], kind: str, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` of ``files`` (a seeded pick), damaged (:func:`damage`) and preprocessed as ``scan`` preprocesses a
+    cut-out, and their nucleus offsets."""
+    from firmware_host.preprocess import decode_rgb, prepare_cell, read_bytes
+
+    rng = np.random.default_rng([seed, DAMAGE.index(kind)])
+    pick = rng.choice(len(files), size=min(n, len(files)), replace=False)
+    cells = [prepare_cell(damage(decode_rgb(read_bytes(files[i])), kind, rng), size) for i in sorted(pick)]
+    return np.stack([c[0] for c in cells]), np.array([c[1] for c in cells])
+
+
 def folder_images(folder: Path, size: int) -> np.ndarray:
     from firmware_host.preprocess import load_image
 
