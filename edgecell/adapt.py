@@ -269,19 +269,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     targets = np.concatenate([soft, onehot[np.repeat(y_loc, repeat)]])
     topts = _train_options(parent, opts)
     model, history, seconds = fit(
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        len(classes),
-        topts,
-        opts.epochs,
-        con,
-        label="adapt ",
-        model=model,
-        early_stopping=False,
-        targets=targets,
-        classes=classes,
+        x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
     )
     offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train)  # the never-seen score re-fitted: the features moved

@@ -34,7 +34,6 @@ from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
-from firmware_host.paths import OTHER_CLASS
 
 
 @dataclass
@@ -131,23 +130,15 @@ AUG_GREY = 0.25
 """Probability of a grey image."""
 AUG_PROB = 0.5
 """Probability of each acquisition augmentation (resolution, sharpness, noise, JPEG)."""
-AUG_CUT = 0.05
-"""Probability that a cell of the five types is cut by the frame and taught as ``other`` (runs with an ``other`` class)."""
-AUG_CUT_AT = (0.55, 0.75)
-"""Where the frame cuts it: the share of the side kept (the preprocessing centres on what is left of the nucleus)."""
 
 
-def _augment_fn(tf, size: int, cut_to: int | None = None):
+def _augment_fn(tf, size: int):
     """Augmentation for microscope cells: geometry, acquisition and stain/colour, per image.
 
     Acquisition augmentations destroy what tells one lab's camera from another's (a lab is in its
     optics' sharpness, its sensor's noise and its JPEG settings as much as in its colours), so
     the model has to read the cell: resolution (down, then up again), blur or sharpening, noise and
     JPEG re-encoding at a random quality, each applied with probability :data:`AUG_PROB`.
-
-    With ``cut_to`` (the index of ``other``), a share :data:`AUG_CUT` of the other classes' images is cut by
-    the frame (everything past :data:`AUG_CUT_AT` of the side becomes the background) and taught as ``other``:
-    half a cell is not a cell to count.
 
     Every random draw is *stateless*, keyed by a per-image seed pair (see :func:`_dataset`), so the
     same ``--seed`` gives the same augmented images, in any thread order, and so the same model.
@@ -177,13 +168,6 @@ def _augment_fn(tf, size: int, cut_to: int | None = None):
         crop = tf.cast(tf.round(draw(2, *AUG_ZOOM) * size), tf.int32)
         x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), s[3])
         x = tf.image.resize(x, [size, size], method="bilinear")
-        if cut_to is not None:  # cut by the frame, after the random rotation and flip: any side
-            c = tf.random.experimental.stateless_split(s[2], num=2)
-            cut = (tf.random.stateless_uniform([], c[0]) < AUG_CUT) & (y[cut_to] < 0.5)
-            keep = (tf.range(size, dtype=tf.float32) + 0.5) < tf.random.stateless_uniform([], c[1], *AUG_CUT_AT) * size
-            background = tf.reduce_max(x, axis=[0, 1], keepdims=True)
-            x = tf.where(cut & ~keep[None, :, None], background, x)
-            y = tf.where(cut, tf.one_hot(cut_to, tf.shape(y)[0], dtype=y.dtype), y)
         # Acquisition: resolution, sharpness, (later) noise and JPEG.
         low = tf.maximum(8, tf.cast(tf.round(draw(10, *AUG_RESOLUTION) * size), tf.int32))
         x = tf.cond(draw(11) < AUG_PROB, lambda: tf.image.resize(tf.image.resize(x, [low, low], antialias=True), [size, size]), lambda: x)
@@ -208,19 +192,7 @@ def _augment_fn(tf, size: int, cut_to: int | None = None):
     return augment
 
 
-def _dataset(
-    tf,
-    x: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    batch: int,
-    seed: int,
-    train: bool,
-    augment: bool,
-    size: int,
-    targets: np.ndarray | None = None,
-    cut_to: int | None = None,
-):
+def _dataset(tf, x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, seed: int, train: bool, augment: bool, size: int, targets: np.ndarray | None = None):
     onehot = np.eye(n_classes, dtype=np.float32)[y] if targets is None else targets.astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, onehot))
     if train:
@@ -229,7 +201,7 @@ def _dataset(
             # one seed pair per image and epoch, drawn from a seeded stream that restarts differently (but
             # reproducibly) at each epoch; the map's threads then draw nothing from shared state
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-            aug = _augment_fn(tf, size, cut_to)
+            aug = _augment_fn(tf, size)
             ds = tf.data.Dataset.zip((ds, seeds)).map(lambda xy, s: aug(xy[0], xy[1], s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
             ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
@@ -296,15 +268,13 @@ def fit(
     model=None,
     early_stopping: bool = True,
     targets: np.ndarray | None = None,
-    classes: Sequence[str] | None = None,
 ):
     """Fit a fresh model, or go on training ``model`` (fine-tuning); returns (model, history dict, seconds).
 
     With ``early_stopping`` training stops after ``opts.patience`` epochs without a lower validation
     loss and keeps the best epoch's weights; without it, it runs every epoch and keeps the last.
     ``targets`` (N, classes) replaces the one-hot labels of ``y_train`` as what the model learns
-    (soft targets; class weights still follow ``y_train``). ``classes``: the class names; with an ``other``
-    class, augmentation also teaches cells cut by the frame as ``other`` (:data:`AUG_CUT`).
+    (soft targets; class weights still follow ``y_train``).
     """
     from edgecell.model import build_model
     from edgecell.tfutil import import_tf
@@ -314,8 +284,7 @@ def fit(
     keras.utils.set_random_seed(opts.seed)
     if model is None:
         model = build_model(opts.model_spec(n_classes), seed=opts.seed)
-    cut_to = list(classes).index(OTHER_CLASS) if classes is not None and OTHER_CLASS in classes else None
-    train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size, targets, cut_to)
+    train_ds = _dataset(tf, x_train, y_train, n_classes, opts.batch_size, opts.seed, True, opts.augment, opts.img_size, targets)
     val_ds = _dataset(tf, x_val, y_val, n_classes, 128, opts.seed, False, False, opts.img_size)
     steps = int(np.ceil(len(x_train) / opts.batch_size))
     # Cosine decay over the full epoch budget: large steps early, fine ones late.
@@ -389,7 +358,6 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
             opts,
             opts.cv_epochs or opts.epochs,
             con,
-            classes=ds.classes,
             label=f"fold {f + 1}/{k} ",
         )
         m = compute(y_all[te_idx], predict(model, ds.images[te_idx]), ds.classes)
@@ -542,7 +510,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             cv = cross_validate(ds, splits, opts, con)
             write_json(tmp / "cv.json", cv)
             con.print(cv_table(cv))
-        model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con, classes=ds.classes)
+        model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con)
         cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr])
         temperature = cal["temperature"]
         metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)

@@ -53,34 +53,3 @@ def test_same_seed_same_weights_other_seed_other_weights():
     first = weights(3)
     assert np.array_equal(first, weights(3))
     assert not np.array_equal(first, weights(4))
-
-
-def test_cut_augmentation_teaches_cut_cells_as_other(monkeypatch):
-    """With an ``other`` class, a share of the five types' images is cut by the frame and labelled ``other``;
-    ``other`` images are never relabelled, and without ``cut_to`` nothing is."""
-    import edgecell.train as train_mod
-    from edgecell.tfutil import import_tf
-
-    tf = import_tf()
-    x, y = _data(200, seed=2)
-    y = np.where(y == 4, 3, y)  # classes 0-3 are "the five", 4 is other
-    y[:20] = 4
-    onehot = np.eye(5, dtype=np.float32)
-
-    def labels(cut_to):
-        ds = train_mod._dataset(tf, x, y, 5, 50, 1, train=True, augment=True, size=SIZE, cut_to=cut_to)
-        return np.concatenate([b[1].numpy() for b in ds])
-
-    assert np.array_equal(np.sort(labels(None).argmax(1)), np.sort(y))  # shuffled, never relabelled
-    got = labels(4).argmax(1)
-    assert (got == 4).sum() - 20 == pytest.approx(180 * train_mod.AUG_CUT, abs=12)  # about 5 % of the 180 five-type images
-    monkeypatch.setattr(train_mod, "AUG_CUT", 1.0)
-    aug = train_mod._augment_fn(tf, SIZE, cut_to=4)
-    img = np.full((SIZE, SIZE, 3), 200, np.uint8)
-    img[6:18, 6:18] = 40  # a dark "cell" in the middle
-    out, label = aug(tf.constant(img), tf.constant(onehot[1]), tf.constant([5, 9], tf.int64))
-    assert label.numpy().tolist() == onehot[4].tolist()
-    dark = out.numpy().mean(axis=2) < 120
-    assert 0 < dark.sum() < 0.8 * 144  # part of the cell is gone (rotated or flipped first: any side)
-    _, kept = aug(tf.constant(img), tf.constant(onehot[4]), tf.constant([5, 9], tf.int64))
-    assert kept.numpy().tolist() == onehot[4].tolist()
