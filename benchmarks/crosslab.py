@@ -228,7 +228,13 @@ def bars(r: dict) -> list[dict]:
         ns = d.get("never_seen")
         if ns:
             v = ns["other"]
-            bar("#13", "never-seen things caught as other (int8; drawn background, red cells, non-blood; BCCD windows; cut and smudged cells)", v, ">= 90%", v >= 0.90)
+            bar(
+                "#13",
+                "never-seen things caught as other (int8; drawn background, red cells, non-blood; BCCD windows; cut and smudged cells)",
+                v,
+                ">= 90%",
+                v >= 0.90,
+            )
     return out
 
 
