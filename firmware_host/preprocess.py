@@ -101,8 +101,8 @@ NO_NUCLEUS_HUE = 45.0
 """The nucleus check (:func:`prepare_cell`): a crop whose darkest pixels are further than this many degrees
 of hue from :data:`NUCLEUS_HUE` holds no stained nucleus (red cells, background, debris). Every cell of the five
 types from the three labs in ``../shared`` (4,867 images) is within 36 degrees; of the 1,484 cells of other types,
-2 platelets are above 45. The
-least a model's check is set to (``edgecell.metrics.fit_nucleus_check`` raises it to clear its training images)."""
+2 platelets are above 45. The least a model's check is set to (``edgecell.metrics.fit_nucleus_check`` raises it
+to clear its training images)."""
 NUCLEUS_MIN_CHROMA = 10.0
 """Below this chroma the crop's darkest pixels are grey (a monochrome camera): no hue to judge, no verdict."""
 NO_NUCLEUS_FOUND = 180.0
@@ -547,7 +547,7 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     stain is normalised) and :data:`NUCLEUS_HUE`.
 
     A white cell's nucleus is the darkest, most violet thing in a stained smear, in every lab; a crop whose
-    darkest pixels are red (red cells), grey or of another hue holds no white cell, and :func:`no_nucleus`
+    darkest pixels are red (red cells) or of another hue holds no white cell, and :func:`no_nucleus`
     says so (offset above :data:`NO_NUCLEUS_HUE`). :data:`NO_NUCLEUS_FOUND` when nothing stained like a nucleus
     was found at all; NaN when the darkest pixels are grey (no verdict: a monochrome camera's cell stays the
     model's to classify).
