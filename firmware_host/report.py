@@ -153,6 +153,7 @@ class _Cell:
     thumb: tuple[int, int] | None  # (offset, length) of its base64 in the spool
     field: int | None = None
     box: Box | None = None
+    why: str = ""  # why it is ``other`` (runtime.Prediction.other_reason)
 
 
 @dataclass
@@ -258,22 +259,25 @@ class ReportWriter:
         *,
         field: int | None = None,
         box: Box | None = None,
+        why: str = "",
     ) -> int:
         """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None.
 
         In scan mode ``field`` is the index :meth:`add_field` returned and ``box`` the cell's box in
-        that field. Returns the cell's index.
+        that field. ``why``: why the cell is ``other`` (shown beside its flag). Returns the cell's index.
         """
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
-        self.cells.append(_Cell(i, _text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box))
+        self.cells.append(_Cell(i, _text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or ""))
         if field is not None:
             self.fields[field].cells.append(i)
         return i
 
     def add_row(self, row: dict, thumbnail: bytes | None = None) -> int:
-        """Add one result row of classify (``path``, ``label``, ``confidence``, ``flag``, ``true_label``)."""
-        return self.add_cell(row["path"], row["label"], row["confidence"], row.get("flag", ""), row.get("true_label"), thumbnail)
+        """Add one result row of classify (``path``, ``label``, ``confidence``, ``flag``, ``true_label``, ``other_reason``)."""
+        return self.add_cell(
+            row["path"], row["label"], row["confidence"], row.get("flag", ""), row.get("true_label"), thumbnail, why=row.get("other_reason", "")
+        )
 
     def add_field(self, file: str | os.PathLike, image: np.ndarray) -> int:
         """Add a field of view (RGB uint8, full resolution); returns its index for :meth:`add_cell`."""
@@ -468,6 +472,8 @@ class ReportWriter:
         if _flagged(c):
             classes.append("flagged")
             tags.append(f'<span class="tag flag">{_e(c.flag or OTHER)}</span>')
+            if c.why:
+                tags.append(f'<span class="tag why">{_e(c.why)}</span>')
         if c.true_label is not None and c.true_label != c.label:
             classes.append("wrong")
             tags.append(f'<span class="tag wrong">folder: {_e(c.true_label)}</span>')

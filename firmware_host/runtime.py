@@ -41,7 +41,7 @@ from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
 from firmware_host.otherscore import OtherScore, decide
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import load_cell, prepare_cell
+from firmware_host.preprocess import load_cell, no_nucleus, prepare_cell
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -64,6 +64,12 @@ FLAG_REVIEW = "review: haematologist"
 """Flag for a confident prediction of one of :data:`REVIEW_CLASSES`."""
 FLAG_OTHER = "not one of the five - refer"
 """Flag for a cell labelled :data:`OTHER_CLASS`: counted apart from the five in the differential."""
+OTHER_BY_CLASS = "taught as other"
+"""Why a cell is ``other`` (:attr:`Prediction.other_reason`): its most probable class is ``other``..."""
+OTHER_BY_SCORE = "unlike every trained type"
+"""...its never-seen score is above the threshold..."""
+OTHER_BY_NUCLEUS = "no stained nucleus"
+"""...its crop holds no stained nucleus (the nucleus check). Several reasons are joined by ``"; "``."""
 
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
@@ -111,6 +117,8 @@ class Prediction:
     """Degrees of hue between the crop's darkest pixels and a nucleus (:func:`firmware_host.preprocess.prepare_cell`);
     above :data:`~firmware_host.preprocess.NO_NUCLEUS_HUE` the crop holds no stained nucleus and is labelled
     ``other``. NaN: not measured (an array given already preprocessed) or grey."""
+    other_reason: str = ""
+    """Why the label is ``other`` (:data:`OTHER_BY_CLASS`, :data:`OTHER_BY_SCORE`, :data:`OTHER_BY_NUCLEUS`); empty otherwise."""
 
     def to_dict(self, classes: Sequence[str]) -> dict:
         return {
@@ -121,6 +129,7 @@ class Prediction:
             "probs": {c: float(p) for c, p in zip(classes, self.probs)},
             "other_score": None if self.other_score is None else round(float(self.other_score), 6),
             "nucleus_offset": None if math.isnan(self.nucleus_offset) else round(float(self.nucleus_offset), 3),
+            "other_reason": self.other_reason,
             "preprocess_ms": round(float(self.preprocess_ms), 4),
             "inference_ms": round(float(self.inference_ms), 4),
         }
@@ -574,6 +583,14 @@ class Classifier:
         score = None if other_score is None else np.float64(other_score)
         nucleus_max = self.other_score.nucleus_max if self.other_score else None
         label = classes[int(decide(probs, score, self.other_threshold, classes, nucleus_offsets=np.float64(nucleus_offset), nucleus_max=nucleus_max))]
+        why = []
+        if label == OTHER_CLASS:
+            if classes[int(order[0])] == OTHER_CLASS:
+                why.append(OTHER_BY_CLASS)
+            if score is not None and self.other_threshold is not None and score > self.other_threshold:
+                why.append(OTHER_BY_SCORE)
+            if nucleus_max is not None and no_nucleus(nucleus_offset, nucleus_max):
+                why.append(OTHER_BY_NUCLEUS)
         return Prediction(
             path=os.fspath(path),
             label=label,
@@ -584,6 +601,7 @@ class Classifier:
             inference_ms=inference_ms,
             other_score=other_score,
             nucleus_offset=float(nucleus_offset),
+            other_reason="; ".join(why),
         )
 
     def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0, nucleus_offset: float = math.nan) -> Prediction:

@@ -82,7 +82,7 @@ def cell_region(box: Sequence[int], width: int, height: int, margin: float = CRO
 class FieldResult:
     """One field's result: its size and cells, or the reason it could not be read.
 
-    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "other_score", "nucleus_offset", "top3"}`` with ``box``
+    ``cells`` are dicts ``{"box", "label", "confidence", "flag", "edge", "other_score", "nucleus_offset", "other_reason", "top3"}`` with ``box``
     ``[x0, y0, x1, y1]`` in the original image's pixels (x1, y1 exclusive).
     """
 
@@ -120,6 +120,7 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
                 "edge": bool(c.edge),
                 "other_score": None if pred.other_score is None else round(float(pred.other_score), 6),
                 "nucleus_offset": None if math.isnan(pred.nucleus_offset) else round(pred.nucleus_offset, 3),
+                "other_reason": pred.other_reason,
                 "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
             }
         )
@@ -518,7 +519,9 @@ class ReportHook:
             box = self.mod.Box(*c["box"])
             x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
             thumb = self.mod.thumbnail_jpeg(rgb[y0:y1, x0:x1])
-            self.writer.add_cell(self.mod.cell_name(res.file, box), c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=box)
+            self.writer.add_cell(
+                self.mod.cell_name(res.file, box), c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=box, why=c.get("other_reason", "")
+            )
 
     def finish(self, summary: ScanSummary) -> None:
         self.writer.header.n_failed = summary.n_failed
@@ -541,7 +544,24 @@ def report_hook(dest: str) -> ReportHook:
     return ReportHook(dest, importlib.import_module("firmware_host.report"))
 
 
-CSV_COLUMNS = ["file", "width", "height", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "flag", "edge", "other_score", "nucleus_offset", "error"]
+CSV_COLUMNS = [
+    "file",
+    "width",
+    "height",
+    "cell",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "label",
+    "confidence",
+    "flag",
+    "edge",
+    "other_score",
+    "nucleus_offset",
+    "other_reason",
+    "error",
+]
 
 
 class CellCsv:
@@ -575,6 +595,7 @@ class CellCsv:
                     "edge": int(c["edge"]),
                     "other_score": "" if c.get("other_score") is None else f"{c['other_score']:.4f}",
                     "nucleus_offset": "" if c.get("nucleus_offset") is None else f"{c['nucleus_offset']:.1f}",
+                    "other_reason": c.get("other_reason", ""),
                     "error": "",
                 }
             )

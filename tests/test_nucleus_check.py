@@ -15,7 +15,7 @@ from firmware_host.errors import ModelError
 from firmware_host.metadata import read_metadata, write_metadata
 from firmware_host.otherscore import OtherScore, decide
 from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, no_nucleus, prepare, prepare_cell
-from firmware_host.runtime import FLAG_OTHER, Classifier, triage
+from firmware_host.runtime import FLAG_OTHER, OTHER_BY_NUCLEUS, OTHER_BY_SCORE, Classifier, triage
 from tests._tflite_fixtures import OTHER_CLASSES, comparison_images, copy_model, other_models, save_jpeg
 
 pytestmark = pytest.mark.pi
@@ -95,6 +95,7 @@ def test_runtime_labels_a_red_cell_crop_other(checked, tmp_path):
     path.write_bytes(red)
     pred = clf.classify_file(path)
     assert pred.label == "other" and triage(pred) == FLAG_OTHER and pred.nucleus_offset > NO_NUCLEUS_HUE
+    assert OTHER_BY_NUCLEUS in pred.other_reason.split("; ") and OTHER_BY_SCORE not in pred.other_reason  # the score is off here
     assert pred.to_dict(OTHER_CLASSES)["nucleus_offset"] == pytest.approx(pred.nucleus_offset, abs=1e-3)
     # the same crop through classify_many (threads and worker processes) and classify_rgb
     for processes in (False, True):
@@ -112,6 +113,7 @@ def test_runtime_keeps_cells_with_a_nucleus(checked, tmp_path):
         pred = clf.classify_file(p)
         expected = "other" if no_nucleus(pred.nucleus_offset, NO_NUCLEUS_HUE) else OTHER_CLASSES[int(np.argmax(pred.probs))]
         assert pred.label == expected
+        assert (pred.other_reason != "") == (pred.label == "other")
 
 
 @pytest.mark.parametrize("value", [-1, 181, "45", True])
@@ -147,3 +149,22 @@ def test_real_white_cells_of_every_lab_have_a_nucleus():
             assert not no_nucleus(offset), (p, offset)
             checked += 1
     assert checked >= 300
+
+
+def test_review_page_says_why_a_cell_is_other(checked, tmp_path):
+    """The reason travels from the runtime to the JSON, the CSV and the review page."""
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    red = next(d for d in (_drawn("red_cells", i) for i in range(20)) if no_nucleus(decode_cell(d, SIZE)[1]))
+    (folder / "red.jpg").write_bytes(red)
+    page, js, table = tmp_path / "review.html", tmp_path / "r.json", tmp_path / "r.csv"
+    res = CliRunner().invoke(cli, ["classify", "--model", str(checked), str(folder), "--report", str(page), "--json", str(js), "--csv", str(table)])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(js.read_text())["results"]
+    assert row["label"] == "other" and row["other_reason"] == OTHER_BY_NUCLEUS
+    assert f",{OTHER_BY_NUCLEUS}," in table.read_text()
+    assert f'<span class="tag why">{OTHER_BY_NUCLEUS}</span>' in page.read_text()

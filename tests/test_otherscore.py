@@ -103,6 +103,9 @@ def test_label_is_other_when_the_score_passes_the_threshold(other):
         assert p.confidence == pytest.approx(p.probs[OTHER_CLASSES.index(p.label)])
         if p.label == "other":
             assert triage(p) == FLAG_OTHER
+            assert ("unlike every trained type" in p.other_reason) == bool(hit) and p.other_reason
+        else:
+            assert p.other_reason == ""
         assert p.to_dict(OTHER_CLASSES)["other_score"] == pytest.approx(p.other_score, abs=1e-6)
 
 
