@@ -580,13 +580,8 @@ def load_cells_from_manifest(
     on_progress: Callable[[int, int], None] | None = None,
     check_hash: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[ManifestRow], np.ndarray]:
-    """:func:`load_from_manifest`, and each image's nucleus offset (:func:`firmware_host.preprocess.prepare_cell`).
-
-    ``root`` is one folder, or a mapping from source name to folder (rows name their source).
-    Returns (images uint8 (N,S,S,3), labels int64 (N,), rows). A missing file or one whose bytes
-    changed since the manifest was written is a :class:`DataError` naming it: evaluating on
-    different images than the split promised would give a silently wrong answer.
-    """
+    """:func:`load_from_manifest` (the same arguments and errors), with each image's nucleus offset
+    (:func:`firmware_host.preprocess.prepare_cell`) as a fourth item, float64 (N,)."""
     folders = root if isinstance(root, dict) else None
     root = Path(next(iter(folders.values()))) if folders else Path(root)
     rows = list(rows)

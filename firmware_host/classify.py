@@ -482,6 +482,15 @@ CSV_BASE_COLUMNS = [
 ]
 
 
+def other_csv(r: dict) -> dict:
+    """The CSV cells of what decided ``other`` (:meth:`firmware_host.runtime.Prediction.other_fields`), for classify and scan."""
+    return {
+        "other_score": "" if r.get("other_score") is None else f"{r['other_score']:.4f}",
+        "nucleus_offset": "" if r.get("nucleus_offset") is None else f"{r['nucleus_offset']:.1f}",
+        "other_reason": r.get("other_reason", ""),
+    }
+
+
 class CsvStream:
     """One CSV row per classified image as it comes, then one per input that could not be classified."""
 
@@ -498,9 +507,7 @@ class CsvStream:
             "label": r["label"],
             "confidence": f"{r['confidence']:.6f}",
             "flag": r["flag"],
-            "other_score": "" if r.get("other_score") is None else f"{r['other_score']:.4f}",
-            "nucleus_offset": "" if r.get("nucleus_offset") is None else f"{r['nucleus_offset']:.1f}",
-            "other_reason": r.get("other_reason", ""),
+            **other_csv(r),
             "top2_label": top[1]["label"],
             "top2_prob": "" if top[1]["prob"] == "" else f"{top[1]['prob']:.6f}",
             "top3_label": top[2]["label"],

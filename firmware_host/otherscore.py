@@ -128,6 +128,35 @@ class OtherScore:
         return cls(means, w, float(t), float(share), None if nucleus is None else float(nucleus))
 
 
+def other_tests(
+    probs: np.ndarray,
+    scores: np.ndarray | None,
+    threshold: float | None,
+    classes: Sequence[str],
+    other: str = "other",
+    nucleus_offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
+) -> dict[str, np.ndarray]:
+    """The three reasons a row is labelled ``other``, each a boolean per row (all False for a model without
+    an ``other`` class): ``"class"``, ``other`` is its most probable class; ``"score"``, the never-seen score is
+    above ``threshold``; ``"nucleus"``, the image holds no stained nucleus (its offset of
+    :func:`firmware_host.preprocess.prepare_cell` in ``nucleus_offsets`` above ``nucleus_max``,
+    :attr:`OtherScore.nucleus_max`). ``scores`` or ``threshold`` None: no score (what models without one always
+    did); ``nucleus_offsets`` or ``nucleus_max`` None: no nucleus check. A NaN score or offset never passes.
+    """
+    pred = np.asarray(probs).argmax(axis=-1)
+    none = np.zeros(pred.shape, dtype=bool)
+    if other not in classes:
+        return {"class": none, "score": none, "nucleus": none}
+    tests = {"class": pred == list(classes).index(other), "score": none, "nucleus": none}
+    if scores is not None and threshold is not None:
+        with np.errstate(invalid="ignore"):
+            tests["score"] = np.asarray(scores, dtype=np.float64) > threshold
+    if nucleus_offsets is not None and nucleus_max is not None:
+        tests["nucleus"] = np.asarray(no_nucleus(nucleus_offsets, nucleus_max))
+    return tests
+
+
 def decide(
     probs: np.ndarray,
     scores: np.ndarray | None,
@@ -137,21 +166,8 @@ def decide(
     nucleus_offsets: np.ndarray | None = None,
     nucleus_max: float | None = None,
 ) -> np.ndarray:
-    """The label index of each row: ``other`` when it is the most probable class, OR the score is above
-    ``threshold``, OR the image holds no stained nucleus (its offset of :func:`firmware_host.preprocess.prepare_cell`
-    in ``nucleus_offsets`` above ``nucleus_max``, :attr:`OtherScore.nucleus_max`).
-
-    A model without an ``other`` class: the most probable class. ``scores`` or ``threshold`` None: no
-    score (what models without one always did); ``nucleus_offsets`` or ``nucleus_max`` None: no nucleus
-    check. A NaN score or offset never passes.
-    """
+    """The label index of each row: ``other`` when any of :func:`other_tests` passes, else the most probable class."""
     pred = np.asarray(probs).argmax(axis=-1)
-    if other not in classes:
-        return pred
-    passed = np.zeros(pred.shape, dtype=bool)
-    if scores is not None and threshold is not None:
-        with np.errstate(invalid="ignore"):
-            passed |= np.asarray(scores, dtype=np.float64) > threshold
-    if nucleus_offsets is not None and nucleus_max is not None:
-        passed |= no_nucleus(nucleus_offsets, nucleus_max)
-    return np.where(passed, list(classes).index(other), pred)
+    tests = other_tests(probs, scores, threshold, classes, other, nucleus_offsets, nucleus_max)
+    passed = tests["class"] | tests["score"] | tests["nucleus"]
+    return np.where(passed, list(classes).index(other), pred) if other in classes else pred

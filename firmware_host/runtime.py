@@ -39,9 +39,9 @@ from firmware_host.decode import _decode_one, _process_pool, decode_many, defaul
 from firmware_host.errors import ImageError, ModelError, os_reason
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
-from firmware_host.otherscore import OtherScore, decide
+from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import load_cell, no_nucleus, prepare_cell
+from firmware_host.preprocess import load_cell, prepare_cell
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -70,6 +70,8 @@ OTHER_BY_SCORE = "unlike every trained type"
 """...its never-seen score is above the threshold..."""
 OTHER_BY_NUCLEUS = "no stained nucleus"
 """...its crop holds no stained nucleus (the nucleus check). Several reasons are joined by ``"; "``."""
+OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OTHER_BY_NUCLEUS}
+"""The reason for each test of :func:`firmware_host.otherscore.other_tests`."""
 
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
@@ -120,6 +122,14 @@ class Prediction:
     other_reason: str = ""
     """Why the label is ``other`` (:data:`OTHER_BY_CLASS`, :data:`OTHER_BY_SCORE`, :data:`OTHER_BY_NUCLEUS`); empty otherwise."""
 
+    def other_fields(self) -> dict:
+        """What decided ``other``, as JSON gives it (``other_score``, ``nucleus_offset``, ``other_reason``)."""
+        return {
+            "other_score": None if self.other_score is None else round(float(self.other_score), 6),
+            "nucleus_offset": None if math.isnan(self.nucleus_offset) else round(float(self.nucleus_offset), 3),
+            "other_reason": self.other_reason,
+        }
+
     def to_dict(self, classes: Sequence[str]) -> dict:
         return {
             "path": self.path,
@@ -127,9 +137,7 @@ class Prediction:
             "confidence": float(self.confidence),
             "top3": [{"label": lab, "prob": float(p)} for lab, p in self.top3],
             "probs": {c: float(p) for c, p in zip(classes, self.probs)},
-            "other_score": None if self.other_score is None else round(float(self.other_score), 6),
-            "nucleus_offset": None if math.isnan(self.nucleus_offset) else round(float(self.nucleus_offset), 3),
-            "other_reason": self.other_reason,
+            **self.other_fields(),
             "preprocess_ms": round(float(self.preprocess_ms), 4),
             "inference_ms": round(float(self.inference_ms), 4),
         }
@@ -575,22 +583,17 @@ class Classifier:
 
         The label is the most probable class, or :data:`OTHER_CLASS` when ``other_score`` is above
         the model's threshold or ``nucleus_offset`` says the crop holds no nucleus
-        (:func:`firmware_host.otherscore.decide`); the confidence is the probability of the label.
+        (:func:`firmware_host.otherscore.other_tests`, whose passing tests give ``other_reason``); the
+        confidence is the probability of the label.
         """
         order = np.argsort(-probs, kind="stable")
         classes = self.meta.classes
         top = [(classes[k], float(probs[k])) for k in order[:3]]
         score = None if other_score is None else np.float64(other_score)
         nucleus_max = self.other_score.nucleus_max if self.other_score else None
-        label = classes[int(decide(probs, score, self.other_threshold, classes, nucleus_offsets=np.float64(nucleus_offset), nucleus_max=nucleus_max))]
-        why = []
-        if label == OTHER_CLASS:
-            if classes[int(order[0])] == OTHER_CLASS:
-                why.append(OTHER_BY_CLASS)
-            if score is not None and self.other_threshold is not None and score > self.other_threshold:
-                why.append(OTHER_BY_SCORE)
-            if nucleus_max is not None and no_nucleus(nucleus_offset, nucleus_max):
-                why.append(OTHER_BY_NUCLEUS)
+        tests = other_tests(probs, score, self.other_threshold, classes, OTHER_CLASS, np.float64(nucleus_offset), nucleus_max)
+        why = [text for key, text in OTHER_REASONS.items() if tests[key]]
+        label = OTHER_CLASS if why else classes[int(order[0])]
         return Prediction(
             path=os.fspath(path),
             label=label,

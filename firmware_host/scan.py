@@ -26,7 +26,6 @@ import contextlib
 import csv
 import functools
 import io
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from firmware_host.atomic import write_bytes
+from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.locate import Cell, locate
@@ -118,9 +118,7 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
                 "confidence": float(pred.confidence),
                 "flag": triage(pred, threshold),
                 "edge": bool(c.edge),
-                "other_score": None if pred.other_score is None else round(float(pred.other_score), 6),
-                "nucleus_offset": None if math.isnan(pred.nucleus_offset) else round(pred.nucleus_offset, 3),
-                "other_reason": pred.other_reason,
+                **pred.other_fields(),
                 "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
             }
         )
@@ -593,9 +591,7 @@ class CellCsv:
                     "confidence": f"{c['confidence']:.6f}",
                     "flag": c["flag"],
                     "edge": int(c["edge"]),
-                    "other_score": "" if c.get("other_score") is None else f"{c['other_score']:.4f}",
-                    "nucleus_offset": "" if c.get("nucleus_offset") is None else f"{c['nucleus_offset']:.1f}",
-                    "other_reason": c.get("other_reason", ""),
+                    **other_csv(c),
                     "error": "",
                 }
             )

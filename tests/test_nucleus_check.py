@@ -13,7 +13,7 @@ from edgecell.demo import draw_cell, draw_object, encode
 from edgecell.metrics import NUCLEUS_MARGIN, fit_nucleus_check
 from firmware_host.errors import ModelError
 from firmware_host.metadata import read_metadata, write_metadata
-from firmware_host.otherscore import OtherScore, decide
+from firmware_host.otherscore import OtherScore, decide, other_tests
 from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, no_nucleus, prepare, prepare_cell
 from firmware_host.runtime import FLAG_OTHER, OTHER_BY_NUCLEUS, OTHER_BY_SCORE, Classifier, triage
 from tests._tflite_fixtures import OTHER_CLASSES, comparison_images, copy_model, other_models, save_jpeg
@@ -74,6 +74,8 @@ def test_decide_sends_no_nucleus_to_other_only_with_a_limit():
     assert decide(probs, None, None, classes, nucleus_offsets=offsets, nucleus_max=45.0).tolist() == [0, 1]
     assert decide(probs, None, None, classes, nucleus_offsets=offsets).tolist() == [0, 0]  # no limit: no check
     assert decide(probs, None, None, ["a", "c", "b"], nucleus_offsets=offsets, nucleus_max=45.0).tolist() == [0, 0]  # no other class
+    tests = other_tests(probs, np.array([2.0, 0.0]), 1.0, classes, nucleus_offsets=offsets, nucleus_max=45.0)
+    assert {k: v.tolist() for k, v in tests.items()} == {"class": [False, False], "score": [True, False], "nucleus": [False, True]}
 
 
 @pytest.fixture(scope="module")
