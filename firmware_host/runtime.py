@@ -68,8 +68,8 @@ OTHER_BY_CLASS = "taught as other"
 """Why a cell is ``other`` (:attr:`Prediction.other_reason`): its most probable class is ``other``..."""
 OTHER_BY_SCORE = "unlike every trained type"
 """...its never-seen score is above the threshold..."""
-OTHER_BY_NUCLEUS = "no stained nucleus"
-"""...its crop holds no stained nucleus (the nucleus check). Several reasons are joined by ``"; "``."""
+OTHER_BY_NUCLEUS = "no whole stained nucleus"
+"""...its crop holds no stained nucleus, or one cut by the frame (the nucleus check). Several reasons are joined by ``"; "``."""
 OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OTHER_BY_NUCLEUS}
 """The reason for each test of :func:`firmware_host.otherscore.other_tests`."""
 

@@ -14,7 +14,7 @@ from edgecell.metrics import NUCLEUS_MARGIN, fit_nucleus_check
 from firmware_host.errors import ModelError
 from firmware_host.metadata import read_metadata, write_metadata
 from firmware_host.otherscore import OtherScore, decide, other_tests
-from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, no_nucleus, prepare, prepare_cell
+from firmware_host.preprocess import CUT_RADII, NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, is_cut, locate_cell, no_nucleus, prepare, prepare_cell
 from firmware_host.runtime import FLAG_OTHER, OTHER_BY_NUCLEUS, OTHER_BY_SCORE, Classifier, triage
 from tests._tflite_fixtures import OTHER_CLASSES, comparison_images, copy_model, other_models, save_jpeg
 
@@ -58,6 +58,25 @@ def test_a_violet_nucleus_passes_and_a_red_one_does_not():
     assert no_nucleus(math.nan) is False and no_nucleus(np.array([math.nan, 90.0])).tolist() == [False, True]
 
 
+def test_a_nucleus_cut_by_the_frame_is_no_whole_nucleus():
+    """The same violet disc, whole and then cut by the image's edge: only the cut one gets :data:`NO_NUCLEUS_FOUND`,
+    and a disc near the edge but whole still passes."""
+    yy, xx = np.mgrid[:96, :96]
+
+    def crop(cx, colour=(90, 50, 140)):
+        rgb = np.full((96, 96, 3), 235, np.uint8)
+        rgb[(yy - 48) ** 2 + (xx - cx) ** 2 < 20**2] = colour
+        return rgb
+
+    whole, cut, near = crop(48), crop(96), crop(66)  # centre on the edge: half the disc is left
+    assert prepare_cell(whole, SIZE)[1] < NO_NUCLEUS_HUE
+    assert prepare_cell(cut, SIZE)[1] == NO_NUCLEUS_FOUND and no_nucleus(prepare_cell(cut, SIZE)[1])
+    loc = locate_cell(near)
+    assert (96 - loc.cx) / loc.radius > CUT_RADII and not is_cut(loc, 96, 96) and prepare_cell(near, SIZE)[1] < NO_NUCLEUS_HUE
+    assert is_cut(loc, 96, 96, radii=(96 - loc.cx) / loc.radius + 0.01)  # the rule is the centre's distance in radii
+    np.testing.assert_array_equal(prepare_cell(cut, SIZE)[0], prepare(cut, SIZE))  # the pixels are untouched
+
+
 def test_fit_nucleus_check_clears_the_training_images():
     assert fit_nucleus_check(np.array([1.0, 5.0, 30.0])) == NO_NUCLEUS_HUE  # real cells: the floor
     wide = np.concatenate([np.linspace(0, 120, 1000), [np.nan]])
@@ -65,6 +84,8 @@ def test_fit_nucleus_check_clears_the_training_images():
     assert limit == pytest.approx(np.quantile(wide[:-1], 0.999) + NUCLEUS_MARGIN) and (wide[:-1] <= limit).all()
     assert fit_nucleus_check(np.array([179.0, 180.0])) == NO_NUCLEUS_FOUND  # never above "nothing found"
     assert fit_nucleus_check(np.array([np.nan])) == NO_NUCLEUS_HUE
+    # training cells with no whole nucleus (cut by the frame) say nothing of the nucleus hue: they do not lift the limit
+    assert fit_nucleus_check(np.array([10.0] * 990 + [NO_NUCLEUS_FOUND] * 10)) == NO_NUCLEUS_HUE
 
 
 def test_decide_sends_no_nucleus_to_other_only_with_a_limit():
@@ -138,19 +159,25 @@ def test_score_without_a_nucleus_limit_round_trips_without_one(checked):
 
 @pytest.mark.realdata
 def test_real_white_cells_of_every_lab_have_a_nucleus():
-    """Every class folder of the three labs in ../shared (the five types and the others): no cell fails the check."""
+    """Every class folder of the three labs in ../shared (the five types and the others): no whole cell fails the
+    hue test, and few are cut by the frame (measured on every image: 0.15 % of the Kaggle set, 0.9 % of the third
+    lab's five types, whose crops are tight)."""
     from tests._realdata import more_cells_or_skip, real_data_or_skip
 
     folders = [f for f in sorted(real_data_or_skip().iterdir()) if f.is_dir()]
     folders += [t for s in sorted(more_cells_or_skip().iterdir()) if s.is_dir() for t in sorted(s.iterdir()) if t.is_dir() and s.name != "bccd_fields"]
-    checked = 0
+    checked, cut = 0, []
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[::10][:30]
         for p in files:
             offset = decode_cell(p.read_bytes(), SIZE, p)[1]
-            assert not no_nucleus(offset), (p, offset)
+            if offset == NO_NUCLEUS_FOUND:
+                cut.append(p)
+            else:
+                assert not no_nucleus(offset), (p, offset)
             checked += 1
     assert checked >= 300
+    assert len(cut) <= 0.02 * checked, cut
 
 
 def test_review_page_says_why_a_cell_is_other(checked, tmp_path):
