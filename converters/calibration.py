@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_host.decode import map_in_threads
-from firmware_host.errors import DataError, ImageError
+from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
@@ -229,7 +229,7 @@ def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, s
     try:
         text = read_csv_text(path, encoding="utf-8-sig", errors="strict")  # line ends untouched
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read calibration manifest ({getattr(exc, 'strerror', None) or exc})", path) from None
+        raise DataError(f"cannot read calibration manifest ({os_reason(exc)})", path) from None
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "file" not in fields or "class" not in fields:

@@ -18,9 +18,10 @@ class EdgecellError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
 
 
-def os_reason(exc: OSError) -> str:
-    """What the operating system said, for a one-line message: ``strerror`` ("Permission denied"), else the exception."""
-    return exc.strerror or str(exc)
+def os_reason(exc: BaseException) -> str:
+    """What the operating system said, for a one-line message: ``strerror`` ("Permission denied"); for an
+    exception without one (a bad encoding, bad JSON), its first line (:func:`first_line`)."""
+    return getattr(exc, "strerror", None) or first_line(exc)
 
 
 def printable(text: str) -> str:

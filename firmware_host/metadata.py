@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import ModelError, first_line
+from firmware_host.errors import ModelError, os_reason
 
 FORMAT = "edgecell-model/1"
 
@@ -360,7 +360,7 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     except RecursionError:
         raise ModelError("metadata file is unreadable (nested too deeply)", side) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of thousands of digits
-        raise ModelError(f"metadata file is unreadable ({getattr(exc, 'strerror', None) or first_line(exc)})", side) from None
+        raise ModelError(f"metadata file is unreadable ({os_reason(exc)})", side) from None
     return ModelMetadata.from_dict(d, side)
 
 
