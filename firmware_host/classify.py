@@ -343,7 +343,7 @@ class ClassifyJob:
             if self._json:
                 self._json.close({"failed": s.failed, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
             if self._csv:
-                self._csv.close(s.failed)
+                self._csv.close(s.failed, s.lab_warning)
             if self._report:
                 self._report.header.n_failed = len(s.failed)
                 self._report.write(self.opts.report_out)
@@ -492,12 +492,14 @@ def other_csv(r: dict) -> dict:
 
 
 class CsvStream:
-    """One CSV row per classified image as it comes, then one per input that could not be classified."""
+    """One CSV row per classified image as it comes, then one per input that could not be classified, then,
+    when the set looks unlike the model's training labs, one last row with only ``lab_warning`` (a judgement
+    on the whole set, known only at its end)."""
 
     def __init__(self, fh: IO[str], classes):
         self.classes = list(classes)
         # quotes a CR or LF in a file name, so every name reads back exactly
-        self.w = csv_dict_writer(fh, CSV_BASE_COLUMNS + [f"p_{c}" for c in classes] + ["error"])
+        self.w = csv_dict_writer(fh, CSV_BASE_COLUMNS + [f"p_{c}" for c in classes] + ["error", "lab_warning"])
         self.w.writeheader()
 
     def add(self, r: dict) -> None:
@@ -521,6 +523,8 @@ class CsvStream:
         row.update({f"p_{c}": f"{r['probs'][c]:.6f}" for c in self.classes})
         self.w.writerow(row)
 
-    def close(self, failed: list[dict]) -> None:
+    def close(self, failed: list[dict], lab_warning: str | None = None) -> None:
         for f in failed:
             self.w.writerow({"path": f["path"], "error": f["error"]})
+        if lab_warning:
+            self.w.writerow({"lab_warning": lab_warning})

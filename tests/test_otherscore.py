@@ -198,6 +198,34 @@ def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, 
     assert summary.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
 
 
+def test_lab_warning_is_in_the_json_summary_and_the_csvs_last_row(other, tmp_path):
+    """A set that looks unlike the training labs: the warning is the JSON summary's ``lab_warning`` and the CSV's last
+    row (its only cell); a set that does not raise it leaves the column empty and adds no row."""
+    from firmware_host.classify import classify_paths
+
+    folder, _, _ = other
+    for k, img in enumerate(comparison_images()[:4]):
+        save_jpeg(tmp_path / "in" / f"{k}.jpg", img)
+    model = copy_model(folder / "model_float32.tflite", tmp_path / "model")
+    for floor, fires in ((1.0, True), (0.0, False)):  # no mean confidence reaches 1.0; every one reaches 0.0
+        meta = read_metadata(model)
+        meta.lab_check = {"min_mean_confidence": floor, "batch": 2}
+        write_metadata(model, meta)
+        js, cs = tmp_path / f"{floor}.json", tmp_path / f"{floor}.csv"
+        summary = classify_paths(model, [str(tmp_path / "in")], json_out=str(js), csv_out=str(cs))
+        with open(cs, newline="") as fh:
+            table = list(csv.DictReader(fh))
+        assert (summary.lab_warning is not None) == fires
+        assert json.loads(js.read_text())["summary"]["lab_warning"] == summary.lab_warning
+        images = [r for r in table if r["path"]]
+        assert len(images) == 4 and all(r["lab_warning"] == "" for r in images)
+        if fires:
+            assert table[-1] == {**dict.fromkeys(table[-1], ""), "lab_warning": summary.lab_warning}
+            assert len(table) == 5
+        else:
+            assert len(table) == 4
+
+
 def test_scan_reports_each_cells_score_in_json_and_csv(other):
     """A cell found in a field carries the score that decided it, as classify's rows do."""
     import io
