@@ -108,7 +108,11 @@ NUCLEUS_MIN_CHROMA = 10.0
 """Below this chroma the crop's darkest pixels are grey (a monochrome camera): no hue to judge, no verdict."""
 NO_NUCLEUS_FOUND = 180.0
 """The nucleus offset of a crop with no whole nucleus: nothing stained like a nucleus at all (:attr:`CellLocation.found`
-False, in a coloured crop), or a nucleus cut by the frame (:data:`CUT_RADII`)."""
+False, in a coloured or a blank crop: :data:`FLAT_LEVELS`), or a nucleus cut by the frame (:data:`CUT_RADII`)."""
+FLAT_LEVELS = 20.0
+"""A crop in which no nucleus was found and whose brightest and darkest tenths of pixels differ by fewer grey levels
+than this holds nothing (a blank background, an empty field): no whole nucleus, whether or not it has colour.
+Measured: drawn blank backgrounds 4-7 levels; every real cell of ``../shared``, in colour or made grey, 43 or more."""
 CUT_RADII = 0.6
 """A nucleus whose centre is nearer the image's edge than this many of its radii is cut by the frame: what is left
 of the cell is not enough to name it. Measured on ``../shared`` (design.md, "Cut cells"): 76 % of cells cut through
@@ -532,6 +536,15 @@ def normalise_stain(rgb: np.ndarray, colour: tuple[float, float, float] | None =
     return to_uint8(out).reshape(rgb.shape)
 
 
+def is_flat(rgb: np.ndarray, levels: float = FLAT_LEVELS) -> bool:
+    """Whether ``rgb`` holds nothing: the mean of its brightest :data:`NUCLEUS_SHARE` of pixels is within ``levels``
+    grey levels of the mean of its darkest (a blank background, whatever its tint)."""
+    pixels = rgb.reshape(-1, 3)
+    k = max(1, int(len(pixels) * NUCLEUS_SHARE))
+    spread = extreme_mean(pixels, k, brightest=True) - extreme_mean(pixels, k, brightest=False)
+    return float(spread.sum()) / 3.0 < levels
+
+
 def is_cut(loc: CellLocation, height: int, width: int, radii: float = CUT_RADII) -> bool:
     """Whether the located nucleus is cut by the frame of a ``height`` x ``width`` image: its centre is nearer an
     edge than ``radii`` of its radii (a cell at the edge of a photo, or cropped through)."""
@@ -561,7 +574,8 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     A white cell's nucleus is the darkest, most violet thing in a stained smear, in every lab; a crop whose
     darkest pixels are red (red cells) or of another hue holds no white cell, and :func:`no_nucleus`
     says so (offset above :data:`NO_NUCLEUS_HUE`). :data:`NO_NUCLEUS_FOUND` when there is no whole nucleus:
-    nothing stained like one was found at all, or the one found is cut by the frame (:func:`is_cut`); NaN when the darkest pixels are grey (no verdict: a monochrome camera's cell stays the
+    nothing stained like one was found at all (in colour, or in a blank crop: :func:`is_flat`), or the one found
+    is cut by the frame (:func:`is_cut`); NaN when the darkest pixels are grey (no verdict: a monochrome camera's cell stays the
     model's to classify).
     """
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
@@ -581,7 +595,7 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     balanced = white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0]))
     colour = nucleus_colour(balanced)
     offset = hue_offset(*colour)
-    if cut or (not loc.found and not math.isnan(offset)):
+    if cut or (not loc.found and (not math.isnan(offset) or is_flat(small[0]))):
         offset = NO_NUCLEUS_FOUND
     return normalise_stain(balanced, colour), offset
 

@@ -14,7 +14,19 @@ from edgecell.metrics import NUCLEUS_MARGIN, fit_nucleus_check
 from firmware_host.errors import ModelError
 from firmware_host.metadata import read_metadata, write_metadata
 from firmware_host.otherscore import OtherScore, decide, other_tests
-from firmware_host.preprocess import CUT_RADII, NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE, decode, decode_cell, is_cut, locate_cell, no_nucleus, prepare, prepare_cell
+from firmware_host.preprocess import (
+    CUT_RADII,
+    NO_NUCLEUS_FOUND,
+    NO_NUCLEUS_HUE,
+    decode,
+    decode_cell,
+    is_cut,
+    is_flat,
+    locate_cell,
+    no_nucleus,
+    prepare,
+    prepare_cell,
+)
 from firmware_host.runtime import FLAG_OTHER, OTHER_BY_NUCLEUS, OTHER_BY_SCORE, Classifier, triage
 from tests._tflite_fixtures import OTHER_CLASSES, comparison_images, copy_model, other_models, save_jpeg
 
@@ -39,7 +51,19 @@ def test_red_cells_and_blank_background_hold_no_nucleus():
     reds = [decode_cell(_drawn("red_cells", i), SIZE)[1] for i in range(20)]
     assert np.mean(no_nucleus(np.array(reds))) >= 0.9  # measured on 300: 99 %
     blank = [decode_cell(_drawn("background", i), SIZE)[1] for i in range(20)]
-    assert all(b == NO_NUCLEUS_FOUND or math.isnan(b) for b in blank)  # nothing stained: 180, or grey: no verdict
+    assert all(b == NO_NUCLEUS_FOUND for b in blank)  # nothing in them, tinted or grey: no whole nucleus
+
+
+def test_a_blank_crop_is_no_nucleus_but_a_grey_cell_has_no_verdict():
+    """A flat crop holds nothing, in colour or in grey; a grey cell (a monochrome camera) has contrast, and no verdict."""
+    flat = np.full((96, 96, 3), 200, np.uint8) + np.random.default_rng(0).integers(0, 6, (96, 96, 1), dtype=np.uint8)
+    assert is_flat(flat) and prepare_cell(flat, SIZE)[1] == NO_NUCLEUS_FOUND
+    tinted = (flat * np.array([1.0, 0.9, 0.95])).astype(np.uint8)
+    assert prepare_cell(tinted, SIZE)[1] == NO_NUCLEUS_FOUND
+    yy, xx = np.mgrid[:96, :96]
+    grey_cell = np.full((96, 96, 3), 220, np.uint8)
+    grey_cell[(yy - 48) ** 2 + (xx - 48) ** 2 < 20**2] = 70
+    assert not is_flat(grey_cell) and math.isnan(prepare_cell(grey_cell, SIZE)[1])
 
 
 def test_a_violet_nucleus_passes_and_a_red_one_does_not():
