@@ -33,8 +33,8 @@ Steps (preprocessing version 2):
    scaled so that the nucleus has one hue and one chroma, whatever the lab's stain.
 
 Beside the pixels, :func:`prepare_cell` gives the crop's nucleus offset (the hue of its darkest pixels,
-before step 7, against the nucleus hue; 180 when the nucleus is cut by the frame): the runtime labels a
-crop with no whole stained nucleus ``other``.
+before step 7, against the nucleus hue; 180 when there is no whole nucleus: none found, a blank crop, or one cut by
+the frame): the runtime labels a crop with no whole stained nucleus ``other``.
 
 The result is a ``uint8`` array of shape ``(size, size, 3)`` with values 0-255; scaling to the
 network's range happens inside the model. It is the same, byte for byte, on x86 and ARM (steps 5-7 use only
