@@ -105,6 +105,16 @@ def _wait_for(proc, ready, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def _signal_and_wait(proc, sig, what: str, timeout: float) -> str:
+    """Send ``sig`` to ``proc`` and wait for it to end; its stderr. Fails the test if it is still running after ``timeout`` s."""
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{what} did not stop within {timeout:g} s of {signal.Signals(sig).name}")
+
+
 def _assert_gone(pids, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while alive(pids) and time.monotonic() < deadline:
@@ -134,12 +144,7 @@ def test_classify_killed_mid_run_leaves_no_process_and_no_temp_file(models, many
 
     _wait_for(proc, working, "worker processes and a temporary CSV")
     family.update(descendants(proc.pid))
-    proc.send_signal(sig)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"classify did not stop within 60 s of {signal.Signals(sig).name}")
+    err = _signal_and_wait(proc, sig, "classify", 60)
     _assert_gone(family)
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
@@ -167,12 +172,7 @@ def test_sigterm_during_convert_leaves_no_savedmodel_or_autograph_files(converte
         before = tree_digest(run)
         proc = _start(["convert", run, "--int8", "--max-drop", 100], tmpdir)
         _wait_for(proc, saved_model_written, "SavedModel in the temporary directory", timeout=300)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("convert did not stop within 120 s of SIGTERM")
+        err = _signal_and_wait(proc, signal.SIGTERM, "convert", 120)
         if proc.returncode != 0:
             break
         shutil.rmtree(tmpdir)  # it finished before the signal landed: nothing was interrupted, so try again
