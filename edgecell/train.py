@@ -32,7 +32,7 @@ from edgecell.model import ModelSpec  # no TensorFlow at import time
 from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
 from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
 from firmware_host import preprocess
-from firmware_host.atomic import check_stageable, staged_dir, write_json
+from firmware_host.atomic import check_stageable, raise_if_interrupted, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -231,6 +231,7 @@ def _progress_callback(tf, con: Console, epochs: int, steps: int, label: str):
             self.task = self.bar.add_task(f"{label}epoch {self.epoch}/{epochs}", total=steps)
 
         def on_train_batch_end(self, batch, logs=None):
+            raise_if_interrupted()  # a Ctrl-C that Python swallowed (it landed in a finalizer) still stops training
             logs = logs or {}
             self.bar.update(
                 self.task,

@@ -364,11 +364,31 @@ class Terminated(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+_received: list[int] = []
+"""The signals :func:`signals_as_interrupts` turned into exceptions, for :func:`raise_if_interrupted`."""
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise again an interrupt whose exception was swallowed.
+
+    Python drops an exception raised while it runs a finalizer or a weak-reference callback ("Exception
+    ignored in ..."), so a Ctrl-C that lands there is lost and the work goes on. Long loops (training's
+    batches) call this at safe points: once a signal has arrived, the work stops there.
+    """
+    if _received:
+        raise _interrupt(_received[-1])
+
+
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """For the duration, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as Ctrl-C raises ``KeyboardInterrupt``.
+    """For the duration, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as Ctrl-C raises ``KeyboardInterrupt``,
+    and every one of them is recorded for :func:`raise_if_interrupted`.
 
-    A second such signal while the first is being cleaned up after is ignored (``kill -9`` still
+    A second SIGTERM or SIGHUP while the first is being cleaned up after is ignored (``kill -9`` still
     works). Elsewhere than in the main thread this does nothing.
     """
     sigs = [s for s in _HELD if s != signal.SIGINT]
@@ -377,19 +397,23 @@ def signals_as_interrupts() -> Iterator[None]:
         return
 
     def handler(signum, frame):
-        for s in sigs:
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(s, signal.SIG_IGN)
-        raise Terminated(signum)
+        _received.append(signum)
+        if signum != signal.SIGINT:
+            for s in sigs:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(s, signal.SIG_IGN)
+        raise _interrupt(signum)
 
     previous = {}
+    _received.clear()
     try:
-        for s in sigs:
+        for s in _HELD:
             previous[s] = signal.signal(s, handler)
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _received.clear()
 
 
 @contextlib.contextmanager

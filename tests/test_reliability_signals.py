@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware_host.atomic import Terminated, raise_if_interrupted, signals_as_interrupts
 from tests._tflite_fixtures import labelled_folder
 
 from .test_reliability import ROOT, leftovers, nonblank, tree_digest
@@ -181,3 +182,26 @@ def test_sigterm_during_convert_leaves_no_savedmodel_or_autograph_files(converte
     assert [p.name for p in tmpdir.iterdir()] == [], "the converter's temporary files were left"
     assert tree_digest(run) == before and leftovers(run) == []
     shutil.rmtree(tmpdir)
+
+
+class _SignalsOnCollection:
+    """An object whose finaliser sends this process a signal: where Python swallows the exception it raises."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.05)  # the handler runs here, inside the finaliser
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_an_interrupt_python_swallowed_is_raised_again_at_the_next_safe_point(signum, raised, monkeypatch):
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))  # Python's "Exception ignored in"
+    with signals_as_interrupts():
+        _SignalsOnCollection(signum)  # dropped at once; its finaliser is interrupted, and Python goes on
+        assert swallowed == [raised]
+        with pytest.raises(raised):
+            raise_if_interrupted()  # what training calls after every batch
+    raise_if_interrupted()  # the record does not outlive the command
