@@ -30,7 +30,7 @@ import numpy as np
 
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
-from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files  # noqa: F401 - re-exported
+from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode_cell, read_bytes
 
 T = TypeVar("T")
@@ -165,6 +165,22 @@ class Dataset:
     def labels(self) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[s.label] for s in self.samples], dtype=np.int64)
+
+    def targets(self) -> tuple[list[str], np.ndarray]:
+        """What a model learns from these samples: the names of its outputs, and each sample's index among them.
+
+        Each class is one output, except :data:`OTHER_CLASS` when two or more types are taught as it: then each
+        type is its own output (``lymphocyte``, ``eosinophil``, ...), and :func:`edgecell.model.with_classes`
+        adds them back up into ``other``. One ``other`` output would have to hold a lymphocyte, a platelet and an
+        immature granulocyte in one region of the feature space; measured, learning them apart catches more of
+        them at the same share of the five sent to ``other`` (docs/design.md, "Learning `other` as its types").
+        """
+        other_types = sorted({s.type for s in self.samples if s.label == OTHER_CLASS})
+        if len(other_types) < 2:
+            return list(self.classes), self.labels()
+        names = sorted({*(c for c in self.classes if c != OTHER_CLASS), *other_types})
+        index = {c: i for i, c in enumerate(names)}
+        return names, np.array([index[s.type if s.label == OTHER_CLASS else s.label] for s in self.samples], dtype=np.int64)
 
     def counts_by_source(self) -> dict[str, dict[str, int]]:
         """Images per source and class folder type: ``{source: {type: n}}``."""

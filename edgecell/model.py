@@ -74,6 +74,35 @@ def build_model(spec: ModelSpec, seed: int = 0):
     return keras.Model(inputs, outputs, name="edgecell_cnn")
 
 
+CLASSES_LAYER = "classes"
+"""The last layer of a model that learnt ``other`` as its types: it adds the types' probabilities up into the classes."""
+
+
+def merge_matrix(targets: list[str], classes: list[str]) -> np.ndarray:
+    """(targets, classes) 0/1 matrix: target ``t`` counts towards the class :func:`firmware_host.paths.class_of` names."""
+    from firmware_host.paths import class_of
+
+    m = np.zeros((len(targets), len(classes)), dtype=np.float32)
+    for i, t in enumerate(targets):
+        m[i, classes.index(class_of(t))] = 1.0
+    return m
+
+
+def with_classes(model, targets: list[str], classes: list[str]):
+    """``model`` (one softmax output per learning target, :meth:`edgecell.data.Dataset.targets`) with a last, fixed
+    layer that adds the targets' probabilities up into ``classes``: what every later step (calibration, the never-seen
+    score, conversion, the Pi) sees is a model of ``classes``. ``model`` itself when the two are the same."""
+    if list(targets) == list(classes):
+        return model
+    from edgecell.tfutil import import_tf
+
+    tf = import_tf()
+    merge = tf.keras.layers.Dense(len(classes), use_bias=False, trainable=False, name=CLASSES_LAYER)
+    out = merge(model.outputs[0])
+    merge.set_weights([merge_matrix(list(targets), list(classes))])
+    return tf.keras.Model(model.inputs, out, name=model.name)
+
+
 def count_macs(spec: ModelSpec) -> int:
     """Multiply-accumulates of one forward pass (convolutions and the dense layer)."""
     macs = 0

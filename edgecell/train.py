@@ -210,10 +210,18 @@ def _dataset(tf, x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, seed:
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced class weights (n / (k * count)); all 1.0 when classes are balanced."""
+def class_weights(y: np.ndarray, n_classes: int, groups: np.ndarray | None = None) -> dict[int, float]:
+    """Balanced class weights (n / (k * count)); all 1.0 when classes are balanced.
+
+    ``groups`` (one entry per output: the class it is added into, :func:`edgecell.model.merge_matrix`) balances
+    the classes, not the outputs: the outputs of one class share its weight equally, so learning ``other`` as
+    four types gives ``other`` the weight of one class, not of four.
+    """
     counts = np.bincount(y, minlength=n_classes).astype(float)
-    w = len(y) / (n_classes * np.maximum(counts, 1))
+    if groups is None:
+        groups = np.arange(n_classes)
+    per_group = np.bincount(groups)  # outputs per class
+    w = len(y) / (len(per_group) * per_group[groups] * np.maximum(counts, 1))
     return {i: float(w[i]) for i in range(n_classes)}
 
 
@@ -269,15 +277,18 @@ def fit(
     model=None,
     early_stopping: bool = True,
     targets: np.ndarray | None = None,
+    learn_as: tuple[list[str], list[str]] | None = None,
 ):
     """Fit a fresh model, or go on training ``model`` (fine-tuning); returns (model, history dict, seconds).
 
+    ``learn_as`` = (targets, classes): the labels are indices into ``targets`` (:meth:`edgecell.data.Dataset.targets`),
+    and the model returned adds them up into ``classes`` (:func:`edgecell.model.with_classes`).
     With ``early_stopping`` training stops after ``opts.patience`` epochs without a lower validation
     loss and keeps the best epoch's weights; without it, it runs every epoch and keeps the last.
     ``targets`` (N, classes) replaces the one-hot labels of ``y_train`` as what the model learns
     (soft targets; class weights still follow ``y_train``).
     """
-    from edgecell.model import build_model
+    from edgecell.model import build_model, merge_matrix, with_classes
     from edgecell.tfutil import import_tf
 
     tf = import_tf()
@@ -303,7 +314,7 @@ def fit(
         train_ds,
         validation_data=val_ds,
         epochs=epochs,
-        class_weight=class_weights(y_train, n_classes),
+        class_weight=class_weights(y_train, n_classes, merge_matrix(*learn_as).argmax(axis=1) if learn_as else None),
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=0,
@@ -315,7 +326,7 @@ def fit(
     val_losses = history.get("val_loss", [])
     history["best_epoch"] = int(np.argmin(val_losses)) + 1 if val_losses and early_stopping else len(history.get("loss", []))
     history["epochs_run"] = len(history.get("loss", []))
-    return model, history, seconds
+    return (with_classes(model, *learn_as) if learn_as else model), history, seconds
 
 
 def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -337,6 +348,7 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
 
     idx = np.array([i for i, s in enumerate(splits) if s != "test"])
     y_all = ds.labels()
+    target_names, t_all = ds.targets()
     groups = np.array([ds.samples[i].sha256 for i in idx])
     k = opts.cv
     if np.bincount(y_all[idx]).min() < k:
@@ -352,14 +364,15 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
         inner_val = tr_idx[[s != "train" for s in sub_split]]
         model, hist, _secs = fit(
             ds.images[inner_tr],
-            y_all[inner_tr],
+            t_all[inner_tr],
             ds.images[inner_val],
-            y_all[inner_val],
-            len(ds.classes),
+            t_all[inner_val],
+            len(target_names),
             opts,
             opts.cv_epochs or opts.epochs,
             con,
             label=f"fold {f + 1}/{k} ",
+            learn_as=(target_names, ds.classes),
         )
         m = compute(y_all[te_idx], predict(model, ds.images[te_idx]), ds.classes)
         folds.append(
@@ -511,11 +524,14 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             cv = cross_validate(ds, splits, opts, con)
             write_json(tmp / "cv.json", cv)
             con.print(cv_table(cv))
-        model, history, seconds = fit(ds.images[tr], y[tr], ds.images[va], y[va], len(ds.classes), opts, opts.epochs, con)
+        target_names, t = ds.targets()
+        model, history, seconds = fit(
+            ds.images[tr], t[tr], ds.images[va], t[va], len(target_names), opts, opts.epochs, con, learn_as=(target_names, ds.classes)
+        )
         cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr])
         temperature = cal["temperature"]
         metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)
-        spec = opts.model_spec(len(ds.classes))
+        spec = opts.model_spec(len(target_names))
         meta = {
             "format": RUN_FORMAT,
             "classes": list(ds.classes),
@@ -539,6 +555,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
                 "stem_stride": spec.stem_stride,
                 "stem_kernel": spec.stem_kernel,
                 "dropout": opts.dropout,
+                "learnt_as": target_names,
                 "params": int(model.count_params()),
                 "macs": count_macs(spec),
             },

@@ -161,3 +161,37 @@ def test_manifest_detects_changed_file(small_folder, tmp_path):
     _write_images(small_folder / "a", 1, seed=99)  # overwrites img_000.png with other pixels
     with pytest.raises(DataError, match="changed since the split manifest"):
         data.load_from_manifest(small_folder, [r for r in rows if r.file == "a/img_000.png"], 16, ds.classes)
+
+
+def _samples(types: dict[str, int]) -> data.Dataset:
+    samples = [data.Sample(f"{t}/{i}.png", data.class_of(t), f"{t}{i}", "lab", t) for t, n in types.items() for i in range(n)]
+    return data.Dataset(Path("lab"), sorted({s.label for s in samples}), samples)
+
+
+def test_targets_learn_other_as_its_types():
+    ds = _samples({"basophil": 3, "lymphocyte": 2, "eosinophil": 4, "other": 1, "monocyte": 2})
+    names, t = ds.targets()
+    assert ds.classes == ["basophil", "monocyte", "other"]
+    assert names == ["basophil", "eosinophil", "lymphocyte", "monocyte", "other"]  # a folder named `other` is one type
+    assert [names[i] for i in t] == [s.type for s in ds.samples]
+    # one type taught as other (or none): the classes themselves
+    for types in ({"basophil": 3, "lymphocyte": 2}, {"basophil": 3, "monocyte": 2}):
+        one = _samples(types)
+        names, t = one.targets()
+        assert names == one.classes and (t == one.labels()).all()
+
+
+def test_class_weights_give_other_the_weight_of_one_class_shared_by_its_types():
+    from edgecell.model import merge_matrix
+    from edgecell.train import class_weights
+
+    ds = _samples({"basophil": 40, "monocyte": 20, "lymphocyte": 30, "eosinophil": 10})
+    names, t = ds.targets()
+    groups = merge_matrix(names, ds.classes).argmax(axis=1)
+    w = class_weights(t, len(names), groups)
+    per_class = np.zeros(len(ds.classes))
+    np.add.at(per_class, groups[t], [w[i] for i in t])
+    np.testing.assert_allclose(per_class, len(t) / len(ds.classes))  # every class weighs the same in the loss
+    lymph, eos = (names.index(n) for n in ("lymphocyte", "eosinophil"))
+    assert w[lymph] * 30 == pytest.approx(w[eos] * 10)  # and within `other`, each type the same
+    assert class_weights(t, len(names)) != w  # without groups: each output balanced on its own

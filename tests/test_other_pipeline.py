@@ -67,6 +67,26 @@ def other_run(tmp_path_factory) -> Path:
     return root
 
 
+def test_other_is_learnt_as_its_types_and_added_back_up(other_run):
+    import keras
+
+    from edgecell.model import CLASSES_LAYER, merge_matrix
+
+    meta = json.loads((other_run / "run" / "metadata.json").read_text())
+    learnt, classes = meta["model"]["learnt_as"], meta["classes"]
+    assert {"lymphocyte", "eosinophil"} <= set(learnt) and "other" not in learnt and "other" in classes
+    model = keras.models.load_model(other_run / "run" / "model.keras", compile=False)
+    last = model.get_layer(CLASSES_LAYER)
+    assert not last.trainable and model.output_shape[-1] == len(classes)
+    np.testing.assert_array_equal(last.get_weights()[0], merge_matrix(learnt, classes))
+    types = keras.Model(model.inputs, model.get_layer("probs").output)
+    x = np.random.default_rng(2).integers(0, 256, size=(8, 32, 32, 3)).astype(np.float32)
+    p_types, p = np.asarray(types(x)), np.asarray(model(x))
+    other = [i for i, t in enumerate(learnt) if t in ("lymphocyte", "eosinophil")]
+    np.testing.assert_allclose(p[:, classes.index("other")], p_types[:, other].sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_train_records_the_score_and_convert_exports_it(other_run):
     from firmware_host.interpreter import load_interpreter
     from firmware_host.metadata import read_metadata
