@@ -156,6 +156,7 @@ class Scorer:
     """Probabilities, logits and pooled features of a run's Keras model, and every candidate score."""
 
     def __init__(self, run: Path):
+        from edgecell.model import merge_matrix
         from edgecell.runfolder import RunFolder
         from edgecell.tfutil import import_tf
 
@@ -164,17 +165,24 @@ class Scorer:
         model = self.run.load_keras()
         self.net = tf.keras.Model(model.inputs, [model.get_layer("gap").output, model.get_layer("logits").output])
         self.classes = list(self.run.classes)
+        learnt = (self.run.extra.get("model") or {}).get("learnt_as") or self.classes
+        self.merge = merge_matrix(list(learnt), self.classes).astype(bool)  # the logits layer's outputs are the learnt types
         self.other = self.classes.index("other")
         self.five = [i for i, c in enumerate(self.classes) if c != "other"]
         self.t = float(self.run.temperature)
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features, and the logits of the classes: of each class, the log of the summed exp of its types'
+        logits (a softmax over them gives the model's probabilities, which add the types up)."""
+        from scipy.special import logsumexp
+
         feats, logits = [], []
         for i in range(0, len(x), 256):
             f, z = self.net([x[i : i + 256].astype(np.float32)], training=False)
             feats.append(np.asarray(f, np.float64))
             logits.append(np.asarray(z, np.float64))
-        return np.concatenate(feats), np.concatenate(logits)
+        z = np.concatenate(logits)
+        return np.concatenate(feats), np.stack([logsumexp(z[:, self.merge[:, c]], axis=1) for c in range(len(self.classes))], axis=1)
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> None:
         f, _ = self.raw(x)
