@@ -196,7 +196,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
     from edgecell.evaluate import outcomes
     from edgecell.metrics import apply_temperature
-    from edgecell.model import predict_with_features
+    from edgecell.model import learnt_outputs, predict_with_features, target_matrix
     from edgecell.train import calibrate, fit, predict, write_results
     from firmware_host.metadata import sha256_file
     from firmware_host.otherscore import OtherScore, decide
@@ -263,13 +263,33 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
     x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
     y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
-    onehot = np.eye(len(classes), dtype=np.float32)
+    # the model is trained on what it learnt (`other` as its types, edgecell.model.with_classes), then added up again
+    learnt = list((parent.extra.get("model") or {}).get("learnt_as") or classes)
+    outputs = learnt_outputs(model)
+
+    def teach(samples) -> np.ndarray:
+        return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
+
+    t_replay, t_loc = teach(replay_rows), teach([s for s, h in zip(local.samples, held) if not h])
     # replayed images teach the label and what the parent said of them (distillation keeps its other labs)
-    soft = DISTIL * predict(model, x_replay) + (1 - DISTIL) * onehot[y_replay]
-    targets = np.concatenate([soft, onehot[np.repeat(y_loc, repeat)]])
+    soft = DISTIL * predict(outputs, x_replay) + (1 - DISTIL) * t_replay
+    targets = np.concatenate([soft, np.repeat(t_loc, repeat, axis=0)])
+    hard = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)]).argmax(axis=1)  # class weights follow these
     topts = _train_options(parent, opts)
     model, history, seconds = fit(
-        x_train, y_train, x_val, y_val, len(classes), topts, opts.epochs, con, label="adapt ", model=model, early_stopping=False, targets=targets
+        x_train,
+        hard,
+        x_val,
+        teach(val_rows).argmax(axis=1),
+        len(learnt),
+        topts,
+        opts.epochs,
+        con,
+        label="adapt ",
+        model=outputs,
+        early_stopping=False,
+        targets=targets,
+        learn_as=(learnt, list(classes)),
     )
     offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train)  # the never-seen score re-fitted: the features moved

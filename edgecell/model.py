@@ -103,6 +103,33 @@ def with_classes(model, targets: list[str], classes: list[str]):
     return tf.keras.Model(model.inputs, out, name=model.name)
 
 
+def learnt_outputs(model):
+    """``model`` without :func:`with_classes`'s last layer: one output per learning target. ``model`` itself
+    when it has no such layer (it learnt its classes as they are)."""
+    from edgecell.tfutil import import_tf
+
+    if CLASSES_LAYER not in {layer.name for layer in model.layers}:
+        return model
+    tf = import_tf()
+    return tf.keras.Model(model.inputs, model.get_layer(CLASSES_LAYER).input, name=model.name)
+
+
+def target_matrix(labels: list[str], types: list[str], targets: list[str], classes: list[str]) -> np.ndarray:
+    """(N, targets) what each cell teaches the learnt outputs: its own type where the model has an output for it
+    (a clinic's lymphocytes teach the lymphocyte output), else its class spread evenly over that class's outputs."""
+    from firmware_host.paths import class_of
+
+    merge = merge_matrix(targets, classes)
+    out = np.zeros((len(labels), len(targets)), dtype=np.float32)
+    for i, (label, typ) in enumerate(zip(labels, types)):
+        if typ in targets and class_of(typ) == label:
+            out[i, targets.index(typ)] = 1.0
+        else:
+            col = merge[:, classes.index(label)]
+            out[i] = col / col.sum()
+    return out
+
+
 def count_macs(spec: ModelSpec) -> int:
     """Multiply-accumulates of one forward pass (convolutions and the dense layer)."""
     macs = 0

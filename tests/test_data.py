@@ -195,3 +195,15 @@ def test_class_weights_give_other_the_weight_of_one_class_shared_by_its_types():
     lymph, eos = (names.index(n) for n in ("lymphocyte", "eosinophil"))
     assert w[lymph] * 30 == pytest.approx(w[eos] * 10)  # and within `other`, each type the same
     assert class_weights(t, len(names)) != w  # without groups: each output balanced on its own
+
+
+def test_target_matrix_teaches_a_type_its_own_output_and_an_unknown_type_its_class():
+    from edgecell.model import target_matrix
+
+    targets, classes = ["basophil", "eosinophil", "lymphocyte", "monocyte"], ["basophil", "monocyte", "other"]
+    t = target_matrix(["monocyte", "other", "other", "other"], ["monocyte", "lymphocyte", "platelet", ""], targets, classes)
+    np.testing.assert_array_equal(t[0], [0, 0, 0, 1])
+    np.testing.assert_array_equal(t[1], [0, 0, 1, 0])  # a lymphocyte teaches the lymphocyte output
+    np.testing.assert_array_equal(t[2], [0, 0.5, 0.5, 0])  # a type the model has no output for: its class, spread
+    np.testing.assert_array_equal(t[3], t[2])  # a manifest without types, too
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)

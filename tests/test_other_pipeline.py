@@ -176,3 +176,28 @@ def test_classify_cli_other_threshold_overrides_the_sidecar(other_run, tmp_path)
     assert report["model"]["other_score"]["threshold"] == 0.0
     assert all(r["label"] == "other" for r in report["results"])
     assert report["summary"]["differential"]["other"] == len(report["results"])
+
+
+def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
+    import keras
+
+    from edgecell.model import CLASSES_LAYER, merge_matrix
+
+    local = tmp_path / "clinic"
+    for typ in ("lymphocyte", "seg_neutrophil"):
+        (local / typ).mkdir(parents=True)
+        for f in sorted((other_run / "data" / typ).iterdir())[:8]:
+            (local / typ / f.name).symlink_to(f)
+    out = tmp_path / "adapted"
+    res = CliRunner().invoke(cli, ["adapt", str(other_run / "run"), "--data", str(local), "--out", str(out), "--epochs", "2", "--replay", "8"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    parent = json.loads((other_run / "run" / "metadata.json").read_text())
+    assert meta["model"]["learnt_as"] == parent["model"]["learnt_as"] and meta["classes"] == parent["classes"]
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    last = model.get_layer(CLASSES_LAYER)
+    assert not last.trainable
+    np.testing.assert_array_equal(last.get_weights()[0], merge_matrix(meta["model"]["learnt_as"], meta["classes"]))
+    before = keras.models.load_model(other_run / "run" / "model.keras", compile=False)
+    moved = [a for a, b in zip(model.get_layer("logits").get_weights(), before.get_layer("logits").get_weights()) if not np.array_equal(a, b)]
+    assert moved  # the types' layer was trained
