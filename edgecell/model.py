@@ -100,7 +100,7 @@ def with_classes(model, targets: list[str], classes: list[str]):
     merge = tf.keras.layers.Dense(len(classes), use_bias=False, trainable=False, name=CLASSES_LAYER)
     out = merge(model.outputs[0])
     merge.set_weights([merge_matrix(list(targets), list(classes))])
-    return tf.keras.Model(model.inputs, out, name=model.name)
+    return tf.keras.Model(model.input, out, name=model.name)  # one input, not a list of one: callers pass a batch
 
 
 def learnt_outputs(model):
@@ -111,7 +111,7 @@ def learnt_outputs(model):
     if CLASSES_LAYER not in {layer.name for layer in model.layers}:
         return model
     tf = import_tf()
-    return tf.keras.Model(model.inputs, model.get_layer(CLASSES_LAYER).input, name=model.name)
+    return tf.keras.Model(model.input, model.get_layer(CLASSES_LAYER).input, name=model.name)
 
 
 def target_matrix(labels: list[str], types: list[str], targets: list[str], classes: list[str]) -> np.ndarray:
