@@ -165,3 +165,17 @@ def test_lab_check_fires_on_a_less_confident_slide_only():
     assert msg is not None and "unlike the labs" in msg and "edgecell adapt" in msg
     assert lab_warning(0.62, 5, check) is None  # too few images to say
     assert lab_warning(0.62, 200, {}) is None  # a model without a check
+
+
+def test_crosslab_bars_follow_the_held_out_figures():
+    from benchmarks.crosslab import bars
+
+    def loso(per_type):
+        return {"mean": {"per_type": {k: {"accuracy": v} for k, v in per_type.items()}}}
+
+    r = {"loso": {"no-barcelona-lymphocytes-eosinophils": loso({"lymphocyte": 0.95, "eosinophil": 0.40})}}
+    got = {b["bar"]: (b["measured"], b["met"]) for b in bars(r)}
+    assert got == {
+        "held-out Barcelona lymphocyte (learnt from BCCD's) caught as other": ("95.0%", True),
+        "held-out Barcelona eosinophil (learnt from BCCD's) caught as other": ("40.0%", False),
+    }
