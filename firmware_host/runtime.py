@@ -93,7 +93,10 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict) -> str | None:
     floor = float(lab_check["min_mean_confidence"])
     if mean >= floor:
         return None
-    return f"these {n} images look unlike the labs this model was trained on (mean confidence {mean:.2f}, below {floor:.2f}): {LAB_ADVICE}"
+    digits = 2
+    while round(mean, digits) == round(floor, digits) and digits < 6:  # never "0.21, below 0.21"
+        digits += 1
+    return f"these {n} images look unlike the labs this model was trained on (mean confidence {mean:.{digits}f}, below {floor:.{digits}f}): {LAB_ADVICE}"
 
 
 # ----------------------------------------------------------------------------------------------

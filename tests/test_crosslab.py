@@ -165,6 +165,9 @@ def test_lab_check_fires_on_a_less_confident_slide_only():
     assert msg is not None and "unlike the labs" in msg and "edgecell adapt" in msg
     assert lab_warning(0.62, 5, check) is None  # too few images to say
     assert lab_warning(0.62, 200, {}) is None  # a model without a check
+    assert "(mean confidence 0.62, below 0.91)" in lab_warning(0.62, 200, {"min_mean_confidence": 0.91})
+    # figures that round alike get the digits that tell them apart
+    assert "(mean confidence 0.2051, below 0.2054)" in lab_warning(0.2051, 200, {"min_mean_confidence": 0.2054})
 
 
 def test_crosslab_bars_follow_the_held_out_figures():
