@@ -165,8 +165,7 @@ class Scorer:
         model = self.run.load_keras()
         self.net = tf.keras.Model(model.inputs, [model.get_layer("gap").output, model.get_layer("logits").output])
         self.classes = list(self.run.classes)
-        learnt = (self.run.extra.get("model") or {}).get("learnt_as") or self.classes
-        self.merge = merge_matrix(list(learnt), self.classes).astype(bool)  # the logits layer's outputs are the learnt types
+        self.merge = merge_matrix(self.run.learnt_as, self.classes).astype(bool)  # the logits layer's outputs are the learnt types
         self.other = self.classes.index("other")
         self.five = [i for i, c in enumerate(self.classes) if c != "other"]
         self.t = float(self.run.temperature)

@@ -264,7 +264,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
     y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
     # the model is trained on what it learnt (`other` as its types, edgecell.model.with_classes), then added up again
-    learnt = list((parent.extra.get("model") or {}).get("learnt_as") or classes)
+    learnt = parent.learnt_as
     outputs = learnt_outputs(model)
 
     def teach(samples) -> np.ndarray:

@@ -64,6 +64,12 @@ class RunFolder:
     # -- files of the folder -------------------------------------------------------------------
 
     @property
+    def learnt_as(self) -> list[str]:
+        """The outputs the model learnt (``model.learnt_as``: ``other`` as its types, :func:`edgecell.model.with_classes`);
+        its classes when it learnt them as they are, or was trained before types were learnt."""
+        return list((self.extra.get("model") or {}).get("learnt_as") or self.classes)
+
+    @property
     def metadata_path(self) -> Path:
         return self.path / RUN_MARKER
 

@@ -36,6 +36,13 @@ def test_read_types_the_fields(tmp_path):
     assert run.extra["training"] == {"epochs_run": 2} and run.keras_path == tmp_path / "run" / "model.keras"
 
 
+def test_learnt_as_is_the_recorded_outputs_or_the_classes(tmp_path):
+    write(tmp_path / "old", META)  # trained before `other` was learnt as its types
+    assert RunFolder.read(tmp_path / "old").learnt_as == ["a", "b", "c"]
+    write(tmp_path / "new", {**META, "model": {"widths": [8], "learnt_as": ["a", "b", "lymphocyte", "platelet"]}})
+    assert RunFolder.read(tmp_path / "new").learnt_as == ["a", "b", "lymphocyte", "platelet"]
+
+
 def test_write_then_read_gives_the_same_file(tmp_path):
     write(tmp_path / "run", META)
     run = RunFolder.read(tmp_path / "run")
