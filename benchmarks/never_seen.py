@@ -156,14 +156,11 @@ class Scorer:
     """Probabilities, logits and pooled features of a run's Keras model, and every candidate score."""
 
     def __init__(self, run: Path):
-        from edgecell.model import merge_matrix
+        from edgecell.model import merge_matrix, tapped
         from edgecell.runfolder import RunFolder
-        from edgecell.tfutil import import_tf
 
-        tf = import_tf()
         self.run = RunFolder.read(run)
-        model = self.run.load_keras()
-        self.net = tf.keras.Model(model.inputs, [model.get_layer("gap").output, model.get_layer("logits").output])
+        self.net = tapped(self.run.load_keras(), ["gap", "logits"])  # averaged over the model's views, as it runs
         self.classes = list(self.run.classes)
         self.merge = merge_matrix(self.run.learnt_as, self.classes).astype(bool)  # the logits layer's outputs are the learnt types
         self.other = self.classes.index("other")
@@ -177,7 +174,7 @@ class Scorer:
 
         feats, logits = [], []
         for i in range(0, len(x), 256):
-            f, z = self.net([x[i : i + 256].astype(np.float32)], training=False)
+            _, f, z = self.net(x[i : i + 256].astype(np.float32), training=False)
             feats.append(np.asarray(f, np.float64))
             logits.append(np.asarray(z, np.float64))
         z = np.concatenate(logits)

@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. speed, interleaved ---------------------------------------------------------------------
     from edgecell import data as data_mod
+    from edgecell.model import load_model
     from edgecell.tfutil import import_tf
     from firmware_host.decode import decode_many
     from firmware_host.runtime import Classifier
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     np.save(WORK / "images.npy", sample)
 
     tf = import_tf()
-    keras_model = tf.keras.models.load_model(run / "model.keras", compile=False)
+    keras_model = load_model(run / "model.keras")
     tf_fn = tf.function(lambda t: keras_model(t, training=False))
     export = run / "export"
     lite = {}

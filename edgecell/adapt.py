@@ -173,8 +173,8 @@ def _load_rows(roots: dict, rows: list, size: int, classes: Sequence[str], con: 
     return x, y, offsets
 
 
-def _train_options(parent: RunFolder, opts: AdaptOptions):
-    """The parent's training options, with adapt's learning rate, batch and seed."""
+def _train_options(parent: RunFolder, opts: AdaptOptions, views: int):
+    """The parent's training options, with adapt's learning rate, batch and seed, and the parent model's views."""
     from edgecell.train import TrainOptions
 
     recorded = parent.extra.get("options") or {}
@@ -188,6 +188,7 @@ def _train_options(parent: RunFolder, opts: AdaptOptions):
         batch_size=opts.batch_size,
         seed=opts.seed,
         augment=True,
+        views=views,
     )
     return TrainOptions(**kw)
 
@@ -196,7 +197,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
     from edgecell.evaluate import outcomes
     from edgecell.metrics import apply_temperature
-    from edgecell.model import learnt_outputs, predict_with_features, target_matrix
+    from edgecell.model import learnt_outputs, predict_with_features, target_matrix, views_of
     from edgecell.train import calibrate, fit, predict, write_results
     from firmware_host.metadata import sha256_file
     from firmware_host.otherscore import OtherScore, decide
@@ -244,7 +245,6 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     x_loc, y_loc, o_loc = local.images[~held], y_local[~held], local.nucleus_offsets[~held]
 
     model = parent.load_keras()
-    freeze_batchnorm(model)
 
     def report(temperature: float, other_score: dict | None) -> dict:
         """What the runtime would say: calibrated, labelled ``other`` by the argmax or the never-seen score."""
@@ -265,7 +265,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
     # the model is trained on what it learnt (`other` as its types, edgecell.model.with_classes), then added up again
     learnt = parent.learnt_as
-    outputs = learnt_outputs(model)
+    outputs = learnt_outputs(model)  # the network itself: one image, one output per type (no views)
+    freeze_batchnorm(outputs)
 
     def teach(samples) -> np.ndarray:
         return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
@@ -275,7 +276,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     soft = DISTIL * predict(outputs, x_replay) + (1 - DISTIL) * t_replay
     targets = np.concatenate([soft, np.repeat(t_loc, repeat, axis=0)])
     hard = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)]).argmax(axis=1)  # class weights follow these
-    topts = _train_options(parent, opts)
+    topts = _train_options(parent, opts, views_of(model))
     model, history, seconds = fit(
         x_train,
         hard,

@@ -59,13 +59,14 @@ def bench_keras(kpath: Path, runs: int, warmup: int) -> dict:
     from edgecell.tfutil import import_tf
 
     tf = import_tf()  # only here: the TFLite rows never need it
-    import keras
     import numpy as np
+
+    from edgecell.model import load_model
 
     release_freed_memory()
     rss_before = current_rss_mb()  # after importing TensorFlow: the figure is the model's, not the library's
     try:
-        model = keras.models.load_model(kpath, compile=False)
+        model = load_model(kpath)
     except Exception as exc:
         raise ModelError(f"Keras cannot load this model ({type(exc).__name__}: {first_line(exc, '')})", kpath) from None
     shape = tuple(int(d) for d in model.input_shape[1:])

@@ -10,6 +10,8 @@ it, and the designs tried, are in docs/design.md.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ class ModelSpec:
         depths: Conv2D layers in each block (None: one per block).
         stem_stride: stride of the very first convolution (1: full resolution).
         stem_kernel: kernel size of the very first convolution (every other one is 3x3).
+        views: mirrored views of each image whose outputs are averaged (test-time augmentation,
+            :func:`with_views`; 1: the image alone). Built around the trained network, not into it.
     """
 
     input_size: int
@@ -36,6 +40,7 @@ class ModelSpec:
     depths: tuple[int, ...] | None = (1, 2, 2)
     stem_stride: int = 2
     stem_kernel: int = 2
+    views: int = 4
 
     def block_depths(self) -> tuple[int, ...]:
         """Convolutions per block, one entry per width."""
@@ -104,10 +109,11 @@ def with_classes(model, targets: list[str], classes: list[str]):
 
 
 def learnt_outputs(model):
-    """``model`` without :func:`with_classes`'s last layer: one output per learning target. ``model`` itself
-    when it has no such layer (it learnt its classes as they are)."""
+    """The trained network of ``model``: without its views (:func:`with_views`) and without :func:`with_classes`'s
+    last layer, one output per learning target, on one image at a time. What fine-tuning trains."""
     from edgecell.tfutil import import_tf
 
+    model = without_views(model)
     if CLASSES_LAYER not in {layer.name for layer in model.layers}:
         return model
     tf = import_tf()
@@ -130,8 +136,110 @@ def target_matrix(labels: list[str], types: list[str], targets: list[str], class
     return out
 
 
+VIEWS_LAYER = "views"
+"""The first layer of a model that averages its outputs over mirrored views of the image (:func:`with_views`)."""
+VIEW_MEAN_LAYER = "view_mean"
+"""The layer that averages the views' outputs."""
+VIEW_CHOICES = (1, 2, 4, 8)
+"""How many views :func:`with_views` can take: the image, + left-right mirror, + up-down and both, + the transposes."""
+
+
+@functools.cache
+def _view_layers():
+    """The two Keras layers of :func:`with_views`, defined on first use (Keras is imported only then) and
+    registered, so that a saved model with views loads (:func:`load_model`)."""
+    from edgecell.tfutil import import_tf
+
+    import_tf()  # TensorFlow's settings first
+    import keras
+
+    ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="edgecell")
+    class MirroredViews(keras.layers.Layer):
+        """(B, H, W, C) -> (views * B, H, W, C): the batch, then its mirror images (a cell has no up or left)."""
+
+        def __init__(self, views: int, **kwargs):
+            super().__init__(**kwargs)
+            if views not in VIEW_CHOICES:
+                raise ValueError(f"views must be one of {VIEW_CHOICES}, not {views}")
+            self.views = views
+
+        def call(self, x):
+            out = [x, ops.flip(x, axis=2), ops.flip(x, axis=1), ops.flip(ops.flip(x, axis=1), axis=2)][: min(self.views, 4)]
+            if self.views == 8:
+                t = ops.transpose(x, (0, 2, 1, 3))
+                out += [t, ops.flip(t, axis=2), ops.flip(t, axis=1), ops.flip(ops.flip(t, axis=1), axis=2)]
+            return ops.concatenate(out, axis=0)
+
+        def compute_output_shape(self, shape):
+            return (None, *shape[1:])
+
+        def get_config(self):
+            return {**super().get_config(), "views": self.views}
+
+    @keras.saving.register_keras_serializable(package="edgecell")
+    class ViewMean(keras.layers.Layer):
+        """(views * B, ...) -> (B, ...): the mean over the views of each image."""
+
+        def __init__(self, views: int, **kwargs):
+            super().__init__(**kwargs)
+            self.views = views
+
+        def call(self, x):
+            return ops.mean(ops.reshape(x, (self.views, -1, *x.shape[1:])), axis=0)
+
+        def compute_output_shape(self, shape):
+            return (None, *shape[1:])
+
+        def get_config(self):
+            return {**super().get_config(), "views": self.views}
+
+    return MirroredViews, ViewMean
+
+
+def with_views(model, views: int):
+    """``model`` run on ``views`` mirrored copies of each image, its outputs averaged (test-time augmentation:
+    fewer errors that depend on how the cell lies in the frame). The network's weights are shared, so the file
+    hardly grows; the compute grows ``views`` times. ``model`` itself for one view."""
+    if views == 1:
+        return model
+    from edgecell.tfutil import import_tf
+
+    keras = import_tf().keras
+    layer, mean = _view_layers()
+    image = keras.Input(shape=model.input_shape[1:], name="image")
+    out = mean(views, name=VIEW_MEAN_LAYER)(model(layer(views, name=VIEWS_LAYER)(image)))
+    return keras.Model(image, out, name=model.name)
+
+
+def views_of(model) -> int:
+    """How many views ``model`` averages (1: none, :func:`with_views`)."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(VIEWS_LAYER).views if VIEWS_LAYER in names else 1
+
+
+def without_views(model):
+    """The network inside :func:`with_views` (what is trained); ``model`` itself when it has no views."""
+    if views_of(model) == 1:
+        return model
+    from edgecell.tfutil import import_tf
+
+    keras = import_tf().keras
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def load_model(path):
+    """A saved Keras model of edgecell's (views included), not compiled."""
+    from edgecell.tfutil import import_tf
+
+    keras = import_tf().keras
+    _view_layers()  # registers the layers of with_views
+    return keras.models.load_model(path, compile=False)
+
+
 def count_macs(spec: ModelSpec) -> int:
-    """Multiply-accumulates of one forward pass (convolutions and the dense layer)."""
+    """Multiply-accumulates of classifying one image (convolutions and the dense layer, for each view)."""
     macs = 0
     size = spec.input_size
     cin = 3
@@ -144,17 +252,31 @@ def count_macs(spec: ModelSpec) -> int:
             cin = w
         size //= 2
     macs += cin * spec.n_classes
-    return macs
+    return macs * spec.views
 
 
 def with_features(model):
     """``model`` with a second output: the pooled features (:data:`firmware_host.otherscore.FEATURES_LAYER`)
     that the never-seen score reads. The same weights; what ``convert`` exports when the run has a score."""
-    from edgecell.tfutil import import_tf
     from firmware_host.otherscore import FEATURES_LAYER
 
-    tf = import_tf()
-    return tf.keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURES_LAYER).output], name=f"{model.name}_features")
+    return tapped(model, [FEATURES_LAYER], name=f"{model.name}_features")
+
+
+def tapped(model, layers: Sequence[str], name: str | None = None):
+    """``model`` with more outputs: its output, then those of the named inner layers, each averaged over the
+    views as the probabilities are (:func:`with_views`). The same weights."""
+    from edgecell.tfutil import import_tf
+
+    keras = import_tf().keras
+    name = name or f"{model.name}_tapped"
+    n = views_of(model)
+    if n == 1:
+        return keras.Model(model.input, [model.outputs[0], *(model.get_layer(layer).output for layer in layers)], name=name)
+    views, mean = _view_layers()
+    image = keras.Input(shape=model.input_shape[1:], name="image")
+    outs = tapped(without_views(model), layers)(views(n, name=VIEWS_LAYER)(image))
+    return keras.Model(image, [mean(n, name=label)(o) for label, o in zip([VIEW_MEAN_LAYER, *layers], outs)], name=name)
 
 
 def predict_with_features(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +284,7 @@ def predict_with_features(model, x: np.ndarray, batch: int = 256) -> tuple[np.nd
     net = with_features(model)
     probs, feats = [], []
     for i in range(0, len(x), batch):
-        p, f = net([x[i : i + batch].astype(np.float32)], training=False)
+        p, f = net(x[i : i + batch].astype(np.float32), training=False)
         probs.append(np.asarray(p, np.float64))
         feats.append(np.asarray(f, np.float64))
     if not probs:

@@ -186,13 +186,12 @@ class RunFolder:
 
     def load_keras(self):
         """The run's Keras model (imports TensorFlow)."""
-        from edgecell.tfutil import import_tf
+        from edgecell.model import load_model
 
-        tf = import_tf()
         if not self.keras_path.is_file():
             raise EdgecellError("model.keras is missing from the run folder", self.path)
         try:
-            return tf.keras.models.load_model(self.keras_path, compile=False)
+            return load_model(self.keras_path)
         except Exception as exc:
             from firmware_host.errors import first_line
 

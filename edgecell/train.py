@@ -52,7 +52,7 @@ class TrainOptions:
         batch_size: images per gradient step.
         patience: epochs without validation-loss improvement before stopping.
         learning_rate: initial Adam learning rate (cosine decay to 1% of it).
-        widths, depths, stem_stride, stem_kernel: the network's shape (see
+        widths, depths, stem_stride, stem_kernel, views: the network's shape and the views it averages (see
             :class:`edgecell.model.ModelSpec`; the defaults are its defaults).
         dropout: dropout before the Dense layer.
         augment: flips, 90-degree rotations, zoom/translation and stain/colour jitter.
@@ -73,6 +73,7 @@ class TrainOptions:
     depths: tuple[int, ...] | None = ModelSpec.depths
     stem_stride: int = ModelSpec.stem_stride
     stem_kernel: int = ModelSpec.stem_kernel
+    views: int = ModelSpec.views
     dropout: float = 0.3
     augment: bool = True
     cv: int = 0
@@ -81,7 +82,7 @@ class TrainOptions:
     def model_spec(self, n_classes: int):
         """The :class:`edgecell.model.ModelSpec` these options describe."""
         depths = tuple(self.depths) if self.depths is not None else None
-        return ModelSpec(self.img_size, n_classes, tuple(self.widths), self.dropout, depths, self.stem_stride, self.stem_kernel)
+        return ModelSpec(self.img_size, n_classes, tuple(self.widths), self.dropout, depths, self.stem_stride, self.stem_kernel, self.views)
 
 
 @dataclass
@@ -282,13 +283,15 @@ def fit(
     """Fit a fresh model, or go on training ``model`` (fine-tuning); returns (model, history dict, seconds).
 
     ``learn_as`` = (targets, classes): the labels are indices into ``targets`` (:meth:`edgecell.data.Dataset.targets`),
-    and the model returned adds them up into ``classes`` (:func:`edgecell.model.with_classes`).
+    and the model returned adds them up into ``classes`` (:func:`edgecell.model.with_classes`). The model returned
+    averages ``opts.views`` mirrored views of each image (:func:`edgecell.model.with_views`); ``model`` is trained
+    on one image at a time.
     With ``early_stopping`` training stops after ``opts.patience`` epochs without a lower validation
     loss and keeps the best epoch's weights; without it, it runs every epoch and keeps the last.
     ``targets`` (N, classes) replaces the one-hot labels of ``y_train`` as what the model learns
     (soft targets; class weights still follow ``y_train``).
     """
-    from edgecell.model import build_model, merge_matrix, with_classes
+    from edgecell.model import build_model, merge_matrix, with_classes, with_views
     from edgecell.tfutil import import_tf
 
     tf = import_tf()
@@ -326,7 +329,8 @@ def fit(
     val_losses = history.get("val_loss", [])
     history["best_epoch"] = int(np.argmin(val_losses)) + 1 if val_losses and early_stopping else len(history.get("loss", []))
     history["epochs_run"] = len(history.get("loss", []))
-    return (with_classes(model, *learn_as) if learn_as else model), history, seconds
+    model = with_classes(model, *learn_as) if learn_as else model
+    return with_views(model, opts.views), history, seconds
 
 
 def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -554,6 +558,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
                 "depths": list(spec.block_depths()),
                 "stem_stride": spec.stem_stride,
                 "stem_kernel": spec.stem_kernel,
+                "views": spec.views,
                 "dropout": opts.dropout,
                 "learnt_as": target_names,
                 "params": int(model.count_params()),

@@ -71,12 +71,14 @@ def other_run(tmp_path_factory) -> Path:
 def test_other_is_learnt_as_its_types_and_added_back_up(other_run):
     import keras
 
-    from edgecell.model import CLASSES_LAYER, merge_matrix
+    from edgecell.model import CLASSES_LAYER, load_model, merge_matrix, views_of, without_views
 
     meta = json.loads((other_run / "run" / "metadata.json").read_text())
     learnt, classes = meta["model"]["learnt_as"], meta["classes"]
     assert {"lymphocyte", "eosinophil"} <= set(learnt) and "other" not in learnt and "other" in classes
-    model = keras.models.load_model(other_run / "run" / "model.keras", compile=False)
+    viewed = load_model(other_run / "run" / "model.keras")
+    assert views_of(viewed) == meta["model"]["views"] > 1  # the default averages mirrored views
+    model = without_views(viewed)
     last = model.get_layer(CLASSES_LAYER)
     assert not last.trainable and model.output_shape[-1] == len(classes)
     np.testing.assert_array_equal(last.get_weights()[0], merge_matrix(learnt, classes))
@@ -182,9 +184,7 @@ def test_classify_cli_other_threshold_overrides_the_sidecar(other_run, tmp_path)
 
 
 def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
-    import keras
-
-    from edgecell.model import CLASSES_LAYER, merge_matrix
+    from edgecell.model import CLASSES_LAYER, load_model, merge_matrix, views_of, without_views
 
     local = tmp_path / "clinic"
     for typ in ("lymphocyte", "seg_neutrophil"):
@@ -197,10 +197,12 @@ def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     parent = json.loads((other_run / "run" / "metadata.json").read_text())
     assert meta["model"]["learnt_as"] == parent["model"]["learnt_as"] and meta["classes"] == parent["classes"]
-    model = keras.models.load_model(out / "model.keras", compile=False)
+    adapted, parent_model = load_model(out / "model.keras"), load_model(other_run / "run" / "model.keras")
+    assert views_of(adapted) == views_of(parent_model) > 1  # the parent's views are put back around the network
+    model = without_views(adapted)
     last = model.get_layer(CLASSES_LAYER)
     assert not last.trainable
     np.testing.assert_array_equal(last.get_weights()[0], merge_matrix(meta["model"]["learnt_as"], meta["classes"]))
-    before = keras.models.load_model(other_run / "run" / "model.keras", compile=False)
+    before = without_views(parent_model)
     moved = [a for a, b in zip(model.get_layer("logits").get_weights(), before.get_layer("logits").get_weights()) if not np.array_equal(a, b)]
     assert moved  # the types' layer was trained

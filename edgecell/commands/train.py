@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgecell.model import VIEW_CHOICES
 from edgecell.options import IntList, check_outputs, data_option, data_reads, emit_json, exclude_option, img_size_option, json_option, seed_option
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
 
@@ -40,9 +41,16 @@ _depths = IntList(1, 8, "depth", ",".join(map(str, _Defaults.depths)))
     default=None,
     help=f"Conv2D layers per block, one per width [default: {','.join(map(str, _Defaults.depths))}; 1 per block with --widths of another length].",
 )
+@click.option(
+    "--views",
+    type=click.Choice([str(v) for v in VIEW_CHOICES]),
+    default=str(_Defaults.views),
+    show_default=True,
+    help="Mirrored views of each image whose outputs the model averages when it classifies (1: the image alone).",
+)
 @click.option("--no-augment", is_flag=True, help="Turn off geometric and stain/colour augmentation.")
 @json_option
-def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, no_augment, json_out):
+def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, patience, widths, depths, views, no_augment, json_out):
     """Train the blood-cell CNN and write a run folder with metrics and plots.
 
     Splits the data 70/15/15 (stratified, seeded, duplicates grouped), trains with
@@ -70,6 +78,7 @@ def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, pa
         cv=cv,
         batch_size=batch_size,
         patience=patience,
+        views=int(views),
         augment=not no_augment,
     )
     if widths:
