@@ -60,7 +60,8 @@ def other_run(tmp_path_factory) -> Path:
     runner = CliRunner()
     res = runner.invoke(cli, ["demo-data", str(root / "data"), "--per-class", "16", "--size", "64", "--objects", str(root / "objects")])
     assert res.exit_code == 0, res.output
-    args = ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "6", "--img-size", "32", "--widths", "8,16,32", "--seed", "1", "--views", "4"]  # views: not the default yet, converted and adapted here
+    args = ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "6", "--img-size", "32", "--widths", "8,16,32", "--seed", "1"]
+    args += ["--views", "4"]  # not the default yet: here a model with views is converted and adapted
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["convert", str(root / "run"), "--int8", "--json", str(root / "parity.json"), *LENIENT])
