@@ -204,13 +204,20 @@ def with_views(model, views: int):
     hardly grows; the compute grows ``views`` times. ``model`` itself for one view."""
     if views == 1:
         return model
+    return _around_views(model, views, [VIEW_MEAN_LAYER], model.name, single=True)
+
+
+def _around_views(net, views: int, names: Sequence[str], name: str, single: bool = False):
+    """A model of one image: ``net`` on the image's ``views`` mirrored copies, each of its outputs averaged over
+    them (by a layer named from ``names``, in order). The one place that puts views around a network."""
     from edgecell.tfutil import import_tf
 
     keras = import_tf().keras
     layer, mean = _view_layers()
-    image = keras.Input(shape=model.input_shape[1:], name="image")
-    out = mean(views, name=VIEW_MEAN_LAYER)(model(layer(views, name=VIEWS_LAYER)(image)))
-    return keras.Model(image, out, name=model.name)
+    image = keras.Input(shape=net.input_shape[1:], name="image")
+    outs = net(layer(views, name=VIEWS_LAYER)(image))
+    outs = [mean(views, name=label)(o) for label, o in zip(names, [outs] if single else outs)]
+    return keras.Model(image, outs[0] if single else outs, name=name)
 
 
 def views_of(model) -> int:
@@ -273,10 +280,7 @@ def tapped(model, layers: Sequence[str], name: str | None = None):
     n = views_of(model)
     if n == 1:
         return keras.Model(model.input, [model.outputs[0], *(model.get_layer(layer).output for layer in layers)], name=name)
-    views, mean = _view_layers()
-    image = keras.Input(shape=model.input_shape[1:], name="image")
-    outs = tapped(without_views(model), layers)(views(n, name=VIEWS_LAYER)(image))
-    return keras.Model(image, [mean(n, name=label)(o) for label, o in zip([VIEW_MEAN_LAYER, *layers], outs)], name=name)
+    return _around_views(tapped(without_views(model), layers), n, [VIEW_MEAN_LAYER, *layers], name)
 
 
 def predict_with_features(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
