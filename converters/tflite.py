@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from firmware_host.atomic import raise_if_interrupted
 from firmware_host.errors import ModelError, first_line
 from firmware_host.metadata import Precision
 
@@ -59,6 +60,7 @@ def convert(model, precision: Precision | str, representative_dataset: Callable 
             warnings.simplefilter("ignore")  # e.g. "Statistics for quantized inputs were expected ..."
             data = conv.convert()
     except Exception as exc:  # converter errors come as ConverterError/RuntimeError with pages of MLIR
+        raise_if_interrupted()  # a signal the converter's C++ turned into an error of its own is still an interrupt
         raise ModelError(f"TFLite {precision.value} conversion failed ({first_line(exc)}); re-run with EDGECELL_DEBUG=1 for the converter log") from None
     return bytes(data)
 

@@ -205,3 +205,29 @@ def test_an_interrupt_python_swallowed_is_raised_again_at_the_next_safe_point(si
         with pytest.raises(raised):
             raise_if_interrupted()  # what training calls after every batch
     raise_if_interrupted()  # the record does not outlive the command
+
+
+class _ConverterHitBySignal:
+    """A TFLite converter whose C++ is interrupted by ``signum`` and reports it as an error of its own
+    (pybind11: "MISMATCH of original and normalized active exception types ... REPLACED BY Terminated")."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def convert(self):
+        try:
+            os.kill(os.getpid(), self.signum)
+            time.sleep(0.05)
+        except BaseException as exc:
+            raise RuntimeError(f"error_already_set: REPLACED BY {type(exc).__name__}") from None
+        raise AssertionError("the signal did not arrive")
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_signal_during_conversion_is_an_interrupt_not_a_conversion_error(signum, raised, monkeypatch):
+    pytest.importorskip("tensorflow")
+    from converters import tflite
+
+    monkeypatch.setattr(tflite, "_converter", lambda tf, model: _ConverterHitBySignal(signum))
+    with signals_as_interrupts(), pytest.raises(raised):  # not ModelError("TFLite float32 conversion failed ...")
+        tflite.convert(None, "float32")
