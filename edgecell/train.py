@@ -63,7 +63,7 @@ class TrainOptions:
     data_dir: str | Sequence[str]
     out_dir: str
     exclude: tuple[str, ...] = ()
-    epochs: int = 50
+    epochs: int = 80  # 50 underfit (docs/design.md, "Longer training")
     img_size: int = DEFAULT_IMG_SIZE
     seed: int = DEFAULT_SEED
     batch_size: int = 32
