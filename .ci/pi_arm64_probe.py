@@ -3,7 +3,9 @@
 Run by .ci/pi_arm64.sh with the same arguments on x86 and inside the emulated arm64 root, using only
 ``firmware_host`` (TensorFlow-free). For every image it writes one JSON line: the path as given, the
 SHA-256 of the preprocessed pixels (decode and resize with the runtime's Pillow) and the raw output
-row of the interpreter (the int8 integers themselves for an int8 model; float32 values as floats).
+row of the interpreter (the int8 integers themselves for an int8 model; float32 values as floats); for
+a model with mirrored views, the rows of every view one after the other, each from its own invocation as
+the runtime makes them (:mod:`firmware_host.mirrors`).
 ``pi_arm64_compare.py`` then checks the int8 integers for exact equality, which the dequantised
 probabilities in ``classify --json`` cannot show directly.
 
@@ -17,6 +19,7 @@ import json
 import sys
 
 from firmware_host.atomic import write_text
+from firmware_host.mirrors import view
 from firmware_host.preprocess import load_image
 from firmware_host.runtime import Classifier, quantize_input
 
@@ -27,13 +30,14 @@ def probe(model: str, images: list[str]) -> list[dict]:
     rows = []
     for path in images:
         pixels = load_image(path, clf.input_size)
-        raw = clf.invoke_raw(quantize_input(pixels, clf.input_quant)[None])
+        raws = [clf.invoke_raw(quantize_input(view(pixels, k), clf.input_quant)[None]).copy() for k in range(clf.views)]
         rows.append(
             {
                 "path": path,
                 "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
-                "dtype": raw.dtype.name,
-                "raw": raw.tolist(),
+                "dtype": raws[0].dtype.name,
+                "views": clf.views,
+                "raw": [x for raw in raws for x in raw.tolist()],
             }
         )
     return rows

@@ -107,13 +107,17 @@ class CalibrationSet:
             "skipped": len(self.skipped),
         }
 
-    def representative_dataset(self) -> Callable:
-        """The converter's ``representative_dataset``: one float32 (1, S, S, 3) batch (0-255) per image."""
+    def representative_dataset(self, views: int = 1) -> Callable:
+        """The converter's ``representative_dataset``: one float32 (1, S, S, 3) batch (0-255) per image and
+        view (:mod:`firmware_host.mirrors`: the network is calibrated on what the runtime will give it)."""
+        from firmware_host.mirrors import view
+
         images = self.images
 
         def gen():
             for img in images:
-                yield [img[None].astype(np.float32)]
+                for k in range(views):
+                    yield [view(img, k)[None].astype(np.float32)]
 
         return gen
 

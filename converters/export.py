@@ -106,30 +106,31 @@ def reads(run_dir: str | Path, calibration: str | None = None, data_dir: str | N
     return out
 
 
-def export_float32(model, cal: CalibrationSet | None) -> bytes:
+def export_float32(model, cal: CalibrationSet | None, views: int = 1) -> bytes:
     from converters import tflite
 
     return tflite.convert(model, Precision.float32)
 
 
-def export_float16(model, cal: CalibrationSet | None) -> bytes:
+def export_float16(model, cal: CalibrationSet | None, views: int = 1) -> bytes:
     from converters import tflite
 
     return tflite.convert(model, Precision.float16)
 
 
-def export_int8(model, cal: CalibrationSet | None) -> bytes:
+def export_int8(model, cal: CalibrationSet | None, views: int = 1) -> bytes:
     from converters import tflite
 
-    return tflite.convert(model, Precision.int8, cal.representative_dataset())
+    return tflite.convert(model, Precision.int8, cal.representative_dataset(views))
 
 
-FORMATS: dict[Precision, Callable[[object, CalibrationSet | None], bytes]] = {
+FORMATS: dict[Precision, Callable[[object, CalibrationSet | None, int], bytes]] = {
     Precision.float32: export_float32,
     Precision.float16: export_float16,
     Precision.int8: export_int8,
 }
-"""Every format ``export_run`` can write, and the function that writes it."""
+"""Every format ``export_run`` can write, and the function that writes it: ``(network, calibration set, views)``,
+where ``views`` is how many mirrored views of each image the runtime will run the network on (int8 calibrates on them)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     from converters import calibration as cal_mod
     from converters import parity, tflite
     from edgecell import __version__
-    from edgecell.model import predict_with_features, with_features
+    from edgecell.model import predict_with_features, views_of, with_features, without_views
     from edgecell.train import predict
     from firmware_host import preprocess
     from firmware_host.atomic import check_stageable, staged_dir, write_bytes, write_json
@@ -221,13 +222,19 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
         else:  # the exported models get the pooled features as a second output (firmware_host.otherscore)
             keras_probs, feats = predict_with_features(model, x_test)
             keras_scores = other_score.scores(feats)
+        # The file holds the network for one image; the runtime runs it on each mirrored view and averages
+        # (firmware_host.mirrors), which keeps the int8 integers the same on x86 and arm64. Parity compares
+        # that with the Keras model, views and all.
+        views = views_of(model)
+        model = without_views(model)
+        if other_score is not None:
             model = with_features(model)
     n_weights = tflite.weight_count(model)
 
     blobs: dict[Precision, bytes] = {}
     for prec in opts.precisions:
         with rep.status(f"converting to {prec.value} TFLite" + (f" (calibrating on {len(cal.items)} images)" if prec is Precision.int8 else "")):
-            data = FORMATS[prec](model, cal)
+            data = FORMATS[prec](model, cal, views)
         tflite.check_size(data, prec, n_weights, name=prec.filename)
         blobs[prec] = data
         rep.info(f"converted {prec.value}: {len(data):,} bytes ({len(data) / 1024:.1f} KB)")
@@ -262,6 +269,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
                 verification={"status": "pending"},
                 lab_check=dict(run.extra.get("lab_check") or {}),
                 other_score=dict(run.extra.get("other_score") or {}),
+                views=views,
             )
             write_metadata(path, metas[prec])
         if cal is not None:

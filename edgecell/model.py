@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_host.mirrors import VIEWS, check_views
+
 
 @dataclass
 class ModelSpec:
@@ -140,8 +142,6 @@ VIEWS_LAYER = "views"
 """The first layer of a model that averages its outputs over mirrored views of the image (:func:`with_views`)."""
 VIEW_MEAN_LAYER = "view_mean"
 """The layer that averages the views' outputs."""
-VIEW_CHOICES = (1, 2, 4, 8)
-"""How many views :func:`with_views` can take: the image, + left-right mirror, + up-down and both, + the transposes."""
 
 
 @functools.cache
@@ -161,15 +161,17 @@ def _view_layers():
 
         def __init__(self, views: int, **kwargs):
             super().__init__(**kwargs)
-            if views not in VIEW_CHOICES:
-                raise ValueError(f"views must be one of {VIEW_CHOICES}, not {views}")
+            problem = check_views(views)
+            if problem:
+                raise ValueError(f"views {problem}")
             self.views = views
 
         def call(self, x):
-            out = [x, ops.flip(x, axis=2), ops.flip(x, axis=1), ops.flip(ops.flip(x, axis=1), axis=2)][: min(self.views, 4)]
-            if self.views == 8:
-                t = ops.transpose(x, (0, 2, 1, 3))
-                out += [t, ops.flip(t, axis=2), ops.flip(t, axis=1), ops.flip(ops.flip(t, axis=1), axis=2)]
+            out = []
+            for transpose, rows, cols in VIEWS[: self.views]:  # firmware_host.mirrors: the runtime's own order
+                v = ops.transpose(x, (0, 2, 1, 3)) if transpose else x
+                v = ops.flip(v, axis=1) if rows else v
+                out.append(ops.flip(v, axis=2) if cols else v)
             return ops.concatenate(out, axis=0)
 
         def compute_output_shape(self, shape):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import ModelError, os_reason
+from firmware_host.mirrors import check_views
 
 FORMAT = "edgecell-model/1"
 
@@ -72,6 +73,8 @@ class ModelMetadata:
         other_score: the never-seen score (:class:`firmware_host.otherscore.OtherScore`: class
             means, whitening matrix, ``threshold``, ``share``) read from the model's second output;
             empty: the label is the most probable class (models exported before it).
+        views: how many mirrored views of each image the runtime runs the model on and averages
+            (:mod:`firmware_host.mirrors`); 1: the image alone (models exported before it).
     """
 
     classes: list[str]
@@ -88,6 +91,7 @@ class ModelMetadata:
     verification: dict = field(default_factory=dict)
     lab_check: dict = field(default_factory=dict)
     other_score: dict = field(default_factory=dict)
+    views: int = 1
     format: str = FORMAT
 
     def to_dict(self) -> dict:
@@ -129,6 +133,7 @@ class ModelMetadata:
             verification=dict(d.get("verification") or {}),
             lab_check=dict(d.get("lab_check") or {}),
             other_score=dict(d.get("other_score") or {}),
+            views=int(d.get("views") or 1),
         )
 
     @property
@@ -283,6 +288,7 @@ SCHEMA = {
     "verification": (False, _object),
     "lab_check": (False, _check_lab_check),
     "other_score": (False, _check_other_score),
+    "views": (False, check_views),
 }
 """Every field of a model sidecar: whether it must be there and what it must hold. The
 quantisation fields must be there for an int8 model and absent (or null) otherwise."""

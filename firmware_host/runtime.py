@@ -14,6 +14,8 @@ Steps per image:
 2. quantise the pixels if the model's input is int8/uint8 (``q = round(x / scale) + zero_point``,
    clipped to the type's range; done with a 256-entry lookup table), else pass them as float32;
 3. ``invoke``; dequantise the output (``p = scale * (q - zero_point)``), clip at 0 and renormalise;
+   a model whose metadata has ``views`` > 1 is invoked once per mirrored view of the image
+   (:mod:`firmware_host.mirrors`) and the dequantised outputs are averaged first;
 4. if the metadata's ``temperature`` is not 1: ``p = softmax(log(p) / T)``.
 
 Steps 2-4 are timed as ``inference_ms``.
@@ -39,6 +41,7 @@ from firmware_host.decode import _decode_one, _process_pool, decode_many, defaul
 from firmware_host.errors import ImageError, ModelError, os_reason
 from firmware_host.interpreter import Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
+from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
 from firmware_host.preprocess import load_cell, prepare_cell
@@ -465,6 +468,11 @@ class Classifier:
         return self.meta.precision
 
     @property
+    def views(self) -> int:
+        """How many mirrored views of each image the model is run on (:mod:`firmware_host.mirrors`)."""
+        return self.meta.views
+
+    @property
     def temperature(self) -> float:
         return self.meta.temperature
 
@@ -483,6 +491,7 @@ class Classifier:
             "classes": self.classes,
             "input_size": self.input_size,
             "temperature": self.temperature,
+            "views": self.views,
             "other_score": {
                 "kind": "mahalanobis",
                 "threshold": self.other_score.threshold,
@@ -523,21 +532,32 @@ class Classifier:
         """
         return self.predict_scored(image)[0]
 
-    def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """:meth:`predict_uncalibrated` and the never-seen score (None for a model without one)."""
-        image = self._check_image(image)
+    def _set_input(self, image: np.ndarray) -> None:
+        """Quantise a uint8 image (or a mirrored view of one) into the input buffer."""
         if self._xor128:
             np.bitwise_xor(image, 0x80, out=self._buf.view(np.uint8)[0])
         elif self._lut is not None:
             np.take(self._lut, image, out=self._buf[0], mode="clip")  # "clip": no buffering (indices are 0-255)
         else:
             self._buf[0] = image
-        raw = self.invoke_raw(self._buf)
-        probs = normalize(dequantize_output(raw, self.output_quant))
+
+    def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """:meth:`predict_uncalibrated` and the never-seen score (None for a model without one).
+
+        A model with :attr:`views` > 1 is run once per mirrored view (:mod:`firmware_host.mirrors`), one
+        image at a time; its dequantised outputs and features are averaged.
+        """
+        image = self._check_image(image)
+        out = feats = 0.0
+        for k in range(self.views):
+            self._set_input(view(image, k))
+            out = out + dequantize_output(self.invoke_raw(self._buf), self.output_quant)
+            if self.other_score is not None:
+                feats = feats + dequantize_output(self.interpreter.get_tensor(self._feat_index).reshape(-1), self.features_quant)
+        probs = normalize(out / self.views)
         if self.other_score is None:
             return probs, None
-        feats = dequantize_output(self.interpreter.get_tensor(self._feat_index).reshape(-1), self.features_quant)
-        return probs, float(self.other_score.scores(feats))
+        return probs, float(self.other_score.scores(feats / self.views))
 
     def predict_batch_scored(self, images: Sequence[np.ndarray], on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`predict_batch_uncalibrated` and the never-seen scores (None for a model without a score)."""

@@ -1,5 +1,6 @@
 """The network's shape: layers the issue asks for, the stride-2 stem, and the MAC count."""
 
+import numpy as np
 import pytest
 
 from edgecell.model import ModelSpec, build_model, count_macs
@@ -56,10 +57,10 @@ def test_depths_must_match_widths():
 
 
 def _mirrors(x, views):
-    """The views MirroredViews makes, in numpy: the image, its left-right, up-down and both mirrors, then the same of its transpose."""
-    flips = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]
-    t = x.transpose(0, 2, 1, 3)
-    return (flips + [t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1]])[:views]
+    """The views of a batch as the Pi runtime makes them (firmware_host.mirrors; written out in tests/test_runtime.py)."""
+    from firmware_host.mirrors import view
+
+    return [np.stack([view(img, k) for img in x]) for k in range(views)]
 
 
 @pytest.mark.parametrize("views", [2, 4, 8])
@@ -67,7 +68,6 @@ def test_views_average_the_network_over_mirrored_images(views, tmp_path):
     """with_views: the output is the mean of the network's outputs on the mirrored images, the features too;
     it saves and loads as it was, and the network inside is the one trained (same weights, one image)."""
     pytest.importorskip("tensorflow")
-    import numpy as np
 
     from edgecell.model import learnt_outputs, load_model, predict_with_features, views_of, with_features, with_views, without_views
     from edgecell.train import predict

@@ -55,13 +55,14 @@ def test_fit_feature_distance_whitens_the_shared_covariance():
 
 @pytest.fixture(scope="module")
 def other_run(tmp_path_factory) -> Path:
-    """A tiny model trained on a demo set with lymphocytes and eosinophils (class `other`), with four views, then converted."""
+    """A tiny model trained on a demo set with lymphocytes and eosinophils (class `other`), with four views (the
+    default, said here so the test keeps them), then converted."""
     root = tmp_path_factory.mktemp("other_run")
     runner = CliRunner()
     res = runner.invoke(cli, ["demo-data", str(root / "data"), "--per-class", "16", "--size", "64", "--objects", str(root / "objects")])
     assert res.exit_code == 0, res.output
     args = ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "6", "--img-size", "32", "--widths", "8,16,32", "--seed", "1"]
-    args += ["--views", "4"]  # not the default yet: here a model with views is converted and adapted
+    args += ["--views", "4"]
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["convert", str(root / "run"), "--int8", "--json", str(root / "parity.json"), *LENIENT])
@@ -105,6 +106,8 @@ def test_train_records_the_score_and_convert_exports_it(other_run):
         assert read_metadata(model).other_score == meta["other_score"]
         it, _ = load_interpreter(model_content=model.read_bytes(), num_threads=1)
         assert sorted(int(np.prod(o["shape"])) for o in it.get_output_details()) == sorted([len(meta["classes"]), 32])
+        # the file is the network for one image; the sidecar tells the runtime to run it on the four views
+        assert [int(d) for d in it.get_input_details()[0]["shape"]] == [1, 32, 32, 3] and read_metadata(model).views == 4
 
 
 def test_parity_reports_the_other_decision(other_run):

@@ -1,8 +1,10 @@
 """The x86-vs-arm64 comparer of ``make pi-arm64`` (.ci/pi_arm64_compare.py) fails on planted differences.
 
-The comparison itself runs in CI under emulation; these tests prove it can fail: identical outputs pass, and a
-changed class, one int8 quantisation step, a float32 difference above 1e-5, other pixels or a missing image
-each fail with one line naming the image and both outputs.
+The comparison itself runs in CI under emulation; these tests prove it can fail: identical outputs pass, so do int8
+outputs 1 or 2 quantisation steps apart on a few images (XNNPACK's x86 and arm64 kernels round differently now and
+then), and a changed class, an int8 difference of 3 steps, small int8 differences on too many images, an int8
+probability moved by more than 2 steps, a float32 difference above 1e-5, other pixels or a missing image each fail
+with one line naming the image and both outputs.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def test_identical_outputs_pass(same, tmp_path, capsys):
     assert cmp.main([str(x86), str(arm)]) == 0
     out = capsys.readouterr().out
     assert "classify int8: 40 images, 0 differences, largest probability difference 0" in out
-    assert "raw output float32: 40 images, 0 differences, largest difference 0" in out
+    assert "raw output float32: 40 images, 0 differ, largest difference 0" in out
 
 
 def test_float32_within_tolerance_passes(same, tmp_path):
@@ -96,27 +98,49 @@ def _planted(same, tmp_path, plant) -> list[str]:
     return problems
 
 
-def test_one_int8_quantisation_step_fails(same, tmp_path):
+def _step(r: dict, i: int, steps: int) -> None:
+    """Move image ``i``'s int8 output of class 1 by ``steps``, in the probe and in classify's probabilities."""
+    raw = _int8_raw(i)
+    raw[1] += steps
+    r["int8"][1][i]["raw"] = raw
+    r["int8"][0]["results"][i]["probs"] = _probs(raw, True)
+
+
+def test_int8_two_steps_on_a_few_images_pass_and_are_listed(same, tmp_path):
+    x86, reports = same
+    arm_reports = copy.deepcopy(reports)
+    _step(arm_reports, 5, 1)
+    _step(arm_reports, 9, cmp.INT8_MAX_STEPS)
+    summary, problems = cmp.compare_dirs(x86, _write(tmp_path / "arm64", arm_reports))
+    assert problems == []
+    assert "raw output int8: 40 images, 2 differ, largest difference 2" in summary
+    raw = _int8_raw(5)
+    raw[1] += 1
+    assert f"raw output int8: within tolerance: images/demo/basophil/5.png: x86 {cmp._fmt(_int8_raw(5))} | arm64 {cmp._fmt(raw)}" in summary
+
+
+def test_int8_three_steps_fail(same, tmp_path):
+    problems = _planted(same, tmp_path, lambda r: _step(r, 5, cmp.INT8_MAX_STEPS + 1))
+    assert len(problems) == 1
+    raw = _int8_raw(5)
+    raw[1] += 3
+    assert problems[0] == f"raw output int8: images/demo/basophil/5.png: x86 {cmp._fmt(_int8_raw(5))} | arm64 {cmp._fmt(raw)} (tolerance 2)"
+
+
+def test_int8_differences_on_too_many_images_fail(same, tmp_path):
+    """Wrong kernels (qemu's default CPU) move outputs on most images; one step on 3 of 40 (over 5 %) fails."""
+
     def plant(r):
-        probe = r["int8"][1]
-        probe[5]["raw"][1] += 1
+        for i in (2, 4, 6):
+            _step(r, i, 1)
 
     problems = _planted(same, tmp_path, plant)
-    assert len(problems) == 1
-    line = problems[0]
-    path = "images/demo/basophil/5.png"
-    assert line.startswith(f"raw output int8: {path}: x86 [")
-    x86_raw, arm_raw = _int8_raw(5), _int8_raw(5)
-    arm_raw[1] += 1
-    assert f"x86 {cmp._fmt(x86_raw)} | arm64 {cmp._fmt(arm_raw)}" in line
+    assert len(problems) == 1 and problems[0].startswith("raw output int8: 3 of 40 images differ, more than 5%: images/demo/")
 
 
-def test_int8_probability_change_of_one_step_fails(same, tmp_path):
+def test_int8_probability_moved_beyond_two_steps_fails(same, tmp_path):
     def plant(r):
-        report = r["int8"][0]
-        raw = _int8_raw(7)
-        raw[2] += 1
-        report["results"][7]["probs"] = _probs(raw, True)
+        r["int8"][0]["results"][7]["probs"]["monocyte"] += 1.5 * cmp.INT8_PROB_TOL
 
     problems = _planted(same, tmp_path, plant)
     assert len(problems) == 1 and problems[0].startswith("classify int8: images/demo/monocyte/7.png: x86 ")
@@ -159,7 +183,7 @@ def test_missing_image_and_too_few_images_fail(same, tmp_path):
 def test_main_prints_failure_and_returns_1(same, tmp_path, capsys):
     x86, reports = same
     arm_reports = copy.deepcopy(reports)
-    arm_reports["int8"][1][0]["raw"][0] -= 1
+    arm_reports["int8"][1][0]["raw"][0] -= cmp.INT8_MAX_STEPS + 1
     assert cmp.main([str(x86), str(_write(tmp_path / "arm64", arm_reports))]) == 1
     out = capsys.readouterr().out
     assert "pi-arm64: DIFFERENT raw output int8: images/demo/basophil/0.png: x86 [" in out

@@ -84,6 +84,60 @@ def test_quantisation_read_from_interpreter_and_applied(models):
         np.testing.assert_allclose(clf.predict_array(x), manual, atol=1e-12)
 
 
+def _numpy_mirrors(x: np.ndarray) -> list[np.ndarray]:
+    """The eight views of firmware_host.mirrors, written out with numpy slicing."""
+    t = x.transpose(1, 0, 2)
+    return [x, x[:, ::-1], x[::-1], x[::-1, ::-1], t, t[:, ::-1], t[::-1], t[::-1, ::-1]]
+
+
+def test_views_are_the_mirror_images_in_order():
+    from firmware_host.mirrors import VIEW_CHOICES, VIEWS, check_views, view
+
+    x = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
+    assert len(VIEWS) == max(VIEW_CHOICES)
+    for k, expected in enumerate(_numpy_mirrors(x)):
+        np.testing.assert_array_equal(view(x, k), expected)
+    assert len({view(x, k).tobytes() for k in range(len(VIEWS))}) == len(VIEWS)  # eight different images
+    assert [check_views(n) for n in VIEW_CHOICES] == [None] * len(VIEW_CHOICES)
+    for bad in (0, 3, 16, "4", 4.0, True, None):
+        assert "must be one of 1, 2, 4, 8" in check_views(bad)
+
+
+@pytest.mark.parametrize("which", ["int8", "float32"])
+@pytest.mark.parametrize("views", [2, 4, 8])
+def test_a_model_with_views_is_run_once_per_mirror_and_averaged(models, tmp_path, which, views):
+    """The sidecar's ``views``: the runtime invokes the network on each mirrored view, one image at a time, and
+    averages the dequantised outputs before it renormalises."""
+    model = copy_model(getattr(models, which), tmp_path)
+    plain = Classifier.load(model, threads=1)
+    _edit_sidecar(model, views=views)
+    clf = Classifier.load(model, threads=1)
+    assert clf.views == views and clf.info()["views"] == views and plain.views == 1
+    changed = 0.0
+    for x in models.images[:8]:
+        x = x.copy()
+        x[: SIZE // 2] //= 3  # not symmetric: the mirrors differ
+        each = [
+            dequantize_output(plain.invoke_raw(quantize_input(np.ascontiguousarray(m), plain.input_quant)[None]), plain.output_quant)
+            for m in _numpy_mirrors(x)[:views]
+        ]
+        mean = np.clip(np.mean(each, axis=0), 0, None)
+        np.testing.assert_allclose(clf.predict_uncalibrated(x), mean / mean.sum(), atol=1e-12)
+        changed = max(changed, np.abs(clf.predict_uncalibrated(x) - plain.predict_uncalibrated(x)).max())
+    assert changed > 1e-4  # the views did something (float32 differs by 1e-7 from run to run at most)
+
+
+@pytest.mark.parametrize("bad", [0, 3, "4", True])
+def test_a_sidecar_with_a_bad_number_of_views_is_refused(models, tmp_path, bad):
+    model = copy_model(models.int8, tmp_path)
+    sidecar = model.with_suffix(".json")
+    d = json.loads(sidecar.read_text())
+    d["views"] = bad
+    sidecar.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="metadata has a bad field: views must be one of 1, 2, 4, 8"):
+        Classifier.load(model, threads=1)
+
+
 @pytest.mark.parametrize("which", ["int8", "uint8"])
 def test_input_buffer_equals_lookup_table(models, which):
     """The XOR fast path (int8, scale 1, zero point -128) and the table give the same bytes."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from edgecell.model import VIEW_CHOICES
 from edgecell.options import IntList, check_outputs, data_option, data_reads, emit_json, exclude_option, img_size_option, json_option, seed_option
 from edgecell.train import TrainOptions as _Defaults  # no TensorFlow at import time
+from firmware_host.mirrors import VIEW_CHOICES
 
 _widths = IntList(1, 1024, "width", ",".join(map(str, _Defaults.widths)))
 _depths = IntList(1, 8, "depth", ",".join(map(str, _Defaults.depths)))
