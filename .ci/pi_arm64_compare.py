@@ -6,7 +6,7 @@ Each side's folder holds what .ci/pi_arm64.sh wrote there with the same argument
 * ``probe_<precision>.jsonl`` - .ci/pi_arm64_probe.py: the SHA-256 of each preprocessed image and the
   interpreter's raw output row;
 * ``scan_<precision>.json`` (when ``edgecell scan`` exists) - compared value by value: boxes and classes exactly,
-  every number within :data:`FLOAT32_TOL`, timings and machine details skipped.
+  every other number within :data:`FLOAT32_TOL` (int8: :data:`INT8_PROB_TOL`), timings and machine details skipped.
 
 What counts as the same:
 
@@ -157,15 +157,16 @@ VOLATILE = ("_ms", "ms_", "latency", "seconds", "wall", "time", "interpreter", "
 """Keys (substrings) of a JSON report that describe the machine or the clock, not the result: not compared."""
 
 
-def compare_tree(x86, arm, what: str) -> list[str]:
-    """Compare two JSON reports value by value (numbers within :data:`FLOAT32_TOL`), skipping :data:`VOLATILE` keys."""
+def compare_tree(x86, arm, what: str, tol: float = FLOAT32_TOL) -> list[str]:
+    """Compare two JSON reports value by value (numbers within ``tol``; integers such as boxes exactly, as any
+    tolerance below 1 makes them), skipping :data:`VOLATILE` keys."""
     xa = {k: v for k, v in _flatten(x86).items() if not any(s in k.lower() for s in VOLATILE)}
     aa = {k: v for k, v in _flatten(arm).items() if not any(s in k.lower() for s in VOLATILE)}
     problems = []
     for k in sorted(set(xa) | set(aa)):
         a, b = xa.get(k, "<missing>"), aa.get(k, "<missing>")
         num = isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) and not isinstance(b, bool)
-        if (num and not abs(a - b) <= FLOAT32_TOL) or (not num and a != b):
+        if (num and not abs(a - b) <= tol) or (not num and a != b):
             problems.append(f"{what}: {k}: x86 {a!r} | arm64 {b!r}")
     return problems
 
@@ -201,7 +202,8 @@ def compare_dirs(x86_dir: Path, arm_dir: Path, min_images: int = MIN_IMAGES) -> 
         if xs.is_file() != as_.is_file():
             problems.append(f"{name}: written on {'x86' if xs.is_file() else 'arm64'} only")
         elif xs.is_file():
-            p = compare_tree(json.loads(xs.read_text()), json.loads(as_.read_text()), name)
+            tol = INT8_PROB_TOL if "int8" in name else FLOAT32_TOL  # an int8 cell's probabilities, as in classify
+            p = compare_tree(json.loads(xs.read_text()), json.loads(as_.read_text()), name, tol)
             problems += p
             summary.append(f"{name}: {len(p)} differences")
     return summary, problems

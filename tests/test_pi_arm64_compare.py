@@ -197,3 +197,7 @@ def test_scan_tree_compares_values_but_not_timings():
     assert cmp.compare_tree(x86, arm, "scan.json") == []
     arm["fields"][0]["cells"][0]["box"][2] = 31
     assert cmp.compare_tree(x86, arm, "scan.json") == ["scan.json: fields[0].cells[0].box[2]: x86 30 | arm64 31"]
+    arm["fields"][0]["cells"][0]["box"][2] = 30
+    arm["fields"][0]["cells"][0]["prob"] = 0.5 + cmp.INT8_PROB_TOL / 2  # an int8 cell's probability a step or two apart
+    assert cmp.compare_tree(x86, arm, "scan_int8.json", cmp.INT8_PROB_TOL) == []
+    assert cmp.compare_tree(x86, arm, "scan_float32.json") == [f"scan_float32.json: fields[0].cells[0].prob: x86 0.5 | arm64 {0.5 + cmp.INT8_PROB_TOL / 2!r}"]
