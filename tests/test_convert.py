@@ -228,6 +228,7 @@ def test_int8_tensors_and_quantisation_match_the_sidecar(converted, run_copy):
 
     from edgecell import data as data_mod
     from firmware_host.metadata import read_metadata
+    from firmware_host.mirrors import view
     from firmware_host.runtime import Classifier, apply_temperature, normalize
 
     export, _ = converted
@@ -246,13 +247,16 @@ def test_int8_tensors_and_quantisation_match_the_sidecar(converted, run_copy):
     rows = [r for r in data_mod.read_manifest(run_copy / "split.csv") if r.split == "test"][:6]
     x, _, _ = data_mod.load_from_manifest(json.loads((run_copy / "metadata.json").read_text())["dataset"]["path"], rows, 48, meta.classes)
     clf = Classifier.load(export, precision="int8")
+    assert meta.views == 4  # the default: the network is run on each mirrored view and the outputs averaged
     for img in x:
-        q = np.clip(np.round(img.astype(np.float64) / in_scale) + in_zero, -128, 127).astype(np.int8)
-        it.set_tensor(i["index"], q[None])
-        it.invoke()
-        raw = it.get_tensor(o["index"])[0]
-        probs = out_scale * (raw.astype(np.float64) - out_zero)
-        expected = apply_temperature(normalize(probs), meta.temperature)
+        probs = 0.0
+        for k in range(meta.views):
+            q = np.clip(np.round(view(img, k).astype(np.float64) / in_scale) + in_zero, -128, 127).astype(np.int8)
+            it.set_tensor(i["index"], q[None])
+            it.invoke()
+            raw = it.get_tensor(o["index"])[0]
+            probs = probs + out_scale * (raw.astype(np.float64) - out_zero)
+        expected = apply_temperature(normalize(probs / meta.views), meta.temperature)
         np.testing.assert_allclose(clf.predict_array(img), expected, atol=1e-9)
 
 
