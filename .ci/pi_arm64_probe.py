@@ -6,7 +6,7 @@ SHA-256 of the preprocessed pixels (decode and resize with the runtime's Pillow)
 row of the interpreter (the int8 integers themselves for an int8 model; float32 values as floats); for
 a model with mirrored views, the rows of every view one after the other, each from its own invocation as
 the runtime makes them (:mod:`firmware_host.mirrors`).
-``pi_arm64_compare.py`` then checks the int8 integers for exact equality, which the dequantised
+``pi_arm64_compare.py`` then compares the int8 integers step by step, which the dequantised
 probabilities in ``classify --json`` cannot show directly.
 
     python .ci/pi_arm64_probe.py MODEL.tflite OUT.jsonl IMAGE...

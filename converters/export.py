@@ -223,8 +223,8 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
             keras_probs, feats = predict_with_features(model, x_test)
             keras_scores = other_score.scores(feats)
         # The file holds the network for one image; the runtime runs it on each mirrored view and averages
-        # (firmware_host.mirrors), which keeps the int8 integers the same on x86 and arm64. Parity compares
-        # that with the Keras model, views and all.
+        # (firmware_host.mirrors): a batch of views took another mix of LiteRT's kernels on arm64 than on x86
+        # (docs/design.md). Parity compares that with the Keras model, views and all.
         views = views_of(model)
         model = without_views(model)
         if other_score is not None:
