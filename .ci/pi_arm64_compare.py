@@ -13,10 +13,10 @@ What counts as the same:
 * every image: the same top-1 class, and the same preprocessed pixels (decode and resize are Pillow's on both);
 * int8 raw outputs: integers at most :data:`INT8_MAX_STEPS` (2) apart, and different at all on at most
   :data:`INT8_MAX_DIFFERING_SHARE` (5 %) of the images. The int8 model's output *is* an int8 number per class.
-  XNNPACK's x86 and arm64 kernels do not round every intermediate the same way: a single invocation of the same
-  network on one image now and then ends 1 or 2 steps apart (measured: 2 of 352 invocations, the 88 images
-  and their mirror images; docs/design.md, "Averaging mirrored views"), as XNNPACK and LiteRT's built-in
-  kernels already do on x86 alone (51 of 88 images, up to 2 steps). Wrong kernels look otherwise: qemu 7.2's
+  A single invocation of the same network on one image now and then ends 1 or 2 steps apart on the two machines
+  (measured: 2 of 352 invocations, the 88 images and their mirror images; docs/design.md, "Averaging mirrored
+  views"), as XNNPACK and LiteRT's built-in kernels already do on x86 alone (51 of 88 images, up to 2 steps);
+  most likely XNNPACK's x86 and arm64 kernels round some intermediates differently (not traced to a kernel). Wrong kernels look otherwise: qemu 7.2's
   default CPU gave different integers on most images, which this still fails;
 * int8 probabilities in ``classify --json``: within :data:`INT8_PROB_TOL` (what 2 steps of the output, 1/256
   each, can move after renormalising and the temperature), and the same label on every image;
