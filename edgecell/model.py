@@ -206,18 +206,20 @@ def with_views(model, views: int):
     hardly grows; the compute grows ``views`` times. ``model`` itself for one view."""
     if views == 1:
         return model
-    return _around_views(model, views, [VIEW_MEAN_LAYER], model.name, single=True)
+    return _around_views(model, views, [VIEW_MEAN_LAYER], model.name)
 
 
-def _around_views(net, views: int, names: Sequence[str], name: str, single: bool = False):
+def _around_views(net, views: int, names: Sequence[str], name: str):
     """A model of one image: ``net`` on the image's ``views`` mirrored copies, each of its outputs averaged over
-    them (by a layer named from ``names``, in order). The one place that puts views around a network."""
+    them (by a layer named from ``names``, in order; one output stays one). The one place that puts views around a
+    network."""
     from edgecell.tfutil import import_tf
 
     keras = import_tf().keras
     layer, mean = _view_layers()
     image = keras.Input(shape=net.input_shape[1:], name="image")
     outs = net(layer(views, name=VIEWS_LAYER)(image))
+    single = len(net.outputs) == 1
     outs = [mean(views, name=label)(o) for label, o in zip(names, [outs] if single else outs)]
     return keras.Model(image, outs[0] if single else outs, name=name)
 
