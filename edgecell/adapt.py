@@ -54,8 +54,6 @@ DEFAULT_LEARNING_RATE = 1e-3
 local cells were not learnt (docs/design.md, "Adapting to a clinic's lab")."""
 LOCAL_SHARE = 0.5
 """Share of each epoch's images that are local: the few local images are repeated (and augmented) to reach it."""
-DISTIL = 0.5
-"""Weight of the parent's own probabilities in a replayed image's target (the rest: its label)."""
 RECOMMENDED_PER_CLASS = 20
 """Labelled local cells per class that adapting is designed for (20 to 50)."""
 MIN_PER_CLASS = 2
@@ -273,10 +271,10 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
 
     t_replay, t_loc = teach(replay_rows), teach([s for s, h in zip(local.samples, held) if not h])
-    # replayed images teach the label and what the parent said of them (distillation keeps its other labs)
-    soft = DISTIL * predict(outputs, x_replay) + (1 - DISTIL) * t_replay
-    targets = np.concatenate([soft, np.repeat(t_loc, repeat, axis=0)])
-    hard = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)]).argmax(axis=1)  # class weights follow these
+    # replayed images teach their labels only: the parent's own probabilities as part of their targets
+    # (distillation) lost more of its labs (docs/design.md, "Adapting to a clinic's lab")
+    targets = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)])
+    hard = targets.argmax(axis=1)  # class weights follow these
     topts = _train_options(parent, opts, views_of(model))
     model, history, seconds = fit(
         x_train,
