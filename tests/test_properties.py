@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from firmware_host.errors import ImageError
+from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.preprocess import MIN_SIDE, decode, load_image, prepare
 
 MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "I", "I;16", "F", "CMYK")
@@ -176,5 +176,12 @@ def test_every_mode_and_format_combination_is_covered(mode, fmt):
     """The strategy really draws every (mode, format) pair Pillow can write; each decodes."""
     buf = io.BytesIO()
     _image(mode, 20, 12, 1, False).save(buf, fmt)
-    assert decode(buf.getvalue(), 32).shape == (32, 32, 3)
+    if mode == "F":  # the one NaN or infinity _image writes survives in a float image, and is said
+        with pytest.warns(ImageWarning, match="1 of 240 pixels are not numbers"):
+            out = decode(buf.getvalue(), 32)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ImageWarning)  # nothing else to say about a plain image
+            out = decode(buf.getvalue(), 32)
+    assert out.shape == (32, 32, 3)
     assert len(COMBOS) >= 20
