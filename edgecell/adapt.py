@@ -292,7 +292,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         learn_as=(learnt, list(classes)),
     )
     offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
-    cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train)  # the never-seen score re-fitted: the features moved
+    # the never-seen score re-fitted (the features moved), and the lab check on the parent's validation sources
+    cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows])
     after = report(cal["temperature"], cal.get("other_score"))
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}

@@ -30,6 +30,7 @@ class Target:
         run_dir: the run folder the model belongs to (holds split.csv and metadata.json), if found.
         classes: class names in output order; input_size: model input size.
         temperature: the calibration temperature stored with the model.
+        lab_check: the slide-level lab check stored with it (:func:`firmware_host.runtime.lab_warning`).
     """
 
     kind: str
@@ -39,6 +40,7 @@ class Target:
     input_size: int
     temperature: float
     dataset: dict | None = None
+    lab_check: dict | None = None
 
 
 def resolve(target: str | os.PathLike) -> Target:
@@ -47,14 +49,18 @@ def resolve(target: str | os.PathLike) -> Target:
     p = Path(target)
     if RunFolder.is_run(p) or p.suffix == ".keras":
         run = RunFolder.read(p if p.is_dir() else p.parent)
-        return Target("keras", run.keras_path if p.is_dir() else p, run.path, run.classes, run.input_size, run.temperature, run.dataset)
+        return Target(
+            "keras", run.keras_path if p.is_dir() else p, run.path, run.classes, run.input_size, run.temperature, run.dataset, run.extra.get("lab_check")
+        )
     from firmware_host.metadata import read_metadata
     from firmware_host.runtime import resolve_model
 
     model = resolve_model(p)
     meta = read_metadata(model)
     run = RunFolder.containing(model)
-    return Target(meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), run and run.dataset)
+    return Target(
+        meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), run and run.dataset, meta.lab_check
+    )
 
 
 def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
@@ -212,6 +218,7 @@ def by_source(
     other_threshold: float | None = None,
     offsets: np.ndarray | None = None,
     nucleus_max: float | None = None,
+    lab_check: dict | None = None,
 ) -> dict:
     """What a clinic would see, per source and per (source, cell type), from calibrated probabilities.
 
@@ -222,11 +229,14 @@ def by_source(
     For each group: ``n``; ``accuracy`` (right class, ``other`` counted); ``flagged`` (share with any
     flag: uncertain, review, other); ``wrong_unflagged`` (share wrong AND without a flag: the errors
     nobody is told to check); ``called``: how many were given each label; per source also
-    ``macro_f1`` over the classes present in it.
+    ``macro_f1`` over the classes present in it, and ``lab_warning``: what ``classify`` would say of the
+    source's images as one set (:func:`firmware_host.runtime.lab_warning` with ``lab_check``; None: it would not
+    warn, or the model has no check).
     """
     from sklearn.metrics import f1_score
 
     from firmware_host.otherscore import decide
+    from firmware_host.runtime import lab_warning
 
     pred = decide(probs, scores, other_threshold, classes, nucleus_offsets=offsets, nucleus_max=nucleus_max)
     flags = flagged(probs, classes, threshold, pred)
@@ -251,6 +261,8 @@ def by_source(
         g = group(mask)
         present = sorted(set(y[mask].tolist()))
         g["macro_f1"] = float(f1_score(y[mask], pred[mask], labels=present, average="macro", zero_division=0))
+        median = float(np.median(scores[mask])) if scores is not None else None
+        g["lab_warning"] = lab_warning(float(probs[mask].max(axis=1).mean()), g["n"], lab_check or {}, median)
         out_src[s] = g
     return {
         "threshold": threshold,
@@ -268,8 +280,9 @@ def source_table(rep: dict, title: str = "By source and cell type (calibrated; f
     for col in ("source / type", "n", "right", "flagged", "wrong, no flag", "called"):
         t.add_column(col, justify="left" if col in ("source / type", "called") else "right")
     for s, g in rep["by_source"].items():
+        lab = "; [yellow]unlike the training labs[/yellow]" if g.get("lab_warning") else ""
         t.add_row(
-            f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}"
+            f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}{lab}"
         )
         for k, tg in rep["by_type"].items():
             if k.split("/", 1)[0] == s:
@@ -527,7 +540,7 @@ def evaluate(
     m = compute(y, probs, target.classes)
     cal = apply_temperature(probs, target.temperature)
     nucleus_max = score.nucleus_max if score else None
-    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max)
+    m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max, target.lab_check)
     m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
     m.update(
         {

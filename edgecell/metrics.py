@@ -90,22 +90,55 @@ LAB_CHECK_BATCH = 20
 """Images a lab check needs: fewer say too little about a slide."""
 LAB_CHECK_QUANTILE = 0.01
 """Share of in-lab batches that the lab check may wrongly call unlike the training labs."""
+LAB_CHECK_MIN_SOURCE = 50
+"""Validation cells a training source needs for its own limit; fewer say too little of its spread (they count
+in the pool of all the validation cells, which always has a limit too)."""
 
 
-def fit_lab_check(cal_probs: np.ndarray, batch: int = LAB_CHECK_BATCH, quantile: float = LAB_CHECK_QUANTILE, draws: int = 4000, seed: int = 0) -> dict:
-    """The slide-level lab check, fitted on calibrated validation probabilities of the training labs.
+def fit_lab_check(
+    cal_probs: np.ndarray,
+    scores: np.ndarray | None = None,
+    sources: Sequence[str] | None = None,
+    batch: int = LAB_CHECK_BATCH,
+    quantile: float = LAB_CHECK_QUANTILE,
+    draws: int = 4000,
+    seed: int = 0,
+    min_source: int = LAB_CHECK_MIN_SOURCE,
+) -> dict:
+    """The slide-level lab check, fitted on the training labs' validation images.
 
-    Images from a lab the model has never seen get lower confidence on the whole: the lowest mean
-    confidence that only ``quantile`` of random ``batch``-image sets of the training labs' own
-    validation images fall below is the threshold (seeded resampling; see
-    :func:`firmware_host.runtime.lab_warning`, which applies it).
+    Images from a lab the model has never seen lie far from every trained type in the model's feature space:
+    with the never-seen ``scores`` of the validation cells (:class:`firmware_host.otherscore.OtherScore`, every
+    cell, whatever its type), ``max_median_score`` is the median score that only ``quantile`` of random
+    ``batch``-cell sets of those cells rise above. Without scores (a model with no never-seen score) the check
+    reads the calibrated confidence instead, which an unseen lab lowers less: ``min_mean_confidence``, the mean
+    that only ``quantile`` of such sets fall below. With ``sources`` (each cell's), sets are also drawn from one
+    source at a time (each with at least ``min_source`` cells) and the limit is the loosest of the sources' and
+    the pool's: a clinic's slide comes from one lab, and a lab with few training images lies further from the
+    class means than the mix of all. Seeded resampling; see :func:`firmware_host.runtime.lab_warning`, which
+    applies it.
     """
     conf = cal_probs.max(axis=1)
     if len(conf) == 0:
         return {}
+    with_scores = scores is not None and len(scores) == len(conf)
+    scores = np.asarray(scores, np.float64) if with_scores else None
+    groups = [np.arange(len(conf))]
+    if sources is not None and len(sources) == len(conf):
+        labels = np.asarray(sources)
+        per_source = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        groups += [g for g in per_source if len(g) >= min_source and len(g) < len(conf)]
     rng = np.random.default_rng(seed)
-    means = conf[rng.integers(0, len(conf), size=(draws, batch))].mean(axis=1)
-    return {"min_mean_confidence": float(np.quantile(means, quantile)), "batch": batch, "quantile": quantile, "validation_mean_confidence": float(conf.mean())}
+    low, high = [], []
+    for g in groups:
+        picks = g[rng.integers(0, len(g), size=(draws, batch))]
+        low.append(np.quantile(conf[picks].mean(axis=1), quantile))
+        if with_scores:
+            high.append(np.quantile(np.median(scores[picks], axis=1), 1.0 - quantile))
+    check = {"min_mean_confidence": float(min(low)), "batch": batch, "quantile": quantile, "validation_mean_confidence": float(conf.mean())}
+    if with_scores:
+        check |= {"max_median_score": float(max(high)), "validation_median_score": float(np.median(scores))}
+    return check
 
 
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:

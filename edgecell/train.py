@@ -437,19 +437,29 @@ def calibrate(
     x_train: np.ndarray | None = None,
     y_train: np.ndarray | None = None,
     offsets_train: np.ndarray | None = None,
+    sources_val: Sequence[str] | None = None,
 ) -> dict:
     """What is fitted on the validation split after the weights: the metadata keys ``temperature``,
     ``lab_check`` and ``other_score`` (see :func:`edgecell.metrics.fit_temperature`, :func:`~edgecell.metrics.fit_lab_check`,
     :func:`~edgecell.metrics.fit_other_threshold`; the never-seen score also needs the training images and
     ``classes``, and is empty - argmax only - without them; the nucleus check needs the training images'
-    nucleus offsets)."""
+    nucleus offsets; the lab check reads the never-seen score of the validation cells when there is one, and
+    their sources, ``sources_val``, when given)."""
     from edgecell.metrics import apply_temperature, fit_lab_check, fit_other_threshold, fit_temperature
+    from edgecell.model import predict_with_features
+    from firmware_host.otherscore import OtherScore
 
     val_probs = predict(model, x_val)
     temperature = fit_temperature(y_val, val_probs)
     fitted = classes is not None and x_train is not None and y_train is not None
     other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train) if fitted else {}
-    return {"temperature": temperature, "lab_check": fit_lab_check(apply_temperature(val_probs, temperature)), "other_score": other_score}
+    score = OtherScore.from_dict(other_score)
+    val_scores = score.scores(predict_with_features(model, x_val)[1]) if score is not None and len(x_val) else None
+    return {
+        "temperature": temperature,
+        "lab_check": fit_lab_check(apply_temperature(val_probs, temperature), val_scores, sources_val),
+        "other_score": other_score,
+    }
 
 
 def write_results(folder: Path, model, history: dict, x_test: np.ndarray, y_test: np.ndarray, classes: Sequence[str], temperature: float) -> dict:
@@ -532,7 +542,8 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         model, history, seconds = fit(
             ds.images[tr], t[tr], ds.images[va], t[va], len(target_names), opts, opts.epochs, con, learn_as=(target_names, ds.classes)
         )
-        cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr])
+        sources = np.array([sample.source for sample in ds.samples])
+        cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr], sources[va])
         temperature = cal["temperature"]
         metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)
         spec = opts.model_spec(len(target_names))

@@ -125,6 +125,8 @@ class ClassifySummary:
     wall_s: float = 0.0
     lab_check: dict = field(default_factory=dict)
     confidence_sum: float = 0.0
+    other_scores: array = field(default_factory=lambda: array("d"))
+    """Each classified cell's never-seen score (none for a model without the score): the lab check's median."""
     _index: dict = field(default_factory=dict, init=False, repr=False)
     _root: str | None = field(default=None, init=False, repr=False)
     _last_dir: str | None = field(default=None, init=False, repr=False)
@@ -140,6 +142,8 @@ class ClassifySummary:
         self.n_classified += 1
         # the lab check was fitted on the top probability; a cell labelled other by its never-seen score keeps it
         self.confidence_sum += max(row["probs"].values())
+        if row.get("other_score") is not None:
+            self.other_scores.append(row["other_score"])
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         self.n_review += row["flag"] == FLAG_REVIEW
@@ -213,10 +217,9 @@ class ClassifySummary:
     @property
     def lab_warning(self) -> str | None:
         """One line when these images look unlike the model's training labs (see ``runtime.lab_warning``)."""
-        from firmware_host.runtime import lab_warning
+        from firmware_host.runtime import tally_lab_warning
 
-        n = self.n_classified
-        return lab_warning(self.confidence_sum / n, n, self.lab_check) if n else None
+        return tally_lab_warning(self.n_classified, self.confidence_sum, self.other_scores, self.lab_check)
 
     def to_dict(self) -> dict:
         """The ``summary`` section of the JSON report."""
@@ -346,6 +349,7 @@ class ClassifyJob:
                 self._csv.close(s.failed, s.lab_warning)
             if self._report:
                 self._report.header.n_failed = len(s.failed)
+                self._report.header.lab_warning = s.lab_warning
                 self._report.write(self.opts.report_out)
         return None
 

@@ -69,7 +69,8 @@ class ModelMetadata:
         source: where it came from (run directory, Keras model hash, data set fingerprint).
         verification: the parity check's verdict, e.g. ``{"status": "passed", ...}``.
         lab_check: the slide-level check of :func:`firmware_host.runtime.lab_warning`
-            (``min_mean_confidence``, ``batch``), fitted on the training labs; empty: no check.
+            (``min_mean_confidence``, ``batch``, and ``max_median_score`` when the model has a never-seen
+            score), fitted on the training labs; empty: no check.
         other_score: the never-seen score (:class:`firmware_host.otherscore.OtherScore`: class
             means, whitening matrix, ``threshold``, ``share``) read from the model's second output;
             empty: the label is the most probable class (models exported before it).
@@ -257,7 +258,12 @@ def _check_lab_check(v) -> str | None:
         return None
     ok = isinstance(v.get("batch"), int) and not isinstance(v.get("batch"), bool) and v["batch"] >= 1
     ok = ok and _is_number(v.get("min_mean_confidence")) and math.isfinite(v["min_mean_confidence"]) and 0 <= v["min_mean_confidence"] <= 1
-    return None if ok else "needs an integer batch >= 1 and a min_mean_confidence between 0 and 1"
+    if not ok:
+        return "needs an integer batch >= 1 and a min_mean_confidence between 0 and 1"
+    score = v.get("max_median_score")
+    if score is not None and not (_is_number(score) and math.isfinite(score) and score >= 0):
+        return "has a max_median_score that is not a number >= 0"
+    return None
 
 
 def _check_other_score(v) -> str | None:

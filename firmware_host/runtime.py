@@ -29,6 +29,7 @@ import functools
 import hashlib
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,24 +83,47 @@ LAB_ADVICE = "check these results with care, and adapt the model to this lab wit
 _EPS = 1e-12
 
 
-def lab_warning(mean_confidence: float, n: int, lab_check: dict) -> str | None:
+def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: float | None = None, what: str = "images") -> str | None:
     """One line when a set of images looks unlike every lab the model was trained on, else None.
 
-    ``lab_check`` (from the model's sidecar) holds ``min_mean_confidence``: the mean calibrated
-    confidence that only 1 % of ``batch``-image sets from the training labs fall below. A set of
-    ``n`` >= ``batch`` images whose ``mean_confidence`` is lower looks like another lab's (another stain,
-    camera or magnification), where the model's answers are less reliable than its test figures say.
+    ``lab_check`` comes from the model's sidecar (:func:`edgecell.metrics.fit_lab_check`). Two tests, each
+    allowed to fire on 1 % of ``batch``-cell sets of every training source's own validation cells:
+
+    * ``max_median_score``, with the set's ``median_score`` (the median never-seen score of its cells,
+      :mod:`firmware_host.otherscore`): the cells lie further from every trained type. This is what catches a
+      lab the model has never seen, where it is often confidently wrong.
+    * ``min_mean_confidence``: the set's ``mean_confidence`` (calibrated) is lower. This catches cells of a known
+      lab that the model is unsure of (types it knows from another lab's images only).
+
+    A set of ``n`` >= ``batch`` images on which either fires is not like the training labs' (another stain,
+    camera or magnification, or cells the model knows in another lab's look only), and the model's answers there
+    are less reliable than its test figures say. ``what`` names the ``n`` things ("images"; scan's "cells").
     """
     if not lab_check or n < int(lab_check.get("batch", 1)):
         return None
-    mean = float(mean_confidence)
-    floor = float(lab_check["min_mean_confidence"])
-    if mean >= floor:
+    tests = []
+    if median_score is not None and "max_median_score" in lab_check:
+        tests.append((float(median_score), float(lab_check["max_median_score"]), "median never-seen score", "above"))
+    if "min_mean_confidence" in lab_check:
+        tests.append((float(mean_confidence), float(lab_check["min_mean_confidence"]), "mean confidence", "below"))
+    for value, limit, statistic, relation in tests:
+        if (value > limit) if relation == "above" else (value < limit):
+            digits = 2
+            while round(value, digits) == round(limit, digits) and digits < 6:  # never "0.21, below 0.21"
+                digits += 1
+            return (
+                f"these {n} {what} look unlike the labs this model was trained on ({statistic} {value:.{digits}f}, {relation} {limit:.{digits}f}): {LAB_ADVICE}"
+            )
+    return None
+
+
+def tally_lab_warning(n: int, confidence_sum: float, scores: Sequence[float], lab_check: dict, what: str = "images") -> str | None:
+    """:func:`lab_warning` over a run's tally of ``n`` cells: the sum of their top probabilities, and their
+    never-seen scores (the median is read only when every cell has one)."""
+    if not n:
         return None
-    digits = 2
-    while round(mean, digits) == round(floor, digits) and digits < 6:  # never "0.21, below 0.21"
-        digits += 1
-    return f"these {n} images look unlike the labs this model was trained on (mean confidence {mean:.{digits}f}, below {floor:.{digits}f}): {LAB_ADVICE}"
+    median = statistics.median(scores) if len(scores) == n else None
+    return lab_warning(confidence_sum / n, n, lab_check, median, what)
 
 
 # ----------------------------------------------------------------------------------------------

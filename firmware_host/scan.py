@@ -224,6 +224,8 @@ class ScanSummary:
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
+        lab_check: the model's slide-level lab check (:func:`firmware_host.runtime.lab_warning`), read over the
+            counted cells' top probabilities (``confidence_sum``) and never-seen scores (``other_scores``).
     """
 
     classes: list[str]
@@ -241,6 +243,9 @@ class ScanSummary:
     classify_ms: float = 0.0
     wall_s: float = 0.0
     first_fields: list[tuple[str, list[dict]]] = field(default_factory=list)
+    lab_check: dict = field(default_factory=dict)
+    confidence_sum: float = 0.0
+    other_scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
@@ -266,6 +271,16 @@ class ScanSummary:
                 self.n_edge += 1
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
+                self.confidence_sum += c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
+                if c.get("other_score") is not None:
+                    self.other_scores.append(c["other_score"])
+
+    @property
+    def lab_warning(self) -> str | None:
+        """One line when the counted cells look unlike the model's training labs (``runtime.lab_warning``)."""
+        from firmware_host.runtime import tally_lab_warning
+
+        return tally_lab_warning(self.n_counted, self.confidence_sum, self.other_scores, self.lab_check, what="cells")
 
     @property
     def n_counted(self) -> int:
@@ -287,6 +302,7 @@ class ScanSummary:
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,
+            "lab_warning": self.lab_warning,
         }
 
 
@@ -397,7 +413,7 @@ class ScanJob:
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, other_threshold=opts.other_threshold)
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their fields scanned once
-        self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold)
+        self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold, lab_check=dict(self.classifier.meta.lab_check))
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))
         self._processes = None if opts.threads is None else False
@@ -523,6 +539,7 @@ class ReportHook:
 
     def finish(self, summary: ScanSummary) -> None:
         self.writer.header.n_failed = summary.n_failed
+        self.writer.header.lab_warning = summary.lab_warning
         self.writer.write(self.dest)
 
     def close(self) -> None:

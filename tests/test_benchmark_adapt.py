@@ -34,11 +34,15 @@ def test_rest_figures_weight_types_by_their_counts():
             "by_type": {
                 "clinic/a": {"n": 30, "accuracy": 1.0, "flagged": 0.0, "wrong_unflagged": 0.0, "called": {}},
                 "clinic/b": {"n": 10, "accuracy": 0.0, "flagged": 1.0, "wrong_unflagged": 0.0, "called": {}},
-            }
+            },
+            "by_source": {"clinic": {"lab_warning": "these 40 images look unlike the labs this model was trained on (...)"}},
         }
     }
     f = rest_figures(m)
-    assert f["n"] == 40 and f["accuracy"] == 0.75 and f["flagged"] == 0.25
-    pick = {"rest": {"before": f, "after": f}, "original_drop_points": 2.0, "adapt_wall_seconds": 120.0, "load_average": 3.0}
+    assert f["n"] == 40 and f["accuracy"] == 0.75 and f["flagged"] == 0.25 and f["lab_warning"] is True
+    quiet = rest_figures({"sources": {**m["sources"], "by_source": {"clinic": {"lab_warning": None}}}})
+    assert quiet["lab_warning"] is False
+    pick = {"rest": {"before": f, "after": quiet}, "original_drop_points": 2.0, "adapt_wall_seconds": 120.0, "load_average": 3.0}
     s = summary({"1": pick, "2": {**pick, "original_drop_points": 4.0}})
     assert s["original_drop_points"]["mean"] == 3.0 and s["original_drop_points"]["max"] == 4.0 and s["adapt_minutes"]["mean"] == 2.0
+    assert s["lab_warning_before"] == 2 and s["lab_warning_after"] == 0

@@ -149,6 +149,41 @@ def test_by_source_counts_wrong_and_unflagged():
     assert g["wrong_unflagged"] == pytest.approx(1 / 3) and g["flagged"] == pytest.approx(1 / 3)
     assert g["called"] == {"basophil": 1, "myeloblast": 1, "seg_neutrophil": 1}
     assert rep["by_source"]["bccd"]["flagged"] == pytest.approx(0.5)
+    assert rep["by_source"]["bccd"]["lab_warning"] is None  # no lab check given
+
+
+def test_by_source_says_which_source_the_lab_check_would_warn_on():
+    """Each source is one set for the lab check: the source whose median score passes the limit is named."""
+    pytest.importorskip("sklearn")
+    from edgecell.evaluate import by_source
+
+    classes = ["basophil", "other"]
+    probs = np.tile([0.9, 0.1], (6, 1))
+    scores = np.array([5.0, 6.0, 7.0, 20.0, 21.0, 22.0])
+    check = {"min_mean_confidence": 0.5, "batch": 3, "max_median_score": 10.0}
+    rep = by_source(np.zeros(6, int), probs, classes, ["home"] * 3 + ["away"] * 3, ["basophil"] * 6, 0.7, scores, 30.0, lab_check=check)
+    assert rep["by_source"]["home"]["lab_warning"] is None
+    assert "(median never-seen score 21.00, above 10.00)" in rep["by_source"]["away"]["lab_warning"]
+
+
+def test_labcheck_benchmark_counts_the_sets_each_rule_fires_on():
+    """benchmarks/labcheck.py: the share of random sets on which each rule fires, each rule reading its own figure."""
+    from benchmarks.labcheck import Cells, draw_sets
+
+    sets = draw_sets(50, 20, draws=30)
+    assert sets.shape == (30, 20) and all(len(set(row)) == 20 for row in sets)  # different cells within a set
+    assert (sets == draw_sets(50, 20, draws=30)).all()  # seeded
+    cells = object.__new__(Cells)
+    cells.conf, cells.score = np.r_[np.full(25, 0.99), np.full(25, 0.5)], np.r_[np.full(25, 30.0), np.full(25, 5.0)]
+    check = {"min_mean_confidence": 0.6, "batch": 20, "max_median_score": 10.0}
+    row = cells.fires(check)
+    assert row["n"] == 50 and row["median_score"] == pytest.approx(17.5)
+    assert 0 < row["score_rule"] < 1 and 0 < row["confidence_rule"] < 1
+    # a set fires on the score when more than half its cells score 30, on the confidence when more than 4 in 5 score 0.5
+    assert row["score_rule"] > row["confidence_rule"] and row["either"] == pytest.approx(row["score_rule"] + row["confidence_rule"])
+    few = object.__new__(Cells)
+    few.conf, few.score = cells.conf[:5], cells.score[:5]
+    assert few.fires(check)["score_rule"] is None  # fewer cells than a set
 
 
 def test_lab_check_fires_on_a_less_confident_slide_only():
@@ -168,6 +203,57 @@ def test_lab_check_fires_on_a_less_confident_slide_only():
     assert "(mean confidence 0.62, below 0.91)" in lab_warning(0.62, 200, {"min_mean_confidence": 0.91})
     # figures that round alike get the digits that tell them apart
     assert "(mean confidence 0.2051, below 0.2054)" in lab_warning(0.2051, 200, {"min_mean_confidence": 0.2054})
+
+
+def test_lab_check_reads_the_median_never_seen_score_when_the_model_has_one():
+    """With the validation cells' never-seen scores the check fits a limit on the median score of a set, and a set
+    whose cells lie further from every trained type fires, however confident the model is on it; the confidence
+    test stays beside it."""
+    from edgecell.metrics import fit_lab_check
+    from firmware_host.runtime import lab_warning
+
+    rng = np.random.default_rng(1)
+    val_conf = np.clip(rng.normal(0.93, 0.08, 900), 0.2, 1.0)
+    probs = np.stack([val_conf, 1 - val_conf], axis=1)
+    scores = rng.gamma(9.0, 1.2, 900)  # median about 10.4
+    check = fit_lab_check(probs, scores)
+    assert check["validation_median_score"] == pytest.approx(np.median(scores))
+    assert np.median(scores) < check["max_median_score"] < np.quantile(scores, 0.9)
+    assert check["min_mean_confidence"] == fit_lab_check(probs)["min_mean_confidence"]  # the same draws
+    limit = check["max_median_score"]
+    assert lab_warning(0.99, 200, check, float(np.median(scores[:100]))) is None  # the training labs' own cells
+    msg = lab_warning(0.99, 200, check, limit + 5.0)  # confident, but far from everything it was taught
+    assert msg is not None and f"(median never-seen score {limit + 5:.2f}, above {limit:.2f})" in msg and "edgecell adapt" in msg
+    assert lab_warning(0.99, 200, check, limit - 1.0) is None
+    assert "(mean confidence 0.10, below " in lab_warning(0.10, 200, check, limit - 1.0)  # unsure cells of a known lab
+    assert "(mean confidence 0.10, below " in lab_warning(0.10, 200, check)  # no scores (a model without the score)
+    assert "median never-seen score" in lab_warning(0.10, 200, check, limit + 5.0)  # both: the score is named
+    assert lab_warning(0.10, 200, {"batch": 20, "max_median_score": limit}, limit - 1.0) is None  # the score test alone
+    assert lab_warning(0.99, 5, check, limit + 5.0) is None  # too few images to say
+    assert "max_median_score" not in fit_lab_check(probs, scores[:10])  # scores that do not match the cells
+
+
+def test_lab_check_limits_are_the_loosest_of_the_training_sources():
+    """A slide comes from one lab: with each validation cell's source, sets are drawn within a source, and a source
+    whose cells lie further from the class means (fewer training images) sets the score limit, so that its own
+    slides do not fire."""
+    from edgecell.metrics import fit_lab_check
+    from firmware_host.runtime import lab_warning
+
+    rng = np.random.default_rng(2)
+    conf = np.r_[np.full(800, 0.95), np.full(100, 0.80)]
+    probs = np.stack([conf, 1 - conf], axis=1)
+    scores = np.r_[rng.normal(10.0, 1.0, 800), rng.normal(14.0, 1.0, 100)]
+    sources = ["big"] * 800 + ["small"] * 100
+    pooled, per_source = fit_lab_check(probs, scores), fit_lab_check(probs, scores, sources)
+    assert pooled["max_median_score"] < 14.0 < per_source["max_median_score"]
+    assert per_source["min_mean_confidence"] == pytest.approx(0.80) and pooled["min_mean_confidence"] > 0.81
+    small = float(np.median(scores[800:820]))
+    assert lab_warning(0.85, 20, pooled, small) is not None and lab_warning(0.85, 20, per_source, small) is None
+    # a source with too few cells for a limit of its own counts in the pool only
+    assert fit_lab_check(probs, scores, sources, min_source=101)["max_median_score"] == pooled["max_median_score"]
+    assert fit_lab_check(probs, scores, ["big"] * 890 + ["tiny"] * 10)["max_median_score"] < 14.0
+    assert fit_lab_check(probs[:30], scores[:30], [str(i) for i in range(30)]) == fit_lab_check(probs[:30], scores[:30])
 
 
 def test_crosslab_bars_follow_the_held_out_figures():

@@ -211,12 +211,13 @@ def test_lab_warning_is_in_the_json_summary_and_the_csvs_last_row(other, tmp_pat
         meta = read_metadata(model)
         meta.lab_check = {"min_mean_confidence": floor, "batch": 2}
         write_metadata(model, meta)
-        js, cs = tmp_path / f"{floor}.json", tmp_path / f"{floor}.csv"
-        summary = classify_paths(model, [str(tmp_path / "in")], json_out=str(js), csv_out=str(cs))
+        js, cs, page = tmp_path / f"{floor}.json", tmp_path / f"{floor}.csv", tmp_path / f"{floor}.html"
+        summary = classify_paths(model, [str(tmp_path / "in")], json_out=str(js), csv_out=str(cs), report_out=str(page))
         with open(cs, newline="") as fh:
             table = list(csv.DictReader(fh))
         assert (summary.lab_warning is not None) == fires
         assert json.loads(js.read_text())["summary"]["lab_warning"] == summary.lab_warning
+        assert ('id="lab-warning"' in page.read_text()) == fires  # the review page says it too
         images = [r for r in table if r["path"]]
         assert len(images) == 4 and all(r["lab_warning"] == "" for r in images)
         if fires:
@@ -224,6 +225,32 @@ def test_lab_warning_is_in_the_json_summary_and_the_csvs_last_row(other, tmp_pat
             assert len(table) == 5
         else:
             assert len(table) == 4
+
+
+def test_lab_warning_reads_the_median_score_of_the_cells_classified(other, tmp_path):
+    """A model with the never-seen score: the lab check compares the median score of the set's cells with the
+    sidecar's ``max_median_score`` (as well as the mean confidence), and says so in the warning."""
+    import statistics
+
+    from firmware_host.classify import classify_paths
+
+    folder, _, _ = other
+    for k, img in enumerate(comparison_images()[:5]):
+        save_jpeg(tmp_path / "in" / f"{k}.jpg", img)
+    model = copy_model(folder / "model_float32.tflite", tmp_path / "model")
+    rows = []
+    classify_paths(model, [str(tmp_path / "in")], on_result=lambda p, r: rows.append(r))
+    median = statistics.median(r["other_score"] for r in rows)
+    for limit, fires in ((median - 1e-3, True), (median + 1e-3, False)):
+        meta = read_metadata(model)
+        meta.lab_check = {"min_mean_confidence": 0.0, "batch": 2, "max_median_score": limit}  # the confidence never fires
+        write_metadata(model, meta)
+        js = tmp_path / f"{fires}.json"
+        summary = classify_paths(model, [str(tmp_path / "in")], json_out=str(js))
+        assert (summary.lab_warning is not None) == fires
+        assert json.loads(js.read_text())["summary"]["lab_warning"] == summary.lab_warning
+        if fires:
+            assert "median never-seen score" in summary.lab_warning
 
 
 def test_scan_reports_each_cells_score_in_json_and_csv(other):

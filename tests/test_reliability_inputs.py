@@ -103,6 +103,8 @@ SIDECAR_CASES = {
     "scale-string": (lambda d: d["output_quantization"].__setitem__("scale", "0.1"), "output_quantization", "bad scale"),
     "zero-point-fraction": (lambda d: d["input_quantization"].__setitem__("zero_point", 0.5), "input_quantization", "bad zero_point"),
     "quantization-missing": (_drop("output_quantization"), "output_quantization", "is missing"),
+    "lab-check-score-negative": (_set("lab_check", {"min_mean_confidence": 0.8, "batch": 20, "max_median_score": -1.0}), "lab_check", "max_median_score"),
+    "lab-check-score-string": (_set("lab_check", {"min_mean_confidence": 0.8, "batch": 20, "max_median_score": "12"}), "lab_check", "max_median_score"),
 }
 
 

@@ -335,6 +335,49 @@ def test_cli_scan_report(models, fields, tmp_path):
         assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
 
 
+def _cell(score: float, prob: float = 0.9, edge: bool = False) -> dict:
+    return {"label": "basophil", "flag": "", "edge": edge, "other_score": score, "top3": [{"label": "basophil", "prob": prob}]}
+
+
+def test_scan_summary_lab_check_reads_the_counted_cells():
+    """The lab check over a scan: the median never-seen score of the cells counted (not those cut by the border)."""
+    from firmware_host.scan import FieldResult
+
+    check = {"min_mean_confidence": 0.5, "batch": 3, "max_median_score": 10.0}
+    s = ScanSummary(classes=["basophil", "other"], threshold=0.5, lab_check=check)
+    s.add(FieldResult(file="a", width=10, height=10, cells=[_cell(20.0), _cell(21.0), _cell(1.0, edge=True)]))
+    assert s.lab_warning is None  # two cells counted: fewer than a set
+    s.add(FieldResult(file="b", width=10, height=10, cells=[_cell(5.0)]))
+    msg = s.to_dict()["lab_warning"]
+    assert msg.startswith("these 3 cells look unlike") and "(median never-seen score 20.00, above 10.00)" in msg
+    s.add(FieldResult(file="c", width=10, height=10, cells=[_cell(4.0), _cell(3.0)]))
+    assert s.lab_warning is None  # median of 20, 21, 5, 4, 3 is 5
+    assert ScanSummary(classes=["basophil", "other"], threshold=0.5).lab_warning is None  # a model without a check
+
+
+def test_cli_scan_says_when_the_fields_look_unlike_the_training_labs(models, fields, tmp_path):
+    """The warning is printed, in the JSON summary and on the review page."""
+    import importlib.util
+
+    from firmware_host.metadata import read_metadata, write_metadata
+    from tests._tflite_fixtures import copy_model
+
+    model = copy_model(models.export / "model_int8.tflite", tmp_path / "export")
+    meta = read_metadata(model)
+    meta.lab_check = {"min_mean_confidence": 1.0, "batch": 2}  # no set of cells is that confident
+    write_metadata(model, meta)
+    out, page = tmp_path / "s.json", tmp_path / "review.html"
+    args = ["scan", "--model", str(model), str(fields / "two.jpg"), "--json", str(out), "--threads", "1"]
+    review = importlib.util.find_spec("firmware_host.report") is not None
+    res = CliRunner().invoke(cli, args + (["--report", str(page)] if review else []))
+    assert res.exit_code == 0, res.output
+    warning = json.loads(out.read_text())["summary"]["lab_warning"]
+    assert warning.startswith("these 2 cells look unlike the labs this model was trained on (mean confidence ")
+    assert "look unlike the labs" in " ".join(res.output.split())
+    if review:
+        assert 'id="lab-warning"' in page.read_text()
+
+
 def test_cli_scan_warns_about_a_link_to_a_folder_read_already(models, fields, tmp_path):
     """The start lines scan shares with classify: a link to a folder given already is read once, with a warning."""
     given = tmp_path / "given"

@@ -51,6 +51,8 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
       edgecell evaluate runs/no-bccd --data ../shared/more_cells/bccd --split all
       edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells --stain-shift
     """
+    from rich.markup import escape
+
     from edgecell.console import human
     from edgecell.evaluate import evaluate as run_eval
     from edgecell.evaluate import other_table, reads, resolve, risk_coverage_table, source_table, stain_table
@@ -66,6 +68,9 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
     con.print(f"expected calibration error: {m['ece']:.4f} (with temperature {m['temperature']:.2f}: {m['ece_calibrated']:.4f})")
     con.print(risk_coverage_table(m["risk_coverage"], m["n"], DEFAULT_THRESHOLD))
     con.print(source_table(m["sources"]))
+    for source, g in m["sources"]["by_source"].items():
+        if g.get("lab_warning"):
+            con.print(f"[bold yellow]lab check, {escape(source)}:[/bold yellow] {escape(g['lab_warning'])}", soft_wrap=True, highlight=False)
     if m["other"]:
         con.print(other_table(m["other"]))
     if stain:
