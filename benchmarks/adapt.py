@@ -85,6 +85,8 @@ def rest_figures(m: dict) -> dict:
         "wrong_unflagged": sum(v["wrong_unflagged"] * v["n"] for v in by_type.values()) / n,
         "flagged": sum(v["flagged"] * v["n"] for v in by_type.values()) / n,
         "per_type": {k: {f: v[f] for f in ("n", "accuracy", "flagged", "wrong_unflagged", "called")} for k, v in by_type.items()},
+        # classify's slide-level lab check on the rest as one set (False too for a model without a lab check)
+        "lab_warning": any(g.get("lab_warning") for g in m["sources"].get("by_source", {}).values()),
     }
 
 
@@ -128,6 +130,8 @@ def summary(per_pick: dict) -> dict:
         "rest_wrong_unflagged": spread([p["rest"]["after"]["wrong_unflagged"] for p in picks]),
         "per_type_accuracy": {t: spread([p["rest"]["after"]["per_type"][t]["accuracy"] for p in picks]) for t in types},
         "per_type_accuracy_before": {t: spread([p["rest"]["before"]["per_type"][t]["accuracy"] for p in picks]) for t in types},
+        "lab_warning_before": sum(p["rest"]["before"]["lab_warning"] for p in picks),
+        "lab_warning_after": sum(p["rest"]["after"]["lab_warning"] for p in picks),
         "original_drop_points": spread([p["original_drop_points"] for p in picks]),
         "adapt_minutes": spread([p["adapt_wall_seconds"] / 60 for p in picks]),
         "load_average": spread([p["load_average"] for p in picks]),
@@ -157,6 +161,9 @@ def markdown(r: dict) -> str:
         lines.append(f"| rest: wrong and not flagged | | {rng(s['rest_wrong_unflagged'])} | |")
         for t, v in s["per_type_accuracy"].items():
             lines.append(f"| rest, {t} right | {rng(s['per_type_accuracy_before'][t])} | {rng(v)} | |")
+        if "lab_warning_after" in s:
+            n = len(r["picks"])
+            lines.append(f"| the rest, as one set: the lab check warns (picks) | {s['lab_warning_before']} of {n} | {s['lab_warning_after']} of {n} | |")
         lines.append(f"| original test split: accuracy drop | | {rng(s['original_drop_points'], pts)} | <= {BARS['original_drop_points']:.0f} pt |")
         lines.append(
             f"| adapt wall time, minutes (2 cores; load average {rng(s['load_average'], '{:.1f}'.format)}) | | {rng(s['adapt_minutes'], '{:.1f}'.format)} "

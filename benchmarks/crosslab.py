@@ -80,8 +80,9 @@ def train(out: Path, data: list[Path], seed: int, exclude: list[str] = (), reuse
 
 
 def ensure_other_score(run: Path) -> bool:
-    """Fit what a finished run trained before them lacks of ``train``'s post-fit step: the never-seen score and the
-    nucleus check (each fitted as ``train`` fits it, nothing else changed); True if it fitted anything."""
+    """Fit what a finished run trained before them lacks of ``train``'s post-fit step: the never-seen score, the
+    nucleus check and the lab check's score test (each fitted as ``train`` fits it, nothing else changed); True if
+    it fitted anything."""
     from rich.console import Console
 
     from edgecell.evaluate import load_split, resolve
@@ -91,7 +92,7 @@ def ensure_other_score(run: Path) -> bool:
     folder = RunFolder.read(run)
     score = folder.extra.get("other_score")
     if "other" not in folder.classes or (score and "nucleus_max_offset" in score):
-        return False
+        return ensure_lab_check(run)
     print(f"fitting the {'nucleus check' if score else 'never-seen score'} of {run} (post-fit step only)", flush=True)
     quiet = Console(stderr=True, quiet=True)
     tr = load_split(resolve(run), None, "train", quiet)
@@ -100,6 +101,30 @@ def ensure_other_score(run: Path) -> bool:
     else:
         va = load_split(resolve(run), None, "val", quiet)
         folder.extra["other_score"] = fit_other_threshold(folder.load_keras(), tr.x, tr.y, va.x, va.y, folder.classes, offsets_train=tr.offsets)
+    folder.write()
+    ensure_lab_check(run)
+    return True
+
+
+def ensure_lab_check(run: Path) -> bool:
+    """Fit the lab check's never-seen-score test on a finished run trained before it (as ``train.calibrate`` fits
+    it, on the validation split with its sources; nothing else changed); True if it fitted it."""
+    from rich.console import Console
+
+    from edgecell.evaluate import load_split, resolve
+    from edgecell.metrics import apply_temperature, fit_lab_check
+    from edgecell.model import predict_with_features
+    from edgecell.runfolder import RunFolder
+    from firmware_host.otherscore import OtherScore
+
+    folder = RunFolder.read(run)
+    score = OtherScore.from_dict(folder.extra.get("other_score") or {})
+    if score is None or "max_median_score" in (folder.extra.get("lab_check") or {}):
+        return False
+    print(f"fitting the lab check of {run} (post-fit step only)", flush=True)
+    va = load_split(resolve(run), None, "val", Console(stderr=True, quiet=True))
+    probs, feats = predict_with_features(folder.load_keras(), va.x)
+    folder.extra["lab_check"] = fit_lab_check(apply_temperature(probs, folder.temperature), score.scores(feats), va.sources)
     folder.write()
     return True
 
