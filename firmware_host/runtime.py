@@ -505,6 +505,13 @@ class Classifier:
         """The never-seen score's threshold (None: the model has no score; labels by argmax alone)."""
         return self.other_score.threshold if self.other_score else None
 
+    def lab_warning(self, predictions: Sequence[Prediction], what: str = "images") -> str | None:
+        """The model's slide-level lab check (:func:`lab_warning`) over ``predictions`` of one set of cells: one line
+        when they look unlike the labs the model was trained on, else None (also for fewer than the check's set)."""
+        scores = [p.other_score for p in predictions if p.other_score is not None]
+        top = sum(float(np.max(p.probs)) for p in predictions)
+        return tally_lab_warning(len(predictions), top, scores, self.meta.lab_check, what)
+
     def info(self) -> dict:
         """What a report says about the model and the runtime."""
         return {

@@ -251,6 +251,10 @@ def test_lab_warning_reads_the_median_score_of_the_cells_classified(other, tmp_p
         assert json.loads(js.read_text())["summary"]["lab_warning"] == summary.lab_warning
         if fires:
             assert "median never-seen score" in summary.lab_warning
+        clf = Classifier.load(model)  # the Python API says the same of the same cells
+        preds = [p for _, p in clf.classify_many(sorted((tmp_path / "in").iterdir()))]
+        assert clf.lab_warning(preds) == summary.lab_warning
+        assert clf.lab_warning(preds[:1]) is None  # fewer cells than the check's set
 
 
 def test_scan_reports_each_cells_score_in_json_and_csv(other):
