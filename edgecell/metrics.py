@@ -228,6 +228,7 @@ def fit_other_threshold(
     classes: Sequence[str],
     share: float = DEFAULT_OTHER_SHARE,
     offsets_train: np.ndarray | None = None,
+    val_outputs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """The never-seen score of :mod:`firmware_host.otherscore`, fitted: what a run records as ``other_score``.
 
@@ -235,7 +236,8 @@ def fit_other_threshold(
     images; the threshold is the score that only ``share`` of the validation split's five-type cells
     exceed (among those not already labelled ``other`` by their most probable class). With the training
     images' nucleus offsets, the nucleus check too (:func:`fit_nucleus_check`). Empty (no score: the runtime
-    labels by the most probable class alone) for a model without an ``other`` class.
+    labels by the most probable class alone) for a model without an ``other`` class. ``val_outputs``: the
+    model's probabilities and features on ``x_val``, when the caller has them already.
     """
     from edgecell.model import predict_with_features
     from firmware_host.otherscore import OtherScore
@@ -246,7 +248,7 @@ def fit_other_threshold(
     other = list(classes).index(OTHER_CLASS)
     _, f_train = predict_with_features(model, x_train)
     means, whitening = fit_feature_distance(f_train, y_train, len(classes))
-    p_val, f_val = predict_with_features(model, x_val)
+    p_val, f_val = predict_with_features(model, x_val) if val_outputs is None else val_outputs
     five = (np.asarray(y_val) != other) & (p_val.argmax(axis=1) != other)
     if not five.any():
         return {}

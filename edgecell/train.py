@@ -449,12 +449,13 @@ def calibrate(
     from edgecell.model import predict_with_features
     from firmware_host.otherscore import OtherScore
 
-    val_probs = predict(model, x_val)
-    temperature = fit_temperature(y_val, val_probs)
     fitted = classes is not None and x_train is not None and y_train is not None
-    other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train) if fitted else {}
+    # one pass over the validation split serves the temperature, the never-seen score and the lab check
+    val_probs, val_feats = predict_with_features(model, x_val)
+    temperature = fit_temperature(y_val, val_probs)
+    other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train, val_outputs=(val_probs, val_feats)) if fitted else {}
     score = OtherScore.from_dict(other_score)
-    val_scores = score.scores(predict_with_features(model, x_val)[1]) if score is not None and len(x_val) else None
+    val_scores = score.scores(val_feats) if score is not None and len(x_val) else None
     return {
         "temperature": temperature,
         "lab_check": fit_lab_check(apply_temperature(val_probs, temperature), val_scores, sources_val),
