@@ -2,6 +2,9 @@
 """Adapt benchmark: a model that has never seen a lab, fitted to it from a few dozen labelled cells (issue #19).
 
     python benchmarks/adapt.py [--shared ../shared] [--picks 1,2,3] [--reuse] [--only bccd|barcelona]
+                               [--name adapt] [-- ADAPT OPTIONS]
+
+``--name adapt-prototypes -- --method prototypes`` measures adapt's other method into its own results file.
 
 For each experiment the parent is trained on every source except one lab (as the cross-lab
 benchmark's leave-one-source-out; reused from ``benchmarks/work/crosslab`` when there), then for
@@ -14,7 +17,7 @@ each pick seed:
 3. ``edgecell evaluate --split all`` on the rest, for the parent and for the adapted run;
 4. the original same-lab test split, before and after, from adapt's own report.
 
-Results: ``benchmarks/results/adapt.{json,md}``, mean and range over the picks.
+Results: ``benchmarks/results/NAME.{json,md}`` (``adapt`` unless ``--name``), mean and range over the picks.
 Figures are from the machine this runs on (2 shared x86 cores), not from a Raspberry Pi.
 """
 
@@ -33,7 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.crosslab import DEFAULT_SHARED, RESULTS, edgecell, train  # noqa: E402
+from benchmarks.crosslab import DEFAULT_SHARED, RESULTS, edgecell, ensure_other_score, train  # noqa: E402
 from benchmarks.crosslab import WORK as CROSSLAB_WORK  # noqa: E402
 
 WORK = HERE / "work" / "adapt"
@@ -51,10 +54,9 @@ def parent_run(name: str, data: list[Path], reuse: bool) -> Path:
     """The parent trained without the lab; the cross-lab benchmark's run when it holds the same lab out."""
     exclude = EXPERIMENTS[name][0]
     shared_run = CROSSLAB_WORK / f"run-no-{name}-{PARENT_SEED}"
-    if reuse and (shared_run / "metadata.json").is_file():
-        return shared_run
-    run = WORK / f"parent-no-{name}-{PARENT_SEED}"
-    train(run, data, PARENT_SEED, exclude, reuse=reuse)
+    run = shared_run if reuse and (shared_run / "metadata.json").is_file() else WORK / f"parent-no-{name}-{PARENT_SEED}"
+    if train(run, data, PARENT_SEED, exclude, reuse=reuse) is None:
+        ensure_other_score(run)  # a run trained before today's post-fit steps: fit them, so "before" is today's model
     return run
 
 
@@ -90,9 +92,9 @@ def rest_figures(m: dict) -> dict:
     }
 
 
-def one_pick(name: str, parent: Path, lab: Path, seed: int, extra: list[str]) -> dict:
+def one_pick(name: str, parent: Path, lab: Path, seed: int, extra: list[str], label: str = "adapt") -> dict:
     pick = EXPERIMENTS[name][2]
-    where = WORK / f"{name}-pick{seed}"
+    where = WORK / (f"{name}-pick{seed}" if label == "adapt" else f"{label}-{name}-pick{seed}")
     pick_dir, rest_dir = link_pick(lab, pick, seed, where / "data")
     out = where / "run"
     t0 = time.perf_counter()
@@ -144,10 +146,11 @@ def markdown(r: dict) -> str:
         "# Adapt benchmark (issue #19)",
         "",
         f"{r['date']}, {r['machine'].get('cpu', '')}, {r['machine'].get('cores', '')} cores. Command: `{r.get('command', 'python benchmarks/adapt.py')}`"
+        + f" (adapt's options: {' '.join(r['adapt_options']) or 'the defaults'})"
         + f". Mean [min-max] over {len(r['picks'])} seeded picks {r['picks']}; one parent per experiment (seed {PARENT_SEED}).",
         "",
         "Each parent was trained on every source except the lab named; adapted with the picked labelled cells of that lab "
-        "(all trained on, `--holdout-share 0`) and a replay of its own training split; tested on the rest of the lab "
+        "(all trained on, `--holdout-share 0`) and a replay of its own training split, by the method its options name; tested on the rest of the lab "
         "(the five types and `other`, each counted right only when named right).",
         "",
     ]
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     common_options(ap, WORK, RESULTS, DEFAULT_SHARED, "reuse finished parent runs instead of training them again")
     ap.add_argument("--picks", default="1,2,3", help="comma-separated seeds of the labelled picks (and of adapt)")
     ap.add_argument("--only", choices=list(EXPERIMENTS), action="append", help="run only these experiments (repeatable)")
+    ap.add_argument("--name", default="adapt", help="the results files' name (NAME.json, NAME.md) and the picks' work folder")
     ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
     args = ap.parse_args(argv)
     WORK = Path(args.work)
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     shared, data = Path(args.shared), shared_data(args)
     picks = [int(s) for s in args.picks.split(",")]
     results = Path(args.results)
-    previous = json.loads((results / "adapt.json").read_text()) if (results / "adapt.json").is_file() else {}
+    previous = json.loads((results / f"{args.name}.json").read_text()) if (results / f"{args.name}.json").is_file() else {}
     r = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -200,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(EXPERIMENTS):
         parent = parent_run(name, data, args.reuse)
         lab = shared / EXPERIMENTS[name][1]
-        per_pick = {str(s): one_pick(name, parent, lab, s, args.adapt_options) for s in picks}
+        per_pick = {str(s): one_pick(name, parent, lab, s, args.adapt_options, args.name) for s in picks}
         r["experiments"][name] = {"parent": str(parent), "pick": EXPERIMENTS[name][2], "picks": per_pick, "summary": summary(per_pick)}
-    publish(results, "adapt", r, markdown(r))
+    publish(results, args.name, r, markdown(r))
     return 0
 
 

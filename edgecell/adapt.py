@@ -59,6 +59,15 @@ RECOMMENDED_PER_CLASS = 20
 MIN_PER_CLASS = 2
 """Local images a class needs to give one to training and hold one out."""
 REPORT_FILE = "adapt.json"
+METHODS = ("fine-tune", "prototypes")
+"""How ``adapt`` fits the model: fine-tuning every layer on the local cells and a replay, or adding the local cell
+types as prototypes to a nearest-prototype head over the parent's unchanged features (:func:`fit_prototypes`)."""
+DEFAULT_METHOD = "fine-tune"
+PROTOTYPE_SHRINK = 0.01
+"""Share of the within-type covariance replaced by its mean variance (shrinkage: a few thousand replay images
+estimate a covariance of a few hundred features; docs/design.md, "Adapting by prototypes")."""
+SCALE_GRID = np.geomspace(1e-3, 10.0, 81)
+"""Scales of the prototype head's outputs tried (the one that fits the parent's validation split best is kept)."""
 
 
 @dataclass
@@ -74,6 +83,8 @@ class AdaptOptions:
         holdout_share: share of each local class held out for the report (0: none held out).
         replay_per_class: images per class replayed from the parent's training split.
         seed: seeds the hold-out, the replay pick, augmentation and shuffling.
+        method: one of :data:`METHODS`; with ``prototypes`` the epochs and learning rate are not used, and the
+            replay gives the parent's type means and the features' covariance.
     """
 
     run_dir: str
@@ -86,6 +97,7 @@ class AdaptOptions:
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     replay_per_class: int = DEFAULT_REPLAY_PER_CLASS
     seed: int = DEFAULT_SEED
+    method: str = DEFAULT_METHOD
 
 
 @dataclass
@@ -154,6 +166,68 @@ def replay_pick(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int)
 # --------------------------------------------------------------------------- the whole adaptation
 
 
+@dataclass
+class PrototypeHead:
+    """A nearest-prototype head over pooled features ``f`` (:func:`edgecell.model.pooled_features`).
+
+    ``z = (f - centre) @ whitening`` puts the features where the parent's within-type covariance is the identity;
+    prototype ``k`` sits at ``means[k]`` there, and its output is ``z . means[k] - |means[k]|^2 / 2``: minus half
+    the squared distance, plus ``|z|^2 / 2``, which is the same for every prototype (the softmax does not see it).
+    Two linear steps, each well scaled, so that int8 keeps them (one step, the inverse covariance times the means,
+    did not: docs/design.md, "Adapting by prototypes"). ``names``: each prototype's cell type.
+    """
+
+    centre: np.ndarray
+    whitening: np.ndarray
+    means: np.ndarray
+    names: list[str]
+
+    @property
+    def bias(self) -> np.ndarray:
+        return -0.5 * np.einsum("kd,kd->k", self.means, self.means)
+
+    def whiten(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, np.float64) - self.centre) @ self.whitening
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return self.whiten(features) @ self.means.T + self.bias
+
+
+def fit_prototypes(
+    features: np.ndarray, types: Sequence[str], local_features: np.ndarray, local_types: Sequence[str], shrink: float = PROTOTYPE_SHRINK
+) -> PrototypeHead:
+    """One prototype per cell type of the parent's images (``features``, ``types``), then one per local cell type,
+    each the type's mean; the distance is Mahalanobis, with the within-type covariance of the parent's images
+    shrunk towards its mean variance by ``shrink``."""
+    features, types = np.asarray(features, np.float64), np.asarray(types)
+    names = sorted(set(types.tolist()))
+    means = np.stack([features[types == t].mean(axis=0) for t in names])
+    cov = np.cov(features - means[np.searchsorted(names, types)], rowvar=False)
+    cov = (1.0 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    values, vectors = np.linalg.eigh(cov)
+    head = PrototypeHead(features.mean(axis=0), vectors / np.sqrt(values), np.zeros((0, len(cov))), [])
+    local_types = np.asarray(local_types)
+    local_names = sorted(set(local_types.tolist()))
+    if local_names:
+        local = np.asarray(local_features, np.float64)
+        means = np.concatenate([means, np.stack([local[local_types == t].mean(axis=0) for t in local_names])])
+    head.means, head.names = head.whiten(means), names + local_names
+    return head
+
+
+def fit_scale(logits: np.ndarray, merge: np.ndarray, y: np.ndarray) -> float:
+    """The scale of the prototype head's outputs (from :data:`SCALE_GRID`) whose class probabilities (the prototypes'
+    softmax, added up by ``merge``) give the labels ``y`` the highest likelihood."""
+    from scipy.special import logsumexp
+
+    def nll(scale: float) -> float:
+        z = scale * logits
+        log_p = np.log(np.maximum(np.exp(z - logsumexp(z, axis=1, keepdims=True)) @ merge, 1e-300))
+        return float(-log_p[np.arange(len(y)), y].mean())
+
+    return float(min(SCALE_GRID, key=nll))
+
+
 def freeze_batchnorm(model) -> None:
     """Every batch normalisation layer keeps the parent's statistics (and runs in inference mode):
     a few dozen local images, repeated, would otherwise drag statistics learnt from thousands."""
@@ -192,6 +266,24 @@ def _train_options(parent: RunFolder, opts: AdaptOptions, views: int):
     return TrainOptions(**kw)
 
 
+def _add_prototypes(model, classes: Sequence[str], x_replay, replay_rows, x_loc, local_samples, x_val, y_val):
+    """``model`` with a nearest-prototype head (:func:`edgecell.model.with_prototypes`): the replay's cell types and
+    the local ones as prototypes, its scale fitted on the parent's validation split. Returns the model, its
+    outputs' cell types and the seconds it took."""
+    from edgecell.model import merge_matrix, pooled_features, with_prototypes
+
+    t0 = time.perf_counter()
+    net = pooled_features(model)
+
+    def pooled(x: np.ndarray, batch: int = 256) -> np.ndarray:
+        out = [np.asarray(net(x[i : i + batch].astype(np.float32), training=False), np.float64) for i in range(0, len(x), batch)]
+        return np.concatenate(out) if out else np.zeros((0, net.output_shape[-1]))
+
+    head = fit_prototypes(pooled(x_replay), [r.type or r.label for r in replay_rows], pooled(x_loc), [s.type for s in local_samples])
+    scale = fit_scale(head.logits(pooled(x_val)), merge_matrix(head.names, list(classes)), y_val)
+    return with_prototypes(model, head, scale, list(classes)), head.names, time.perf_counter() - t0
+
+
 def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
     from edgecell.evaluate import outcomes
@@ -203,6 +295,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     con = con or stderr_console
+    if opts.method not in METHODS:
+        raise EdgecellError(f"unknown adapt method {opts.method!r}; choose one of {', '.join(METHODS)}")
     if not 0 <= opts.holdout_share < 1:
         raise EdgecellError(f"--holdout-share must be at least 0 and below 1 (got {opts.holdout_share})")
     parent = RunFolder.read(opts.run_dir)
@@ -259,41 +353,53 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         return out
 
     before = report(parent.temperature, parent.extra.get("other_score"))
-    repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
-    x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
-    y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
-    # the model is trained on what it learnt (`other` as its types, edgecell.model.with_classes), then added up again
-    learnt = parent.learnt_as
-    outputs = learnt_outputs(model)  # the network itself: one image, one output per type (no views)
-    freeze_batchnorm(outputs)
+    groups = None  # the never-seen score's means: one per class, as train fits them
+    if opts.method == "prototypes":
+        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_rows, x_loc, [s for s, h in zip(local.samples, held) if not h], x_val, y_val)
+        history: dict = {}
+        repeat = 1
+        x_train, y_train = np.concatenate([x_replay, x_loc]), np.concatenate([y_replay, y_loc])
+        offsets_train = np.concatenate([o_replay, o_loc])
+        # the never-seen score measures to the nearest prototype, so the lab's own cells are no longer "never seen"
+        kinds = [r.type or r.label for r in replay_rows] + [f"local:{s.type}" for s, h in zip(local.samples, held) if not h]
+        groups = np.unique(kinds, return_inverse=True)[1]
+    else:
+        repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
+        x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
+        y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
+        # the model is trained on what it learnt (`other` as its types, edgecell.model.with_classes), then added up again
+        learnt = parent.learnt_as
+        outputs = learnt_outputs(model)  # the network itself: one image, one output per type (no views)
+        freeze_batchnorm(outputs)
 
-    def teach(samples) -> np.ndarray:
-        return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
+        def teach(samples) -> np.ndarray:
+            return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
 
-    t_replay, t_loc = teach(replay_rows), teach([s for s, h in zip(local.samples, held) if not h])
-    # replayed images teach their labels only: the parent's own probabilities as part of their targets
-    # (distillation) lost more of its labs (docs/design.md, "Adapting to a clinic's lab")
-    targets = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)])
-    hard = targets.argmax(axis=1)  # class weights follow these
-    topts = _train_options(parent, opts, views_of(model))
-    model, history, seconds = fit(
-        x_train,
-        hard,
-        x_val,
-        teach(val_rows).argmax(axis=1),
-        len(learnt),
-        topts,
-        opts.epochs,
-        con,
-        label="adapt ",
-        model=outputs,
-        early_stopping=False,
-        targets=targets,
-        learn_as=(learnt, list(classes)),
-    )
-    offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
-    # the never-seen score re-fitted (the features moved), and the lab check on the parent's validation sources
-    cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows])
+        t_replay, t_loc = teach(replay_rows), teach([s for s, h in zip(local.samples, held) if not h])
+        # replayed images teach their labels only: the parent's own probabilities as part of their targets
+        # (distillation) lost more of its labs (docs/design.md, "Adapting to a clinic's lab")
+        targets = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)])
+        hard = targets.argmax(axis=1)  # class weights follow these
+        topts = _train_options(parent, opts, views_of(model))
+        model, history, seconds = fit(
+            x_train,
+            hard,
+            x_val,
+            teach(val_rows).argmax(axis=1),
+            len(learnt),
+            topts,
+            opts.epochs,
+            con,
+            label="adapt ",
+            model=outputs,
+            early_stopping=False,
+            targets=targets,
+            learn_as=(learnt, list(classes)),
+        )
+        offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
+    # the never-seen score re-fitted (the features moved, or the local cells join its means), and the lab check on
+    # the parent's validation sources
+    cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows], groups)
     after = report(cal["temperature"], cal.get("other_score"))
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}
@@ -308,7 +414,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
             "holdout_share": opts.holdout_share,
         },
         "replay": {"per_class": opts.replay_per_class, "images": len(replay_rows), "local_repeat": repeat},
-        "epochs": opts.epochs,
+        "method": opts.method,
+        "epochs": opts.epochs if opts.method == "fine-tune" else 0,
         "seconds": seconds,
         "advice": advice,
     }
@@ -342,8 +449,9 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
                 "local_counts": rep["local"]["counts"],
                 "local_counts_by_type": {k: dict(v) for k, v in local.counts_by_source().items()},
                 "held_out": rep["local"]["held_out"],
+                "method": opts.method,
                 "replay_per_class": opts.replay_per_class,
-                "epochs": opts.epochs,
+                "epochs": opts.epochs if opts.method == "fine-tune" else 0,
                 "learning_rate": opts.learning_rate,
                 "seed": opts.seed,
                 "seconds": seconds,
@@ -351,6 +459,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
             edgecell_version=__version__,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
+        meta["model"] = {**(meta.get("model") or {}), "learnt_as": list(learnt), "params": int(model.count_params())}
         meta["training"] = {**(meta.get("training") or {}), "adapt_history": {k: v for k, v in history.items() if k in ("loss", "accuracy")}}
         RunFolder.from_dict(tmp, meta).write(tmp)
     return AdaptResult(Path(opts.out_dir), rep, seconds, advice)

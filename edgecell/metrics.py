@@ -229,6 +229,7 @@ def fit_other_threshold(
     share: float = DEFAULT_OTHER_SHARE,
     offsets_train: np.ndarray | None = None,
     val_outputs: tuple[np.ndarray, np.ndarray] | None = None,
+    groups_train: np.ndarray | None = None,
 ) -> dict:
     """The never-seen score of :mod:`firmware_host.otherscore`, fitted: what a run records as ``other_score``.
 
@@ -237,7 +238,9 @@ def fit_other_threshold(
     exceed (among those not already labelled ``other`` by their most probable class). With the training
     images' nucleus offsets, the nucleus check too (:func:`fit_nucleus_check`). Empty (no score: the runtime
     labels by the most probable class alone) for a model without an ``other`` class. ``val_outputs``: the
-    model's probabilities and features on ``x_val``, when the caller has them already.
+    model's probabilities and features on ``x_val``, when the caller has them already. ``groups_train``: one
+    mean per group of the training images (integers from 0) instead of one per class, e.g. one per cell type of
+    each lab, so that a cell's score is its distance to the nearest group.
     """
     from edgecell.model import predict_with_features
     from firmware_host.otherscore import OtherScore
@@ -247,7 +250,8 @@ def fit_other_threshold(
         return {}
     other = list(classes).index(OTHER_CLASS)
     _, f_train = predict_with_features(model, x_train)
-    means, whitening = fit_feature_distance(f_train, y_train, len(classes))
+    groups = np.asarray(y_train if groups_train is None else groups_train, dtype=np.int64)
+    means, whitening = fit_feature_distance(f_train, groups, int(groups.max()) + 1 if groups_train is not None else len(classes))
     p_val, f_val = predict_with_features(model, x_val) if val_outputs is None else val_outputs
     five = (np.asarray(y_val) != other) & (p_val.argmax(axis=1) != other)
     if not five.any():

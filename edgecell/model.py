@@ -122,6 +122,48 @@ def learnt_outputs(model):
     return tf.keras.Model(model.input, model.get_layer(CLASSES_LAYER).input, name=model.name)
 
 
+PROTOTYPE_FEATURES = "prototype_features"
+PROTOTYPE_WHITEN = "prototype_whiten"
+PROTOTYPE_HEAD = "prototypes"
+
+
+def pooled_features(model):
+    """The network inside ``model`` (one image, no views) with one output: what a prototype head
+    (:func:`with_prototypes`) reads. Each block's output before its pooling, averaged over the image, then the
+    pooled features of the last block (the never-seen score's ``gap`` layer), joined: early blocks as well as the
+    last told a held-out lab's cell types apart better than the last alone (docs/design.md, "Adapting by
+    prototypes")."""
+    from edgecell.tfutil import import_tf
+    from firmware_host.otherscore import FEATURES_LAYER
+
+    keras = import_tf().keras
+    net = learnt_outputs(model)
+    pools = [layer for layer in net.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    outs = [keras.layers.GlobalAveragePooling2D(name=f"pooled_{p.name}")(p.input) for p in pools[:-1]]
+    outs.append(net.get_layer(FEATURES_LAYER).output)
+    joined = keras.layers.Concatenate(name=PROTOTYPE_FEATURES)(outs) if len(outs) > 1 else outs[0]
+    return keras.Model(net.input, joined, name=f"{net.name}_pooled")
+
+
+def with_prototypes(model, head, scale: float, classes: list[str]):
+    """``model`` with its last layers replaced by a nearest-prototype head (:class:`edgecell.adapt.PrototypeHead`)
+    over :func:`pooled_features`: a Dense layer that whitens the features, a Dense layer whose output ``k`` is
+    ``scale`` times minus half the squared distance to prototype ``k`` (up to a term the same for all), a softmax
+    over the prototypes, and their probabilities added up into ``classes`` (prototype ``k`` counts towards
+    ``class_of(head.names[k])``). The convolutions are ``model``'s, unchanged, and so are its views."""
+    from edgecell.tfutil import import_tf
+
+    keras = import_tf().keras
+    feats = pooled_features(model)
+    whiten = keras.layers.Dense(len(head.whitening), name=PROTOTYPE_WHITEN)
+    dense = keras.layers.Dense(len(head.names), name=PROTOTYPE_HEAD)
+    probs = keras.layers.Softmax(name="prototype_probs")(dense(whiten(feats.output)))
+    whiten.set_weights([head.whitening.astype(np.float32), (-head.centre @ head.whitening).astype(np.float32)])
+    dense.set_weights([(scale * head.means.T).astype(np.float32), (scale * head.bias).astype(np.float32)])
+    net = with_classes(keras.Model(feats.input, probs, name=without_views(model).name), list(head.names), classes)
+    return with_views(net, views_of(model))
+
+
 def target_matrix(labels: list[str], types: list[str], targets: list[str], classes: list[str]) -> np.ndarray:
     """(N, targets) what each cell teaches the learnt outputs: its own type where the model has an output for it
     (a clinic's lymphocytes teach the lymphocyte output), else its class spread evenly over that class's outputs."""

@@ -53,7 +53,8 @@ def training_curves_png(path: str | os.PathLike, history: dict) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a run adapted by prototypes has no epochs
+            ax.legend()
     best = history.get("best_epoch")
     if best:
         for ax in (a1, a2):

@@ -438,13 +438,15 @@ def calibrate(
     y_train: np.ndarray | None = None,
     offsets_train: np.ndarray | None = None,
     sources_val: Sequence[str] | None = None,
+    groups_train: np.ndarray | None = None,
 ) -> dict:
     """What is fitted on the validation split after the weights: the metadata keys ``temperature``,
     ``lab_check`` and ``other_score`` (see :func:`edgecell.metrics.fit_temperature`, :func:`~edgecell.metrics.fit_lab_check`,
     :func:`~edgecell.metrics.fit_other_threshold`; the never-seen score also needs the training images and
     ``classes``, and is empty - argmax only - without them; the nucleus check needs the training images'
     nucleus offsets; the lab check reads the never-seen score of the validation cells when there is one, and
-    their sources, ``sources_val``, when given)."""
+    their sources, ``sources_val``, when given; ``groups_train``: the never-seen score's means per group of the
+    training images rather than per class, :func:`~edgecell.metrics.fit_other_threshold`)."""
     from edgecell.metrics import apply_temperature, fit_lab_check, fit_other_threshold, fit_temperature
     from edgecell.model import predict_with_features
     from firmware_host.otherscore import OtherScore
@@ -453,7 +455,13 @@ def calibrate(
     # one pass over the validation split serves the temperature, the never-seen score and the lab check
     val_probs, val_feats = predict_with_features(model, x_val)
     temperature = fit_temperature(y_val, val_probs)
-    other_score = fit_other_threshold(model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train, val_outputs=(val_probs, val_feats)) if fitted else {}
+    other_score = (
+        fit_other_threshold(
+            model, x_train, y_train, x_val, y_val, classes, offsets_train=offsets_train, val_outputs=(val_probs, val_feats), groups_train=groups_train
+        )
+        if fitted
+        else {}
+    )
     score = OtherScore.from_dict(other_score)
     val_scores = score.scores(val_feats) if score is not None and len(x_val) else None
     return {

@@ -199,3 +199,82 @@ def test_outcomes_count_the_labels_the_runtime_gives():
     assert outcomes(y, probs, classes, 0.7)["accuracy"] == 0.5
     relabelled = outcomes(y, probs, classes, 0.7, pred=np.array([0, 1]))
     assert relabelled["accuracy"] == 1.0 and relabelled["wrong_unflagged"] == 0.0
+
+
+# --------------------------------------------------------------------------- --method prototypes
+
+
+def test_fit_prototypes_scores_minus_half_the_mahalanobis_distance():
+    """Each output of the head is minus half the squared distance to one prototype (plus a term the same for all),
+    under the parent images' within-type covariance, shrunk (which the whitening turns into the identity); the
+    local types come after the parent's."""
+    from edgecell.adapt import fit_prototypes
+
+    rng = np.random.default_rng(0)
+    types = np.repeat(["b", "a", "c"], 100)
+    f = rng.normal(size=(300, 4)) * [1.0, 2.0, 3.0, 0.5] + (types == "b")[:, None] * 5.0
+    local = rng.normal(size=(10, 4)) + 20.0
+    head = fit_prototypes(f, types, local, ["a"] * 10, shrink=0.2)
+    assert head.names == ["a", "b", "c", "a"]
+    means = np.stack([f[types == t].mean(axis=0) for t in ("a", "b", "c")] + [local.mean(axis=0)])
+    within = f - np.stack([f[types == t].mean(axis=0) for t in types])
+    cov = np.cov(within, rowvar=False)
+    cov = 0.8 * cov + 0.2 * np.eye(4) * np.trace(cov) / 4
+    q = rng.normal(size=(50, 4)) * 6
+    d2 = np.einsum("nkd,de,nke->nk", q[:, None] - means, np.linalg.inv(cov), q[:, None] - means)
+    diff = head.logits(q) - (-0.5 * d2)
+    assert np.allclose(diff - diff[:, :1], 0.0, atol=1e-8)
+    assert np.allclose(head.whitening.T @ cov @ head.whitening, np.eye(4), atol=1e-8)
+
+
+def test_fit_scale_sharpens_a_head_that_is_right_and_softens_one_that_guesses():
+    from edgecell.adapt import SCALE_GRID, fit_scale
+
+    rng = np.random.default_rng(1)
+    logits, merge = rng.normal(size=(300, 3)), np.eye(3)
+    assert fit_scale(logits, merge, logits.argmax(axis=1)) == SCALE_GRID[-1]
+    assert fit_scale(logits, merge, rng.integers(0, 3, 300)) < 0.2
+
+
+@pytest.fixture(scope="module")
+def by_prototypes(tiny_run, clinic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prototypes") / "clinic-run"
+    js = out.parent / "adapt.json"
+    res = CliRunner().invoke(
+        cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--method", "prototypes", "--replay", "20", "--json", str(js)]
+    )
+    assert res.exit_code == 0, res.output
+    return out, json.loads(js.read_text()), res.output
+
+
+def test_prototypes_learn_the_new_lab_without_touching_the_network(by_prototypes, tiny_run):
+    from edgecell.model import PROTOTYPE_HEAD, learnt_outputs
+    from edgecell.runfolder import RunFolder
+
+    out, rep, output = by_prototypes
+    hold = rep["local_holdout"]
+    # the parent calls BCCD's monocytes myeloblasts; a monocyte prototype of the clinic's own cells names them
+    assert hold["after"]["accuracy"] >= hold["before"]["accuracy"] + 0.4
+    assert rep["method"] == "prototypes" and rep["epochs"] == 0 and "prototypes" in output
+    parent, child = RunFolder.read(tiny_run), RunFolder.read(out)
+    assert child.learnt_as == parent.learnt_as + [LOCAL_TYPE]
+    assert child.extra["adapted_from"]["method"] == "prototypes"
+    p_net, c_net = learnt_outputs(parent.load_keras()), learnt_outputs(child.load_keras())
+    assert c_net.get_layer(PROTOTYPE_HEAD).output.shape[-1] == len(child.learnt_as)
+    convs = [layer.name for layer in p_net.layers if layer.name.startswith(("conv", "bn"))]
+    assert convs and all(all(np.array_equal(a, b) for a, b in zip(p_net.get_layer(n).get_weights(), c_net.get_layer(n).get_weights())) for n in convs)
+
+
+def test_a_prototype_run_converts_to_tflite_that_agrees_with_keras(by_prototypes, tmp_path):
+    """The head (large weights and biases: squared distances) survives conversion, int8 included."""
+    out, _, _ = by_prototypes
+    res = CliRunner().invoke(cli, ["convert", str(out), "--int8", "--max-drop", "100", "--json", str(tmp_path / "conv.json")])
+    assert res.exit_code == 0, res.output
+    models = json.loads((tmp_path / "conv.json").read_text())["models"]
+    assert models["float32"]["agreement_with_keras"] == 1.0
+    assert abs(models["int8"]["accuracy"] - models["keras"]["accuracy"]) <= 0.05
+
+
+def test_an_unknown_method_is_one_line(tiny_run, clinic, tmp_path):
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(tmp_path / "x"), "--method", "magic"])
+    assert res.exit_code == 2 and "magic" in res.output and "Traceback" not in res.output

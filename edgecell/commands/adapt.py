@@ -12,6 +12,13 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=str))
 @data_option(help="The clinic's labelled images: one sub-folder per class (lymphocyte, eosinophil, ... teach 'other'), or per source. Repeatable.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="The new run folder (the parent run is never changed).")
+@click.option(
+    "--method",
+    type=click.Choice(_defaults.METHODS),
+    default=_defaults.DEFAULT_METHOD,
+    show_default=True,
+    help="fine-tune: train the network on the local cells and a replay. prototypes: keep the network, add the local cell types as prototypes (seconds; the parent's labs keep their answers).",
+)
 @click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs.")
 @click.option(
     "--learning-rate",
@@ -47,7 +54,7 @@ def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
 
     Fine-tunes RUN's model on the labelled images mixed with a replay sample of its own training
-    data, re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
+    data (or, with --method prototypes, adds their cell types as prototypes), re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
     is. Reports accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on
     held-out local cells and on RUN's test split.
 
@@ -67,7 +74,7 @@ def adapt(json_out, **options):
     con.print(report_table(res.report))
     local = res.report["local"]
     con.print(
-        f"adapted run written to [bold]{res.run_dir}[/bold]: {local['trained']} local images trained on, {local['held_out']} held out; fine-tuning {res.seconds:.0f} s"
+        f"adapted run written to [bold]{res.run_dir}[/bold]: {local['trained']} local images trained on, {local['held_out']} held out; {res.report['method']} {res.seconds:.0f} s"
     )
     for line in res.advice:
         con.print(f"[yellow]advice:[/yellow] {line}")
