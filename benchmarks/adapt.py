@@ -2,9 +2,9 @@
 """Adapt benchmark: a model that has never seen a lab, fitted to it from a few dozen labelled cells (issue #19).
 
     python benchmarks/adapt.py [--shared ../shared] [--picks 1,2,3] [--reuse] [--only bccd|barcelona]
-                               [--name adapt] [-- ADAPT OPTIONS]
+                               [--name NAME] [-- ADAPT OPTIONS]
 
-``--name adapt-prototypes -- --method prototypes`` measures adapt's other method into its own results file.
+``-- --method fine-tune`` measures adapt's other method; each method has its own results file.
 
 For each experiment the parent is trained on every source except one lab (as the cross-lab
 benchmark's leave-one-source-out; reused from ``benchmarks/work/crosslab`` when there), then for
@@ -17,7 +17,7 @@ each pick seed:
 3. ``edgecell evaluate --split all`` on the rest, for the parent and for the adapted run;
 4. the original same-lab test split, before and after, from adapt's own report.
 
-Results: ``benchmarks/results/NAME.{json,md}`` (``adapt`` unless ``--name``), mean and range over the picks.
+Results: ``benchmarks/results/NAME.{json,md}`` (``adapt-METHOD`` unless ``--name``), mean and range over the picks.
 Figures are from the machine this runs on (2 shared x86 cores), not from a Raspberry Pi.
 """
 
@@ -92,9 +92,17 @@ def rest_figures(m: dict) -> dict:
     }
 
 
-def one_pick(name: str, parent: Path, lab: Path, seed: int, extra: list[str], label: str = "adapt") -> dict:
+def method_of(adapt_options: list[str]) -> str:
+    """The adapt method the options name (edgecell adapt's default when they name none)."""
+    from edgecell.adapt import DEFAULT_METHOD
+
+    opts = list(adapt_options)
+    return opts[opts.index("--method") + 1] if "--method" in opts[:-1] else DEFAULT_METHOD
+
+
+def one_pick(name: str, parent: Path, lab: Path, seed: int, extra: list[str], label: str) -> dict:
     pick = EXPERIMENTS[name][2]
-    where = WORK / (f"{name}-pick{seed}" if label == "adapt" else f"{label}-{name}-pick{seed}")
+    where = WORK / f"{label}-{name}-pick{seed}"
     pick_dir, rest_dir = link_pick(lab, pick, seed, where / "data")
     out = where / "run"
     t0 = time.perf_counter()
@@ -185,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     common_options(ap, WORK, RESULTS, DEFAULT_SHARED, "reuse finished parent runs instead of training them again")
     ap.add_argument("--picks", default="1,2,3", help="comma-separated seeds of the labelled picks (and of adapt)")
     ap.add_argument("--only", choices=list(EXPERIMENTS), action="append", help="run only these experiments (repeatable)")
-    ap.add_argument("--name", default="adapt", help="the results files' name (NAME.json, NAME.md) and the picks' work folder")
+    ap.add_argument("--name", help="the results files' name (NAME.json, NAME.md) and the picks' work folder (default: adapt-METHOD)")
     ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
     args = ap.parse_args(argv)
+    args.name = args.name or f"adapt-{method_of(args.adapt_options)}"
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
     shared, data = Path(args.shared), shared_data(args)

@@ -6,11 +6,14 @@
     res = adapt(AdaptOptions(run_dir="runs/cells", data_dir=("clinic/labelled",), out_dir="runs/clinic"))
     res.report["local_holdout"]["after"]["accuracy"]
 
-The parent run's model is fine-tuned on the clinic's labelled images (class folders, as for
-``train``; lymphocyte, eosinophil, ... folders teach ``other``), mixed with a seeded replay sample
-of the parent's own training split, so the labs it learnt from are not forgotten. A class with no
-local image is kept and trained from the replay alone. Afterwards the post-fit calibration is fitted
-again on the parent's validation split exactly as ``train`` fits it (:func:`edgecell.train.calibrate`).
+By default (``method="prototypes"``) the parent's network is kept as it is and its last layers become a
+nearest-prototype head: one prototype per cell type of a seeded replay sample of the parent's own
+training split, and one per cell type of the clinic's labelled images (class folders, as for ``train``;
+lymphocyte, eosinophil, ... folders teach ``other``) (:func:`fit_prototypes`,
+:func:`edgecell.model.with_prototypes`). With ``method="fine-tune"`` the model is trained on the labelled
+images mixed with the replay, so the labs it learnt from are not forgotten; a class with no local image is
+kept and trained from the replay alone. Afterwards the post-fit calibration is fitted again on the parent's
+validation split exactly as ``train`` fits it (:func:`edgecell.train.calibrate`).
 
 A seeded, stratified share of the local images (``holdout_share``) is held out and never trained
 on: the report gives, before and after, on that hold-out and on the parent's test split, accuracy,
@@ -59,10 +62,13 @@ RECOMMENDED_PER_CLASS = 20
 MIN_PER_CLASS = 2
 """Local images a class needs to give one to training and hold one out."""
 REPORT_FILE = "adapt.json"
-METHODS = ("fine-tune", "prototypes")
-"""How ``adapt`` fits the model: fine-tuning every layer on the local cells and a replay, or adding the local cell
-types as prototypes to a nearest-prototype head over the parent's unchanged features (:func:`fit_prototypes`)."""
-DEFAULT_METHOD = "fine-tune"
+METHODS = ("prototypes", "fine-tune")
+"""How ``adapt`` fits the model: adding the local cell types as prototypes to a nearest-prototype head over the
+parent's unchanged features (:func:`fit_prototypes`), or fine-tuning every layer on the local cells and a replay."""
+DEFAULT_METHOD = "prototypes"
+"""Prototypes keep the parent's labs within a point and take seconds; fine-tuning cost 1.7-3.4 points there and
+took minutes, for 4 points more on one held-out lab and 8 fewer on the other (docs/design.md, "Adapting by
+prototypes")."""
 PROTOTYPE_SHRINK = 0.01
 """Share of the within-type covariance replaced by its mean variance (shrinkage: a few thousand replay images
 estimate a covariance of a few hundred features; docs/design.md, "Adapting by prototypes")."""
@@ -83,8 +89,8 @@ class AdaptOptions:
         holdout_share: share of each local class held out for the report (0: none held out).
         replay_per_class: images per class replayed from the parent's training split.
         seed: seeds the hold-out, the replay pick, augmentation and shuffling.
-        method: one of :data:`METHODS`; with ``prototypes`` the epochs and learning rate are not used, and the
-            replay gives the parent's type means and the features' covariance.
+        method: one of :data:`METHODS`; with ``prototypes`` (the default) the epochs and learning rate are not
+            used, and the replay gives the parent's type means and the features' covariance.
     """
 
     run_dir: str
@@ -285,7 +291,7 @@ def _add_prototypes(model, classes: Sequence[str], x_replay, replay_rows, x_loc,
 
 
 def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
-    """Fine-tune ``opts.run_dir`` on the local images and write the new run folder ``opts.out_dir``."""
+    """Fit ``opts.run_dir`` to the local images (by ``opts.method``) and write the new run folder ``opts.out_dir``."""
     from edgecell.evaluate import outcomes
     from edgecell.metrics import apply_temperature
     from edgecell.model import learnt_outputs, predict_with_features, target_matrix, views_of

@@ -1,4 +1,4 @@
-"""edgecell adapt: fine-tuning a run on a clinic's few labelled cells (issue #19).
+"""edgecell adapt: fitting a run to a clinic's few labelled cells, by prototypes or fine-tuning (issue #19).
 
 The parent is the session's tiny model, trained on the Kaggle set's two labs; the "clinic" is a third
 lab, BCCD (``../shared/more_cells/bccd``), whose monocytes the parent calls myeloblasts.
@@ -43,11 +43,11 @@ def clinic(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def adapted(tiny_run, clinic, tmp_path_factory):
-    """The tiny run adapted to the clinic through the CLI; (new run, JSON report, parent digest before)."""
+    """The tiny run fine-tuned to the clinic through the CLI; (new run, JSON report, parent digest before)."""
     before = _tree_digest(tiny_run)
     out = tmp_path_factory.mktemp("adapted") / "clinic-run"
     js = out.parent / "adapt.json"
-    args = ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--epochs", "10", "--replay", "20", "--json", str(js)]
+    args = ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--method", "fine-tune", "--epochs", "10", "--replay", "20", "--json", str(js)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     return out, json.loads(js.read_text()), before, res.output
@@ -240,9 +240,7 @@ def test_fit_scale_sharpens_a_head_that_is_right_and_softens_one_that_guesses():
 def by_prototypes(tiny_run, clinic, tmp_path_factory):
     out = tmp_path_factory.mktemp("prototypes") / "clinic-run"
     js = out.parent / "adapt.json"
-    res = CliRunner().invoke(
-        cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--method", "prototypes", "--replay", "20", "--json", str(js)]
-    )
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--replay", "20", "--json", str(js)])  # the default method
     assert res.exit_code == 0, res.output
     return out, json.loads(js.read_text()), res.output
 

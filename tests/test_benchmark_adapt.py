@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.adapt import link_pick, rest_figures, summary
+from benchmarks.adapt import link_pick, method_of, rest_figures, summary
 
 
 def _lab(root: Path, counts: dict[str, int]) -> Path:
@@ -46,3 +46,11 @@ def test_rest_figures_weight_types_by_their_counts():
     s = summary({"1": pick, "2": {**pick, "original_drop_points": 4.0}})
     assert s["original_drop_points"]["mean"] == 3.0 and s["original_drop_points"]["max"] == 4.0 and s["adapt_minutes"]["mean"] == 2.0
     assert s["lab_warning_before"] == 2 and s["lab_warning_after"] == 0
+
+
+def test_results_are_named_by_the_method_the_options_name():
+    from edgecell.adapt import DEFAULT_METHOD
+
+    assert method_of([]) == DEFAULT_METHOD and method_of(["--epochs", "3"]) == DEFAULT_METHOD
+    assert method_of(["--method", "fine-tune", "--epochs", "3"]) == "fine-tune"
+    assert method_of(["--epochs", "3", "--method"]) == DEFAULT_METHOD  # no value: adapt itself will refuse it

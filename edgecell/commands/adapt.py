@@ -17,15 +17,15 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
     type=click.Choice(_defaults.METHODS),
     default=_defaults.DEFAULT_METHOD,
     show_default=True,
-    help="fine-tune: train the network on the local cells and a replay. prototypes: keep the network, add the local cell types as prototypes (seconds; the parent's labs keep their answers).",
+    help="prototypes: keep the network, add the local cell types as prototypes (seconds; the parent's labs keep their answers). fine-tune: train the network on the local cells and a replay (minutes).",
 )
-@click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs.")
+@click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs (--method fine-tune).")
 @click.option(
     "--learning-rate",
     type=FiniteFloatRange(1e-6, 1.0),
     default=_defaults.DEFAULT_LEARNING_RATE,
     show_default=True,
-    help="Initial fine-tuning learning rate (cosine decay).",
+    help="Initial fine-tuning learning rate, cosine decay (--method fine-tune).",
 )
 @click.option(
     "--holdout-share",
@@ -53,8 +53,8 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
 def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
 
-    Fine-tunes RUN's model on the labelled images mixed with a replay sample of its own training
-    data (or, with --method prototypes, adds their cell types as prototypes), re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
+    Adds the labelled cell types as prototypes beside those of RUN's own training data (or, with
+    --method fine-tune, trains RUN's model on them and a replay of that data), re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
     is. Reports accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on
     held-out local cells and on RUN's test split.
 
