@@ -54,9 +54,10 @@ def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
 
     Adds the labelled cell types as prototypes beside those of RUN's own training data (or, with
-    --method fine-tune, trains RUN's model on them and a replay of that data), re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it
-    is. Reports accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on
-    held-out local cells and on RUN's test split.
+    --method fine-tune, trains RUN's model on them and a replay of that data), re-fits its
+    calibration, and writes a new run folder that `edgecell convert` takes as it is. Reports
+    accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on held-out local
+    cells and on RUN's test split.
 
     \b
     Example:
