@@ -196,7 +196,9 @@ def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
         for f in sorted((other_run / "data" / typ).iterdir())[:8]:
             (local / typ / f.name).symlink_to(f)
     out = tmp_path / "adapted"
-    res = CliRunner().invoke(cli, ["adapt", str(other_run / "run"), "--data", str(local), "--out", str(out), "--epochs", "2", "--replay", "8"])
+    res = CliRunner().invoke(
+        cli, ["adapt", str(other_run / "run"), "--data", str(local), "--out", str(out), "--method", "fine-tune", "--epochs", "2", "--replay", "8"]
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
     parent = json.loads((other_run / "run" / "metadata.json").read_text())
