@@ -272,20 +272,19 @@ def _train_options(parent: RunFolder, opts: AdaptOptions, views: int):
     return TrainOptions(**kw)
 
 
-def _add_prototypes(model, classes: Sequence[str], x_replay, replay_rows, x_loc, local_samples, x_val, y_val):
+def _add_prototypes(model, classes: Sequence[str], x_replay, replay_types, x_loc, local_types, x_val, y_val):
     """``model`` with a nearest-prototype head (:func:`edgecell.model.with_prototypes`): the replay's cell types and
     the local ones as prototypes, its scale fitted on the parent's validation split. Returns the model, its
     outputs' cell types and the seconds it took."""
-    from edgecell.model import merge_matrix, pooled_features, with_prototypes
+    from edgecell.model import merge_matrix, pooled_features, run_batches, with_prototypes
 
     t0 = time.perf_counter()
     net = pooled_features(model)
 
-    def pooled(x: np.ndarray, batch: int = 256) -> np.ndarray:
-        out = [np.asarray(net(x[i : i + batch].astype(np.float32), training=False), np.float64) for i in range(0, len(x), batch)]
-        return np.concatenate(out) if out else np.zeros((0, net.output_shape[-1]))
+    def pooled(x: np.ndarray) -> np.ndarray:
+        return run_batches(net, x)[0]
 
-    head = fit_prototypes(pooled(x_replay), [r.type or r.label for r in replay_rows], pooled(x_loc), [s.type for s in local_samples])
+    head = fit_prototypes(pooled(x_replay), replay_types, pooled(x_loc), local_types)
     scale = fit_scale(head.logits(pooled(x_val)), merge_matrix(head.names, list(classes)), y_val)
     return with_prototypes(model, head, scale, list(classes)), head.names, time.perf_counter() - t0
 
@@ -359,16 +358,18 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         return out
 
     before = report(parent.temperature, parent.extra.get("other_score"))
+    local_trained = [s for s, h in zip(local.samples, held) if not h]
+    epochs = opts.epochs if opts.method == "fine-tune" else 0  # what the report and lineage record
     groups = None  # the never-seen score's means: one per class, as train fits them
     if opts.method == "prototypes":
-        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_rows, x_loc, [s for s, h in zip(local.samples, held) if not h], x_val, y_val)
+        replay_types, local_types = [r.type or r.label for r in replay_rows], [s.type for s in local_trained]
+        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_types, x_loc, local_types, x_val, y_val)
         history: dict = {}
         repeat = 1
         x_train, y_train = np.concatenate([x_replay, x_loc]), np.concatenate([y_replay, y_loc])
         offsets_train = np.concatenate([o_replay, o_loc])
         # the never-seen score measures to the nearest prototype, so the lab's own cells are no longer "never seen"
-        kinds = [r.type or r.label for r in replay_rows] + [f"local:{s.type}" for s, h in zip(local.samples, held) if not h]
-        groups = np.unique(kinds, return_inverse=True)[1]
+        groups = np.unique(replay_types + [f"local:{t}" for t in local_types], return_inverse=True)[1]
     else:
         repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
         x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
@@ -381,7 +382,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         def teach(samples) -> np.ndarray:
             return target_matrix([s.label for s in samples], [s.type for s in samples], learnt, list(classes))
 
-        t_replay, t_loc = teach(replay_rows), teach([s for s, h in zip(local.samples, held) if not h])
+        t_replay, t_loc = teach(replay_rows), teach(local_trained)
         # replayed images teach their labels only: the parent's own probabilities as part of their targets
         # (distillation) lost more of its labs (docs/design.md, "Adapting to a clinic's lab")
         targets = np.concatenate([t_replay, np.repeat(t_loc, repeat, axis=0)])
@@ -421,7 +422,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         },
         "replay": {"per_class": opts.replay_per_class, "images": len(replay_rows), "local_repeat": repeat},
         "method": opts.method,
-        "epochs": opts.epochs if opts.method == "fine-tune" else 0,
+        "epochs": epochs,
         "seconds": seconds,
         "advice": advice,
     }
@@ -457,7 +458,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
                 "held_out": rep["local"]["held_out"],
                 "method": opts.method,
                 "replay_per_class": opts.replay_per_class,
-                "epochs": opts.epochs if opts.method == "fine-tune" else 0,
+                "epochs": epochs,
                 "learning_rate": opts.learning_rate,
                 "seed": opts.seed,
                 "seconds": seconds,

@@ -329,14 +329,17 @@ def tapped(model, layers: Sequence[str], name: str | None = None):
     return _around_views(tapped(without_views(model), layers), n, [VIEW_MEAN_LAYER, *layers], name)
 
 
+def run_batches(net, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Every output of the Keras ``net`` on uint8 images, in batches, as float64 (an empty batch: empty arrays)."""
+    outs = [[] for _ in net.outputs]
+    for i in range(0, len(x), batch):
+        got = net(x[i : i + batch].astype(np.float32), training=False)
+        for acc, o in zip(outs, got if len(net.outputs) > 1 else [got]):
+            acc.append(np.asarray(o, np.float64))
+    return [np.concatenate(acc) if acc else np.zeros((0, o.shape[-1])) for acc, o in zip(outs, net.outputs)]
+
+
 def predict_with_features(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and pooled features of uint8 images, in batches (float64)."""
-    net = with_features(model)
-    probs, feats = [], []
-    for i in range(0, len(x), batch):
-        p, f = net(x[i : i + batch].astype(np.float32), training=False)
-        probs.append(np.asarray(p, np.float64))
-        feats.append(np.asarray(f, np.float64))
-    if not probs:
-        return np.zeros((0, model.output_shape[-1])), np.zeros((0, net.outputs[1].shape[-1]))
-    return np.concatenate(probs), np.concatenate(feats)
+    probs, feats = run_batches(with_features(model), x, batch)
+    return probs, feats
