@@ -70,7 +70,8 @@ class ModelMetadata:
         verification: the parity check's verdict, e.g. ``{"status": "passed", ...}``.
         lab_check: the slide-level check of :func:`firmware_host.runtime.lab_warning`
             (``min_mean_confidence``, ``batch``, and ``max_median_score`` when the model has a never-seen
-            score), fitted on the training labs; empty: no check.
+            score), fitted on the training labs; ``adapted_to`` (``sources``, ``cells``) when ``edgecell adapt``
+            fitted the model to a lab, which changes the check's advice; empty: no check.
         other_score: the never-seen score (:class:`firmware_host.otherscore.OtherScore`: class
             means, whitening matrix, ``threshold``, ``share``) read from the model's second output;
             empty: the label is the most probable class (models exported before it).
@@ -263,6 +264,11 @@ def _check_lab_check(v) -> str | None:
     score = v.get("max_median_score")
     if score is not None and not (_is_number(score) and math.isfinite(score) and score >= 0):
         return "has a max_median_score that is not a number >= 0"
+    adapted = v.get("adapted_to")
+    if adapted is not None:
+        sources, cells = adapted.get("sources") if isinstance(adapted, dict) else None, adapted.get("cells") if isinstance(adapted, dict) else None
+        if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources) and isinstance(cells, int) and not isinstance(cells, bool) and cells >= 0):
+            return "has an adapted_to that is not {sources: [names], cells: count}"
     return None
 
 

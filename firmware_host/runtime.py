@@ -79,6 +79,16 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
+ADAPTED_ADVICE = "check these results with care; the model was adapted to {labs} from {cells} labelled cells: if these images are from that lab, label more of its cells and adapt again (edgecell adapt)"
+"""...and when it fires for a model that ``edgecell adapt`` already fitted to a lab (``lab_check["adapted_to"]``)."""
+
+
+def lab_advice(lab_check: dict) -> str:
+    """:data:`LAB_ADVICE`, or :data:`ADAPTED_ADVICE` naming the labs and cells of ``lab_check["adapted_to"]``."""
+    adapted = lab_check.get("adapted_to") or {}
+    if not adapted.get("sources"):
+        return LAB_ADVICE
+    return ADAPTED_ADVICE.format(labs=", ".join(adapted["sources"]), cells=int(adapted.get("cells", 0)))
 
 _EPS = 1e-12
 
@@ -98,6 +108,7 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
     A set of ``n`` >= ``batch`` images on which either fires is not like the training labs' (another stain,
     camera or magnification, or cells the model knows in another lab's look only), and the model's answers there
     are less reliable than its test figures say. ``what`` names the ``n`` things ("images"; scan's "cells").
+    The advice that ends the line is :func:`lab_advice`'s.
     """
     if not lab_check or n < int(lab_check.get("batch", 1)):
         return None
@@ -112,7 +123,7 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
             while round(value, digits) == round(limit, digits) and digits < 6:  # never "0.21, below 0.21"
                 digits += 1
             return (
-                f"these {n} {what} look unlike the labs this model was trained on ({statistic} {value:.{digits}f}, {relation} {limit:.{digits}f}): {LAB_ADVICE}"
+                f"these {n} {what} look unlike the labs this model was trained on ({statistic} {value:.{digits}f}, {relation} {limit:.{digits}f}): {lab_advice(lab_check)}"
             )
     return None
 

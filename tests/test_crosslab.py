@@ -205,6 +205,33 @@ def test_lab_check_fires_on_a_less_confident_slide_only():
     assert "(mean confidence 0.2051, below 0.2054)" in lab_warning(0.2051, 200, {"min_mean_confidence": 0.2054})
 
 
+def test_lab_warning_on_an_adapted_model_advises_more_cells_of_its_lab():
+    """A model that edgecell adapt fitted to a lab is not told to "adapt the model": the line names the lab and how
+    many cells it was adapted from, and asks for more of them."""
+    from firmware_host.runtime import LAB_ADVICE, lab_warning
+
+    check = {"min_mean_confidence": 0.91, "batch": 20}
+    assert lab_warning(0.62, 200, check).endswith(LAB_ADVICE)
+    msg = lab_warning(0.62, 200, check | {"adapted_to": {"sources": ["clinic", "ward2"], "cells": 50}})
+    assert msg.startswith("these 200 images look unlike the labs this model was trained on (mean confidence 0.62, below 0.91): ")
+    assert msg.endswith(
+        "check these results with care; the model was adapted to clinic, ward2 from 50 labelled cells: "
+        "if these images are from that lab, label more of its cells and adapt again (edgecell adapt)"
+    )
+    assert lab_warning(0.62, 200, check | {"adapted_to": {"sources": [], "cells": 0}}).endswith(LAB_ADVICE)
+
+
+@pytest.mark.parametrize(
+    ("adapted_to", "ok"),
+    [({"sources": ["clinic"], "cells": 50}, True), ({"sources": "clinic", "cells": 50}, False), ({"sources": ["clinic"], "cells": -1}, False), (["clinic"], False)],
+)
+def test_sidecar_checks_the_lab_checks_adapted_to(adapted_to, ok):
+    from firmware_host.metadata import SCHEMA
+
+    problem = SCHEMA["lab_check"][1]({"min_mean_confidence": 0.9, "batch": 20, "adapted_to": adapted_to})
+    assert (problem is None) is ok, problem
+
+
 def test_lab_check_reads_the_median_never_seen_score_when_the_model_has_one():
     """With the validation cells' never-seen scores the check fits a limit on the median score of a set, and a set
     whose cells lie further from every trained type fires, however confident the model is on it; the confidence
