@@ -156,6 +156,22 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
     return [f"{c}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for c, n in sorted(present.items()) if n < RECOMMENDED_PER_CLASS]
 
 
+def adapted_sources(parent: RunFolder) -> list[str]:
+    """The sources that earlier ``adapt`` runs added to ``parent`` (their labelled cells are training rows of its
+    split): those its lab check names (every adapt since it records them), or, for a run adapted before, its own."""
+    named = ((parent.extra.get("lab_check") or {}).get("adapted_to") or {}).get("sources") or []
+    last = ((parent.extra.get("adapted_from") or {}).get("local_counts_by_type") or {}).keys()
+    return list(dict.fromkeys([*named, *sorted(last)]))
+
+
+def replay_rows_of(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int, adapted: Sequence[str] = ()) -> list[data_mod.ManifestRow]:
+    """What adapting replays of the parent's training rows: a seeded pick (:func:`replay_pick`) of its labs' rows, and
+    every row of the ``adapted`` sources (a few dozen labelled cells of a lab fitted before, kept whole)."""
+    kept = set(adapted)
+    train = [r for r in rows if r.split == "train"]
+    return replay_pick([r for r in train if r.source not in kept], per_class, seed) + [r for r in train if r.source in kept]
+
+
 def replay_pick(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int) -> list[data_mod.ManifestRow]:
     """A seeded pick of ``per_class`` training rows of each class, spread over its sources and types."""
     rng = np.random.default_rng(seed)
@@ -200,15 +216,24 @@ class PrototypeHead:
 
 
 def fit_prototypes(
-    features: np.ndarray, types: Sequence[str], local_features: np.ndarray, local_types: Sequence[str], shrink: float = PROTOTYPE_SHRINK
+    features: np.ndarray,
+    types: Sequence[str],
+    local_features: np.ndarray,
+    local_types: Sequence[str],
+    shrink: float = PROTOTYPE_SHRINK,
+    groups: Sequence[str] | None = None,
 ) -> PrototypeHead:
-    """One prototype per cell type of the parent's images (``features``, ``types``), then one per local cell type,
-    each the type's mean; the distance is Mahalanobis, with the within-type covariance of the parent's images
-    shrunk towards its mean variance by ``shrink``."""
+    """One prototype per cell type of the parent's images (``features``, ``types``; per ``groups`` and type when
+    given: a lab fitted by an earlier adapt keeps prototypes of its own), then one per local cell type, each the
+    mean of its images; the distance is Mahalanobis, with the within-type covariance of the parent's images shrunk
+    towards its mean variance by ``shrink``."""
     features, types = np.asarray(features, np.float64), np.asarray(types)
-    names = sorted(set(types.tolist()))
-    means = np.stack([features[types == t].mean(axis=0) for t in names])
-    cov = np.cov(features - means[np.searchsorted(names, types)], rowvar=False)
+    groups = np.asarray(groups if groups is not None else [""] * len(types))
+    keys = sorted(set(zip(groups.tolist(), types.tolist())))
+    names = [t for _, t in keys]
+    row_key = np.array([keys.index(k) for k in zip(groups.tolist(), types.tolist())], dtype=np.int64)
+    means = np.stack([features[row_key == i].mean(axis=0) for i in range(len(keys))])
+    cov = np.cov(features - means[row_key], rowvar=False)
     cov = (1.0 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
     values, vectors = np.linalg.eigh(cov)
     head = PrototypeHead(features.mean(axis=0), vectors / np.sqrt(values), np.zeros((0, len(cov))), [])
@@ -272,10 +297,10 @@ def _train_options(parent: RunFolder, opts: AdaptOptions, views: int):
     return TrainOptions(**kw)
 
 
-def _add_prototypes(model, classes: Sequence[str], x_replay, replay_types, x_loc, local_types, x_val, y_val):
-    """``model`` with a nearest-prototype head (:func:`edgecell.model.with_prototypes`): the replay's cell types and
-    the local ones as prototypes, its scale fitted on the parent's validation split. Returns the model, its
-    outputs' cell types and the seconds it took."""
+def _add_prototypes(model, classes: Sequence[str], x_replay, replay_types, replay_groups, x_loc, local_types, x_val, y_val):
+    """``model`` with a nearest-prototype head (:func:`edgecell.model.with_prototypes`): the replay's cell types (per
+    ``replay_groups``, :func:`fit_prototypes`) and the local ones as prototypes, its scale fitted on the parent's
+    validation split. Returns the model, its outputs' cell types and the seconds it took."""
     from edgecell.model import merge_matrix, pooled_features, run_batches, with_prototypes
 
     t0 = time.perf_counter()
@@ -284,7 +309,7 @@ def _add_prototypes(model, classes: Sequence[str], x_replay, replay_types, x_loc
     def pooled(x: np.ndarray) -> np.ndarray:
         return run_batches(net, x)[0]
 
-    head = fit_prototypes(pooled(x_replay), replay_types, pooled(x_loc), local_types)
+    head = fit_prototypes(pooled(x_replay), replay_types, pooled(x_loc), local_types, groups=replay_groups)
     scale = fit_scale(head.logits(pooled(x_val)), merge_matrix(head.names, list(classes)), y_val)
     return with_prototypes(model, head, scale, list(classes)), head.names, time.perf_counter() - t0
 
@@ -333,7 +358,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     y_local = np.array([index[s.label] for s in local.samples], dtype=np.int64)
 
     rows = data_mod.read_manifest(split_path)
-    replay_rows = replay_pick([r for r in rows if r.split == "train"], opts.replay_per_class, opts.seed)
+    earlier = adapted_sources(parent)
+    replay_rows = replay_rows_of(rows, opts.replay_per_class, opts.seed, earlier)
     val_rows = [r for r in rows if r.split == "val"]
     test_rows = [r for r in rows if r.split == "test"]
     x_replay, y_replay, o_replay = _load_rows(roots, replay_rows, size, classes, con, "replay images")
@@ -363,13 +389,16 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     groups = None  # the never-seen score's means: one per class, as train fits them
     if opts.method == "prototypes":
         replay_types, local_types = [r.type or r.label for r in replay_rows], [s.type for s in local_trained]
-        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_types, x_loc, local_types, x_val, y_val)
+        # a lab fitted by an earlier adapt keeps its own prototypes (merged into its types' others, it would be lost)
+        replay_groups = [r.source if r.source in earlier else "" for r in replay_rows]
+        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_types, replay_groups, x_loc, local_types, x_val, y_val)
         history: dict = {}
         repeat = 1
         x_train, y_train = np.concatenate([x_replay, x_loc]), np.concatenate([y_replay, y_loc])
         offsets_train = np.concatenate([o_replay, o_loc])
         # the never-seen score measures to the nearest prototype, so the lab's own cells are no longer "never seen"
-        groups = np.unique(replay_types + [f"local:{t}" for t in local_types], return_inverse=True)[1]
+        keys = [(g, t) for g, t in zip(replay_groups, replay_types)] + [("local:", t) for t in local_types]
+        groups = np.unique([f"{g}\x00{t}" for g, t in keys], return_inverse=True)[1]
     else:
         repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
         x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
@@ -407,6 +436,10 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     # the never-seen score re-fitted (the features moved, or the local cells join its means), and the lab check on
     # the parent's validation sources
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows], groups)
+    if cal["lab_check"]:  # the check's advice names the labs adapted to (an earlier adapt's too) and their cells
+        labs = list(dict.fromkeys([*earlier, *sorted(local.sources)]))
+        cells = sum(r.split == "train" and r.source in earlier for r in rows) + len(x_loc)
+        cal["lab_check"]["adapted_to"] = {"sources": labs, "cells": int(cells)}
     after = report(cal["temperature"], cal.get("other_score"))
 
     sets = {name: {"before": before[name], "after": after[name]} for name in before}

@@ -78,7 +78,7 @@ def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic)
     assert lineage["local_counts"] == {LOCAL_TYPE: PER_CLASS}
     assert lineage["local_fingerprint"] == data_mod.scan(clinic, classes=[LOCAL_TYPE]).fingerprint()
     assert meta["dataset"]["sources"]["clinic"] == str(clinic.resolve())
-    assert meta["temperature"] > 0 and "lab_check" in meta
+    assert meta["temperature"] > 0 and meta["lab_check"]["adapted_to"] == {"sources": ["clinic"], "cells": PER_CLASS - rep["local"]["held_out"]}
     # the split: the parent's rows unchanged, plus every local image (held out = test)
     rows = data_mod.read_manifest(out / "split.csv")
     parent_rows = data_mod.read_manifest(tiny_run / "split.csv")
@@ -227,6 +227,25 @@ def test_fit_prototypes_scores_minus_half_the_mahalanobis_distance():
     assert np.allclose(head.whitening.T @ cov @ head.whitening, np.eye(4), atol=1e-8)
 
 
+def test_fit_prototypes_keeps_one_prototype_per_group_and_type():
+    """A lab fitted by an earlier adapt (its own group) keeps a prototype of its own beside the parent labs' one of the
+    same type, and the within-type covariance is taken about each group's mean, not the type's."""
+    from edgecell.adapt import fit_prototypes
+
+    rng = np.random.default_rng(2)
+    types = np.array(["a"] * 200 + ["b"] * 100 + ["a"] * 20)
+    groups = np.array([""] * 300 + ["clinic"] * 20)
+    f = rng.normal(size=(320, 3)) + (groups == "clinic")[:, None] * 8.0 + (types == "b")[:, None] * [0.0, 4.0, 0.0]
+    head = fit_prototypes(f, types, np.zeros((0, 3)), [], shrink=0.0, groups=groups)
+    assert head.names == ["a", "b", "a"]
+    means = np.stack([f[:200].mean(axis=0), f[200:300].mean(axis=0), f[300:].mean(axis=0)])
+    assert np.allclose(head.means, head.whiten(means))
+    within = f - means[[0] * 200 + [1] * 100 + [2] * 20]
+    assert np.allclose(head.whitening.T @ np.cov(within, rowvar=False) @ head.whitening, np.eye(3), atol=1e-8)
+    # one group for all: the type's pooled mean, as before
+    assert fit_prototypes(f, types, np.zeros((0, 3)), []).names == ["a", "b"]
+
+
 def test_fit_scale_sharpens_a_head_that_is_right_and_softens_one_that_guesses():
     from edgecell.adapt import SCALE_GRID, fit_scale
 
@@ -261,6 +280,29 @@ def test_prototypes_learn_the_new_lab_without_touching_the_network(by_prototypes
     assert c_net.get_layer(PROTOTYPE_HEAD).output.shape[-1] == len(child.learnt_as)
     convs = [layer.name for layer in p_net.layers if layer.name.startswith(("conv", "bn"))]
     assert convs and all(all(np.array_equal(a, b) for a, b in zip(p_net.get_layer(n).get_weights(), c_net.get_layer(n).get_weights())) for n in convs)
+
+
+def test_adapting_an_adapted_run_keeps_the_first_labs_prototypes(by_prototypes, tmp_path):
+    """A run adapted by prototypes, adapted again to a second lab: every labelled cell of the first lab is replayed,
+    its monocytes keep a prototype of their own (not merged into the training labs'), and the lab check's advice
+    names both labs and all the cells fitted."""
+    from edgecell.runfolder import RunFolder
+    from tests._realdata import more_cells_or_skip
+
+    first, first_rep, _ = by_prototypes
+    ward = tmp_path / "ward"
+    (ward / "seg_neutrophil").mkdir(parents=True)
+    for f in sorted((more_cells_or_skip() / "bccd" / "seg_neutrophil").iterdir())[:12]:
+        (ward / "seg_neutrophil" / f.name).symlink_to(f)
+    out, js = tmp_path / "ward-run", tmp_path / "adapt.json"
+    res = CliRunner().invoke(cli, ["adapt", str(first), "--data", str(ward), "--out", str(out), "--replay", "20", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(js.read_text())
+    first_cells = first_rep["local"]["trained"]
+    assert rep["replay"]["images"] == first_rep["replay"]["images"] + first_cells
+    parent, child = RunFolder.read(first), RunFolder.read(out)
+    assert child.learnt_as == parent.learnt_as + ["seg_neutrophil"]  # the first lab's monocyte prototype is still its own
+    assert child.extra["lab_check"]["adapted_to"] == {"sources": ["clinic", "ward"], "cells": first_cells + rep["local"]["trained"]}
 
 
 def test_a_prototype_run_converts_to_tflite_that_agrees_with_keras(by_prototypes, tmp_path):
