@@ -266,8 +266,10 @@ def _check_lab_check(v) -> str | None:
         return "has a max_median_score that is not a number >= 0"
     adapted = v.get("adapted_to")
     if adapted is not None:
-        sources, cells = adapted.get("sources") if isinstance(adapted, dict) else None, adapted.get("cells") if isinstance(adapted, dict) else None
-        if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources) and isinstance(cells, int) and not isinstance(cells, bool) and cells >= 0):
+        adapted = adapted if isinstance(adapted, dict) else {}
+        sources, cells = adapted.get("sources"), adapted.get("cells")
+        names_ok = isinstance(sources, list) and all(isinstance(s, str) for s in sources)
+        if not (names_ok and isinstance(cells, int) and not isinstance(cells, bool) and cells >= 0):
             return "has an adapted_to that is not {sources: [names], cells: count}"
     return None
 

@@ -90,6 +90,7 @@ def lab_advice(lab_check: dict) -> str:
         return LAB_ADVICE
     return ADAPTED_ADVICE.format(labs=", ".join(adapted["sources"]), cells=int(adapted.get("cells", 0)))
 
+
 _EPS = 1e-12
 
 
@@ -122,9 +123,7 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
             digits = 2
             while round(value, digits) == round(limit, digits) and digits < 6:  # never "0.21, below 0.21"
                 digits += 1
-            return (
-                f"these {n} {what} look unlike the labs this model was trained on ({statistic} {value:.{digits}f}, {relation} {limit:.{digits}f}): {lab_advice(lab_check)}"
-            )
+            return f"these {n} {what} look unlike the labs this model was trained on ({statistic} {value:.{digits}f}, {relation} {limit:.{digits}f}): {lab_advice(lab_check)}"
     return None
 
 

@@ -223,7 +223,12 @@ def test_lab_warning_on_an_adapted_model_advises_more_cells_of_its_lab():
 
 @pytest.mark.parametrize(
     ("adapted_to", "ok"),
-    [({"sources": ["clinic"], "cells": 50}, True), ({"sources": "clinic", "cells": 50}, False), ({"sources": ["clinic"], "cells": -1}, False), (["clinic"], False)],
+    [
+        ({"sources": ["clinic"], "cells": 50}, True),
+        ({"sources": "clinic", "cells": 50}, False),
+        ({"sources": ["clinic"], "cells": -1}, False),
+        (["clinic"], False),
+    ],
 )
 def test_sidecar_checks_the_lab_checks_adapted_to(adapted_to, ok):
     from firmware_host.metadata import SCHEMA
