@@ -492,7 +492,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
                 "method": opts.method,
                 "replay_per_class": opts.replay_per_class,
                 "epochs": epochs,
-                "learning_rate": opts.learning_rate,
+                "learning_rate": opts.learning_rate if opts.method == "fine-tune" else None,  # prototypes train nothing
                 "seed": opts.seed,
                 "seconds": seconds,
             },

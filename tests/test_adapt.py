@@ -75,7 +75,7 @@ def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic)
     lineage = meta["adapted_from"]
     assert lineage["run"] == str(tiny_run.resolve())
     assert lineage["model_sha256"] == hashlib.sha256((tiny_run / "model.keras").read_bytes()).hexdigest()
-    assert lineage["local_counts"] == {LOCAL_TYPE: PER_CLASS}
+    assert lineage["local_counts"] == {LOCAL_TYPE: PER_CLASS} and lineage["learning_rate"] > 0
     assert lineage["local_fingerprint"] == data_mod.scan(clinic, classes=[LOCAL_TYPE]).fingerprint()
     assert meta["dataset"]["sources"]["clinic"] == str(clinic.resolve())
     assert meta["temperature"] > 0 and meta["lab_check"]["adapted_to"] == {"sources": ["clinic"], "cells": PER_CLASS - rep["local"]["held_out"]}
@@ -275,7 +275,7 @@ def test_prototypes_learn_the_new_lab_without_touching_the_network(by_prototypes
     assert rep["method"] == "prototypes" and rep["epochs"] == 0 and "prototypes" in output
     parent, child = RunFolder.read(tiny_run), RunFolder.read(out)
     assert child.learnt_as == parent.learnt_as + [LOCAL_TYPE]
-    assert child.extra["adapted_from"]["method"] == "prototypes"
+    assert child.extra["adapted_from"]["method"] == "prototypes" and child.extra["adapted_from"]["learning_rate"] is None
     p_net, c_net = learnt_outputs(parent.load_keras()), learnt_outputs(child.load_keras())
     assert c_net.get_layer(PROTOTYPE_HEAD).output.shape[-1] == len(child.learnt_as)
     convs = [layer.name for layer in p_net.layers if layer.name.startswith(("conv", "bn"))]
