@@ -253,6 +253,11 @@ def test_fit_scale_sharpens_a_head_that_is_right_and_softens_one_that_guesses():
     logits, merge = rng.normal(size=(300, 3)), np.eye(3)
     assert fit_scale(logits, merge, logits.argmax(axis=1)) == SCALE_GRID[-1]
     assert fit_scale(logits, merge, rng.integers(0, 3, 300)) < 0.2
+    # the logits of mirrored views: their probabilities are averaged, as the model averages them
+    y = rng.integers(0, 3, 300)
+    assert fit_scale(np.stack([logits, logits]), merge, y) == fit_scale(logits, merge, y)
+    right = np.eye(3)[y] * 4.0
+    assert fit_scale(np.stack([right, logits]), merge, y) > fit_scale(logits, merge, y)  # one view that is right lifts it
 
 
 @pytest.fixture(scope="module")
