@@ -191,7 +191,8 @@ def replay_pick(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int)
 class PrototypeHead:
     """A nearest-prototype head over pooled features ``f`` (:func:`edgecell.model.pooled_features`).
 
-    ``z = (f - centre) @ whitening`` puts the features where the parent's within-type covariance is the identity;
+    ``z = (f - centre) @ whitening`` puts the features where the parent's within-type covariance is the identity,
+    in the coordinates of the prototypes' span (the rest of that space changes no output, so it is left out);
     prototype ``k`` sits at ``means[k]`` there, and its output is ``z . means[k] - |means[k]|^2 / 2``: minus half
     the squared distance, plus ``|z|^2 / 2``, which is the same for every prototype (the softmax does not see it).
     Two linear steps, each well scaled, so that int8 keeps them (one step, the inverse covariance times the means,
@@ -242,6 +243,10 @@ def fit_prototypes(
         local = np.asarray(local_features, np.float64)
         means = np.concatenate([means, np.stack([local[local_types == t].mean(axis=0) for t in local_names])])
     head.means, head.names = head.whiten(means), names + local_names
+    # the outputs read the whitened features along the prototypes' span only: keep just those directions (the same
+    # outputs, a whitening of one column per prototype rather than one per feature, a sixth of the model's file)
+    basis, _ = np.linalg.qr(head.means.T)
+    head.whitening, head.means = head.whitening @ basis, head.means @ basis
     return head
 
 

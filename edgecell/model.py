@@ -155,7 +155,7 @@ def with_prototypes(model, head, scale: float, classes: list[str]):
 
     keras = import_tf().keras
     feats = pooled_features(model)
-    whiten = keras.layers.Dense(len(head.whitening), name=PROTOTYPE_WHITEN)
+    whiten = keras.layers.Dense(head.whitening.shape[1], name=PROTOTYPE_WHITEN)
     dense = keras.layers.Dense(len(head.names), name=PROTOTYPE_HEAD)
     probs = keras.layers.Softmax(name="prototype_probs")(dense(whiten(feats.output)))
     whiten.set_weights([head.whitening.astype(np.float32), (-head.centre @ head.whitening).astype(np.float32)])

@@ -227,6 +227,26 @@ def test_fit_prototypes_scores_minus_half_the_mahalanobis_distance():
     assert np.allclose(head.whitening.T @ cov @ head.whitening, np.eye(4), atol=1e-8)
 
 
+def test_fit_prototypes_whitens_along_the_prototypes_span_only():
+    """With more features than prototypes the whitening keeps one column per prototype, and every output is still
+    minus half the full Mahalanobis distance (up to a term the same for all)."""
+    from edgecell.adapt import fit_prototypes
+
+    rng = np.random.default_rng(3)
+    types = np.repeat(["a", "b"], 150)
+    f = rng.normal(size=(300, 12)) * np.linspace(0.5, 3.0, 12) + (types == "b")[:, None] * 2.0
+    local = rng.normal(size=(8, 12)) + 4.0
+    head = fit_prototypes(f, types, local, ["c"] * 8, shrink=0.0)
+    assert head.whitening.shape == (12, 3) and head.means.shape == (3, 3)
+    means = np.stack([f[types == t].mean(axis=0) for t in ("a", "b")] + [local.mean(axis=0)])
+    within = f - np.stack([f[types == t].mean(axis=0) for t in types])
+    inv = np.linalg.inv(np.cov(within, rowvar=False))
+    q = rng.normal(size=(40, 12)) * 3
+    d2 = np.einsum("nkd,de,nke->nk", q[:, None] - means, inv, q[:, None] - means)
+    diff = head.logits(q) - (-0.5 * d2)
+    assert np.allclose(diff - diff[:, :1], 0.0, atol=1e-7)
+
+
 def test_fit_prototypes_keeps_one_prototype_per_group_and_type():
     """A lab fitted by an earlier adapt (its own group) keeps a prototype of its own beside the parent labs' one of the
     same type, and the within-type covariance is taken about each group's mean, not the type's."""
