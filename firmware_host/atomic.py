@@ -64,6 +64,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             with contextlib.suppress(OSError):
                 os.chmod(tmp_path, mode)
         yield tmp_path
+        raise_if_interrupted()  # a Ctrl-C that Python swallowed while the file was written: it is not done
         os.replace(tmp_path, target)
     except OSError as exc:
         if tmp_path is not None:
@@ -265,6 +266,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
         with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
             tmp = _new_temp(parent, f".{target.name}.tmp-", folder=True)
         yield tmp
+        raise_if_interrupted()  # a Ctrl-C that Python swallowed (in a finaliser) while the folder was built: not done
     except EdgecellError as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -377,7 +379,8 @@ def raise_if_interrupted() -> None:
 
     Python drops an exception raised while it runs a finalizer or a weak-reference callback ("Exception
     ignored in ..."), so a Ctrl-C that lands there is lost and the work goes on. Long loops (training's
-    batches) call this at safe points: once a signal has arrived, the work stops there.
+    batches) call this at safe points, and :func:`atomic_path` and :func:`staged_dir` before they put their
+    output in place: once a signal has arrived, the work stops there and nothing of it is kept.
     """
     if _received:
         raise _interrupt(_received[-1])

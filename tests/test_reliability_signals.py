@@ -207,6 +207,21 @@ def test_an_interrupt_python_swallowed_is_raised_again_at_the_next_safe_point(si
     raise_if_interrupted()  # the record does not outlive the command
 
 
+@pytest.mark.parametrize("staged", [True, False])
+def test_an_interrupt_python_swallowed_keeps_the_output_from_being_put_in_place(staged, tmp_path, monkeypatch):
+    """A Ctrl-C that lands in a finaliser (TensorFlow's C objects have them) while an output is being built is
+    swallowed by Python; the folder or file is still not put in place, and nothing half-written is left."""
+    from firmware_host.atomic import atomic_path, staged_dir
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    target = tmp_path / ("export" if staged else "model.json")
+    output = staged_dir(target) if staged else atomic_path(target)
+    with signals_as_interrupts(), pytest.raises(KeyboardInterrupt), output as tmp:
+        (tmp / "model.tflite").write_bytes(b"x") if staged else tmp.write_bytes(b"x")
+        _SignalsOnCollection(signal.SIGINT)  # swallowed; the block goes on to its end
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 class _ConverterHitBySignal:
     """A TFLite converter whose C++ is interrupted by ``signum`` and reports it as an error of its own
     (pybind11: "MISMATCH of original and normalized active exception types ... REPLACED BY Terminated")."""
