@@ -66,8 +66,10 @@ METHODS = ("prototypes", "fine-tune")
 """How ``adapt`` fits the model: adding the local cell types as prototypes to a nearest-prototype head over the
 parent's unchanged features (:func:`fit_prototypes`), or fine-tuning every layer on the local cells and a replay."""
 DEFAULT_METHOD = "prototypes"
-"""Prototypes take seconds and named more of both held-out labs' cells (79 and 84 % against 80 and 68 % fine-tuned);
-fine-tuning took minutes and lost 1.7-3.4 points of the parent's labs (docs/design.md, "Adapting by prototypes")."""
+"""Prototypes take seconds and named as many of one held-out lab's cells as fine-tuning (BCCD: 79 against 80 %) and
+more of the other's (Barcelona: 84 against 68 %); fine-tuning took minutes. On the parent's own test split prototypes
+gained 1.5 points on one and lost 3.1 on the other (flagged `other`), fine-tuning lost 3.4 and 1.7 (docs/design.md,
+"Adapting by prototypes")."""
 PROTOTYPE_SHRINK = 0.01
 """Share of the within-type covariance replaced by its mean variance (shrinkage: a few thousand replay images
 estimate a covariance of a few hundred features; docs/design.md, "Adapting by prototypes")."""
@@ -157,10 +159,10 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
 
 def adapted_sources(parent: RunFolder) -> list[str]:
     """The sources that earlier ``adapt`` runs added to ``parent`` (their labelled cells are training rows of its
-    split): those its lab check names (every adapt since it records them), or, for a run adapted before, its own."""
-    named = ((parent.extra.get("lab_check") or {}).get("adapted_to") or {}).get("sources") or []
-    last = ((parent.extra.get("adapted_from") or {}).get("local_counts_by_type") or {}).keys()
-    return list(dict.fromkeys([*named, *sorted(last)]))
+    split), as its lineage records them (``adapted_from.adapted_sources``; for a run adapted before that was
+    recorded, the sources of its own adapt)."""
+    lineage = parent.extra.get("adapted_from") or {}
+    return list(dict.fromkeys([*lineage.get("adapted_sources", []), *sorted((lineage.get("local_counts_by_type") or {}).keys())]))
 
 
 def replay_rows_of(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int, adapted: Sequence[str] = ()) -> list[data_mod.ManifestRow]:
@@ -305,20 +307,27 @@ def _train_options(parent: RunFolder, opts: AdaptOptions, views: int):
     return TrainOptions(**kw)
 
 
+def view_features(net, x: np.ndarray, views: int) -> np.ndarray:
+    """(views, images, features): the Keras ``net``'s output on each of the first ``views`` mirrored views of each
+    image (:mod:`firmware_host.mirrors`, the order the model and the Pi average them in)."""
+    from edgecell.model import run_batches
+    from firmware_host.mirrors import view
+
+    return np.stack([run_batches(net, np.stack([view(im, k) for im in x]) if len(x) else x)[0] for k in range(views)])
+
+
 def _add_prototypes(model, classes: Sequence[str], x_replay, replay_types, replay_groups, x_loc, local_types, x_val, y_val):
     """``model`` with a nearest-prototype head (:func:`edgecell.model.with_prototypes`): the replay's cell types (per
     ``replay_groups``, :func:`fit_prototypes`) and the local ones as prototypes, its scale fitted on the parent's
     validation split. Every image counts once per mirrored view the model averages (the views' features are the
     head's input on the Pi too). Returns the model, its outputs' cell types and the seconds it took."""
-    from edgecell.model import merge_matrix, pooled_features, run_batches, views_of, with_prototypes
-    from firmware_host.mirrors import view
+    from edgecell.model import merge_matrix, pooled_features, views_of, with_prototypes
 
     t0 = time.perf_counter()
     net, views = pooled_features(model), views_of(model)
 
     def pooled(x: np.ndarray) -> np.ndarray:
-        """(views, images, features)."""
-        return np.stack([run_batches(net, np.stack([view(im, k) for im in x]) if len(x) else x)[0] for k in range(views)])
+        return view_features(net, x, views)
 
     def flat(f: np.ndarray) -> np.ndarray:
         return f.reshape(-1, f.shape[-1])
@@ -362,18 +371,32 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         local = data_mod.scan_for_model(list(opts.data_dir), classes, size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
     for s in local.skipped:
         con.print(f"[yellow]warning:[/yellow] skipped {s.path}: {s.reason}")
+    earlier = adapted_sources(parent)
     clash = sorted(set(local.sources) & {k for k in roots if k})
+    if clash and clash[0] in earlier:
+        raise DataError(
+            f"this run was already adapted to {clash[0]!r}; adapt the run it came from ({parent.extra['adapted_from'].get('run', '?')}) "
+            f"again, with all of {clash[0]}'s labelled cells",
+            local.sources[clash[0]],
+        )
     if clash:
         raise DataError(
             f"local source {clash[0]!r} has the name of one of the parent run's sources; give the local folder its own name", local.sources[clash[0]]
+        )
+    rows = data_mod.read_manifest(split_path)
+    known = {r.sha256 for r in rows}
+    again = [s for s in local.samples if s.sha256 in known]
+    if again:  # trained on under one name and held out under another, the before/after would test training cells
+        raise DataError(
+            f"{len(again)} local image(s) are already in the run's split (first: {again[0].rel}); leave them out, "
+            "or adapt the run this one came from with all of the lab's labelled cells",
+            local.sources[again[0].source],
         )
     held = holdout(local.samples, opts.holdout_share, opts.seed)
     advice = check_local(local, held, opts.holdout_share)
     index = {c: i for i, c in enumerate(classes)}
     y_local = np.array([index[s.label] for s in local.samples], dtype=np.int64)
 
-    rows = data_mod.read_manifest(split_path)
-    earlier = adapted_sources(parent)
     replay_rows = replay_rows_of(rows, opts.replay_per_class, opts.seed, earlier)
     val_rows = [r for r in rows if r.split == "val"]
     test_rows = [r for r in rows if r.split == "test"]
@@ -451,8 +474,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     # the never-seen score re-fitted (the features moved, or the local cells join its means), and the lab check on
     # the parent's validation sources
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows], groups)
-    if cal["lab_check"]:  # the check's advice names the labs adapted to (an earlier adapt's too) and their cells
-        labs = list(dict.fromkeys([*earlier, *sorted(local.sources)]))
+    labs = list(dict.fromkeys([*earlier, *sorted(local.sources)]))  # this adapt's and every earlier one's
+    if cal["lab_check"]:  # the check's advice names them and how many labelled cells they gave
         cells = sum(r.split == "train" and r.source in earlier for r in rows) + len(x_loc)
         cal["lab_check"]["adapted_to"] = {"sources": labs, "cells": int(cells)}
     after = report(cal["temperature"], cal.get("other_score"))
@@ -505,6 +528,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
                 "local_counts_by_type": {k: dict(v) for k, v in local.counts_by_source().items()},
                 "held_out": rep["local"]["held_out"],
                 "method": opts.method,
+                "adapted_sources": labs,
                 "replay_per_class": opts.replay_per_class,
                 "epochs": epochs,
                 "learning_rate": opts.learning_rate if opts.method == "fine-tune" else None,  # prototypes train nothing

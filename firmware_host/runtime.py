@@ -79,7 +79,10 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
-ADAPTED_ADVICE = "check these results with care; the model was adapted to {labs} from {cells} labelled cells: if these images are from that lab, label more of its cells and adapt again (edgecell adapt)"
+ADAPTED_ADVICE = (
+    "check these results with care; the model was adapted to {labs} from {cells} labelled cells: if these images are from {which}, "
+    "label more of its cells and adapt the run it was adapted from again with all of them, and if they are from another lab, adapt the model to it (edgecell adapt)"
+)
 """...and when it fires for a model that ``edgecell adapt`` already fitted to a lab (``lab_check["adapted_to"]``)."""
 
 
@@ -88,7 +91,8 @@ def lab_advice(lab_check: dict) -> str:
     adapted = lab_check.get("adapted_to") or {}
     if not adapted.get("sources"):
         return LAB_ADVICE
-    return ADAPTED_ADVICE.format(labs=", ".join(adapted["sources"]), cells=int(adapted.get("cells", 0)))
+    labs = list(adapted["sources"])
+    return ADAPTED_ADVICE.format(labs=", ".join(labs), cells=int(adapted.get("cells", 0)), which="that lab" if len(labs) == 1 else "one of those labs")
 
 
 _EPS = 1e-12

@@ -330,6 +330,71 @@ def test_adapting_an_adapted_run_keeps_the_first_labs_prototypes(by_prototypes, 
     assert child.extra["lab_check"]["adapted_to"] == {"sources": ["clinic", "ward"], "cells": first_cells + rep["local"]["trained"]}
 
 
+def test_adapting_an_adapted_run_to_its_own_lab_again_is_refused_with_what_to_do(by_prototypes, clinic, tiny_run, tmp_path):
+    first, _, _ = by_prototypes
+    res = CliRunner().invoke(cli, ["adapt", str(first), "--data", str(clinic), "--out", str(tmp_path / "again")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = " ".join(res.output.split())
+    assert "this run was already adapted to 'clinic'; adapt the run it came from" in line and str(tiny_run.resolve()) in line
+    assert not (tmp_path / "again").exists()
+
+
+def test_local_images_already_in_the_runs_split_are_refused(by_prototypes, clinic, tmp_path):
+    """The clinic's cells under another name: one of them trained on before and held out now would make the
+    before/after a test on training cells."""
+    first, _, _ = by_prototypes
+    renamed = tmp_path / "clinic_more"
+    (renamed / LOCAL_TYPE).mkdir(parents=True)
+    for f in (clinic / LOCAL_TYPE).iterdir():
+        (renamed / LOCAL_TYPE / f.name).symlink_to(f.resolve())
+    res = CliRunner().invoke(cli, ["adapt", str(first), "--data", str(renamed), "--out", str(tmp_path / "again")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{PER_CLASS} local image(s) are already in the run's split" in " ".join(res.output.split())
+
+
+def test_adapted_sources_reads_the_lineage_and_replay_keeps_their_rows_whole():
+    from types import SimpleNamespace
+
+    from edgecell.adapt import adapted_sources, replay_rows_of
+
+    assert adapted_sources(SimpleNamespace(extra={})) == []
+    old = SimpleNamespace(extra={"adapted_from": {"local_counts_by_type": {"ward": {}, "clinic": {}}}})  # adapted before the list was kept
+    assert adapted_sources(old) == ["clinic", "ward"]
+    new = SimpleNamespace(extra={"adapted_from": {"adapted_sources": ["clinic", "ward"], "local_counts_by_type": {"ward": {}}}})
+    assert adapted_sources(new) == ["clinic", "ward"]
+    rows = [data_mod.ManifestRow(f"k{i}.png", "monocyte", "train", f"k{i}", "kaggle", "monocyte") for i in range(50)]
+    rows += [data_mod.ManifestRow(f"c{i}.png", "monocyte", "train", f"c{i}", "clinic", "monocyte") for i in range(7)]
+    rows += [data_mod.ManifestRow("v.png", "monocyte", "val", "v", "clinic", "monocyte")]
+    picked = replay_rows_of(rows, 10, 0, ["clinic"])
+    assert sum(r.source == "kaggle" for r in picked) == 10
+    assert sorted(r.file for r in picked if r.source == "clinic") == sorted(f"c{i}.png" for i in range(7))  # all, training rows only
+    assert sum(r.source == "clinic" for r in replay_rows_of(rows, 10, 0)) <= 10  # without the lineage: one pool
+
+
+def test_the_prototype_head_is_fitted_over_the_views_the_model_averages(tiny_run):
+    """The head's whitening is the one fitted on every mirrored view of the replay and local images (the Pi
+    averages the head over them), not on the images alone."""
+    from edgecell.adapt import _add_prototypes, fit_prototypes, view_features
+    from edgecell.model import PROTOTYPE_WHITEN, learnt_outputs, pooled_features, views_of
+    from edgecell.runfolder import RunFolder
+
+    run = RunFolder.read(tiny_run)
+    model = run.load_keras()
+    views = views_of(model)
+    assert views > 1
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(30, run.input_size, run.input_size, 3), dtype=np.uint8)
+    types = ["basophil"] * 12 + ["monocyte"] * 12
+    y_val = np.array([run.classes.index("monocyte")] * 6)
+    adapted, _, _ = _add_prototypes(model, run.classes, x[:24], types, [""] * 24, x[24:28], ["monocyte"] * 4, x[24:], y_val)
+    net = pooled_features(model)
+    f_rep, f_loc = view_features(net, x[:24], views), view_features(net, x[24:28], views)
+    assert not np.allclose(f_rep[0], f_rep[1])  # the views are different images to the network
+    expected = fit_prototypes(f_rep.reshape(-1, f_rep.shape[-1]), types * views, f_loc.reshape(-1, f_loc.shape[-1]), ["monocyte"] * 4 * views)
+    kernel = learnt_outputs(adapted).get_layer(PROTOTYPE_WHITEN).get_weights()[0]
+    assert kernel.shape == expected.whitening.shape and np.allclose(kernel, expected.whitening, rtol=1e-4, atol=1e-6)
+
+
 def test_a_prototype_run_converts_to_tflite_that_agrees_with_keras(by_prototypes, tmp_path):
     """The head (large weights and biases: squared distances) survives conversion, int8 included."""
     out, _, _ = by_prototypes

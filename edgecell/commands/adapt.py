@@ -17,7 +17,7 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
     type=click.Choice(_defaults.METHODS),
     default=_defaults.DEFAULT_METHOD,
     show_default=True,
-    help="prototypes: keep the network, add the local cell types as prototypes (seconds; the parent's labs keep their answers). fine-tune: train the network on the local cells and a replay (minutes).",
+    help="prototypes: keep the network, add the local cell types as prototypes (seconds). fine-tune: train the network on the local cells and a replay (minutes).",
 )
 @click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs (--method fine-tune).")
 @click.option(
