@@ -386,10 +386,10 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     rows = data_mod.read_manifest(split_path)
     known = {r.sha256 for r in rows}
     again = [s for s in local.samples if s.sha256 in known]
-    if again:  # trained on under one name and held out under another, the before/after would test training cells
+    if again:  # they teach the run nothing new, and one held out would make the before/after a test on training cells
+        instead = "adapt the run this one came from with all of the lab's labelled cells" if earlier else "give cells the run has not seen"
         raise DataError(
-            f"{len(again)} local image(s) are already in the run's split (first: {again[0].rel}); leave them out, "
-            "or adapt the run this one came from with all of the lab's labelled cells",
+            f"{len(again)} local image(s) are already in the run's split (first: {again[0].rel}); leave them out, or {instead}",
             local.sources[again[0].source],
         )
     held = holdout(local.samples, opts.holdout_share, opts.seed)

@@ -190,10 +190,13 @@ def test_classify_cli_other_threshold_overrides_the_sidecar(other_run, tmp_path)
 def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
     from edgecell.model import CLASSES_LAYER, load_model, merge_matrix, views_of, without_views
 
+    drawn = tmp_path / "drawn"  # new cells (the run's own would be refused: they are in its split)
+    res = CliRunner().invoke(cli, ["demo-data", str(drawn), "--per-class", "8", "--size", "64", "--seed", "5"])
+    assert res.exit_code == 0, res.output
     local = tmp_path / "clinic"
     for typ in ("lymphocyte", "seg_neutrophil"):
         (local / typ).mkdir(parents=True)
-        for f in sorted((other_run / "data" / typ).iterdir())[:8]:
+        for f in sorted((drawn / typ).iterdir()):
             (local / typ / f.name).symlink_to(f)
     out = tmp_path / "adapted"
     res = CliRunner().invoke(
