@@ -246,7 +246,7 @@ def fit_prototypes(
         means = np.concatenate([means, np.stack([local[local_types == t].mean(axis=0) for t in local_names])])
     head.means, head.names = head.whiten(means), names + local_names
     # the outputs read the whitened features along the prototypes' span only: keep just those directions (the same
-    # outputs, a whitening of one column per prototype rather than one per feature, a sixth of the model's file)
+    # outputs, a whitening of one column per prototype rather than one per feature: 50 KB less in int8)
     basis, _ = np.linalg.qr(head.means.T)
     head.whitening, head.means = head.whitening @ basis, head.means @ basis
     return head
