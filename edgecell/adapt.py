@@ -28,7 +28,6 @@ gives the lineage (parent run, its model's SHA-256, the local data fingerprint a
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -52,6 +51,9 @@ DEFAULT_HOLDOUT_SHARE = 0.25
 """Share of each local class (and cell type) held out for the before/after report."""
 DEFAULT_REPLAY_PER_CLASS = 300
 """Images per class drawn (seeded) from the parent's training split and trained on again."""
+MIN_REPLAY_PER_CLASS = 10
+"""The fewest replayed images per class: they give the parent's prototypes and the spread of its features (one image
+per class gives no spread at all, and a head of infinities)."""
 DEFAULT_LEARNING_RATE = 1e-3
 """Initial fine-tuning learning rate (half of training's; cosine decay as in training). At a tenth of this the
 local cells were not learnt (docs/design.md, "Adapting to a clinic's lab")."""
@@ -146,12 +148,17 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
     counts = ds.counts()
     present = {c: n for c, n in counts.items() if n}
     if share > 0:
-        short = {c: n for c, n in present.items() if n < MIN_PER_CLASS or not held[[i for i, s in enumerate(ds.samples) if s.label == c]].any()}
+        short = sorted(c for c in present if not held[[i for i, s in enumerate(ds.samples) if s.label == c]].any())
         if short:
-            listed = ", ".join(f"{c} {n}" for c, n in sorted(short.items()))
+            # holdout() holds out of each cell type with two or more different images (copies count once)
+            distinct: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+            for s in ds.samples:
+                distinct[s.label][s.type].add(s.sha256)
+            listed = ", ".join(f"{c}: " + ", ".join(f"{len(h)} {t}" for t, h in sorted(distinct[c].items())) for c in short)
             raise DataError(
-                f"too few labelled cells to hold any out ({listed}); label at least {max(MIN_PER_CLASS, math.ceil(1 / share))} per class "
-                f"({RECOMMENDED_PER_CLASS} or more helps), or pass --holdout-share 0 to train on all of them without a local check",
+                f"too few labelled cells to hold any out ({listed}; copies of one image count once); label at least "
+                f"{MIN_PER_CLASS} different cells of one type in each class ({RECOMMENDED_PER_CLASS} or more helps), "
+                "or pass --holdout-share 0 to train on all of them without a local check",
                 ds.root,
             )
     return [f"{c}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for c, n in sorted(present.items()) if n < RECOMMENDED_PER_CLASS]
@@ -163,6 +170,38 @@ def adapted_sources(parent: RunFolder) -> list[str]:
     recorded, the sources of its own adapt)."""
     lineage = parent.extra.get("adapted_from") or {}
     return list(dict.fromkeys([*lineage.get("adapted_sources", []), *sorted((lineage.get("local_counts_by_type") or {}).keys())]))
+
+
+def parent_data_reads(run_dir: str | Path) -> list[tuple[str, str]]:
+    """The folders the parent run was trained on, as recorded, for :func:`edgecell.options.check_outputs`: an ``--out``
+    inside one would be read back as images by the next ``train`` or ``adapt`` on them. Empty when the run cannot be
+    read (:func:`adapt` says why)."""
+    try:
+        dataset = RunFolder.read(run_dir).dataset or {}
+    except (EdgecellError, OSError):
+        return []
+    folders = [dataset.get("path"), *(dataset.get("sources") or {}).values()]
+    return [(f, "the parent run's training data") for f in dict.fromkeys(f for f in folders if f and Path(f).is_dir())]
+
+
+def step_sources(run: RunFolder) -> list[str]:
+    """The sources that the ``adapt`` which made ``run`` added (none for a trained run)."""
+    return sorted(((run.extra.get("adapted_from") or {}).get("local_counts_by_type") or {}).keys())
+
+
+def run_before(parent: RunFolder, lab: str) -> tuple[str, list[str]]:
+    """Where to adapt ``lab`` again from: the run before ``lab`` was first adapted into ``parent``'s lineage (or, when
+    that run's folder is gone, the last one found on the way), and the labs adapted after it (they must be given
+    again with it)."""
+    run, later = parent, []
+    while lab in adapted_sources(run):
+        later = [s for s in step_sources(run) if s != lab] + later
+        recorded = (run.extra.get("adapted_from") or {}).get("run", "?")
+        try:
+            run = RunFolder.read(recorded)
+        except (EdgecellError, OSError):
+            return recorded, later
+    return str(run.path), later
 
 
 def replay_rows_of(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int, adapted: Sequence[str] = ()) -> list[data_mod.ManifestRow]:
@@ -238,6 +277,8 @@ def fit_prototypes(
     cov = np.cov(features - means[row_key], rowvar=False)
     cov = (1.0 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
     values, vectors = np.linalg.eigh(cov)
+    if not np.isfinite(values).all() or values.min() <= 0:
+        raise EdgecellError(f"the replayed images' features do not vary (a head of infinities); replay more images (--replay, at least {MIN_REPLAY_PER_CLASS})")
     head = PrototypeHead(features.mean(axis=0), vectors / np.sqrt(values), np.zeros((0, len(cov))), [])
     local_types = np.asarray(local_types)
     local_names = sorted(set(local_types.tolist()))
@@ -351,6 +392,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     con = con or stderr_console
     if opts.method not in METHODS:
         raise EdgecellError(f"unknown adapt method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.replay_per_class < MIN_REPLAY_PER_CLASS:
+        raise EdgecellError(f"--replay must be at least {MIN_REPLAY_PER_CLASS} images per class (got {opts.replay_per_class})")
     if not 0 <= opts.holdout_share < 1:
         raise EdgecellError(f"--holdout-share must be at least 0 and below 1 (got {opts.holdout_share})")
     parent = RunFolder.read(opts.run_dir)
@@ -359,6 +402,14 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
     check_stageable(opts.out_dir, marker=RUN_MARKER)
     classes, size = parent.classes, parent.input_size
+    lineage = parent.extra.get("adapted_from") or {}
+    if opts.method == "fine-tune" and lineage.get("method") == "prototypes":
+        # its outputs are prototypes, two of a type for a lab adapted before; training them would mix the labs up
+        raise EdgecellError(
+            f"this run was adapted by prototypes, which fine-tuning cannot train; fine-tune the run it came from "
+            f"({lineage.get('run', '?')}) with every lab's labelled cells",
+            parent.path,
+        )
     try:
         roots = parent.sources(opts.parent_data)
     except DataError as exc:
@@ -372,25 +423,28 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     for s in local.skipped:
         con.print(f"[yellow]warning:[/yellow] skipped {s.path}: {s.reason}")
     earlier = adapted_sources(parent)
-    clash = sorted(set(local.sources) & {k for k in roots if k})
+    rows = data_mod.read_manifest(split_path)
+
+    def again_from(lab: str) -> str:
+        start, later = run_before(parent, lab)
+        also = f", then adapt the result to {', '.join(later)} again" if later else ""
+        return f"adapt {start} again with all of {lab}'s labelled cells{also}"
+
+    clash = sorted(set(local.sources) & {r.source for r in rows if r.source})  # the names the parent's split records
     if clash and clash[0] in earlier:
+        raise DataError(f"this run was already adapted to {clash[0]!r}; {again_from(clash[0])}", local.sources[clash[0]])
+    source_of = {r.sha256: r.source for r in rows}
+    again = [s for s in local.samples if s.sha256 in source_of]
+    if again:  # they teach the run nothing new, and one held out would make the before/after a test on training cells
+        lab = source_of[again[0].sha256]
+        instead = again_from(lab) if lab in earlier else "give cells the run has not seen"
         raise DataError(
-            f"this run was already adapted to {clash[0]!r}; adapt the run it came from ({parent.extra['adapted_from'].get('run', '?')}) "
-            f"again, with all of {clash[0]}'s labelled cells",
-            local.sources[clash[0]],
+            f"{len(again)} local image(s) are already in the run's split (first: {again[0].rel}); leave them out, or {instead}",
+            local.sources[again[0].source],
         )
     if clash:
         raise DataError(
             f"local source {clash[0]!r} has the name of one of the parent run's sources; give the local folder its own name", local.sources[clash[0]]
-        )
-    rows = data_mod.read_manifest(split_path)
-    known = {r.sha256 for r in rows}
-    again = [s for s in local.samples if s.sha256 in known]
-    if again:  # they teach the run nothing new, and one held out would make the before/after a test on training cells
-        instead = "adapt the run this one came from with all of the lab's labelled cells" if earlier else "give cells the run has not seen"
-        raise DataError(
-            f"{len(again)} local image(s) are already in the run's split (first: {again[0].rel}); leave them out, or {instead}",
-            local.sources[again[0].source],
         )
     held = holdout(local.samples, opts.holdout_share, opts.seed)
     advice = check_local(local, held, opts.holdout_share)

@@ -604,7 +604,12 @@ def load_cells_from_manifest(
     if folders is not None:
         lost = sorted({r.source for r in rows} - set(folders))
         if lost:
-            raise DataError(f"the split manifest names source(s) {', '.join(lost)} that the data folders do not hold (sources: {', '.join(folders)})", root)
+            held = ", ".join(k for k in folders if k) or "none"
+            raise DataError(
+                f"the split manifest names source(s) {', '.join(lost)} that the data folders do not hold (they hold: {held}); "
+                "a source is named after its folder, so give each under the name it had at training",
+                root,
+            )
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({r.label for r in rows} - set(index))
     if unknown:

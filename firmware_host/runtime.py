@@ -80,8 +80,9 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
 ADAPTED_ADVICE = (
-    "check these results with care; the model was adapted to {labs} from {cells} labelled cells: if these images are from {which}, "
-    "label more of its cells and adapt the run it was adapted from again with all of them, and if they are from another lab, adapt the model to it (edgecell adapt)"
+    "check these results with care; the model was adapted to {labs} with {cells} labelled cells: if these images are from {which}, "
+    "label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab (edgecell adapt names it), "
+    "and if they are from another lab, adapt the model to it"
 )
 """...and when it fires for a model that ``edgecell adapt`` already fitted to a lab (``lab_check["adapted_to"]``)."""
 

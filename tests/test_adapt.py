@@ -118,7 +118,8 @@ def test_too_few_to_hold_out_is_refused_with_how_many_to_label(tiny_run, clinic,
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.output
-    assert "too few labelled cells to hold any out (basophil 1)" in lines[0] and "label at least 4 per class" in lines[0]
+    assert "too few labelled cells to hold any out (basophil: 1 basophil;" in lines[0]
+    assert f"label at least {MIN_PER_CLASS} different cells of one type in each class" in lines[0]
     assert not out.exists()
 
 
@@ -335,7 +336,7 @@ def test_adapting_an_adapted_run_to_its_own_lab_again_is_refused_with_what_to_do
     res = CliRunner().invoke(cli, ["adapt", str(first), "--data", str(clinic), "--out", str(tmp_path / "again")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     line = " ".join(res.output.split())
-    assert "this run was already adapted to 'clinic'; adapt the run it came from" in line and str(tiny_run.resolve()) in line
+    assert f"this run was already adapted to 'clinic'; adapt {tiny_run.resolve()} again with all of clinic's labelled cells" in line
     assert not (tmp_path / "again").exists()
 
 
@@ -408,3 +409,79 @@ def test_a_prototype_run_converts_to_tflite_that_agrees_with_keras(by_prototypes
 def test_an_unknown_method_is_one_line(tiny_run, clinic, tmp_path):
     res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(tmp_path / "x"), "--method", "magic"])
     assert res.exit_code == 2 and "magic" in res.output and "Traceback" not in res.output
+
+
+def test_out_inside_the_parents_training_data_is_refused(tiny_run, real_slice, clinic):
+    """The next train or adapt on that data would read the new run's files as cells."""
+    out = real_slice / "newrun"
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "the parent run's training data" in " ".join(res.output.split())
+    assert not out.exists()
+
+
+def test_a_replay_too_small_to_give_a_spread_is_refused(tiny_run, clinic, tmp_path):
+    from edgecell.adapt import MIN_REPLAY_PER_CLASS, AdaptOptions, adapt
+    from firmware_host.errors import EdgecellError
+
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(tmp_path / "x"), "--replay", "1"])
+    assert res.exit_code == 2 and "--replay" in res.output and "Traceback" not in res.output
+    with pytest.raises(EdgecellError, match=f"at least {MIN_REPLAY_PER_CLASS}"):
+        adapt(AdaptOptions(str(tiny_run), (str(clinic),), str(tmp_path / "y"), replay_per_class=MIN_REPLAY_PER_CLASS - 1))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_fine_tuning_a_run_adapted_by_prototypes_is_refused_with_what_to_do(by_prototypes, tiny_run, tmp_path):
+    """Its outputs are prototypes (two of a type once a lab has been added); fine-tuning would train the lab's
+    cells towards the training labs' prototype of their type."""
+    first, _, _ = by_prototypes
+    ward = tmp_path / "ward"
+    (ward / "seg_neutrophil").mkdir(parents=True)  # no images needed: refused before they are read
+    res = CliRunner().invoke(cli, ["adapt", str(first), "--data", str(ward), "--out", str(tmp_path / "ft"), "--method", "fine-tune"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = " ".join(res.output.split())
+    assert "adapted by prototypes" in line and str(tiny_run.resolve()) in line
+    assert not (tmp_path / "ft").exists()
+
+
+def test_the_parents_own_images_given_as_local_cells_are_refused_as_such(tiny_run, real_slice, tmp_path):
+    """Not "give the folder its own name", which would only lead to the next refusal."""
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(real_slice), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "already in the run's split" in " ".join(res.output.split())
+
+
+def test_parent_data_without_the_recorded_sources_says_how_sources_are_named(tiny_run, clinic, tmp_path):
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--parent-data", str(clinic), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = " ".join(res.output.split())
+    assert "(they hold: clinic)" in line and "a source is named after its folder" in line and "has the name of" not in line
+
+
+def test_run_before_walks_the_lineage_to_the_run_before_the_lab(monkeypatch, tmp_path):
+    """run -> a1 (adapted to clinic) -> a2 (adapted to ward): clinic is adapted again from run, then ward again."""
+    from types import SimpleNamespace
+
+    from edgecell import adapt as adapt_mod
+    from firmware_host.errors import EdgecellError
+
+    def lineage(parent, step, labs):
+        return {"adapted_from": {"run": parent, "local_counts_by_type": {s: {} for s in step}, "adapted_sources": labs}}
+
+    runs = {
+        "run": SimpleNamespace(path=Path("run"), extra={}),
+        "a1": SimpleNamespace(path=Path("a1"), extra=lineage("run", ["clinic"], ["clinic"])),
+        "a2": SimpleNamespace(path=Path("a2"), extra=lineage("a1", ["ward"], ["clinic", "ward"])),
+    }
+
+    def read(path):
+        if str(path) not in runs:
+            raise EdgecellError("not a run folder", path)
+        return runs[str(path)]
+
+    monkeypatch.setattr(adapt_mod.RunFolder, "read", staticmethod(read))
+    assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])
+    assert adapt_mod.run_before(runs["a2"], "ward") == ("a1", [])
+    assert adapt_mod.run_before(runs["a1"], "clinic") == ("run", [])
+    del runs["run"]  # moved away: the last run found on the way is named
+    assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])

@@ -215,9 +215,9 @@ def test_lab_warning_on_an_adapted_model_advises_more_cells_of_its_lab():
     msg = lab_warning(0.62, 200, check | {"adapted_to": {"sources": ["clinic", "ward2"], "cells": 50}})
     assert msg.startswith("these 200 images look unlike the labs this model was trained on (mean confidence 0.62, below 0.91): ")
     assert msg.endswith(
-        "check these results with care; the model was adapted to clinic, ward2 from 50 labelled cells: if these images are from one of "
-        "those labs, label more of its cells and adapt the run it was adapted from again with all of them, and if they are from another "
-        "lab, adapt the model to it (edgecell adapt)"
+        "check these results with care; the model was adapted to clinic, ward2 with 50 labelled cells: if these images are from one of "
+        "those labs, label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab "
+        "(edgecell adapt names it), and if they are from another lab, adapt the model to it"
     )
     assert "are from that lab, label" in lab_warning(0.62, 200, check | {"adapted_to": {"sources": ["clinic"], "cells": 50}})
     assert lab_warning(0.62, 200, check | {"adapted_to": {"sources": [], "cells": 0}}).endswith(LAB_ADVICE)

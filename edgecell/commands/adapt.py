@@ -37,7 +37,7 @@ from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_
 @click.option(
     "--replay",
     "replay_per_class",
-    type=click.IntRange(0, 100000),
+    type=click.IntRange(_defaults.MIN_REPLAY_PER_CLASS, 100000),
     default=_defaults.DEFAULT_REPLAY_PER_CLASS,
     show_default=True,
     help="Images per class replayed from the parent's training split, so its labs are not forgotten.",
@@ -69,7 +69,7 @@ def adapt(json_out, **options):
 
     con = human(json_out == "-")
     opts = AdaptOptions(**options)  # every option but --json is a field of AdaptOptions, by the same name
-    reads = [(opts.run_dir, "the run being adapted"), *data_reads(opts.data_dir), *data_reads(opts.parent_data)]
+    reads = [(opts.run_dir, "the run being adapted"), *data_reads(opts.data_dir), *data_reads(opts.parent_data), *_defaults.parent_data_reads(opts.run_dir)]
     check_outputs({"--json": json_out}, reads, folders={"--out": opts.out_dir})
     res = adapt(opts, con)
     con.print(report_table(res.report))
