@@ -407,15 +407,24 @@ def signals_as_interrupts() -> Iterator[None]:
                     signal.signal(s, signal.SIG_IGN)
         raise _interrupt(signum)
 
+    def unraisable(info) -> None:
+        # an interrupt raised inside a finaliser is recorded already (raise_if_interrupted raises it again at the
+        # next safe point): not a traceback for the user ("Exception ignored in ...")
+        if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
+            previous_hook(info)
+
     previous = {}
+    previous_hook = sys.unraisablehook
     _received.clear()
     try:
+        sys.unraisablehook = unraisable
         for s in _HELD:
             previous[s] = signal.signal(s, handler)
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
         _received.clear()
 
 

@@ -33,8 +33,9 @@ def test_fit_other_threshold_sends_the_stated_share_of_validation_cells():
     probs, feats = predict_with_features(model, x_va)
     five = (y_va != 2) & (probs.argmax(axis=1) != 2)
     assert fitted["validation_n"] == int(five.sum())
-    above = (score.scores(feats[five]) > score.threshold).mean()
-    assert 0 < above <= 0.05
+    scores = score.scores(feats[five])
+    # the threshold is one of the validation scores; a second pass of oneDNN may round that one a hair higher
+    assert 0 < (scores > score.threshold * (1 + 1e-6)).mean() <= 0.05
     # a model without an `other` class: no score (argmax only)
     assert fit_other_threshold(model, x_tr, y_tr, x_va, y_va, ["a", "b", "c", "d"]) == {}
 
@@ -200,7 +201,7 @@ def test_adapt_trains_the_types_and_keeps_adding_them_up(other_run, tmp_path):
             (local / typ / f.name).symlink_to(f)
     out = tmp_path / "adapted"
     res = CliRunner().invoke(
-        cli, ["adapt", str(other_run / "run"), "--data", str(local), "--out", str(out), "--method", "fine-tune", "--epochs", "2", "--replay", "8"]
+        cli, ["adapt", str(other_run / "run"), "--data", str(local), "--out", str(out), "--method", "fine-tune", "--epochs", "2", "--replay", "10"]
     )
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
