@@ -192,6 +192,8 @@ def apply_corrections(
         raise CorrectionsError([f"{os.fspath(csv_path)}: holds no corrections (only the header)"], csv_path)
     out = Path(out)
     real_out = os.path.realpath(out)
+    if os.path.realpath(csv_path).startswith(real_out + os.sep):
+        raise CorrectionsError([f"{os.fspath(csv_path)}: is inside the output folder {out}, which would be replaced; choose another --out"], csv_path)
     inside = [r for r in rows if os.path.realpath(r.source).startswith(real_out + os.sep)]
     if inside:
         raise CorrectionsError(
@@ -233,12 +235,6 @@ def _resolve(file: str, base: Path) -> Path:
     return Path(file) if os.path.isabs(file) else base / file
 
 
-def _oriented(img):
-    from PIL import ImageOps
-
-    return ImageOps.exif_transpose(img)
-
-
 def _box_problem(field: Path, box: Box) -> str | None:
     """Why ``box`` cannot be cut from the image ``field`` (read from its header), or None."""
     from PIL import Image
@@ -256,11 +252,18 @@ def _box_problem(field: Path, box: Box) -> str | None:
 
 
 def _cut(field: Path, box: Box, dest: Path) -> None:
+    """The cell in ``box`` as a PNG, from the field decoded as ``scan`` decoded it (EXIF orientation, alpha on white,
+    16-bit scaled: :func:`firmware_host.scan.decode_field`), so a cell trained on is the cell that was classified."""
     from PIL import Image
 
+    from firmware_host.errors import ImageError
+    from firmware_host.scan import decode_field
+
     try:
-        with Image.open(field) as img:
-            _oriented(img).convert("RGB").crop((box.x0, box.y0, box.x1, box.y1)).save(dest, "PNG")
+        rgb = decode_field(field.read_bytes(), field)
+        Image.fromarray(rgb[box.y0 : box.y1, box.x0 : box.x1], "RGB").save(dest, "PNG")
+    except ImageError as exc:
+        raise DataError(f"cannot cut the cell out of this field ({exc.reason})", field) from None
     except OSError as exc:
         raise DataError(f"cannot cut the cell out of this field ({os_reason(exc)})", field) from None
 

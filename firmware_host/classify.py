@@ -25,6 +25,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from firmware_host import atomic
@@ -35,6 +36,7 @@ from firmware_host.metadata import model_reads
 from firmware_host.paths import expand_paths, label_for, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
+    FLAG_OTHER,
     FLAG_REVIEW,
     FLAG_UNCERTAIN,
     REVIEW_CLASSES,
@@ -115,6 +117,7 @@ class ClassifySummary:
     predicted: list[int] = field(default_factory=list)
     n_review: int = 0
     n_uncertain: int = 0
+    n_other: int = 0
     confusion: list[list[int]] = field(default_factory=list)
     n_unlabelled: int = 0
     preprocess_ms: array = field(default_factory=lambda: array("f"))
@@ -148,6 +151,7 @@ class ClassifySummary:
         self.predicted[pred] += 1
         self.n_review += row["flag"] == FLAG_REVIEW
         self.n_uncertain += row["flag"] == FLAG_UNCERTAIN
+        self.n_other += row["flag"] == FLAG_OTHER
         if row["true_label"] is None:
             self.n_unlabelled += 1
         else:
@@ -183,7 +187,7 @@ class ClassifySummary:
 
     @property
     def n_flagged(self) -> int:
-        return self.n_review + self.n_uncertain
+        return self.n_review + self.n_uncertain + self.n_other
 
     @property
     def n_labelled(self) -> int:
@@ -232,7 +236,7 @@ class ClassifySummary:
             "threshold": self.threshold,
             "differential": self.differential,
             "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
-            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "total": self.n_flagged},
+            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "other": self.n_other, "total": self.n_flagged},
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
         }
@@ -250,7 +254,30 @@ def expand_and_check_outputs(opts):
     for dest in outputs.values():
         if dest and dest != "-":
             check_writable(dest)
+    annotate = getattr(opts, "annotate_dir", None)
+    if annotate is not None:
+        check_annotate_folder(annotate, opts.paths, outputs)
     return expanded
+
+
+def check_annotate_folder(folder, paths, outputs: dict) -> None:
+    """scan's ``--annotate``: not in a folder being scanned (its PNGs would be scanned and counted next time), not
+    another output's path, and a folder that can be made; one line (exit 2 or 1) otherwise. Beside an input file
+    it is fine: the annotator never writes over an input."""
+    given = os.fspath(folder)
+    if given == "":
+        raise atomic.OutputRefused("--annotate is an empty path; give a folder name")
+    real = os.path.realpath(given)
+    for p in paths:
+        scanned = os.path.realpath(p)
+        if os.path.isdir(p) and (real == scanned or real.startswith(scanned + os.sep)):
+            raise atomic.OutputRefused(
+                f"--annotate {given} is inside the folder being scanned ({os.fspath(p)}): its PNGs would be scanned next time; choose another folder"
+            )
+    for opt, dest in outputs.items():
+        if dest and dest != "-" and os.path.realpath(dest) == real:
+            raise atomic.OutputRefused(f"--annotate and {opt} name the same path ({given}); give them different names")
+    check_writable(Path(given) / "annotated.png")  # makes the folder, or says in one line why it cannot
 
 
 class ClassifyJob:

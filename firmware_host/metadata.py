@@ -393,9 +393,14 @@ def write_metadata(model_path: str | os.PathLike, meta: ModelMetadata) -> Path:
 def model_reads(model_path: str | os.PathLike) -> list[tuple[str, str]]:
     """What a command reading ``model_path`` reads, as :func:`firmware_host.atomic.check_outputs` takes it.
 
-    A model file and its sidecar, or a whole export folder; no output may be written over them.
+    A whole export folder; or a model file, its sidecar and every other model (and sidecar) beside it, since an
+    export folder holds the float32 and int8 models together; no output may be written over them.
     """
     p = Path(model_path)
     if p.is_dir():
         return [(os.fspath(p), "the model folder being read")]
-    return [(os.fspath(p), "the model"), (os.fspath(sidecar_path(p)), "the model's metadata")]
+    beside = sorted(q for q in p.parent.glob("*.tflite") if q.name != p.name) if p.parent.is_dir() else []
+    out = [(os.fspath(p), "the model"), (os.fspath(sidecar_path(p)), "the model's metadata")]
+    for q in beside:
+        out += [(os.fspath(q), "a model beside the one being read"), (os.fspath(sidecar_path(q)), "the metadata of a model beside it")]
+    return out

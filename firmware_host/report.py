@@ -154,6 +154,7 @@ class _Cell:
     field: int | None = None
     box: Box | None = None
     why: str = ""  # why it is ``other`` (runtime.Prediction.other_reason)
+    edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
 
 
 @dataclass
@@ -260,15 +261,17 @@ class ReportWriter:
         field: int | None = None,
         box: Box | None = None,
         why: str = "",
+        edge: bool = False,
     ) -> int:
         """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None.
 
         In scan mode ``field`` is the index :meth:`add_field` returned and ``box`` the cell's box in
-        that field. ``why``: why the cell is ``other`` (shown beside its flag). Returns the cell's index.
+        that field. ``why``: why the cell is ``other`` (shown beside its flag). ``edge``: the cell is cut by its
+        field's border (shown, not counted in the differential). Returns the cell's index.
         """
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
-        self.cells.append(_Cell(i, _text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or ""))
+        self.cells.append(_Cell(i, _text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", bool(edge)))
         if field is not None:
             self.fields[field].cells.append(i)
         return i
@@ -327,7 +330,7 @@ class ReportWriter:
             "classes": choices,
             "csvColumns": list(CSV_COLUMNS),
             "csvName": CSV_NAME,
-            "cells": [[c.file, c.label] for c in self.cells],
+            "cells": [[c.file, c.label, int(c.edge)] for c in self.cells],
         }
         yield f'<script type="application/json" id="edgecell-data">{_json_for_script(data)}</script>\n'
         yield f"<script>{script}</script>\n</body>\n</html>\n"
@@ -365,9 +368,10 @@ class ReportWriter:
 
     def _differential_html(self, choices: list[str]) -> str:
         counts = {c: 0 for c in choices}
-        for c in self.cells:
+        counted = [c for c in self.cells if not c.edge]
+        for c in counted:
             counts[c.label] = counts.get(c.label, 0) + 1
-        n = len(self.cells)
+        n, n_edge = len(counted), len(self.cells) - len(counted)
         review = set(self.header.review_classes)
         rows = []
         for k, c in enumerate(choices):
@@ -384,7 +388,8 @@ class ReportWriter:
             + "\n".join(rows)
             + f'\n</tbody>\n<tfoot><tr><th scope="row">total</th><td class="num">{n}</td><td class="num">100.0</td><td class="num">{n}</td></tr></tfoot>\n</table>'
         )
-        return f'<section id="count">\n<h2>Differential count</h2>\n<div class="diffwrap">{table}\n{_bar_chart(choices, counts)}</div>\n</section>\n'
+        left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
+        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap">{table}\n{_bar_chart(choices, counts)}</div>\n</section>\n'
 
     def _confusion_html(self, choices: list[str]) -> str:
         index = {c: k for k, c in enumerate(choices)}
@@ -479,6 +484,8 @@ class ReportWriter:
             tags.append(f'<span class="tag wrong">folder: {_e(c.true_label)}</span>')
         if c.field is not None:
             tags.append(f'<span class="tag">field {c.field + 1}, cell {c.index + 1}</span>')
+        if c.edge:
+            tags.append('<span class="tag">cut by the border: not counted</span>')
         img = (
             f'<img alt="" width="{THUMB_PX}" height="{THUMB_PX}" decoding="async" src="data:image/jpeg;base64,{self._load(c.thumb)}">'
             if c.thumb
@@ -620,6 +627,7 @@ _SCRIPT = """
     var counts = {};
     data.classes.forEach(function (c) { counts[c] = 0; });
     data.cells.forEach(function (cell, i) {
+      if (cell[2]) { return; }  // cut by its field's border: not counted
       var c = Object.prototype.hasOwnProperty.call(corrected, i) ? corrected[i] : cell[1];
       counts[c] = (counts[c] || 0) + 1;
     });

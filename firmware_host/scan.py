@@ -238,6 +238,7 @@ class ScanSummary:
     predicted: dict[str, int] = field(default_factory=dict)
     n_review: int = 0
     n_uncertain: int = 0
+    n_other: int = 0
     failed: list[dict] = field(default_factory=list)
     locate_ms: float = 0.0
     classify_ms: float = 0.0
@@ -251,7 +252,7 @@ class ScanSummary:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
 
     def add(self, res: FieldResult) -> None:
-        from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+        from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
 
         if res.error is not None:
             self.n_failed += 1
@@ -267,6 +268,7 @@ class ScanSummary:
             self.n_cells += 1
             self.n_review += c["flag"] == FLAG_REVIEW
             self.n_uncertain += c["flag"] == FLAG_UNCERTAIN
+            self.n_other += c["flag"] == FLAG_OTHER
             if c["edge"]:
                 self.n_edge += 1
             else:
@@ -281,6 +283,10 @@ class ScanSummary:
         from firmware_host.runtime import tally_lab_warning
 
         return tally_lab_warning(self.n_counted, self.confidence_sum, self.other_scores, self.lab_check, what="cells")
+
+    @property
+    def n_flagged(self) -> int:
+        return self.n_review + self.n_uncertain + self.n_other
 
     @property
     def n_counted(self) -> int:
@@ -298,7 +304,7 @@ class ScanSummary:
             "threshold": self.threshold,
             "differential": dict(self.predicted),
             "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
-            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "total": self.n_review + self.n_uncertain},
+            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "other": self.n_other, "total": self.n_flagged},
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,
@@ -534,7 +540,16 @@ class ReportHook:
             x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
             thumb = self.mod.thumbnail_jpeg(rgb[y0:y1, x0:x1])
             self.writer.add_cell(
-                self.mod.cell_name(res.file, box), c["label"], c["confidence"], c["flag"], None, thumb, field=k, box=box, why=c.get("other_reason", "")
+                self.mod.cell_name(res.file, box),
+                c["label"],
+                c["confidence"],
+                c["flag"],
+                None,
+                thumb,
+                field=k,
+                box=box,
+                why=c.get("other_reason", ""),
+                edge=bool(c["edge"]),
             )
 
     def finish(self, summary: ScanSummary) -> None:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
-from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
 from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
@@ -139,6 +139,30 @@ def test_csv_one_row_per_image(models, data, tmp_path):
     r = run("classify", "--model", models.export, data / "myeloblast", "--csv", "-")
     assert r.exit_code == 0 and r.stdout.startswith("path,label,confidence,flag")
     assert len(r.stdout.strip().splitlines()) == 4
+
+
+def test_an_output_over_the_other_model_of_the_export_is_refused(models, data, tmp_path):
+    """Given one model file, the other model in its export folder (and its sidecar) is protected as well."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(models.export, exp)
+    before = {p.name: p.read_bytes() for p in exp.iterdir()}
+    for out in ("model_float32.tflite", "model_float32.json"):
+        r = run("classify", "--model", exp / "model_int8.tflite", data, "--csv", exp / out)
+        assert r.exit_code == 2 and "beside" in r.output, r.output
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == before
+
+
+def test_flagged_total_counts_other_cells(models, data, tmp_path):
+    """Every row with a flag is counted, `other` ones included, as the CSV and the review page show them."""
+    out = tmp_path / "r.json"
+    assert run("classify", "--model", models.root / "export_other", data, "--other-threshold", "0", "--json", out).exit_code == 0
+    rep = json.loads(out.read_text())
+    flags = [x["flag"] for x in rep["results"]]
+    assert flags.count(FLAG_OTHER) > 0
+    assert rep["summary"]["flagged"]["other"] == flags.count(FLAG_OTHER)
+    assert rep["summary"]["flagged"]["total"] == sum(bool(f) for f in flags)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.7, 0.9, 1.0])

@@ -116,6 +116,33 @@ def test_source_inside_out_is_refused(images, tmp_path):
     assert digests(images) == before
 
 
+def test_csv_inside_out_is_refused(images, tmp_path):
+    """Replacing --out would delete the corrections being applied."""
+    out = tmp_path / "corrected"
+    assert run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD), "--out", out, cwd=images).exit_code == 0
+    inside = write_csv(out / "c.csv", GOOD)
+    r = run("corrections", "apply", inside, "--out", out, cwd=images)
+    assert r.exit_code == 1 and "is inside the output folder" in r.output
+    assert inside.is_file()
+
+
+def test_a_cell_cut_from_a_16_bit_field_has_the_pixels_scan_classified(tmp_path):
+    from PIL import Image
+
+    from firmware_host.report import Box, cell_name
+    from firmware_host.scan import decode_field
+
+    root = tmp_path / "fields"
+    root.mkdir()
+    grey = (np.arange(120 * 200, dtype=np.uint16).reshape(120, 200) * 2).astype(np.uint16)
+    Image.fromarray(grey).save(root / "g16.png")
+    rows = [[cell_name("g16.png", Box(10, 20, 60, 80)), "monocyte", "other"]]
+    apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=root)
+    cut = np.asarray(Image.open(tmp_path / "out" / "other" / "g16_10_20_60_80.png").convert("RGB"))
+    seen = decode_field((root / "g16.png").read_bytes())[20:80, 10:60]
+    assert seen.std() > 0 and np.array_equal(cut, seen)
+
+
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [

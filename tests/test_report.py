@@ -137,6 +137,24 @@ def test_scan_mode_fields_with_boxes(tmp_path):
     assert "2 cells" in text
 
 
+def test_scan_mode_cells_cut_by_the_border_are_shown_and_not_counted(tmp_path):
+    """As scan's own summary: the page's differential (and its count after corrections) leaves them out."""
+    import json
+    import re
+
+    field = np.zeros((300, 400, 3), dtype=np.uint8)
+    with ReportWriter(_header(SIX, n_images=1, mode="scan")) as w:
+        fi = w.add_field("fields/f1.jpg", field)
+        w.add_cell("fields/f1.jpg#1", "monocyte", 0.9, "", None, _thumb(1), field=fi, box=Box(10, 20, 60, 80))
+        w.add_cell("fields/f1.jpg#2", "monocyte", 0.8, "", None, _thumb(2), field=fi, box=Box(0, 100, 40, 150), edge=True)
+        text = "".join(w.render())
+    row = re.search(r'<tr data-class="monocyte">.*?</tr>', text).group(0)
+    assert '<td class="num">1</td><td class="num">100.0</td>' in row
+    assert "1 cell cut by a field's border shown below, not counted." in text and "cut by the border: not counted" in text
+    data = json.loads(re.search(r'<script type="application/json" id="edgecell-data">(.*?)</script>', text, re.S).group(1))
+    assert [c[2] for c in data["cells"]] == [0, 1]  # what the page's script skips when it counts again
+
+
 def test_thumbnails_spool_and_size(tmp_path):
     from PIL import Image
 

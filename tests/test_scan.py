@@ -233,6 +233,9 @@ def test_scan_array_and_summary(models):
     s.add(res)
     d = s.to_dict()
     assert d["cells"] == 2 and d["edge_cells"] == 1 and d["counted_cells"] == 1 and sum(d["differential"].values()) == 1
+    flags = [c["flag"] for c in res.cells]
+    assert d["flagged"]["total"] == sum(bool(f) for f in flags) == s.n_flagged  # `other` cells too
+    assert d["flagged"]["other"] == flags.count("not one of the five - refer")
     img = annotate(draw_field(wbcs), res.cells, clf.classes)
     assert img.size == (W, H)
 
@@ -284,6 +287,24 @@ def test_cli_scan_never_writes_over_an_input(models, fields, tmp_path):
     assert (fields / "none.png").read_bytes() == before
     assert (fields / "none-1.png").is_file()
     (fields / "none-1.png").unlink()
+
+
+def test_cli_scan_annotate_checked_before_any_work(models, fields, tmp_path):
+    """--annotate inside the folder scanned (its PNGs would be scanned next time), on another output's path, or
+    under a file: one line each, nothing written."""
+    before = sorted(p.name for p in fields.iterdir())
+    (tmp_path / "c.csv").write_text("not a folder")
+    cases = [
+        ([str(fields), "--annotate", str(fields / "ann")], 2, "inside the folder being scanned"),
+        ([str(fields / "none.png"), "--annotate", str(tmp_path / "x"), "--csv", str(tmp_path / "x")], 2, "name the same path"),
+        ([str(fields / "none.png"), "--annotate", str(tmp_path / "c.csv" / "sub")], 1, "c.csv"),
+        ([str(fields / "none.png"), "--annotate", ""], 2, "empty path"),
+    ]
+    for args, code, says in cases:
+        res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), *args, "--threads", "1"])
+        assert res.exit_code == code and says in " ".join(res.output.split()) and "Traceback" not in res.output, (args, res.output)
+        assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, res.output
+    assert sorted(p.name for p in fields.iterdir()) == before and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("target", ["field", "model", "sidecar"])

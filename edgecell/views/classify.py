@@ -164,7 +164,7 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         con.print(differential_table("Differential count", s.differential))
         con.print(
             f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review "
-            f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",
+            f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five.",
             soft_wrap=True,
         )
         pre, inf = latency["preprocess_ms"], latency["inference_ms"]

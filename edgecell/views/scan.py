@@ -26,8 +26,8 @@ def print_summary(con, err, s: ScanSummary) -> None:
         con.print(differential_table("Differential count (cells cut by a field's border left out)", s.predicted))
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
-        f"{s.n_empty} without one. Flagged: [bold]{s.n_review + s.n_uncertain}[/bold] - {s.n_review} for haematologist review, "
-        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}).",
+        f"{s.n_empty} without one. Flagged: [bold]{s.n_flagged}[/bold] - {s.n_review} for haematologist review, "
+        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five.",
         soft_wrap=True,
     )
     if s.n_fields:
