@@ -23,7 +23,6 @@ cell is missing, and the next field of the smear may show it whole.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import io
 import os
@@ -36,7 +35,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageDraw
 
-from firmware_host.atomic import write_bytes
+from firmware_host.atomic import csv_dict_writer, write_bytes
 from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
@@ -479,6 +478,8 @@ class ScanJob:
         if exc_info[0] is not None:  # the temporary files are removed; nothing half-written is kept
             return self._stack.__exit__(*exc_info)
         with self._stack:
+            if self._csv:
+                self._csv.close(self.path_errors, self.summary.lab_warning)
             if self._json:
                 self._json.close({"failed": self.summary.failed, "summary": self.summary.to_dict()})
             if self.report is not None:
@@ -591,15 +592,24 @@ CSV_COLUMNS = [
     "nucleus_offset",
     "other_reason",
     "error",
+    "lab_warning",
 ]
 
 
 class CellCsv:
-    """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error."""
+    """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error; then
+    (:meth:`close`) the arguments that matched no file, and one last row with only ``lab_warning`` when the cells
+    look unlike the model's training labs, as classify's CSV."""
 
     def __init__(self, fh: IO[str]):
-        self.w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        self.w = csv_dict_writer(fh, CSV_COLUMNS)  # every field quoted as it needs (a CR or LF in a file name)
         self.w.writeheader()
+
+    def close(self, path_errors, lab_warning: str | None) -> None:
+        for exc in path_errors:
+            self.w.writerow({"file": exc.path, "error": exc.reason})
+        if lab_warning:
+            self.w.writerow({"lab_warning": lab_warning})
 
     def add(self, res) -> None:
         if res.error is not None:

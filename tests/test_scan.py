@@ -8,6 +8,8 @@ fields are measured by benchmarks/scan.py, not here.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import deque
 
@@ -276,6 +278,11 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert sum(s["differential"].values()) == 2
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 1 + 3 + 1 + 1  # header, three cells, the empty field, the failed field
+    # an argument that matches nothing is in the CSV as it is in the JSON's failed list
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "none.png"), str(fields / "missing.jpg"), "--csv", str(csv_path)])
+    assert res.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text(), newline="")))
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows if r["error"]] == ["missing.jpg"]
     assert sorted(p.name for p in ann.iterdir()) == ["edge.png", "none.png", "two.png"]
     assert Image.open(ann / "two.png").size == (W, H)
 
@@ -388,13 +395,16 @@ def test_cli_scan_says_when_the_fields_look_unlike_the_training_labs(models, fie
     meta.lab_check = {"min_mean_confidence": 1.0, "batch": 2}  # no set of cells is that confident
     write_metadata(model, meta)
     out, page = tmp_path / "s.json", tmp_path / "review.html"
-    args = ["scan", "--model", str(model), str(fields / "two.jpg"), "--json", str(out), "--threads", "1"]
+    cells = tmp_path / "s.csv"
+    args = ["scan", "--model", str(model), str(fields / "two.jpg"), "--json", str(out), "--csv", str(cells), "--threads", "1"]
     review = importlib.util.find_spec("firmware_host.report") is not None
     res = CliRunner().invoke(cli, args + (["--report", str(page)] if review else []))
     assert res.exit_code == 0, res.output
     warning = json.loads(out.read_text())["summary"]["lab_warning"]
     assert warning.startswith("these 2 cells look unlike the labs this model was trained on (mean confidence ")
     assert "look unlike the labs" in " ".join(res.output.split())
+    last = list(csv.DictReader(io.StringIO(cells.read_text(), newline="")))[-1]  # the CSV's last row, as classify's
+    assert last["lab_warning"] == warning and not last["file"]
     if review:
         assert 'id="lab-warning"' in page.read_text()
 
