@@ -58,9 +58,10 @@ def resolve(target: str | os.PathLike) -> Target:
     model = resolve_model(p)
     meta = read_metadata(model)
     run = RunFolder.containing(model)
-    return Target(
-        meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), run and run.dataset, meta.lab_check
-    )
+    # an export folder copied away from its run: the data folders its sidecar records (what `--split all` reads)
+    recorded = {"sources": meta.source.get("dataset_sources") or {}, "path": meta.source.get("dataset_path")}
+    dataset = run.dataset if run else (recorded if recorded["sources"] or recorded["path"] else None)
+    return Target(meta.precision.value, model, run and run.path, list(meta.classes), int(meta.input_size), float(meta.temperature), dataset, meta.lab_check)
 
 
 def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:

@@ -123,9 +123,11 @@ def bench_one(path: str | os.PathLike, threads: int, x: np.ndarray, runs: int, w
         for _ in clf.classify_many(images[: min(len(images), E2E_WARM_IMAGES)]):  # warm the file cache and the pool
             pass
         t0 = time.perf_counter()
-        ok = sum(1 for _, r in clf.classify_many(images) if not isinstance(r, Exception))  # in-process: this thread count
+        failed = [(f, r) for f, r in clf.classify_many(images) if isinstance(r, Exception)]  # in-process: this thread count
         wall = time.perf_counter() - t0
+        ok = len(images) - len(failed)
         e2e = {"images": len(images), "classified": ok, "seconds": wall, "images_per_s": ok / wall if wall > 0 else None}
+        e2e["first_failure"] = f"{failed[0][0]}: {getattr(failed[0][1], 'reason', failed[0][1])}" if failed else None
     return {
         "model": str(path),
         "precision": clf.precision.value,

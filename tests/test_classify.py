@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,8 +144,6 @@ def test_csv_one_row_per_image(models, data, tmp_path):
 
 def test_an_output_over_the_other_model_of_the_export_is_refused(models, data, tmp_path):
     """Given one model file, the other model in its export folder (and its sidecar) is protected as well."""
-    import shutil
-
     exp = tmp_path / "exp"
     shutil.copytree(models.export, exp)
     before = {p.name: p.read_bytes() for p in exp.iterdir()}
@@ -223,6 +222,18 @@ def test_bench_json(models, data, tmp_path):
     assert "+RSS MB" in r.output and "peak MB" in r.output
     r = run("bench", models.int8, "--threads", "0")
     assert r.exit_code == 2
+
+
+def test_bench_says_when_images_could_not_be_classified(models, data, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data, mixed)
+    (mixed / "monocyte" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "b.json"
+    r = run("bench", models.export / "model_int8.tflite", "--runs", 2, "--warmup", 1, "--data", mixed, "--json", out)
+    assert r.exit_code == 0, r.output
+    e2e = json.loads(out.read_text())["results"][0]["end_to_end"]
+    assert e2e["images"] == 16 and e2e["classified"] == 15 and "broken.jpg" in e2e["first_failure"]
+    assert "1 of 16 images could not be classified" in " ".join(r.output.split())
 
 
 def test_bench_keras_comparison(models, tmp_path):

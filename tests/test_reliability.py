@@ -1169,3 +1169,13 @@ def test_ctrl_c_while_converting_to_int8(converted, tmp_path):
     assert last.startswith("Interrupted:") or (last.startswith("Error:") and "interrupt" in last.lower()), err
     assert tree_digest(run) == before
     assert leftovers(run) == []
+
+
+def test_evaluate_an_export_copied_away_from_its_run_reads_the_data_its_sidecar_records(converted, tmp_path):
+    """`--split all` with no --data: the folders the sidecar records, not "the data folder is not there"."""
+    copied = tmp_path / "pi_export"
+    shutil.copytree(converted / "export", copied)
+    res = CliRunner().invoke(cli, ["evaluate", str(copied / "model_int8.tflite"), "--split", "all", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    n_data = sum(1 for p in (converted.parent / "data").rglob("*") if p.is_file())
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == n_data

@@ -61,6 +61,13 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         cells.append(_f(r["process_peak_rss_mb"], "{:.0f}"))
         table.add_row(*cells)
     con.print(table)
+    e2e = next((r["end_to_end"] for r in rows if r.get("end_to_end")), None)
+    if e2e and e2e["classified"] < e2e["images"]:  # the e2e rate counts the images classified, not those that failed
+        con.print(
+            f"[yellow]warning:[/yellow] {e2e['images'] - e2e['classified']} of {e2e['images']} images could not be classified "
+            f"and are left out of e2e/s (first: {escape(e2e['first_failure'] or '?')})",
+            soft_wrap=True,
+        )
     if rows:
         con.print(
             f"Interpreter: {escape(rows[0]['interpreter'])}. Latency: quantise + invoke + dequantise, decoding excluded; "
