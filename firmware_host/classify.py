@@ -494,6 +494,12 @@ class JsonStream:
         self.fh.write(self._newline(0) + "}\n")
 
 
+def alternatives(row: dict) -> list[dict]:
+    """The model's two most probable classes other than the row's label (``top3`` without it): for a cell labelled
+    ``other`` by its never-seen score or the nucleus check, the model's own first choice is one of them."""
+    return [t for t in row["top3"] if t["label"] != row["label"]][:2]
+
+
 CSV_BASE_COLUMNS = [
     "path",
     "label",
@@ -534,7 +540,7 @@ class CsvStream:
         self.w.writeheader()
 
     def add(self, r: dict) -> None:
-        top = r["top3"] + [{"label": "", "prob": ""}] * 3
+        top = [{}] + alternatives(r) + [{"label": "", "prob": ""}] * 2  # top[1], top[2]: the next two after the label
         row = {
             "path": r["path"],
             "label": r["label"],

@@ -164,6 +164,22 @@ def test_flagged_total_counts_other_cells(models, data, tmp_path):
     assert rep["summary"]["flagged"]["total"] == sum(bool(f) for f in flags)
 
 
+def test_a_cell_sent_to_other_by_its_score_keeps_the_models_own_choice_in_view(models, data, tmp_path):
+    """Labelled `other` by the never-seen score: the CSV's next classes and the printed line still show the class
+    the model itself put first."""
+    out = tmp_path / "r.csv"
+    r = run("classify", "--model", models.root / "export_other", data, "--other-threshold", "0", "--csv", out)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
+    assert rows and all(x["label"] == "other" for x in rows)
+    for x in rows:
+        probs = {k[2:]: float(v) for k, v in x.items() if k.startswith("p_")}
+        ranked = sorted((c for c in probs if c != "other"), key=lambda c: -probs[c])
+        assert x["top2_label"] == ranked[0] and x["top3_label"] in ranked[:2]
+    first = rows[0]
+    assert f"(then {first['top2_label']} " in " ".join(r.output.split()) or len(rows) > 50
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.7, 0.9, 1.0])
 def test_threshold_and_flags(models, data, tmp_path, threshold):
     out = tmp_path / "r.json"

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary
+from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives
 from firmware_host.runtime import REVIEW_CLASSES
 
 
@@ -195,7 +195,7 @@ def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
     con.print(f"[bold]{title}[/bold]" + (f" (files under {escape(root)})" if root else ""), soft_wrap=True)
     for r in rows:
         name = escape(os.path.relpath(r["path"], root) if root else r["path"])
-        top = ", ".join(f"{escape(t['label'])} {t['prob']:.2f}" for t in r["top3"][1:])
+        top = ", ".join(f"{escape(t['label'])} {t['prob']:.2f}" for t in alternatives(r))
         ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {escape(r['true_label'])})[/red]")
         flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
         con.print(f"{name}: {escape(r['label'])} {r['confidence']:.2f}{flag}{ok}" + (f"  (then {top})" if top else ""), soft_wrap=True)
