@@ -421,3 +421,19 @@ def test_cli_scan_warns_about_a_link_to_a_folder_read_already(models, fields, tm
     assert [r["file"].rsplit("/", 1)[-1] for r in json.loads(out.read_text())["results"]] == ["two.jpg"]
     warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln and "again" in ln]
     assert len(warned) == 1 and "read already" in warned[0], res.stderr
+
+
+def test_pieces_are_those_of_one_pass_per_piece():
+    """split_component's grouping in one sort (a noise-like field holds thousands of pieces; one pass over the
+    image per piece took 7 s on an 800x600 noise field, against 0.25 s): the same arrays in the same order."""
+    from firmware_host.locate import _pieces
+
+    rng = np.random.default_rng(0)
+    for shape, k in (((50, 70), 5), ((300, 400), 40), ((7, 3), 1), ((4, 4), 3)):
+        lab = rng.integers(-1, k, size=shape).astype(np.int32)
+        lab[lab == k - 1] = -1 if k > 2 else lab[lab == k - 1]  # a piece with no pixel left
+        want = [np.nonzero(lab == i) for i in range(k)]
+        got = _pieces(lab, k)
+        assert len(got) == k
+        for (wy, wx), (gy, gx) in zip(want, got):
+            assert np.array_equal(wy, gy) and np.array_equal(wx, gx)
