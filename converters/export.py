@@ -32,7 +32,7 @@ from pathlib import Path
 from converters.calibration import DEFAULT_PER_CLASS, CalibrationSet
 from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import RunFolder
+from edgecell.runfolder import RunFolder, recorded_data_reads
 from firmware_host.metadata import Precision
 
 EXPORT_DIR = "export"
@@ -103,7 +103,7 @@ def reads(run_dir: str | Path, calibration: str | None = None, data_dir: str | N
     out = [(str(run / name), f"the run's {name}") for name in ("model.keras", "split.csv", "metadata.json")]
     out.append((str(run / EXPORT_DIR), "the export folder this command writes"))
     out += [(calibration, "the calibration folder being read"), (data_dir, "the data folder being read")]
-    return out
+    return out + recorded_data_reads(run)  # --calibration-out or --json there would become a class folder or an image
 
 
 def export_float32(model, cal: CalibrationSet | None, views: int = 1) -> bytes:

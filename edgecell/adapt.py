@@ -172,18 +172,6 @@ def adapted_sources(parent: RunFolder) -> list[str]:
     return list(dict.fromkeys([*lineage.get("adapted_sources", []), *sorted((lineage.get("local_counts_by_type") or {}).keys())]))
 
 
-def parent_data_reads(run_dir: str | Path) -> list[tuple[str, str]]:
-    """The folders the parent run was trained on, as recorded, for :func:`edgecell.options.check_outputs`: an ``--out``
-    inside one would be read back as images by the next ``train`` or ``adapt`` on them. Empty when the run cannot be
-    read (:func:`adapt` says why)."""
-    try:
-        dataset = RunFolder.read(run_dir).dataset or {}
-    except (EdgecellError, OSError):
-        return []
-    folders = [dataset.get("path"), *(dataset.get("sources") or {}).values()]
-    return [(f, "the parent run's training data") for f in dict.fromkeys(f for f in folders if f and Path(f).is_dir())]
-
-
 def step_sources(run: RunFolder) -> list[str]:
     """The sources that the ``adapt`` which made ``run`` added (none for a trained run)."""
     return sorted(((run.extra.get("adapted_from") or {}).get("local_counts_by_type") or {}).keys())

@@ -34,6 +34,7 @@ predicted class is in the right group.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -297,16 +298,27 @@ def split_for(fs: FeatureSet, seed: int, run_dir: str | os.PathLike | None = Non
         return np.array(data_mod.make_split(ds, seed)), f"make_split(seed={seed})"
     manifest = Path(run_dir) / "split.csv"
     rows = data_mod.read_manifest(manifest)
-    by_file = {s.rel: i for i, s in enumerate(fs.samples)}
+    # the audit reads one source: the split's rows of that source (one of a run of several; a run of one source
+    # whose folder was moved or renamed has its rows under the old name)
+    have = {s.source for s in fs.samples}
+    recorded = {r.source for r in rows}
+    if len(have) == 1 and len(recorded) == 1 and have != recorded:
+        rows = [dataclasses.replace(r, source=next(iter(have))) for r in rows]
+    rows = [r for r in rows if r.source in have or not r.source]
+    by_file = {(s.source, s.rel): i for i, s in enumerate(fs.samples)}
+    by_rel = {s.rel: i for i, s in enumerate(fs.samples)}  # rows without a source (split files of older runs)
     out = np.array([""] * len(fs.samples), dtype=object)
     missing = []
     for r in rows:
-        i = by_file.get(r.file)
+        i = by_file.get((r.source, r.file)) if r.source else by_rel.get(r.file)
         if i is None:
             missing.append(r.file)
             continue
         if fs.samples[i].sha256 != r.sha256:
-            raise DataError("file changed since the split manifest was written (SHA-256 differs)", fs.root / r.file)
+            raise DataError(
+                "is not the image of that name in the run's split (SHA-256 differs): changed since, or --data is not the folder the model was trained on",
+                fs.root / r.file,
+            )
         if fs.samples[i].label != r.label:
             raise DataError(f"filed under {fs.samples[i].label} but the split manifest says {r.label}", fs.root / r.file)
         out[i] = r.split

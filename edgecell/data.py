@@ -426,10 +426,20 @@ def scan(
             err.skipped = ds.skipped
             raise err
         counts = {c: n for c, n in counts.items() if n > 0}
-    small = {c: n for c, n in counts.items() if n < min_per_class}
+    # copies of one image (same SHA-256) stay in one split, so they count once: six copies and one other image
+    # would otherwise pass as seven, and the split could leave the class without a training image
+    distinct: dict[str, set] = defaultdict(set)
+    for smp in ds.samples:
+        distinct[smp.label].add(smp.sha256)
+    small = {c: n for c, n in counts.items() if len(distinct[c]) < min_per_class}
     if small:
-        desc = ", ".join(f"{c} has {n}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "") for c, n in small.items())
-        err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class})", root)
+
+        def described(c: str, n: int) -> str:
+            copies = f", {len(distinct[c])} different" if len(distinct[c]) < n else ""
+            return f"{c} has {n}{copies}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "")
+
+        desc = ", ".join(described(c, n) for c, n in small.items())
+        err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class} different images)", root)
         err.skipped = ds.skipped  # so a caller can list them before giving up
         raise err
     return ds
@@ -457,6 +467,9 @@ def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> 
     if given:
         sources, _ = discover_sources(given)
         out = {s.name: s.folder for s in sources}
+        recorded = list(dataset_meta.get("sources") or {})
+        if len(out) == 1 and len(recorded) == 1 and recorded[0] not in out:
+            out = {recorded[0]: next(iter(out.values()))}  # a run of one source, its folder moved or renamed: the one given
     else:
         recorded = dataset_meta.get("sources") or ({"": dataset_meta["path"]} if dataset_meta.get("path") else {})
         out = {k: Path(v) for k, v in recorded.items()}

@@ -46,6 +46,7 @@ order (or subset) they are drawn in. This is a toy: accuracy on it says nothing 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -648,6 +649,12 @@ def generate(
                 progress_callback(done, total)
         _remove_stale(folder, name, per_class)
         (summary.objects if folder == objects else summary.counts)[name] = per_class
+    if not others:  # a previous demo set's types taught as `other` would still be read (and taught) by train
+        for c in OTHER_CELL_TYPES:
+            if (out / c).is_dir():
+                _remove_stale(out / c, c, 0)
+                with contextlib.suppress(OSError):
+                    (out / c).rmdir()  # only when nothing but its demo images was there
     write_text(out / MARKER, _demo_md(summary, others, complete=True))
     if objects is not None:
         write_text(objects / MARKER, _objects_md(summary, others, complete=True))

@@ -143,6 +143,16 @@ class Split:
     offsets: np.ndarray
 
 
+def trained_on(target: Target, samples) -> int:
+    """How many of ``samples`` (by SHA-256) are in the run's training or validation split (0 without a run folder)."""
+    from edgecell.runfolder import SPLIT_FILE
+
+    if target.run_dir is None or not (target.run_dir / SPLIT_FILE).is_file():
+        return 0
+    fitted = {r.sha256 for r in data_mod.read_manifest(target.run_dir / SPLIT_FILE) if r.split in ("train", "val")}
+    return sum(s.sha256 in fitted for s in samples)
+
+
 def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str, con: Console) -> Split:
     """Images and labels of ``split`` ("train", "val", "test" or "all"), from the run's data
     folders or from ``data_dir`` (one folder or several, as ``train --data``)."""
@@ -160,6 +170,13 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
             task = bar.add_task("reading images", total=None)
             ds = data_mod.scan_for_model(given, target.classes, target.input_size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
         report_skipped(ds, con)
+        seen = trained_on(target, ds.samples)
+        if seen:
+            con.print(
+                f"[yellow]warning:[/yellow] {seen} of the {len(ds.samples)} images are in this run's training or validation split: "
+                "these figures are not a held-out test (use --split test, or --data with images the run has not seen)",
+                soft_wrap=True,
+            )
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
         return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples], ds.nucleus_offsets)

@@ -190,9 +190,25 @@ class RunFolder:
 
         if not self.keras_path.is_file():
             raise EdgecellError("model.keras is missing from the run folder", self.path)
+        import zipfile
+
+        if not zipfile.is_zipfile(self.keras_path):  # Keras would say "File not found" of it
+            raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", self.keras_path)
         try:
             return load_model(self.keras_path)
         except Exception as exc:
             from firmware_host.errors import first_line
 
             raise EdgecellError(f"cannot load Keras model ({first_line(exc)})", self.keras_path) from None
+
+
+def recorded_data_reads(run_dir: str | os.PathLike, what: str = "the run's training data") -> list[tuple[str, str]]:
+    """The data folders a run was trained on, as its metadata records them, for :func:`edgecell.options.check_outputs`:
+    an output inside one would be read back as images (or a class folder) by the next ``train``, ``adapt`` or
+    ``evaluate`` on them. Empty when the run cannot be read (the command says why)."""
+    try:
+        dataset = RunFolder.read(run_dir).dataset or {}
+    except (EdgecellError, OSError):
+        return []
+    folders = [dataset.get("path"), *(dataset.get("sources") or {}).values()]
+    return [(f, what) for f in dict.fromkeys(f for f in folders if f and Path(f).is_dir())]

@@ -95,6 +95,15 @@ def test_leaving_the_others_out_draws_the_same_five(tmp_path, demo_set):
     assert "--no-others" in (tmp_path / "five" / "DEMO.md").read_text()
 
 
+def test_leaving_the_others_out_again_removes_a_previous_sets_others(tmp_path):
+    """They would still be read, and taught as `other`, by train."""
+    out = tmp_path / "d"
+    generate(out, per_class=2, seed=0, size=48)
+    assert all((out / c).is_dir() for c in OTHER_CELL_TYPES)
+    generate(out, per_class=2, seed=0, size=48, others=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(CLASSES)
+
+
 def test_objects_folder_must_lie_apart_from_the_data(tmp_path):
     from firmware_host.errors import EdgecellError
 

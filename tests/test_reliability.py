@@ -1179,3 +1179,67 @@ def test_evaluate_an_export_copied_away_from_its_run_reads_the_data_its_sidecar_
     assert res.exit_code == 0, res.output
     n_data = sum(1 for p in (converted.parent / "data").rglob("*") if p.is_file())
     assert json.loads((tmp_path / "e.json").read_text())["n"] == n_data
+
+
+def test_convert_refuses_outputs_inside_the_runs_training_data(converted, tmp_path):
+    """--calibration-out there would become a class folder of copies (and the data set could no longer be trained on)."""
+    data = converted.parent / "data"
+    before = sorted(p.name for p in data.iterdir())
+    for args in (["--calibration-out", data / "cal"], ["--json", data / "p.json"]):
+        res = cli_run("convert", converted, "--int8", *args)
+        assert res.exit_code == 2 and "the run's training data" in " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_a_run_of_one_source_reads_its_data_folder_moved_and_renamed(converted, tmp_path):
+    moved = tmp_path / "renamed"
+    shutil.copytree(converted.parent / "data", moved)
+    res = cli_run("evaluate", converted, "--data", moved, "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["n"] > 0
+
+
+def test_evaluate_split_all_on_the_runs_own_data_says_it_is_not_held_out(converted, tmp_path):
+    res = cli_run("evaluate", converted, "--split", "all", "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    assert "are in this run's training or validation split" in " ".join(res.output.split())
+
+
+def test_a_corrupt_model_keras_is_named_as_such(converted, tmp_path):
+    run = _copy_run(converted, tmp_path / "run")
+    (run / "model.keras").write_bytes(b"garbage")
+    res = cli_run("evaluate", run, "--json", tmp_path / "e.json")
+    assert_one_line_error(res, run / "model.keras", "is not a Keras model file")
+
+
+def test_copies_of_one_image_count_once_towards_a_class_minimum(tmp_path):
+    """Six copies and one other image: the split could leave the class without a training image."""
+    from edgecell import data as data_mod
+    from firmware_host.errors import DataError
+
+    root = tmp_path / "d"
+    for k, c in enumerate(CLASSES[:2]):
+        for i in range(6):
+            save_jpeg(root / c / f"{c}_{i}.jpg", cell_like(10 * k + i))
+    for i in range(6):
+        save_jpeg(root / "monocyte" / f"copy_{i}.jpg", cell_like(99))
+    save_jpeg(root / "monocyte" / "other.jpg", cell_like(98))
+    with pytest.raises(DataError, match=r"monocyte has 7, 2 different .*at least 5 different images"):
+        data_mod.scan(root)
+
+
+def test_audit_split_reads_the_rows_of_the_source_given(tmp_path):
+    """A run of two labs with the same file names: the audit of one lab's folder matches that lab's rows only."""
+    from types import SimpleNamespace
+
+    from edgecell import data as data_mod
+    from edgecell.audit import split_for
+
+    rows = [data_mod.ManifestRow("basophil/b0.jpg", "basophil", sp, f"{lab}-sha", lab, "basophil") for lab, sp in (("labA", "train"), ("labB", "test"))]
+    data_mod.write_rows(tmp_path / "split.csv", rows)
+    fs = SimpleNamespace(samples=[SimpleNamespace(rel="basophil/b0.jpg", sha256="labA-sha", label="basophil", source="labA")], root=tmp_path)
+    split, _ = split_for(fs, 0, tmp_path)
+    assert split.tolist() == ["train"]
+    fs.samples[0].source = "moved"  # a run of one lab, its folder renamed: its rows, under the old name
+    data_mod.write_rows(tmp_path / "split.csv", rows[:1])
+    assert split_for(fs, 0, tmp_path)[0].tolist() == ["train"]

@@ -6,6 +6,7 @@ import click
 
 from edgecell import adapt as _defaults  # no TensorFlow at import time
 from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
+from edgecell.runfolder import recorded_data_reads
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +70,12 @@ def adapt(json_out, **options):
 
     con = human(json_out == "-")
     opts = AdaptOptions(**options)  # every option but --json is a field of AdaptOptions, by the same name
-    reads = [(opts.run_dir, "the run being adapted"), *data_reads(opts.data_dir), *data_reads(opts.parent_data), *_defaults.parent_data_reads(opts.run_dir)]
+    reads = [
+        (opts.run_dir, "the run being adapted"),
+        *data_reads(opts.data_dir),
+        *data_reads(opts.parent_data),
+        *recorded_data_reads(opts.run_dir, "the parent run's training data"),
+    ]
     check_outputs({"--json": json_out}, reads, folders={"--out": opts.out_dir})
     res = adapt(opts, con)
     con.print(report_table(res.report))
