@@ -451,11 +451,23 @@ def test_the_parents_own_images_given_as_local_cells_are_refused_as_such(tiny_ru
     assert "already in the run's split" in " ".join(res.output.split())
 
 
-def test_parent_data_without_the_recorded_sources_says_how_sources_are_named(tiny_run, clinic, tmp_path):
+def test_parent_data_that_is_not_the_parents_data_is_one_true_line(tiny_run, clinic, tmp_path):
+    """The one folder given stands for the run's one source; its images are not there, which is what is said (not
+    that the local folder has the name of one of the parent's sources)."""
     res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--parent-data", str(clinic), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     line = " ".join(res.output.split())
-    assert "(they hold: clinic)" in line and "a source is named after its folder" in line and "has the name of" not in line
+    assert "listed in the split manifest" in line and "has the name of" not in line
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+
+def test_a_manifest_source_no_data_folder_holds_says_how_sources_are_named(tmp_path):
+    from edgecell import data as data_mod
+    from firmware_host.errors import DataError
+
+    rows = [data_mod.ManifestRow("basophil/b.jpg", "basophil", "train", "s", "labA"), data_mod.ManifestRow("basophil/c.jpg", "basophil", "train", "t", "labB")]
+    with pytest.raises(DataError, match=r"names source\(s\) labB that the data folders do not hold \(they hold: labA\); a source is named after its folder"):
+        data_mod.load_cells_from_manifest({"labA": tmp_path}, rows, 16, ["basophil"])
 
 
 def test_run_before_walks_the_lineage_to_the_run_before_the_lab(monkeypatch, tmp_path):
