@@ -177,19 +177,31 @@ def step_sources(run: RunFolder) -> list[str]:
     return sorted(((run.extra.get("adapted_from") or {}).get("local_counts_by_type") or {}).keys())
 
 
-def run_before(parent: RunFolder, lab: str) -> tuple[str, list[str]]:
-    """Where to adapt ``lab`` again from: the run before ``lab`` was first adapted into ``parent``'s lineage (or, when
-    that run's folder is gone, the last one found on the way), and the labs adapted after it (they must be given
-    again with it)."""
-    run, later = parent, []
-    while lab in adapted_sources(run):
-        later = [s for s in step_sources(run) if s != lab] + later
+def walk_back(parent: RunFolder, passing) -> tuple[str, list[RunFolder]]:
+    """Follow ``adapted_from`` back from ``parent`` while ``passing(run)``: the first run that does not pass (its path;
+    or the path recorded for the next one back, when that folder is gone), and the runs passed on the way."""
+    run, passed = parent, []
+    while passing(run):
+        passed.append(run)
         recorded = (run.extra.get("adapted_from") or {}).get("run", "?")
         try:
             run = RunFolder.read(recorded)
         except (EdgecellError, OSError):
-            return recorded, later
-    return str(run.path), later
+            return recorded, passed
+    return str(run.path), passed
+
+
+def adapted_by_prototypes(run: RunFolder) -> bool:
+    """Whether ``run`` was made by ``adapt --method prototypes`` (its outputs are prototypes, not a trained head)."""
+    return (run.extra.get("adapted_from") or {}).get("method") == "prototypes"
+
+
+def run_before(parent: RunFolder, lab: str) -> tuple[str, list[str]]:
+    """Where to adapt ``lab`` again from: the run before ``lab`` was first adapted into ``parent``'s lineage (or, when
+    that run's folder is gone, the last one found on the way), and the labs adapted after it (they must be given
+    again with it)."""
+    start, passed = walk_back(parent, lambda run: lab in adapted_sources(run))
+    return start, [s for run in reversed(passed) for s in step_sources(run) if s != lab]
 
 
 def replay_rows_of(rows: Sequence[data_mod.ManifestRow], per_class: int, seed: int, adapted: Sequence[str] = ()) -> list[data_mod.ManifestRow]:
@@ -390,12 +402,12 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
     check_stageable(opts.out_dir, marker=RUN_MARKER)
     classes, size = parent.classes, parent.input_size
-    lineage = parent.extra.get("adapted_from") or {}
-    if opts.method == "fine-tune" and lineage.get("method") == "prototypes":
+    if opts.method == "fine-tune" and adapted_by_prototypes(parent):
         # its outputs are prototypes, two of a type for a lab adapted before; training them would mix the labs up
+        start, _ = walk_back(parent, adapted_by_prototypes)
         raise EdgecellError(
-            f"this run was adapted by prototypes, which fine-tuning cannot train; fine-tune the run it came from "
-            f"({lineage.get('run', '?')}) with every lab's labelled cells",
+            f"this run was adapted by prototypes, which fine-tuning cannot train; fine-tune {start} (the run before any "
+            "prototypes) with every lab's labelled cells",
             parent.path,
         )
     try:

@@ -495,5 +495,9 @@ def test_run_before_walks_the_lineage_to_the_run_before_the_lab(monkeypatch, tmp
     assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])
     assert adapt_mod.run_before(runs["a2"], "ward") == ("a1", [])
     assert adapt_mod.run_before(runs["a1"], "clinic") == ("run", [])
+    # fine-tuning starts before any run adapted by prototypes (a1 and a2 both were)
+    for name in ("a1", "a2"):
+        runs[name].extra["adapted_from"]["method"] = "prototypes"
+    assert adapt_mod.walk_back(runs["a2"], adapt_mod.adapted_by_prototypes) == ("run", [runs["a2"], runs["a1"]])
     del runs["run"]  # moved away: the last run found on the way is named
     assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])
