@@ -349,3 +349,28 @@ def test_real_images_classify(models, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["summary"]["n_classified"] == 15 and rep["metrics"]["n"] == 15
     assert {x["true_label"] for x in rep["results"]} == set(CLASSES)
+
+
+def test_bench_table_keeps_every_figure_on_one_line_at_80_columns():
+    """A figure split over two lines (1093. / 4) reads as two figures; a narrow terminal shortens names instead."""
+    from rich.console import Console
+
+    from edgecell.views.bench import print_report
+
+    row = {
+        "model": "/x/export/model_float32.tflite",
+        "precision": "float32",
+        "threads": 2,
+        "size_bytes": 1093.4 * 1024,
+        "latency_ms": {"min": 0.754, "p50": 0.831, "p95": 0.952, "p99": 1.06, "mean": 0.84},
+        "throughput_per_s": 1190.0,
+        "end_to_end": {"images": 10, "classified": 10, "images_per_s": 251.0},
+        "model_rss_mb": 2.7,
+        "process_peak_rss_mb": 62.0,
+        "interpreter": "ai_edge_litert",
+    }
+    con = Console(width=80, record=True, force_terminal=False)
+    print_report(con, [row], None, True)
+    line = next(ln for ln in con.export_text().splitlines() if ln.strip().startswith("export"))
+    for figure in ("1093", "0.754", "0.831", "0.952", "1.06", "1190", "251", "2.7", "62"):
+        assert figure in line.split(), (figure, line)

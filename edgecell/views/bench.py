@@ -36,18 +36,19 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         ("p99", "right"),
         ("img/s", "right"),
     ]:
-        table.add_column(name, justify=justify, overflow="fold")
+        # numbers never wrap (a figure split over two lines reads as two figures); a narrow terminal shortens names
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", min_width=4 if name == "model" else None)
     if with_e2e:
-        table.add_column("e2e/s", justify="right")
-    table.add_column("+RSS MB", justify="right")
-    table.add_column("peak MB", justify="right")
+        table.add_column("e2e/s", justify="right", no_wrap=True)
+    table.add_column("+RSS", justify="right", no_wrap=True)  # MB, as the note under the table says
+    table.add_column("peak", justify="right", no_wrap=True)
     for r in rows:
         lat = r["latency_ms"]
         cells = [
             escape(_label(r["model"])),
             r["precision"],
             str(r["threads"]),
-            f"{r['size_bytes'] / 1024:.1f}",
+            f"{r['size_bytes'] / 1024:.0f}",
             _f(lat["min"], "{:.3g}"),
             _f(lat["p50"], "{:.3g}"),
             _f(lat["p95"], "{:.3g}"),
