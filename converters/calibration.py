@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecell.runfolder import SPLIT_FILE
 from firmware_host.decode import map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import list_files
@@ -142,16 +143,28 @@ def write_manifest(path: str | os.PathLike, items: Sequence[CalibrationItem]) ->
     return write_text(path, manifest_text(items))
 
 
+def copied_files(folder: Path) -> frozenset[str]:
+    """What :func:`copy_selection` wrote in ``folder``: its manifest and the files the manifest lists (nothing when
+    the manifest cannot be read)."""
+    from firmware_host.atomic import read_csv_text
+
+    try:
+        rows = csv.DictReader(io.StringIO(read_csv_text(folder / MANIFEST_NAME)))
+        return frozenset({MANIFEST_NAME, *(r["file"] for r in rows if r.get("file"))})
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return frozenset({MANIFEST_NAME})
+
+
 def copy_selection(cal: CalibrationSet, out_dir: str | os.PathLike) -> Path:
     """Copy the selected images to ``out_dir`` (same relative paths) with a ``manifest.csv``.
 
     Built with :func:`firmware_host.atomic.staged_dir`, so a folder that is not an earlier
-    calibration folder (no ``manifest.csv``) is never overwritten. The copy is a starting point
-    for a curated ``--calibration`` folder.
+    calibration folder (no ``manifest.csv``) is never overwritten, nor one holding files the manifest does not list
+    (images a person added to curate it). The copy is a starting point for a curated ``--calibration`` folder.
     """
     from firmware_host.atomic import staged_dir
 
-    with staged_dir(out_dir, marker=MANIFEST_NAME) as tmp:
+    with staged_dir(out_dir, marker=MANIFEST_NAME, owned=copied_files) as tmp:
         for it in cal.items:
             dst = tmp / it.file
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +213,7 @@ def from_run(
     or source name -> folder as :func:`edgecell.data.run_sources` gives)."""
     from edgecell import data as data_mod
 
-    rows = data_mod.read_manifest(Path(run_dir) / "split.csv")
+    rows = data_mod.read_manifest(Path(run_dir) / SPLIT_FILE)
     picked = select_from_split(rows, classes, per_class, seed)
     x, _, picked = data_mod.load_from_manifest(data_dir, picked, size, classes, on_progress=on_progress)
     folders = {k: Path(v).resolve() for k, v in data_dir.items()} if isinstance(data_dir, dict) else {r.source: Path(data_dir).resolve() for r in picked}

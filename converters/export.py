@@ -32,12 +32,16 @@ from pathlib import Path
 from converters.calibration import DEFAULT_PER_CLASS, CalibrationSet
 from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import RunFolder, recorded_data_reads
-from firmware_host.metadata import Precision
+from edgecell.runfolder import EVALUATION_DIR, EXPORT_DIR, KERAS_FILE, RUN_MARKER, SPLIT_FILE, RunFolder, recorded_data_reads
+from firmware_host.metadata import Precision, sidecar_path
 
-EXPORT_DIR = "export"
 CALIBRATION_MANIFEST = "calibration_manifest.csv"
 PARITY_FILE = "parity.json"
+EXPORT_OWNED = frozenset(
+    {*(p.filename for p in Precision), *(sidecar_path(p.filename).name for p in Precision), PARITY_FILE, CALIBRATION_MANIFEST, EVALUATION_DIR + "/"}
+)
+"""What edgecell writes in an export folder (``convert``; ``evaluate`` in its sub-folder): ``convert`` refuses to
+replace one holding anything else, such as a CSV of results saved beside the models."""
 FULL_RANGE = (0.5, 254.5)
 """An int8 input whose real range does not cover this much of 0-255 clips pixel values (a warning)."""
 
@@ -100,7 +104,7 @@ class Reporter:
 def reads(run_dir: str | Path, calibration: str | None = None, data_dir: str | None = None) -> list[tuple[str, str]]:
     """What converting ``run_dir`` reads and writes itself, for :func:`firmware_host.atomic.check_outputs`."""
     run = Path(run_dir)
-    out = [(str(run / name), f"the run's {name}") for name in ("model.keras", "split.csv", "metadata.json")]
+    out = [(str(run / name), f"the run's {name}") for name in (KERAS_FILE, SPLIT_FILE, RUN_MARKER)]
     out.append((str(run / EXPORT_DIR), "the export folder this command writes"))
     out += [(calibration, "the calibration folder being read"), (data_dir, "the data folder being read")]
     return out + recorded_data_reads(run)  # --calibration-out or --json there would become a class folder or an image
@@ -156,11 +160,11 @@ def _test_split(run_dir: Path, data_dir: dict[str, Path], size: int, classes: li
     from edgecell import data as data_mod
     from firmware_host.errors import DataError
 
-    rows = [r for r in data_mod.read_manifest(run_dir / "split.csv") if r.split == "test"]
+    rows = [r for r in data_mod.read_manifest(run_dir / SPLIT_FILE) if r.split == "test"]
     with rep.progress("reading test images", len(rows)) as tick:
         x_test, y_test, rows = data_mod.load_from_manifest(data_dir, rows, size, classes, on_progress=lambda d, n: tick(d))
     if len(x_test) == 0:
-        raise DataError("the run's test split is empty; nothing to verify the conversion on", run_dir / "split.csv")
+        raise DataError("the run's test split is empty; nothing to verify the conversion on", run_dir / SPLIT_FILE)
     return x_test, y_test, [r.file for r in rows]
 
 
@@ -210,7 +214,9 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     run_dir, classes, size = run.path, run.classes, run.input_size
     data_dir = run.sources(opts.data_dir)
     run.require_split(" (the test split and calibration need it)")
-    check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename)  # refuse an unwritable export before converting
+    check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename, owned=EXPORT_OWNED)  # refuse an unwritable export before converting
+    if opts.int8 and opts.calibration_out:
+        check_stageable(opts.calibration_out, marker=cal_mod.MANIFEST_NAME, owned=cal_mod.copied_files)
 
     cal = _calibration_set(opts, run_dir, data_dir, classes, size, rep) if opts.int8 else None
     x_test, y_test, files = _test_split(run_dir, data_dir, size, classes, rep)
@@ -245,7 +251,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
 
     source = _source(run, data_dir)
     export_dir = run_dir / EXPORT_DIR
-    with staged_dir(export_dir, marker=Precision.float32.filename) as tmp:
+    with staged_dir(export_dir, marker=Precision.float32.filename, owned=EXPORT_OWNED) as tmp:
         metas: dict[Precision, ModelMetadata] = {}
         for prec, data in blobs.items():
             path = write_bytes(tmp / prec.filename, data)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from edgecell.runfolder import KERAS_FILE
 from firmware_host.errors import EdgecellError
 
 FLOAT32_TOLERANCE = 1e-4
@@ -227,5 +228,5 @@ def parity_table(report: dict) -> Table:
 
 
 def keras_size(run_dir: str | os.PathLike) -> int | None:
-    p = Path(run_dir) / "model.keras"
+    p = Path(run_dir) / KERAS_FILE
     return p.stat().st_size if p.is_file() else None

@@ -41,7 +41,7 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import RUN_MARKER, SPLIT_FILE, RunFolder
+from edgecell.runfolder import ADAPT_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 
@@ -63,7 +63,7 @@ RECOMMENDED_PER_CLASS = 20
 """Labelled local cells per class that adapting is designed for (20 to 50)."""
 MIN_PER_CLASS = 2
 """Local images a class needs to give one to training and hold one out."""
-REPORT_FILE = "adapt.json"
+REPORT_FILE = ADAPT_FILE
 METHODS = ("prototypes", "fine-tune")
 """How ``adapt`` fits the model: adding the local cell types as prototypes to a nearest-prototype head over the
 parent's unchanged features (:func:`fit_prototypes`), or fine-tuning every layer on the local cells and a replay."""
@@ -400,7 +400,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     split_path = parent.require_split(" (adapting replays the parent's training split)")
     if Path(opts.out_dir).resolve() == parent.path.resolve():
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
-    check_stageable(opts.out_dir, marker=RUN_MARKER)
+    check_stageable(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED)
     classes, size = parent.classes, parent.input_size
     if opts.method == "fine-tune" and adapted_by_prototypes(parent):
         # its outputs are prototypes, two of a type for a lab adapted before; training them would mix the labs up
@@ -553,7 +553,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     }
     local_rows = [data_mod.ManifestRow(s.rel, s.label, "test" if h else "train", s.sha256, s.source, s.type) for s, h in zip(local.samples, held)]
     new_rows = rows + local_rows
-    with staged_dir(opts.out_dir, marker=RUN_MARKER) as tmp:
+    with staged_dir(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED) as tmp:
         data_mod.write_rows(tmp / SPLIT_FILE, new_rows)
         write_results(tmp, model, history, np.concatenate([x_test, x_hold]), np.concatenate([y_test, y_hold]), classes, cal["temperature"])
         write_json(tmp / REPORT_FILE, rep)

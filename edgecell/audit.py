@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecell import data as data_mod
+from edgecell.runfolder import EVALUATION_DIR, METRICS_FILE, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError, first_line
 from firmware_host.preprocess import read_bytes
 
@@ -261,7 +262,7 @@ def read_cnn_stain_shift(run_dir: str | os.PathLike | None) -> tuple[dict | None
     """
     if run_dir is None:
         return None, "No CNN figures without a run folder: `edgecell evaluate RUN --stain-shift` gives the CNN's accuracy under the same shifts"
-    p = Path(run_dir) / "evaluation" / "keras_test_metrics.json"
+    p = Path(run_dir) / EVALUATION_DIR / "keras_test_metrics.json"
     hint = f"`edgecell evaluate {run_dir} --stain-shift` writes the CNN's accuracy under the same shifts"
     if not p.is_file():
         return None, f"No CNN figures: {p} is missing; {hint}"
@@ -296,7 +297,7 @@ def split_for(fs: FeatureSet, seed: int, run_dir: str | os.PathLike | None = Non
             raise DataError(f"too few usable images: {desc} (each class needs at least {data_mod.MIN_PER_CLASS})", fs.root)
         ds = data_mod.Dataset(root=fs.root, classes=fs.classes, samples=fs.samples)
         return np.array(data_mod.make_split(ds, seed)), f"make_split(seed={seed})"
-    manifest = Path(run_dir) / "split.csv"
+    manifest = Path(run_dir) / SPLIT_FILE
     rows = data_mod.read_manifest(manifest)
     # the audit reads one source: the split's rows of that source (one of a run of several; a run of one source
     # whose folder was moved or renamed has its rows under the old name)
@@ -417,7 +418,7 @@ def chance_tolerance(chance: float, n_test: int) -> float:
 
 def read_cnn(run_dir: str | os.PathLike, groups: list[dict], classes: Sequence[str]) -> dict | None:
     """The CNN's test metrics from the run's ``metrics.json`` (None if the run has none)."""
-    p = Path(run_dir) / "metrics.json"
+    p = Path(run_dir) / METRICS_FILE
     if not p.is_file():
         return None
     try:

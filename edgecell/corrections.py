@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import enum
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -203,9 +204,9 @@ def apply_corrections(
             ],
             csv_path,
         )
-    check_stageable(out, MARKER)
+    check_stageable(out, MARKER, owned=applied_files)
     result = Applied(out=out, mode=mode)
-    with staged_dir(out, MARKER) as tmp:
+    with staged_dir(out, MARKER, owned=applied_files) as tmp:
         used: set[str] = set()
         for r in rows:
             name = _unique_name(r.source, r.corrected, used, r.box)
@@ -229,6 +230,16 @@ def apply_corrections(
         }
         write_json(tmp / MARKER, manifest)
     return result
+
+
+def applied_files(folder: Path) -> frozenset[str]:
+    """What ``corrections apply`` wrote in ``folder``: its :data:`MARKER` and the images that lists (nothing when it
+    cannot be read). Images a person added to the class folders are not among them, so the folder is not replaced."""
+    try:
+        files = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
+        return frozenset({MARKER, *(str(f["file"]) for f in files)})
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset({MARKER})
 
 
 def _resolve(file: str, base: Path) -> Path:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from edgecell import data as data_mod
 from edgecell.options import DEFAULT_SEED
+from edgecell.runfolder import EVALUATION_DIR, RUN_MARKER, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -71,7 +72,7 @@ def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
 
     out = [(str(target.model_path), "the model")] if target.kind == "keras" else model_reads(target.model_path)
     if target.run_dir is not None:
-        out += [(str(target.run_dir / name), f"the run's {name}") for name in ("split.csv", "metadata.json")]
+        out += [(str(target.run_dir / name), f"the run's {name}") for name in (SPLIT_FILE, RUN_MARKER)]
     if data_dir:
         data = data_dir
     else:  # the folders the run was trained on, one per source
@@ -145,8 +146,6 @@ class Split:
 
 def trained_on(target: Target, samples) -> int:
     """How many of ``samples`` (by SHA-256) are in the run's training or validation split (0 without a run folder)."""
-    from edgecell.runfolder import SPLIT_FILE
-
     if target.run_dir is None or not (target.run_dir / SPLIT_FILE).is_file():
         return 0
     fitted = {r.sha256 for r in data_mod.read_manifest(target.run_dir / SPLIT_FILE) if r.split in ("train", "val")}
@@ -183,7 +182,7 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
     roots = data_mod.run_sources(target.dataset or {}, given)
-    rows = [r for r in data_mod.read_manifest(target.run_dir / "split.csv") if r.split == split]
+    rows = [r for r in data_mod.read_manifest(target.run_dir / SPLIT_FILE) if r.split == split]
     with progress(con, transient=True) as bar:
         task = bar.add_task(f"reading {split} images", total=len(rows))
         x, y, rows, offsets = data_mod.load_cells_from_manifest(
@@ -587,7 +586,7 @@ def evaluate(
                 probs,
                 on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
             )
-    out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / "evaluation")
+    out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
     stem = f"{target.kind}_{split}"
     write_json(out / f"{stem}_metrics.json", m)
     confusion_matrix_png(out / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")

@@ -27,6 +27,21 @@ RUN_MARKER = "metadata.json"
 RUN_FORMAT = "edgecell-run/1"
 SPLIT_FILE = "split.csv"
 KERAS_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CV_FILE = "cv.json"
+ADAPT_FILE = "adapt.json"
+"""``edgecell adapt``'s before/after report."""
+PLOT_FILES = ("confusion_matrix.png", "training_curves.png")
+EXPORT_DIR = "export"
+"""Where ``edgecell convert`` writes a run's models."""
+EVALUATION_DIR = "evaluation"
+"""Where ``edgecell evaluate`` writes, by default, beside the model it evaluates."""
+RUN_OWNED = frozenset(
+    {RUN_MARKER, SPLIT_FILE, KERAS_FILE, METRICS_FILE, HISTORY_FILE, CV_FILE, ADAPT_FILE, *PLOT_FILES, EXPORT_DIR + "/", EVALUATION_DIR + "/"}
+)
+"""What edgecell writes in a run folder (``train`` and ``adapt``; ``convert`` and ``evaluate`` in their sub-folders).
+``train`` and ``adapt`` refuse to replace a run holding anything else (:func:`firmware_host.atomic.staged_dir`)."""
 
 
 @dataclass

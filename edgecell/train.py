@@ -30,7 +30,7 @@ from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
 from edgecell.model import ModelSpec  # no TensorFlow at import time
 from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
-from edgecell.runfolder import RUN_FORMAT, RUN_MARKER, RunFolder
+from edgecell.runfolder import CV_FILE, HISTORY_FILE, KERAS_FILE, METRICS_FILE, PLOT_FILES, RUN_FORMAT, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, raise_if_interrupted, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
@@ -483,11 +483,11 @@ def write_results(folder: Path, model, history: dict, x_test: np.ndarray, y_test
     metrics["split"] = "test"
     metrics["ece"] = expected_calibration_error(y_test, test_probs)
     metrics["ece_calibrated"] = expected_calibration_error(y_test, apply_temperature(test_probs, temperature))
-    write_json(folder / "metrics.json", metrics)
-    write_json(folder / "history.json", history)
-    confusion_matrix_png(folder / "confusion_matrix.png", metrics["confusion_matrix"], list(classes), f"Test split (n={metrics['n']})")
-    training_curves_png(folder / "training_curves.png", history)
-    with atomic_path(folder / "model.keras") as mtmp:
+    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / HISTORY_FILE, history)
+    confusion_matrix_png(folder / PLOT_FILES[0], metrics["confusion_matrix"], list(classes), f"Test split (n={metrics['n']})")
+    training_curves_png(folder / PLOT_FILES[1], history)
+    with atomic_path(folder / KERAS_FILE) as mtmp:
         model.save(mtmp)
     return metrics
 
@@ -528,7 +528,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         raise EdgecellError("--epochs must be at least 1")
     if opts.depths is not None and len(opts.depths) != len(opts.widths):
         raise EdgecellError(f"{len(opts.depths)} depths for {len(opts.widths)} widths; give one depth per width")
-    check_stageable(opts.out_dir, marker=RUN_MARKER)  # before minutes of work, not after
+    check_stageable(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED)  # before minutes of work, not after
     tf = import_tf()  # fail early, before reading thousands of images
     ds = load_dataset(opts.data_dir, opts.img_size, con, exclude=opts.exclude)
     splits = data_mod.make_split(ds, opts.seed)
@@ -540,12 +540,12 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         f"{len(ds.duplicate_groups())} duplicate group(s) kept within one split; "
         f"split train/val/test = {len(tr)}/{len(va)}/{len(te)} (seed {opts.seed})"
     )
-    with staged_dir(opts.out_dir, marker=RUN_MARKER) as tmp:
-        data_mod.write_manifest(tmp / "split.csv", ds, splits)
+    with staged_dir(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED) as tmp:
+        data_mod.write_manifest(tmp / SPLIT_FILE, ds, splits)
         cv = None
         if opts.cv:
             cv = cross_validate(ds, splits, opts, con)
-            write_json(tmp / "cv.json", cv)
+            write_json(tmp / CV_FILE, cv)
             con.print(cv_table(cv))
         target_names, t = ds.targets()
         model, history, seconds = fit(

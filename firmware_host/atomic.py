@@ -28,7 +28,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from firmware_host.errors import EdgecellError, os_reason
@@ -221,24 +221,54 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _check_target_folder(target: Path, marker: str | None) -> None:
+LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+"""Files an operating system's file browser leaves in folders; not a person's work, so a folder holding them is replaced."""
+
+Owned = Collection[str] | Callable[[Path], Collection[str]]
+"""What the writer of a staged folder wrote in it, as relative POSIX paths; a path ending in ``/`` claims a whole
+sub-folder. Or a function of the existing folder that says so (for a folder whose manifest lists its files)."""
+
+
+def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
+    """The files (and links) under ``folder`` that ``owned`` does not claim, as sorted relative POSIX paths:
+    what a person put in a folder that edgecell replaces whole. :data:`LITTER` and AppleDouble ``._`` files are left out."""
+    folder = Path(folder)
+    owned = frozenset(owned(folder) if callable(owned) else owned)
+    found = []
+    for top, dirs, files in os.walk(folder):
+        rel_top = Path(top).relative_to(folder)
+        linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # a link to a folder is an entry, never followed
+        found += [rel for name in files + linked if name not in LITTER and not name.startswith("._") and (rel := (rel_top / name).as_posix()) not in owned]
+        dirs[:] = [d for d in dirs if d not in linked and (rel_top / d).as_posix() + "/" not in owned]  # a claimed sub-folder is not walked
+    return sorted(found)
+
+
+def _check_target_folder(target: Path, marker: str | None, owned: Owned | None = None) -> None:
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise EdgecellError("exists and is not a folder", target)
         if marker and any(target.iterdir()) and not (target / marker).exists():
             raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
+        foreign = foreign_files(target, owned) if owned is not None else []
+        if foreign:
+            named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            what, them = ("a file", "it") if len(foreign) == 1 else (f"{len(foreign)} files", "them")
+            raise EdgecellError(
+                f"holds {what} edgecell did not write ({named}), and this folder is replaced whole; move {them} out first, or choose another output folder",
+                target,
+            )
     _ensure_folder(target.parent)
 
 
-def check_stageable(target: str | os.PathLike, marker: str | None = None) -> None:
+def check_stageable(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None) -> None:
     """Fail now, with one line, if :func:`staged_dir` could not later write ``target``.
 
-    The same checks as ``staged_dir`` (a file or a foreign folder in the way, a parent that cannot
-    be created) plus creating and removing a staging folder, so a long job (training) is refused
-    before it starts rather than after.
+    The same checks as ``staged_dir`` (a file or a foreign folder in the way, a person's files
+    inside it, a parent that cannot be created) plus creating and removing a staging folder, so a
+    long job (training) is refused before it starts rather than after.
     """
     target = Path(target)
-    _check_target_folder(target, marker)
+    _check_target_folder(target, marker, owned)
     with _interrupts_held():
         probe = _new_temp(target.parent, f".{target.name}.check-", folder=True)
         with contextlib.suppress(OSError):
@@ -246,13 +276,15 @@ def check_stageable(target: str | os.PathLike, marker: str | None = None) -> Non
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
+def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None) -> Iterator[Path]:
     """Build a whole folder in a hidden temporary sibling, then swap it in place of ``target``.
 
     Until the swap, an existing ``target`` is untouched, so an interrupted run (Ctrl-C, full
     disk, crash) leaves the previous results intact and no half-written folder behind.
     ``marker``: a file that must exist in a non-empty existing ``target`` for it to be replaced,
-    so a user's unrelated folder is never overwritten.
+    so a user's unrelated folder is never overwritten. ``owned``: which files of an existing
+    ``target`` its writer made (:data:`Owned`); any other file (a person's notes, a CSV saved
+    beside the models, cells added to a class folder) makes it refuse, since the swap would delete it.
 
     The swap is two renames (old folder aside, new one in place); Ctrl-C is held back during
     them, and if the second fails the previous folder is put back. Errors raised inside the
@@ -260,7 +292,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
     """
     target = Path(target)
     parent = target.parent
-    _check_target_folder(target, marker)
+    _check_target_folder(target, marker, owned)
     tmp: Path | None = None
     try:
         with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
@@ -279,6 +311,11 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None) -> Iterator
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        _check_target_folder(target, marker, owned)  # again: a file put there while the new folder was built
+    except EdgecellError:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         with _interrupts_held():

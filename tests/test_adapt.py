@@ -17,6 +17,8 @@ from click.testing import CliRunner
 from edgecell import data as data_mod
 from edgecell.adapt import MIN_PER_CLASS, holdout, replay_pick
 from edgecell.cli import cli
+from edgecell.runfolder import RUN_OWNED
+from firmware_host.atomic import foreign_files
 
 pytest.importorskip("tensorflow")
 
@@ -69,6 +71,7 @@ def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic)
     out, rep, parent_digest, _ = adapted
     for name in ("model.keras", "metadata.json", "split.csv", "metrics.json", "history.json", "adapt.json", "confusion_matrix.png"):
         assert (out / name).is_file(), name
+    assert foreign_files(out, RUN_OWNED) == []  # what adapt writes is what it may replace next time
     meta = json.loads((out / "metadata.json").read_text())
     parent = json.loads((tiny_run / "metadata.json").read_text())
     assert meta["classes"] == parent["classes"] and meta["input_size"] == parent["input_size"]

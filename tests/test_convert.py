@@ -14,8 +14,10 @@ from PIL import Image
 
 from converters import calibration as cal_mod
 from converters import parity
+from converters.export import EXPORT_OWNED
 from edgecell.cli import cli
 from edgecell.data import ManifestRow
+from firmware_host.atomic import foreign_files
 from firmware_host.errors import DataError, EdgecellError, ModelError
 from firmware_host.preprocess import PREPROCESSING_VERSION
 
@@ -199,6 +201,7 @@ def test_export_folder_has_models_sidecars_and_parity(converted, run_copy):
         assert meta.verification["status"] == "passed"
     assert json.loads((export / "parity.json").read_text())["models"]["int8"]["accuracy"] == report["models"]["int8"]["accuracy"]
     assert report["status"] == "passed"
+    assert foreign_files(export, EXPORT_OWNED) == []  # what convert writes is what it may replace next time
     assert 0 < report["size_ratio_int8_float32"] < 0.6
 
 
@@ -316,6 +319,32 @@ def test_max_drop_fails_when_int8_loses_accuracy(run_copy, tmp_path):
     assert read_metadata(run / "export" / "model_float32.tflite").verification["status"] == "passed"
     assert json.loads((run / "export" / "parity.json").read_text())["status"] == "failed"
     assert "int8 input covers pixel values" in res.stderr
+
+
+def test_a_file_saved_in_the_export_folder_is_never_deleted(run_copy, tmp_path):
+    """Results saved beside the models (``classify --csv export/results.csv``) would be lost when the folder is replaced."""
+    run = _fresh_copy(run_copy, tmp_path)
+    (run / "export").mkdir()
+    (run / "export" / "model_float32.tflite").write_bytes(b"an earlier export")
+    (run / "export" / "results.csv").write_text("file,label\n")
+    res = CliRunner().invoke(cli, ["convert", str(run)])
+    assert res.exit_code == 1
+    assert _lines(res.stderr) == [
+        f"Error: {run / 'export'}: holds a file edgecell did not write (results.csv), and this folder is replaced whole; "
+        "move it out first, or choose another output folder"
+    ]
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["model_float32.tflite", "results.csv"]
+
+
+def test_a_curated_calibration_folder_is_refused_before_converting(run_copy, tmp_path):
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    (cal / "manifest.csv").write_text("file,class,sha256\n")
+    _images(cal / "monocyte", 1)  # added by a person curating the copy
+    res = CliRunner().invoke(cli, ["convert", str(_fresh_copy(run_copy, tmp_path)), "--int8", "--calibration-out", str(cal)])
+    assert res.exit_code == 1
+    assert _lines(res.stderr)[0].startswith(f"Error: {cal}: holds a file edgecell did not write (monocyte/")
+    assert "converted" not in res.output  # refused before minutes of work, not after
 
 
 def test_too_few_calibration_images_exits_1_with_one_line(run_copy, tmp_path):

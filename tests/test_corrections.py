@@ -98,6 +98,26 @@ def test_apply_again_replaces_its_own_folder(images, tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["other/a.jpg"]
 
 
+def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
+    """The folder is adapt's input, so a person may add labelled cells to it; applying again would have deleted them."""
+    out = tmp_path / "corrected"
+    apply_corrections(write_csv(tmp_path / "one.csv", GOOD), out, base=images)
+    (out / "other" / ".DS_Store").write_bytes(b"litter")  # a file browser's, not a person's work
+    before = digests(out)
+    added = out / "monocyte" / "mine.jpg"
+    added.parent.mkdir(exist_ok=True)
+    added.write_bytes(b"a cell I labelled")
+    r = run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images)
+    assert r.exit_code == 1
+    assert r.output == (
+        f"Error: {out}: holds a file edgecell did not write (monocyte/mine.jpg), and this folder is replaced whole; "
+        "move it out first, or choose another output folder\n"
+    )
+    assert added.read_bytes() == b"a cell I labelled" and digests(out) == before | {"monocyte/mine.jpg": hashlib.sha256(b"a cell I labelled").hexdigest()}
+    added.unlink()
+    assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images).exit_code == 0
+
+
 def test_never_writes_over_a_folder_it_did_not_make(images, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -738,6 +738,59 @@ def test_staged_dir_error_names_the_final_path(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def _run_with(tmp_path: Path, *files: str) -> Path:
+    run = tmp_path / "run"
+    for f in ("metadata.json", "export/model_int8.tflite", *files):
+        (run / f).parent.mkdir(parents=True, exist_ok=True)
+        (run / f).write_text(f"old {f}")
+    return run
+
+
+def test_foreign_files_lists_what_the_writer_did_not_write(tmp_path):
+    from edgecell.runfolder import RUN_OWNED
+
+    run = _run_with(tmp_path, "notes.txt", "plots/mine.png", ".DS_Store", "export/results.csv", "evaluation/keras_test_metrics.json")
+    (run / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    # export/ and evaluation/ are edgecell's whole; a link to a folder is an entry of its own, never followed
+    assert atomic.foreign_files(run, RUN_OWNED) == ["linked", "notes.txt", "plots/mine.png"]
+    assert atomic.foreign_files(run, lambda folder: {"metadata.json", "notes.txt", "linked", "plots/"}) == [
+        "evaluation/keras_test_metrics.json",
+        "export/model_int8.tflite",
+        "export/results.csv",
+    ]
+
+
+def test_staged_dir_never_deletes_a_file_it_did_not_write(tmp_path):
+    from edgecell.runfolder import RUN_OWNED
+
+    run = _run_with(tmp_path, "notes.txt")
+    with pytest.raises(EdgecellError) as exc, atomic.staged_dir(run, marker="metadata.json", owned=RUN_OWNED):
+        pytest.fail("refused before the body runs")
+    assert str(exc.value) == (
+        f"{run}: holds a file edgecell did not write (notes.txt), and this folder is replaced whole; move it out first, or choose another output folder"
+    )
+    with pytest.raises(EdgecellError, match=r"holds a file edgecell did not write \(notes.txt\)"):
+        atomic.check_stageable(run, marker="metadata.json", owned=RUN_OWNED)  # before a long job, the same refusal
+    assert (run / "notes.txt").read_text() == "old notes.txt" and leftovers(tmp_path) == []
+    (run / "notes.txt").unlink()
+    with atomic.staged_dir(run, marker="metadata.json", owned=RUN_OWNED) as tmp:
+        (tmp / "metadata.json").write_text("new")
+    assert sorted(p.name for p in run.iterdir()) == ["metadata.json"]  # its own files, export/ with them, replaced
+
+
+def test_staged_dir_keeps_a_file_put_there_while_it_worked(tmp_path):
+    from edgecell.runfolder import RUN_OWNED
+
+    run = _run_with(tmp_path)
+    refused = pytest.raises(EdgecellError, match=r"holds 4 files edgecell did not write \(a.csv, b.csv, c.csv and 1 more\)")
+    with refused, atomic.staged_dir(run, marker="metadata.json", owned=RUN_OWNED) as tmp:
+        (tmp / "metadata.json").write_text("new")
+        for name in "abcd":
+            (run / f"{name}.csv").write_text("results saved beside the run during training")
+    assert (run / "metadata.json").read_text() == "old metadata.json" and (run / "d.csv").is_file()
+    assert leftovers(tmp_path) == []
+
+
 # ============================================================== --debug and unexpected errors
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
+from edgecell.runfolder import RUN_OWNED
+from firmware_host.atomic import foreign_files
 from firmware_host.preprocess import PREPROCESSING_VERSION
 
 pytestmark = [pytest.mark.realdata, pytest.mark.tf]
@@ -21,6 +24,7 @@ def test_train_writes_every_artifact(tiny_run):
     for name in ARTIFACTS:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.parent.glob(f".{tiny_run.name}.tmp-*")), "staging folder left behind"
+    assert foreign_files(tiny_run, RUN_OWNED) == []  # what train writes is what it may replace next time
     assert (tiny_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((tiny_run / "metadata.json").read_text())
     assert meta["classes"] == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
@@ -93,6 +97,20 @@ def test_retrain_replaces_run_only_when_done(tiny_run, real_slice, tmp_path):
     res = CliRunner().invoke(cli, ["train", "--data", str(bad), "--out", str(tiny_run), "--epochs", "1"])
     assert res.exit_code == 1
     assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before
+
+
+def test_a_file_saved_in_a_run_is_never_deleted_by_training_again(tiny_run, real_slice, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "export").mkdir(exist_ok=True)
+    (run / "export" / "results.csv").write_text("file,label\n")  # under export/: convert's to refuse, train's to replace
+    (run / "notes.md").write_text("stained on Tuesday")
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(run), "--epochs", "1"])
+    assert res.exit_code == 1
+    assert res.output == (
+        f"Error: {run}: holds a file edgecell did not write (notes.md), and this folder is replaced whole; move it out first, or choose another output folder\n"
+    )
+    assert (run / "notes.md").read_text() == "stained on Tuesday"
 
 
 def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
