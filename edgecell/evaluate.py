@@ -7,6 +7,7 @@ images of the requested split, and computes metrics with scikit-learn.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -519,6 +520,22 @@ def stain_table(s: dict, title: str = "Stain shift"):
     return t
 
 
+STEM_SOURCES_MAX = 60
+"""Longest source part of an output name (``keras_all_<sources>``) before it is shortened."""
+
+
+def output_stem(kind: str, split: str, sources: Sequence[str]) -> str:
+    """The start of every output file's name: ``{kind}_{split}``, and with ``--split all`` the sources evaluated
+    (``keras_all_bccd``), so that evaluating a second lab's images does not replace the first lab's results."""
+    if split != "all":
+        return f"{kind}_{split}"
+    given = "+".join(sorted(set(sources))) or "data"
+    names = "".join(c if c.isascii() and (c.isalnum() or c in "+-._") else "_" for c in given)
+    if len(names) > STEM_SOURCES_MAX:
+        names = f"{names[: STEM_SOURCES_MAX - 9]}-{hashlib.sha256(given.encode()).hexdigest()[:8]}"
+    return f"{kind}_all_{names}"
+
+
 def evaluate(
     target: Target,
     data_dir: str | None,
@@ -535,7 +552,7 @@ def evaluate(
     Also computes the risk-coverage table on the calibrated probabilities and, with ``stain``,
     the same metrics under each stain/colour perturbation of :mod:`edgecell.stain`, and what the
     ``other`` decision does (:func:`other_report`, with its curve against the never-seen score's
-    threshold as ``{kind}_{split}_other.json`` and ``_other.png``); ``other_threshold`` replaces the model's.
+    threshold as ``{stem}_other.json`` and ``_other.png``, :func:`output_stem`); ``other_threshold`` replaces the model's.
     """
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, other_curve_png, reliability_png
@@ -587,7 +604,7 @@ def evaluate(
                 on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
             )
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
-    stem = f"{target.kind}_{split}"
+    stem = output_stem(target.kind, split, sp.sources)
     write_json(out / f"{stem}_metrics.json", m)
     confusion_matrix_png(out / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
     reliability_png(out / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})

@@ -565,6 +565,31 @@ def test_evaluate_all_empty_folder(models, tmp_path):
     assert_one_line_error(res, tmp_path / "empty", "holds no class folder")
 
 
+def test_evaluating_a_second_lab_keeps_the_first_labs_results(models, labelled, tmp_path):
+    """``--split all`` on one lab's folder, then another's: each lab's files are named after it, neither replaced."""
+    pytest.importorskip("sklearn")
+    labs = {}
+    for lab, n in (("lab_a", 3), ("lab b", 2)):
+        labs[lab] = labelled_folder(tmp_path / lab, per_class=n)
+        res = cli_run("evaluate", models.float32, "--data", labs[lab], "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / f"{lab}.json")
+        assert res.exit_code == 0, res.output
+    outputs = {lab: json.loads((tmp_path / f"{lab}.json").read_text())["outputs"] for lab in labs}
+    assert Path(outputs["lab_a"]["metrics"]).name == "float32_all_lab_a_metrics.json"
+    assert Path(outputs["lab b"]["metrics"]).name == "float32_all_lab_b_metrics.json"
+    for lab, n in (("lab_a", 3), ("lab b", 2)):
+        assert json.loads(Path(outputs[lab]["metrics"]).read_text())["n"] == n * len(CLASSES)
+
+
+def test_output_stem_names_the_sources_evaluated_and_stays_short():
+    from edgecell.evaluate import STEM_SOURCES_MAX, output_stem
+
+    assert output_stem("keras", "test", ["bccd", "barcelona"]) == "keras_test"  # the run's own split: one name, as audit reads it
+    assert output_stem("int8", "all", ["bccd", "barcelona", "bccd"]) == "int8_all_barcelona+bccd"
+    assert output_stem("keras", "all", ["lab/é"]) == "keras_all_lab__"
+    long_a, long_b = output_stem("keras", "all", ["x" * 100]), output_stem("keras", "all", ["x" * 99 + "y"])
+    assert long_a != long_b and len(long_a) == len("keras_all_") + STEM_SOURCES_MAX
+
+
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_evaluate_a_tflite_model(models, labelled, tmp_path, precision):
     pytest.importorskip("sklearn")
