@@ -111,6 +111,8 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
     seen: dict[str, Path] = {}
     for s in sources:
         if s.name in seen:
+            if os.path.samefile(seen[s.name], s.folder):
+                raise DataError("is given twice; give each data folder once", s.folder)
             raise DataError(f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); give each source folder its own name", s.folder)
         seen[s.name] = s.folder
     return sources, notes
@@ -245,8 +247,14 @@ def _is_hidden(p: Path) -> bool:
 
 
 def list_class_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` (hidden ones left out); a link back to ``root`` or a folder above it is an error,
+    not a class that holds every class again."""
     try:
         entries = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+        here = root.resolve()
+        for p in entries:
+            if p.is_symlink() and ((up := p.resolve()) == here or up in here.parents):
+                raise DataError(f"is a link to {up}, which holds it (a loop); remove it or link a class folder instead", p)
     except OSError as exc:
         raise DataError(f"cannot list folder ({os_reason(exc)})", root) from None
     return entries
@@ -295,7 +303,10 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
     for pat in exclude:
         if not any(matches(src.name, f.name, [pat]) for src, f in folders):
             raise DataError(f"--exclude {pat}: no source or SOURCE/TYPE of that name (sources: {', '.join(s.name for s in sources)})")
-    folders = [(src, f) for src, f in folders if not matches(src.name, f.name, exclude)]
+    kept = [(src, f) for src, f in folders if not matches(src.name, f.name, exclude)]
+    if folders and not kept:
+        raise DataError(f"--exclude {' --exclude '.join(exclude)} leaves no class folder of the data to use", root)
+    folders = kept
     found = sorted({class_of(f.name) for _, f in folders})
     if classes is not None:
         missing = [c for c in classes if c not in found]

@@ -102,6 +102,21 @@ def test_sources_other_and_exclude(tmp_path):
         data.scan([flat, multi], exclude=["labC"])
 
 
+def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
+    flat = _tree(tmp_path / "kaggle", {"": {"basophil": 6, "monocyte": 6}})
+    other = _tree(tmp_path / "elsewhere", {"kaggle": {"basophil": 6}})
+    with pytest.raises(DataError, match=r"kaggle: is given twice; give each data folder once$"):
+        data.scan([flat, tmp_path / "." / "kaggle"])
+    with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; give each source folder its own name$"):
+        data.scan([flat, other / "kaggle"])
+    with pytest.raises(DataError, match=r"kaggle: --exclude kaggle leaves no class folder of the data to use$"):
+        data.scan(flat, exclude=["kaggle"])
+    (flat / "loop").symlink_to(flat, target_is_directory=True)
+    with pytest.raises(DataError) as exc:
+        data.scan(flat)
+    assert str(exc.value) == f"{flat / 'loop'}: is a link to {flat.resolve()}, which holds it (a loop); remove it or link a class folder instead"
+
+
 def test_split_keeps_every_source_in_every_split_and_manifest_roundtrips(tmp_path):
     flat = _tree(tmp_path / "kaggle", {"": {"basophil": 10, "monocyte": 10}})
     multi = _tree(tmp_path / "more", {"labA": {"monocyte": 10, "basophil": 3}})
