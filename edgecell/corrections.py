@@ -109,24 +109,30 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     allowed = set(classes)
     problems: list[str] = []
     where = os.fspath(csv_path)
+    rows: list[tuple[int, list[str]]] = []  # (the line a record starts on, its fields): a quoted field may hold line breaks
+    reader = None
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh, strict=True))
+            reader = csv.reader(fh, strict=True)
+            start = 1
+            for row in reader:
+                rows.append((start, row))
+                start = reader.line_num + 1
     except FileNotFoundError:
         raise CorrectionsError([f"{where}: no such file"], csv_path) from None
     except UnicodeDecodeError:
         raise CorrectionsError([f"{where}: not a UTF-8 text file (expected the CSV the review page downloads)"], csv_path) from None
     except csv.Error as exc:
-        raise CorrectionsError([f"{where}: malformed CSV ({exc})"], csv_path) from None
+        raise CorrectionsError([f"{where}: line {reader.line_num if reader else 1}: malformed CSV ({exc})"], csv_path) from None
     except OSError as exc:
         raise CorrectionsError([f"{where}: cannot read ({os_reason(exc)})"], csv_path) from None
-    if not rows or [c.strip().lower() for c in rows[0]] != list(CSV_COLUMNS):
-        got = ",".join(rows[0]) if rows else "an empty file"
+    if not rows or [c.strip().lower() for c in rows[0][1]] != list(CSV_COLUMNS):
+        got = ",".join(rows[0][1]) if rows else "an empty file"
         raise CorrectionsError([f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"], csv_path)
 
     out: list[Correction] = []
     seen: dict[str, Correction] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(CSV_COLUMNS):

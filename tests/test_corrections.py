@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
-from edgecell.corrections import MARKER, CorrectionsError, apply_corrections
+from edgecell.corrections import MARKER, CorrectionsError, apply_corrections, default_classes
 from edgecell.data import scan
 from tests._tflite_fixtures import save_jpeg
 
@@ -213,7 +213,7 @@ def _shift(msg: str) -> str:
     [
         ("", "expected the header file,predicted,corrected, found 'an empty file'"),
         ("path,label\nmonocyte/a.jpg,other\n", "line 1: expected the header file,predicted,corrected, found 'path,label'"),
-        ('file,predicted,corrected\n"monocyte/a.jpg,monocyte,other\n', "malformed CSV"),
+        ('file,predicted,corrected\nmonocyte/a.jpg,monocyte,other\n"monocyte/b.jpg,monocyte,other\n', "line 3: malformed CSV (unexpected end of data)"),
         ("file,predicted,corrected\n", "holds no corrections"),
     ],
     ids=["empty", "wrong-header", "unclosed-quote", "header-only"],
@@ -227,6 +227,22 @@ def test_malformed_csv_one_line(images, tmp_path, content, expected):
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0] and str(csv_path) in errors[0], r.output
     assert not out.exists()
+
+
+def test_line_numbers_are_the_files_lines_when_a_name_holds_a_line_break(images, tmp_path):
+    """A quoted file name may span lines (the page quotes them); a problem is reported on the line an editor shows."""
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('file,predicted,corrected\n"two\nlines.jpg",monocyte,other\nmonocyte/a.jpg,monocyte,blast\n', encoding="utf-8")
+    with pytest.raises(CorrectionsError) as exc:
+        apply_corrections(csv_path, tmp_path / "out", base=images)
+    assert [p.split(": ", 1)[1] for p in exc.value.problems] == [
+        "line 2: two\nlines.jpg: no such file" + f" (relative to {images})",
+        "line 4: monocyte/a.jpg: unknown class 'blast' (known: " + ", ".join(default_classes()) + ")",
+    ]
+    r = run("corrections", "apply", csv_path, "--out", tmp_path / "out", cwd=images)
+    lines = r.output.splitlines()
+    assert r.exit_code == 1 and len(lines) == 3  # one line each, and the count
+    assert lines[0] == f"error: {csv_path}: line 2: two\\nlines.jpg: no such file (relative to {images})" and ": line 4: " in lines[1]
 
 
 def test_not_utf8_and_missing_csv(tmp_path):

@@ -6,6 +6,7 @@ import click
 from rich.markup import escape
 
 from edgecell.console import console, stderr_console
+from firmware_host.errors import printable
 
 
 @click.group("corrections", context_settings={"max_content_width": 100})
@@ -63,7 +64,7 @@ def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
         done = apply_corrections(csv_path, out_dir, classes=classes, base=base, mode=mode)
     except CorrectionsError as exc:
         for line in exc.problems:
-            stderr_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, highlight=False)
+            stderr_console.print(f"[red]error:[/red] {escape(printable(line))}", soft_wrap=True, highlight=False)  # a name may hold a line break
         stderr_console.print(f"{len(exc.problems)} problem(s); nothing was written.", soft_wrap=True)
         ctx.exit(1)
     per_class = ", ".join(f"{escape(c)} {n}" for c, n in sorted(done.counts.items()))
