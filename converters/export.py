@@ -214,6 +214,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     run_dir, classes, size = run.path, run.classes, run.input_size
     data_dir = run.sources(opts.data_dir)
     run.require_split(" (the test split and calibration need it)")
+    run.require_keras()
     check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename, owned=EXPORT_OWNED)  # refuse an unwritable export before converting
     if opts.int8 and opts.calibration_out:
         check_stageable(opts.calibration_out, marker=cal_mod.MANIFEST_NAME, owned=cal_mod.copied_files)

@@ -398,6 +398,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         raise EdgecellError(f"--holdout-share must be at least 0 and below 1 (got {opts.holdout_share})")
     parent = RunFolder.read(opts.run_dir)
     split_path = parent.require_split(" (adapting replays the parent's training split)")
+    parent.require_keras()  # before reading the local and replayed images
     if Path(opts.out_dir).resolve() == parent.path.resolve():
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
     check_stageable(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED)

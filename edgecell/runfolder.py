@@ -199,16 +199,21 @@ class RunFolder:
             raise DataError(f"split.csv is missing from the run folder{why}", self.path)
         return self.split_path
 
+    def require_keras(self) -> None:
+        """Raise a one-line error now if the run's ``model.keras`` is missing or not a Keras file (no TensorFlow):
+        a command checks it before minutes of other work, not after."""
+        import zipfile
+
+        if not self.keras_path.is_file():
+            raise EdgecellError("model.keras is missing from the run folder", self.path)
+        if not zipfile.is_zipfile(self.keras_path):  # Keras would say "File not found" of it
+            raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", self.keras_path)
+
     def load_keras(self):
         """The run's Keras model (imports TensorFlow)."""
         from edgecell.model import load_model
 
-        if not self.keras_path.is_file():
-            raise EdgecellError("model.keras is missing from the run folder", self.path)
-        import zipfile
-
-        if not zipfile.is_zipfile(self.keras_path):  # Keras would say "File not found" of it
-            raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", self.keras_path)
+        self.require_keras()
         try:
             return load_model(self.keras_path)
         except Exception as exc:

@@ -134,6 +134,18 @@ def test_out_onto_the_parent_run_is_refused(tiny_run, clinic):
     assert _tree_digest(tiny_run) == before
 
 
+def test_a_corrupt_parent_model_is_named_before_any_image_is_read(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metadata.json", "split.csv"):
+        (run / name).write_bytes((tiny_run / name).read_bytes())
+    (run / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:300])
+    (tmp_path / "lab" / "band_cell").mkdir(parents=True)  # a local folder the model does not know: found only after the model
+    res = CliRunner().invoke(cli, ["adapt", str(run), "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: {run / 'model.keras'}: is not a Keras model file") and len(res.output.splitlines()) == 1
+
+
 def test_a_folder_the_model_does_not_know_is_one_line(tiny_run, tmp_path):
     (tmp_path / "lab" / "band_cell").mkdir(parents=True)
     res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "new")])

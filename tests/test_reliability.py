@@ -1115,6 +1115,10 @@ def test_convert_truncated_keras_model(messy, tmp_path):
     res = cli_run("convert", run)
     assert_one_line_error(res, run / "model.keras", "is not a Keras model file", "truncated")  # not Keras's "File not found"
     assert not (run / "export").exists() and leftovers(run) == []
+    (tmp_path / "cal" / "basophil").mkdir(parents=True)  # a calibration folder with too few images: the model is checked first
+    Image.fromarray(cell_like(1)).save(tmp_path / "cal" / "basophil" / "c.png")
+    res = cli_run("convert", run, "--int8", "--calibration", tmp_path / "cal")
+    assert_one_line_error(res, run / "model.keras", "is not a Keras model file")
 
 
 def test_convert_disk_full_keeps_the_previous_export(converted, tmp_path, monkeypatch):
