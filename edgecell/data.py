@@ -47,6 +47,8 @@ SOURCE_FIELDS = ("source", "type")
 CELL_TYPES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
 """The cell types edgecell's default model names; with :data:`OTHER_TYPES`, the folder names that
 mark a folder as a source of class folders (see :func:`discover_sources`)."""
+KNOWN_TYPES = frozenset((*CELL_TYPES, *OTHER_TYPES))
+"""Folder names read as cell types: a folder holding one of them is a source, not a class."""
 
 
 @dataclass
@@ -93,13 +95,12 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
     """
     sources: list[Source] = []
     notes: list[str] = []
-    known = set(CELL_TYPES) | set(OTHER_TYPES)
     for raw in paths:
         root = Path(raw)
         if str(raw) == "" or not root.is_dir():
             raise DataError("not a folder", root)
         children = list_class_folders(root)
-        nested = [c for c in children if any(g.name in known for g in list_class_folders(c))]
+        nested = [c for c in children if any(g.name in KNOWN_TYPES for g in list_class_folders(c))]
         if not nested or any(_has_images(c) for c in children):
             sources.append(Source(root.resolve().name or str(root), root))
             continue
@@ -325,6 +326,7 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         label = class_of(folder.name)
         if label not in class_names:
             continue
+        nested: set[str] = set()
         for f in _candidate_files(folder):
             if f.is_dir():
                 out.skipped.append(Skipped(str(f), "is a directory, not an image file"))
@@ -334,6 +336,14 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
                 out.unusable[label] += 1
             else:
                 out.files.append((f, src, folder.name))
+                if f.parent != folder:
+                    nested.add(f.relative_to(folder).parts[0])
+        if nested:
+            names = sorted(nested)
+            out.notes.append(
+                f"{folder}: its sub-folders' images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are all class {label!r}"
+                + ("" if folder.name in KNOWN_TYPES else "; if these are labs, name their class folders after cell types, so each is read as a source")
+            )
     return out
 
 

@@ -117,6 +117,20 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     assert str(exc.value) == f"{flat / 'loop'}: is a link to {flat.resolve()}, which holds it (a loop); remove it or link a class folder instead"
 
 
+def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
+    labs = _tree(tmp_path / "labs", {"lab1": {"baso": 5, "mono": 5}, "lab2": {"baso": 5}})  # not cell-type names: read as classes
+    ds = data.scan(labs)
+    assert ds.classes == ["lab1", "lab2"]
+    assert ds.notes == [
+        f"{labs / 'lab1'}: its sub-folders' images (baso, mono) are all class 'lab1'; "
+        "if these are labs, name their class folders after cell types, so each is read as a source",
+        f"{labs / 'lab2'}: its sub-folders' images (baso) are all class 'lab2'; "
+        "if these are labs, name their class folders after cell types, so each is read as a source",
+    ]
+    dated = _tree(tmp_path / "dated", {"monocyte": {"2024": 5}, "": {"basophil": 5}})
+    assert data.scan(dated).notes == [f"{dated / 'monocyte'}: its sub-folders' images (2024) are all class 'monocyte'"]
+
+
 def test_split_keeps_every_source_in_every_split_and_manifest_roundtrips(tmp_path):
     flat = _tree(tmp_path / "kaggle", {"": {"basophil": 10, "monocyte": 10}})
     multi = _tree(tmp_path / "more", {"labA": {"monocyte": 10, "basophil": 3}})
