@@ -235,7 +235,11 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     folder = Path(folder)
     owned = frozenset(owned(folder) if callable(owned) else owned)
     found = []
-    for top, dirs, files in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:  # what cannot be listed cannot be shown to be edgecell's
+        raise EdgecellError(f"cannot list a folder inside it ({os_reason(exc)}: {exc.filename}), so it is not replaced", folder)
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
         rel_top = Path(top).relative_to(folder)
         linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # a link to a folder is an entry, never followed
         found += [rel for name in files + linked if name not in LITTER and not name.startswith("._") and (rel := (rel_top / name).as_posix()) not in owned]
@@ -254,7 +258,8 @@ def _check_target_folder(target: Path, marker: str | None, owned: Owned | None =
             named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             what, them = ("a file", "it") if len(foreign) == 1 else (f"{len(foreign)} files", "them")
             raise EdgecellError(
-                f"holds {what} edgecell did not write ({named}), and this folder is replaced whole; move {them} out first, or choose another output folder",
+                f"holds {what} this command does not write ({named}), which replacing the folder would delete; "
+                f"move {them} out first, or choose another output folder",
                 target,
             )
     _ensure_folder(target.parent)

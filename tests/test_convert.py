@@ -330,7 +330,7 @@ def test_a_file_saved_in_the_export_folder_is_never_deleted(run_copy, tmp_path):
     res = CliRunner().invoke(cli, ["convert", str(run)])
     assert res.exit_code == 1
     assert _lines(res.stderr) == [
-        f"Error: {run / 'export'}: holds a file edgecell did not write (results.csv), and this folder is replaced whole; "
+        f"Error: {run / 'export'}: holds a file this command does not write (results.csv), which replacing the folder would delete; "
         "move it out first, or choose another output folder"
     ]
     assert sorted(p.name for p in (run / "export").iterdir()) == ["model_float32.tflite", "results.csv"]
@@ -343,7 +343,7 @@ def test_a_curated_calibration_folder_is_refused_before_converting(run_copy, tmp
     _images(cal / "monocyte", 1)  # added by a person curating the copy
     res = CliRunner().invoke(cli, ["convert", str(_fresh_copy(run_copy, tmp_path)), "--int8", "--calibration-out", str(cal)])
     assert res.exit_code == 1
-    assert _lines(res.stderr)[0].startswith(f"Error: {cal}: holds a file edgecell did not write (monocyte/")
+    assert _lines(res.stderr)[0].startswith(f"Error: {cal}: holds a file this command does not write (monocyte/")
     assert "converted" not in res.output  # refused before minutes of work, not after
 
 

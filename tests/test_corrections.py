@@ -110,7 +110,7 @@ def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
     r = run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images)
     assert r.exit_code == 1
     assert r.output == (
-        f"Error: {out}: holds a file edgecell did not write (monocyte/mine.jpg), and this folder is replaced whole; "
+        f"Error: {out}: holds a file this command does not write (monocyte/mine.jpg), which replacing the folder would delete; "
         "move it out first, or choose another output folder\n"
     )
     assert added.read_bytes() == b"a cell I labelled" and digests(out) == before | {"monocyte/mine.jpg": hashlib.sha256(b"a cell I labelled").hexdigest()}

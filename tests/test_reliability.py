@@ -792,9 +792,9 @@ def test_staged_dir_never_deletes_a_file_it_did_not_write(tmp_path):
     with pytest.raises(EdgecellError) as exc, atomic.staged_dir(run, marker="metadata.json", owned=RUN_OWNED):
         pytest.fail("refused before the body runs")
     assert str(exc.value) == (
-        f"{run}: holds a file edgecell did not write (notes.txt), and this folder is replaced whole; move it out first, or choose another output folder"
+        f"{run}: holds a file this command does not write (notes.txt), which replacing the folder would delete; move it out first, or choose another output folder"
     )
-    with pytest.raises(EdgecellError, match=r"holds a file edgecell did not write \(notes.txt\)"):
+    with pytest.raises(EdgecellError, match=r"holds a file this command does not write \(notes.txt\)"):
         atomic.check_stageable(run, marker="metadata.json", owned=RUN_OWNED)  # before a long job, the same refusal
     assert (run / "notes.txt").read_text() == "old notes.txt" and leftovers(tmp_path) == []
     (run / "notes.txt").unlink()
@@ -803,11 +803,27 @@ def test_staged_dir_never_deletes_a_file_it_did_not_write(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["metadata.json"]  # its own files, export/ with them, replaced
 
 
+def test_a_folder_that_cannot_be_listed_is_not_replaced(tmp_path, monkeypatch):
+    from edgecell.runfolder import RUN_OWNED
+
+    run = _run_with(tmp_path, "locked/a.txt")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(EdgecellError, match=r"cannot list a folder inside it \(Permission denied: .*locked\), so it is not replaced"):
+        atomic.check_stageable(run, marker="metadata.json", owned=RUN_OWNED)
+
+
 def test_staged_dir_keeps_a_file_put_there_while_it_worked(tmp_path):
     from edgecell.runfolder import RUN_OWNED
 
     run = _run_with(tmp_path)
-    refused = pytest.raises(EdgecellError, match=r"holds 4 files edgecell did not write \(a.csv, b.csv, c.csv and 1 more\)")
+    refused = pytest.raises(EdgecellError, match=r"holds 4 files this command does not write \(a.csv, b.csv, c.csv and 1 more\)")
     with refused, atomic.staged_dir(run, marker="metadata.json", owned=RUN_OWNED) as tmp:
         (tmp / "metadata.json").write_text("new")
         for name in "abcd":

@@ -108,7 +108,7 @@ def test_a_file_saved_in_a_run_is_never_deleted_by_training_again(tiny_run, real
     res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(run), "--epochs", "1"])
     assert res.exit_code == 1
     assert res.output == (
-        f"Error: {run}: holds a file edgecell did not write (notes.md), and this folder is replaced whole; move it out first, or choose another output folder\n"
+        f"Error: {run}: holds a file this command does not write (notes.md), which replacing the folder would delete; move it out first, or choose another output folder\n"
     )
     assert (run / "notes.md").read_text() == "stained on Tuesday"
 
