@@ -32,16 +32,9 @@ from pathlib import Path
 from converters.calibration import DEFAULT_PER_CLASS, CalibrationSet
 from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import EVALUATION_DIR, EXPORT_DIR, KERAS_FILE, RUN_MARKER, SPLIT_FILE, RunFolder, recorded_data_reads
-from firmware_host.metadata import Precision, sidecar_path
+from edgecell.runfolder import CALIBRATION_MANIFEST, EXPORT_DIR, EXPORT_OWNED, KERAS_FILE, PARITY_FILE, RUN_MARKER, SPLIT_FILE, RunFolder, recorded_data_reads
+from firmware_host.metadata import Precision
 
-CALIBRATION_MANIFEST = "calibration_manifest.csv"
-PARITY_FILE = "parity.json"
-EXPORT_OWNED = frozenset(
-    {*(p.filename for p in Precision), *(sidecar_path(p.filename).name for p in Precision), PARITY_FILE, CALIBRATION_MANIFEST, EVALUATION_DIR + "/"}
-)
-"""What edgecell writes in an export folder (``convert``; ``evaluate`` in its sub-folder): ``convert`` refuses to
-replace one holding anything else, such as a CSV of results saved beside the models."""
 FULL_RANGE = (0.5, 254.5)
 """An int8 input whose real range does not cover this much of 0-255 clips pixel values (a warning)."""
 
@@ -304,12 +297,14 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
             m.verification = parity.verification(report, prec.value)
             write_metadata(tmp / prec.filename, m)
         write_json(tmp / PARITY_FILE, report)
+        if cal is not None and opts.calibration_out:  # before the export is swapped in: a refused copy leaves the old export
+            calibration_out = cal_mod.copy_selection(cal, opts.calibration_out)
 
     outputs = {p.value: str(export_dir / p.filename) for p in blobs}
     outputs["parity"] = str(export_dir / PARITY_FILE)
     if cal is not None:
         outputs["calibration_manifest"] = str(export_dir / CALIBRATION_MANIFEST)
         if opts.calibration_out:
-            outputs["calibration_out"] = str(cal_mod.copy_selection(cal, opts.calibration_out))
+            outputs["calibration_out"] = str(calibration_out)
     report["outputs"] = outputs
     return report

@@ -110,11 +110,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     problems: list[str] = []
     where = os.fspath(csv_path)
     rows: list[tuple[int, list[str]]] = []  # (the line a record starts on, its fields): a quoted field may hold line breaks
-    reader = None
+    start = 1
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, strict=True)
-            start = 1
             for row in reader:
                 rows.append((start, row))
                 start = reader.line_num + 1
@@ -123,7 +122,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     except UnicodeDecodeError:
         raise CorrectionsError([f"{where}: not a UTF-8 text file (expected the CSV the review page downloads)"], csv_path) from None
     except csv.Error as exc:
-        raise CorrectionsError([f"{where}: line {reader.line_num if reader else 1}: malformed CSV ({exc})"], csv_path) from None
+        raise CorrectionsError([f"{where}: line {start}: malformed CSV ({exc})"], csv_path) from None  # where the bad record starts
     except OSError as exc:
         raise CorrectionsError([f"{where}: cannot read ({os_reason(exc)})"], csv_path) from None
     if not rows or [c.strip().lower() for c in rows[0][1]] != list(CSV_COLUMNS):

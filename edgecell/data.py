@@ -95,10 +95,13 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
     """
     sources: list[Source] = []
     notes: list[str] = []
+    given: dict[Path, Path] = {}
     for raw in paths:
         root = Path(raw)
         if str(raw) == "" or not root.is_dir():
             raise DataError("not a folder", root)
+        if (before := given.setdefault(root.resolve(), root)) is not root:
+            raise DataError("is given twice" + ("" if before == root else f" (also as {before})") + "; give each data folder once", root)
         children = list_class_folders(root)
         nested = [c for c in children if any(g.name in KNOWN_TYPES for g in list_class_folders(c))]
         if not nested or any(_has_images(c) for c in children):
@@ -110,10 +113,11 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
             else:
                 notes.append(f"{child}: no class folder named after a cell type inside; left out")
     seen: dict[str, Path] = {}
+    where: dict[Path, Path] = {}
     for s in sources:
+        if (before := where.setdefault(s.folder.resolve(), s.folder)) is not s.folder:  # a link, or a source inside another --data
+            raise DataError(f"is the same folder as {before}, so its images would be read twice; give it once", s.folder)
         if s.name in seen:
-            if os.path.samefile(seen[s.name], s.folder):
-                raise DataError("is given twice; give each data folder once", s.folder)
             raise DataError(f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); give each source folder its own name", s.folder)
         seen[s.name] = s.folder
     return sources, notes
@@ -331,6 +335,9 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
             if f.is_dir():
                 out.skipped.append(Skipped(str(f), "is a directory, not an image file"))
                 out.unusable[label] += 1
+            elif f.is_symlink() and not f.exists():  # whatever its name: not "not an image file"
+                out.skipped.append(Skipped(str(f), "broken symbolic link"))
+                out.unusable[label] += 1
             elif not f.name.lower().endswith(IMAGE_SUFFIXES):
                 out.skipped.append(Skipped(str(f), f"not an image file (suffix {f.suffix or 'none'!r}; expected {', '.join(IMAGE_SUFFIXES)})"))
                 out.unusable[label] += 1
@@ -342,7 +349,11 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
             names = sorted(nested)
             out.notes.append(
                 f"{folder}: its sub-folders' images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are all class {label!r}"
-                + ("" if folder.name in KNOWN_TYPES else "; if these are labs, name their class folders after cell types, so each is read as a source")
+                + (
+                    ""
+                    if folder.name in KNOWN_TYPES
+                    else f"; if {folder.name} is a lab, name its class folders after cell types, so that it is read as a source"
+                )
             )
     return out
 

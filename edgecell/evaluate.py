@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +143,8 @@ class Split:
     sources: list[str]
     types: list[str]
     offsets: np.ndarray
+    folders: dict[str, str] = field(default_factory=dict)
+    """With ``--split all``: each source's name and its folder (resolved), which name the outputs (:func:`output_stem`)."""
 
 
 def trained_on(target: Target, samples) -> int:
@@ -179,7 +181,8 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
             )
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
-        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples], ds.nucleus_offsets)
+        folders = {name: str(Path(folder).resolve()) for name, folder in ds.sources.items()}
+        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples], ds.nucleus_offsets, folders)
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
     roots = data_mod.run_sources(target.dataset or {}, given)
@@ -520,20 +523,21 @@ def stain_table(s: dict, title: str = "Stain shift"):
     return t
 
 
-STEM_SOURCES_MAX = 60
-"""Longest source part of an output name (``keras_all_<sources>``) before it is shortened."""
+STEM_SOURCES_MAX = 40
+"""Longest source part of an output name (``keras_all_<sources>-<hash>``) before it is shortened."""
 
 
-def output_stem(kind: str, split: str, sources: Sequence[str]) -> str:
-    """The start of every output file's name: ``{kind}_{split}``, and with ``--split all`` the sources evaluated
-    (``keras_all_bccd``), so that evaluating a second lab's images does not replace the first lab's results."""
+def output_stem(kind: str, split: str, folders: Mapping[str, str]) -> str:
+    """The start of every output file's name: ``{kind}_{split}``; with ``--split all``, the names of the sources
+    evaluated and a short hash of their folders (``keras_all_bccd-1f0e3a2b``), so that evaluating another lab's
+    images (even in a folder of the same name) does not replace the first lab's results, and evaluating the same
+    folders again does."""
     if split != "all":
         return f"{kind}_{split}"
-    given = "+".join(sorted(set(sources))) or "data"
-    names = "".join(c if c.isascii() and (c.isalnum() or c in "+-._") else "_" for c in given)
-    if len(names) > STEM_SOURCES_MAX:
-        names = f"{names[: STEM_SOURCES_MAX - 9]}-{hashlib.sha256(given.encode()).hexdigest()[:8]}"
-    return f"{kind}_all_{names}"
+    names = "+".join(sorted(folders)) or "data"
+    names = "".join(c if c.isascii() and (c.isalnum() or c in "+-._") else "_" for c in names)[:STEM_SOURCES_MAX]
+    digest = hashlib.sha256("\n".join(f"{n}={f}" for n, f in sorted(folders.items())).encode()).hexdigest()[:8]
+    return f"{kind}_all_{names}-{digest}"
 
 
 def evaluate(
@@ -604,7 +608,7 @@ def evaluate(
                 on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
             )
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
-    stem = output_stem(target.kind, split, sp.sources)
+    stem = output_stem(target.kind, split, sp.folders)
     write_json(out / f"{stem}_metrics.json", m)
     confusion_matrix_png(out / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
     reliability_png(out / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, EdgecellError
+from firmware_host.metadata import Precision, sidecar_path
 
 RUN_MARKER = "metadata.json"
 """The file that makes a folder a run folder."""
@@ -37,10 +38,31 @@ EXPORT_DIR = "export"
 """Where ``edgecell convert`` writes a run's models."""
 EVALUATION_DIR = "evaluation"
 """Where ``edgecell evaluate`` writes, by default, beside the model it evaluates."""
-RUN_OWNED = frozenset(
-    {RUN_MARKER, SPLIT_FILE, KERAS_FILE, METRICS_FILE, HISTORY_FILE, CV_FILE, ADAPT_FILE, *PLOT_FILES, EXPORT_DIR + "/", EVALUATION_DIR + "/"}
+PARITY_FILE = "parity.json"
+"""``convert``'s parity report, in the export folder."""
+CALIBRATION_MANIFEST = "calibration_manifest.csv"
+"""The int8 calibration images, in the export folder."""
+EVALUATION_OUTPUTS = ("metrics.json", "confusion_matrix.png", "reliability.png", "other.json", "other.png")
+"""What ``evaluate`` writes, each named ``<stem>_<output>`` (:func:`edgecell.evaluate.output_stem`)."""
+
+
+def _under(folder: str, owned) -> frozenset[str]:
+    return frozenset(f"{folder}/{name}" for name in owned)
+
+
+EVALUATION_OWNED = frozenset(f"*_{name}" for name in EVALUATION_OUTPUTS)
+"""What edgecell writes in an evaluation folder (patterns, :data:`firmware_host.atomic.Owned`)."""
+EXPORT_OWNED = frozenset({*(p.filename for p in Precision), *(sidecar_path(p.filename).name for p in Precision), PARITY_FILE, CALIBRATION_MANIFEST}) | _under(
+    EVALUATION_DIR, EVALUATION_OWNED
 )
-"""What edgecell writes in a run folder (``train`` and ``adapt``; ``convert`` and ``evaluate`` in their sub-folders).
+"""What edgecell writes in an export folder (``convert``; ``evaluate`` of an exported model in its ``evaluation/``):
+``convert`` refuses to replace one holding anything else, such as a CSV of results saved beside the models."""
+RUN_OWNED = (
+    frozenset({RUN_MARKER, SPLIT_FILE, KERAS_FILE, METRICS_FILE, HISTORY_FILE, CV_FILE, ADAPT_FILE, *PLOT_FILES})
+    | _under(EVALUATION_DIR, EVALUATION_OWNED)
+    | _under(EXPORT_DIR, EXPORT_OWNED)
+)
+"""What edgecell writes in a run folder (``train`` and ``adapt``; ``evaluate`` and ``convert`` in their sub-folders):
 ``train`` and ``adapt`` refuse to replace a run holding anything else (:func:`firmware_host.atomic.staged_dir`)."""
 
 

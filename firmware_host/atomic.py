@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fnmatch
 import json
 import os
 import shutil
@@ -225,8 +226,9 @@ LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 """Files an operating system's file browser leaves in folders; not a person's work, so a folder holding them is replaced."""
 
 Owned = Collection[str] | Callable[[Path], Collection[str]]
-"""What the writer of a staged folder wrote in it, as relative POSIX paths; a path ending in ``/`` claims a whole
-sub-folder. Or a function of the existing folder that says so (for a folder whose manifest lists its files)."""
+"""What the writer of a staged folder wrote in it, as relative POSIX paths, or patterns (``evaluation/*_metrics.json``,
+:func:`fnmatch.fnmatchcase`); a path ending in ``/`` claims a whole sub-folder. Or a function of the existing folder
+that says so (for a folder whose manifest lists its files)."""
 
 
 def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
@@ -234,6 +236,11 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     what a person put in a folder that edgecell replaces whole. :data:`LITTER` and AppleDouble ``._`` files are left out."""
     folder = Path(folder)
     owned = frozenset(owned(folder) if callable(owned) else owned)
+    patterns = [o for o in owned if any(c in o for c in "*?[")]
+
+    def mine(rel: str) -> bool:
+        return rel in owned or any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+
     found = []
 
     def unreadable(exc: OSError) -> None:  # what cannot be listed cannot be shown to be edgecell's
@@ -242,7 +249,7 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     for top, dirs, files in os.walk(folder, onerror=unreadable):
         rel_top = Path(top).relative_to(folder)
         linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # a link to a folder is an entry, never followed
-        found += [rel for name in files + linked if name not in LITTER and not name.startswith("._") and (rel := (rel_top / name).as_posix()) not in owned]
+        found += [rel for name in files + linked if name not in LITTER and not name.startswith("._") and not mine(rel := (rel_top / name).as_posix())]
         dirs[:] = [d for d in dirs if d not in linked and (rel_top / d).as_posix() + "/" not in owned]  # a claimed sub-folder is not walked
     return sorted(found)
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from converters import calibration as cal_mod
 from converters import parity
-from converters.export import EXPORT_OWNED
 from edgecell.cli import cli
 from edgecell.data import ManifestRow
+from edgecell.runfolder import EXPORT_OWNED
 from firmware_host.atomic import foreign_files
 from firmware_host.errors import DataError, EdgecellError, ModelError
 from firmware_host.preprocess import PREPROCESSING_VERSION

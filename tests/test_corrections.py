@@ -213,7 +213,10 @@ def _shift(msg: str) -> str:
     [
         ("", "expected the header file,predicted,corrected, found 'an empty file'"),
         ("path,label\nmonocyte/a.jpg,other\n", "line 1: expected the header file,predicted,corrected, found 'path,label'"),
-        ('file,predicted,corrected\nmonocyte/a.jpg,monocyte,other\n"monocyte/b.jpg,monocyte,other\n', "line 3: malformed CSV (unexpected end of data)"),
+        (  # the quote opened on line 3 is never closed: line 3 is named, not the end of the file
+            'file,predicted,corrected\nmonocyte/a.jpg,monocyte,other\n"monocyte/b.jpg,monocyte,other\nmonocyte/c.jpg,monocyte,other\n',
+            "line 3: malformed CSV (unexpected end of data)",
+        ),
         ("file,predicted,corrected\n", "holds no corrections"),
     ],
     ids=["empty", "wrong-header", "unclosed-quote", "header-only"],

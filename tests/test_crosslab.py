@@ -109,6 +109,15 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
         data.scan([flat, tmp_path / "." / "kaggle"])
     with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; give each source folder its own name$"):
         data.scan([flat, other / "kaggle"])
+    multi = _tree(tmp_path / "more", {"labA": {"monocyte": 5}, "labB": {"basophil": 5}})
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError) as exc:  # the folder the user typed, not a source inside it
+        data.scan([multi, tmp_path / "x" / ".." / "more"])
+    assert str(exc.value) == f"{tmp_path / 'x' / '..' / 'more'}: is given twice (also as {multi}); give each data folder once"
+    (tmp_path / "alias").symlink_to(multi / "labA", target_is_directory=True)
+    with pytest.raises(DataError) as exc:  # one folder under two names: every image would be read twice
+        data.scan([multi, tmp_path / "alias"])
+    assert str(exc.value) == f"{tmp_path / 'alias'}: is the same folder as {multi / 'labA'}, so its images would be read twice; give it once"
     with pytest.raises(DataError, match=r"kaggle: --exclude kaggle leaves no class folder of the data to use$"):
         data.scan(flat, exclude=["kaggle"])
     (flat / "loop").symlink_to(flat, target_is_directory=True)
@@ -123,9 +132,9 @@ def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
     assert ds.classes == ["lab1", "lab2"]
     assert ds.notes == [
         f"{labs / 'lab1'}: its sub-folders' images (baso, mono) are all class 'lab1'; "
-        "if these are labs, name their class folders after cell types, so each is read as a source",
+        "if lab1 is a lab, name its class folders after cell types, so that it is read as a source",
         f"{labs / 'lab2'}: its sub-folders' images (baso) are all class 'lab2'; "
-        "if these are labs, name their class folders after cell types, so each is read as a source",
+        "if lab2 is a lab, name its class folders after cell types, so that it is read as a source",
     ]
     dated = _tree(tmp_path / "dated", {"monocyte": {"2024": 5}, "": {"basophil": 5}})
     assert data.scan(dated).notes == [f"{dated / 'monocyte'}: its sub-folders' images (2024) are all class 'monocyte'"]

@@ -565,29 +565,32 @@ def test_evaluate_all_empty_folder(models, tmp_path):
     assert_one_line_error(res, tmp_path / "empty", "holds no class folder")
 
 
-def test_evaluating_a_second_lab_keeps_the_first_labs_results(models, labelled, tmp_path):
-    """``--split all`` on one lab's folder, then another's: each lab's files are named after it, neither replaced."""
+def test_evaluating_a_second_lab_keeps_the_first_labs_results(models, tmp_path):
+    """``--split all`` on one lab's folder, then another's of the same name: each keeps its own files."""
     pytest.importorskip("sklearn")
-    labs = {}
-    for lab, n in (("lab_a", 3), ("lab b", 2)):
-        labs[lab] = labelled_folder(tmp_path / lab, per_class=n)
-        res = cli_run("evaluate", models.float32, "--data", labs[lab], "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / f"{lab}.json")
-        assert res.exit_code == 0, res.output
-    outputs = {lab: json.loads((tmp_path / f"{lab}.json").read_text())["outputs"] for lab in labs}
-    assert Path(outputs["lab_a"]["metrics"]).name == "float32_all_lab_a_metrics.json"
-    assert Path(outputs["lab b"]["metrics"]).name == "float32_all_lab_b_metrics.json"
-    for lab, n in (("lab_a", 3), ("lab b", 2)):
+    outputs = {}
+    for lab, n in (("clinic_a", 3), ("clinic_b", 2)):
+        cells = labelled_folder(tmp_path / lab / "cells", per_class=n)
+        for _ in range(2):  # the same folder evaluated again replaces its own results
+            res = cli_run("evaluate", models.float32, "--data", cells, "--split", "all", "--out", tmp_path / "ev", "--json", tmp_path / f"{lab}.json")
+            assert res.exit_code == 0, res.output
+        outputs[lab] = json.loads((tmp_path / f"{lab}.json").read_text())["outputs"]
+    names = {lab: Path(o["metrics"]).name for lab, o in outputs.items()}
+    assert names["clinic_a"] != names["clinic_b"] and all(n.startswith("float32_all_cells-") for n in names.values())
+    for lab, n in (("clinic_a", 3), ("clinic_b", 2)):
         assert json.loads(Path(outputs[lab]["metrics"]).read_text())["n"] == n * len(CLASSES)
+    assert len(list((tmp_path / "ev").glob("*_metrics.json"))) == 2
 
 
 def test_output_stem_names_the_sources_evaluated_and_stays_short():
     from edgecell.evaluate import STEM_SOURCES_MAX, output_stem
 
-    assert output_stem("keras", "test", ["bccd", "barcelona"]) == "keras_test"  # the run's own split: one name, as audit reads it
-    assert output_stem("int8", "all", ["bccd", "barcelona", "bccd"]) == "int8_all_barcelona+bccd"
-    assert output_stem("keras", "all", ["lab/é"]) == "keras_all_lab__"
-    long_a, long_b = output_stem("keras", "all", ["x" * 100]), output_stem("keras", "all", ["x" * 99 + "y"])
-    assert long_a != long_b and len(long_a) == len("keras_all_") + STEM_SOURCES_MAX
+    assert output_stem("keras", "test", {"bccd": "/d/bccd"}) == "keras_test"  # the run's own split: one name, as audit reads it
+    two = output_stem("int8", "all", {"bccd": "/d/bccd", "barcelona": "/d/barcelona"})
+    assert two.startswith("int8_all_barcelona+bccd-") and len(two) == len("int8_all_barcelona+bccd-") + 8
+    assert output_stem("keras", "all", {"lab a": "/x"}) != output_stem("keras", "all", {"lab_a": "/x"})  # the hash tells them apart
+    assert output_stem("keras", "all", {"a+b": "/x"}) != output_stem("keras", "all", {"a": "/x", "b": "/x"})
+    assert len(output_stem("keras", "all", {"x" * 100: "/x"})) == len("keras_all_") + STEM_SOURCES_MAX + 9
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])
@@ -772,17 +775,18 @@ def _run_with(tmp_path: Path, *files: str) -> Path:
 
 
 def test_foreign_files_lists_what_the_writer_did_not_write(tmp_path):
-    from edgecell.runfolder import RUN_OWNED
+    from edgecell.runfolder import EXPORT_OWNED, RUN_OWNED
 
-    run = _run_with(tmp_path, "notes.txt", "plots/mine.png", ".DS_Store", "export/results.csv", "evaluation/keras_test_metrics.json")
+    made = ("evaluation/keras_all_bccd-1f0e3a2b_metrics.json", "export/model_int8.json", "export/evaluation/int8_test_other.png")
+    mine = ("export/results.csv", "export/bench.json", "evaluation/my.csv", "export/evaluation/notes.txt")
+    run = _run_with(tmp_path, "notes.txt", "plots/mine.png", ".DS_Store", "export/._model_int8.tflite", *made, *mine)
     (run / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    # export/ and evaluation/ are edgecell's whole; a link to a folder is an entry of its own, never followed
-    assert atomic.foreign_files(run, RUN_OWNED) == ["linked", "notes.txt", "plots/mine.png"]
-    assert atomic.foreign_files(run, lambda folder: {"metadata.json", "notes.txt", "linked", "plots/"}) == [
-        "evaluation/keras_test_metrics.json",
-        "export/model_int8.tflite",
-        "export/results.csv",
-    ]
+    # what train, convert and evaluate write, anywhere in the run, is edgecell's; a link to a folder is an entry, never followed
+    assert atomic.foreign_files(run, RUN_OWNED) == sorted(["linked", "notes.txt", "plots/mine.png", *mine])
+    assert atomic.foreign_files(run / "export", EXPORT_OWNED) == ["bench.json", "evaluation/notes.txt", "results.csv"]
+    assert atomic.foreign_files(run, lambda folder: {"metadata.json", "notes.txt", "linked", "plots/", "ev*/*"}) == sorted(
+        ["export/model_int8.tflite", *(m for m in made + mine if m.startswith("export/"))]
+    )
 
 
 def test_staged_dir_never_deletes_a_file_it_did_not_write(tmp_path):

@@ -102,15 +102,17 @@ def test_retrain_replaces_run_only_when_done(tiny_run, real_slice, tmp_path):
 def test_a_file_saved_in_a_run_is_never_deleted_by_training_again(tiny_run, real_slice, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    (run / "export").mkdir(exist_ok=True)
-    (run / "export" / "results.csv").write_text("file,label\n")  # under export/: convert's to refuse, train's to replace
+    (run / "export" / "evaluation").mkdir(parents=True, exist_ok=True)
+    (run / "export" / "evaluation" / "int8_test_metrics.json").write_text("{}")  # evaluate's, replaced with the run
+    (run / "export" / "bench.json").write_text("{}")  # edgecell bench --json export/bench.json: the user's
     (run / "notes.md").write_text("stained on Tuesday")
     res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(run), "--epochs", "1"])
     assert res.exit_code == 1
     assert res.output == (
-        f"Error: {run}: holds a file this command does not write (notes.md), which replacing the folder would delete; move it out first, or choose another output folder\n"
+        f"Error: {run}: holds 2 files this command does not write (export/bench.json, notes.md), which replacing the folder would delete; "
+        "move them out first, or choose another output folder\n"
     )
-    assert (run / "notes.md").read_text() == "stained on Tuesday"
+    assert (run / "notes.md").read_text() == "stained on Tuesday" and (run / "export" / "bench.json").is_file()
 
 
 def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
