@@ -302,9 +302,8 @@ def split_for(fs: FeatureSet, seed: int, run_dir: str | os.PathLike | None = Non
     # the audit reads one source: the split's rows of that source (one of a run of several; a run of one source
     # whose folder was moved or renamed has its rows under the old name)
     have = {s.source for s in fs.samples}
-    recorded = {r.source for r in rows}
-    if len(have) == 1 and len(recorded) == 1 and have != recorded:
-        rows = [dataclasses.replace(r, source=next(iter(have))) for r in rows]
+    if renamed := data_mod.renamed_source({r.source for r in rows}, have):
+        rows = [dataclasses.replace(r, source=renamed[1]) for r in rows]
     rows = [r for r in rows if r.source in have or not r.source]
     by_file = {(s.source, s.rel): i for i, s in enumerate(fs.samples)}
     by_rel = {s.rel: i for i, s in enumerate(fs.samples)}  # rows without a source (split files of older runs)

@@ -21,7 +21,7 @@ import hashlib
 import io
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -492,6 +492,14 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
     return scan(given, size=size, classes=[c for c in classes if c in present], min_per_class=1, on_progress=on_progress)
 
 
+def renamed_source(recorded: Collection[str], found: Collection[str]) -> tuple[str, str] | None:
+    """``(recorded name, name found)`` when a run of one source is read from one folder of another name (the folder was
+    moved or renamed): that folder stands for the run's one source. None otherwise."""
+    if len(recorded) == 1 and len(found) == 1 and set(recorded) != set(found):
+        return next(iter(recorded)), next(iter(found))
+    return None
+
+
 def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
     """Source name -> folder, for reading a run's split manifest: from ``--data`` if given, else
     from the run's metadata (``dataset.sources``, or ``dataset.path`` for a run of one unnamed source).
@@ -499,9 +507,8 @@ def run_sources(dataset_meta: dict, given: Sequence[str | os.PathLike] = ()) -> 
     if given:
         sources, _ = discover_sources(given)
         out = {s.name: s.folder for s in sources}
-        recorded = list(dataset_meta.get("sources") or {})
-        if len(out) == 1 and len(recorded) == 1 and recorded[0] not in out:
-            out = {recorded[0]: next(iter(out.values()))}  # a run of one source, its folder moved or renamed: the one given
+        if renamed := renamed_source(list(dataset_meta.get("sources") or {}), out):
+            out = {renamed[0]: out[renamed[1]]}
     else:
         recorded = dataset_meta.get("sources") or ({"": dataset_meta["path"]} if dataset_meta.get("path") else {})
         out = {k: Path(v) for k, v in recorded.items()}

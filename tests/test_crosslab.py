@@ -126,6 +126,13 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     assert str(exc.value) == f"{flat / 'loop'}: is a link to {flat.resolve()}, which holds it (a loop); remove it or link a class folder instead"
 
 
+def test_a_renamed_folder_stands_for_a_run_of_one_source_only():
+    assert data.renamed_source(["kaggle"], {"kaggle-2024"}) == ("kaggle", "kaggle-2024")
+    assert data.renamed_source(["kaggle"], {"kaggle"}) is None
+    assert data.renamed_source(["kaggle", "bccd"], {"mine"}) is None  # which of the two would it be?
+    assert data.renamed_source(["kaggle"], {"a", "b"}) is None
+
+
 def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
     labs = _tree(tmp_path / "labs", {"lab1": {"baso": 5, "mono": 5}, "lab2": {"baso": 5}})  # not cell-type names: read as classes
     ds = data.scan(labs)
