@@ -445,7 +445,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         )
     if clash:
         raise DataError(
-            f"local source {clash[0]!r} has the name of one of the parent run's sources; give the local folder its own name", local.sources[clash[0]]
+            f"local source {clash[0]!r} has the name of one of the parent run's sources; name it with --data NAME=FOLDER (or rename the folder)",
+            local.sources[clash[0]],
         )
     held = holdout(local.samples, opts.holdout_share, opts.seed)
     advice = check_local(local, held, opts.holdout_share)

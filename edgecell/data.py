@@ -91,7 +91,8 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
     sub-folders are its classes. A folder whose sub-folders hold no images directly is a folder of
     sources: each sub-folder with at least one class folder named after a known cell type
     (:data:`CELL_TYPES`, :data:`OTHER_TYPES`) is a source; the others (say, a folder of whole
-    fields with annotations) are left out with a note. Two sources with one name are an error.
+    fields with annotations) are left out with a note. A source is named after its folder, or as given
+    (``--data NAME=FOLDER``: :class:`edgecell.options.NamedFolder`). Two sources with one name are an error.
     """
     sources: list[Source] = []
     notes: list[str] = []
@@ -104,9 +105,16 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
             raise DataError("is given twice" + ("" if before == root else f" (also as {before})") + "; give each data folder once", root)
         children = list_class_folders(root)
         nested = [c for c in children if any(g.name in KNOWN_TYPES for g in list_class_folders(c))]
+        named = getattr(raw, "source_name", None)  # --data NAME=FOLDER (edgecell.options.NamedFolder)
         if not nested or any(_has_images(c) for c in children):
-            sources.append(Source(root.resolve().name or str(root), root))
+            sources.append(Source(named or root.resolve().name or str(root), root))
             continue
+        if named:
+            raise DataError(
+                f"holds sources ({', '.join(c.name for c in nested)}), each named after its folder; {named}= names a folder of "
+                "class folders: give each source as --data NAME=FOLDER, or leave the name out",
+                root,
+            )
         for child in children:
             if child in nested:
                 sources.append(Source(child.name, child))
@@ -118,7 +126,10 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
         if (before := where.setdefault(s.folder.resolve(), s.folder)) is not s.folder:  # a link, or a source inside another --data
             raise DataError(f"is the same folder as {before}, so its images would be read twice; give it once", s.folder)
         if s.name in seen:
-            raise DataError(f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); give each source folder its own name", s.folder)
+            raise DataError(
+                f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); name one with --data NAME=FOLDER, or rename its folder",
+                s.folder,
+            )
         seen[s.name] = s.folder
     return sources, notes
 
@@ -659,7 +670,7 @@ def load_cells_from_manifest(
             held = ", ".join(k for k in folders if k) or "none"
             raise DataError(
                 f"the split manifest names source(s) {', '.join(lost)} that the data folders do not hold (they hold: {held}); "
-                "a source is named after its folder, so give each under the name it had at training",
+                "a source is named after its folder: give each as --data NAME=FOLDER with the name it had at training",
                 root,
             )
     index = {c: i for i, c in enumerate(classes)}

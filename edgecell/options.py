@@ -36,6 +36,41 @@ class InputPath(click.ParamType):
 
 
 INPUT_PATH = InputPath()
+
+
+class NamedFolder(str):
+    """A data folder's path (a ``str``, so it goes wherever a path goes) and, given as ``--data NAME=FOLDER``, the name
+    of its source (``source_name``; None: the folder's own name). Read by :func:`edgecell.data.discover_sources`."""
+
+    source_name: str | None
+
+    def __new__(cls, folder: str, source_name: str | None = None):
+        obj = super().__new__(cls, folder)
+        obj.source_name = source_name
+        return obj
+
+
+class DataFolder(click.ParamType):
+    """``FOLDER`` or ``NAME=FOLDER``: an existing folder, and the name of its source when two labs' folders share a
+    name (``clinicA=exports/images``). A folder whose own name holds ``=`` is a folder, not a name."""
+
+    name = "[NAME=]FOLDER"
+
+    def convert(self, value, param, ctx):
+        import os
+
+        if isinstance(value, NamedFolder):
+            return value
+        text = str(value)
+        name, folder = (None, text) if os.path.isdir(text) or "=" not in text else text.split("=", 1)
+        if name is not None and (not name.strip() or "/" in name or os.sep in name or name in (".", "..")):
+            self.fail(f"{text!r}: the name before '=' names a source: it cannot be empty or hold '/'", param, ctx)
+        if not folder or not os.path.isdir(folder):
+            self.fail(f"Directory {folder!r} does not exist." if not os.path.exists(folder) else f"{folder!r} is not a folder.", param, ctx)
+        return NamedFolder(folder, name)
+
+
+DATA_FOLDER = DataFolder()
 PROBABILITY = FiniteFloatRange(0.0, 1.0)
 """The type of every probability-like option (--threshold): a finite number from 0 to 1."""
 PERCENTAGE_POINTS = FiniteFloatRange(0.0, 100.0)
@@ -45,7 +80,8 @@ SEED = click.IntRange(0, MAX_SEED)
 
 DATA_HELP = (
     "Data folder: one sub-folder of images per class, or one sub-folder per source (lab) holding class folders. "
-    "Repeat for several sources; class folders lymphocyte, eosinophil, platelet, ig teach 'other'."
+    "Repeat for several sources; class folders lymphocyte, eosinophil, platelet, ig teach 'other'. "
+    "NAME=FOLDER names a folder's source (two labs' folders of one name)."
 )
 
 
@@ -54,7 +90,7 @@ def data_option(required: bool = True, help: str = DATA_HELP):
     return click.option(
         "--data",
         "data_dir",
-        type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=str),
+        type=DATA_FOLDER,
         required=required,
         multiple=True,
         help=help,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edgecell import data
+from edgecell.options import DataFolder, NamedFolder
 from firmware_host.errors import DataError
 from firmware_host.preprocess import CELL_SCALE, WHITE_LEVEL, locate_cell, prepare
 
@@ -107,7 +109,7 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     other = _tree(tmp_path / "elsewhere", {"kaggle": {"basophil": 6}})
     with pytest.raises(DataError, match=r"kaggle: is given twice; give each data folder once$"):
         data.scan([flat, tmp_path / "." / "kaggle"])
-    with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; give each source folder its own name$"):
+    with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; name one with --data NAME=FOLDER, or rename its folder$"):
         data.scan([flat, other / "kaggle"])
     multi = _tree(tmp_path / "more", {"labA": {"monocyte": 5}, "labB": {"basophil": 5}})
     (tmp_path / "x").mkdir()
@@ -124,6 +126,80 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     with pytest.raises(DataError) as exc:
         data.scan(flat)
     assert str(exc.value) == f"{flat / 'loop'}: is a link to {flat.resolve()}, which holds it (a loop); remove it or link a class folder instead"
+
+
+def test_data_name_equals_folder_names_a_source(tmp_path):
+    """Two labs' exports in folders of one name: --data NAME=FOLDER tells them apart, without renaming anything."""
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    a = _tree(tmp_path / "clinicA", {"cells": {"basophil": 6, "monocyte": 6}}) / "cells"
+    b = _tree(tmp_path / "clinicB", {"cells": {"basophil": 5, "monocyte": 5}}) / "cells"
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(a), "--data", str(b)])
+    assert res.exit_code == 1 and "two sources are named 'cells'" in res.output and "--data NAME=FOLDER" in res.output
+    res = CliRunner().invoke(cli, ["inspect", "--data", f"north={a}", "--data", f"south={b}", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert '"north"' in res.output and '"south"' in res.output and '"cells"' not in res.output
+    ds = data.scan([NamedFolder(str(a), "north"), NamedFolder(str(b), "south")])
+    assert ds.sources == {"north": a, "south": b} and ds.counts_by_source()["south"] == {"basophil": 5, "monocyte": 5}
+    # a run records the names; reading its split back needs the same names (or the recorded folders)
+    assert data.run_sources({"sources": {"north": str(a), "south": str(b)}}, [NamedFolder(str(b), "south"), NamedFolder(str(a), "north")]) == {
+        "north": a,
+        "south": b,
+    }
+    with pytest.raises(DataError, match=r"holds sources \(labA\), each named after its folder; lab= names a folder of class folders"):
+        data.scan(NamedFolder(str(_tree(tmp_path / "more", {"labA": {"monocyte": 5, "basophil": 5}})), "lab"))
+
+
+def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
+    pytest.importorskip("tensorflow")
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    folders = {lab: _tree(tmp_path / lab, {"cells": {"basophil": 12, "monocyte": 12}}) / "cells" for lab in ("clinicA", "clinicB")}
+    run = tmp_path / "run"
+    named = [a for lab, f in folders.items() for a in ("--data", f"{lab.lower()}={f}")]
+    res = CliRunner().invoke(cli, ["train", *named, "--out", str(run), "--epochs", "1", "--img-size", "32", "--widths", "4,8"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((run / "metadata.json").read_text())["dataset"]["sources"]) == {"clinica", "clinicb"}
+    assert CliRunner().invoke(cli, ["evaluate", str(run), "--json", str(tmp_path / "e.json")]).exit_code == 0
+    for lab, f in folders.items():  # the labs' folders move: given again under the names they had
+        shutil.move(f, tmp_path / f"{lab}-moved")
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 1 and "pass --data" in res.output
+    moved = [a for lab in folders for a in ("--data", f"{lab.lower()}={tmp_path / f'{lab}-moved'}")]
+    res = CliRunner().invoke(cli, ["evaluate", str(run), *moved, "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "e.json").read_text())["sources"]["by_source"]) == {"clinica", "clinicb"}
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("north={missing}", "Directory '{missing}' does not exist."),
+        ("={a}", "the name before '=' names a source: it cannot be empty or hold '/'"),
+        ("x/y={a}", "the name before '=' names a source: it cannot be empty or hold '/'"),
+    ],
+)
+def test_data_name_equals_folder_is_checked(tmp_path, given, message):
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    a = _tree(tmp_path / "clinicA", {"cells": {"basophil": 5, "monocyte": 5}}) / "cells"
+    fill = {"a": a, "missing": tmp_path / "nowhere"}
+    res = CliRunner().invoke(cli, ["inspect", "--data", given.format(**fill)])
+    assert res.exit_code == 2 and message.format(**fill) in " ".join(res.output.split())
+
+
+def test_a_folder_whose_name_holds_an_equals_sign_is_a_folder(tmp_path):
+    odd = _tree(tmp_path / "a=b", {"": {"basophil": 5, "monocyte": 5}})
+    assert DataFolder().convert(str(odd), None, None).source_name is None
+    assert DataFolder().convert(f"lab={odd}", None, None).source_name == "lab"
 
 
 def test_a_renamed_folder_stands_for_a_run_of_one_source_only():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecell import adapt as _defaults  # no TensorFlow at import time
-from edgecell.options import FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
+from edgecell.options import DATA_FOLDER, FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
 from edgecell.runfolder import recorded_data_reads
 
 
@@ -46,8 +46,8 @@ from edgecell.runfolder import recorded_data_reads
 @click.option(
     "--parent-data",
     multiple=True,
-    type=click.Path(exists=True, file_okay=False, path_type=str),
-    help="Where the parent run's training data is, if it has moved since training (repeatable, as train's --data).",
+    type=DATA_FOLDER,
+    help="Where the parent run's training data is, if it has moved since training (repeatable, as train's --data; NAME=FOLDER for a source whose folder was renamed).",
 )
 @seed_option
 @json_option
