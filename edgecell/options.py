@@ -85,12 +85,13 @@ DATA_HELP = (
 )
 
 
-def data_option(required: bool = True, help: str = DATA_HELP):
-    """``--data``, repeatable: a tuple of folders (empty when not given)."""
+def data_option(required: bool = True, help: str = DATA_HELP, sources: bool = True):
+    """``--data``, repeatable: a tuple of folders (empty when not given); with ``sources``, each may be ``NAME=FOLDER``
+    (:class:`DataFolder`), else a plain folder of images."""
     return click.option(
         "--data",
         "data_dir",
-        type=DATA_FOLDER,
+        type=DATA_FOLDER if sources else click.Path(exists=True, file_okay=False, dir_okay=True, path_type=str),
         required=required,
         multiple=True,
         help=help,

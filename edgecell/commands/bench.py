@@ -21,7 +21,7 @@ from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DE
     show_default=True,
     help="Interpreter thread counts to try, comma-separated.",
 )
-@data_option(required=False, help="Folder(s) of real images: adds end-to-end throughput (decode + preprocess + inference).")
+@data_option(required=False, help="Folder(s) of real images: adds end-to-end throughput (decode + preprocess + inference).", sources=False)
 @click.option("--limit", type=click.IntRange(1), default=DEFAULT_LIMIT, show_default=True, help="At most this many images from --data.")
 @json_option
 @click.option(
