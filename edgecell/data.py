@@ -343,7 +343,10 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
             continue
         nested: set[str] = set()
         for f in _candidate_files(folder):
-            if f.is_dir():
+            if f.is_dir() and f.is_symlink():
+                out.skipped.append(Skipped(str(f), "is a link to a folder, which is not followed: its images are not read (give that folder with --data)"))
+                out.unusable[label] += 1
+            elif f.is_dir():
                 out.skipped.append(Skipped(str(f), "is a directory, not an image file"))
                 out.unusable[label] += 1
             elif f.is_symlink() and not f.exists():  # whatever its name: not "not an image file"

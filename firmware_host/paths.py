@@ -132,8 +132,8 @@ def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> lis
 
     For data and calibration folders, where a file that is not an image is reported rather than
     skipped silently. With ``image_named_dirs``, a folder named like an image (``x.jpg/``) is
-    listed too, as the user error it is. (Classify's :func:`walk_folder` lists image names only
-    and follows links.)
+    listed too, as the user error it is, and so is a link to a folder, which is not followed: the caller says that
+    its images are not read. (Classify's :func:`walk_folder` lists image names only and follows links.)
     """
     out = []
     for dirpath, dirnames, filenames in walk(folder):  # any depth (os.walk recurses)
@@ -141,7 +141,7 @@ def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> lis
         d = Path(dirpath)
         out.extend(d / name for name in sorted(filenames) if not name.startswith("."))
         if image_named_dirs:
-            out.extend(d / name for name in dirnames if is_image_name(name))
+            out.extend(d / name for name in dirnames if is_image_name(name) or os.path.islink(d / name))
     return out
 
 

@@ -97,11 +97,13 @@ def test_bad_files_are_skipped_and_reported(small_folder):
     (a / "folder.jpg").mkdir()
     (a / "broken.png").symlink_to(small_folder / "does-not-exist.png")
     (a / "back").symlink_to("../../elsewhere")  # no image suffix: broken all the same, not "not an image file"
+    (a / "more").symlink_to(small_folder / "b", target_is_directory=True)  # not followed: said, not silent
     (a / "readme.txt").write_text("hello")
     ds = data.scan(small_folder)
     assert ds.counts() == {"a": 12, "b": 12, "c": 12}
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
-    assert set(reasons) == {"truncated.jpg", "empty.png", "notes.jpg", "folder.jpg", "broken.png", "back", "readme.txt"}
+    assert set(reasons) == {"truncated.jpg", "empty.png", "notes.jpg", "folder.jpg", "broken.png", "back", "more", "readme.txt"}
+    assert reasons["more"].startswith("is a link to a folder, which is not followed: its images are not read")
     assert "empty" in reasons["empty.png"]
     assert "directory" in reasons["folder.jpg"]
     assert reasons["broken.png"] == reasons["back"] == "broken symbolic link"
