@@ -445,7 +445,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         )
     if clash:
         raise DataError(
-            f"local source {clash[0]!r} has the name of one of the parent run's sources; name it with --data NAME=FOLDER (or rename the folder)",
+            f"local source {clash[0]!r} has the name of one of the parent run's sources; give it another name (--data NAME=FOLDER)",
             local.sources[clash[0]],
         )
     held = holdout(local.samples, opts.holdout_share, opts.seed)

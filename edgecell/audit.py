@@ -304,6 +304,13 @@ def split_for(fs: FeatureSet, seed: int, run_dir: str | os.PathLike | None = Non
     have = {s.source for s in fs.samples}
     if renamed := data_mod.renamed_source({r.source for r in rows}, have):
         rows = [dataclasses.replace(r, source=renamed[1]) for r in rows]
+    recorded = {r.source for r in rows}
+    if recorded and "" not in recorded and not have & recorded:
+        raise DataError(
+            f"is read as source {', '.join(sorted(have))}, which the run's split does not have (it has: {', '.join(sorted(recorded))}); "
+            "give the folder as --data NAME=FOLDER with its name at training",
+            fs.root,
+        )
     rows = [r for r in rows if r.source in have or not r.source]
     by_file = {(s.source, s.rel): i for i, s in enumerate(fs.samples)}
     by_rel = {s.rel: i for i, s in enumerate(fs.samples)}  # rows without a source (split files of older runs)

@@ -121,17 +121,25 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
             else:
                 notes.append(f"{child}: no class folder named after a cell type inside; left out")
     seen: dict[str, Path] = {}
-    where: dict[Path, Path] = {}
+    where: dict[Path, Source] = {}
     for s in sources:
-        if (before := where.setdefault(s.folder.resolve(), s.folder)) is not s.folder:  # a link, or a source inside another --data
-            raise DataError(f"is the same folder as {before}, so its images would be read twice; give it once", s.folder)
+        if (before := where.setdefault(s.folder.resolve(), s)) is not s:  # a link, or a source inside another --data
+            raise DataError(f"is the folder of source {before.name!r} ({before.folder}) already, so its images would be read twice; give it once", s.folder)
         if s.name in seen:
             raise DataError(
-                f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); name one with --data NAME=FOLDER, or rename its folder",
+                f"two sources are named {s.name!r} ({seen[s.name]} and {s.folder}); give one another name (NAME=FOLDER), or rename its folder",
                 s.folder,
             )
         seen[s.name] = s.folder
     return sources, notes
+
+
+def refuse_empty_sources(sources: Sequence[Source]) -> None:
+    """One of several data folders with no class folder inside (a class folder given as a data folder, say) would
+    add nothing in silence: an error. A data folder given alone gets the caller's message about class folders."""
+    empty = [s for s in sources if not list_class_folders(s.folder)]
+    if empty and len(sources) > 1:
+        raise DataError("holds no class folder (one sub-folder of images per class): give the folder above it, or leave it out", empty[0].folder)
 
 
 def matches(sample_source: str, sample_type: str, patterns: Iterable[str]) -> bool:
@@ -316,6 +324,7 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         raise DataError("not a folder", root)
     sources, notes = discover_sources(paths)
     folders = [(src, f) for src in sources for f in list_class_folders(src.folder)]
+    refuse_empty_sources(sources)
     for pat in exclude:
         if not any(matches(src.name, f.name, [pat]) for src, f in folders):
             raise DataError(f"--exclude {pat}: no source or SOURCE/TYPE of that name (sources: {', '.join(s.name for s in sources)})")
@@ -344,7 +353,9 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         nested: set[str] = set()
         for f in _candidate_files(folder):
             if f.is_dir() and f.is_symlink():
-                out.skipped.append(Skipped(str(f), "is a link to a folder, which is not followed: its images are not read (give that folder with --data)"))
+                out.skipped.append(
+                    Skipped(str(f), "is a link to a folder, which is not followed: its images are not read (link or copy the images themselves)")
+                )
                 out.unusable[label] += 1
             elif f.is_dir():
                 out.skipped.append(Skipped(str(f), "is a directory, not an image file"))
@@ -497,6 +508,7 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
     no folder, and one usable image per class is enough."""
     sources, _ = discover_sources(given)
     names = {p.name for s in sources for p in list_class_folders(s.folder)}
+    refuse_empty_sources(sources)
     if not names:
         raise DataError(f"holds no class folder (one sub-folder of images per class, named after a model class: {', '.join(classes)})", given[0])
     unknown = sorted(n for n in names if class_of(n) not in classes)
@@ -504,6 +516,17 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
         raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})", given[0])
     present = {class_of(n) for n in names}
     return scan(given, size=size, classes=[c for c in classes if c in present], min_per_class=1, on_progress=on_progress)
+
+
+def recorded_folders(dataset_meta: dict) -> list[str]:
+    """The data folders a run was trained on, each under its source's recorded name (:class:`edgecell.options.NamedFolder`,
+    so sources named with ``--data NAME=FOLDER`` keep their names); ``dataset.path`` for a run recorded without sources."""
+    from edgecell.options import NamedFolder
+
+    sources = dataset_meta.get("sources") or {}
+    if sources:
+        return [NamedFolder(str(folder), name) for name, folder in sources.items()]
+    return [dataset_meta["path"]] if dataset_meta.get("path") else []
 
 
 def renamed_source(recorded: Collection[str], found: Collection[str]) -> tuple[str, str] | None:
@@ -673,7 +696,7 @@ def load_cells_from_manifest(
             held = ", ".join(k for k in folders if k) or "none"
             raise DataError(
                 f"the split manifest names source(s) {', '.join(lost)} that the data folders do not hold (they hold: {held}); "
-                "a source is named after its folder: give each as --data NAME=FOLDER with the name it had at training",
+                "give each folder under its source's name at training (NAME=FOLDER; a source is named after its folder unless named so)",
                 root,
             )
     index = {c: i for i, c in enumerate(classes)}

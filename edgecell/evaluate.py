@@ -165,8 +165,8 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         from edgecell.train import report_skipped
 
         if not given:
-            given = list(dict.fromkeys(data_mod.run_sources(target.dataset).values())) if target.dataset else []
-            if not given:
+            given = [f for f in data_mod.recorded_folders(target.dataset or {}) if Path(f).is_dir()]
+            if not given or len(given) < len(data_mod.recorded_folders(target.dataset or {})):
                 raise DataError("the data folder the model was trained on is not there; pass --data DIR", "--data")
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)

@@ -63,9 +63,15 @@ class DataFolder(click.ParamType):
             return value
         text = str(value)
         name, folder = (None, text) if os.path.isdir(text) or "=" not in text else text.split("=", 1)
-        if name is not None and (not name.strip() or "/" in name or os.sep in name or name in (".", "..")):
-            self.fail(f"{text!r}: the name before '=' names a source: it cannot be empty or hold '/'", param, ctx)
-        if not folder or not os.path.isdir(folder):
+        if name is not None and ("/" in name or os.sep in name):  # data/lab=1/images: a path holding '=', not a name
+            name, folder = None, text
+        if name is not None:
+            name = name.strip()
+            if not name or not name.isprintable() or name in (".", ".."):
+                self.fail(f"{text!r}: the name before '=' names a source: it cannot be empty or hold control characters", param, ctx)
+            if not folder:
+                self.fail(f"{text!r}: no folder after '='", param, ctx)
+        if not os.path.isdir(folder):
             self.fail(f"Directory {folder!r} does not exist." if not os.path.exists(folder) else f"{folder!r} is not a folder.", param, ctx)
         return NamedFolder(folder, name)
 

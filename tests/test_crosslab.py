@@ -109,7 +109,7 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     other = _tree(tmp_path / "elsewhere", {"kaggle": {"basophil": 6}})
     with pytest.raises(DataError, match=r"kaggle: is given twice; give each data folder once$"):
         data.scan([flat, tmp_path / "." / "kaggle"])
-    with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; name one with --data NAME=FOLDER, or rename its folder$"):
+    with pytest.raises(DataError, match=r"two sources are named 'kaggle' .*; give one another name \(NAME=FOLDER\), or rename its folder$"):
         data.scan([flat, other / "kaggle"])
     multi = _tree(tmp_path / "more", {"labA": {"monocyte": 5}, "labB": {"basophil": 5}})
     (tmp_path / "x").mkdir()
@@ -119,9 +119,11 @@ def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     (tmp_path / "alias").symlink_to(multi / "labA", target_is_directory=True)
     with pytest.raises(DataError) as exc:  # one folder under two names: every image would be read twice
         data.scan([multi, tmp_path / "alias"])
-    assert str(exc.value) == f"{tmp_path / 'alias'}: is the same folder as {multi / 'labA'}, so its images would be read twice; give it once"
+    assert str(exc.value) == f"{tmp_path / 'alias'}: is the folder of source 'labA' ({multi / 'labA'}) already, so its images would be read twice; give it once"
     with pytest.raises(DataError, match=r"kaggle: --exclude kaggle leaves no class folder of the data to use$"):
         data.scan(flat, exclude=["kaggle"])
+    with pytest.raises(DataError, match=r"monocyte: holds no class folder \(one sub-folder of images per class\): give the folder above it"):
+        data.scan([flat, flat / "monocyte"])  # a class folder given as a data folder: nothing read from it, in silence
     (flat / "loop").symlink_to(flat, target_is_directory=True)
     with pytest.raises(DataError) as exc:
         data.scan(flat)
@@ -137,7 +139,7 @@ def test_data_name_equals_folder_names_a_source(tmp_path):
     a = _tree(tmp_path / "clinicA", {"cells": {"basophil": 6, "monocyte": 6}}) / "cells"
     b = _tree(tmp_path / "clinicB", {"cells": {"basophil": 5, "monocyte": 5}}) / "cells"
     res = CliRunner().invoke(cli, ["inspect", "--data", str(a), "--data", str(b)])
-    assert res.exit_code == 1 and "two sources are named 'cells'" in res.output and "--data NAME=FOLDER" in res.output
+    assert res.exit_code == 1 and "two sources are named 'cells'" in res.output and "(NAME=FOLDER)" in res.output
     res = CliRunner().invoke(cli, ["inspect", "--data", f"north={a}", "--data", f"south={b}", "--json", "-"])
     assert res.exit_code == 0, res.output
     assert '"north"' in res.output and '"south"' in res.output and '"cells"' not in res.output
@@ -175,14 +177,26 @@ def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(run), *moved, "--json", str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
     assert set(json.loads((tmp_path / "e.json").read_text())["sources"]["by_source"]) == {"clinica", "clinicb"}
+    for lab in folders:  # back where they were trained: read under the recorded names, no --data
+        shutil.move(tmp_path / f"{lab}-moved", folders[lab])
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "all", "--json", str(tmp_path / "all.json")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "all.json").read_text())["sources"]["by_source"]) == {"clinica", "clinicb"}
+    res = CliRunner().invoke(cli, ["audit", str(run), "--no-stain-shift", "--json", str(tmp_path / "audit.json")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["audit", str(run), "--data", str(folders["clinicB"]), "--no-stain-shift"])
+    assert res.exit_code == 1 and "is read as source cells, which the run's split does not have (it has: clinica, clinicb)" in " ".join(res.output.split())
 
 
 @pytest.mark.parametrize(
     ("given", "message"),
     [
         ("north={missing}", "Directory '{missing}' does not exist."),
-        ("={a}", "the name before '=' names a source: it cannot be empty or hold '/'"),
-        ("x/y={a}", "the name before '=' names a source: it cannot be empty or hold '/'"),
+        ("={a}", "the name before '=' names a source: it cannot be empty or hold control characters"),
+        (" \n={a}", "the name before '=' names a source: it cannot be empty or hold control characters"),
+        ("lab\x1b={a}", "the name before '=' names a source: it cannot be empty or hold control characters"),
+        ("x/y={a}", "Directory 'x/y={a}' does not exist."),  # a path holding '=', not a name
+        ("north=", "'north=': no folder after '='"),
     ],
 )
 def test_data_name_equals_folder_is_checked(tmp_path, given, message):
@@ -200,6 +214,7 @@ def test_a_folder_whose_name_holds_an_equals_sign_is_a_folder(tmp_path):
     odd = _tree(tmp_path / "a=b", {"": {"basophil": 5, "monocyte": 5}})
     assert DataFolder().convert(str(odd), None, None).source_name is None
     assert DataFolder().convert(f"lab={odd}", None, None).source_name == "lab"
+    assert DataFolder().convert(f" north lab ={odd}", None, None).source_name == "north lab"  # trimmed
 
 
 def test_a_renamed_folder_stands_for_a_run_of_one_source_only():

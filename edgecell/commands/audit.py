@@ -48,6 +48,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     from pathlib import Path
 
     from edgecell import audit as audit_mod
+    from edgecell import data as data_mod
     from edgecell.console import human, progress, warn
     from firmware_host.errors import DataError
 
@@ -62,7 +63,9 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
 
         run = RunFolder.read(run_dir)
         classes = run.classes
-        data_dir = data_dir or run.dataset_path
+        if not data_dir:  # the run's first data folder, under the name its source was trained under
+            folders = [f for f in data_mod.recorded_folders(run.dataset) if Path(f) == Path(run.dataset_path or "")]
+            data_dir = folders[0] if folders else run.dataset_path
         run.require_split()
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
