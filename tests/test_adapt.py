@@ -481,7 +481,10 @@ def test_a_manifest_source_no_data_folder_holds_says_how_sources_are_named(tmp_p
     from firmware_host.errors import DataError
 
     rows = [data_mod.ManifestRow("basophil/b.jpg", "basophil", "train", "s", "labA"), data_mod.ManifestRow("basophil/c.jpg", "basophil", "train", "t", "labB")]
-    with pytest.raises(DataError, match=r"names source\(s\) labB that the data folders do not hold \(they hold: labA\); a source is named after its folder"):
+    with pytest.raises(
+        DataError,
+        match=r"names source\(s\) labB that the data folders do not hold \(they hold: labA\); give each folder under its source's name at training \(NAME=FOLDER",
+    ):
         data_mod.load_cells_from_manifest({"labA": tmp_path}, rows, 16, ["basophil"])
 
 
