@@ -71,6 +71,7 @@ class DataFolder(click.ParamType):
                 self.fail(f"{text!r}: the name before '=' names a source: it cannot be empty or hold control characters", param, ctx)
             if not folder:
                 self.fail(f"{text!r}: no folder after '='", param, ctx)
+        folder = os.path.expanduser(folder)  # --data=~/x and north=~/x: no shell expands a '~' after '='
         if not os.path.isdir(folder):
             self.fail(f"Directory {folder!r} does not exist." if not os.path.exists(folder) else f"{folder!r} is not a folder.", param, ctx)
         return NamedFolder(folder, name)

@@ -217,6 +217,14 @@ def test_a_folder_whose_name_holds_an_equals_sign_is_a_folder(tmp_path):
     assert DataFolder().convert(f" north lab ={odd}", None, None).source_name == "north lab"  # trimmed
 
 
+def test_a_tilde_after_equals_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _tree(tmp_path / "cells", {"": {"basophil": 5, "monocyte": 5}})
+    got = DataFolder().convert("north=~/cells", None, None)
+    assert (got, got.source_name) == (str(tmp_path / "cells"), "north")
+    assert DataFolder().convert("~/cells", None, None) == str(tmp_path / "cells")  # as --data=~/cells
+
+
 def test_a_renamed_folder_stands_for_a_run_of_one_source_only():
     assert data.renamed_source(["kaggle"], {"kaggle-2024"}) == ("kaggle", "kaggle-2024")
     assert data.renamed_source(["kaggle"], {"kaggle"}) is None
