@@ -580,6 +580,9 @@ def test_evaluating_a_second_lab_keeps_the_first_labs_results(models, tmp_path):
     for lab, n in (("clinic_a", 3), ("clinic_b", 2)):
         assert json.loads(Path(outputs[lab]["metrics"]).read_text())["n"] == n * len(CLASSES)
     assert len(list((tmp_path / "ev").glob("*_metrics.json"))) == 2
+    from edgecell.runfolder import EVALUATION_OWNED
+
+    assert atomic.foreign_files(tmp_path / "ev", EVALUATION_OWNED) == []  # what evaluate writes is listed as edgecell's
 
 
 def test_output_stem_names_the_sources_evaluated_and_stays_short():
