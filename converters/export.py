@@ -208,7 +208,9 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     data_dir = run.sources(opts.data_dir)
     run.require_split(" (the test split and calibration need it)")
     run.require_keras()
-    check_stageable(run_dir / EXPORT_DIR, marker=Precision.float32.filename, owned=EXPORT_OWNED)  # refuse an unwritable export before converting
+    check_stageable(
+        run_dir / EXPORT_DIR, marker=Precision.float32.filename, owned=EXPORT_OWNED, elsewhere=None
+    )  # refuse an unwritable export before converting
     if opts.int8 and opts.calibration_out:
         check_stageable(opts.calibration_out, marker=cal_mod.MANIFEST_NAME, owned=cal_mod.copied_files)
 
@@ -245,7 +247,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
 
     source = _source(run, data_dir)
     export_dir = run_dir / EXPORT_DIR
-    with staged_dir(export_dir, marker=Precision.float32.filename, owned=EXPORT_OWNED) as tmp:
+    with staged_dir(export_dir, marker=Precision.float32.filename, owned=EXPORT_OWNED, elsewhere=None) as tmp:
         metas: dict[Precision, ModelMetadata] = {}
         for prec, data in blobs.items():
             path = write_bytes(tmp / prec.filename, data)

@@ -41,7 +41,7 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import ADAPT_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder
+from edgecell.runfolder import ADAPT_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 
@@ -555,6 +555,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     }
     local_rows = [data_mod.ManifestRow(s.rel, s.label, "test" if h else "train", s.sha256, s.source, s.type) for s, h in zip(local.samples, held)]
     new_rows = rows + local_rows
+    replaced = replacing(opts.out_dir)
     with staged_dir(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED) as tmp:
         data_mod.write_rows(tmp / SPLIT_FILE, new_rows)
         write_results(tmp, model, history, np.concatenate([x_test, x_hold]), np.concatenate([y_test, y_hold]), classes, cal["temperature"])
@@ -597,6 +598,8 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         meta["model"] = {**(meta.get("model") or {}), "learnt_as": list(learnt), "params": int(model.count_params())}
         meta["training"] = {**(meta.get("training") or {}), "adapt_history": {k: v for k, v in history.items() if k in ("loss", "accuracy")}}
         RunFolder.from_dict(tmp, meta).write(tmp)
+    if replaced:
+        con.print(f"[yellow]note:[/yellow] {replaced}", soft_wrap=True)
     return AdaptResult(Path(opts.out_dir), rep, seconds, advice)
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, os_reason
+from firmware_host.paths import OTHER_TYPES
 from firmware_host.report import CSV_COLUMNS, OTHER, Box, parse_cell_name
 
 MARKER = "corrections.json"
@@ -49,8 +50,10 @@ class LinkMode(str, enum.Enum):
 class CorrectionsError(DataError):
     """The CSV cannot be applied; ``problems`` holds one line per problem found."""
 
-    def __init__(self, problems: Sequence[str], path: str | os.PathLike):
+    def __init__(self, problems: Sequence[str], path: str | os.PathLike, hint: str | None = None):
         self.problems = list(problems)
+        self.hint = hint
+        """One line on what to do about several of the problems at once, or None."""
         more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
         super().__init__(self.problems[0] + more, None)
         self.path = os.fspath(path)
@@ -77,6 +80,10 @@ class Applied:
     mode: LinkMode
     counts: dict[str, int] = field(default_factory=dict)
     files: list[tuple[str, str]] = field(default_factory=list)
+    replaced: int | None = None
+    """How many images the folder held before, when it replaced an earlier one (None: a new folder)."""
+    gone: int = 0
+    """How many of those are not in this CSV, so no longer in the folder."""
 
     @property
     def n(self) -> int:
@@ -106,7 +113,9 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     """
     csv_path = Path(csv_path)
     base = Path(base) if base is not None else Path.cwd()
-    allowed = set(classes)
+    # a class by its name in any case; with `other`, a type taught as other by its own name (the folder train and adapt
+    # read as other, keeping the type: lymphocyte, eosinophil, ...)
+    allowed = {c.lower(): c for c in (*classes, *(OTHER_TYPES if OTHER in classes else ()))}
     problems: list[str] = []
     where = os.fspath(csv_path)
     rows: list[tuple[int, list[str]]] = []  # (the line a record starts on, its fields): a quoted field may hold line breaks
@@ -131,6 +140,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
 
     out: list[Correction] = []
     seen: dict[str, Correction] = {}
+    relative_missing = 0
     for line, row in rows[1:]:
         if not row or all(not c.strip() for c in row):
             continue
@@ -141,9 +151,13 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if not file:
             problems.append(f"{where}: line {line}: no file name")
             continue
-        if corrected not in allowed:
-            problems.append(f"{where}: line {line}: {file}: unknown class {corrected!r} (known: {', '.join(classes)})")
+        if not corrected:
+            problems.append(f"{where}: line {line}: {file}: no corrected class")
             continue
+        if corrected.lower() not in allowed:
+            problems.append(f"{where}: line {line}: {file}: unknown class {corrected!r} (known: {', '.join(allowed.values())})")
+            continue
+        corrected = allowed[corrected.lower()]
         source = _resolve(file, base)
         box = None
         if not source.exists() and (cell := parse_cell_name(file)) is not None and _resolve(cell[0], base).exists():
@@ -152,6 +166,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             st = source.stat()
         except OSError:
             problems.append(f"{where}: line {line}: {file}: no such file" + ("" if os.path.isabs(file) else f" (relative to {base})"))
+            relative_missing += not os.path.isabs(file)
             continue
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{where}: line {line}: {file}: not a regular file")
@@ -171,7 +186,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         seen[key] = c
         out.append(c)
     if problems:
-        raise CorrectionsError(problems, csv_path)
+        hint = None
+        if relative_missing > 1:
+            hint = f"{relative_missing} files are not found relative to {base}: run this in the folder classify was run in, or give --base"
+        raise CorrectionsError(problems, csv_path, hint)
     return out
 
 
@@ -202,14 +220,15 @@ def apply_corrections(
         raise CorrectionsError([f"{os.fspath(csv_path)}: is inside the output folder {out}, which would be replaced; choose another --out"], csv_path)
     inside = [r for r in rows if os.path.realpath(r.source).startswith(real_out + os.sep)]
     if inside:
+        more = f" (and {len(inside) - 1} more rows)" if len(inside) > 1 else ""
         raise CorrectionsError(
             [
-                f"{os.fspath(csv_path)}: line {r.line}: {r.file}: is inside the output folder {out}, which would be replaced; choose another --out"
-                for r in inside
+                f"{os.fspath(csv_path)}: line {inside[0].line}: {inside[0].file}{more}: is inside the output folder {out}, which would be replaced; choose another --out"
             ],
             csv_path,
         )
     check_stageable(out, MARKER, owned=applied_files)
+    before = applied_files(out) - {MARKER} if (out / MARKER).is_file() else None
     result = Applied(out=out, mode=mode)
     with staged_dir(out, MARKER, owned=applied_files) as tmp:
         used: set[str] = set()
@@ -234,6 +253,8 @@ def apply_corrections(
             ],
         }
         write_json(tmp / MARKER, manifest)
+    if before is not None:
+        result.replaced, result.gone = len(before), len(before - {f for _, f in result.files})
     return result
 
 

@@ -46,6 +46,16 @@ EVALUATION_OUTPUTS = ("metrics.json", "confusion_matrix.png", "reliability.png",
 """What ``evaluate`` writes, each named ``<stem>_<output>`` (:func:`edgecell.evaluate.output_stem`)."""
 
 
+def replacing(run_dir: str | os.PathLike) -> str | None:
+    """What replacing ``run_dir`` with a new run removes, in words (None when it holds no run): said once the new run
+    is in place, since a model already copied to a Pi from its ``export/`` no longer matches the run."""
+    run = Path(run_dir)
+    if not (run / RUN_MARKER).is_file():
+        return None
+    gone = [what for what, name in (("its export/ (convert the new run again)", EXPORT_DIR), ("its evaluation/", EVALUATION_DIR)) if (run / name).is_dir()]
+    return f"replaced the earlier run in {run}" + (f", with {' and '.join(gone)}" if gone else "")
+
+
 def _under(folder: str, owned) -> frozenset[str]:
     return frozenset(f"{folder}/{name}" for name in owned)
 

@@ -30,7 +30,7 @@ from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console, warn
 from edgecell.model import ModelSpec  # no TensorFlow at import time
 from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
-from edgecell.runfolder import CV_FILE, HISTORY_FILE, KERAS_FILE, METRICS_FILE, PLOT_FILES, RUN_FORMAT, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder
+from edgecell.runfolder import CV_FILE, HISTORY_FILE, KERAS_FILE, METRICS_FILE, PLOT_FILES, RUN_FORMAT, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, raise_if_interrupted, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
@@ -540,6 +540,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         f"{len(ds.duplicate_groups())} duplicate group(s) kept within one split; "
         f"split train/val/test = {len(tr)}/{len(va)}/{len(te)} (seed {opts.seed})"
     )
+    replaced = replacing(opts.out_dir)
     with staged_dir(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED) as tmp:
         data_mod.write_manifest(tmp / SPLIT_FILE, ds, splits)
         cv = None
@@ -600,6 +601,8 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         RunFolder.from_dict(tmp, meta).write(tmp)  # validated as every reader validates it
+    if replaced:
+        con.print(f"[yellow]note:[/yellow] {replaced}", soft_wrap=True)
     n_seen = history["epochs_run"] * len(tr)
     return TrainResult(
         run_dir=Path(opts.out_dir),

@@ -254,25 +254,29 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     return sorted(found)
 
 
-def _check_target_folder(target: Path, marker: str | None, owned: Owned | None = None) -> None:
+ELSEWHERE = "choose another output folder"
+"""What a person can do instead of replacing a folder, when the command lets them choose where it writes."""
+
+
+def _check_target_folder(target: Path, marker: str | None, owned: Owned | None = None, elsewhere: str | None = ELSEWHERE) -> None:
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise EdgecellError("exists and is not a folder", target)
         if marker and any(target.iterdir()) and not (target / marker).exists():
-            raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); choose another output folder", target)
+            raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); {elsewhere or 'move it away first'}", target)
         foreign = foreign_files(target, owned) if owned is not None else []
         if foreign:
             named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             what, them = ("a file", "it") if len(foreign) == 1 else (f"{len(foreign)} files", "them")
             raise EdgecellError(
                 f"holds {what} this command does not write ({named}), which replacing the folder would delete; "
-                f"move {them} out first, or choose another output folder",
+                f"move {them} out first" + (f", or {elsewhere}" if elsewhere else ""),
                 target,
             )
     _ensure_folder(target.parent)
 
 
-def check_stageable(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None) -> None:
+def check_stageable(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None, elsewhere: str | None = ELSEWHERE) -> None:
     """Fail now, with one line, if :func:`staged_dir` could not later write ``target``.
 
     The same checks as ``staged_dir`` (a file or a foreign folder in the way, a person's files
@@ -280,7 +284,7 @@ def check_stageable(target: str | os.PathLike, marker: str | None = None, owned:
     long job (training) is refused before it starts rather than after.
     """
     target = Path(target)
-    _check_target_folder(target, marker, owned)
+    _check_target_folder(target, marker, owned, elsewhere)
     with _interrupts_held():
         probe = _new_temp(target.parent, f".{target.name}.check-", folder=True)
         with contextlib.suppress(OSError):
@@ -288,7 +292,7 @@ def check_stageable(target: str | os.PathLike, marker: str | None = None, owned:
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None) -> Iterator[Path]:
+def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None, elsewhere: str | None = ELSEWHERE) -> Iterator[Path]:
     """Build a whole folder in a hidden temporary sibling, then swap it in place of ``target``.
 
     Until the swap, an existing ``target`` is untouched, so an interrupted run (Ctrl-C, full
@@ -296,7 +300,8 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     ``marker``: a file that must exist in a non-empty existing ``target`` for it to be replaced,
     so a user's unrelated folder is never overwritten. ``owned``: which files of an existing
     ``target`` its writer made (:data:`Owned`); any other file (a person's notes, a CSV saved
-    beside the models, cells added to a class folder) makes it refuse, since the swap would delete it.
+    beside the models, cells added to a class folder) makes it refuse, since the swap would delete it. ``elsewhere``:
+    what the refusal offers instead (None: nothing, for a folder whose place the command fixes, as ``RUN/export``).
 
     The swap is two renames (old folder aside, new one in place); Ctrl-C is held back during
     them, and if the second fails the previous folder is put back. Errors raised inside the
@@ -304,7 +309,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     """
     target = Path(target)
     parent = target.parent
-    _check_target_folder(target, marker, owned)
+    _check_target_folder(target, marker, owned, elsewhere)
     tmp: Path | None = None
     try:
         with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
@@ -325,7 +330,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        _check_target_folder(target, marker, owned)  # again: a file put there while the new folder was built
+        _check_target_folder(target, marker, owned, elsewhere)  # again: a file put there while the new folder was built
     except EdgecellError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

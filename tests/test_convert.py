@@ -331,7 +331,7 @@ def test_a_file_saved_in_the_export_folder_is_never_deleted(run_copy, tmp_path):
     assert res.exit_code == 1
     assert _lines(res.stderr) == [
         f"Error: {run / 'export'}: holds a file this command does not write (results.csv), which replacing the folder would delete; "
-        "move it out first, or choose another output folder"
+        "move it out first"  # convert writes RUN/export, nowhere else: no "choose another output folder"
     ]
     assert sorted(p.name for p in (run / "export").iterdir()) == ["model_float32.tflite", "results.csv"]
 

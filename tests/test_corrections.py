@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from edgecell.cli import cli
 from edgecell.corrections import MARKER, CorrectionsError, apply_corrections, default_classes
 from edgecell.data import scan
+from firmware_host.paths import OTHER_TYPES
 from tests._tflite_fixtures import save_jpeg
 
 
@@ -118,6 +119,32 @@ def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
     assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images).exit_code == 0
 
 
+def test_types_taught_as_other_and_any_case_are_accepted(images, tmp_path):
+    """A CSV written by hand: `Basophil` is basophil; `lymphocyte` gets its own folder, which train and adapt read as `other`."""
+    rows = [["monocyte/a.jpg", "monocyte", "Basophil"], ["monocyte/b.jpg", "monocyte", "lymphocyte"]]
+    done = apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=images)
+    assert done.counts == {"basophil": 1, "lymphocyte": 1}
+    assert scan(tmp_path / "out", classes=["basophil", "other"], min_per_class=1).counts() == {"basophil": 1, "other": 1}
+
+
+def test_applying_again_says_what_the_folder_held_and_what_is_gone(images, tmp_path):
+    out = tmp_path / "corrected"
+    assert run("corrections", "apply", write_csv(tmp_path / "one.csv", GOOD), "--out", out, cwd=images).exit_code == 0
+    r = run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images)
+    assert r.exit_code == 0
+    gone = len(GOOD) - 1
+    assert f"note: replaced the earlier folder, which held {len(GOOD)} image(s); {gone} of them are not in this CSV and are no longer there." in " ".join(
+        r.output.split()
+    )
+
+
+def test_files_not_found_from_the_wrong_folder_say_where_to_run(images, tmp_path):
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD), "--out", tmp_path / "out", cwd=tmp_path)
+    lines = r.output.splitlines()
+    assert r.exit_code == 1 and len(lines) == len(GOOD) + 2
+    assert lines[-2] == f"{len(GOOD)} files are not found relative to {tmp_path}: run this in the folder classify was run in, or give --base"
+
+
 def test_never_writes_over_a_folder_it_did_not_make(images, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -167,7 +194,8 @@ def test_a_cell_cut_from_a_16_bit_field_has_the_pixels_scan_classified(tmp_path)
     ("rows", "expected"),
     [
         ([["monocyte/zzz.jpg", "monocyte", "other"]], ["line 2: monocyte/zzz.jpg: no such file"]),
-        ([["monocyte/a.jpg", "monocyte", "lymphocyte"]], ["line 2: monocyte/a.jpg: unknown class 'lymphocyte'"]),
+        ([["monocyte/a.jpg", "monocyte", "blast"]], ["line 2: monocyte/a.jpg: unknown class 'blast'"]),
+        ([["monocyte/a.jpg", "monocyte", " "]], ["line 2: monocyte/a.jpg: no corrected class"]),
         ([["monocyte/a.jpg", "monocyte", "../../etc"]], ["line 2: monocyte/a.jpg: unknown class '../../etc'"]),
         (
             [["monocyte/a.jpg", "monocyte", "other"], ["./monocyte/a.jpg", "monocyte", "other"]],
@@ -185,7 +213,7 @@ def test_a_cell_cut_from_a_16_bit_field_has_the_pixels_scan_classified(tmp_path)
             ["line 2: nope.jpg: no such file", "line 3: monocyte/b.jpg: unknown class 'blast'", "line 5: monocyte/a.jpg: duplicate row"],
         ),
     ],
-    ids=["unknown-file", "unknown-class", "path-as-class", "duplicate", "conflict", "short-row", "folder", "several"],
+    ids=["unknown-file", "unknown-class", "no-class", "path-as-class", "duplicate", "conflict", "short-row", "folder", "several"],
 )
 def test_bad_rows_one_line_each_nothing_written(images, tmp_path, rows, expected):
     csv_path = write_csv(tmp_path / "c.csv", GOOD[2:3] + rows)  # one good row first: still nothing written
@@ -240,7 +268,7 @@ def test_line_numbers_are_the_files_lines_when_a_name_holds_a_line_break(images,
         apply_corrections(csv_path, tmp_path / "out", base=images)
     assert [p.split(": ", 1)[1] for p in exc.value.problems] == [
         "line 2: two\nlines.jpg: no such file" + f" (relative to {images})",
-        "line 4: monocyte/a.jpg: unknown class 'blast' (known: " + ", ".join(default_classes()) + ")",
+        "line 4: monocyte/a.jpg: unknown class 'blast' (known: " + ", ".join(dict.fromkeys([*default_classes(), *OTHER_TYPES])) + ")",
     ]
     r = run("corrections", "apply", csv_path, "--out", tmp_path / "out", cwd=images)
     lines = r.output.splitlines()
@@ -270,7 +298,10 @@ def test_classes_from_a_model(images, tmp_path):
     write_metadata(model, meta)
     rows = [["monocyte/a.jpg", "monocyte", "lymphocyte"], ["monocyte/b.jpg", "monocyte", "basophil"]]
     r = run("corrections", "apply", write_csv(tmp_path / "c.csv", rows), "--out", tmp_path / "o", "--model", model, cwd=images)
-    assert r.exit_code == 1 and "line 3: monocyte/b.jpg: unknown class 'basophil' (known: lymphocyte, monocyte, other)" in r.output
+    assert (
+        r.exit_code == 1
+        and "line 3: monocyte/b.jpg: unknown class 'basophil' (known: lymphocyte, monocyte, other, eosinophil, platelet, ig, smudge)" in r.output
+    )
 
 
 def test_csv_from_the_page_round_trips_odd_names(tmp_path):

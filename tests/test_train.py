@@ -115,6 +115,18 @@ def test_a_file_saved_in_a_run_is_never_deleted_by_training_again(tiny_run, real
     assert (run / "notes.md").read_text() == "stained on Tuesday" and (run / "export" / "bench.json").is_file()
 
 
+def test_training_again_says_it_replaced_the_run_and_its_export(tiny_run, real_slice, tmp_path):
+    """A model copied to a Pi from the old export/ no longer matches the run: said once the new run is in place."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "export").mkdir(exist_ok=True)
+    (run / "export" / "model_int8.tflite").write_bytes(b"the model on the Pi")
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(run), "--epochs", "1", "--widths", "4,8"])
+    assert res.exit_code == 0, res.output
+    assert f"note: replaced the earlier run in {run}, with its export/ (convert the new run again)" in " ".join(res.output.split())
+    assert not (run / "export").exists()
+
+
 def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
     res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(tmp_path), "--epochs", "1"])

@@ -65,8 +65,13 @@ def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
     except CorrectionsError as exc:
         for line in exc.problems:
             stderr_console.print(f"[red]error:[/red] {escape(printable(line))}", soft_wrap=True, highlight=False)  # a name may hold a line break
+        if exc.hint:
+            stderr_console.print(escape(printable(exc.hint)), soft_wrap=True, highlight=False)
         stderr_console.print(f"{len(exc.problems)} problem(s); nothing was written.", soft_wrap=True)
         ctx.exit(1)
     per_class = ", ".join(f"{escape(c)} {n}" for c, n in sorted(done.counts.items()))
     verb = {"copy": "copied", "hard": "hard-linked", "sym": "symlinked"}[done.mode.value]
     console.print(f"{done.n} image(s) {verb} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)
+    if done.replaced is not None:
+        gone = f"; {done.gone} of them are not in this CSV and are no longer there" if done.gone else ""
+        console.print(f"[yellow]note:[/yellow] replaced the earlier folder, which held {done.replaced} image(s){gone}.", soft_wrap=True)
