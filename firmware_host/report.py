@@ -711,7 +711,10 @@ def header_for(
 ) -> ReportHeader:
     """A :class:`ReportHeader` from a classifier's ``info()`` (path, sha256, precision) and the run's facts."""
     p = Path(info.get("path", ""))
-    model = f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+    # the file and the two folders above it: a run's export/ shows its run (cells/export/model_int8.tflite against
+    # clinic/export/model_int8.tflite), which a page of an adapted model must tell apart from the original's
+    shown = [part for part in p.resolve().parts[-3:] if part != p.resolve().anchor] if str(p) else []
+    model = "/".join(shown)
     if model_version and model_version != edgecell_version:
         model += f" (exported by edgecell {model_version})"
     return ReportHeader(

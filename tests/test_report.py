@@ -277,3 +277,14 @@ def test_report_not_written_when_the_folder_cannot_be(models, tmp_path):
     (tmp_path / "file").write_text("x")
     r = CliRunner().invoke(cli, ["classify", "--model", str(models.export), str(data), "--report", str(tmp_path / "file" / "r.html")])
     assert r.exit_code != 0 and "is a file, not a folder" in r.output and "Traceback" not in r.output
+
+
+def test_the_header_names_the_run_of_an_exported_model(tmp_path):
+    """A page of an adapted model and one of the original must say which is which, not both export/model_int8.tflite."""
+    from firmware_host.report import header_for
+
+    for run in ("cells", "clinic"):
+        model = tmp_path / "runs" / run / "export" / "model_int8.tflite"
+        facts = {"classes": ["a", "b"], "threshold": 0.5, "n_images": 3, "edgecell_version": "1.0"}
+        assert header_for({"path": str(model)}, **facts).model == f"{run}/export/model_int8.tflite"
+    assert header_for({"path": "/model.tflite"}, **facts).model == "model.tflite"
