@@ -259,8 +259,8 @@ def apply_corrections(
 
 
 def applied_files(folder: Path) -> frozenset[str]:
-    """What ``corrections apply`` wrote in ``folder``: its :data:`MARKER` and the images that lists (nothing when it
-    cannot be read). Images a person added to the class folders are not among them, so the folder is not replaced."""
+    """What ``corrections apply`` wrote in ``folder``: its :data:`MARKER` and the images that lists (the marker alone
+    when it cannot be read). Images a person added to the class folders are not among them, so the folder is not replaced."""
     try:
         files = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
         return frozenset({MARKER, *(str(f["file"]) for f in files)})
