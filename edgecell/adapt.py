@@ -154,10 +154,10 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
             distinct: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
             for s in ds.samples:
                 distinct[s.label][s.type].add(s.sha256)
-            listed = ", ".join(f"{c}: " + ", ".join(f"{len(h)} {t}" for t, h in sorted(distinct[c].items())) for c in short)
+            listed = "; ".join(f"{c}: " + ", ".join(str(len(h)) if t == c else f"{len(h)} {t}" for t, h in sorted(distinct[c].items())) for c in short)
             raise DataError(
-                f"too few labelled cells to hold any out ({listed}; copies of one image count once); label at least "
-                f"{MIN_PER_CLASS} different cells of one type in each class ({RECOMMENDED_PER_CLASS} or more helps), "
+                f"too few labelled cells to hold any out ({listed}; copies of one image count once): each class needs "
+                f"{MIN_PER_CLASS} or more different cells of one type ({RECOMMENDED_PER_CLASS} or more help); "
                 "or pass --holdout-share 0 to train on all of them without a local check",
                 ds.root,
             )

@@ -121,8 +121,8 @@ def test_too_few_to_hold_out_is_refused_with_how_many_to_label(tiny_run, clinic,
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.output
-    assert "too few labelled cells to hold any out (basophil: 1 basophil;" in lines[0]
-    assert f"label at least {MIN_PER_CLASS} different cells of one type in each class" in lines[0]
+    assert "too few labelled cells to hold any out (basophil: 1; copies of one image count once)" in lines[0]
+    assert f"each class needs {MIN_PER_CLASS} or more different cells of one type" in lines[0]
     assert not out.exists()
 
 
