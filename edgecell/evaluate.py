@@ -165,9 +165,10 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         from edgecell.train import report_skipped
 
         if not given:
-            given = [f for f in data_mod.recorded_folders(target.dataset or {}) if Path(f).is_dir()]
-            if not given or len(given) < len(data_mod.recorded_folders(target.dataset or {})):
-                raise DataError("the data folder the model was trained on is not there; pass --data DIR", "--data")
+            given = data_mod.recorded_folders(target.dataset or {})
+            gone = [f for f in given if not Path(f).is_dir()]
+            if not given or gone:
+                raise DataError("the data folder the model was trained on is not there; pass --data DIR", gone[0] if gone else "--data")
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
             ds = data_mod.scan_for_model(given, target.classes, target.input_size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))

@@ -227,8 +227,8 @@ LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 Owned = Collection[str] | Callable[[Path], Collection[str]]
 """What the writer of a staged folder wrote in it, as relative POSIX paths, or patterns (``evaluation/*_metrics.json``,
-:func:`fnmatch.fnmatchcase`); a path ending in ``/`` claims a whole sub-folder. Or a function of the existing folder
-that says so (for a folder whose manifest lists its files)."""
+:func:`fnmatch.fnmatchcase`). Or a function of the existing folder that says so (for a folder whose manifest lists
+its files)."""
 
 
 def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
@@ -250,7 +250,7 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
         rel_top = Path(top).relative_to(folder)
         linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # a link to a folder is an entry, never followed
         found += [rel for name in files + linked if name not in LITTER and not name.startswith("._") and not mine(rel := (rel_top / name).as_posix())]
-        dirs[:] = [d for d in dirs if d not in linked and (rel_top / d).as_posix() + "/" not in owned]  # a claimed sub-folder is not walked
+        dirs[:] = [d for d in dirs if d not in linked]
     return sorted(found)
 
 
