@@ -78,7 +78,9 @@ def steps(con: Console, total: int, description: str, show: bool = True) -> Iter
 
 
 def progress(con: Console | None = None, transient: bool = False) -> Progress:
-    """A progress bar with count, elapsed and remaining time."""
+    """A progress bar with count, elapsed and remaining time. A transient bar on a console that is not a terminal
+    (a pipe, a file) is not drawn: it would leave a blank line in the output where it stood."""
+    con = con or stderr_console
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -86,8 +88,9 @@ def progress(con: Console | None = None, transient: bool = False) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=con or stderr_console,
+        console=con,
         transient=transient,
+        disable=transient and not con.is_terminal,
     )
 
 
