@@ -8,7 +8,7 @@ A run folder (written by ``edgecell train``) holds ``model.keras``, ``metadata.j
 
     run = RunFolder.read("runs/cells")      # a clear one-line error when it is not a run
     run.classes, run.input_size, run.temperature
-    data_dir = run.data_dir(cli_data)       # --data, else the folder recorded at training time
+    roots = run.sources(cli_data)           # source name -> folder: --data, else as recorded at training time
     model = run.load_keras()                # TensorFlow imported here, not before
 """
 
@@ -209,13 +209,6 @@ class RunFolder:
         return write_json(Path(folder or self.path) / RUN_MARKER, self.to_dict())
 
     # -- what the commands need from a run -----------------------------------------------------
-
-    def data_dir(self, override: str | None = None, what: str = "the data folder the model was trained on is not there; pass --data DIR") -> str:
-        """``override`` (``--data``) if given, else the recorded data folder; an error if it is not a folder."""
-        d = override or self.dataset_path
-        if not d or not Path(d).is_dir():
-            raise DataError(what, d or "--data")
-        return d
 
     def sources(self, given: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> dict[str, Path]:
         """Source name -> folder of the run's data: from ``--data`` (one folder or several) if given,

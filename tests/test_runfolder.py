@@ -82,15 +82,6 @@ def test_not_a_run_folder(tmp_path):
         RunFolder.read(tmp_path)
 
 
-def test_data_dir_prefers_the_option_and_checks_it_is_a_folder(tmp_path):
-    write(tmp_path / "run", META | {"dataset": {"path": str(tmp_path)}})
-    run = RunFolder.read(tmp_path / "run")
-    assert run.data_dir() == str(tmp_path)
-    assert run.data_dir(str(tmp_path / "run")) == str(tmp_path / "run")
-    with pytest.raises(DataError, match="pass --data DIR"):
-        run.data_dir(str(tmp_path / "missing"))
-
-
 def test_containing_finds_the_run_of_an_exported_model(tmp_path):
     write(tmp_path / "run", META)
     (tmp_path / "run" / "split.csv").write_text("file,class,split\n")
