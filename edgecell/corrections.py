@@ -6,7 +6,8 @@ builds ``OUT/<class>/<image>`` with one sub-folder per corrected class: copies b
 symbolic links. The folder is built in a hidden staging folder beside ``OUT`` and renamed into place
 only when complete (:func:`firmware_host.atomic.staged_dir`), so a failure leaves nothing half-written;
 an existing ``OUT`` is replaced only if an earlier ``corrections apply`` made it (it holds
-:data:`MARKER`). The user's images are only read, never moved or written.
+:data:`MARKER`) and it holds no image a person added or changed since (the marker records each copy's SHA-256).
+The user's images are only read, never moved or written.
 
 A cell found by ``edgecell scan`` is named ``FIELD#x0,y0,x1,y1`` in the CSV
 (:func:`firmware_host.report.cell_name`): its box is cut out of the field (after the EXIF
@@ -207,7 +208,8 @@ def apply_corrections(
         base: folder that relative file names in the CSV are relative to (default: the current folder).
         mode: copy the images (default), or hard-link or symlink them.
     """
-    from firmware_host.atomic import check_stageable, staged_dir, write_json
+    from firmware_host.atomic import check_stageable, some_of, staged_dir, write_json
+    from firmware_host.metadata import sha256_file
 
     mode = LinkMode(mode)
     classes = list(classes) if classes is not None else default_classes()
@@ -227,11 +229,20 @@ def apply_corrections(
             ],
             csv_path,
         )
+    changed = changed_files(out)
+    if changed:
+        what, them = ("an image", "it") if len(changed) == 1 else (f"{len(changed)} images", "them")
+        raise DataError(
+            f"holds {what} changed since corrections apply wrote {them} ({some_of(changed)}), which replacing the folder "
+            f"would lose; move {them} out first, or choose another --out",
+            out,
+        )
     check_stageable(out, MARKER, owned=applied_files)
     before = applied_files(out) - {MARKER} if (out / MARKER).is_file() else None
     result = Applied(out=out, mode=mode)
     with staged_dir(out, MARKER, owned=applied_files) as tmp:
         used: set[str] = set()
+        digests: list[str | None] = []
         for r in rows:
             name = _unique_name(r.source, r.corrected, used, r.box)
             dest = tmp / r.corrected / name
@@ -242,6 +253,9 @@ def apply_corrections(
                 _cut(r.source, r.box, dest)
             result.counts[r.corrected] = result.counts.get(r.corrected, 0) + 1
             result.files.append((os.fspath(r.source), f"{r.corrected}/{name}"))
+            # a copy's contents are recorded, so that the next apply does not overwrite a person's edit of it (a link's
+            # contents are the source image, which replacing the folder leaves where it is)
+            digests.append(sha256_file(dest) if mode is LinkMode.copy or r.box is not None else None)
         manifest = {
             "format": "edgecell-corrections/1",
             "csv": os.path.abspath(csv_path),
@@ -249,7 +263,8 @@ def apply_corrections(
             "counts": dict(sorted(result.counts.items())),
             "files": [
                 {"line": r.line, "source": os.path.abspath(r.source), "predicted": r.predicted, "corrected": r.corrected, "file": f}
-                for r, (_, f) in zip(rows, result.files)
+                | ({"sha256": d} if d else {})
+                for r, (_, f), d in zip(rows, result.files, digests)
             ],
         }
         write_json(tmp / MARKER, manifest)
@@ -258,14 +273,39 @@ def apply_corrections(
     return result
 
 
-def applied_files(folder: Path) -> frozenset[str]:
-    """What ``corrections apply`` wrote in ``folder``: its :data:`MARKER` and the images that lists (the marker alone
-    when it cannot be read). Images a person added to the class folders are not among them, so the folder is not replaced."""
+def _listed(folder: Path) -> list[dict]:
+    """The ``files`` entries of ``folder``'s :data:`MARKER` (none when it cannot be read)."""
     try:
         files = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
-        return frozenset({MARKER, *(str(f["file"]) for f in files)})
+        return [f for f in files if isinstance(f, dict) and isinstance(f.get("file"), str)]
     except (OSError, ValueError, KeyError, TypeError):
-        return frozenset({MARKER})
+        return []
+
+
+def changed_files(folder: Path) -> list[str]:
+    """The copies that ``corrections apply`` wrote in ``folder`` whose contents are no longer what it wrote (a person
+    replaced or edited the image under the same name), sorted. A file that is gone, or an earlier version's entry
+    without a recorded SHA-256, is not changed."""
+    from firmware_host.metadata import sha256_file
+
+    changed = []
+    for f in _listed(folder):
+        path = folder / f["file"]
+        if f.get("sha256") and path.is_file():
+            try:
+                same = sha256_file(path) == f["sha256"]
+            except OSError:
+                same = False  # what cannot be read cannot be shown to be the copy it wrote
+            if not same:
+                changed.append(f["file"])
+    return sorted(changed)
+
+
+def applied_files(folder: Path) -> frozenset[str]:
+    """What ``corrections apply`` wrote in ``folder`` and is still as it wrote it: its :data:`MARKER` and the images
+    that lists, less those :func:`changed_files` finds. Images a person added to the class folders, or changed, are
+    not among them, so the folder is not replaced."""
+    return frozenset({MARKER, *(f["file"] for f in _listed(folder))}) - set(changed_files(folder))
 
 
 def _resolve(file: str, base: Path) -> Path:

@@ -29,7 +29,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from firmware_host.errors import EdgecellError, os_reason
@@ -254,6 +254,11 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     return sorted(found)
 
 
+def some_of(names: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, comma-separated, and how many more there are: for a one-line message."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 ELSEWHERE = "choose another output folder"
 """What a person can do instead of replacing a folder, when the command lets them choose where it writes."""
 
@@ -266,7 +271,7 @@ def _check_target_folder(target: Path, marker: str | None, owned: Owned | None =
             raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); {elsewhere or 'move it away first'}", target)
         foreign = foreign_files(target, owned) if owned is not None else []
         if foreign:
-            named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            named = some_of(foreign)
             what, them = ("a file", "it") if len(foreign) == 1 else (f"{len(foreign)} files", "them")
             raise EdgecellError(
                 f"holds {what} this command does not write ({named}), which replacing the folder would delete; "

@@ -119,6 +119,33 @@ def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
     assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images).exit_code == 0
 
 
+@pytest.mark.parametrize("mode", ["copy", "sym"])
+def test_an_image_a_person_changed_in_the_folder_is_not_overwritten(images, tmp_path, mode):
+    """A copy a person replaced under the same name (a better crop of the cell) is their work: the next apply refuses.
+    A link's contents are the source image, which replacing the folder leaves alone, so links are replaced as before."""
+    out = tmp_path / "corrected"
+    apply_corrections(write_csv(tmp_path / "one.csv", GOOD), out, base=images, mode=mode)
+    edited = out / "monocyte" / "c d.jpg"
+    if mode == "sym":
+        edited.unlink()
+        edited.symlink_to(images / "myeloblast" / "f.jpg")
+    else:
+        edited.write_bytes(b"a better crop")
+    r = run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD), "--out", out, cwd=images)
+    if mode == "sym":
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 1
+    assert r.output == (
+        f"Error: {out}: holds an image changed since corrections apply wrote it (monocyte/c d.jpg), which replacing the folder "
+        "would lose; move it out first, or choose another --out\n"
+    )
+    assert edited.read_bytes() == b"a better crop"
+    edited.unlink()  # moved out: the folder is corrections apply's again
+    assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD), "--out", out, cwd=images).exit_code == 0
+    assert (out / "monocyte" / "c d.jpg").read_bytes() == (images / "basophil" / "c d.jpg").read_bytes()
+
+
 def test_types_taught_as_other_and_any_case_are_accepted(images, tmp_path):
     """A CSV written by hand: `Basophil` is basophil; `lymphocyte` gets its own folder, which train and adapt read as `other`."""
     rows = [["monocyte/a.jpg", "monocyte", "Basophil"], ["monocyte/b.jpg", "monocyte", "lymphocyte"]]
