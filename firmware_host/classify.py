@@ -23,9 +23,8 @@ import os
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 from firmware_host import atomic
@@ -256,14 +255,16 @@ def expand_and_check_outputs(opts):
             check_writable(dest)
     annotate = getattr(opts, "annotate_dir", None)
     if annotate is not None:
-        check_annotate_folder(annotate, opts.paths, outputs)
+        check_annotate_folder(annotate, opts.paths, outputs, expanded.paths)
     return expanded
 
 
-def check_annotate_folder(folder, paths, outputs: dict) -> None:
+def check_annotate_folder(folder, paths, outputs: dict, inputs: Sequence[str] = ()) -> None:
     """scan's ``--annotate``: not in a folder being scanned (its PNGs would be scanned and counted next time), not
-    another output's path, and a folder that can be made; one line (exit 2 or 1) otherwise. Beside an input file
-    it is fine: the annotator never writes over an input."""
+    another output's path, holding none of the ``inputs``, and a folder scan may replace whole (new, empty, or one
+    an earlier ``scan --annotate`` wrote, with nothing a person added); one line (exit 2 or 1) otherwise."""
+    from firmware_host.scan import ANNOTATE_MARKER, annotated_files
+
     given = os.fspath(folder)
     if given == "":
         raise atomic.OutputRefused("--annotate is an empty path; give a folder name")
@@ -277,7 +278,12 @@ def check_annotate_folder(folder, paths, outputs: dict) -> None:
     for opt, dest in outputs.items():
         if dest and dest != "-" and os.path.realpath(dest) == real:
             raise atomic.OutputRefused(f"--annotate and {opt} name the same path ({given}); give them different names")
-    check_writable(Path(given) / "annotated.png")  # makes the folder, or says in one line why it cannot
+    inside = [p for p in inputs if os.path.realpath(p).startswith(real + os.sep)]
+    if inside:
+        raise atomic.OutputRefused(
+            f"--annotate {given} holds a field being scanned ({inside[0]}), which replacing the folder would delete; choose another folder"
+        )
+    atomic.check_stageable(given, ANNOTATE_MARKER, owned=annotated_files)
 
 
 class ClassifyJob:

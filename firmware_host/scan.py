@@ -35,7 +35,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageDraw
 
-from firmware_host.atomic import csv_dict_writer, write_bytes
+from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
@@ -412,7 +412,7 @@ class ScanJob:
         from firmware_host.classify import expand_and_check_outputs
         from firmware_host.runtime import Classifier
 
-        expanded = expand_and_check_outputs(opts)  # --annotate never writes over a file: its Annotator picks a free name
+        expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, other_threshold=opts.other_threshold)
@@ -424,7 +424,7 @@ class ScanJob:
         self._processes = None if opts.threads is None else False
         self.workers = default_workers()
         self.processes = use_processes(self.paths, self.workers, self._processes)
-        self.annotator = Annotator(opts.annotate_dir, self.paths, self.classifier.classes) if opts.annotate_dir else None
+        self.annotator: Annotator | None = None
         self._stack = contextlib.ExitStack()
         self._csv: CellCsv | None = None
         self._json = None
@@ -443,6 +443,9 @@ class ScanJob:
             if self.report is not None:
                 self.report.start(self.classifier, len(self.paths), opts.threshold)
                 self._stack.callback(self.report.close)
+            if opts.annotate_dir:  # built beside its place, swapped in when the scan ends (removed if it does not)
+                staged = staged_dir(opts.annotate_dir, ANNOTATE_MARKER, owned=annotated_files)
+                self.annotator = Annotator(self._stack.enter_context(staged), self.classifier.classes)
             self._stack = self._stack.pop_all()
         return self
 
@@ -484,6 +487,8 @@ class ScanJob:
                 self._json.close({"failed": self.summary.failed, "summary": self.summary.to_dict()})
             if self.report is not None:
                 self.report.finish(self.summary)
+            if self.annotator:
+                self.annotator.finish()
         return None
 
 
@@ -500,20 +505,36 @@ def scan_paths(model: str | os.PathLike, paths: Sequence[str], **options) -> Sca
     return job.summary
 
 
-class Annotator:
-    """Writes ``<stem>.png`` per field into a folder, never over an input and never twice in one run."""
+ANNOTATE_MARKER = "annotated.json"
+"""The file that makes a folder scan's ``--annotate`` folder: which PNG shows which field."""
 
-    def __init__(self, folder: str, inputs, classes):
+
+def annotated_files(folder: Path) -> frozenset[str]:
+    """What ``scan --annotate`` wrote in ``folder``: its :data:`ANNOTATE_MARKER` and the PNGs that lists (the marker
+    alone when it cannot be read), so that a folder holding anything else is not replaced."""
+    import json
+
+    try:
+        listed = json.loads((Path(folder) / ANNOTATE_MARKER).read_text(encoding="utf-8"))["fields"]
+        return frozenset({ANNOTATE_MARKER, *(f["png"] for f in listed if isinstance(f, dict) and isinstance(f.get("png"), str))})
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset({ANNOTATE_MARKER})
+
+
+class Annotator:
+    """Writes ``<stem>.png`` per field into ``folder`` (scan's staging folder for ``--annotate``, swapped into place
+    when the scan ends), a distinct name for fields that share a stem, and :data:`ANNOTATE_MARKER` at the end."""
+
+    def __init__(self, folder: Path, classes):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.classes = list(classes)
-        self.inputs = {os.path.realpath(p) for p in inputs}
+        self.written: list[dict] = []
         self.used: set[str] = set()
 
     def target(self, file: str) -> Path:
         stem = Path(file).stem or "field"
         name, k = f"{stem}.png", 1
-        while name in self.used or os.path.realpath(self.folder / name) in self.inputs:
+        while name in self.used or name == ANNOTATE_MARKER:
             name, k = f"{stem}-{k}.png", k + 1
         self.used.add(name)
         return self.folder / name
@@ -521,7 +542,13 @@ class Annotator:
     def write(self, res: FieldResult, rgb: np.ndarray) -> None:
         buf = io.BytesIO()
         annotate(rgb, res.cells, self.classes).save(buf, format="PNG")
-        write_bytes(self.target(res.file), buf.getvalue())
+        dest = write_bytes(self.target(res.file), buf.getvalue())
+        self.written.append({"field": os.path.abspath(res.file), "png": dest.name, "cells": len(res.cells)})
+
+    def finish(self) -> None:
+        from firmware_host.atomic import write_json
+
+        write_json(self.folder / ANNOTATE_MARKER, {"format": "edgecell-annotations/1", "fields": self.written})
 
 
 class ReportHook:

@@ -283,17 +283,61 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert res.exit_code == 1
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text(), newline="")))
     assert [r["file"].rsplit("/", 1)[-1] for r in rows if r["error"]] == ["missing.jpg"]
-    assert sorted(p.name for p in ann.iterdir()) == ["edge.png", "none.png", "two.png"]
+    assert sorted(p.name for p in ann.iterdir()) == ["annotated.json", "edge.png", "none.png", "two.png"]
     assert Image.open(ann / "two.png").size == (W, H)
+    index = json.loads((ann / "annotated.json").read_text())["fields"]
+    assert {(f["field"].rsplit("/", 1)[-1], f["png"], f["cells"]) for f in index} == {
+        ("two.jpg", "two.png", 2),
+        ("none.png", "none.png", 0),
+        ("edge.jpg", "edge.png", 1),
+    }
 
 
-def test_cli_scan_never_writes_over_an_input(models, fields, tmp_path):
-    before = (fields / "none.png").read_bytes()
-    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "none.png"), "--annotate", str(fields), "--threads", "1"])
-    assert res.exit_code == 0, res.output
-    assert (fields / "none.png").read_bytes() == before
-    assert (fields / "none-1.png").is_file()
-    (fields / "none-1.png").unlink()
+def test_cli_scan_annotate_replaces_only_its_own_folder(models, fields, tmp_path):
+    """--annotate DIR is scan's folder, built aside and swapped in whole: into a folder of a person's files (where a
+    field's PNG could be written over a photo of the same name) it refuses; its own earlier folder it replaces."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "none.png").write_bytes(b"a photo of the same name")
+    field = str(fields / "none.png")
+    cases = [
+        (tmp_path / "photos", "exists, is not empty and is not an edgecell folder (no annotated.json)"),
+        (fields, "holds a field being scanned"),
+    ]
+    for folder, says in cases:
+        before = sorted(p.name for p in folder.iterdir())
+        res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), field, "--annotate", str(folder), "--threads", "1"])
+        assert res.exit_code != 0 and says in " ".join(res.output.split()) and len(res.output.strip().splitlines()) == 1, res.output
+        assert sorted(p.name for p in folder.iterdir()) == before
+    assert (tmp_path / "photos" / "none.png").read_bytes() == b"a photo of the same name"
+    ann = tmp_path / "ann"
+    for paths in ([field, str(fields / "two.jpg")], [field]):
+        res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), *paths, "--annotate", str(ann), "--threads", "1"])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in ann.iterdir()) == ["annotated.json", "none.png"]  # the second scan's folder, whole
+    (ann / "mine.txt").write_text("notes")
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), field, "--annotate", str(ann), "--threads", "1"])
+    assert res.exit_code == 1 and "holds a file this command does not write (mine.txt)" in " ".join(res.output.split()), res.output
+
+
+def test_an_interrupted_scan_leaves_no_annotate_folder(models, fields, tmp_path, monkeypatch):
+    """Stopped part-way (Ctrl-C, a crash), the annotate folder is as it was: none of this scan's PNGs."""
+    from firmware_host import scan as scan_mod
+
+    calls = {"n": 0}
+    real = scan_mod.Annotator.write
+
+    def write_then_stop(self, res, rgb):
+        real(self, res, rgb)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_mod.Annotator, "write", write_then_stop)
+    ann = tmp_path / "ann"
+    res = CliRunner().invoke(
+        cli, ["scan", "--model", str(models.export), str(fields / "none.png"), str(fields / "two.jpg"), "--annotate", str(ann), "--threads", "1"]
+    )
+    assert calls["n"] == 1 and res.exit_code == 130, res.output
+    assert not ann.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ann")]
 
 
 def test_cli_scan_annotate_checked_before_any_work(models, fields, tmp_path):

@@ -25,7 +25,7 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
     type=click.Path(file_okay=False, path_type=str),
     metavar="DIR",
     default=None,
-    help="Write each field as a PNG into DIR with its cells boxed, coloured by class and labelled.",
+    help="Write each field as a PNG into DIR with its cells boxed, coloured by class and labelled (DIR is replaced whole; a folder of other files is refused).",
 )
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the HTML review page to FILE.")
 @threshold_option("cells")
