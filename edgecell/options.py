@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from firmware_host.interpreter import MAX_THREADS
+
 DEFAULT_SEED = 42
 DEFAULT_IMG_SIZE = 40
 """The model's input side, pixels. 40, not 64: at 64 px a crop keeps how sharp each lab's camera is, and the model read
@@ -184,7 +186,7 @@ report_option = click.option(
     metavar="FILE.html",
     help="Also write the review page: one self-contained HTML file (thumbnails embedded) where a person checks the cells and downloads corrections.",
 )
-threads_option = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores).")
+threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Interpreter threads (default: all cores).")
 
 MODEL_HELP = "A model_<precision>.tflite (with its .json beside it) or an export folder."
 model_option = click.option("--model", "model_path", type=click.Path(exists=True, path_type=str), required=True, help=MODEL_HELP)
@@ -231,7 +233,7 @@ def worker_threads_option(items: str):
 
     return click.option(
         "--threads",
-        type=click.IntRange(1, 64),
+        type=click.IntRange(1, MAX_THREADS),
         default=None,
         help=f"Interpreter threads, in this process (default: all cores; {PROCESS_MIN_FILES} {items} or more: one worker process per core, 1 thread each).",
     )

@@ -6,7 +6,7 @@ nothing from ``edgecell`` or ``converters``. The Python API::
     from firmware_host import Classifier, classify_paths
 
     clf = Classifier.load("export")                      # a .tflite or an export folder; SHA-256 checked
-    pred = clf.classify_file("cell.jpg")                 # Prediction: label, confidence, top3, probs
+    pred = clf.classify("cell.jpg")                      # a path, PIL image or RGB array -> Prediction
     summary = classify_paths("export", ["slides/"], csv_out="results.csv")   # what `edgecell classify` does
     summary = scan_paths("export", ["fields/"], json_out="scan.json")         # what `edgecell scan` does
 

@@ -32,6 +32,7 @@ import numpy as np
 from firmware_host.errors import ImageError
 from firmware_host.interpreter import find_backend
 from firmware_host.metadata import read_metadata
+from firmware_host.paths import path_list
 from firmware_host.preprocess import load_image
 from firmware_host.runtime import Classifier, latency_summary, models_in
 
@@ -144,14 +145,15 @@ def bench_one(path: str | os.PathLike, threads: int, x: np.ndarray, runs: int, w
 
 
 def bench_models(
-    models: Sequence[str | os.PathLike],
+    models: str | os.PathLike | Sequence[str | os.PathLike],
     runs: int = DEFAULT_RUNS,
     warmup: int = DEFAULT_WARMUP,
     threads: Sequence[int] = DEFAULT_THREADS,
     images: Sequence = (),
 ) -> list[dict]:
-    """One row per model file (export folders contribute every precision they hold) and thread count."""
-    files = [f for m in models for f in models_in(m)]
+    """One row per model file (export folders contribute every precision they hold) and thread count; ``models`` is
+    one model or folder, or a list of them."""
+    files = [f for m in path_list(models) for f in models_in(m)]
     rows = []
     sample_cache: dict[int, np.ndarray] = {}
     find_backend()  # import the interpreter library now, so the first row's RSS is the model's, not the library's

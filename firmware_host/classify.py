@@ -32,7 +32,7 @@ from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer,
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.metadata import model_reads
-from firmware_host.paths import expand_paths, label_for, path_reads
+from firmware_host.paths import expand_paths, label_for, path_list, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
     FLAG_OTHER,
@@ -40,6 +40,7 @@ from firmware_host.runtime import (
     FLAG_UNCERTAIN,
     REVIEW_CLASSES,
     Classifier,
+    check_number,
     classification_metrics,
     latency_summary,
     triage,
@@ -305,6 +306,7 @@ class ClassifyJob:
     """
 
     def __init__(self, opts: ClassifyOptions):
+        check_number("threshold", opts.threshold, 0.0, 1.0)
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.classifier = Classifier.load(
@@ -389,7 +391,7 @@ class ClassifyJob:
 
 def classify_paths(
     model: str | os.PathLike,
-    paths: list[str] | tuple[str, ...],
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     threshold: float = DEFAULT_THRESHOLD,
     csv_out: str | None = None,
@@ -401,7 +403,8 @@ def classify_paths(
     allow_unverified: bool = False,
     other_threshold: float | None = None,
 ) -> ClassifySummary:
-    """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder).
+    """Classify files, folders and glob patterns with ``model`` (a ``.tflite`` or an export folder); ``paths`` is one
+    path or a list of them.
 
     Writes every result to ``csv_out`` / ``json_out`` (file names, '-' for stdout) when given,
     writes the review page to ``report_out`` when given (:mod:`firmware_host.report`),
@@ -409,9 +412,7 @@ def classify_paths(
     (differential count, flags, latencies, ``metrics()`` against folder labels, ``failed``).
     ``other_threshold`` replaces the never-seen score's threshold of the model's sidecar.
     """
-    opts = ClassifyOptions(
-        str(model), tuple(str(p) for p in paths), json_out, csv_out, threshold, threads, precision, report_out, allow_unverified, other_threshold
-    )
+    opts = ClassifyOptions(os.fspath(model), path_list(paths), json_out, csv_out, threshold, threads, precision, report_out, allow_unverified, other_threshold)
     with ClassifyJob(opts) as job:
         for path, result in job:
             if on_result:

@@ -22,6 +22,9 @@ from typing import Any
 from firmware_host.errors import ModelError, RuntimeMissingError, first_line
 from firmware_host.quiet import quiet_fds
 
+MAX_THREADS = 64
+"""Interpreter threads at most (``--threads``'s range; far above any Pi's cores)."""
+
 ENV_VAR = "EDGECELL_INTERPRETER"
 """Environment variable that forces one backend."""
 

@@ -69,6 +69,8 @@ from firmware_host.preprocess import otsu_threshold
 
 CELL_FRACTION = 0.3
 """Default expected white-cell diameter as a fraction of the field's shorter side."""
+MIN_CELL_SIZE = 8.0
+"""The smallest white-cell diameter, pixels, that ``cell_size`` may say (``scan --cell-size``'s range)."""
 WORK_CELL = 32
 """A white cell's diameter, in pixels, in the reduced image the search works on."""
 WHITE_PERCENTILE = 99.0

@@ -35,6 +35,14 @@ class Precision(str, enum.Enum):
     float16 = "float16"
     int8 = "int8"
 
+    @classmethod
+    def of(cls, value: Precision | str) -> Precision:
+        """``value`` as a precision, in any case (``"INT8"``); a ValueError listing the precisions otherwise."""
+        try:
+            return cls(str(getattr(value, "value", value)).lower())
+        except ValueError:
+            raise ValueError(f"precision must be one of {', '.join(p.value for p in cls)} (got {value!r})") from None
+
     @property
     def filename(self) -> str:
         """File name of a model of this precision: ``model_<precision>.tflite``."""

@@ -145,6 +145,14 @@ def list_files(folder: str | os.PathLike, image_named_dirs: bool = False) -> lis
     return out
 
 
+def path_list(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[str, ...]:
+    """``paths`` as a tuple of path strings: one path (``"slides/today/"``, a :class:`~pathlib.Path`) is a list of one,
+    not a string of characters each read as a path (``"/"``, the whole disk)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
+    return tuple(os.fsdecode(p) for p in paths)
+
+
 def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Expanded:
     """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
     out = Expanded()

@@ -239,16 +239,32 @@ def _png_without(data: bytes, kind: bytes) -> bytes | None:
     return b"".join(out) if dropped else None
 
 
+def _check_size(w: int, h: int, path: str | os.PathLike) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageError(_too_large(f"{w}x{h} pixels"), path)
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
+
+
+def image_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """An image already open in Pillow (any mode) as the 8-bit RGB array ``(H, W, 3)`` that decoding its file would
+    give: upright by its EXIF orientation, transparency on white, 16-bit scaled, the same size limits. ``path`` only
+    names it in an :class:`ImageError`."""
+    _check_size(*img.size, path)
+    try:
+        return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+    except MemoryError:
+        raise ImageError("not enough memory to convert this image", path) from None
+    except Exception as exc:
+        raise ImageError(f"cannot convert image to RGB ({first_line(exc)})", path) from None
+
+
 def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.ndarray:
     if not data:
         raise ImageError("empty file (0 bytes)", path)
     try:
         img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(_too_large(f"{w}x{h} pixels"), path)
-        if min(w, h) < MIN_SIDE:
-            raise ImageError(f"image is {w}x{h} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", path)
+        _check_size(*img.size, path)
         pages = getattr(img, "n_frames", 1)
         if pages > 1:
             warnings.warn(ImageWarning(f"has {pages} pages (frames); only the first is used"), stacklevel=2)

@@ -40,12 +40,12 @@ import numpy as np
 
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ModelError, os_reason
-from firmware_host.interpreter import Backend, load_interpreter
+from firmware_host.interpreter import MAX_THREADS, Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import load_cell, prepare_cell
+from firmware_host.preprocess import MIN_SIDE, image_rgb, load_cell, prepare_cell
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -54,6 +54,20 @@ MAX_MODEL_BYTES = 256 << 20
 """No edgecell model comes near this (int8: about 0.1 MiB, float32: under 2 MiB); a larger file is refused unread."""
 DEFAULT_THRESHOLD = 0.7
 """Confidence below which a prediction is flagged as uncertain."""
+
+
+def check_number(name: str, value, low: float, high: float | None = None) -> float:
+    """``value`` as a float, if it is a finite number from ``low`` to ``high``; else a ValueError naming ``name``: the
+    API's own check of what the command line's option types refuse (nan passes every comparison)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= low and (high is None or number <= high)):
+        span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise ValueError(f"{name} must be a number {span} (got {value!r})")
+    return number
+
 
 REVIEW_CLASSES = frozenset({"myeloblast", "erythroblast"})
 """Predicted classes that always go to a haematologist, however confident the model is.
@@ -307,7 +321,7 @@ def resolve_model(path: str | os.PathLike, precision: Precision | str | None = N
     :data:`PRECISION_PREFERENCE` is used.
     """
     p = Path(path)
-    want = Precision(precision) if precision is not None else None
+    want = Precision.of(precision) if precision is not None else None
     if p.is_dir():
         if want is not None:
             f = p / want.filename
@@ -403,6 +417,11 @@ class Classifier:
         :data:`MAX_MODEL_BYTES` is refused before it is read. ``other_threshold`` replaces the
         never-seen score's threshold of the sidecar (a model without a score is refused with it).
         """
+        if threads is not None:
+            threads = int(check_number("threads", threads, 1, MAX_THREADS))
+        if other_threshold is not None:
+            other_threshold = check_number("other_threshold", other_threshold, 0.0)
+        precision = Precision.of(precision) if precision is not None else None
         model_path = resolve_model(path, precision)
         meta = read_metadata(model_path)
         if other_threshold is not None:
@@ -413,8 +432,8 @@ class Classifier:
         if why and not allow_unverified:
             raise ModelError(f"{why}; not used (convert again, or pass --allow-unverified to use it anyway)", model_path)
         check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
-        if precision is not None and meta.precision != Precision(precision):
-            raise ModelError(f"is a {meta.precision.value} model but {Precision(precision).value} was asked for", model_path)
+        if precision is not None and meta.precision != precision:
+            raise ModelError(f"is a {meta.precision.value} model but {precision.value} was asked for", model_path)
         try:
             size = model_path.stat().st_size
             if size > MAX_MODEL_BYTES:  # before reading: a 20 GiB file would be read into memory whole
@@ -691,13 +710,35 @@ class Classifier:
         """
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
-            raise ImageError(f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB", path)
+            raise ImageError(
+                f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB (Classifier.classify takes a PIL image of any mode)", path
+            )
         t0 = time.perf_counter()
         image, offset = prepare_cell(np.ascontiguousarray(rgb), self.input_size)
         return self.classify_array(path, image, (time.perf_counter() - t0) * 1000.0, offset)
 
+    def classify(self, image: str | os.PathLike | np.ndarray | Any, name: str | None = None) -> Prediction:
+        """Classify one cell, whatever holds it: an image file's path, a PIL image of any mode, or an RGB uint8 array
+        ``(H, W, 3)`` of any size (a cell cut from a larger picture). ``name`` names it in the result (default: the
+        path, else ``"<image>"``). An :class:`ImageError` for anything that is not a usable image, as for a file."""
+        if isinstance(image, (str, bytes, os.PathLike)):
+            return self.classify_file(image)
+        name = name or "<image>"
+        if isinstance(image, np.ndarray):
+            if image.ndim == 3 and min(image.shape[:2]) < MIN_SIDE:
+                raise ImageError(f"array is {image.shape[1]}x{image.shape[0]} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", name)
+            return self.classify_rgb(name, image)
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return self.classify_rgb(name, image_rgb(image, name))
+        raise ImageError(f"cannot classify a {type(image).__name__}: give an image file's path, a PIL image or an RGB uint8 array", name)
+
     def classify_file(self, path: str | os.PathLike) -> Prediction:
         """Load, preprocess and classify one image file (:class:`ImageError` if it is not usable)."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise ImageError(f"classify_file takes a file's path, not a {type(path).__name__} (Classifier.classify takes images and arrays)", "<image>")
+        path = os.fsdecode(path)
         t0 = time.perf_counter()
         image, offset = load_cell(path, self.input_size)
         pre_ms = (time.perf_counter() - t0) * 1000.0

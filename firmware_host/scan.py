@@ -40,6 +40,7 @@ from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.locate import Cell, locate
+from firmware_host.paths import path_list
 from firmware_host.preprocess import decode_rgb, read_bytes
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -410,8 +411,12 @@ class ScanJob:
 
     def __init__(self, opts: ScanOptions):
         from firmware_host.classify import expand_and_check_outputs
-        from firmware_host.runtime import Classifier
+        from firmware_host.locate import MIN_CELL_SIZE
+        from firmware_host.runtime import Classifier, check_number
 
+        check_number("threshold", opts.threshold, 0.0, 1.0)
+        if opts.cell_size is not None:
+            check_number("cell_size", opts.cell_size, MIN_CELL_SIZE)
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
@@ -492,13 +497,13 @@ class ScanJob:
         return None
 
 
-def scan_paths(model: str | os.PathLike, paths: Sequence[str], **options) -> ScanSummary:
-    """Scan field-of-view files, folders and glob patterns with ``model``; return the :class:`ScanSummary`.
+def scan_paths(model: str | os.PathLike, paths: str | os.PathLike | Sequence[str | os.PathLike], **options) -> ScanSummary:
+    """Scan field-of-view files, folders and glob patterns (one path or a list) with ``model``; return the :class:`ScanSummary`.
 
     ``options`` are the fields of :class:`ScanOptions` (``json_out``, ``csv_out``, ``annotate_dir``,
     ``report_out``, ``threshold``, ``cell_size``, ``threads``, ``precision``).
     """
-    opts = ScanOptions(str(model), tuple(str(p) for p in paths), **options)
+    opts = ScanOptions(os.fspath(model), path_list(paths), **options)
     with ScanJob(opts) as job:
         for _ in job:
             pass

@@ -99,3 +99,62 @@ def test_json_stream_writes_what_json_dumps_writes(indent, n_rows):
         stream.add(r)
     stream.close(tail)
     assert fh.getvalue() == json.dumps({**head, "results": rows, **tail}, indent=indent) + "\n"
+
+
+def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data):
+    """Classifier.classify is the one call of a ten-line script: a PIL image gives what its file gives."""
+    from PIL import Image
+
+    clf = Classifier.load(models.float32, threads=1)
+    path = next((data / "monocyte").iterdir())
+    by_file = clf.classify(path)
+    assert by_file.path == str(path)
+    with Image.open(path) as img:
+        for mode in ("RGB", "RGBA", "P", "LA", "L"):
+            pred = clf.classify(img.convert(mode), name="cell")
+            assert pred.path == "cell" and pred.label in CLASSES
+        np.testing.assert_allclose(clf.classify(img).probs, by_file.probs, atol=1e-7)
+        np.testing.assert_allclose(clf.classify(np.asarray(img.convert("RGB"))).probs, by_file.probs, atol=1e-7)
+    grey16 = Image.new("I;16", (32, 32), 40000)
+    assert clf.classify(grey16).label in CLASSES
+    for bad, says in (
+        (np.zeros((2, 2, 3), np.uint8), "too small to hold a cell"),
+        (np.zeros((32, 32), np.uint8), "expected (H, W, 3) uint8 RGB"),
+        (np.zeros((32, 32, 3), np.float32), "expected (H, W, 3) uint8 RGB"),
+        (Image.new("RGB", (2, 40)), "too small to hold a cell"),
+        (None, "cannot classify a NoneType"),
+        (b"\xff\xd8 not a path", "no such file"),
+    ):
+        with pytest.raises(ImageError, match=says.replace("(", r"\(").replace(")", r"\)")):
+            clf.classify(bad)
+    with pytest.raises(ImageError, match="takes a file's path, not a Image"):
+        clf.classify_file(Image.new("RGB", (32, 32)))
+
+
+def test_one_path_is_a_list_of_one_not_of_characters(models, data):
+    """classify_paths(model, "slides/") once read each character as a path, "/" the whole disk."""
+    one = classify_paths(models.export, str(data / "basophil"))
+    assert one.n_classified == 2 and not one.failed
+    rows = bench_models(str(models.int8), runs=2, warmup=0, threads=[1])
+    assert [r["model"] for r in rows] == [str(models.int8)]
+
+
+@pytest.mark.parametrize(
+    "call, says",
+    [
+        (lambda m: Classifier.load(m, threads=-1), "threads must be a number from 1 to 64"),
+        (lambda m: Classifier.load(m, threads=1000), "threads must be a number from 1 to 64"),
+        (lambda m: Classifier.load(m, other_threshold=float("nan")), "other_threshold must be a number at least 0"),
+        (lambda m: Classifier.load(m, precision="int4"), "precision must be one of float32, float16, int8"),
+        (lambda m: classify_paths(m, "x", threshold=2), "threshold must be a number from 0 to 1"),
+        (lambda m: firmware_host.scan_paths(m, "x", threshold=float("nan")), "threshold must be a number from 0 to 1"),
+        (lambda m: firmware_host.scan_paths(m, "x", cell_size=float("nan")), "cell_size must be a number at least 8"),
+    ],
+)
+def test_the_api_refuses_what_the_command_line_refuses(models, call, says):
+    with pytest.raises(ValueError, match=says):
+        call(models.export)
+
+
+def test_precision_in_any_case(models):
+    assert Classifier.load(models.export, precision="INT8").precision.value == "int8"

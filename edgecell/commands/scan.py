@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import csv_option, json_option, model_option, other_threshold_option, precision_option, threshold_option, worker_threads_option
+from edgecell.options import (
+    FiniteFloatRange,
+    csv_option,
+    json_option,
+    model_option,
+    other_threshold_option,
+    precision_option,
+    threshold_option,
+    worker_threads_option,
+)
 from edgecell.views import classify as common
 from edgecell.views import scan as view
+from firmware_host.locate import MIN_CELL_SIZE
 from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 
 
@@ -32,7 +42,7 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 @other_threshold_option
 @click.option(
     "--cell-size",
-    type=click.FloatRange(8.0, None),
+    type=FiniteFloatRange(MIN_CELL_SIZE),
     default=None,
     help="Expected white-cell diameter in pixels (default: 0.3 of each field's shorter side, as in 640x480 fields at 100x).",
 )
