@@ -604,6 +604,25 @@ def check_outputs(
                 shown, what = same
                 also = "" if os.path.realpath(shown) == real else f" {shown}"
                 raise OutputRefused(f"{opt} would overwrite {what}{also}; choose another file", given)
+            kind = _precious(real)
+            if kind:
+                raise OutputRefused(f"{opt} would overwrite {kind}, which no edgecell output replaces; choose another file", given)
+
+
+def _precious(path: str) -> str | None:
+    """What an existing file is, if it is something a person keeps that no results file should replace: an image, a
+    model, a model's sidecar or a run's metadata (a typo such as ``--json export/model_int8.tflite``); else None."""
+    from firmware_host.preprocess import IMAGE_SUFFIXES
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "an image"
+    if suffix in (".tflite", ".keras"):
+        return "a model"
+    if suffix == ".json" and (p.with_suffix(".tflite").is_file() or (p.name == "metadata.json" and (p.parent / "model.keras").is_file())):
+        return "a model's metadata"
+    return None
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -153,6 +153,32 @@ def test_an_output_over_the_other_model_of_the_export_is_refused(models, data, t
     assert {p.name: p.read_bytes() for p in exp.iterdir()} == before
 
 
+def test_an_output_over_an_image_or_model_that_is_not_read_is_refused(models, data, tmp_path):
+    """A typo in --json/--csv/--report (another run's model, an image of another slide, a run's metadata) would have
+    replaced a file this command does not read: one line, exit 2, the file as it was."""
+    other = tmp_path / "other"
+    shutil.copytree(models.export, other / "export")
+    (other / "slide.jpg").write_bytes((data / "basophil").iterdir().__next__().read_bytes())
+    (other / "model.keras").write_bytes(b"zip")
+    (other / "metadata.json").write_text("{}")
+    targets = {
+        "export/model_int8.tflite": "a model",
+        "export/model_int8.json": "a model's metadata",
+        "slide.jpg": "an image",
+        "metadata.json": "a model's metadata",
+    }
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    for rel, kind in targets.items():
+        for opt in ("--json", "--csv", "--report"):
+            r = run("classify", "--model", models.export, data / "basophil", opt, other / rel)
+            assert r.exit_code == 2 and " ".join(r.output.split()) == (
+                f"Error: {other / rel}: {opt} would overwrite {kind}, which no edgecell output replaces; choose another file"
+            ), r.output
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    (other / "results.json").write_text("{}")  # an earlier results file is replaced, as before
+    assert run("classify", "--model", models.export, data / "basophil", "--json", other / "results.json").exit_code == 0
+
+
 def test_flagged_total_counts_other_cells(models, data, tmp_path):
     """Every row with a flag is counted, `other` ones included, as the CSV and the review page show them."""
     out = tmp_path / "r.json"
