@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import ImageError
+from firmware_host.errors import ImageError, os_reason
 from firmware_host.preprocess import IMAGE_SUFFIXES
 
 _MAGIC = re.compile(r"[*?[]")
@@ -40,14 +40,31 @@ class Expanded:
     errors: list[ImageError] = field(default_factory=list)
     links: list[tuple[Path, Path]] = field(default_factory=list)
     """Symbolic links to folders that were read already, as ``(link, folder)``: their images count once."""
+    unread: list[Path] = field(default_factory=list)
+    """Pictures in the folders given whose type is not read from folders (:data:`UNREAD_PICTURES`), for a note."""
+
+
+UNREAD_PICTURES = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".jfif", ".dng")
+"""Suffixes of pictures that a folder search does not read (not :data:`IMAGE_SUFFIXES`, the types edgecell is trained
+on), and says so, rather than leaving them out of the count without a word."""
 
 
 def is_image_name(name: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES, links: list | None = None) -> list[Path]:
-    """All image-named entries under ``folder``, recursively, sorted by path.
+def walk_folder(
+    folder: str | os.PathLike,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    links: list | None = None,
+    problems: list | None = None,
+    unread: list | None = None,
+) -> list[Path]:
+    """All image-named entries under ``folder``, recursively, sorted by path; hidden ones (``.name``, such as the
+    ``._x.jpg`` files macOS leaves on a USB stick) left out.
+
+    A folder that cannot be listed (no permission) is appended to ``problems`` as an :class:`ImageError`, and a
+    picture of a type not read (:data:`UNREAD_PICTURES`) to ``unread``, so neither is left out without a word.
 
     Real folders are searched first and symbolic links to folders after them, each folder once:
     a link to a folder that is also reached directly (``basophil/alias -> ../monocyte``) adds
@@ -77,10 +94,14 @@ def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
             try:
                 with os.scandir(d) as it:
                     entries = sorted(it, key=lambda e: e.name)
-            except OSError:
+            except OSError as exc:
+                if problems is not None:
+                    problems.append(ImageError(f"cannot list this folder ({os_reason(exc)}); its images are not read", d))
                 continue
             subfolders = []
             for e in entries:
+                if e.name.startswith("."):
+                    continue
                 try:
                     is_dir = e.is_dir(follow_symlinks=True)
                 except OSError:
@@ -89,6 +110,8 @@ def walk_folder(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
                     found.append(Path(e.path))
                 elif is_dir:
                     (deferred if e.is_symlink() else subfolders).append(e.path)
+                elif unread is not None and is_image_name(e.name, UNREAD_PICTURES):
+                    unread.append(Path(e.path))
             stack.extend(reversed(subfolders))
 
     search(os.fspath(folder))
@@ -153,6 +176,22 @@ def path_list(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[s
     return tuple(os.fsdecode(p) for p in paths)
 
 
+def _is_dir(p: Path) -> bool:
+    """``p.is_dir()``, False where it cannot be told (a folder above it without permission raises in Python 3.11)."""
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
+def _exists(p: Path) -> bool:
+    """A file, a link (broken or not) or anything that cannot be looked at: reading it reports what is wrong."""
+    try:
+        return p.exists() or p.is_symlink()
+    except OSError:
+        return True
+
+
 def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Expanded:
     """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
     out = Expanded()
@@ -165,29 +204,31 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
             out.paths.append(p)
 
     def add_match(p: Path, arg: str) -> int:
-        if p.is_dir():
-            files = walk_folder(p, suffixes, out.links)
+        if _is_dir(p):
+            problems: list[ImageError] = []
+            files = walk_folder(p, suffixes, out.links, problems, out.unread)
             for f in files:
                 add(f)
-            return len(files)
+            out.errors.extend(problems)
+            return len(files) or -len(problems)  # a folder that could not be listed is not "no images"
         add(p)
         return 1
 
     for raw in args:
         arg = os.fspath(raw)
         p = Path(arg)
-        if p.is_dir():
+        if _is_dir(p):
             if add_match(p, arg) == 0:
                 out.errors.append(ImageError(f"folder holds no images (looked for {', '.join(suffixes)})", arg))
-        elif p.exists() or p.is_symlink():
+        elif _exists(p):
             add(p)  # a file (or a broken link, reported when read)
         elif _MAGIC.search(arg):
             matches = sorted(glob.glob(arg, recursive=True))
             n = 0
             for m in matches:
                 mp = Path(m)
-                if mp.is_dir() or is_image_name(m, suffixes) or mp.is_symlink():
-                    n += add_match(mp, arg)
+                if _is_dir(mp) or is_image_name(m, suffixes) or mp.is_symlink():
+                    n += abs(add_match(mp, arg))
             if n == 0:
                 out.errors.append(ImageError("pattern matches no images", arg))
         else:

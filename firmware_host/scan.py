@@ -423,6 +423,7 @@ class ScanJob:
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, other_threshold=opts.other_threshold)
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their fields scanned once
+        self.unread = expanded.unread  # pictures of a type a folder search does not read
         self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold, lab_check=dict(self.classifier.meta.lab_check))
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))

@@ -179,6 +179,19 @@ def test_an_output_over_an_image_or_model_that_is_not_read_is_refused(models, da
     assert run("classify", "--model", models.export, data / "basophil", "--json", other / "results.json").exit_code == 0
 
 
+def test_pictures_a_folder_search_does_not_read_are_named(models, data, tmp_path):
+    slide = tmp_path / "slide"
+    shutil.copytree(data / "basophil", slide)
+    (slide / "c.gif").write_bytes(b"GIF89a")
+    (slide / "._x.jpg").write_bytes(b"AppleDouble")  # a USB stick's macOS litter: not an image, not a failure
+    r = run("classify", "--model", models.export, slide)
+    assert r.exit_code == 0, r.output
+    assert (
+        f"warning: 1 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .png .tif .tiff .bmp from folders ({slide / 'c.gif'}); "
+        "convert them, or give each by name"
+    ) in " ".join(r.output.split())
+
+
 def test_flagged_total_counts_other_cells(models, data, tmp_path):
     """Every row with a flag is counted, `other` ones included, as the CSV and the review page show them."""
     out = tmp_path / "r.json"

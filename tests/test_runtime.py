@@ -454,6 +454,34 @@ def test_expand_paths(tmp_path):
     assert label_for(c, CLASSES) is None
 
 
+def test_a_folder_search_says_what_it_does_not_read(tmp_path, monkeypatch):
+    """Hidden files (macOS ``._x.jpg``) are left out; a folder that cannot be listed is an error, not "no images",
+    and pictures of another type are listed for a note: nothing leaves the count without a word."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    save_jpeg(tmp_path / "slide" / "a.jpg", img)
+    (tmp_path / "slide" / "._a.jpg").write_bytes(b"AppleDouble")
+    save_jpeg(tmp_path / "slide" / ".hidden" / "h.jpg", img)
+    (tmp_path / "slide" / "c.gif").write_bytes(b"GIF89a")
+    (tmp_path / "slide" / "notes.txt").write_text("x")
+    save_jpeg(tmp_path / "slide" / "closed" / "b.jpg", img)
+    save_jpeg(tmp_path / "shut" / "d.jpg", img)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.path.basename(os.fspath(path)) in ("closed", "shut"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ex = expand_paths([tmp_path / "slide", tmp_path / "shut"])
+    assert [p.name for p in ex.paths] == ["a.jpg"]
+    assert [p.name for p in ex.unread] == ["c.gif"]
+    assert [(Path(e.path).name, e.reason) for e in ex.errors] == [
+        ("closed", "cannot list this folder (Permission denied); its images are not read"),
+        ("shut", "cannot list this folder (Permission denied); its images are not read"),
+    ]
+
+
 def test_module_imports_no_tensorflow():
     import subprocess
     import sys

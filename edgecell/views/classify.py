@@ -31,6 +31,15 @@ def print_warnings(err, job: ClassifyJob) -> None:
         warn(f"{escape(job.classifier.path)}: {escape(why)}; used anyway because of --allow-unverified", err)
     for link, target in job.links:
         warn(f"{escape(link)}: a link to {escape(target)}, which is read already; its images are classified once, under their own folder", err)
+    if job.unread:
+        from firmware_host.atomic import some_of
+        from firmware_host.preprocess import IMAGE_SUFFIXES
+
+        warn(
+            f"{len(job.unread)} picture(s) in the folders given are not read, as edgecell reads {' '.join(IMAGE_SUFFIXES)} from folders "
+            f"({escape(some_of([str(p) for p in job.unread]))}); convert them, or give each by name",
+            err,
+        )
 
 
 def print_header(con, job: ClassifyJob) -> None:
