@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_host.errors import ImageError
+from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.interpreter import find_backend
 from firmware_host.metadata import read_metadata
 from firmware_host.paths import path_list
-from firmware_host.preprocess import load_image
+from firmware_host.preprocess import decode_rgb, load_image
 from firmware_host.runtime import Classifier, latency_summary, models_in
 
 DEFAULT_RUNS = 200
@@ -105,6 +105,21 @@ def sample_image(images: Sequence, size: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
 
 
+def check_some_readable(images: Sequence) -> None:
+    """A :class:`DataError` when not one of ``images`` can be decoded: an end-to-end figure of 0 images per second, and
+    a latency timed on noise, would look like a result."""
+    first = None
+    for p in images:
+        try:
+            with open(p, "rb") as fh:
+                decode_rgb(fh.read(), path=p)
+            return
+        except (ImageError, OSError) as exc:
+            first = first or (p, getattr(exc, "reason", None) or os_reason(exc))
+    others = f"nor can the other {len(images) - 1} image(s) given" if len(images) > 1 else "the only image given"
+    raise DataError(f"{first[1]}; {others}, so there is nothing to time end to end", first[0])
+
+
 def bench_one(path: str | os.PathLike, threads: int, x: np.ndarray, runs: int, warmup: int, images: Sequence = ()) -> dict:
     """One row: load ``path`` on ``threads`` threads, time ``runs`` inferences on ``x``, then the end-to-end pass."""
     release_freed_memory()
@@ -154,6 +169,8 @@ def bench_models(
     """One row per model file (export folders contribute every precision they hold) and thread count; ``models`` is
     one model or folder, or a list of them."""
     files = [f for m in path_list(models) for f in models_in(m)]
+    if images:
+        check_some_readable(images)
     rows = []
     sample_cache: dict[int, np.ndarray] = {}
     find_backend()  # import the interpreter library now, so the first row's RSS is the model's, not the library's

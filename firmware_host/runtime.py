@@ -45,7 +45,7 @@ from firmware_host.metadata import ModelMetadata, Precision, Quantization, check
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import MIN_SIDE, image_rgb, load_cell, prepare_cell
+from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, image_rgb, load_cell, prepare_cell
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -339,6 +339,10 @@ def resolve_model(path: str | os.PathLike, precision: Precision | str | None = N
         )
     if not p.exists():
         raise ModelError("no such model file or folder", p)
+    if p.suffix.lower() == ".json" and p.with_suffix(".tflite").is_file():
+        raise ModelError(f"is the metadata of a model; give the model ({p.with_suffix('.tflite').name}) or its folder", p)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        raise ModelError("is an image, not a model; give a .tflite file or an export folder", p)
     return p
 
 

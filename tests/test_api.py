@@ -158,3 +158,12 @@ def test_the_api_refuses_what_the_command_line_refuses(models, call, says):
 
 def test_precision_in_any_case(models):
     assert Classifier.load(models.export, precision="INT8").precision.value == "int8"
+
+
+def test_loading_a_sidecar_or_an_image_as_the_model_says_so(models, data):
+    from firmware_host.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"is the metadata of a model; give the model \(model_int8.tflite\) or its folder"):
+        Classifier.load(models.export / "model_int8.json")
+    with pytest.raises(ModelError, match="is an image, not a model"):
+        Classifier.load(next((data / "monocyte").iterdir()))

@@ -291,6 +291,18 @@ def test_bench_says_when_images_could_not_be_classified(models, data, tmp_path):
     assert "1 of 16 images could not be classified" in " ".join(r.output.split())
 
 
+def test_bench_refuses_data_of_which_no_image_can_be_read(models, tmp_path):
+    """0 images per second, and a latency timed on noise, would look like a result."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.png").write_bytes(b"")
+    out = tmp_path / "b.json"
+    r = run("bench", models.int8, "--runs", 2, "--data", bad, "--json", out)
+    assert r.exit_code == 1 and not out.exists()
+    assert r.output == f"Error: {bad / 'a.jpg'}: not an image Pillow can read; nor can the other 1 image(s) given, so there is nothing to time end to end\n"
+
+
 def test_bench_keras_comparison(models, tmp_path):
     pytest.importorskip("tensorflow")
     out = tmp_path / "b.json"
