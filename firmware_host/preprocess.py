@@ -239,6 +239,24 @@ def _png_without(data: bytes, kind: bytes) -> bytes | None:
     return b"".join(out) if dropped else None
 
 
+STRIP_BYTES = 1 << 22
+"""An RGB image over this many bytes is copied into its array in strips of about this size (:func:`_pixels`)."""
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    """An RGB Pillow image's pixels as a ``(H, W, 3)`` uint8 array. ``np.asarray`` of a large image holds two more
+    copies of it while it converts (Pillow's bytes, joined from chunks): 280 MB at the peak for 49 megapixels, which
+    a 512 MB Pi cannot spare. Strip by strip, the peak is the array and one strip."""
+    w, h = img.size
+    if w * h * 3 <= STRIP_BYTES:
+        return np.asarray(img, dtype=np.uint8)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, STRIP_BYTES // (w * 3))
+    for y in range(0, h, rows):
+        out[y : y + rows] = np.asarray(img.crop((0, y, w, min(h, y + rows))), dtype=np.uint8)
+    return out
+
+
 def _check_size(w: int, h: int, path: str | os.PathLike) -> None:
     if w * h > MAX_PIXELS:
         raise ImageError(_too_large(f"{w}x{h} pixels"), path)
@@ -252,7 +270,7 @@ def image_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarr
     names it in an :class:`ImageError`."""
     _check_size(*img.size, path)
     try:
-        return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+        return _pixels(_to_rgb(ImageOps.exif_transpose(img)))
     except MemoryError:
         raise ImageError("not enough memory to convert this image", path) from None
     except Exception as exc:
@@ -271,8 +289,8 @@ def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.n
         if img.format == "JPEG" and draft:
             img.draft("RGB", (draft, draft))
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return np.asarray(_to_rgb(img), dtype=np.uint8)
+        ImageOps.exif_transpose(img, in_place=True)  # not a copy: a 50-megapixel image is 150 MB more at the peak
+        return _pixels(_to_rgb(img))
     except ImageError:
         raise
     except Image.UnidentifiedImageError:

@@ -95,3 +95,20 @@ def test_direction_constants_are_far_from_a_rounding_boundary():
             assert abs(scaled - math.floor(scaled) - Fraction(1, 2)) > Fraction(1, 1000), (degrees, v)
     hue = math.radians(pp.NUCLEUS_HUE)
     assert abs(pp._HUE[0] - math.cos(hue)) <= 5e-13 and abs(pp._HUE[1] - math.sin(hue)) <= 5e-13
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16"])
+def test_a_large_image_copied_in_strips_has_the_same_pixels(monkeypatch, mode):
+    """Over STRIP_BYTES the pixels are copied strip by strip (a lower memory peak on a Pi): the same array."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)
+    img = Image.fromarray(x).convert(mode) if mode != "I;16" else Image.fromarray(x[..., 0].astype(np.uint16) * 257)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    whole = pp.decode_rgb(buf.getvalue())
+    monkeypatch.setattr(pp, "STRIP_BYTES", 61 * 3 * 10)  # strips of 10 rows, the last one shorter
+    np.testing.assert_array_equal(pp.decode_rgb(buf.getvalue()), whole)
