@@ -34,7 +34,7 @@ from pathlib import Path
 
 from firmware_host.errors import DataError, os_reason
 from firmware_host.paths import OTHER_TYPES
-from firmware_host.report import CSV_COLUMNS, OTHER, Box, parse_cell_name
+from firmware_host.report import CSV_COLUMNS, OTHER, Box, page_text, parse_cell_name
 
 MARKER = "corrections.json"
 """File at the top of an output folder that ``corrections apply`` wrote (lists every image and where it came from)."""
@@ -309,7 +309,23 @@ def applied_files(folder: Path) -> frozenset[str]:
 
 
 def _resolve(file: str, base: Path) -> Path:
-    return Path(file) if os.path.isabs(file) else base / file
+    """``file`` (relative to ``base``); a name the review page could only show with U+FFFD for bytes that are not
+    UTF-8 (a Latin-1 name from an old scanner) is found again as the one entry of its folder that shows so."""
+    path = Path(file) if os.path.isabs(file) else base / file
+    if "\ufffd" not in file or os.path.lexists(path):
+        return path
+    found = Path(path.anchor)
+    for part in path.parts[len(Path(path.anchor).parts) :]:
+        if "\ufffd" in part and not os.path.lexists(found / part):
+            try:
+                same = [name for name in os.listdir(found) if page_text(name) == part]
+            except OSError:
+                return path
+            if len(same) != 1:
+                return path
+            part = same[0]
+        found = found / part
+    return found
 
 
 def _box_problem(field: Path, box: Box) -> str | None:

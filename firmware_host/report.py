@@ -271,7 +271,7 @@ class ReportWriter:
         """
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
-        self.cells.append(_Cell(i, _text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", bool(edge)))
+        self.cells.append(_Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", bool(edge)))
         if field is not None:
             self.fields[field].cells.append(i)
         return i
@@ -286,7 +286,7 @@ class ReportWriter:
         """Add a field of view (RGB uint8, full resolution); returns its index for :meth:`add_cell`."""
         h, w = image.shape[:2]
         jpeg = thumbnail_jpeg(image, FIELD_PX, FIELD_QUALITY)
-        self.fields.append(_Field(_text(os.fspath(file)), int(w), int(h), self._store(jpeg)))
+        self.fields.append(_Field(page_text(os.fspath(file)), int(w), int(h), self._store(jpeg)))
         return len(self.fields) - 1
 
     # -- writing -------------------------------------------------------------------------------
@@ -511,8 +511,9 @@ def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _text(s: str) -> str:
-    """A file name as text the page can hold: bytes that are not UTF-8 (lone surrogates) become U+FFFD."""
+def page_text(s: str) -> str:
+    """A file name as text the page can hold: bytes that are not UTF-8 (lone surrogates) become U+FFFD
+    (``corrections apply`` finds such a name's file again by the same function)."""
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 

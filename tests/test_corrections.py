@@ -146,6 +146,20 @@ def test_an_image_a_person_changed_in_the_folder_is_not_overwritten(images, tmp_
     assert (out / "monocyte" / "c d.jpg").read_bytes() == (images / "basophil" / "c d.jpg").read_bytes()
 
 
+def test_a_name_that_is_not_utf8_is_found_from_the_review_pages_text(images, tmp_path):
+    """The review page shows a Latin-1 byte of a file name as U+FFFD (it cannot hold the byte); its CSV row still
+    finds the file, when one name in the folder shows so."""
+    raw = os.fsencode(images / "monocyte") + b"/caf\xe9.jpg"
+    with open(raw, "wb") as fh:
+        fh.write((images / "monocyte" / "a.jpg").read_bytes())
+    done = apply_corrections(write_csv(tmp_path / "c.csv", [["monocyte/caf\ufffd.jpg", "monocyte", "basophil"]]), tmp_path / "out", base=images)
+    assert done.counts == {"basophil": 1} and os.fsencode(done.files[0][0]) == raw
+    with open(os.fsencode(images / "monocyte") + b"/caf\xe8.jpg", "wb") as fh:  # a second name the page shows the same way
+        fh.write(b"x")
+    with pytest.raises(CorrectionsError, match="no such file"):
+        apply_corrections(write_csv(tmp_path / "d.csv", [["monocyte/caf\ufffd.jpg", "monocyte", "basophil"]]), tmp_path / "out2", base=images)
+
+
 def test_types_taught_as_other_and_any_case_are_accepted(images, tmp_path):
     """A CSV written by hand: `Basophil` is basophil; `lymphocyte` gets its own folder, which train and adapt read as `other`."""
     rows = [["monocyte/a.jpg", "monocyte", "Basophil"], ["monocyte/b.jpg", "monocyte", "lymphocyte"]]
