@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, os_reason
-from firmware_host.paths import OTHER_TYPES
+from firmware_host.paths import OTHER_TYPES, is_image_name
+from firmware_host.preprocess import IMAGE_SUFFIXES
 from firmware_host.report import CSV_COLUMNS, OTHER, Box, page_text, parse_cell_name
 
 MARKER = "corrections.json"
@@ -171,6 +172,9 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             continue
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{where}: line {line}: {file}: not a regular file")
+            continue
+        if box is None and not is_image_name(source.name):  # train would skip it: a labelled cell lost without a word
+            problems.append(f"{where}: line {line}: {file}: not an image by its name (edgecell reads {' '.join(IMAGE_SUFFIXES)})")
             continue
         if box is not None and (bad := _box_problem(source, box)):
             problems.append(f"{where}: line {line}: {file}: {bad}")

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from edgecell import data as data_mod
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import EVALUATION_DIR, RUN_MARKER, SPLIT_FILE
+from edgecell.runfolder import EVALUATION_DIR, RUN_OWNED, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -72,8 +72,9 @@ def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
     from firmware_host.metadata import model_reads
 
     out = [(str(target.model_path), "the model")] if target.kind == "keras" else model_reads(target.model_path)
-    if target.run_dir is not None:
-        out += [(str(target.run_dir / name), f"the run's {name}") for name in (SPLIT_FILE, RUN_MARKER)]
+    if target.run_dir is not None:  # every record of the run but evaluate's own (metrics, history, parity, ...)
+        mine = [n for n in sorted(RUN_OWNED) if not n.startswith(f"{EVALUATION_DIR}/") and f"/{EVALUATION_DIR}/" not in n and "*" not in n]
+        out += [(str(target.run_dir / name), f"the run's {name}") for name in mine if (target.run_dir / name).exists()]
     if data_dir:
         data = data_dir
     else:  # the folders the run was trained on, one per source

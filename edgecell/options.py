@@ -140,7 +140,7 @@ def data_reads(data_dir) -> list[tuple[str, str]]:
     return [(d, "the data folder being read") for d in folders]
 
 
-def check_outputs(files: dict, reads=(), folders: dict | None = None) -> None:
+def check_outputs(files: dict, reads=(), folders: dict | None = None, whole: bool = True) -> None:
     """Refuse outputs that would overwrite an input, a model, a file inside a folder being read, or each other.
 
     A thin alias of :func:`firmware_host.atomic.check_outputs` (one line, exit 2), so commands import
@@ -148,7 +148,7 @@ def check_outputs(files: dict, reads=(), folders: dict | None = None) -> None:
     """
     from firmware_host.atomic import check_outputs as check
 
-    check(files, reads, folders)
+    check(files, reads, folders, whole)
 
 
 allow_unverified_option = click.option(

@@ -538,6 +538,7 @@ def check_outputs(
     files: Mapping[str, str | os.PathLike | None],
     reads: Iterable[tuple[str | os.PathLike, str]] = (),
     folders: Mapping[str, str | os.PathLike | None] | None = None,
+    whole: bool = True,
 ) -> None:
     """Refuse, in one line (:class:`OutputRefused`, exit 2), outputs that would destroy what is being read.
 
@@ -547,6 +548,8 @@ def check_outputs(
             image")``, ``(data_dir, "the data folder being read")``; a folder protects everything in it.
         folders: output folders by option name (``{"--out": "ev"}``); such a folder may not be, or
             lie inside, a folder being read, nor hold anything being read.
+        whole: the ``folders`` are replaced whole (:func:`staged_dir`), so no output file may lie inside one (it
+            would be lost with the old folder, or make the next run refuse); False for a folder written file by file.
 
     An output file may not be a file being read (through any link), may not lie inside a folder
     being read (a report in the data folder would be read back as an image, or replace one), and
@@ -568,6 +571,7 @@ def check_outputs(
         else:
             read_files.append((os.fspath(p), what))
 
+    out_dirs = [(os.path.realpath(os.fspath(d)), opt) for opt, d in folders.items() if whole and d is not None and os.fspath(d) != ""]
     seen: dict[str, str] = {}
     to_stdout = [opt for opt, dest in files.items() if dest is not None and os.fspath(dest) == STDOUT]
     if len(to_stdout) > 1:
@@ -594,6 +598,10 @@ def check_outputs(
                 raise OutputRefused(f"{opt} {where} {what} ({shown}); write it elsewhere", given)
             if is_folder and _inside(r, real):
                 raise OutputRefused(f"{opt} holds {what} ({shown}); choose another folder", given)
+        if not is_folder:
+            for folder, fopt in out_dirs:
+                if _inside(real, folder):  # written before the folder is replaced whole: lost, or refused next time
+                    raise OutputRefused(f"{opt} is inside {fopt}, which this command replaces whole; write it elsewhere", given)
         if is_folder:
             for shown, what in read_files:
                 if _inside(os.path.realpath(shown), real):

@@ -160,6 +160,13 @@ def test_a_name_that_is_not_utf8_is_found_from_the_review_pages_text(images, tmp
         apply_corrections(write_csv(tmp_path / "d.csv", [["monocyte/caf\ufffd.jpg", "monocyte", "basophil"]]), tmp_path / "out2", base=images)
 
 
+def test_a_row_naming_a_file_that_is_not_an_image_is_refused(images, tmp_path):
+    """train skips a file that is not an image by its name, so a corrected 'cell' that is one would be lost later."""
+    (images / "today.csv").write_text("a,b\n")
+    with pytest.raises(CorrectionsError, match=r"line 2: today.csv: not an image by its name \(edgecell reads .jpg .jpeg .png"):
+        apply_corrections(write_csv(tmp_path / "c.csv", [["today.csv", "other", "lymphocyte"]]), tmp_path / "out", base=images)
+
+
 def test_types_taught_as_other_and_any_case_are_accepted(images, tmp_path):
     """A CSV written by hand: `Basophil` is basophil; `lymphocyte` gets its own folder, which train and adapt read as `other`."""
     rows = [["monocyte/a.jpg", "monocyte", "Basophil"], ["monocyte/b.jpg", "monocyte", "lymphocyte"]]

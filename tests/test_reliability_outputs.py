@@ -136,7 +136,20 @@ def test_train_outputs_inside_the_data_folder_are_refused(labelled, tmp_path):
     assert_one_line_error(res, labelled / "basophil" / "t.json", "--json is inside the data folder", code=2)
     res = cli_run("train", "--data", labelled, "--out", tmp_path)
     assert_one_line_error(res, tmp_path, "--out holds the data folder", code=2)
+    # inside the run it writes: replaced with the run next time (or refused as a file train does not write)
+    res = cli_run("train", "--data", labelled, "--out", tmp_path / "run", "--json", tmp_path / "run" / "t.json")
+    assert_one_line_error(res, tmp_path / "run" / "t.json", "--json is inside --out, which this command replaces whole", code=2)
     assert tree_digest(labelled) == before and not (tmp_path / "run").exists()
+
+
+def test_evaluate_json_onto_the_runs_records_is_refused(converted):
+    """evaluate's --json over the run's metrics, history, or its export's parity record: refused as its split is."""
+    run = converted
+    before = tree_digest(run)
+    for name in ("metrics.json", "history.json", "export/parity.json"):
+        res = cli_run("evaluate", run, "--json", run / name)
+        assert_one_line_error(res, run / name, f"would overwrite the run's {name}", code=2)
+    assert tree_digest(run) == before
 
 
 def test_audit_json_inside_the_data_folder_is_refused(labelled):

@@ -61,7 +61,7 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
 
     con = human(json_out == "-")
     target = resolve(model)
-    check_outputs({"--json": json_out}, reads(target, data_dir), folders={"--out": out_dir})
+    check_outputs({"--json": json_out}, reads(target, data_dir), folders={"--out": out_dir}, whole=False)  # --out: written file by file
     m = run_eval(target, data_dir, split, con, out_dir, threads, stain=stain, seed=seed, other_threshold=other_threshold)
     con.print(metrics_table(m, title=f"{target.kind} model, {split} split (n={m['n']})"))
     con.print(confusion_table(m))
