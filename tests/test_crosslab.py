@@ -184,8 +184,14 @@ def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     assert set(json.loads((tmp_path / "all.json").read_text())["sources"]["by_source"]) == {"clinica", "clinicb"}
     res = CliRunner().invoke(cli, ["audit", str(run), "--no-stain-shift", "--json", str(tmp_path / "audit.json")])
     assert res.exit_code == 0, res.output
+    # the run's test figures are over both labs: not set beside one lab's baselines, and the output says why
+    assert json.loads((tmp_path / "audit.json").read_text())["cnn"] is None
+    assert "the run was trained on 2 sources, so its test figures are not this one's alone" in " ".join(res.output.split())
     res = CliRunner().invoke(cli, ["audit", str(run), "--data", str(folders["clinicB"]), "--no-stain-shift"])
     assert res.exit_code == 1 and "is read as source cells, which the run's split does not have (it has: clinica, clinicb)" in " ".join(res.output.split())
+    shutil.rmtree(folders["clinicB"] / "monocyte")  # one class left: nothing for a baseline to tell apart
+    res = CliRunner().invoke(cli, ["audit", str(run), "--data", f"clinicb={folders['clinicB']}", "--no-stain-shift"])
+    assert res.exit_code == 1 and "needs at least two class folders (one sub-folder of images per class); found 1: basophil" in " ".join(res.output.split())
 
 
 @pytest.mark.parametrize(

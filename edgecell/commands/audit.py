@@ -32,7 +32,10 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     colour, background-corner colour, colour histograms, an 8x8 thumbnail) on the same
     train/test split as the CNN, plus a shuffled-label control that must land at chance.
     With RUN_DIR the run's split.csv is used and the CNN's test accuracy is shown beside
-    the baselines; without it the split is made with --seed, as `train` would.
+    the baselines; without it the split is made with --seed, as `train` would. A run of several
+    sources is audited one source at a time (--data, default its first), on the run's classes that
+    source has, without the CNN's figures, which are over every source (`edgecell evaluate` gives
+    them per source).
 
     Each baseline, fit on the clean training images, is also scored on the test images
     under the stain shifts of `evaluate --stain-shift` (hue, saturation, brightness,
@@ -70,6 +73,13 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
     check_outputs({"--json": json_out}, data_reads(data_dir) + [(run_dir, "the run folder being read")])
+    several = run is not None and len(data_mod.recorded_folders(run.dataset)) > 1
+    if several:  # one lab of a run of several: the run's classes that this lab has folders for
+        present = set(data_mod.find_images(data_dir).classes)
+        classes = [c for c in run.classes if c in present]
+        left = [c for c in run.classes if c not in present]
+        if left:
+            warn(f"{data_dir} has no folder for {', '.join(left)}; the audit compares the baselines on {', '.join(classes)}")
 
     with progress(con, transient=True) as bar:
         task = bar.add_task("reading images", total=None)
@@ -83,7 +93,12 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         if not keep.all():
             warn(f"{int((~keep).sum())} image(s) in {data_dir} are not in the run's split and are left out")
     groups = audit_mod.lab_groups(fs)
-    cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir else None
+    cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir and not several else None
+    if several:
+        warn(
+            f"the run was trained on {len(data_mod.recorded_folders(run.dataset))} sources, so its test figures are not this one's alone: "
+            "the CNN is left out of the comparison (edgecell evaluate RUN reports it per source)"
+        )
     shifted, cnn_shift, cnn_note = None, None, None
     if not no_stain_shift:
         import numpy as np
@@ -100,15 +115,15 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     con.print(audit_mod.table(result))
     if groups:
         con.print("lab groups (by most common image size): " + "; ".join(f"{g['size']}: {', '.join(g['classes'])}" for g in groups))
-    if cnn is None:
-        con.print(
-            "no CNN to compare with" + (f" ({run_dir} has no metrics.json)" if run_dir else "; pass a RUN_DIR to set its test accuracy beside the baselines")
-        )
-    else:
+    if cnn is not None:
         best = next(r for r in result["baselines"] if r["name"] == result["best_baseline"])
         con.print(
             f"CNN test accuracy {cnn['accuracy']:.1%}; best morphology-free baseline '{best['name']}' {best['accuracy']:.1%} "
             f"(CNN lead {result['cnn_lead_points']:+.1f} points)"
+        )
+    elif not several:  # a run of several sources said why above
+        con.print(
+            "no CNN to compare with" + (f" ({run_dir} has no metrics.json)" if run_dir else "; pass a RUN_DIR to set its test accuracy beside the baselines")
         )
     if result["stain_shift"] is not None:
         con.print(audit_mod.stain_table(result))
