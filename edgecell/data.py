@@ -495,8 +495,21 @@ def scan(
             copies = f", {len(distinct[c])} different" if len(distinct[c]) < n else ""
             return f"{c} has {n}{copies}" + (f" ({unusable[c]} unusable file(s) skipped)" if unusable[c] else "")
 
-        desc = ", ".join(described(c, n) for c, n in small.items())
-        err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class} different images)", root)
+        # named by the class folders they come from (the first --data folder may not hold them: another source's,
+        # or what an --exclude left)
+        folders_of: dict[str, set[Path]] = defaultdict(set)
+        for _, src, name in found.files:
+            folders_of[class_of(name)].add(src.folder / name)
+        first = sorted(folders_of[next(iter(small))])
+        where = first[0] if len(first) == 1 else root
+        several = len(found.sources) > 1
+
+        def located(c: str, n: int) -> str:
+            folders = sorted(folders_of[c])
+            return described(c, n) + (f" (in {', '.join(str(f) for f in folders)})" if several and folders and folders[0] != where else "")
+
+        desc = ", ".join(located(c, n) for c, n in small.items())
+        err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class} different images)", where)
         err.skipped = ds.skipped  # so a caller can list them before giving up
         raise err
     return ds

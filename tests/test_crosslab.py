@@ -452,3 +452,15 @@ def test_crosslab_bars_follow_the_held_out_figures():
         "held-out Barcelona lymphocyte (learnt from BCCD's) caught as other": ("95.0%", True),
         "held-out Barcelona eosinophil (learnt from BCCD's) caught as other": ("40.0%", False),
     }
+
+
+def test_too_few_images_names_the_class_folder_they_are_in(tmp_path):
+    """Not the first --data folder: the class left small may be another source's, or what an --exclude left."""
+    kag = _tree(tmp_path / "kag", {"": {"basophil": 6, "monocyte": 6}})
+    bccd = _tree(tmp_path / "bccd", {"": {"basophil": 3}})
+    with pytest.raises(DataError) as err:
+        data.scan([kag, bccd], exclude=["kag/basophil"])
+    assert (err.value.path, err.value.reason) == (
+        str(bccd / "basophil"),
+        "too few usable images: basophil has 3 (each class needs at least 5 different images)",
+    )
