@@ -331,8 +331,20 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
     kept = [(src, f) for src, f in folders if not matches(src.name, f.name, exclude)]
     if folders and not kept:
         raise DataError(f"--exclude {' --exclude '.join(exclude)} leaves no class folder of the data to use", root)
+    lost = sorted({class_of(f.name) for _, f in folders} - {class_of(f.name) for _, f in kept})
     folders = kept
     found = sorted({class_of(f.name) for _, f in folders})
+    if classes is None:  # training: a class gone, or one made of a folder's name, changes what the model can say
+        if lost:
+            notes.append(
+                f"--exclude {' --exclude '.join(exclude)} leaves no folder of {', '.join(lost)}: the model will not know {'it' if len(lost) == 1 else 'them'}"
+            )
+        odd = sorted({f.name for _, f in folders if f.name not in KNOWN_TYPES})
+        if odd:
+            notes.append(
+                f"class folder(s) {', '.join(odd)} are not cell types edgecell knows ({', '.join(CELL_TYPES)}; "
+                f"{', '.join(t for t in OTHER_TYPES if t != OTHER_CLASS)} and {OTHER_CLASS} teach {OTHER_CLASS}): each is a class of its own (rename a misspelt one)"
+            )
     if classes is not None:
         missing = [c for c in classes if c not in found]
         if missing:

@@ -243,6 +243,8 @@ def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
     ds = data.scan(labs)
     assert ds.classes == ["lab1", "lab2"]
     assert ds.notes == [
+        "class folder(s) lab1, lab2 are not cell types edgecell knows (basophil, erythroblast, monocyte, myeloblast, seg_neutrophil; "
+        "lymphocyte, eosinophil, platelet, ig, smudge and other teach other): each is a class of its own (rename a misspelt one)",
         f"{labs / 'lab1'}: its sub-folders' images (baso, mono) are all class 'lab1'; "
         "if lab1 is a lab, name its class folders after cell types, so that it is read as a source",
         f"{labs / 'lab2'}: its sub-folders' images (baso) are all class 'lab2'; "
@@ -464,3 +466,11 @@ def test_too_few_images_names_the_class_folder_they_are_in(tmp_path):
         str(bccd / "basophil"),
         "too few usable images: basophil has 3 (each class needs at least 5 different images)",
     )
+
+
+def test_a_class_an_exclude_removes_is_noted(tmp_path):
+    kag = _tree(tmp_path / "kag", {"": {"basophil": 6, "monocyte": 6, "myeloblast": 6}})
+    bccd = _tree(tmp_path / "bccd", {"": {"basophil": 6}})
+    ds = data.scan([kag, bccd], exclude=["kag/myeloblast", "kag/basophil"])
+    assert ds.classes == ["basophil", "monocyte"]
+    assert ds.notes == ["--exclude kag/myeloblast --exclude kag/basophil leaves no folder of myeloblast: the model will not know it"]
