@@ -64,7 +64,7 @@ RECOMMENDED_PER_CLASS = 20
 MIN_PER_CLASS = 2
 """Local images a class needs to give one to training and hold one out."""
 REPORT_FILE = ADAPT_FILE
-METHODS = ("prototypes", "fine-tune")
+METHODS = ("prototypes", "fine-tune", "fine-tune+prototypes")
 """How ``adapt`` fits the model: adding the local cell types as prototypes to a nearest-prototype head over the
 parent's unchanged features (:func:`fit_prototypes`), or fine-tuning every layer on the local cells and a replay."""
 DEFAULT_METHOD = "prototypes"
@@ -403,7 +403,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         raise EdgecellError("--out is the run being adapted; give a new folder (the parent run is never changed)", opts.out_dir)
     check_stageable(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED)
     classes, size = parent.classes, parent.input_size
-    if opts.method == "fine-tune" and adapted_by_prototypes(parent):
+    if opts.method != "prototypes" and adapted_by_prototypes(parent):
         # its outputs are prototypes, two of a type for a lab adapted before; training them would mix the labs up
         start, _ = walk_back(parent, adapted_by_prototypes)
         raise EdgecellError(
@@ -479,21 +479,10 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
 
     before = report(parent.temperature, parent.extra.get("other_score"))
     local_trained = [s for s, h in zip(local.samples, held) if not h]
-    epochs = opts.epochs if opts.method == "fine-tune" else 0  # what the report and lineage record
+    epochs = opts.epochs if opts.method != "prototypes" else 0  # what the report and lineage record
     groups = None  # the never-seen score's means: one per class, as train fits them
-    if opts.method == "prototypes":
-        replay_types, local_types = [r.type or r.label for r in replay_rows], [s.type for s in local_trained]
-        # a lab fitted by an earlier adapt keeps its own prototypes (merged into its types' others, it would be lost)
-        replay_groups = [r.source if r.source in earlier else "" for r in replay_rows]
-        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_types, replay_groups, x_loc, local_types, x_val, y_val)
-        history: dict = {}
-        repeat = 1
-        x_train, y_train = np.concatenate([x_replay, x_loc]), np.concatenate([y_replay, y_loc])
-        offsets_train = np.concatenate([o_replay, o_loc])
-        # the never-seen score measures to the nearest prototype, so the lab's own cells are no longer "never seen"
-        keys = [(g, t) for g, t in zip(replay_groups, replay_types)] + [("local:", t) for t in local_types]
-        groups = np.unique([f"{g}\x00{t}" for g, t in keys], return_inverse=True)[1]
-    else:
+    seconds = 0.0
+    if opts.method != "prototypes":
         repeat = max(1, round(LOCAL_SHARE / (1 - LOCAL_SHARE) * len(x_replay) / max(1, len(x_loc))))
         x_train = np.concatenate([x_replay, np.repeat(x_loc, repeat, axis=0)])
         y_train = np.concatenate([y_replay, np.repeat(y_loc, repeat)])
@@ -527,6 +516,21 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
             learn_as=(learnt, list(classes)),
         )
         offsets_train = np.concatenate([o_replay, np.repeat(o_loc, repeat)])  # the nucleus check clears the local cells too
+    if opts.method != "fine-tune":
+        replay_types, local_types = [r.type or r.label for r in replay_rows], [s.type for s in local_trained]
+        # a lab fitted by an earlier adapt keeps its own prototypes (merged into its types' others, it would be lost)
+        replay_groups = [r.source if r.source in earlier else "" for r in replay_rows]
+        ft_seconds = seconds
+        model, learnt, seconds = _add_prototypes(model, classes, x_replay, replay_types, replay_groups, x_loc, local_types, x_val, y_val)
+        seconds += ft_seconds
+        if opts.method == "prototypes":
+            history: dict = {}
+            repeat = 1
+        x_train, y_train = np.concatenate([x_replay, x_loc]), np.concatenate([y_replay, y_loc])
+        offsets_train = np.concatenate([o_replay, o_loc])
+        # the never-seen score measures to the nearest prototype, so the lab's own cells are no longer "never seen"
+        keys = [(g, t) for g, t in zip(replay_groups, replay_types)] + [("local:", t) for t in local_types]
+        groups = np.unique([f"{g}\x00{t}" for g, t in keys], return_inverse=True)[1]
     # the never-seen score re-fitted (the features moved, or the local cells join its means), and the lab check on
     # the parent's validation sources
     cal = calibrate(model, x_val, y_val, classes, x_train, y_train, offsets_train, [r.source for r in val_rows], groups)
@@ -588,7 +592,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
                 "adapted_sources": labs,
                 "replay_per_class": opts.replay_per_class,
                 "epochs": epochs,
-                "learning_rate": opts.learning_rate if opts.method == "fine-tune" else None,  # prototypes train nothing
+                "learning_rate": opts.learning_rate if opts.method != "prototypes" else None,  # prototypes train nothing
                 "seed": opts.seed,
                 "seconds": seconds,
             },
