@@ -4,7 +4,7 @@
     python benchmarks/adapt.py [--shared ../shared] [--picks 1,2,3] [--reuse] [--only bccd|barcelona]
                                [--name NAME] [-- ADAPT OPTIONS]
 
-``-- --method fine-tune`` measures adapt's other method; each method has its own results file.
+``-- --method fine-tune`` (or ``fine-tune+prototypes``) measures adapt's other methods; each method has its own results file.
 
 For each experiment the parent is trained on every source except one lab (as the cross-lab
 benchmark's leave-one-source-out; reused from ``benchmarks/work/crosslab`` when there), then for

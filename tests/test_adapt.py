@@ -459,6 +459,29 @@ def test_fine_tuning_a_run_adapted_by_prototypes_is_refused_with_what_to_do(by_p
     assert not (tmp_path / "ft").exists()
 
 
+def test_fine_tune_then_prototypes_trains_the_network_and_puts_the_prototype_head_on_it(tiny_run, clinic, tmp_path):
+    from edgecell.model import PROTOTYPE_HEAD, learnt_outputs
+    from edgecell.runfolder import RunFolder
+
+    out, js = tmp_path / "both", tmp_path / "adapt.json"
+    args = ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(out), "--method", "fine-tune+prototypes", "--epochs", "2", "--replay", "20"]
+    res = CliRunner().invoke(cli, [*args, "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(js.read_text())
+    assert rep["method"] == "fine-tune+prototypes" and rep["epochs"] == 2
+    parent, child = RunFolder.read(tiny_run), RunFolder.read(out)
+    assert child.extra["adapted_from"]["method"] == "fine-tune+prototypes" and child.extra["adapted_from"]["learning_rate"] is not None
+    assert child.learnt_as == parent.learnt_as + [LOCAL_TYPE]
+    p_net, c_net = learnt_outputs(parent.load_keras()), learnt_outputs(child.load_keras())
+    assert c_net.get_layer(PROTOTYPE_HEAD).output.shape[-1] == len(child.learnt_as)
+    convs = [layer.name for layer in p_net.layers if layer.name.startswith("conv")]
+    assert any(not np.array_equal(p_net.get_layer(n).get_weights()[0], c_net.get_layer(n).get_weights()[0]) for n in convs)  # trained
+    ward = tmp_path / "ward"
+    (ward / "seg_neutrophil").mkdir(parents=True)  # its head is prototypes: fine-tuning it again is refused
+    res = CliRunner().invoke(cli, ["adapt", str(out), "--data", str(ward), "--out", str(tmp_path / "ft"), "--method", "fine-tune"])
+    assert res.exit_code == 1 and "adapted by prototypes" in " ".join(res.output.split())
+
+
 def test_the_parents_own_images_given_as_local_cells_are_refused_as_such(tiny_run, real_slice, tmp_path):
     """Not "give the folder its own name", which would only lead to the next refusal."""
     res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(real_slice), "--out", str(tmp_path / "x")])

@@ -18,15 +18,18 @@ from edgecell.runfolder import recorded_data_reads
     type=click.Choice(_defaults.METHODS),
     default=_defaults.DEFAULT_METHOD,
     show_default=True,
-    help="prototypes: keep the network, add the local cell types as prototypes (seconds). fine-tune: train the network on the local cells and a replay (minutes).",
+    help=(
+        "prototypes: keep the network, add the local cell types as prototypes (seconds). fine-tune: train the network on the local cells "
+        "and a replay (minutes). fine-tune+prototypes: both, which keeps the training labs' figures best (minutes)."
+    ),
 )
-@click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs (--method fine-tune).")
+@click.option("--epochs", type=click.IntRange(1, 500), default=_defaults.DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs (the fine-tune methods).")
 @click.option(
     "--learning-rate",
     type=FiniteFloatRange(1e-6, 1.0),
     default=_defaults.DEFAULT_LEARNING_RATE,
     show_default=True,
-    help="Initial fine-tuning learning rate, cosine decay (--method fine-tune).",
+    help="Initial fine-tuning learning rate, cosine decay (the fine-tune methods).",
 )
 @click.option(
     "--holdout-share",
@@ -55,8 +58,8 @@ def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.
 
     Adds the labelled cell types as prototypes beside those of RUN's own training data (or, with
-    --method fine-tune, trains RUN's model on them and a replay of that data), re-fits its
-    calibration, and writes a new run folder that `edgecell convert` takes as it is. Reports
+    --method fine-tune, trains RUN's model on them and a replay of that data; fine-tune+prototypes
+    does both, in that order), re-fits its calibration, and writes a new run folder that `edgecell convert` takes as it is. Reports
     accuracy, macro-F1, flagged and wrong-and-not-flagged shares before and after, on held-out local
     cells and on RUN's test split.
 
