@@ -87,9 +87,11 @@ PERCENTAGE_POINTS = FiniteFloatRange(0.0, 100.0)
 SEED = click.IntRange(0, MAX_SEED)
 
 
+# the names of firmware_host.paths.OTHER_TYPES (not imported here: it would load numpy and Pillow at start-up; a test
+# checks that every one of them is named)
 DATA_HELP = (
     "Data folder: one sub-folder of images per class, or one sub-folder per source (lab) holding class folders. "
-    "Repeat for several sources; class folders lymphocyte, eosinophil, platelet, ig teach 'other'. "
+    "Repeat for several sources; class folders lymphocyte, eosinophil, platelet, ig, smudge (and other) teach 'other'. "
     "NAME=FOLDER names a folder's source (two labs' folders of one name)."
 )
 
@@ -115,7 +117,12 @@ exclude_option = click.option(
 )
 
 
-seed_option = click.option("--seed", type=SEED, default=DEFAULT_SEED, show_default=True, help="Random seed (split, augmentation, selection).")
+def seeded(what: str):
+    """``--seed``, saying what it seeds in this command (``seeded("the split and augmentation")``)."""
+    return click.option("--seed", type=SEED, default=DEFAULT_SEED, show_default=True, help=f"Random seed of {what}.")
+
+
+seed_option = seeded("the split, augmentation and shuffling")
 img_size_option = click.option(
     "--img-size", type=click.IntRange(32, 512), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
 )
@@ -170,7 +177,7 @@ class IntList(click.ParamType):
         if isinstance(value, tuple | list):
             return tuple(value)
         try:
-            v = tuple(int(x) for x in str(value).replace(" ", "").split(",") if x)
+            v = tuple(int(x) for x in str(value).replace(" ", "").split(","))  # an empty item (4,,8) is a typo, not skipped
         except ValueError:
             self.fail(f"expected comma-separated integers such as {self.example}, got {value!r}", param, ctx)
         if not v or any(x < self.low or x > self.high for x in v):

@@ -65,3 +65,18 @@ def test_start_up_imports_no_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_data_help_names_every_type_that_teaches_other():
+    """--data's help lists them by hand (importing firmware_host.paths would load numpy at start-up)."""
+    from edgecell.options import DATA_HELP
+    from firmware_host.paths import OTHER_TYPES
+
+    assert all(t in DATA_HELP for t in OTHER_TYPES)
+
+
+def test_an_empty_item_in_a_list_of_widths_is_refused(tmp_path):
+    from edgecell.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--widths", "4,,8", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "expected comma-separated integers such as" in res.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecell import adapt as _defaults  # no TensorFlow at import time
-from edgecell.options import DATA_FOLDER, FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
+from edgecell.options import DATA_FOLDER, FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seeded
 from edgecell.runfolder import recorded_data_reads
 
 
@@ -52,7 +52,7 @@ from edgecell.runfolder import recorded_data_reads
     type=DATA_FOLDER,
     help="Where the parent run's training data is, if it has moved since training (repeatable, as train's --data; NAME=FOLDER for a source whose folder was renamed).",
 )
-@seed_option
+@seeded("the hold-out, the replay pick and fine-tuning")
 @json_option
 def adapt(json_out, **options):
     """Fit a trained run to this clinic's microscope from a few dozen labelled cells.

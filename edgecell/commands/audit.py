@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, data_reads, emit_json, json_option, seed_option
+from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, data_reads, emit_json, json_option, seeded
 
 
 @click.command("audit", context_settings={"help_option_names": ["-h", "--help"]})
 @data_option(required=False, help="Data folder: one sub-folder of images per class (default: the run's, when RUN_DIR is given).")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@seed_option
+@seeded("the split (without a run), the baselines and the stain shifts")
 @click.option(
     "--margin",
     type=PERCENTAGE_POINTS,

@@ -9,7 +9,7 @@ import click
 from converters.calibration import DEFAULT_PER_CLASS
 from converters.export import EXPORT_DIR
 from converters.parity import DEFAULT_MAX_DROP
-from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit_json, json_option, seed_option
+from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit_json, json_option, seeded
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +50,7 @@ from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit
     show_default=True,
     help="Fail (exit 1) when a quantised model's test accuracy is more than this many percentage points below the Keras model's.",
 )
-@seed_option
+@seeded("the calibration pick")
 @data_option(required=False, help="Data folder (default: the one recorded in the run's metadata.json).")
 @json_option
 def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, max_drop, seed, data_dir, json_out):

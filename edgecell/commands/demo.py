@@ -18,7 +18,7 @@ from edgecell import options
     show_default=True,
     help="Images to draw per class.",
 )
-@options.seed_option
+@options.seeded("the drawn cells")
 @click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Image side in pixels (square).")
 @click.option(
     "--others/--no-others",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from edgecell.options import check_outputs, data_option, data_reads, emit_json, exclude_option, json_option, output_option, seed_option
+from edgecell.options import check_outputs, data_option, data_reads, emit_json, exclude_option, json_option, output_option, seeded
 
 
 @click.command("inspect", context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
 @exclude_option
-@seed_option
+@seeded("the split shown")
 @output_option("--manifest", "manifest_out", help="Also write the split manifest (file, class, split, sha256) to this CSV.")
 @json_option
 def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
