@@ -31,7 +31,7 @@ gives the lineage (parent run, its model's SHA-256, the local data fingerprint a
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -150,7 +150,7 @@ def holdout(samples: Sequence[data_mod.Sample], share: float, seed: int) -> np.n
 
 def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[str]:
     """Refuse a local set too small to train on and hold anything out; returns advice lines for
-    classes below :data:`RECOMMENDED_PER_CLASS`."""
+    cell types below :data:`RECOMMENDED_PER_CLASS`."""
     counts = ds.counts()
     present = {c: n for c, n in counts.items() if n}
     if share > 0:
@@ -167,7 +167,9 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
                 "or pass --holdout-share 0 to train on all of them without a local check",
                 ds.root,
             )
-    return [f"{c}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for c, n in sorted(present.items()) if n < RECOMMENDED_PER_CLASS]
+    # per cell type: each is a prototype of its own (a clinic's lymphocytes and eosinophils both teach `other`)
+    per_type = Counter(s.type or s.label for s in ds.samples)
+    return [f"{t}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for t, n in sorted(per_type.items()) if n < RECOMMENDED_PER_CLASS]
 
 
 def adapted_sources(parent: RunFolder) -> list[str]:

@@ -542,3 +542,20 @@ def test_run_before_walks_the_lineage_to_the_run_before_the_lab(monkeypatch, tmp
     assert adapt_mod.walk_back(runs["a2"], adapt_mod.adapted_by_prototypes) == ("run", [runs["a2"], runs["a1"]])
     del runs["run"]  # moved away: the last run found on the way is named
     assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])
+
+
+def test_advice_counts_each_cell_type_that_teaches_other():
+    """Lymphocytes and eosinophils are both `other`, and each gets a prototype of its own: 12 of each is short."""
+    from edgecell import data as data_mod
+    from edgecell.adapt import check_local
+
+    samples = [
+        data_mod.Sample(f"{t}/{i}.png", label, f"{t}{i}", "clinic", t)
+        for t, label, n in (("monocyte", "monocyte", 25), ("lymphocyte", "other", 12), ("eosinophil", "other", 12))
+        for i in range(n)
+    ]
+    ds = data_mod.Dataset(root=Path("clinic"), classes=["monocyte", "other"], samples=samples)
+    assert check_local(ds, np.zeros(len(samples), bool), 0.0) == [
+        "eosinophil: 12 labelled; 8 more would help",
+        "lymphocyte: 12 labelled; 8 more would help",
+    ]
