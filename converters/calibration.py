@@ -338,7 +338,7 @@ def _check_amount(cal: CalibrationSet, classes: Sequence[str], root: Path, dupli
     if duplicates:
         cal.warnings.append(f"{duplicates} exact duplicate calibration image(s) ignored (identical bytes count once)")
     if n < MIN_IMAGES:
-        extra = f"; {len(cal.skipped)} unusable file(s) skipped" if cal.skipped else ""
+        extra = f"; {len(cal.skipped)} unusable file(s) skipped (first: {cal.skipped[0][0]}: {cal.skipped[0][1]})" if cal.skipped else ""
         extra += f"; {duplicates} exact duplicate(s) ignored" if duplicates else ""
         raise DataError(
             f"only {n} usable calibration image(s){extra}; int8 calibration needs at least {MIN_IMAGES} "

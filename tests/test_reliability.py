@@ -1096,7 +1096,7 @@ def test_convert_calibration_folder_of_wrong_formats(messy, tmp_path):
     write_bad_images(cal, jpeg_bytes(cell_like(3)))
     res = cli_run("convert", messy["run"], "--int8", "--calibration", cal)
     line = assert_one_line_error(res, cal, "only 0 usable calibration image(s)")
-    assert "unusable file(s) skipped" in line
+    assert "unusable file(s) skipped (first: " in line  # which, so the refusal can be acted on
 
 
 def test_convert_calibration_folder_of_odd_sizes_and_modes(converted, real_data, tmp_path):
