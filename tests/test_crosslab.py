@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 
 import numpy as np
@@ -474,3 +475,16 @@ def test_a_class_an_exclude_removes_is_noted(tmp_path):
     ds = data.scan([kag, bccd], exclude=["kag/myeloblast", "kag/basophil"])
     assert ds.classes == ["basophil", "monocyte"]
     assert ds.notes == ["--exclude kag/myeloblast --exclude kag/basophil leaves no folder of myeloblast: the model will not know it"]
+
+
+def test_inspect_json_names_duplicates_with_their_source(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    a = _tree(tmp_path / "labA", {"": {"basophil": 5, "monocyte": 5}})
+    b = _tree(tmp_path / "labB", {"": {"basophil": 5, "monocyte": 5}})
+    shutil.copy(a / "basophil" / "_basophil_0.png", b / "basophil" / "_basophil_0.png")  # the same name and bytes in both labs
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(a), "--data", str(b), "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["duplicates"] == [["labA/basophil/_basophil_0.png", "labB/basophil/_basophil_0.png"]]

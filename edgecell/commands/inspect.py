@@ -56,13 +56,17 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
         t.add_row(c, str(n), *(str(per[(c, sp)]) for sp in data_mod.SPLITS))
     con.print(t)
     dups = ds.duplicate_groups()
+
+    def named(smp) -> str:  # SOURCE/CLASS/FILE: the same name in two sources is two files
+        return f"{smp.source}/{smp.rel}" if smp.source else smp.rel
+
     if dups:
         d = Table(title=f"{len(dups)} group(s) of identical images (each kept within one split)")
         d.add_column("files")
         d.add_column("split")
         split_of = {(s.source, s.rel): sp for s, sp in zip(ds.samples, splits)}
         for g in dups:
-            d.add_row(", ".join(f"{s.source}/{s.rel}" for s in g), split_of[(g[0].source, g[0].rel)])
+            d.add_row(", ".join(named(s) for s in g), split_of[(g[0].source, g[0].rel)])
         con.print(d)
     con.print(f"fingerprint {ds.fingerprint()[:16]}…, {len(ds.skipped)} file(s) skipped")
     if manifest_out:
@@ -77,7 +81,7 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
             "counts_by_source": by_source,
             "warnings": ds.confounding(),
             "split_counts": {c: {sp: per[(c, sp)] for sp in data_mod.SPLITS} for c in ds.classes},
-            "duplicates": [[s.rel for s in g] for g in dups],
+            "duplicates": [[named(s) for s in g] for g in dups],
             "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped],
             "fingerprint": ds.fingerprint(),
             "seed": seed,
