@@ -157,8 +157,6 @@ def test_data_name_equals_folder_names_a_source(tmp_path):
 
 def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     pytest.importorskip("tensorflow")
-    import shutil
-
     from click.testing import CliRunner
 
     from edgecell.cli import cli
