@@ -344,6 +344,10 @@ def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
 # --------------------------------------------------------------------------- cross-validation
 
 
+CV_MIN_TRAIN_PER_CLASS = 3
+"""Training images per class in a cross-validation fold below which its figures are warned about."""
+
+
 def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptions, con: Console) -> dict:
     """Stratified K-fold on train+val with duplicates grouped; test split untouched."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -366,6 +370,14 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
         sub_split = data_mod.make_split(sub, opts.seed + f + 1, (0.85, 0.075, 0.075))
         inner_tr = tr_idx[[s == "train" for s in sub_split]]
         inner_val = tr_idx[[s != "train" for s in sub_split]]
+        per_class = np.bincount(y_all[inner_tr], minlength=len(ds.classes))
+        if per_class.min() < CV_MIN_TRAIN_PER_CLASS:  # a fold's figures then say more about chance than about the model
+            c = int(per_class.argmin())
+            warn(
+                f"fold {f + 1}/{k} trains on {len(inner_tr)} images ({ds.classes[c]}: {per_class[c]}; the rest of each class checks it): "
+                f"too few for its figures to mean much; label more images or use a smaller --cv",
+                con,
+            )
         model, hist, _secs = fit(
             ds.images[inner_tr],
             t_all[inner_tr],

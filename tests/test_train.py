@@ -146,3 +146,14 @@ def test_cross_validation(real_slice, tmp_path):
         per_fold = [f[key] for f in cv["folds"]]
         assert cv[f"{key}_mean"] == pytest.approx(np.mean(per_fold)) and cv[f"{key}_std"] == pytest.approx(np.std(per_fold, ddof=1))
     assert "cross-validation" in res.output
+    assert "too few for its figures to mean much" not in res.output  # 40 per class: folds large enough
+
+
+def test_cross_validation_on_too_few_images_says_so(tmp_path):
+    data = tmp_path / "demo"
+    assert CliRunner().invoke(cli, ["demo-data", str(data), "--per-class", "6", "--size", "40"]).exit_code == 0
+    res = CliRunner().invoke(
+        cli, ["train", "--data", str(data), "--out", str(tmp_path / "cv"), "--epochs", "1", "--img-size", "32", "--widths", "4,8", "--cv", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "fold 1/2 trains on" in res.output and "too few for its figures to mean much" in " ".join(res.output.split())
