@@ -507,12 +507,26 @@ def write_results(folder: Path, model, history: dict, x_test: np.ndarray, y_test
 # --------------------------------------------------------------------------- the whole run
 
 
-def load_dataset(data_dir: str | Sequence[str], size: int, con: Console, classes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> data_mod.Dataset:
+def load_dataset(
+    data_dir: str | Sequence[str],
+    size: int,
+    con: Console,
+    classes: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    min_per_class: int = data_mod.MIN_PER_CLASS,
+) -> data_mod.Dataset:
     """Scan and preprocess data folder(s) with a progress bar; report skipped files and left-out folders."""
     try:
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
-            ds = data_mod.scan(data_dir, size=size, classes=classes, exclude=exclude, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
+            ds = data_mod.scan(
+                data_dir,
+                size=size,
+                classes=classes,
+                exclude=exclude,
+                min_per_class=min_per_class,
+                on_progress=lambda d, n: bar.update(task, completed=d, total=n),
+            )
     except DataError as exc:  # name the unusable files before the one-line refusal
         for s in getattr(exc, "skipped", []):
             warn(f"skipped {s.path}: {s.reason}")

@@ -486,3 +486,15 @@ def test_inspect_json_names_duplicates_with_their_source(tmp_path):
     res = CliRunner().invoke(cli, ["inspect", "--data", str(a), "--data", str(b), "--json", "-"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["duplicates"] == [["labA/basophil/_basophil_0.png", "labB/basophil/_basophil_0.png"]]
+
+
+def test_inspect_shows_a_class_too_small_to_train_then_refuses_as_train_would(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    a = _tree(tmp_path / "lab", {"": {"basophil": 3, "monocyte": 6}})
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(a), "--manifest", str(tmp_path / "m.csv")])
+    assert res.exit_code == 1 and not (tmp_path / "m.csv").exists()
+    assert "basophil │      3" in res.output  # the table, then the one-line refusal
+    assert res.output.rstrip().endswith("too few usable images: basophil has 3 (each class needs at least 5 different images)")
