@@ -174,7 +174,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             problems.append(f"{where}: line {line}: {file}: not a regular file")
             continue
         if box is None and not is_image_name(source.name):  # train would skip it: a labelled cell lost without a word
-            problems.append(f"{where}: line {line}: {file}: not an image by its name (edgecell reads {' '.join(IMAGE_SUFFIXES)})")
+            problems.append(f"{where}: line {line}: {file}: not a type train reads ({' '.join(IMAGE_SUFFIXES)}); convert it to PNG first")
             continue
         if box is not None and (bad := _box_problem(source, box)):
             problems.append(f"{where}: line {line}: {file}: {bad}")
@@ -233,7 +233,10 @@ def apply_corrections(
             ],
             csv_path,
         )
+    # what it wrote and is still as it wrote it (every copy's SHA-256 read once): anything else, a person's added or
+    # changed image, keeps the folder from being replaced
     changed = changed_files(out)
+    owned = frozenset({MARKER, *(f["file"] for f in _listed(out))}) - set(changed)
     if changed:
         what, them = ("an image", "it") if len(changed) == 1 else (f"{len(changed)} images", "them")
         raise DataError(
@@ -241,10 +244,10 @@ def apply_corrections(
             f"would lose; move {them} out first, or choose another --out",
             out,
         )
-    check_stageable(out, MARKER, owned=applied_files)
-    before = applied_files(out) - {MARKER} if (out / MARKER).is_file() else None
+    check_stageable(out, MARKER, owned=owned)
+    before = owned - {MARKER} if (out / MARKER).is_file() else None
     result = Applied(out=out, mode=mode)
-    with staged_dir(out, MARKER, owned=applied_files) as tmp:
+    with staged_dir(out, MARKER, owned=owned) as tmp:
         used: set[str] = set()
         digests: list[str | None] = []
         for r in rows:
@@ -303,13 +306,6 @@ def changed_files(folder: Path) -> list[str]:
             if not same:
                 changed.append(f["file"])
     return sorted(changed)
-
-
-def applied_files(folder: Path) -> frozenset[str]:
-    """What ``corrections apply`` wrote in ``folder`` and is still as it wrote it: its :data:`MARKER` and the images
-    that lists, less those :func:`changed_files` finds. Images a person added to the class folders, or changed, are
-    not among them, so the folder is not replaced."""
-    return frozenset({MARKER, *(f["file"] for f in _listed(folder))}) - set(changed_files(folder))
 
 
 def _resolve(file: str, base: Path) -> Path:

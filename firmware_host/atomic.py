@@ -281,6 +281,20 @@ def _check_target_folder(target: Path, marker: str | None, owned: Owned | None =
     _ensure_folder(target.parent)
 
 
+def _staged_target(target: str | os.PathLike) -> Path:
+    """The folder a staged write replaces: the folder a link points to (the link stays a link). Never the folder the
+    command runs in or one holding it (``.``, ``..``): swapped, it would be pulled from under the process."""
+    t = Path(target)
+    real = os.path.realpath(t)
+    try:
+        here = os.getcwd()
+    except OSError:  # the folder it runs in is gone: nothing to pull from under it
+        here = None
+    if here is not None and _inside(here, real):
+        raise EdgecellError("is the folder this command runs in (or holds it), which it would replace whole; give another folder", t)
+    return Path(real) if t.is_symlink() and t.is_dir() else t
+
+
 def check_stageable(target: str | os.PathLike, marker: str | None = None, owned: Owned | None = None, elsewhere: str | None = ELSEWHERE) -> None:
     """Fail now, with one line, if :func:`staged_dir` could not later write ``target``.
 
@@ -288,7 +302,7 @@ def check_stageable(target: str | os.PathLike, marker: str | None = None, owned:
     inside it, a parent that cannot be created) plus creating and removing a staging folder, so a
     long job (training) is refused before it starts rather than after.
     """
-    target = Path(target)
+    target = _staged_target(target)
     _check_target_folder(target, marker, owned, elsewhere)
     with _interrupts_held():
         probe = _new_temp(target.parent, f".{target.name}.check-", folder=True)
@@ -312,7 +326,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     them, and if the second fails the previous folder is put back. Errors raised inside the
     block that name a file in the staging folder are re-worded to name the final path.
     """
-    target = Path(target)
+    target = _staged_target(target)
     parent = target.parent
     _check_target_folder(target, marker, owned, elsewhere)
     tmp: Path | None = None
@@ -620,6 +634,7 @@ def check_outputs(
 def _precious(path: str) -> str | None:
     """What an existing file is, if it is something a person keeps that no results file should replace: an image, a
     model, a model's sidecar or a run's metadata (a typo such as ``--json export/model_int8.tflite``); else None."""
+    from firmware_host.metadata import model_of_sidecar
     from firmware_host.preprocess import IMAGE_SUFFIXES
 
     p = Path(path)
@@ -628,7 +643,7 @@ def _precious(path: str) -> str | None:
         return "an image"
     if suffix in (".tflite", ".keras"):
         return "a model"
-    if suffix == ".json" and (p.with_suffix(".tflite").is_file() or (p.name == "metadata.json" and (p.parent / "model.keras").is_file())):
+    if model_of_sidecar(p) or (p.name == "metadata.json" and (p.parent / "model.keras").is_file()):
         return "a model's metadata"
     return None
 

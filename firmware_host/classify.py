@@ -18,6 +18,7 @@ when the whole run succeeded (:func:`text_output`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -251,12 +252,12 @@ def expand_and_check_outputs(opts):
     expanded = expand_paths(opts.paths)
     outputs = {"--json": opts.json_out, "--csv": opts.csv_out, "--report": opts.report_out}
     check_outputs(outputs, model_reads(opts.model_path) + path_reads(opts.paths, expanded))
+    annotate = getattr(opts, "annotate_dir", None)
+    if annotate is not None:  # before check_writable makes the folders of the other outputs
+        check_annotate_folder(annotate, opts.paths, outputs, expanded.paths)
     for dest in outputs.values():
         if dest and dest != "-":
             check_writable(dest)
-    annotate = getattr(opts, "annotate_dir", None)
-    if annotate is not None:
-        check_annotate_folder(annotate, opts.paths, outputs, expanded.paths)
     return expanded
 
 
@@ -271,15 +272,18 @@ def check_annotate_folder(folder, paths, outputs: dict, inputs: Sequence[str] = 
         raise atomic.OutputRefused("--annotate is an empty path; give a folder name")
     real = os.path.realpath(given)
     for p in paths:
-        scanned = os.path.realpath(p)
-        if os.path.isdir(p) and (real == scanned or real.startswith(scanned + os.sep)):
+        if os.path.isdir(p) and atomic._inside(real, os.path.realpath(p)):
             raise atomic.OutputRefused(
                 f"--annotate {given} is inside the folder being scanned ({os.fspath(p)}): its PNGs would be scanned next time; choose another folder"
             )
     for opt, dest in outputs.items():
-        if dest and dest != "-" and os.path.realpath(dest) == real:
+        if not dest or dest == "-":
+            continue
+        if os.path.realpath(dest) == real:
             raise atomic.OutputRefused(f"--annotate and {opt} name the same path ({given}); give them different names")
-    inside = [p for p in inputs if os.path.realpath(p).startswith(real + os.sep)]
+        if atomic._inside(os.path.realpath(dest), real):
+            raise atomic.OutputRefused(f"{opt} is inside --annotate, which this command replaces whole; write it elsewhere", dest)
+    inside = [p for p in inputs if atomic._inside(os.path.realpath(p), real)]
     if inside:
         raise atomic.OutputRefused(
             f"--annotate {given} holds a field being scanned ({inside[0]}), which replacing the folder would delete; choose another folder"
@@ -306,7 +310,7 @@ class ClassifyJob:
     """
 
     def __init__(self, opts: ClassifyOptions):
-        check_number("threshold", opts.threshold, 0.0, 1.0)
+        opts = dataclasses.replace(opts, threshold=check_number("threshold", opts.threshold, 0.0, 1.0))
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.classifier = Classifier.load(

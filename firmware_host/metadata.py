@@ -366,6 +366,13 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def model_of_sidecar(path: str | os.PathLike) -> Path | None:
+    """The model whose sidecar ``path`` is (``model_int8.json`` -> ``model_int8.tflite``, when that file is there), else None."""
+    p = Path(path)
+    model = p.with_suffix(".tflite")
+    return model if p.suffix.lower() == ".json" and model.is_file() else None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The file's SHA-256, hex."""
     with open(path, "rb") as fh:

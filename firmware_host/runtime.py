@@ -25,6 +25,7 @@ Steps 2-4 are timed as ``inference_ms``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -41,7 +42,7 @@ import numpy as np
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ModelError, os_reason
 from firmware_host.interpreter import MAX_THREADS, Backend, load_interpreter
-from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, read_metadata
+from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, model_of_sidecar, read_metadata
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
@@ -56,16 +57,14 @@ DEFAULT_THRESHOLD = 0.7
 """Confidence below which a prediction is flagged as uncertain."""
 
 
-def check_number(name: str, value, low: float, high: float | None = None) -> float:
-    """``value`` as a float, if it is a finite number from ``low`` to ``high``; else a ValueError naming ``name``: the
-    API's own check of what the command line's option types refuse (nan passes every comparison)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number >= low and (high is None or number <= high)):
+def check_number(name: str, value, low: float, high: float | None = None, whole: bool = False) -> float:
+    """``value`` as a float, if it is a finite number (a whole one if ``whole``) from ``low`` to ``high``; else a
+    ValueError naming ``name``: the API's own check of what the command line's option types refuse (nan passes every
+    comparison; a string or a bool is not a number here)."""
+    number = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number >= low and (high is None or number <= high) and (not whole or number == int(number))):
         span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
-        raise ValueError(f"{name} must be a number {span} (got {value!r})")
+        raise ValueError(f"{name} must be a {'whole ' if whole else ''}number {span} (got {value!r})")
     return number
 
 
@@ -339,8 +338,8 @@ def resolve_model(path: str | os.PathLike, precision: Precision | str | None = N
         )
     if not p.exists():
         raise ModelError("no such model file or folder", p)
-    if p.suffix.lower() == ".json" and p.with_suffix(".tflite").is_file():
-        raise ModelError(f"is the metadata of a model; give the model ({p.with_suffix('.tflite').name}) or its folder", p)
+    if model := model_of_sidecar(p):
+        raise ModelError(f"is the metadata of a model; give the model ({model.name}) or its folder", p)
     if p.suffix.lower() in IMAGE_SUFFIXES:
         raise ModelError("is an image, not a model; give a .tflite file or an export folder", p)
     return p
@@ -422,7 +421,7 @@ class Classifier:
         never-seen score's threshold of the sidecar (a model without a score is refused with it).
         """
         if threads is not None:
-            threads = int(check_number("threads", threads, 1, MAX_THREADS))
+            threads = int(check_number("threads", threads, 1, MAX_THREADS, whole=True))
         if other_threshold is not None:
             other_threshold = check_number("other_threshold", other_threshold, 0.0)
         precision = Precision.of(precision) if precision is not None else None
@@ -724,9 +723,12 @@ class Classifier:
     def classify(self, image: str | os.PathLike | np.ndarray | Any, name: str | None = None) -> Prediction:
         """Classify one cell, whatever holds it: an image file's path, a PIL image of any mode, or an RGB uint8 array
         ``(H, W, 3)`` of any size (a cell cut from a larger picture). ``name`` names it in the result (default: the
-        path, else ``"<image>"``). An :class:`ImageError` for anything that is not a usable image, as for a file."""
+        path, else ``"<image>"``). An :class:`ImageError` for anything that is not a usable image, as for a file.
+        A PIL image or array is used at its full size, where a large JPEG file is decoded at a reduced one (DCT
+        scaling, as in training), so give the path of a file when you have it."""
         if isinstance(image, (str, bytes, os.PathLike)):
-            return self.classify_file(image)
+            pred = self.classify_file(image)
+            return dataclasses.replace(pred, path=name) if name else pred
         name = name or "<image>"
         if isinstance(image, np.ndarray):
             if image.ndim == 3 and min(image.shape[:2]) < MIN_SIDE:

@@ -23,11 +23,12 @@ cell is missing, and the next field of the smear may show it whole.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -414,9 +415,11 @@ class ScanJob:
         from firmware_host.locate import MIN_CELL_SIZE
         from firmware_host.runtime import Classifier, check_number
 
-        check_number("threshold", opts.threshold, 0.0, 1.0)
-        if opts.cell_size is not None:
-            check_number("cell_size", opts.cell_size, MIN_CELL_SIZE)
+        opts = dataclasses.replace(
+            opts,
+            threshold=check_number("threshold", opts.threshold, 0.0, 1.0),
+            cell_size=None if opts.cell_size is None else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE),
+        )
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
@@ -449,10 +452,10 @@ class ScanJob:
             if self.report is not None:
                 self.report.start(self.classifier, len(self.paths), opts.threshold)
                 self._stack.callback(self.report.close)
-            if opts.annotate_dir:  # built beside its place, swapped in when the scan ends (removed if it does not)
-                staged = staged_dir(opts.annotate_dir, ANNOTATE_MARKER, owned=annotated_files)
-                self.annotator = Annotator(self._stack.enter_context(staged), self.classifier.classes)
             self._stack = self._stack.pop_all()
+        if opts.annotate_dir:  # built beside its place, swapped in when the scan ends (removed if it does not)
+            staged = functools.partial(staged_dir, opts.annotate_dir, ANNOTATE_MARKER, owned=annotated_files)
+            self.annotator = Annotator(lambda: self._stack.enter_context(staged()), self.classifier.classes)
         return self
 
     def __iter__(self) -> Iterator[FieldResult]:
@@ -528,19 +531,23 @@ def annotated_files(folder: Path) -> frozenset[str]:
 
 
 class Annotator:
-    """Writes ``<stem>.png`` per field into ``folder`` (scan's staging folder for ``--annotate``, swapped into place
-    when the scan ends), a distinct name for fields that share a stem, and :data:`ANNOTATE_MARKER` at the end."""
+    """Writes ``<stem>.png`` per field, a distinct name for fields that share a stem, and :data:`ANNOTATE_MARKER` at
+    the end, into the folder ``open_folder()`` gives (scan's staging folder for ``--annotate``, swapped into place
+    when the scan ends). It is asked for at the first field, so a scan that pictures none leaves the old folder."""
 
-    def __init__(self, folder: Path, classes):
-        self.folder = Path(folder)
+    def __init__(self, open_folder: Callable[[], Path], classes):
+        self.open_folder = open_folder
+        self.folder: Path | None = None
         self.classes = list(classes)
         self.written: list[dict] = []
         self.used: set[str] = set()
 
     def target(self, file: str) -> Path:
+        if self.folder is None:
+            self.folder = Path(self.open_folder())
         stem = Path(file).stem or "field"
         name, k = f"{stem}.png", 1
-        while name in self.used or name == ANNOTATE_MARKER:
+        while name in self.used:
             name, k = f"{stem}-{k}.png", k + 1
         self.used.add(name)
         return self.folder / name
@@ -554,7 +561,8 @@ class Annotator:
     def finish(self) -> None:
         from firmware_host.atomic import write_json
 
-        write_json(self.folder / ANNOTATE_MARKER, {"format": "edgecell-annotations/1", "fields": self.written})
+        if self.folder is not None:
+            write_json(self.folder / ANNOTATE_MARKER, {"format": "edgecell-annotations/1", "fields": self.written})
 
 
 class ReportHook:

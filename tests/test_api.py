@@ -102,13 +102,14 @@ def test_json_stream_writes_what_json_dumps_writes(indent, n_rows):
 
 
 def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data):
-    """Classifier.classify is the one call of a ten-line script: a PIL image gives what its file gives."""
+    """Classifier.classify is the one call of a ten-line script: a PIL image gives what its file gives (a small
+    JPEG: a large one is decoded from its file at a reduced size)."""
     from PIL import Image
 
     clf = Classifier.load(models.float32, threads=1)
     path = next((data / "monocyte").iterdir())
     by_file = clf.classify(path)
-    assert by_file.path == str(path)
+    assert by_file.path == str(path) and clf.classify(path, name="cell 1").path == "cell 1"
     with Image.open(path) as img:
         for mode in ("RGB", "RGBA", "P", "LA", "L"):
             pred = clf.classify(img.convert(mode), name="cell")
@@ -142,8 +143,11 @@ def test_one_path_is_a_list_of_one_not_of_characters(models, data):
 @pytest.mark.parametrize(
     "call, says",
     [
-        (lambda m: Classifier.load(m, threads=-1), "threads must be a number from 1 to 64"),
-        (lambda m: Classifier.load(m, threads=1000), "threads must be a number from 1 to 64"),
+        (lambda m: Classifier.load(m, threads=-1), "threads must be a whole number from 1 to 64"),
+        (lambda m: Classifier.load(m, threads=1000), "threads must be a whole number from 1 to 64"),
+        (lambda m: Classifier.load(m, threads=2.7), "threads must be a whole number from 1 to 64"),
+        (lambda m: Classifier.load(m, threads=True), "threads must be a whole number from 1 to 64"),
+        (lambda m: classify_paths(m, "x", threshold="0.5"), "threshold must be a number from 0 to 1"),
         (lambda m: Classifier.load(m, other_threshold=float("nan")), "other_threshold must be a number at least 0"),
         (lambda m: Classifier.load(m, precision="int4"), "precision must be one of float32, float16, int8"),
         (lambda m: classify_paths(m, "x", threshold=2), "threshold must be a number from 0 to 1"),

@@ -188,7 +188,7 @@ def test_pictures_a_folder_search_does_not_read_are_named(models, data, tmp_path
     assert r.exit_code == 0, r.output
     assert (
         f"warning: 1 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .png .tif .tiff .bmp from folders ({slide / 'c.gif'}); "
-        "convert them, or give each by name"
+        "convert them to PNG (or give each by name to classify it)"
     ) in " ".join(r.output.split())
 
 

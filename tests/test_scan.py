@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +318,26 @@ def test_cli_scan_annotate_replaces_only_its_own_folder(models, fields, tmp_path
     (ann / "mine.txt").write_text("notes")
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), field, "--annotate", str(ann), "--threads", "1"])
     assert res.exit_code == 1 and "holds a file this command does not write (mine.txt)" in " ".join(res.output.split()), res.output
+
+
+def test_cli_scan_annotate_edge_cases(models, fields, tmp_path, monkeypatch):
+    """An output inside it, a scan that pictures no field, a link to the folder, the folder scan runs in."""
+    field = str(fields / "none.png")
+    scan = ["scan", "--model", str(models.export), "--threads", "1"]
+    res = CliRunner().invoke(cli, [*scan, field, "--annotate", str(tmp_path / "ann"), "--json", str(tmp_path / "ann" / "s.json")])
+    assert res.exit_code == 2 and "--json is inside --annotate, which this command replaces whole" in " ".join(res.output.split())
+    assert not (tmp_path / "ann").exists()
+    assert CliRunner().invoke(cli, [*scan, field, "--annotate", str(tmp_path / "ann")]).exit_code == 0
+    res = CliRunner().invoke(cli, [*scan, str(fields / "typo.png"), "--annotate", str(tmp_path / "ann")])
+    assert res.exit_code == 1 and sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["annotated.json", "none.png"]  # kept
+    (tmp_path / "usb").mkdir()
+    (tmp_path / "boxes").symlink_to(tmp_path / "usb")
+    assert CliRunner().invoke(cli, [*scan, field, "--annotate", str(tmp_path / "boxes")]).exit_code == 0
+    assert (tmp_path / "boxes").is_symlink() and (tmp_path / "usb" / "none.png").is_file()  # written through the link
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    res = CliRunner().invoke(cli, [*scan, field, "--annotate", "."])
+    assert res.exit_code == 1 and "is the folder this command runs in" in " ".join(res.output.split()) and not list(Path(".").iterdir())
 
 
 def test_an_interrupted_scan_leaves_no_annotate_folder(models, fields, tmp_path, monkeypatch):

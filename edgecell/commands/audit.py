@@ -78,6 +78,8 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         present = set(data_mod.find_images(data_dir).classes)
         classes = [c for c in run.classes if c in present]
         left = [c for c in run.classes if c not in present]
+        if not classes:
+            raise DataError(f"has no class folder of the run's classes ({', '.join(run.classes)})", data_dir)
         if left:
             warn(f"{data_dir} has no folder for {', '.join(left)}; the audit compares the baselines on {', '.join(classes)}")
 
@@ -107,7 +109,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         with progress(con, transient=True) as bar:
             task = bar.add_task("stain shifts (test images)", total=len(test_idx))
             shifted = audit_mod.shifted_features(fs, test_idx, seed, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
-        cnn_shift, cnn_note = audit_mod.read_cnn_stain_shift(run_dir)
+        cnn_shift, cnn_note = audit_mod.read_cnn_stain_shift(run_dir) if not several else (None, None)  # all sources' too
     with con.status("fitting baselines", spinner="dots"):
         result = audit_mod.audit(fs, splits, seed, cnn, margin, groups, shifted=shifted, cnn_shift=cnn_shift, cnn_shift_note=cnn_note)
     result["split_source"] = split_source

@@ -37,7 +37,7 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
         warn(
             f"{len(job.unread)} picture(s) in the folders given are not read, as edgecell reads {' '.join(IMAGE_SUFFIXES)} from folders "
-            f"({escape(some_of([str(p) for p in job.unread]))}); convert them, or give each by name",
+            f"({escape(some_of([str(p) for p in job.unread]))}); convert them to PNG (or give each by name to classify it)",
             err,
         )
 
