@@ -73,7 +73,8 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
     check_outputs({"--json": json_out}, data_reads(data_dir) + [(run_dir, "the run folder being read")])
-    several = run is not None and len(data_mod.recorded_folders(run.dataset)) > 1
+    n_sources = len(data_mod.recorded_folders(run.dataset)) if run is not None else 1
+    several = n_sources > 1
     if several:  # one lab of a run of several: the run's classes that this lab has folders for
         present = set(data_mod.find_images(data_dir).classes)
         classes = [c for c in run.classes if c in present]
@@ -98,7 +99,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir and not several else None
     if several:
         warn(
-            f"the run was trained on {len(data_mod.recorded_folders(run.dataset))} sources, so its test figures are not this one's alone: "
+            f"the run was trained on {n_sources} sources, so its test figures are not this one's alone: "
             "the CNN is left out of the comparison (edgecell evaluate RUN reports it per source)"
         )
     shifted, cnn_shift, cnn_note = None, None, None
