@@ -16,6 +16,8 @@ import click
 from edgecell import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+HELP_ERRORS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+"""click 8.2+ reports a group called without a command as a usage error whose message is the help."""
 SUMMARY_LIMIT = 1000
 """Longest command summary shown whole in ``edgecell --help`` (click's own limit is the line width)."""
 
@@ -63,6 +65,12 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # an option of ``edgecell`` itself, before any command
+            raise _usage_line(exc) from None
+
     def invoke(self, ctx):
         from firmware_host.atomic import Terminated, signals_as_interrupts
         from firmware_host.errors import EdgecellError, first_line
@@ -99,6 +107,8 @@ class LazyGroup(click.Group):
             with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
                 click.echo(f"Interrupted{by}: nothing half-written was kept; earlier results are intact.", err=True)
             ctx.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug, not a user error: still one line unless --debug
@@ -115,6 +125,14 @@ def _one_line(message: str, exit_code: int) -> click.ClickException:
     exc = click.ClickException(printable(message))  # a file name's control characters, escaped
     exc.exit_code = exit_code
     return exc
+
+
+def _usage_line(exc: click.UsageError) -> click.ClickException:
+    """A mistyped command line as one line: what is wrong and where the help is, not click's usage block."""
+    if isinstance(exc, HELP_ERRORS):  # a group given no command: its help is the answer, shown whole
+        return exc
+    path = exc.ctx.command_path if exc.ctx is not None else "edgecell"
+    return _one_line(f"{exc.format_message()} (see '{path} --help')", exc.exit_code)
 
 
 def _stdout_failed(exc: OSError) -> bool:

@@ -56,6 +56,26 @@ def test_unknown_command_is_a_usage_error():
     assert "No such command" in res.output
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["frobnicate"], "Error: No such command 'frobnicate'. (see 'edgecell --help')"),
+        (["--frob"], "Error: No such option '--frob'. (see 'edgecell --help')"),
+        (["classify"], "Error: Missing argument 'PATH...'. (see 'edgecell classify --help')"),
+        (["train", "--epochs", "x"], "Error: Invalid value for '--epochs': 'x' is not a valid integer range. (see 'edgecell train --help')"),
+        (["corrections", "apply", "--frob"], "Error: No such option '--frob'. (see 'edgecell corrections apply --help')"),
+    ],
+)
+def test_a_mistyped_command_line_is_one_line(args, line):
+    res = CliRunner().invoke(cli, args, prog_name="edgecell")
+    assert (res.exit_code, res.output) == (2, line + "\n")
+
+
+def test_a_group_without_its_command_shows_its_help():
+    res = CliRunner().invoke(cli, ["corrections"])
+    assert "Commands:" in res.output and "apply" in res.output
+
+
 def test_start_up_imports_no_tensorflow():
     code = (
         "import sys; from click.testing import CliRunner; from edgecell.cli import cli;"
