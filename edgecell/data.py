@@ -183,6 +183,8 @@ class Dataset:
     sources: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     nucleus_offsets: np.ndarray | None = None
+    shortage: DataError | None = None
+    """What training would refuse (too few usable images of a class), when :func:`scan` was asked to read on."""
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
@@ -452,6 +454,7 @@ def scan(
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
     exclude: Sequence[str] = (),
+    keep_short: bool = False,
 ) -> Dataset:
     """Read, hash and validate every image under ``root`` (one data folder or several).
 
@@ -464,7 +467,8 @@ def scan(
     ``classes`` given (evaluating a model), one class is enough and a class folder without a usable
     image is allowed, as long as some image is usable. ``exclude`` leaves out whole sources
     (``SOURCE``) or one class folder of a source (``SOURCE/TYPE``): a pattern that names nothing is
-    an error. A :class:`DataError` about too few images carries ``.skipped``.
+    an error. A :class:`DataError` about too few images carries ``.skipped``; with ``keep_short`` it is not raised but
+    kept as ``Dataset.shortage``, so that a caller can show the data before refusing.
     """
     found = find_images(root, classes, exclude)
     root, class_names, unusable = found.root, found.classes, found.unusable
@@ -523,7 +527,9 @@ def scan(
         desc = ", ".join(located(c, n) for c, n in small.items())
         err = DataError(f"too few usable images: {desc} (each class needs at least {min_per_class} different images)", where)
         err.skipped = ds.skipped  # so a caller can list them before giving up
-        raise err
+        if not keep_short:
+            raise err
+        ds.shortage = err
     return ds
 
 

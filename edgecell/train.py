@@ -514,8 +514,11 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     min_per_class: int = data_mod.MIN_PER_CLASS,
+    keep_short: bool = False,
 ) -> data_mod.Dataset:
-    """Scan and preprocess data folder(s) with a progress bar; report skipped files and left-out folders."""
+    """Scan and preprocess data folder(s) with a progress bar; report skipped files and left-out folders.
+
+    ``keep_short``: too few images of a class is not raised but kept as ``Dataset.shortage`` (:func:`edgecell.data.scan`)."""
     try:
         with progress(con, transient=True) as bar:
             task = bar.add_task("reading images", total=None)
@@ -525,6 +528,7 @@ def load_dataset(
                 classes=classes,
                 exclude=exclude,
                 min_per_class=min_per_class,
+                keep_short=keep_short,
                 on_progress=lambda d, n: bar.update(task, completed=d, total=n),
             )
     except DataError as exc:  # name the unusable files before the one-line refusal

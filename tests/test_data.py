@@ -138,6 +138,19 @@ def test_class_with_too_few_images_is_an_error(small_folder):
     _write_images(small_folder / "c", 2, seed=5)
     with pytest.raises(DataError, match="c has 2"):
         data.scan(small_folder)
+    kept = data.scan(small_folder, keep_short=True)  # the data shown, the refusal kept for later
+    assert kept.counts()["c"] == 2 and "c has 2" in str(kept.shortage)
+
+
+def test_inspect_shows_a_short_class_then_refuses_reading_once(small_folder, monkeypatch):
+    shutil.rmtree(small_folder / "c")
+    _write_images(small_folder / "c", 2, seed=5)
+    reads = []
+    real = data.read_images
+    monkeypatch.setattr(data, "read_images", lambda found, *a, **k: reads.append(len(found.files)) or real(found, *a, **k))
+    res = CliRunner().invoke(cli, ["inspect", "--data", str(small_folder)])
+    assert res.exit_code == 1 and "c has 2" in res.output.splitlines()[-1]
+    assert "Images per cell type" in res.output and len(reads) == 1
 
 
 def test_same_image_under_two_classes_is_left_out(small_folder):

@@ -26,22 +26,16 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     """
     from collections import Counter
 
-    from rich.console import Console
     from rich.table import Table
 
     from edgecell import data as data_mod
     from edgecell.console import human, warn
     from edgecell.train import load_dataset
-    from firmware_host.errors import DataError
 
     con = human(json_out == "-")
     check_outputs({"--manifest": manifest_out, "--json": json_out}, data_reads(data_dir))
-    try:
-        ds, refusal = load_dataset(data_dir, None, con, exclude=exclude), None
-    except DataError as exc:  # too few images of a class: show what there is, then refuse as train would
-        if not str(exc.reason).startswith("too few usable images"):
-            raise
-        ds, refusal = load_dataset(data_dir, None, Console(quiet=True), exclude=exclude, min_per_class=1), exc
+    ds = load_dataset(data_dir, None, con, exclude=exclude, keep_short=True)
+    refusal = ds.shortage  # too few images of a class: show what there is, then refuse as train would
     splits = data_mod.make_split(ds, seed)
     per = Counter((s.label, sp) for s, sp in zip(ds.samples, splits))
     by_source = ds.counts_by_source()
