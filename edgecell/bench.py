@@ -47,11 +47,14 @@ def find_keras(path: str) -> Path:
 def check_keras(path: str) -> Path:
     """The .keras file ``--keras`` names, checked before any timing: TensorFlow must be installed
     (looked up, not imported) and a model must be there; otherwise a one-line error, exit 1."""
+    from edgecell.runfolder import check_keras_file
+
     kpath = find_keras(path)
     if not tensorflow_installed():
         raise EdgecellError(
             '--keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); leave out --keras to bench the TFLite models alone'
         )
+    check_keras_file(kpath)
     return kpath
 
 

@@ -176,6 +176,8 @@ class RunFolder:
         dataset = meta.get("dataset") or {}
         if not isinstance(dataset, dict):
             raise EdgecellError(f"run metadata: 'dataset' must be an object (got {dataset!r})", where)
+        if (why := _check_recorded(meta, dataset)) is not None:
+            raise EdgecellError(f"run metadata: {why}", where)
         known = {"format", "classes", "input_size", "temperature", "seed", "dataset"}
         return cls(
             path=Path(path),
@@ -227,24 +229,59 @@ class RunFolder:
     def require_keras(self) -> None:
         """Raise a one-line error now if the run's ``model.keras`` is missing or not a Keras file (no TensorFlow):
         a command checks it before minutes of other work, not after."""
-        import zipfile
-
         if not self.keras_path.is_file():
             raise EdgecellError("model.keras is missing from the run folder", self.path)
-        if not zipfile.is_zipfile(self.keras_path):  # Keras would say "File not found" of it
-            raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", self.keras_path)
+        check_keras_file(self.keras_path)
 
     def load_keras(self):
-        """The run's Keras model (imports TensorFlow)."""
+        """The run's Keras model (imports TensorFlow), checked against the metadata: one output per class, the input size."""
         from edgecell.model import load_model
 
         self.require_keras()
         try:
-            return load_model(self.keras_path)
+            model = load_model(self.keras_path)
         except Exception as exc:
             from firmware_host.errors import first_line
 
             raise EdgecellError(f"cannot load Keras model ({first_line(exc)})", self.keras_path) from None
+        outputs, size = model.output_shape[-1], tuple(model.input_shape[1:3])
+        if outputs != len(self.classes) or size != (self.input_size, self.input_size):
+            raise EdgecellError(
+                f"does not match the run's {RUN_MARKER}: the model has {outputs} outputs and a {size[0]}x{size[1]} input, the metadata "
+                f"{len(self.classes)} classes and a {self.input_size}x{self.input_size} input (edited, or files of two runs mixed?)",
+                self.keras_path,
+            )
+        return model
+
+
+def check_keras_file(path: str | os.PathLike) -> None:
+    """A one-line error unless ``path`` is at least a zip archive, as every ``.keras`` file is (no TensorFlow): Keras
+    itself says "File not found" of a truncated one."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", path)
+
+
+def _check_recorded(meta: dict, dataset: dict) -> str | None:
+    """What is wrong with the metadata fields that the commands read besides classes, size and temperature, or None.
+
+    The never-seen score and the lab check get the same checks as in a model's sidecar (an empty one is a run
+    without them)."""
+    from firmware_host.metadata import SCHEMA
+
+    for key in ("other_score", "lab_check"):
+        if meta.get(key) not in (None, {}) and (why := SCHEMA[key][1](meta[key])) is not None:
+            return f"'{key}' {why}"
+    seed = meta.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"'seed' must be a whole number (got {seed!r})"
+    sources, path = dataset.get("sources"), dataset.get("path")
+    if sources is not None and not (isinstance(sources, dict) and all(isinstance(v, str) and v for v in sources.values())):
+        return f"'dataset.sources' must map each source's name to its folder (got {sources!r})"
+    if path is not None and not (isinstance(path, str) and path):
+        return f"'dataset.path' must be a folder (got {path!r})"
+    return None
 
 
 def recorded_data_reads(run_dir: str | os.PathLike, what: str = "the run's training data") -> list[tuple[str, str]]:

@@ -348,6 +348,14 @@ def test_bench_keras_without_tensorflow_is_an_error(tmp_path, monkeypatch):
     ]
 
 
+def test_bench_keras_of_a_truncated_model_says_so(models, tmp_path):
+    """Keras's own message for it was "File not found", of a file that is there."""
+    cut = tmp_path / "model.keras"
+    cut.write_bytes(models.keras_file.read_bytes()[:500])
+    r = CliRunner().invoke(cli, ["bench", str(models.int8), "--runs", "1", "--warmup", "0", "--threads", "1", "--keras", str(cut)])
+    assert r.exit_code == 1 and r.output.splitlines()[-1].startswith(f"Error: {cut}: is not a Keras model file"), r.output
+
+
 def test_bench_keras_without_a_keras_model_is_an_error(models, tmp_path):
     empty = tmp_path / "run"
     empty.mkdir()

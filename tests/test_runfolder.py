@@ -65,6 +65,14 @@ def test_temperature_defaults_to_one(tmp_path):
         ({"input_size": "48"}, "'input_size' must be a positive whole number"),
         ({"input_size": 0}, "'input_size' must be a positive whole number"),
         ({"temperature": -1}, "'temperature' must be a positive number"),
+        ({"seed": "x"}, "'seed' must be a whole number"),
+        ({"dataset": {"sources": 5}}, "'dataset.sources' must map each source's name to its folder"),
+        ({"dataset": {"sources": {"demo": 5}}}, "'dataset.sources' must map"),
+        ({"dataset": {"path": 3}}, "'dataset.path' must be a folder"),
+        ({"other_score": "x"}, "'other_score' must be an object"),
+        ({"other_score": {"kind": "mahalanobis"}}, "'other_score' .*threshold"),
+        ({"lab_check": "x"}, "'lab_check' must be an object"),
+        ({"lab_check": {"batch": 0}}, "'lab_check' needs an integer batch"),
     ],
 )
 def test_invalid_metadata_is_one_line_naming_the_file(tmp_path, change, message):
