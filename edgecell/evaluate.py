@@ -18,7 +18,7 @@ from rich.console import Console
 
 from edgecell import data as data_mod
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import EVALUATION_DIR, RUN_OWNED, SPLIT_FILE
+from edgecell.runfolder import EVALUATION_DIR, EVALUATION_OUTPUTS, KERAS_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -49,8 +49,16 @@ def resolve(target: str | os.PathLike) -> Target:
     from edgecell.runfolder import RunFolder
 
     p = Path(target)
+    if p.is_dir() and not RunFolder.is_run(p) and (p / KERAS_FILE).exists():
+        raise EdgecellError(f"holds {KERAS_FILE} but no {RUN_MARKER}: not a whole run folder (train writes both; copy the run whole)", p)
     if RunFolder.is_run(p) or p.suffix == ".keras":
         run = RunFolder.read(p if p.is_dir() else p.parent)
+        if not p.is_dir() and not (p.exists() and run.keras_path.exists() and p.samefile(run.keras_path)):
+            raise EdgecellError(
+                f"is not its run's {KERAS_FILE}: a Keras model is evaluated with its run's metadata (classes, calibration, "
+                "never-seen score); give the run folder it was trained into",
+                p,
+            )
         return Target(
             "keras", run.keras_path if p.is_dir() else p, run.path, run.classes, run.input_size, run.temperature, run.dataset, run.extra.get("lab_check")
         )
@@ -75,12 +83,11 @@ def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
     if target.run_dir is not None:  # every record of the run but evaluate's own (metrics, history, parity, ...)
         mine = [n for n in sorted(RUN_OWNED) if not n.startswith(f"{EVALUATION_DIR}/") and f"/{EVALUATION_DIR}/" not in n and "*" not in n]
         out += [(str(target.run_dir / name), f"the run's {name}") for name in mine if (target.run_dir / name).exists()]
-    if data_dir:
-        data = data_dir
-    else:  # the folders the run was trained on, one per source
-        data = tuple(dict.fromkeys(data_mod.run_sources(target.dataset).values())) if target.dataset else ()
-    for d in (data,) if isinstance(data, (str, Path)) else tuple(data or ()):
-        out.append((str(d), "the data folder being read"))
+    given = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir or [])
+    recorded = [str(f) for f in data_mod.recorded_folders(target.dataset or {})]
+    out += [(str(d), "the data folder being read") for d in given or recorded]
+    # with --data, the folders it was trained on still hold class folders that an output could join
+    out += [(d, "the model's training data") for d in dict.fromkeys(recorded) if given and d not in map(str, given) and Path(d).is_dir()]
     return out
 
 
@@ -165,7 +172,8 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
     if split == "all":
         from edgecell.train import report_skipped
 
-        if not given:
+        recorded = not given
+        if recorded:
             given = data_mod.recorded_folders(target.dataset or {})
             gone = [f for f in given if not Path(f).is_dir()]
             if not given or gone:
@@ -175,6 +183,13 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
             ds = data_mod.scan_for_model(given, target.classes, target.input_size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
         report_skipped(ds, con)
         seen = trained_on(target, ds.samples)
+        if recorded and not seen and (target.run_dir is None or not (target.run_dir / SPLIT_FILE).is_file()):
+            con.print(
+                "[yellow]warning:[/yellow] these are the folders the model was trained on (as its sidecar records them), and no "
+                "split manifest is beside it to tell its training images from the rest: these figures are not a held-out test "
+                "(give --data with images the model has not seen, or evaluate it in its run folder with --split test)",
+                soft_wrap=True,
+            )
         if seen:
             con.print(
                 f"[yellow]warning:[/yellow] {seen} of the {len(ds.samples)} images are in this run's training or validation split: "
@@ -562,7 +577,7 @@ def evaluate(
     """
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, other_curve_png, reliability_png
-    from firmware_host.atomic import write_json
+    from firmware_host.atomic import file_set, write_json
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     sp = load_split(target, data_dir, split, con)
@@ -611,16 +626,19 @@ def evaluate(
             )
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
     stem = output_stem(target.kind, split, sp.folders)
-    write_json(out / f"{stem}_metrics.json", m)
-    confusion_matrix_png(out / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
-    reliability_png(out / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})
     m["outputs"] = {
         "metrics": str(out / f"{stem}_metrics.json"),
         "confusion_matrix": str(out / f"{stem}_confusion_matrix.png"),
         "reliability": str(out / f"{stem}_reliability.png"),
     }
-    if m["other"].get("curve"):
-        write_json(out / f"{stem}_other.json", m["other"])
-        other_curve_png(out / f"{stem}_other.png", m["other"]["curve"], thr, f"{target.kind}, {split} split: the other decision against the threshold")
+    curve = m["other"].get("curve")
+    if curve:
         m["outputs"] |= {"other": str(out / f"{stem}_other.json"), "other_curve": str(out / f"{stem}_other.png")}
+    with file_set(out, [f"{stem}_{name}" for name in EVALUATION_OUTPUTS]) as stage:  # one evaluation's files, never two mixed
+        write_json(stage / f"{stem}_metrics.json", m)
+        confusion_matrix_png(stage / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
+        reliability_png(stage / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})
+        if curve:
+            write_json(stage / f"{stem}_other.json", m["other"])
+            other_curve_png(stage / f"{stem}_other.png", curve, thr, f"{target.kind}, {split} split: the other decision against the threshold")
     return m

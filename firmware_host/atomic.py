@@ -77,6 +77,33 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+@contextlib.contextmanager
+def file_set(folder: str | os.PathLike, names: Collection[str] = ()) -> Iterator[Path]:
+    """Write several files as one result: yield a new staging folder inside ``folder``; on success every file written
+    there replaces its namesake in ``folder``, all together (interrupts held for the moves), and any of ``names`` (what
+    the set may hold) that this set lacks is removed. An interruption leaves the earlier set whole or the new one,
+    never a mix of the two; other files in ``folder`` are left alone."""
+    folder = Path(folder)
+    _ensure_folder(folder)
+    with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
+        stage = _new_temp(folder, ".edgecell-", ".tmp", folder=True)
+    try:
+        yield stage
+        raise_if_interrupted()
+        made = sorted(p.name for p in stage.iterdir())
+        with _interrupts_held():
+            for name in made:
+                target = folder / name
+                os.replace(stage / name, Path(os.path.realpath(target)) if target.is_symlink() else target)
+            for name in set(names) - set(made):
+                if (folder / name).is_file():
+                    _unlink(folder / name)
+    except OSError as exc:
+        raise EdgecellError(f"cannot write ({os_reason(exc)})", folder) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def is_stream(path: str | os.PathLike) -> bool:
     """Whether ``path`` exists and is neither a regular file nor a folder (a pipe, a device, a socket)."""
     try:

@@ -162,6 +162,17 @@ def test_cli_refuses_objects_inside_the_data(tmp_path):
     assert not out.exists(), "nothing written"
 
 
+def test_cli_refuses_json_inside_the_images(tmp_path):
+    """It wrote the JSON over one of the drawn images (or would have trained as a stray file)."""
+    out = tmp_path / "demo"
+    assert CliRunner().invoke(cli, ["demo-data", str(out), "--per-class", "5"]).exit_code == 0
+    image = out / "basophil" / "basophil_00000.jpg"
+    before = image.read_bytes()
+    result = CliRunner().invoke(cli, ["demo-data", str(out), "--per-class", "5", "--json", str(image)])
+    assert result.exit_code == 2 and result.output.startswith(f"Error: {image}: --json is inside OUT"), result.output
+    assert image.read_bytes() == before
+
+
 def test_cli_rejects_too_few_per_class(tmp_path):
     result = CliRunner().invoke(cli, ["demo-data", str(tmp_path / "x"), "--per-class", "2"])
     assert result.exit_code == 2

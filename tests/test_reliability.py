@@ -1317,6 +1317,57 @@ def test_a_corrupt_model_keras_is_named_as_such(converted, tmp_path):
     assert_one_line_error(res, run / "model.keras", "is not a Keras model file")
 
 
+def test_evaluate_refuses_a_keras_file_that_is_not_its_runs_model(converted, tmp_path):
+    """Any other .keras file in a run folder was evaluated as the run's model.keras, under its own name."""
+    run = _copy_run(converted, tmp_path / "run")
+    shutil.copy(run / "model.keras", run / "candidate.keras")
+    res = cli_run("evaluate", run / "candidate.keras", "--json", tmp_path / "e.json")
+    assert_one_line_error(res, run / "candidate.keras", "is not its run's model.keras")
+    assert not (tmp_path / "e.json").exists()
+    assert cli_run("evaluate", run / "model.keras", "--json", tmp_path / "e.json").exit_code == 0
+
+
+def test_evaluate_a_run_folder_without_its_metadata_says_so(converted, tmp_path):
+    run = _copy_run(converted, tmp_path / "run")
+    (run / "metadata.json").unlink()
+    assert_one_line_error(cli_run("evaluate", run), run, "holds model.keras but no metadata.json")
+
+
+@pytest.mark.parametrize("field", ["classes", "input_size"])
+def test_a_keras_model_unlike_its_metadata_is_refused(converted, tmp_path, field):
+    """The Keras path read the metadata's classes as they were: an added class became a row of zeros in macro-F1."""
+    run = _copy_run(converted, tmp_path / "run")
+    meta = json.loads((run / "metadata.json").read_text())
+    n, size = len(meta["classes"]), meta["input_size"]
+    meta["classes"] += ["zzz"] if field == "classes" else []
+    meta["input_size"] += 16 if field == "input_size" else 0
+    (run / "metadata.json").write_text(json.dumps(meta))
+    res = cli_run("evaluate", run, "--json", tmp_path / "e.json")
+    line = assert_one_line_error(res, run / "model.keras", "does not match the run's metadata.json")
+    assert f"the model has {n} outputs and a {size}x{size} input, the metadata {len(meta['classes'])} classes and a {meta['input_size']}x" in line
+
+
+def test_evaluate_of_another_folder_writes_nothing_into_the_training_data(converted, tmp_path):
+    """--out inside the data the run was trained on would become a class folder of PNGs there."""
+    other = tmp_path / "lab2"
+    shutil.copytree(converted.parent / "data", other)
+    data = converted.parent / "data"
+    before = sorted(p.name for p in data.iterdir())
+    for args in (["--out", data / "ev"], ["--json", data / "ev.json"]):
+        res = cli_run("evaluate", converted, "--data", other, "--split", "all", *args)
+        assert res.exit_code == 2 and "the model's training data" in " ".join(res.output.split()), res.output
+    res = cli_run("audit", converted, "--data", other, "--json", data / "basophil" / "a.json")
+    assert res.exit_code == 2 and "the run's training data" in " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_evaluate_an_export_away_from_its_run_says_its_recorded_data_is_not_held_out(converted, tmp_path):
+    copied = tmp_path / "pi_export"
+    shutil.copytree(converted / "export", copied)
+    res = cli_run("evaluate", copied / "model_int8.tflite", "--split", "all", "--json", tmp_path / "e.json")
+    assert res.exit_code == 0 and "these figures are not a held-out test" in " ".join(res.output.split()), res.output
+
+
 def test_copies_of_one_image_count_once_towards_a_class_minimum(tmp_path):
     """Six copies and one other image: the split could leave the class without a training image."""
     from edgecell import data as data_mod

@@ -255,3 +255,22 @@ def test_a_signal_during_conversion_is_an_interrupt_not_a_conversion_error(signu
     monkeypatch.setattr(tflite, "_converter", lambda tf, model: _ConverterHitBySignal(signum))
     with signals_as_interrupts(), pytest.raises(raised):  # not ModelError("TFLite float32 conversion failed ...")
         tflite.convert(None, "float32")
+
+
+def test_a_file_set_is_put_in_place_whole_or_not_at_all(tmp_path):
+    """evaluate's files: a Ctrl-C while they were written left new metrics beside the last run's plots."""
+    from firmware_host.atomic import file_set
+
+    names = ["e_metrics.json", "e_plot.png", "e_other.json"]
+    for n in names:
+        (tmp_path / n).write_text("old")
+    (tmp_path / "mine.txt").write_text("a person's")
+    with pytest.raises(KeyboardInterrupt), file_set(tmp_path, names) as stage:
+        (stage / "e_metrics.json").write_text("new")
+        raise KeyboardInterrupt
+    assert {n: (tmp_path / n).read_text() for n in names} == dict.fromkeys(names, "old")
+    with file_set(tmp_path, names) as stage:  # this time no e_other.json: the old one no longer belongs to the set
+        for n in names[:2]:
+            (stage / n).write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e_metrics.json", "e_plot.png", "mine.txt"]
+    assert (tmp_path / "e_plot.png").read_text() == "new" and (tmp_path / "mine.txt").read_text() == "a person's"

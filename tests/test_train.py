@@ -76,9 +76,9 @@ def test_evaluate_reproduces_train_metrics(tiny_run, tmp_path):
     ],
 )
 def test_network_shape_options_checked_before_work(real_slice, tmp_path, args, message):
-    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(tmp_path / "run"), *args])
+    res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(tmp_path / "run"), *args], prog_name="edgecell")
     assert res.exit_code == 2, res.output
-    assert res.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert res.output.strip().splitlines() == [f"Error: {message} (see 'edgecell train --help')"]
     assert not (tmp_path / "run").exists()
 
 

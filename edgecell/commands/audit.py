@@ -53,6 +53,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     from edgecell import audit as audit_mod
     from edgecell import data as data_mod
     from edgecell.console import human, progress, warn
+    from edgecell.runfolder import RunFolder, recorded_data_reads
     from firmware_host.errors import DataError
 
     con = human(json_out == "-")
@@ -62,8 +63,6 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     classes = None
     run = None
     if run_dir is not None:
-        from edgecell.runfolder import RunFolder
-
         run = RunFolder.read(run_dir)
         classes = run.classes
         if not data_dir:  # the run's first data folder, under the name its source was trained under
@@ -72,7 +71,7 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
         run.require_split()
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
-    check_outputs({"--json": json_out}, data_reads(data_dir) + [(run_dir, "the run folder being read")])
+    check_outputs({"--json": json_out}, data_reads(data_dir) + ([(run_dir, "the run folder being read"), *recorded_data_reads(run_dir)] if run_dir else []))
     n_sources = len(data_mod.recorded_folders(run.dataset)) if run is not None else 1
     several = n_sources > 1
     if several:  # one lab of a run of several: the run's classes that this lab has folders for

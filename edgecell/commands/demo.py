@@ -55,6 +55,7 @@ def demo_data(out: str, per_class: int, seed: int, size: int, others: bool, obje
 
     con = human(json_out == "-")
     check_target(out, objects_dir)  # before the progress bar, so a refusal is one clean line
+    options.check_outputs({"--json": json_out}, folders={"OUT": out, "--objects": objects_dir})  # no report inside the images
     start = time.perf_counter()
     with progress(con) as bar:
         task = bar.add_task("Drawing demo cells", total=None)
