@@ -46,7 +46,7 @@ from firmware_host.metadata import ModelMetadata, Precision, Quantization, check
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, image_rgb, load_cell, prepare_cell
+from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -724,8 +724,9 @@ class Classifier:
         """Classify one cell, whatever holds it: an image file's path, a PIL image of any mode, or an RGB uint8 array
         ``(H, W, 3)`` of any size (a cell cut from a larger picture). ``name`` names it in the result (default: the
         path, else ``"<image>"``). An :class:`ImageError` for anything that is not a usable image, as for a file.
-        A PIL image or array is used at its full size, where a large JPEG file is decoded at a reduced one (DCT
-        scaling, as in training), so give the path of a file when you have it."""
+        A JPEG that ``Image.open`` gave and nothing has decoded yet is read as its file is, at a reduced size (DCT
+        scaling, as in training); any other PIL image or array is used at its full size, which can change the answer for
+        a few cells in a hundred, so give the path of a file, or the image as opened, when you have it."""
         if isinstance(image, (str, bytes, os.PathLike)):
             pred = self.classify_file(image)
             return dataclasses.replace(pred, path=name) if name else pred
@@ -737,7 +738,12 @@ class Classifier:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return self.classify_rgb(name, image_rgb(image, name))
+            held = unread_jpeg(image)
+            if held is None:
+                return self.classify_rgb(name, image_rgb(image, name))
+            t0 = time.perf_counter()  # a JPEG opened but not decoded: read as its file is, so the same cell gets the same answer
+            cell, offset = decode_cell(held, self.input_size, name) if isinstance(held, bytes) else load_cell(held, self.input_size)
+            return self.classify_array(name, cell, (time.perf_counter() - t0) * 1000.0, offset)
         raise ImageError(f"cannot classify a {type(image).__name__}: give an image file's path, a PIL image or an RGB uint8 array", name)
 
     def classify_file(self, path: str | os.PathLike) -> Prediction:

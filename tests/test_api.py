@@ -132,6 +132,31 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
         clf.classify_file(Image.new("RGB", (32, 32)))
 
 
+def test_a_jpeg_as_opened_is_read_as_its_file(models, tmp_path):
+    """``Image.open`` is lazy: a JPEG nothing has decoded yet is decoded from its bytes at a reduced size, as its file
+    is (and as in training), not at full size first; one already decoded is used at full size, as documented."""
+    import io
+
+    from PIL import Image
+
+    from tests._tflite_fixtures import save_jpeg
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:360, 0:360]
+    cell = np.where(((x - 170) ** 2 + (y - 190) ** 2 < 60**2)[..., None], (90, 40, 140), (230, 200, 210)).astype(float)
+    path = save_jpeg(tmp_path / "cell.jpg", np.clip(cell + rng.normal(0, 25, cell.shape), 0, 255).astype(np.uint8))
+    clf = Classifier.load(models.float32, threads=1)
+    by_file = clf.classify(path).probs
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(clf.classify(img, name="c").probs, by_file)
+    with Image.open(io.BytesIO(path.read_bytes())) as img:
+        np.testing.assert_array_equal(clf.classify(img).probs, by_file)
+        img.load()  # decoded at full size now: the pixels of the array
+        full = clf.classify(img).probs
+        np.testing.assert_array_equal(full, clf.classify(np.asarray(img)).probs)
+    assert not np.array_equal(full, by_file)  # the two decodes differ, so the tests above tell them apart
+
+
 def test_one_path_is_a_list_of_one_not_of_characters(models, data):
     """classify_paths(model, "slides/") once read each character as a path, "/" the whole disk."""
     one = classify_paths(models.export, str(data / "basophil"))
