@@ -207,16 +207,17 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     * labelled :data:`OTHER_CLASS` (its most probable class, its never-seen score passed the
       model's threshold, or it holds no stained nucleus: :meth:`Classifier.prediction`): :data:`FLAG_OTHER`
       (a person decides what it is);
+    * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`, however sure the model is (a possible blast
+      goes to the haematologist, and the count of those flags is the count of such cells);
     * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
-    * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`;
     * otherwise ``""`` (no flag).
     """
     if prediction.label == OTHER_CLASS:
         return FLAG_OTHER
-    if prediction.confidence < threshold:
-        return FLAG_UNCERTAIN
     if prediction.label in REVIEW_CLASSES:
         return FLAG_REVIEW
+    if prediction.confidence < threshold:
+        return FLAG_UNCERTAIN
     return ""
 
 

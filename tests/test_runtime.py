@@ -398,7 +398,8 @@ def test_triage_flags():
     assert triage(_pred("monocyte", 0.69), 0.7) == FLAG_UNCERTAIN == "uncertain - refer"
     assert triage(_pred("myeloblast", 0.99), 0.7) == FLAG_REVIEW
     assert triage(_pred("erythroblast", 0.8), 0.7) == FLAG_REVIEW
-    assert triage(_pred("myeloblast", 0.5), 0.7) == FLAG_UNCERTAIN
+    assert triage(_pred("myeloblast", 0.5), 0.7) == FLAG_REVIEW  # a possible blast goes to the haematologist, sure or not
+    assert triage(_pred("erythroblast", 0.3), 0.7) == FLAG_REVIEW
     assert triage(_pred("basophil", 0.7), 0.7) == ""
 
 
