@@ -544,9 +544,25 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
         raise DataError(f"holds no class folder (one sub-folder of images per class, named after a model class: {', '.join(classes)})", given[0])
     unknown = sorted(n for n in names if class_of(n) not in classes)
     if unknown:
-        raise DataError(f"class folder(s) the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})", given[0])
+        accepted = [*classes, *(t for t in OTHER_TYPES if OTHER_CLASS in classes and t not in classes)]
+        hints = [f"{n} -> {m[0]}?" for n in unknown if (m := close_name(n, accepted))]
+        raise DataError(
+            f"class folder(s) the model does not know: {', '.join(unknown)} (folder names it takes, in lower case: {', '.join(accepted)}"
+            + (f"; rename {', '.join(hints)}" if hints else "")
+            + ")",
+            given[0],
+        )
     present = {class_of(n) for n in names}
     return scan(given, size=size, classes=[c for c in classes if c in present], min_per_class=1, on_progress=on_progress)
+
+
+def close_name(name: str, accepted: Sequence[str]) -> list[str]:
+    """The accepted folder name ``name`` most likely means (``Lymphocytes`` -> ``lymphocyte``), as a list of one, or []."""
+    import difflib
+
+    lower = {a.lower(): a for a in accepted}
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    return [lower[m] for m in difflib.get_close_matches(key, list(lower), n=1, cutoff=0.8)]
 
 
 def recorded_folders(dataset_meta: dict) -> list[str]:

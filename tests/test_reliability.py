@@ -558,6 +558,18 @@ def test_evaluate_all_unknown_class_is_an_error(models, labelled, tmp_path):
     assert_one_line_error(res, d, "class folder(s) the model does not know: lymphocyte")
 
 
+def test_an_unknown_class_folder_is_told_the_names_it_could_have(models, tmp_path):
+    """A clinic's `Lymphocytes` folder: renaming it `other`, as the list of classes suggested, would lose the type."""
+    pytest.importorskip("sklearn")
+    d = tmp_path / "lab"
+    for name in ("Lymphocytes", "neutrophil", "band"):
+        save_jpeg(d / name / "a.jpg", cell_like(len(name)))
+    res = cli_run("evaluate", models.root / "export_other" / "model_float32.tflite", "--data", d, "--split", "all", "--out", tmp_path / "ev")
+    line = assert_one_line_error(res, d, "class folder(s) the model does not know: Lymphocytes, band, neutrophil")
+    assert "lymphocyte, eosinophil, platelet, ig, smudge" in line
+    assert line.endswith("; rename Lymphocytes -> lymphocyte?, neutrophil -> seg_neutrophil?)")
+
+
 def test_evaluate_all_empty_folder(models, tmp_path):
     pytest.importorskip("sklearn")
     (tmp_path / "empty").mkdir()
