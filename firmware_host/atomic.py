@@ -70,6 +70,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except OSError as exc:
         if tmp_path is not None:
             _unlink(tmp_path)
+        raise_if_interrupted()  # a pipe that Ctrl-C broke (a worker's, the forkserver's) is the interrupt, not this file
         raise EdgecellError(f"cannot write file ({os_reason(exc)})", target) from None
     except BaseException:
         if tmp_path is not None:
@@ -550,17 +551,17 @@ def _interrupts_held() -> Iterator[None]:
         return
     try:
         yield
-    finally:
+    finally:  # delivered even when the block failed: the failure may be the interrupt's doing (a worker it stopped)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    for sig in dict.fromkeys(caught):
-        handler = previous[sig]
-        if callable(handler):
-            handler(sig, None)
-        elif handler == signal.SIG_DFL:
-            if sig == signal.SIGINT:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), sig)  # the default action (terminate), now that the swap is done
+        for sig in dict.fromkeys(caught):
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                if sig == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), sig)  # the default action (terminate), now that the swap is done
 
 
 # ------------------------------------------------------------------------------ where outputs may go

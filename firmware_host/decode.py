@@ -16,6 +16,7 @@ top-level code under ``if __name__ == "__main__":`` (workers import the main mod
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import math
 import multiprocessing as mp
@@ -74,9 +75,42 @@ def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> cf.Pr
         if ctx.get_start_method() == "forkserver":
             # imported once by the server, so that every worker starts with them (missing ones are skipped)
             ctx.set_forkserver_preload(["firmware_host.runtime", "ai_edge_litert.interpreter", "tflite_runtime.interpreter"])
+            _start_forkserver()
         return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(initializer, initargs, os.getpid()))
     except (OSError, ValueError, NotImplementedError, ImportError):
         return None
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with Ctrl-C blocked in it until it ignores Ctrl-C itself.
+
+    Ctrl-C goes to the whole process group. A server started on the first ``submit`` with Ctrl-C at its default still
+    imports its preloads: Ctrl-C then printed its traceback and broke its pipe, which the command reported as a failure
+    to write its output file. A new process keeps the signal mask of the thread that starts it, so the signal stays
+    pending in the server until it sets Ctrl-C to be ignored, and is dropped then; here it is delivered as usual."""
+    from multiprocessing import forkserver, resource_tracker
+
+    mask = getattr(signal, "pthread_sigmask", None)  # POSIX; the forkserver exists only there
+    with _interrupts_held():  # a Ctrl-C meanwhile is raised after the server has started, not halfway through starting it
+        resource_tracker.ensure_running()  # first: starting it unblocks Ctrl-C (its own start blocks it the same way)
+        before = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP}) if mask else None
+        try:
+            forkserver.ensure_running()
+        finally:
+            if mask:
+                mask(signal.SIG_SETMASK, before)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """End a pool's worker processes now (SIGTERM): their queued work is cancelled anyway, and waiting for them to take
+    a last message could wait for ever on one that an interrupt caught as it started."""
+    stop = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if stop is not None:
+        stop()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # already ended, or never started
+            proc.terminate()
 
 
 def _worker_init(initializer=None, initargs: tuple = (), parent: int | None = None) -> None:
@@ -133,7 +167,8 @@ def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, work
 
     At most two chunks per worker are in flight. A chunk whose worker died (or any chunk once
     the pool is broken) runs through ``local(chunk)`` in this process instead. The pool is shut
-    down at the end, and on Ctrl-C (queued chunks are cancelled).
+    down at the end; on Ctrl-C (or an error, or a caller that stops reading) its workers are stopped first
+    (:func:`_stop_workers`) and queued chunks dropped.
     """
     it = (os.fspath(p) for p in paths)
     pending: deque = deque()
@@ -166,10 +201,13 @@ def ordered_chunks(paths: Iterable[str | os.PathLike], pool, remote, local, work
                     broken = True
                     results = local(done)  # the worker died: do its files here
                 yield done, results
-    finally:
-        for _, fut in pending:
-            fut.cancel()
+    except BaseException:  # Ctrl-C, an error, or a caller that stopped reading: the workers' work is not wanted
+        # Queued chunks are left for the pool to drop: a future cancelled here could later be failed by the pool's
+        # thread when it finds the workers stopped (InvalidStateError, printed from that thread).
+        _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)  # every chunk is done
 
 
 def _as_decoded(paths: list[str], results) -> Iterator[Decoded]:

@@ -274,3 +274,35 @@ def test_a_file_set_is_put_in_place_whole_or_not_at_all(tmp_path):
             (stage / n).write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e_metrics.json", "e_plot.png", "mine.txt"]
     assert (tmp_path / "e_plot.png").read_text() == "new" and (tmp_path / "mine.txt").read_text() == "a person's"
+
+
+def test_a_signal_held_while_the_held_block_fails_is_still_raised(tmp_path):
+    """Ctrl-C held back during a pool's submit, which then failed on a pipe the Ctrl-C broke: the interrupt was lost,
+    and the broken pipe reported as a failure to write the --json file."""
+    import errno
+
+    from firmware_host.atomic import _interrupts_held, atomic_path
+
+    with signals_as_interrupts(), pytest.raises(KeyboardInterrupt), _interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    with signals_as_interrupts(), pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.json"):
+        with contextlib.suppress(KeyboardInterrupt):  # an interrupt something swallowed, then its broken pipe
+            os.kill(os.getpid(), signal.SIGINT)
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's signal mask from /proc (Linux)")
+def test_the_forkserver_starts_with_ctrl_c_blocked_until_it_ignores_it():
+    """Ctrl-C goes to the whole process group: while the server imported its preloads it printed a traceback."""
+    code = (
+        "import multiprocessing.forkserver as f, time\n"
+        "from firmware_host.decode import _process_pool\n"
+        "pool = _process_pool(1)\n"
+        "status = open(f'/proc/{f._forkserver._forkserver_pid}/status').read()\n"
+        "print(next(l for l in status.splitlines() if l.startswith('SigBlk')).split()[1])\n"
+        "pool.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1], 16) & (1 << (signal.SIGINT - 1))
