@@ -71,8 +71,44 @@ CELL_FRACTION = 0.3
 """Default expected white-cell diameter as a fraction of the field's shorter side."""
 MIN_CELL_SIZE = 8.0
 """The smallest white-cell diameter, pixels, that ``cell_size`` may say (``scan --cell-size``'s range)."""
+MAX_CELL_SIZE = 10000.0
+"""The largest white-cell diameter, pixels, that ``cell_size`` may say (a field that holds one is over 50 megapixels)."""
 WORK_CELL = 32
 """A white cell's diameter, in pixels, in the reduced image the search works on."""
+MAX_WORK_PIXELS = 8_000_000
+"""The most pixels the search works on: a field is reduced further than :data:`WORK_CELL` asks when it would be more
+(an 8000x6000 field with cells of 30 px took 1.8 GB at full size; 8 megapixels take about 400 MB)."""
+MIN_WORK_CELL = 8
+"""The smallest white-cell diameter, in reduced pixels, that the search can still find: a field too large for its
+cells (:data:`MAX_WORK_PIXELS`) is refused rather than searched blind."""
+
+
+class FieldTooFine(ValueError):
+    """A field whose white cells are too small for its size to be searched within :data:`MAX_WORK_PIXELS`."""
+
+
+def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
+    """Why a field where :func:`locate` found no white cell may have one after all, or None: a grey image (the search
+    reads the stain's colour), a ``cell_size`` larger than the field, or the default size on a large field."""
+    h, w = rgb.shape[:2]
+    step = max(1, int(np.sqrt(h * w / 250_000)))  # a quarter of a million pixels say whether there is colour
+    sample = rgb[::step, ::step].astype(np.int16)
+    if int(np.abs(sample - sample[..., 1:2]).max()) <= GREY_LEVELS:
+        return "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be found here"
+    if cell_size and cell_size > min(w, h):
+        return f"--cell-size {cell_size:g} is larger than this {w}x{h} field: give the white cells' diameter in its pixels"
+    if not cell_size and min(w, h) > DEFAULT_SIZE_FIELD:
+        return (
+            f"no white cell of about {default_cell_size(w, h):.0f} px across (the default, {CELL_FRACTION} of the shorter side, "
+            "as in 640x480 fields at 100x): if this camera's cells are smaller, give --cell-size PX"
+        )
+    return None
+
+
+GREY_LEVELS = 2
+"""A field whose channels differ by at most this many levels anywhere has no colour."""
+DEFAULT_SIZE_FIELD = 1000
+"""A field whose shorter side is over this many pixels is larger than the one the default cell size was set on."""
 WHITE_PERCENTILE = 99.0
 """Percentile of each channel taken as the white point (the background)."""
 OTSU_BINS = 128
@@ -269,7 +305,12 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
     h, w = rgb.shape[:2]
     cell = float(cell_size) if cell_size else default_cell_size(w, h)
-    factor = max(1, int(round(cell / WORK_CELL)))
+    factor = max(1, int(round(min(cell, MAX_CELL_SIZE) / WORK_CELL)), int(np.ceil(np.sqrt(h * w / MAX_WORK_PIXELS))))
+    if cell / factor < MIN_WORK_CELL:
+        raise FieldTooFine(
+            f"white cells of {cell:g} px are too small to search for in a {w}x{h} field (it would take over "
+            f"{MAX_WORK_PIXELS // 1_000_000} megapixels): crop the photo, or take it at a lower resolution"
+        )
     small = _reduce(np.ascontiguousarray(rgb), factor)
     sh, sw = small.shape[:2]
     if min(sh, sw) < 2:

@@ -43,6 +43,7 @@ exactly rounded arithmetic in a fixed order; see "Platform-exact arithmetic" bel
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -51,6 +52,7 @@ import stat
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +191,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 _decoding = threading.local()
 
 
+@contextlib.contextmanager
+def warnings_about(path: str | os.PathLike) -> Iterator[None]:
+    """Python warnings raised in the block are about ``path`` (:func:`decoding_path`), as those raised while decoding it."""
+    prior = getattr(_decoding, "path", None)
+    _decoding.path = os.fspath(path)
+    try:
+        yield
+    finally:
+        _decoding.path = prior
+
+
 def decoding_path() -> str | None:
     """The file this thread is decoding now, or None: a warning raised meanwhile is about it."""
     return getattr(_decoding, "path", None)
@@ -203,9 +216,7 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
     (:func:`decoding_path`; :func:`firmware_host.quiet.warning_lines` prints them naming it). A
     PNG whose colour profile cannot be read is decoded without it, with a warning.
     """
-    prior = getattr(_decoding, "path", None)
-    _decoding.path = os.fspath(path)
-    try:
+    with warnings_about(path):
         try:
             return _decode_rgb(data, draft, path)
         except ImageError as exc:
@@ -215,8 +226,6 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
             arr = _decode_rgb(stripped, draft, path)  # any other fault of the file still stands
             warnings.warn(ImageWarning(f"its colour profile (PNG iCCP chunk) cannot be read ({exc.reason}); decoded without it"), stacklevel=2)
             return arr
-    finally:
-        _decoding.path = prior
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

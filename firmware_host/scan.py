@@ -28,6 +28,7 @@ import functools
 import io
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,10 @@ from PIL import Image, ImageDraw
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
-from firmware_host.errors import ImageError
-from firmware_host.locate import Cell, locate
+from firmware_host.errors import ImageError, ImageWarning
+from firmware_host.locate import Cell, FieldTooFine, empty_reason, locate
 from firmware_host.paths import path_list
-from firmware_host.preprocess import decode_rgb, read_bytes
+from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
 CROP_MARGIN = 0.25
@@ -131,7 +132,12 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
-    cells = locate(rgb, cell_size=cell_size)
+    try:
+        cells = locate(rgb, cell_size=cell_size)
+    except FieldTooFine as exc:
+        raise ImageError(str(exc), path or "<field>") from None
+    if not cells and (why := empty_reason(rgb, cell_size)):
+        warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path)
     t2 = time.perf_counter()
@@ -147,7 +153,11 @@ def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float 
     except ImageError as exc:
         return FieldResult(file=p, error=exc.reason)
     decode_ms = (time.perf_counter() - t0) * 1e3
-    res = scan_array(clf, rgb, threshold, p, cell_size)
+    try:
+        with warnings_about(p):
+            res = scan_array(clf, rgb, threshold, p, cell_size)
+    except ImageError as exc:
+        return FieldResult(file=p, error=exc.reason)
     res.decode_ms = decode_ms
     return res
 
@@ -412,13 +422,13 @@ class ScanJob:
 
     def __init__(self, opts: ScanOptions):
         from firmware_host.classify import expand_and_check_outputs
-        from firmware_host.locate import MIN_CELL_SIZE
+        from firmware_host.locate import MAX_CELL_SIZE, MIN_CELL_SIZE
         from firmware_host.runtime import Classifier, check_number
 
         opts = dataclasses.replace(
             opts,
             threshold=check_number("threshold", opts.threshold, 0.0, 1.0),
-            cell_size=None if opts.cell_size is None else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE),
+            cell_size=None if opts.cell_size is None else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE),
         )
         expanded = expand_and_check_outputs(opts)
         self.opts = opts

@@ -177,7 +177,7 @@ def test_one_path_is_a_list_of_one_not_of_characters(models, data):
         (lambda m: Classifier.load(m, precision="int4"), "precision must be one of float32, float16, int8"),
         (lambda m: classify_paths(m, "x", threshold=2), "threshold must be a number from 0 to 1"),
         (lambda m: firmware_host.scan_paths(m, "x", threshold=float("nan")), "threshold must be a number from 0 to 1"),
-        (lambda m: firmware_host.scan_paths(m, "x", cell_size=float("nan")), "cell_size must be a number at least 8"),
+        (lambda m: firmware_host.scan_paths(m, "x", cell_size=float("nan")), "cell_size must be a number from 8 to 10000"),
     ],
 )
 def test_the_api_refuses_what_the_command_line_refuses(models, call, says):

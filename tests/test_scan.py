@@ -502,3 +502,39 @@ def test_pieces_are_those_of_one_pass_per_piece():
         assert len(got) == k
         for (wy, wx), (gy, gx) in zip(want, got):
             assert np.array_equal(wy, gy) and np.array_equal(wx, gx)
+
+
+def test_a_field_too_large_for_its_cells_is_searched_reduced_or_refused():
+    """Cells of 30 px in an 8000x6000 photo took 1.8 GB at full size: the search now works on at most 8 megapixels."""
+    from firmware_host.locate import MAX_WORK_PIXELS, FieldTooFine
+
+    wbcs = [(200, 200)]
+    small = draw_field(wbcs, _away(RBC_GRID, wbcs))
+    big = np.asarray(Image.fromarray(small).resize((6 * W, 6 * H), Image.Resampling.BILINEAR))  # 11 megapixels
+    assert big.shape[0] * big.shape[1] > MAX_WORK_PIXELS
+    found = locate(big, cell_size=6 * 0.3 * H)
+    assert len(found) == 1 and iou([6 * v for v in locate(small)[0].box], found[0].box) > 0.8
+    with pytest.raises(FieldTooFine, match="white cells of 8 px are too small to search for in a 3840x2880 field"):
+        locate(big, cell_size=8)
+
+
+def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
+    """A grey field, a --cell-size larger than the field, a large field at the default size: "no white cell", said why."""
+    one = [(320, 240)]
+    colour = draw_field(one, _away(RBC_GRID, one))
+    Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(np.full((1200, 1600, 3), (230, 200, 210), np.uint8)).save(tmp_path / "wide.png")
+    res = CliRunner().invoke(
+        cli, ["scan", "--model", str(models.export), str(tmp_path / "grey.png"), str(tmp_path / "wide.png"), str(fields / "two.jpg"), "--cell-size", "1300"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert lines == [
+        f"warning: {tmp_path / 'grey.png'}: has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be found here",
+        f"warning: {tmp_path / 'wide.png'}: --cell-size 1300 is larger than this 1600x1200 field: give the white cells' diameter in its pixels",
+        f"warning: {fields / 'two.jpg'}: --cell-size 1300 is larger than this 640x480 field: give the white cells' diameter in its pixels",
+    ]
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "wide.png")])
+    assert "no white cell of about 360 px across (the default, 0.3 of the shorter side" in " ".join(res.output.split())
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--cell-size", "1e12"])
+    assert res.exit_code == 2 and "is not in the range 8.0<=x<=10000.0" in res.output

@@ -20,7 +20,7 @@ from edgecell.options import (
 )
 from edgecell.views import classify as common
 from edgecell.views import scan as view
-from firmware_host.locate import MIN_CELL_SIZE
+from firmware_host.locate import MAX_CELL_SIZE, MIN_CELL_SIZE
 from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 
 
@@ -42,7 +42,7 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 @other_threshold_option
 @click.option(
     "--cell-size",
-    type=FiniteFloatRange(MIN_CELL_SIZE),
+    type=FiniteFloatRange(MIN_CELL_SIZE, MAX_CELL_SIZE),
     default=None,
     help="Expected white-cell diameter in pixels (default: 0.3 of each field's shorter side, as in 640x480 fields at 100x).",
 )
