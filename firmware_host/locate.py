@@ -81,6 +81,10 @@ MAX_WORK_PIXELS = 8_000_000
 MIN_WORK_CELL = 8
 """The smallest white-cell diameter, in reduced pixels, that the search can still find: a field too large for its
 cells (:data:`MAX_WORK_PIXELS`) is refused rather than searched blind."""
+GREY_LEVELS = 2
+"""A field whose channels differ by at most this many levels anywhere has no colour."""
+DEFAULT_SIZE_FIELD = 1000
+"""A field whose shorter side is over this many pixels is larger than the one the default cell size was set on."""
 
 
 class FieldTooFine(ValueError):
@@ -105,10 +109,6 @@ def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
     return None
 
 
-GREY_LEVELS = 2
-"""A field whose channels differ by at most this many levels anywhere has no colour."""
-DEFAULT_SIZE_FIELD = 1000
-"""A field whose shorter side is over this many pixels is larger than the one the default cell size was set on."""
 WHITE_PERCENTILE = 99.0
 """Percentile of each channel taken as the white point (the background)."""
 OTSU_BINS = 128
