@@ -36,10 +36,10 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
 
     For each model and thread count: inference latency (min/p50/p95/p99, quantise + invoke +
     dequantise on one preprocessed image), single-stream throughput, end-to-end throughput
-    on real images from --data (decode + resize + inference, decoding in a thread pool as
-    `edgecell classify` does), the model size, and memory: the RSS the model added (resident
-    memory after loading it and running the timed inferences, minus just before loading;
-    Linux) and, separately, the process's peak RSS so far (it only rises, so later rows
+    on real images from --data (decode + preprocess + inference, decoding in a thread pool
+    as `edgecell classify` does for fewer than 256 images or with --threads), the model
+    size, and memory: the RSS the model added (resident memory after loading it and running
+    the timed inferences, minus just before loading; Linux) and, separately, the process's peak RSS so far (it only rises, so later rows
     include earlier ones). An export folder contributes every precision it holds, so float32
     and int8 appear side by side.
 

@@ -11,7 +11,7 @@ from edgecell.options import check_outputs, data_option, data_reads, emit_json, 
 @data_option()
 @exclude_option
 @seeded("the split shown")
-@output_option("--manifest", "manifest_out", help="Also write the split manifest (file, class, split, sha256) to this CSV.")
+@output_option("--manifest", "manifest_out", help="Also write the split manifest (file, class, split, sha256, source, type) to this CSV.")
 @json_option
 def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     """Check data folders: images per class and source, unusable files, duplicates and the split.
