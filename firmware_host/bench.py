@@ -33,7 +33,7 @@ from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.interpreter import find_backend
 from firmware_host.metadata import read_metadata
 from firmware_host.paths import path_list
-from firmware_host.preprocess import decode_rgb, load_image
+from firmware_host.preprocess import decode_rgb, load_image, read_bytes
 from firmware_host.runtime import Classifier, latency_summary, models_in
 
 DEFAULT_RUNS = 200
@@ -111,8 +111,7 @@ def check_some_readable(images: Sequence) -> None:
     first = None
     for p in images:
         try:
-            with open(p, "rb") as fh:
-                decode_rgb(fh.read(), path=p)
+            decode_rgb(read_bytes(p), path=p)
             return
         except (ImageError, OSError) as exc:
             first = first or (p, getattr(exc, "reason", None) or os_reason(exc))

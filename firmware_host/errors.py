@@ -72,3 +72,31 @@ def first_line(exc: BaseException, empty: str | None = None) -> str:
     if lines:
         return lines[0]
     return type(exc).__name__ if empty is None else empty
+
+
+def read_regular(path: str | os.PathLike, limit: int, error: type[EdgecellError], what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (``what`` names it: "image file").
+
+    Anything else is an ``error`` naming ``path`` before a byte is read: a folder; a pipe, socket or device (reading
+    one would block for ever or never end: a sidecar that is a link to ``/dev/zero``); a file over ``limit`` (checked
+    again after reading, in case it grew). OS errors (no such file, permission) propagate for the caller to word.
+    """
+    import stat
+
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"is a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise error("is not a regular file (a pipe, socket or device); not read", path)
+    size = st.st_size
+    if size <= limit:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        size = len(data)
+    if size > limit:
+        raise error(f"{what} is {_amount(size)}, over the {_amount(limit)} limit (not read)", path)
+    return data
+
+
+def _amount(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import ModelError, os_reason
+from firmware_host.errors import ModelError, os_reason, read_regular
 from firmware_host.mirrors import check_views
 
 FORMAT = "edgecell-model/1"
@@ -387,9 +387,7 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     """Read the sidecar of ``model_path``; a missing or broken sidecar is a :class:`ModelError`."""
     side = sidecar_path(model_path)
     try:
-        if side.stat().st_size > MAX_METADATA_BYTES:
-            raise ModelError(f"metadata file is {side.stat().st_size:,} bytes, over the {MAX_METADATA_BYTES:,}-byte limit (not read)", side)
-        d = json.loads(side.read_text(encoding="utf-8"))
+        d = json.loads(read_regular(side, MAX_METADATA_BYTES, ModelError, "metadata file").decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(f"metadata file {side.name} is missing beside the model (copy the whole export folder)", model_path) from None
     except RecursionError:

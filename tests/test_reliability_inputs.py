@@ -159,6 +159,29 @@ def test_a_huge_model_file_is_refused_unread(models, labelled, tmp_path):
     assert time.perf_counter() - t0 < 5
 
 
+@pytest.mark.parametrize("which", ["model", "sidecar"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_model_or_sidecar_that_is_not_a_regular_file_is_refused_unread(models, labelled, tmp_path, which, kind):
+    """A pipe would block the read for ever, /dev/zero never end: the same rule as for images (found by a fuzzing review)."""
+    import signal
+
+    model = copy_model(models.int8, tmp_path / "export")
+    target = model if which == "model" else model.with_suffix(".json")
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading the model hung"))
+    signal.alarm(20)
+    try:
+        res = cli_run("classify", "--model", model, labelled)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert_one_line_error(res, target, "not a regular file", "not read")
+
+
 # ============================================================== folders nested deeply
 
 
