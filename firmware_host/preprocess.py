@@ -48,7 +48,6 @@ import io
 import math
 import os
 import re
-import stat
 import struct
 import threading
 import warnings
@@ -59,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from firmware_host.errors import ImageError, ImageWarning, first_line, os_reason
+from firmware_host.errors import ImageError, ImageWarning, first_line, os_reason, read_regular
 
 PREPROCESSING_VERSION = 2
 MAX_PIXELS = 50_000_000
@@ -73,6 +72,9 @@ RESAMPLE = Image.Resampling.BILINEAR
 DRAFT_FACTOR = 2
 """JPEGs are decoded at a DCT-scaled draft of at least this many times the target size: the cell
 fills about half of a single-cell image, so this keeps the cell at or above the target's resolution."""
+JPEG_FORMATS = ("JPEG", "MPO")
+"""Pillow's names of a JPEG: MPO is a phone's or stereo camera's JPEG with further images (a preview, a depth map)
+appended; its first image is an ordinary JPEG, decoded (at the draft size) like any other."""
 LOCATE_SIDE = 48
 """The nucleus is located on a copy reduced to about this many pixels on its longer side."""
 CELL_SCALE = 2.6
@@ -291,7 +293,7 @@ def unread_jpeg(img: Image.Image) -> bytes | str | None:
     in-memory file, or the file's path; None for any other image. Such an image can be decoded as its file is, at a
     reduced size (DCT scaling, :data:`DRAFT_FACTOR`) as in training; decoded at full size first, 2.8 % of 400 cells of
     ``../shared`` got another label from a model trained at 40 px."""
-    if img.format != "JPEG" or not getattr(img, "tile", None):  # decoded already (``tile`` empties on load), or not a JPEG
+    if img.format not in JPEG_FORMATS or not getattr(img, "tile", None):  # decoded already (``tile`` empties on load), or not a JPEG
         return None
     fp = getattr(img, "fp", None)
     if isinstance(fp, io.BytesIO):
@@ -306,10 +308,11 @@ def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.n
     try:
         img = Image.open(io.BytesIO(data))
         _check_size(*img.size, path)
-        pages = getattr(img, "n_frames", 1)
-        if pages > 1:
-            warnings.warn(ImageWarning(f"has {pages} pages (frames); only the first is used"), stacklevel=2)
-        if img.format == "JPEG" and draft:
+        # ``is_animated`` looks at the second page only; ``n_frames`` walks every page (50,000 1-pixel pages: 28 s).
+        # A phone's JPEG with a preview or depth map appended (MPO) is a JPEG photo: no warning, and decoded as one.
+        if img.format not in JPEG_FORMATS and getattr(img, "is_animated", False):
+            warnings.warn(ImageWarning("has more than one page (frame); only the first is used"), stacklevel=2)
+        if img.format in JPEG_FORMATS and draft:
             img.draft("RGB", (draft, draft))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # not a copy: a 50-megapixel image is 150 MB more at the peak
@@ -666,32 +669,20 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 
     Only regular files are read (a named pipe or a device called ``x.jpg`` would block or never
     end), and none over :data:`MAX_FILE_BYTES` (a multi-gigabyte whole-slide scan would exhaust a
-    Pi's memory before its header could be checked).
+    Pi's memory before its header could be checked): :func:`firmware_host.errors.read_regular`.
     """
-    p = Path(path)
     try:
-        st = p.stat()
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError("is a directory, not an image file", path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError("is not a regular file (a pipe, socket or device); not read", path)
-        if st.st_size > MAX_FILE_BYTES:
-            raise ImageError(f"file is {st.st_size / 2**20:,.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path)
-        with open(p, "rb") as fh:
-            data = fh.read(st.st_size + 1)  # +1: notice a file that grew since stat()
-        if len(data) > MAX_FILE_BYTES:  # grew while being read
-            raise ImageError(f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit for one image (not read)", path)
-        return data
-    except ImageError:
-        raise
+        return read_regular(path, MAX_FILE_BYTES, ImageError, "image file")
     except FileNotFoundError:
-        if p.is_symlink():
+        if Path(path).is_symlink():
             raise ImageError("broken symbolic link", path) from None
         raise ImageError("no such file", path) from None
     except PermissionError:
         raise ImageError("permission denied", path) from None
     except OSError as exc:
         raise ImageError(f"cannot read ({os_reason(exc)})", path) from None
+    except ValueError as exc:  # a name holding a NUL byte
+        raise ImageError(f"cannot read ({first_line(exc)})", path) from None
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
