@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
-from firmware_host.errors import ImageError, ModelError, os_reason
+from firmware_host.errors import ImageError, ModelError, os_reason, read_regular
 from firmware_host.interpreter import MAX_THREADS, Backend, load_interpreter
 from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, model_of_sidecar, read_metadata
 from firmware_host.mirrors import view
@@ -438,15 +438,8 @@ class Classifier:
         check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
         if precision is not None and meta.precision != precision:
             raise ModelError(f"is a {meta.precision.value} model but {precision.value} was asked for", model_path)
-        try:
-            size = model_path.stat().st_size
-            if size > MAX_MODEL_BYTES:  # before reading: a 20 GiB file would be read into memory whole
-                raise ModelError(
-                    f"model file is {size / (1 << 20):,.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB any edgecell model could be (not read)", model_path
-                )
-            data = model_path.read_bytes()
-        except IsADirectoryError:
-            raise ModelError("is a folder, not a .tflite file", model_path) from None
+        try:  # a regular file, checked before reading: a 20 GiB file, a pipe or a device would be read for ever
+            data = read_regular(model_path, MAX_MODEL_BYTES, ModelError, ".tflite file")
         except OSError as exc:
             raise ModelError(f"cannot read model ({os_reason(exc)})", model_path) from None
         if not data:
@@ -723,11 +716,18 @@ class Classifier:
 
     def classify(self, image: str | os.PathLike | np.ndarray | Any, name: str | None = None) -> Prediction:
         """Classify one cell, whatever holds it: an image file's path, a PIL image of any mode, or an RGB uint8 array
-        ``(H, W, 3)`` of any size (a cell cut from a larger picture). ``name`` names it in the result (default: the
-        path, else ``"<image>"``). An :class:`ImageError` for anything that is not a usable image, as for a file.
+        ``(H, W, 3)`` of any size (a cell cut from a larger picture), or an image file's contents (``bytes`` holding a
+        NUL byte, as every JPEG, PNG, TIFF and BMP does and no path can; ``bytearray``, ``memoryview``). ``name`` names
+        it in the result (default: the path, else ``"<image>"``). An :class:`ImageError` for anything that is not a
+        usable image, as for a file.
         A JPEG that ``Image.open`` gave and nothing has decoded yet is read as its file is, at a reduced size (DCT
         scaling, as in training); any other PIL image or array is used at its full size, which can change the answer for
         a few cells in a hundred, so give the path of a file, or the image as opened, when you have it."""
+        if isinstance(image, (bytearray, memoryview)) or (isinstance(image, bytes) and b"\0" in image):
+            name = name or "<image>"
+            t0 = time.perf_counter()  # a file's contents, decoded as the file would be
+            cell, offset = decode_cell(bytes(image), self.input_size, name)
+            return self.classify_array(name, cell, (time.perf_counter() - t0) * 1000.0, offset)
         if isinstance(image, (str, bytes, os.PathLike)):
             pred = self.classify_file(image)
             return dataclasses.replace(pred, path=name) if name else pred

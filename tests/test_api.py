@@ -125,9 +125,15 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
         (Image.new("RGB", (2, 40)), "too small to hold a cell"),
         (None, "cannot classify a NoneType"),
         (b"\xff\xd8 not a path", "no such file"),
+        (b"\xff\xd8\x00 damaged", "not an image Pillow can read"),
+        ("cell\0.jpg", "cannot read"),
     ):
         with pytest.raises(ImageError, match=says.replace("(", r"\(").replace(")", r"\)")):
             clf.classify(bad)
+    contents = path.read_bytes()  # a file's contents, as bytes or a buffer: what its path gives
+    for held in (contents, bytearray(contents), memoryview(contents)):
+        np.testing.assert_allclose(clf.classify(held).probs, by_file.probs, atol=1e-7)
+    assert clf.classify(contents).path == "<image>" and clf.classify(contents, name="c").path == "c"
     with pytest.raises(ImageError, match="takes a file's path, not a Image"):
         clf.classify_file(Image.new("RGB", (32, 32)))
 
