@@ -10,7 +10,8 @@ Either way the result is the same bytes in the same order (tested): ``(path, ima
 ``(path, ImageError, 0.0)`` per file. A worker never raises for a bad file, and a worker process
 that dies (killed for memory, say) only makes the files it held run in this process instead.
 As with any use of :mod:`multiprocessing`, a script that asks for processes must keep its
-top-level code under ``if __name__ == "__main__":`` (workers import the main module).
+top-level code under ``if __name__ == "__main__":`` (workers import the main module); left to choose
+(``processes=None``), edgecell uses threads for a script without it (:func:`main_is_guarded`).
 """
 
 from __future__ import annotations
@@ -216,10 +217,42 @@ def _as_decoded(paths: list[str], results) -> Iterator[Decoded]:
 
 
 def use_processes(paths, workers: int, processes: bool | None) -> bool:
-    """Resolve ``processes=None`` (auto): a list of at least :data:`PROCESS_MIN_FILES`, more than one worker."""
+    """Resolve ``processes=None`` (auto): a list of at least :data:`PROCESS_MIN_FILES`, more than one worker, and a main
+    module that worker processes may import (:func:`main_is_guarded`)."""
     if processes is None:
-        return workers > 1 and isinstance(paths, Sequence) and len(paths) >= PROCESS_MIN_FILES
+        return workers > 1 and isinstance(paths, Sequence) and len(paths) >= PROCESS_MIN_FILES and main_is_guarded()
     return bool(processes)
+
+
+@functools.cache
+def main_is_guarded() -> bool:
+    """Whether worker processes can import the main module without running it again: it is no file (an interactive
+    session, ``python -c``), or its top-level code stands under ``if __name__ == "__main__":`` (the ``edgecell``
+    command, a script written as Python's documentation asks). A worker process imports the main module first; a
+    ten-line script without the guard would run again in each worker, start its own workers and fail (the README's
+    example did, on a slide of 256 images), so for such a script the automatic choice is threads."""
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if spec is None and path is None:
+        return True
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True  # ``python -m package``: workers do not import a package's __main__ again
+    try:
+        with open(spec.origin if spec is not None else path, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return False
+    tests = (node.test for node in tree.body if isinstance(node, ast.If))  # top-level `if` statements
+    return any(
+        isinstance(t, ast.Compare)
+        and [type(op) for op in t.ops] == [ast.Eq]
+        and {ast.unparse(x) for x in (t.left, *t.comparators)} == {"__name__", "'__main__'"}
+        for t in tests
+    )
 
 
 def decode_many(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import json
 import math
 import os
 import signal
@@ -165,6 +166,41 @@ def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory
     time.sleep(0.5)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
     assert alive == [], f"worker processes left running: {alive}"
+
+
+SCRIPT = """
+import json, sys
+import firmware_host.decode as decode
+from firmware_host import classify_paths
+
+decode.PROCESS_MIN_FILES = 4  # a long list, for this test's few files
+print("started")
+summary = classify_paths(sys.argv[1], [sys.argv[2]], csv_out=sys.argv[3])
+print(json.dumps({"n": summary.n_images, "failed": len(summary.failed), "processes": decode.main_is_guarded()}))
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_is_not_run_again_by_workers(tmp_path, tmp_path_factory, guarded):
+    """The README's ten-line script has no ``if __name__ == "__main__":``; worker processes import the main module, so
+    on 256 or more images it ran again in each worker and failed (found by a review). Left to choose, edgecell now
+    uses threads for such a script, and processes for one with the guard; either way it runs once and gives every
+    image."""
+    from tests._tflite_fixtures import build_models, labelled_folder
+
+    models = build_models(tmp_path_factory)
+    data = labelled_folder(tmp_path / "cells", per_class=2)
+    body = SCRIPT if not guarded else "\nif __name__ == '__main__':\n" + "".join(f"    {ln}\n" for ln in SCRIPT.strip().splitlines())
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, str(script), str(models.int8), str(data), str(tmp_path / "out.csv")]
+    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")
+    assert lines.count("started") == 1, res.stdout  # not run again in a worker
+    out = json.loads([ln for ln in lines if ln.startswith("{")][-1])
+    assert out == {"n": len(list(data.rglob("*.jpg"))), "failed": 0, "processes": guarded}
 
 
 # ------------------------------------------------------------ classify_many: decode + infer per worker
