@@ -234,7 +234,10 @@ def test_a_cell_cut_from_a_16_bit_field_has_the_pixels_scan_classified(tmp_path)
     rows = [[cell_name("g16.png", Box(10, 20, 60, 80)), "monocyte", "other"]]
     apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=root)
     cut = np.asarray(Image.open(tmp_path / "out" / "other" / "g16_10_20_60_80.png").convert("RGB"))
-    seen = decode_field((root / "g16.png").read_bytes())[20:80, 10:60]
+    from firmware_host.scan import cell_region
+
+    x0, y0, x1, y1 = cell_region((10, 20, 60, 80), 200, 120)
+    seen = decode_field((root / "g16.png").read_bytes())[y0:y1, x0:x1]
     assert seen.std() > 0 and np.array_equal(cut, seen)
 
 
@@ -366,10 +369,12 @@ def test_csv_from_the_page_round_trips_odd_names(tmp_path):
 
 
 def test_scan_cells_are_cut_out_of_their_field(tmp_path):
-    """A scan cell (FIELD#x0,y0,x1,y1) becomes a PNG of its box; a box outside the field is one line, nothing written."""
+    """A scan cell (FIELD#x0,y0,x1,y1) becomes a PNG of the region scan classified (its box and a margin, clipped to the
+    field: :func:`firmware_host.scan.cell_region`); a box outside the field is one line, nothing written."""
     from PIL import Image
 
     from firmware_host.report import Box, cell_name
+    from firmware_host.scan import cell_region
 
     rng = np.random.default_rng(5)
     field = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
@@ -379,8 +384,10 @@ def test_scan_cells_are_cut_out_of_their_field(tmp_path):
     rows = [[cell_name("f1.png", Box(10, 20, 60, 80)), "monocyte", "other"], [cell_name("f1.png", Box(100, 0, 150, 40)), "monocyte", "basophil"]]
     done = apply_corrections(write_csv(tmp_path / "c.csv", rows), tmp_path / "out", base=root)
     assert done.n == 2 and done.counts == {"other": 1, "basophil": 1}
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "other" / "f1_10_20_60_80.png")), field[20:80, 10:60])
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "basophil" / "f1_100_0_150_40.png")), field[0:40, 100:150])
+    for name, box in (("other/f1_10_20_60_80.png", (10, 20, 60, 80)), ("basophil/f1_100_0_150_40.png", (100, 0, 150, 40))):
+        x0, y0, x1, y1 = cell_region(box, 200, 120)
+        assert (x1 - x0, y1 - y0) != (box[2] - box[0], box[3] - box[1])  # more than the bare box
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), field[y0:y1, x0:x1])
     rows = [[cell_name("f1.png", Box(150, 0, 260, 40)), "monocyte", "other"]]
     with pytest.raises(CorrectionsError, match=r"line 2: f1.png#150,0,260,40: box 150,0,260,40 is not inside the 200x120 field"):
         apply_corrections(write_csv(tmp_path / "d.csv", rows), tmp_path / "out2", base=root)

@@ -243,6 +243,31 @@ def test_scan_array_and_summary(models):
     assert img.size == (W, H)
 
 
+def test_a_scanned_cell_applied_as_a_correction_is_classified_as_scan_classified_it(models, tmp_path):
+    """A reviewer's corrections of scan cells become training images (``corrections apply``); each must be the region
+    scan classified, or a lab is adapted on cells framed unlike those the Pi sees (a review found 9 of 107 BCCD cells
+    changing class: the bare box was cut)."""
+    from edgecell.corrections import apply_corrections
+    from firmware_host.report import Box, cell_name
+    from firmware_host.runtime import Classifier
+
+    clf = Classifier.load(models.export, threads=1)
+    wbcs = [(150, 140), (60, 420)]
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    Image.fromarray(draw_field(wbcs, _away(RBC_GRID, wbcs))).save(fields / "f.png")
+    res = scan_array(clf, np.asarray(Image.open(fields / "f.png").convert("RGB")), threshold=0.5, path="f.png")
+    assert len(res.cells) == 2
+    rows = [[cell_name("f.png", Box(*c["box"])), c["label"], "other"] for c in res.cells]
+    with open(tmp_path / "c.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["file", "predicted", "corrected"], *rows])
+    apply_corrections(tmp_path / "c.csv", tmp_path / "out", base=fields)
+    for c in res.cells:
+        x0, y0, x1, y1 = c["box"]
+        again = clf.classify(tmp_path / "out" / "other" / f"f_{x0}_{y0}_{x1}_{y1}.png")
+        assert again.label == c["label"] and again.confidence == pytest.approx(c["confidence"], abs=1e-9)
+
+
 def test_scan_many_worker_processes_match_in_process(models, fields):
     from firmware_host.runtime import Classifier
 
@@ -516,6 +541,11 @@ def test_a_field_too_large_for_its_cells_is_searched_reduced_or_refused():
     assert len(found) == 1 and iou([6 * v for v in locate(small)[0].box], found[0].box) > 0.8
     with pytest.raises(FieldTooFine, match="white cells of 8 px are too small to search for in a 3840x2880 field"):
         locate(big, cell_size=8)
+    # a small image is not refused for its megapixels (a review found that advice given for a 20x15 image)
+    with pytest.raises(FieldTooFine, match=r"^a 20x15 image is too small to be a field of view .* use edgecell classify$"):
+        locate(small[:15, :20].copy())
+    with pytest.raises(FieldTooFine, match=r"^white cells of 5 px are too small to find .* check --cell-size$"):
+        locate(small, cell_size=5)
 
 
 def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
