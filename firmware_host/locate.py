@@ -307,10 +307,17 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
     cell = float(cell_size) if cell_size else default_cell_size(w, h)
     factor = max(1, int(round(min(cell, MAX_CELL_SIZE) / WORK_CELL)), int(np.ceil(np.sqrt(h * w / MAX_WORK_PIXELS))))
     if cell / factor < MIN_WORK_CELL:
-        raise FieldTooFine(
-            f"white cells of {cell:g} px are too small to search for in a {w}x{h} field (it would take over "
-            f"{MAX_WORK_PIXELS // 1_000_000} megapixels): crop the photo, or take it at a lower resolution"
-        )
+        if factor > 1:  # the field had to be reduced below what its cells need
+            raise FieldTooFine(
+                f"white cells of {cell:g} px are too small to search for in a {w}x{h} field (it would take over "
+                f"{MAX_WORK_PIXELS // 1_000_000} megapixels): crop the photo, or take it at a lower resolution"
+            )
+        if not cell_size:  # a tiny image: at the default size, its cells would be a few pixels across
+            raise FieldTooFine(
+                f"a {w}x{h} image is too small to be a field of view (white cells {MIN_WORK_CELL} px or more across, "
+                f"{CELL_FRACTION:g} of the shorter side unless --cell-size says otherwise); for a single-cell image use edgecell classify"
+            )
+        raise FieldTooFine(f"white cells of {cell:g} px are too small to find (the search needs {MIN_WORK_CELL} px or more across); check --cell-size")
     small = _reduce(np.ascontiguousarray(rgb), factor)
     sh, sw = small.shape[:2]
     if min(sh, sw) < 2:

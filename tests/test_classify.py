@@ -94,6 +94,23 @@ def test_bad_files_among_good_ones_exit_1(models, data, tmp_path):
     assert "Traceback" not in r.output
 
 
+def test_a_long_run_lists_the_flagged_and_says_what_it_left_out(models, tmp_path, monkeypatch):
+    """Over MANY images the table lists flagged ones only; the note counts the flagged and the unflagged left out
+    apart (it used to give one number for both, "(156 not shown)", under "the first 100 of the 169 flagged")."""
+    import firmware_host.classify as classify_mod
+
+    data = labelled_folder(tmp_path / "data", per_class=12)
+    monkeypatch.setattr(classify_mod, "MAX_TABLE_ROWS", 3)
+    res = CliRunner().invoke(cli, ["classify", "--model", str(models.int8), str(data), "--json", str(tmp_path / "r.json"), "--threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    n, flagged = summary["n_classified"], summary["flagged"]["total"]
+    assert n == 12 * len(CLASSES) > classify_mod.MANY and 3 < flagged < n  # some flagged beyond the table, some not flagged
+    note = " ".join(res.stdout.split())
+    assert f"{n} images classified: the table lists only the first 3 of the {flagged} flagged ones" in note
+    assert f"(not shown: {flagged - 3} more flagged, {n - flagged} not flagged)" in note
+
+
 def test_missing_path_argument_exit_1(models, data):
     r = run("classify", "--model", models.export, data / "basophil", data / "no_such.jpg")
     assert r.exit_code == 1
