@@ -155,10 +155,10 @@ def _test_split(run_dir: Path, data_dir: dict[str, Path], size: int, classes: li
 
     rows = [r for r in data_mod.read_manifest(run_dir / SPLIT_FILE) if r.split == "test"]
     with rep.progress("reading test images", len(rows)) as tick:
-        x_test, y_test, rows = data_mod.load_from_manifest(data_dir, rows, size, classes, on_progress=lambda d, n: tick(d))
+        x_test, y_test, rows, offsets = data_mod.load_cells_from_manifest(data_dir, rows, size, classes, on_progress=lambda d, n: tick(d))
     if len(x_test) == 0:
         raise DataError("the run's test split is empty; nothing to verify the conversion on", run_dir / SPLIT_FILE)
-    return x_test, y_test, [r.file for r in rows]
+    return x_test, y_test, [r.file for r in rows], offsets
 
 
 def _int8_notes(io_int8) -> list[str]:
@@ -215,7 +215,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
         check_stageable(opts.calibration_out, marker=cal_mod.MANIFEST_NAME, owned=cal_mod.copied_files)
 
     cal = _calibration_set(opts, run_dir, data_dir, classes, size, rep) if opts.int8 else None
-    x_test, y_test, files = _test_split(run_dir, data_dir, size, classes, rep)
+    x_test, y_test, files, offsets_test = _test_split(run_dir, data_dir, size, classes, rep)
     other_score = OtherScore.from_dict(run.extra.get("other_score") or {})
     with rep.status("loading the Keras model"):
         model = run.load_keras()
@@ -286,7 +286,16 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
             if prec is Precision.float32:
                 parity.check_float32(keras_probs, probs, files, path=run_dir / EXPORT_DIR / prec.filename)
         report = parity.build_report(
-            y_test, classes, keras_probs, results, opts.max_drop, parity.keras_size(run_dir), keras_scores, other_score.threshold if other_score else None
+            y_test,
+            classes,
+            keras_probs,
+            results,
+            opts.max_drop,
+            parity.keras_size(run_dir),
+            keras_scores,
+            other_score.threshold if other_score else None,
+            offsets_test,
+            other_score.nucleus_max if other_score else None,
         )
         report["run_dir"] = str(run_dir.resolve())
         report["edgecell_version"] = __version__

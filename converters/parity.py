@@ -79,11 +79,16 @@ def check_float32(
     return float(diff.max()) if diff.size else 0.0
 
 
-def _metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
-    from edgecell.metrics import compute
+def _metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], decided: np.ndarray) -> dict:
+    from edgecell.metrics import decided_metrics
 
-    m = compute(y, probs, classes)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}}
+    m = decided_metrics(y, probs, classes, decided)
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "argmax_accuracy": m["argmax"]["accuracy"],
+        "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+    }
 
 
 def build_report(
@@ -95,31 +100,40 @@ def build_report(
     keras_size: int | None = None,
     keras_scores: np.ndarray | None = None,
     other_threshold: float | None = None,
+    nucleus_offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
 ) -> dict:
     """The parity report.
 
     ``tflite`` maps precision -> {"probs": (N, K), "size_bytes": int, "file": str, "sha256": str,
-    and optionally "scores": (N,) never-seen scores}. With ``keras_scores`` and ``other_threshold``,
-    each model also gets ``other_agreement_with_keras``: the share of images on which it and Keras
-    make the same ``other`` decision (:func:`firmware_host.otherscore.decide`), and the share each sends to ``other``.
+    and optionally "scores": (N,) never-seen scores}. Accuracy and F1 are those of the labels ``classify`` gives
+    (:func:`firmware_host.otherscore.decide`: with ``keras_scores``/"scores" and ``other_threshold`` the never-seen
+    score, with ``nucleus_offsets`` and ``nucleus_max`` the nucleus check), the argmax alone beside them
+    (``argmax_accuracy``). Each model also gets ``other_agreement_with_keras``: the share of images on which it and
+    Keras make the same ``other`` decision, and the share each sends to ``other``.
     """
     from firmware_host.otherscore import decide
     from firmware_host.paths import OTHER_CLASS
 
-    def is_other(probs, scores):
-        if OTHER_CLASS not in classes:
-            return np.zeros(len(probs), dtype=bool)
-        return decide(probs, scores, other_threshold, classes) == list(classes).index(OTHER_CLASS)
+    def decided(probs, scores):
+        return decide(probs, scores, other_threshold, classes, nucleus_offsets=nucleus_offsets, nucleus_max=nucleus_max)
 
-    keras_other = is_other(keras_probs, keras_scores)
+    def is_other(labels):
+        if OTHER_CLASS not in classes:
+            return np.zeros(len(labels), dtype=bool)
+        return labels == list(classes).index(OTHER_CLASS)
+
+    keras_labels = decided(keras_probs, keras_scores)
+    keras_other = is_other(keras_labels)
     keras_pred = keras_probs.argmax(axis=1)
-    keras = _metrics(y, keras_probs, classes)
+    keras = _metrics(y, keras_probs, classes, keras_labels)
     keras["size_bytes"] = keras_size
     keras["other_share"] = float(keras_other.mean()) if len(y) else 0.0
     models: dict[str, dict] = {"keras": keras}
     for prec, info in tflite.items():
         p = info["probs"]
-        m = _metrics(y, p, classes)
+        labels = decided(p, info.get("scores"))
+        m = _metrics(y, p, classes, labels)
         diff = np.abs(p - keras_probs)
         m.update(
             {
@@ -134,7 +148,7 @@ def build_report(
                 "accuracy_drop_pp": 100.0 * (keras["accuracy"] - m["accuracy"]),
             }
         )
-        other = is_other(p, info.get("scores"))
+        other = is_other(labels)
         m["other_share"] = float(other.mean()) if len(y) else 0.0
         m["other_agreement_with_keras"] = float(np.mean(other == keras_other)) if len(y) else 1.0
         if info.get("scores") is not None and keras_scores is not None and len(y):
@@ -204,6 +218,8 @@ def parity_table(report: dict) -> Table:
         t.add_row(label, *[fn(k, models[k]) for k in names])
 
     row("accuracy", lambda k, m: _pct(m["accuracy"]))
+    if any(m.get("argmax_accuracy") != m["accuracy"] for m in models.values()):  # the `other` rules changed a label
+        row("argmax alone", lambda k, m: _pct(m.get("argmax_accuracy")))
     row("macro-F1", lambda k, m: f"{m['macro_f1']:.4f}")
     row("vs Keras (points)", lambda k, m: "" if k == "keras" else f"{0.0 - m['accuracy_drop_pp']:+.2f}")
     row("top-1 = Keras", lambda k, m: "" if k == "keras" else _pct(m["agreement_with_keras"]))

@@ -570,7 +570,17 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     replaced = replacing(opts.out_dir)
     with staged_dir(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED) as tmp:
         data_mod.write_rows(tmp / SPLIT_FILE, new_rows)
-        write_results(tmp, model, history, np.concatenate([x_test, x_hold]), np.concatenate([y_test, y_hold]), classes, cal["temperature"])
+        write_results(
+            tmp,
+            model,
+            history,
+            np.concatenate([x_test, x_hold]),
+            np.concatenate([y_test, y_hold]),
+            classes,
+            cal["temperature"],
+            cal["other_score"],
+            np.concatenate([o_test, o_hold]),
+        )
         write_json(tmp / REPORT_FILE, rep)
         meta = parent.to_dict()
         dataset = dict(parent.dataset)

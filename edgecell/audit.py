@@ -469,7 +469,7 @@ def audit(
     ``cnn_shift``/``cnn_shift_note``: :func:`read_cnn_stain_shift`. Without ``shifted``,
     ``result["stain_shift"]`` is None.
     """
-    from sklearn.metrics import f1_score
+    from edgecell.metrics import compute
 
     y = fs.labels()
     tr, te = splits == "train", splits == "test"
@@ -477,7 +477,6 @@ def audit(
         raise DataError("the split has no training or no test images", fs.root)
     groups = groups if groups is not None else lab_groups(fs)
     k = len(fs.classes)
-    labels = list(range(k))
     rows = []
     shift_rows: dict[str, dict] = {}
     for name, desc, blocks in BASELINES:
@@ -498,7 +497,7 @@ def audit(
                 "description": desc,
                 "features": int(x.shape[1]),
                 "accuracy": float((pred == y[te]).mean()),
-                "macro_f1": float(f1_score(y[te], pred, labels=labels, average="macro", zero_division=0)),
+                "macro_f1": compute(y[te], None, fs.classes, pred)["macro_f1"],
                 "group_accuracy": group_accuracy(y[te], pred, groups, fs.classes),
                 "within_group_accuracy": within_group_accuracy(y[te], pred, groups, fs.classes),
             }

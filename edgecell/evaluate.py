@@ -224,10 +224,10 @@ def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: n
 
 def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> dict:
     """What a clinic would see on a labelled set, from calibrated probabilities: ``n``, ``accuracy``
-    (``other`` counted as a class), ``macro_f1`` over the classes present, ``flagged`` (share with
+    (``other`` counted as a class), ``macro_f1`` (:func:`edgecell.metrics.compute`'s), ``flagged`` (share with
     any flag) and ``wrong_unflagged`` (share wrong and not flagged: the errors nobody is told to check).
     ``pred``: the labels given (default: the most probable class; see :func:`firmware_host.otherscore.decide`)."""
-    from sklearn.metrics import f1_score
+    from edgecell.metrics import compute
 
     n = len(y)
     if not n:
@@ -235,11 +235,10 @@ def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold
     pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
     flags = flagged(probs, classes, threshold, pred)
     right = pred == y
-    present = sorted(set(np.asarray(y).tolist()))
     return {
         "n": int(n),
         "accuracy": float(right.mean()),
-        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": compute(y, probs, classes, pred)["macro_f1"],
         "flagged": float(flags.mean()),
         "wrong_unflagged": float((~right & ~flags).mean()),
     }
@@ -267,12 +266,11 @@ def by_source(
     For each group: ``n``; ``accuracy`` (right class, ``other`` counted); ``flagged`` (share with any
     flag: uncertain, review, other); ``wrong_unflagged`` (share wrong AND without a flag: the errors
     nobody is told to check); ``called``: how many were given each label; per source also
-    ``macro_f1`` over the classes present in it, and ``lab_warning``: what ``classify`` would say of the
+    ``macro_f1`` (:func:`edgecell.metrics.compute`'s), and ``lab_warning``: what ``classify`` would say of the
     source's images as one set (:func:`firmware_host.runtime.lab_warning` with ``lab_check``; None: it would not
     warn, or the model has no check).
     """
-    from sklearn.metrics import f1_score
-
+    from edgecell.metrics import compute
     from firmware_host.otherscore import decide
     from firmware_host.runtime import lab_warning
 
@@ -297,8 +295,7 @@ def by_source(
     for s in sorted(set(sources)):
         mask = src == s
         g = group(mask)
-        present = sorted(set(y[mask].tolist()))
-        g["macro_f1"] = float(f1_score(y[mask], pred[mask], labels=present, average="macro", zero_division=0))
+        g["macro_f1"] = compute(y[mask], probs[mask], classes, pred[mask])["macro_f1"]
         median = float(np.median(scores[mask])) if scores is not None else None
         g["lab_warning"] = lab_warning(float(probs[mask].max(axis=1).mean()), g["n"], lab_check or {}, median)
         out_src[s] = g
@@ -575,9 +572,10 @@ def evaluate(
     ``other`` decision does (:func:`other_report`, with its curve against the never-seen score's
     threshold as ``{stem}_other.json`` and ``_other.png``, :func:`output_stem`); ``other_threshold`` replaces the model's.
     """
-    from edgecell.metrics import apply_temperature, compute, expected_calibration_error
+    from edgecell.metrics import apply_temperature, decided_metrics, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, other_curve_png, reliability_png
     from firmware_host.atomic import file_set, write_json
+    from firmware_host.otherscore import decide
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
     sp = load_split(target, data_dir, split, con)
@@ -592,9 +590,10 @@ def evaluate(
             "has no never-seen score, so --other-threshold cannot apply (a run trained before it, or a model converted from one)", target.model_path
         )
     thr = other_threshold if other_threshold is not None else (score.threshold if score else None)
-    m = compute(y, probs, target.classes)
-    cal = apply_temperature(probs, target.temperature)
     nucleus_max = score.nucleus_max if score else None
+    # the headline is what `classify` gives: the argmax, then `other` by the never-seen score and the nucleus check
+    m = decided_metrics(y, probs, target.classes, decide(probs, scores, thr, target.classes, nucleus_offsets=sp.offsets, nucleus_max=nucleus_max))
+    cal = apply_temperature(probs, target.temperature)
     m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max, target.lab_check)
     m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
     m.update(

@@ -12,22 +12,33 @@ import numpy as np
 from rich.table import Table
 
 
-def compute(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1, macro-F1 and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+def compute(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], y_pred: np.ndarray | None = None) -> dict:
+    """Accuracy, per-class precision/recall/F1, macro-F1 and the confusion matrix of ``y_pred`` (class indices; default
+    the argmax of ``probs``).
+
+    One definition with ``edgecell classify``'s (:func:`firmware_host.runtime.classification_metrics`): macro-F1 averages
+    over the classes that occur in the labels or the predictions, so a lab's images that hold four of a model's six
+    classes are not marked down for the two they lack.
+    """
+    from firmware_host.runtime import classification_metrics
 
     y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(probs).argmax(axis=1)
-    labels = list(range(len(classes)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "n": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "classes": list(classes),
-    }
+    y_pred = np.asarray(probs).argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
+    names = np.asarray(list(classes), dtype=object)
+    m = classification_metrics(names[y_true], names[y_pred], classes)
+    m["accuracy"] = m["accuracy"] if m["accuracy"] is not None else 0.0
+    m["macro_f1"] = m["macro_f1"] if m["macro_f1"] is not None else 0.0
+    return m
+
+
+def decided_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], decided: np.ndarray) -> dict:
+    """:func:`compute` of the labels a model's user gets (``decided``: the argmax, then ``other`` by the never-seen score
+    and the nucleus check, :func:`firmware_host.otherscore.decide`), with the network's argmax alone beside them as
+    ``argmax`` (accuracy, macro-F1): the figure ``classify`` reports is the first."""
+    m = compute(y_true, probs, classes, decided)
+    alone = compute(y_true, probs, classes)
+    m["argmax"] = {"accuracy": alone["accuracy"], "macro_f1": alone["macro_f1"]}
+    return m
 
 
 DEFAULT_BINS = 15

@@ -483,15 +483,42 @@ def calibrate(
     }
 
 
-def write_results(folder: Path, model, history: dict, x_test: np.ndarray, y_test: np.ndarray, classes: Sequence[str], temperature: float) -> dict:
+def write_results(
+    folder: Path,
+    model,
+    history: dict,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: Sequence[str],
+    temperature: float,
+    other_score: dict | None = None,
+    offsets_test: np.ndarray | None = None,
+) -> dict:
     """Write a run folder's model and figures (``model.keras``, ``metrics.json`` on the test split,
-    ``history.json``, ``confusion_matrix.png``, ``training_curves.png``); returns the test metrics."""
-    from edgecell.metrics import apply_temperature, compute, expected_calibration_error
+    ``history.json``, ``confusion_matrix.png``, ``training_curves.png``); returns the test metrics: those of the labels
+    ``classify`` would give, the never-seen score (``other_score``, :func:`calibrate`'s) and the nucleus check
+    (``offsets_test``) included, with the argmax alone beside them (:func:`edgecell.metrics.decided_metrics`)."""
+    from edgecell.metrics import apply_temperature, decided_metrics, expected_calibration_error
+    from edgecell.model import predict_with_features
     from edgecell.plots import confusion_matrix_png, training_curves_png
     from firmware_host.atomic import atomic_path
+    from firmware_host.otherscore import OtherScore, decide
 
-    test_probs = predict(model, x_test)
-    metrics = compute(y_test, test_probs, classes)
+    score = OtherScore.from_dict(other_score or {})
+    if score is not None:
+        test_probs, feats = predict_with_features(model, x_test)
+        scores = score.scores(feats) if len(x_test) else None
+    else:
+        test_probs, scores = predict(model, x_test), None
+    decided = decide(
+        test_probs,
+        scores,
+        score.threshold if score else None,
+        classes,
+        nucleus_offsets=offsets_test,
+        nucleus_max=score.nucleus_max if score else None,
+    )
+    metrics = decided_metrics(y_test, test_probs, classes, decided)
     metrics["split"] = "test"
     metrics["ece"] = expected_calibration_error(y_test, test_probs)
     metrics["ece_calibrated"] = expected_calibration_error(y_test, apply_temperature(test_probs, temperature))
@@ -585,7 +612,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         sources = np.array([sample.source for sample in ds.samples])
         cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr], sources[va])
         temperature = cal["temperature"]
-        metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature)
+        metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature, cal["other_score"], ds.nucleus_offsets[te])
         spec = opts.model_spec(len(target_names))
         meta = {
             "format": RUN_FORMAT,

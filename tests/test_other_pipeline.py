@@ -167,6 +167,42 @@ def test_evaluate_reports_other_per_type_and_the_curve(other_run, tmp_path):
     assert rep0["five_sent_to_other"] == 1.0 and rep0["other_caught"] == 1.0 and rep0["threshold"] == 0.0
 
 
+def test_one_accuracy_everywhere_the_one_classify_gives(other_run, tmp_path):
+    """`train`'s metrics.json, `evaluate`'s headline, its per-source rows and `convert`'s parity report give the accuracy
+    of the labels a clinic gets (the never-seen score and the nucleus check included), and the Pi runtime gives the same
+    on the same test images. A review found the headline figures 0.6 points above the runtime's: they read the argmax."""
+    from edgecell import data as data_mod
+    from firmware_host.classify import classify_paths
+
+    run = other_run / "run"
+    model = run / "export" / "model_float32.tflite"
+    rows = [r for r in data_mod.read_manifest(run / "split.csv") if r.split == "test"]
+    files = [str(other_run / "data" / r.file) for r in rows]
+    results = []
+    classify_paths(model, files, on_result=lambda p, r: results.append(r))
+    # a threshold that sends about half the cells to `other`, so that the argmax and the labels given differ
+    threshold = float(np.median([r["other_score"] for r in results]))
+    args = ["evaluate", str(model), "--other-threshold", str(threshold), "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "m.json")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    summary = classify_paths(model, files, other_threshold=threshold)
+    runtime = summary.metrics()
+    assert summary.n_classified == len(rows) == m["n"]
+    assert m["accuracy"] == pytest.approx(runtime["accuracy"], abs=1e-9) and m["macro_f1"] == pytest.approx(runtime["macro_f1"], abs=1e-9)
+    assert m["confusion_matrix"] == runtime["confusion_matrix"] and m["accuracy"] != m["argmax"]["accuracy"]
+    per_source = m["sources"]["by_source"]
+    assert sum(g["accuracy"] * g["n"] for g in per_source.values()) / m["n"] == pytest.approx(m["accuracy"], abs=1e-9)
+    # at the model's own threshold: parity.json, and what the runtime gives
+    plain = classify_paths(model, files).metrics()
+    parity = json.loads((other_run / "parity.json").read_text())["models"]
+    assert parity["float32"]["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-9)
+    keras = json.loads((run / "metrics.json").read_text())
+    assert keras["accuracy"] == pytest.approx(parity["keras"]["accuracy"], abs=1e-9)  # the same test split, the same rules
+    assert keras["argmax"]["accuracy"] == pytest.approx(parity["keras"]["argmax_accuracy"], abs=1e-9)
+    assert m["argmax"]["accuracy"] == pytest.approx(parity["float32"]["argmax_accuracy"], abs=1e-9)
+
+
 def test_other_threshold_user_errors(other_run, tiny_run, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["classify", "--model", str(other_run / "run" / "export"), str(other_run / "objects"), "--other-threshold", "-1"])
