@@ -423,7 +423,9 @@ def chance_tolerance(chance: float, n_test: int) -> float:
 
 
 def read_cnn(run_dir: str | os.PathLike, groups: list[dict], classes: Sequence[str]) -> dict | None:
-    """The CNN's test metrics from the run's ``metrics.json`` (None if the run has none)."""
+    """The CNN's test metrics from the run's ``metrics.json`` (None if the run has none): accuracy and macro-F1 of its
+    argmax, as the baselines' are (``metrics.json``'s headline also sends cells to ``other`` by the never-seen score and
+    the nucleus check, which no baseline has); the group accuracies from its confusion matrix."""
     p = Path(run_dir) / METRICS_FILE
     if not p.is_file():
         return None
@@ -431,10 +433,11 @@ def read_cnn(run_dir: str | os.PathLike, groups: list[dict], classes: Sequence[s
         m = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise EdgecellError(f"unreadable metrics ({exc})", p) from None
+    alone = m.get("argmax") or m  # runs written before the headline was the labels classify gives hold the argmax's
     return {
         "source": str(p),
-        "accuracy": float(m["accuracy"]),
-        "macro_f1": float(m.get("macro_f1", float("nan"))),
+        "accuracy": float(alone["accuracy"]),
+        "macro_f1": float(alone.get("macro_f1", float("nan"))),
         "n": int(m.get("n", 0)),
         "group_accuracy": group_accuracy_from_confusion(m["confusion_matrix"], groups, classes) if "confusion_matrix" in m else None,
         "within_group_accuracy": within_group_accuracy(*_from_confusion(m["confusion_matrix"]), groups, classes) if "confusion_matrix" in m else None,

@@ -10,8 +10,9 @@ an existing ``OUT`` is replaced only if an earlier ``corrections apply`` made it
 The user's images are only read, never moved or written.
 
 A cell found by ``edgecell scan`` is named ``FIELD#x0,y0,x1,y1`` in the CSV
-(:func:`firmware_host.report.cell_name`): its box is cut out of the field (after the EXIF
-orientation, as the runtime reads it) and written as a PNG, whatever ``--link`` says.
+(:func:`firmware_host.report.cell_name`): the region scan classified (its box and a margin,
+:func:`firmware_host.scan.cell_region`) is cut out of the field (after the EXIF orientation, as the
+runtime reads it) and written as a PNG, whatever ``--link`` says.
 
 Every problem is found before anything is written, and each is one line naming the CSV row and
 the file: a malformed CSV, a file that does not exist or is not a regular file, a class not in the

@@ -479,7 +479,8 @@ def risk_coverage_table(rows: list[dict], n: int, default: float | None = None, 
 
 
 def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: float, seed: int, clean_probs: np.ndarray | None = None, on_step=None) -> dict:
-    """Accuracy and macro-F1 under each member of :func:`edgecell.stain.family`, the worst case and its drop."""
+    """Accuracy and macro-F1 of the argmax (the network alone, without the ``other`` rules of the headline) under each
+    member of :func:`edgecell.stain.family`, the worst case and its drop."""
     from edgecell import stain
     from edgecell.metrics import apply_temperature, compute, expected_calibration_error
 
@@ -517,7 +518,7 @@ def stain_shift(predictor, x: np.ndarray, y: np.ndarray, classes, temperature: f
 def stain_table(s: dict, title: str = "Stain shift"):
     from rich.table import Table
 
-    t = Table(title=f"{title} (n={s['n']}, seed {s['seed']})")
+    t = Table(title=f"{title} (n={s['n']}, seed {s['seed']}; the argmax alone)")
     t.add_column("perturbation")
     for col in ("accuracy", "macro-F1", "drop (points)", "predictions changed", "ECE (T)"):
         t.add_column(col, justify="right")

@@ -349,7 +349,8 @@ CV_MIN_TRAIN_PER_CLASS = 3
 
 
 def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptions, con: Console) -> dict:
-    """Stratified K-fold on train+val with duplicates grouped; test split untouched."""
+    """Stratified K-fold on train+val with duplicates grouped; test split untouched. Each fold's figures are those of
+    the argmax (no never-seen score is fitted per fold): the spread of the network between folds."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from edgecell.metrics import compute

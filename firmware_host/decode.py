@@ -224,14 +224,13 @@ def use_processes(paths, workers: int, processes: bool | None) -> bool:
     return bool(processes)
 
 
-@functools.cache
 def main_is_guarded() -> bool:
-    """Whether worker processes can import the main module without running it again: it is no file (an interactive
-    session, ``python -c``), or its top-level code stands under ``if __name__ == "__main__":`` (the ``edgecell``
-    command, a script written as Python's documentation asks). A worker process imports the main module first; a
-    ten-line script without the guard would run again in each worker, start its own workers and fail (the README's
-    example did, on a slide of 256 images), so for such a script the automatic choice is threads."""
-    import ast
+    """Whether worker processes can import the main module without running the code that asks for them again: the
+    module is no file (an interactive session, ``python -c``, ``python -m package``), or the call comes from inside its
+    ``if __name__ == "__main__":`` block (the ``edgecell`` command, a script written as Python's documentation asks).
+    A worker process imports the main module first; a ten-line script without the guard would run again in each
+    worker, start its own workers and fail (the README's example did, on a slide of 256 images), so for such a script
+    the automatic choice is threads."""
     import sys
 
     main = sys.modules.get("__main__")
@@ -241,18 +240,34 @@ def main_is_guarded() -> bool:
         return True
     if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
         return True  # ``python -m package``: workers do not import a package's __main__ again
+    guards = _main_guards(spec.origin if spec is not None else path)
+    if not guards:
+        return False
+    frame = sys._getframe()  # where the main module's top-level code is now, on this thread's stack
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    return frame is None or any(first <= frame.f_lineno <= last for first, last in guards)  # None: another thread
+
+
+@functools.cache
+def _main_guards(path: str | None) -> tuple[tuple[int, int], ...]:
+    """The line ranges of the top-level ``if __name__ == "__main__":`` blocks of the Python file ``path``."""
+    import ast
+
     try:
-        with open(spec.origin if spec is not None else path, "rb") as fh:
+        with open(path, "rb") as fh:
             tree = ast.parse(fh.read())
     except (OSError, SyntaxError, ValueError, TypeError):
-        return False
-    tests = (node.test for node in tree.body if isinstance(node, ast.If))  # top-level `if` statements
-    return any(
-        isinstance(t, ast.Compare)
-        and [type(op) for op in t.ops] == [ast.Eq]
-        and {ast.unparse(x) for x in (t.left, *t.comparators)} == {"__name__", "'__main__'"}
-        for t in tests
-    )
+        return ()
+
+    def is_guard(t: ast.expr) -> bool:
+        return (
+            isinstance(t, ast.Compare)
+            and [type(op) for op in t.ops] == [ast.Eq]
+            and {ast.unparse(x) for x in (t.left, *t.comparators)} == {"__name__", "'__main__'"}
+        )
+
+    return tuple((node.lineno, node.end_lineno or node.lineno) for node in tree.body if isinstance(node, ast.If) and is_guard(node.test))
 
 
 def decode_many(
@@ -266,7 +281,8 @@ def decode_many(
     Args:
         workers: decoders running at once (default: :func:`default_workers`).
         processes: True for worker processes, False for threads (the default); None chooses
-            processes for a list of at least :data:`PROCESS_MIN_FILES` files when ``workers > 1``.
+            processes for a list of at least :data:`PROCESS_MIN_FILES` files when ``workers > 1``, called where
+            workers may import the main module (:func:`main_is_guarded`).
 
     Yields ``(path, image, decode ms, nucleus offset)``, or ``(path, ImageError, 0.0, nan)`` for a file that
     cannot be used. Only a few files per worker are decoded ahead, so memory stays flat however many

@@ -79,24 +79,37 @@ def read_regular(path: str | os.PathLike, limit: int, error: type[EdgecellError]
 
     Anything else is an ``error`` naming ``path`` before a byte is read: a folder; a pipe, socket or device (reading
     one would block for ever or never end: a sidecar that is a link to ``/dev/zero``); a file over ``limit`` (checked
-    again after reading, in case it grew). OS errors (no such file, permission) propagate for the caller to word.
+    again after reading, in case it grew). The file is opened without blocking and then inspected, so a path swapped
+    for a pipe between a check and the read cannot block either. OS errors (no such file, permission) propagate for
+    the caller to word.
     """
     import stat
 
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"is a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise error("is not a regular file (a pipe, socket or device); not read", path)
-    size = st.st_size
-    if size <= limit:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-        size = len(data)
-    if size > limit:
-        raise error(f"{what} is {_amount(size)}, over the {_amount(limit)} limit (not read)", path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"is a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise error("is not a regular file (a pipe, socket or device); not read", path)
+        if st.st_size > limit:
+            size, most = _amount(st.st_size), _amount(limit)
+            if size == most:  # just over: rounded, the two would read the same
+                size, most = f"{st.st_size:,} bytes", f"{limit:,}-byte"
+            raise error(f"{what} is {size}, over the {most} limit (not read)", path)
+        fh, fd = os.fdopen(fd, "rb"), -1  # a regular file now: the file object owns (and closes) the descriptor
+        with fh:
+            data = fh.read(st.st_size + 1)  # one more byte than it had: notice a file that grew
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > st.st_size:
+        raise error(f"{what} grew while it was read (still being written?); not used", path)
     return data
 
 
 def _amount(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+    """A file size for a message: bytes under a mebibyte, else mebibytes to one decimal, without a trailing ".0"."""
+    if n < 2**20:
+        return f"{n:,} bytes"
+    return f"{n / 2**20:,.1f}".removesuffix(".0") + " MiB"

@@ -314,8 +314,8 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
             )
         if not cell_size:  # a tiny image: at the default size, its cells would be a few pixels across
             raise FieldTooFine(
-                f"a {w}x{h} image is too small to be a field of view (white cells {MIN_WORK_CELL} px or more across, "
-                f"{CELL_FRACTION:g} of the shorter side unless --cell-size says otherwise); for a single-cell image use edgecell classify"
+                f"a {w}x{h} image is too small to be a field of view: its white cells would be {cell:g} px across "
+                f"({CELL_FRACTION:g} of the shorter side), and the search needs {MIN_WORK_CELL}; for a single-cell image use edgecell classify"
             )
         raise FieldTooFine(f"white cells of {cell:g} px are too small to find (the search needs {MIN_WORK_CELL} px or more across); check --cell-size")
     small = _reduce(np.ascontiguousarray(rgb), factor)

@@ -55,6 +55,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from firmware_host.preprocess import JPEG_FORMATS
+
 OTHER = "other"
 """The class a reviewer can always choose: not one of the model's cell types (debris, a smudge, two cells...)."""
 THUMB_PX = 80
@@ -192,7 +194,7 @@ def file_thumbnail(path: str | os.PathLike, px: int = THUMB_MAX_PX, quality: int
     """
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
+            if img.format in JPEG_FORMATS:
                 img.draft("RGB", (px, px))
             img = img.convert("RGB")
             img.thumbnail((px, px), Image.Resampling.BILINEAR)

@@ -770,7 +770,8 @@ class Classifier:
                 files with its own single-threaded copy of this model (the same verified bytes),
                 so Pillow's GIL-held work never waits on inference and nothing crosses between
                 processes but file names and probabilities. None: processes for a list of at least
-                :data:`firmware_host.decode.PROCESS_MIN_FILES` files and more than one worker.
+                :data:`firmware_host.decode.PROCESS_MIN_FILES` files and more than one worker, called
+                where workers may import the main module (:func:`firmware_host.decode.main_is_guarded`).
                 Where processes cannot start, threads are used.
             thumbnails: if > 0, each Prediction's ``thumbnail`` is a JPEG of the model's input at
                 most this many pixels wide (:func:`firmware_host.report.thumbnail_jpeg`), made where

@@ -190,7 +190,8 @@ def scan_many(
         processes: True: ``workers`` processes, each reading, locating and classifying its share
             of the fields with its own single-threaded copy of ``clf``'s verified model; False:
             everything in this process; None (default): processes for a list of at least
-            :data:`firmware_host.decode.PROCESS_MIN_FILES` fields and more than one worker.
+            :data:`firmware_host.decode.PROCESS_MIN_FILES` fields and more than one worker, called
+            where workers may import the main module (:func:`firmware_host.decode.main_is_guarded`).
             Where processes cannot start, this process does the work.
 
     Only a few chunks of fields are in flight at once, so memory stays flat however many fields.

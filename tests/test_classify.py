@@ -109,6 +109,11 @@ def test_a_long_run_lists_the_flagged_and_says_what_it_left_out(models, tmp_path
     note = " ".join(res.stdout.split())
     assert f"{n} images classified: the table lists only the first 3 of the {flagged} flagged ones" in note
     assert f"(not shown: {flagged - 3} more flagged, {n - flagged} not flagged)" in note
+    # every image flagged, and all in the table: nothing left out to name
+    monkeypatch.setattr(classify_mod, "MAX_TABLE_ROWS", 100)
+    res = CliRunner().invoke(cli, ["classify", "--model", str(models.int8), str(data), "--threshold", "1.0"])
+    note = " ".join(res.stdout.split())
+    assert res.exit_code == 0 and f"the table lists only the {n} flagged ones; add --csv FILE" in note and "not shown" not in note
 
 
 def test_missing_path_argument_exit_1(models, data):

@@ -180,7 +180,7 @@ print(json.dumps({"n": summary.n_images, "failed": len(summary.failed), "process
 """
 
 
-@pytest.mark.parametrize("guarded", [False, True])
+@pytest.mark.parametrize("guarded", ["no guard", "guard", "call outside the guard"])
 def test_a_script_without_a_main_guard_is_not_run_again_by_workers(tmp_path, tmp_path_factory, guarded):
     """The README's ten-line script has no ``if __name__ == "__main__":``; worker processes import the main module, so
     on 256 or more images it ran again in each worker and failed (found by a review). Left to choose, edgecell now
@@ -190,7 +190,11 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_workers(tmp_path, tmp
 
     models = build_models(tmp_path_factory)
     data = labelled_folder(tmp_path / "cells", per_class=2)
-    body = SCRIPT if not guarded else "\nif __name__ == '__main__':\n" + "".join(f"    {ln}\n" for ln in SCRIPT.strip().splitlines())
+    body = {
+        "no guard": SCRIPT,
+        "guard": "\nif __name__ == '__main__':\n" + "".join(f"    {ln}\n" for ln in SCRIPT.strip().splitlines()),
+        "call outside the guard": SCRIPT + "\nif __name__ == '__main__':\n    pass\n",
+    }[guarded]
     script = tmp_path / "script.py"
     script.write_text(body)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -200,7 +204,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_workers(tmp_path, tmp
     lines = res.stdout.split("\n")
     assert lines.count("started") == 1, res.stdout  # not run again in a worker
     out = json.loads([ln for ln in lines if ln.startswith("{")][-1])
-    assert out == {"n": len(list(data.rglob("*.jpg"))), "failed": 0, "processes": guarded}
+    assert out == {"n": len(list(data.rglob("*.jpg"))), "failed": 0, "processes": guarded == "guard"}
 
 
 # ------------------------------------------------------------ classify_many: decode + infer per worker

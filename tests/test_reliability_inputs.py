@@ -182,6 +182,26 @@ def test_a_model_or_sidecar_that_is_not_a_regular_file_is_refused_unread(models,
     assert_one_line_error(res, target, "not a regular file", "not read")
 
 
+def test_a_file_over_its_limit_says_sizes_that_differ(tmp_path):
+    """Sizes in MiB to one decimal (a 1.4 MiB sidecar said "1 MiB, over the 1 MiB limit"); exact bytes when rounding
+    would make the two read the same."""
+    from firmware_host.errors import ModelError, read_regular
+
+    side = tmp_path / "model_int8.json"
+    with open(side, "wb") as fh:
+        fh.truncate(int(1.4 * 2**20))
+    with pytest.raises(ModelError, match=r"metadata file is 1\.4 MiB, over the 1 MiB limit \(not read\)$"):
+        read_regular(side, 1 << 20, ModelError, "metadata file")
+    with open(side, "wb") as fh:
+        fh.truncate((1 << 20) + 1)
+    with pytest.raises(ModelError, match=r"metadata file is 1,048,577 bytes, over the 1,048,576-byte limit"):
+        read_regular(side, 1 << 20, ModelError, "metadata file")
+    with pytest.raises(ModelError, match="is a directory, not a metadata file"):
+        read_regular(tmp_path, 1 << 20, ModelError, "metadata file")
+    side.write_bytes(b"{}")
+    assert read_regular(side, 1 << 20, ModelError, "metadata file") == b"{}"
+
+
 # ============================================================== folders nested deeply
 
 

@@ -542,7 +542,9 @@ def test_a_field_too_large_for_its_cells_is_searched_reduced_or_refused():
     with pytest.raises(FieldTooFine, match="white cells of 8 px are too small to search for in a 3840x2880 field"):
         locate(big, cell_size=8)
     # a small image is not refused for its megapixels (a review found that advice given for a 20x15 image)
-    with pytest.raises(FieldTooFine, match=r"^a 20x15 image is too small to be a field of view .* use edgecell classify$"):
+    with pytest.raises(
+        FieldTooFine, match=r"^a 20x15 image is too small to be a field of view: its white cells would be 4.5 px across .* use edgecell classify$"
+    ):
         locate(small[:15, :20].copy())
     with pytest.raises(FieldTooFine, match=r"^white cells of 5 px are too small to find .* check --cell-size$"):
         locate(small, cell_size=5)

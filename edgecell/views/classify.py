@@ -133,7 +133,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         rows = s.flagged_rows
         shown = f"first {len(rows)} of the {s.n_flagged} flagged ones" if s.n_flagged > len(rows) else f"{s.n_flagged} flagged ones"
         hidden = [f"{k} {what}" for k, what in ((s.n_flagged - len(rows), "more flagged"), (n_ok - s.n_flagged, "not flagged")) if k]
-        note = f"{n_ok} images classified: the table lists only the {shown} (not shown: {', '.join(hidden)}); {_where_saved(opts)}."
+        left_out = f" (not shown: {', '.join(hidden)})" if hidden else ""
+        note = f"{n_ok} images classified: the table lists only the {shown}{left_out}; {_where_saved(opts)}."
     if rows and con.width < TABLE_MIN_WIDTH:
         _print_lines(con, s, rows, "Flagged images" if note else "Results")
     elif rows:
