@@ -724,10 +724,7 @@ class Classifier:
         scaling, as in training); any other PIL image or array is used at its full size, which can change the answer for
         a few cells in a hundred, so give the path of a file, or the image as opened, when you have it."""
         if isinstance(image, (bytearray, memoryview)) or (isinstance(image, bytes) and b"\0" in image):
-            name = name or "<image>"
-            t0 = time.perf_counter()  # a file's contents, decoded as the file would be
-            cell, offset = decode_cell(bytes(image), self.input_size, name)
-            return self.classify_array(name, cell, (time.perf_counter() - t0) * 1000.0, offset)
+            return self._classify_encoded(name or "<image>", bytes(image))  # a file's contents, decoded as the file would be
         if isinstance(image, (str, bytes, os.PathLike)):
             pred = self.classify_file(image)
             return dataclasses.replace(pred, path=name) if name else pred
@@ -739,12 +736,8 @@ class Classifier:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            held = unread_jpeg(image)
-            if held is None:
-                return self.classify_rgb(name, image_rgb(image, name))
-            t0 = time.perf_counter()  # a JPEG opened but not decoded: read as its file is, so the same cell gets the same answer
-            cell, offset = decode_cell(held, self.input_size, name) if isinstance(held, bytes) else load_cell(held, self.input_size)
-            return self.classify_array(name, cell, (time.perf_counter() - t0) * 1000.0, offset)
+            held = unread_jpeg(image)  # a JPEG opened but not decoded: read as its file is, so the same cell gets the same answer
+            return self.classify_rgb(name, image_rgb(image, name)) if held is None else self._classify_encoded(name, held)
         raise ImageError(f"cannot classify a {type(image).__name__}: give an image file's path, a PIL image or an RGB uint8 array", name)
 
     def classify_file(self, path: str | os.PathLike) -> Prediction:
@@ -752,10 +745,14 @@ class Classifier:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise ImageError(f"classify_file takes a file's path, not a {type(path).__name__} (Classifier.classify takes images and arrays)", "<image>")
         path = os.fsdecode(path)
+        return self._classify_encoded(path, path)
+
+    def _classify_encoded(self, name: str, source: bytes | str) -> Prediction:
+        """Decode, preprocess (timed as ``preprocess_ms``) and classify an image file: ``source`` its contents or its
+        path; ``name`` names it in the result."""
         t0 = time.perf_counter()
-        image, offset = load_cell(path, self.input_size)
-        pre_ms = (time.perf_counter() - t0) * 1000.0
-        return self.classify_array(path, image, pre_ms, offset)
+        cell, offset = decode_cell(source, self.input_size, name) if isinstance(source, bytes) else load_cell(source, self.input_size)
+        return self.classify_array(name, cell, (time.perf_counter() - t0) * 1000.0, offset)
 
     def classify_many(
         self, paths: Iterable[str | os.PathLike], workers: int | None = None, processes: bool | None = False, thumbnails: int = 0

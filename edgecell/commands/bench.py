@@ -39,8 +39,8 @@ def bench(models, runs, warmup, threads_list, data_dir, limit, json_out, keras_p
     on real images from --data (decode + preprocess + inference, decoding in a thread pool
     as `edgecell classify` does for fewer than 256 images or with --threads), the model
     size, and memory: the RSS the model added (resident memory after loading it and running
-    the timed inferences, minus just before loading; Linux) and, separately, the process's peak RSS so far (it only rises, so later rows
-    include earlier ones). An export folder contributes every precision it holds, so float32
+    the timed inferences, minus just before loading; Linux) and, separately, the process's
+    peak RSS so far (it only rises, so later rows include earlier ones). An export folder contributes every precision it holds, so float32
     and int8 appear side by side.
 
     \b
