@@ -2,15 +2,17 @@
 """Adapt benchmark: a model that has never seen a lab, fitted to it from a few dozen labelled cells (issue #19).
 
     python benchmarks/adapt.py [--shared ../shared] [--picks 1,2,3] [--reuse] [--only bccd|barcelona]
-                               [--name NAME] [-- ADAPT OPTIONS]
+                               [--scale N] [--name NAME] [-- ADAPT OPTIONS]
 
 ``-- --method fine-tune`` (or ``fine-tune+prototypes``) measures adapt's other methods; each method has its own results file.
+``--scale N`` labels N times the issue's cells of each type (at most half of a type's cells: the rest is the test), so
+that runs at 1, 2, 4 ... say how the rest's accuracy grows with the cells a clinic labels (``NAME-xN`` results).
 
 For each experiment the parent is trained on every source except one lab (as the cross-lab
 benchmark's leave-one-source-out; reused from ``benchmarks/work/crosslab`` when there), then for
 each pick seed:
 
-1. a seeded pick of labelled cells of the held-out lab (``PICKS``) is linked into a folder, the
+1. a seeded pick of labelled cells of the held-out lab (``EXPERIMENTS``) is linked into a folder, the
    rest of that lab into another;
 2. ``edgecell adapt PARENT --data PICK --holdout-share 0`` (every picked cell trains: the rest of
    the lab is the hold-out), wall-clock timed;
@@ -60,8 +62,15 @@ def parent_run(name: str, data: list[Path], reuse: bool) -> Path:
     return run
 
 
+def scaled_pick(name: str, scale: int) -> dict[str, int]:
+    """The issue's labelled cells per type of one experiment, ``scale`` times over (:func:`link_pick` caps each)."""
+    return {typ: n * scale for typ, n in EXPERIMENTS[name][2].items()}
+
+
 def link_pick(lab: Path, pick: dict[str, int], seed: int, where: Path) -> tuple[Path, Path]:
-    """Symbolic links: ``where/pick/clinic/TYPE/`` (the seeded pick) and ``where/rest/clinic/TYPE/`` (the rest of the lab)."""
+    """Symbolic links: ``where/pick/clinic/TYPE/`` (the seeded pick) and ``where/rest/clinic/TYPE/`` (the rest of the lab).
+
+    At most half of a type's cells are picked, so at least half of each type is left to test."""
     import random
     import shutil
 
@@ -69,7 +78,7 @@ def link_pick(lab: Path, pick: dict[str, int], seed: int, where: Path) -> tuple[
     rng = random.Random(seed)
     for typ_dir in sorted(p for p in lab.iterdir() if p.is_dir()):
         files = sorted(p for p in typ_dir.iterdir() if p.is_file())
-        chosen = set(rng.sample(files, min(pick.get(typ_dir.name, 0), len(files) - 1)))
+        chosen = set(rng.sample(files, min(pick.get(typ_dir.name, 0), len(files) // 2)))
         for f in files:
             d = where / ("pick" if f in chosen else "rest") / "clinic" / typ_dir.name
             d.mkdir(parents=True, exist_ok=True)
@@ -100,8 +109,7 @@ def method_of(adapt_options: list[str]) -> str:
     return opts[opts.index("--method") + 1] if "--method" in opts[:-1] else DEFAULT_METHOD
 
 
-def one_pick(name: str, parent: Path, lab: Path, seed: int, extra: list[str], label: str) -> dict:
-    pick = EXPERIMENTS[name][2]
+def one_pick(name: str, parent: Path, lab: Path, pick: dict[str, int], seed: int, extra: list[str], label: str) -> dict:
     where = WORK / f"{label}-{name}-pick{seed}"
     pick_dir, rest_dir = link_pick(lab, pick, seed, where / "data")
     out = where / "run"
@@ -164,7 +172,8 @@ def markdown(r: dict) -> str:
     ]
     for name, e in r["experiments"].items():
         s = e["summary"]
-        lines += [f"## {name}: picked {e['pick']}", ""]
+        picked = next(iter(e["picks"].values()))["picked"]  # the counts after link_pick's cap (the same for every pick)
+        lines += [f"## {name}: picked {picked}" + (f" (asked: {e['pick']})" if picked != e["pick"] else ""), ""]
         lines += ["| figure | before | after (mean [range]) | bar |", "|---|---|---|---|"]
         rng = lambda d, f=pct: f"{f(d['mean'])} [{f(d['min'])}-{f(d['max'])}]"  # noqa: E731
         pts = "{:+.1f} pts".format
@@ -193,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     common_options(ap, WORK, RESULTS, DEFAULT_SHARED, "reuse finished parent runs instead of training them again")
     ap.add_argument("--picks", default="1,2,3", help="comma-separated seeds of the labelled picks (and of adapt)")
     ap.add_argument("--only", choices=list(EXPERIMENTS), action="append", help="run only these experiments (repeatable)")
-    ap.add_argument("--name", help="the results files' name (NAME.json, NAME.md) and the picks' work folder (default: adapt-METHOD)")
+    ap.add_argument("--scale", type=int, default=1, help="label N times the issue's cells of each type (default 1: the issue's pick)")
+    ap.add_argument("--name", help="the results files' name (NAME.json, NAME.md) and the picks' work folder (default: adapt-METHOD, -xN with --scale N)")
     ap.add_argument("adapt_options", nargs="*", help="extra options passed to edgecell adapt (after --)")
     args = ap.parse_args(argv)
-    args.name = args.name or f"adapt-{method_of(args.adapt_options)}"
+    args.name = args.name or f"adapt-{method_of(args.adapt_options)}" + (f"-x{args.scale}" if args.scale != 1 else "")
     WORK = Path(args.work)
     WORK.mkdir(parents=True, exist_ok=True)
     shared, data = Path(args.shared), shared_data(args)
@@ -208,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])]),
     }
-    r.update(picks=picks, adapt_options=args.adapt_options)
-    r["experiments"] = {k: v for k, v in previous.get("experiments", {}).items() if previous.get("picks") == picks}
+    r.update(picks=picks, adapt_options=args.adapt_options, scale=args.scale)
+    same = previous.get("picks") == picks and previous.get("scale", 1) == args.scale
+    r["experiments"] = {k: v for k, v in previous.get("experiments", {}).items() if same}
     for name in args.only or list(EXPERIMENTS):
         parent = parent_run(name, data, args.reuse)
         lab = shared / EXPERIMENTS[name][1]
-        per_pick = {str(s): one_pick(name, parent, lab, s, args.adapt_options, args.name) for s in picks}
-        r["experiments"][name] = {"parent": str(parent), "pick": EXPERIMENTS[name][2], "picks": per_pick, "summary": summary(per_pick)}
+        pick = scaled_pick(name, args.scale)
+        per_pick = {str(s): one_pick(name, parent, lab, pick, s, args.adapt_options, args.name) for s in picks}
+        r["experiments"][name] = {"parent": str(parent), "pick": pick, "picks": per_pick, "summary": summary(per_pick)}
     publish(results, args.name, r, markdown(r))
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.adapt import link_pick, method_of, rest_figures, summary
+from benchmarks.adapt import EXPERIMENTS, link_pick, method_of, rest_figures, scaled_pick, summary
 
 
 def _lab(root: Path, counts: dict[str, int]) -> Path:
@@ -16,16 +16,25 @@ def _lab(root: Path, counts: dict[str, int]) -> Path:
 
 
 def test_pick_is_seeded_and_the_rest_is_everything_else(tmp_path):
-    lab = _lab(tmp_path / "lab", {"seg_neutrophil": 30, "monocyte": 4, "basophil": 3})
+    lab = _lab(tmp_path / "lab", {"seg_neutrophil": 40, "monocyte": 4, "basophil": 3})
     pick, rest = link_pick(lab, {"seg_neutrophil": 20, "monocyte": 10}, 1, tmp_path / "w1")
     names = lambda d: {p.relative_to(d).as_posix() for p in d.rglob("*.jpg")}  # noqa: E731
     assert len(list((pick / "seg_neutrophil").iterdir())) == 20
-    assert len(list((pick / "monocyte").iterdir())) == 3  # never the whole type: one is left to test on
+    assert len(list((pick / "monocyte").iterdir())) == 2  # at most half of a type: the rest is the test
     assert not (pick / "basophil").exists() and len(list((rest / "basophil").iterdir())) == 3
     assert names(pick) | names(rest) == names(lab) and not names(pick) & names(rest)
     again, _ = link_pick(lab, {"seg_neutrophil": 20, "monocyte": 10}, 1, tmp_path / "w2")
     other, _ = link_pick(lab, {"seg_neutrophil": 20, "monocyte": 10}, 2, tmp_path / "w3")
     assert names(again) == names(pick) and names(other) != names(pick)
+
+
+def test_a_scaled_pick_multiplies_the_issues_counts_and_keeps_half_of_a_type_to_test(tmp_path):
+    assert scaled_pick("bccd", 1) == EXPERIMENTS["bccd"][2]
+    assert scaled_pick("bccd", 4) == {t: 4 * n for t, n in EXPERIMENTS["bccd"][2].items()}
+    lab = _lab(tmp_path / "lab", {"seg_neutrophil": 207, "monocyte": 20})
+    pick, rest = link_pick(lab, scaled_pick("bccd", 4), 1, tmp_path / "w")
+    assert len(list((pick / "seg_neutrophil").iterdir())) == 80 and len(list((rest / "seg_neutrophil").iterdir())) == 127
+    assert len(list((pick / "monocyte").iterdir())) == 10 and len(list((rest / "monocyte").iterdir())) == 10
 
 
 def test_rest_figures_weight_types_by_their_counts():
