@@ -46,7 +46,7 @@ from firmware_host.metadata import ModelMetadata, Precision, Quantization, check
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
+from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, check_exposure, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -732,6 +732,8 @@ class Classifier:
         if isinstance(image, np.ndarray):
             if image.ndim == 3 and min(image.shape[:2]) < MIN_SIDE:
                 raise ImageError(f"array is {image.shape[1]}x{image.shape[0]} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", name)
+            if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and image.size:
+                check_exposure(image, name, "array")  # as for a file (classify_rgb itself takes a field's dark corner too)
             return self.classify_rgb(name, image)
         from PIL import Image
 

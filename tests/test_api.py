@@ -123,6 +123,8 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
         (np.zeros((32, 32), np.uint8), "expected (H, W, 3) uint8 RGB"),
         (np.zeros((32, 32, 3), np.float32), "expected (H, W, 3) uint8 RGB"),
         (Image.new("RGB", (2, 40)), "too small to hold a cell"),
+        (np.full((32, 32, 3), 20, np.uint8), "array is nearly black"),
+        (Image.new("I;16", (32, 32), 4000), "image is nearly black"),  # a 12-bit camera's values in a 16-bit image
         (None, "cannot classify a NoneType"),
         (b"\xff\xd8 not a path", "no such file"),
         (b"\xff\xd8\x00 damaged", "not an image Pillow can read"),

@@ -159,6 +159,8 @@ BAD_IMAGES = {
     "huge-20000.png": "pixel limit",
     "huge-20000.bmp": "pixel limit",
     "huge-20000.jpg": "pixel limit",
+    "rgb48-12-bit.tif": "nearly black",
+    "underexposed.jpg": "nearly black",
 }
 
 
@@ -174,6 +176,9 @@ def write_bad_images(folder: Path, good_jpeg: bytes) -> dict[str, str]:
     (folder / "huge-20000.png").write_bytes(png_header_only(20000, 20000))
     (folder / "huge-20000.bmp").write_bytes(bmp_header_only(20000, 20000))
     (folder / "huge-20000.jpg").write_bytes(jpeg_claiming(20000, 20000))
+    cell = cell_like(7)
+    (folder / "rgb48-12-bit.tif").write_bytes(tiff_rgb48(cell.astype(np.uint16) * 16))  # a 12-bit camera's values, unscaled
+    Image.fromarray(cell // 5).save(folder / "underexposed.jpg", quality=90)
     return dict(BAD_IMAGES)
 
 
@@ -315,6 +320,32 @@ def test_odd_modes_give_the_expected_pixels():
     assert np.array_equal(decode(enc(pal), s), np.asarray(pal.convert("RGB")))
     cmyk = decode(enc(Image.fromarray(rgb).convert("CMYK"), "TIFF"), s)
     assert np.abs(cmyk.astype(int) - rgb).max() <= 2
+
+
+def test_an_image_too_dark_to_read_is_refused_with_the_likely_cause(tmp_path):
+    """A 12-bit camera's values in a 16-bit file read 16 times too dark: every cell was `other`, with no reason given."""
+    from firmware_host.preprocess import DIM_LEVEL, check_exposure
+
+    cell = cell_like(3, (60, 60))
+    for data in (tiff_rgb48(cell.astype(np.uint16) * 16), jpeg_bytes(cell // 5)):
+        with pytest.raises(ImageError, match=r"nearly black \(its brightest pixels at \d+ of 255.*16-bit file unscaled") as err:
+            decode_rgb(data, 40, tmp_path / "dark.tif")
+        assert str(tmp_path / "dark.tif") in str(err.value)
+    grey12 = io.BytesIO()
+    Image.fromarray(cell[..., 1].astype(np.uint16) * 16).save(grey12, "PNG")
+    with pytest.raises(ImageError, match="nearly black"):
+        decode_rgb(grey12.getvalue(), 40)
+    # the limit is the brightest 1 %: a few hot pixels do not make a black image readable, a dim but real one passes
+    dark = np.full((100, 100, 3), DIM_LEVEL - 1, np.uint8)
+    dark[:3, :3] = 255  # 9 pixels of 10,000
+    with pytest.raises(ImageError):
+        check_exposure(dark, "x")
+    dim = np.full((100, 100, 3), 10, np.uint8)
+    dim[:10, :20] = DIM_LEVEL  # 2 % at the limit
+    assert check_exposure(dim, "x") is dim
+    big = np.zeros((3000, 4000, 3), np.uint8)  # a whole field: read on a grid
+    big[:, :200] = 200
+    assert check_exposure(big, "x") is big
 
 
 INVERSE = {  # EXIF orientation -> how the pixels are stored so that applying the tag gives upright
