@@ -29,10 +29,11 @@ import stat
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from firmware_host.errors import EdgecellError, os_reason
+from firmware_host.errors import EdgecellError, FolderCreated, os_reason
 
 
 @contextlib.contextmanager
@@ -152,16 +153,21 @@ def _ensure_folder(folder: Path) -> None:
 
     (``mkdir`` would only say "File exists" or "Not a directory".)
     """
+    missing = None  # the outermost folder to make
     for anc in (folder, *folder.parents):
         if anc.is_dir():
             break
         if anc.exists() or anc.is_symlink():
             what = "is a file, not a folder" + ("" if anc == folder else f", so {folder} cannot be created in it")
             raise EdgecellError(what, anc)
+        missing = anc
+    if missing is None:
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgecellError(f"cannot create this folder ({os_reason(exc)})", folder) from None
+    warnings.warn(FolderCreated(f"created folder {missing}, which did not exist"), stacklevel=2)
 
 
 def check_writable(path: str | os.PathLike) -> None:

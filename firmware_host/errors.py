@@ -7,6 +7,7 @@ these into ``click.ClickException`` (one line, exit code 1); ``--debug`` shows t
 from __future__ import annotations
 
 import os
+import warnings
 
 
 class EdgecellError(Exception):
@@ -45,6 +46,15 @@ def printable(text: str) -> str:
 
 class ImageWarning(UserWarning):
     """Something about an image that was used anyway (only its first page, its colour profile dropped)."""
+
+
+class FolderCreated(UserWarning):
+    """An output's folder did not exist and was made. The command line says so (``note:``), since a path that
+    misses (a USB stick not mounted at ``/media/usb``) would otherwise fill the SD card unseen; the Python API is
+    silent about it (ignored unless a filter asks for it)."""
+
+
+warnings.filterwarnings("ignore", category=FolderCreated)
 
 
 class ImageError(EdgecellError):

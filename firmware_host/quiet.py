@@ -62,28 +62,32 @@ def install_warning_lines() -> None:
     """Make every later warning in this process one line (see :func:`warning_lines`); for worker processes."""
     import warnings
 
-    from firmware_host.errors import ImageWarning
+    from firmware_host.errors import FolderCreated, ImageWarning
 
     warnings.showwarning = _show_warning
     warnings.filterwarnings("always", category=ImageWarning)
+    warnings.filterwarnings("always", category=FolderCreated)
     # UserWarning only: Pillow's DecompressionBombWarning (a RuntimeWarning) must stay an error
     warnings.filterwarnings("always", category=UserWarning, module=r"(PIL|firmware_host)(\..*)?$")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from firmware_host.errors import ImageWarning, printable
+    from firmware_host.errors import FolderCreated, ImageWarning, printable
     from firmware_host.preprocess import decoding_path
 
     text = str(message).strip()
     text = text.splitlines()[0] if text else category.__name__
     path = decoding_path()
-    if path is not None:
+    kind = "warning"
+    if issubclass(category, FolderCreated):
+        kind = "note"  # it names its folder itself
+    elif path is not None:
         text = f"{path}: {text}"
     elif not issubclass(category, ImageWarning):
         text = f"{text} ({category.__name__})"
     stream = file or sys.stderr
     try:
-        stream.write(f"warning: {printable(text)}\n")
+        stream.write(f"{kind}: {printable(text)}\n")
         stream.flush()
     except (OSError, ValueError, AttributeError):  # nowhere to print it: a warning never stops the work
         pass

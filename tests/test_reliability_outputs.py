@@ -209,6 +209,31 @@ def test_trailing_slash_names_a_folder(models, labelled, tmp_path):
     assert not (tmp_path / "newdir").exists()
 
 
+@pytest.mark.parametrize("command", ["classify", "evaluate"])
+def test_a_folder_made_for_an_output_is_said_once(models, labelled, tmp_path, command):
+    """A path that misses (a USB stick not mounted at /media/usb) would otherwise fill the SD card unseen."""
+    stick = tmp_path / "media" / "usb"
+    if command == "classify":
+        args = ["classify", "--model", models.int8, labelled, "--csv", stick / "day1" / "today.csv"]
+    else:  # a folder output
+        pytest.importorskip("sklearn")
+        args = ["evaluate", models.float32, "--data", labelled, "--split", "all", "--out", stick / "ev"]
+    res = cli_run(*args)
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: created folder {tmp_path / 'media'}, which did not exist"], res.stderr
+    again = cli_run(*args)
+    assert again.exit_code == 0 and "note: created folder" not in again.stderr
+
+
+def test_the_python_api_makes_folders_without_a_warning(tmp_path):
+    """In a process of its own: pytest drops the warning filters a module sets while the tests are collected."""
+    target = tmp_path / "new" / "deeper" / "a.txt"
+    code = f"from firmware_host.atomic import write_text; write_text({str(target)!r}, 'x')"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == "" and target.read_text() == "x", res.stderr
+
+
 # ============================================================== pipes and devices are streams, modes are kept
 
 
