@@ -389,6 +389,7 @@ class ClassifyJob:
                 self._csv.close(s.failed, s.lab_warning)
             if self._report:
                 self._report.header.n_failed = len(s.failed)
+                self._report.header.failed = [(f["path"], f["error"]) for f in s.failed]
                 self._report.header.lab_warning = s.lab_warning
                 self._report.write(self.opts.report_out)
         return None

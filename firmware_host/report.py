@@ -6,17 +6,19 @@
 What the page holds:
 
 * a header: when, the model (name, SHA-256 prefix, precision), the edgecell version, how many
-  images, the threshold, and the lab warning when the run raised one;
-* the differential count over the model's classes and ``other`` (a table and an inline SVG bar
-  chart, with a column that follows the reviewer's corrections);
+  images, the threshold, the folder relative names are relative to, and the lab warning when the run raised one;
+  then each input that could not be classified, with the reason;
+* the differential count over the model's classes and ``other`` (a table, with columns that follow the reviewer's
+  corrections, and an inline SVG bar chart that follows them too);
 * for folder-labelled input, the confusion matrix (rows: folder, columns: predicted);
 * in scan mode, each field of view with a box around every cell found;
 * the cells as thumbnails grouped by predicted class, flagged ones first in each group (review
-  classes, uncertain, ``other``), then by confidence, lowest first; each with its confidence, file
-  name and a class selector. Cells whose folder label differs from the prediction are marked.
+  classes, uncertain, ``other``), then by confidence, lowest first; each with its confidence (an ``other`` cell: the
+  class the model found it nearest to), file name and a class selector. Cells whose folder label differs from the
+  prediction are marked.
 
-Thumbnails are embedded as small base64 JPEGs (the model's input, at most :data:`THUMB_MAX_PX`
-pixels: :func:`thumbnail_jpeg`), so the page is one file: it needs no network, no server and
+Thumbnails are embedded as small base64 JPEGs (the image as given, not the model's recoloured crop, at most
+:data:`THUMB_MAX_PX` pixels: :func:`file_thumbnail`; in scan mode the cell's region of the field), so the page is one file: it needs no network, no server and
 no folder beside it. Corrections stay in the open page and leave it only as the CSV the reviewer
 downloads (``file,predicted,corrected``; :data:`CSV_COLUMNS`), which
 ``edgecell corrections apply`` turns into a labelled folder.
@@ -59,11 +61,16 @@ from firmware_host.preprocess import JPEG_FORMATS
 
 OTHER = "other"
 """The class a reviewer can always choose: not one of the model's cell types (debris, a smudge, two cells...)."""
-THUMB_PX = 80
+THUMB_PX = 112
 """Side at which a cell thumbnail is shown in the page, in CSS pixels."""
 THUMB_MAX_PX = 128
-"""Largest side of an embedded thumbnail: a model input up to this size is embedded as it is (no
-resize: cheaper while classifying, and sharp on high-density screens); a larger one is shrunk."""
+"""Largest side of an embedded thumbnail: the image as it was given (not the model's recoloured 40-pixel crop, in
+which a person cannot tell a lymphocyte from a blast), shrunk to this; sharp on high-density screens."""
+NEAREST_SHOWN = 0.1
+"""An ``other`` cell shows the class the model gave most probability when that probability is at least this (below
+it, "nearest: basophil 0.00" would say nothing)."""
+FAILED_SHOWN = 200
+"""Inputs that could not be classified are each named on the page, up to this many (all of them are in JSON and CSV)."""
 THUMB_QUALITY = 80
 """JPEG quality of thumbnails: about 2-3 KB each, so 1,000 cells make a page of a few MB."""
 FIELD_PX = 800
@@ -94,6 +101,7 @@ class ReportHeader:
         when: the run's start, timezone-aware (default: now, UTC).
         lab_warning: the run's warning about images from another lab, if it raised one.
         n_failed: inputs that could not be classified.
+        failed: each of them, as ``(name, reason)`` (the page names the first :data:`FAILED_SHOWN`).
         mode: ``"classify"`` or ``"scan"``.
         review_classes: classes always flagged for a haematologist.
     """
@@ -110,6 +118,7 @@ class ReportHeader:
     n_failed: int = 0
     mode: str = "classify"
     review_classes: Sequence[str] = ()
+    failed: Sequence[tuple[str, str]] = ()
 
     @property
     def choices(self) -> list[str]:
@@ -156,6 +165,7 @@ class _Cell:
     field: int | None = None
     box: Box | None = None
     why: str = ""  # why it is ``other`` (runtime.Prediction.other_reason)
+    nearest: tuple[str, float] | None = None  # an ``other`` cell: the class the model gave it most probability
     edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
 
 
@@ -188,18 +198,23 @@ def thumbnail_jpeg(image: np.ndarray, px: int = THUMB_MAX_PX, quality: int = THU
 
 
 def file_thumbnail(path: str | os.PathLike, px: int = THUMB_MAX_PX, quality: int = THUMB_QUALITY) -> bytes | None:
-    """A thumbnail straight from an image file (a fast JPEG draft decode), or None if it cannot be read.
+    """A thumbnail of an image file as a person would see it (upright, transparency on white, 16-bit scaled; a fast
+    JPEG draft decode), or None if it cannot be read. About 1 ms for a 400x400 JPEG.
 
-    For callers that no longer hold the decoded pixels; :func:`thumbnail_jpeg` is cheaper when they do.
+    Read as classifying reads it (a regular file, within the size limit), so a file swapped for a pipe since cannot hang it.
     """
+    from PIL import ImageOps
+
+    from firmware_host.preprocess import _to_rgb, read_bytes
+
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(read_bytes(path))) as img:
             if img.format in JPEG_FORMATS:
                 img.draft("RGB", (px, px))
-            img = img.convert("RGB")
-            img.thumbnail((px, px), Image.Resampling.BILINEAR)
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb.thumbnail((px, px), Image.Resampling.BILINEAR)
             buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=quality)
+            rgb.save(buf, "JPEG", quality=quality)
             return buf.getvalue()
     except Exception:  # a thumbnail is a convenience: a file that cannot be shown is shown without one
         return None
@@ -264,24 +279,35 @@ class ReportWriter:
         box: Box | None = None,
         why: str = "",
         edge: bool = False,
+        nearest: tuple[str, float] | None = None,
     ) -> int:
         """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None.
 
         In scan mode ``field`` is the index :meth:`add_field` returned and ``box`` the cell's box in
         that field. ``why``: why the cell is ``other`` (shown beside its flag). ``edge``: the cell is cut by its
-        field's border (shown, not counted in the differential). Returns the cell's index.
+        field's border (shown, not counted in the differential). ``nearest``: for an ``other`` cell, the class the
+        model gave most probability and that probability (:func:`nearest_class`). Returns the cell's index.
         """
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
-        self.cells.append(_Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", bool(edge)))
+        self.cells.append(
+            _Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", nearest, bool(edge))
+        )
         if field is not None:
             self.fields[field].cells.append(i)
         return i
 
     def add_row(self, row: dict, thumbnail: bytes | None = None) -> int:
-        """Add one result row of classify (``path``, ``label``, ``confidence``, ``flag``, ``true_label``, ``other_reason``)."""
+        """Add one result row of classify (``path``, ``label``, ``confidence``, ``flag``, ``true_label``, ``other_reason``, ``top3``)."""
         return self.add_cell(
-            row["path"], row["label"], row["confidence"], row.get("flag", ""), row.get("true_label"), thumbnail, why=row.get("other_reason", "")
+            row["path"],
+            row["label"],
+            row["confidence"],
+            row.get("flag", ""),
+            row.get("true_label"),
+            thumbnail,
+            why=row.get("other_reason", ""),
+            nearest=nearest_class(row),
         )
 
     def add_field(self, file: str | os.PathLike, image: np.ndarray) -> int:
@@ -354,6 +380,9 @@ class ReportWriter:
             facts.append(("always reviewed", ", ".join(sorted(h.review_classes))))
         if root:
             facts.append(("files under", root))
+        if any(not os.path.isabs(f) for f in [c.file for c in self.cells] + [f.file for f in self.fields]):
+            # the corrections CSV keeps the names as given: relative ones are found again from the folder this ran in
+            facts.append(("names relative to", f"{os.getcwd()} (run corrections apply there, or give it --base)"))
         out = [f'<header>\n<h1>{_e(title)}</h1>\n<dl class="facts">']
         out += [f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts]
         out.append("</dl>")
@@ -366,7 +395,21 @@ class ReportWriter:
             "you download (nothing is sent anywhere). Closing or reloading the page without downloading loses them.</p>"
         )
         out.append("</header>\n")
-        return "\n".join(out)
+        return "\n".join(out) + self._failed_html(root)
+
+    def _failed_html(self, root: str) -> str:
+        failed = list(self.header.failed)
+        if not failed:
+            return ""
+        one = len(failed) == 1
+        what = (
+            ("field that could not be read" if one else "fields that could not be read")
+            if self.header.mode == "scan"
+            else ("image that could not be classified" if one else "images that could not be classified")
+        )
+        items = [f'<li><span class="name" title="{_e(f)}">{_e(_rel(f, root))}</span>: {_e(why)}</li>' for f, why in failed[:FAILED_SHOWN]]
+        more = f"<p>and {len(failed) - FAILED_SHOWN:,} more (all of them are in the JSON and CSV).</p>\n" if len(failed) > FAILED_SHOWN else ""
+        return f'<section id="failed">\n<h2>{len(failed):,} {what}</h2>\n<ul class="failed">\n' + "\n".join(items) + f"\n</ul>\n{more}</section>\n"
 
     def _differential_html(self, choices: list[str]) -> str:
         counts = {c: 0 for c in choices}
@@ -378,20 +421,40 @@ class ReportWriter:
         rows = []
         for k, c in enumerate(choices):
             mark = ' <span class="tag review">review</span>' if c in review else ""
-            pct = 100.0 * counts[c] / n if n else 0.0
+            pct = _pct(counts[c], n)
             rows.append(
                 f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}</th>'
-                f'<td class="num">{counts[c]}</td><td class="num">{pct:.1f}</td><td class="num after">{counts[c]}</td></tr>'
+                f'<td class="num">{counts[c]}</td><td class="num">{pct}</td><td class="num after">{counts[c]}</td><td class="num pct-after">{pct}</td></tr>'
             )
+        total = _pct(n, n)
         table = (
             '<table class="diff" id="differential">\n'
             '<thead><tr><th scope="col">class</th><th scope="col">predicted</th><th scope="col">%</th>'
-            '<th scope="col">after corrections</th></tr></thead>\n<tbody>\n'
+            '<th scope="col">after corrections</th><th scope="col">%</th></tr></thead>\n<tbody>\n'
             + "\n".join(rows)
-            + f'\n</tbody>\n<tfoot><tr><th scope="row">total</th><td class="num">{n}</td><td class="num">100.0</td><td class="num">{n}</td></tr></tfoot>\n</table>'
+            + f'\n</tbody>\n<tfoot><tr><th scope="row">total</th><td class="num">{n}</td><td class="num">{total}</td><td class="num">{n}</td>'
+            f'<td class="num">{total}</td></tr></tfoot>\n</table>'
         )
         left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
-        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap">{table}\n{_bar_chart(choices, counts)}</div>\n</section>\n'
+        left_out = self._flags_html(counted) + left_out
+        bars = '<p class="hint">The bars follow the corrections.</p>\n'
+        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap">{table}\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
+
+    def _flags_html(self, counted: list[_Cell]) -> str:
+        """What a person must look at, as classify's summary line says it."""
+        from firmware_host.runtime import FLAG_UNCERTAIN
+
+        review = set(self.header.review_classes)
+        n_review = sum(c.label in review for c in counted)
+        n_uncertain = sum(c.flag == FLAG_UNCERTAIN for c in counted)
+        n_other = sum(c.label == OTHER for c in counted)
+        flagged = sum(_flagged(c) for c in counted)
+        to_whom = f" ({', '.join(sorted(review))})" if review else ""
+        return (
+            f'<p id="flags"><strong>Flagged: {flagged} of {len(counted)}</strong>: {n_review} for the haematologist{_e(to_whom)}, '
+            f"{n_uncertain} uncertain (a person checks the class), {n_other} not one of the five (referred: the model does not know "
+            "the type; lymphocytes, eosinophils and platelets are among them).</p>\n"
+        )
 
     def _confusion_html(self, choices: list[str]) -> str:
         index = {c: k for k, c in enumerate(choices)}
@@ -439,7 +502,7 @@ class ReportWriter:
                 f'<img alt="field of view {_e(_rel(f.file, root))}" src="data:image/jpeg;base64,{self._load(f.thumb)}">'
                 f'<svg viewBox="0 0 {f.width} {f.height}" preserveAspectRatio="none" aria-hidden="true">{"".join(shapes)}</svg></div>'
                 f'<figcaption><span class="name" title="{_e(f.file)}">{_e(_rel(f.file, root))}</span> '
-                f"({f.width}x{f.height}, {len(f.cells)} cells)</figcaption></figure>\n"
+                f"({f.width}x{f.height}, {len(f.cells)} cell{'s' if len(f.cells) != 1 else ''})</figcaption></figure>\n"
             )
         yield "</div>\n</section>\n"
 
@@ -449,11 +512,11 @@ class ReportWriter:
             groups.setdefault(c.label, []).append(c)
         yield (
             '<section id="cells">\n<h2>Cells by predicted class</h2>\n'
-            '<div class="toolbar"><button type="button" id="download">Download corrections</button> '
+            '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
             '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted (confirmed)</label></div>\n'
             '<p class="hint">Flagged cells come first in each class, then the least confident. '
-            "Click the class under a cell to pick another.</p>\n"
+            "Click the class under a cell to pick another. An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
         )
         for k, cls in enumerate(groups):
             members = sorted(groups[cls], key=lambda c: (not _flagged(c), c.confidence, c.index))
@@ -488,6 +551,14 @@ class ReportWriter:
             tags.append(f'<span class="tag">field {c.field + 1}, cell {c.index + 1}</span>')
         if c.edge:
             tags.append('<span class="tag">cut by the border: not counted</span>')
+        conf = f'<span class="conf" title="probability of {_e(c.label)}">{c.confidence:.2f}</span>'
+        if c.nearest is not None and c.nearest[1] >= NEAREST_SHOWN:
+            near, p = c.nearest
+            tags.append(
+                f'<span class="tag nearest" title="the class the model gave most probability, before it was sent to other">nearest: {_e(near)} {p:.2f}</span>'
+            )
+            if p > c.confidence:  # sent to other by its never-seen score or the nucleus check: p(other) says nothing
+                conf = ""
         img = (
             f'<img alt="" width="{THUMB_PX}" height="{THUMB_PX}" decoding="async" src="data:image/jpeg;base64,{self._load(c.thumb)}">'
             if c.thumb
@@ -495,9 +566,10 @@ class ReportWriter:
         )
         return (
             f'<li class="{" ".join(classes)}" data-i="{c.index}">{img}'
-            f'<div class="meta"><span class="conf">{c.confidence:.2f}</span>{"".join(tags)}</div>'
+            f'<div class="meta">{conf}{"".join(tags)}</div>'
             f'<div class="name" title="{_e(c.file)}">{_e(name)}</div>'
-            f'<button type="button" class="cls" data-i="{c.index}" title="change the class of {_e(name)}">{_e(c.label)}</button></li>\n'
+            f'<button type="button" class="cls" data-i="{c.index}" aria-haspopup="menu" aria-expanded="false" '
+            f'title="change the class of {_e(name)}">{_e(c.label)}</button></li>\n'
         )
 
 
@@ -505,8 +577,25 @@ class ReportWriter:
 # Helpers
 
 
+def nearest_class(row: dict) -> tuple[str, float] | None:
+    """For a result labelled ``other`` (a classify row or a scan cell, with ``top3``): the class the model gave most
+    probability besides ``other``, and that probability (a cell sent to ``other`` by its never-seen score may have
+    been a confident monocyte to the network); None for any other label."""
+    from firmware_host.classify import alternatives
+
+    if row.get("label") != OTHER or not row.get("top3"):
+        return None
+    best = alternatives(row)[:1]
+    return (best[0]["label"], float(best[0]["prob"])) if best else None
+
+
 def _flagged(c: _Cell) -> bool:
     return bool(c.flag) or c.label == OTHER
+
+
+def _pct(k: int, n: int) -> str:
+    """A share for the differential table: one decimal, or "-" when there is nothing to share."""
+    return f"{100.0 * k / n:.1f}" if n else "-"
 
 
 def _e(s: object) -> str:
@@ -568,7 +657,7 @@ def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
     top = max(counts.values()) if counts and max(counts.values()) else 1
     n = sum(counts.values())
     parts = [
-        f'<svg class="bars" role="img" aria-labelledby="bars-title" width="{label_w + bar_w + count_w}" height="{row * len(choices) + 4}" '
+        f'<svg class="bars" role="img" aria-labelledby="bars-title" data-label-w="{label_w}" data-bar-w="{bar_w}" width="{label_w + bar_w + count_w}" height="{row * len(choices) + 4}" '
         f'viewBox="0 0 {label_w + bar_w + count_w} {row * len(choices) + 4}"><title id="bars-title">Differential count, bar chart</title>'
     ]
     for k, c in enumerate(choices):
@@ -576,9 +665,9 @@ def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
         w = round(bar_w * counts[c] / top, 1)
         pct = 100.0 * counts[c] / n if n else 0.0
         parts.append(
-            f'<g class="k{k}"><text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(c)}</text>'
+            f'<g class="k{k}" data-class="{_e(c)}"><text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(c)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row - 6}"/>'
-            f'<text x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({pct:.0f} %)</text></g>'
+            f'<text class="n" x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({pct:.0f} %)</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -598,18 +687,22 @@ td.after.changed{font-weight:700;color:#0b5cad}td.diag{font-weight:700}td.off{ba
 .bars text{font-size:12px;fill:#222}.bars rect{fill:var(--c)}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;background:var(--c)}
 .tag{display:inline-block;font-size:.72rem;padding:0 4px;border-radius:3px;background:#e8e8e8;margin-left:3px}
-.tag.flag,.tag.review{background:#ffe0b3}.tag.wrong{background:#f8caca}
+.tag.flag,.tag.review{background:#ffe0b3}.tag.nearest{background:#dde8f5}
+ul.failed{font-size:.85rem;columns:2 30em;margin:0;padding-left:1.2em}button:disabled{cursor:default}.tag.wrong{background:#f8caca}
 .toolbar{position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2;display:flex;gap:12px;align-items:center;flex-wrap:wrap;border-bottom:1px solid #ddd}
 button{font:inherit;padding:4px 12px;cursor:pointer}
-button.cls,select.cls{font-size:.8rem;padding:1px 4px;text-align:left}button.cls::after{content:" \\25BE";color:#666}
+button.cls{font-size:.8rem;padding:1px 4px;text-align:left}button.cls::after{content:" \\25BE";color:#666}
+li.cell{position:relative}.menu{position:absolute;z-index:3;left:5px;right:5px;bottom:5px;display:flex;flex-direction:column;background:#fff;border:1px solid #888;border-radius:4px;box-shadow:0 2px 8px rgba(0,0,0,.25)}
+.menu button{font-size:.8rem;padding:3px 6px;text-align:left;border:0;background:none}.menu button:hover,.menu button:focus{background:#e3f0ff}
+.menu button[aria-checked="true"]{font-weight:700}
 ul.cells{list-style:none;margin:0;padding:0;display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px}
 li.cell{content-visibility:auto;contain-intrinsic-size:auto 190px;background:#fff;border:1px solid #d6d6d6;border-radius:4px;padding:5px;display:flex;flex-direction:column;gap:3px;font-size:.8rem}
-li.cell img{width:80px;height:80px;object-fit:contain;image-rendering:auto;align-self:center;background:#eee}
+li.cell img{width:112px;height:112px;object-fit:contain;image-rendering:auto;align-self:center;background:#eee}
 li.cell.flagged{border-color:#e0a400;box-shadow:inset 0 0 0 1px #e0a400}
 li.cell.wrong{border-color:#c62828;box-shadow:inset 0 0 0 2px #c62828}
 li.cell.corrected{background:#e3f0ff;border-color:#0b5cad}
 li.cell .name{overflow-wrap:anywhere;color:#333}li.cell .conf{font-weight:700;font-variant-numeric:tabular-nums}
-.nothumb{width:80px;height:80px;align-self:center;background:#eee;color:#777;display:flex;align-items:center;justify-content:center;text-align:center}
+.nothumb{width:112px;height:112px;align-self:center;background:#eee;color:#777;display:flex;align-items:center;justify-content:center;text-align:center}
 .empty{color:#777}
 .fieldlist{display:flex;flex-wrap:wrap;gap:14px}.field{margin:0;max-width:100%}
 .fieldimg{position:relative;display:inline-block;max-width:100%}.fieldimg img{display:block;max-width:100%;height:auto}
@@ -625,62 +718,119 @@ _SCRIPT = """
   var data = JSON.parse(document.getElementById("edgecell-data").textContent);
   var corrected = {};
   var n = 0;
+  var unsaved = false;  // corrections changed since the last download
+  var download = document.getElementById("download");
+  var confirmed = document.getElementById("include-confirmed");
+  function has(i) { return Object.prototype.hasOwnProperty.call(corrected, i); }
   function csvField(s) { return '"' + String(s).replace(/"/g, '""') + '"'; }
+  function pct(k, total) { return total ? (100 * k / total).toFixed(1) : "-"; }
   function refresh() {
     var counts = {};
+    var total = 0;
     data.classes.forEach(function (c) { counts[c] = 0; });
     data.cells.forEach(function (cell, i) {
       if (cell[2]) { return; }  // cut by its field's border: not counted
-      var c = Object.prototype.hasOwnProperty.call(corrected, i) ? corrected[i] : cell[1];
+      var c = has(i) ? corrected[i] : cell[1];
       counts[c] = (counts[c] || 0) + 1;
+      total += 1;
     });
     document.querySelectorAll("#differential tbody tr").forEach(function (tr) {
       var td = tr.querySelector("td.after");
       var c = tr.getAttribute("data-class");
       td.textContent = String(counts[c] || 0);
       td.classList.toggle("changed", td.textContent !== tr.children[1].textContent);
+      tr.querySelector("td.pct-after").textContent = pct(counts[c] || 0, total);
     });
+    var svg = document.querySelector("svg.bars");
+    if (svg) {
+      var labelW = Number(svg.getAttribute("data-label-w"));
+      var barW = Number(svg.getAttribute("data-bar-w"));
+      var top = Math.max.apply(null, data.classes.map(function (c) { return counts[c] || 0; }).concat([1]));
+      svg.querySelectorAll("g[data-class]").forEach(function (g) {
+        var k = counts[g.getAttribute("data-class")] || 0;
+        var w = Math.round(10 * barW * k / top) / 10;
+        g.querySelector("rect").setAttribute("width", String(w));
+        var t = g.querySelector("text.n");
+        t.setAttribute("x", String(labelW + w + 4));
+        t.textContent = k + " (" + (total ? Math.round(100 * k / total) : 0) + " %)";
+      });
+    }
     document.getElementById("ncorrected").textContent = n + " corrected";
+    download.disabled = !(n > 0 || confirmed.checked);
+    download.title = download.disabled ? "nothing corrected yet" : "";
   }
-  // The selector is made when a cell's class button is clicked: 1,000 cells, 1,000 light buttons.
-  function selectFor(button) {
+  // A click on a cell's class opens a small menu of the classes (made then: 1,000 cells, 1,000 light buttons). Only a
+  // click (or Enter) on a class changes it; Escape, a click elsewhere or Tab away closes the menu unchanged, and the
+  // arrow keys move within it. (A native selector took the arrow keys a person pressed to scroll as a change of class.)
+  var open = null;
+  function closeMenu(focusButton) {
+    if (!open) { return; }
+    var was = open;
+    open = null;
+    was.menu.remove();
+    was.button.setAttribute("aria-expanded", "false");
+    if (focusButton) { was.button.focus(); }
+  }
+  function openMenu(button) {
+    closeMenu(false);
     var i = Number(button.getAttribute("data-i"));
-    var sel = document.createElement("select");
-    sel.className = "cls";
-    sel.setAttribute("data-i", String(i));
-    sel.setAttribute("aria-label", button.getAttribute("title"));
-    var current = Object.prototype.hasOwnProperty.call(corrected, i) ? corrected[i] : data.cells[i][1];
+    var current = has(i) ? corrected[i] : data.cells[i][1];
+    var menu = document.createElement("div");
+    menu.className = "menu";
+    menu.setAttribute("role", "menu");
+    menu.setAttribute("aria-label", button.getAttribute("title"));
     data.classes.forEach(function (c) {
-      var o = document.createElement("option");
-      o.value = c;
+      var o = document.createElement("button");
+      o.type = "button";
+      o.className = "pick";
+      o.setAttribute("role", "menuitemradio");
+      o.setAttribute("aria-checked", String(c === current));
+      o.setAttribute("data-class", c);
       o.textContent = c;
-      sel.appendChild(o);
+      menu.appendChild(o);
     });
-    sel.value = current;
-    button.replaceWith(sel);
-    sel.focus();
-    return sel;
+    button.after(menu);
+    button.setAttribute("aria-expanded", "true");
+    open = { menu: menu, button: button, i: i };
+    menu.querySelector('[aria-checked="true"]').focus();
+  }
+  function choose(i, c) {
+    var had = has(i);
+    if (c === data.cells[i][1]) { if (had) { delete corrected[i]; n -= 1; } }
+    else { if (!had) { n += 1; } corrected[i] = c; }
+    unsaved = true;
+    open.button.textContent = c;
+    open.button.closest("li.cell").classList.toggle("corrected", has(i));
+    closeMenu(true);
+    refresh();
   }
   document.addEventListener("click", function (ev) {
-    var b = ev.target.closest ? ev.target.closest("button.cls") : null;
-    if (b) { selectFor(b); }
+    var t = ev.target.closest ? ev.target : null;
+    if (!t) { return; }
+    var pick = t.closest("button.pick");
+    if (pick && open) { choose(open.i, pick.getAttribute("data-class")); return; }
+    var b = t.closest("button.cls");
+    if (b) { if (open && open.button === b) { closeMenu(true); } else { openMenu(b); } return; }
+    if (open && !t.closest(".menu")) { closeMenu(false); }
   });
-  document.addEventListener("change", function (ev) {
-    var sel = ev.target;
-    if (!sel.classList || !sel.classList.contains("cls")) { return; }
-    var i = Number(sel.getAttribute("data-i"));
-    var had = Object.prototype.hasOwnProperty.call(corrected, i);
-    if (sel.value === data.cells[i][1]) { if (had) { delete corrected[i]; n -= 1; } }
-    else { if (!had) { n += 1; } corrected[i] = sel.value; }
-    sel.closest("li.cell").classList.toggle("corrected", Object.prototype.hasOwnProperty.call(corrected, i));
-    refresh();
+  document.addEventListener("keydown", function (ev) {
+    if (!open) { return; }
+    if (ev.key === "Escape") { ev.preventDefault(); closeMenu(true); return; }
+    if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      ev.preventDefault();
+      var picks = Array.prototype.slice.call(open.menu.querySelectorAll("button.pick"));
+      var k = picks.indexOf(document.activeElement) + (ev.key === "ArrowDown" ? 1 : -1);
+      picks[(k + picks.length) % picks.length].focus();
+    }
   });
-  document.getElementById("download").addEventListener("click", function () {
-    var all = document.getElementById("include-confirmed").checked;
+  document.addEventListener("focusin", function (ev) {
+    if (open && !open.menu.contains(ev.target) && ev.target !== open.button) { closeMenu(false); }
+  });
+  confirmed.addEventListener("change", refresh);
+  download.addEventListener("click", function () {
     var lines = [data.csvColumns.join(",")];
     data.cells.forEach(function (cell, i) {
-      var has = Object.prototype.hasOwnProperty.call(corrected, i);
-      if (has || all) { lines.push([cell[0], cell[1], has ? corrected[i] : cell[1]].map(csvField).join(",")); }
+      if (has(i) || confirmed.checked) { lines.push([cell[0], cell[1], has(i) ? corrected[i] : cell[1]].map(csvField).join(",")); }
     });
     var blob = new Blob([lines.join("\\n") + "\\n"], { type: "text/csv;charset=utf-8" });
     var a = document.createElement("a");
@@ -688,10 +838,11 @@ _SCRIPT = """
     a.download = data.csvName;
     document.body.appendChild(a);
     a.click();
+    unsaved = false;
     setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   });
   window.addEventListener("beforeunload", function (ev) {
-    if (n > 0) { ev.preventDefault(); ev.returnValue = ""; }
+    if (unsaved && n > 0) { ev.preventDefault(); ev.returnValue = ""; }
   });
   refresh();
 })();

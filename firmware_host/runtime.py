@@ -170,7 +170,7 @@ class Prediction:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     thumbnail: bytes | None = field(default=None, repr=False)
-    """A small JPEG of the model's input pixels, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
+    """A small JPEG of the image, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
     other_score: float | None = None
     """The never-seen score (:mod:`firmware_host.otherscore`); None for a model without one."""
     nucleus_offset: float = math.nan
@@ -772,9 +772,9 @@ class Classifier:
                 :data:`firmware_host.decode.PROCESS_MIN_FILES` files and more than one worker, called
                 where workers may import the main module (:func:`firmware_host.decode.main_is_guarded`).
                 Where processes cannot start, threads are used.
-            thumbnails: if > 0, each Prediction's ``thumbnail`` is a JPEG of the model's input at
-                most this many pixels wide (:func:`firmware_host.report.thumbnail_jpeg`), made where
-                the pixels already are (in the worker process), so the review page costs no second decode.
+            thumbnails: if > 0, each Prediction's ``thumbnail`` is a JPEG of the image as given, at most this many
+                pixels wide (:func:`firmware_host.report.file_thumbnail`: a second, draft-size decode, about 1 ms),
+                made in the worker that classified it.
 
         Yields ``(path, Prediction)`` or ``(path, ImageError)`` per file, in input order.
         """
@@ -790,7 +790,7 @@ class Classifier:
                     continue
                 pred = self.classify_array(path, image, pre_ms, offset)
                 if thumbnails:
-                    pred.thumbnail = _thumbnail(image, thumbnails)
+                    pred.thumbnail = _thumbnail(path, image, thumbnails)
                 yield path, pred
             return
         local = functools.partial(_classify_paths, self, thumbnails=thumbnails)
@@ -835,7 +835,7 @@ def _classify_paths(clf: Classifier, paths: list[str], thumbnails: int = 0) -> l
         t0 = time.perf_counter()
         probs, score = clf.predict_array_scored(image)
         item = (probs, pre_ms, (time.perf_counter() - t0) * 1000.0, None, score, offset)
-        out.append(item + (_thumbnail(image, thumbnails),) if thumbnails else item)
+        out.append(item + (_thumbnail(p, image, thumbnails),) if thumbnails else item)
     return out
 
 
@@ -843,10 +843,12 @@ def _classify_in_worker(paths: list[str], thumbnails: int = 0) -> list[tuple]:
     return _classify_paths(_WORKER_CLASSIFIER, paths, thumbnails)
 
 
-def _thumbnail(image: np.ndarray, px: int) -> bytes:
-    from firmware_host.report import thumbnail_jpeg
+def _thumbnail(path: str | os.PathLike, image: np.ndarray, px: int) -> bytes:
+    """The review page's picture of a cell: the image as given (a person judges the cell, not the model's recoloured
+    crop), else the model's input."""
+    from firmware_host.report import file_thumbnail, thumbnail_jpeg
 
-    return thumbnail_jpeg(image, px)
+    return file_thumbnail(path, px) or thumbnail_jpeg(image, px)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -603,10 +603,12 @@ class ReportHook:
                 box=box,
                 why=c.get("other_reason", ""),
                 edge=bool(c["edge"]),
+                nearest=self.mod.nearest_class(c),
             )
 
     def finish(self, summary: ScanSummary) -> None:
         self.writer.header.n_failed = summary.n_failed
+        self.writer.header.failed = [(f["file"], f["error"]) for f in summary.failed]
         self.writer.header.lab_warning = summary.lab_warning
         self.writer.write(self.dest)
 

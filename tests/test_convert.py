@@ -105,7 +105,7 @@ def test_calibration_folder_layouts(tmp_path):
 
 def test_too_few_calibration_images_is_an_error(tmp_path):
     _images(tmp_path / "few", 4)
-    _images(tmp_path / "few", 5, value=7, prefix="same")  # distinct bytes ...
+    _images(tmp_path / "few", 5, value=170, prefix="same")  # distinct bytes ...
     shutil.copy(tmp_path / "few" / "same_000.png", tmp_path / "few" / "copy.png")  # ... but this one is a duplicate
     with pytest.raises(DataError) as e:
         cal_mod.from_folder(tmp_path / "few", CLASSES, 24)
@@ -298,13 +298,13 @@ def test_same_seed_gives_identical_int8_bytes(run_copy, tmp_path):
 
 
 def test_max_drop_fails_when_int8_loses_accuracy(run_copy, tmp_path):
-    """Calibrated on near-black images, the int8 input saturates for real cells: one constant answer."""
+    """Calibrated on blank white images, the int8 input saturates for real cells: one constant answer."""
     from firmware_host.metadata import read_metadata
 
     run = _fresh_copy(run_copy, tmp_path)
-    _images(tmp_path / "dark", 12, value=0)
+    _images(tmp_path / "blank", 12, value=240)
     res = CliRunner().invoke(
-        cli, ["convert", str(run), "--int8", "--calibration", str(tmp_path / "dark"), "--max-drop", "0", "--json", str(tmp_path / "p.json")]
+        cli, ["convert", str(run), "--int8", "--calibration", str(tmp_path / "blank"), "--max-drop", "0", "--json", str(tmp_path / "p.json")]
     )
     report = json.loads((tmp_path / "p.json").read_text())
     keras_acc, int8_acc = report["models"]["keras"]["accuracy"], report["models"]["int8"]["accuracy"]

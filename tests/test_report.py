@@ -13,7 +13,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from edgecell.cli import cli
-from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, thumbnail_jpeg
+from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, cell_name, thumbnail_jpeg
 from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
 from tests._browser import browser
 from tests._tflite_fixtures import labelled_folder, save_jpeg
@@ -155,6 +155,30 @@ def test_scan_mode_cells_cut_by_the_border_are_shown_and_not_counted(tmp_path):
     assert [c[2] for c in data["cells"]] == [0, 1]  # what the page's script skips when it counts again
 
 
+def test_failed_inputs_are_named_and_other_cells_show_their_nearest_class(tmp_path):
+    with ReportWriter(
+        _header(SIX, n_images=3, n_failed=2, failed=[("slide/broken.jpg", "cannot decode image (truncated)"), ("slide/<b>.jpg", "empty file")])
+    ) as w:
+        w.add_row({"path": "slide/a.jpg", "label": OTHER, "confidence": 0.01, "flag": "other", "other_reason": "unlike every trained type",
+                   "top3": [{"label": "monocyte", "prob": 0.97}, {"label": "basophil", "prob": 0.02}, {"label": OTHER, "prob": 0.01}]})  # fmt: skip
+        text = w.write(tmp_path / "p.html").read_text(encoding="utf-8")
+    failed = text.split('<section id="failed">', 1)[1].split("</section>", 1)[0]
+    assert "2 images that could not be classified" in failed and "broken.jpg</span>: cannot decode image (truncated)" in failed
+    assert "&lt;b&gt;.jpg" in failed and "<b>.jpg" not in failed
+    cell = text.split('<li class="cell', 1)[1].split("</li>", 1)[0]
+    assert "nearest: monocyte 0.97" in cell and 'class="conf"' not in cell  # p(other) 0.01 is not shown as its confidence
+    assert "names relative to" in text  # the CSV keeps relative names: apply must run from here
+
+
+def test_an_empty_page_shares_nothing_and_a_field_of_one_cell_is_one_cell(tmp_path):
+    out, _ = _page(tmp_path, SIX, [])
+    assert '<td class="num">0</td><td class="num">-</td>' in out.read_text(encoding="utf-8")  # not "100.0" of nothing
+    with ReportWriter(_header(SIX, n_images=1, mode="scan")) as w:
+        k = w.add_field("f.jpg", np.full((60, 80, 3), 200, np.uint8))
+        w.add_cell(cell_name("f.jpg", Box(1, 1, 30, 30)), "monocyte", 0.9, "", None, _thumb(0), field=k, box=Box(1, 1, 30, 30))
+        assert "(80x60, 1 cell)" in w.write(tmp_path / "s.html").read_text(encoding="utf-8")
+
+
 def test_thumbnails_spool_and_size(tmp_path):
     from PIL import Image
 
@@ -192,25 +216,50 @@ def test_page_in_headless_chromium(tmp_path):
             shown = page.locator(f'li.cell[data-i="{i}"] .name')
             assert shown.inner_text() == names[i].removeprefix("slide/") and shown.get_attribute("title") == names[i]
 
+        # nothing corrected: nothing to download
+        assert page.locator("#download").is_disabled()
+        # arrow keys pressed to scroll, after a click on a class, change nothing (they changed the class before)
+        page.click('button.cls[data-i="2"]')
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Escape")
+        assert page.locator("#ncorrected").inner_text() == "0 corrected" and page.locator("li.cell.corrected").count() == 0
+        assert page.locator(".menu").count() == 0 and page.evaluate("document.activeElement.getAttribute('data-i')") == "2"
+        page.click('button.cls[data-i="2"]')
+        page.click("h1")  # a click elsewhere closes the menu, unchanged
+        assert page.locator(".menu").count() == 0 and page.locator("#ncorrected").inner_text() == "0 corrected"
+        page.click('button.cls[data-i="2"]')  # the keyboard: arrows move in the menu, Enter chooses
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+        after_down = SIX[(SIX.index(cells[2][1]) + 1) % len(SIX)]
+        assert page.locator('button.cls[data-i="2"]').inner_text() == after_down and page.locator("#ncorrected").inner_text() == "1 corrected"
+        page.click('button.cls[data-i="2"]')
+        page.click(f'.menu button.pick[data-class="{cells[2][1]}"]')  # and back
+        assert page.locator("#ncorrected").inner_text() == "0 corrected" and page.locator("#download").is_disabled()
+
         # a click changes a cell's class; the page follows it
         target = f"slide/monocyte/{EVIL}"
         index = names.index(target)
-        assert page.locator("select").count() == 0  # selectors are made on demand
+        assert page.locator(".menu").count() == 0  # menus are made on demand
         assert page.locator(f'button.cls[data-i="{index}"]').inner_text() == "basophil"
         page.click(f'button.cls[data-i="{index}"]')
-        sel = page.locator(f'select.cls[data-i="{index}"]')
-        assert sel.input_value() == "basophil" and sel.locator("option").all_inner_texts() == SIX
-        sel.select_option(OTHER)
+        menu = page.locator(".menu button.pick")
+        assert menu.all_inner_texts() == SIX and page.locator('.menu [aria-checked="true"]').inner_text() == "basophil"
+        page.click(f'.menu button.pick[data-class="{OTHER}"]')
+        assert page.locator(f'button.cls[data-i="{index}"]').inner_text() == OTHER and page.locator(".menu").count() == 0
         assert page.locator(f'li.cell[data-i="{index}"]').get_attribute("class").split().count("corrected") == 1
-        assert page.locator("#ncorrected").inner_text() == "1 corrected"
-        after = page.locator('#differential tr[data-class="other"] td.after').inner_text()
-        assert int(after) == expected[OTHER] + 1
+        assert page.locator("#ncorrected").inner_text() == "1 corrected" and page.locator("#download").is_enabled()
+        row = page.locator('#differential tr[data-class="other"]')
+        assert int(row.locator("td.after").inner_text()) == expected[OTHER] + 1
+        assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / len(cells):.1f}"  # the share follows too
+        bar = page.locator('svg.bars g[data-class="other"] text.n')
+        assert bar.text_content().startswith(f"{expected[OTHER] + 1} (")  # and the bar chart
         # a second change, then back: only the first counts
         assert index != 1
         page.click('button.cls[data-i="1"]')
-        other = page.locator('select.cls[data-i="1"]')
-        other.select_option("monocyte")
-        other.select_option(cells[1][1])
+        page.click('.menu button.pick[data-class="monocyte"]')
+        page.click('button.cls[data-i="1"]')
+        page.click(f'.menu button.pick[data-class="{cells[1][1]}"]')
         assert page.locator("#ncorrected").inner_text() == "1 corrected"
 
         with page.expect_download() as dl:
@@ -232,6 +281,23 @@ def test_page_in_headless_chromium(tmp_path):
         assert problems == [] and requests == []
 
 
+def test_leaving_the_page_asks_only_while_corrections_are_not_downloaded(tmp_path):
+    out, _ = _page(tmp_path, SIX, _mixed_cells())
+    with browser() as b:
+        for download in (False, True):
+            page = b.new_page(accept_downloads=True)
+            asked = []
+            page.on("dialog", lambda d, asked=asked: (asked.append(d.type), d.accept()))
+            page.goto(out.as_uri())
+            page.click('button.cls[data-i="0"]')
+            page.click(f'.menu button.pick[data-class="{OTHER}"]')
+            if download:
+                with page.expect_download():
+                    page.click("#download")
+            page.goto("about:blank")  # leaving the page (the dialog, if any, is accepted)
+            assert asked == ([] if download else ["beforeunload"]), download
+
+
 # ------------------------------------------------------------------------------------ classify --report
 
 
@@ -251,6 +317,9 @@ def test_classify_report_end_to_end(models, tmp_path):
     assert html.escape(EVIL) in text and "<img src=x" not in text
     assert "model_int8.tflite" in text and "int8" in text and json.loads((tmp_path / "r.json").read_text())["model"]["sha256"][:12] in text
     assert 'id="confusion"' in text  # the folders are named after classes
+    f = json.loads((tmp_path / "r.json").read_text())["summary"]["flagged"]
+    assert f"Flagged: {f['total']} of {len(results)}</strong>: {f['review']} for the haematologist" in text  # as classify says
+    assert f"{f['uncertain']} uncertain" in text and f"{f['other']} not one of the five" in text
 
 
 def models_classes(models) -> list[str]:
