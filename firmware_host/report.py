@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from firmware_host.paths import OTHER_TYPES
 from firmware_host.preprocess import JPEG_FORMATS
 
 OTHER = "other"
@@ -356,6 +357,9 @@ class ReportWriter:
         yield from self._cells_html(choices, root)
         data = {
             "classes": choices,
+            # the types a reviewer may name within `other` (counted as `other`; `corrections apply` keeps the type,
+            # so that `adapt` learns each apart)
+            "otherTypes": [t for t in OTHER_TYPES if t != OTHER],
             "csvColumns": list(CSV_COLUMNS),
             "csvName": CSV_NAME,
             "cells": [[c.file, c.label, int(c.edge)] for c in self.cells],
@@ -438,7 +442,7 @@ class ReportWriter:
         left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
         left_out = self._flags_html(counted) + left_out
         bars = '<p class="hint">The bars follow the corrections.</p>\n'
-        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap">{table}\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
+        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap"><div class="scroll">{table}</div>\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
 
     def _flags_html(self, counted: list[_Cell]) -> str:
         """What a person must look at, as classify's summary line says it."""
@@ -476,8 +480,8 @@ class ReportWriter:
             '<section id="confusion">\n<h2>Against folder labels</h2>\n'
             f"<p>{n} cells sit in folders named after a class: {right} predicted as their folder ({100.0 * right / n:.1f} %), "
             f'{n - right} not (marked <span class="tag wrong">wrong</span> below).</p>\n'
-            '<table class="cm"><caption>Confusion matrix (rows: folder label, columns: predicted)</caption>\n'
-            f"<thead><tr><th></th>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</section>\n"
+            '<div class="scroll"><table class="cm"><caption>Confusion matrix (rows: folder label, columns: predicted)</caption>\n'
+            f"<thead><tr><th></th>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table></div>\n</section>\n"
         )
 
     def _fields_html(self, choices: list[str], root: str) -> Iterable[str]:
@@ -514,9 +518,11 @@ class ReportWriter:
             '<section id="cells">\n<h2>Cells by predicted class</h2>\n'
             '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
-            '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted (confirmed)</label></div>\n'
+            '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right)</label></div>\n'
             '<p class="hint">Flagged cells come first in each class, then the least confident. '
-            "Click the class under a cell to pick another. An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
+            "Click the class under a cell to pick another; under <code>other</code> you can name the type (lymphocyte, "
+            "eosinophil, ...), which counts as <code>other</code> and teaches <code>edgecell adapt</code> that type. "
+            "An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
         )
         for k, cls in enumerate(groups):
             members = sorted(groups[cls], key=lambda c: (not _flagged(c), c.confidence, c.index))
@@ -683,7 +689,8 @@ h1{font-size:1.4rem;margin:.2rem 0 .6rem}h2{font-size:1.15rem;margin:1.4rem 0 .5
 table{border-collapse:collapse;font-size:.9rem}caption{text-align:left;font-weight:600;padding-bottom:4px}
 th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.after.changed{font-weight:700;color:#0b5cad}td.diag{font-weight:700}td.off{background:#fde4e4}
-.diffwrap{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+.diffwrap{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.scroll{overflow-x:auto;max-width:100%}
+svg.bars{max-width:100%;height:auto}section.group,section#count{scroll-margin-top:52px}
 .bars text{font-size:12px;fill:#222}.bars rect{fill:var(--c)}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;background:var(--c)}
 .tag{display:inline-block;font-size:.72rem;padding:0 4px;border-radius:3px;background:#e8e8e8;margin-left:3px}
@@ -694,7 +701,7 @@ button{font:inherit;padding:4px 12px;cursor:pointer}
 button.cls{font-size:.8rem;padding:1px 4px;text-align:left}button.cls::after{content:" \\25BE";color:#666}
 li.cell{position:relative}.menu{position:absolute;z-index:3;left:5px;right:5px;bottom:5px;display:flex;flex-direction:column;background:#fff;border:1px solid #888;border-radius:4px;box-shadow:0 2px 8px rgba(0,0,0,.25)}
 .menu button{font-size:.8rem;padding:3px 6px;text-align:left;border:0;background:none}.menu button:hover,.menu button:focus{background:#e3f0ff}
-.menu button[aria-checked="true"]{font-weight:700}
+.menu button[aria-checked="true"]{font-weight:700}.menu button.type{padding-left:18px;color:#444}
 ul.cells{list-style:none;margin:0;padding:0;display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px}
 li.cell{content-visibility:auto;contain-intrinsic-size:auto 190px;background:#fff;border:1px solid #d6d6d6;border-radius:4px;padding:5px;display:flex;flex-direction:column;gap:3px;font-size:.8rem}
 li.cell img{width:112px;height:112px;object-fit:contain;image-rendering:auto;align-self:center;background:#eee}
@@ -722,6 +729,7 @@ _SCRIPT = """
   var download = document.getElementById("download");
   var confirmed = document.getElementById("include-confirmed");
   function has(i) { return Object.prototype.hasOwnProperty.call(corrected, i); }
+  function counted(c) { return data.otherTypes.indexOf(c) >= 0 ? "other" : c; }  // a type named within other counts as other
   function csvField(s) { return '"' + String(s).replace(/"/g, '""') + '"'; }
   function pct(k, total) { return total ? (100 * k / total).toFixed(1) : "-"; }
   function refresh() {
@@ -730,7 +738,7 @@ _SCRIPT = """
     data.classes.forEach(function (c) { counts[c] = 0; });
     data.cells.forEach(function (cell, i) {
       if (cell[2]) { return; }  // cut by its field's border: not counted
-      var c = has(i) ? corrected[i] : cell[1];
+      var c = counted(has(i) ? corrected[i] : cell[1]);
       counts[c] = (counts[c] || 0) + 1;
       total += 1;
     });
@@ -779,10 +787,15 @@ _SCRIPT = """
     menu.className = "menu";
     menu.setAttribute("role", "menu");
     menu.setAttribute("aria-label", button.getAttribute("title"));
+    var choices = [];
     data.classes.forEach(function (c) {
+      choices.push(c);
+      if (c === "other") { choices = choices.concat(data.otherTypes); }
+    });
+    choices.forEach(function (c) {
       var o = document.createElement("button");
       o.type = "button";
-      o.className = "pick";
+      o.className = data.otherTypes.indexOf(c) >= 0 ? "pick type" : "pick";
       o.setAttribute("role", "menuitemradio");
       o.setAttribute("aria-checked", String(c === current));
       o.setAttribute("data-class", c);

@@ -13,6 +13,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from edgecell.cli import cli
+from firmware_host.paths import OTHER_TYPES
 from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, cell_name, thumbnail_jpeg
 from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
 from tests._browser import browser
@@ -244,7 +245,7 @@ def test_page_in_headless_chromium(tmp_path):
         assert page.locator(f'button.cls[data-i="{index}"]').inner_text() == "basophil"
         page.click(f'button.cls[data-i="{index}"]')
         menu = page.locator(".menu button.pick")
-        assert menu.all_inner_texts() == SIX and page.locator('.menu [aria-checked="true"]').inner_text() == "basophil"
+        assert menu.all_inner_texts() == [*SIX, *OTHER_TYPES[1:]] and page.locator('.menu [aria-checked="true"]').inner_text() == "basophil"
         page.click(f'.menu button.pick[data-class="{OTHER}"]')
         assert page.locator(f'button.cls[data-i="{index}"]').inner_text() == OTHER and page.locator(".menu").count() == 0
         assert page.locator(f'li.cell[data-i="{index}"]').get_attribute("class").split().count("corrected") == 1
@@ -254,6 +255,13 @@ def test_page_in_headless_chromium(tmp_path):
         assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / len(cells):.1f}"  # the share follows too
         bar = page.locator('svg.bars g[data-class="other"] text.n')
         assert bar.text_content().startswith(f"{expected[OTHER] + 1} (")  # and the bar chart
+        # a type named within other counts as other, and the CSV keeps the type (corrections apply makes its folder)
+        typed = next(k for k, c in enumerate(cells) if c[1] == "monocyte")
+        page.click(f'button.cls[data-i="{typed}"]')
+        page.click('.menu button.pick[data-class="lymphocyte"]')
+        assert int(row.locator("td.after").inner_text()) == expected[OTHER] + 2 and page.locator("#ncorrected").inner_text() == "2 corrected"
+        page.click(f'button.cls[data-i="{typed}"]')
+        page.click('.menu button.pick[data-class="monocyte"]')  # undone
         # a second change, then back: only the first counts
         assert index != 1
         page.click('button.cls[data-i="1"]')
