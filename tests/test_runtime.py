@@ -369,7 +369,7 @@ def test_predict_array_rejects_wrong_arrays(models):
 
 def test_classify_file_and_many(models, tmp_path):
     clf = Classifier.load(models.int8, threads=1)
-    good = [save_jpeg(tmp_path / f"g{k}.jpg", np.full((40, 50, 3), 30 * k, np.uint8)) for k in range(5)]
+    good = [save_jpeg(tmp_path / f"g{k}.jpg", np.full((40, 50, 3), 100 + 30 * k, np.uint8)) for k in range(5)]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     p = clf.classify_file(good[0])
