@@ -30,6 +30,7 @@ gives the lineage (parent run, its model's SHA-256, the local data fingerprint a
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from edgecell.options import DEFAULT_SEED
 from edgecell.runfolder import ADAPT_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
+from firmware_host.metadata import sha256_file
 
 DEFAULT_EPOCHS = 40
 """Fine-tuning epochs (each: the replay sample plus the local images, repeated to :data:`LOCAL_SHARE`)."""
@@ -187,15 +189,26 @@ def step_sources(run: RunFolder) -> list[str]:
 
 def walk_back(parent: RunFolder, passing) -> tuple[str, list[RunFolder]]:
     """Follow ``adapted_from`` back from ``parent`` while ``passing(run)``: the first run that does not pass (its path;
-    or the path recorded for the next one back, when that folder is gone), and the runs passed on the way."""
-    run, passed = parent, []
+    or the path recorded for the next one back, when that folder is gone or holds another run now), and the runs passed
+    on the way.
+
+    A recorded parent's folder counts as gone when its model is not the one recorded (``model_sha256``): a run replaced
+    by one adapted from it would otherwise lead back to itself, for ever (R, then A adapted from R, then R replaced by
+    a run adapted from A)."""
+    run, passed, seen = parent, [], set()
     while passing(run):
         passed.append(run)
-        recorded = (run.extra.get("adapted_from") or {}).get("run", "?")
+        seen.add(os.path.realpath(run.path))
+        lineage = run.extra.get("adapted_from") or {}
+        recorded = lineage.get("run", "?")
         try:
-            run = RunFolder.read(recorded)
+            earlier = RunFolder.read(recorded)
+            same = sha256_file(earlier.keras_path) == lineage.get("model_sha256") if lineage.get("model_sha256") else True
         except (EdgecellError, OSError):
             return recorded, passed
+        if not same or os.path.realpath(earlier.path) in seen:
+            return recorded, passed
+        run = earlier
     return str(run.path), passed
 
 
@@ -393,7 +406,6 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     from edgecell.metrics import apply_temperature
     from edgecell.model import learnt_outputs, predict_with_features, target_matrix, views_of
     from edgecell.train import calibrate, fit, predict, write_results
-    from firmware_host.metadata import sha256_file
     from firmware_host.otherscore import OtherScore, decide
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -414,10 +426,13 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     if opts.method != "prototypes" and adapted_by_prototypes(parent):
         # its outputs are prototypes, two of a type for a lab adapted before; training them would mix the labs up
         start, _ = walk_back(parent, adapted_by_prototypes)
+        where = (
+            "a trained run (the one before any prototypes has been replaced since)"
+            if os.path.realpath(start) == os.path.realpath(parent.path)
+            else f"{start} (the run before any prototypes)"
+        )
         raise EdgecellError(
-            f"this run was adapted by prototypes, which fine-tuning cannot train; fine-tune {start} (the run before any "
-            "prototypes) with every lab's labelled cells",
-            parent.path,
+            f"this run was adapted by prototypes, which fine-tuning cannot train; fine-tune {where} with every lab's labelled cells", parent.path
         )
     try:
         roots = parent.sources(opts.parent_data)

@@ -154,6 +154,9 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if not file:
             problems.append(f"{where}: line {line}: no file name")
             continue
+        if "\0" in file:  # no file can be named so (os.stat raised ValueError: 'embedded null byte')
+            problems.append(f"{where}: line {line}: {file!r}: a file name holding a NUL byte")
+            continue
         if not corrected:
             problems.append(f"{where}: line {line}: {file}: no corrected class")
             continue

@@ -341,6 +341,14 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
             notes.append(
                 f"--exclude {' --exclude '.join(exclude)} leaves no folder of {', '.join(lost)}: the model will not know {'it' if len(lost) == 1 else 'them'}"
             )
+        cased = [f for _, f in folders if f.name not in KNOWN_TYPES and f.name.lower() in KNOWN_TYPES]
+        if cased:  # MYELOBLAST would be a class of its own: never flagged for the haematologist, LYMPHOCYTE not `other`
+            names = ", ".join(dict.fromkeys(f"{f.name} -> {f.name.lower()}" for f in cased))
+            raise DataError(
+                f"edgecell's cell types are named in lower case, and a class folder named otherwise would be a class of its own "
+                f"(a MYELOBLAST class is not flagged for review as a blast); rename {names}",
+                cased[0],
+            )
         odd = sorted({f.name for _, f in folders if f.name not in KNOWN_TYPES})
         if odd:
             notes.append(

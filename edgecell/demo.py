@@ -62,10 +62,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from edgecell import CLASSES
 from firmware_host.atomic import write_bytes, write_text
-from firmware_host.errors import EdgecellError, os_reason
+from firmware_host.errors import EdgecellError, os_reason, read_regular
 
 JPEG_QUALITY = 90
 MARKER = "DEMO.md"
+DATA_TITLE = "# Synthetic demo data (not real blood cells)"
+OBJECTS_TITLE = "# Synthetic non-cell images (the never-seen check)"
+"""The first line of the :data:`MARKER` of a demo set and of a folder of non-cell images: a folder is taken for an
+earlier one (and written over) only when its marker says it is that kind (a person's own DEMO.md, or a demo set
+given as ``--objects``, was written over)."""
 """The file that marks a folder as a demo set (which :func:`generate` may overwrite)."""
 MIN_SIZE = 32
 
@@ -669,17 +674,26 @@ def check_target(out_dir: str | os.PathLike, objects_dir: str | os.PathLike | No
     and must not hold it.
     """
     out = Path(out_dir)
-    _check_folder(out)
+    _check_folder(out, DATA_TITLE, "demo set")
     if objects_dir is None:
         return
     objects = Path(objects_dir)
     a, b = out.resolve(), objects.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise EdgecellError(f"must be a folder apart from {out} (not it, inside it or around it): training would read it as a class", objects)
-    _check_folder(objects)
+    _check_folder(objects, OBJECTS_TITLE, "folder of non-cell images")
 
 
-def _check_folder(out: Path) -> None:
+def _marker_title(folder: Path) -> str | None:
+    """The first line of ``folder``'s :data:`MARKER`, or None when there is none (or it cannot be read)."""
+    try:
+        data = read_regular(folder / MARKER, 1 << 16, EdgecellError, "demo marker")
+    except (EdgecellError, OSError):
+        return None
+    return data.decode("utf-8", "replace").split("\n", 1)[0].strip()
+
+
+def _check_folder(out: Path, title: str, what: str) -> None:
     if not out.exists():
         return
     if not out.is_dir():
@@ -688,11 +702,9 @@ def _check_folder(out: Path) -> None:
         empty = next(out.iterdir(), None) is None
     except OSError as exc:
         raise EdgecellError(f"cannot read folder ({os_reason(exc)})", out) from None
-    if not empty and not (out / MARKER).is_file():
-        raise EdgecellError(
-            f"folder is not empty and is not a previous demo set (no {MARKER}); refusing to write into it, choose a new or empty folder",
-            out,
-        )
+    if not empty and _marker_title(out) != title:
+        why = f"no {MARKER}" if not (out / MARKER).exists() else f"its {MARKER} is not one demo-data wrote for a {what}"
+        raise EdgecellError(f"folder is not empty and is not a previous {what} ({why}); refusing to write into it, choose a new or empty folder", out)
 
 
 def _remove_stale(folder: Path, cls: str, keep: int) -> None:
@@ -731,7 +743,7 @@ def _demo_md(s: DemoSummary, others: bool, complete: bool) -> str:
             f"`{s.objects_dir}`, outside this folder, so `edgecell train` never reads them as a class. "
             "Classify them: a model with the `other` class should call them `other`."
         )
-    return f"""# Synthetic demo data (not real blood cells)
+    return f"""{DATA_TITLE}
 
 Drawn by `edgecell demo-data` so the pipeline can be tried without the real data set.
 Every image is a **synthetic drawing**: a toy white cell in a field of toy red cells, with
@@ -761,7 +773,7 @@ This folder may be overwritten by `edgecell demo-data` (it recognises this file)
 def _objects_md(s: DemoSummary, others: bool, complete: bool) -> str:
     n = s.per_class if complete else "-"
     rows = "\n".join(f"| {k} | `{k}_*.jpg` | {n} |" for k in OBJECT_KINDS)
-    return f"""# Synthetic non-cell images (the never-seen check)
+    return f"""{OBJECTS_TITLE}
 
 Drawn by `edgecell demo-data` next to the demo set `{s.out_dir}`: things that are not a white
 cell at all, which no model was trained on. A model with the `other` class should call them

@@ -581,8 +581,10 @@ def evaluate(
 
     sp = load_split(target, data_dir, split, con)
     x, y = sp.x, sp.y
-    if len(x) == 0:
-        raise DataError(f"no images in the {split} split", data_dir)
+    if len(x) == 0:  # named by its manifest (the run's split) or the first data folder given
+        given = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir or [])
+        where = target.run_dir / SPLIT_FILE if split != "all" and target.run_dir is not None else (given[0] if given else target.model_path)
+        raise DataError(f"no images in the {split} split", where)
     predictor = Predictor(target, threads)
     probs, scores = predictor.scored(x)
     score = predictor.other_score

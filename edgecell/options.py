@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgecell.runfolder import INPUT_SIZES
 from firmware_host.interpreter import MAX_THREADS
 
 DEFAULT_SEED = 42
@@ -124,7 +125,7 @@ def seeded(what: str):
 
 seed_option = seeded("the split, augmentation and shuffling")
 img_size_option = click.option(
-    "--img-size", type=click.IntRange(32, 512), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
+    "--img-size", type=click.IntRange(*INPUT_SIZES), default=DEFAULT_IMG_SIZE, show_default=True, help="Model input size in pixels (square)."
 )
 OUTPUT_FILE = click.Path(dir_okay=False, allow_dash=True, path_type=str)
 """The type of every output-file option. Where an output may go (never onto an input, a model or

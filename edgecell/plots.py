@@ -15,6 +15,8 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # text is text: a class folder named 'odd$\q{$' was parsed as mathtext and failed after the whole training
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -23,6 +23,10 @@ from pathlib import Path
 from firmware_host.errors import DataError, EdgecellError
 from firmware_host.metadata import Precision, sidecar_path
 
+INPUT_SIZES = (32, 512)
+"""The model input sizes edgecell trains (``train --img-size``) and reads from a run's metadata: a hand-edited 100000
+would have every image decoded at that size before the model was looked at (the kernel killed it at 24 GB)."""
+
 RUN_MARKER = "metadata.json"
 """The file that makes a folder a run folder."""
 RUN_FORMAT = "edgecell-run/1"
@@ -168,8 +172,8 @@ class RunFolder:
         if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
             raise EdgecellError(f"run metadata: 'classes' must list at least two distinct class names (got {classes!r})", where)
         size = meta.get("input_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise EdgecellError(f"run metadata: 'input_size' must be a positive whole number (got {size!r})", where)
+        if isinstance(size, bool) or not isinstance(size, int) or not INPUT_SIZES[0] <= size <= INPUT_SIZES[1]:
+            raise EdgecellError(f"run metadata: 'input_size' must be a whole number of pixels from {INPUT_SIZES[0]} to {INPUT_SIZES[1]} (got {size!r})", where)
         temperature = meta.get("temperature", 1.0)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
             raise EdgecellError(f"run metadata: 'temperature' must be a positive number (got {temperature!r})", where)
@@ -263,6 +267,11 @@ def check_keras_file(path: str | os.PathLike) -> None:
         raise EdgecellError("is not a Keras model file (a .keras file is a zip archive; this one is not: truncated or replaced?)", path)
 
 
+RECORDS = ("model", "training", "split", "options", "adapted_from")
+"""Metadata fields that are objects when present (commands read keys of them: ``"model": "x"`` ended adapt with a
+TypeError)."""
+
+
 def _check_recorded(meta: dict, dataset: dict) -> str | None:
     """What is wrong with the metadata fields that the commands read besides classes, size and temperature, or None.
 
@@ -273,6 +282,9 @@ def _check_recorded(meta: dict, dataset: dict) -> str | None:
     for key in ("other_score", "lab_check"):
         if meta.get(key) not in (None, {}) and (why := SCHEMA[key][1](meta[key])) is not None:
             return f"'{key}' {why}"
+    for key in RECORDS:
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"'{key}' must be an object (got {meta[key]!r})"
     seed = meta.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         return f"'seed' must be a whole number (got {seed!r})"

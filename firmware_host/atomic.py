@@ -667,7 +667,8 @@ def check_outputs(
 
 def _precious(path: str) -> str | None:
     """What an existing file is, if it is something a person keeps that no results file should replace: an image, a
-    model, a model's sidecar or a run's metadata (a typo such as ``--json export/model_int8.tflite``); else None."""
+    model, a model's sidecar, a run's metadata or its split (a typo such as ``--json export/model_int8.tflite``, or
+    ``inspect --manifest RUN/split.csv``, after which the run's test split held training images); else None."""
     from firmware_host.metadata import model_of_sidecar
     from firmware_host.preprocess import IMAGE_SUFFIXES
 
@@ -679,6 +680,8 @@ def _precious(path: str) -> str | None:
         return "a model"
     if model_of_sidecar(p) or (p.name == "metadata.json" and (p.parent / "model.keras").is_file()):
         return "a model's metadata"
+    if p.name == "split.csv" and (p.parent / "model.keras").is_file():  # runfolder.SPLIT_FILE (firmware_host imports no edgecell)
+        return "a run's split (what its model was trained and tested on)"
     return None
 
 

@@ -544,6 +544,32 @@ def test_run_before_walks_the_lineage_to_the_run_before_the_lab(monkeypatch, tmp
     assert adapt_mod.run_before(runs["a2"], "clinic") == ("run", ["ward"])
 
 
+def test_a_lineage_that_leads_back_to_itself_ends(monkeypatch, tmp_path):
+    """R, then A adapted from R, then R replaced by a run adapted from A: R's record names A, A's names R. Walking back
+    followed the two for ever (memory growing); a recorded parent whose model is not the recorded one is gone."""
+    from types import SimpleNamespace
+
+    from edgecell import adapt as adapt_mod
+    from firmware_host.metadata import sha256_file
+
+    models = {}
+    for name, content in (("R", b"the new R"), ("A", b"A")):
+        (tmp_path / name).mkdir()
+        models[name] = tmp_path / name / "model.keras"
+        models[name].write_bytes(content)
+    old_r = "the old R's model"  # what A recorded: R's model before R was replaced
+    runs = {
+        "R": SimpleNamespace(
+            path=tmp_path / "R", keras_path=models["R"], extra={"adapted_from": {"run": "A", "model_sha256": sha256_file(models["A"]), "method": "prototypes"}}
+        ),
+        "A": SimpleNamespace(path=tmp_path / "A", keras_path=models["A"], extra={"adapted_from": {"run": "R", "model_sha256": old_r, "method": "prototypes"}}),
+    }
+    monkeypatch.setattr(adapt_mod.RunFolder, "read", staticmethod(lambda path: runs[str(path)]))
+    assert adapt_mod.walk_back(runs["R"], adapt_mod.adapted_by_prototypes) == ("R", [runs["R"], runs["A"]])
+    runs["A"].extra["adapted_from"]["model_sha256"] = sha256_file(models["R"])  # even were the records to agree: no loop
+    assert adapt_mod.walk_back(runs["R"], adapt_mod.adapted_by_prototypes) == ("R", [runs["R"], runs["A"]])
+
+
 def test_advice_counts_each_cell_type_that_teaches_other():
     """Lymphocytes and eosinophils are both `other`, and each gets a prototype of its own: 12 of each is short."""
     from edgecell import data as data_mod

@@ -183,11 +183,13 @@ def test_an_output_over_an_image_or_model_that_is_not_read_is_refused(models, da
     (other / "slide.jpg").write_bytes((data / "basophil").iterdir().__next__().read_bytes())
     (other / "model.keras").write_bytes(b"zip")
     (other / "metadata.json").write_text("{}")
+    (other / "split.csv").write_text("file,class,split\n")
     targets = {
         "export/model_int8.tflite": "a model",
         "export/model_int8.json": "a model's metadata",
         "slide.jpg": "an image",
         "metadata.json": "a model's metadata",
+        "split.csv": "a run's split (what its model was trained and tested on)",
     }
     before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
     for rel, kind in targets.items():

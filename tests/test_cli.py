@@ -100,3 +100,11 @@ def test_an_empty_item_in_a_list_of_widths_is_refused(tmp_path):
 
     res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--widths", "4,,8", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "expected comma-separated integers such as" in res.output
+
+
+def test_one_fold_of_cross_validation_is_a_usage_error(tmp_path):
+    """scikit-learn's KFold said so as an 'unexpected error', after every image was read."""
+    from edgecell.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--cv", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Invalid value for '--cv': 1 fold is no cross-validation: 0 (off) or 2 to 20" in res.output

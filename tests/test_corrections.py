@@ -258,13 +258,14 @@ def test_a_cell_cut_from_a_16_bit_field_has_the_pixels_scan_classified(tmp_path)
         ),
         ([["monocyte/a.jpg", "monocyte"]], ["line 2: 2 fields, expected 3"]),
         ([["monocyte", "monocyte", "other"]], ["line 2: monocyte: not a regular file"]),
+        ([["monocyte/a.jpg\0", "monocyte", "other"]], ["line 2: 'monocyte/a.jpg\\x00': a file name holding a NUL byte"]),
         (
             # several problems at once: one line each, in row order
             [["nope.jpg", "x", "other"], ["monocyte/b.jpg", "monocyte", "blast"], ["monocyte/a.jpg", "monocyte", "other"], ["monocyte/a.jpg", "m", "other"]],
             ["line 2: nope.jpg: no such file", "line 3: monocyte/b.jpg: unknown class 'blast'", "line 5: monocyte/a.jpg: duplicate row"],
         ),
     ],
-    ids=["unknown-file", "unknown-class", "no-class", "path-as-class", "duplicate", "conflict", "short-row", "folder", "several"],
+    ids=["unknown-file", "unknown-class", "no-class", "path-as-class", "duplicate", "conflict", "short-row", "folder", "nul", "several"],
 )
 def test_bad_rows_one_line_each_nothing_written(images, tmp_path, rows, expected):
     csv_path = write_csv(tmp_path / "c.csv", GOOD[2:3] + rows)  # one good row first: still nothing written
@@ -309,6 +310,16 @@ def test_malformed_csv_one_line(images, tmp_path, content, expected):
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0] and str(csv_path) in errors[0], r.output
     assert not out.exists()
+
+
+def test_thousands_of_bad_rows_print_the_first_fifty(images, tmp_path):
+    """200,000 rows of an unrelated CSV printed 200,000 lines (38 s)."""
+    from edgecell.commands.corrections import PROBLEMS_SHOWN
+
+    csv_path = write_csv(tmp_path / "c.csv", [[f"nope{k}.jpg", "x", "other"] for k in range(500)])
+    r = run("corrections", "apply", csv_path, "--out", tmp_path / "corrected", cwd=images)
+    assert r.exit_code == 1 and len([ln for ln in r.output.splitlines() if ln.startswith("error:")]) == PROBLEMS_SHOWN
+    assert f"... and {500 - PROBLEMS_SHOWN} more like them (not shown)." in r.output and "500 problem(s); nothing was written." in r.output
 
 
 def test_line_numbers_are_the_files_lines_when_a_name_holds_a_line_break(images, tmp_path):

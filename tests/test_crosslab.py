@@ -253,6 +253,14 @@ def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
     assert data.scan(dated).notes == [f"{dated / 'monocyte'}: its sub-folders' images (2024) are all class 'monocyte'"]
 
 
+def test_a_cell_type_in_upper_case_is_refused_with_its_name_to_rename(tmp_path):
+    """MYELOBLAST trained as a class of its own: its cells never flagged for the haematologist, LYMPHOCYTE not `other`."""
+    cells = _tree(tmp_path / "cells", {"": {"MYELOBLAST": 5, "Lymphocyte": 5, "basophil": 5}})
+    with pytest.raises(DataError, match=r"rename Lymphocyte -> lymphocyte, MYELOBLAST -> myeloblast$") as e:
+        data.scan(cells)
+    assert e.value.path == str(cells / "Lymphocyte")  # the first, in the order folders are listed
+
+
 def test_split_keeps_every_source_in_every_split_and_manifest_roundtrips(tmp_path):
     flat = _tree(tmp_path / "kaggle", {"": {"basophil": 10, "monocyte": 10}})
     multi = _tree(tmp_path / "more", {"labA": {"monocyte": 10, "basophil": 3}})

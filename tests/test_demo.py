@@ -191,6 +191,25 @@ def test_cli_refuses_foreign_folder(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"], "nothing written"
 
 
+def test_a_folder_is_an_earlier_demo_set_only_when_its_marker_says_so(tmp_path):
+    """A person's own DEMO.md (and the images beside it), or a demo set given as --objects, were written over."""
+    from firmware_host.errors import EdgecellError
+
+    project = tmp_path / "proj"
+    (project / "basophil").mkdir(parents=True)
+    (project / "DEMO.md").write_text("# My notes for the demo on Friday\n")
+    (project / "basophil" / "basophil_00003.jpg").write_bytes(b"a photo of mine")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    with pytest.raises(EdgecellError, match=r"is not a previous demo set \(its DEMO.md is not one demo-data wrote for a demo set\)"):
+        generate(project, per_class=2, size=48)
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+    generate(tmp_path / "a", per_class=2, size=48)
+    with pytest.raises(EdgecellError, match="is not a previous folder of non-cell images"):
+        generate(tmp_path / "c", per_class=2, size=48, objects_dir=tmp_path / "a")
+    generate(tmp_path / "c", per_class=2, size=48, objects_dir=tmp_path / "objects")
+    generate(tmp_path / "c", per_class=3, size=48, objects_dir=tmp_path / "objects")  # each an earlier one of its kind
+
+
 def test_draw_cell_rejects_unknown_class():
     with pytest.raises(ValueError, match="unknown class"):
         draw_cell("platelet", np.random.default_rng(0))

@@ -51,3 +51,13 @@ def test_apply_temperature_keeps_ranking_and_sums_to_one():
         q = apply_temperature(p, t)
         np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-9)
         assert (q.argmax(axis=1) == p.argmax(axis=1)).all()
+
+
+def test_class_names_are_drawn_as_text_not_mathtext(tmp_path):
+    """A class folder named 'odd$\\q{$' was parsed as mathtext: ValueError after the whole training."""
+    pytest.importorskip("matplotlib")
+    from edgecell.plots import confusion_matrix_png
+
+    out = tmp_path / "cm.png"
+    confusion_matrix_png(out, [[3, 1], [0, 4]], ["odd$\\q{$", "basophil"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

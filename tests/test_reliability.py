@@ -1053,6 +1053,15 @@ def test_evaluate_split_file_gone_since_training(messy, tmp_path):
     assert_one_line_error(res, data / gone, "no such file", "listed in the split manifest")
 
 
+def test_evaluate_a_split_with_no_test_rows_names_the_manifest(messy, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(messy["run"], run, symlinks=True)
+    text = (run / "split.csv").read_text(errors="surrogateescape").splitlines()
+    (run / "split.csv").write_text("\n".join([text[0], *(r for r in text[1:] if r.split(",")[2] != "test")]) + "\n", errors="surrogateescape")
+    res = cli_run("evaluate", run, "--data", messy["data"], "--out", tmp_path / "ev")  # a tuple of data folders was named: TypeError
+    assert_one_line_error(res, run / "split.csv", "no images in the test split")
+
+
 @pytest.mark.parametrize(
     "layout, words",
     [

@@ -12,6 +12,12 @@ _widths = IntList(1, 1024, "width", ",".join(map(str, _Defaults.widths)))
 _depths = IntList(1, 8, "depth", ",".join(map(str, _Defaults.depths)))
 
 
+def _folds(ctx, param, k: int) -> int:
+    if k == 1:  # scikit-learn's KFold needs two, and said so only after every image was read
+        raise click.BadParameter("1 fold is no cross-validation: 0 (off) or 2 to 20")
+    return k
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_option()
 @exclude_option
@@ -31,7 +37,14 @@ _depths = IntList(1, 8, "depth", ",".join(map(str, _Defaults.depths)))
 )
 @img_size_option
 @seed_option
-@click.option("--cv", type=click.IntRange(0, 20), default=0, show_default=True, help="Also run K-fold cross-validation on train+val (0 = off).")
+@click.option(
+    "--cv",
+    type=click.IntRange(0, 20),
+    default=0,
+    show_default=True,
+    callback=_folds,
+    help="Also run K-fold cross-validation on train+val (0 = off).",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_Defaults.batch_size, show_default=True, help="Images per step.")
 @click.option("--patience", type=click.IntRange(1, 1000), default=_Defaults.patience, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--widths", type=_widths, default=None, help=f"Conv2D filters per block [default: {','.join(map(str, _Defaults.widths))}].")
