@@ -301,6 +301,8 @@ def _check_target_folder(target: Path, marker: str | None, owned: Owned | None =
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise EdgecellError("exists and is not a folder", target)
+        if not os.access(target, os.W_OK | os.X_OK):  # the swap moves it aside, which a read-only folder refuses: after training, before
+            raise EdgecellError(f"is read-only, so it cannot be replaced; make it writable, or {elsewhere or 'move it away first'}", target)
         if marker and any(target.iterdir()) and not (target / marker).exists():
             raise EdgecellError(f"exists, is not empty and is not an edgecell folder (no {marker}); {elsewhere or 'move it away first'}", target)
         foreign = foreign_files(target, owned) if owned is not None else []

@@ -1150,6 +1150,27 @@ def test_train_out_in_a_folder_that_is_not_writable(tmp_path, monkeypatch):
     assert list(locked.iterdir()) == [] and leftovers(tmp_path) == []
 
 
+def test_train_out_that_is_a_read_only_folder_is_refused_before_training(tmp_path, monkeypatch):
+    """An earlier run made read-only: the swap at the end could not move it aside, after all the training."""
+    pytest.importorskip("tensorflow")
+    import edgecell.train as train_mod
+    from edgecell.demo import generate
+
+    data = generate(tmp_path / "data", per_class=8, seed=0, size=48).out_dir
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    real_access = os.access
+    # root may write there anyway: say no to writing, as the kernel does for everyone else
+    monkeypatch.setattr(atomic.os, "access", lambda p, mode, **kw: False if Path(p) == run and mode & os.W_OK else real_access(p, mode, **kw))
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: pytest.fail("training started"))
+    try:
+        res = cli_run("train", "--data", data, "--out", run, "--epochs", 1, "--img-size", 32, "--widths", "4,8")
+    finally:
+        run.chmod(0o755)
+    assert_one_line_error(res, run, "is read-only, so it cannot be replaced; make it writable")
+
+
 def test_train_disk_full_keeps_the_previous_run(messy, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(messy["run"], run)
