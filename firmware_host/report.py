@@ -699,7 +699,7 @@ ul.failed{font-size:.85rem;columns:2 30em;margin:0;padding-left:1.2em}button:dis
 .toolbar{position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2;display:flex;gap:12px;align-items:center;flex-wrap:wrap;border-bottom:1px solid #ddd}
 button{font:inherit;padding:4px 12px;cursor:pointer}
 button.cls{font-size:.8rem;padding:1px 4px;text-align:left}button.cls::after{content:" \\25BE";color:#666}
-li.cell{position:relative}.menu{position:absolute;z-index:3;left:5px;right:5px;bottom:5px;display:flex;flex-direction:column;background:#fff;border:1px solid #888;border-radius:4px;box-shadow:0 2px 8px rgba(0,0,0,.25)}
+.menu{position:absolute;z-index:3;min-width:150px;display:flex;flex-direction:column;background:#fff;border:1px solid #888;border-radius:4px;box-shadow:0 2px 8px rgba(0,0,0,.25)}
 .menu button{font-size:.8rem;padding:3px 6px;text-align:left;border:0;background:none}.menu button:hover,.menu button:focus{background:#e3f0ff}
 .menu button[aria-checked="true"]{font-weight:700}.menu button.type{padding-left:18px;color:#444}
 ul.cells{list-style:none;margin:0;padding:0;display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px}
@@ -802,7 +802,13 @@ _SCRIPT = """
       o.textContent = c;
       menu.appendChild(o);
     });
-    button.after(menu);
+    // on the page itself, not in the cell's card: a card paints only inside itself (content-visibility), so a menu
+    // taller than the card lost its first classes; below the button, or above it when the window has no room below
+    document.body.appendChild(menu);
+    var r = button.getBoundingClientRect();
+    var below = window.innerHeight - r.bottom >= menu.offsetHeight || r.top < menu.offsetHeight;
+    menu.style.left = (window.scrollX + r.left) + "px";
+    menu.style.top = (window.scrollY + (below ? r.bottom + 2 : r.top - menu.offsetHeight - 2)) + "px";
     button.setAttribute("aria-expanded", "true");
     open = { menu: menu, button: button, i: i };
     menu.querySelector('[aria-checked="true"]').focus();

@@ -255,6 +255,18 @@ def test_page_in_headless_chromium(tmp_path):
         assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / len(cells):.1f}"  # the share follows too
         bar = page.locator('svg.bars g[data-class="other"] text.n')
         assert bar.text_content().startswith(f"{expected[OTHER] + 1} (")  # and the bar chart
+        # every class of the menu can be clicked, for a cell at any place in the window (a menu in the cell's card lost
+        # its first classes: the card paints only inside itself)
+        page.set_viewport_size({"width": 800, "height": 480})
+        for i in (len(cells) - 1, 2):
+            page.locator(f'button.cls[data-i="{i}"]').scroll_into_view_if_needed()
+            for c in (SIX[0], OTHER_TYPES[-1]):  # the first and the last entry
+                page.click(f'button.cls[data-i="{i}"]')
+                page.click(f'.menu button.pick[data-class="{c}"]', timeout=3000)
+            page.click(f'button.cls[data-i="{i}"]')
+            page.click(f'.menu button.pick[data-class="{cells[i][1]}"]', timeout=3000)  # back as it was
+        page.set_viewport_size({"width": 1280, "height": 900})
+        assert page.locator("#ncorrected").inner_text() == "1 corrected"
         # a type named within other counts as other, and the CSV keeps the type (corrections apply makes its folder)
         typed = next(k for k, c in enumerate(cells) if c[1] == "monocyte")
         page.click(f'button.cls[data-i="{typed}"]')
