@@ -3,7 +3,7 @@
 Order of preference (the pattern of TensorFlow's Raspberry Pi examples, with LiteRT first):
 
 1. ``ai_edge_litert.interpreter.Interpreter`` - LiteRT, the maintained successor of
-   tflite-runtime (``pip install "edgecell[pi]"``);
+   tflite-runtime (``pip install ai-edge-litert``, or ``pip install ".[pi]"`` in edgecell's folder);
 2. ``tflite_runtime.interpreter.Interpreter`` - the older stand-alone runtime, still found on
    many Pis;
 3. ``tensorflow.lite.Interpreter`` - last resort, on a training machine.
@@ -31,7 +31,7 @@ ENV_VAR = "EDGECELL_INTERPRETER"
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 """Backends, in order of preference."""
 
-INSTALL_HINT = 'pip install "edgecell[pi]"'
+INSTALL_HINT = 'pip install ai-edge-litert (or, in edgecell\'s folder, pip install ".[pi]")'
 
 # backend -> (module to import, attribute path to the Interpreter class, distributions for the version)
 _SPECS = {

@@ -340,7 +340,7 @@ def test_backend_forced_and_missing(models, monkeypatch):
     monkeypatch.setattr(interp_mod, "_try_import", lambda name: None)
     with pytest.raises(RuntimeMissingError) as ei:
         Classifier.load(models.int8)
-    assert 'pip install "edgecell[pi]"' in str(ei.value) and "\n" not in str(ei.value)
+    assert 'pip install ai-edge-litert (or, in edgecell\'s folder, pip install ".[pi]")' in str(ei.value) and "\n" not in str(ei.value)
 
 
 def test_tflite_runtime_forced_when_absent(monkeypatch):
