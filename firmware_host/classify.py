@@ -33,7 +33,7 @@ from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer,
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.metadata import model_reads
-from firmware_host.paths import expand_paths, label_for, path_list, path_reads
+from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, path_list, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
     FLAG_OTHER,
@@ -98,7 +98,8 @@ class ClassifySummary:
         n_images: image files found.
         n_classified: images classified.
         predicted: images predicted as each class (the differential count).
-        n_review: confident predictions of a review class (myeloblast, erythroblast).
+        n_review: cells flagged for the haematologist: predictions of a review class (myeloblast, erythroblast), and
+            ``other`` cells whose first choice was one (``n_review_other`` of them).
         n_uncertain: predictions below ``threshold``.
         confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
         n_unlabelled: classified images that are not in a folder named after a class.
@@ -117,6 +118,7 @@ class ClassifySummary:
     n_classified: int = 0
     predicted: list[int] = field(default_factory=list)
     n_review: int = 0
+    n_review_other: int = 0
     n_uncertain: int = 0
     n_other: int = 0
     confusion: list[list[int]] = field(default_factory=list)
@@ -151,6 +153,7 @@ class ClassifySummary:
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         self.n_review += row["flag"] == FLAG_REVIEW
+        self.n_review_other += row["flag"] == FLAG_REVIEW and row["label"] == OTHER_CLASS
         self.n_uncertain += row["flag"] == FLAG_UNCERTAIN
         self.n_other += row["flag"] == FLAG_OTHER
         if row["true_label"] is None:
@@ -237,7 +240,13 @@ class ClassifySummary:
             "threshold": self.threshold,
             "differential": self.differential,
             "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
-            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "other": self.n_other, "total": self.n_flagged},
+            "flagged": {
+                "review": self.n_review,
+                "review_other": self.n_review_other,
+                "uncertain": self.n_uncertain,
+                "other": self.n_other,
+                "total": self.n_flagged,
+            },
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
         }
@@ -505,6 +514,15 @@ class JsonStream:
         for key, value in tail.items():
             self._member(key, value)
         self.fh.write(self._newline(0) + "}\n")
+
+
+def review_other_note(n: int) -> str:
+    """What the summary line adds after its count of cells not one of the five when ``n`` cells sent to ``other`` went
+    to the haematologist instead (:func:`firmware_host.runtime.triage`: the network's first choice was a review class);
+    "" for none. The printed line and the review page say it alike."""
+    if not n:
+        return ""
+    return f" (and {n} other cell{'s' if n != 1 else ''} whose first choice was {' or '.join(sorted(REVIEW_CLASSES))}, counted for review)"
 
 
 def alternatives(row: dict) -> list[dict]:

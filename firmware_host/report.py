@@ -440,24 +440,24 @@ class ReportWriter:
             f'<td class="num">{total}</td></tr></tfoot>\n</table>'
         )
         left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
-        left_out = self._flags_html(counted) + left_out
+        left_out = self._flags_html() + left_out
         bars = '<p class="hint">The bars follow the corrections.</p>\n'
         return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap"><div class="scroll">{table}</div>\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
 
-    def _flags_html(self, counted: list[_Cell]) -> str:
-        """What a person must look at, as classify's summary line says it."""
-        from firmware_host.runtime import FLAG_UNCERTAIN
+    def _flags_html(self) -> str:
+        """What a person must look at, counted from the flags as classify's and scan's summary lines count them (every cell
+        shown, those cut by a field's border too: a blast there is flagged all the same)."""
+        from firmware_host.classify import review_other_note
+        from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
 
         review = set(self.header.review_classes)
-        n_review = sum(c.label in review for c in counted)
-        n_uncertain = sum(c.flag == FLAG_UNCERTAIN for c in counted)
-        n_other = sum(c.label == OTHER for c in counted)
-        flagged = sum(_flagged(c) for c in counted)
+        n = {flag: sum(c.flag == flag for c in self.cells) for flag in (FLAG_REVIEW, FLAG_UNCERTAIN, FLAG_OTHER)}
+        n_review_other = sum(c.flag == FLAG_REVIEW and c.label == OTHER for c in self.cells)
         to_whom = f" ({', '.join(sorted(review))})" if review else ""
         return (
-            f'<p id="flags"><strong>Flagged: {flagged} of {len(counted)}</strong>: {n_review} for the haematologist{_e(to_whom)}, '
-            f"{n_uncertain} uncertain (a person checks the class), {n_other} not one of the five (referred: the model does not know "
-            "the type; lymphocytes, eosinophils and platelets are among them).</p>\n"
+            f'<p id="flags"><strong>Flagged: {sum(n.values())} of {len(self.cells)}</strong>: {n[FLAG_REVIEW]} for the haematologist{_e(to_whom)}, '
+            f"{n[FLAG_UNCERTAIN]} uncertain (a person checks the class), {n[FLAG_OTHER]} not one of the five{_e(review_other_note(n_review_other))} "
+            "(referred: the model does not know the type; lymphocytes, eosinophils and platelets are among them).</p>\n"
         )
 
     def _confusion_html(self, choices: list[str]) -> str:

@@ -201,19 +201,26 @@ class Prediction:
         }
 
 
+def first_choice(prediction: Prediction) -> str:
+    """The class the network gave most probability (``top3``'s first), whatever the label says."""
+    return prediction.top3[0][0] if prediction.top3 else prediction.label
+
+
 def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     """The flag for one prediction.
 
+    * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`, however sure the model is (a possible blast
+      goes to the haematologist, and the count of those flags is the count of such cells); so is a cell labelled
+      :data:`OTHER_CLASS` by its never-seen score or the nucleus check whose most probable class is one of them (the
+      network took it for a blast: 9 of Kaggle's 800 myeloblasts, up to p 1.00, were referred as `other` alone);
     * labelled :data:`OTHER_CLASS` (its most probable class, its never-seen score passed the
       model's threshold, or it holds no stained nucleus: :meth:`Classifier.prediction`): :data:`FLAG_OTHER`
       (a person decides what it is);
-    * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`, however sure the model is (a possible blast
-      goes to the haematologist, and the count of those flags is the count of such cells);
     * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
     * otherwise ``""`` (no flag).
     """
     if prediction.label == OTHER_CLASS:
-        return FLAG_OTHER
+        return FLAG_REVIEW if first_choice(prediction) in REVIEW_CLASSES else FLAG_OTHER
     if prediction.label in REVIEW_CLASSES:
         return FLAG_REVIEW
     if prediction.confidence < threshold:

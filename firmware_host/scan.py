@@ -42,7 +42,7 @@ from firmware_host.classify import other_csv
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import Cell, FieldTooFine, empty_reason, locate
-from firmware_host.paths import path_list
+from firmware_host.paths import OTHER_CLASS, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -231,7 +231,8 @@ class ScanSummary:
         n_cells: cells found, edge cells included.
         n_edge: cells cut by a field's border (not in the differential count).
         predicted: non-edge cells predicted as each class (the differential count).
-        n_review: cells flagged for a haematologist (review classes).
+        n_review: cells flagged for a haematologist (review classes; and ``other`` cells whose first choice was one,
+            ``n_review_other`` of them).
         n_uncertain: cells flagged as uncertain.
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
@@ -249,6 +250,7 @@ class ScanSummary:
     n_edge: int = 0
     predicted: dict[str, int] = field(default_factory=dict)
     n_review: int = 0
+    n_review_other: int = 0
     n_uncertain: int = 0
     n_other: int = 0
     failed: list[dict] = field(default_factory=list)
@@ -279,6 +281,7 @@ class ScanSummary:
         for c in res.cells:
             self.n_cells += 1
             self.n_review += c["flag"] == FLAG_REVIEW
+            self.n_review_other += c["flag"] == FLAG_REVIEW and c["label"] == OTHER_CLASS
             self.n_uncertain += c["flag"] == FLAG_UNCERTAIN
             self.n_other += c["flag"] == FLAG_OTHER
             if c["edge"]:
@@ -316,7 +319,13 @@ class ScanSummary:
             "threshold": self.threshold,
             "differential": dict(self.predicted),
             "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
-            "flagged": {"review": self.n_review, "uncertain": self.n_uncertain, "other": self.n_other, "total": self.n_flagged},
+            "flagged": {
+                "review": self.n_review,
+                "review_other": self.n_review_other,
+                "uncertain": self.n_uncertain,
+                "other": self.n_other,
+                "total": self.n_flagged,
+            },
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,

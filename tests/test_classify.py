@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
-from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
+from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN, REVIEW_CLASSES
 from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
@@ -222,9 +222,12 @@ def test_flagged_total_counts_other_cells(models, data, tmp_path):
     assert run("classify", "--model", models.root / "export_other", data, "--other-threshold", "0", "--json", out).exit_code == 0
     rep = json.loads(out.read_text())
     flags = [x["flag"] for x in rep["results"]]
-    assert flags.count(FLAG_OTHER) > 0
     assert rep["summary"]["flagged"]["other"] == flags.count(FLAG_OTHER)
-    assert rep["summary"]["flagged"]["total"] == sum(bool(f) for f in flags)
+    assert rep["summary"]["flagged"]["total"] == sum(bool(f) for f in flags) == len(flags)
+    # every cell is `other` here; one the network took for a myeloblast or erythroblast goes to the haematologist
+    for x in rep["results"]:
+        assert x["label"] == "other" and x["flag"] == (FLAG_REVIEW if x["top3"][0]["label"] in REVIEW_CLASSES else FLAG_OTHER), x
+    assert rep["summary"]["flagged"]["review_other"] == flags.count(FLAG_REVIEW) > 0
 
 
 def test_a_cell_sent_to_other_by_its_score_keeps_the_models_own_choice_in_view(models, data, tmp_path):

@@ -15,6 +15,7 @@ from firmware_host.interpreter import load_interpreter
 from firmware_host.metadata import Precision, read_metadata, sha256_file, write_metadata
 from firmware_host.paths import expand_paths, label_for, walk_folder
 from firmware_host.runtime import (
+    FLAG_OTHER,
     FLAG_REVIEW,
     FLAG_UNCERTAIN,
     REVIEW_CLASSES,
@@ -401,6 +402,13 @@ def test_triage_flags():
     assert triage(_pred("myeloblast", 0.5), 0.7) == FLAG_REVIEW  # a possible blast goes to the haematologist, sure or not
     assert triage(_pred("erythroblast", 0.3), 0.7) == FLAG_REVIEW
     assert triage(_pred("basophil", 0.7), 0.7) == ""
+    # sent to other by its never-seen score or the nucleus check: the haematologist sees it when the network took it
+    # for a blast or an erythroblast (the flag is the review's, the label stays other), else it is referred as other
+    as_other = lambda first, p: Prediction("x.jpg", "other", 0.01, [(first, p), ("other", 0.01)], np.array([p]))  # noqa: E731
+    assert triage(as_other("myeloblast", 0.97), 0.7) == FLAG_REVIEW
+    assert triage(as_other("erythroblast", 0.4), 0.7) == FLAG_REVIEW
+    assert triage(as_other("monocyte", 0.97), 0.7) == FLAG_OTHER
+    assert triage(as_other("other", 0.9), 0.7) == FLAG_OTHER  # other by its own class
 
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives
+from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, review_other_note
 from firmware_host.runtime import REVIEW_CLASSES
 
 
@@ -175,7 +175,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         con.print(differential_table("Differential count", s.differential))
         con.print(
             f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review "
-            f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five.",
+            f"({', '.join(sorted(REVIEW_CLASSES))}), {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five"
+            f"{review_other_note(s.n_review_other)}.",
             soft_wrap=True,
         )
         pre, inf = latency["preprocess_ms"], latency["inference_ms"]

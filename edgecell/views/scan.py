@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from edgecell.views.classify import differential_table, escape
+from firmware_host.classify import review_other_note
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
@@ -27,7 +28,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
         f"{s.n_empty} without one. Flagged: [bold]{s.n_flagged}[/bold] - {s.n_review} for haematologist review, "
-        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five.",
+        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five{review_other_note(s.n_review_other)}.",
         soft_wrap=True,
     )
     if s.n_fields:
