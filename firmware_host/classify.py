@@ -516,6 +516,22 @@ class JsonStream:
         self.fh.write(self._newline(0) + "}\n")
 
 
+def model_notes(clf: Classifier) -> list[str]:
+    """What a person must know about the model before its results: thresholds set by hand, and what it cannot say."""
+    notes = []
+    if clf.other_threshold is not None and clf.other_threshold != clf.fitted_other_threshold:
+        notes.append(
+            f"cells are sent to other above a never-seen score of {clf.other_threshold:g} (--other-threshold), not this model's "
+            f"{clf.fitted_other_threshold:g}, fitted so that {clf.other_score.share:.0%} of its validation cells of the five pass it"
+        )
+    if OTHER_CLASS not in clf.classes:
+        notes.append(
+            "this model has no `other` class: lymphocytes, eosinophils, platelets and other cells not of its classes are counted as "
+            "one of them (train it with folders of those types, which teach `other`)"
+        )
+    return notes
+
+
 def review_other_note(n: int) -> str:
     """What the summary line adds after its count of cells not one of the five when ``n`` cells sent to ``other`` went
     to the haematologist instead (:func:`firmware_host.runtime.triage`: the network's first choice was a review class);

@@ -105,6 +105,7 @@ class ReportHeader:
         failed: each of them, as ``(name, reason)`` (the page names the first :data:`FAILED_SHOWN`).
         mode: ``"classify"`` or ``"scan"``.
         review_classes: classes always flagged for a haematologist.
+        notes: what a person must know about the model before its results (:func:`firmware_host.classify.model_notes`).
     """
 
     classes: Sequence[str]
@@ -120,6 +121,7 @@ class ReportHeader:
     mode: str = "classify"
     review_classes: Sequence[str] = ()
     failed: Sequence[tuple[str, str]] = ()
+    notes: Sequence[str] = ()
 
     @property
     def choices(self) -> list[str]:
@@ -390,6 +392,8 @@ class ReportWriter:
         out = [f'<header>\n<h1>{_e(title)}</h1>\n<dl class="facts">']
         out += [f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts]
         out.append("</dl>")
+        for note in h.notes:
+            out.append(f'<p class="warning model-note"><strong>Model:</strong> {_e(note)}</p>')
         if h.lab_warning:
             out.append(f'<p class="warning" role="alert" id="lab-warning"><strong>Lab warning:</strong> {_e(h.lab_warning)}</p>')
         out.append(
@@ -936,4 +940,7 @@ def report_for(classifier, threshold: float, n_images: int, *, lab_warning: str 
         mode=mode,
         review_classes=sorted(REVIEW_CLASSES),
     )
+    from firmware_host.classify import model_notes
+
+    header.notes = model_notes(classifier)
     return ReportWriter(header)

@@ -404,6 +404,8 @@ class Classifier:
         self.backend = backend
         self.threads = threads
         self.size_bytes = size_bytes
+        self.fitted_other_threshold = (meta.other_score or {}).get("threshold")
+        """The never-seen threshold fitted at training (the sidecar's), whatever ``other_threshold`` replaced it with."""
         self._check_and_prepare()
 
     # -- loading -------------------------------------------------------------------------------
@@ -435,6 +437,7 @@ class Classifier:
         precision = Precision.of(precision) if precision is not None else None
         model_path = resolve_model(path, precision)
         meta = read_metadata(model_path)
+        fitted = (meta.other_score or {}).get("threshold")
         if other_threshold is not None:
             if not meta.other_score:
                 raise ModelError("has no never-seen score, so an other-threshold cannot apply (convert a run trained with this edgecell version)", model_path)
@@ -462,6 +465,7 @@ class Classifier:
         # The verified bytes themselves go to the interpreter: nothing can change between check and use.
         interpreter, chosen = load_interpreter(model_content=data, num_threads=threads, name=model_path, backend=backend)
         obj = cls(model_path, meta, interpreter, chosen, threads, len(data))
+        obj.fitted_other_threshold = fitted
         obj._model_bytes = data  # keep the buffer alive as long as the interpreter
         return obj
 
@@ -564,7 +568,9 @@ class Classifier:
             "other_score": {
                 "kind": "mahalanobis",
                 "threshold": self.other_score.threshold,
-                "share": self.other_score.share,
+                "fitted_threshold": self.fitted_other_threshold,
+                # the share of the validation split's five-type cells the fitted threshold sends to other
+                "share": self.other_score.share if self.other_score.threshold == self.fitted_other_threshold else None,
                 "nucleus_max_offset": self.other_score.nucleus_max,
             }
             if self.other_score

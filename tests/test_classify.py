@@ -461,3 +461,19 @@ def test_bench_table_keeps_every_figure_on_one_line_at_80_columns():
     line = next(ln for ln in con.export_text().splitlines() if ln.strip().startswith("export"))
     for figure in ("1093", "0.754", "0.831", "0.952", "1.06", "1190", "251", "2.7", "62"):
         assert figure in line.split(), (figure, line)
+
+
+def test_what_the_model_cannot_say_and_a_threshold_set_by_hand_are_said_before_the_results(models, data, tmp_path):
+    """A five-class model counts a lymphocyte as one of the five; --other-threshold 0 sends every cell to other: the
+    printed output and the review page said neither."""
+    r = run("classify", "--model", models.export, data / "basophil", "--report", tmp_path / "p.html")
+    assert r.exit_code == 0 and r.output.count("warning: this model has no `other` class") == 1, r.output
+    assert "this model has no `other` class" in (tmp_path / "p.html").read_text(encoding="utf-8")
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.root / "export_other", data / "basophil", "--other-threshold", "0", "--json", out)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "warning: cells are sent to other above a never-seen score of 0 (--other-threshold), not this model's" in said
+    score = json.loads(out.read_text())["model"]["other_score"]
+    assert score["threshold"] == 0.0 and score["fitted_threshold"] > 0 and score["share"] is None  # the share is the fitted one's
+    r = run("classify", "--model", models.root / "export_other", data / "basophil")
+    assert "warning: cells are sent to other above" not in r.output and "no `other` class" not in r.output

@@ -56,6 +56,12 @@ def cli_run(*args, **kwargs):
     return res
 
 
+def warning_lines(text: str) -> list[str]:
+    """The ``warning:`` lines of ``text``, but the one about the test model itself (the small fixtures have no `other`
+    class, and classify and scan say so before every run)."""
+    return [ln for ln in text.splitlines() if ln.startswith("warning:") and "this model has no `other` class" not in ln]
+
+
 def nonblank(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 

@@ -24,7 +24,7 @@ from PIL import Image, PngImagePlugin
 
 from tests._tflite_fixtures import CLASSES, labelled_folder
 
-from .test_reliability import ROOT, cli_run, nonblank
+from .test_reliability import ROOT, cli_run, nonblank, warning_lines
 
 FLAGS = ("uncertain - refer", "review: haematologist")
 
@@ -130,7 +130,7 @@ def test_png_with_an_oversized_colour_profile_is_used_without_it(models, labelle
     assert res.exit_code == 0, res.output
     results = {Path(r["path"]).name: r for r in json.loads(out.read_text())["results"]}
     assert results["profile.png"]["probs"] == results["plain.png"]["probs"]
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    lines = warning_lines(res.stderr)
     assert len(lines) == 1 and "profile.png" in lines[0] and "colour profile" in lines[0], res.stderr
 
 
@@ -141,7 +141,7 @@ def test_multi_page_tiff_is_used_with_a_warning_saying_which_page(models, tmp_pa
     pages[0].save(odd / "stack.tif", save_all=True, append_images=pages[1:])
     res = cli_run("classify", "--model", models.int8, odd)
     assert res.exit_code == 0, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    lines = warning_lines(res.stderr)
     assert len(lines) == 1 and "stack.tif" in lines[0] and "more than one page" in lines[0] and "only the first" in lines[0], res.stderr
 
 
@@ -154,5 +154,5 @@ def test_python_warnings_about_an_image_are_one_line_naming_it(models, tmp_path)
     res = cli_run("classify", "--model", models.int8, odd)
     assert res.exit_code == 0, res.output
     assert "RuntimeWarning" not in res.stderr and "invalid value" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    lines = warning_lines(res.stderr)
     assert len(lines) == 1 and "all-nan.tif" in lines[0] and "not numbers" in lines[0], res.stderr

@@ -24,6 +24,7 @@ from firmware_host.locate import Cell, label, label_image, locate
 from firmware_host.preprocess import otsu_threshold, prepare
 from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
 from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
+from tests.test_reliability import warning_lines
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -560,7 +561,7 @@ def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
         cli, ["scan", "--model", str(models.export), str(tmp_path / "grey.png"), str(tmp_path / "wide.png"), str(fields / "two.jpg"), "--cell-size", "1300"]
     )
     assert res.exit_code == 0, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    lines = warning_lines(res.output)
     assert lines == [
         f"warning: {tmp_path / 'grey.png'}: has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be found here",
         f"warning: {tmp_path / 'wide.png'}: --cell-size 1300 is larger than this 1600x1200 field: give the white cells' diameter in its pixels",

@@ -10,7 +10,8 @@ from rich import box
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, review_other_note
+from edgecell.console import warn
+from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, model_notes, review_other_note
 from firmware_host.runtime import REVIEW_CLASSES
 
 
@@ -61,6 +62,8 @@ def print_start(con, err, job, items: str, work: str) -> None:
     """Before a job (classify's or scan's) runs: the model line, warnings, the arguments that
     matched nothing, and for long lists the worker processes that do ``work`` on the ``items``."""
     print_header(con, job)
+    for line in model_notes(job.classifier):
+        warn(line, err)
     print_warnings(err, job)
     for exc in job.path_errors:
         print_error(err, exc)
