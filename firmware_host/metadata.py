@@ -381,6 +381,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 MAX_METADATA_BYTES = 1 << 20
 """A sidecar is a few kilobytes; a larger one is not read."""
+DIGEST = "digest"
+"""The sidecar's field holding the SHA-256 of the rest of it (:func:`sidecar_digest`). The model's SHA-256 covers the
+.tflite file only, and an edited sidecar (classes reordered, a review class renamed, `other` renamed, a threshold
+changed) gave wrong answers from a verified model without a sign. A sidecar without it (written before) is read as it is."""
+
+
+def sidecar_digest(d: dict) -> str:
+    """SHA-256 of a sidecar's fields but :data:`DIGEST`, as canonical JSON (sorted keys, no spaces)."""
+    rest = {k: v for k, v in d.items() if k != DIGEST}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode("ascii")).hexdigest()
 
 
 def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
@@ -394,13 +404,22 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
         raise ModelError("metadata file is unreadable (nested too deeply)", side) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of thousands of digits
         raise ModelError(f"metadata file is unreadable ({os_reason(exc)})", side) from None
-    return ModelMetadata.from_dict(d, side)
+    meta = ModelMetadata.from_dict(d, side)
+    if DIGEST in d and d[DIGEST] != sidecar_digest(d):
+        raise ModelError(
+            "metadata file was changed after convert wrote it (its digest differs): the classes, calibration and thresholds "
+            "it holds may not be this model's; convert the run again (thresholds are set on the command line: --threshold, "
+            "--other-threshold)",
+            side,
+        )
+    return meta
 
 
 def write_metadata(model_path: str | os.PathLike, meta: ModelMetadata) -> Path:
     from firmware_host.atomic import write_json
 
-    return write_json(sidecar_path(model_path), meta.to_dict())
+    d = meta.to_dict()
+    return write_json(sidecar_path(model_path), {**d, DIGEST: sidecar_digest(d)})
 
 
 def model_reads(model_path: str | os.PathLike) -> list[tuple[str, str]]:

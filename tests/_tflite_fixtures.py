@@ -211,11 +211,21 @@ def other_models(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return models.root / "export_other", np.asarray(d["probs"]), np.asarray(d["features"])
 
 
-def copy_model(src: Path, dst_dir: Path) -> Path:
-    """Copy a .tflite and its sidecar into ``dst_dir``; return the new .tflite path."""
+def copy_model(src: Path, dst_dir: Path, sealed: bool = False) -> Path:
+    """Copy a .tflite and its sidecar into ``dst_dir``; return the new .tflite path.
+
+    The copy's sidecar is without its digest (as one written before edgecell sealed sidecars), so that a test may
+    edit it to make the sidecar it needs (an older export, a failed parity check); ``sealed`` keeps it."""
+    from firmware_host.metadata import DIGEST
+
     dst_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst_dir / src.name)
-    shutil.copy2(src.with_suffix(".json"), dst_dir / src.with_suffix(".json").name)
+    side = dst_dir / src.with_suffix(".json").name
+    shutil.copy2(src.with_suffix(".json"), side)
+    if not sealed:
+        d = json.loads(side.read_text())
+        d.pop(DIGEST, None)
+        side.write_text(json.dumps(d, indent=2))
     return dst_dir / src.name
 
 

@@ -11,10 +11,17 @@ import pytest
 from firmware_host.errors import ModelError
 from firmware_host.metadata import ModelMetadata, read_metadata, write_metadata
 from firmware_host.otherscore import OtherScore, decide, decode_array, encode_array
-from firmware_host.runtime import FLAG_OTHER, Classifier, triage
+from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, REVIEW_CLASSES, Classifier, triage
 from tests._tflite_fixtures import OTHER_CLASSES, build_models, comparison_images, copy_model, other_models, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
+
+
+def expected_flag(row: dict) -> str:
+    """The flag of a result labelled other: the haematologist's when the network's first choice was a blast or an
+    erythroblast (``runtime.triage``), else other's."""
+    return FLAG_REVIEW if row["top3"][0]["label"] in REVIEW_CLASSES else FLAG_OTHER
+
 
 OTHER = OTHER_CLASSES.index("other")
 
@@ -102,7 +109,7 @@ def test_label_is_other_when_the_score_passes_the_threshold(other):
         assert p.label == ("other" if hit else argmax)
         assert p.confidence == pytest.approx(p.probs[OTHER_CLASSES.index(p.label)])
         if p.label == "other":
-            assert triage(p) == FLAG_OTHER
+            assert triage(p) == (FLAG_REVIEW if argmax in REVIEW_CLASSES else FLAG_OTHER)  # a possible blast: the haematologist
             assert ("unlike every trained type" in p.other_reason) == bool(hit) and p.other_reason
         else:
             assert p.other_reason == ""
@@ -176,7 +183,7 @@ def test_classify_json_and_csv_carry_the_score(other, tmp_path):
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
     summary = classify_paths(folder, [str(tmp_path / "in")], json_out=str(js), csv_out=str(cs), other_threshold=0.0)
     rows = json.loads(js.read_text())["results"]
-    assert len(rows) == 6 and all(r["label"] == "other" and r["flag"] == FLAG_OTHER and r["other_score"] >= 0 for r in rows)
+    assert len(rows) == 6 and all(r["label"] == "other" and r["flag"] == expected_flag(r) and r["other_score"] >= 0 for r in rows)
     assert summary.differential["other"] == 6
     with open(cs, newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -299,6 +306,6 @@ def test_scan_other_threshold_option(other, tmp_path):
     report = json.loads(out.read_text())
     assert report["model"]["other_score"]["threshold"] == 0.0
     cells = report["results"][0]["cells"]
-    assert len(cells) == 2 and all(c["label"] == "other" and c["flag"] == FLAG_OTHER for c in cells)
+    assert len(cells) == 2 and all(c["label"] == "other" and c["flag"] == expected_flag(c) for c in cells)
     res = CliRunner().invoke(cli, [*args, "--other-threshold", "-1"])
     assert res.exit_code == 2 and "--other-threshold" in res.output

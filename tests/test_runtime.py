@@ -580,3 +580,23 @@ def test_runtime_preprocessing_equals_training_on_real_images(real_data, tmp_pat
     done = [path for path, res in clf.classify_many(originals, workers=2) if not isinstance(res, Exception)]
     assert done == [os.fspath(p) for p in originals]
     assert np.array_equal(np.concatenate(fed), expected)
+
+
+def test_a_sidecar_changed_after_convert_is_refused(models, tmp_path):
+    """The model's SHA-256 covers the .tflite only: classes reordered or a review class renamed in the sidecar gave
+    wrong answers from a 'verified' model. The sidecar's digest catches it; one written before digests is read as it is."""
+    from firmware_host.metadata import DIGEST, sidecar_digest
+
+    m = copy_model(models.int8, tmp_path / "sealed", sealed=True)
+    side = m.with_suffix(".json")
+    d = json.loads(side.read_text())
+    assert d[DIGEST] == sidecar_digest(d) and Classifier.load(m, threads=1).classes == d["classes"]
+    for change in (lambda d: d["classes"].reverse(), lambda d: d.update(temperature=0.01), lambda d: d["classes"].__setitem__(0, "blast")):
+        edited = json.loads(side.read_text())
+        change(edited)
+        bad = copy_model(models.int8, tmp_path / f"edited{len(list(tmp_path.iterdir()))}", sealed=True)
+        bad.with_suffix(".json").write_text(json.dumps(edited))
+        with pytest.raises(ModelError, match=r"metadata file was changed after convert wrote it \(its digest differs\)"):
+            Classifier.load(bad, threads=1)
+    legacy = copy_model(models.int8, tmp_path / "legacy")  # no digest: as written before
+    assert DIGEST not in json.loads(legacy.with_suffix(".json").read_text()) and Classifier.load(legacy, threads=1).classes == d["classes"]
