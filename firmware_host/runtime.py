@@ -405,7 +405,8 @@ class Classifier:
         self.threads = threads
         self.size_bytes = size_bytes
         self.fitted_other_threshold = (meta.other_score or {}).get("threshold")
-        """The never-seen threshold fitted at training (the sidecar's), whatever ``other_threshold`` replaced it with."""
+        """The never-seen threshold fitted at training (the sidecar's), whatever ``other_threshold`` replaced it with
+        (:meth:`load` sets it from the sidecar before any replacement; built from metadata directly, it is that metadata's)."""
         self._check_and_prepare()
 
     # -- loading -------------------------------------------------------------------------------
