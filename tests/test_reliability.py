@@ -1075,6 +1075,7 @@ def test_evaluate_a_split_with_no_test_rows_names_the_manifest(messy, tmp_path):
         ("one-class", "needs at least two class folders"),
         ("one-image", "basophil has 1"),
         ("all-bad", f"basophil has 0 ({len(BAD_IMAGES)} unusable file(s) skipped)"),
+        ("no-image-file", "basophil has 0"),
     ],
 )
 def test_train_unusable_data_folders(real_data, tmp_path, layout, words):
@@ -1093,9 +1094,14 @@ def test_train_unusable_data_folders(real_data, tmp_path, layout, words):
             (data / "basophil" / src.name).symlink_to(src)
         else:
             write_bad_images(data / "basophil", sorted((real_data / "basophil").iterdir())[0].read_bytes())
+    elif layout == "no-image-file":  # the class folder holds no image file at all: it is named, not the data folder
+        make_slice(real_data, data, 6)
+        shutil.rmtree(data / "basophil")
+        (data / "basophil").mkdir()
+        (data / "basophil" / "notes.txt").write_text("to do: copy the cells\n")
     out = tmp_path / "run"
     res = cli_run("train", "--data", data, "--out", out, "--epochs", 1, "--img-size", 32, "--widths", "4,8")
-    assert_one_line_error(res, data, words)
+    assert_one_line_error(res, data if layout in ("empty", "one-class") else data / "basophil", words)
     assert not out.exists() and leftovers(tmp_path) == []
 
 
