@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ class Expanded:
     """Symbolic links to folders that were read already, as ``(link, folder)``: their images count once."""
     unread: list[Path] = field(default_factory=list)
     """Pictures in the folders given whose type is not read from folders (:data:`UNREAD_PICTURES`), for a note."""
+    same_files: list[tuple[Path, Path]] = field(default_factory=list)
+    """Paths left out as ``(path, kept)``: a link (symbolic or hard) to a file listed already under another name, which
+    would count one cell twice in the differential."""
 
 
 UNREAD_PICTURES = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".jfif", ".dng")
@@ -196,12 +200,24 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
     """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
     out = Expanded()
     seen: set[str] = set()
+    files: dict[tuple[int, int], Path] = {}  # (device, inode) of each file listed
 
     def add(p: Path) -> None:
         key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            out.paths.append(p)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):  # a broken link, a name the system refuses: reported when read
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            ident = (st.st_dev, st.st_ino)
+            if ident in files:
+                out.same_files.append((p, files[ident]))
+                return
+            files[ident] = p
+        out.paths.append(p)
 
     def add_match(p: Path, arg: str) -> int:
         if _is_dir(p):

@@ -497,6 +497,22 @@ def test_duplicate_paths_and_duplicate_images_are_each_classified_once(models, l
     assert by["copy-of-first.jpg"] == by[first.name]  # same bytes, same answer
 
 
+def test_links_to_one_file_are_classified_once_and_said(models, labelled, tmp_path):
+    """A hard link and a symbolic link to a cell counted it three times in the differential, without a word."""
+    d = tmp_path / "d"
+    shutil.copytree(labelled / "monocyte", d)
+    first = sorted(d.glob("*.jpg"))[0]
+    os.link(first, d / "hard.jpg")
+    (d / "soft.jpg").symlink_to(first.name)
+    out = tmp_path / "r.json"
+    res = cli_run("classify", "--model", models.export, d, "--json", out)
+    assert res.exit_code == 0, res.output
+    paths = [r["path"] for r in json.loads(out.read_text())["results"]]
+    files = {os.stat(p).st_ino for p in paths}
+    assert len(paths) == len(files) == len(list(d.glob("*.jpg"))) - 2  # each file once, under the first name listed
+    assert "warning: 2 path(s) are links to a file listed already (" in " ".join(res.stderr.split())
+
+
 # ============================================================== models
 
 

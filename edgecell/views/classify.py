@@ -32,6 +32,14 @@ def print_warnings(err, job: ClassifyJob) -> None:
         warn(f"{escape(job.classifier.path)}: {escape(why)}; used anyway because of --allow-unverified", err)
     for link, target in job.links:
         warn(f"{escape(link)}: a link to {escape(target)}, which is read already; its images are classified once, under their own folder", err)
+    if job.same_files:
+        from firmware_host.atomic import some_of
+
+        warn(
+            f"{len(job.same_files)} path(s) are links to a file listed already ({escape(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
+            "each file is classified once, so that no cell is counted twice",
+            err,
+        )
     if job.unread:
         from firmware_host.atomic import some_of
         from firmware_host.preprocess import IMAGE_SUFFIXES
