@@ -10,7 +10,7 @@ The real command line, as a user runs it on the Pi::
     python -m edgecell classify --model EXPORT FOLDER --csv out.csv --threads 1
 
 on a folder of 20,000 small JPEGs in class folders (a few distinct generated images per class,
-hard-linked many times, with 20 unreadable files among them so the error path is soaked too).
+copied many times, with 20 unreadable files among them so the error path is soaked too).
 While the child runs, the test polls its ``VmRSS`` (/proc/PID/status) and counts the rows already
 streamed into the CSV's temporary file, which locates each sample in the run. From the sample
 at 1,000 rows (caches, thread pool and interpreter arenas warm) to the end, RSS may not grow by
@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ POLL_S = 0.05
 
 
 def _image_folder(root: Path) -> Path:
-    """N_IMAGES files in class folders: DISTINCT_PER_CLASS generated JPEGs per class, hard-linked."""
+    """N_IMAGES files in class folders: DISTINCT_PER_CLASS generated JPEGs per class, copied."""
     rng = np.random.default_rng(0)
     sources = {}
     for c in CLASSES:
@@ -62,10 +63,7 @@ def _image_folder(root: Path) -> Path:
             dst.write_bytes(truncated if i % 2 else b"")
             continue
         src = sources[c][(i // len(CLASSES)) % DISTINCT_PER_CLASS]
-        try:
-            os.link(src, dst)
-        except OSError:  # a file system without hard links
-            dst.symlink_to(src)
+        shutil.copyfile(src, dst)  # copies: links to one file are classified once
     return data
 
 
