@@ -152,10 +152,7 @@ class ClassifySummary:
             self.other_scores.append(row["other_score"])
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
-        self.n_review += row["flag"] == FLAG_REVIEW
-        self.n_review_other += row["flag"] == FLAG_REVIEW and row["label"] == OTHER_CLASS
-        self.n_uncertain += row["flag"] == FLAG_UNCERTAIN
-        self.n_other += row["flag"] == FLAG_OTHER
+        tally_flag(self, row)
         if row["true_label"] is None:
             self.n_unlabelled += 1
         else:
@@ -240,13 +237,7 @@ class ClassifySummary:
             "threshold": self.threshold,
             "differential": self.differential,
             "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
-            "flagged": {
-                "review": self.n_review,
-                "review_other": self.n_review_other,
-                "uncertain": self.n_uncertain,
-                "other": self.n_other,
-                "total": self.n_flagged,
-            },
+            "flagged": flagged_counts(self),
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
         }
@@ -515,6 +506,27 @@ class JsonStream:
         for key, value in tail.items():
             self._member(key, value)
         self.fh.write(self._newline(0) + "}\n")
+
+
+def tally_flag(summary, result: dict) -> None:
+    """Count one result's flag in a summary (:class:`ClassifySummary` or :class:`firmware_host.scan.ScanSummary`):
+    ``n_review`` (and ``n_review_other``, those labelled ``other``), ``n_uncertain``, ``n_other``."""
+    flag = result["flag"]
+    summary.n_review += flag == FLAG_REVIEW
+    summary.n_review_other += flag == FLAG_REVIEW and result["label"] == OTHER_CLASS
+    summary.n_uncertain += flag == FLAG_UNCERTAIN
+    summary.n_other += flag == FLAG_OTHER
+
+
+def flagged_counts(summary) -> dict:
+    """A summary's flag counts as its JSON gives them (``flagged``), for classify and scan alike."""
+    return {
+        "review": summary.n_review,
+        "review_other": summary.n_review_other,
+        "uncertain": summary.n_uncertain,
+        "other": summary.n_other,
+        "total": summary.n_flagged,
+    }
 
 
 def model_notes(clf: Classifier) -> list[str]:

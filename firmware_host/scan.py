@@ -38,11 +38,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
-from firmware_host.classify import other_csv
+from firmware_host.classify import flagged_counts, other_csv, tally_flag
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import Cell, FieldTooFine, empty_reason, locate
-from firmware_host.paths import OTHER_CLASS, path_list
+from firmware_host.paths import path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -266,8 +266,6 @@ class ScanSummary:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
 
     def add(self, res: FieldResult) -> None:
-        from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
-
         if res.error is not None:
             self.n_failed += 1
             self.failed.append({"file": res.file, "error": res.error})
@@ -280,10 +278,7 @@ class ScanSummary:
         self.classify_ms += res.classify_ms
         for c in res.cells:
             self.n_cells += 1
-            self.n_review += c["flag"] == FLAG_REVIEW
-            self.n_review_other += c["flag"] == FLAG_REVIEW and c["label"] == OTHER_CLASS
-            self.n_uncertain += c["flag"] == FLAG_UNCERTAIN
-            self.n_other += c["flag"] == FLAG_OTHER
+            tally_flag(self, c)
             if c["edge"]:
                 self.n_edge += 1
             else:
@@ -319,13 +314,7 @@ class ScanSummary:
             "threshold": self.threshold,
             "differential": dict(self.predicted),
             "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
-            "flagged": {
-                "review": self.n_review,
-                "review_other": self.n_review_other,
-                "uncertain": self.n_uncertain,
-                "other": self.n_other,
-                "total": self.n_flagged,
-            },
+            "flagged": flagged_counts(self),
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,
