@@ -278,7 +278,8 @@ def check_exposure(rgb: np.ndarray, path: str | os.PathLike, what: str = "image"
     h, w = rgb.shape[:2]
     step = max(1, math.isqrt(h * w // 4096))
     brightest = rgb[::step, ::step].max(axis=2).ravel()
-    top = int(np.partition(brightest, brightest.size - 1 - brightest.size // 100)[brightest.size - 1 - brightest.size // 100])
+    k = brightest.size - 1 - brightest.size // 100  # the brightest 1 % begins here
+    top = int(np.partition(brightest, k)[k])
     if top < DIM_LEVEL:
         raise ImageError(
             f"{what} is nearly black (its brightest pixels at {top} of 255, a smear's background {DIM_LEVEL} or more): underexposed, "
