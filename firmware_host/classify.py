@@ -33,7 +33,7 @@ from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer,
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
 from firmware_host.metadata import model_reads
-from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, path_list, path_reads
+from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, left_out, path_list, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
     FLAG_OTHER,
@@ -385,7 +385,9 @@ class ClassifyJob:
         with self._stack:
             s = self.summary
             if self._json:
-                self._json.close({"failed": s.failed, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
+                self._json.close(
+                    {"failed": s.failed, "left_out": left_out(self.same_files), "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()}
+                )
             if self._csv:
                 self._csv.close(s.failed, s.lab_warning)
             if self._report:

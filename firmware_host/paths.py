@@ -20,6 +20,7 @@ that class (the data-set layout ``<root>/<class>/<image>``).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import stat
@@ -27,8 +28,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_host.errors import ImageError, os_reason
-from firmware_host.preprocess import IMAGE_SUFFIXES
+from firmware_host.errors import ImageError, os_reason, read_regular
+from firmware_host.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES
 
 _MAGIC = re.compile(r"[*?[]")
 
@@ -44,8 +45,8 @@ class Expanded:
     unread: list[Path] = field(default_factory=list)
     """Pictures in the folders given whose type is not read from folders (:data:`UNREAD_PICTURES`), for a note."""
     same_files: list[tuple[Path, Path]] = field(default_factory=list)
-    """Paths left out as ``(path, kept)``: a link (symbolic or hard) to a file listed already under another name, which
-    would count one cell twice in the differential."""
+    """Paths left out as ``(path, kept)``: a link (symbolic or hard) to a file listed already under another name, or a
+    copy with the same bytes (:func:`drop_copies`), which would count one cell twice in the differential."""
 
 
 UNREAD_PICTURES = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".jfif", ".dng")
@@ -201,6 +202,7 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
     out = Expanded()
     seen: set[str] = set()
     files: dict[tuple[int, int], Path] = {}  # (device, inode) of each file listed
+    sizes: dict[Path, int] = {}  # the size of each regular file listed, for drop_copies
 
     def add(p: Path) -> None:
         key = os.path.abspath(p)
@@ -217,6 +219,7 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
                 out.same_files.append((p, files[ident]))
                 return
             files[ident] = p
+            sizes[p] = st.st_size
         out.paths.append(p)
 
     def add_match(p: Path, arg: str) -> int:
@@ -249,7 +252,45 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
                 out.errors.append(ImageError("pattern matches no images", arg))
         else:
             out.errors.append(ImageError("no such file or folder", arg))
+    drop_copies(out, sizes)
     return out
+
+
+def left_out(same_files: Sequence[tuple[Path, Path]]) -> list[dict]:
+    """``Expanded.same_files`` as the JSON reports give it: ``{"path", "same_as"}`` for each path left out."""
+    return [{"path": os.fspath(p), "same_as": os.fspath(k)} for p, k in same_files]
+
+
+def drop_copies(out: Expanded, sizes: dict[Path, int]) -> None:
+    """Leave out of ``out.paths`` each file with the same bytes as one listed before it, recording ``(copy, kept)`` in
+    ``out.same_files``: a folder copied twice onto a stick would otherwise count every cell in it twice.
+
+    ``sizes`` gives each regular file's size; only files that share a size with another are read and hashed
+    (SHA-256), the way duplicate finders do, so a list of distinct JPEGs costs a ``stat`` per file (done already).
+    Empty files, files over :data:`~firmware_host.preprocess.MAX_FILE_BYTES` and files that cannot be read are left
+    in the list, for classification to report them.
+    """
+    by_size: dict[int, list[Path]] = {}
+    for p, n in sizes.items():
+        if 0 < n <= MAX_FILE_BYTES:
+            by_size.setdefault(n, []).append(p)
+    copies: dict[Path, Path] = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        first: dict[bytes, Path] = {}
+        for p in group:  # in the order listed, so the first of a set of copies is the one kept
+            try:
+                digest = hashlib.sha256(read_regular(p, MAX_FILE_BYTES, ImageError, "image file")).digest()
+            except (ImageError, OSError, ValueError):
+                continue
+            if digest in first:
+                copies[p] = first[digest]
+            else:
+                first[digest] = p
+    if copies:
+        out.same_files.extend((p, copies[p]) for p in out.paths if p in copies)
+        out.paths = [p for p in out.paths if p not in copies]
 
 
 OTHER_CLASS = "other"

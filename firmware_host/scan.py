@@ -42,7 +42,7 @@ from firmware_host.classify import flagged_counts, other_csv, tally_flag
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import Cell, FieldTooFine, empty_reason, locate
-from firmware_host.paths import path_list
+from firmware_host.paths import left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -503,7 +503,7 @@ class ScanJob:
             if self._csv:
                 self._csv.close(self.path_errors, self.summary.lab_warning)
             if self._json:
-                self._json.close({"failed": self.summary.failed, "summary": self.summary.to_dict()})
+                self._json.close({"failed": self.summary.failed, "left_out": left_out(self.same_files), "summary": self.summary.to_dict()})
             if self.report is not None:
                 self.report.finish(self.summary)
             if self.annotator:

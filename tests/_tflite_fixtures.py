@@ -237,6 +237,17 @@ def save_jpeg(path: Path, array: np.ndarray, quality: int = 92) -> Path:
     return path
 
 
+def distinct_copy(src: Path, dst: Path, k: int) -> Path:
+    """A copy of the JPEG ``src`` with the same pixels and other bytes (a comment segment holding ``k``): classify
+    leaves out a file with the same bytes as one listed already, so a folder of many images made from a few needs
+    these."""
+    data = src.read_bytes()
+    assert data[:2] == b"\xff\xd8", f"{src} is not a JPEG"
+    note = f"copy {k}".encode()
+    dst.write_bytes(data[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + data[2:])
+    return dst
+
+
 def labelled_folder(root: Path, per_class: int = 3, size: int = 48, seed: int = 7) -> Path:
     """``root/<class>/img_k.jpg``: a small data set in the Kaggle layout (random pixels)."""
     rng = np.random.default_rng(seed)

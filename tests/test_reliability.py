@@ -204,7 +204,7 @@ def write_odd_images(folder: Path, rgb: np.ndarray) -> list[str]:
     exif[0x0112] = 6  # "rotate 90 CW to display": the pixels are stored turned the other way
     base.transpose(Image.Transpose.ROTATE_90).save(folder / "exif-rotated.jpg", exif=exif.tobytes(), quality=95)
     base.save(folder / UNICODE_NAME)
-    base.save(os.path.join(folder, LATIN1_NAME))
+    base.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(os.path.join(folder, LATIN1_NAME))  # other bytes: a copy is left out
     return ["alpha.png", "grayscale.png", "palette.png", "gray16.tif", "rgb48.tif", "cmyk.jpg", "exif-rotated.jpg", UNICODE_NAME, LATIN1_NAME]
 
 
@@ -483,6 +483,7 @@ def test_classify_names_that_are_not_utf8_under_a_strict_terminal(models, tmp_pa
 
 
 def test_duplicate_paths_and_duplicate_images_are_each_classified_once(models, labelled, tmp_path):
+    """A path given twice (as a folder, a file and a glob) and a copy with the same bytes are one cell, counted once."""
     d = tmp_path / "d"
     shutil.copytree(labelled / "monocyte", d)
     first = sorted(d.glob("*.jpg"))[0]
@@ -491,10 +492,37 @@ def test_duplicate_paths_and_duplicate_images_are_each_classified_once(models, l
     res = cli_run("classify", "--model", models.export, d, first, str(d) + "/*.jpg", "--json", out)
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
-    paths = [r["path"] for r in rep["results"]]
-    assert len(paths) == len(set(paths)) == 4
-    by = {Path(r["path"]).name: r["probs"] for r in rep["results"]}
-    assert by["copy-of-first.jpg"] == by[first.name]  # same bytes, same answer
+    names = [Path(r["path"]).name for r in rep["results"]]
+    assert len(names) == len(set(names)) == 3 and names[0] == "copy-of-first.jpg" and first.name not in names  # the first listed kept
+    assert rep["summary"]["n_images"] == 3
+    said = " ".join(res.stderr.split())
+    assert "warning: 1 path(s) are links to, or copies of, a file listed already (" in said
+    assert f"{first} = {d / 'copy-of-first.jpg'}" in said
+    assert rep["left_out"] == [{"path": str(first), "same_as": str(d / "copy-of-first.jpg")}]
+
+
+def test_copies_in_other_folders_are_left_out_and_files_of_one_size_kept(models, labelled, tmp_path):
+    """Copies are found by their bytes wherever they are (a folder copied twice onto a stick); files that only share a
+    size, empty files and unreadable ones stay in the list."""
+    a, b = tmp_path / "slide" / "a", tmp_path / "slide" / "b"
+    shutil.copytree(labelled / "monocyte", a)
+    shutil.copytree(labelled / "monocyte", b)
+    first = sorted(a.glob("*.jpg"))[0]
+    data = first.read_bytes()
+    (a / "same-size.jpg").write_bytes(data[:-3] + bytes(255 - x for x in data[-3:-2]) + data[-2:])  # one byte differs
+    (a / "empty1.jpg").write_bytes(b"")
+    (a / "empty2.jpg").write_bytes(b"")
+    out = tmp_path / "r.json"
+    res = cli_run("classify", "--model", models.export, tmp_path / "slide", "--json", out)
+    assert res.exit_code == 1, res.output  # the two empty files could not be classified
+    rep = json.loads(out.read_text())
+    listed = {Path(r["path"]).relative_to(tmp_path / "slide").as_posix() for r in rep["results"]}
+    listed |= {Path(f["path"]).relative_to(tmp_path / "slide").as_posix() for f in rep["failed"]}
+    n = len(list(b.glob("*.jpg")))
+    assert not any(x.startswith("b/") for x in listed)  # every image of b is a copy of one in a, listed first
+    assert {"a/same-size.jpg", "a/empty1.jpg", "a/empty2.jpg"} <= listed
+    assert len(listed) == n + 3
+    assert f"warning: {n} path(s) are links to, or copies of, a file listed already (" in " ".join(res.stderr.split())
 
 
 def test_links_to_one_file_are_classified_once_and_said(models, labelled, tmp_path):
@@ -510,7 +538,7 @@ def test_links_to_one_file_are_classified_once_and_said(models, labelled, tmp_pa
     paths = [r["path"] for r in json.loads(out.read_text())["results"]]
     files = {os.stat(p).st_ino for p in paths}
     assert len(paths) == len(files) == len(list(d.glob("*.jpg"))) - 2  # each file once, under the first name listed
-    assert "warning: 2 path(s) are links to a file listed already (" in " ".join(res.stderr.split())
+    assert "warning: 2 path(s) are links to, or copies of, a file listed already (" in " ".join(res.stderr.split())
 
 
 # ============================================================== models

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from firmware_host.atomic import Terminated, raise_if_interrupted, signals_as_interrupts
-from tests._tflite_fixtures import labelled_folder
+from tests._tflite_fixtures import distinct_copy, labelled_folder
 
 from .test_reliability import ROOT, leftovers, nonblank, tree_digest
 
@@ -31,7 +31,7 @@ N_IMAGES = 3000  # enough for worker processes (256+) and for a run that lasts w
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
-    """``N_IMAGES`` small JPEGs in class folders: a few images, copied many times (links to one file are classified once)."""
+    """``N_IMAGES`` small JPEGs in class folders: a few images, copied many times (each copy its own bytes: copies and links are classified once)."""
     root = tmp_path_factory.mktemp("many")
     base = labelled_folder(root / "base", per_class=2)
     data = root / "data"
@@ -40,7 +40,7 @@ def many(tmp_path_factory) -> Path:
         src = files[i % len(files)]
         dst = data / src.parent.name / f"{i:05d}_{src.name}"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        distinct_copy(src, dst, i)
     return data
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._tflite_fixtures import CLASSES, build_models, save_jpeg
+from tests._tflite_fixtures import CLASSES, build_models, distinct_copy, save_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 20_000
@@ -60,10 +59,10 @@ def _image_folder(root: Path) -> Path:
         c = CLASSES[i % len(CLASSES)]
         dst = data / c / f"cell_{i:05d}.jpg"
         if i % (N_IMAGES // N_BAD) == N_IMAGES // N_BAD - 1:
-            dst.write_bytes(truncated if i % 2 else b"")
+            dst.write_bytes(truncated + i.to_bytes(4, "big") if i % 2 else b"")  # each broken file its own bytes
             continue
         src = sources[c][(i // len(CLASSES)) % DISTINCT_PER_CLASS]
-        shutil.copyfile(src, dst)  # copies: links to one file are classified once
+        distinct_copy(src, dst, i)  # the same pixels in other bytes: copies and links are classified once
     return data
 
 

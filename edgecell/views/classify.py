@@ -36,7 +36,8 @@ def print_warnings(err, job: ClassifyJob) -> None:
         from firmware_host.atomic import some_of
 
         warn(
-            f"{len(job.same_files)} path(s) are links to a file listed already ({escape(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
+            f"{len(job.same_files)} path(s) are links to, or copies of, a file listed already "
+            f"({escape(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
             "each file is classified once, so that no cell is counted twice",
             err,
         )
