@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
-from firmware_host.locate import WORK_CELL, _dilate, _reduce, label, locate, stain_map  # noqa: E402
+from firmware_host.locate import WORK_CELL, _dilate, _reduce, default_cell_size, label, locate, nucleus_ratio, size_warning, stain_map  # noqa: E402
 from firmware_host.preprocess import otsu_threshold  # noqa: E402
 
 DEFAULT_FIELDS = ROOT.parent / "shared" / "more_cells" / "bccd_fields"
@@ -200,8 +200,17 @@ def _scaled_rows(images, cell_size) -> list[dict]:
     rows = []
     for stem, rgb, truth in images:
         cells = locate(rgb, cell_size=cell_size)
-        rows.append({"stem": stem, "truth": truth, "found": [c.box for c in cells], "edge": [c.edge for c in cells]})
+        size = cell_size or default_cell_size(rgb.shape[1], rgb.shape[0])
+        ratios = [nucleus_ratio(c, size) for c in cells if not c.edge]
+        rows.append({"stem": stem, "truth": truth, "found": [c.box for c in cells], "edge": [c.edge for c in cells], "ratios": ratios, "size": size})
     return rows
+
+
+def size_check(rows: list[dict]) -> dict:
+    """What ``scan``'s size warning says over all these fields as one run: the median nucleus ratio and the line."""
+    ratios = [x for r in rows for x in r["ratios"]]
+    sizes = [r["size"] for r in rows for _ in r["ratios"]]
+    return {"cells": len(ratios), "median_ratio": float(np.median(ratios)) if ratios else None, "warning": size_warning(ratios, sizes, False)}
 
 
 def magnification(fields: list[dict]) -> dict:
@@ -239,12 +248,15 @@ def magnification(fields: list[dict]) -> dict:
                 if inside >= 0.25:
                     truth.append(tuple(clip))
         twice.append((f["stem"], np.asarray(img), truth))
-    out = {}
+    same = [(f["stem"], np.asarray(Image.open(f["path"]).convert("RGB")), f["truth"]) for f in fields]
+    out = {"same": {"images": len(same), "size_check": size_check(_scaled_rows(same, None))}}
     for name, images, factor in (("half", half, 0.5), ("twice", twice, 2.0)):
+        rows = _scaled_rows(images, None)
         out[name] = {
             "images": len(images),
-            "default_cell_size": scores(_scaled_rows(images, None)),
+            "default_cell_size": scores(rows),
             "matching_cell_size": dict(cell_size=factor * default, **scores(_scaled_rows(images, factor * default))),
+            "size_check": size_check(rows),
         }
     return out
 
@@ -317,6 +329,11 @@ out): the locator's size rules follow `cell_size`, which by default is 0.3 of th
 another magnification the default is wrong by that factor; `edgecell scan --cell-size PX` sets it."""
 
 
+SIZE_NOTE = """`scan` warns when the whole cells of a run have nuclei whose median longer side is outside
+`NUCLEUS_RATIO_RANGE` of the cell size assumed (`firmware_host.locate.size_warning`), each set below read as one run
+with the default cell size. Half the magnification is not caught (see `NUCLEUS_RATIO_RANGE` for why)."""
+
+
 def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -347,6 +364,10 @@ def markdown(r: dict) -> str:
         for key, cs in (("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g}")):
             a, b = m[key]["iou_0.5"], m[key]["iou_0.3"]
             lines.append(f"| {label_} | {m['images']} | {cs} | {_f(a['recall'])} | {_f(a['precision'])} | {_f(b['recall'])} | {_f(b['precision'])} |")
+    lines += ["", SIZE_NOTE, "", "| magnification | cells (whole) | median nucleus ratio | scan's size warning |", "|---|---:|---:|---|"]
+    for name in ("same", "half", "twice"):
+        c = r["magnification"][name]["size_check"]
+        lines.append(f"| {name} | {c['cells']} | {_f(c['median_ratio'])} | {c['warning'] or 'none'} |")
     m = r["locate_ms"]
     lines += [
         "",

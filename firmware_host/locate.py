@@ -60,6 +60,8 @@ Assumptions (what changes with another lab or camera, and what that does):
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +109,49 @@ def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
             "as in 640x480 fields at 100x): if this camera's cells are smaller, give --cell-size PX"
         )
     return None
+
+
+TYPICAL_NUCLEUS = 1.08
+"""The median ratio of a found nucleus's longer side to ``cell_size`` when ``cell_size`` is right: BCCD's fields at
+100x with the default (291 whole white cells; half the fields' medians within 0.72-1.52 of it)."""
+NUCLEUS_RATIO_RANGE = (0.5, 1.5)
+"""A run whose median nucleus ratio falls outside this range was taken at another magnification than ``cell_size``
+says. Above: nuclei half as large again as the whole cell assumed. BCCD's fields as if at twice the magnification give
+1.97, and runs of 10 fields at the right one 0.83-1.32 (1st-99th percentile), so the upper end is safe. The lower end
+is wide because where a lab's nucleus stands out from its cytoplasm (BCCD's whole cell stains blue) the ratio is
+lower at the right magnification (the synthetic fields of the tests: 0.64); so at half the magnification (BCCD: 0.58,
+a quarter of its cells missed) it says nothing, at a third or less it does."""
+MIN_CELLS_SIZED = 20
+"""The fewest whole white cells over which :func:`size_warning` judges the magnification."""
+
+
+def nucleus_ratio(cell: Cell, cell_size: float) -> float:
+    """A found nucleus's longer side over the expected white-cell diameter (about :data:`TYPICAL_NUCLEUS`)."""
+    x0, y0, x1, y1 = cell.nucleus
+    return max(x1 - x0, y1 - y0) / cell_size
+
+
+def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bool) -> str | None:
+    """One line when the whole cells of a run (each one's :func:`nucleus_ratio` and the ``cell_size`` of its field) say
+    the photos were taken at another magnification than the locator assumed, else None (also under
+    :data:`MIN_CELLS_SIZED` cells). ``given``: the cell size came from ``--cell-size`` (not the default)."""
+    if len(ratios) < MIN_CELLS_SIZED:
+        return None
+    ratio = statistics.median(ratios)
+    lo, hi = NUCLEUS_RATIO_RANGE
+    if lo <= ratio <= hi:
+        return None
+    suggest = statistics.median(r * c for r, c in zip(ratios, cell_sizes)) / TYPICAL_NUCLEUS
+    expected = statistics.median(cell_sizes)
+    said = "--cell-size" if given else f"the default, {CELL_FRACTION} of the shorter side"
+    if ratio > hi:
+        what = "larger than expected: at a higher magnification scan may split one cell into two or count pieces as cells"
+    else:
+        what = "smaller than expected: at a lower magnification scan misses white cells whose nuclei look like platelets"
+    return (
+        f"the {len(ratios)} white cells found look {ratio / TYPICAL_NUCLEUS:.1f} times {what} "
+        f"(cells of {expected:.0f} px assumed, {said}); check the boxes (--annotate or --report) and give --cell-size {suggest:.0f}"
+    )
 
 
 WHITE_PERCENTILE = 99.0

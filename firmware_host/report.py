@@ -101,6 +101,7 @@ class ReportHeader:
         n_images: images given (the page also counts the cells it shows and the failures).
         when: the run's start, timezone-aware (default: now, UTC).
         lab_warning: the run's warning about images from another lab, if it raised one.
+        size_warning: scan's warning that the fields' magnification is not the one assumed, if it raised one.
         n_failed: inputs that could not be classified.
         failed: each of them, as ``(name, reason)`` (the page names the first :data:`FAILED_SHOWN`).
         mode: ``"classify"`` or ``"scan"``.
@@ -117,6 +118,7 @@ class ReportHeader:
     n_images: int
     when: _dt.datetime | None = None
     lab_warning: str | None = None
+    size_warning: str | None = None
     n_failed: int = 0
     mode: str = "classify"
     review_classes: Sequence[str] = ()
@@ -396,6 +398,8 @@ class ReportWriter:
             out.append(f'<p class="warning model-note"><strong>Model:</strong> {_e(note)}</p>')
         if h.lab_warning:
             out.append(f'<p class="warning" role="alert" id="lab-warning"><strong>Lab warning:</strong> {_e(h.lab_warning)}</p>')
+        if h.size_warning:
+            out.append(f'<p class="warning" role="alert" id="size-warning"><strong>Cell size:</strong> {_e(h.size_warning)}</p>')
         out.append(
             '<p class="note" id="privacy">Thumbnails are embedded in this file as small JPEG images '
             f"(at most {THUMB_MAX_PX} pixels), so it needs no network and no other file. "

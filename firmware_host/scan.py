@@ -41,7 +41,7 @@ from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import flagged_counts, other_csv, tally_flag
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
-from firmware_host.locate import Cell, FieldTooFine, empty_reason, locate
+from firmware_host.locate import Cell, FieldTooFine, default_cell_size, empty_reason, locate, nucleus_ratio, size_warning
 from firmware_host.paths import left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
@@ -96,6 +96,9 @@ class FieldResult:
     locate_ms: float = 0.0
     classify_ms: float = 0.0
     decode_ms: float = 0.0
+    sizes: list[tuple[float, float]] = field(default_factory=list)
+    """Each whole cell's :func:`~firmware_host.locate.nucleus_ratio` and the cell size it was found with, for the
+    run's :func:`~firmware_host.locate.size_warning` (not in the JSON record)."""
 
     def to_dict(self) -> dict:
         """The field's JSON record (``file``, ``width``, ``height``, ``cells``; ``error`` instead for a failure)."""
@@ -141,7 +144,9 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path)
     t2 = time.perf_counter()
-    return FieldResult(file=path, width=w, height=h, cells=rows, locate_ms=(t1 - t0) * 1e3, classify_ms=(t2 - t1) * 1e3)
+    size = cell_size or default_cell_size(w, h)
+    sizes = [(nucleus_ratio(c, size), size) for c in cells if not c.edge]
+    return FieldResult(file=path, width=w, height=h, cells=rows, locate_ms=(t1 - t0) * 1e3, classify_ms=(t2 - t1) * 1e3, sizes=sizes)
 
 
 def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float | None = None) -> FieldResult:
@@ -239,6 +244,8 @@ class ScanSummary:
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
         lab_check: the model's slide-level lab check (:func:`firmware_host.runtime.lab_warning`), read over the
             counted cells' top probabilities (``confidence_sum``) and never-seen scores (``other_scores``).
+        sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), for :attr:`size_warning`;
+            ``cell_size_given``: they came from ``--cell-size``.
     """
 
     classes: list[str]
@@ -261,6 +268,8 @@ class ScanSummary:
     lab_check: dict = field(default_factory=dict)
     confidence_sum: float = 0.0
     other_scores: list[float] = field(default_factory=list)
+    sizes: list[tuple[float, float]] = field(default_factory=list)
+    cell_size_given: bool = False
 
     def __post_init__(self) -> None:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
@@ -276,6 +285,7 @@ class ScanSummary:
             self.first_fields.append((res.file, res.cells))
         self.locate_ms += res.locate_ms
         self.classify_ms += res.classify_ms
+        self.sizes.extend(res.sizes)
         for c in res.cells:
             self.n_cells += 1
             tally_flag(self, c)
@@ -293,6 +303,12 @@ class ScanSummary:
         from firmware_host.runtime import tally_lab_warning
 
         return tally_lab_warning(self.n_counted, self.confidence_sum, self.other_scores, self.lab_check, what="cells")
+
+    @property
+    def size_warning(self) -> str | None:
+        """One line when the cells found say the fields were taken at another magnification than the cell size
+        assumed (:func:`firmware_host.locate.size_warning`)."""
+        return size_warning([r for r, _ in self.sizes], [c for _, c in self.sizes], self.cell_size_given)
 
     @property
     def n_flagged(self) -> int:
@@ -319,6 +335,7 @@ class ScanSummary:
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,
             "lab_warning": self.lab_warning,
+            "size_warning": self.size_warning,
         }
 
 
@@ -437,7 +454,12 @@ class ScanJob:
         self.links = expanded.links  # links to folders read already: their fields scanned once
         self.unread = expanded.unread  # pictures of a type a folder search does not read
         self.same_files = expanded.same_files  # links to fields listed already: each scanned once
-        self.summary = ScanSummary(classes=list(self.classifier.classes), threshold=opts.threshold, lab_check=dict(self.classifier.meta.lab_check))
+        self.summary = ScanSummary(
+            classes=list(self.classifier.classes),
+            threshold=opts.threshold,
+            lab_check=dict(self.classifier.meta.lab_check),
+            cell_size_given=opts.cell_size is not None,
+        )
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))
         self._processes = None if opts.threads is None else False
@@ -609,6 +631,7 @@ class ReportHook:
         self.writer.header.n_failed = summary.n_failed
         self.writer.header.failed = [(f["file"], f["error"]) for f in summary.failed]
         self.writer.header.lab_warning = summary.lab_warning
+        self.writer.header.size_warning = summary.size_warning
         self.writer.write(self.dest)
 
     def close(self) -> None:

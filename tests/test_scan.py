@@ -571,3 +571,47 @@ def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
     assert "no white cell of about 360 px across (the default, 0.3 of the shorter side" in " ".join(res.output.split())
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--cell-size", "1e12"])
     assert res.exit_code == 2 and "is not in the range 8.0<=x<=10000.0" in res.output
+
+
+def test_size_warning_reads_the_median_nucleus_over_enough_cells():
+    from firmware_host.locate import MIN_CELLS_SIZED, TYPICAL_NUCLEUS, size_warning
+
+    n = MIN_CELLS_SIZED
+    assert size_warning([3.0] * (n - 1), [144.0] * (n - 1), False) is None  # too few cells to judge
+    assert size_warning([1.0] * n, [144.0] * n, False) is None
+    big = size_warning([2.0] * (n // 2) + [1.0] * (n - n // 2), [144.0] * n, False)
+    assert big is None  # the median, not the largest: half the cells at twice the size is a mixed slide
+    big = size_warning([2.0] * n, [144.0] * n, False)
+    assert big.startswith(f"the {n} white cells found look {2.0 / TYPICAL_NUCLEUS:.1f} times larger than expected")
+    assert "(cells of 144 px assumed, the default, 0.3 of the shorter side)" in big
+    assert big.endswith(f"give --cell-size {2.0 * 144 / TYPICAL_NUCLEUS:.0f}")
+    small = size_warning([0.3] * n, [50.0] * n, True)
+    assert "smaller than expected" in small and "(cells of 50 px assumed, --cell-size)" in small
+
+
+def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, tmp_path):
+    """Fields at about three times the magnification the default assumes: one line, in the JSON and on the page, naming
+    the --cell-size to give; given it, none."""
+    import importlib.util
+
+    from firmware_host.locate import MIN_CELLS_SIZED
+
+    d = tmp_path / "zoomed"
+    d.mkdir()
+    for k in range(MIN_CELLS_SIZED):
+        Image.fromarray(draw_field([(320, 240, 3 * CELL)], seed=k)).save(d / f"f{k:02d}.jpg", quality=92)
+    out, page = tmp_path / "s.json", tmp_path / "r.html"
+    review = importlib.util.find_spec("firmware_host.report") is not None
+    args = ["scan", "--model", str(models.export), str(d), "--json", str(out), "--threads", "1"]
+    res = CliRunner().invoke(cli, args + (["--report", str(page)] if review else []))
+    assert res.exit_code == 0, res.output
+    warning = json.loads(out.read_text())["summary"]["size_warning"]
+    assert warning.startswith(f"the {MIN_CELLS_SIZED} white cells found look ") and "larger than expected" in warning
+    assert "warning: " + warning in " ".join(res.output.split())
+    if review:
+        assert 'id="size-warning"' in page.read_text()
+    suggested = warning.rsplit(" ", 1)[1]
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(d), "--json", str(out), "--threads", "1", "--cell-size", suggested])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["summary"]["size_warning"] is None
+    assert json.loads(out.read_text())["summary"]["counted_cells"] == MIN_CELLS_SIZED

@@ -11,8 +11,9 @@ from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 def print_summary(con, err, s: ScanSummary) -> None:
     """The lab check's warning, the first fields' cells, the differential count, the flags, the timings and the failures."""
-    if s.lab_warning:
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.lab_warning)}", soft_wrap=True, highlight=False)
+    for line in (s.lab_warning, s.size_warning):
+        if line:
+            err.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True, highlight=False)
     if s.first_fields:
         table = Table(title="Fields" if s.n_fields <= FIRST_FIELDS else f"First {len(s.first_fields)} fields", title_justify="left")
         table.add_column("field", overflow="fold")
