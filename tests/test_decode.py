@@ -122,7 +122,7 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the worker processes")
 def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory):
     """Ctrl-C while worker processes decode: exit 130, one line, and no worker left behind."""
-    from tests._tflite_fixtures import build_models, copy_model
+    from tests._tflite_fixtures import build_models, copy_model, distinct_copy
 
     models = build_models(tmp_path_factory)
     model = copy_model(models.int8, tmp_path / "model")
@@ -133,9 +133,8 @@ def test_ctrl_c_during_classify_with_worker_processes(tmp_path, tmp_path_factory
     folder.mkdir()
     base = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
     Image.fromarray(base).save(folder / "img_0000.jpg", quality=90)
-    data = (folder / "img_0000.jpg").read_bytes()
-    for k in range(1, 4000):
-        (folder / f"img_{k:04d}.jpg").write_bytes(data)
+    for k in range(1, 4000):  # each its own bytes: copies are classified once
+        distinct_copy(folder / "img_0000.jpg", folder / f"img_{k:04d}.jpg", k)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgecell", "classify", "--model", str(model), str(folder), "--csv", str(tmp_path / "out.csv")],
