@@ -52,6 +52,9 @@ Assumptions (what changes with another lab or camera, and what that does):
   benchmarks/scan.py shows the BCCD fields at half the magnification losing a quarter of their
   cells with the default (nuclei look like platelets), and at twice the magnification gaining
   false cells, while with ``cell_size`` set to match both score as at the original magnification.
+  :func:`size_warning` tells the user of a run whose nuclei are far larger than ``cell_size`` allows (twice the
+  magnification) which ``cell_size`` to give; half the magnification it cannot tell from a lab whose nuclei are
+  small within their cells.
 * Cells lie in one layer (a monolayer area of the smear): heavily overlapping white cells whose
   nuclei touch along a long border can be counted as one.
 * Smudge cells and large stained debris look like nuclei and are reported as cells (the classifier
