@@ -433,16 +433,18 @@ def test_metrics_match_sklearn():
 
 
 def test_expand_paths(tmp_path):
-    img = np.zeros((16, 16, 3), np.uint8)
-    a = save_jpeg(tmp_path / "data" / "myeloblast" / "b.jpg", img)
-    b = save_jpeg(tmp_path / "data" / "myeloblast" / "a.JPG", img)
-    c = save_jpeg(tmp_path / "data" / "other" / "deep" / "c.jpeg", img)
+    def img(k):  # each file its own pixels: a copy of a file listed already is left out
+        return np.full((16, 16, 3), 40 * k, np.uint8)
+
+    a = save_jpeg(tmp_path / "data" / "myeloblast" / "b.jpg", img(1))
+    b = save_jpeg(tmp_path / "data" / "myeloblast" / "a.JPG", img(2))
+    c = save_jpeg(tmp_path / "data" / "other" / "deep" / "c.jpeg", img(3))
     (tmp_path / "data" / "notes.txt").write_text("x")
     (tmp_path / "data" / "dir.jpg").mkdir()
     (tmp_path / "data" / "dir.jpg" / "inner.jpg").write_bytes(b"")
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "data" / "broken.png")
     (tmp_path / "empty").mkdir()
-    single = save_jpeg(tmp_path / "single.bmp.jpg", img)
+    single = save_jpeg(tmp_path / "single.bmp.jpg", img(4))
 
     found = walk_folder(tmp_path / "data")
     names = [p.relative_to(tmp_path / "data").as_posix() for p in found]
