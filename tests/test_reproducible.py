@@ -53,3 +53,44 @@ def test_same_seed_same_weights_other_seed_other_weights():
     first = weights(3)
     assert np.array_equal(first, weights(3))
     assert not np.array_equal(first, weights(4))
+
+
+def _opponent(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's chroma and hue (degrees) in the preprocessing's opponent plane."""
+    from firmware_host.preprocess import _U, _V
+
+    d = img - img.mean(-1, keepdims=True)
+    a, b = d @ np.array(_U), d @ np.array(_V)
+    return np.hypot(a, b), np.degrees(np.arctan2(b, a))
+
+
+def _colour_at(hue_deg: float, chroma: float, grey: float = 0.55) -> np.ndarray:
+    from firmware_host.preprocess import _U, _V
+
+    h = np.radians(hue_deg)
+    return grey + chroma * (np.cos(h) * np.array(_U) + np.sin(h) * np.array(_V))
+
+
+def test_blue_augmentation_sets_the_blue_alone_whatever_its_vividness():
+    """Two cells whose blue differs threefold in vividness come out alike at one target (the class cannot be read from
+    it), while orange granules and the grey background keep their colour."""
+    from edgecell.tfutil import import_tf
+    from edgecell.train import blue_to
+    from firmware_host.preprocess import NUCLEUS_HUE
+
+    tf = import_tf()
+    orange = _colour_at(NUCLEUS_HUE + 120, 0.15)
+    out = []
+    for vivid in (0.08, 0.24):
+        img = np.full((20, 20, 3), 0.8)
+        img[:10] = _colour_at(NUCLEUS_HUE, vivid)  # the nucleus
+        img[10:15] = orange
+        res = blue_to(tf, tf.constant(img, tf.float32), 0.06).numpy()
+        np.testing.assert_allclose(res[10:15], img[10:15], atol=1e-6)  # orange kept
+        np.testing.assert_allclose(res[15:], img[15:], atol=1e-6)  # grey kept
+        _, hue = _opponent(res[:10].reshape(-1, 3))
+        assert abs(np.median(hue) - NUCLEUS_HUE) < 0.5  # the blue's hue kept
+        out.append(res)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # one target: the two cells alike
+    blue = _opponent(out[0][:10].reshape(-1, 3))[0]
+    assert abs(blue.mean() * 0.5 - 0.06) < 1e-4  # half the pixels are blue: their mean chroma over the image is the target
