@@ -319,7 +319,7 @@ class ClassifyJob:
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their images counted once
         self.unread = expanded.unread  # pictures of a type a folder search does not read
-        self.same_files = expanded.same_files  # links to files listed already: each cell counted once
+        self.same_files = expanded.same_files  # links to, or copies of, files listed already: each cell counted once
         n = len(self.paths)
         self.summary = ClassifySummary(
             classes=list(self.classifier.classes),

@@ -148,11 +148,13 @@ def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bo
     expected = statistics.median(cell_sizes)
     said = "--cell-size" if given else f"the default, {CELL_FRACTION} of the shorter side"
     if ratio > hi:
+        times = ratio / TYPICAL_NUCLEUS
         what = "larger than expected: at a higher magnification scan may split one cell into two or count pieces as cells"
     else:
+        times = TYPICAL_NUCLEUS / ratio
         what = "smaller than expected: at a lower magnification scan misses white cells whose nuclei look like platelets"
     return (
-        f"the {len(ratios)} white cells found look {ratio / TYPICAL_NUCLEUS:.1f} times {what} "
+        f"the {len(ratios)} white cells found look {times:.1f} times {what} "
         f"(cells of {expected:.0f} px assumed, {said}); check the boxes (--annotate or --report) and give --cell-size {suggest:.0f}"
     )
 

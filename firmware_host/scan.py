@@ -453,7 +453,7 @@ class ScanJob:
         self.paths, self.path_errors = expanded.paths, expanded.errors
         self.links = expanded.links  # links to folders read already: their fields scanned once
         self.unread = expanded.unread  # pictures of a type a folder search does not read
-        self.same_files = expanded.same_files  # links to fields listed already: each scanned once
+        self.same_files = expanded.same_files  # links to, or copies of, fields listed already: each scanned once
         self.summary = ScanSummary(
             classes=list(self.classifier.classes),
             threshold=opts.threshold,

@@ -586,7 +586,8 @@ def test_size_warning_reads_the_median_nucleus_over_enough_cells():
     assert "(cells of 144 px assumed, the default, 0.3 of the shorter side)" in big
     assert big.endswith(f"give --cell-size {2.0 * 144 / TYPICAL_NUCLEUS:.0f}")
     small = size_warning([0.3] * n, [50.0] * n, True)
-    assert "smaller than expected" in small and "(cells of 50 px assumed, --cell-size)" in small
+    assert small.startswith(f"the {n} white cells found look {TYPICAL_NUCLEUS / 0.3:.1f} times smaller than expected")
+    assert "(cells of 50 px assumed, --cell-size)" in small and small.endswith(f"give --cell-size {0.3 * 50 / TYPICAL_NUCLEUS:.0f}")
 
 
 def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, tmp_path):
