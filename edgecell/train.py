@@ -125,36 +125,12 @@ AUG_JPEG_QUALITY = (30, 95)
 """JPEG re-encoding quality range."""
 AUG_HUE = 0.1
 """Largest hue rotation, as a share of the colour wheel (the preprocessing has normalised the stain)."""
-AUG_BLUE_CHROMA = (0.08, 0.26)
-"""The stain's blue, set per image: the mean chroma (0-1 units) of the pixels near the nucleus's hue is scaled to a value
-drawn from this range, the same for every class, so that how vivid a cell's blue is says nothing of its type in
-training (every training myeloblast comes from Munich, whose are the most vivid: 0.22 against 0.10-0.18 for the other
-folders); orange and pink (eosinophil granules, red cells) keep their chroma. See "Saturation" in docs/design.md."""
-AUG_BLUE_HUE = 60.0
-"""Degrees either side of the nucleus's hue over which :data:`AUG_BLUE_CHROMA` reaches, fading out linearly in the
-cosine (full at the nucleus's hue, none from this far away)."""
+AUG_SATURATION = (0.5, 1.6)
+"""Saturation factor range."""
 AUG_GREY = 0.25
 """Probability of a grey image."""
 AUG_PROB = 0.5
 """Probability of each acquisition augmentation (resolution, sharpness, noise, JPEG)."""
-
-
-def blue_to(tf, x, target):
-    """``x`` (RGB, 0-1) with the mean chroma of its blue scaled to ``target``: each pixel's offset from grey is scaled by a
-    gain weighted by how near its hue is to the nucleus's (:data:`AUG_BLUE_HUE`), the gain chosen so that the mean of
-    chroma times weight becomes ``target`` (within x0.3-3). Grey, orange and pink pixels keep their colour."""
-    from firmware_host.preprocess import _U, _V, NUCLEUS_HUE
-
-    u, v = tf.constant(_U, tf.float32), tf.constant(_V, tf.float32)
-    ha, hb = float(np.cos(np.radians(NUCLEUS_HUE))), float(np.sin(np.radians(NUCLEUS_HUE)))
-    edge = float(np.cos(np.radians(AUG_BLUE_HUE)))
-    grey = tf.reduce_mean(x, axis=-1, keepdims=True)
-    d = x - grey
-    a, b = tf.reduce_sum(d * u, -1), tf.reduce_sum(d * v, -1)
-    chroma = tf.sqrt(a * a + b * b + 1e-8)
-    w = tf.clip_by_value(((a * ha + b * hb) / chroma - edge) / (1.0 - edge), 0.0, 1.0)
-    gain = tf.clip_by_value(target / tf.maximum(tf.reduce_mean(chroma * w), 1e-3), 0.3, 3.0)
-    return tf.clip_by_value(grey + d * (1.0 + w[..., None] * (gain - 1.0)), 0.0, 1.0)
 
 
 def _augment_fn(tf, size: int):
@@ -198,10 +174,10 @@ def _augment_fn(tf, size: int):
         x = tf.cond(draw(11) < AUG_PROB, lambda: tf.image.resize(tf.image.resize(x, [low, low], antialias=True), [size, size]), lambda: x)
         amount, sigma = draw(12, *AUG_SHARPNESS), draw(13, 0.5, 2.0)
         x = tf.cond(draw(14) < AUG_PROB, lambda: x + amount * (x - blur(x, sigma)), lambda: x)
-        # Stain and colour: hue, the blue's chroma (blue_to), brightness, contrast, per-channel white balance, and
+        # Stain and colour: hue, saturation, brightness, contrast, per-channel white balance, and
         # sometimes grey, so background tint and stain carry little information.
         x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), AUG_HUE, s[4])
-        x = blue_to(tf, x, draw(5, *AUG_BLUE_CHROMA))
+        x = tf.image.stateless_random_saturation(x, *AUG_SATURATION, s[5])
         x = tf.image.stateless_random_brightness(x, 0.12, s[6])
         x = tf.image.stateless_random_contrast(x, 0.6, 1.4, s[7])
         x = x * tf.random.stateless_uniform([1, 1, 3], s[8], 0.85, 1.15)  # covers the gains that swap one lab's background tint for the other's
