@@ -38,7 +38,18 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
-from firmware_host.locate import WORK_CELL, _dilate, _reduce, default_cell_size, label, locate, nucleus_ratio, size_warning, stain_map  # noqa: E402
+from firmware_host.locate import (  # noqa: E402
+    WORK_CELL,
+    _dilate,
+    _reduce,
+    default_cell_size,
+    label,
+    locate,
+    nucleus_ratio,
+    red_cell_size,
+    size_warning,
+    stain_map,
+)
 from firmware_host.preprocess import otsu_threshold  # noqa: E402
 
 DEFAULT_FIELDS = ROOT.parent / "shared" / "more_cells" / "bccd_fields"
@@ -202,15 +213,60 @@ def _scaled_rows(images, cell_size) -> list[dict]:
         cells = locate(rgb, cell_size=cell_size)
         size = cell_size or default_cell_size(rgb.shape[1], rgb.shape[0])
         ratios = [nucleus_ratio(c, size) for c in cells if not c.edge]
-        rows.append({"stem": stem, "truth": truth, "found": [c.box for c in cells], "edge": [c.edge for c in cells], "ratios": ratios, "size": size})
+        red = red_cell_size(rgb, cell_size)
+        rows.append(
+            {
+                "stem": stem,
+                "truth": truth,
+                "found": [c.box for c in cells],
+                "edge": [c.edge for c in cells],
+                "ratios": ratios,
+                "size": size,
+                "red": None if red is None else red / size,
+            }
+        )
     return rows
 
 
-def size_check(rows: list[dict]) -> dict:
-    """What ``scan``'s size warning says over all these fields as one run: the median nucleus ratio and the line."""
+RUN_FIELDS = 10
+"""Fields per run in the size check's runs of consecutive fields."""
+
+
+def _warning(rows: list[dict]) -> str | None:
     ratios = [x for r in rows for x in r["ratios"]]
     sizes = [r["size"] for r in rows for _ in r["ratios"]]
-    return {"cells": len(ratios), "median_ratio": float(np.median(ratios)) if ratios else None, "warning": size_warning(ratios, sizes, False)}
+    return size_warning(ratios, sizes, False, [(r["red"], r["size"]) for r in rows if r["red"] is not None])
+
+
+def size_check(rows: list[dict]) -> dict:
+    """What ``scan``'s size warning says over all these fields as one run (the median nucleus and red-cell ratios, and
+    the line), and how often it warns on runs of :data:`RUN_FIELDS` consecutive fields."""
+    ratios = [x for r in rows for x in r["ratios"]]
+    red = [r["red"] for r in rows if r["red"] is not None]
+    runs = [rows[k : k + RUN_FIELDS] for k in range(0, len(rows) - RUN_FIELDS + 1, RUN_FIELDS)]
+    return {
+        "cells": len(ratios),
+        "median_ratio": float(np.median(ratios)) if ratios else None,
+        "fields_with_red_cells": len(red),
+        "median_red_ratio": float(np.median(red)) if red else None,
+        "warning": _warning(rows),
+        "runs": len(runs),
+        "runs_warned": sum(_warning(run) is not None for run in runs),
+    }
+
+
+def red_cell_ms(fields: list[dict], rounds: int) -> dict:
+    """Time :func:`firmware_host.locate.red_cell_size` on each field (default cell size), as ``scan`` runs it."""
+    times = []
+    for f in fields:
+        rgb = np.asarray(Image.open(f["path"]).convert("RGB"))
+        t = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            red_cell_size(rgb)
+            t.append((time.perf_counter() - t0) * 1000.0)
+        times.append(float(np.median(t)))
+    return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
 
 
 def magnification(fields: list[dict]) -> dict:
@@ -308,6 +364,7 @@ def main(argv=None) -> int:
             "image_size": "640x480" if all(tuple(r["size"]) == (640, 480) for r in rows) else "mixed",
         },
         "label_cost": label_cost(fields, args.rounds),
+        "red_cell_ms": red_cell_ms(fields, args.rounds),
         "edge_cells": int(sum(sum(r["edge"]) for r in rows)),
         "fields_without_wbc_box": sum(1 for r in rows if not r["truth"]),
         "disagreements_iou_0.5": disagreements(rows),
@@ -329,9 +386,11 @@ out): the locator's size rules follow `cell_size`, which by default is 0.3 of th
 another magnification the default is wrong by that factor; `edgecell scan --cell-size PX` sets it."""
 
 
-SIZE_NOTE = """`scan` warns when the whole cells of a run have nuclei whose median longer side is outside
-`NUCLEUS_RATIO_RANGE` of the cell size assumed (`firmware_host.locate.size_warning`), each set below read as one run
-with the default cell size. Half the magnification is not caught (see `NUCLEUS_RATIO_RANGE` for why)."""
+SIZE_NOTE = """`scan` warns when the 20 or more whole cells of a run have nuclei whose median longer side is outside
+`NUCLEUS_RATIO_RANGE` of the cell size assumed or, when the nuclei cannot tell (too few of them, or a lower
+magnification: see `NUCLEUS_RATIO_RANGE`), when the red cells of 5 or more fields measure outside `RED_CELL_RANGE` of
+`TYPICAL_RED_CELL` (`firmware_host.locate.size_warning`, `red_cell_size`). Each set below is read as one run with the
+default cell size, and as runs of 10 consecutive fields (how many of them warned)."""
 
 
 def _f(v) -> str:
@@ -364,10 +423,19 @@ def markdown(r: dict) -> str:
         for key, cs in (("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g}")):
             a, b = m[key]["iou_0.5"], m[key]["iou_0.3"]
             lines.append(f"| {label_} | {m['images']} | {cs} | {_f(a['recall'])} | {_f(a['precision'])} | {_f(b['recall'])} | {_f(b['precision'])} |")
-    lines += ["", SIZE_NOTE, "", "| magnification | cells (whole) | median nucleus ratio | scan's size warning |", "|---|---:|---:|---|"]
+    lines += [
+        "",
+        SIZE_NOTE,
+        "",
+        "| magnification | cells (whole) | median nucleus ratio | fields with red cells | median red-cell ratio | scan's size warning | runs of 10 fields warned |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
     for name in ("same", "half", "twice"):
         c = r["magnification"][name]["size_check"]
-        lines.append(f"| {name} | {c['cells']} | {_f(c['median_ratio'])} | {c['warning'] or 'none'} |")
+        lines.append(
+            f"| {name} | {c['cells']} | {_f(c['median_ratio'])} | {c['fields_with_red_cells']} | {_f(c['median_red_ratio'])} "
+            f"| {c['warning'] or 'none'} | {c['runs_warned']} of {c['runs']} |"
+        )
     m = r["locate_ms"]
     lines += [
         "",
@@ -378,6 +446,8 @@ def markdown(r: dict) -> str:
         f"Of that, the connected-component labelling (`label`, run-length union-find in numpy) on the "
         f"{r['label_cost']['mask_shape'][1]}x{r['label_cost']['mask_shape'][0]} mask (median {r['label_cost']['median_runs']:.0f} runs): "
         f"median {r['label_cost']['median_ms']:.2f} ms, p90 {r['label_cost']['p90_ms']:.2f} ms.",
+        f"Measuring the red cells (`red_cell_size`, which `scan` runs on every field for its size warning), apart: "
+        f"median {r['red_cell_ms']['median']:.1f} ms, p90 {r['red_cell_ms']['p90']:.1f} ms per field.",
         "",
         f"Cells marked `edge` (cut by the border): {r['edge_cells']}. Fields with no WBC box: {r['fields_without_wbc_box']}.",
         "",

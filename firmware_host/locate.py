@@ -123,9 +123,26 @@ says. Above: nuclei half as large again as the whole cell assumed. BCCD's fields
 1.97, and runs of 10 fields at the right one 0.83-1.32 (1st-99th percentile), so the upper end is safe. The lower end
 is wide because where a lab's nucleus stands out from its cytoplasm (BCCD's whole cell stains blue) the ratio is
 lower at the right magnification (the synthetic fields of the tests: 0.64); so at half the magnification (BCCD: 0.58,
-a quarter of its cells missed) it says nothing, at a third or less it does."""
+a quarter of its cells missed) the nuclei say nothing, and the red cells speak (:data:`RED_CELL_RANGE`)."""
 MIN_CELLS_SIZED = 20
 """The fewest whole white cells over which :func:`size_warning` judges the magnification."""
+TYPICAL_RED_CELL = 0.56
+"""The median ratio of :func:`red_cell_size` to ``cell_size`` over a run when ``cell_size`` is right: BCCD's fields at
+100x with the default (0.556 over all 364; runs of 10 fields 0.556-0.611, 1st-99th percentile; the annotated red cells
+are 109 px across, so the ruler reads about three quarters of a red cell's diameter)."""
+RED_CELL_RANGE = (0.75, 1.4)
+"""A run whose median red-cell ratio is outside this range of :data:`TYPICAL_RED_CELL` was taken at another
+magnification than ``cell_size`` says. BCCD's fields (runs of 10 fields, 1st-99th percentile): at the right
+magnification 0.99-1.09 (runs of 5: 0.99-1.19), as if at half 0.60, at a third 0.40-0.50, at twice 1.49-2.03 (the
+ruler reads small cells a little large: at half the magnification the suggested ``--cell-size`` is 86 px, not 72;
+both find 99.5 % of the cells)."""
+MIN_FIELDS_SIZED = 5
+"""The fewest fields with red cells over which :func:`size_warning` reads the red cells (each holds dozens)."""
+MIN_RED_SHARE, MAX_RED_SHARE = 0.05, 0.9
+"""The share of a field's pixels that must absorb green for :func:`red_cell_size` to measure it."""
+RED_CELL_PERCENTILE = 90.0
+"""The percentile of the distance maxima that :func:`red_cell_size` reads: the ridges between touching red cells
+and the small bright specks within them give lower maxima than a red cell's centre."""
 
 
 def nucleus_ratio(cell: Cell, cell_size: float) -> float:
@@ -134,27 +151,42 @@ def nucleus_ratio(cell: Cell, cell_size: float) -> float:
     return max(x1 - x0, y1 - y0) / cell_size
 
 
-def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bool) -> str | None:
-    """One line when the whole cells of a run (each one's :func:`nucleus_ratio` and the ``cell_size`` of its field) say
-    the photos were taken at another magnification than the locator assumed, else None (also under
-    :data:`MIN_CELLS_SIZED` cells). ``given``: the cell size came from ``--cell-size`` (not the default)."""
-    if len(ratios) < MIN_CELLS_SIZED:
-        return None
-    ratio = statistics.median(ratios)
+def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bool, red: Sequence[tuple[float, float]] = ()) -> str | None:
+    """One line when a run's fields say they were taken at another magnification than the locator assumed, else None.
+
+    ``ratios`` and ``cell_sizes``: each whole white cell's :func:`nucleus_ratio` and the ``cell_size`` of its field,
+    judged over :data:`MIN_CELLS_SIZED` cells or more (:data:`NUCLEUS_RATIO_RANGE`). ``red``: each field's
+    :func:`red_cell_size` over its ``cell_size``, and that ``cell_size``, judged over :data:`MIN_FIELDS_SIZED` fields
+    or more (:data:`RED_CELL_RANGE`) when the nuclei have not spoken: too few of them (a few fields at a high
+    magnification), or within their range (a lower magnification, where nuclei cannot tell:
+    :data:`NUCLEUS_RATIO_RANGE`); not when the nuclei found are smaller than usual and the red cells larger, or the
+    other way round. ``given``: the cell size came from ``--cell-size`` (not the default).
+    """
     lo, hi = NUCLEUS_RATIO_RANGE
-    if lo <= ratio <= hi:
+    nucleus = statistics.median(ratios) if ratios else None
+    if len(ratios) >= MIN_CELLS_SIZED and not lo <= nucleus <= hi:
+        times = nucleus / TYPICAL_NUCLEUS
+        found = f"the {len(ratios)} white cells found look"
+        suggest = statistics.median(r * c for r, c in zip(ratios, cell_sizes)) / TYPICAL_NUCLEUS
+        expected = statistics.median(cell_sizes)
+    elif len(red) >= MIN_FIELDS_SIZED:
+        times = statistics.median(r for r, _ in red) / TYPICAL_RED_CELL
+        lo, hi = RED_CELL_RANGE
+        if lo <= times <= hi or (nucleus is not None and (nucleus > TYPICAL_NUCLEUS) != (times > 1)):
+            return None  # the red cells are as expected, or the nuclei found say the other way
+        found = f"the red cells of the {len(red)} fields look"
+        suggest = statistics.median(r * c for r, c in red) / TYPICAL_RED_CELL
+        expected = statistics.median(c for _, c in red)
+    else:
         return None
-    suggest = statistics.median(r * c for r, c in zip(ratios, cell_sizes)) / TYPICAL_NUCLEUS
-    expected = statistics.median(cell_sizes)
     said = "--cell-size" if given else f"the default, {CELL_FRACTION} of the shorter side"
-    if ratio > hi:
-        times = ratio / TYPICAL_NUCLEUS
+    if times > 1:
         what = "larger than expected: at a higher magnification scan may split one cell into two or count pieces as cells"
     else:
-        times = TYPICAL_NUCLEUS / ratio
+        times = 1 / times
         what = "smaller than expected: at a lower magnification scan misses white cells whose nuclei look like platelets"
     return (
-        f"the {len(ratios)} white cells found look {times:.1f} times {what} "
+        f"{found} {times:.1f} times {what} "
         f"(cells of {expected:.0f} px assumed, {said}); check the boxes (--annotate or --report) and give --cell-size {suggest:.0f}"
     )
 
@@ -341,15 +373,9 @@ def default_cell_size(width: int, height: int) -> float:
 # The locator
 
 
-def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
-    """The white cells of one field of view (``(H, W, 3)`` uint8 RGB), in raster order of their nuclei.
-
-    Args:
-        cell_size: expected white-cell diameter in this image's pixels (default
-            :func:`default_cell_size`). The size rules are relative to it.
-
-    A field with no white cell gives ``[]``.
-    """
+def _work_image(rgb: np.ndarray, cell_size: float | None) -> tuple[np.ndarray, int, float]:
+    """The reduced copy the search works on (float32), the reduction factor and the cell size in the field's pixels;
+    :class:`FieldTooFine` when the field cannot be reduced to what its cells need."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
@@ -369,6 +395,21 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
             )
         raise FieldTooFine(f"white cells of {cell:g} px are too small to find (the search needs {MIN_WORK_CELL} px or more across); check --cell-size")
     small = _reduce(np.ascontiguousarray(rgb), factor)
+    return small, factor, cell
+
+
+def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
+    """The white cells of one field of view (``(H, W, 3)`` uint8 RGB), in raster order of their nuclei.
+
+    Args:
+        cell_size: expected white-cell diameter in this image's pixels (default
+            :func:`default_cell_size`). The size rules are relative to it.
+
+    A field with no white cell gives ``[]``.
+    """
+    rgb = np.asarray(rgb)
+    small, factor, cell = _work_image(rgb, cell_size)
+    h, w = rgb.shape[:2]
     sh, sw = small.shape[:2]
     if min(sh, sw) < 2:
         return []
@@ -508,6 +549,64 @@ def _apart(pieces) -> bool:
             if inter > MAX_SPLIT_OVERLAP * smaller:
                 return False
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The red-cell ruler
+
+
+def red_cell_size(rgb: np.ndarray, cell_size: float | None = None) -> float | None:
+    """How large the field's red cells are, in its pixels, or None when it has none to measure.
+
+    Red cells are about the same size in every lab's smear (7-8 micrometres), so they show the magnification where
+    the nuclei cannot (:func:`size_warning`). On the reduced copy :func:`locate` works on: the pixels that absorb
+    green (red cells, and white cells among them) by Otsu's threshold of the white-balanced green channel, their
+    pale centres filled; each pixel's distance to the background (erosions by a cross and a square in turn, so an
+    octagon); and twice :data:`RED_CELL_PERCENTILE` of that distance's local maxima (the centres of round things,
+    and points along the ridges of touching ones), in the field's pixels. It is a ruler, not a count: compared with
+    ``cell_size`` through :data:`TYPICAL_RED_CELL`. None when under :data:`MIN_RED_SHARE` or over
+    :data:`MAX_RED_SHARE` of the field is red (no red cells, or a field packed with them, where nothing is round).
+    """
+    small, factor, _ = _work_image(np.asarray(rgb), cell_size)
+    if min(small.shape[:2]) < 3:
+        return None
+    green = small[..., 1]
+    white = max(float(np.percentile(green, WHITE_PERCENTILE)), 1.0)
+    g = green / white
+    red = g < otsu_threshold(g, OTSU_BINS)
+    share = float(red.mean())
+    if not MIN_RED_SHARE <= share <= MAX_RED_SHARE:
+        return None
+    background, _ = label_image(~red, connectivity=4)
+    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    red |= ~np.isin(background, edges)  # background no path from the border reaches: pale centres
+    depth = np.zeros(red.shape, dtype=np.int32)
+    inside = red
+    for k in range(2 * WORK_CELL):  # deeper than any red cell at the magnifications scan can search
+        if not inside.any():
+            break
+        depth += inside
+        inside = _erode(inside) if k % 2 == 0 else _erode_square(inside)
+    padded = np.pad(depth, 1)
+    h, w = depth.shape
+    around = depth.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            np.maximum(around, padded[dy : dy + h, dx : dx + w], out=around)
+    peaks = depth[(depth == around) & (depth >= 2)]
+    if peaks.size == 0:
+        return None
+    return float(2 * np.percentile(peaks, RED_CELL_PERCENTILE) * factor)
+
+
+def _erode_square(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3x3 square (pixels outside the array count as background)."""
+    out = _erode(mask)
+    out[1:, 1:] &= mask[:-1, :-1]
+    out[1:, :-1] &= mask[:-1, 1:]
+    out[:-1, 1:] &= mask[1:, :-1]
+    out[:-1, :-1] &= mask[1:, 1:]
+    return out
 
 
 def _make_cell(nuc, stain, factor, cw, sw, sh, w, h) -> Cell:

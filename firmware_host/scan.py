@@ -41,7 +41,7 @@ from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import flagged_counts, other_csv, tally_flag
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
-from firmware_host.locate import Cell, FieldTooFine, default_cell_size, empty_reason, locate, nucleus_ratio, size_warning
+from firmware_host.locate import Cell, FieldTooFine, default_cell_size, empty_reason, locate, nucleus_ratio, red_cell_size, size_warning
 from firmware_host.paths import left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD
@@ -99,6 +99,9 @@ class FieldResult:
     sizes: list[tuple[float, float]] = field(default_factory=list)
     """Each whole cell's :func:`~firmware_host.locate.nucleus_ratio` and the cell size it was found with, for the
     run's :func:`~firmware_host.locate.size_warning` (not in the JSON record)."""
+    red_cell: tuple[float, float] | None = None
+    """The field's :func:`~firmware_host.locate.red_cell_size` over its cell size, and that cell size (None: no red
+    cells to measure), for the same warning (not in the JSON record)."""
 
     def to_dict(self) -> dict:
         """The field's JSON record (``file``, ``width``, ``height``, ``cells``; ``error`` instead for a failure)."""
@@ -141,12 +144,22 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         raise ImageError(str(exc), path or "<field>") from None
     if not cells and (why := empty_reason(rgb, cell_size)):
         warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
+    size = cell_size or default_cell_size(w, h)
+    red = red_cell_size(rgb, cell_size)
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path)
     t2 = time.perf_counter()
-    size = cell_size or default_cell_size(w, h)
     sizes = [(nucleus_ratio(c, size), size) for c in cells if not c.edge]
-    return FieldResult(file=path, width=w, height=h, cells=rows, locate_ms=(t1 - t0) * 1e3, classify_ms=(t2 - t1) * 1e3, sizes=sizes)
+    return FieldResult(
+        file=path,
+        width=w,
+        height=h,
+        cells=rows,
+        locate_ms=(t1 - t0) * 1e3,
+        classify_ms=(t2 - t1) * 1e3,
+        sizes=sizes,
+        red_cell=None if red is None else (red / size, size),
+    )
 
 
 def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float | None = None) -> FieldResult:
@@ -244,7 +257,8 @@ class ScanSummary:
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
         lab_check: the model's slide-level lab check (:func:`firmware_host.runtime.lab_warning`), read over the
             counted cells' top probabilities (``confidence_sum``) and never-seen scores (``other_scores``).
-        sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), for :attr:`size_warning`;
+        sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), and ``red_cells`` each
+            field's red-cell ratio and cell size (:attr:`FieldResult.red_cell`), for :attr:`size_warning`;
             ``cell_size_given``: they came from ``--cell-size``.
     """
 
@@ -269,6 +283,7 @@ class ScanSummary:
     confidence_sum: float = 0.0
     other_scores: list[float] = field(default_factory=list)
     sizes: list[tuple[float, float]] = field(default_factory=list)
+    red_cells: list[tuple[float, float]] = field(default_factory=list)
     cell_size_given: bool = False
 
     def __post_init__(self) -> None:
@@ -286,6 +301,8 @@ class ScanSummary:
         self.locate_ms += res.locate_ms
         self.classify_ms += res.classify_ms
         self.sizes.extend(res.sizes)
+        if res.red_cell is not None:
+            self.red_cells.append(res.red_cell)
         for c in res.cells:
             self.n_cells += 1
             tally_flag(self, c)
@@ -308,7 +325,7 @@ class ScanSummary:
     def size_warning(self) -> str | None:
         """One line when the cells found say the fields were taken at another magnification than the cell size
         assumed (:func:`firmware_host.locate.size_warning`)."""
-        return size_warning([r for r, _ in self.sizes], [c for _, c in self.sizes], self.cell_size_given)
+        return size_warning([r for r, _ in self.sizes], [c for _, c in self.sizes], self.cell_size_given, self.red_cells)
 
     @property
     def n_flagged(self) -> int:

@@ -59,6 +59,12 @@ def draw_field(wbcs=(), rbcs=(), platelets=(), seed: int = 0, lobes: bool = Fals
 RBC_GRID = [(x, y) for x in range(60, W, 120) for y in range(50, H, 110)]
 
 
+def at_half(fields) -> np.ndarray:
+    """Four fields as one photographed at half the magnification: a 2x2 mosaic reduced to one field's size."""
+    mosaic = np.concatenate([np.concatenate(fields[:2], axis=1), np.concatenate(fields[2:4], axis=1)], axis=0)
+    return np.asarray(Image.fromarray(mosaic).reduce(2))
+
+
 def _away(points, wbcs, gap=CELL * 0.9):
     return [p for p in points if all((p[0] - w[0]) ** 2 + (p[1] - w[1]) ** 2 > gap * gap for w in wbcs)]
 

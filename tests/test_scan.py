@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecell.cli import cli
-from firmware_host.locate import Cell, label, label_image, locate
+from firmware_host.locate import Cell, label, label_image, locate, red_cell_size
 from firmware_host.preprocess import otsu_threshold, prepare
 from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
-from tests._fields import CELL, RBC_GRID, H, W, _away, draw_field
+from tests._fields import CELL, RBC_GRID, H, W, _away, at_half, draw_field
 from tests.test_reliability import warning_lines
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
@@ -588,6 +588,71 @@ def test_size_warning_reads_the_median_nucleus_over_enough_cells():
     small = size_warning([0.3] * n, [50.0] * n, True)
     assert small.startswith(f"the {n} white cells found look {TYPICAL_NUCLEUS / 0.3:.1f} times smaller than expected")
     assert "(cells of 50 px assumed, --cell-size)" in small and small.endswith(f"give --cell-size {0.3 * 50 / TYPICAL_NUCLEUS:.0f}")
+
+
+def _fields_with_one_cell(n: int, seed: int = 0) -> list[np.ndarray]:
+    wbcs = [(320, 240)]
+    return [draw_field(wbcs, _away(RBC_GRID, wbcs), seed=seed + k) for k in range(n)]
+
+
+def test_red_cell_size_follows_the_magnification():
+    from firmware_host.locate import TYPICAL_RED_CELL
+
+    same = _fields_with_one_cell(4)
+    full = [red_cell_size(f) for f in same]
+    # drawn red cells are 0.72 of a cell across; the ruler reads about three quarters of that, as on BCCD's fields
+    assert all(0.85 * TYPICAL_RED_CELL <= r / (0.3 * H) <= 1.25 * TYPICAL_RED_CELL for r in full), full
+    half = red_cell_size(at_half(same))
+    assert 0.4 <= half / np.median(full) <= 0.6
+    assert red_cell_size(draw_field([(320, 240)])) is None  # no red cells: nothing to measure
+    assert red_cell_size(np.full((480, 640, 3), (214, 150, 160), np.uint8)) is None  # all red: nothing round
+    assert red_cell_size(np.zeros((5, 5, 3), np.uint8), cell_size=8) is None
+
+
+def test_size_warning_reads_the_red_cells_when_the_nuclei_cannot_tell():
+    from firmware_host.locate import MIN_CELLS_SIZED, MIN_FIELDS_SIZED, RED_CELL_RANGE, TYPICAL_RED_CELL, size_warning
+
+    m, n = MIN_FIELDS_SIZED, MIN_CELLS_SIZED
+    low, high = 0.5 * TYPICAL_RED_CELL, 2.0 * TYPICAL_RED_CELL
+    warned = size_warning([], [], False, [(low, 144.0)] * m)
+    assert warned.startswith(f"the red cells of the {m} fields look 2.0 times smaller than expected: at a lower magnification")
+    assert warned.endswith(f"give --cell-size {low * 144 / TYPICAL_RED_CELL:.0f}")
+    assert size_warning([], [], False, [(low, 144.0)] * (m - 1)) is None  # too few fields
+    for edge in RED_CELL_RANGE:  # the range's ends are inside it
+        assert size_warning([], [], False, [(edge * TYPICAL_RED_CELL, 144.0)] * m) is None
+    assert size_warning([0.6] * n, [144.0] * n, False, [(low, 144.0)] * m) == warned  # nuclei in their (wide) range
+    assert size_warning([1.2], [144.0], False, [(low, 144.0)] * m) is None  # the nuclei found are larger than usual
+    bigger = size_warning([1.9] * 3, [144.0] * 3, True, [(high, 144.0)] * m)  # a few fields, too few cells to judge
+    assert bigger.startswith(f"the red cells of the {m} fields look 2.0 times larger than expected")
+    assert "(cells of 144 px assumed, --cell-size)" in bigger
+    assert size_warning([0.9], [144.0], False, [(high, 144.0)] * m) is None  # the nuclei found are smaller than usual
+    # enough nuclei out of their range speak first
+    assert size_warning([2.0] * n, [144.0] * n, False, [(low, 144.0)] * m).startswith(f"the {n} white cells found look")
+
+
+def test_cli_scan_says_when_the_fields_are_at_a_lower_magnification(models, tmp_path):
+    """Fields at half the magnification the default assumes: their white cells are too small to be found, and the
+    red cells say so; given the --cell-size named, the cells are found and the warning goes."""
+    from firmware_host.locate import MIN_FIELDS_SIZED
+
+    d = tmp_path / "wide"
+    d.mkdir()
+    for k in range(MIN_FIELDS_SIZED):
+        Image.fromarray(at_half(_fields_with_one_cell(4, seed=4 * k))).save(d / f"f{k:02d}.png")
+    out = tmp_path / "s.json"
+    args = ["scan", "--model", str(models.export), str(d), "--json", str(out), "--threads", "1"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["counted_cells"] < 4 * MIN_FIELDS_SIZED  # white cells missed at the size assumed
+    warning = summary["size_warning"]
+    assert warning.startswith(f"the red cells of the {MIN_FIELDS_SIZED} fields look ") and "smaller than expected" in warning
+    assert "warning: " + warning in " ".join(res.output.split())
+    res = CliRunner().invoke(cli, args + ["--cell-size", warning.rsplit(" ", 1)[1]])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["size_warning"] is None
+    assert summary["counted_cells"] == 4 * MIN_FIELDS_SIZED
 
 
 def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, tmp_path):
