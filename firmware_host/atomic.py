@@ -518,8 +518,10 @@ def signals_as_interrupts() -> Iterator[None]:
 
     def unraisable(info) -> None:
         # an interrupt raised inside a finaliser is recorded already (raise_if_interrupted raises it again at the
-        # next safe point): not a traceback for the user ("Exception ignored in ...")
-        if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
+        # next safe point): not a traceback for the user ("Exception ignored in ..."). C code that an interrupt
+        # reached may report it wrapped ("SystemError: ... returned a result with an exception set", from inside
+        # TensorFlow's nest utilities during training).
+        if not _caused_by_interrupt(info.exc_value):
             previous_hook(info)
 
     previous = {}
@@ -535,6 +537,17 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.signal(s, h)
         sys.unraisablehook = previous_hook
         _received.clear()
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """``exc`` is an interrupt, or an error raised from one (its ``__cause__`` or ``__context__`` chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager

@@ -216,6 +216,29 @@ def test_an_interrupt_python_swallowed_is_raised_again_at_the_next_safe_point(si
     assert forwarded == [ValueError, ValueError]  # the hook is Python's again
 
 
+class _WrapsAnInterrupt:
+    """A finaliser whose C code an interrupt reached and which reports it wrapped, as TensorFlow's nest utilities did
+    in CI ("SystemError: <built-in function __import__> returned a result with an exception set")."""
+
+    def __del__(self):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in function __import__> returned a result with an exception set") from exc
+
+
+def test_an_interrupt_wrapped_by_c_code_in_a_finaliser_prints_no_traceback(monkeypatch):
+    forwarded = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: forwarded.append(u.exc_type))
+    with signals_as_interrupts():
+        _WrapsAnInterrupt()
+        assert forwarded == []
+        _FailsOnCollection()
+        assert forwarded == [ValueError]
+    _WrapsAnInterrupt()
+    assert forwarded == [ValueError, SystemError]  # outside a command, Python's hook as before
+
+
 @pytest.mark.parametrize("staged", [True, False])
 def test_an_interrupt_python_swallowed_keeps_the_output_from_being_put_in_place(staged, tmp_path, monkeypatch):
     """A Ctrl-C that lands in a finaliser (TensorFlow's C objects have them) while an output is being built is
