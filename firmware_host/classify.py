@@ -41,6 +41,8 @@ from firmware_host.runtime import (
     FLAG_UNCERTAIN,
     REVIEW_CLASSES,
     Classifier,
+    FolderLabChecks,
+    LabTally,
     check_number,
     classification_metrics,
     latency_summary,
@@ -130,9 +132,10 @@ class ClassifySummary:
     failed: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     lab_check: dict = field(default_factory=dict)
-    confidence_sum: float = 0.0
-    other_scores: array = field(default_factory=lambda: array("d"))
-    """Each classified cell's never-seen score (none for a model without the score): the lab check's median."""
+    lab: LabTally = field(default_factory=LabTally)
+    """What the lab check reads of the classified images: their top probabilities and never-seen scores."""
+    folders: FolderLabChecks = field(default_factory=FolderLabChecks)
+    """The same per slide folder (:func:`firmware_host.runtime.slide_folder`)."""
     _index: dict = field(default_factory=dict, init=False, repr=False)
     _root: str | None = field(default=None, init=False, repr=False)
     _last_dir: str | None = field(default=None, init=False, repr=False)
@@ -147,9 +150,9 @@ class ClassifySummary:
         """Count one classified image; ``row`` is its result (``Prediction.to_dict`` plus flag and truth)."""
         self.n_classified += 1
         # the lab check was fitted on the top probability; a cell labelled other by its never-seen score keeps it
-        self.confidence_sum += max(row["probs"].values())
-        if row.get("other_score") is not None:
-            self.other_scores.append(row["other_score"])
+        top = max(row["probs"].values())
+        self.lab.add(top, row.get("other_score"))
+        self.folders.add(row["path"], row["true_label"] is not None, top, row.get("other_score"))
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         tally_flag(self, row)
@@ -222,9 +225,13 @@ class ClassifySummary:
     @property
     def lab_warning(self) -> str | None:
         """One line when these images look unlike the model's training labs (see ``runtime.lab_warning``)."""
-        from firmware_host.runtime import tally_lab_warning
+        return self.lab.warning(self.lab_check)
 
-        return tally_lab_warning(self.n_classified, self.confidence_sum, self.other_scores, self.lab_check)
+    @property
+    def folder_lab_warnings(self) -> list[dict]:
+        """``{"folder", "n", "lab_warning"}`` for each slide folder of several whose images look unlike the model's
+        training labs (:meth:`firmware_host.runtime.FolderLabChecks.warnings`)."""
+        return self.folders.warnings(self.lab_check)
 
     def to_dict(self) -> dict:
         """The ``summary`` section of the JSON report."""
@@ -240,6 +247,7 @@ class ClassifySummary:
             "flagged": flagged_counts(self),
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
+            "folder_lab_warnings": self.folder_lab_warnings,
         }
 
 
@@ -389,11 +397,12 @@ class ClassifyJob:
                     {"failed": s.failed, "left_out": left_out(self.same_files), "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()}
                 )
             if self._csv:
-                self._csv.close(s.failed, s.lab_warning)
+                self._csv.close(s.failed, s.lab_warning, s.folder_lab_warnings)
             if self._report:
                 self._report.header.n_failed = len(s.failed)
                 self._report.header.failed = [(f["path"], f["error"]) for f in s.failed]
                 self._report.header.lab_warning = s.lab_warning
+                self._report.header.folder_lab_warnings = s.folder_lab_warnings
                 self._report.write(self.opts.report_out)
         return None
 
@@ -592,8 +601,9 @@ def other_csv(r: dict) -> dict:
 
 class CsvStream:
     """One CSV row per classified image as it comes, then one per input that could not be classified, then,
-    when the set looks unlike the model's training labs, one last row with only ``lab_warning`` (a judgement
-    on the whole set, known only at its end)."""
+    when the set looks unlike the model's training labs, one row with only ``lab_warning`` (a judgement
+    on the whole set, known only at its end), and one with ``path`` (the folder) and ``lab_warning`` for each slide
+    folder that does (:attr:`ClassifySummary.folder_lab_warnings`)."""
 
     def __init__(self, fh: IO[str], classes):
         self.classes = list(classes)
@@ -622,8 +632,16 @@ class CsvStream:
         row.update({f"p_{c}": f"{r['probs'][c]:.6f}" for c in self.classes})
         self.w.writerow(row)
 
-    def close(self, failed: list[dict], lab_warning: str | None = None) -> None:
+    def close(self, failed: list[dict], lab_warning: str | None = None, folder_warnings: Sequence[dict] = ()) -> None:
         for f in failed:
             self.w.writerow({"path": f["path"], "error": f["error"]})
-        if lab_warning:
-            self.w.writerow({"lab_warning": lab_warning})
+        write_lab_warnings(self.w, lab_warning, folder_warnings)
+
+
+def write_lab_warnings(writer, lab_warning: str | None, folder_warnings: Sequence[dict], key: str = "path") -> None:
+    """The CSV's last rows (classify's and scan's): the run's lab warning with only ``lab_warning`` filled, then each
+    slide folder's with the folder in ``key`` (the column of the file's name) too."""
+    if lab_warning:
+        writer.writerow({"lab_warning": lab_warning})
+    for w in folder_warnings:
+        writer.writerow({key: w["folder"], "lab_warning": w["lab_warning"]})

@@ -101,6 +101,7 @@ class ReportHeader:
         n_images: images given (the page also counts the cells it shows and the failures).
         when: the run's start, timezone-aware (default: now, UTC).
         lab_warning: the run's warning about images from another lab, if it raised one.
+        folder_lab_warnings: the same for each slide folder of several that raised one (``{"folder", "n", "lab_warning"}``).
         size_warning: scan's warning that the fields' magnification is not the one assumed, if it raised one.
         n_failed: inputs that could not be classified.
         failed: each of them, as ``(name, reason)`` (the page names the first :data:`FAILED_SHOWN`).
@@ -118,6 +119,7 @@ class ReportHeader:
     n_images: int
     when: _dt.datetime | None = None
     lab_warning: str | None = None
+    folder_lab_warnings: Sequence[dict] = ()
     size_warning: str | None = None
     n_failed: int = 0
     mode: str = "classify"
@@ -398,6 +400,8 @@ class ReportWriter:
             out.append(f'<p class="warning model-note"><strong>Model:</strong> {_e(note)}</p>')
         if h.lab_warning:
             out.append(f'<p class="warning" role="alert" id="lab-warning"><strong>Lab warning:</strong> {_e(h.lab_warning)}</p>')
+        for w in h.folder_lab_warnings:
+            out.append(f'<p class="warning folder-lab-warning" role="alert"><strong>Lab warning, {_e(w["folder"])}:</strong> {_e(w["lab_warning"])}</p>')
         if h.size_warning:
             out.append(f'<p class="warning" role="alert" id="size-warning"><strong>Cell size:</strong> {_e(h.size_warning)}</p>')
         out.append(

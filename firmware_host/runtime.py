@@ -32,6 +32,7 @@ import math
 import os
 import statistics
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,54 @@ def tally_lab_warning(n: int, confidence_sum: float, scores: Sequence[float], la
         return None
     median = statistics.median(scores) if len(scores) == n else None
     return lab_warning(confidence_sum / n, n, lab_check, median, what)
+
+
+@dataclass
+class LabTally:
+    """What the lab check reads of a set of cells, added one at a time: how many, the sum of their top (calibrated)
+    probabilities, and their never-seen scores."""
+
+    n: int = 0
+    confidence_sum: float = 0.0
+    scores: array = field(default_factory=lambda: array("d"))
+
+    def add(self, top: float, score: float | None) -> None:
+        self.n += 1
+        self.confidence_sum += top
+        if score is not None:
+            self.scores.append(score)
+
+    def warning(self, lab_check: dict, what: str = "images") -> str | None:
+        """:func:`lab_warning` over the cells added."""
+        return tally_lab_warning(self.n, self.confidence_sum, self.scores, lab_check, what)
+
+
+def slide_folder(path: str | os.PathLike, labelled: bool) -> str:
+    """The folder that holds an image's slide: its own folder, or the one above when its folder is named after a class
+    (``labelled``: ``slides/B/lymphocyte/x.jpg`` is slide B's). ``"."`` for an image given with no folder."""
+    folder = os.path.dirname(os.fspath(path))
+    if labelled:
+        folder = os.path.dirname(folder)
+    return folder or "."
+
+
+@dataclass
+class FolderLabChecks:
+    """The lab check per slide folder of a run (:func:`slide_folder`), beside the run's own: a slide of another lab
+    among a day's slides of known ones is caught though the day as a whole is not, and named."""
+
+    tallies: dict[str, LabTally] = field(default_factory=dict)
+
+    def add(self, path: str | os.PathLike, labelled: bool, top: float, score: float | None) -> None:
+        self.tallies.setdefault(slide_folder(path, labelled), LabTally()).add(top, score)
+
+    def warnings(self, lab_check: dict, what: str = "images") -> list[dict]:
+        """``{"folder", "n", "lab_warning"}`` for each folder whose cells the check finds unlike the training labs, in
+        the order first seen; none for a run of one folder (the run's own check says it)."""
+        if len(self.tallies) < 2:
+            return []
+        found = ((folder, t, t.warning(lab_check, what)) for folder, t in self.tallies.items())
+        return [{"folder": folder, "n": t.n, "lab_warning": line} for folder, t, line in found if line]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
-from firmware_host.classify import flagged_counts, other_csv, tally_flag
+from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_lab_warnings
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import Cell, FieldTooFine, default_cell_size, empty_reason, locate, nucleus_ratio, red_cell_size, size_warning
 from firmware_host.paths import left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
-from firmware_host.runtime import DEFAULT_THRESHOLD
+from firmware_host.runtime import DEFAULT_THRESHOLD, FolderLabChecks, LabTally
 
 CROP_MARGIN = 0.25
 """The region passed to the classifier: the box's longer side plus this fraction of it on each side."""
@@ -256,7 +256,7 @@ class ScanSummary:
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
         lab_check: the model's slide-level lab check (:func:`firmware_host.runtime.lab_warning`), read over the
-            counted cells' top probabilities (``confidence_sum``) and never-seen scores (``other_scores``).
+            counted cells' top probabilities and never-seen scores (``lab``), and per folder of fields (``folders``).
         sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), and ``red_cells`` each
             field's red-cell ratio and cell size (:attr:`FieldResult.red_cell`), for :attr:`size_warning`;
             ``cell_size_given``: they came from ``--cell-size``.
@@ -280,8 +280,8 @@ class ScanSummary:
     wall_s: float = 0.0
     first_fields: list[tuple[str, list[dict]]] = field(default_factory=list)
     lab_check: dict = field(default_factory=dict)
-    confidence_sum: float = 0.0
-    other_scores: list[float] = field(default_factory=list)
+    lab: LabTally = field(default_factory=LabTally)
+    folders: FolderLabChecks = field(default_factory=FolderLabChecks)
     sizes: list[tuple[float, float]] = field(default_factory=list)
     red_cells: list[tuple[float, float]] = field(default_factory=list)
     cell_size_given: bool = False
@@ -310,16 +310,20 @@ class ScanSummary:
                 self.n_edge += 1
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
-                self.confidence_sum += c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
-                if c.get("other_score") is not None:
-                    self.other_scores.append(c["other_score"])
+                top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
+                self.lab.add(top, c.get("other_score"))
+                self.folders.add(res.file, False, top, c.get("other_score"))
 
     @property
     def lab_warning(self) -> str | None:
         """One line when the counted cells look unlike the model's training labs (``runtime.lab_warning``)."""
-        from firmware_host.runtime import tally_lab_warning
+        return self.lab.warning(self.lab_check, what="cells")
 
-        return tally_lab_warning(self.n_counted, self.confidence_sum, self.other_scores, self.lab_check, what="cells")
+    @property
+    def folder_lab_warnings(self) -> list[dict]:
+        """``{"folder", "n", "lab_warning"}`` for each folder of fields of several whose counted cells look unlike the
+        model's training labs (:meth:`firmware_host.runtime.FolderLabChecks.warnings`)."""
+        return self.folders.warnings(self.lab_check, what="cells")
 
     @property
     def size_warning(self) -> str | None:
@@ -352,6 +356,7 @@ class ScanSummary:
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,
             "lab_warning": self.lab_warning,
+            "folder_lab_warnings": self.folder_lab_warnings,
             "size_warning": self.size_warning,
         }
 
@@ -540,7 +545,7 @@ class ScanJob:
             return self._stack.__exit__(*exc_info)
         with self._stack:
             if self._csv:
-                self._csv.close(self.path_errors, self.summary.lab_warning)
+                self._csv.close(self.path_errors, self.summary.lab_warning, self.summary.folder_lab_warnings)
             if self._json:
                 self._json.close({"failed": self.summary.failed, "left_out": left_out(self.same_files), "summary": self.summary.to_dict()})
             if self.report is not None:
@@ -648,6 +653,7 @@ class ReportHook:
         self.writer.header.n_failed = summary.n_failed
         self.writer.header.failed = [(f["file"], f["error"]) for f in summary.failed]
         self.writer.header.lab_warning = summary.lab_warning
+        self.writer.header.folder_lab_warnings = summary.folder_lab_warnings
         self.writer.header.size_warning = summary.size_warning
         self.writer.write(self.dest)
 
@@ -691,18 +697,17 @@ CSV_COLUMNS = [
 
 class CellCsv:
     """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error; then
-    (:meth:`close`) the arguments that matched no file, and one last row with only ``lab_warning`` when the cells
-    look unlike the model's training labs, as classify's CSV."""
+    (:meth:`close`) the arguments that matched no file, and the lab warnings' rows as classify's CSV
+    (:func:`firmware_host.classify.write_lab_warnings`)."""
 
     def __init__(self, fh: IO[str]):
         self.w = csv_dict_writer(fh, CSV_COLUMNS)  # every field quoted as it needs (a CR or LF in a file name)
         self.w.writeheader()
 
-    def close(self, path_errors, lab_warning: str | None) -> None:
+    def close(self, path_errors, lab_warning: str | None, folder_warnings: Sequence[dict] = ()) -> None:
         for exc in path_errors:
             self.w.writerow({"file": exc.path, "error": exc.reason})
-        if lab_warning:
-            self.w.writerow({"lab_warning": lab_warning})
+        write_lab_warnings(self.w, lab_warning, folder_warnings, key="file")
 
     def add(self, res) -> None:
         if res.error is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import statistics
 
 import numpy as np
 import pytest
@@ -201,8 +203,8 @@ def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, 
     rows = []
     summary = classify_paths(folder, [str(tmp_path / "in")], other_threshold=0.0, on_result=lambda p, r: rows.append(r))
     assert all(r["label"] == "other" for r in rows)
-    assert summary.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
-    assert summary.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
+    assert summary.lab.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
+    assert summary.lab.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
 
 
 def test_lab_warning_is_in_the_json_summary_and_the_csvs_last_row(other, tmp_path):
@@ -262,6 +264,49 @@ def test_lab_warning_reads_the_median_score_of_the_cells_classified(other, tmp_p
         preds = [p for _, p in clf.classify_many(sorted((tmp_path / "in").iterdir()))]
         assert clf.lab_warning(preds) == summary.lab_warning
         assert clf.lab_warning(preds[:1]) is None  # fewer cells than the check's set
+
+
+def test_lab_check_names_the_slide_folder_that_looks_unlike_the_training_labs(other, tmp_path):
+    """A day's slides in folders: the one whose cells lie far from the training labs is named, in the printed lines,
+    the JSON summary, the CSV's last rows and on the page, though the day as a whole does not fire; images in a
+    folder named after a class are their slide's (the folder above)."""
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+    from firmware_host.classify import classify_paths
+
+    folder, _, _ = other
+    model = copy_model(folder / "model_float32.tflite", tmp_path / "model")
+    for k, img in enumerate(comparison_images()[:6]):
+        save_jpeg(tmp_path / "staged" / f"{k}.jpg", img)
+    rows = []
+    classify_paths(model, [str(tmp_path / "staged")], on_result=lambda p, r: rows.append(r))
+    rows.sort(key=lambda r: r["other_score"])
+    near, far = tmp_path / "day" / "A", tmp_path / "day" / "B" / "basophil"
+    for k, r in enumerate(rows):
+        (near if k < 3 else far).mkdir(parents=True, exist_ok=True)
+        os.replace(r["path"], (near if k < 3 else far) / f"{k}.jpg")
+    ranked = [r["other_score"] for r in rows]
+    limit = (statistics.median(ranked) + ranked[4]) / 2  # above the day's median, below slide B's
+    meta = read_metadata(model)
+    meta.lab_check = {"min_mean_confidence": 0.0, "batch": 2, "max_median_score": limit}
+    write_metadata(model, meta)
+    js, cs, page = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.html"
+    summary = classify_paths(model, [str(tmp_path / "day")], json_out=str(js), csv_out=str(cs), report_out=str(page))
+    slide = str(tmp_path / "day" / "B")
+    assert summary.lab_warning is None
+    [warned] = summary.folder_lab_warnings
+    assert warned["folder"] == slide and warned["n"] == 3 and warned["lab_warning"].startswith("these 3 images look unlike the labs")
+    assert json.loads(js.read_text())["summary"]["folder_lab_warnings"] == [warned]
+    with open(cs, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert table[-1] == {**dict.fromkeys(table[-1], ""), "path": slide, "lab_warning": warned["lab_warning"]}
+    assert "Lab warning, " + slide in page.read_text()
+    res = CliRunner().invoke(cli, ["classify", "--model", str(model), str(tmp_path / "day")])
+    assert res.exit_code == 0, res.output
+    assert f"warning: {slide}: {warned['lab_warning']}" in " ".join(res.output.split())
+    one = classify_paths(model, [str(tmp_path / "day" / "B")])  # one slide: the run's own check says it
+    assert one.lab_warning is not None and one.folder_lab_warnings == []
 
 
 def test_scan_reports_each_cells_score_in_json_and_csv(other):

@@ -133,12 +133,19 @@ def _where_saved(opts: ClassifyOptions) -> str:
     return "every result is in " + " and ".join(escape(f) for f in files)
 
 
+def print_lab_warnings(err, lab_warning: str | None, folder_warnings) -> None:
+    """The run's lab warning, then each slide folder's, naming it (classify's and scan's)."""
+    if lab_warning:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(lab_warning)}", soft_wrap=True, highlight=False)
+    for w in folder_warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(w['folder'])}: {escape(w['lab_warning'])}", soft_wrap=True, highlight=False)
+
+
 def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
     """The results table, differential count, flags, latency and (with folder labels) the metrics."""
     metrics, latency = s.metrics(), s.latency()
     n_ok = s.n_classified
-    if s.lab_warning:
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.lab_warning)}", soft_wrap=True, highlight=False)
+    print_lab_warnings(err, s.lab_warning, s.folder_lab_warnings)
     rows = s.first_rows
     note = None
     if n_ok > MANY:

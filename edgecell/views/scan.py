@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgecell.views.classify import differential_table, escape
+from edgecell.views.classify import differential_table, escape, print_lab_warnings
 from firmware_host.classify import review_other_note
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
 def print_summary(con, err, s: ScanSummary) -> None:
     """The lab check's warning, the first fields' cells, the differential count, the flags, the timings and the failures."""
-    for line in (s.lab_warning, s.size_warning):
-        if line:
-            err.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True, highlight=False)
+    print_lab_warnings(err, s.lab_warning, s.folder_lab_warnings)
+    if s.size_warning:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.size_warning)}", soft_wrap=True, highlight=False)
     if s.first_fields:
         table = Table(title="Fields" if s.n_fields <= FIRST_FIELDS else f"First {len(s.first_fields)} fields", title_justify="left")
         table.add_column("field", overflow="fold")
