@@ -269,25 +269,36 @@ def red_cell_ms(fields: list[dict], rounds: int) -> dict:
     return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
 
 
-def magnification(fields: list[dict]) -> dict:
-    """The same fields as if photographed at half and at twice the magnification, located with the
-    default cell size and with ``cell_size`` set to match (what ``edgecell scan --cell-size`` does).
+def _mosaics(fields: list[dict], k: int) -> list[tuple]:
+    """k x k mosaics of consecutive fields reduced k times: the same smears at 1/k the magnification; boxes scaled."""
+    out = []
+    for i in range(0, len(fields) - k * k + 1, k * k):
+        group = fields[i : i + k * k]
+        mosaic = Image.new("RGB", (640 * k, 480 * k))
+        truth = []
+        for j, f in enumerate(group):
+            ox, oy = 640 * (j % k), 480 * (j // k)
+            mosaic.paste(Image.open(f["path"]).convert("RGB"), (ox, oy))
+            truth += [((b[0] + ox) // k, (b[1] + oy) // k, (b[2] + ox) // k, (b[3] + oy) // k) for b in f["truth"]]
+        out.append((group[0]["stem"] + f"+{k * k - 1}", np.asarray(mosaic.reduce(k)), truth))
+    return out
 
-    * half: 2x2 mosaics of four consecutive fields (1280x960) reduced to 640x480; boxes halved.
+
+LOWER = {"half": 2, "third": 3, "quarter": 4}
+"""The lower magnifications measured: 1/k of BCCD's, as k x k mosaics reduced k times."""
+
+
+def magnification(fields: list[dict]) -> dict:
+    """The same fields as if photographed at lower magnifications and at twice, located with the default cell size,
+    with ``cell_size`` set to match (what ``edgecell scan --cell-size`` does), and with the one the size warning names.
+
+    * half, third, quarter: k x k mosaics of consecutive fields reduced to 640x480 (:func:`_mosaics`).
     * twice: a 320x240 window centred on the field's first WBC box, enlarged to 640x480 (bilinear);
       boxes doubled and clipped to the window, dropped when under a quarter of the box is inside.
     """
     default = 0.3 * 480
-    half, twice = [], []
-    for k in range(0, len(fields) - 3, 4):
-        group = fields[k : k + 4]
-        mosaic = Image.new("RGB", (1280, 960))
-        truth = []
-        for j, f in enumerate(group):
-            ox, oy = 640 * (j % 2), 480 * (j // 2)
-            mosaic.paste(Image.open(f["path"]).convert("RGB"), (ox, oy))
-            truth += [((b[0] + ox) // 2, (b[1] + oy) // 2, (b[2] + ox) // 2, (b[3] + oy) // 2) for b in f["truth"]]
-        half.append((group[0]["stem"] + "+3", np.asarray(mosaic.reduce(2)), truth))
+    sets = [(name, _mosaics(fields, k), 1 / k) for name, k in LOWER.items()]
+    twice = []
     for f in fields:
         if not f["truth"]:
             continue
@@ -304,16 +315,22 @@ def magnification(fields: list[dict]) -> dict:
                 if inside >= 0.25:
                     truth.append(tuple(clip))
         twice.append((f["stem"], np.asarray(img), truth))
+    sets.append(("twice", twice, 2.0))
     same = [(f["stem"], np.asarray(Image.open(f["path"]).convert("RGB")), f["truth"]) for f in fields]
     out = {"same": {"images": len(same), "size_check": size_check(_scaled_rows(same, None))}}
-    for name, images, factor in (("half", half, 0.5), ("twice", twice, 2.0)):
+    for name, images, factor in sets:
         rows = _scaled_rows(images, None)
+        check = size_check(rows)
         out[name] = {
             "images": len(images),
             "default_cell_size": scores(rows),
             "matching_cell_size": dict(cell_size=factor * default, **scores(_scaled_rows(images, factor * default))),
-            "size_check": size_check(rows),
+            "size_check": check,
         }
+        if check["warning"]:
+            named = float(check["warning"].rsplit(" ", 1)[1])
+            again = _scaled_rows(images, named)
+            out[name]["named_cell_size"] = dict(cell_size=named, warning_again=_warning(again), **scores(again))
     return out
 
 
@@ -381,9 +398,10 @@ def main(argv=None) -> int:
     return 0
 
 
-MAGNIFICATION_NOTE = """The BCCD fields again, as if taken at half and at twice the magnification (all fields, so not held
-out): the locator's size rules follow `cell_size`, which by default is 0.3 of the field's shorter side. With
-another magnification the default is wrong by that factor; `edgecell scan --cell-size PX` sets it."""
+MAGNIFICATION_NOTE = """The BCCD fields again, as if taken at a half, a third and a quarter of the magnification and at twice
+it (all fields, so not held out): the locator's size rules follow `cell_size`, which by default is 0.3 of the field's
+shorter side. With another magnification the default is wrong by that factor; `edgecell scan --cell-size PX` sets it,
+and the size warning (below) names one."""
 
 
 SIZE_NOTE = """`scan` warns when the 20 or more whole cells of a run have nuclei whose median longer side is outside
@@ -418,9 +436,14 @@ def markdown(r: dict) -> str:
         "| magnification | images | cell size | recall @0.5 | precision @0.5 | recall @0.3 | precision @0.3 |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for name, label_ in (("half", "half (2x2 mosaic reduced)"), ("twice", "twice (window enlarged)")):
+    labels = {name: f"{name} ({k}x{k} mosaic reduced)" for name, k in LOWER.items()} | {"twice": "twice (window enlarged)"}
+    for name, label_ in labels.items():
         m = r["magnification"][name]
-        for key, cs in (("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g}")):
+        sizes = [("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g} (matching)")]
+        if "named_cell_size" in m:
+            n = m["named_cell_size"]
+            sizes.append(("named_cell_size", f"--cell-size {n['cell_size']:g} (the size warning's; warned again: {'yes' if n['warning_again'] else 'no'})"))
+        for key, cs in sizes:
             a, b = m[key]["iou_0.5"], m[key]["iou_0.3"]
             lines.append(f"| {label_} | {m['images']} | {cs} | {_f(a['recall'])} | {_f(a['precision'])} | {_f(b['recall'])} | {_f(b['precision'])} |")
     lines += [
@@ -430,7 +453,7 @@ def markdown(r: dict) -> str:
         "| magnification | cells (whole) | median nucleus ratio | fields with red cells | median red-cell ratio | scan's size warning | runs of 10 fields warned |",
         "|---|---:|---:|---:|---:|---|---:|",
     ]
-    for name in ("same", "half", "twice"):
+    for name in ("same", *LOWER, "twice"):
         c = r["magnification"][name]["size_check"]
         lines.append(
             f"| {name} | {c['cells']} | {_f(c['median_ratio'])} | {c['fields_with_red_cells']} | {_f(c['median_red_ratio'])} "

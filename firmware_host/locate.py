@@ -63,6 +63,7 @@ Assumptions (what changes with another lab or camera, and what that does):
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,18 +129,38 @@ MIN_CELLS_SIZED = 20
 """The fewest whole white cells over which :func:`size_warning` judges the magnification."""
 TYPICAL_RED_CELL = 0.56
 """The median ratio of :func:`red_cell_size` to ``cell_size`` over a run when ``cell_size`` is right: BCCD's fields at
-100x with the default (0.556 over all 364; runs of 10 fields 0.556-0.611, 1st-99th percentile; the annotated red cells
-are 109 px across, so the ruler reads about three quarters of a red cell's diameter)."""
+100x with the default (0.556 over the 356 of its 364 fields it measures; runs of 10 fields 0.556-0.628, 1st-99th
+percentile; the annotated red cells are 109 px across, so the ruler reads about three quarters of a red cell's
+diameter)."""
 RED_CELL_RANGE = (0.75, 1.4)
 """A run whose median red-cell ratio is outside this range of :data:`TYPICAL_RED_CELL` was taken at another
-magnification than ``cell_size`` says. BCCD's fields (runs of 10 fields, 1st-99th percentile): at the right
-magnification 0.99-1.09 (runs of 5: 0.99-1.19), as if at half 0.60, at a third 0.40-0.50, at twice 1.49-2.03 (the
-ruler reads small cells a little large: at half the magnification the suggested ``--cell-size`` is 86 px, not 72;
-both find 99.5 % of the cells)."""
+magnification than ``cell_size`` says. BCCD's fields, runs of 10 (1st-99th percentile): at the right magnification
+0.99-1.12, as if at half 0.52-0.59, at a third 0.35-0.40, at twice 1.24-1.93 (`benchmarks/results/scan.md`)."""
 MIN_FIELDS_SIZED = 5
 """The fewest fields with red cells over which :func:`size_warning` reads the red cells (each holds dozens)."""
 MIN_RED_SHARE, MAX_RED_SHARE = 0.05, 0.9
-"""The share of a field's pixels that must absorb green for :func:`red_cell_size` to measure it."""
+"""The share of a field's pixels that must be red for :func:`red_cell_size` to measure it (the upper limit after its
+pale centres and gaps are filled)."""
+PALE_CENTRE = 1.0
+"""Enclosed background up to this share of a white cell's area (pi/4 ``cell_size``^2) is filled as red: a red cell's
+pale centre (a tenth of a white cell at the right magnification) and the gaps between touching red cells; not the
+field inside a round eyepiece's dark frame."""
+DARK = 0.5
+"""A pixel whose red channel is under this share of the white's is not a red cell (red cells are pink): a dark frame."""
+MAX_RULER_PIXELS = 1_000_000
+"""The most pixels :func:`red_cell_size` measures (a field whose cells are small for its size is reduced further),
+so its time and memory stay within a few milliseconds and megabytes at any field size."""
+RULER_DEPTH = 2 * WORK_CELL
+"""Erosions per measure: red cells are about half a white cell across, :data:`WORK_CELL` reduced pixels at the cell
+size given; deeper ones mean a ``cell_size`` several times too small (measured again, reduced more)."""
+RULER_STEP = 4
+"""How many times larger the cell size is taken when red cells are deeper than :data:`RULER_DEPTH`."""
+MIN_WHOLE_RED = 4
+"""The fewest red things (a red cell, or touching ones) wholly inside a field that :func:`red_cell_size` measures: at a
+high magnification most red cells are cut by the field's edge or hidden under a white cell, and the pieces left are
+no ruler."""
+RULER_TRIES = 3
+"""The most measures :func:`red_cell_size` takes of one field."""
 RED_CELL_PERCENTILE = 90.0
 """The percentile of the distance maxima that :func:`red_cell_size` reads: the ridges between touching red cells
 and the small bright specks within them give lower maxima than a red cell's centre."""
@@ -162,6 +183,9 @@ def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bo
     :data:`NUCLEUS_RATIO_RANGE`); not when the nuclei found are smaller than usual and the red cells larger, or the
     other way round. ``given``: the cell size came from ``--cell-size`` (not the default).
     """
+    sized = [(r, c) for r, c in zip(ratios, cell_sizes) if _measure(r) and _measure(c)]
+    red = [(r, c) for r, c in red if _measure(r) and _measure(c)]
+    ratios, cell_sizes = [r for r, _ in sized], [c for _, c in sized]
     lo, hi = NUCLEUS_RATIO_RANGE
     nucleus = statistics.median(ratios) if ratios else None
     if len(ratios) >= MIN_CELLS_SIZED and not lo <= nucleus <= hi:
@@ -189,6 +213,11 @@ def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bo
         f"{found} {times:.1f} times {what} "
         f"(cells of {expected:.0f} px assumed, {said}); check the boxes (--annotate or --report) and give --cell-size {suggest:.0f}"
     )
+
+
+def _measure(v: float) -> bool:
+    """A size or ratio :func:`size_warning` can read: finite and above zero."""
+    return math.isfinite(v) and v > 0
 
 
 WHITE_PERCENTILE = 99.0
@@ -373,9 +402,9 @@ def default_cell_size(width: int, height: int) -> float:
 # The locator
 
 
-def _work_image(rgb: np.ndarray, cell_size: float | None) -> tuple[np.ndarray, int, float]:
-    """The reduced copy the search works on (float32), the reduction factor and the cell size in the field's pixels;
-    :class:`FieldTooFine` when the field cannot be reduced to what its cells need."""
+def _work_image(rgb: np.ndarray, cell_size: float | None, reduce: bool = True) -> tuple[np.ndarray | None, int, float]:
+    """The reduced copy the search works on (float32; None unless ``reduce``), the reduction factor and the cell size
+    in the field's pixels; :class:`FieldTooFine` when the field cannot be reduced to what its cells need."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
@@ -394,8 +423,7 @@ def _work_image(rgb: np.ndarray, cell_size: float | None) -> tuple[np.ndarray, i
                 f"({CELL_FRACTION:g} of the shorter side), and the search needs {MIN_WORK_CELL}; for a single-cell image use edgecell classify"
             )
         raise FieldTooFine(f"white cells of {cell:g} px are too small to find (the search needs {MIN_WORK_CELL} px or more across); check --cell-size")
-    small = _reduce(np.ascontiguousarray(rgb), factor)
-    return small, factor, cell
+    return (_reduce(np.ascontiguousarray(rgb), factor) if reduce else None), factor, cell
 
 
 def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
@@ -559,44 +587,83 @@ def red_cell_size(rgb: np.ndarray, cell_size: float | None = None) -> float | No
     """How large the field's red cells are, in its pixels, or None when it has none to measure.
 
     Red cells are about the same size in every lab's smear (7-8 micrometres), so they show the magnification where
-    the nuclei cannot (:func:`size_warning`). On the reduced copy :func:`locate` works on: the pixels that absorb
-    green (red cells, and white cells among them) by Otsu's threshold of the white-balanced green channel, their
-    pale centres filled; each pixel's distance to the background (erosions by a cross and a square in turn, so an
-    octagon); and twice :data:`RED_CELL_PERCENTILE` of that distance's local maxima (the centres of round things,
-    and points along the ridges of touching ones), in the field's pixels. It is a ruler, not a count: compared with
-    ``cell_size`` through :data:`TYPICAL_RED_CELL`. None when under :data:`MIN_RED_SHARE` or over
-    :data:`MAX_RED_SHARE` of the field is red (no red cells, or a field packed with them, where nothing is round).
+    the nuclei cannot (:func:`size_warning`). On a reduced copy of the field (as :func:`locate`'s, at most
+    :data:`MAX_RULER_PIXELS`): the pixels that absorb green but not red (red cells; not a black frame) by Otsu's
+    threshold of the white-balanced green channel, their pale centres and the gaps between touching ones filled
+    (enclosed background up to :data:`PALE_CENTRE` of a cell's area); each pixel's distance to the background
+    (erosions by a cross and a square in turn, so an octagon); and twice :data:`RED_CELL_PERCENTILE` of that
+    distance's local maxima (the centres of round things, and points along the ridges of touching ones), leaving out
+    those the field's edge cuts, in the field's pixels. A ruler, not a count: compared with ``cell_size`` through
+    :data:`TYPICAL_RED_CELL`.
+
+    A measure is repeated (at most :data:`RULER_TRIES` times in all) on another copy when the first cannot be read
+    well: red cells far smaller than ``cell_size`` implies are a few reduced pixels across, where the distance is
+    coarse (measured again for the size they imply); red cells deeper than :data:`RULER_DEPTH` erosions (a
+    ``cell_size`` far too small) on a copy reduced :data:`RULER_STEP` times more. None when under
+    :data:`MIN_RED_SHARE` of the field is red, or over :data:`MAX_RED_SHARE` once filled (no red cells, or a field
+    packed with them, where nothing is round).
     """
-    small, factor, _ = _work_image(np.asarray(rgb), cell_size)
+    rgb = np.asarray(rgb)
+    h, w = rgb.shape[:2]
+    cell = _work_image(rgb, cell_size, reduce=False)[2]
+    refined = False
+    for _ in range(RULER_TRIES):
+        factor = max(1, int(round(min(cell, MAX_CELL_SIZE) / WORK_CELL)), int(np.ceil(np.sqrt(h * w / MAX_RULER_PIXELS))))
+        size, deeper = _red_cell_size(_reduce(np.ascontiguousarray(rgb), factor), factor, cell / factor)
+        if deeper:
+            cell *= RULER_STEP
+        elif size is not None and not refined and factor > 1 and size < RED_CELL_RANGE[0] * TYPICAL_RED_CELL * cell:
+            cell, refined = max(size / TYPICAL_RED_CELL, MIN_CELL_SIZE), True
+        else:
+            return size
+    return None
+
+
+def _red_cell_size(small: np.ndarray, factor: int, cw: float) -> tuple[float | None, bool]:
+    """:func:`red_cell_size` on one reduced copy (``factor``: its reduction; ``cw``: the cell size in its pixels), and
+    whether the red cells are deeper than :data:`RULER_DEPTH` erosions (not measured)."""
     if min(small.shape[:2]) < 3:
-        return None
-    green = small[..., 1]
-    white = max(float(np.percentile(green, WHITE_PERCENTILE)), 1.0)
-    g = green / white
-    red = g < otsu_threshold(g, OTSU_BINS)
-    share = float(red.mean())
-    if not MIN_RED_SHARE <= share <= MAX_RED_SHARE:
-        return None
-    background, _ = label_image(~red, connectivity=4)
-    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    red |= ~np.isin(background, edges)  # background no path from the border reaches: pale centres
+        return None, False
+    white = np.maximum(np.percentile(small[..., :2].reshape(-1, 2), WHITE_PERCENTILE, axis=0), 1.0)
+    g = small[..., 1] / white[1]
+    lit = small[..., 0] > DARK * white[0]
+    if not lit.any():
+        return None, False
+    red = (g < otsu_threshold(g[lit], OTSU_BINS)) & lit
+    if red.mean() < MIN_RED_SHARE:
+        return None, False
+    background, n = label_image(~red, connectivity=4)
+    if n:
+        area = np.bincount(background[background >= 0], minlength=n)
+        fill = area <= PALE_CENTRE * np.pi / 4 * cw * cw
+        fill[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False  # -1: red
+        red |= (background >= 0) & fill[np.maximum(background, 0)]
+    if red.mean() > MAX_RED_SHARE:
+        return None, False
+    blobs, n = label_image(red)
+    cut = np.unique(np.concatenate([blobs[0], blobs[-1], blobs[:, 0], blobs[:, -1]]))
+    if n - np.count_nonzero(cut >= 0) < MIN_WHOLE_RED:
+        return None, False
     depth = np.zeros(red.shape, dtype=np.int32)
     inside = red
-    for k in range(2 * WORK_CELL):  # deeper than any red cell at the magnifications scan can search
+    for k in range(RULER_DEPTH):
         if not inside.any():
             break
         depth += inside
         inside = _erode(inside) if k % 2 == 0 else _erode_square(inside)
+    if inside.any():
+        return None, True
+    hh, ww = depth.shape
+    frame = np.minimum.outer(np.minimum(np.arange(1, hh + 1), np.arange(hh, 0, -1)), np.minimum(np.arange(1, ww + 1), np.arange(ww, 0, -1)))
     padded = np.pad(depth, 1)
-    h, w = depth.shape
     around = depth.copy()
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            np.maximum(around, padded[dy : dy + h, dx : dx + w], out=around)
-    peaks = depth[(depth == around) & (depth >= 2)]
+            np.maximum(around, padded[dy : dy + hh, dx : dx + ww], out=around)
+    peaks = depth[(depth == around) & (depth >= 2) & (depth < frame)]  # at the frame: a red cell the edge cuts
     if peaks.size == 0:
-        return None
-    return float(2 * np.percentile(peaks, RED_CELL_PERCENTILE) * factor)
+        return None, False
+    return float(2 * np.percentile(peaks, RED_CELL_PERCENTILE) * factor), False
 
 
 def _erode_square(mask: np.ndarray) -> np.ndarray:

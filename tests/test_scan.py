@@ -609,6 +609,22 @@ def test_red_cell_size_follows_the_magnification():
     assert red_cell_size(np.zeros((5, 5, 3), np.uint8), cell_size=8) is None
 
 
+def test_red_cell_size_abstains_or_holds_where_a_ruler_could_mislead():
+    """Found by a hunt for misleading advice: touching red cells filling the field, a round eyepiece's dark frame, red
+    cells mostly cut by the edge (high magnification), and a --cell-size far too small."""
+    field = _fields_with_one_cell(1)[0]
+    plain = red_cell_size(field)
+    packed = draw_field(rbcs=[(x, y) for x in range(0, W + 100, 100) for y in range(0, H + 100, 100)])
+    assert red_cell_size(packed) is None  # nothing round: not a ruler, not "4.9 times larger"
+    yy, xx = np.indices((H, W))
+    framed = field.copy()
+    framed[(xx - W / 2) ** 2 + (yy - H / 2) ** 2 > 235**2] = 8
+    assert red_cell_size(framed) == pytest.approx(plain, rel=0.2)  # the frame is not a red cell, nor what it encloses
+    window = np.asarray(Image.fromarray(field[120:360, 160:480]).resize((W, H), Image.Resampling.BILINEAR))
+    assert red_cell_size(window, cell_size=2 * 0.3 * H) is None  # a red cell or two whole: no ruler
+    assert red_cell_size(field, cell_size=16) == pytest.approx(plain, rel=0.2)  # measured again, reduced more
+
+
 def test_size_warning_reads_the_red_cells_when_the_nuclei_cannot_tell():
     from firmware_host.locate import MIN_CELLS_SIZED, MIN_FIELDS_SIZED, RED_CELL_RANGE, TYPICAL_RED_CELL, size_warning
 
@@ -626,6 +642,9 @@ def test_size_warning_reads_the_red_cells_when_the_nuclei_cannot_tell():
     assert bigger.startswith(f"the red cells of the {m} fields look 2.0 times larger than expected")
     assert "(cells of 144 px assumed, --cell-size)" in bigger
     assert size_warning([0.9], [144.0], False, [(high, 144.0)] * m) is None  # the nuclei found are smaller than usual
+    nan, inf = float("nan"), float("inf")
+    assert size_warning([0.0, nan, -1.0, inf], [144.0] * 4, False, [(0.0, 144.0), (nan, 144.0), (low, 0.0)] * m) is None  # no measure
+    assert size_warning([], [], False, [(low, 144.0)] * m + [(nan, 144.0)] * m) == warned  # only the measures are read
     # enough nuclei out of their range speak first
     assert size_warning([2.0] * n, [144.0] * n, False, [(low, 144.0)] * m).startswith(f"the {n} white cells found look")
 
