@@ -242,6 +242,11 @@ at 0.8 of touching distance on a diagonal: 0.19); the interleaved pieces of one 
 (an eosinophil's granules, a smudged cell) overlap more."""
 MAX_ERODE = 8
 """Most erosions tried when splitting a component in two or more nuclei."""
+FRAME_DARK = 0.25
+"""A pixel under this share of the white in every channel is dark: the frame around a photo taken through an eyepiece
+(nuclei and red cells keep far more of one channel)."""
+MIN_FRAME_SHARE = 0.02
+"""The least share of a field that dark pixels joined to its border must cover to be a frame."""
 GROW = 0.12
 """The box is the nucleus's box grown by this fraction of the nucleus's size on each side."""
 MIN_BOX = 0.55
@@ -477,24 +482,53 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
     min_area = MIN_NUCLEUS_AREA * cell_area
     keep = (area >= min_area) & (mean_s - t >= MIN_STAIN_EXCESS)
     cells: list[Cell] = []
+    comp = None
+    frame = _frame(small)
+    near = None if frame is None else _dilate(frame, 1) & mask  # nucleus pixels next to an eyepiece's dark frame
     for k in np.nonzero(keep)[0].tolist():
         bx0, by0, bx1, by1 = int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])
-        boxes = [((bx0, by0, bx1, by1), float(mean_s[k] - t))]
-        if max(bx1 - bx0, by1 - by0) > SPLIT_EXTENT * cw:
+        if comp is None and (near is not None or max(bx1 - bx0, by1 - by0) > SPLIT_EXTENT * cw):
             comp = np.full((sh, sw), -1, dtype=np.int32)
             _paint(comp, rs, cs, ce, lab)
-            sub = (comp[by0:by1, bx0:bx1] == k) & mask[by0:by1, bx0:bx1]
-            pieces = split_component(sub, min_area)
+        own = None if comp is None else (comp[by0:by1, bx0:bx1] == k) & mask[by0:by1, bx0:bx1]
+        framed = near is not None and bool((near[by0:by1, bx0:bx1] & own).any())
+        boxes = [((bx0, by0, bx1, by1), float(mean_s[k] - t), framed)]
+        if max(bx1 - bx0, by1 - by0) > SPLIT_EXTENT * cw:
+            pieces = split_component(own, min_area)
             if pieces:
                 sub_s = s[by0:by1, bx0:bx1]
                 boxes = []
                 for ys_, xs_ in pieces:
-                    boxes.append(
-                        ((bx0 + int(xs_.min()), by0 + int(ys_.min()), bx0 + int(xs_.max()) + 1, by0 + int(ys_.max()) + 1), float(sub_s[ys_, xs_].mean() - t))
-                    )
-        for nuc, excess in boxes:
-            cells.append(_make_cell(nuc, excess, factor, cw, sw, sh, w, h))
+                    box = (bx0 + int(xs_.min()), by0 + int(ys_.min()), bx0 + int(xs_.max()) + 1, by0 + int(ys_.max()) + 1)
+                    boxes.append((box, float(sub_s[ys_, xs_].mean() - t), near is not None and bool(near[by0 + ys_, bx0 + xs_].any())))
+        for nuc, excess, framed in boxes:
+            cells.append(_make_cell(nuc, excess, factor, cw, sw, sh, w, h, framed))
     return cells
+
+
+def _frame(small: np.ndarray) -> np.ndarray | None:
+    """The dark frame around a photo taken through an eyepiece (pixels under :data:`FRAME_DARK` of the white in every
+    channel, joined to the image's border, at least :data:`MIN_FRAME_SHARE` of it) on a reduced copy, or None."""
+    white = np.maximum(np.percentile(small.reshape(-1, 3), WHITE_PERCENTILE, axis=0), 1.0)
+    dark = (small < FRAME_DARK * white).all(axis=2)
+    if dark.mean() < MIN_FRAME_SHARE:
+        return None
+    parts, _ = label_image(dark)
+    border = np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]]))
+    frame = np.isin(parts, border[border >= 0])
+    return frame if frame.mean() >= MIN_FRAME_SHARE else None
+
+
+def dark_frame(rgb: np.ndarray, cell_size: float | None = None) -> np.ndarray | None:
+    """:func:`_frame` at the field's own size (``(H, W)`` bool), with one reduced pixel around it (its blurred rim), or
+    None when the field has no dark frame."""
+    rgb = np.asarray(rgb)
+    small, factor, _ = _work_image(rgb, cell_size)
+    frame = _frame(small)
+    if frame is None:
+        return None
+    h, w = rgb.shape[:2]
+    return np.repeat(np.repeat(_dilate(frame, 1), factor, axis=0), factor, axis=1)[:h, :w]
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -676,9 +710,9 @@ def _erode_square(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _make_cell(nuc, stain, factor, cw, sw, sh, w, h) -> Cell:
+def _make_cell(nuc, stain, factor, cw, sw, sh, w, h, framed: bool = False) -> Cell:
     x0, y0, x1, y1 = nuc
-    edge = x0 <= 0 or y0 <= 0 or x1 >= sw or y1 >= sh
+    edge = framed or x0 <= 0 or y0 <= 0 or x1 >= sw or y1 >= sh
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half_w = max((x1 - x0) * (0.5 + GROW), MIN_BOX * cw / 2)
     half_h = max((y1 - y0) * (0.5 + GROW), MIN_BOX * cw / 2)

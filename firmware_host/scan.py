@@ -41,7 +41,18 @@ from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_lab_warnings
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
-from firmware_host.locate import Cell, FieldTooFine, default_cell_size, empty_reason, locate, nucleus_ratio, red_cell_size, size_warning
+from firmware_host.locate import (
+    WHITE_PERCENTILE,
+    Cell,
+    FieldTooFine,
+    dark_frame,
+    default_cell_size,
+    empty_reason,
+    locate,
+    nucleus_ratio,
+    red_cell_size,
+    size_warning,
+)
 from firmware_host.paths import left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD, FolderLabChecks, LabTally
@@ -110,15 +121,25 @@ class FieldResult:
         return {"file": self.file, "width": self.width, "height": self.height, "cells": self.cells}
 
 
-def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "") -> list[dict]:
-    """Classify each located cell of a field through ``clf`` (a :class:`~firmware_host.runtime.Classifier`)."""
+def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "", frame: np.ndarray | None = None) -> list[dict]:
+    """Classify each located cell of a field through ``clf`` (a :class:`~firmware_host.runtime.Classifier`).
+
+    ``frame``: the field's dark eyepiece frame (:func:`~firmware_host.locate.dark_frame`), painted in the field's white
+    where a cell's region reaches it, as the classifier fills a region that runs past the image's edge."""
     from firmware_host.runtime import triage
 
     h, w = rgb.shape[:2]
+    if frame is not None and frame.all():
+        frame = None
+    white = None if frame is None else np.percentile(rgb[~frame], WHITE_PERCENTILE, axis=0).astype(np.uint8)
     out = []
     for c in cells:
         x0, y0, x1, y1 = cell_region(c.box, w, h)
-        pred = clf.classify_rgb(path, rgb[y0:y1, x0:x1])
+        region = rgb[y0:y1, x0:x1]
+        if frame is not None and frame[y0:y1, x0:x1].any():
+            region = region.copy()
+            region[frame[y0:y1, x0:x1]] = white
+        pred = clf.classify_rgb(path, region)
         out.append(
             {
                 "box": list(c.box),
@@ -146,8 +167,9 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
     size = cell_size or default_cell_size(w, h)
     red = red_cell_size(rgb, cell_size)
+    frame = dark_frame(rgb, cell_size) if cells else None
     t1 = time.perf_counter()
-    rows = classify_cells(clf, rgb, cells, threshold, path)
+    rows = classify_cells(clf, rgb, cells, threshold, path, frame)
     t2 = time.perf_counter()
     sizes = [(nucleus_ratio(c, size), size) for c in cells if not c.edge]
     return FieldResult(

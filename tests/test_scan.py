@@ -148,6 +148,46 @@ def test_cell_cut_by_the_edge_is_marked():
     assert iou(inner[0].box, cell_box(*wbcs[1])) >= 0.5
 
 
+def _eyepiece(field: np.ndarray, radius: float = 235) -> np.ndarray:
+    """The field as photographed through an eyepiece: black outside a circle."""
+    yy, xx = np.indices(field.shape[:2])
+    out = field.copy()
+    out[(xx - field.shape[1] / 2) ** 2 + (yy - field.shape[0] / 2) ** 2 > radius**2] = 8
+    return out
+
+
+def test_a_cell_cut_by_an_eyepiece_frame_is_marked_edge():
+    from firmware_host.locate import dark_frame
+
+    wbcs = [(320, 240), (320 + 235, 240)]  # the second sits on the circle's edge
+    framed = _eyepiece(draw_field(wbcs, _away(RBC_GRID, wbcs)))
+    cells = sorted(locate(framed), key=lambda c: c.box[0])
+    assert [c.edge for c in cells] == [False, True]
+    frame = dark_frame(framed)
+    assert frame.shape == framed.shape[:2] and frame[0, 0] and not frame[240, 320]
+    plain = draw_field(wbcs[:1], _away(RBC_GRID, wbcs[:1]))
+    assert dark_frame(plain) is None
+    blot = plain.copy()
+    blot[200:260, 40:100] = 8  # dark debris inside the field: not a frame
+    assert dark_frame(blot) is None and [c.edge for c in locate(blot)] == [False]
+
+
+def test_scan_paints_the_eyepiece_frame_white_in_what_it_classifies(models):
+    """A cell near the frame is classified on a region where the frame is the field's white, as past the image's edge."""
+    from firmware_host.runtime import Classifier
+
+    clf = Classifier.load(models.export)
+    seen = []
+    original = clf.classify_rgb
+    clf.classify_rgb = lambda path, region: seen.append(region.copy()) or original(path, region)
+    wbcs = [(320 + 150, 240)]
+    res = scan_array(clf, _eyepiece(draw_field(wbcs, _away(RBC_GRID, wbcs))), threshold=0.5, path="f")
+    assert [c["edge"] for c in res.cells] == [False]
+    [region] = seen
+    assert (region.reshape(-1, 3).max(axis=1) > 60).all()  # no black frame left in it
+    assert (region.reshape(-1, 3).min(axis=1) > 200).sum() > 0.05 * region.shape[0] * region.shape[1]  # painted white
+
+
 def test_field_with_no_white_cell():
     field = draw_field((), RBC_GRID, platelets=[(100, 100), (300, 200), (500, 400), (250, 420)])
     assert locate(field) == []
