@@ -39,12 +39,14 @@ from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
 from firmware_host.locate import (  # noqa: E402
+    AUTO,
     WORK_CELL,
     _dilate,
     _reduce,
     default_cell_size,
     label,
     locate,
+    measured_cell_size,
     nucleus_ratio,
     red_cell_size,
     size_warning,
@@ -210,10 +212,11 @@ def run_locator(fields: list[dict], rounds: int = 1, **kwargs) -> list[dict]:
 def _scaled_rows(images, cell_size) -> list[dict]:
     rows = []
     for stem, rgb, truth in images:
-        cells = locate(rgb, cell_size=cell_size)
-        size = cell_size or default_cell_size(rgb.shape[1], rgb.shape[0])
+        field_size = measured_cell_size(rgb) if cell_size == AUTO else cell_size
+        cells = locate(rgb, cell_size=field_size)
+        size = field_size or default_cell_size(rgb.shape[1], rgb.shape[0])
         ratios = [nucleus_ratio(c, size) for c in cells if not c.edge]
-        red = red_cell_size(rgb, cell_size)
+        red = red_cell_size(rgb, field_size)
         rows.append(
             {
                 "stem": stem,
@@ -317,7 +320,8 @@ def magnification(fields: list[dict]) -> dict:
         twice.append((f["stem"], np.asarray(img), truth))
     sets.append(("twice", twice, 2.0))
     same = [(f["stem"], np.asarray(Image.open(f["path"]).convert("RGB")), f["truth"]) for f in fields]
-    out = {"same": {"images": len(same), "size_check": size_check(_scaled_rows(same, None))}}
+    auto = _scaled_rows(same, AUTO)
+    out = {"same": {"images": len(same), "size_check": size_check(_scaled_rows(same, None)), "auto_cell_size": _auto(auto)}}
     for name, images, factor in sets:
         rows = _scaled_rows(images, None)
         check = size_check(rows)
@@ -325,6 +329,7 @@ def magnification(fields: list[dict]) -> dict:
             "images": len(images),
             "default_cell_size": scores(rows),
             "matching_cell_size": dict(cell_size=factor * default, **scores(_scaled_rows(images, factor * default))),
+            "auto_cell_size": _auto(_scaled_rows(images, AUTO)),
             "size_check": check,
         }
         if check["warning"]:
@@ -332,6 +337,12 @@ def magnification(fields: list[dict]) -> dict:
             again = _scaled_rows(images, named)
             out[name]["named_cell_size"] = dict(cell_size=named, warning_again=_warning(again), **scores(again))
     return out
+
+
+def _auto(rows: list[dict]) -> dict:
+    """What ``--cell-size auto`` did: the scores, and the cell sizes it measured (median, 5th-95th percentile)."""
+    sizes = [r["size"] for r in rows]
+    return dict(cell_size_median=float(np.median(sizes)), cell_size_p5_p95=[float(v) for v in np.percentile(sizes, [5, 95])], **scores(rows))
 
 
 def disagreements(rows: list[dict], threshold: float = 0.5) -> list[dict]:
@@ -401,12 +412,13 @@ def main(argv=None) -> int:
 MAGNIFICATION_NOTE = """The BCCD fields again, as if taken at a half, a third and a quarter of the magnification and at twice
 it (all fields, so not held out): the locator's size rules follow `cell_size`, which by default is 0.3 of the field's
 shorter side. With another magnification the default is wrong by that factor; `edgecell scan --cell-size PX` sets it,
-and the size warning (below) names one."""
+the size warning (below) names one, and `--cell-size auto` measures each field's from its red cells
+(`firmware_host.locate.measured_cell_size`)."""
 
 
 SIZE_NOTE = """`scan` warns when the 20 or more whole cells of a run have nuclei whose median longer side is outside
 `NUCLEUS_RATIO_RANGE` of the cell size assumed or, when the nuclei cannot tell (too few of them, or a lower
-magnification: see `NUCLEUS_RATIO_RANGE`), when the red cells of 5 or more fields measure outside `RED_CELL_RANGE` of
+magnification: see `NUCLEUS_RATIO_RANGE`), when the red cells of 10 or more fields measure outside `RED_CELL_RANGE` of
 `TYPICAL_RED_CELL` (`firmware_host.locate.size_warning`, `red_cell_size`). Each set below is read as one run with the
 default cell size, and as runs of 10 consecutive fields (how many of them warned)."""
 
@@ -436,10 +448,20 @@ def markdown(r: dict) -> str:
         "| magnification | images | cell size | recall @0.5 | precision @0.5 | recall @0.3 | precision @0.3 |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    labels = {name: f"{name} ({k}x{k} mosaic reduced)" for name, k in LOWER.items()} | {"twice": "twice (window enlarged)"}
+    labels = {"same": "same (BCCD's fields)"} | {name: f"{name} ({k}x{k} mosaic reduced)" for name, k in LOWER.items()} | {"twice": "twice (window enlarged)"}
     for name, label_ in labels.items():
         m = r["magnification"][name]
-        sizes = [("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g} (matching)")]
+        a = m["auto_cell_size"]
+        auto = (
+            "auto_cell_size",
+            f"--cell-size auto (measured: median {a['cell_size_median']:.0f} px, 5th-95th percentile {a['cell_size_p5_p95'][0]:.0f}-{a['cell_size_p5_p95'][1]:.0f})",
+        )
+        if name == "same":
+            lines.append(
+                f"| {label_} | {r['all']['fields']} | {auto[1]} | {_f(a['iou_0.5']['recall'])} | {_f(a['iou_0.5']['precision'])} | {_f(a['iou_0.3']['recall'])} | {_f(a['iou_0.3']['precision'])} |"
+            )
+            continue
+        sizes = [("default_cell_size", "default (144 px)"), ("matching_cell_size", f"--cell-size {m['matching_cell_size']['cell_size']:g} (matching)"), auto]
         if "named_cell_size" in m:
             n = m["named_cell_size"]
             sizes.append(("named_cell_size", f"--cell-size {n['cell_size']:g} (the size warning's; warned again: {'yes' if n['warning_again'] else 'no'})"))

@@ -602,8 +602,8 @@ def other_csv(r: dict) -> dict:
 class CsvStream:
     """One CSV row per classified image as it comes, then one per input that could not be classified, then,
     when the set looks unlike the model's training labs, one row with only ``lab_warning`` (a judgement
-    on the whole set, known only at its end), and one with ``path`` (the folder) and ``lab_warning`` for each slide
-    folder that does (:attr:`ClassifySummary.folder_lab_warnings`)."""
+    on the whole set, known only at its end), and one for each slide folder that does, its ``lab_warning`` naming
+    the folder (:attr:`ClassifySummary.folder_lab_warnings`)."""
 
     def __init__(self, fh: IO[str], classes):
         self.classes = list(classes)
@@ -638,10 +638,10 @@ class CsvStream:
         write_lab_warnings(self.w, lab_warning, folder_warnings)
 
 
-def write_lab_warnings(writer, lab_warning: str | None, folder_warnings: Sequence[dict], key: str = "path") -> None:
-    """The CSV's last rows (classify's and scan's): the run's lab warning with only ``lab_warning`` filled, then each
-    slide folder's with the folder in ``key`` (the column of the file's name) too."""
+def write_lab_warnings(writer, lab_warning: str | None, folder_warnings: Sequence[dict]) -> None:
+    """The CSV's last rows (classify's and scan's), with only ``lab_warning`` filled, so that a row with a file's
+    name is always an image's or a field's: the run's lab warning, then each slide folder's, as ``FOLDER: line``."""
     if lab_warning:
         writer.writerow({"lab_warning": lab_warning})
     for w in folder_warnings:
-        writer.writerow({key: w["folder"], "lab_warning": w["lab_warning"]})
+        writer.writerow({"lab_warning": f"{w['folder']}: {w['lab_warning']}"})

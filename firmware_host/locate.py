@@ -129,15 +129,19 @@ MIN_CELLS_SIZED = 20
 """The fewest whole white cells over which :func:`size_warning` judges the magnification."""
 TYPICAL_RED_CELL = 0.56
 """The median ratio of :func:`red_cell_size` to ``cell_size`` over a run when ``cell_size`` is right: BCCD's fields at
-100x with the default (0.556 over the 356 of its 364 fields it measures; runs of 10 fields 0.556-0.628, 1st-99th
-percentile; the annotated red cells are 109 px across, so the ruler reads about three quarters of a red cell's
-diameter)."""
+100x with the default (0.556 over the 356 of its 364 fields it measures; runs of 10 fields 0.556-0.639, 1st-99th
+percentile of 500 seeded draws; the annotated red cells are 109 px across, so the ruler reads about three quarters of
+a red cell's diameter)."""
 RED_CELL_RANGE = (0.75, 1.4)
 """A run whose median red-cell ratio is outside this range of :data:`TYPICAL_RED_CELL` was taken at another
-magnification than ``cell_size`` says. BCCD's fields, runs of 10 (1st-99th percentile): at the right magnification
-0.99-1.12, as if at half 0.52-0.59, at a third 0.35-0.40, at twice 1.24-1.93 (`benchmarks/results/scan.md`)."""
-MIN_FIELDS_SIZED = 5
-"""The fewest fields with red cells over which :func:`size_warning` reads the red cells (each holds dozens)."""
+magnification than ``cell_size`` says. BCCD's fields, runs of 10 (1st-99th percentile of 500 seeded draws): at the
+right magnification 0.99-1.14, as if at half 0.52-0.59, at a third 0.35-0.40, at twice 1.26-1.98
+(`benchmarks/results/scan.md` counts the consecutive runs of 10 that warn)."""
+MIN_FIELDS_SIZED = 10
+"""The fewest fields with red cells over which :func:`size_warning` reads the red cells. The ruler reads in steps of
+two reduced pixels, about a tenth of :data:`TYPICAL_RED_CELL`: over runs of 5 of BCCD's fields at the right
+magnification the highest median was 1.39 of it, a step under the range's end (found by a review); over runs of 10,
+1.14."""
 MIN_RED_SHARE, MAX_RED_SHARE = 0.05, 0.9
 """The share of a field's pixels that must be red for :func:`red_cell_size` to measure it (the upper limit after its
 pale centres and gaps are filled)."""
@@ -149,7 +153,7 @@ DARK = 0.5
 """A pixel whose red channel is under this share of the white's is not a red cell (red cells are pink): a dark frame."""
 MAX_RULER_PIXELS = 1_000_000
 """The most pixels :func:`red_cell_size` measures (a field whose cells are small for its size is reduced further),
-so its time and memory stay within a few milliseconds and megabytes at any field size."""
+so it stays under about 0.3 s and 70 MB at any field size (3-4 ms for a 640x480 field)."""
 RULER_DEPTH = 2 * WORK_CELL
 """Erosions per measure: red cells are about half a white cell across, :data:`WORK_CELL` reduced pixels at the cell
 size given; deeper ones mean a ``cell_size`` several times too small (measured again, reduced more)."""
@@ -172,7 +176,7 @@ def nucleus_ratio(cell: Cell, cell_size: float) -> float:
     return max(x1 - x0, y1 - y0) / cell_size
 
 
-def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bool, red: Sequence[tuple[float, float]] = ()) -> str | None:
+def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bool | str, red: Sequence[tuple[float, float]] = ()) -> str | None:
     """One line when a run's fields say they were taken at another magnification than the locator assumed, else None.
 
     ``ratios`` and ``cell_sizes``: each whole white cell's :func:`nucleus_ratio` and the ``cell_size`` of its field,
@@ -181,7 +185,8 @@ def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bo
     or more (:data:`RED_CELL_RANGE`) when the nuclei have not spoken: too few of them (a few fields at a high
     magnification), or within their range (a lower magnification, where nuclei cannot tell:
     :data:`NUCLEUS_RATIO_RANGE`); not when the nuclei found are smaller than usual and the red cells larger, or the
-    other way round. ``given``: the cell size came from ``--cell-size`` (not the default).
+    other way round. ``given``: the cell size came from ``--cell-size`` (not the default); :data:`AUTO`: from each
+    field's red cells.
     """
     sized = [(r, c) for r, c in zip(ratios, cell_sizes) if _measure(r) and _measure(c)]
     red = [(r, c) for r, c in red if _measure(r) and _measure(c)]
@@ -203,7 +208,13 @@ def size_warning(ratios: Sequence[float], cell_sizes: Sequence[float], given: bo
         expected = statistics.median(c for _, c in red)
     else:
         return None
-    said = "--cell-size" if given else f"the default, {CELL_FRACTION} of the shorter side"
+    said = (
+        "measured from each field's red cells, --cell-size auto"
+        if given == AUTO
+        else "--cell-size"
+        if given
+        else f"the default, {CELL_FRACTION} of the shorter side"
+    )
     if times > 1:
         what = "larger than expected: at a higher magnification scan may split one cell into two or count pieces as cells"
     else:
@@ -390,12 +401,16 @@ def _reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb, "RGB").reduce(factor), dtype=np.float32)
 
 
-def stain_map(small: np.ndarray) -> np.ndarray:
-    """The nucleus-stain map: white-balanced blue minus white-balanced green."""
-    flat = small.reshape(-1, 3)
-    white = np.percentile(flat[:, 1:], WHITE_PERCENTILE, axis=0)
-    white = np.maximum(white, 1.0)
-    return small[..., 2] / white[1] - small[..., 1] / white[0]
+def stain_map(small: np.ndarray, white: np.ndarray | None = None) -> np.ndarray:
+    """The nucleus-stain map: white-balanced blue minus white-balanced green (``white``: the image's
+    :func:`white_point`, if known)."""
+    white = white_point(small) if white is None else white
+    return small[..., 2] / white[2] - small[..., 1] / white[1]
+
+
+def white_point(small: np.ndarray) -> np.ndarray:
+    """Each channel's :data:`WHITE_PERCENTILE` th percentile (the bright background between the cells), at least 1."""
+    return np.maximum(np.percentile(small.reshape(-1, 3), WHITE_PERCENTILE, axis=0), 1.0)
 
 
 def default_cell_size(width: int, height: int) -> float:
@@ -440,23 +455,30 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
 
     A field with no white cell gives ``[]``.
     """
+    return locate_with_frame(rgb, cell_size)[0]
+
+
+def locate_with_frame(rgb: np.ndarray, cell_size: float | None) -> tuple[list[Cell], np.ndarray | None, int]:
+    """:func:`locate`'s cells, the field's dark frame on the reduced copy (:func:`_frame`; None: none, or no cell
+    found) and that copy's reduction factor."""
     rgb = np.asarray(rgb)
     small, factor, cell = _work_image(rgb, cell_size)
     h, w = rgb.shape[:2]
     sh, sw = small.shape[:2]
     if min(sh, sw) < 2:
-        return []
+        return [], None, factor
     cw = cell / factor  # cell diameter in reduced pixels
-    s = stain_map(small)
+    white = white_point(small)
+    s = stain_map(small, white)
     t = max(otsu_threshold(s, OTSU_BINS), float(np.median(s)) + MIN_CONTRAST)
     mask = s > t
     if not mask.any():
-        return []
+        return [], None, factor
     r = max(1, int(round(LOBE_GAP * cw / 2)))
     joined = _dilate(mask, r)
     rs, cs, ce, lab, n = label(joined)
     if n == 0:
-        return []
+        return [], None, factor
     cell_area = np.pi / 4 * cw * cw
     # Per-component statistics over the *undilated* nucleus pixels, computed on the mask's runs:
     # each run of the mask lies inside one run of the dilated mask, whose component it takes.
@@ -483,7 +505,7 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
     keep = (area >= min_area) & (mean_s - t >= MIN_STAIN_EXCESS)
     cells: list[Cell] = []
     comp = None
-    frame = _frame(small)
+    frame = _frame(small, white) if keep.any() else None
     near = None if frame is None else _dilate(frame, 1) & mask  # nucleus pixels next to an eyepiece's dark frame
     for k in np.nonzero(keep)[0].tolist():
         bx0, by0, bx1, by1 = int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])
@@ -503,13 +525,12 @@ def locate(rgb: np.ndarray, cell_size: float | None = None) -> list[Cell]:
                     boxes.append((box, float(sub_s[ys_, xs_].mean() - t), near is not None and bool(near[by0 + ys_, bx0 + xs_].any())))
         for nuc, excess, framed in boxes:
             cells.append(_make_cell(nuc, excess, factor, cw, sw, sh, w, h, framed))
-    return cells
+    return cells, frame, factor
 
 
-def _frame(small: np.ndarray) -> np.ndarray | None:
-    """The dark frame around a photo taken through an eyepiece (pixels under :data:`FRAME_DARK` of the white in every
-    channel, joined to the image's border, at least :data:`MIN_FRAME_SHARE` of it) on a reduced copy, or None."""
-    white = np.maximum(np.percentile(small.reshape(-1, 3), WHITE_PERCENTILE, axis=0), 1.0)
+def _frame(small: np.ndarray, white: np.ndarray) -> np.ndarray | None:
+    """The dark frame around a photo taken through an eyepiece (pixels under :data:`FRAME_DARK` of the ``white`` in
+    every channel, joined to the image's border, at least :data:`MIN_FRAME_SHARE` of it) on a reduced copy, or None."""
     dark = (small < FRAME_DARK * white).all(axis=2)
     if dark.mean() < MIN_FRAME_SHARE:
         return None
@@ -520,14 +541,18 @@ def _frame(small: np.ndarray) -> np.ndarray | None:
 
 
 def dark_frame(rgb: np.ndarray, cell_size: float | None = None) -> np.ndarray | None:
-    """:func:`_frame` at the field's own size (``(H, W)`` bool), with one reduced pixel around it (its blurred rim), or
-    None when the field has no dark frame."""
+    """The field's dark eyepiece frame (:func:`_frame`) at its own size (``(H, W)`` bool), with one reduced pixel
+    around it (its blurred rim), or None when the field has no dark frame."""
     rgb = np.asarray(rgb)
     small, factor, _ = _work_image(rgb, cell_size)
-    frame = _frame(small)
+    return frame_at(_frame(small, white_point(small)), factor, rgb.shape[:2])
+
+
+def frame_at(frame: np.ndarray | None, factor: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """A frame found on a copy reduced ``factor`` times, with one reduced pixel of rim, at the field's ``shape``."""
     if frame is None:
         return None
-    h, w = rgb.shape[:2]
+    h, w = shape[:2]
     return np.repeat(np.repeat(_dilate(frame, 1), factor, axis=0), factor, axis=1)[:h, :w]
 
 
@@ -653,12 +678,23 @@ def red_cell_size(rgb: np.ndarray, cell_size: float | None = None) -> float | No
     return None
 
 
+AUTO = "auto"
+"""``cell_size`` (``scan --cell-size auto``) that asks :func:`measured_cell_size` for each field's."""
+
+
+def measured_cell_size(rgb: np.ndarray) -> float | None:
+    """The white-cell diameter a field's red cells imply (:func:`red_cell_size` over :data:`TYPICAL_RED_CELL`, within
+    :data:`MIN_CELL_SIZE`-:data:`MAX_CELL_SIZE`), or None when they cannot be measured (use the default)."""
+    red = red_cell_size(rgb)
+    return None if red is None else min(max(red / TYPICAL_RED_CELL, MIN_CELL_SIZE), MAX_CELL_SIZE)
+
+
 def _red_cell_size(small: np.ndarray, factor: int, cw: float) -> tuple[float | None, bool]:
     """:func:`red_cell_size` on one reduced copy (``factor``: its reduction; ``cw``: the cell size in its pixels), and
     whether the red cells are deeper than :data:`RULER_DEPTH` erosions (not measured)."""
     if min(small.shape[:2]) < 3:
         return None, False
-    white = np.maximum(np.percentile(small[..., :2].reshape(-1, 2), WHITE_PERCENTILE, axis=0), 1.0)
+    white = white_point(small)
     g = small[..., 1] / white[1]
     lit = small[..., 0] > DARK * white[0]
     if not lit.any():
@@ -670,7 +706,8 @@ def _red_cell_size(small: np.ndarray, factor: int, cw: float) -> tuple[float | N
     if n:
         area = np.bincount(background[background >= 0], minlength=n)
         fill = area <= PALE_CENTRE * np.pi / 4 * cw * cw
-        fill[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False  # -1: red
+        edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+        fill[edges[edges >= 0]] = False  # background the border reaches (-1: red pixels)
         red |= (background >= 0) & fill[np.maximum(background, 0)]
     if red.mean() > MAX_RED_SHARE:
         return None, False

@@ -42,21 +42,25 @@ from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
-    WHITE_PERCENTILE,
+    AUTO,
     Cell,
     FieldTooFine,
-    dark_frame,
     default_cell_size,
     empty_reason,
-    locate,
+    frame_at,
+    locate_with_frame,
+    measured_cell_size,
     nucleus_ratio,
     red_cell_size,
     size_warning,
+    white_point,
 )
-from firmware_host.paths import left_out, path_list
+from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD, FolderLabChecks, LabTally
 
+WHITE_SAMPLE = 250_000
+"""About this many pixels of a field set the white its eyepiece frame is painted (:func:`classify_cells`)."""
 CROP_MARGIN = 0.25
 """The region passed to the classifier: the box's longer side plus this fraction of it on each side."""
 ANNOTATE_WIDTH = 3
@@ -102,6 +106,8 @@ class FieldResult:
     file: str
     width: int = 0
     height: int = 0
+    cell_size: float = 0.0
+    """The white-cell diameter, in the field's pixels, its cells were found with."""
     cells: list[dict] = field(default_factory=list)
     error: str | None = None
     locate_ms: float = 0.0
@@ -115,10 +121,11 @@ class FieldResult:
     cells to measure), for the same warning (not in the JSON record)."""
 
     def to_dict(self) -> dict:
-        """The field's JSON record (``file``, ``width``, ``height``, ``cells``; ``error`` instead for a failure)."""
+        """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cells``; ``error`` instead for a
+        failure)."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "width": self.width, "height": self.height, "cells": self.cells}
+        return {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1), "cells": self.cells}
 
 
 def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "", frame: np.ndarray | None = None) -> list[dict]:
@@ -129,14 +136,14 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
     from firmware_host.runtime import triage
 
     h, w = rgb.shape[:2]
-    if frame is not None and frame.all():
-        frame = None
-    white = None if frame is None else np.percentile(rgb[~frame], WHITE_PERCENTILE, axis=0).astype(np.uint8)
+    step = max(1, int(np.sqrt(h * w / WHITE_SAMPLE)))  # the white of a sample of the field: no copy of a large one
+    outside = None if frame is None else rgb[::step, ::step][~frame[::step, ::step]]
+    white = None if outside is None or not outside.size else white_point(outside).astype(np.uint8)
     out = []
     for c in cells:
         x0, y0, x1, y1 = cell_region(c.box, w, h)
         region = rgb[y0:y1, x0:x1]
-        if frame is not None and frame[y0:y1, x0:x1].any():
+        if white is not None and frame[y0:y1, x0:x1].any():
             region = region.copy()
             region[frame[y0:y1, x0:x1]] = white
         pred = clf.classify_rgb(path, region)
@@ -154,28 +161,32 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
     return out
 
 
-def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size: float | None = None) -> FieldResult:
-    """Locate and classify the white cells of a field given as an RGB uint8 array."""
+def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size: float | str | None = None) -> FieldResult:
+    """Locate and classify the white cells of a field given as an RGB uint8 array. ``cell_size``: the white-cell
+    diameter in pixels; None: the default (:func:`~firmware_host.locate.default_cell_size`); ``"auto"``: measured from
+    the field's red cells (:func:`~firmware_host.locate.measured_cell_size`; the default where they cannot be)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
+    if cell_size == AUTO:
+        cell_size = measured_cell_size(rgb)
     try:
-        cells = locate(rgb, cell_size=cell_size)
+        cells, frame, factor = locate_with_frame(rgb, cell_size)
     except FieldTooFine as exc:
         raise ImageError(str(exc), path or "<field>") from None
     if not cells and (why := empty_reason(rgb, cell_size)):
         warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
     size = cell_size or default_cell_size(w, h)
     red = red_cell_size(rgb, cell_size)
-    frame = dark_frame(rgb, cell_size) if cells else None
     t1 = time.perf_counter()
-    rows = classify_cells(clf, rgb, cells, threshold, path, frame)
+    rows = classify_cells(clf, rgb, cells, threshold, path, frame_at(frame, factor, rgb.shape))
     t2 = time.perf_counter()
     sizes = [(nucleus_ratio(c, size), size) for c in cells if not c.edge]
     return FieldResult(
         file=path,
         width=w,
         height=h,
+        cell_size=size,
         cells=rows,
         locate_ms=(t1 - t0) * 1e3,
         classify_ms=(t2 - t1) * 1e3,
@@ -184,7 +195,7 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     )
 
 
-def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float | None = None) -> FieldResult:
+def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float | str | None = None) -> FieldResult:
     """Read one field file and scan it; a file that cannot be read gives a result with ``error`` set."""
     p = os.fspath(path)
     t0 = time.perf_counter()
@@ -206,11 +217,11 @@ def scan_field(clf, path: str | os.PathLike, threshold: float, cell_size: float 
 # Many fields
 
 
-def _scan_paths(clf, paths: list[str], threshold: float, cell_size: float | None) -> list[FieldResult]:
+def _scan_paths(clf, paths: list[str], threshold: float, cell_size: float | str | None) -> list[FieldResult]:
     return [scan_field(clf, p, threshold, cell_size) for p in paths]
 
 
-def _scan_in_worker(paths: list[str], threshold: float, cell_size: float | None) -> list[FieldResult]:
+def _scan_in_worker(paths: list[str], threshold: float, cell_size: float | str | None) -> list[FieldResult]:
     from firmware_host import runtime
 
     return _scan_paths(runtime._WORKER_CLASSIFIER, paths, threshold, cell_size)
@@ -220,7 +231,7 @@ def scan_many(
     clf,
     paths: Iterable[str | os.PathLike],
     threshold: float,
-    cell_size: float | None = None,
+    cell_size: float | str | None = None,
     workers: int | None = None,
     processes: bool | None = None,
 ) -> Iterator[FieldResult]:
@@ -281,7 +292,7 @@ class ScanSummary:
             counted cells' top probabilities and never-seen scores (``lab``), and per folder of fields (``folders``).
         sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), and ``red_cells`` each
             field's red-cell ratio and cell size (:attr:`FieldResult.red_cell`), for :attr:`size_warning`;
-            ``cell_size_given``: they came from ``--cell-size``.
+            ``cell_size_given``: they came from ``--cell-size`` (``"auto"``: from each field's red cells).
     """
 
     classes: list[str]
@@ -306,7 +317,7 @@ class ScanSummary:
     folders: FolderLabChecks = field(default_factory=FolderLabChecks)
     sizes: list[tuple[float, float]] = field(default_factory=list)
     red_cells: list[tuple[float, float]] = field(default_factory=list)
-    cell_size_given: bool = False
+    cell_size_given: bool | str = False
 
     def __post_init__(self) -> None:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
@@ -334,7 +345,7 @@ class ScanSummary:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
                 self.lab.add(top, c.get("other_score"))
-                self.folders.add(res.file, False, top, c.get("other_score"))
+                self.folders.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"))
 
     @property
     def lab_warning(self) -> str | None:
@@ -443,7 +454,8 @@ class ScanOptions:
         annotate_dir: folder for PNGs of the fields with their boxes, or None.
         report_out: the HTML review page, or None.
         threshold: cells classified less confidently than this are flagged as uncertain.
-        cell_size: expected white-cell diameter in pixels (None: a fraction of each field's shorter side).
+        cell_size: expected white-cell diameter in pixels (None: a fraction of each field's shorter side; ``"auto"``:
+            measured from each field's red cells).
         threads: interpreter threads (None: all cores; long lists use worker processes instead).
         precision: which model of an export folder to use.
         other_threshold: the never-seen score above which a cell is labelled ``other`` (None: the sidecar's).
@@ -456,7 +468,7 @@ class ScanOptions:
     annotate_dir: str | None = None
     report_out: str | None = None
     threshold: float = DEFAULT_THRESHOLD
-    cell_size: float | None = None
+    cell_size: float | str | None = None
     threads: int | None = None
     precision: str | None = None
     other_threshold: float | None = None
@@ -488,7 +500,7 @@ class ScanJob:
         opts = dataclasses.replace(
             opts,
             threshold=check_number("threshold", opts.threshold, 0.0, 1.0),
-            cell_size=None if opts.cell_size is None else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE),
+            cell_size=opts.cell_size if opts.cell_size in (None, AUTO) else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE),
         )
         expanded = expand_and_check_outputs(opts)
         self.opts = opts
@@ -502,7 +514,7 @@ class ScanJob:
             classes=list(self.classifier.classes),
             threshold=opts.threshold,
             lab_check=dict(self.classifier.meta.lab_check),
-            cell_size_given=opts.cell_size is not None,
+            cell_size_given=AUTO if opts.cell_size == AUTO else opts.cell_size is not None,
         )
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))
@@ -651,7 +663,7 @@ class ReportHook:
         self.writer = self.mod.report_for(clf, threshold, n, mode="scan")
 
     def add(self, res: FieldResult, rgb: np.ndarray) -> None:
-        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region)."""
+        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region, an eyepiece frame left as photographed)."""
         k = self.writer.add_field(res.file, rgb)
         for c in res.cells:
             box = self.mod.Box(*c["box"])
@@ -729,7 +741,7 @@ class CellCsv:
     def close(self, path_errors, lab_warning: str | None, folder_warnings: Sequence[dict] = ()) -> None:
         for exc in path_errors:
             self.w.writerow({"file": exc.path, "error": exc.reason})
-        write_lab_warnings(self.w, lab_warning, folder_warnings, key="file")
+        write_lab_warnings(self.w, lab_warning, folder_warnings)
 
     def add(self, res) -> None:
         if res.error is not None:

@@ -300,7 +300,7 @@ def test_lab_check_names_the_slide_folder_that_looks_unlike_the_training_labs(ot
     assert json.loads(js.read_text())["summary"]["folder_lab_warnings"] == [warned]
     with open(cs, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert table[-1] == {**dict.fromkeys(table[-1], ""), "path": slide, "lab_warning": warned["lab_warning"]}
+    assert table[-1] == {**dict.fromkeys(table[-1], ""), "lab_warning": f"{slide}: {warned['lab_warning']}"}  # no file name
     assert "Lab warning, " + slide in page.read_text()
     res = CliRunner().invoke(cli, ["classify", "--model", str(model), str(tmp_path / "day")])
     assert res.exit_code == 0, res.output

@@ -180,12 +180,18 @@ def test_scan_paints_the_eyepiece_frame_white_in_what_it_classifies(models):
     seen = []
     original = clf.classify_rgb
     clf.classify_rgb = lambda path, region: seen.append(region.copy()) or original(path, region)
+    from firmware_host.locate import dark_frame
+
     wbcs = [(320 + 150, 240)]
-    res = scan_array(clf, _eyepiece(draw_field(wbcs, _away(RBC_GRID, wbcs))), threshold=0.5, path="f")
+    framed = _eyepiece(draw_field(wbcs, _away(RBC_GRID, wbcs)))
+    res = scan_array(clf, framed, threshold=0.5, path="f")
     assert [c["edge"] for c in res.cells] == [False]
     [region] = seen
     assert (region.reshape(-1, 3).max(axis=1) > 60).all()  # no black frame left in it
-    assert (region.reshape(-1, 3).min(axis=1) > 200).sum() > 0.05 * region.shape[0] * region.shape[1]  # painted white
+    x0, y0, x1, y1 = cell_region(res.cells[0]["box"], W, H)
+    frame = dark_frame(framed)[y0:y1, x0:x1]
+    assert frame.mean() > 0.05 and (np.abs(region[frame].astype(int) - region[frame][0]) <= 0).all()  # one colour:
+    assert (region[frame][0] > 200).all()  # the field's white
 
 
 def test_field_with_no_white_cell():
@@ -514,6 +520,30 @@ def test_scan_summary_lab_check_reads_the_counted_cells():
     assert ScanSummary(classes=["basophil", "other"], threshold=0.5).lab_warning is None  # a model without a check
 
 
+def test_scan_summary_checks_each_folder_of_fields():
+    """Fields of several slides: the folder whose counted cells look unlike is named; its CSV row names it in the
+    lab_warning cell, and leaves the file column empty (a row with a file is a field's)."""
+    import io
+
+    from firmware_host.scan import CellCsv, FieldResult
+
+    check = {"min_mean_confidence": 0.0, "batch": 3, "max_median_score": 10.0}
+    s = ScanSummary(classes=["basophil", "other"], threshold=0.5, lab_check=check)
+    for k in range(3):
+        s.add(FieldResult(file=f"day/A/f{k}.jpg", width=10, height=10, cells=[_cell(2.0), _cell(3.0)]))
+    for k in range(2):
+        s.add(FieldResult(file=f"day/B/f{k}.jpg", width=10, height=10, cells=[_cell(20.0), _cell(30.0, edge=k == 1)]))
+    s.add(FieldResult(file="day/B/basophil/f.jpg", width=10, height=10, cells=[_cell(25.0)]))  # a class folder: B's
+    assert s.lab_warning is None  # the day's median of 2, 3 (three times), 20, 30, 20, 25 (the edge cell not counted): 3
+    [b] = s.to_dict()["folder_lab_warnings"]
+    assert b["folder"] == "day/B" and b["n"] == 4 and b["lab_warning"].startswith("these 4 cells look unlike")
+    out = io.StringIO()
+    csv_out = CellCsv(out)
+    csv_out.close([], s.lab_warning, s.folder_lab_warnings)
+    [row] = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert row["file"] == "" and row["lab_warning"] == f"day/B: {b['lab_warning']}"
+
+
 def test_cli_scan_says_when_the_fields_look_unlike_the_training_labs(models, fields, tmp_path):
     """The warning is printed, in the JSON summary and on the review page."""
     import importlib.util
@@ -712,6 +742,23 @@ def test_cli_scan_says_when_the_fields_are_at_a_lower_magnification(models, tmp_
     summary = json.loads(out.read_text())["summary"]
     assert summary["size_warning"] is None
     assert summary["counted_cells"] == 4 * MIN_FIELDS_SIZED
+    res = CliRunner().invoke(cli, args + ["--cell-size", "AUTO"])  # measured from each field's red cells
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["cell_size"] == "auto" and report["summary"]["size_warning"] is None
+    assert report["summary"]["counted_cells"] == 4 * MIN_FIELDS_SIZED
+    assert all(0.4 * CELL <= f["cell_size"] <= 0.7 * CELL for f in report["results"])  # drawn at CELL / 2
+
+
+def test_measured_cell_size_follows_the_red_cells():
+    from firmware_host.locate import TYPICAL_RED_CELL, measured_cell_size
+
+    field = _fields_with_one_cell(1)[0]
+    assert measured_cell_size(field) == pytest.approx(red_cell_size(field) / TYPICAL_RED_CELL)
+    assert 0.85 * CELL <= measured_cell_size(field) <= 1.25 * CELL
+    assert measured_cell_size(draw_field([(320, 240)])) is None  # no red cells: the default is used
+    quarter = at_half([at_half(_fields_with_one_cell(4, seed=4 * k)) for k in range(4)])
+    assert 0.15 * CELL <= measured_cell_size(quarter) <= 0.4 * CELL  # drawn at CELL / 4
 
 
 def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, tmp_path):

@@ -20,8 +20,22 @@ from edgecell.options import (
 )
 from edgecell.views import classify as common
 from edgecell.views import scan as view
-from firmware_host.locate import MAX_CELL_SIZE, MIN_CELL_SIZE
+from firmware_host.locate import AUTO, MAX_CELL_SIZE, MIN_CELL_SIZE
 from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
+
+
+class CellSize(FiniteFloatRange):
+    """``--cell-size``: a diameter in pixels from :data:`MIN_CELL_SIZE` to :data:`MAX_CELL_SIZE`, or ``auto``."""
+
+    name = "px|auto"
+
+    def __init__(self):
+        super().__init__(MIN_CELL_SIZE, MAX_CELL_SIZE)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        return super().convert(value, param, ctx)
 
 
 @click.command("scan", context_settings={"max_content_width": 100})
@@ -42,9 +56,13 @@ from firmware_host.scan import ScanJob, ScanOptions, ScanSummary
 @other_threshold_option
 @click.option(
     "--cell-size",
-    type=FiniteFloatRange(MIN_CELL_SIZE, MAX_CELL_SIZE),
+    type=CellSize(),
     default=None,
-    help="Expected white-cell diameter in pixels (default: 0.3 of each field's shorter side, as in 640x480 fields at 100x).",
+    metavar="PX|auto",
+    help=(
+        "Expected white-cell diameter in pixels, or auto: measured from each field's red cells (default: 0.3 of each "
+        "field's shorter side, as in 640x480 fields at 100x)."
+    ),
 )
 @worker_threads_option("fields")
 @precision_option

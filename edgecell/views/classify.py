@@ -133,12 +133,20 @@ def _where_saved(opts: ClassifyOptions) -> str:
     return "every result is in " + " and ".join(escape(f) for f in files)
 
 
+FOLDER_WARNINGS_SHOWN = 10
+"""At most this many slide folders' lab warnings are printed (every one is in the JSON and CSV)."""
+
+
 def print_lab_warnings(err, lab_warning: str | None, folder_warnings) -> None:
-    """The run's lab warning, then each slide folder's, naming it (classify's and scan's)."""
+    """The run's lab warning, then each slide folder's, naming it (the first :data:`FOLDER_WARNINGS_SHOWN`; classify's
+    and scan's)."""
     if lab_warning:
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(lab_warning)}", soft_wrap=True, highlight=False)
-    for w in folder_warnings:
+    for w in folder_warnings[:FOLDER_WARNINGS_SHOWN]:
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(w['folder'])}: {escape(w['lab_warning'])}", soft_wrap=True, highlight=False)
+    if len(folder_warnings) > FOLDER_WARNINGS_SHOWN:
+        more = len(folder_warnings) - FOLDER_WARNINGS_SHOWN
+        err.print(f"[bold yellow]warning:[/bold yellow] and {more} more folder(s) look unlike the training labs (all are in --json and --csv)", soft_wrap=True)
 
 
 def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
