@@ -27,8 +27,10 @@ import dataclasses
 import functools
 import io
 import os
+import statistics
 import time
 import warnings
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,6 +320,8 @@ class ScanSummary:
     sizes: list[tuple[float, float]] = field(default_factory=list)
     red_cells: list[tuple[float, float]] = field(default_factory=list)
     cell_size_given: bool | str = False
+    cell_sizes: array = field(default_factory=lambda: array("d"))
+    """Each field's cell size (:attr:`FieldResult.cell_size`): with ``--cell-size auto``, what its red cells said."""
 
     def __post_init__(self) -> None:
         self.predicted = self.predicted or {c: 0 for c in self.classes}
@@ -334,6 +338,7 @@ class ScanSummary:
         self.locate_ms += res.locate_ms
         self.classify_ms += res.classify_ms
         self.sizes.extend(res.sizes)
+        self.cell_sizes.append(res.cell_size)
         if res.red_cell is not None:
             self.red_cells.append(res.red_cell)
         for c in res.cells:
@@ -365,6 +370,13 @@ class ScanSummary:
         return size_warning([r for r, _ in self.sizes], [c for _, c in self.sizes], self.cell_size_given, self.red_cells)
 
     @property
+    def cell_size_spread(self) -> dict | None:
+        """The fields' cell sizes in pixels: ``{"median", "min", "max"}`` (None before any field)."""
+        if not self.cell_sizes:
+            return None
+        return {"median": round(statistics.median(self.cell_sizes), 1), "min": round(min(self.cell_sizes), 1), "max": round(max(self.cell_sizes), 1)}
+
+    @property
     def n_flagged(self) -> int:
         return self.n_review + self.n_uncertain + self.n_other
 
@@ -391,6 +403,7 @@ class ScanSummary:
             "lab_warning": self.lab_warning,
             "folder_lab_warnings": self.folder_lab_warnings,
             "size_warning": self.size_warning,
+            "cell_size": self.cell_size_spread,
         }
 
 

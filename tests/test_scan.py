@@ -746,6 +746,8 @@ def test_cli_scan_says_when_the_fields_are_at_a_lower_magnification(models, tmp_
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["cell_size"] == "auto" and report["summary"]["size_warning"] is None
+    spread = report["summary"]["cell_size"]
+    assert f"Cell size measured from each field's red cells: median {spread['median']:.0f} px" in " ".join(res.output.split())
     assert report["summary"]["counted_cells"] == 4 * MIN_FIELDS_SIZED
     assert all(0.4 * CELL <= f["cell_size"] <= 0.7 * CELL for f in report["results"])  # drawn at CELL / 2
 

@@ -6,6 +6,7 @@ from rich.table import Table
 
 from edgecell.views.classify import differential_table, escape, print_lab_warnings
 from firmware_host.classify import review_other_note
+from firmware_host.locate import AUTO
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
@@ -32,6 +33,13 @@ def print_summary(con, err, s: ScanSummary) -> None:
         f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five{review_other_note(s.n_review_other)}.",
         soft_wrap=True,
     )
+    if s.cell_size_given == AUTO and s.cell_size_spread:
+        c = s.cell_size_spread
+        con.print(
+            f"Cell size measured from each field's red cells: median {c['median']:.0f} px ({c['min']:.0f}-{c['max']:.0f}; "
+            "the default where a field had too few to measure).",
+            soft_wrap=True,
+        )
     if s.n_fields:
         loc = d["locate_ms_per_field"]
         cls = d["classify_ms_per_cell"]
