@@ -170,9 +170,9 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
-    if cell_size == AUTO:
-        cell_size = measured_cell_size(rgb)
     try:
+        if cell_size == AUTO:
+            cell_size = measured_cell_size(rgb)
         cells, frame, factor = locate_with_frame(rgb, cell_size)
     except FieldTooFine as exc:
         raise ImageError(str(exc), path or "<field>") from None

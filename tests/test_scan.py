@@ -621,6 +621,16 @@ def test_a_field_too_large_for_its_cells_is_searched_reduced_or_refused():
         locate(small, cell_size=5)
 
 
+def test_cli_scan_auto_on_a_field_too_small_is_one_line(models, fields, tmp_path):
+    """--cell-size auto measures the red cells before the search: a picture too small to be a field is still refused
+    in one line naming it (the measure raised past scan's handler before), and the other fields are scanned."""
+    Image.fromarray(draw_field([(320, 240)])[:15, :20].copy()).save(tmp_path / "tiny.png")
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "tiny.png"), str(fields / "two.jpg"), "--cell-size", "auto"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and "unexpected error" not in res.output
+    assert f"{tmp_path / 'tiny.png'}: a 20x15 image is too small to be a field of view" in " ".join(res.output.split())
+
+
 def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
     """A grey field, a --cell-size larger than the field, a large field at the default size: "no white cell", said why."""
     one = [(320, 240)]
