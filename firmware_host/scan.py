@@ -45,6 +45,7 @@ from firmware_host.decode import _process_pool, default_workers, ordered_chunks,
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
     AUTO,
+    TYPICAL_RED_CELL,
     Cell,
     FieldTooFine,
     default_cell_size,
@@ -170,8 +171,9 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
+    auto = isinstance(cell_size, str) and cell_size == AUTO
     try:
-        if cell_size == AUTO:
+        if auto:
             cell_size = measured_cell_size(rgb)
         cells, frame, factor = locate_with_frame(rgb, cell_size)
     except FieldTooFine as exc:
@@ -179,7 +181,10 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     if not cells and (why := empty_reason(rgb, cell_size)):
         warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
     size = cell_size or default_cell_size(w, h)
-    red = red_cell_size(rgb, cell_size)
+    if auto:  # measured already: the size is the red cells' over their typical ratio
+        red = None if cell_size is None else cell_size * TYPICAL_RED_CELL
+    else:
+        red = red_cell_size(rgb, cell_size)
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path, frame_at(frame, factor, rgb.shape))
     t2 = time.perf_counter()
