@@ -41,8 +41,7 @@ from firmware_host.runtime import (
     FLAG_UNCERTAIN,
     REVIEW_CLASSES,
     Classifier,
-    FolderLabChecks,
-    LabTally,
+    LabChecks,
     check_number,
     classification_metrics,
     latency_summary,
@@ -132,10 +131,9 @@ class ClassifySummary:
     failed: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     lab_check: dict = field(default_factory=dict)
-    lab: LabTally = field(default_factory=LabTally)
-    """What the lab check reads of the classified images: their top probabilities and never-seen scores."""
-    folders: FolderLabChecks = field(default_factory=FolderLabChecks)
-    """The same per slide folder (:func:`firmware_host.runtime.slide_folder`)."""
+    labs: LabChecks = field(default_factory=LabChecks)
+    """What the lab check reads of the classified images (their top probabilities and never-seen scores), per slide
+    folder (:func:`firmware_host.runtime.slide_folder`)."""
     _index: dict = field(default_factory=dict, init=False, repr=False)
     _root: str | None = field(default=None, init=False, repr=False)
     _last_dir: str | None = field(default=None, init=False, repr=False)
@@ -151,8 +149,7 @@ class ClassifySummary:
         self.n_classified += 1
         # the lab check was fitted on the top probability; a cell labelled other by its never-seen score keeps it
         top = max(row["probs"].values())
-        self.lab.add(top, row.get("other_score"))
-        self.folders.add(row["path"], row["true_label"] is not None, top, row.get("other_score"))
+        self.labs.add(row["path"], row["true_label"] is not None, top, row.get("other_score"))
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         tally_flag(self, row)
@@ -225,13 +222,13 @@ class ClassifySummary:
     @property
     def lab_warning(self) -> str | None:
         """One line when these images look unlike the model's training labs (see ``runtime.lab_warning``)."""
-        return self.lab.warning(self.lab_check)
+        return self.labs.run.warning(self.lab_check)
 
     @property
     def folder_lab_warnings(self) -> list[dict]:
         """``{"folder", "n", "lab_warning"}`` for each slide folder of several whose images look unlike the model's
-        training labs (:meth:`firmware_host.runtime.FolderLabChecks.warnings`)."""
-        return self.folders.warnings(self.lab_check)
+        training labs (:meth:`firmware_host.runtime.LabChecks.warnings`)."""
+        return self.labs.warnings(self.lab_check)
 
     def to_dict(self) -> dict:
         """The ``summary`` section of the JSON report."""

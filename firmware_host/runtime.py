@@ -185,14 +185,21 @@ def slide_folder(path: str | os.PathLike, labelled: bool) -> str:
 
 
 @dataclass
-class FolderLabChecks:
-    """The lab check per slide folder of a run (:func:`slide_folder`), beside the run's own: a slide of another lab
-    among a day's slides of known ones is caught though the day as a whole is not, and named."""
+class LabChecks:
+    """What the lab check reads of a run's cells, per slide folder (:func:`slide_folder`); the run's own tally is their
+    sum. Checked per folder as well as over the run: a slide of another lab among a day's slides of known ones is
+    caught though the day as a whole is not, and named."""
 
     tallies: dict[str, LabTally] = field(default_factory=dict)
 
     def add(self, path: str | os.PathLike, labelled: bool, top: float, score: float | None) -> None:
         self.tallies.setdefault(slide_folder(path, labelled), LabTally()).add(top, score)
+
+    @property
+    def run(self) -> LabTally:
+        """The whole run's tally: every folder's together."""
+        folders = self.tallies.values()
+        return LabTally(sum(t.n for t in folders), sum(t.confidence_sum for t in folders), array("d", (v for t in folders for v in t.scores)))
 
     def warnings(self, lab_check: dict, what: str = "images") -> list[dict]:
         """``{"folder", "n", "lab_warning"}`` for each folder whose cells the check finds unlike the training labs, in

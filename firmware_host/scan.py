@@ -60,7 +60,7 @@ from firmware_host.locate import (
 )
 from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
-from firmware_host.runtime import DEFAULT_THRESHOLD, FolderLabChecks, LabTally
+from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks
 
 WHITE_SAMPLE = 250_000
 """About this many pixels of a field set the white its eyepiece frame is painted (:func:`classify_cells`)."""
@@ -296,7 +296,7 @@ class ScanSummary:
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
         lab_check: the model's slide-level lab check (:func:`firmware_host.runtime.lab_warning`), read over the
-            counted cells' top probabilities and never-seen scores (``lab``), and per folder of fields (``folders``).
+            counted cells' top probabilities and never-seen scores, per folder of fields (``labs``).
         sizes: each whole cell's nucleus ratio and cell size (:attr:`FieldResult.sizes`), and ``red_cells`` each
             field's red-cell ratio and cell size (:attr:`FieldResult.red_cell`), for :attr:`size_warning`;
             ``cell_size_given``: they came from ``--cell-size`` (``"auto"``: from each field's red cells).
@@ -320,8 +320,7 @@ class ScanSummary:
     wall_s: float = 0.0
     first_fields: list[tuple[str, list[dict]]] = field(default_factory=list)
     lab_check: dict = field(default_factory=dict)
-    lab: LabTally = field(default_factory=LabTally)
-    folders: FolderLabChecks = field(default_factory=FolderLabChecks)
+    labs: LabChecks = field(default_factory=LabChecks)
     sizes: list[tuple[float, float]] = field(default_factory=list)
     red_cells: list[tuple[float, float]] = field(default_factory=list)
     cell_size_given: bool | str = False
@@ -354,19 +353,18 @@ class ScanSummary:
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
-                self.lab.add(top, c.get("other_score"))
-                self.folders.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"))
+                self.labs.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"))
 
     @property
     def lab_warning(self) -> str | None:
         """One line when the counted cells look unlike the model's training labs (``runtime.lab_warning``)."""
-        return self.lab.warning(self.lab_check, what="cells")
+        return self.labs.run.warning(self.lab_check, what="cells")
 
     @property
     def folder_lab_warnings(self) -> list[dict]:
         """``{"folder", "n", "lab_warning"}`` for each folder of fields of several whose counted cells look unlike the
-        model's training labs (:meth:`firmware_host.runtime.FolderLabChecks.warnings`)."""
-        return self.folders.warnings(self.lab_check, what="cells")
+        model's training labs (:meth:`firmware_host.runtime.LabChecks.warnings`)."""
+        return self.labs.warnings(self.lab_check, what="cells")
 
     @property
     def size_warning(self) -> str | None:

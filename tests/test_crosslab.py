@@ -509,18 +509,19 @@ def test_inspect_shows_a_class_too_small_to_train_then_refuses_as_train_would(tm
 
 
 def test_slide_folders_and_their_lab_checks():
-    from firmware_host.runtime import FolderLabChecks, slide_folder
+    from firmware_host.runtime import LabChecks, slide_folder
 
     assert slide_folder("day/B/x.jpg", labelled=False) == "day/B"
     assert slide_folder("day/B/lymphocyte/x.jpg", labelled=True) == "day/B"  # a class folder is its slide's
     assert slide_folder("x.jpg", labelled=False) == "." and slide_folder("lymphocyte/x.jpg", labelled=True) == "."
     check = {"min_mean_confidence": 0.5, "batch": 2}
-    folders = FolderLabChecks()
+    folders = LabChecks()
     for path, top in (("A/1.jpg", 0.9), ("A/2.jpg", 0.9), ("B/1.jpg", 0.2), ("B/2.jpg", 0.3), ("C/1.jpg", 0.1)):
         folders.add(path, False, top, None)
+    assert folders.run.n == 5 and folders.run.confidence_sum == pytest.approx(2.4)  # the run: every folder together
     [b] = folders.warnings(check)  # C: fewer cells than the check's set
     assert b["folder"] == "B" and b["n"] == 2 and "(mean confidence 0.25, below 0.50)" in b["lab_warning"]
-    one = FolderLabChecks()
+    one = LabChecks()
     one.add("B/1.jpg", False, 0.2, None)
     one.add("B/2.jpg", False, 0.2, None)
     assert one.warnings(check) == []  # one folder: the run's own check

@@ -203,8 +203,8 @@ def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, 
     rows = []
     summary = classify_paths(folder, [str(tmp_path / "in")], other_threshold=0.0, on_result=lambda p, r: rows.append(r))
     assert all(r["label"] == "other" for r in rows)
-    assert summary.lab.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
-    assert summary.lab.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
+    assert summary.labs.run.confidence_sum == pytest.approx(sum(max(r["probs"].values()) for r in rows))
+    assert summary.labs.run.confidence_sum > sum(r["confidence"] for r in rows)  # not p(other), which is lower for some
 
 
 def test_lab_warning_is_in_the_json_summary_and_the_csvs_last_row(other, tmp_path):
