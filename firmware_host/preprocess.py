@@ -4,7 +4,7 @@ The training side (``edgecell.data``) and the runtime (``firmware_host.runtime``
 :func:`load_image`, so a model sees the same pixels on the Pi that it saw in training.
 Only numpy and Pillow are imported here.
 
-Steps (preprocessing version 2):
+Steps (preprocessing version 3):
 
 1. Read the file's bytes; refuse what is not a regular file, files over
    :data:`MAX_FILE_BYTES`, empty files, and images over :data:`MAX_PIXELS` pixels (checked from
@@ -29,8 +29,10 @@ Steps (preprocessing version 2):
    brightest pixels (the background or the palest cytoplasm) become neutral grey, then the levels
    are stretched so its darkest pixels (the nucleus) reach a fixed depth: the lab's background
    tint and the strength of its stain are gone too.
-7. Stain normalisation (:func:`normalise_stain`): every colour turned about the grey axis and
-   scaled so that the nucleus has one hue and one chroma, whatever the lab's stain.
+7. Stain normalisation (:func:`normalise_stain`): every colour turned about the grey axis so that the
+   nucleus has one hue, and scaled so that the image's coloured mid-tones (its red cells and cytoplasm:
+   :func:`midtone_chroma`) have one chroma, whatever the lab's stain and camera. Version 2 scaled by the
+   nucleus's own chroma, which also took away what tells one white cell from another (design.md).
 
 Beside the pixels, :func:`prepare_cell` gives the crop's nucleus offset (the hue of its darkest pixels,
 before step 7, against the nucleus hue; 180 when there is no whole nucleus: none found, a blank crop, or one cut by
@@ -60,7 +62,7 @@ from PIL import Image, ImageOps
 
 from firmware_host.errors import ImageError, ImageWarning, first_line, os_reason, read_regular
 
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused before decoding."""
 MAX_FILE_BYTES = 256 * 2**20
@@ -100,12 +102,19 @@ NUCLEUS_SHARE = 0.1
 NUCLEUS_HUE = -72.0
 """...turns every colour about the grey axis so that the nucleus has this hue angle (degrees in the
 opponent plane of :func:`normalise_stain`; the median of the training labs' nuclei)..."""
-NUCLEUS_CHROMA = 105.0
-"""...and scales every colour's distance from grey so that the nucleus has this chroma."""
 MAX_HUE_TURN = 60.0
 """Largest hue turn, degrees (a crop without a nucleus has no stain to normalise by)."""
-CHROMA_GAIN = (0.5, 2.0)
-"""Smallest and largest chroma gain."""
+MIDTONE_SHARES = (0.15, 0.9)
+"""The camera's saturation is read from the image's mid-tones: the pixels whose R+G+B lies between these shares of
+the way through its pixels sorted by it (neither the nucleus nor the background)..."""
+MIDTONE_MIN_CHROMA = 5.0
+"""...that have a colour (chroma above this: red cells and cytoplasm, not grey plasma)..."""
+MIDTONE_CHROMA = 19.0
+"""...and every colour's distance from grey is scaled so that their median chroma is this. Measured (after white
+balance, on the reduced image): 17.8-20.4 in both Kaggle labs and Barcelona's neutrophils, 44 in BCCD, whose camera
+makes its red cells 2.2 times as vivid (design.md, "The camera's saturation read from the red cells")."""
+CHROMA_GAIN = (0.3, 3.0)
+"""Smallest and largest chroma gain; 1 when the image has no coloured mid-tones (a grey camera)."""
 NO_NUCLEUS_HUE = 45.0
 """The nucleus check (:func:`prepare_cell`): a crop whose darkest pixels are further than this many degrees
 of hue from :data:`NUCLEUS_HUE` holds no stained nucleus (red cells, background, debris). Every cell of the five
@@ -154,7 +163,11 @@ PREPROCESSING = {
     "resize": "crop to size x size, PIL bilinear",
     "white_balance": f"brightest {WHITE_SHARE:.0%} of the crop to grey {WHITE_LEVEL:g}, gain <= {MAX_GAIN:g}",
     "levels": f"darkest {DARK_SHARE:.0%} to grey {DARK_LEVEL:g}, stretch <= {MAX_STRETCH:g}",
-    "stain": f"nucleus (darkest {NUCLEUS_SHARE:.0%}) to hue {NUCLEUS_HUE:g} deg, chroma {NUCLEUS_CHROMA:g}; turn <= {MAX_HUE_TURN:g} deg, gain {CHROMA_GAIN}",
+    "stain": (
+        f"nucleus (darkest {NUCLEUS_SHARE:.0%}) to hue {NUCLEUS_HUE:g} deg, turn <= {MAX_HUE_TURN:g} deg; "
+        f"median chroma of the white-balanced {LOCATE_SIDE} px image's mid-tones ({MIDTONE_SHARES[0]:.0%}-{MIDTONE_SHARES[1]:.0%} by R+G+B, "
+        f"chroma > {MIDTONE_MIN_CHROMA:g}) to {MIDTONE_CHROMA:g}, gain {CHROMA_GAIN}"
+    ),
     "range": "0-255 (scaling is inside the model)",
     "max_pixels": MAX_PIXELS,
 }
@@ -592,24 +605,56 @@ def no_nucleus(offset, limit: float = NO_NUCLEUS_HUE):
     return bool(out) if out.ndim == 0 else out
 
 
-def normalise_stain(rgb: np.ndarray, colour: tuple[float, float, float] | None = None) -> np.ndarray:
-    """One stain for every lab: the nucleus turned to one hue and one chroma, greys kept.
+def midtone_chroma(rgb: np.ndarray) -> float | None:
+    """The median chroma of ``rgb``'s coloured mid-tones (:data:`MIDTONE_SHARES`, :data:`MIDTONE_MIN_CHROMA`), or
+    None when it has none: how vivid the camera and stain make everything in the image.
 
-    Each lab's stain gives its nuclei their own hue and saturation (violet, purple, blue; pale or
-    vivid), and a model that sees them learns the lab. The nucleus colour is the mean of the
-    darkest :data:`NUCLEUS_SHARE` of pixels; every pixel's colour, split into its grey level and
-    its offset from grey, has that offset turned about the grey axis by the angle that brings the
-    nucleus to :data:`NUCLEUS_HUE` and scaled to bring it to :data:`NUCLEUS_CHROMA` (a single 3x3
-    matrix). Grey and white stay as they are; colours keep their differences of hue within the
-    cell (the orange granules of an eosinophil against its nucleus). ``colour``: :func:`nucleus_colour` of
-    ``rgb``, when the caller has it already.
+    In integers until the last step, so every machine gives the same value: a pixel's squared chroma (its squared
+    distance from the grey axis) is ``((r-g)**2 + (g-b)**2 + (b-r)**2) / 3``; the order statistics are picked by
+    index (no interpolation), and one square root is taken.
+    """
+    px = rgb.reshape(-1, 3).astype(np.int64)
+    keys = px[:, 0] + px[:, 1] + px[:, 2]
+    n = len(keys)
+    lo_at, hi_at = (min(n - 1, int(n * share)) for share in MIDTONE_SHARES)
+    lo, hi = np.partition(keys, (lo_at, hi_at))[[lo_at, hi_at]]
+    r, g, b = px[:, 0], px[:, 1], px[:, 2]
+    chroma2x3 = (r - g) ** 2 + (g - b) ** 2 + (b - r) ** 2  # 3 x squared chroma
+    coloured = chroma2x3[(keys >= lo) & (keys <= hi) & (chroma2x3 > 3 * MIDTONE_MIN_CHROMA**2)]
+    if len(coloured) == 0:
+        return None
+    mid = len(coloured) // 2
+    return math.sqrt(float(np.partition(coloured, mid)[mid]) / 3.0)
+
+
+def chroma_gain(midtones: float | None) -> float:
+    """The stain step's chroma gain for an image whose coloured mid-tones have chroma ``midtones``
+    (:func:`midtone_chroma`): to :data:`MIDTONE_CHROMA`, within :data:`CHROMA_GAIN`; 1 without any."""
+    if midtones is None:
+        return 1.0
+    return min(max(MIDTONE_CHROMA / midtones, CHROMA_GAIN[0]), CHROMA_GAIN[1])
+
+
+def normalise_stain(rgb: np.ndarray, colour: tuple[float, float, float] | None = None, gain: float | None = None) -> np.ndarray:
+    """One stain for every lab: the nucleus turned to one hue, the camera's saturation taken out, greys kept.
+
+    Each lab's stain gives its nuclei their own hue (violet, purple, blue), and its stain and camera make
+    everything more or less vivid; a model that sees either learns the lab. The nucleus colour is the mean of the
+    darkest :data:`NUCLEUS_SHARE` of pixels; every pixel's colour, split into its grey level and its offset from
+    grey, has that offset turned about the grey axis by the angle that brings the nucleus to :data:`NUCLEUS_HUE`
+    and scaled by ``gain`` (:func:`chroma_gain`; by default that of ``rgb`` itself), a single 3x3 matrix. The gain
+    is read from the red cells and cytoplasm, not from the nucleus, so a vivid lab is toned down while a cell that is
+    more vivid than its neighbours (an eosinophil's granules, a lymphocyte's blue) stays so. Grey and white stay as
+    they are; colours keep their differences of hue within the cell. ``colour``: :func:`nucleus_colour` of ``rgb``,
+    when the caller has it already.
     """
     pixels = rgb.reshape(-1, 3)
     a, b, chroma = colour or nucleus_colour(rgb)
     if chroma < 1.0:
         return rgb
     cos_t, sin_t = stain_turn(a, b, chroma)
-    gain = min(max(NUCLEUS_CHROMA / chroma, CHROMA_GAIN[0]), CHROMA_GAIN[1])
+    if gain is None:
+        gain = chroma_gain(midtone_chroma(rgb))
     # m = gain * B^T R B + 1/3 with B = (U; V), R the turn: written out, in Python floats (no BLAS product)
     m = [[gain * (_U[c] * (cos_t * _U[j] - sin_t * _V[j]) + _V[c] * (sin_t * _U[j] + cos_t * _V[j])) + 1.0 / 3.0 for j in range(3)] for c in range(3)]
     flat = pixels.astype(np.float64)
@@ -675,12 +720,13 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
         canvas.paste(img, (-ix0, -iy0))
         img, x0, y0, x1, y1 = canvas, x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0
     out = img.resize((size, size), RESAMPLE, box=(x0, y0, x1, y1))
-    balanced = white_balance(np.asarray(out, dtype=np.uint8), white_gains(small[0]))
+    gains = white_gains(small[0])
+    balanced = white_balance(np.asarray(out, dtype=np.uint8), gains)
     colour = nucleus_colour(balanced)
     offset = hue_offset(*colour)
     if cut or (not loc.found and (not math.isnan(offset) or is_flat(small[0]))):
         offset = NO_NUCLEUS_FOUND
-    return normalise_stain(balanced, colour), offset
+    return normalise_stain(balanced, colour, chroma_gain(midtone_chroma(white_balance(small[0], gains)))), offset
 
 
 def _too_large(what: str) -> str:

@@ -59,8 +59,9 @@ def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
     _, rep, _, output = adapted
     hold = rep["local_holdout"]
     assert hold["before"]["n"] == hold["after"]["n"] == rep["local"]["held_out"] > 0
-    # the parent calls BCCD's monocytes myeloblasts (measured: 0 of 5 right); 15 labelled ones teach it (5 of 5)
-    assert hold["after"]["accuracy"] >= hold["before"]["accuracy"] + 0.4
+    # the parent calls BCCD's monocytes myeloblasts (measured: 0 or 1 of 5 right); 15 labelled ones teach it (3 to 5 of 5)
+    n = hold["after"]["n"]
+    assert round(hold["after"]["accuracy"] * n) >= round(hold["before"]["accuracy"] * n) + 2
     assert rep["original_test"]["before"]["n"] == rep["original_test"]["after"]["n"] > 0
     for key in ("accuracy", "macro_f1", "flagged", "wrong_unflagged"):
         assert key in hold["after"] and key in rep["original_test"]["before"]

@@ -63,6 +63,39 @@ def test_background_tint_is_neutralised():
         assert abs(c.mean() - WHITE_LEVEL) < 15
 
 
+def _vivid(rgb: np.ndarray, k: float) -> np.ndarray:
+    """``rgb`` with every colour's distance from grey times ``k``: a camera (or stain) that saturates more."""
+    f = rgb.astype(np.float64)
+    grey = f.mean(axis=2, keepdims=True)
+    return np.clip(np.rint(grey + k * (f - grey)), 0, 255).astype(np.uint8)
+
+
+def _nucleus_chroma(a: np.ndarray) -> float:
+    """Chroma of the darkest tenth of a prepared input's pixels (its nucleus)."""
+    px = a.reshape(-1, 3).astype(np.float64)
+    dark = px[np.argsort(px.sum(axis=1))[: len(px) // 10]].mean(axis=0)
+    return float(np.linalg.norm(dark - dark.mean()))
+
+
+@pytest.mark.parametrize("bg", [(232, 230, 234), (235, 206, 189)], ids=["neutral", "peach"])
+def test_a_more_vivid_camera_is_toned_down(bg):
+    """The same smear through a camera that makes every colour 1.6 times as vivid gives the model a nucleus as vivid."""
+    plain = draw_cell((360, 363), (180, 181), 40, rbc=12, bg=bg)
+    vivid = _vivid(plain, 1.6)
+    assert _nucleus_chroma(vivid) > 1.5 * _nucleus_chroma(plain)
+    assert _nucleus_chroma(prepare(vivid, 64)) == pytest.approx(_nucleus_chroma(prepare(plain, 64)), rel=0.15)
+
+
+def test_a_cell_more_vivid_than_its_neighbours_stays_so():
+    """The saturation is read from the red cells around the cell, not from the cell: a white cell more vivid than
+    another under the same camera (an eosinophil's granules, a lymphocyte's blue) keeps its difference (preprocessing
+    version 2 brought every nucleus to one chroma and lost it)."""
+    nucleus = np.array([[[90, 40, 130]]], np.uint8)
+    plain = prepare(draw_cell((360, 363), (180, 181), 40, rbc=12), 64)
+    vivid = prepare(draw_cell((360, 363), (180, 181), 40, rbc=12, nucleus=tuple(int(v) for v in _vivid(nucleus, 1.6)[0, 0])), 64)
+    assert _nucleus_chroma(vivid) > 1.3 * _nucleus_chroma(plain)
+
+
 def test_blank_image_falls_back_to_whole_image():
     loc = locate_cell(np.full((100, 120, 3), 230, np.uint8))
     assert not loc.found

@@ -74,6 +74,30 @@ def test_colour_steps_depend_on_the_pixels_not_their_order():
     assert pp.normalise_stain(wb_shuffled).reshape(-1, 3).tobytes() == out.reshape(-1, 3)[perm].tobytes()
 
 
+def test_midtone_chroma_is_the_median_chroma_of_the_coloured_mid_tones_whatever_the_order():
+    img = tied_pixels(64 * 64, seed=5, violet=0.15).reshape(64, 64, 3)
+    got = pp.midtone_chroma(img)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(64 * 64)
+        assert pp.midtone_chroma(img.reshape(-1, 3)[perm].reshape(img.shape)) == got
+    # against the definition in floats: the chroma in the opponent plane (U, V), mid-tones by rank of R+G+B
+    px = img.reshape(-1, 3).astype(np.float64)
+    off = px - px.mean(axis=1, keepdims=True)
+    chroma = np.hypot(off @ np.array(pp._U), off @ np.array(pp._V))
+    keys = img.reshape(-1, 3).astype(int).sum(axis=1)
+    order = np.sort(keys)
+    lo, hi = (order[int(len(keys) * s)] for s in pp.MIDTONE_SHARES)
+    sel = np.sort(chroma[(keys >= lo) & (keys <= hi) & (chroma > pp.MIDTONE_MIN_CHROMA)])
+    assert got == pytest.approx(sel[len(sel) // 2], rel=1e-12)
+
+
+def test_a_grey_image_keeps_its_chroma_and_the_gain_is_bounded():
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1).reshape(16, 16, 3)
+    assert pp.midtone_chroma(grey) is None and pp.chroma_gain(None) == 1.0
+    assert pp.chroma_gain(pp.MIDTONE_CHROMA) == 1.0
+    assert pp.chroma_gain(1e-3) == pp.CHROMA_GAIN[1] and pp.chroma_gain(1e6) == pp.CHROMA_GAIN[0]
+
+
 def test_stain_turn_is_the_clipped_hue_angle():
     """The dot/cross-product turn equals version 2's definition: NUCLEUS_HUE - atan2(b, a) in degrees,
     clipped to MAX_HUE_TURN (including hues beyond NUCLEUS_HUE + 180, which turn the negative way)."""
