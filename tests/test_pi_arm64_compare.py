@@ -135,7 +135,34 @@ def test_int8_differences_on_too_many_images_fail(same, tmp_path):
             _step(r, i, 1)
 
     problems = _planted(same, tmp_path, plant)
-    assert len(problems) == 1 and problems[0].startswith("raw output int8: 3 of 40 images differ, more than 5%: images/demo/")
+    assert len(problems) == 1 and problems[0].startswith("raw output int8: 3 of 40 invocations (3 of 40 images) differ, more than 5%: images/demo/")
+
+
+def _four_views(rows: list[dict]) -> None:
+    """Each probe row made a model with four mirrored views: four invocations' rows one after the other."""
+    for r in rows:
+        r["raw"], r["views"] = r["raw"] * 4, 4
+
+
+@pytest.mark.parametrize("views_moved,fails", [(1, False), (4, True)])
+def test_int8_differences_are_counted_by_invocation(same, tmp_path, views_moved, fails):
+    """With four views an image is four invocations: one view one step apart on 3 of 40 images is 3 of 160
+    invocations (passes; counted by image it was 7.5 %, as CI once saw: 6 of 88 images, one view each), every view
+    of those images 12 of 160 (fails)."""
+    x86, reports = same
+    reports = copy.deepcopy(reports)
+    _four_views(reports["int8"][1])
+    _write(x86, reports)
+    moved = copy.deepcopy(reports)
+    for i in (2, 4, 6):
+        raw = moved["int8"][1][i]["raw"]
+        for v in range(views_moved):
+            raw[v * len(CLASSES) + 1] += 1
+    _, problems = cmp.compare_dirs(x86, _write(tmp_path / "arm64", moved))
+    if fails:
+        assert len(problems) == 1 and problems[0].startswith("raw output int8: 12 of 160 invocations (3 of 40 images) differ, more than 5%")
+    else:
+        assert problems == []
 
 
 def test_int8_probability_moved_beyond_two_steps_fails(same, tmp_path):
