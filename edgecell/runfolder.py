@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, EdgecellError
-from firmware_host.metadata import Precision, sidecar_path
+from firmware_host.metadata import Precision, preprocessing_mismatch, sidecar_path
 
 INPUT_SIZES = (32, 512)
 """The model input sizes edgecell trains (``train --img-size``) and reads from a run's metadata: a hand-edited 100000
@@ -231,11 +231,17 @@ class RunFolder:
         return self.split_path
 
     def require_keras(self) -> None:
-        """Raise a one-line error now if the run's ``model.keras`` is missing or not a Keras file (no TensorFlow):
-        a command checks it before minutes of other work, not after."""
+        """Raise a one-line error now if the run's ``model.keras`` is missing or not a Keras file (no TensorFlow),
+        or was trained with other preprocessing than this edgecell's: a command checks it before minutes of other
+        work, not after, and never converts, evaluates or adapts a model on pixels it was not trained on."""
         if not self.keras_path.is_file():
             raise EdgecellError("model.keras is missing from the run folder", self.path)
         check_keras_file(self.keras_path)
+        problem = preprocessing_mismatch(self.extra.get("preprocessing") or {}, "its model")
+        if problem:
+            raise EdgecellError(
+                f"run metadata: {problem}, so its answers here would be wrong; train it again with this edgecell version", self.path / RUN_MARKER
+            )
 
     def load_keras(self):
         """The run's Keras model (imports TensorFlow), checked against the metadata: one output per class, the input size."""

@@ -103,3 +103,28 @@ def test_containing_finds_the_run_of_an_exported_model(tmp_path):
     (tmp_path / "run" / "split.csv").unlink()
     with pytest.raises(DataError, match="split.csv is missing"):
         RunFolder.read(tmp_path / "run").require_split()
+
+
+@pytest.mark.parametrize("recorded", [{"version": 2}, None])
+def test_a_run_trained_with_other_preprocessing_is_refused_before_its_model_is_used(tmp_path, recorded):
+    """convert, evaluate and adapt read the run's model through require_keras: a run of another preprocessing
+    version would be converted, evaluated or adapted on pixels it never saw (and its export labelled this version's)."""
+    import zipfile
+
+    from firmware_host.preprocess import PREPROCESSING_VERSION, describe
+
+    meta = {k: v for k, v in META.items() if k != "preprocessing"}
+    if recorded is not None:
+        meta["preprocessing"] = describe() | recorded
+    write(tmp_path / "run", meta)
+    with zipfile.ZipFile(tmp_path / "run" / "model.keras", "w") as z:  # a zip archive, as a .keras file is
+        z.writestr("config.json", "{}")
+    run = RunFolder.read(tmp_path / "run")
+    with pytest.raises(EdgecellError) as err:
+        run.require_keras()
+    said = "trained with preprocessing v2, this runtime does" if recorded else "records no preprocessing for its model"
+    assert said in str(err.value) and f"v{PREPROCESSING_VERSION}" in str(err.value) and "train it again" in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "run" / RUN_MARKER))
+    meta["preprocessing"] = describe()
+    write(tmp_path / "run", meta)
+    RunFolder.read(tmp_path / "run").require_keras()  # this version's: no error
