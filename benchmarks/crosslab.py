@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -204,7 +205,11 @@ def loso_figures(m: dict, types: list[str] | None) -> dict:
     n = sum(v["n"] for v in by_type.values())
     non_blast = {k: v for k, v in by_type.items() if k not in BLASTS}
     nb_n = sum(v["n"] for v in non_blast.values())
+    records = [json.loads(line) for line in Path(m["outputs"]["predictions"]).read_text().splitlines()]
     return {
+        "wrong_unflagged_cells": {
+            r["file"]: {"type": r["type"], "label": r["label"]} for r in records if r["type"] in by_type and not r["right"] and not r["flag"]
+        },
         "per_type": {k: {f: v[f] for f in ("n", "accuracy", "flagged", "wrong_unflagged", "called")} for k, v in by_type.items()},
         "accuracy": sum(v["accuracy"] * v["n"] for v in by_type.values()) / n,
         "wrong_unflagged": sum(v["wrong_unflagged"] * v["n"] for v in by_type.values()) / n,
@@ -347,6 +352,14 @@ def markdown(r: dict) -> str:
             per_seed = "; ".join(f"{s['per_type'][typ]['accuracy']:.1%}" for s in res["seeds"].values())
             called = ", ".join(f"{c} {n}" for c, n in sorted(next(iter(res["seeds"].values()))["per_type"][typ]["called"].items(), key=lambda kv: -kv[1]))
             lines.append(f"| {typ} | {v['n']} | {v['accuracy']:.1%} ({per_seed}) | {v['flagged']:.1%} | {v['wrong_unflagged']:.1%} | {called} |")
+        every = res["mean"].get("wrong_unflagged_every_seed")
+        if every is not None:
+            pairs = Counter(f"{c['type']} called {c['label']}" for c in every.values())
+            said = ", ".join(f"{k} {n}" for k, n in pairs.most_common()) or "none"
+            lines += [
+                "",
+                f"Wrong without a flag in every seed: {len(every)} cell{'' if len(every) == 1 else 's'} ({said}); their files are in crosslab.json (`wrong_unflagged_every_seed`).",
+            ]
         lines.append("")
     lines += ["## Bars", "", "| issue | bar | measured | target | met |", "|---|---|---|---|---|"]
     for b in r["bars"]:
@@ -357,6 +370,9 @@ def markdown(r: dict) -> str:
 def mean_figures(per_seed: dict) -> dict:
     first = next(iter(per_seed.values()))
     out = {k: statistics.fmean(s[k] for s in per_seed.values()) for k in ("accuracy", "wrong_unflagged", "non_blast_called_myeloblast")}
+    # the cells every seed got wrong without a flag: what to show a haematologist first (a wrong label, or a blind spot)
+    every = set.intersection(*(set(s.get("wrong_unflagged_cells", {})) for s in per_seed.values()))
+    out["wrong_unflagged_every_seed"] = {f: first["wrong_unflagged_cells"][f] for f in sorted(every)}
     out["per_type"] = {
         typ: {
             "n": first["per_type"][typ]["n"],
@@ -408,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             ensure_other_score(run)
             m = evaluate(run, WORK / f"{name}-{seed}.json", "--data", shared / folder, "--split", "all")
             per_seed[str(seed)] = loso_figures(m, types)
-        r["loso"][name] = {"seeds": per_seed, "mean": mean_figures(per_seed)}
+        mean = mean_figures(per_seed)
+        for figures in per_seed.values():  # each seed's own list stays in its evaluation's records (--work)
+            del figures["wrong_unflagged_cells"]
+        r["loso"][name] = {"seeds": per_seed, "mean": mean}
     r["seconds"] = time.perf_counter() - t_start
     r["bars"] = bars(r)
     publish(results, "crosslab", r, markdown(r))

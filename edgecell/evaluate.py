@@ -307,6 +307,35 @@ def by_source(
     }
 
 
+def image_records(
+    sp: Split,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    scores: np.ndarray | None = None,
+    other_threshold: float | None = None,
+    nucleus_max: float | None = None,
+) -> list[dict]:
+    """One record per image of ``sp``, from calibrated ``probs``: what ``classify --json`` gives for it (label,
+    confidence, flag, top-3, probabilities, ``other_score``, ``nucleus_offset``, ``other_reason``:
+    :func:`firmware_host.runtime.make_prediction`, :func:`~firmware_host.runtime.triage`), with where it came from
+    (``file``, relative to its source's folder, ``source``, ``type``), its folder's class (``true``) and whether the
+    label is that class (``right``). The cells a figure counts, named: to see which ones were wrong, and to show them
+    to a person."""
+    from firmware_host.runtime import make_prediction, triage
+
+    out = []
+    for i, (file, source, kind) in enumerate(zip(sp.files, sp.sources, sp.types)):
+        score = None if scores is None else float(scores[i])
+        pred = make_prediction(file, probs[i], classes, other_threshold, nucleus_max, other_score=score, nucleus_offset=float(sp.offsets[i]))
+        rec = pred.to_dict(classes)
+        for timing in ("preprocess_ms", "inference_ms"):  # measured in a batch, not per image
+            del rec[timing]
+        true = classes[int(sp.y[i])]
+        out.append({"file": rec.pop("path"), "source": source, "type": kind, "true": true, **rec, "flag": triage(pred, threshold), "right": pred.label == true})
+    return out
+
+
 def source_table(rep: dict, title: str = "By source and cell type (calibrated; flags: uncertain, review, other)"):
     """Rich table of :func:`by_source`: one row per source, then its cell types."""
     from rich.table import Table
@@ -566,7 +595,8 @@ def evaluate(
     seed: int = DEFAULT_SEED,
     other_threshold: float | None = None,
 ) -> dict:
-    """Metrics of ``target`` on ``split``; writes metrics JSON, confusion-matrix and reliability PNGs to ``out_dir``.
+    """Metrics of ``target`` on ``split``; writes metrics JSON, every image's record (:func:`image_records`, JSON
+    Lines), confusion-matrix and reliability PNGs to ``out_dir``.
 
     Also computes the risk-coverage table on the calibrated probabilities and, with ``stain``,
     the same metrics under each stain/colour perturbation of :mod:`edgecell.stain`, and what the
@@ -575,7 +605,7 @@ def evaluate(
     """
     from edgecell.metrics import apply_temperature, decided_metrics, expected_calibration_error
     from edgecell.plots import confusion_matrix_png, other_curve_png, reliability_png
-    from firmware_host.atomic import file_set, write_json
+    from firmware_host.atomic import file_set, json_text, write_json, write_text
     from firmware_host.otherscore import decide
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -628,8 +658,10 @@ def evaluate(
             )
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
     stem = output_stem(target.kind, split, sp.folders)
+    records = image_records(sp, cal, target.classes, DEFAULT_THRESHOLD, scores, thr, nucleus_max)
     m["outputs"] = {
         "metrics": str(out / f"{stem}_metrics.json"),
+        "predictions": str(out / f"{stem}_predictions.jsonl"),
         "confusion_matrix": str(out / f"{stem}_confusion_matrix.png"),
         "reliability": str(out / f"{stem}_reliability.png"),
     }
@@ -638,6 +670,7 @@ def evaluate(
         m["outputs"] |= {"other": str(out / f"{stem}_other.json"), "other_curve": str(out / f"{stem}_other.png")}
     with file_set(out, [f"{stem}_{name}" for name in EVALUATION_OUTPUTS]) as stage:  # one evaluation's files, never two mixed
         write_json(stage / f"{stem}_metrics.json", m)
+        write_text(stage / f"{stem}_predictions.jsonl", "".join(json_text(r, indent=None) + "\n" for r in records))  # JSON Lines
         confusion_matrix_png(stage / f"{stem}_confusion_matrix.png", m["confusion_matrix"], target.classes, f"{target.kind}, {split} split (n={m['n']})")
         reliability_png(stage / f"{stem}_reliability.png", y, {"uncalibrated": probs, f"T={target.temperature:.2f}": cal})
         if curve:

@@ -46,7 +46,7 @@ PARITY_FILE = "parity.json"
 """``convert``'s parity report, in the export folder."""
 CALIBRATION_MANIFEST = "calibration_manifest.csv"
 """The int8 calibration images, in the export folder."""
-EVALUATION_OUTPUTS = ("metrics.json", "confusion_matrix.png", "reliability.png", "other.json", "other.png")
+EVALUATION_OUTPUTS = ("metrics.json", "predictions.jsonl", "confusion_matrix.png", "reliability.png", "other.json", "other.png")
 """What ``evaluate`` writes, each named ``<stem>_<output>`` (:func:`edgecell.evaluate.output_stem`)."""
 
 

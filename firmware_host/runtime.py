@@ -284,6 +284,42 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     return ""
 
 
+def make_prediction(
+    path: str | os.PathLike,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    other_threshold: float | None = None,
+    nucleus_max: float | None = None,
+    preprocess_ms: float = 0.0,
+    inference_ms: float = 0.0,
+    other_score: float | None = None,
+    nucleus_offset: float = math.nan,
+) -> Prediction:
+    """A :class:`Prediction` from one image's calibrated probabilities over ``classes``: the most probable class, or
+    :data:`OTHER_CLASS` when ``other_score`` is above ``other_threshold`` or ``nucleus_offset`` above ``nucleus_max``
+    (:func:`firmware_host.otherscore.other_tests`, whose passing tests give ``other_reason``); the confidence is the
+    probability of the label. What :meth:`Classifier.prediction` gives, and ``evaluate``'s per-image records."""
+    order = np.argsort(-probs, kind="stable")
+    classes = list(classes)
+    top = [(classes[k], float(probs[k])) for k in order[:3]]
+    score = None if other_score is None else np.float64(other_score)
+    tests = other_tests(probs, score, other_threshold, classes, OTHER_CLASS, np.float64(nucleus_offset), nucleus_max)
+    why = [text for key, text in OTHER_REASONS.items() if tests[key]]
+    label = OTHER_CLASS if why else classes[int(order[0])]
+    return Prediction(
+        path=os.fspath(path),
+        label=label,
+        confidence=float(probs[classes.index(label)]),
+        top3=top,
+        probs=probs,
+        preprocess_ms=preprocess_ms,
+        inference_ms=inference_ms,
+        other_score=other_score,
+        nucleus_offset=float(nucleus_offset),
+        other_reason="; ".join(why),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Numeric helpers (pure functions; tested on their own)
 
@@ -734,32 +770,18 @@ class Classifier:
         other_score: float | None = None,
         nucleus_offset: float = math.nan,
     ) -> Prediction:
-        """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3).
-
-        The label is the most probable class, or :data:`OTHER_CLASS` when ``other_score`` is above
-        the model's threshold or ``nucleus_offset`` says the crop holds no nucleus
-        (:func:`firmware_host.otherscore.other_tests`, whose passing tests give ``other_reason``); the
-        confidence is the probability of the label.
-        """
-        order = np.argsort(-probs, kind="stable")
-        classes = self.meta.classes
-        top = [(classes[k], float(probs[k])) for k in order[:3]]
-        score = None if other_score is None else np.float64(other_score)
-        nucleus_max = self.other_score.nucleus_max if self.other_score else None
-        tests = other_tests(probs, score, self.other_threshold, classes, OTHER_CLASS, np.float64(nucleus_offset), nucleus_max)
-        why = [text for key, text in OTHER_REASONS.items() if tests[key]]
-        label = OTHER_CLASS if why else classes[int(order[0])]
-        return Prediction(
-            path=os.fspath(path),
-            label=label,
-            confidence=float(probs[classes.index(label)]),
-            top3=top,
-            probs=probs,
-            preprocess_ms=preprocess_ms,
-            inference_ms=inference_ms,
-            other_score=other_score,
-            nucleus_offset=float(nucleus_offset),
-            other_reason="; ".join(why),
+        """Wrap probabilities into a :class:`Prediction` (label, confidence, top-3): :func:`make_prediction` with this
+        model's classes, never-seen threshold and nucleus check."""
+        return make_prediction(
+            path,
+            probs,
+            self.meta.classes,
+            self.other_threshold,
+            self.other_score.nucleus_max if self.other_score else None,
+            preprocess_ms,
+            inference_ms,
+            other_score,
+            nucleus_offset,
         )
 
     def classify_array(self, path: str | os.PathLike, image: np.ndarray, preprocess_ms: float = 0.0, nucleus_offset: float = math.nan) -> Prediction:

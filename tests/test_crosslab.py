@@ -496,6 +496,31 @@ def test_crosslab_bars_follow_the_held_out_figures():
     }
 
 
+def test_crosslab_names_the_cells_every_seed_got_wrong_without_a_flag(tmp_path):
+    """From evaluate's per-image records: each seed's unflagged errors among the types the bar reads, and those of
+    every seed in the results (what a haematologist should look at first)."""
+    from benchmarks.crosslab import loso_figures, markdown, mean_figures
+
+    def seed(name, wrong):
+        recs = [
+            {"file": f"{t}/{i}.jpg", "type": t, "label": "seg_neutrophil" if f"{t}/{i}.jpg" in wrong else t, "flag": "", "right": f"{t}/{i}.jpg" not in wrong}
+            for t in ("eosinophil", "lymphocyte")
+            for i in range(3)
+        ]
+        recs.append({"file": "lymphocyte/flagged.jpg", "type": "lymphocyte", "label": "myeloblast", "flag": "review: haematologist", "right": False})
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        by_type = {f"bccd/{t}": {"n": 3, "accuracy": 0.5, "flagged": 0.0, "wrong_unflagged": 0.3, "called": {}} for t in ("eosinophil", "lymphocyte")}
+        return loso_figures({"sources": {"by_type": by_type}, "outputs": {"predictions": str(path)}}, ["eosinophil"])
+
+    per_seed = {"42": seed("a", {"eosinophil/0.jpg", "eosinophil/1.jpg", "lymphocyte/0.jpg"}), "7": seed("b", {"eosinophil/1.jpg", "eosinophil/2.jpg"})}
+    assert per_seed["42"]["wrong_unflagged_cells"] == {f"eosinophil/{i}.jpg": {"type": "eosinophil", "label": "seg_neutrophil"} for i in (0, 1)}
+    mean = mean_figures(per_seed)
+    assert mean["wrong_unflagged_every_seed"] == {"eosinophil/1.jpg": {"type": "eosinophil", "label": "seg_neutrophil"}}
+    text = markdown({"date": "d", "machine": "m", "seeds": [42, 7], "loso": {"no-bccd": {"seeds": per_seed, "mean": mean}}, "bars": []})
+    assert "Wrong without a flag in every seed: 1 cell (eosinophil called seg_neutrophil 1)" in text
+
+
 def test_too_few_images_names_the_class_folder_they_are_in(tmp_path):
     """Not the first --data folder: the class left small may be another source's, or what an --exclude left."""
     kag = _tree(tmp_path / "kag", {"": {"basophil": 6, "monocyte": 6}})

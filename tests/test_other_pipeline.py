@@ -203,6 +203,47 @@ def test_one_accuracy_everywhere_the_one_classify_gives(other_run, tmp_path):
     assert m["argmax"]["accuracy"] == pytest.approx(parity["float32"]["argmax_accuracy"], abs=1e-9)
 
 
+def test_evaluate_names_each_cell_as_classify_labels_and_flags_it(other_run, tmp_path):
+    """evaluate's JSON Lines: one record per test image, with the label, flag and confidence the Pi runtime gives the
+    same file (at a threshold that sends some cells to `other`), and adding up to the per-type figures."""
+    from collections import defaultdict
+
+    from edgecell import data as data_mod
+    from firmware_host.classify import classify_paths
+
+    run = other_run / "run"
+    model = run / "export" / "model_float32.tflite"
+    rows = [r for r in data_mod.read_manifest(run / "split.csv") if r.split == "test"]
+    pi = {}
+    classify_paths(model, [str(other_run / "data" / r.file) for r in rows], on_result=lambda p, r: pi.update({r["path"]: r}))
+    threshold = float(np.median([r["other_score"] for r in pi.values()]))
+    pi.clear()
+    classify_paths(model, [str(other_run / "data" / r.file) for r in rows], other_threshold=threshold, on_result=lambda p, r: pi.update({r["path"]: r}))
+    res = CliRunner().invoke(
+        cli, ["evaluate", str(model), "--other-threshold", str(threshold), "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "m.json")]
+    )
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    path = Path(m["outputs"]["predictions"])
+    assert path.parent == tmp_path / "ev" and path.name == "float32_test_predictions.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["file"] for r in records) == sorted(r.file for r in rows)
+    reasons = set()
+    for rec in records:
+        got = pi[str(other_run / "data" / rec["file"])]
+        assert (rec["label"], rec["flag"], rec["other_reason"]) == (got["label"], got["flag"], got["other_reason"]), rec["file"]
+        assert rec["confidence"] == pytest.approx(got["confidence"], abs=1e-6) and rec["right"] == (rec["label"] == rec["true"])
+        reasons.add(rec["other_reason"])
+    assert "" in reasons and len(reasons) > 1  # some cells labelled other, some not: the comparison covers both
+    tally = defaultdict(lambda: [0, 0, 0])
+    for rec in records:
+        t = tally[f"{rec['source']}/{rec['type']}"]
+        t[0], t[1], t[2] = t[0] + 1, t[1] + rec["right"], t[2] + (not rec["right"] and not rec["flag"])
+    for key, (n, right, unflagged) in tally.items():
+        g = m["sources"]["by_type"][key]
+        assert (n, right, unflagged) == (g["n"], round(g["accuracy"] * n), round(g["wrong_unflagged"] * n)), key
+
+
 def test_other_threshold_user_errors(other_run, tiny_run, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["classify", "--model", str(other_run / "run" / "export"), str(other_run / "objects"), "--other-threshold", "-1"])

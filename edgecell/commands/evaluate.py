@@ -42,7 +42,8 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
     risk-coverage table shows, for each `classify --threshold`, the share of images referred
     and the accuracy of those kept (on temperature-calibrated confidence, as classify uses). Per
     source and cell type: the share caught as 'other' and the share of the five wrongly sent
-    there, with a curve of both against --other-threshold (PNG and JSON).
+    there, with a curve of both against --other-threshold (PNG and JSON). Each image's label,
+    flag and scores, beside its folder's class, go to a JSON Lines file: which cells were wrong.
 
     \b
     Example:
