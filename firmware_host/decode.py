@@ -108,10 +108,18 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
     stop = getattr(pool, "terminate_workers", None)  # Python 3.14+
     if stop is not None:
         stop()
-        return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # already ended, or never started
-            proc.terminate()
+    else:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # already ended, or never started
+                proc.terminate()
+    # A worker stopped while it was sending a chunk's results leaves half a message in the results pipe, and the
+    # pool's thread would wait for the rest for ever (in shutdown, and again at exit): this process holds the pipe's
+    # writing end too. Closed here, the pipe ends once the workers have, so that thread reads the end, finds the pool
+    # broken and stops. (This process never writes to that pipe; the workers' own ends are theirs.)
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        with contextlib.suppress(OSError):
+            writer.close()
 
 
 def _worker_init(initializer=None, initargs: tuple = (), parent: int | None = None) -> None:
