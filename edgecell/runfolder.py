@@ -21,31 +21,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, EdgecellError
-from firmware_host.metadata import Precision, preprocessing_mismatch, sidecar_path
+from firmware_host.metadata import (  # the names of a run's and an export's files: firmware_host's too, which keeps outputs off them
+    ADAPT_FILE,
+    CALIBRATION_MANIFEST,
+    CV_FILE,
+    HISTORY_FILE,
+    KERAS_FILE,
+    METRICS_FILE,
+    PARITY_FILE,
+    RUN_MARKER,
+    SPLIT_FILE,
+    Precision,
+    preprocessing_mismatch,
+    sidecar_path,
+)
 
 INPUT_SIZES = (32, 512)
 """The model input sizes edgecell trains (``train --img-size``) and reads from a run's metadata: a hand-edited 100000
 would have every image decoded at that size before the model was looked at (the kernel killed it at 24 GB)."""
 
-RUN_MARKER = "metadata.json"
-"""The file that makes a folder a run folder."""
 RUN_FORMAT = "edgecell-run/1"
-SPLIT_FILE = "split.csv"
-KERAS_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-CV_FILE = "cv.json"
-ADAPT_FILE = "adapt.json"
-"""``edgecell adapt``'s before/after report."""
 PLOT_FILES = ("confusion_matrix.png", "training_curves.png")
 EXPORT_DIR = "export"
 """Where ``edgecell convert`` writes a run's models."""
 EVALUATION_DIR = "evaluation"
 """Where ``edgecell evaluate`` writes, by default, beside the model it evaluates."""
-PARITY_FILE = "parity.json"
-"""``convert``'s parity report, in the export folder."""
-CALIBRATION_MANIFEST = "calibration_manifest.csv"
-"""The int8 calibration images, in the export folder."""
 EVALUATION_OUTPUTS = ("metrics.json", "predictions.jsonl", "confusion_matrix.png", "reliability.png", "other.json", "other.png")
 """What ``evaluate`` writes, each named ``<stem>_<output>`` (:func:`edgecell.evaluate.output_stem`)."""
 

@@ -682,9 +682,19 @@ def check_outputs(
 
 def _precious(path: str) -> str | None:
     """What an existing file is, if it is something a person keeps that no results file should replace: an image, a
-    model, a model's sidecar, a run's metadata or its split (a typo such as ``--json export/model_int8.tflite``, or
-    ``inspect --manifest RUN/split.csv``, after which the run's test split held training images); else None."""
-    from firmware_host.metadata import model_of_sidecar
+    model, a model's sidecar, a run's metadata, split or records, an export's parity report or calibration manifest (a
+    typo such as ``--json export/model_int8.tflite``, or ``inspect --manifest RUN/split.csv``, after which the run's
+    test split held training images; ``classify --csv RUN/metrics.json``, after which ``audit`` could not read the
+    run); else None."""
+    from firmware_host.metadata import (
+        CALIBRATION_MANIFEST,
+        KERAS_FILE,
+        PARITY_FILE,
+        RUN_MARKER,
+        RUN_RECORDS,
+        SPLIT_FILE,
+        model_of_sidecar,
+    )
     from firmware_host.preprocess import IMAGE_SUFFIXES
 
     p = Path(path)
@@ -693,10 +703,15 @@ def _precious(path: str) -> str | None:
         return "an image"
     if suffix in (".tflite", ".keras"):
         return "a model"
-    if model_of_sidecar(p) or (p.name == "metadata.json" and (p.parent / "model.keras").is_file()):
+    in_run = (p.parent / KERAS_FILE).is_file()
+    if model_of_sidecar(p) or (p.name == RUN_MARKER and in_run):
         return "a model's metadata"
-    if p.name == "split.csv" and (p.parent / "model.keras").is_file():  # runfolder.SPLIT_FILE (firmware_host imports no edgecell)
+    if p.name == SPLIT_FILE and in_run:
         return "a run's split (what its model was trained and tested on)"
+    if p.name in RUN_RECORDS and in_run:
+        return f"a run's record of its training ({p.name})"
+    if p.name in (PARITY_FILE, CALIBRATION_MANIFEST) and any(p.parent.glob("*.tflite")):
+        return "an export's parity report" if p.name == PARITY_FILE else "an export's calibration manifest"
     return None
 
 

@@ -23,6 +23,24 @@ from firmware_host.mirrors import check_views
 
 FORMAT = "edgecell-model/1"
 
+# The files of a run folder (``edgecell train``; :mod:`edgecell.runfolder`) and of an export folder (``convert``),
+# named here so that the runtime's output checks know them too (:func:`firmware_host.atomic.check_outputs`).
+RUN_MARKER = "metadata.json"
+"""The file that makes a folder a run folder."""
+SPLIT_FILE = "split.csv"
+KERAS_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CV_FILE = "cv.json"
+ADAPT_FILE = "adapt.json"
+"""``edgecell adapt``'s before/after report."""
+RUN_RECORDS = (METRICS_FILE, HISTORY_FILE, CV_FILE, ADAPT_FILE)
+"""What a run records of its training (beside its model, split and metadata)."""
+PARITY_FILE = "parity.json"
+"""``convert``'s parity report, in the export folder."""
+CALIBRATION_MANIFEST = "calibration_manifest.csv"
+"""The int8 calibration images, in the export folder."""
+
 
 class Precision(str, enum.Enum):
     """Numeric precision of a TFLite model.

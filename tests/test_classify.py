@@ -190,12 +190,18 @@ def test_an_output_over_an_image_or_model_that_is_not_read_is_refused(models, da
     (other / "model.keras").write_bytes(b"zip")
     (other / "metadata.json").write_text("{}")
     (other / "split.csv").write_text("file,class,split\n")
+    for record in ("metrics.json", "history.json", "cv.json", "adapt.json", "export/parity.json"):
+        (other / record).write_text("{}")
+    (other / "export" / "calibration_manifest.csv").write_text("file\n")
     targets = {
         "export/model_int8.tflite": "a model",
         "export/model_int8.json": "a model's metadata",
         "slide.jpg": "an image",
         "metadata.json": "a model's metadata",
         "split.csv": "a run's split (what its model was trained and tested on)",
+        **{name: f"a run's record of its training ({name})" for name in ("metrics.json", "history.json", "cv.json", "adapt.json")},
+        "export/parity.json": "an export's parity report",
+        "export/calibration_manifest.csv": "an export's calibration manifest",
     }
     before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
     for rel, kind in targets.items():
