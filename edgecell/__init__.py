@@ -4,7 +4,7 @@ The package imports nothing heavy at start-up: TensorFlow is imported lazily, an
 training, evaluation and conversion code. The Pi runtime lives in ``firmware_host``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 CLASSES = ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil")
 """The five cell types, in the order the model's outputs use by default."""

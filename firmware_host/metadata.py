@@ -371,12 +371,27 @@ def check_preprocessing(meta: ModelMetadata, model_path: str | os.PathLike) -> N
     model = Path(model_path)
     problem = preprocessing_mismatch(meta.preprocessing, model.name)
     if problem:
-        by = f" ({meta.edgecell_version})" if meta.edgecell_version else ""
-        raise ModelError(
-            f"{problem}, so its answers here cannot be trusted; "
-            f"classify with the edgecell version that exported it{by}, or retrain and re-export it with this edgecell version",
-            sidecar_path(model),
-        )
+        raise ModelError(f"{problem}, so its answers here cannot be trusted; {_older_version_advice(meta.edgecell_version)}", sidecar_path(model))
+
+
+def edgecell_version() -> str:
+    """The installed edgecell's version (firmware_host is part of that distribution), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgecell")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _older_version_advice(exported_by: str | None) -> str:
+    """What to do with a model this runtime refuses for its preprocessing: retrain it, or classify with the edgecell
+    version that exported it, when that is another version (a sidecar edited by hand, or written by a build of this
+    same version, names nothing else to install)."""
+    retrain = "retrain and re-export it with this edgecell version"
+    if not exported_by or exported_by == edgecell_version():
+        return retrain
+    return f"classify with the edgecell version that exported it ({exported_by}), or {retrain} ({edgecell_version()})"
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

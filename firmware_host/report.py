@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from firmware_host.metadata import edgecell_version
 from firmware_host.paths import OTHER_TYPES
 from firmware_host.preprocess import JPEG_FORMATS
 
@@ -916,16 +917,6 @@ def header_for(
         mode=mode,
         review_classes=tuple(review_classes),
     )
-
-
-def edgecell_version() -> str:
-    """The installed edgecell's version (firmware_host is part of that distribution), or "unknown"."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("edgecell")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def report_for(classifier, threshold: float, n_images: int, *, lab_warning: str | None = None, mode: str = "classify") -> ReportWriter:

@@ -298,6 +298,7 @@ def test_classify_cli_refuses_other_preprocessing(models, tmp_path):
     from click.testing import CliRunner
 
     from edgecell.cli import cli
+    from firmware_host.metadata import edgecell_version
     from firmware_host.preprocess import PREPROCESSING_VERSION
 
     m = copy_model(models.int8, tmp_path / "x")
@@ -309,8 +310,14 @@ def test_classify_cli_refuses_other_preprocessing(models, tmp_path):
     assert lines == [
         f"Error: {m.with_suffix('.json')}: model_int8.tflite was trained with preprocessing v{PREPROCESSING_VERSION + 1}, "
         f"this runtime does v{PREPROCESSING_VERSION}, so its answers here cannot be trusted; "
-        "classify with the edgecell version that exported it (test), or retrain and re-export it with this edgecell version"
+        f"classify with the edgecell version that exported it (test), or retrain and re-export it with this edgecell version ({edgecell_version()})"
     ], r.output
+    # exported by this very version (a sidecar edited by hand, a development build): there is no other version to use
+    _edit_sidecar(m, edgecell_version=edgecell_version())
+    r = CliRunner().invoke(cli, ["classify", "--model", str(m), str(img)])
+    assert r.exit_code == 1 and " ".join(r.output.split()).endswith(
+        "so its answers here cannot be trusted; retrain and re-export it with this edgecell version"
+    ), r.output
 
 
 # -- choosing a model and an interpreter -------------------------------------------------------
