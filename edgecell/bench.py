@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgecell.tfutil import TRAIN_EXTRA_INSTALL
 from firmware_host.bench import current_rss_mb, peak_rss_mb, release_freed_memory, rss_added
 from firmware_host.errors import EdgecellError, ModelError, first_line
 from firmware_host.runtime import latency_summary
@@ -52,7 +53,7 @@ def check_keras(path: str) -> Path:
     kpath = find_keras(path)
     if not tensorflow_installed():
         raise EdgecellError(
-            '--keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); leave out --keras to bench the TFLite models alone'
+            f"--keras needs TensorFlow, which is not installed here ({TRAIN_EXTRA_INSTALL}); leave out --keras to bench the TFLite models alone"
         )
     check_keras_file(kpath)
     return kpath

@@ -25,6 +25,7 @@ from firmware_host.metadata import (  # the names of a run's and an export's fil
     ADAPT_FILE,
     CALIBRATION_MANIFEST,
     CV_FILE,
+    EXPORT_DIR,
     HISTORY_FILE,
     KERAS_FILE,
     METRICS_FILE,
@@ -42,8 +43,6 @@ would have every image decoded at that size before the model was looked at (the 
 
 RUN_FORMAT = "edgecell-run/1"
 PLOT_FILES = ("confusion_matrix.png", "training_curves.png")
-EXPORT_DIR = "export"
-"""Where ``edgecell convert`` writes a run's models."""
 EVALUATION_DIR = "evaluation"
 """Where ``edgecell evaluate`` writes, by default, beside the model it evaluates."""
 EVALUATION_OUTPUTS = ("metrics.json", "predictions.jsonl", "confusion_matrix.png", "reliability.png", "other.json", "other.png")

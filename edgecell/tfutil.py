@@ -6,6 +6,10 @@ import os
 
 from firmware_host.quiet import quiet_fds
 
+TRAIN_EXTRA_INSTALL = 'in edgecell\'s folder, pip install ".[train]"'
+"""How to install TensorFlow for edgecell. It is not on PyPI: a hint naming ``edgecell[train]`` would install
+whatever took that name there."""
+
 
 def import_tf():
     """Import TensorFlow with its log noise turned down; a missing install is one clear error."""
@@ -18,7 +22,7 @@ def import_tf():
     except ImportError:
         from firmware_host.errors import EdgecellError
 
-        raise EdgecellError('TensorFlow is not installed; this command needs the training extra: pip install "edgecell[train]"') from None
+        raise EdgecellError(f"TensorFlow is not installed; this command needs the training extra: {TRAIN_EXTRA_INSTALL}") from None
     try:
         import absl.logging
 

@@ -36,6 +36,8 @@ ADAPT_FILE = "adapt.json"
 """``edgecell adapt``'s before/after report."""
 RUN_RECORDS = (METRICS_FILE, HISTORY_FILE, CV_FILE, ADAPT_FILE)
 """What a run records of its training (beside its model, split and metadata)."""
+EXPORT_DIR = "export"
+"""Where ``edgecell convert`` writes a run's models."""
 PARITY_FILE = "parity.json"
 """``convert``'s parity report, in the export folder."""
 CALIBRATION_MANIFEST = "calibration_manifest.csv"

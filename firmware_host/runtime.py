@@ -43,7 +43,7 @@ import numpy as np
 from firmware_host.decode import _decode_one, _process_pool, decode_many, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ModelError, os_reason, read_regular
 from firmware_host.interpreter import MAX_THREADS, Backend, load_interpreter
-from firmware_host.metadata import ModelMetadata, Precision, Quantization, check_preprocessing, model_of_sidecar, read_metadata
+from firmware_host.metadata import EXPORT_DIR, KERAS_FILE, ModelMetadata, Precision, Quantization, check_preprocessing, model_of_sidecar, read_metadata
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
@@ -432,12 +432,19 @@ def resolve_model(path: str | os.PathLike, precision: Precision | str | None = N
             f = p / prec.filename
             if f.is_file():
                 return f
+        if (p / KERAS_FILE).is_file():  # a run folder: its models are in its export folder, once converted
+            export = p / EXPORT_DIR
+            if any(export.glob("model_*.tflite")):
+                raise ModelError(f"is a run folder; its converted models are in {export}: give that folder", p)
+            raise ModelError(f"is a run folder with no converted model yet; run `edgecell convert {p} --int8`, then give {export}", p)
         raise ModelError(
             f"no model in this folder (expected one of {', '.join(x.filename for x in PRECISION_PREFERENCE)}; run `edgecell convert`)",
             p,
         )
     if not p.exists():
         raise ModelError("no such model file or folder", p)
+    if p.suffix.lower() == ".keras":
+        raise ModelError(f"is a Keras model; the runtime runs the .tflite models `edgecell convert` writes ({p.parent / EXPORT_DIR})", p)
     if model := model_of_sidecar(p):
         raise ModelError(f"is the metadata of a model; give the model ({model.name}) or its folder", p)
     if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -540,7 +547,8 @@ class Classifier:
             raise ModelError(f"{why}; not used (convert again, or pass --allow-unverified to use it anyway)", model_path)
         check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
         if precision is not None and meta.precision != precision:
-            raise ModelError(f"is a {meta.precision.value} model but {precision.value} was asked for", model_path)
+            article = "an" if meta.precision is Precision.int8 else "a"
+            raise ModelError(f"is {article} {meta.precision.value} model but {precision.value} was asked for", model_path)
         try:  # a regular file, checked before reading: a 20 GiB file, a pipe or a device would be read for ever
             data = read_regular(model_path, MAX_MODEL_BYTES, ModelError, ".tflite file")
         except OSError as exc:

@@ -384,7 +384,7 @@ def test_bench_keras_without_tensorflow_is_an_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["bench", str(tflite), "--keras", str(run_dir)])
     assert r.exit_code == 1, r.output
     assert [ln for ln in r.output.splitlines() if ln.strip()] == [
-        'Error: --keras needs TensorFlow, which is not installed here (pip install "edgecell[train]"); leave out --keras to bench the TFLite models alone'
+        'Error: --keras needs TensorFlow, which is not installed here (in edgecell\'s folder, pip install ".[train]"); leave out --keras to bench the TFLite models alone'
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,26 @@ def test_classify_cli_refuses_other_preprocessing(models, tmp_path):
 # -- choosing a model and an interpreter -------------------------------------------------------
 
 
+def test_a_run_folder_or_its_keras_model_given_as_the_model_points_to_the_export(models, tmp_path):
+    """What a user gives by mistake, named: a run folder (converted or not) or its model.keras, not its export."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"zip")
+    with pytest.raises(ModelError) as err:
+        resolve_model(run)
+    assert (err.value.path, err.value.reason) == (
+        str(run),
+        f"is a run folder with no converted model yet; run `edgecell convert {run} --int8`, then give {run / 'export'}",
+    )
+    shutil.copytree(models.export, run / "export")
+    with pytest.raises(ModelError) as err:
+        resolve_model(run)
+    assert err.value.reason == f"is a run folder; its converted models are in {run / 'export'}: give that folder"
+    with pytest.raises(ModelError) as err:
+        resolve_model(run / "model.keras")
+    assert err.value.reason == f"is a Keras model; the runtime runs the .tflite models `edgecell convert` writes ({run / 'export'})"
+
+
 def test_folder_prefers_int8_and_precision_selects(models, tmp_path):
     assert resolve_model(models.export) == models.int8
     assert resolve_model(models.export, "float32") == models.float32
@@ -330,7 +351,7 @@ def test_folder_prefers_int8_and_precision_selects(models, tmp_path):
     assert Classifier.load(models.export, precision="float32").precision is Precision.float32
     with pytest.raises(ModelError, match="no model_float16.tflite"):
         Classifier.load(models.export, precision="float16")
-    with pytest.raises(ModelError, match="is a int8 model but float32"):
+    with pytest.raises(ModelError, match="is an int8 model but float32"):
         Classifier.load(models.int8, precision="float32")
     with pytest.raises(ModelError, match="no model in this folder"):
         resolve_model(tmp_path)
