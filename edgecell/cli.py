@@ -132,6 +132,8 @@ def _usage_line(exc: click.UsageError) -> click.ClickException:
     if isinstance(exc, HELP_ERRORS):  # a group given no command: its help is the answer, shown whole
         return exc
     path = exc.ctx.command_path if exc.ctx is not None else "edgecell"
+    if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug" and path != "edgecell":
+        return _one_line(f"--debug is an option of edgecell itself: it goes before the command ('edgecell --debug {path.split()[-1]} ...')", exc.exit_code)
     return _one_line(f"{exc.format_message()} (see '{path} --help')", exc.exit_code)
 
 

@@ -643,6 +643,11 @@ def generate(
     write_text(out / MARKER, _demo_md(summary, others, complete=False))
     if objects is not None:
         write_text(objects / MARKER, _objects_md(summary, others, complete=False))
+    for folder, *_ in jobs:  # the class folders are the demo set's own: made here, without a note for each
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgecellError(f"cannot create this folder ({os_reason(exc)})", folder) from None
     total = per_class * len(jobs)
     done = 0
     for folder, name, index, draw in jobs:

@@ -64,6 +64,7 @@ def test_unknown_command_is_a_usage_error():
         (["classify"], "Error: Missing argument 'PATH...'. (see 'edgecell classify --help')"),
         (["train", "--epochs", "x"], "Error: Invalid value for '--epochs': 'x' is not a valid integer range. (see 'edgecell train --help')"),
         (["corrections", "apply", "--frob"], "Error: No such option '--frob'. (see 'edgecell corrections apply --help')"),
+        (["classify", "--debug", "x"], "Error: --debug is an option of edgecell itself: it goes before the command ('edgecell --debug classify ...')"),
     ],
 )
 def test_a_mistyped_command_line_is_one_line(args, line):

@@ -151,6 +151,9 @@ def test_cli_no_others_and_objects(tmp_path):
     assert len(list(objects.glob("*.jpg"))) == 5 * len(OBJECT_KINDS)
     data = json.loads(js.read_text())
     assert data["objects"] == {k: 5 for k in OBJECT_KINDS} and data["objects_dir"] == str(objects) and data["total"] == 40
+    # the folders named on the command line are noted as created, not each class folder the demo set holds
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: created folder")]
+    assert notes == [f"note: created folder {out}, which did not exist", f"note: created folder {objects}, which did not exist"], result.stderr
 
 
 def test_cli_refuses_objects_inside_the_data(tmp_path):

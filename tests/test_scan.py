@@ -799,3 +799,14 @@ def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, 
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["summary"]["size_warning"] is None
     assert json.loads(out.read_text())["summary"]["counted_cells"] == MIN_CELLS_SIZED
+
+
+def test_the_fields_table_says_why_a_cell_is_other_rather_than_its_low_probability():
+    """A cell labelled `other` by its never-seen score has a low probability of `other` ("other 0.04" read as 4 % sure):
+    the table gives the reason; a cell whose most probable class is `other` keeps its probability."""
+    from edgecell.views.scan import _cell_text
+    from firmware_host.runtime import OTHER_BY_CLASS, OTHER_BY_SCORE
+
+    assert _cell_text({"label": "other", "confidence": 0.04, "other_reason": OTHER_BY_SCORE}) == f"other ({OTHER_BY_SCORE})"
+    assert _cell_text({"label": "other", "confidence": 0.93, "other_reason": f"{OTHER_BY_CLASS}; {OTHER_BY_SCORE}"}) == "other 0.93"
+    assert _cell_text({"label": "monocyte", "confidence": 0.91, "other_reason": ""}) == "monocyte 0.91"
