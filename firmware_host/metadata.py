@@ -419,7 +419,9 @@ MAX_METADATA_BYTES = 1 << 20
 DIGEST = "digest"
 """The sidecar's field holding the SHA-256 of the rest of it (:func:`sidecar_digest`). The model's SHA-256 covers the
 .tflite file only, and an edited sidecar (classes reordered, a review class renamed, `other` renamed, a threshold
-changed) gave wrong answers from a verified model without a sign. A sidecar without it (written before) is read as it is."""
+changed) gave wrong answers from a verified model without a sign. A sidecar without it is refused when it describes this
+runtime's preprocessing (every edgecell that writes that seals it, so the digest was taken out by hand); one of an
+older preprocessing is refused for that instead."""
 
 
 def sidecar_digest(d: dict) -> str:
@@ -440,6 +442,14 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of thousands of digits
         raise ModelError(f"metadata file is unreadable ({os_reason(exc)})", side) from None
     meta = ModelMetadata.from_dict(d, side)
+    if DIGEST not in d and not preprocessing_mismatch(meta.preprocessing):
+        # every edgecell that writes this preprocessing seals its sidecars: one without a seal was unsealed by hand
+        raise ModelError(
+            "metadata file has no digest, though convert seals every sidecar of this preprocessing version: it was edited "
+            "after convert wrote it, so the classes, calibration and thresholds it holds may not be this model's; convert "
+            "the run again (thresholds are set on the command line: --threshold, --other-threshold)",
+            side,
+        )
     if DIGEST in d and d[DIGEST] != sidecar_digest(d):
         raise ModelError(
             "metadata file was changed after convert wrote it (its digest differs): the classes, calibration and thresholds "

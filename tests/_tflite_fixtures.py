@@ -211,22 +211,24 @@ def other_models(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return models.root / "export_other", np.asarray(d["probs"]), np.asarray(d["features"])
 
 
-def copy_model(src: Path, dst_dir: Path, sealed: bool = False) -> Path:
-    """Copy a .tflite and its sidecar into ``dst_dir``; return the new .tflite path.
-
-    The copy's sidecar is without its digest (as one written before edgecell sealed sidecars), so that a test may
-    edit it to make the sidecar it needs (an older export, a failed parity check); ``sealed`` keeps it."""
-    from firmware_host.metadata import DIGEST
-
+def copy_model(src: Path, dst_dir: Path) -> Path:
+    """Copy a .tflite and its sidecar (sealed, as convert wrote it) into ``dst_dir``; return the new .tflite path. A
+    test that edits the sidecar's JSON by hand seals it again with :func:`reseal` to make the sidecar it needs (an older
+    export, a failed parity check)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst_dir / src.name)
-    side = dst_dir / src.with_suffix(".json").name
-    shutil.copy2(src.with_suffix(".json"), side)
-    if not sealed:
-        d = json.loads(side.read_text())
-        d.pop(DIGEST, None)
-        side.write_text(json.dumps(d, indent=2))
+    shutil.copy2(src.with_suffix(".json"), dst_dir / src.with_suffix(".json").name)
     return dst_dir / src.name
+
+
+def reseal(model: Path) -> None:
+    """Seal ``model``'s sidecar again after a test edited its JSON (its digest of the rest, as convert writes it)."""
+    from firmware_host.metadata import DIGEST, sidecar_digest
+
+    side = model.with_suffix(".json")
+    d = json.loads(side.read_text())
+    d[DIGEST] = sidecar_digest(d)
+    side.write_text(json.dumps(d, indent=2))
 
 
 def save_jpeg(path: Path, array: np.ndarray, quality: int = 92) -> Path:

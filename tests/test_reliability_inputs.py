@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tflite_fixtures import copy_model, labelled_folder
+from tests._tflite_fixtures import copy_model, labelled_folder, reseal
 
 from .test_reliability import assert_one_line_error, cli_run, nonblank
 
@@ -70,10 +70,12 @@ def test_empty_path_argument_is_not_the_current_folder(models, labelled, monkeyp
 
 
 def _sidecar_case(model: Path, mutate) -> Path:
+    """The sidecar with ``mutate`` applied and sealed again: what is tested is the field, not the digest."""
     side = model.with_suffix(".json")
     d = json.loads(side.read_text())
     mutate(d)
     side.write_text(json.dumps(d))
+    reseal(model)
     return side
 
 

@@ -32,7 +32,7 @@ from firmware_host.runtime import (
     resolve_model,
     triage,
 )
-from tests._tflite_fixtures import CLASSES, SIZE, copy_model, save_jpeg
+from tests._tflite_fixtures import CLASSES, SIZE, copy_model, reseal, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -289,6 +289,7 @@ def test_no_preprocessing_recorded_is_model_error(models, tmp_path):
     d = json.loads(m.with_suffix(".json").read_text())
     del d["preprocessing"]
     m.with_suffix(".json").write_text(json.dumps(d))
+    reseal(m)
     from firmware_host.preprocess import PREPROCESSING_VERSION
 
     with pytest.raises(ModelError, match=rf"records no preprocessing for model_int8.tflite \(this runtime does v{PREPROCESSING_VERSION}\)"):
@@ -614,19 +615,24 @@ def test_runtime_preprocessing_equals_training_on_real_images(real_data, tmp_pat
 
 def test_a_sidecar_changed_after_convert_is_refused(models, tmp_path):
     """The model's SHA-256 covers the .tflite only: classes reordered or a review class renamed in the sidecar gave
-    wrong answers from a 'verified' model. The sidecar's digest catches it; one written before digests is read as it is."""
+    wrong answers from a 'verified' model. The sidecar's digest catches it; a sidecar of this preprocessing without one
+    had its digest taken out (every edgecell that writes this preprocessing seals), and is refused too."""
     from firmware_host.metadata import DIGEST, sidecar_digest
 
-    m = copy_model(models.int8, tmp_path / "sealed", sealed=True)
+    m = copy_model(models.int8, tmp_path / "sealed")
     side = m.with_suffix(".json")
     d = json.loads(side.read_text())
     assert d[DIGEST] == sidecar_digest(d) and Classifier.load(m, threads=1).classes == d["classes"]
     for change in (lambda d: d["classes"].reverse(), lambda d: d.update(temperature=0.01), lambda d: d["classes"].__setitem__(0, "blast")):
         edited = json.loads(side.read_text())
         change(edited)
-        bad = copy_model(models.int8, tmp_path / f"edited{len(list(tmp_path.iterdir()))}", sealed=True)
+        bad = copy_model(models.int8, tmp_path / f"edited{len(list(tmp_path.iterdir()))}")
         bad.with_suffix(".json").write_text(json.dumps(edited))
         with pytest.raises(ModelError, match=r"metadata file was changed after convert wrote it \(its digest differs\)"):
             Classifier.load(bad, threads=1)
-    legacy = copy_model(models.int8, tmp_path / "legacy")  # no digest: as written before
-    assert DIGEST not in json.loads(legacy.with_suffix(".json").read_text()) and Classifier.load(legacy, threads=1).classes == d["classes"]
+    unsealed = copy_model(models.int8, tmp_path / "unsealed")
+    d.pop(DIGEST)
+    d["classes"].reverse()  # the edit the missing digest would have hidden
+    unsealed.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=r"metadata file has no digest, though convert seals every sidecar of this preprocessing version"):
+        Classifier.load(unsealed, threads=1)

@@ -191,13 +191,14 @@ def test_evaluate_confidence_is_what_classify_reports(tmp_path_factory, tmp_path
     from edgecell.evaluate import Predictor, resolve
     from edgecell.metrics import apply_temperature
     from firmware_host.runtime import Classifier
-    from tests._tflite_fixtures import build_models, copy_model
+    from tests._tflite_fixtures import build_models, copy_model, reseal
 
     models = build_models(tmp_path_factory)
     model = copy_model(getattr(models, which), tmp_path)
     side = json.loads(model.with_suffix(".json").read_text())
     side["temperature"] = 0.6
     model.with_suffix(".json").write_text(json.dumps(side))
+    reseal(model)
     target = resolve(model)
     assert target.temperature == 0.6 and target.kind == which
     calibrated = apply_temperature(Predictor(target)(models.images), target.temperature)
