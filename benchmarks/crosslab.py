@@ -371,7 +371,7 @@ def mean_figures(per_seed: dict) -> dict:
     first = next(iter(per_seed.values()))
     out = {k: statistics.fmean(s[k] for s in per_seed.values()) for k in ("accuracy", "wrong_unflagged", "non_blast_called_myeloblast")}
     # the cells every seed got wrong without a flag: what to show a haematologist first (a wrong label, or a blind spot)
-    every = set.intersection(*(set(s.get("wrong_unflagged_cells", {})) for s in per_seed.values()))
+    every = set.intersection(*(set(s["wrong_unflagged_cells"]) for s in per_seed.values()))
     out["wrong_unflagged_every_seed"] = {f: first["wrong_unflagged_cells"][f] for f in sorted(every)}
     out["per_type"] = {
         typ: {
