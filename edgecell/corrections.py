@@ -87,6 +87,8 @@ class Applied:
     """How many images the folder held before, when it replaced an earlier one (None: a new folder)."""
     gone: int = 0
     """How many of those are not in this CSV, so no longer in the folder."""
+    cut: int = 0
+    """How many of ``files`` are cells cut out of a scan field (new PNGs, whatever the ``mode``)."""
 
     @property
     def n(self) -> int:
@@ -168,6 +170,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         box = None
         if not source.exists() and (cell := parse_cell_name(file)) is not None and _resolve(cell[0], base).exists():
             source, box = _resolve(cell[0], base), cell[1]
+        elif not source.exists() and "#" in file and _resolve(file.rpartition("#")[0], base).is_file():
+            # FIELD#... where FIELD is a file: a box that is not four whole numbers (a hand edit), not a missing file
+            problems.append(f"{where}: line {line}: {file}: box {file.rpartition('#')[2]!r} is not x0,y0,x1,y1 in whole pixels of the field")
+            continue
         try:
             st = source.stat()
         except OSError:
@@ -179,6 +185,9 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             continue
         if box is None and not is_image_name(source.name):  # train would skip it: a labelled cell lost without a word
             problems.append(f"{where}: line {line}: {file}: not a type train reads ({' '.join(IMAGE_SUFFIXES)}); convert it to PNG first")
+            continue
+        if box is None and (bad := _image_problem(source)):  # train would skip it: a labelled cell lost
+            problems.append(f"{where}: line {line}: {file}: {bad}")
             continue
         if box is not None and (bad := _box_problem(source, box)):
             problems.append(f"{where}: line {line}: {file}: {bad}")
@@ -196,8 +205,9 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         out.append(c)
     if problems:
         hint = None
-        if relative_missing > 1:
-            hint = f"{relative_missing} files are not found relative to {base}: run this in the folder classify was run in, or give --base"
+        if relative_missing:
+            hint = "run this in the folder classify was run in, or give --base"
+            hint = hint if relative_missing == 1 else f"{relative_missing} files are not found relative to {base}: {hint}"
         raise CorrectionsError(problems, csv_path, hint)
     return out
 
@@ -261,7 +271,8 @@ def apply_corrections(
             if r.box is None:
                 _place(r.source, dest, mode)
             else:
-                _cut(r.source, r.box, dest)
+                _cut(r.source, r.box, dest, out / r.corrected / name)
+                result.cut += 1
             result.counts[r.corrected] = result.counts.get(r.corrected, 0) + 1
             result.files.append((os.fspath(r.source), f"{r.corrected}/{name}"))
             # a copy's contents are recorded, so that the next apply does not overwrite a person's edit of it (a link's
@@ -332,6 +343,18 @@ def _resolve(file: str, base: Path) -> Path:
     return found
 
 
+def _image_problem(image: Path) -> str | None:
+    """Why ``image`` would not be read as a cell by ``train`` or ``adapt`` (decoded as they decode it, small), or None."""
+    from firmware_host.errors import ImageError
+    from firmware_host.preprocess import PROBE_SIZE, decode_cell, read_bytes
+
+    try:
+        decode_cell(read_bytes(image), PROBE_SIZE, image)
+    except ImageError as exc:
+        return f"cannot be read as an image ({exc.reason}), so train would skip it"
+    return None
+
+
 def _box_problem(field: Path, box: Box) -> str | None:
     """Why ``box`` cannot be cut from the image ``field`` (read from its header), or None."""
     from PIL import Image
@@ -348,11 +371,12 @@ def _box_problem(field: Path, box: Box) -> str | None:
     return None
 
 
-def _cut(field: Path, box: Box, dest: Path) -> None:
+def _cut(field: Path, box: Box, dest: Path, shown: Path) -> None:
     """The cell in ``box`` as a PNG: the region around it that ``scan`` classified (:func:`firmware_host.scan.cell_region`,
     the box and a margin), from the field decoded as ``scan`` decoded it (EXIF orientation, alpha on white, 16-bit
     scaled: :func:`firmware_host.scan.decode_field`), so a cell trained on is the cell that was classified. (The bare
-    box, cut until a review found it, was framed more tightly: 9 of 107 BCCD cells changed class when classified again.)"""
+    box, cut until a review found it, was framed more tightly: 9 of 107 BCCD cells changed class when classified again.)
+    A field that cannot be read is named; a cell that cannot be written, by ``shown`` (its place in the output folder)."""
     from PIL import Image
 
     from firmware_host.errors import ImageError
@@ -360,12 +384,15 @@ def _cut(field: Path, box: Box, dest: Path) -> None:
 
     try:
         rgb = decode_field(field.read_bytes(), field)
-        x0, y0, x1, y1 = cell_region((box.x0, box.y0, box.x1, box.y1), rgb.shape[1], rgb.shape[0])
-        Image.fromarray(rgb[y0:y1, x0:x1], "RGB").save(dest, "PNG")
     except ImageError as exc:
         raise DataError(f"cannot cut the cell out of this field ({exc.reason})", field) from None
     except OSError as exc:
         raise DataError(f"cannot cut the cell out of this field ({os_reason(exc)})", field) from None
+    x0, y0, x1, y1 = cell_region((box.x0, box.y0, box.x1, box.y1), rgb.shape[1], rgb.shape[0])
+    try:
+        Image.fromarray(rgb[y0:y1, x0:x1], "RGB").save(dest, "PNG")
+    except OSError as exc:
+        raise DataError(f"cannot write the cell cut out of {field} ({os_reason(exc)})", shown) from None
 
 
 def _unique_name(source: Path, cls: str, used: set[str], box: Box | None = None) -> str:

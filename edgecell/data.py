@@ -31,7 +31,7 @@ import numpy as np
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files
-from firmware_host.preprocess import IMAGE_SUFFIXES, decode_cell, read_bytes
+from firmware_host.preprocess import IMAGE_SUFFIXES, PROBE_SIZE, decode_cell, read_bytes
 
 T = TypeVar("T")
 
@@ -482,7 +482,7 @@ def scan(
     root, class_names, unusable = found.root, found.classes, found.unusable
 
     def read(data: bytes, path: Path) -> tuple[np.ndarray, float] | None:
-        cell = decode_cell(data, size or 16, path)  # without a size, a small decode just proves it decodes
+        cell = decode_cell(data, size or PROBE_SIZE, path)  # without a size, a small decode just proves it decodes
         return cell if size else None
 
     pairs = drop_ambiguous(found, read_images(found, read, on_progress, workers))

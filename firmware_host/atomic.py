@@ -167,7 +167,8 @@ def _ensure_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgecellError(f"cannot create this folder ({os_reason(exc)})", folder) from None
-    warnings.warn(FolderCreated(f"created folder {missing}, which did not exist"), stacklevel=2)
+    made = f"{missing}, which did not exist" if missing == folder else f"{folder} ({missing} did not exist)"
+    warnings.warn(FolderCreated(f"created folder {made}"), stacklevel=2)
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -589,6 +590,16 @@ def _interrupts_held() -> Iterator[None]:
 
 STDOUT = "-"
 """The output path that means standard output."""
+TO_STDOUT = frozenset({"--json", "--csv"})
+"""The output options that take :data:`STDOUT`; any other (``--report``, ``--manifest``) refuses it rather than write a
+file named ``-``."""
+EXAMPLE_SUFFIX = {"--report": "html", "--manifest": "csv"}
+"""The suffix of the file name an error suggests for an output option (default: the option's name)."""
+
+
+def _example_name(opt: str) -> str:
+    name = opt.lstrip("-")
+    return f"{name}.{EXAMPLE_SUFFIX.get(opt, name)}"
 
 
 class OutputRefused(EdgecellError, ValueError):
@@ -636,7 +647,7 @@ def check_outputs(
 
     out_dirs = [(os.path.realpath(os.fspath(d)), opt) for opt, d in folders.items() if whole and d is not None and os.fspath(d) != ""]
     seen: dict[str, str] = {}
-    to_stdout = [opt for opt, dest in files.items() if dest is not None and os.fspath(dest) == STDOUT]
+    to_stdout = [opt for opt, dest in files.items() if opt in TO_STDOUT and dest is not None and os.fspath(dest) == STDOUT]
     if len(to_stdout) > 1:
         raise OutputRefused(f"only one of {' and '.join(to_stdout)} can write to stdout ('-'); send the other to a file")
     for opt, dest in {**files, **folders}.items():
@@ -645,12 +656,16 @@ def check_outputs(
         given = os.fspath(dest)
         is_folder = opt in folders
         if given == "":
-            raise OutputRefused(f"{opt} is an empty path; give a " + ("folder name" if is_folder else "file name, or '-' for stdout"))
+            raise OutputRefused(
+                f"{opt} is an empty path; give a " + ("folder name" if is_folder else "file name" + (", or '-' for stdout" if opt in TO_STDOUT else ""))
+            )
         if given == STDOUT and not is_folder:
+            if opt not in TO_STDOUT:
+                raise OutputRefused(f"{opt} writes a file, not standard output; give a file name (such as {_example_name(opt)})", given)
             check_stdout()
             continue
         if not is_folder and given.endswith(("/", os.sep)):
-            raise OutputRefused(f"{opt} ends with '/', so it names a folder; give a file name (such as {given}{opt.lstrip('-')}.{opt.lstrip('-')})", given)
+            raise OutputRefused(f"{opt} ends with '/', so it names a folder; give a file name (such as {given}{_example_name(opt)})", given)
         real = os.path.realpath(given)
         if real in seen:
             raise OutputRefused(f"{seen[real]} and {opt} name the same file; give each its own", given)

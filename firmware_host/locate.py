@@ -97,16 +97,23 @@ class FieldTooFine(ValueError):
     """A field whose white cells are too small for its size to be searched within :data:`MAX_WORK_PIXELS`."""
 
 
-def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
-    """Why a field where :func:`locate` found no white cell may have one after all, or None: a grey image (the search
-    reads the stain's colour), a ``cell_size`` larger than the field, or the default size on a large field."""
+def unsearchable(rgb: np.ndarray, cell_size: float | None) -> str | None:
+    """Why no white cell can be searched for in this field, or None: a grey image (the search reads the stain's
+    colour), or a ``cell_size`` larger than the field. Such a field has failed, not come out empty."""
     h, w = rgb.shape[:2]
     step = max(1, int(np.sqrt(h * w / 250_000)))  # a quarter of a million pixels say whether there is colour
     sample = rgb[::step, ::step].astype(np.int16)
     if int(np.abs(sample - sample[..., 1:2]).max()) <= GREY_LEVELS:
-        return "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be found here"
+        return "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
     if cell_size and cell_size > min(w, h):
         return f"--cell-size {cell_size:g} is larger than this {w}x{h} field: give the white cells' diameter in its pixels"
+    return None
+
+
+def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
+    """Why a field where :func:`locate` found no white cell may have one after all, or None: the default size on a
+    large field (its camera's cells may be smaller)."""
+    h, w = rgb.shape[:2]
     if not cell_size and min(w, h) > DEFAULT_SIZE_FIELD:
         return (
             f"no white cell of about {default_cell_size(w, h):.0f} px across (the default, {CELL_FRACTION} of the shorter side, "

@@ -376,6 +376,10 @@ def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.nd
     return decode_cell(data, size, path)[0]
 
 
+PROBE_SIZE = 16
+"""The size to decode a cell at only to prove that it decodes (the data check, ``corrections apply``): small is fast."""
+
+
 def decode_cell(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, float]:
     """:func:`decode`, and the nucleus offset of :func:`prepare_cell`."""
     rgb = decode_rgb(data, DRAFT_FACTOR * size, path)

@@ -60,6 +60,7 @@ from PIL import Image
 from firmware_host.metadata import edgecell_version
 from firmware_host.paths import OTHER_TYPES
 from firmware_host.preprocess import JPEG_FORMATS
+from firmware_host.runtime import label_text
 
 OTHER = "other"
 """The class a reviewer can always choose: not one of the model's cell types (debris, a smudge, two cells...)."""
@@ -184,6 +185,7 @@ class _Field:
     height: int
     thumb: tuple[int, int]
     cells: list[int] = field(default_factory=list)
+    note: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,11 +320,12 @@ class ReportWriter:
             nearest=nearest_class(row),
         )
 
-    def add_field(self, file: str | os.PathLike, image: np.ndarray) -> int:
-        """Add a field of view (RGB uint8, full resolution); returns its index for :meth:`add_cell`."""
+    def add_field(self, file: str | os.PathLike, image: np.ndarray, note: str | None = None) -> int:
+        """Add a field of view (RGB uint8, full resolution; ``note``: why a field without a cell may have one after
+        all, shown under it); returns its index for :meth:`add_cell`."""
         h, w = image.shape[:2]
         jpeg = thumbnail_jpeg(image, FIELD_PX, FIELD_QUALITY)
-        self.fields.append(_Field(page_text(os.fspath(file)), int(w), int(h), self._store(jpeg)))
+        self.fields.append(_Field(page_text(os.fspath(file)), int(w), int(h), self._store(jpeg), note=None if note is None else page_text(note)))
         return len(self.fields) - 1
 
     # -- writing -------------------------------------------------------------------------------
@@ -508,7 +511,7 @@ class ReportWriter:
                     continue
                 b = c.box
                 k = index.get(c.label, len(choices) - 1)
-                label = f"{c.label} {c.confidence:.2f}"
+                label = label_text(c.label, c.confidence, c.why)
                 shapes.append(
                     f'<g class="k{k}{" flagged" if _flagged(c) else ""}"><title>{_e(label)}</title>'
                     f'<rect x="{b.x0}" y="{b.y0}" width="{b.x1 - b.x0}" height="{b.y1 - b.y0}"/>'
@@ -519,7 +522,9 @@ class ReportWriter:
                 f'<img alt="field of view {_e(_rel(f.file, root))}" src="data:image/jpeg;base64,{self._load(f.thumb)}">'
                 f'<svg viewBox="0 0 {f.width} {f.height}" preserveAspectRatio="none" aria-hidden="true">{"".join(shapes)}</svg></div>'
                 f'<figcaption><span class="name" title="{_e(f.file)}">{_e(_rel(f.file, root))}</span> '
-                f"({f.width}x{f.height}, {len(f.cells)} cell{'s' if len(f.cells) != 1 else ''})</figcaption></figure>\n"
+                f"({f.width}x{f.height}, {len(f.cells)} cell{'s' if len(f.cells) != 1 else ''})"
+                + (f'<br><span class="note">{_e(f.note)}</span>' if f.note else "")
+                + "</figcaption></figure>\n"
             )
         yield "</div>\n</section>\n"
 
@@ -531,7 +536,7 @@ class ReportWriter:
             '<section id="cells">\n<h2>Cells by predicted class</h2>\n'
             '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
-            '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right)</label></div>\n'
+            '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right; cells cut by the border only when corrected)</label></div>\n'
             '<p class="hint">Flagged cells come first in each class, then the least confident. '
             "Click the class under a cell to pick another; under <code>other</code> you can name the type (lymphocyte, "
             "eosinophil, ...), which counts as <code>other</code> and teaches <code>edgecell adapt</code> that type. "
@@ -862,7 +867,8 @@ _SCRIPT = """
   download.addEventListener("click", function () {
     var lines = [data.csvColumns.join(",")];
     data.cells.forEach(function (cell, i) {
-      if (has(i) || confirmed.checked) { lines.push([cell[0], cell[1], has(i) ? corrected[i] : cell[1]].map(csvField).join(",")); }
+      // confirmed: the cells left as predicted, but not those cut by a field's border (a sliver adapt would learn from)
+      if (has(i) || (confirmed.checked && !cell[2])) { lines.push([cell[0], cell[1], has(i) ? corrected[i] : cell[1]].map(csvField).join(",")); }
     });
     var blob = new Blob([lines.join("\\n") + "\\n"], { type: "text/csv;charset=utf-8" });
     var a = document.createElement("a");

@@ -91,6 +91,17 @@ OTHER_BY_NUCLEUS = "no whole stained nucleus"
 OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OTHER_BY_NUCLEUS}
 """The reason for each test of :func:`firmware_host.otherscore.other_tests`."""
 
+
+def label_text(label: str, confidence: float, other_reason: str = "", reason: bool = True) -> str:
+    """A cell's label and its probability, as a person reads it (scan's table, the boxes of ``--annotate`` and the
+    review page); for a cell labelled ``other`` by its never-seen score or the nucleus check rather than by its most
+    probable class, the reason instead (``reason=False``: the label alone): its probability of ``other`` is then low,
+    and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
+    if label == OTHER_CLASS and other_reason and OTHER_BY_CLASS not in other_reason:
+        return f"{label} ({other_reason})" if reason else label
+    return f"{label} {confidence:.2f}"
+
+
 LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
 """What a user should do when :func:`lab_warning` fires."""
 ADAPTED_ADVICE = (

@@ -56,11 +56,12 @@ from firmware_host.locate import (
     nucleus_ratio,
     red_cell_size,
     size_warning,
+    unsearchable,
     white_point,
 )
 from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
-from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks
+from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, label_text
 
 WHITE_SAMPLE = 250_000
 """About this many pixels of a field set the white its eyepiece frame is painted (:func:`classify_cells`)."""
@@ -122,13 +123,16 @@ class FieldResult:
     red_cell: tuple[float, float] | None = None
     """The field's :func:`~firmware_host.locate.red_cell_size` over its cell size, and that cell size (None: no red
     cells to measure), for the same warning (not in the JSON record)."""
+    note: str | None = None
+    """Why a field without a white cell may have one after all (:func:`~firmware_host.locate.empty_reason`)."""
 
     def to_dict(self) -> dict:
-        """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cells``; ``error`` instead for a
-        failure)."""
+        """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cells``, and ``note`` when a field
+        without a cell has one; ``error`` instead for a failure)."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1), "cells": self.cells}
+        record = {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1), "cells": self.cells}
+        return record | ({"note": self.note} if self.note else {})
 
 
 def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "", frame: np.ndarray | None = None) -> list[dict]:
@@ -172,14 +176,17 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
     auto = isinstance(cell_size, str) and cell_size == AUTO
+    if why := unsearchable(rgb, None if auto else cell_size):
+        raise ImageError(why, path or "<field>")  # a field that cannot be searched has failed; it is not empty
     try:
         if auto:
             cell_size = measured_cell_size(rgb)
         cells, frame, factor = locate_with_frame(rgb, cell_size)
     except FieldTooFine as exc:
         raise ImageError(str(exc), path or "<field>") from None
-    if not cells and (why := empty_reason(rgb, cell_size)):
-        warnings.warn(ImageWarning(why), stacklevel=2)  # one line naming the field (scan_field sets its path)
+    note = empty_reason(rgb, cell_size) if not cells else None
+    if note:
+        warnings.warn(ImageWarning(note), stacklevel=2)  # one line naming the field (scan_field sets its path)
     size = cell_size or default_cell_size(w, h)
     if auto:  # measured already: the size is the red cells' over their typical ratio
         red = None if cell_size is None else cell_size * TYPICAL_RED_CELL
@@ -199,6 +206,7 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         classify_ms=(t2 - t1) * 1e3,
         sizes=sizes,
         red_cell=None if red is None else (red / size, size),
+        note=note,
     )
 
 
@@ -424,7 +432,7 @@ def class_colour(label: str, classes: Sequence[str]) -> tuple[int, int, int]:
 
 
 def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> Image.Image:
-    """The field with each cell's box in its class's colour and labelled (class, confidence, flag).
+    """The field with each cell's box in its class's colour and labelled (class, confidence, flag; :func:`~firmware_host.runtime.label_text`).
 
     Edge cells get a dashed box.
     """
@@ -438,7 +446,7 @@ def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> 
             _dashed_rect(draw, (x0, y0, x1 - 1, y1 - 1), colour, lw)
         else:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=lw)
-        text = f"{c['label']} {c['confidence']:.2f}" + (" !" if c["flag"] else "")
+        text = label_text(c["label"], c["confidence"], c.get("other_reason", ""), reason=False) + (" !" if c["flag"] else "")
         tx, ty = x0 + lw, max(0, y0 - 12) if y0 >= 12 else y0 + lw
         tb = draw.textbbox((tx, ty), text)
         draw.rectangle(tb, fill=colour)
@@ -680,7 +688,7 @@ class ReportHook:
 
     def add(self, res: FieldResult, rgb: np.ndarray) -> None:
         """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region, an eyepiece frame left as photographed)."""
-        k = self.writer.add_field(res.file, rgb)
+        k = self.writer.add_field(res.file, rgb, res.note)
         for c in res.cells:
             box = self.mod.Box(*c["box"])
             x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
@@ -741,12 +749,14 @@ CSV_COLUMNS = [
     "nucleus_offset",
     "other_reason",
     "error",
+    "note",
     "lab_warning",
 ]
 
 
 class CellCsv:
-    """One CSV row per cell; a field with no cell gets one row with an empty ``cell``; a failed field its error; then
+    """One CSV row per cell; a field with no cell gets one row with an empty ``cell`` (and its ``note``, if any); a
+    failed field its error; then
     (:meth:`close`) the arguments that matched no file, and the lab warnings' rows as classify's CSV
     (:func:`firmware_host.classify.write_lab_warnings`)."""
 
@@ -764,7 +774,7 @@ class CellCsv:
             self.w.writerow({"file": res.file, "error": res.error})
             return
         if not res.cells:
-            self.w.writerow({"file": res.file, "width": res.width, "height": res.height})
+            self.w.writerow({"file": res.file, "width": res.width, "height": res.height, "note": res.note or ""})
         for i, c in enumerate(res.cells):
             x0, y0, x1, y1 = c["box"]
             self.w.writerow(

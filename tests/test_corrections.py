@@ -193,6 +193,25 @@ def test_files_not_found_from_the_wrong_folder_say_where_to_run(images, tmp_path
     assert lines[-2] == f"{len(GOOD)} files are not found relative to {tmp_path}: run this in the folder classify was run in, or give --base"
 
 
+def test_one_file_not_found_from_the_wrong_folder_is_one_line_saying_where_to_run(images, tmp_path):
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD[:1]), "--out", tmp_path / "out", cwd=tmp_path)
+    assert r.exit_code == 1 and r.output.splitlines() == [
+        f"Error: {tmp_path / 'c.csv'}: line 2: monocyte/a.jpg: no such file (relative to {tmp_path}); run this in the folder classify "
+        "was run in, or give --base; nothing was written."
+    ]
+
+
+def test_an_image_that_cannot_be_decoded_is_refused(images, tmp_path):
+    """A truncated JPEG (which classify lists as failed) was copied into the labelled folder, where train skips it: a
+    label lost without a word (found by a review)."""
+    data = (images / "monocyte" / "a.jpg").read_bytes()
+    (images / "monocyte" / "broken.jpg").write_bytes(data[: len(data) // 3])
+    r = run("corrections", "apply", write_csv(tmp_path / "c.csv", [["monocyte/broken.jpg", "", "myeloblast"]]), "--out", tmp_path / "out", cwd=images)
+    assert r.exit_code == 1 and len(r.output.splitlines()) == 1, r.output
+    assert "line 2: monocyte/broken.jpg: cannot be read as an image (" in r.output and "so train would skip it" in r.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_never_writes_over_a_folder_it_did_not_make(images, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -272,7 +291,7 @@ def test_bad_rows_one_line_each_nothing_written(images, tmp_path, rows, expected
     out = tmp_path / "corrected"
     r = run("corrections", "apply", csv_path, "--out", out, cwd=images)
     assert r.exit_code == 1
-    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    errors = [ln for ln in r.output.splitlines() if ln.lower().startswith("error:")]  # one problem: one "Error:" line
     assert len(errors) == len(expected), r.output
     for line, want in zip(errors, expected):
         assert str(csv_path) in line
@@ -307,8 +326,8 @@ def test_malformed_csv_one_line(images, tmp_path, content, expected):
     out = tmp_path / "corrected"
     r = run("corrections", "apply", csv_path, "--out", out, cwd=images)
     assert r.exit_code == 1
-    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0] and str(csv_path) in errors[0], r.output
+    assert r.output.splitlines() == [line := r.output.splitlines()[0]], r.output  # one line, as every error (a review found two)
+    assert line.startswith("Error: ") and expected in line and str(csv_path) in line and line.endswith("; nothing was written."), line
     assert not out.exists()
 
 
@@ -334,7 +353,7 @@ def test_line_numbers_are_the_files_lines_when_a_name_holds_a_line_break(images,
     ]
     r = run("corrections", "apply", csv_path, "--out", tmp_path / "out", cwd=images)
     lines = r.output.splitlines()
-    assert r.exit_code == 1 and len(lines) == 3  # one line each, and the count
+    assert r.exit_code == 1 and len(lines) == 4  # one line each, where to run, and the count
     assert lines[0] == f"error: {csv_path}: line 2: two\\nlines.jpg: no such file (relative to {images})" and ": line 4: " in lines[1]
 
 
@@ -371,7 +390,7 @@ def test_csv_from_the_page_round_trips_odd_names(tmp_path):
     root = tmp_path / "imgs"
     names = ["a,b.jpg", 'say "hi".jpg', "line\nbreak.jpg", "ß 血.jpg"]
     for n in names:
-        save_jpeg(root / n, np.zeros((16, 16, 3), np.uint8))
+        save_jpeg(root / n, np.full((16, 16, 3), 200, np.uint8))
     q = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731 - the page's csvField()
     text = "file,predicted,corrected\n" + "".join(",".join(map(q, [n, "monocyte", "other"])) + "\n" for n in names)
     (tmp_path / "c.csv").write_text(text, encoding="utf-8")
@@ -403,3 +422,43 @@ def test_scan_cells_are_cut_out_of_their_field(tmp_path):
     with pytest.raises(CorrectionsError, match=r"line 2: f1.png#150,0,260,40: box 150,0,260,40 is not inside the 200x120 field"):
         apply_corrections(write_csv(tmp_path / "d.csv", rows), tmp_path / "out2", base=root)
     assert not (tmp_path / "out2").exists()
+    # a box that is not four whole numbers is a bad box, not a missing file (a review found "no such file")
+    for box in ("-50,-50,9000,9000", "1.5,2,3,4", "10,20,60"):
+        with pytest.raises(CorrectionsError, match=rf"line 2: f1.png#{box}: box '{box}' is not x0,y0,x1,y1 in whole pixels of the field$"):
+            apply_corrections(write_csv(tmp_path / "e.csv", [[f"f1.png#{box}", "monocyte", "other"]]), tmp_path / "out3", base=root)
+    # what it did, said as it did it: cells are cut, whatever --link says
+    r = run(
+        "corrections",
+        "apply",
+        write_csv(tmp_path / "f.csv", rows[:0] + [[cell_name("f1.png", Box(10, 20, 60, 80)), "", "other"]]),
+        "--out",
+        tmp_path / "out4",
+        "--link",
+        "sym",
+        cwd=root,
+    )
+    assert r.exit_code == 0 and r.output.startswith(f"1 cell(s) cut out of their fields into {tmp_path / 'out4'} (other 1)."), r.output
+
+
+def test_a_cell_that_cannot_be_written_names_where_it_goes(tmp_path, monkeypatch):
+    """A full disk while cutting a cell blamed the field being read (a review); the error names the output."""
+    import errno
+
+    from PIL import Image
+
+    from firmware_host.errors import DataError
+    from firmware_host.report import Box, cell_name
+
+    root = tmp_path / "fields"
+    root.mkdir()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(root / "f1.png")
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(DataError) as exc:
+        apply_corrections(write_csv(tmp_path / "c.csv", [[cell_name("f1.png", Box(10, 20, 60, 80)), "", "other"]]), tmp_path / "out", base=root)
+    assert exc.value.path == os.fspath(tmp_path / "out" / "other" / "f1_10_20_60_80.png"), exc.value.path
+    assert f"cannot write the cell cut out of {root / 'f1.png'} (No space left on device)" in str(exc.value)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []

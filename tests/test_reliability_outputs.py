@@ -202,6 +202,25 @@ def test_empty_output_path_is_a_user_error(models, labelled, command):
     assert "--json is an empty path" in nonblank(res.stderr)[-1]
 
 
+@pytest.mark.parametrize("command", ["classify", "inspect"])
+def test_an_output_that_writes_a_file_refuses_stdout(models, labelled, tmp_path, monkeypatch, command):
+    """`--report -` wrote a file named '-' (over an input image of that name, found by a review), while the messages
+    said '-' meant stdout: --report and --manifest now refuse '-' in one line, and suggest a name of their kind."""
+    monkeypatch.chdir(tmp_path)
+    opt, name = {"classify": ("--report", "report.html"), "inspect": ("--manifest", "manifest.csv")}[command]
+    args = ["classify", "--model", models.int8, labelled] if command == "classify" else ["inspect", "--data", labelled]
+    res = cli_run(*args, opt, "-")
+    line = assert_one_line_error(res, "-", f"{opt} writes a file, not standard output; give a file name (such as {name})", code=2)
+    assert line and not (tmp_path / "-").exists()
+    res = cli_run(*args, opt, "")
+    assert res.exit_code == 2 and nonblank(res.stderr)[-1].endswith(f"{opt} is an empty path; give a file name"), res.stderr
+    res = cli_run(*args, opt, "newdir/")
+    assert res.exit_code == 2 and f"give a file name (such as newdir/{name})" in nonblank(res.stderr)[-1], res.stderr
+    if command == "classify":  # with --json on stdout too: the same refusal, not "only one of ... can write to stdout"
+        res = cli_run(*args, "--json", "-", opt, "-")
+        assert_one_line_error(res, "-", f"{opt} writes a file, not standard output", code=2)
+
+
 def test_trailing_slash_names_a_folder(models, labelled, tmp_path):
     res = cli_run("classify", "--model", models.int8, labelled, "--json", f"{tmp_path / 'newdir'}/")
     line = assert_one_line_error(res, f"{tmp_path / 'newdir'}/", "ends with '/', so it names a folder", code=2)
@@ -221,7 +240,8 @@ def test_a_folder_made_for_an_output_is_said_once(models, labelled, tmp_path, co
     res = cli_run(*args)
     assert res.exit_code == 0, res.output
     notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note:")]
-    assert notes == [f"note: created folder {tmp_path / 'media'}, which did not exist"], res.stderr
+    made = stick / "day1" if command == "classify" else stick / "ev"
+    assert notes == [f"note: created folder {made} ({tmp_path / 'media'} did not exist)"], res.stderr
     again = cli_run(*args)
     assert again.exit_code == 0 and "note: created folder" not in again.stderr
 

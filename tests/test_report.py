@@ -156,6 +156,31 @@ def test_scan_mode_cells_cut_by_the_border_are_shown_and_not_counted(tmp_path):
     assert [c[2] for c in data["cells"]] == [0, 1]  # what the page's script skips when it counts again
 
 
+def test_confirmed_cells_leave_out_those_cut_by_the_border_unless_corrected(tmp_path):
+    """Ticking "also list the cells left as predicted" listed slivers cut by a field's border as confirmed cells, which
+    adapt then learnt from (a review); an edge cell corrected by hand is still listed."""
+    field = np.zeros((300, 400, 3), dtype=np.uint8)
+    with ReportWriter(_header(SIX, n_images=1, mode="scan")) as w:
+        fi = w.add_field("f1.jpg", field)
+        w.add_cell("f1.jpg#10,20,60,80", "monocyte", 0.9, "", None, _thumb(1), field=fi, box=Box(10, 20, 60, 80))
+        w.add_cell("f1.jpg#0,100,40,150", "monocyte", 0.8, "", None, _thumb(2), field=fi, box=Box(0, 100, 40, 150), edge=True)
+        out = w.write(tmp_path / "s.html")
+    with browser() as b:
+        page = b.new_page(accept_downloads=True)
+        page.goto(out.as_uri())
+        page.check("#include-confirmed")
+        with page.expect_download() as dl:
+            page.click("#download")
+        rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
+        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte"]]
+        page.click('button.cls[data-i="1"]')
+        page.click('.menu button.pick[data-class="basophil"]')
+        with page.expect_download() as dl:
+            page.click("#download")
+        rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
+        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte"], ["f1.jpg#0,100,40,150", "monocyte", "basophil"]]
+
+
 def test_failed_inputs_are_named_and_other_cells_show_their_nearest_class(tmp_path):
     with ReportWriter(
         _header(SIX, n_images=3, n_failed=2, failed=[("slide/broken.jpg", "cannot decode image (truncated)"), ("slide/<b>.jpg", "empty file")])

@@ -9,6 +9,7 @@ fields are measured by benchmarks/scan.py, not here.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 from collections import deque
@@ -24,7 +25,6 @@ from firmware_host.locate import Cell, label, label_image, locate, red_cell_size
 from firmware_host.preprocess import otsu_threshold, prepare
 from firmware_host.scan import ScanSummary, annotate, cell_region, scan_array, scan_many
 from tests._fields import CELL, RBC_GRID, H, W, _away, at_half, draw_field
-from tests.test_reliability import warning_lines
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -631,24 +631,48 @@ def test_cli_scan_auto_on_a_field_too_small_is_one_line(models, fields, tmp_path
     assert f"{tmp_path / 'tiny.png'}: a 20x15 image is too small to be a field of view" in " ".join(res.output.split())
 
 
-def test_an_empty_field_says_why_it_may_not_be(models, fields, tmp_path):
-    """A grey field, a --cell-size larger than the field, a large field at the default size: "no white cell", said why."""
+def test_a_field_that_cannot_be_searched_fails_and_an_empty_one_says_why(models, fields, tmp_path):
+    """A grey field and a --cell-size larger than the field cannot be searched: they are failed fields (listed with
+    the reason in the JSON, the CSV's error column and the page; exit 1), not fields "without a white cell" (a review
+    found them counted as empty, exit 0, the reason on stderr only). A large field at the default size may be empty:
+    its note travels with its record."""
     one = [(320, 240)]
     colour = draw_field(one, _away(RBC_GRID, one))
     Image.fromarray(colour).convert("L").save(tmp_path / "grey.png")
     Image.fromarray(np.full((1200, 1600, 3), (230, 200, 210), np.uint8)).save(tmp_path / "wide.png")
+    out = tmp_path / "s.json"
     res = CliRunner().invoke(
-        cli, ["scan", "--model", str(models.export), str(tmp_path / "grey.png"), str(tmp_path / "wide.png"), str(fields / "two.jpg"), "--cell-size", "1300"]
+        cli,
+        ["scan", "--model", str(models.export), str(tmp_path / "grey.png"), str(tmp_path / "wide.png"), str(fields / "two.jpg"), "--cell-size", "1300"]
+        + ["--json", str(out), "--csv", str(tmp_path / "s.csv")],
+    )
+    assert res.exit_code == 1, res.output
+    grey = "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
+    wide = "--cell-size 1300 is larger than this 1600x1200 field: give the white cells' diameter in its pixels"
+    two = "--cell-size 1300 is larger than this 640x480 field: give the white cells' diameter in its pixels"
+    text = " ".join(res.output.split())
+    for file, why in [(tmp_path / "grey.png", grey), (tmp_path / "wide.png", wide), (fields / "two.jpg", two)]:
+        assert f"error: {file}: {why}" in text
+    doc = json.loads(out.read_text())
+    assert doc["results"] == [] and doc["summary"]["fields"] == 0 and doc["summary"]["fields_without_cells"] == 0
+    assert [f["error"] for f in doc["failed"]] == [grey, wide, two]
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert [r["error"] for r in rows] == [grey, wide, two]
+    # the same grey field is refused under --cell-size auto (it measured a "cell size" from no red cells before)
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "grey.png"), "--cell-size", "auto"])
+    assert res.exit_code == 1 and grey in " ".join(res.output.split())
+    # a large field at the default size: an empty result with its note, on stderr, in the JSON, the CSV and the page
+    page = tmp_path / "p.html"
+    res = CliRunner().invoke(
+        cli, ["scan", "--model", str(models.export), str(tmp_path / "wide.png"), "--json", str(out), "--csv", str(tmp_path / "s.csv"), "--report", str(page)]
     )
     assert res.exit_code == 0, res.output
-    lines = warning_lines(res.output)
-    assert lines == [
-        f"warning: {tmp_path / 'grey.png'}: has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be found here",
-        f"warning: {tmp_path / 'wide.png'}: --cell-size 1300 is larger than this 1600x1200 field: give the white cells' diameter in its pixels",
-        f"warning: {fields / 'two.jpg'}: --cell-size 1300 is larger than this 640x480 field: give the white cells' diameter in its pixels",
-    ]
-    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "wide.png")])
-    assert "no white cell of about 360 px across (the default, 0.3 of the shorter side" in " ".join(res.output.split())
+    note = "no white cell of about 360 px across (the default, 0.3 of the shorter side, as in 640x480 fields at 100x): if this camera's cells are smaller, give --cell-size PX"
+    assert note in " ".join(res.output.split())
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["note"] == note and doc["results"][0]["cells"] == [] and doc["summary"]["fields_without_cells"] == 1
+    assert [r["note"] for r in csv.DictReader((tmp_path / "s.csv").open())] == [note]
+    assert html.escape(note) in page.read_text()
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--cell-size", "1e12"])
     assert res.exit_code == 2 and "is not in the range 8.0<=x<=10000.0" in res.output
 
@@ -801,12 +825,30 @@ def test_cli_scan_says_when_the_cells_are_far_larger_than_the_cell_size(models, 
     assert json.loads(out.read_text())["summary"]["counted_cells"] == MIN_CELLS_SIZED
 
 
-def test_the_fields_table_says_why_a_cell_is_other_rather_than_its_low_probability():
+def test_the_fields_table_boxes_and_page_say_why_a_cell_is_other_rather_than_its_low_probability(tmp_path):
     """A cell labelled `other` by its never-seen score has a low probability of `other` ("other 0.04" read as 4 % sure):
-    the table gives the reason; a cell whose most probable class is `other` keeps its probability."""
-    from edgecell.views.scan import _cell_text
-    from firmware_host.runtime import OTHER_BY_CLASS, OTHER_BY_SCORE
+    the table and the page's box give the reason, the annotated box the label alone (a review found "other 0.01" on
+    both); a cell whose most probable class is `other` keeps its probability."""
+    from firmware_host.report import Box, ReportWriter, cell_name
+    from firmware_host.runtime import OTHER_BY_CLASS, OTHER_BY_SCORE, label_text
+    from tests.test_report import SIX, _header, _thumb
 
-    assert _cell_text({"label": "other", "confidence": 0.04, "other_reason": OTHER_BY_SCORE}) == f"other ({OTHER_BY_SCORE})"
-    assert _cell_text({"label": "other", "confidence": 0.93, "other_reason": f"{OTHER_BY_CLASS}; {OTHER_BY_SCORE}"}) == "other 0.93"
-    assert _cell_text({"label": "monocyte", "confidence": 0.91, "other_reason": ""}) == "monocyte 0.91"
+    assert label_text("other", 0.04, OTHER_BY_SCORE) == f"other ({OTHER_BY_SCORE})"
+    assert label_text("other", 0.04, OTHER_BY_SCORE, reason=False) == "other"
+    assert label_text("other", 0.93, f"{OTHER_BY_CLASS}; {OTHER_BY_SCORE}") == "other 0.93"
+    assert label_text("monocyte", 0.91, "") == "monocyte 0.91"
+    with ReportWriter(_header(SIX, n_images=1, mode="scan")) as w:
+        k = w.add_field("f.jpg", np.full((60, 80, 3), 200, np.uint8))
+        w.add_cell(
+            cell_name("f.jpg", Box(1, 1, 30, 30)),
+            "other",
+            0.01,
+            "not one of the five - refer",
+            None,
+            _thumb(0),
+            field=k,
+            box=Box(1, 1, 30, 30),
+            why=OTHER_BY_SCORE,
+        )
+        text = w.write(tmp_path / "s.html").read_text(encoding="utf-8")
+    assert f"<title>other ({OTHER_BY_SCORE})</title>" in text and "<title>other 0.01</title>" not in text

@@ -66,6 +66,10 @@ def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
     try:
         done = apply_corrections(csv_path, out_dir, classes=classes, base=base, mode=mode)
     except CorrectionsError as exc:
+        if len(exc.problems) == 1:  # one line, as every other error
+            hint = f"; {exc.hint}" if exc.hint else ""
+            stderr_console.print(f"[red]Error:[/red] {escape(printable(exc.problems[0] + hint))}; nothing was written.", soft_wrap=True, highlight=False)
+            ctx.exit(1)
         for line in exc.problems[:PROBLEMS_SHOWN]:
             stderr_console.print(f"[red]error:[/red] {escape(printable(line))}", soft_wrap=True, highlight=False)  # a name may hold a line break
         if len(exc.problems) > PROBLEMS_SHOWN:
@@ -76,7 +80,9 @@ def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
         ctx.exit(1)
     per_class = ", ".join(f"{escape(c)} {n}" for c, n in sorted(done.counts.items()))
     verb = {"copy": "copied", "hard": "hard-linked", "sym": "symlinked"}[done.mode.value]
-    console.print(f"{done.n} image(s) {verb} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)
+    what = [f"{done.n - done.cut} image(s) {verb}"] if done.n > done.cut else []
+    what += [f"{done.cut} cell(s) cut out of their fields"] if done.cut else []
+    console.print(f"{' and '.join(what)} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)
     if done.replaced is not None:
         gone = f"; {done.gone} of them are not in this CSV and are no longer there" if done.gone else ""
         console.print(f"[yellow]note:[/yellow] replaced the earlier folder, which held {done.replaced} image(s){gone}.", soft_wrap=True)

@@ -7,18 +7,8 @@ from rich.table import Table
 from edgecell.views.classify import differential_table, escape, print_lab_warnings
 from firmware_host.classify import review_other_note
 from firmware_host.locate import AUTO
-from firmware_host.paths import OTHER_CLASS
-from firmware_host.runtime import OTHER_BY_CLASS
+from firmware_host.runtime import label_text
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
-
-
-def _cell_text(c: dict) -> str:
-    """A cell's label and the probability of it; for a cell labelled ``other`` by its never-seen score or the nucleus
-    check rather than by its most probable class, the reason instead (its probability of ``other`` is low, and read as
-    "4 % sure" it misleads: the JSON has every probability)."""
-    if c["label"] == OTHER_CLASS and c.get("other_reason") and OTHER_BY_CLASS not in c["other_reason"]:
-        return f"{c['label']} ({c['other_reason']})"
-    return f"{c['label']} {c['confidence']:.2f}"
 
 
 def print_summary(con, err, s: ScanSummary) -> None:
@@ -32,7 +22,10 @@ def print_summary(con, err, s: ScanSummary) -> None:
         table.add_column("cells", justify="right")
         table.add_column("found", overflow="fold")
         for file, cells in s.first_fields:
-            found = ", ".join(_cell_text(c) + (" (edge)" if c["edge"] else "") + (" !" if c["flag"] else "") for c in cells)
+            found = ", ".join(
+                label_text(c["label"], c["confidence"], c.get("other_reason", "")) + (" (edge)" if c["edge"] else "") + (" !" if c["flag"] else "")
+                for c in cells
+            )
             table.add_row(escape(file), str(len(cells)), escape(found) or "[dim]no white cell[/dim]")
         con.print(table)
     d = s.to_dict()
