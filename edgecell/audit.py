@@ -477,7 +477,11 @@ def audit(
     y = fs.labels()
     tr, te = splits == "train", splits == "test"
     if not tr.any() or not te.any():
-        raise DataError("the split has no training or no test images", fs.root)
+        raise DataError(
+            f"the split puts {int(tr.sum())} of these images in training and {int(te.sum())} in the test, and the audit fits on "
+            "the one and scores on the other, so it needs both (a run adapted with --holdout-share 0 tests none of its lab's cells)",
+            fs.root,
+        )
     groups = groups if groups is not None else lab_groups(fs)
     k = len(fs.classes)
     rows = []

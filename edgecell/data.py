@@ -30,7 +30,7 @@ import numpy as np
 
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
-from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, list_files
+from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, is_image_name, list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, PROBE_SIZE, decode_cell, read_bytes
 
 T = TypeVar("T")
@@ -290,6 +290,14 @@ def _candidate_files(folder: Path) -> list[Path]:
     return list_files(folder, image_named_dirs=True)  # a directory named like an image is a user error worth reporting
 
 
+def _top_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (not hidden), sorted."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_image_name(p.name) and p.is_file())
+    except OSError:
+        return []
+
+
 @dataclass
 class ImageFiles:
     """The candidate image files under data folders, before any is read (:func:`find_images`).
@@ -368,10 +376,19 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
             root,
         )
     out = ImageFiles(root, sources, notes, class_names, [])
+    for src in sources:  # images beside the class folders are in none: said, not lost in silence
+        loose = sorted(p.name for p in _top_images(src.folder))
+        if loose and list_class_folders(src.folder):
+            out.notes.append(
+                f"{src.folder}: {len(loose)} image(s) ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) lie beside its class "
+                "folders, in none: left out (put each in the folder of its class)"
+            )
     for src, folder in folders:
         label = class_of(folder.name)
         if label not in class_names:
             continue
+        if not any(True for _ in _candidate_files(folder)):
+            out.notes.append(f"{folder}: an empty class folder (no image of {folder.name})")
         nested: set[str] = set()
         for f in _candidate_files(folder):
             if f.is_dir() and f.is_symlink():

@@ -155,6 +155,8 @@ class RunFolder:
         try:
             meta = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if path.name == EXPORT_DIR and (path.parent / RUN_MARKER).is_file():  # the export given for its run
+                raise EdgecellError(f"this is a run's export folder (what goes to the Pi); give the run folder, {path.parent}", path) from None
             raise EdgecellError(f"not an edgecell run folder (no {RUN_MARKER}; create one with `edgecell train`)", path) from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EdgecellError(f"unreadable run metadata ({exc})", p) from None

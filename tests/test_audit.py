@@ -107,6 +107,14 @@ def test_image_features_from_one_decode(tmp_path):
     assert f["thumb"].shape == (192,)
 
 
+def test_a_split_without_test_images_says_what_the_audit_needs(real_slice):
+    """An adapted run with --holdout-share 0 tests none of its lab's cells: 'the split has no training or no test
+    images' said neither how many nor why (a review)."""
+    fs = audit_mod.load_features(real_slice)
+    with pytest.raises(Exception, match=r"the split puts \d+ of these images in training and 0 in the test, .* needs both \(a run adapted"):
+        audit_mod.audit(fs, np.array(["train"] * len(fs.samples)), seed=0)
+
+
 def test_audit_help_has_summary_and_example():
     res = CliRunner().invoke(cli, ["audit", "--help"])
     assert res.exit_code == 0

@@ -286,6 +286,26 @@ def test_images_in_sub_folders_of_a_class_folder_are_noted(tmp_path):
     assert data.scan(dated).notes == [f"{dated / 'monocyte'}: its sub-folders' images (2024) are all class 'monocyte'"]
 
 
+def test_images_beside_the_class_folders_and_empty_class_folders_are_noted(tmp_path):
+    """Both were left out without a word (a review): a loose image is a label lost, an empty folder a type not learnt."""
+    root = _tree(tmp_path / "d", {"": {"basophil": 5, "monocyte": 5}})
+    for name in ("a.png", "b.jpg", "c.png", "d.png"):
+        _img(root / "basophil" / name)
+        (root / name).write_bytes((root / "basophil" / name).read_bytes())
+    (root / ".hidden.png").write_bytes(b"x")
+    (root / "notes.txt").write_text("not an image")
+    assert data.scan(root).notes == [
+        f"{root}: 4 image(s) (a.png, b.jpg, c.png, ...) lie beside its class folders, in none: left out (put each in the folder of its class)"
+    ]
+    (root / "lymphocyte").mkdir()
+    _img(root / "eosinophil" / "sub" / "e.png")  # a folder holding only a sub-folder is not empty
+    assert data.find_images(root).notes == [
+        f"{root}: 4 image(s) (a.png, b.jpg, c.png, ...) lie beside its class folders, in none: left out (put each in the folder of its class)",
+        f"{root / 'eosinophil'}: its sub-folders' images (sub) are all class 'other'",
+        f"{root / 'lymphocyte'}: an empty class folder (no image of lymphocyte)",
+    ]
+
+
 def test_a_cell_type_in_upper_case_is_refused_with_its_name_to_rename(tmp_path):
     """MYELOBLAST trained as a class of its own: its cells never flagged for the haematologist, LYMPHOCYTE not `other`."""
     cells = _tree(tmp_path / "cells", {"": {"MYELOBLAST": 5, "Lymphocyte": 5, "basophil": 5}})

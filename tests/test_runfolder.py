@@ -89,6 +89,12 @@ def test_invalid_metadata_is_one_line_naming_the_file(tmp_path, change, message)
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(EdgecellError, match="not an edgecell run folder"):
         RunFolder.read(tmp_path)
+    # a run's export given for the run (adapt RUN/export, audit RUN/export; found by a review): the run is named
+    write(tmp_path / "run", META)
+    (tmp_path / "run" / "export").mkdir()
+    with pytest.raises(EdgecellError, match=r"export: this is a run's export folder \(what goes to the Pi\); give the run folder, .*run$") as info:
+        RunFolder.read(tmp_path / "run" / "export")
+    assert info.value.path == str(tmp_path / "run" / "export")
     (tmp_path / RUN_MARKER).write_text("{not json")
     with pytest.raises(EdgecellError, match="unreadable run metadata"):
         RunFolder.read(tmp_path)
