@@ -230,17 +230,24 @@ def _progress_callback(tf, con: Console, epochs: int, steps: int, label: str):
     keras = tf.keras
 
     class RichProgress(keras.callbacks.Callback):
+        """A bar per epoch on a terminal; in a log (not a terminal), one plain line per epoch instead (rich renders a
+        log's bars once, at the end, cut to 80 columns: "━━ 1… 0… 0:…")."""
+
         def on_train_begin(self, logs=None):
-            self.bar = progress(con)
-            self.bar.start()
+            self.bar = progress(con) if con.is_terminal else None
+            if self.bar is not None:
+                self.bar.start()
             self.task = None
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch + 1
-            self.task = self.bar.add_task(f"{label}epoch {self.epoch}/{epochs}", total=steps)
+            if self.bar is not None:
+                self.task = self.bar.add_task(f"{label}epoch {self.epoch}/{epochs}", total=steps)
 
         def on_train_batch_end(self, batch, logs=None):
             raise_if_interrupted()  # a Ctrl-C that Python swallowed (it landed in a finalizer) still stops training
+            if self.bar is None:
+                return
             logs = logs or {}
             self.bar.update(
                 self.task,
@@ -250,17 +257,18 @@ def _progress_callback(tf, con: Console, epochs: int, steps: int, label: str):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            self.bar.update(
-                self.task,
-                completed=steps,
-                description=(
-                    f"{label}epoch {epoch + 1}/{epochs} loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"
-                    f" | val loss {logs.get('val_loss', 0):.3f} acc {logs.get('val_accuracy', 0):.3f}"
-                ),
+            text = (
+                f"{label}epoch {epoch + 1}/{epochs} loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"
+                f" | val loss {logs.get('val_loss', 0):.3f} acc {logs.get('val_accuracy', 0):.3f}"
             )
+            if self.bar is None:
+                con.print(text, soft_wrap=True, highlight=False)
+            else:
+                self.bar.update(self.task, completed=steps, description=text)
 
         def on_train_end(self, logs=None):
-            self.bar.stop()
+            if self.bar is not None:
+                self.bar.stop()
 
     return RichProgress()
 

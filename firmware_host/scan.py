@@ -99,6 +99,10 @@ def cell_region(box: Sequence[int], width: int, height: int, margin: float = CRO
     return rx0, ry0, max(rx1, rx0 + 1), max(ry1, ry0 + 1)
 
 
+FROM_RED_CELLS, FROM_DEFAULT = "red cells", "default"
+"""A field's ``cell_size_from`` under ``--cell-size auto``: measured from its red cells, or the default (too few)."""
+
+
 @dataclass
 class FieldResult:
     """One field's result: its size and cells, or the reason it could not be read.
@@ -125,14 +129,18 @@ class FieldResult:
     cells to measure), for the same warning (not in the JSON record)."""
     note: str | None = None
     """Why a field without a white cell may have one after all (:func:`~firmware_host.locate.empty_reason`)."""
+    cell_size_from: str | None = None
+    """Under ``--cell-size auto``: where the field's cell size came from, :data:`FROM_RED_CELLS` or :data:`FROM_DEFAULT`
+    (too few red cells to measure); None otherwise."""
 
     def to_dict(self) -> dict:
-        """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cells``, and ``note`` when a field
-        without a cell has one; ``error`` instead for a failure)."""
+        """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cell_size_from`` under ``--cell-size
+        auto``, ``cells``, and ``note`` when a field without a cell has one; ``error`` instead for a failure)."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        record = {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1), "cells": self.cells}
-        return record | ({"note": self.note} if self.note else {})
+        record = {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1)}
+        record |= {"cell_size_from": self.cell_size_from} if self.cell_size_from else {}
+        return record | {"cells": self.cells} | ({"note": self.note} if self.note else {})
 
 
 def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float, path: str = "", frame: np.ndarray | None = None) -> list[dict]:
@@ -207,6 +215,7 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         sizes=sizes,
         red_cell=None if red is None else (red / size, size),
         note=note,
+        cell_size_from=(FROM_DEFAULT if cell_size is None else FROM_RED_CELLS) if auto else None,
     )
 
 
@@ -527,6 +536,7 @@ class ScanJob:
             cell_size=opts.cell_size if opts.cell_size in (None, AUTO) else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE),
         )
         expanded = expand_and_check_outputs(opts)
+        refuse_annotated(expanded.paths)
         self.opts = opts
         self.report = report_hook(opts.report_out) if opts.report_out else None
         self.classifier = Classifier.load(opts.model_path, threads=opts.threads, precision=opts.precision, other_threshold=opts.other_threshold)
@@ -640,6 +650,22 @@ def annotated_files(folder: Path) -> frozenset[str]:
         return frozenset({ANNOTATE_MARKER, *(f["png"] for f in listed if isinstance(f, dict) and isinstance(f.get("png"), str))})
     except (OSError, ValueError, KeyError, TypeError):
         return frozenset({ANNOTATE_MARKER})
+
+
+def refuse_annotated(paths: Sequence[str]) -> None:
+    """One line (:class:`~firmware_host.errors.EdgecellError`, exit 1) when a field to scan is one of scan's own
+    ``--annotate`` pictures (listed in its folder's :data:`ANNOTATE_MARKER`): their drawn boxes and labels change what
+    is found and what it is called (a review scanned them: other and monocyte for neutrophils), so they are not
+    fields."""
+    from firmware_host.errors import EdgecellError
+
+    listed: dict[str, frozenset[str]] = {}
+    for p in paths:
+        folder = os.path.dirname(os.path.abspath(p))
+        if folder not in listed:
+            listed[folder] = annotated_files(Path(folder)) if os.path.isfile(os.path.join(folder, ANNOTATE_MARKER)) else frozenset()
+        if os.path.basename(p) in listed[folder]:
+            raise EdgecellError("is a picture scan --annotate drew (boxes and labels on the field), not a field; scan the original fields", p)
 
 
 class Annotator:

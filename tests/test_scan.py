@@ -387,6 +387,11 @@ def test_cli_scan_annotate_replaces_only_its_own_folder(models, fields, tmp_path
         res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), *paths, "--annotate", str(ann), "--threads", "1"])
         assert res.exit_code == 0, res.output
     assert sorted(p.name for p in ann.iterdir()) == ["annotated.json", "none.png"]  # the second scan's folder, whole
+    # scan's own pictures given back to scan (their boxes change the answers): refused in one line, as a folder or a file
+    for given in (ann, ann / "none.png"):
+        res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(given), "--threads", "1"])
+        assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+        assert f"{ann / 'none.png'}: is a picture scan --annotate drew (boxes and labels on the field), not a field" in " ".join(res.output.split())
     (ann / "mine.txt").write_text("notes")
     res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), field, "--annotate", str(ann), "--threads", "1"])
     assert res.exit_code == 1 and "holds a file this command does not write (mine.txt)" in " ".join(res.output.split()), res.output
@@ -784,6 +789,15 @@ def test_cli_scan_says_when_the_fields_are_at_a_lower_magnification(models, tmp_
     assert f"Cell size measured from each field's red cells: median {spread['median']:.0f} px" in " ".join(res.output.split())
     assert report["summary"]["counted_cells"] == 4 * MIN_FIELDS_SIZED
     assert all(0.4 * CELL <= f["cell_size"] <= 0.7 * CELL for f in report["results"])  # drawn at CELL / 2
+    assert {f["cell_size_from"] for f in report["results"]} == {"red cells"}
+    # a field without red cells falls back to the default, and its record says so (a review: it did not)
+    Image.fromarray(draw_field([(320, 240)])).save(d / "no_red.png")
+    res = CliRunner().invoke(cli, args + ["--cell-size", "auto"])
+    records = {Path(f["file"]).name: f for f in json.loads(out.read_text())["results"]}
+    assert records["no_red.png"]["cell_size_from"] == "default" and records["no_red.png"]["cell_size"] == pytest.approx(0.3 * H, abs=0.1)
+    assert records["f00.png"]["cell_size_from"] == "red cells"
+    res = CliRunner().invoke(cli, args)
+    assert all("cell_size_from" not in f for f in json.loads(out.read_text())["results"])  # only under auto
 
 
 def test_measured_cell_size_follows_the_red_cells():

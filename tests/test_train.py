@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -125,6 +126,8 @@ def test_training_again_says_it_replaced_the_run_and_its_export(tiny_run, real_s
     assert res.exit_code == 0, res.output
     assert f"note: replaced the earlier run in {run}, with its export/ (convert the new run again)" in " ".join(res.output.split())
     assert not (run / "export").exists()
+    # not a terminal (a log file): each epoch one whole line, not a bar cut to 80 columns ("━━ 1… 0…", a review)
+    assert re.search(r"^epoch 1/1 loss \d+\.\d{3} acc \d\.\d{3} \| val loss \d+\.\d{3} acc \d\.\d{3}$", res.output, re.M), res.output
 
 
 def test_refuses_to_overwrite_a_foreign_folder(real_slice, tmp_path):
