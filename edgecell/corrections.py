@@ -1,7 +1,8 @@
 """Corrections from the review page, turned into a labelled folder that ``train --data`` reads.
 
-The review page (:mod:`firmware_host.report`) downloads a CSV with the columns ``file,predicted,corrected``
-(:data:`firmware_host.report.CSV_COLUMNS`). :func:`apply_corrections` reads it, checks every row, and
+The review page (:mod:`firmware_host.report`) downloads a CSV with the columns ``file,predicted,corrected,sha256``
+(:data:`firmware_host.report.CSV_COLUMNS`; a file whose SHA-256 is not the page's is refused: replaced since it was
+reviewed). :func:`apply_corrections` reads it, checks every row, and
 builds ``OUT/<class>/<image>`` with one sub-folder per corrected class: copies by default, or hard or
 symbolic links. The folder is built in a hidden staging folder beside ``OUT`` and renamed into place
 only when complete (:func:`firmware_host.atomic.staged_dir`), so a failure leaves nothing half-written;
@@ -36,7 +37,7 @@ from pathlib import Path
 from firmware_host.errors import DataError, os_reason
 from firmware_host.paths import OTHER_TYPES, is_image_name
 from firmware_host.preprocess import IMAGE_SUFFIXES
-from firmware_host.report import CSV_COLUMNS, OTHER, Box, page_text, parse_cell_name
+from firmware_host.report import CSV_COLUMNS, CSV_COLUMNS_WITHOUT_SHA, OTHER, Box, page_text, parse_cell_name, short_sha
 
 MARKER = "corrections.json"
 """File at the top of an output folder that ``corrections apply`` wrote (lists every image and where it came from)."""
@@ -73,6 +74,13 @@ class Correction:
     corrected: str
     box: Box | None = None
     """For a cell of a scan field: its box in ``source`` (the field), cut out into the folder."""
+    csv: str = ""
+    """The CSV the row is in (several days' CSVs may be applied together)."""
+
+    @property
+    def key(self) -> str:
+        """The cell, whatever the spelling of its path: the real file, and the box for a scan cell."""
+        return os.path.realpath(self.source) + ("" if self.box is None else f"#{self.box.x0},{self.box.y0},{self.box.x1},{self.box.y1}")
 
 
 @dataclass
@@ -89,6 +97,8 @@ class Applied:
     """How many of those are not in this CSV, so no longer in the folder."""
     cut: int = 0
     """How many of ``files`` are cells cut out of a scan field (new PNGs, whatever the ``mode``)."""
+    again: int = 0
+    """Rows that named a cell an earlier CSV gave the same class (kept once)."""
 
     @property
     def n(self) -> int:
@@ -139,7 +149,8 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         raise CorrectionsError([f"{where}: line {start}: malformed CSV ({exc})"], csv_path) from None  # where the bad record starts
     except OSError as exc:
         raise CorrectionsError([f"{where}: cannot read ({os_reason(exc)})"], csv_path) from None
-    if not rows or [c.strip().lower() for c in rows[0][1]] != list(CSV_COLUMNS):
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
+    if header not in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):  # a page made before the sha256 column: unchecked
         got = ",".join(rows[0][1]) if rows else "an empty file"
         raise CorrectionsError([f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"], csv_path)
 
@@ -149,10 +160,11 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     for line, row in rows[1:]:
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) != len(CSV_COLUMNS):
-            problems.append(f"{where}: line {line}: {len(row)} fields, expected {len(CSV_COLUMNS)} ({','.join(CSV_COLUMNS)})")
+        if len(row) != len(header):
+            problems.append(f"{where}: line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)})")
             continue
         file, predicted, corrected = row[0], row[1].strip(), row[2].strip()
+        sha = row[3].strip().lower() if len(row) > 3 else ""
         if not file:
             problems.append(f"{where}: line {line}: no file name")
             continue
@@ -186,22 +198,24 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if box is None and not is_image_name(source.name):  # train would skip it: a labelled cell lost without a word
             problems.append(f"{where}: line {line}: {file}: not a type train reads ({' '.join(IMAGE_SUFFIXES)}); convert it to PNG first")
             continue
+        if sha and (bad := _sha_problem(source, sha)):
+            problems.append(f"{where}: line {line}: {file}: {bad}")
+            continue
         if box is None and (bad := _image_problem(source)):  # train would skip it: a labelled cell lost
             problems.append(f"{where}: line {line}: {file}: {bad}")
             continue
         if box is not None and (bad := _box_problem(source, box)):
             problems.append(f"{where}: line {line}: {file}: {bad}")
             continue
-        key = os.path.realpath(source) + ("" if box is None else f"#{box.x0},{box.y0},{box.x1},{box.y1}")
-        before = seen.get(key)
+        c = Correction(line, file, source, predicted, corrected, box, where)
+        before = seen.get(c.key)
         if before is not None:
             if before.corrected == corrected:
                 problems.append(f"{where}: line {line}: {file}: duplicate row (line {before.line} already gives it class {corrected!r})")
             else:
                 problems.append(f"{where}: line {line}: {file}: conflicting rows (line {before.line} says {before.corrected!r}, this one {corrected!r})")
             continue
-        c = Correction(line, file, source, predicted, corrected, box)
-        seen[key] = c
+        seen[c.key] = c
         out.append(c)
     if problems:
         hint = None
@@ -212,14 +226,50 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     return out
 
 
+def read_all(csv_paths: Sequence[str | os.PathLike], classes: Sequence[str], base: str | os.PathLike | None = None) -> tuple[list[Correction], int]:
+    """The rows of every CSV (:func:`read_corrections`), one per cell: a cell in several CSVs with the same class is
+    kept once (the count of such rows is returned), with different classes it is a problem naming both. Raises
+    :class:`CorrectionsError` with the problems of every CSV."""
+    problems: list[str] = []
+    hints: list[str] = []
+    rows: list[Correction] = []
+    seen: dict[str, Correction] = {}
+    again = 0
+    for csv_path in csv_paths:
+        try:
+            got = read_corrections(csv_path, classes, base)
+        except CorrectionsError as exc:
+            problems += exc.problems
+            hints += [exc.hint] if exc.hint and exc.hint not in hints else []
+            continue
+        if not got:
+            problems.append(f"{os.fspath(csv_path)}: holds no corrections (only the header)")
+        for c in got:
+            before = seen.get(c.key)
+            if before is None:
+                seen[c.key] = c
+                rows.append(c)
+            elif before.corrected == c.corrected:
+                again += 1
+            else:
+                problems.append(
+                    f"{c.csv}: line {c.line}: {c.file}: conflicts with {before.csv} line {before.line} "
+                    f"({before.corrected!r} there, {c.corrected!r} here); correct one of them"
+                )
+    if problems:
+        raise CorrectionsError(problems, csv_paths[0], "; ".join(hints) or None)
+    return rows, again
+
+
 def apply_corrections(
-    csv_path: str | os.PathLike,
+    csv_path: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     classes: Sequence[str] | None = None,
     base: str | os.PathLike | None = None,
     mode: LinkMode | str = LinkMode.copy,
 ) -> Applied:
-    """Build ``out/<corrected class>/<image>`` from the corrections CSV (see the module docstring).
+    """Build ``out/<corrected class>/<image>`` from the corrections CSV, or several (a week of reviews; see the module
+    docstring).
 
     Args:
         classes: the classes a correction may name (default: :func:`default_classes`).
@@ -231,21 +281,23 @@ def apply_corrections(
 
     mode = LinkMode(mode)
     classes = list(classes) if classes is not None else default_classes()
-    rows = read_corrections(csv_path, classes, base)
-    if not rows:
-        raise CorrectionsError([f"{os.fspath(csv_path)}: holds no corrections (only the header)"], csv_path)
+    csv_paths = [csv_path] if isinstance(csv_path, (str, os.PathLike)) else list(csv_path)
+    if not csv_paths:
+        raise CorrectionsError(["no corrections CSV given"], "")
+    rows, again = read_all(csv_paths, classes, base)
     out = Path(out)
     real_out = os.path.realpath(out)
-    if os.path.realpath(csv_path).startswith(real_out + os.sep):
-        raise CorrectionsError([f"{os.fspath(csv_path)}: is inside the output folder {out}, which would be replaced; choose another --out"], csv_path)
+    for csv_path in csv_paths:
+        if os.path.realpath(csv_path).startswith(real_out + os.sep):
+            raise CorrectionsError([f"{os.fspath(csv_path)}: is inside the output folder {out}, which would be replaced; choose another --out"], csv_path)
     inside = [r for r in rows if os.path.realpath(r.source).startswith(real_out + os.sep)]
     if inside:
         more = f" (and {len(inside) - 1} more rows)" if len(inside) > 1 else ""
         raise CorrectionsError(
             [
-                f"{os.fspath(csv_path)}: line {inside[0].line}: {inside[0].file}{more}: is inside the output folder {out}, which would be replaced; choose another --out"
+                f"{inside[0].csv}: line {inside[0].line}: {inside[0].file}{more}: is inside the output folder {out}, which would be replaced; choose another --out"
             ],
-            csv_path,
+            inside[0].csv,
         )
     # what it wrote and is still as it wrote it (every copy's SHA-256 read once): anything else, a person's added or
     # changed image, keeps the folder from being replaced
@@ -260,7 +312,7 @@ def apply_corrections(
         )
     check_stageable(out, MARKER, owned=owned)
     before = owned - {MARKER} if (out / MARKER).is_file() else None
-    result = Applied(out=out, mode=mode)
+    result = Applied(out=out, mode=mode, again=again)
     with staged_dir(out, MARKER, owned=owned) as tmp:
         used: set[str] = set()
         digests: list[str | None] = []
@@ -279,12 +331,19 @@ def apply_corrections(
             # contents are the source image, which replacing the folder leaves where it is)
             digests.append(sha256_file(dest) if mode is LinkMode.copy or r.box is not None else None)
         manifest = {
-            "format": "edgecell-corrections/1",
-            "csv": os.path.abspath(csv_path),
+            "format": "edgecell-corrections/2",  # 2: "csv" lists every CSV applied, each file its own
+            "csv": [os.path.abspath(p) for p in csv_paths],
             "mode": mode.value,
             "counts": dict(sorted(result.counts.items())),
             "files": [
-                {"line": r.line, "source": os.path.abspath(r.source), "predicted": r.predicted, "corrected": r.corrected, "file": f}
+                {
+                    "csv": os.path.abspath(r.csv),
+                    "line": r.line,
+                    "source": os.path.abspath(r.source),
+                    "predicted": r.predicted,
+                    "corrected": r.corrected,
+                    "file": f,
+                }
                 | ({"sha256": d} if d else {})
                 for r, (_, f), d in zip(rows, result.files, digests)
             ],
@@ -341,6 +400,24 @@ def _resolve(file: str, base: Path) -> Path:
             part = same[0]
         found = found / part
     return found
+
+
+def _sha_problem(image: Path, sha: str) -> str | None:
+    """Why ``image`` is not the file the review page showed (its :func:`~firmware_host.report.short_sha` is not
+    ``sha``), or None."""
+    from firmware_host.errors import ImageError
+    from firmware_host.preprocess import read_bytes
+
+    try:
+        now = short_sha(read_bytes(image))
+    except ImageError as exc:
+        return f"cannot be read ({exc.reason})"
+    if now == sha:
+        return None
+    return (
+        f"is not the image that was reviewed (SHA-256 {now}..., the page's {sha}...): replaced since under the same name "
+        "(a camera that numbers its pictures again?); review it again"
+    )
 
 
 def _image_problem(image: Path) -> str | None:

@@ -379,7 +379,7 @@ class ClassifyJob:
                     if out:
                         out.add(row)
                 if self._report:
-                    self._report.add_row(row, res.thumbnail)
+                    self._report.add_row(row, res.thumbnail, res.sha256)
                 yield path, row
         finally:
             s.wall_s = time.perf_counter() - t0

@@ -20,7 +20,7 @@ What the page holds:
 Thumbnails are embedded as small base64 JPEGs (the image as given, not the model's recoloured crop, at most
 :data:`THUMB_MAX_PX` pixels: :func:`file_thumbnail`; in scan mode the cell's region of the field), so the page is one file: it needs no network, no server and
 no folder beside it. Corrections stay in the open page and leave it only as the CSV the reviewer
-downloads (``file,predicted,corrected``; :data:`CSV_COLUMNS`), which
+downloads (``file,predicted,corrected,sha256``; :data:`CSV_COLUMNS`), which
 ``edgecell corrections apply`` turns into a labelled folder.
 
 Safety: every file name is written through ``html.escape``; the data the script reads sits in a
@@ -79,8 +79,14 @@ THUMB_QUALITY = 80
 FIELD_PX = 800
 """Longest side of an embedded field of view (scan mode); boxes are drawn over it in the field's own pixels."""
 FIELD_QUALITY = 82
-CSV_COLUMNS = ("file", "predicted", "corrected")
-"""Columns of the corrections CSV the page downloads (and ``edgecell corrections apply`` reads)."""
+CSV_COLUMNS = ("file", "predicted", "corrected", "sha256")
+"""Columns of the corrections CSV the page downloads (and ``edgecell corrections apply`` reads): ``sha256`` is the first
+:data:`SHA_SHOWN` hex digits of the file's SHA-256 when the page was made (a scan cell's: its field's), so that a file
+replaced under its name since (a camera that numbers its pictures from 1 again each day) is not labelled unseen."""
+CSV_COLUMNS_WITHOUT_SHA = CSV_COLUMNS[:3]
+"""The columns of pages made before the ``sha256`` column, which ``corrections apply`` still reads (unchecked)."""
+SHA_SHOWN = 16
+"""Hex digits of a file's SHA-256 the page keeps (64 bits: enough to tell one image from another)."""
 CSV_NAME = "corrections.csv"
 """File name the page suggests for the download."""
 
@@ -176,6 +182,7 @@ class _Cell:
     why: str = ""  # why it is ``other`` (runtime.Prediction.other_reason)
     nearest: tuple[str, float] | None = None  # an ``other`` cell: the class the model gave it most probability
     edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
+    sha256: str = ""  # the first SHA_SHOWN hex digits of the file's (a scan cell's: its field's) SHA-256; "" unknown
 
 
 @dataclass
@@ -207,18 +214,38 @@ def thumbnail_jpeg(image: np.ndarray, px: int = THUMB_MAX_PX, quality: int = THU
     return buf.getvalue()
 
 
+def short_sha(data: bytes) -> str:
+    """The first :data:`SHA_SHOWN` hex digits of the SHA-256 of ``data``: how the page names a file's contents."""
+    return hashlib.sha256(data).hexdigest()[:SHA_SHOWN]
+
+
+def file_picture(path: str | os.PathLike, px: int = THUMB_MAX_PX, quality: int = THUMB_QUALITY) -> tuple[bytes | None, str]:
+    """:func:`file_thumbnail` and the file's :func:`short_sha` from one read (``(None, "")`` if it cannot be read)."""
+    from firmware_host.preprocess import read_bytes
+
+    try:
+        data = read_bytes(path)
+    except Exception:  # a thumbnail is a convenience: a file that cannot be shown is shown without one
+        return None, ""
+    return _thumbnail_of(data, px, quality), short_sha(data)
+
+
 def file_thumbnail(path: str | os.PathLike, px: int = THUMB_MAX_PX, quality: int = THUMB_QUALITY) -> bytes | None:
     """A thumbnail of an image file as a person would see it (upright, transparency on white, 16-bit scaled; a fast
     JPEG draft decode), or None if it cannot be read. About 1 ms for a 400x400 JPEG.
 
     Read as classifying reads it (a regular file, within the size limit), so a file swapped for a pipe since cannot hang it.
     """
+    return file_picture(path, px, quality)[0]
+
+
+def _thumbnail_of(data: bytes, px: int, quality: int) -> bytes | None:
     from PIL import ImageOps
 
-    from firmware_host.preprocess import _to_rgb, read_bytes
+    from firmware_host.preprocess import _to_rgb
 
     try:
-        with Image.open(io.BytesIO(read_bytes(path))) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.format in JPEG_FORMATS:
                 img.draft("RGB", (px, px))
             rgb = _to_rgb(ImageOps.exif_transpose(img))
@@ -290,8 +317,10 @@ class ReportWriter:
         why: str = "",
         edge: bool = False,
         nearest: tuple[str, float] | None = None,
+        sha256: str = "",
     ) -> int:
-        """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None.
+        """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None; ``sha256``: the file's
+        :func:`short_sha` (a scan cell's: its field's), which the corrections CSV carries.
 
         In scan mode ``field`` is the index :meth:`add_field` returned and ``box`` the cell's box in
         that field. ``why``: why the cell is ``other`` (shown beside its flag). ``edge``: the cell is cut by its
@@ -301,13 +330,13 @@ class ReportWriter:
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
         self.cells.append(
-            _Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", nearest, bool(edge))
+            _Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", nearest, bool(edge), sha256)
         )
         if field is not None:
             self.fields[field].cells.append(i)
         return i
 
-    def add_row(self, row: dict, thumbnail: bytes | None = None) -> int:
+    def add_row(self, row: dict, thumbnail: bytes | None = None, sha256: str = "") -> int:
         """Add one result row of classify (``path``, ``label``, ``confidence``, ``flag``, ``true_label``, ``other_reason``, ``top3``)."""
         return self.add_cell(
             row["path"],
@@ -318,6 +347,7 @@ class ReportWriter:
             thumbnail,
             why=row.get("other_reason", ""),
             nearest=nearest_class(row),
+            sha256=sha256,
         )
 
     def add_field(self, file: str | os.PathLike, image: np.ndarray, note: str | None = None) -> int:
@@ -372,7 +402,7 @@ class ReportWriter:
             "otherTypes": [t for t in OTHER_TYPES if t != OTHER],
             "csvColumns": list(CSV_COLUMNS),
             "csvName": CSV_NAME,
-            "cells": [[c.file, c.label, int(c.edge)] for c in self.cells],
+            "cells": [[c.file, c.label, int(c.edge), c.sha256] for c in self.cells],
         }
         yield f'<script type="application/json" id="edgecell-data">{_json_for_script(data)}</script>\n'
         yield f"<script>{script}</script>\n</body>\n</html>\n"
@@ -868,7 +898,7 @@ _SCRIPT = """
     var lines = [data.csvColumns.join(",")];
     data.cells.forEach(function (cell, i) {
       // confirmed: the cells left as predicted, but not those cut by a field's border (a sliver adapt would learn from)
-      if (has(i) || (confirmed.checked && !cell[2])) { lines.push([cell[0], cell[1], has(i) ? corrected[i] : cell[1]].map(csvField).join(",")); }
+      if (has(i) || (confirmed.checked && !cell[2])) { lines.push([cell[0], cell[1], has(i) ? corrected[i] : cell[1], cell[3]].map(csvField).join(",")); }
     });
     var blob = new Blob([lines.join("\\n") + "\\n"], { type: "text/csv;charset=utf-8" });
     var a = document.createElement("a");

@@ -238,6 +238,8 @@ class Prediction:
     inference_ms: float = 0.0
     thumbnail: bytes | None = field(default=None, repr=False)
     """A small JPEG of the image, when ``classify_many(thumbnails=...)`` asked for one (the review page)."""
+    sha256: str = ""
+    """With a thumbnail: the file's :func:`firmware_host.report.short_sha`, which the review page's corrections carry."""
     other_score: float | None = None
     """The never-seen score (:mod:`firmware_host.otherscore`); None for a model without one."""
     nucleus_offset: float = math.nan
@@ -901,7 +903,7 @@ class Classifier:
                     continue
                 pred = self.classify_array(path, image, pre_ms, offset)
                 if thumbnails:
-                    pred.thumbnail = _thumbnail(path, image, thumbnails)
+                    pred.thumbnail, pred.sha256 = _thumbnail(path, image, thumbnails)
                 yield path, pred
             return
         local = functools.partial(_classify_paths, self, thumbnails=thumbnails)
@@ -912,7 +914,7 @@ class Classifier:
                     yield path, ImageError(reason, path)
                 else:
                     pred = self.prediction(path, probs, pre_ms, inf_ms, score, offset)
-                    pred.thumbnail = thumb[0] if thumb else None
+                    pred.thumbnail, pred.sha256 = thumb[0] if thumb else (None, "")
                     yield path, pred
 
 
@@ -935,7 +937,8 @@ def _classify_paths(clf: Classifier, paths: list[str], thumbnails: int = 0) -> l
     """Decode and classify: ``(probabilities, decode ms, inference ms, None, score, nucleus offset)`` or
     ``(None, 0, 0, reason, None, nan)`` per path.
 
-    With ``thumbnails`` > 0 each successful tuple has a seventh item, the JPEG thumbnail of the input.
+    With ``thumbnails`` > 0 each successful tuple has a seventh item, the JPEG thumbnail of the input and its file's
+    short SHA-256 (:func:`_thumbnail`).
     """
     out = []
     for p in paths:
@@ -954,12 +957,13 @@ def _classify_in_worker(paths: list[str], thumbnails: int = 0) -> list[tuple]:
     return _classify_paths(_WORKER_CLASSIFIER, paths, thumbnails)
 
 
-def _thumbnail(path: str | os.PathLike, image: np.ndarray, px: int) -> bytes:
+def _thumbnail(path: str | os.PathLike, image: np.ndarray, px: int) -> tuple[bytes, str]:
     """The review page's picture of a cell: the image as given (a person judges the cell, not the model's recoloured
-    crop), else the model's input."""
-    from firmware_host.report import file_thumbnail, thumbnail_jpeg
+    crop), else the model's input; and the file's :func:`~firmware_host.report.short_sha` ("" if it cannot be read)."""
+    from firmware_host.report import file_picture, thumbnail_jpeg
 
-    return file_thumbnail(path, px) or thumbnail_jpeg(image, px)
+    jpeg, digest = file_picture(path, px)
+    return jpeg or thumbnail_jpeg(image, px), digest
 
 
 # ----------------------------------------------------------------------------------------------

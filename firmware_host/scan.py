@@ -600,13 +600,14 @@ class ScanJob:
     def _pictures(self, res: FieldResult) -> None:
         """The field's pixels again, in this process (worker processes return only results)."""
         try:
-            rgb = decode_field(read_bytes(res.file), res.file)
+            data = read_bytes(res.file)
+            rgb = decode_field(data, res.file)
         except ImageError:  # changed or removed since it was scanned: no picture
             return
         if self.annotator:
             self.annotator.write(res, rgb)
         if self.report is not None:
-            self.report.add(res, rgb)
+            self.report.add(res, rgb, data)
 
     def __exit__(self, *exc_info) -> bool | None:
         if exc_info[0] is not None:  # the temporary files are removed; nothing half-written is kept
@@ -712,9 +713,11 @@ class ReportHook:
     def start(self, clf, n: int, threshold: float) -> None:
         self.writer = self.mod.report_for(clf, threshold, n, mode="scan")
 
-    def add(self, res: FieldResult, rgb: np.ndarray) -> None:
-        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region, an eyepiece frame left as photographed)."""
+    def add(self, res: FieldResult, rgb: np.ndarray, data: bytes = b"") -> None:
+        """The field and each of its cells (named ``FIELD#x0,y0,x1,y1``, the thumbnail cut as the classifier's region, an
+        eyepiece frame left as photographed; ``data``: the field's file, whose short SHA-256 each cell carries)."""
         k = self.writer.add_field(res.file, rgb, res.note)
+        digest = self.mod.short_sha(data) if data else ""
         for c in res.cells:
             box = self.mod.Box(*c["box"])
             x0, y0, x1, y1 = cell_region(c["box"], res.width, res.height)
@@ -731,6 +734,7 @@ class ReportHook:
                 why=c.get("other_reason", ""),
                 edge=bool(c["edge"]),
                 nearest=self.mod.nearest_class(c),
+                sha256=digest,
             )
 
     def finish(self, summary: ScanSummary) -> None:

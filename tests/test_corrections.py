@@ -92,6 +92,34 @@ def test_apply_builds_a_folder_train_accepts(images, tmp_path, mode):
     assert leftovers(tmp_path, "corrected") == []
 
 
+def test_several_days_of_corrections_make_one_folder(images, tmp_path):
+    """One CSV a day: applied together into one folder (applied one by one, each replaced the last; a review). A cell in
+    two CSVs with the same class is kept once and said; with different classes it is refused, naming both rows."""
+    monday = write_csv(tmp_path / "monday.csv", GOOD[:2])
+    tuesday = write_csv(tmp_path / "tuesday.csv", GOOD[1:])
+    out = tmp_path / "labelled"
+    r = run("corrections", "apply", monday, tuesday, "--out", out, cwd=images)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [
+        f"4 image(s) copied into {out} (erythroblast 1, monocyte 1, other 2).",
+        "note: 1 row(s) named a cell an earlier CSV gave the same class; used once.",
+    ]
+    manifest = json.loads((out / MARKER).read_text())
+    assert manifest["csv"] == [str(monday), str(tuesday)]
+    assert [f["csv"] for f in manifest["files"]] == [str(monday), str(monday), str(tuesday), str(tuesday)]
+    wednesday = write_csv(tmp_path / "wednesday.csv", [["./monocyte/a.jpg", "monocyte", "basophil"]])
+    r = run("corrections", "apply", monday, wednesday, "--out", tmp_path / "other", cwd=images)
+    assert r.exit_code == 1 and r.output.splitlines() == [
+        f"Error: {wednesday}: line 2: ./monocyte/a.jpg: conflicts with {monday} line 2 ('other' there, 'basophil' here); correct one of them; nothing was written."
+    ]
+    # every CSV's problems are listed, not the first CSV's alone
+    bad = write_csv(tmp_path / "bad.csv", [["nope.jpg", "", "other"]])
+    r = run("corrections", "apply", bad, write_csv(tmp_path / "bad2.csv", [["monocyte/b.jpg", "", "blast"]]), "--out", tmp_path / "x", cwd=images)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 1 and len(errors) == 2 and "bad.csv: line 2: nope.jpg: no such file" in errors[0] and "bad2.csv: line 2" in errors[1]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "other").exists()
+
+
 def test_apply_again_replaces_its_own_folder(images, tmp_path):
     out = tmp_path / "corrected"
     apply_corrections(write_csv(tmp_path / "one.csv", GOOD), out, base=images)
@@ -310,8 +338,8 @@ def _shift(msg: str) -> str:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("", "expected the header file,predicted,corrected, found 'an empty file'"),
-        ("path,label\nmonocyte/a.jpg,other\n", "line 1: expected the header file,predicted,corrected, found 'path,label'"),
+        ("", "expected the header file,predicted,corrected,sha256, found 'an empty file'"),
+        ("path,label\nmonocyte/a.jpg,other\n", "line 1: expected the header file,predicted,corrected,sha256, found 'path,label'"),
         (  # the quote opened on line 3 is never closed: line 3 is named, not the end of the file
             'file,predicted,corrected\nmonocyte/a.jpg,monocyte,other\n"monocyte/b.jpg,monocyte,other\nmonocyte/c.jpg,monocyte,other\n',
             "line 3: malformed CSV (unexpected end of data)",

@@ -6,10 +6,12 @@ import csv
 import html
 import io
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import cli
@@ -172,13 +174,13 @@ def test_confirmed_cells_leave_out_those_cut_by_the_border_unless_corrected(tmp_
         with page.expect_download() as dl:
             page.click("#download")
         rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
-        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte"]]
+        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte", ""]]
         page.click('button.cls[data-i="1"]')
         page.click('.menu button.pick[data-class="basophil"]')
         with page.expect_download() as dl:
             page.click("#download")
         rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
-        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte"], ["f1.jpg#0,100,40,150", "monocyte", "basophil"]]
+        assert rows == [list(CSV_COLUMNS), ["f1.jpg#10,20,60,80", "monocyte", "monocyte", ""], ["f1.jpg#0,100,40,150", "monocyte", "basophil", ""]]
 
 
 def test_failed_inputs_are_named_and_other_cells_show_their_nearest_class(tmp_path):
@@ -312,13 +314,13 @@ def test_page_in_headless_chromium(tmp_path):
         got = Path(dl.value.path()).read_text(encoding="utf-8")
         assert dl.value.suggested_filename == "corrections.csv"
         rows = list(csv.reader(io.StringIO(got)))
-        assert rows == [list(CSV_COLUMNS), [target, "basophil", OTHER]]
+        assert rows == [list(CSV_COLUMNS), [target, "basophil", OTHER, ""]]
 
         page.check("#include-confirmed")
         with page.expect_download() as dl:
             page.click("#download")
         rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8"))))
-        assert len(rows) == 1 + len(cells) and [target, "basophil", OTHER] in rows and [cells[1][0], cells[1][1], cells[1][1]] in rows
+        assert len(rows) == 1 + len(cells) and [target, "basophil", OTHER, ""] in rows and [cells[1][0], cells[1][1], cells[1][1], ""] in rows
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review_page.png"), full_page=True)
@@ -365,6 +367,48 @@ def test_classify_report_end_to_end(models, tmp_path):
     f = json.loads((tmp_path / "r.json").read_text())["summary"]["flagged"]
     assert f"Flagged: {f['total']} of {len(results)}</strong>: {f['review']} for the haematologist" in text  # as classify says
     assert f"{f['uncertain']} uncertain" in text and f"{f['other']} not one of the five" in text
+
+
+def _page_data(page: Path) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="edgecell-data">(.*?)</script>', page.read_text(encoding="utf-8"), re.S).group(1))
+
+
+def test_the_corrections_carry_each_files_sha256_and_a_replaced_file_is_refused(models, tmp_path, monkeypatch):
+    """A camera that numbers its pictures from 1 again each day: a corrections CSV applied after the reviewed images
+    were replaced under their names labelled other cells, unseen (a review). The page keeps each file's SHA-256 (in
+    worker processes as in threads); the CSV carries it; apply refuses a file that is not the one reviewed."""
+    import hashlib
+
+    from edgecell.corrections import CorrectionsError, apply_corrections
+    from firmware_host.report import SHA_SHOWN, short_sha
+    from firmware_host.runtime import Classifier
+
+    data = labelled_folder(tmp_path / "data", per_class=2)
+    files = sorted(data.rglob("*.jpg"))
+    clf = Classifier.load(models.int8, threads=1)
+    for processes in (False, True):
+        got = [p.sha256 for _, p in clf.classify_many(files, workers=2, processes=processes, thumbnails=THUMB_MAX_PX)]
+        assert got == [hashlib.sha256(f.read_bytes()).hexdigest()[:SHA_SHOWN] for f in files], processes
+    page = tmp_path / "p.html"
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["classify", "--model", str(models.export), "data", "--report", str(page)])
+    assert r.exit_code == 0, r.output
+    cells = _page_data(page)["cells"]
+    assert {c[0]: c[3] for c in cells} == {os.path.relpath(f, tmp_path): short_sha(f.read_bytes()) for f in files}
+    rows = [list(CSV_COLUMNS)] + [[c[0], c[1], OTHER, c[3]] for c in cells[:2]]  # as the page's script writes them
+    (tmp_path / "c.csv").write_text("".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    assert apply_corrections(tmp_path / "c.csv", tmp_path / "out").n == 2
+    reviewed = tmp_path / cells[1][0]
+    save_jpeg(reviewed, np.full((48, 48, 3), 90, np.uint8))  # the next day's picture under the same name
+    with pytest.raises(CorrectionsError) as exc:
+        apply_corrections(tmp_path / "c.csv", tmp_path / "out2")
+    assert exc.value.problems == [
+        f"{tmp_path / 'c.csv'}: line 3: {cells[1][0]}: is not the image that was reviewed (SHA-256 {short_sha(reviewed.read_bytes())}..., "
+        f"the page's {cells[1][3]}...): replaced since under the same name (a camera that numbers its pictures again?); review it again"
+    ]
+    # a CSV from a page made before the column: read as before, unchecked
+    (tmp_path / "old.csv").write_text("file,predicted,corrected\n" + f"{cells[1][0]},{cells[1][1]},other\n", encoding="utf-8")
+    assert apply_corrections(tmp_path / "old.csv", tmp_path / "out3").n == 1
 
 
 def models_classes(models) -> list[str]:

@@ -503,6 +503,10 @@ def test_cli_scan_report(models, fields, tmp_path):
         html = page.read_text()
         assert html.lstrip().lower().startswith("<!doctype html")
         assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
+        from firmware_host.report import short_sha
+        from tests.test_report import _page_data
+
+        assert {c[3] for c in _page_data(page)["cells"]} == {short_sha((fields / "two.jpg").read_bytes())}  # the field's
 
 
 def _cell(score: float, prob: float = 0.9, edge: bool = False) -> dict:

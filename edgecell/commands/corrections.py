@@ -23,7 +23,7 @@ def corrections() -> None:
 
 
 @corrections.command("apply")
-@click.argument("csv_path", metavar="CSV", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("csv_paths", metavar="CSV...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), required=True, help="Folder to build: one sub-folder per class.")
 @click.option(
     "--link",
@@ -47,24 +47,27 @@ def corrections() -> None:
     help="Take the allowed classes from this model (file or export folder) instead of edgecell's cell types; 'other' is always allowed.",
 )
 @click.pass_context
-def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
-    """Turn a corrections CSV into a labelled folder for train --data.
+def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path):
+    """Turn corrections CSVs into a labelled folder for train --data.
 
-    The CSV is the review page's download (file,predicted,corrected); OUT gets one sub-folder per
-    corrected class, OUT/<class>/<image>. Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a
-    malformed CSV are listed one line each, and nothing is written. OUT is built beside itself and
+    A CSV is the review page's download (file,predicted,corrected,sha256: a file replaced since it was reviewed is
+    refused); give several (a week of reviews) to build one folder of them all: a cell in two with the same class is
+    kept once, with different classes refused. OUT gets one sub-folder per corrected class, OUT/<class>/<image>.
+    Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a malformed CSV are
+    listed one line each, and nothing is written. OUT is built beside itself and
     renamed into place when complete; an existing OUT is replaced only if this command made it.
 
     \b
     Example:
       edgecell corrections apply ~/Downloads/corrections.csv --out corrected/
+      edgecell corrections apply monday.csv tuesday.csv --out corrected/
       edgecell train --data corrected/ --data ../shared/bloodcells --out run2
     """
     from edgecell.corrections import CorrectionsError, apply_corrections, model_classes
 
     classes = model_classes(model_path) if model_path else None
     try:
-        done = apply_corrections(csv_path, out_dir, classes=classes, base=base, mode=mode)
+        done = apply_corrections(csv_paths, out_dir, classes=classes, base=base, mode=mode)
     except CorrectionsError as exc:
         if len(exc.problems) == 1:  # one line, as every other error
             hint = f"; {exc.hint}" if exc.hint else ""
@@ -83,6 +86,8 @@ def apply_cmd(ctx, csv_path, out_dir, mode, base, model_path):
     what = [f"{done.n - done.cut} image(s) {verb}"] if done.n > done.cut else []
     what += [f"{done.cut} cell(s) cut out of their fields"] if done.cut else []
     console.print(f"{' and '.join(what)} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)
+    if done.again:
+        console.print(f"[yellow]note:[/yellow] {done.again} row(s) named a cell an earlier CSV gave the same class; used once.", soft_wrap=True)
     if done.replaced is not None:
         gone = f"; {done.gone} of them are not in this CSV and are no longer there" if done.gone else ""
         console.print(f"[yellow]note:[/yellow] replaced the earlier folder, which held {done.replaced} image(s){gone}.", soft_wrap=True)
