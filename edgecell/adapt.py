@@ -82,6 +82,13 @@ fine-tuning and then prototypes keep both parents within a point (docs/design.md
 PROTOTYPE_SHRINK = 0.01
 """Share of the within-type covariance replaced by its mean variance (shrinkage: a few thousand replay images
 estimate a covariance of a few hundred features; docs/design.md, "Adapting by prototypes")."""
+LABEL_CHECK_MIN = 5
+"""The fewest local cells of a type over which :func:`label_check` reads what the parent called them."""
+LABEL_CHECK_SHARE = 0.5
+"""A type more than this share of whose cells the parent names one other class..."""
+LABEL_CHECK_CONFIDENCE = 0.8
+"""...with at least this mean confidence (calibrated) is said before adapting: a folder of the wrong cells (a review
+adapted to 25 neutrophils filed as basophils, and nothing said so) or a type the parent reads wrongly on this lab."""
 SCALE_GRID = np.geomspace(1e-3, 10.0, 81)
 """Scales of the prototype head's outputs tried (the one that fits the parent's validation split best is kept)."""
 
@@ -172,6 +179,38 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
     # per cell type: each is a prototype of its own (a clinic's lymphocytes and eosinophils both teach `other`)
     per_type = Counter(s.type or s.label for s in ds.samples)
     return [f"{t}: {n} labelled; {RECOMMENDED_PER_CLASS - n} more would help" for t, n in sorted(per_type.items()) if n < RECOMMENDED_PER_CLASS]
+
+
+def label_check(probs: np.ndarray, samples: Sequence[data_mod.Sample], classes: Sequence[str]) -> list[dict]:
+    """For each local cell type (its folder) of :data:`LABEL_CHECK_MIN` cells or more: when the parent, before adapting,
+    names most of them (:data:`LABEL_CHECK_SHARE`) one other class with a mean confidence of
+    :data:`LABEL_CHECK_CONFIDENCE` or more, ``{"type", "label", "n", "named", "count", "mean_confidence"}``. ``probs``:
+    the parent's calibrated probabilities of ``samples``."""
+    by_type: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_type[(s.type or s.label, s.label)].append(i)
+    out = []
+    for (typ, label), idx in sorted(by_type.items()):
+        if len(idx) < LABEL_CHECK_MIN:
+            continue
+        p = probs[idx]
+        named, count = Counter(classes[k] for k in p.argmax(axis=1)).most_common(1)[0]
+        if named == label or count <= LABEL_CHECK_SHARE * len(idx):
+            continue
+        mine = p.argmax(axis=1) == list(classes).index(named)
+        confidence = float(p[mine].max(axis=1).mean())
+        if confidence >= LABEL_CHECK_CONFIDENCE:
+            out.append({"type": typ, "label": label, "n": len(idx), "named": named, "count": int(count), "mean_confidence": round(confidence, 3)})
+    return out
+
+
+def label_note(c: dict) -> str:
+    """One line on a :func:`label_check` finding."""
+    return (
+        f"before adapting, the model named {c['count']} of your {c['n']} {c['type']} cells {c['named']} (mean confidence "
+        f"{c['mean_confidence']:.2f}): if the folder is right, adapting teaches it that; if those cells are not {c['type']}, "
+        "correct their labels first"
+    )
 
 
 def adapted_sources(parent: RunFolder) -> list[str]:
@@ -486,6 +525,9 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     x_loc, y_loc, o_loc = local.images[~held], y_local[~held], local.nucleus_offsets[~held]
 
     model = parent.load_keras()
+    labels = label_check(apply_temperature(predict(model, local.images), parent.temperature), local.samples, classes)
+    for c in labels:  # said before minutes of fine-tuning, so that a wrong folder can be stopped
+        con.print(f"[yellow]note:[/yellow] {label_note(c)}", soft_wrap=True, highlight=False)
 
     def report(temperature: float, other_score: dict | None) -> dict:
         """What the runtime would say: calibrated, labelled ``other`` by the argmax or the never-seen score."""
@@ -579,6 +621,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         "epochs": epochs,
         "seconds": seconds,
         "advice": advice,
+        "label_check": labels,
     }
     local_rows = [data_mod.ManifestRow(s.rel, s.label, "test" if h else "train", s.sha256, s.source, s.type) for s, h in zip(local.samples, held)]
     new_rows = rows + local_rows

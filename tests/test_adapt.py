@@ -66,6 +66,39 @@ def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
     for key in ("accuracy", "macro_f1", "flagged", "wrong_unflagged"):
         assert key in hold["after"] and key in rep["original_test"]["before"]
     assert "Before and after adapting" in output and "local, held out" in output
+    # what the parent called the clinic's cells before adapting is in the report (said when it names most one other class)
+    assert isinstance(rep["label_check"], list)
+    for c in rep["label_check"]:
+        assert c["named"] != c["label"] and "before adapting, the model named" in " ".join(output.split())
+
+
+def test_label_check_names_a_folder_the_parent_calls_something_else():
+    """25 neutrophils filed as basophils were adapted to without a word (a review): a type most of whose cells the
+    parent names one other class, confidently, is said; a type it names right, a doubtful majority, or too few, not."""
+    from edgecell.adapt import LABEL_CHECK_MIN, label_check, label_note
+
+    classes = ["basophil", "monocyte", "other", "seg_neutrophil"]
+
+    def probs(k: int, p: float, n: int) -> np.ndarray:
+        a = np.full((n, len(classes)), (1 - p) / (len(classes) - 1))
+        a[:, k] = p
+        return a
+
+    samples = [data_mod.Sample(f"b{i}.png", "basophil", f"{i:064x}", "clinic", "basophil") for i in range(25)]
+    samples += [data_mod.Sample(f"m{i}.png", "monocyte", f"{100 + i:064x}", "clinic", "monocyte") for i in range(10)]
+    samples += [data_mod.Sample(f"l{i}.png", "other", f"{200 + i:064x}", "clinic", "lymphocyte") for i in range(10)]
+    samples += [data_mod.Sample(f"e{i}.png", "other", f"{300 + i:064x}", "clinic", "eosinophil") for i in range(LABEL_CHECK_MIN - 1)]
+    p = np.concatenate(
+        [
+            np.concatenate([probs(3, 0.95, 22), probs(0, 0.9, 3)]),  # basophils called neutrophils, confidently
+            np.concatenate([probs(3, 0.6, 6), probs(1, 0.9, 4)]),  # monocytes: a doubtful majority
+            probs(2, 0.9, 10),  # lymphocytes named other: right
+            probs(0, 0.99, LABEL_CHECK_MIN - 1),  # too few to say
+        ]
+    )
+    found = label_check(p, samples, classes)
+    assert found == [{"type": "basophil", "label": "basophil", "n": 25, "named": "seg_neutrophil", "count": 22, "mean_confidence": 0.95}]
+    assert label_note(found[0]).startswith("before adapting, the model named 22 of your 25 basophil cells seg_neutrophil (mean confidence 0.95)")
 
 
 def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic):
