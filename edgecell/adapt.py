@@ -44,7 +44,7 @@ from edgecell import __version__
 from edgecell import data as data_mod
 from edgecell.console import progress, stderr_console
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import ADAPT_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
+from edgecell.runfolder import ADAPT_FILE, KERAS_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
 from firmware_host.atomic import check_stageable, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 from firmware_host.metadata import sha256_file
@@ -675,7 +675,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
             edgecell_version=__version__,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-        meta["model"] = {**(meta.get("model") or {}), "learnt_as": list(learnt), "params": int(model.count_params())}
+        meta["model"] = {**(meta.get("model") or {}), "learnt_as": list(learnt), "params": int(model.count_params()), "sha256": sha256_file(tmp / KERAS_FILE)}
         meta["training"] = {**(meta.get("training") or {}), "adapt_history": {k: v for k, v in history.items() if k in ("loss", "accuracy")}}
         RunFolder.from_dict(tmp, meta).write(tmp)
     if replaced:

@@ -34,6 +34,7 @@ from firmware_host.metadata import (  # the names of a run's and an export's fil
     SPLIT_FILE,
     Precision,
     preprocessing_mismatch,
+    sha256_file,
     sidecar_path,
 )
 
@@ -238,6 +239,13 @@ class RunFolder:
         if not self.keras_path.is_file():
             raise EdgecellError("model.keras is missing from the run folder", self.path)
         check_keras_file(self.keras_path)
+        recorded = (self.extra.get("model") or {}).get("sha256")
+        if recorded and sha256_file(self.keras_path) != recorded:  # runs made before the digest was recorded: not checked
+            raise EdgecellError(
+                f"is not the model this run trained (its SHA-256 differs from the one {RUN_MARKER} records): files of two runs "
+                "mixed, or the model replaced; put the run's own model back, or train again",
+                self.keras_path,
+            )
         problem = preprocessing_mismatch(self.extra.get("preprocessing") or {}, "its model")
         if problem:
             raise EdgecellError(

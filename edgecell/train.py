@@ -34,6 +34,7 @@ from edgecell.runfolder import CV_FILE, HISTORY_FILE, KERAS_FILE, METRICS_FILE, 
 from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, raise_if_interrupted, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
+from firmware_host.metadata import sha256_file
 
 
 @dataclass
@@ -650,6 +651,7 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
                 "learnt_as": target_names,
                 "params": int(model.count_params()),
                 "macs": count_macs(spec),
+                "sha256": sha256_file(tmp / KERAS_FILE),  # convert, evaluate and adapt check it (a model of another run)
             },
             "training": {
                 "epochs_max": opts.epochs,

@@ -1514,6 +1514,22 @@ def test_a_keras_model_unlike_its_metadata_is_refused(converted, tmp_path, field
     assert f"the model has {n} outputs and a {size}x{size} input, the metadata {len(meta['classes'])} classes and a {meta['input_size']}x" in line
 
 
+def test_another_runs_model_in_a_run_is_refused(converted, tiny_run, tmp_path):
+    """convert sealed another run's model.keras with this run's temperature, never-seen score and lab check as
+    verified (a review): the run records its model's SHA-256, and convert, evaluate and adapt check it first."""
+    run = _copy_run(converted, tmp_path / "run")
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["model"]["sha256"] == hashlib.sha256((run / "model.keras").read_bytes()).hexdigest()
+    shutil.copy(tiny_run / "model.keras", run / "model.keras")
+    for args in (["convert", run], ["evaluate", run, "--json", tmp_path / "e.json"]):
+        res = cli_run(*args)
+        assert_one_line_error(res, run / "model.keras", "is not the model this run trained (its SHA-256 differs from the one metadata.json records)")
+    del meta["model"]["sha256"]  # a run made before the digest was recorded: read as before
+    (run / "metadata.json").write_text(json.dumps(meta))
+    shutil.copy(converted / "model.keras", run / "model.keras")
+    assert cli_run("evaluate", run, "--json", tmp_path / "e.json").exit_code == 0
+
+
 def test_evaluate_of_another_folder_writes_nothing_into_the_training_data(converted, tmp_path):
     """--out inside the data the run was trained on would become a class folder of PNGs there."""
     other = tmp_path / "lab2"
