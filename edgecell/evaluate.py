@@ -18,7 +18,7 @@ from rich.console import Console
 
 from edgecell import data as data_mod
 from edgecell.options import DEFAULT_SEED
-from edgecell.runfolder import EVALUATION_DIR, EVALUATION_OUTPUTS, KERAS_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE
+from edgecell.runfolder import EVALUATION_DIR, EVALUATION_OUTPUTS, EXPORT_DIR, KERAS_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError
 
 
@@ -83,6 +83,8 @@ def reads(target: Target, data_dir: str | None = None) -> list[tuple[str, str]]:
     if target.run_dir is not None:  # every record of the run but evaluate's own (metrics, history, parity, ...)
         mine = [n for n in sorted(RUN_OWNED) if not n.startswith(f"{EVALUATION_DIR}/") and f"/{EVALUATION_DIR}/" not in n and "*" not in n]
         out += [(str(target.run_dir / name), f"the run's {name}") for name in mine if (target.run_dir / name).exists()]
+        if (target.run_dir / EXPORT_DIR).is_dir():  # convert replaces it whole, and refuses a folder holding files it did not write
+            out.append((str(target.run_dir / EXPORT_DIR), "the run's export folder"))
     given = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir or [])
     recorded = [str(f) for f in data_mod.recorded_folders(target.dataset or {})]
     out += [(str(d), "the data folder being read") for d in given or recorded]

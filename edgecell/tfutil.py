@@ -11,6 +11,28 @@ TRAIN_EXTRA_INSTALL = 'in edgecell\'s folder, pip install ".[train]"'
 whatever took that name there."""
 
 
+TRAIN_EXTRA_MODULES = ("sklearn", "matplotlib")
+"""What the training extra brings beside TensorFlow, and ``evaluate`` and ``audit`` need even for a TFLite model
+(scikit-learn's calibration bins and baselines, matplotlib's plots)."""
+
+
+def require_train_extra(command: str, modules: tuple[str, ...] = TRAIN_EXTRA_MODULES) -> None:
+    """One clear line, before any work, when ``modules`` cannot be imported (a Pi's ``.[pi]`` install: ``evaluate``
+    classified a whole set, then ended as an unexpected ``ModuleNotFoundError``)."""
+    import importlib
+
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append({"sklearn": "scikit-learn"}.get(name, name))
+    if missing:
+        from firmware_host.errors import EdgecellError
+
+        raise EdgecellError(f"{command} needs {' and '.join(missing)}, which this install lacks; this command needs the training extra: {TRAIN_EXTRA_INSTALL}")
+
+
 def import_tf():
     """Import TensorFlow with its log noise turned down; a missing install is one clear error."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -166,8 +166,18 @@ def bench_models(
     images: Sequence = (),
 ) -> list[dict]:
     """One row per model file (export folders contribute every precision they hold) and thread count; ``models`` is
-    one model or folder, or a list of them."""
+    one model or folder, or a list of them; ``threads`` one count or several; ``images`` (for end-to-end timing and
+    the sample) image files, or one folder, file or pattern, expanded as ``edgecell bench --data`` expands it."""
+    from firmware_host.paths import expand_paths
+
     files = [f for m in path_list(models) for f in models_in(m)]
+    threads = [threads] if isinstance(threads, int) else list(threads)
+    if isinstance(images, (str, os.PathLike)):  # one folder, file or pattern (read one character at a time before)
+        expanded = expand_paths([images])
+        if not expanded.paths and expanded.errors:
+            raise DataError(expanded.errors[0].reason, expanded.errors[0].path)
+        images = expanded.paths
+    images = list(images)
     if images:
         check_some_readable(images)
     rows = []

@@ -64,7 +64,8 @@ def check_number(name: str, value, low: float, high: float | None = None, whole:
     comparison; a string or a bool is not a number here)."""
     number = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else math.nan
     if not (math.isfinite(number) and number >= low and (high is None or number <= high) and (not whole or number == int(number))):
-        span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        shown = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"  # noqa: E731 - 4294967295, not 4.29497e+09
+        span = f"from {shown(low)} to {shown(high)}" if high is not None else f"at least {shown(low)}"
         raise ValueError(f"{name} must be a {'whole ' if whole else ''}number {span} (got {value!r})")
     return number
 
@@ -466,10 +467,11 @@ def resolve_model(path: str | os.PathLike, precision: Precision | str | None = N
 
 
 def models_in(path: str | os.PathLike) -> list[Path]:
-    """Every model of a folder in :data:`PRECISION_PREFERENCE` order, or ``[path]`` for a file."""
+    """Every model of a folder in :data:`PRECISION_PREFERENCE` order, or ``[path]`` for a model file (a Keras model, a
+    sidecar, an image or a missing path: :func:`resolve_model`'s one-line error)."""
     p = Path(path)
     if not p.is_dir():
-        return [p]
+        return [resolve_model(p)]
     found = [p / prec.filename for prec in PRECISION_PREFERENCE if (p / prec.filename).is_file()]
     if not found:
         resolve_model(p)  # raises the "no model in this folder" error

@@ -10,7 +10,7 @@ import pytest
 import firmware_host
 from firmware_host.bench import bench_models, speedups
 from firmware_host.classify import ClassifyJob, ClassifyOptions, classify_paths
-from firmware_host.errors import ImageError, first_line
+from firmware_host.errors import DataError, ImageError, ModelError, first_line
 from firmware_host.runtime import Classifier
 from tests._tflite_fixtures import CLASSES, labelled_folder
 
@@ -171,6 +171,23 @@ def test_one_path_is_a_list_of_one_not_of_characters(models, data):
     assert one.n_classified == 2 and not one.failed
     rows = bench_models(str(models.int8), runs=2, warmup=0, threads=[1])
     assert [r["model"] for r in rows] == [str(models.int8)]
+    # images: one folder (read one character at a time, a review), threads: one count (an int, not iterable)
+    rows = bench_models(str(models.int8), runs=2, warmup=0, threads=1, images=str(data / "basophil"))
+    assert [r["threads"] for r in rows] == [1] and rows[0]["end_to_end"]["classified"] == 2
+    with pytest.raises(DataError, match="nope: no such file or folder"):
+        bench_models(str(models.int8), runs=1, warmup=0, threads=1, images=str(data / "nope"))
+
+
+def test_bench_of_a_keras_model_or_a_missing_path_says_what_it_is(models, tmp_path):
+    """bench said "metadata file model.json is missing beside the model" of a .keras file and of a path that does not
+    exist (a review); classify and scan named them."""
+    keras = tmp_path / "run" / "model.keras"
+    keras.parent.mkdir()
+    keras.write_bytes(b"PK")
+    with pytest.raises(ModelError, match=r"is a Keras model; the runtime runs the .tflite models `edgecell convert` writes"):
+        bench_models(str(keras))
+    with pytest.raises(ModelError, match="no such model file or folder"):
+        bench_models(str(tmp_path / "nope"))
 
 
 @pytest.mark.parametrize(

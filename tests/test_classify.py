@@ -388,6 +388,20 @@ def test_bench_keras_without_tensorflow_is_an_error(tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.parametrize("command", ["evaluate", "audit"])
+def test_evaluate_and_audit_without_the_training_extra_say_so_before_any_work(models, tmp_path, monkeypatch, command):
+    """On a Pi's .[pi] install evaluate classified a whole set, then ended as an unexpected ModuleNotFoundError
+    (scikit-learn), and audit after a minute (a review): one line first, naming the extra."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in the .[pi] environment of make pi-check
+    args = ["evaluate", str(models.int8)] if command == "evaluate" else ["audit", "--data", str(tmp_path)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert [ln for ln in r.output.splitlines() if ln.strip()] == [
+        f'Error: {command} needs scikit-learn and matplotlib, which this install lacks; this command needs the training extra: in edgecell\'s folder, pip install ".[train]"'
+    ]
+
+
 def test_bench_keras_of_a_truncated_model_says_so(models, tmp_path):
     """Keras's own message for it was "File not found", of a file that is there."""
     cut = tmp_path / "model.keras"

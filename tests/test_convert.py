@@ -378,3 +378,22 @@ def test_float32_mismatch_aborts_and_keeps_the_previous_export(run_copy, tmp_pat
     assert "float32 TFLite model disagrees with Keras on 2 of" in last and "nothing was exported" in last
     assert (run / "export" / "model_float32.json").read_bytes() == before
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("max_drop", float("nan"), "max_drop must be a number from 0 to 100 (got nan)"),
+        ("max_drop", -5.0, "max_drop must be a number from 0 to 100"),
+        ("seed", -1, "seed must be a whole number from 0 to 4294967295 (got -1)"),
+        ("calib_size", 0, "calib_size must be a whole number from 1 to 10000"),
+        ("threads", 0, "threads must be a whole number from 1 to 64"),
+    ],
+)
+def test_export_options_check_what_the_command_line_checks(field, value, says):
+    """A NaN max_drop passed the parity gate and was sealed into the sidecar as NaN, which is not JSON; seed -1 ended
+    in numpy's bit generator (a review). No run is read: the options are refused as they are made."""
+    from converters.export import ExportOptions
+
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        ExportOptions("no-such-run", **{field: value})

@@ -1544,6 +1544,15 @@ def test_evaluate_of_another_folder_writes_nothing_into_the_training_data(conver
     assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_evaluate_writes_nothing_into_the_runs_export(converted, tmp_path):
+    """evaluate --out RUN/export/ev wrote into the export, and convert then refused the folder (a review)."""
+    before = sorted(p.name for p in (converted / "export").iterdir())
+    for model in (converted / "export" / "model_int8.tflite", converted):
+        res = cli_run("evaluate", model, "--out", converted / "export" / "ev")
+        assert res.exit_code == 2 and "is inside the run's export folder" in " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in (converted / "export").iterdir()) == before
+
+
 def test_evaluate_an_export_away_from_its_run_says_its_recorded_data_is_not_held_out(converted, tmp_path):
     copied = tmp_path / "pi_export"
     shutil.copytree(converted / "export", copied)

@@ -54,8 +54,10 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     from edgecell import data as data_mod
     from edgecell.console import human, progress, warn
     from edgecell.runfolder import RunFolder, recorded_data_reads
+    from edgecell.tfutil import require_train_extra
     from firmware_host.errors import DataError
 
+    require_train_extra("audit")
     con = human(json_out == "-")
     if len(data_dir) > 1:
         raise DataError("audit compares baselines on one data folder at a time; give --data once", data_dir[1])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from converters.calibration import DEFAULT_PER_CLASS
+from converters.calibration import DEFAULT_PER_CLASS, MAX_PER_CLASS
 from converters.export import EXPORT_DIR
 from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit_json, json_option, seeded
@@ -31,7 +31,7 @@ from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit
 @click.option(
     "--calib-size",
     "calib_size",
-    type=click.IntRange(1, 10000),
+    type=click.IntRange(1, MAX_PER_CLASS),
     default=None,
     help=f"Images per class picked (stratified, seeded) from the run's training split to calibrate --int8.  [default: {DEFAULT_PER_CLASS}]",
 )

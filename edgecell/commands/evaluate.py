@@ -58,8 +58,10 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
     from edgecell.evaluate import evaluate as run_eval
     from edgecell.evaluate import other_table, reads, resolve, risk_coverage_table, source_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
+    from edgecell.tfutil import require_train_extra
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
+    require_train_extra("evaluate")
     con = human(json_out == "-")
     target = resolve(model)
     check_outputs({"--json": json_out}, reads(target, data_dir), folders={"--out": out_dir}, whole=False)  # --out: written file by file
