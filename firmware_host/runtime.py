@@ -25,6 +25,7 @@ Steps 2-4 are timed as ``inference_ms``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -559,7 +560,13 @@ class Classifier:
             meta.other_score = {**meta.other_score, "threshold": float(other_threshold)}
         why = meta.unverified
         if why and not allow_unverified:
-            raise ModelError(f"{why}; not used (convert again, or pass --allow-unverified to use it anyway)", model_path)
+            other = model_path.with_name(Precision.float32.filename)  # its folder's float32 model, checked against Keras too
+            instead = ""
+            if other != model_path and other.is_file():
+                with contextlib.suppress(ModelError):
+                    if read_metadata(other).unverified is None:
+                        instead = f", use the float32 model beside it (--model {other})"
+            raise ModelError(f"{why}; not used (convert again{instead}, or pass --allow-unverified to use it anyway)", model_path)
         check_preprocessing(meta, model_path)  # other pixels than in training: silently wrong answers
         if precision is not None and meta.precision != precision:
             article = "an" if meta.precision is Precision.int8 else "a"

@@ -144,7 +144,12 @@ def test_failed_parity_check_is_refused_unless_allowed(models, labelled, tmp_pat
     verdict = {"status": "failed", "accuracy_drop_pp": 12.5, "max_drop_pp": 1.0}
     _sidecar_case(model, _set("verification", verdict))
     res = cli_run("classify", "--model", model, labelled)
-    assert_one_line_error(res, model, "parity check failed", "12.50 points", "--allow-unverified")
+    line = assert_one_line_error(res, model, "parity check failed", "12.50 points", "--allow-unverified")
+    assert "float32" not in line  # none beside it
+    # a verified float32 model beside it is named as what to use instead (the Pi refused the folder without a word of it)
+    float32 = copy_model(models.float32, tmp_path / "export")
+    res = cli_run("classify", "--model", tmp_path / "export", labelled)
+    assert_one_line_error(res, model, f"not used (convert again, use the float32 model beside it (--model {float32}), or pass --allow-unverified")
     res = cli_run("classify", "--model", model, labelled, "--allow-unverified", "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     assert any("warning:" in ln and "parity check failed" in ln and "--allow-unverified" in ln for ln in res.stderr.splitlines()), res.stderr
