@@ -224,7 +224,7 @@ def fit_nucleus_check(offsets: np.ndarray) -> float:
     from firmware_host.preprocess import NO_NUCLEUS_FOUND, NO_NUCLEUS_HUE
 
     offsets = np.asarray(offsets, dtype=np.float64)
-    offsets = offsets[np.isfinite(offsets) & (offsets < NO_NUCLEUS_FOUND)]  # no whole nucleus: says nothing of its hue
+    offsets = offsets[np.isfinite(offsets) & (offsets >= 0) & (offsets < NO_NUCLEUS_FOUND)]  # no whole nucleus, or no colour: no hue
     if not len(offsets):
         return float(NO_NUCLEUS_HUE)
     return float(min(NO_NUCLEUS_FOUND, max(NO_NUCLEUS_HUE, np.quantile(offsets, NUCLEUS_QUANTILE) + NUCLEUS_MARGIN)))

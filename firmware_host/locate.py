@@ -71,7 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from firmware_host.preprocess import otsu_threshold
+from firmware_host.preprocess import has_no_colour, otsu_threshold
 
 CELL_FRACTION = 0.3
 """Default expected white-cell diameter as a fraction of the field's shorter side."""
@@ -87,8 +87,6 @@ MAX_WORK_PIXELS = 8_000_000
 MIN_WORK_CELL = 8
 """The smallest white-cell diameter, in reduced pixels, that the search can still find: a field too large for its
 cells (:data:`MAX_WORK_PIXELS`) is refused rather than searched blind."""
-GREY_LEVELS = 2
-"""A field whose channels differ by at most this many levels anywhere has no colour."""
 DEFAULT_SIZE_FIELD = 1000
 """A field whose shorter side is over this many pixels is larger than the one the default cell size was set on."""
 
@@ -101,9 +99,7 @@ def unsearchable(rgb: np.ndarray, cell_size: float | None) -> str | None:
     """Why no white cell can be searched for in this field, or None: a grey image (the search reads the stain's
     colour), or a ``cell_size`` larger than the field. Such a field has failed, not come out empty."""
     h, w = rgb.shape[:2]
-    step = max(1, int(np.sqrt(h * w / 250_000)))  # a quarter of a million pixels say whether there is colour
-    sample = rgb[::step, ::step].astype(np.int16)
-    if int(np.abs(sample - sample[..., 1:2]).max()) <= GREY_LEVELS:
+    if has_no_colour(rgb):
         return "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
     if cell_size and cell_size > min(w, h):
         return f"--cell-size {cell_size:g} is larger than this {w}x{h} field: give the white cells' diameter in its pixels"

@@ -123,6 +123,13 @@ types from the three labs in ``../shared`` (4,867 images) is within 36 degrees; 
 to clear its training images)."""
 NUCLEUS_MIN_CHROMA = 10.0
 """Below this chroma the crop's darkest pixels are grey (a monochrome camera): no hue to judge, no verdict."""
+GREY_LEVELS = 2
+"""An image whose channels differ by at most this many levels anywhere has no colour (:func:`has_no_colour`)."""
+NO_COLOUR = -1.0
+"""The nucleus offset of a cell image with no colour at all (a monochrome camera): no verdict on its nucleus (there is
+no hue to read), and the runtime flags the cell ``uncertain - refer`` whatever its confidence, since edgecell reads
+the stain's colours (25 grey monocytes were named basophil, monocyte and neutrophil, confidently and unflagged; a
+review)."""
 NO_NUCLEUS_FOUND = 180.0
 """The nucleus offset of a crop with no whole nucleus: nothing stained like a nucleus at all (:attr:`CellLocation.found`
 False, in a coloured or a blank crop: :data:`FLAT_LEVELS`), or a nucleus cut by the frame (:data:`CUT_RADII`)."""
@@ -668,6 +675,15 @@ def normalise_stain(rgb: np.ndarray, colour: tuple[float, float, float] | None =
     return to_uint8(out).reshape(rgb.shape)
 
 
+def has_no_colour(rgb: np.ndarray) -> bool:
+    """Whether an RGB uint8 image's channels differ by at most :data:`GREY_LEVELS` anywhere (a monochrome camera's
+    picture saved as RGB, or a grey one). A large image is read from a sample of about a quarter of a million pixels."""
+    h, w = rgb.shape[:2]
+    step = max(1, int(np.sqrt(h * w / 250_000)))
+    sample = rgb[::step, ::step].astype(np.int16)
+    return int(np.abs(sample - sample[..., 1:2]).max()) <= GREY_LEVELS
+
+
 def is_flat(rgb: np.ndarray, levels: float = FLAT_LEVELS) -> bool:
     """Whether ``rgb`` holds nothing: the mean of its brightest :data:`NUCLEUS_SHARE` of pixels is within ``levels``
     grey levels of the mean of its darkest (a blank background, whatever its tint)."""
@@ -707,8 +723,8 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     darkest pixels are red (red cells) or of another hue holds no white cell, and :func:`no_nucleus`
     says so (offset above :data:`NO_NUCLEUS_HUE`). :data:`NO_NUCLEUS_FOUND` when there is no whole nucleus:
     nothing stained like one was found at all (in colour, or in a blank crop: :func:`is_flat`), or the one found
-    is cut by the frame (:func:`is_cut`); NaN when the darkest pixels are grey (no verdict: a monochrome camera's cell stays the
-    model's to classify).
+    is cut by the frame (:func:`is_cut`); :data:`NO_COLOUR` when the whole image has no colour (no verdict; the runtime
+    flags the cell); NaN when the darkest pixels are grey in a coloured image (no verdict: the cell stays the model's).
     """
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     small = reduced(rgb)
@@ -730,6 +746,8 @@ def prepare_cell(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     offset = hue_offset(*colour)
     if cut or (not loc.found and (not math.isnan(offset) or is_flat(small[0]))):
         offset = NO_NUCLEUS_FOUND
+    elif has_no_colour(small[0]):
+        offset = NO_COLOUR
     return normalise_stain(balanced, colour, chroma_gain(midtone_chroma(white_balance(small[0], gains)))), offset
 
 

@@ -48,7 +48,7 @@ from firmware_host.metadata import EXPORT_DIR, KERAS_FILE, ModelMetadata, Precis
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, check_exposure, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
+from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, NO_COLOUR, check_exposure, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -287,14 +287,15 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     * labelled :data:`OTHER_CLASS` (its most probable class, its never-seen score passed the
       model's threshold, or it holds no stained nucleus: :meth:`Classifier.prediction`): :data:`FLAG_OTHER`
       (a person decides what it is);
-    * confidence below ``threshold``: :data:`FLAG_UNCERTAIN` (the model is unsure; a person looks);
+    * confidence below ``threshold``, or an image with no colour (:data:`~firmware_host.preprocess.NO_COLOUR`: edgecell
+      reads the stain's colours): :data:`FLAG_UNCERTAIN` (a person looks);
     * otherwise ``""`` (no flag).
     """
     if prediction.label == OTHER_CLASS:
         return FLAG_REVIEW if first_choice(prediction) in REVIEW_CLASSES else FLAG_OTHER
     if prediction.label in REVIEW_CLASSES:
         return FLAG_REVIEW
-    if prediction.confidence < threshold:
+    if prediction.confidence < threshold or prediction.nucleus_offset == NO_COLOUR:
         return FLAG_UNCERTAIN
     return ""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from firmware_host.metadata import read_metadata, write_metadata
 from firmware_host.otherscore import OtherScore, decide, other_tests
 from firmware_host.preprocess import (
     CUT_RADII,
+    NO_COLOUR,
     NO_NUCLEUS_FOUND,
     NO_NUCLEUS_HUE,
     decode,
@@ -55,7 +58,8 @@ def test_red_cells_and_blank_background_hold_no_nucleus():
 
 
 def test_a_blank_crop_is_no_nucleus_but_a_grey_cell_has_no_verdict():
-    """A flat crop holds nothing, in colour or in grey; a grey cell (a monochrome camera) has contrast, and no verdict."""
+    """A flat crop holds nothing, in colour or in grey; a grey cell (a monochrome camera) has contrast, and no verdict
+    on its nucleus: :data:`NO_COLOUR`, which the runtime flags (a coloured image whose darkest pixels are grey: NaN)."""
     flat = np.full((96, 96, 3), 200, np.uint8) + np.random.default_rng(0).integers(0, 6, (96, 96, 1), dtype=np.uint8)
     assert is_flat(flat) and prepare_cell(flat, SIZE)[1] == NO_NUCLEUS_FOUND
     tinted = (flat * np.array([1.0, 0.9, 0.95])).astype(np.uint8)
@@ -63,7 +67,8 @@ def test_a_blank_crop_is_no_nucleus_but_a_grey_cell_has_no_verdict():
     yy, xx = np.mgrid[:96, :96]
     grey_cell = np.full((96, 96, 3), 220, np.uint8)
     grey_cell[(yy - 48) ** 2 + (xx - 48) ** 2 < 20**2] = 70
-    assert not is_flat(grey_cell) and math.isnan(prepare_cell(grey_cell, SIZE)[1])
+    assert not is_flat(grey_cell) and prepare_cell(grey_cell, SIZE)[1] == NO_COLOUR
+    assert not no_nucleus(NO_COLOUR)
 
 
 def test_a_violet_nucleus_passes_and_a_red_one_does_not():
@@ -78,7 +83,7 @@ def test_a_violet_nucleus_passes_and_a_red_one_does_not():
 
     assert offset((90, 50, 140)) < NO_NUCLEUS_HUE  # violet
     assert offset((190, 60, 70)) > NO_NUCLEUS_HUE  # red
-    assert math.isnan(offset((80, 80, 80)))  # grey: a monochrome camera, no verdict
+    assert offset((80, 80, 80)) == NO_COLOUR  # grey on grey: a monochrome camera, no verdict (flagged by the runtime)
     assert no_nucleus(math.nan) is False and no_nucleus(np.array([math.nan, 90.0])).tolist() == [False, True]
 
 
@@ -222,3 +227,25 @@ def test_review_page_says_why_a_cell_is_other(checked, tmp_path):
     assert row["label"] == "other" and row["other_reason"] == OTHER_BY_NUCLEUS
     assert f",{OTHER_BY_NUCLEUS}," in table.read_text()
     assert f'<span class="tag why">{OTHER_BY_NUCLEUS}</span>' in page.read_text()
+
+
+def test_a_cell_with_no_colour_is_flagged_whatever_the_model_says(checked, tmp_path):
+    """A monochrome camera's cells were named confidently and unflagged (a review: grey monocytes called basophil,
+    0.78): the cell is classified, flagged uncertain, and its nucleus offset says why (NO_COLOUR)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgecell.cli import cli
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    colour = encode(draw_cell("monocyte", np.random.default_rng([2, 0]), 128))
+    (folder / "colour.png").write_bytes(colour)
+    Image.open(io.BytesIO(colour)).convert("L").save(folder / "grey.png")
+    js = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["classify", "--model", str(checked), str(folder), "--json", str(js), "--threshold", "0"])
+    assert res.exit_code == 0, res.output
+    rows = {Path(r["path"]).name: r for r in json.loads(js.read_text())["results"]}
+    assert rows["grey.png"]["nucleus_offset"] == NO_COLOUR and rows["grey.png"]["label"] != "other"
+    assert rows["grey.png"]["flag"] in ("uncertain - refer", "review: haematologist")
+    assert rows["colour.png"]["nucleus_offset"] >= 0  # the same cell in colour: a verdict (threshold 0: no flag of confidence)

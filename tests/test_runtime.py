@@ -438,6 +438,15 @@ def test_triage_flags():
     assert triage(as_other("erythroblast", 0.4), 0.7) == FLAG_REVIEW
     assert triage(as_other("monocyte", 0.97), 0.7) == FLAG_OTHER
     assert triage(as_other("other", 0.9), 0.7) == FLAG_OTHER  # other by its own class
+    # an image with no colour (a monochrome camera): a person looks, however sure the model is (a review found grey
+    # monocytes named basophil with 0.78, unflagged)
+    from firmware_host.preprocess import NO_COLOUR
+
+    grey = _pred("basophil", 0.95)
+    grey.nucleus_offset = NO_COLOUR
+    assert triage(grey, 0.7) == FLAG_UNCERTAIN
+    grey.label, grey.confidence = "myeloblast", 0.95
+    assert triage(grey, 0.7) == FLAG_REVIEW  # a possible blast still goes to the haematologist
 
 
 # -- metrics -----------------------------------------------------------------------------------
