@@ -539,7 +539,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
             else:
                 probs, feats = predict_with_features(model, x)
                 pred = decide(probs, score.scores(feats), score.threshold, classes, nucleus_offsets=offsets, nucleus_max=score.nucleus_max)
-            out[name] = outcomes(y, apply_temperature(probs, temperature), classes, DEFAULT_THRESHOLD, pred)
+            out[name] = outcomes(y, apply_temperature(probs, temperature), classes, DEFAULT_THRESHOLD, pred, offsets)
         return out
 
     before = report(parent.temperature, parent.extra.get("other_score"))

@@ -8,6 +8,7 @@ images of the requested split, and computes metrics with scikit-learn.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,17 +215,27 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
     return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows], offsets)
 
 
-def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> np.ndarray:
+def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
     """Which calibrated predictions the runtime flags (uncertain, review or other; see
-    :func:`firmware_host.runtime.triage`), as a boolean array; ``pred``: the labels (default: the most probable class)."""
+    :func:`firmware_host.runtime.triage`), as a boolean array; ``pred``: the labels (default: the most probable class);
+    ``offsets``: the images' nucleus offsets (an image with no colour is flagged)."""
     from firmware_host.runtime import Prediction, triage
 
     pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
     conf = probs[np.arange(len(pred)), pred]
-    return np.array([triage(Prediction("", classes[k], float(c), [], probs[i]), threshold) != "" for i, (k, c) in enumerate(zip(pred, conf))], dtype=bool)
+    offset = np.full(len(pred), math.nan) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    return np.array(
+        [
+            triage(Prediction("", classes[k], float(c), [], probs[i], nucleus_offset=float(offset[i])), threshold) != ""
+            for i, (k, c) in enumerate(zip(pred, conf))
+        ],
+        dtype=bool,
+    )
 
 
-def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None) -> dict:
+def outcomes(
+    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None, offsets: np.ndarray | None = None
+) -> dict:
     """What a clinic would see on a labelled set, from calibrated probabilities: ``n``, ``accuracy``
     (``other`` counted as a class), ``macro_f1`` (:func:`edgecell.metrics.compute`'s), ``flagged`` (share with
     any flag) and ``wrong_unflagged`` (share wrong and not flagged: the errors nobody is told to check).
@@ -235,7 +246,7 @@ def outcomes(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold
     if not n:
         return {"n": 0, "accuracy": None, "macro_f1": None, "flagged": None, "wrong_unflagged": None}
     pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
-    flags = flagged(probs, classes, threshold, pred)
+    flags = flagged(probs, classes, threshold, pred, offsets)
     right = pred == y
     return {
         "n": int(n),
@@ -277,7 +288,7 @@ def by_source(
     from firmware_host.runtime import lab_warning
 
     pred = decide(probs, scores, other_threshold, classes, nucleus_offsets=offsets, nucleus_max=nucleus_max)
-    flags = flagged(probs, classes, threshold, pred)
+    flags = flagged(probs, classes, threshold, pred, offsets)
     right = pred == y
     src = np.array(sources, dtype=object)
     key = np.array([f"{s}/{t}" for s, t in zip(sources, types)], dtype=object)
