@@ -387,10 +387,11 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         label = class_of(folder.name)
         if label not in class_names:
             continue
-        if not any(True for _ in _candidate_files(folder)):
+        candidates = _candidate_files(folder)
+        if not candidates:
             out.notes.append(f"{folder}: an empty class folder (no image of {folder.name})")
         nested: set[str] = set()
-        for f in _candidate_files(folder):
+        for f in candidates:
             if f.is_dir() and f.is_symlink():
                 out.skipped.append(
                     Skipped(str(f), "is a link to a folder, which is not followed: its images are not read (link or copy the images themselves)")
