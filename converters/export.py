@@ -261,6 +261,10 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
 
     source = _source(run, data_dir)
     export_dir = run_dir / EXPORT_DIR
+    dropped = [p.value for p in Precision if p not in blobs and (export_dir / p.filename).is_file()]
+    if dropped:  # the export is replaced whole: a precision not asked for again is gone (said, not silent; a review)
+        notes.append(f"the earlier export's {' and '.join(dropped)} model is not in the new one (convert with --{' --'.join(dropped)} to keep it)")
+        rep.warn(notes[-1])
     with staged_dir(export_dir, marker=Precision.float32.filename, owned=EXPORT_OWNED, elsewhere=None) as tmp:
         metas: dict[Precision, ModelMetadata] = {}
         for prec, data in blobs.items():

@@ -444,7 +444,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     from edgecell.evaluate import outcomes
     from edgecell.metrics import apply_temperature
     from edgecell.model import learnt_outputs, predict_with_features, target_matrix, views_of
-    from edgecell.train import calibrate, fit, predict, write_results
+    from edgecell.train import calibrate, fit, predict, report_skipped, write_results
     from firmware_host.otherscore import OtherScore, decide
     from firmware_host.runtime import DEFAULT_THRESHOLD
 
@@ -483,8 +483,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     with progress(con, transient=True) as bar:
         task = bar.add_task("reading local images", total=None)
         local = data_mod.scan_for_model(list(opts.data_dir), classes, size, on_progress=lambda d, n: bar.update(task, completed=d, total=n))
-    for s in local.skipped:
-        con.print(f"[yellow]warning:[/yellow] skipped {s.path}: {s.reason}")
+    report_skipped(local, con)
     earlier = adapted_sources(parent)
     rows = data_mod.read_manifest(split_path)
 

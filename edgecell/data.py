@@ -787,7 +787,7 @@ def load_cells_from_manifest(
         except ImageError as exc:
             raise DataError(f"{exc.reason} (listed in the split manifest; is --data the folder the model was trained on?)", path) from None
         if check_hash and hashlib.sha256(data).hexdigest() != r.sha256:
-            raise DataError("file changed since the split manifest was written (SHA-256 differs)", path)
+            raise DataError("file changed since the split manifest was written (SHA-256 differs; is --data the folder the model was trained on?)", path)
         return decode_cell(data, size, path)
 
     arrays, offsets = [], []

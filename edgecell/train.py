@@ -573,16 +573,18 @@ def load_dataset(
             warn(f"skipped {s.path}: {s.reason}")
         raise
     report_skipped(ds, con)
-    for note in ds.notes:
-        con.print(f"[dim]note: {note}[/dim]")
     return ds
 
 
 def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
+    """What reading the data left out: each unusable file (a warning), then the notes on folders (a source without
+    class folders, images beside them, an empty class folder), for train, evaluate and adapt alike."""
     for s in ds.skipped:
         warn(f"skipped {s.path}: {s.reason}")
     if ds.skipped:
         warn(f"{len(ds.skipped)} file(s) skipped, {len(ds.samples)} used")
+    for note in ds.notes:
+        (con or stderr_console).print(f"[dim]note: {note}[/dim]", soft_wrap=True, highlight=False)
 
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:

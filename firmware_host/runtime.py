@@ -848,6 +848,8 @@ class Classifier:
         a few cells in a hundred, so give the path of a file, or the image as opened, when you have it."""
         if isinstance(image, (bytearray, memoryview)) or (isinstance(image, bytes) and b"\0" in image):
             return self._classify_encoded(name or "<image>", bytes(image))  # a file's contents, decoded as the file would be
+        if isinstance(image, (str, bytes)) and not image:  # "no such file" of an empty name named nothing (a review)
+            raise ImageError("an empty path or empty bytes: give an image file's path or its contents", name or "<image>")
         if isinstance(image, (str, bytes, os.PathLike)):
             pred = self.classify_file(image)
             return dataclasses.replace(pred, path=name) if name else pred

@@ -129,6 +129,8 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
         (b"\xff\xd8 not a path", "no such file"),
         (b"\xff\xd8\x00 damaged", "not an image Pillow can read"),
         ("cell\0.jpg", "cannot read"),
+        ("", "<image>: an empty path or empty bytes"),  # it said ": no such file", naming nothing (a review)
+        (b"", "<image>: an empty path or empty bytes"),
     ):
         with pytest.raises(ImageError, match=says.replace("(", r"\(").replace(")", r"\)")):
             clf.classify(bad)

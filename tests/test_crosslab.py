@@ -214,6 +214,14 @@ def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "all", "--json", str(tmp_path / "all.json")])
     assert res.exit_code == 0, res.output
     assert set(json.loads((tmp_path / "all.json").read_text())["sources"]["by_source"]) == {"clinica", "clinicb"}
+    # a folder of sources holding one without class folders (bccd_fields): evaluate says so, as train and inspect do
+    labs = tmp_path / "labs"
+    shutil.copytree(folders["clinicA"], labs / "clinicA")
+    (labs / "fields").mkdir()
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(labs), "--split", "all", "--json", str(tmp_path / "l.json")])
+    assert res.exit_code == 0 and f"note: {labs / 'fields'}: no class folder named after a cell type inside; left out" in " ".join(res.output.split()), (
+        res.output
+    )
     res = CliRunner().invoke(cli, ["audit", str(run), "--no-stain-shift", "--json", str(tmp_path / "audit.json")])
     assert res.exit_code == 0, res.output
     # the run's test figures are over both labs: not set beside one lab's baselines, and the output says why

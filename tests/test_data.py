@@ -175,7 +175,7 @@ def test_manifest_detects_changed_file(small_folder, tmp_path):
     data.write_manifest(tmp_path / "m.csv", ds, splits)
     rows = data.read_manifest(tmp_path / "m.csv")
     _write_images(small_folder / "a", 1, seed=99)  # overwrites img_000.png with other pixels
-    with pytest.raises(DataError, match="changed since the split manifest"):
+    with pytest.raises(DataError, match=r"changed since the split manifest was written \(SHA-256 differs; is --data the folder the model was trained on\?\)"):
         data.load_from_manifest(small_folder, [r for r in rows if r.file == "a/img_000.png"], 16, ds.classes)
 
 

@@ -1544,6 +1544,15 @@ def test_evaluate_of_another_folder_writes_nothing_into_the_training_data(conver
     assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_converting_again_without_int8_says_the_int8_model_is_gone(converted, tmp_path):
+    """The export is replaced whole; its int8 model went without a word (a review)."""
+    run = _copy_run(converted, tmp_path / "run")
+    res = cli_run("convert", run)
+    assert res.exit_code == 0, res.output
+    assert "warning: the earlier export's int8 model is not in the new one (convert with --int8 to keep it)" in " ".join(res.stderr.split())
+    assert not (run / "export" / "model_int8.tflite").exists()
+
+
 def test_evaluate_writes_nothing_into_the_runs_export(converted, tmp_path):
     """evaluate --out RUN/export/ev wrote into the export, and convert then refused the folder (a review)."""
     before = sorted(p.name for p in (converted / "export").iterdir())
