@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgecell import __version__
@@ -584,7 +585,7 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
     if ds.skipped:
         warn(f"{len(ds.skipped)} file(s) skipped, {len(ds.samples)} used")
     for note in ds.notes:
-        (con or stderr_console).print(f"[dim]note: {note}[/dim]", soft_wrap=True, highlight=False)
+        (con or stderr_console).print(f"[dim]note: {escape(note)}[/dim]", soft_wrap=True, highlight=False)  # a folder may be "lab[red]"
 
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:

@@ -611,3 +611,19 @@ def test_slide_folders_and_their_lab_checks():
     one.add("B/1.jpg", False, 0.2, None)
     one.add("B/2.jpg", False, 0.2, None)
     assert one.warnings(check) == []  # one folder: the run's own check
+
+
+def test_data_notes_print_folder_names_as_they_are(tmp_path):
+    """A note names a folder; a folder named like rich markup (lab[red]) lost its brackets in the note."""
+    import io
+
+    from rich.console import Console
+
+    from edgecell.train import report_skipped
+
+    root = _tree(tmp_path / "lab[red]", {"": {"basophil": 5, "monocyte": 5}})
+    _img(root / "basophil" / "x.png")
+    (root / "x.png").write_bytes((root / "basophil" / "x.png").read_bytes())
+    out = io.StringIO()
+    report_skipped(data.scan(root), Console(file=out, width=400))
+    assert f"note: {root}: 1 image(s) (x.png) lie beside its class folders" in out.getvalue()
