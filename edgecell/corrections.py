@@ -198,10 +198,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         if box is None and not is_image_name(source.name):  # train would skip it: a labelled cell lost without a word
             problems.append(f"{where}: line {line}: {file}: not a type train reads ({' '.join(IMAGE_SUFFIXES)}); convert it to PNG first")
             continue
-        if sha and (bad := _sha_problem(source, sha)):
-            problems.append(f"{where}: line {line}: {file}: {bad}")
-            continue
-        if box is None and (bad := _image_problem(source)):  # train would skip it: a labelled cell lost
+        if bad := _contents_problem(source, sha, whole=box is None):  # replaced since reviewed, or train would skip it
             problems.append(f"{where}: line {line}: {file}: {bad}")
             continue
         if box is not None and (bad := _box_problem(source, box)):
@@ -402,33 +399,30 @@ def _resolve(file: str, base: Path) -> Path:
     return found
 
 
-def _sha_problem(image: Path, sha: str) -> str | None:
-    """Why ``image`` is not the file the review page showed (its :func:`~firmware_host.report.short_sha` is not
-    ``sha``), or None."""
-    from firmware_host.errors import ImageError
-    from firmware_host.preprocess import read_bytes
-
-    try:
-        now = short_sha(read_bytes(image))
-    except ImageError as exc:
-        return f"cannot be read ({exc.reason})"
-    if now == sha:
-        return None
-    return (
-        f"is not the image that was reviewed (SHA-256 {now}..., the page's {sha}...): replaced since under the same name "
-        "(a camera that numbers its pictures again?); review it again"
-    )
-
-
-def _image_problem(image: Path) -> str | None:
-    """Why ``image`` would not be read as a cell by ``train`` or ``adapt`` (decoded as they decode it, small), or None."""
+def _contents_problem(image: Path, sha: str, whole: bool) -> str | None:
+    """Why the file ``image`` cannot be labelled, from one read of it, or None: it is not the file the review page
+    showed (its :func:`~firmware_host.report.short_sha` is not ``sha``; no check when ``sha`` is empty), or, for a
+    ``whole`` image (not a field a cell is cut from), ``train`` and ``adapt`` would not read it as a cell (decoded as
+    they decode it, small)."""
     from firmware_host.errors import ImageError
     from firmware_host.preprocess import PROBE_SIZE, decode_cell, read_bytes
 
+    if not sha and not whole:
+        return None
     try:
-        decode_cell(read_bytes(image), PROBE_SIZE, image)
+        data = read_bytes(image)
     except ImageError as exc:
-        return f"cannot be read as an image ({exc.reason}), so train would skip it"
+        return f"cannot be read ({exc.reason})"
+    if sha and (now := short_sha(data)) != sha:
+        return (
+            f"is not the image that was reviewed (SHA-256 {now}..., the page's {sha}...): replaced since under the same name "
+            "(a camera that numbers its pictures again?); review it again"
+        )
+    if whole:
+        try:
+            decode_cell(data, PROBE_SIZE, image)
+        except ImageError as exc:
+            return f"cannot be read as an image ({exc.reason}), so train would skip it"
     return None
 
 
