@@ -41,9 +41,9 @@ from firmware_host.paths import list_files
 from firmware_host.preprocess import IMAGE_SUFFIXES, decode, read_bytes
 
 DEFAULT_PER_CLASS = 50
+"""Images per class of the automatic selection (measured; see calibration_data/README.md)."""
 MAX_PER_CLASS = 10_000
 """The most images per class ``--calib-size`` takes (a representative set is a few hundred images in all)."""
-"""Images per class of the automatic selection (measured; see calibration_data/README.md)."""
 MIN_IMAGES = 10
 """Fewer usable calibration images than this is an error."""
 RECOMMENDED_PER_CLASS = 20

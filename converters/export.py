@@ -160,14 +160,28 @@ def _calibration_set(opts: ExportOptions, run_dir: Path, data_dir: dict[str, Pat
         rep.warn(f"skipped calibration image {path}: {reason}")
     for w in cal.warnings:
         rep.warn(w)
+    if opts.calibration:
+        test_hashes = {r.sha256 for r in _test_rows(run_dir)}
+        shared = sum(1 for it in cal.items if it.sha256 in test_hashes)
+        if shared:
+            rep.warn(
+                f"{shared} of the {len(cal.items)} calibration images in {opts.calibration} are in the run's test split, "
+                "on which the int8 model's parity is measured: for them it is not a held-out check"
+            )
     return cal
+
+
+def _test_rows(run_dir: Path) -> list:
+    from edgecell import data as data_mod
+
+    return [r for r in data_mod.read_manifest(run_dir / SPLIT_FILE) if r.split == "test"]
 
 
 def _test_split(run_dir: Path, data_dir: dict[str, Path], size: int, classes: list[str], rep: Reporter):
     from edgecell import data as data_mod
     from firmware_host.errors import DataError
 
-    rows = [r for r in data_mod.read_manifest(run_dir / SPLIT_FILE) if r.split == "test"]
+    rows = _test_rows(run_dir)
     with rep.progress("reading test images", len(rows)) as tick:
         x_test, y_test, rows, offsets = data_mod.load_cells_from_manifest(data_dir, rows, size, classes, on_progress=lambda d, n: tick(d))
     if len(x_test) == 0:

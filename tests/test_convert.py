@@ -397,3 +397,23 @@ def test_export_options_check_what_the_command_line_checks(field, value, says):
 
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         ExportOptions("no-such-run", **{field: value})
+
+
+def test_calibration_folder_holding_test_images_is_warned(run_copy, tmp_path):
+    """Parity is measured on the test split: calibrating on its images would make that check not held out."""
+    from edgecell.runfolder import RunFolder
+
+    run = _fresh_copy(run_copy, tmp_path)
+    folder = RunFolder.read(run)
+    root = next(iter(folder.sources(None).values()))
+    split = list(csv.DictReader((run / "split.csv").open()))
+    test = [r for r in split if r["split"] == "test"][:3]
+    train = [r for r in split if r["split"] == "train"][:12]
+    cal = tmp_path / "cal"
+    for r in test + train:
+        (cal / r["class"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / r["file"], cal / r["class"] / Path(r["file"]).name)
+    res = CliRunner().invoke(cli, ["convert", str(run), "--int8", "--calibration", str(cal), *LENIENT])
+    assert res.exit_code == 0, res.output
+    n = len({r["sha256"] for r in test + train})
+    assert f"3 of the {n} calibration images in {cal} are in the run's test split" in " ".join(res.output.split())
