@@ -150,6 +150,7 @@ def bench_one(path: str | os.PathLike, threads: int, x: np.ndarray, runs: int, w
         "threads": threads,
         "interpreter": clf.backend.describe(),
         "size_bytes": clf.size_bytes,
+        "unverified": clf.meta.unverified,  # timed all the same; classify refuses it without --allow-unverified
         "latency_ms": summ,
         "throughput_per_s": 1000.0 / summ["mean"] if summ["mean"] else None,
         "end_to_end": e2e,

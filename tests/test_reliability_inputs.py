@@ -154,6 +154,13 @@ def test_failed_parity_check_is_refused_unless_allowed(models, labelled, tmp_pat
     assert res.exit_code == 0, res.output
     assert any("warning:" in ln and "parity check failed" in ln and "--allow-unverified" in ln for ln in res.stderr.splitlines()), res.stderr
     assert "parity check FAILED" in res.stdout and json.loads((tmp_path / "r.json").read_text())["results"]
+    # bench times it (a speed is a speed) but says, once per model, that classify refuses it
+    res = cli_run("bench", tmp_path / "export", "--runs", 1, "--warmup", 0, "--threads", "1,2", "--json", tmp_path / "b.json")
+    assert res.exit_code == 0, res.output
+    said = [ln for ln in " ".join(res.output.split()).split("warning: ")[1:] if "parity check failed" in ln]
+    assert len(said) == 1 and said[0].startswith(f"{model}: its parity check failed") and "refuses it without --allow-unverified" in said[0]
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert {r["precision"]: bool(r["unverified"]) for r in rows} == {"int8": True, "float32": False}
 
 
 def test_a_huge_model_file_is_refused_unread(models, labelled, tmp_path):

@@ -62,6 +62,13 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         cells.append(_f(r["process_peak_rss_mb"], "{:.0f}"))
         table.add_row(*cells)
     con.print(table)
+    for r in rows:
+        if r.get("unverified") and r["threads"] == rows[0]["threads"]:  # once per model
+            con.print(
+                f"[yellow]warning:[/yellow] {escape(r['model'])}: {escape(r['unverified'])}; timed all the same, "
+                "but classify refuses it without --allow-unverified",
+                soft_wrap=True,
+            )
     e2e = next((r["end_to_end"] for r in rows if r.get("end_to_end")), None)
     if e2e and e2e["classified"] < e2e["images"]:  # the e2e rate counts the images classified, not those that failed
         con.print(
