@@ -109,6 +109,8 @@ class ClassifySummary:
         first_rows: the first :data:`MANY` results (the whole table when there are no more).
         flagged_rows: the first :data:`MAX_TABLE_ROWS` flagged results (the table when there are more).
         failed: every input that could not be classified, as ``{"path", "error"}``, in order.
+        left_out: paths not classified because they are links to, or copies of, a file listed already (each cell is
+            counted once), as ``{"path", "same_as"}``: the JSON report's ``left_out``.
         wall_s: wall-clock time of the classification loop.
     """
 
@@ -129,6 +131,7 @@ class ClassifySummary:
     first_rows: list[dict] = field(default_factory=list)
     flagged_rows: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    left_out: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     lab_check: dict = field(default_factory=dict)
     labs: LabChecks = field(default_factory=LabChecks)
@@ -331,6 +334,7 @@ class ClassifyJob:
             threshold=opts.threshold,
             n_inputs=n + len(self.path_errors),
             n_images=n,
+            left_out=left_out(self.same_files),
             lab_check=dict(self.classifier.meta.lab_check),
         )
         for exc in self.path_errors:
@@ -390,9 +394,7 @@ class ClassifyJob:
         with self._stack:
             s = self.summary
             if self._json:
-                self._json.close(
-                    {"failed": s.failed, "left_out": left_out(self.same_files), "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()}
-                )
+                self._json.close({"failed": s.failed, "left_out": s.left_out, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
             if self._csv:
                 self._csv.close(s.failed, s.lab_warning, s.folder_lab_warnings)
             if self._report:
