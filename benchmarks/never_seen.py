@@ -167,31 +167,35 @@ class Scorer:
         self.five = [i for i, c in enumerate(self.classes) if c != "other"]
         self.t = float(self.run.temperature)
 
-    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pooled features, and the logits of the classes: of each class, the log of the summed exp of its types'
-        logits (a softmax over them gives the model's probabilities, which add the types up)."""
+    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's probabilities (its views' probabilities averaged, before the temperature), pooled features, and
+        the logits of the classes: of each class, the log of the summed exp of its types' logits, both averaged over
+        the views (for one view, a softmax over these logits gives the probabilities; over several it does not)."""
         from scipy.special import logsumexp
 
-        feats, logits = [], []
+        probs, feats, logits = [], [], []
         for i in range(0, len(x), 256):
-            _, f, z = self.net(x[i : i + 256].astype(np.float32), training=False)
+            p, f, z = self.net(x[i : i + 256].astype(np.float32), training=False)
+            probs.append(np.asarray(p, np.float64))
             feats.append(np.asarray(f, np.float64))
             logits.append(np.asarray(z, np.float64))
         z = np.concatenate(logits)
-        return np.concatenate(feats), np.stack([logsumexp(z[:, self.merge[:, c]], axis=1) for c in range(len(self.classes))], axis=1)
+        return np.concatenate(probs), np.concatenate(feats), np.stack([logsumexp(z[:, self.merge[:, c]], axis=1) for c in range(len(self.classes))], axis=1)
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> None:
-        f, _ = self.raw(x)
+        _, f, _ = self.raw(x)
         self.means = np.stack([f[y == k].mean(axis=0) for k in range(len(self.classes))])
         centred = f - self.means[y]
         cov = centred.T @ centred / len(f) + 1e-6 * np.eye(f.shape[1])
         self.precision = np.linalg.inv(cov)
 
     def scores(self, x: np.ndarray) -> dict:
-        from scipy.special import logsumexp, softmax
+        from scipy.special import logsumexp
 
-        f, z = self.raw(x)
-        p = softmax(z / self.t, axis=1)
+        from firmware_host.runtime import apply_temperature
+
+        raw, f, z = self.raw(x)
+        p = apply_temperature(raw, self.t)  # the probabilities the runtime gives (a softmax of the averaged logits is not)
         d = np.stack([np.einsum("ij,jk,ik->i", f - m, self.precision, f - m) for m in self.means], axis=1)
         return {
             "argmax_other": p.argmax(axis=1) == self.other,

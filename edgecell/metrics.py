@@ -25,10 +25,7 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], y_pre
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(probs).argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
     names = np.asarray(list(classes), dtype=object)
-    m = classification_metrics(names[y_true], names[y_pred], classes)
-    m["accuracy"] = m["accuracy"] if m["accuracy"] is not None else 0.0
-    m["macro_f1"] = m["macro_f1"] if m["macro_f1"] is not None else 0.0
-    return m
+    return classification_metrics(names[y_true], names[y_pred], classes)  # no images: accuracy and macro-F1 None, not 0
 
 
 def decided_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], decided: np.ndarray) -> dict:
@@ -167,8 +164,8 @@ def metrics_table(m: dict, title: str = "Metrics") -> Table:
     for c, v in m["per_class"].items():
         t.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
     t.add_section()
-    t.add_row("[bold]accuracy[/bold]", "", "", f"[bold]{m['accuracy']:.4f}[/bold]", str(m["n"]))
-    t.add_row("[bold]macro-F1[/bold]", "", "", f"[bold]{m['macro_f1']:.4f}[/bold]", "")
+    t.add_row("[bold]accuracy[/bold]", "", "", f"[bold]{four_places(m['accuracy'])}[/bold]", str(m["n"]))
+    t.add_row("[bold]macro-F1[/bold]", "", "", f"[bold]{four_places(m['macro_f1'])}[/bold]", "")
     return t
 
 
@@ -271,3 +268,8 @@ def fit_other_threshold(
     threshold = float(np.quantile(scores, 1.0 - share, method="higher"))
     nucleus = None if offsets_train is None else fit_nucleus_check(offsets_train)
     return OtherScore(means, whitening, threshold, float(share), nucleus).to_dict() | {"validation_n": int(five.sum())}
+
+
+def four_places(v: float | None) -> str:
+    """A figure to four places, or "-" for none (a set without images)."""
+    return "-" if v is None else f"{v:.4f}"

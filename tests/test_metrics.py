@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from rich.console import Console
 import pytest
 
 from edgecell.metrics import T_MAX, T_MIN, apply_temperature, compute, expected_calibration_error, fit_temperature
@@ -43,6 +44,17 @@ def test_compute_matches_hand_counts():
     assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
     assert m["per_class"]["a"]["recall"] == pytest.approx(0.5)
     assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+
+
+def test_no_images_have_no_accuracy_rather_than_zero():
+    """An empty test split wrote accuracy 0.0 to metrics.json: a figure of a model that was not measured."""
+    from edgecell.metrics import metrics_table
+
+    m = compute(np.zeros(0, np.int64), np.zeros((0, 3)), ["a", "b", "c"])
+    assert m["n"] == 0 and m["accuracy"] is None and m["macro_f1"] is None
+    con = Console(width=100, record=True)
+    con.print(metrics_table(m))
+    assert "0.0000" not in con.export_text()
 
 
 def test_apply_temperature_keeps_ranking_and_sums_to_one():

@@ -76,7 +76,7 @@ def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, pa
       edgecell train --data demo/data --out demo/run --epochs 15 --cv 5
     """
     from edgecell.console import human
-    from edgecell.metrics import confusion_table, metrics_table
+    from edgecell.metrics import confusion_table, four_places, metrics_table
     from edgecell.train import TrainOptions, run
 
     con = human(json_out == "-")
@@ -113,8 +113,8 @@ def train(data_dir, exclude, out_dir, epochs, img_size, seed, cv, batch_size, pa
     t.add_row("run folder", str(res.run_dir))
     t.add_row("epochs run (best)", f"{res.epochs_run} ({res.best_epoch})")
     t.add_row("training time", f"{res.seconds:.1f} s ({res.images_per_second:.0f} images/s)")
-    t.add_row("test accuracy", f"{res.test_metrics['accuracy']:.4f}")
-    t.add_row("test macro-F1", f"{res.test_metrics['macro_f1']:.4f}")
+    t.add_row("test accuracy", four_places(res.test_metrics["accuracy"]))
+    t.add_row("test macro-F1", four_places(res.test_metrics["macro_f1"]))
     t.add_row("temperature (val)", f"{res.temperature:.3f}")
     if res.cv:
         t.add_row(f"{res.cv['k']}-fold CV macro-F1", f"{res.cv['macro_f1_mean']:.4f} ± {res.cv['macro_f1_std']:.4f}")
