@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from rich.console import Console
 import pytest
+from rich.console import Console
 
 from edgecell.metrics import T_MAX, T_MIN, apply_temperature, compute, expected_calibration_error, fit_temperature
 
