@@ -182,9 +182,9 @@ def select_from_split(rows, classes: Sequence[str], per_class: int, seed: int) -
     """A stratified, seeded choice of ``per_class`` training rows per class.
 
     ``rows`` are :class:`edgecell.data.ManifestRow`; only ``split == "train"`` rows are eligible.
-    Within a class, rows are put in a fixed order (by file), exact duplicates (same SHA-256) are
-    dropped, the rest is shuffled with ``seed`` and the first ``per_class`` are taken. The result
-    is sorted by file, so it does not depend on the manifest's row order.
+    Within a class, rows are put in a fixed order (by source, then file), exact duplicates (same SHA-256)
+    are dropped, the rest is shuffled with ``seed`` and the first ``per_class`` are taken. The result
+    is sorted by source, then file, so it does not depend on the manifest's row order.
     """
     if per_class < 1:
         raise DataError(f"--calib-size must be at least 1 image per class, got {per_class}")

@@ -50,7 +50,7 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
       edgecell evaluate runs/cells
       edgecell evaluate runs/cells --stain-shift
       edgecell evaluate runs/no-bccd --data ../shared/more_cells/bccd --split all
-      edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells --stain-shift
+      edgecell evaluate runs/cells/export/model_int8.tflite --data ../shared/bloodcells --data ../shared/more_cells --stain-shift
     """
     from rich.markup import escape
 
