@@ -84,14 +84,15 @@ def find_backend(force: str | None = None) -> Backend:
 
     Raises :class:`RuntimeMissingError` (one line) when none is installed or the forced one is missing.
     """
+    given = "backend" if force else ENV_VAR  # what to name in a message: the caller's argument or the environment
     force = force or os.environ.get(ENV_VAR) or None
     if force:
         force = force.strip().lower().replace("-", "_")
         if force not in _SPECS:
-            raise RuntimeMissingError(f"{ENV_VAR}={force!r} is not one of {', '.join(BACKENDS)}")
+            raise RuntimeMissingError(f"{given}={force!r} is not one of {', '.join(BACKENDS)}")
         backend = _try_import(force)
         if backend is None:
-            raise RuntimeMissingError(f"interpreter {force!r} was requested ({ENV_VAR}) but cannot be imported")
+            raise RuntimeMissingError(f"interpreter {force!r} was requested ({given}) but cannot be imported")
         return backend
     for name in BACKENDS:
         backend = _try_import(name)

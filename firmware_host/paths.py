@@ -58,6 +58,29 @@ def is_image_name(name: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*")
+"""How JPEG, PNG and TIFF files begin: a file without a suffix that begins so is a picture (a camera or a
+copy that lost its ``.jpg``), noted as not read rather than left out without a word."""
+
+
+def _regular(entry: os.DirEntry) -> bool:
+    """A regular file (following a link): never open a pipe or a device to look at its first bytes."""
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def starts_as_image(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` begins as an image of :data:`IMAGE_MAGIC` does (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head.startswith(IMAGE_MAGIC)
+
+
 def walk_folder(
     folder: str | os.PathLike,
     suffixes: Sequence[str] = IMAGE_SUFFIXES,
@@ -115,7 +138,7 @@ def walk_folder(
                     found.append(Path(e.path))
                 elif is_dir:
                     (deferred if e.is_symlink() else subfolders).append(e.path)
-                elif unread is not None and is_image_name(e.name, UNREAD_PICTURES):
+                elif unread is not None and (is_image_name(e.name, UNREAD_PICTURES) or ("." not in e.name and _regular(e) and starts_as_image(e.path))):
                     unread.append(Path(e.path))
             stack.extend(reversed(subfolders))
 

@@ -671,9 +671,11 @@ class Classifier:
         """The never-seen score's threshold (None: the model has no score; labels by argmax alone)."""
         return self.other_score.threshold if self.other_score else None
 
-    def lab_warning(self, predictions: Sequence[Prediction], what: str = "images") -> str | None:
-        """The model's slide-level lab check (:func:`lab_warning`) over ``predictions`` of one set of cells: one line
-        when they look unlike the labs the model was trained on, else None (also for fewer than the check's set)."""
+    def lab_warning(self, predictions: Iterable[Prediction], what: str = "images") -> str | None:
+        """The model's slide-level lab check (:func:`lab_warning`) over ``predictions`` of one set of cells (a list, or
+        any iterable, read once): one line when they look unlike the labs the model was trained on, else None (also for
+        fewer than the check's set)."""
+        predictions = list(predictions)  # a generator would be spent by the first pass
         scores = [p.other_score for p in predictions if p.other_score is not None]
         top = sum(float(np.max(p.probs)) for p in predictions)
         return tally_lab_warning(len(predictions), top, scores, self.meta.lab_check, what)
@@ -855,6 +857,8 @@ class Classifier:
             return dataclasses.replace(pred, path=name) if name else pred
         name = name or "<image>"
         if isinstance(image, np.ndarray):
+            if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+                raise ImageError(f"array shape {image.shape} has its channels first; give (H, W, 3), e.g. array.transpose(1, 2, 0)", name)
             if image.ndim == 3 and min(image.shape[:2]) < MIN_SIDE:
                 raise ImageError(f"array is {image.shape[1]}x{image.shape[0]} pixels, too small to hold a cell (minimum {MIN_SIDE}x{MIN_SIDE})", name)
             if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and image.size:

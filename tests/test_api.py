@@ -120,6 +120,7 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
     assert clf.classify(grey16).label in CLASSES
     for bad, says in (
         (np.zeros((2, 2, 3), np.uint8), "too small to hold a cell"),
+        (np.zeros((3, 64, 48), np.uint8), "has its channels first; give (H, W, 3)"),  # it said "too small to hold a cell"
         (np.zeros((32, 32), np.uint8), "expected (H, W, 3) uint8 RGB"),
         (np.zeros((32, 32, 3), np.float32), "expected (H, W, 3) uint8 RGB"),
         (Image.new("RGB", (2, 40)), "too small to hold a cell"),

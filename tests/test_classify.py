@@ -220,12 +220,18 @@ def test_pictures_a_folder_search_does_not_read_are_named(models, data, tmp_path
     shutil.copytree(data / "basophil", slide)
     (slide / "c.gif").write_bytes(b"GIF89a")
     (slide / "._x.jpg").write_bytes(b"AppleDouble")  # a USB stick's macOS litter: not an image, not a failure
+    jpeg = next(slide.glob("*.jpg"))
+    shutil.copy(jpeg, slide / "IMG0001")  # a JPEG that lost its suffix: it was left out without a word
+    (slide / "README").write_text("notes")  # a file without a suffix that is not a picture: nothing to say
+    os.mkfifo(slide / "pipe")  # never opened to be looked at (it would block)
     r = run("classify", "--model", models.export, slide)
     assert r.exit_code == 0, r.output
     assert (
-        f"warning: 1 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .png .tif .tiff .bmp from folders ({slide / 'c.gif'}); "
-        "convert them to PNG (or give each by name to classify it)"
+        f"warning: 2 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .png .tif .tiff .bmp from folders "
+        f"({slide / 'IMG0001'}, {slide / 'c.gif'}); convert them to PNG (or give each by name to classify it)"
     ) in " ".join(r.output.split())
+    r = run("classify", "--model", models.export, slide / "IMG0001")  # by name it is read
+    assert r.exit_code == 0 and "IMG0001" in r.output, r.output
 
 
 def test_flagged_total_counts_other_cells(models, data, tmp_path):

@@ -263,6 +263,7 @@ def test_lab_warning_reads_the_median_score_of_the_cells_classified(other, tmp_p
         clf = Classifier.load(model)  # the Python API says the same of the same cells
         preds = [p for _, p in clf.classify_many(sorted((tmp_path / "in").iterdir()))]
         assert clf.lab_warning(preds) == summary.lab_warning
+        assert clf.lab_warning(p for p in preds) == summary.lab_warning  # a generator: it raised TypeError
         assert clf.lab_warning(preds[:1]) is None  # fewer cells than the check's set
 
 

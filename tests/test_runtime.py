@@ -364,8 +364,10 @@ def test_backend_forced_and_missing(models, monkeypatch):
     assert clf.backend.name == "ai_edge_litert" and clf.backend.version[0].isdigit()
     assert clf.info()["interpreter"] == "ai_edge_litert"
     monkeypatch.setenv("EDGECELL_INTERPRETER", "no_such_thing")
-    with pytest.raises(RuntimeMissingError, match="not one of"):
+    with pytest.raises(RuntimeMissingError, match="EDGECELL_INTERPRETER='no_such_thing' is not one of"):
         Classifier.load(models.int8)
+    with pytest.raises(RuntimeMissingError, match="backend='nope' is not one of"):  # the argument, not the environment
+        Classifier.load(models.int8, backend="nope")
     monkeypatch.delenv("EDGECELL_INTERPRETER")
     monkeypatch.setattr(interp_mod, "_try_import", lambda name: None)
     with pytest.raises(RuntimeMissingError) as ei:
