@@ -106,14 +106,54 @@ def unsearchable(rgb: np.ndarray, cell_size: float | None) -> str | None:
     return None
 
 
-def empty_reason(rgb: np.ndarray, cell_size: float | None) -> str | None:
+SMALL_RED_CELLS = 0.4
+"""An empty field whose red cells (:func:`red_cell_size`) are under this share of their size at ``cell_size``'s
+magnification was taken at a lower one. BCCD's fields one by one at the right magnification: 0.79-1.59 of it (356
+fields), 0.45 and more upscaled to a phone's 4032x3024; at half the magnification 0.50-0.78, at a quarter 0.25-0.30
+(a review's variants), where the search found no white cell at all and the run-wide :func:`size_warning` needs
+:data:`MIN_FIELDS_SIZED` fields."""
+LOW_CONTRAST = 35
+"""An empty field whose brightness (the mean of R, G and B) spans fewer levels than this between its 1st and 99th
+percentiles is washed out. BCCD's 364 fields span 37-96 (one at 37, the next 42). Made hazy (half the contrast, plus
+110) or overexposed (x1.8) in a review, the search missed a third of their white cells and called 12 and 10 of 30
+fields empty: those spanned 24-49 (9 of 12 under this) and 12-21 levels. Fields with no white cell cut from BCCD's:
+50-70."""
+CONTRAST_SAMPLE = 250_000
+"""The brightness spread is read from about this many pixels of a larger field (every k-th row and column)."""
+
+
+def brightness_spread(rgb: np.ndarray) -> int:
+    """Levels of brightness (R+G+B, in thirds of a level, integer arithmetic: the same on every machine) between a
+    field's 1st and 99th percentiles, over a regular sample of at most about :data:`CONTRAST_SAMPLE` pixels."""
+    h, w = rgb.shape[:2]
+    k = max(1, int(np.ceil(np.sqrt(h * w / CONTRAST_SAMPLE))))
+    total = rgb[::k, ::k].astype(np.int32).sum(axis=2).ravel()
+    lo_at, hi_at = int(0.01 * (len(total) - 1)), int(0.99 * (len(total) - 1))
+    lo, hi = np.partition(total, (lo_at, hi_at))[[lo_at, hi_at]]
+    return int(hi - lo) // 3
+
+
+def empty_reason(rgb: np.ndarray, cell_size: float | None, red_cells: float | None = None) -> str | None:
     """Why a field where :func:`locate` found no white cell may have one after all, or None: the default size on a
-    large field (its camera's cells may be smaller)."""
+    large field (its camera's cells may be smaller); red cells (``red_cells``, :func:`red_cell_size`) far smaller than
+    at the magnification ``cell_size`` assumes (:data:`SMALL_RED_CELLS`); a washed-out field (:data:`LOW_CONTRAST`)."""
     h, w = rgb.shape[:2]
     if not cell_size and min(w, h) > DEFAULT_SIZE_FIELD:
         return (
             f"no white cell of about {default_cell_size(w, h):.0f} px across (the default, {CELL_FRACTION} of the shorter side, "
             "as in 640x480 fields at 100x): if this camera's cells are smaller, give --cell-size PX"
+        )
+    size = cell_size or default_cell_size(w, h)
+    if red_cells is not None and red_cells < SMALL_RED_CELLS * TYPICAL_RED_CELL * size:
+        return (
+            f"no white cell of about {size:.0f} px across, but the red cells here are as at a lower magnification "
+            f"(white cells about {red_cells / TYPICAL_RED_CELL:.0f} px across): give --cell-size auto, or the white cells' diameter"
+        )
+    spread = brightness_spread(rgb)
+    if spread < LOW_CONTRAST:
+        return (
+            f"no white cell found, but the field has little contrast (its brightness spans {spread} of 255 levels: washed out, "
+            "hazy, overexposed or blank): white cells may be missed; take it again with less light or more contrast"
         )
     return None
 

@@ -192,14 +192,14 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         cells, frame, factor = locate_with_frame(rgb, cell_size)
     except FieldTooFine as exc:
         raise ImageError(str(exc), path or "<field>") from None
-    note = empty_reason(rgb, cell_size) if not cells else None
-    if note:
-        warnings.warn(ImageWarning(note), stacklevel=2)  # one line naming the field (scan_field sets its path)
     size = cell_size or default_cell_size(w, h)
     if auto:  # measured already: the size is the red cells' over their typical ratio
         red = None if cell_size is None else cell_size * TYPICAL_RED_CELL
     else:
         red = red_cell_size(rgb, cell_size)
+    note = empty_reason(rgb, cell_size, None if auto else red) if not cells else None
+    if note:
+        warnings.warn(ImageWarning(note), stacklevel=2)  # one line naming the field (scan_field sets its path)
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path, frame_at(frame, factor, rgb.shape))
     t2 = time.perf_counter()
@@ -302,7 +302,8 @@ class ScanSummary:
         threshold: confidence below which a cell is flagged as uncertain.
         n_fields: fields scanned (read and searched).
         n_failed: fields that could not be read.
-        n_empty: fields with no white cell.
+        n_empty: fields with no white cell; ``n_empty_noted`` of them with a note that cells may have been missed
+            (:func:`~firmware_host.locate.empty_reason`).
         n_cells: cells found, edge cells included.
         n_edge: cells cut by a field's border (not in the differential count).
         predicted: non-edge cells predicted as each class (the differential count).
@@ -324,6 +325,7 @@ class ScanSummary:
     n_fields: int = 0
     n_failed: int = 0
     n_empty: int = 0
+    n_empty_noted: int = 0
     n_cells: int = 0
     n_edge: int = 0
     predicted: dict[str, int] = field(default_factory=dict)
@@ -354,6 +356,7 @@ class ScanSummary:
             return
         self.n_fields += 1
         self.n_empty += not res.cells
+        self.n_empty_noted += not res.cells and bool(res.note)
         if len(self.first_fields) < FIRST_FIELDS:
             self.first_fields.append((res.file, res.cells))
         self.locate_ms += res.locate_ms
@@ -410,6 +413,7 @@ class ScanSummary:
             "fields": self.n_fields,
             "fields_failed": self.n_failed,
             "fields_without_cells": self.n_empty,
+            "fields_without_cells_noted": self.n_empty_noted,
             "cells": self.n_cells,
             "edge_cells": self.n_edge,
             "counted_cells": n,

@@ -870,3 +870,33 @@ def test_the_fields_table_boxes_and_page_say_why_a_cell_is_other_rather_than_its
         )
         text = w.write(tmp_path / "s.html").read_text(encoding="utf-8")
     assert f"<title>other ({OTHER_BY_SCORE})</title>" in text and "<title>other 0.01</title>" not in text
+
+
+def test_an_empty_field_says_when_cells_may_have_been_missed(models, tmp_path):
+    """A washed-out field, or one at a lower magnification than the size assumed, was reported as a plain empty field."""
+    from firmware_host.locate import LOW_CONTRAST, SMALL_RED_CELLS, TYPICAL_RED_CELL, brightness_spread, default_cell_size, empty_reason
+
+    plain = draw_field([], RBC_GRID)
+    assert not locate(plain) and brightness_spread(plain) >= LOW_CONTRAST and empty_reason(plain, None, red_cell_size(plain)) is None
+    hazy = np.clip(0.35 * plain + 160, 0, 255).astype(np.uint8)  # a hazy photo of the same field
+    assert brightness_spread(hazy) < LOW_CONTRAST
+    assert empty_reason(hazy, None).startswith(f"no white cell found, but the field has little contrast (its brightness spans {brightness_spread(hazy)} of 255")
+    blank = np.full((H, W, 3), 200, np.uint8)
+    assert "little contrast" in empty_reason(blank, None)
+    quarter = at_half([at_half([plain] * 4)] * 4)  # a quarter of the magnification: red cells a quarter as large
+    red = red_cell_size(quarter)
+    assert red is not None and red < SMALL_RED_CELLS * TYPICAL_RED_CELL * default_cell_size(W, H)
+    assert "the red cells here are as at a lower magnification" in empty_reason(quarter, None, red)
+    assert "--cell-size auto" in empty_reason(quarter, None, red)
+    assert empty_reason(quarter, None, None) is None  # no red cells measured: nothing to say of them
+    # scan says so per field and in its summary, and counts them in the JSON
+    for name, rgb in (("hazy.png", hazy), ("plain.png", plain)):
+        Image.fromarray(rgb).save(tmp_path / name)
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "hazy.png"), str(tmp_path / "plain.png"), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    notes = {Path(f["file"]).name: f.get("note") for f in doc["results"]}
+    assert notes["plain.png"] is None and "little contrast" in notes["hazy.png"]
+    assert doc["summary"]["fields_without_cells"] == 2 and doc["summary"]["fields_without_cells_noted"] == 1
+    assert "2 without one (1 of them with a note above: white cells may have been missed)" in " ".join(res.output.split())

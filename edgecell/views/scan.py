@@ -11,6 +11,14 @@ from firmware_host.runtime import label_text
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
+def noted_text(empty: int, noted: int) -> str:
+    """What the summary adds about the empty fields that carry a note (cells may have been missed there)."""
+    if not noted:
+        return ""
+    which = "all with" if noted == empty else f"{noted} of them with"
+    return f" ({which} a note above: white cells may have been missed)"
+
+
 def print_summary(con, err, s: ScanSummary) -> None:
     """The lab check's warning, the first fields' cells, the differential count, the flags, the timings and the failures."""
     print_lab_warnings(err, s.lab_warning, s.folder_lab_warnings)
@@ -33,7 +41,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
         con.print(differential_table("Differential count (cells cut by a field's border left out)", s.predicted))
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
-        f"{s.n_empty} without one. Flagged: [bold]{s.n_flagged}[/bold] - {s.n_review} for haematologist review, "
+        f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold] - {s.n_review} for haematologist review, "
         f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five{review_other_note(s.n_review_other)}.",
         soft_wrap=True,
     )
