@@ -394,7 +394,16 @@ class ClassifyJob:
         with self._stack:
             s = self.summary
             if self._json:
-                self._json.close({"failed": s.failed, "left_out": s.left_out, "summary": s.to_dict(), "metrics": s.metrics(), "latency": s.latency()})
+                self._json.close(
+                    {
+                        "failed": s.failed,
+                        "left_out": s.left_out,
+                        "unread": [os.fspath(p) for p in self.unread],
+                        "summary": s.to_dict(),
+                        "metrics": s.metrics(),
+                        "latency": s.latency(),
+                    }
+                )
             if self._csv:
                 self._csv.close(s.failed, s.lab_warning, s.folder_lab_warnings)
             if self._report:

@@ -49,7 +49,7 @@ class Expanded:
     copy with the same bytes (:func:`drop_copies`), which would count one cell twice in the differential."""
 
 
-UNREAD_PICTURES = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".jfif", ".dng")
+UNREAD_PICTURES = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".dng")
 """Suffixes of pictures that a folder search does not read (not :data:`IMAGE_SUFFIXES`, the types edgecell is trained
 on), and says so, rather than leaving them out of the count without a word."""
 

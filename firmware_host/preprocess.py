@@ -73,7 +73,7 @@ DIM_LEVEL = 64
 """An image whose brightest 1 % of pixels (their brightest channel) are darker than this, of 255, is refused as too
 dark to read: the stain is lost in the noise, and a model would name it anyway. A 10-, 12- or 14-bit camera's values
 saved in a 16-bit file unscaled read as 3, 15 or 63 at most. Measured: 3,000 images of ``../shared``, 169 or more."""
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".tif", ".tiff", ".bmp")
 RESAMPLE = Image.Resampling.BILINEAR
 DRAFT_FACTOR = 2
 """JPEGs are decoded at a DCT-scaled draft of at least this many times the target size: the cell

@@ -620,7 +620,14 @@ class ScanJob:
             if self._csv:
                 self._csv.close(self.path_errors, self.summary.lab_warning, self.summary.folder_lab_warnings)
             if self._json:
-                self._json.close({"failed": self.summary.failed, "left_out": left_out(self.same_files), "summary": self.summary.to_dict()})
+                self._json.close(
+                    {
+                        "failed": self.summary.failed,
+                        "left_out": left_out(self.same_files),
+                        "unread": [os.fspath(p) for p in self.unread],
+                        "summary": self.summary.to_dict(),
+                    }
+                )
             if self.report is not None:
                 self.report.finish(self.summary)
             if self.annotator:

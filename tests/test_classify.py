@@ -224,11 +224,18 @@ def test_pictures_a_folder_search_does_not_read_are_named(models, data, tmp_path
     shutil.copy(jpeg, slide / "IMG0001")  # a JPEG that lost its suffix: it was left out without a word
     (slide / "README").write_text("notes")  # a file without a suffix that is not a picture: nothing to say
     os.mkfifo(slide / "pipe")  # never opened to be looked at (it would block)
-    r = run("classify", "--model", models.export, slide)
+    from PIL import Image
+
+    Image.open(jpeg).save(slide / "phone.jfif", "JPEG", quality=90)  # a JPEG by another of its names: read
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.export, slide, "--json", out)
     assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["unread"] == [str(slide / "IMG0001"), str(slide / "c.gif")]  # for a script too, not on stderr alone
+    assert str(slide / "phone.jfif") in [x["path"] for x in rep["results"]]
     assert (
-        f"warning: 2 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .png .tif .tiff .bmp from folders "
-        f"({slide / 'IMG0001'}, {slide / 'c.gif'}); convert them to PNG (or give each by name to classify it)"
+        f"warning: 2 picture(s) in the folders given are not read, as edgecell reads .jpg .jpeg .jfif .png .tif .tiff .bmp from folders "
+        f"({slide / 'IMG0001'}, {slide / 'c.gif'}); rename or convert them to one of these (or give each by name to read it)"
     ) in " ".join(r.output.split())
     r = run("classify", "--model", models.export, slide / "IMG0001")  # by name it is read
     assert r.exit_code == 0 and "IMG0001" in r.output, r.output

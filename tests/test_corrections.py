@@ -191,7 +191,7 @@ def test_a_name_that_is_not_utf8_is_found_from_the_review_pages_text(images, tmp
 def test_a_row_naming_a_file_that_is_not_an_image_is_refused(images, tmp_path):
     """train skips a file that is not an image by its name, so a corrected 'cell' that is one would be lost later."""
     (images / "today.csv").write_text("a,b\n")
-    with pytest.raises(CorrectionsError, match=r"line 2: today.csv: not a type train reads \(.jpg .jpeg .png .tif .tiff .bmp\); convert it to PNG first"):
+    with pytest.raises(CorrectionsError, match=r"line 2: today.csv: not a type train reads \(.jpg .jpeg .jfif .png .tif .tiff .bmp\); convert it to PNG first"):
         apply_corrections(write_csv(tmp_path / "c.csv", [["today.csv", "other", "lymphocyte"]]), tmp_path / "out", base=images)
 
 

@@ -496,7 +496,7 @@ def test_expand_paths(tmp_path):
     assert ex.paths[: len(found)] == found  # the folder, then the duplicates dropped
     assert ex.paths[-1] == single and len(ex.paths) == len(found) + 1
     reasons = sorted(e.reason for e in ex.errors)
-    assert reasons == ["folder holds no images (looked for .jpg, .jpeg, .png, .tif, .tiff, .bmp)", "no such file or folder", "pattern matches no images"]
+    assert reasons == ["folder holds no images (looked for .jpg, .jpeg, .jfif, .png, .tif, .tiff, .bmp)", "no such file or folder", "pattern matches no images"]
 
     g = expand_paths([str(tmp_path / "data" / "**" / "*.jp*g")])
     assert {p.name for p in g.paths} >= {"b.jpg", "c.jpeg"} and not g.errors

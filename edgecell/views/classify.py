@@ -47,7 +47,7 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
         warn(
             f"{len(job.unread)} picture(s) in the folders given are not read, as edgecell reads {' '.join(IMAGE_SUFFIXES)} from folders "
-            f"({escape(some_of([str(p) for p in job.unread]))}); convert them to PNG (or give each by name to classify it)",
+            f"({escape(some_of([str(p) for p in job.unread]))}); rename or convert them to one of these (or give each by name to read it)",
             err,
         )
 
