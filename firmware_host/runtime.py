@@ -104,8 +104,12 @@ def label_text(label: str, confidence: float, other_reason: str = "", reason: bo
     return f"{label} {confidence:.2f}"
 
 
-LAB_ADVICE = "check these results with care, and adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
-"""What a user should do when :func:`lab_warning` fires."""
+LAB_ADVICE = (
+    "check these results with care, and the pictures (a dark, washed-out or blurred one reads as another lab); "
+    "if they are sharp and well exposed, adapt the model to this lab with a few dozen labelled cells (edgecell adapt)"
+)
+"""What a user should do when :func:`lab_warning` fires (a review's BCCD fields at 0.4 of their exposure: 22 of 24
+cells sent to `other`, and the advice named the lab only)."""
 ADAPTED_ADVICE = (
     "check these results with care; the model was adapted to {labs} with {cells} labelled cells: if these images are from {which}, "
     "label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab (edgecell adapt names it), "
