@@ -123,8 +123,8 @@ CONTRAST_SAMPLE = 250_000
 
 
 def brightness_spread(rgb: np.ndarray) -> int:
-    """Levels of brightness (R+G+B, in thirds of a level, integer arithmetic: the same on every machine) between a
-    field's 1st and 99th percentiles, over a regular sample of at most about :data:`CONTRAST_SAMPLE` pixels."""
+    """Levels of brightness (the mean of R, G and B, of 255) between a field's 1st and 99th percentiles, over a regular
+    sample of at most about :data:`CONTRAST_SAMPLE` pixels; read from R+G+B in integers, so the same on every machine."""
     h, w = rgb.shape[:2]
     k = max(1, int(np.ceil(np.sqrt(h * w / CONTRAST_SAMPLE))))
     total = rgb[::k, ::k].astype(np.int32).sum(axis=2).ravel()
