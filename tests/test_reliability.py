@@ -156,7 +156,7 @@ def cell_like(seed: int = 0, size: tuple[int, int] = (72, 64)) -> np.ndarray:
 
 BAD_IMAGES = {
     # name -> what the one-line message must say
-    "truncated.jpg": "cannot decode image",
+    "truncated.jpg": "the file ends early (truncated",
     "zero-bytes.jpg": "empty file (0 bytes)",
     "text.jpg": "not an image Pillow can read",
     "folder.jpg": "is a directory",
