@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import ImageError, os_reason, read_regular
-from firmware_host.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES
+from firmware_host.preprocess import IMAGE_MAGIC, IMAGE_SUFFIXES, MAX_FILE_BYTES
 
 _MAGIC = re.compile(r"[*?[]")
 
@@ -58,11 +58,6 @@ def is_image_name(name: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*")
-"""How JPEG, PNG and TIFF files begin: a file without a suffix that begins so is a picture (a camera or a
-copy that lost its ``.jpg``), noted as not read rather than left out without a word."""
-
-
 def _regular(entry: os.DirEntry) -> bool:
     """A regular file (following a link): never open a pipe or a device to look at its first bytes."""
     try:
@@ -72,7 +67,9 @@ def _regular(entry: os.DirEntry) -> bool:
 
 
 def starts_as_image(path: str | os.PathLike) -> bool:
-    """Whether the file at ``path`` begins as an image of :data:`IMAGE_MAGIC` does (False when it cannot be read)."""
+    """Whether the file at ``path`` begins as a JPEG, PNG or TIFF does (:data:`~firmware_host.preprocess.IMAGE_MAGIC`;
+    False when it cannot be read): a file without a suffix that does is a picture (a camera's, or a copy that lost its
+    ``.jpg``), noted as not read rather than left out without a word."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)

@@ -255,6 +255,8 @@ def decode_rgb(data: bytes, draft: int | None = None, path: str | os.PathLike = 
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMAGE_MAGIC = (b"\xff\xd8\xff", _PNG_MAGIC, b"II*\x00", b"MM\x00*")
+"""How JPEG, PNG and TIFF files begin (:func:`firmware_host.paths.starts_as_image` knows a picture without a suffix by them)."""
 
 
 def _png_without(data: bytes, kind: bytes) -> bytes | None:
