@@ -89,6 +89,14 @@ LABEL_CHECK_SHARE = 0.5
 LABEL_CHECK_CONFIDENCE = 0.8
 """...with at least this mean confidence (calibrated) is said before adapting: a folder of the wrong cells (a review
 adapted to 25 neutrophils filed as basophils, and nothing said so) or a type the parent reads wrongly on this lab."""
+MAX_ORIGINAL_DROP = 1.0
+"""Points of accuracy on the run's own test split that adapting may lose before :func:`report_warnings` says so
+(issue #19's bar)."""
+MAX_WRONG_UNFLAGGED_RISE = 0.5
+"""Points by which the share wrong and not flagged may rise on either set (and by at least
+:data:`MIN_WRONG_UNFLAGGED_CELLS` cells) before :func:`report_warnings` says so: the errors no one is asked to check."""
+MIN_WRONG_UNFLAGGED_CELLS = 2
+"""More cells wrong and not flagged than before that :func:`report_warnings` needs to speak: one is a cell, not a trend."""
 SCALE_GRID = np.geomspace(1e-3, 10.0, 81)
 """Scales of the prototype head's outputs tried (the one that fits the parent's validation split best is kept)."""
 
@@ -185,7 +193,10 @@ def label_check(probs: np.ndarray, samples: Sequence[data_mod.Sample], classes: 
     """For each local cell type (its folder) of :data:`LABEL_CHECK_MIN` cells or more: when the parent, before adapting,
     names most of them (:data:`LABEL_CHECK_SHARE`) one other class with a mean confidence of
     :data:`LABEL_CHECK_CONFIDENCE` or more, ``{"type", "label", "n", "named", "count", "mean_confidence"}``. ``probs``:
-    the parent's calibrated probabilities of ``samples``."""
+    the parent's calibrated probabilities of ``samples``. ``unflags_review``: the class named is one the runtime flags
+    for review and the folder's is not."""
+    from firmware_host.runtime import REVIEW_CLASSES
+
     by_type: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         by_type[(s.type or s.label, s.label)].append(i)
@@ -200,17 +211,64 @@ def label_check(probs: np.ndarray, samples: Sequence[data_mod.Sample], classes: 
         mine = p.argmax(axis=1) == list(classes).index(named)
         confidence = float(p[mine].max(axis=1).mean())
         if confidence >= LABEL_CHECK_CONFIDENCE:
-            out.append({"type": typ, "label": label, "n": len(idx), "named": named, "count": int(count), "mean_confidence": round(confidence, 3)})
+            out.append(
+                {
+                    "type": typ,
+                    "label": label,
+                    "n": len(idx),
+                    "named": named,
+                    "count": int(count),
+                    "mean_confidence": round(confidence, 3),
+                    # a review class (a possible blast) taught away: such cells would no longer be flagged
+                    "unflags_review": named in REVIEW_CLASSES and label not in REVIEW_CLASSES,
+                }
+            )
     return out
 
 
 def label_note(c: dict) -> str:
-    """One line on a :func:`label_check` finding."""
-    return (
+    """One line on a :func:`label_check` finding (a warning when ``unflags_review``, a note otherwise)."""
+    line = (
         f"before adapting, the model named {c['count']} of your {c['n']} {c['type']} cells {c['named']} (mean confidence "
         f"{c['mean_confidence']:.2f}): if the folder is right, adapting teaches it that; if those cells are not {c['type']}, "
         "correct their labels first"
     )
+    if c.get("unflags_review"):
+        line += (
+            f"; {c['named']} is flagged for a haematologist's review and {c['label']} is not, so the adapted model will stop "
+            "flagging cells like these: have a haematologist confirm the labels before it is used"
+        )
+    return line
+
+
+def report_warnings(rep: dict) -> list[str]:
+    """Lines on what the adapted model does worse than its parent, from the before/after report (``adapt.json``):
+    fewer of the local held-out cells right; more than :data:`MAX_ORIGINAL_DROP` points lost on the run's own test
+    split; more cells wrong and not flagged on either (:data:`MAX_WRONG_UNFLAGGED_RISE`,
+    :data:`MIN_WRONG_UNFLAGGED_CELLS`). The run is written either way; these say when to keep the parent instead."""
+    out = []
+    b, a = rep["local_holdout"]["before"], rep["local_holdout"]["after"]
+    if b["n"] and round(a["accuracy"] * b["n"]) < round(b["accuracy"] * b["n"]):
+        out.append(
+            f"on your {b['n']} held-out cells the adapted model is right less often than the run it came from "
+            f"({a['accuracy']:.1%} against {b['accuracy']:.1%}): keep that run, or label more cells and adapt it again"
+        )
+    b, a = rep["original_test"]["before"], rep["original_test"]["after"]
+    drop = 100 * (b["accuracy"] - a["accuracy"]) if b["n"] else 0.0
+    if drop > MAX_ORIGINAL_DROP:
+        out.append(
+            f"on the run's own test split ({b['n']} cells of the labs it was trained on) the adapted model is right on "
+            f"{drop:.1f} points fewer ({a['accuracy']:.1%} against {b['accuracy']:.1%}; more than {MAX_ORIGINAL_DROP:g}): it reads those labs worse"
+        )
+    for key, what in (("local_holdout", "your held-out cells"), ("original_test", "the run's own test split")):
+        b, a = rep[key]["before"], rep[key]["after"]
+        more = round(a["wrong_unflagged"] * b["n"]) - round(b["wrong_unflagged"] * b["n"])
+        if b["n"] and more >= MIN_WRONG_UNFLAGGED_CELLS and 100 * (a["wrong_unflagged"] - b["wrong_unflagged"]) > MAX_WRONG_UNFLAGGED_RISE:
+            out.append(
+                f"on {what} ({b['n']} cells) the share wrong and not flagged rose from {b['wrong_unflagged']:.1%} to "
+                f"{a['wrong_unflagged']:.1%} ({more} more cells): errors no one would be asked to check"
+            )
+    return out
 
 
 def adapted_sources(parent: RunFolder) -> list[str]:
@@ -526,7 +584,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
     model = parent.load_keras()
     labels = label_check(apply_temperature(predict(model, local.images), parent.temperature), local.samples, classes)
     for c in labels:  # said before minutes of fine-tuning, so that a wrong folder can be stopped
-        con.print(f"[yellow]note:[/yellow] {label_note(c)}", soft_wrap=True, highlight=False)
+        con.print(f"[yellow]{'warning' if c['unflags_review'] else 'note'}:[/yellow] {label_note(c)}", soft_wrap=True, highlight=False)
 
     def report(temperature: float, other_score: dict | None) -> dict:
         """What the runtime would say: calibrated, labelled ``other`` by the argmax or the never-seen score."""
@@ -622,6 +680,7 @@ def adapt(opts: AdaptOptions, con: Console | None = None) -> AdaptResult:
         "advice": advice,
         "label_check": labels,
     }
+    rep["warnings"] = report_warnings(rep)
     local_rows = [data_mod.ManifestRow(s.rel, s.label, "test" if h else "train", s.sha256, s.source, s.type) for s, h in zip(local.samples, held)]
     new_rows = rows + local_rows
     replaced = replacing(opts.out_dir)

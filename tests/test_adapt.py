@@ -70,6 +70,10 @@ def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
     assert isinstance(rep["label_check"], list)
     for c in rep["label_check"]:
         assert c["named"] != c["label"] and "before adapting, the model named" in " ".join(output.split())
+    # what it does worse than the parent, if anything, is said too (report_warnings), each on a line of its own
+    assert isinstance(rep["warnings"], list)
+    for w in rep["warnings"]:
+        assert f"warning: {w}" in " ".join(output.split())
 
 
 def test_label_check_names_a_folder_the_parent_calls_something_else():
@@ -97,8 +101,65 @@ def test_label_check_names_a_folder_the_parent_calls_something_else():
         ]
     )
     found = label_check(p, samples, classes)
-    assert found == [{"type": "basophil", "label": "basophil", "n": 25, "named": "seg_neutrophil", "count": 22, "mean_confidence": 0.95}]
+    assert found == [
+        {"type": "basophil", "label": "basophil", "n": 25, "named": "seg_neutrophil", "count": 22, "mean_confidence": 0.95, "unflags_review": False}
+    ]
     assert label_note(found[0]).startswith("before adapting, the model named 22 of your 25 basophil cells seg_neutrophil (mean confidence 0.95)")
+    assert "haematologist" not in label_note(found[0])
+
+
+def test_label_check_warns_when_a_review_class_would_be_taught_away():
+    """24 myeloblasts filed as monocytes were adapted to with a note alone, and the adapted model called fresh
+    myeloblasts monocyte, a class no one reviews (a review): cells the parent names a review class, filed under a
+    class that is not one, are a warning that asks for a haematologist; filed under a review class, a note."""
+    from edgecell.adapt import label_check, label_note
+
+    classes = ["erythroblast", "monocyte", "myeloblast", "other"]
+    samples = [data_mod.Sample(f"m{i}.png", "monocyte", f"{i:064x}", "clinic", "monocyte") for i in range(24)]
+    samples += [data_mod.Sample(f"e{i}.png", "erythroblast", f"{100 + i:064x}", "clinic", "erythroblast") for i in range(10)]
+    p = np.zeros((34, 4))
+    p[:24, 2] = 0.9  # "monocytes" the parent calls myeloblast
+    p[:24, 1] = 0.1
+    p[24:, 2] = 0.85  # erythroblasts it calls myeloblast: both review classes, still flagged after adapting
+    p[24:, 0] = 0.15
+    found = {c["type"]: c for c in label_check(p, samples, classes)}
+    assert found["monocyte"]["unflags_review"] is True
+    assert found["erythroblast"]["unflags_review"] is False
+    assert label_note(found["monocyte"]).endswith(
+        "; myeloblast is flagged for a haematologist's review and monocyte is not, so the adapted model will stop flagging "
+        "cells like these: have a haematologist confirm the labels before it is used"
+    )
+    assert "haematologist" not in label_note(found["erythroblast"])
+
+
+def _sets(local: tuple, original: tuple) -> dict:
+    """A before/after report of (n, accuracy before, after, wrong unflagged before, after) for each set."""
+
+    def one(n, acc_b, acc_a, wu_b, wu_a):
+        return {"before": {"n": n, "accuracy": acc_b, "wrong_unflagged": wu_b}, "after": {"n": n, "accuracy": acc_a, "wrong_unflagged": wu_a}}
+
+    return {"local_holdout": one(*local), "original_test": one(*original)}
+
+
+def test_report_warnings_say_when_the_adapted_model_does_worse_than_its_parent():
+    """A fine-tuned model worse on the clinic's held-out cells was written with "adapted run written" alone (a
+    review): fewer held-out cells right, more than a point lost on the run's own labs, or more cells wrong and not
+    flagged are each one line; as good or better, or a rise of one cell, says nothing."""
+    from edgecell.adapt import report_warnings
+
+    assert report_warnings(_sets((21, 0.80, 0.90, 0.05, 0.0), (900, 0.90, 0.895, 0.010, 0.011))) == []
+    assert report_warnings(_sets((84, 0.90, 0.90, 2 / 84, 3 / 84), (0, 0.0, 0.0, 0.0, 0.0))) == []  # one cell more: not a trend
+    assert report_warnings(_sets((21, 19 / 21, 18 / 21, 0.0, 0.0), (900, 0.90, 0.90, 0.01, 0.01))) == [
+        "on your 21 held-out cells the adapted model is right less often than the run it came from (85.7% against 90.5%): "
+        "keep that run, or label more cells and adapt it again"
+    ]
+    assert report_warnings(_sets((21, 0.9, 0.9, 0.0, 0.0), (900, 0.90, 0.885, 0.01, 0.01))) == [
+        "on the run's own test split (900 cells of the labs it was trained on) the adapted model is right on 1.5 points "
+        "fewer (88.5% against 90.0%; more than 1): it reads those labs worse"
+    ]
+    assert report_warnings(_sets((21, 0.9, 0.9, 0.0, 0.0), (900, 0.90, 0.90, 0.010, 0.020))) == [
+        "on the run's own test split (900 cells) the share wrong and not flagged rose from 1.0% to 2.0% (9 more cells): errors no one would be asked to check"
+    ]
 
 
 def test_adapted_run_has_a_run_layout_and_its_lineage(adapted, tiny_run, clinic):

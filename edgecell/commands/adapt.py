@@ -86,6 +86,8 @@ def adapt(json_out, **options):
     con.print(
         f"adapted run written to [bold]{res.run_dir}[/bold]: {local['trained']} local images trained on, {local['held_out']} held out; {res.report['method']} {res.seconds:.0f} s"
     )
+    for line in res.report["warnings"]:
+        con.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True, highlight=False)
     for line in res.advice:
         con.print(f"[yellow]advice:[/yellow] {line}")
     emit_json(json_out, {"run_dir": str(res.run_dir), **res.report})
