@@ -175,6 +175,21 @@ def build_report(
     return report
 
 
+def failure_reason(report: dict, precision: str) -> str:
+    """Why ``precision``'s model failed the parity check of ``report`` (:func:`parity_report`), in one line: its accuracy
+    against Keras's, in points and test cells (on a small test split, a demo's or a clinic's first, one cell may be
+    more than ``--max-drop``: said so), or its largest probability difference for float32."""
+    m, n, allowed = report["models"][precision], report["n"], report["max_drop_pp"]
+    if precision == "float32":
+        return f"float32 probabilities differ from the Keras model's by up to {m['prob_diff_max']:.2g} (allowed: {report['float32_tolerance']:g})"
+    cells = round(m["accuracy_drop_pp"] * n / 100)
+    small = f"; on a test split of {n} cells one cell is {100 / n:.2f} points" if n and 100 / n > allowed else ""
+    return (
+        f"{precision} accuracy {100 * m['accuracy']:.2f}% is {m['accuracy_drop_pp']:.2f} points below the Keras model's "
+        f"{100 * report['models']['keras']['accuracy']:.2f}% ({cells} of {n} test cells; allowed: --max-drop {allowed:g}{small})"
+    )
+
+
 def verification(report: dict, precision: str) -> dict:
     """The sidecar's ``verification`` field for one model: status and the figures behind it."""
     m = report["models"][precision]

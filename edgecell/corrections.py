@@ -37,7 +37,7 @@ from pathlib import Path
 from firmware_host.errors import DataError, os_reason
 from firmware_host.paths import OTHER_TYPES, is_image_name
 from firmware_host.preprocess import IMAGE_SUFFIXES
-from firmware_host.report import CSV_COLUMNS, CSV_COLUMNS_WITHOUT_SHA, OTHER, Box, page_text, parse_cell_name, short_sha
+from firmware_host.report import CSV_COLUMNS, CSV_COLUMNS_WITHOUT_SHA, OTHER, SHA_SHOWN, Box, page_text, parse_cell_name, short_sha
 
 MARKER = "corrections.json"
 """File at the top of an output folder that ``corrections apply`` wrote (lists every image and where it came from)."""
@@ -135,6 +135,8 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     where = os.fspath(csv_path)
     rows: list[tuple[int, list[str]]] = []  # (the line a record starts on, its fields): a quoted field may hold line breaks
     start = 1
+    if (wrong := _not_the_csv(csv_path)) is not None:
+        raise CorrectionsError([f"{where}: {wrong}"], csv_path)
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, strict=True)
@@ -152,7 +154,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     if header not in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):  # a page made before the sha256 column: unchecked
         got = ",".join(rows[0][1]) if rows else "an empty file"
-        raise CorrectionsError([f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"], csv_path)
+        line = f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"
+        if len(header) == 1 and [c.strip() for c in header[0].split(";")] in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):
+            line += f"; its fields are separated by semicolons (as a spreadsheet saves CSV in some languages): {RESAVE}"
+        raise CorrectionsError([line], csv_path)
 
     out: list[Correction] = []
     seen: dict[str, Correction] = {}
@@ -165,6 +170,10 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             continue
         file, predicted, corrected = row[0], row[1].strip(), row[2].strip()
         sha = row[3].strip().lower() if len(row) > 3 else ""
+        if sha and not (len(sha) == SHA_SHOWN and all(ch in "0123456789abcdef" for ch in sha)):
+            # not one the page writes: a spreadsheet turns 1234e567... into a number (1.23E+570)
+            problems.append(f"{where}: line {line}: {file}: sha256 {row[3].strip()!r} is not the {SHA_SHOWN} hex digits the page writes: {RESAVE}")
+            continue
         if not file:
             problems.append(f"{where}: line {line}: no file name")
             continue
@@ -397,6 +406,28 @@ def _resolve(file: str, base: Path) -> Path:
             part = same[0]
         found = found / part
     return found
+
+
+RESAVE = "download it again from the review page, and apply it without opening it in a spreadsheet (or save it there as CSV UTF-8, comma-separated)"
+"""What to do with a corrections CSV a spreadsheet has changed."""
+SNIFF_BYTES = 512
+"""How much of a corrections file :func:`_not_the_csv` reads to tell what else it is."""
+
+
+def _not_the_csv(path: str | os.PathLike) -> str | None:
+    """What a file given as corrections is instead of the page's CSV, from its first bytes, or None: the review page
+    itself (HTML), or text in UTF-16 (a spreadsheet's "Unicode text"). Unreadable files are left to the reader."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"text in UTF-16, not the UTF-8 CSV the review page downloads: {RESAVE}"
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        return 'the review page itself (HTML), not its corrections: open it in a browser, correct the cells and press "Download corrections"'
+    return None
 
 
 def _contents_problem(image: Path, sha: str, whole: bool) -> str | None:

@@ -586,10 +586,11 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
 
 
 def close_name(name: str, accepted: Sequence[str]) -> list[str]:
-    """The accepted folder name ``name`` most likely means (``Lymphocytes`` -> ``lymphocyte``), as a list of one, or []."""
+    """The accepted folder name ``name`` most likely means (``Lymphocytes`` -> ``lymphocyte``), as a list of one, or [].
+    A name's last word stands for it too (``neutrofil`` -> ``seg_neutrophil``)."""
     import difflib
 
-    lower = {a.lower(): a for a in accepted}
+    lower = {a.lower().rpartition("_")[2]: a for a in accepted} | {a.lower(): a for a in accepted}
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     return [lower[m] for m in difflib.get_close_matches(key, list(lower), n=1, cutoff=0.8)]
 

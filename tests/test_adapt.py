@@ -248,6 +248,24 @@ def test_a_folder_the_model_does_not_know_is_one_line(tiny_run, tmp_path):
     assert "class folder(s) the model does not know: band_cell" in res.output and "Traceback" not in res.output
 
 
+def test_a_misspelt_class_folder_is_named_with_the_class_it_likely_means(tiny_run, tmp_path):
+    """A review's `neutrofil` folder got the list of names alone (`Basophil` got a rename): a name close to a class,
+    or to its last word (`seg_neutrophil`'s `neutrophil`), is named with it."""
+    from edgecell.data import close_name
+
+    (tmp_path / "lab" / "neutrofil").mkdir(parents=True)
+    res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1 and "rename neutrofil -> seg_neutrophil?" in " ".join(res.output.split())
+    classes = ["basophil", "monocyte", "other", "seg_neutrophil", "lymphocyte"]
+    assert [close_name(n, classes) for n in ("Neutrophils", "basofil", "Lymphocytes", "band_cell", "mono")] == [
+        ["seg_neutrophil"],
+        ["basophil"],
+        ["lymphocyte"],
+        [],
+        [],
+    ]
+
+
 def _samples(spec: dict[tuple[str, str], int]) -> list[data_mod.Sample]:
     out = []
     for (label, typ), n in spec.items():

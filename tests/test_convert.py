@@ -126,6 +126,28 @@ def test_float32_mismatches_are_collected_into_one_error():
     assert parity.check_float32(k, k + 5e-5, [f"img{i}.jpg" for i in range(20)]) == pytest.approx(5e-5)
 
 
+def test_a_failed_parity_check_says_how_many_cells_and_when_one_cell_is_more_than_allowed():
+    """A review's demo-sized run failed int8 parity by one cell of 84 (1.19 points against --max-drop 1) with the points
+    alone: the line gives the cells, and says when one cell of the test split is more than the allowance."""
+    report = {
+        "n": 84,
+        "max_drop_pp": 1.0,
+        "float32_tolerance": parity.FLOAT32_TOLERANCE,
+        "models": {
+            "keras": {"accuracy": 70 / 84},
+            "int8": {"accuracy": 69 / 84, "accuracy_drop_pp": 100 / 84},
+            "float32": {"accuracy": 70 / 84, "accuracy_drop_pp": 0.0, "prob_diff_max": 3e-4},
+        },
+    }
+    assert parity.failure_reason(report, "int8") == (
+        "int8 accuracy 82.14% is 1.19 points below the Keras model's 83.33% (1 of 84 test cells; allowed: --max-drop 1; "
+        "on a test split of 84 cells one cell is 1.19 points)"
+    )
+    big = {**report, "n": 900, "models": {**report["models"], "int8": {"accuracy": 0.8, "accuracy_drop_pp": 100 * (70 / 84 - 0.8)}}}
+    assert parity.failure_reason(big, "int8").endswith("(30 of 900 test cells; allowed: --max-drop 1)")
+    assert parity.failure_reason(report, "float32") == "float32 probabilities differ from the Keras model's by up to 0.0003 (allowed: 0.0001)"
+
+
 def test_weightless_model_is_refused():
     from converters.tflite import check_size
 
@@ -313,6 +335,8 @@ def test_max_drop_fails_when_int8_loses_accuracy(run_copy, tmp_path):
     last = _lines(res.stderr)[-1]
     assert last.startswith("Error: ") and str(run / "export" / "model_int8.tflite") in last
     assert f"int8 accuracy {100 * int8_acc:.2f}%" in last and "points below" in last and "--max-drop 0" in last
+    n = report["n"]
+    assert f"({round((keras_acc - int8_acc) * n)} of {n} test cells; allowed: --max-drop 0; on a test split of {n} cells one cell is" in last
     assert "Traceback" not in res.output
     meta = read_metadata(run / "export" / "model_int8.tflite")  # written, but marked failed
     assert meta.verification["status"] == "failed" and meta.verification["accuracy_drop_pp"] > 0

@@ -16,6 +16,7 @@ from edgecell.cli import cli
 from edgecell.corrections import MARKER, CorrectionsError, apply_corrections, default_classes
 from edgecell.data import scan
 from firmware_host.paths import OTHER_TYPES
+from firmware_host.report import short_sha
 from tests._tflite_fixtures import save_jpeg
 
 
@@ -392,6 +393,39 @@ def test_not_utf8_and_missing_csv(tmp_path):
         apply_corrections(bad, tmp_path / "out")
     with pytest.raises(CorrectionsError, match="no such file"):
         apply_corrections(tmp_path / "none.csv", tmp_path / "out")
+
+
+def test_what_a_spreadsheet_or_a_wrong_file_makes_of_the_csv_is_named_with_what_to_do(images, tmp_path):
+    """A review gave the page itself "line 214: malformed CSV", a UTF-16 file "not a UTF-8 text file", an Excel CSV
+    with semicolons the header alone, and a SHA-256 an Excel turned into a number "a camera that numbers its pictures
+    again?". Each is named for what it is, with what to do, and nothing is written."""
+    from edgecell.corrections import RESAVE
+
+    def problems(path: Path) -> list[str]:
+        with pytest.raises(CorrectionsError) as exc:
+            apply_corrections(path, tmp_path / "out", base=images)
+        assert not (tmp_path / "out").exists()
+        return [p.split(": ", 1)[1] for p in exc.value.problems]
+
+    page = tmp_path / "today.html"
+    page.write_text("\ufeff\n  <!DOCTYPE html>\n<html><body>file,predicted,corrected</body></html>\n", encoding="utf-8")
+    assert problems(page) == ['the review page itself (HTML), not its corrections: open it in a browser, correct the cells and press "Download corrections"']
+    utf16 = tmp_path / "unicode.csv"
+    utf16.write_text("file,predicted,corrected\nmonocyte/a.jpg,monocyte,other\n", encoding="utf-16")
+    assert problems(utf16) == [f"text in UTF-16, not the UTF-8 CSV the review page downloads: {RESAVE}"]
+    semi = tmp_path / "semi.csv"
+    semi.write_text("file;predicted;corrected;sha256\r\nmonocyte/a.jpg;monocyte;other;0123456789abcdef\r\n", encoding="utf-8-sig")
+    assert problems(semi) == [
+        "line 1: expected the header file,predicted,corrected,sha256, found 'file;predicted;corrected;sha256'; its fields are "
+        f"separated by semicolons (as a spreadsheet saves CSV in some languages): {RESAVE}"
+    ]
+    number = write_csv(tmp_path / "number.csv", [["monocyte/a.jpg", "monocyte", "other", "1.23457E+15"]], header=("file", "predicted", "corrected", "sha256"))
+    assert problems(number) == [f"line 2: monocyte/a.jpg: sha256 '1.23457E+15' is not the 16 hex digits the page writes: {RESAVE}"]
+    # the page's own digits, in capitals, are still its digits
+    digits = short_sha((images / "monocyte/a.jpg").read_bytes())
+    upper = write_csv(tmp_path / "upper.csv", [["monocyte/a.jpg", "monocyte", "other", digits.upper()]], header=("file", "predicted", "corrected", "sha256"))
+    apply_corrections(upper, tmp_path / "out", base=images)
+    assert [p.name for p in (tmp_path / "out" / "other").iterdir()] == ["a.jpg"]
 
 
 def test_classes_from_a_model(images, tmp_path):

@@ -101,11 +101,10 @@ def convert(run_dir, int8, float16, calibration, calib_size, calibration_out, ma
     emit_json(json_out, report)
     failed = [k for k, m in report["models"].items() if m.get("status") == "failed"]
     if failed:
+        from converters.parity import failure_reason
+
         k = failed[0]
-        m = report["models"][k]
         raise EdgecellError(
-            f"{k} accuracy {100 * m['accuracy']:.2f}% is {m['accuracy_drop_pp']:.2f} points below the Keras model's "
-            f"{100 * report['models']['keras']['accuracy']:.2f}% (allowed: --max-drop {max_drop:g}); "
-            f"the model was written but marked failed in its sidecar",
+            f"{failure_reason(report, k)}; the model was written but marked failed in its sidecar",
             Path(report["outputs"][k]),
         )
