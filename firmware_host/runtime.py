@@ -99,9 +99,15 @@ def label_text(label: str, confidence: float, other_reason: str = "", reason: bo
     review page); for a cell labelled ``other`` by its never-seen score or the nucleus check rather than by its most
     probable class, the reason instead (``reason=False``: the label alone): its probability of ``other`` is then low,
     and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
-    if label == OTHER_CLASS and other_reason and OTHER_BY_CLASS not in other_reason:
+    if shown_reason(label, other_reason):
         return f"{label} ({other_reason})" if reason else label
     return f"{label} {confidence:.2f}"
+
+
+def shown_reason(label: str, other_reason: str) -> str:
+    """Why a cell is ``other``, when that is to be shown instead of its probability (:func:`label_text`): labelled
+    ``other`` by its never-seen score or the nucleus check, not as its most probable class; else ""."""
+    return other_reason if label == OTHER_CLASS and other_reason and OTHER_BY_CLASS not in other_reason else ""
 
 
 LAB_ADVICE = (

@@ -193,6 +193,30 @@ def test_classify_json_and_csv_carry_the_score(other, tmp_path):
     assert json.loads(js.read_text())["model"]["other_score"]["threshold"] == 0.0
 
 
+def test_classify_prints_why_a_cell_is_other_rather_than_its_low_probability(other, tmp_path):
+    """A review read "other 0.04 ... (then seg_neutrophil 0.84)" as 4 % sure: a cell labelled `other` by its score or
+    the nucleus check shows why, in the results table and in the one-line-per-image form, as scan's table does."""
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+    from edgecell.views.classify import _predicted
+
+    folder, _, _ = other
+    for k, img in enumerate(comparison_images()[:6]):
+        save_jpeg(tmp_path / "in" / f"{k}.jpg", np.kron(img, np.ones((2, 2, 1), np.uint8)))
+    res = CliRunner().invoke(cli, ["classify", "--model", str(folder), str(tmp_path / "in"), "--other-threshold", "0", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    by_score = [r for r in rows if "unlike every trained type" in r["other_reason"] and "taught as other" not in r["other_reason"]]
+    assert by_score  # a threshold of 0 sends every cell the argmax did not call other there
+    text = " ".join(res.output.split())
+    for r in by_score:
+        assert f"{os.path.basename(r['path'])}: other ({r['other_reason']})" in text
+    assert _predicted({"label": "other", "other_reason": "unlike every trained type"}) == "other (unlike every trained type)"
+    assert _predicted({"label": "other", "other_reason": "taught as other"}) == "other"  # its probability says it
+    assert _predicted({"label": "monocyte", "other_reason": ""}) == "monocyte"
+
+
 def test_lab_check_reads_the_top_probability_when_the_score_labels_other(other, tmp_path):
     """The lab check was fitted on each cell's top probability; a cell relabelled by its score keeps that."""
     from firmware_host.classify import classify_paths

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgecell.console import warn
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, model_notes, review_other_note
-from firmware_host.runtime import REVIEW_CLASSES
+from firmware_host.runtime import REVIEW_CLASSES, label_text, shown_reason
 
 
 def escape(text) -> str:
@@ -185,7 +185,7 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         for r in rows:
             cells = [
                 escape(os.path.relpath(r["path"], root) if root else r["path"]),
-                escape(r["label"]),
+                escape(_predicted(r)),
                 f"{r['confidence']:.2f}",
                 "\n".join(f"{t['prob']:.2f} {escape(t['label'])}" for t in r["top3"]),
                 _flag_markup(r["flag"]),
@@ -237,7 +237,17 @@ def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
         top = ", ".join(f"{escape(t['label'])} {t['prob']:.2f}" for t in alternatives(r))
         ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {escape(r['true_label'])})[/red]")
         flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
-        con.print(f"{name}: {escape(r['label'])} {r['confidence']:.2f}{flag}{ok}" + (f"  (then {top})" if top else ""), soft_wrap=True)
+        con.print(
+            f"{name}: {escape(label_text(r['label'], r['confidence'], r.get('other_reason', '')))}{flag}{ok}" + (f"  (then {top})" if top else ""),
+            soft_wrap=True,
+        )
+
+
+def _predicted(r: dict) -> str:
+    """The table's label: for a cell labelled ``other`` by its never-seen score or the nucleus check, with why (its
+    probability of ``other``, beside it, is then low: "other 0.04" read as 4 % sure; a review)."""
+    why = shown_reason(r["label"], r.get("other_reason", ""))
+    return f"{r['label']} ({why})" if why else r["label"]
 
 
 def _print_metrics(con, metrics: dict, classes) -> None:
