@@ -95,8 +95,8 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 
 
 def label_text(label: str, confidence: float, other_reason: str = "", reason: bool = True) -> str:
-    """A cell's label and its probability, as a person reads it (scan's table, the boxes of ``--annotate`` and the
-    review page); for a cell labelled ``other`` by its never-seen score or the nucleus check rather than by its most
+    """A cell's label and its probability, as a person reads it (classify's and scan's results, the boxes of
+    ``--annotate`` and the review page); for a cell labelled ``other`` by its never-seen score or the nucleus check rather than by its most
     probable class, the reason instead (``reason=False``: the label alone): its probability of ``other`` is then low,
     and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
     if shown_reason(label, other_reason):
