@@ -262,8 +262,10 @@ def report_warnings(rep: dict) -> list[str]:
         )
     for key, what in (("local_holdout", "your held-out cells"), ("original_test", "the run's own test split")):
         b, a = rep[key]["before"], rep[key]["after"]
+        if not b["n"]:  # nothing held out (--holdout-share 0): no figures (None)
+            continue
         more = round(a["wrong_unflagged"] * b["n"]) - round(b["wrong_unflagged"] * b["n"])
-        if b["n"] and more >= MIN_WRONG_UNFLAGGED_CELLS and 100 * (a["wrong_unflagged"] - b["wrong_unflagged"]) > MAX_WRONG_UNFLAGGED_RISE:
+        if more >= MIN_WRONG_UNFLAGGED_CELLS and 100 * (a["wrong_unflagged"] - b["wrong_unflagged"]) > MAX_WRONG_UNFLAGGED_RISE:
             out.append(
                 f"on {what} ({b['n']} cells) the share wrong and not flagged rose from {b['wrong_unflagged']:.1%} to "
                 f"{a['wrong_unflagged']:.1%} ({more} more cells): errors no one would be asked to check"
