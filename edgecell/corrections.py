@@ -7,7 +7,9 @@ builds ``OUT/<class>/<image>`` with one sub-folder per corrected class: copies b
 symbolic links. The folder is built in a hidden staging folder beside ``OUT`` and renamed into place
 only when complete (:func:`firmware_host.atomic.staged_dir`), so a failure leaves nothing half-written;
 an existing ``OUT`` is replaced only if an earlier ``corrections apply`` made it (it holds
-:data:`MARKER`) and it holds no image a person added or changed since (the marker records each copy's SHA-256).
+:data:`MARKER`), it holds no image a person added or changed since (the marker records each copy's SHA-256), and
+the CSVs given list every cell it holds (a week's folder, applied Tuesday's CSV alone, lost Monday's cells with a
+note): else ``replace=True`` (``--replace``) drops them.
 The user's images are only read, never moved or written.
 
 A cell found by ``edgecell scan`` is named ``FIELD#x0,y0,x1,y1`` in the CSV
@@ -273,6 +275,7 @@ def apply_corrections(
     classes: Sequence[str] | None = None,
     base: str | os.PathLike | None = None,
     mode: LinkMode | str = LinkMode.copy,
+    replace: bool = False,
 ) -> Applied:
     """Build ``out/<corrected class>/<image>`` from the corrections CSV, or several (a week of reviews; see the module
     docstring).
@@ -281,6 +284,8 @@ def apply_corrections(
         classes: the classes a correction may name (default: :func:`default_classes`).
         base: folder that relative file names in the CSV are relative to (default: the current folder).
         mode: copy the images (default), or hard-link or symlink them.
+        replace: replace an earlier ``out`` even when it holds cells the CSVs do not list (they are dropped); without
+            it such a folder is refused, naming the CSVs it was built from (give them too, to keep those cells).
     """
     from firmware_host.atomic import check_stageable, some_of, staged_dir, write_json
     from firmware_host.metadata import sha256_file
@@ -317,6 +322,14 @@ def apply_corrections(
             out,
         )
     check_stageable(out, MARKER, owned=owned)
+    if not replace and (dropped := _dropped(out, rows)):
+        cells, csvs = dropped
+        raise DataError(
+            f"holds {len(cells)} cell(s) an earlier corrections apply put there ({some_of(cells)}) that "
+            f"{'this CSV does' if len(csv_paths) == 1 else 'these CSVs do'} not list; give the CSV(s) it was built from as well "
+            f"({some_of(csvs)}) to keep them in one folder, or --replace to build it from these alone",
+            out,
+        )
     before = owned - {MARKER} if (out / MARKER).is_file() else None
     result = Applied(out=out, mode=mode, again=again)
     with staged_dir(out, MARKER, owned=owned) as tmp:
@@ -345,6 +358,7 @@ def apply_corrections(
                 {
                     "csv": os.path.abspath(r.csv),
                     "line": r.line,
+                    "key": r.key,  # the cell (the real file, and a scan cell's box): what the next apply must list
                     "source": os.path.abspath(r.source),
                     "predicted": r.predicted,
                     "corrected": r.corrected,
@@ -358,6 +372,19 @@ def apply_corrections(
     if before is not None:
         result.replaced, result.gone = len(before), len(before - {f for _, f in result.files})
     return result
+
+
+def _dropped(out: Path, rows: Sequence[Correction]) -> tuple[list[str], list[str]] | None:
+    """The cells an earlier apply put in ``out`` (its :data:`MARKER`) that ``rows`` do not list, as the files written
+    for them, and the names of the CSVs that earlier apply read; None when there are none. A cell is its
+    :attr:`Correction.key`; an entry written before the key was recorded is its source file (any cell of that field)."""
+    listed = _listed(out)
+    keys = {r.key for r in rows} | {os.path.realpath(r.source) for r in rows}
+    gone = [f for f in listed if (f.get("key") or os.path.realpath(str(f.get("source", "")))) not in keys]
+    if not gone:
+        return None
+    csvs = dict.fromkeys(os.path.basename(str(f.get("csv", ""))) for f in gone if f.get("csv"))
+    return [f["file"] for f in gone], list(csvs) or ["unknown"]
 
 
 def _listed(folder: Path) -> list[dict]:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from edgecell.cli import cli
 from edgecell.corrections import MARKER, CorrectionsError, apply_corrections, default_classes
 from edgecell.data import scan
+from firmware_host.errors import DataError
 from firmware_host.paths import OTHER_TYPES
 from firmware_host.report import short_sha
 from tests._tflite_fixtures import save_jpeg
@@ -121,11 +122,27 @@ def test_several_days_of_corrections_make_one_folder(images, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "other").exists()
 
 
-def test_apply_again_replaces_its_own_folder(images, tmp_path):
+def test_apply_again_replaces_its_own_folder_only_with_every_cell_it_holds_or_when_told(images, tmp_path):
+    """A week's folder applied Tuesday's CSV alone lost Monday's cells with a note (a review): a CSV that does not list
+    every cell the folder holds is refused, naming the CSV it was built from; with it, one folder of both; --replace
+    (replace=True) builds it from the new CSV alone."""
     out = tmp_path / "corrected"
     apply_corrections(write_csv(tmp_path / "one.csv", GOOD), out, base=images)
-    apply_corrections(write_csv(tmp_path / "two.csv", GOOD[:1]), out, base=images)
+    before = digests(out)
+    two = write_csv(tmp_path / "two.csv", GOOD[:1])
+    with pytest.raises(
+        DataError,
+        match=rf"holds {len(GOOD) - 1} cell\(s\) an earlier corrections apply put there \(.*\) that this CSV does not list; give the CSV\(s\) it was built from as well \(one.csv\) to keep them in one folder, or --replace to build it from these alone",
+    ):
+        apply_corrections(two, out, base=images)
+    assert digests(out) == before
+    done = apply_corrections([tmp_path / "one.csv", two], out, base=images)  # the week's CSVs together: kept, and counted once
+    assert done.n == len(GOOD) and done.again == 1 and done.gone == 0
+    apply_corrections(two, out, base=images, replace=True)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["other/a.jpg"]
+    # the same cell under a corrected class is the same cell: not refused
+    apply_corrections(write_csv(tmp_path / "three.csv", [[GOOD[0][0], GOOD[0][1], "basophil"]]), out, base=images)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["basophil/a.jpg"]
 
 
 def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
@@ -145,7 +162,7 @@ def test_cells_a_person_added_to_the_folder_are_never_deleted(images, tmp_path):
     )
     assert added.read_bytes() == b"a cell I labelled" and digests(out) == before | {"monocyte/mine.jpg": hashlib.sha256(b"a cell I labelled").hexdigest()}
     added.unlink()
-    assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images).exit_code == 0
+    assert run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, "--replace", cwd=images).exit_code == 0
 
 
 @pytest.mark.parametrize("mode", ["copy", "sym"])
@@ -208,6 +225,8 @@ def test_applying_again_says_what_the_folder_held_and_what_is_gone(images, tmp_p
     out = tmp_path / "corrected"
     assert run("corrections", "apply", write_csv(tmp_path / "one.csv", GOOD), "--out", out, cwd=images).exit_code == 0
     r = run("corrections", "apply", write_csv(tmp_path / "two.csv", GOOD[:1]), "--out", out, cwd=images)
+    assert r.exit_code == 1 and "that this CSV does not list" in r.output and "--replace" in r.output
+    r = run("corrections", "apply", tmp_path / "two.csv", "--out", out, "--replace", cwd=images)
     assert r.exit_code == 0
     gone = len(GOOD) - 1
     assert f"note: replaced the earlier folder, which held {len(GOOD)} image(s); {gone} of them are not in this CSV and are no longer there." in " ".join(

@@ -46,8 +46,13 @@ def corrections() -> None:
     default=None,
     help="Take the allowed classes from this model (file or export folder) instead of edgecell's cell types; 'other' is always allowed.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace an earlier OUT even when it holds cells these CSVs do not list (dropped); without it, give every CSV OUT was built from.",
+)
 @click.pass_context
-def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path):
+def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path, replace):
     """Turn corrections CSVs into a labelled folder for train --data.
 
     A CSV is the review page's download (file,predicted,corrected,sha256: a file replaced since it was reviewed is
@@ -55,7 +60,8 @@ def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path):
     kept once, with different classes refused. OUT gets one sub-folder per corrected class, OUT/<class>/<image>.
     Every row is checked first; unknown files, unknown classes, duplicate or conflicting rows and a malformed CSV are
     listed one line each, and nothing is written. OUT is built beside itself and
-    renamed into place when complete; an existing OUT is replaced only if this command made it.
+    renamed into place when complete; an existing OUT is replaced only if this command made it, and only with
+    every cell it holds (give the earlier CSVs too) unless --replace.
 
     \b
     Example:
@@ -67,7 +73,7 @@ def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path):
 
     classes = model_classes(model_path) if model_path else None
     try:
-        done = apply_corrections(csv_paths, out_dir, classes=classes, base=base, mode=mode)
+        done = apply_corrections(csv_paths, out_dir, classes=classes, base=base, mode=mode, replace=replace)
     except CorrectionsError as exc:
         if len(exc.problems) == 1:  # one line, as every other error
             hint = f"; {exc.hint}" if exc.hint else ""
