@@ -247,27 +247,26 @@ def report_warnings(rep: dict) -> list[str]:
     split; more cells wrong and not flagged on either (:data:`MAX_WRONG_UNFLAGGED_RISE`,
     :data:`MIN_WRONG_UNFLAGGED_CELLS`). The run is written either way; these say when to keep the parent instead."""
     out = []
-    b, a = rep["local_holdout"]["before"], rep["local_holdout"]["after"]
-    if b["n"] and round(a["accuracy"] * b["n"]) < round(b["accuracy"] * b["n"]):
-        out.append(
-            f"on your {b['n']} held-out cells the adapted model is right less often than the run it came from "
-            f"({a['accuracy']:.1%} against {b['accuracy']:.1%}): keep that run, or label more cells and adapt it again"
-        )
-    b, a = rep["original_test"]["before"], rep["original_test"]["after"]
-    drop = 100 * (b["accuracy"] - a["accuracy"]) if b["n"] else 0.0
-    if drop > MAX_ORIGINAL_DROP:
-        out.append(
-            f"on the run's own test split ({b['n']} cells of the labs it was trained on) the adapted model is right on "
-            f"{drop:.1f} points fewer ({a['accuracy']:.1%} against {b['accuracy']:.1%}; more than {MAX_ORIGINAL_DROP:g}): it reads those labs worse"
-        )
     for key, what in (("local_holdout", "your held-out cells"), ("original_test", "the run's own test split")):
         b, a = rep[key]["before"], rep[key]["after"]
-        if not b["n"]:  # nothing held out (--holdout-share 0): no figures (None)
+        n = b["n"]
+        if not n:  # nothing held out (--holdout-share 0): no figures (None)
             continue
-        more = round(a["wrong_unflagged"] * b["n"]) - round(b["wrong_unflagged"] * b["n"])
+        if key == "local_holdout" and round(a["accuracy"] * n) < round(b["accuracy"] * n):
+            out.append(
+                f"on your {n} held-out cells the adapted model is right less often than the run it came from "
+                f"({a['accuracy']:.1%} against {b['accuracy']:.1%}): keep that run, or label more cells and adapt it again"
+            )
+        drop = 100 * (b["accuracy"] - a["accuracy"])
+        if key == "original_test" and drop > MAX_ORIGINAL_DROP:
+            out.append(
+                f"on the run's own test split ({n} cells of the labs it was trained on) the adapted model is right on "
+                f"{drop:.1f} points fewer ({a['accuracy']:.1%} against {b['accuracy']:.1%}; more than {MAX_ORIGINAL_DROP:g}): it reads those labs worse"
+            )
+        more = round(a["wrong_unflagged"] * n) - round(b["wrong_unflagged"] * n)
         if more >= MIN_WRONG_UNFLAGGED_CELLS and 100 * (a["wrong_unflagged"] - b["wrong_unflagged"]) > MAX_WRONG_UNFLAGGED_RISE:
             out.append(
-                f"on {what} ({b['n']} cells) the share wrong and not flagged rose from {b['wrong_unflagged']:.1%} to "
+                f"on {what} ({n} cells) the share wrong and not flagged rose from {b['wrong_unflagged']:.1%} to "
                 f"{a['wrong_unflagged']:.1%} ({more} more cells): errors no one would be asked to check"
             )
     return out

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware_host.errors import DataError, os_reason
+from firmware_host.metadata import is_hex_digest
 from firmware_host.paths import OTHER_TYPES, is_image_name
 from firmware_host.preprocess import IMAGE_SUFFIXES
 from firmware_host.report import CSV_COLUMNS, CSV_COLUMNS_WITHOUT_SHA, OTHER, SHA_SHOWN, Box, page_text, parse_cell_name, short_sha
@@ -172,7 +173,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
             continue
         file, predicted, corrected = row[0], row[1].strip(), row[2].strip()
         sha = row[3].strip().lower() if len(row) > 3 else ""
-        if sha and not (len(sha) == SHA_SHOWN and all(ch in "0123456789abcdef" for ch in sha)):
+        if sha and not is_hex_digest(sha, SHA_SHOWN):
             # not one the page writes: a spreadsheet turns 1234e567... into a number (1.23E+570)
             problems.append(f"{where}: line {line}: {file}: sha256 {row[3].strip()!r} is not the {SHA_SHOWN} hex digits the page writes: {RESAVE}")
             continue

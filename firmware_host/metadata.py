@@ -243,8 +243,13 @@ def _check_precision(v) -> str | None:
     return None
 
 
+def is_hex_digest(v, length: int = 64) -> bool:
+    """Whether ``v`` is ``length`` hexadecimal digits (a SHA-256, or the first digits of one), in either case."""
+    return isinstance(v, str) and len(v) == length and all(c in "0123456789abcdefABCDEF" for c in v)
+
+
 def _check_sha256(v) -> str | None:
-    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v):
+    if not is_hex_digest(v):
         return "is not a SHA-256 hex digest"
     return None
 

@@ -96,9 +96,9 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 
 def label_text(label: str, confidence: float, other_reason: str = "", reason: bool = True) -> str:
     """A cell's label and its probability, as a person reads it (classify's and scan's results, the boxes of
-    ``--annotate`` and the review page); for a cell labelled ``other`` by its never-seen score or the nucleus check rather than by its most
-    probable class, the reason instead (``reason=False``: the label alone): its probability of ``other`` is then low,
-    and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
+    ``--annotate`` and the review page); for a cell labelled ``other`` by its never-seen score or the nucleus check
+    rather than by its most probable class, the reason instead (``reason=False``: the label alone): its probability of
+    ``other`` is then low, and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
     if shown_reason(label, other_reason):
         return f"{label} ({other_reason})" if reason else label
     return f"{label} {confidence:.2f}"
