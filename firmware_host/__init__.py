@@ -24,7 +24,6 @@ _LAZY = {
     "ClassifySummary": "firmware_host.classify",
     "classify_paths": "firmware_host.classify",
     "bench_models": "firmware_host.bench",
-    "locate": "firmware_host.locate",
     "ScanJob": "firmware_host.scan",
     "ScanOptions": "firmware_host.scan",
     "ScanSummary": "firmware_host.scan",

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from firmware_host.errors import DataError, ImageError, os_reason
-from firmware_host.interpreter import find_backend
+from firmware_host.interpreter import MAX_THREADS, find_backend
 from firmware_host.metadata import read_metadata
 from firmware_host.paths import path_list
 from firmware_host.preprocess import decode_rgb, load_image, read_bytes
-from firmware_host.runtime import Classifier, latency_summary, models_in
+from firmware_host.runtime import Classifier, check_number, latency_summary, models_in
 
 DEFAULT_RUNS = 200
 """Timed inferences per model and thread count."""
@@ -42,6 +42,10 @@ DEFAULT_WARMUP = 20
 """Untimed inferences before the timed ones."""
 DEFAULT_THREADS = (1, 2)
 """Interpreter thread counts tried."""
+MAX_RUNS = 1_000_000
+"""Most timed inferences per model and thread count (``--runs``)."""
+MAX_WARMUP = 100_000
+"""Most untimed inferences first (``--warmup``)."""
 DEFAULT_LIMIT = 400
 """At most this many images for the end-to-end pass."""
 E2E_WARM_IMAGES = 20
@@ -171,8 +175,13 @@ def bench_models(
     the sample) image files, or one folder, file or pattern, expanded as ``edgecell bench --data`` expands it."""
     from firmware_host.paths import expand_paths
 
-    files = [f for m in path_list(models) for f in models_in(m)]
+    runs = int(check_number("runs", runs, 1, MAX_RUNS, whole=True))  # none timed gave rows of None (a review)
+    warmup = int(check_number("warmup", warmup, 0, MAX_WARMUP, whole=True))
     threads = [threads] if isinstance(threads, int) else list(threads)
+    if not threads:
+        raise ValueError("threads must hold at least one thread count (got none)")
+    threads = [int(check_number("threads", t, 1, MAX_THREADS, whole=True)) for t in threads]
+    files = [f for m in path_list(models) for f in models_in(m)]
     if isinstance(images, (str, os.PathLike)):  # one folder, file or pattern (read one character at a time before)
         expanded = expand_paths([images])
         if not expanded.paths and expanded.errors:

@@ -108,7 +108,9 @@ class ClassifySummary:
         inference_ms: per-image interpreter time, float32, in input order.
         first_rows: the first :data:`MANY` results (the whole table when there are no more).
         flagged_rows: the first :data:`MAX_TABLE_ROWS` flagged results (the table when there are more).
-        failed: every input that could not be classified, as ``{"path", "error"}``, in order.
+        failed: every input that could not be classified, as ``{"path", "error"}``: the paths that name nothing to read
+            (no such file, an empty path, a pattern that matches no image) first, then the files that could not be read, in
+            order.
         left_out: paths not classified because they are links to, or copies of, a file listed already (each cell is
             counted once), as ``{"path", "same_as"}``: the JSON report's ``left_out``.
         wall_s: wall-clock time of the classification loop.

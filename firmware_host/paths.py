@@ -217,6 +217,10 @@ def _exists(p: Path) -> bool:
         return True
 
 
+EMPTY_PATH = "an empty path; give a file, a folder or a pattern (an empty path is not the current folder)"
+"""What an empty string among the paths to read is told (a list of files with an empty last line gives one)."""
+
+
 def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Expanded:
     """Expand files, folders and glob patterns into image paths (duplicates dropped, order kept)."""
     out = Expanded()
@@ -256,7 +260,9 @@ def expand_paths(args: Iterable[str | os.PathLike], suffixes: Sequence[str] = IM
     for raw in args:
         arg = os.fspath(raw)
         p = Path(arg)
-        if _is_dir(p):
+        if not arg:  # Path("") is "." (a line left empty in a list of files would read the current folder)
+            out.errors.append(ImageError(EMPTY_PATH, "<empty path>"))
+        elif _is_dir(p):
             if add_match(p, arg) == 0:
                 out.errors.append(ImageError(f"folder holds no images (looked for {', '.join(suffixes)})", arg))
         elif _exists(p):

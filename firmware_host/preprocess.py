@@ -294,6 +294,16 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return out
 
 
+def rgb_array(rgb: np.ndarray, path: str | os.PathLike, hint: str = "") -> np.ndarray:
+    """``rgb`` as a C-contiguous ``(H, W, 3)`` uint8 array, or an :class:`ImageError` naming ``path`` and saying what
+    it is instead (``hint``: where to turn, in brackets). Never converted: a 12- or 16-bit frame cast to uint8 wraps
+    round, and a float one in 0-1 turns black, each then read as a plausible, wrong picture."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise ImageError(f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB" + (f" ({hint})" if hint else ""), path)
+    return np.ascontiguousarray(rgb)
+
+
 def check_exposure(rgb: np.ndarray, path: str | os.PathLike, what: str = "image") -> np.ndarray:
     """``rgb`` (uint8, ``(H, W, 3)``) unchanged, or an :class:`ImageError` when it is too dark to read (:data:`DIM_LEVEL`).
     Read on a grid of about 4,096 pixels, so it costs microseconds even for a whole field of view."""

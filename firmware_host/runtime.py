@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import statistics
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,7 +49,18 @@ from firmware_host.metadata import EXPORT_DIR, KERAS_FILE, ModelMetadata, Precis
 from firmware_host.mirrors import view
 from firmware_host.otherscore import OtherScore, other_tests
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.preprocess import IMAGE_SUFFIXES, MIN_SIDE, NO_COLOUR, check_exposure, decode_cell, image_rgb, load_cell, prepare_cell, unread_jpeg
+from firmware_host.preprocess import (
+    IMAGE_SUFFIXES,
+    MIN_SIDE,
+    NO_COLOUR,
+    check_exposure,
+    decode_cell,
+    image_rgb,
+    load_cell,
+    prepare_cell,
+    rgb_array,
+    unread_jpeg,
+)
 
 PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 """Order in which a model is picked from an export folder when no precision is asked for."""
@@ -301,6 +313,7 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
       reads the stain's colours): :data:`FLAG_UNCERTAIN` (a person looks);
     * otherwise ``""`` (no flag).
     """
+    threshold = check_number("threshold", threshold, 0, 1)  # nan passed every comparison: never uncertain (a review)
     if prediction.label == OTHER_CLASS:
         return FLAG_REVIEW if first_choice(prediction) in REVIEW_CLASSES else FLAG_OTHER
     if prediction.label in REVIEW_CLASSES:
@@ -521,9 +534,13 @@ def tensor_quant(detail: dict) -> TensorQuant:
 
 
 class Classifier:
-    """A loaded, verified model. Not thread-safe: call ``predict_array`` from one thread."""
+    """A loaded, verified model. One instance may be shared by threads: its interpreter runs one image at a time (a
+    lock; LiteRT raised, or answered with another image's outputs, when two threads invoked it at once), so threads
+    gain only on decoding and preprocessing; for parallel inference give each thread (or process) its own
+    :meth:`load`."""
 
     def __init__(self, path: Path, meta: ModelMetadata, interpreter: Any, backend: Backend, threads: int, size_bytes: int):
+        self._lock = threading.RLock()  # the interpreter and the input buffer are one per instance
         self.path = path
         self.meta = meta
         self.interpreter = interpreter
@@ -731,9 +748,10 @@ class Classifier:
 
     def invoke_raw(self, model_input: np.ndarray) -> np.ndarray:
         """Run the model on an already quantised ``(1, s, s, 3)`` input; return the raw output row."""
-        self.interpreter.set_tensor(self._in_index, model_input)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out_index).reshape(-1)
+        with self._lock:
+            self.interpreter.set_tensor(self._in_index, model_input)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._out_index).reshape(-1)
 
     def predict_uncalibrated(self, image: np.ndarray) -> np.ndarray:
         """The model's own softmax for one preprocessed uint8 image, before the temperature.
@@ -761,10 +779,11 @@ class Classifier:
         image = self._check_image(image)
         out = feats = 0.0
         for k in range(self.views):
-            self._set_input(view(image, k))
-            out = out + dequantize_output(self.invoke_raw(self._buf), self.output_quant)
-            if self.other_score is not None:
-                feats = feats + dequantize_output(self.interpreter.get_tensor(self._feat_index).reshape(-1), self.features_quant)
+            with self._lock:  # the buffer, the invocation and the features it leaves, for one image at a time
+                self._set_input(view(image, k))
+                out = out + dequantize_output(self.invoke_raw(self._buf), self.output_quant)
+                if self.other_score is not None:
+                    feats = feats + dequantize_output(self.interpreter.get_tensor(self._feat_index).reshape(-1), self.features_quant)
         probs = normalize(out / self.views)
         if self.other_score is None:
             return probs, None
@@ -840,16 +859,12 @@ class Classifier:
         ``preprocess_ms``), so it gets the preprocessing of a single-cell image file; ``path``
         only names it in the result.
         """
-        rgb = np.asarray(rgb)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
-            raise ImageError(
-                f"array shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8 RGB (Classifier.classify takes a PIL image of any mode)", path
-            )
+        rgb = rgb_array(rgb, path, "Classifier.classify takes a PIL image of any mode")
         t0 = time.perf_counter()
-        image, offset = prepare_cell(np.ascontiguousarray(rgb), self.input_size)
+        image, offset = prepare_cell(rgb, self.input_size)
         return self.classify_array(path, image, (time.perf_counter() - t0) * 1000.0, offset)
 
-    def classify(self, image: str | os.PathLike | np.ndarray | Any, name: str | None = None) -> Prediction:
+    def classify(self, image: str | os.PathLike | np.ndarray | Any, name: str | os.PathLike | None = None) -> Prediction:
         """Classify one cell, whatever holds it: an image file's path, a PIL image of any mode, or an RGB uint8 array
         ``(H, W, 3)`` of any size (a cell cut from a larger picture), or an image file's contents (``bytes`` holding a
         NUL byte, as every JPEG, PNG, TIFF and BMP does and no path can; ``bytearray``, ``memoryview``). ``name`` names
@@ -858,6 +873,7 @@ class Classifier:
         A JPEG that ``Image.open`` gave and nothing has decoded yet is read as its file is, at a reduced size (DCT
         scaling, as in training); any other PIL image or array is used at its full size, which can change the answer for
         a few cells in a hundred, so give the path of a file, or the image as opened, when you have it."""
+        name = None if name is None else os.fsdecode(name)  # a Path names it as its text, so the result stays JSON
         if isinstance(image, (bytearray, memoryview)) or (isinstance(image, bytes) and b"\0" in image):
             return self._classify_encoded(name or "<image>", bytes(image))  # a file's contents, decoded as the file would be
         if isinstance(image, (str, bytes)) and not image:  # "no such file" of an empty name named nothing (a review)

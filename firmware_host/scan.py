@@ -60,7 +60,7 @@ from firmware_host.locate import (
     white_point,
 )
 from firmware_host.paths import label_for, left_out, path_list
-from firmware_host.preprocess import decode_rgb, read_bytes, warnings_about
+from firmware_host.preprocess import decode_rgb, read_bytes, rgb_array, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, label_text
 
 WHITE_SAMPLE = 250_000
@@ -180,7 +180,7 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     """Locate and classify the white cells of a field given as an RGB uint8 array. ``cell_size``: the white-cell
     diameter in pixels; None: the default (:func:`~firmware_host.locate.default_cell_size`); ``"auto"``: measured from
     the field's red cells (:func:`~firmware_host.locate.measured_cell_size`; the default where they cannot be)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    rgb = rgb_array(rgb, path or "<field>", "scan_field reads a field's file of any mode and depth")
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
     auto = isinstance(cell_size, str) and cell_size == AUTO
@@ -298,7 +298,7 @@ class ScanSummary:
     """Counts over a scan run (no per-field results are kept).
 
     Attributes:
-        classes: the model's classes (the order of ``differential``).
+        classes: the model's classes (the order of ``predicted``).
         threshold: confidence below which a cell is flagged as uncertain.
         n_fields: fields scanned (read and searched).
         n_failed: fields that could not be read.
@@ -534,11 +534,15 @@ class ScanJob:
         from firmware_host.locate import MAX_CELL_SIZE, MIN_CELL_SIZE
         from firmware_host.runtime import Classifier, check_number
 
-        opts = dataclasses.replace(
-            opts,
-            threshold=check_number("threshold", opts.threshold, 0.0, 1.0),
-            cell_size=opts.cell_size if opts.cell_size in (None, AUTO) else check_number("cell_size", opts.cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE),
-        )
+        cell_size = opts.cell_size
+        if isinstance(cell_size, str) and cell_size.strip().lower() == AUTO:
+            cell_size = AUTO  # "AUTO", " auto": what --cell-size takes in any case
+        elif cell_size not in (None, AUTO):
+            try:
+                cell_size = check_number("cell_size", cell_size, MIN_CELL_SIZE, MAX_CELL_SIZE)
+            except ValueError as exc:
+                raise ValueError(f"{exc}, or {AUTO!r} (measured from each field's red cells)") from None
+        opts = dataclasses.replace(opts, threshold=check_number("threshold", opts.threshold, 0.0, 1.0), cell_size=cell_size)
         expanded = expand_and_check_outputs(opts)
         refuse_annotated(expanded.paths)
         self.opts = opts
@@ -639,7 +643,7 @@ def scan_paths(model: str | os.PathLike, paths: str | os.PathLike | Sequence[str
     """Scan field-of-view files, folders and glob patterns (one path or a list) with ``model``; return the :class:`ScanSummary`.
 
     ``options`` are the fields of :class:`ScanOptions` (``json_out``, ``csv_out``, ``annotate_dir``,
-    ``report_out``, ``threshold``, ``cell_size``, ``threads``, ``precision``).
+    ``report_out``, ``threshold``, ``cell_size``, ``threads``, ``precision``, ``other_threshold``).
     """
     opts = ScanOptions(os.fspath(model), path_list(paths), **options)
     with ScanJob(opts) as job:

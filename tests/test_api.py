@@ -181,6 +181,74 @@ def test_one_path_is_a_list_of_one_not_of_characters(models, data):
         bench_models(str(models.int8), runs=1, warmup=0, threads=1, images=str(data / "nope"))
 
 
+def test_an_empty_path_in_a_list_is_an_error_not_the_current_folder(models, data, monkeypatch):
+    """A list of files read with an empty last line (``open(f).read().split("\\n")``) classified every image under
+    the current folder (``Path("")`` is ``"."``), as did ``classify_paths(model, "")`` (a review)."""
+    from firmware_host.scan import scan_paths
+
+    monkeypatch.chdir(data)  # the current folder holds images: an empty path must not read them
+    listed = [str(next((data / "basophil").iterdir())), ""]
+    summary = classify_paths(models.export, listed)
+    assert summary.n_classified == 1 and [f["path"] for f in summary.failed] == ["<empty path>"]
+    assert "an empty path" in summary.failed[0]["error"]
+    assert classify_paths(models.export, "").n_classified == 0
+    scanned = scan_paths(models.export, [""])
+    assert scanned.n_fields == 0 and scanned.n_failed == 1 and "an empty path" in scanned.failed[0]["error"]
+
+
+def test_one_classifier_shared_by_threads_answers_as_one_thread(models, data):
+    """Threads sharing a Classifier raised LiteRT's "reference to internal data" or got another image's outputs
+    (a review: 161 of 500 calls raised, 12 answered differently); the interpreter now runs one image at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clf = Classifier.load(models.export)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (clf.input_size, clf.input_size, 3), dtype=np.uint8) for _ in range(24)] * 8
+    alone = [clf.predict_array_scored(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        shared = list(pool.map(clf.predict_array_scored, images))
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(alone, shared))
+
+
+def test_every_name_the_package_exports_is_what_it_names_every_time():
+    """``firmware_host.locate`` was the function on first access and the submodule of that name once it had been
+    imported (``from firmware_host import locate; locate(rgb)``: "'module' object is not callable"); a name the
+    package exports must not share its name with a submodule."""
+    import importlib.util
+    import types
+
+    for name in firmware_host.__all__:
+        first = getattr(firmware_host, name)
+        assert not isinstance(first, types.ModuleType) and importlib.util.find_spec(f"firmware_host.{name}") is None, name
+        assert getattr(firmware_host, name) is first
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float64, np.int64])
+def test_scan_array_refuses_a_field_that_is_not_uint8(models, dtype):
+    """``scan_array`` cast any array to uint8: a 12-bit frame wrapped round into one "basophil" the size of the field,
+    a 16-bit one gave an empty field (a review); it now refuses, as ``Classifier.classify`` does."""
+    from firmware_host.scan import scan_array
+
+    clf = Classifier.load(models.export)
+    field = np.full((240, 320, 3), 2000, dtype)
+    with pytest.raises(ImageError, match=f"field.png: array shape \\(240, 320, 3\\) dtype {np.dtype(dtype).name}, expected"):
+        scan_array(clf, field, 0.7, "field.png")
+
+
+def test_a_name_given_as_a_path_is_written_as_text(models, data):
+    import json
+
+    clf = Classifier.load(models.export)
+    image = next((data / "monocyte").iterdir())
+    for source in (image, image.read_bytes(), np.zeros((40, 40, 3), np.uint8) + 128):
+        try:
+            pred = clf.classify(source, name=data / "renamed.png")
+        except ImageError:
+            continue  # the grey array has no colour: refused, which is not what is tested here
+        assert pred.path == str(data / "renamed.png")
+        json.dumps(pred.to_dict(clf.classes))
+
+
 def test_bench_of_a_keras_model_or_a_missing_path_says_what_it_is(models, tmp_path):
     """bench said "metadata file model.json is missing beside the model" of a .keras file and of a path that does not
     exist (a review); classify and scan named them."""
@@ -206,6 +274,14 @@ def test_bench_of_a_keras_model_or_a_missing_path_says_what_it_is(models, tmp_pa
         (lambda m: classify_paths(m, "x", threshold=2), "threshold must be a number from 0 to 1"),
         (lambda m: firmware_host.scan_paths(m, "x", threshold=float("nan")), "threshold must be a number from 0 to 1"),
         (lambda m: firmware_host.scan_paths(m, "x", cell_size=float("nan")), "cell_size must be a number from 8 to 10000"),
+        (lambda m: bench_models(m, runs=0), "runs must be a whole number from 1 to 1000000"),
+        (lambda m: bench_models(m, warmup=-1), "warmup must be a whole number from 0 to 100000"),
+        (lambda m: bench_models(m, threads=[]), "threads must hold at least one thread count"),
+        (lambda m: bench_models(m, threads=[1, 0]), "threads must be a whole number from 1 to 64"),
+        (
+            lambda m: firmware_host.triage(Classifier.load(m).classify(np.full((64, 64, 3), (200, 80, 160), np.uint8)), float("nan")),
+            "threshold must be a number from 0 to 1",
+        ),
     ],
 )
 def test_the_api_refuses_what_the_command_line_refuses(models, call, says):

@@ -6,17 +6,18 @@ import click
 
 from edgecell.console import human, warn
 from edgecell.options import IntList, check_outputs, data_option, emit_json, json_option
-from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP
+from firmware_host.bench import DEFAULT_LIMIT, DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP, MAX_RUNS, MAX_WARMUP
+from firmware_host.interpreter import MAX_THREADS
 
 
 @click.command("bench", context_settings={"max_content_width": 100})
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=str), metavar="MODEL...")
-@click.option("--runs", type=click.IntRange(1, 1_000_000), default=DEFAULT_RUNS, show_default=True, help="Timed inferences per model and thread count.")
-@click.option("--warmup", type=click.IntRange(0, 100_000), default=DEFAULT_WARMUP, show_default=True, help="Untimed inferences first.")
+@click.option("--runs", type=click.IntRange(1, MAX_RUNS), default=DEFAULT_RUNS, show_default=True, help="Timed inferences per model and thread count.")
+@click.option("--warmup", type=click.IntRange(0, MAX_WARMUP), default=DEFAULT_WARMUP, show_default=True, help="Untimed inferences first.")
 @click.option(
     "--threads",
     "threads_list",
-    type=IntList(1, 64, "thread count", "1,2,4", unique=True),
+    type=IntList(1, MAX_THREADS, "thread count", "1,2,4", unique=True),
     default=",".join(map(str, DEFAULT_THREADS)),
     show_default=True,
     help="Interpreter thread counts to try, comma-separated.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from edgecell.options import (
+    INPUT_PATH,
     FiniteFloatRange,
     csv_option,
     json_option,
@@ -40,7 +41,7 @@ class CellSize(FiniteFloatRange):
 
 @click.command("scan", context_settings={"max_content_width": 100})
 @model_option
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=INPUT_PATH)
 @json_option
 @csv_option
 @click.option(
