@@ -58,11 +58,19 @@ def human(to_stdout_taken: bool = False) -> Console:
     return stderr_console if to_stdout_taken else console
 
 
-def warn(message: str, con: Console | None = None) -> None:
-    """Print one warning line (to stderr, so it never mixes into machine-readable output)."""
+def shown(text: object) -> str:
+    """``text`` as rich prints it literally: control characters escaped (:func:`firmware_host.errors.printable`) and
+    square brackets not read as markup (a source named ``lab[red]`` printed as ``lab``)."""
+    from rich.markup import escape
+
     from firmware_host.errors import printable
 
-    (con or stderr_console).print(f"[yellow]warning:[/yellow] {printable(message)}", markup=True, highlight=False, soft_wrap=True)
+    return escape(printable(str(text)))
+
+
+def warn(message: str, con: Console | None = None) -> None:
+    """Print one warning line (to stderr, so it never mixes into machine-readable output)."""
+    (con or stderr_console).print(f"[yellow]warning:[/yellow] {shown(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

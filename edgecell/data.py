@@ -77,22 +77,22 @@ class Source:
     folder: Path
 
 
-def _has_images(folder: Path) -> bool:
-    try:
-        return any(f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES) for f in folder.iterdir())
-    except OSError:
-        return False
+def _is_type_folder(folder: Path) -> bool:
+    """Whether ``folder`` is named after a known cell type, in any case (``Basophil`` is refused later, by name)."""
+    return folder.name.lower() in KNOWN_TYPES
 
 
 def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
     """The sources under the data folders ``paths``, and notes on folders left out.
 
-    A folder whose sub-folders hold images is one source (named after the folder) whose
-    sub-folders are its classes. A folder whose sub-folders hold no images directly is a folder of
-    sources: each sub-folder with at least one class folder named after a known cell type
-    (:data:`CELL_TYPES`, :data:`OTHER_TYPES`) is a source; the others (say, a folder of whole
-    fields with annotations) are left out with a note. A source is named after its folder, or as given
-    (``--data NAME=FOLDER``: :class:`edgecell.options.NamedFolder`). Two sources with one name are an error.
+    A folder is a folder of sources when none of its sub-folders is named after a known cell type
+    (:data:`KNOWN_TYPES`, in any case) and at least one of them holds a class folder that is: each such
+    sub-folder is a source; the others (say, a folder of whole fields with annotations, or of loose
+    pictures) are left out with a note, and so are images beside them. Any other folder is one source
+    (named after the folder) whose sub-folders are its classes. Whether a sub-folder holds images of its own
+    does not decide (one stray picture in a lab's folder made the labs the classes). A source is named
+    after its folder, or as given (``--data NAME=FOLDER``: :class:`edgecell.options.NamedFolder`). Two
+    sources with one name are an error.
     """
     sources: list[Source] = []
     notes: list[str] = []
@@ -104,9 +104,9 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
         if (before := given.setdefault(root.resolve(), root)) is not root:
             raise DataError("is given twice" + ("" if before == root else f" (also as {before})") + "; give each data folder once", root)
         children = list_class_folders(root)
-        nested = [c for c in children if any(g.name in KNOWN_TYPES for g in list_class_folders(c))]
+        nested = [c for c in children if any(_is_type_folder(g) for g in list_class_folders(c))]
         named = getattr(raw, "source_name", None)  # --data NAME=FOLDER (edgecell.options.NamedFolder)
-        if not nested or any(_has_images(c) for c in children):
+        if not nested or any(_is_type_folder(c) for c in children):
             sources.append(Source(named or root.resolve().name or str(root), root))
             continue
         if named:
@@ -120,6 +120,11 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
                 sources.append(Source(child.name, child))
             else:
                 notes.append(f"{child}: no class folder named after a cell type inside; left out")
+        if loose := sorted(p.name for p in _top_images(root)):
+            notes.append(
+                f"{root}: {len(loose)} image(s) ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) lie beside its source "
+                "folders, in none: left out (put each in a class folder of its source)"
+            )
     seen: dict[str, Path] = {}
     where: dict[Path, Source] = {}
     for s in sources:
@@ -343,6 +348,8 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         raise DataError(f"--exclude {' --exclude '.join(exclude)} leaves no class folder of the data to use", root)
     lost = sorted({class_of(f.name) for _, f in folders} - {class_of(f.name) for _, f in kept})
     folders = kept
+    if exclude:  # a source left out whole is not one of the data's (a run recorded it, and evaluate read it again)
+        sources = [s for s in sources if any(src is s for src, _ in kept)]
     found = sorted({class_of(f.name) for _, f in folders})
     if classes is None:  # training: a class gone, or one made of a folder's name, changes what the model can say
         if lost:
@@ -371,8 +378,11 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
     else:
         class_names = found
     if classes is None and len(class_names) < 2:
+        taught = sorted({f.name for _, f in folders if class_of(f.name) != f.name})  # lymphocyte, eosinophil: all `other`
         raise DataError(
-            f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}" + (f": {class_names[0]}" if class_names else ""),
+            f"needs at least two class folders (one sub-folder of images per class); found {len(class_names)}"
+            + (f": {class_names[0]}" if class_names else "")
+            + (f" ({', '.join(taught)} {'all teach' if len(taught) > 1 else 'teaches'} {OTHER_CLASS})" if taught else ""),
             root,
         )
     out = ImageFiles(root, sources, notes, class_names, [])
@@ -575,11 +585,12 @@ def scan_for_model(given: Sequence[str | os.PathLike], classes: Sequence[str], s
     if unknown:
         accepted = [*classes, *(t for t in OTHER_TYPES if OTHER_CLASS in classes and t not in classes)]
         hints = [f"{n} -> {m[0]}?" for n in unknown if (m := close_name(n, accepted))]
+        holding = [s.folder for s in sources if any(p.name in unknown for p in list_class_folders(s.folder))]
         raise DataError(
             f"class folder(s) the model does not know: {', '.join(unknown)} (folder names it takes, in lower case: {', '.join(accepted)}"
             + (f"; rename {', '.join(hints)}" if hints else "")
             + ")",
-            given[0],
+            holding[0] if len(holding) == 1 else given[0],  # the source that holds them, not the first folder given
         )
     present = {class_of(n) for n in names}
     return scan(given, size=size, classes=[c for c in classes if c in present], min_per_class=1, on_progress=on_progress)

@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 
 from edgecell import data as data_mod
+from edgecell.console import shown
 from edgecell.options import DEFAULT_SEED
 from edgecell.runfolder import EVALUATION_DIR, EVALUATION_OUTPUTS, EXPORT_DIR, KERAS_FILE, RUN_MARKER, RUN_OWNED, SPLIT_FILE
 from firmware_host.errors import DataError, EdgecellError
@@ -359,12 +360,17 @@ def source_table(rep: dict, title: str = "By source and cell type (calibrated; f
     for s, g in rep["by_source"].items():
         lab = "; [yellow]unlike the training labs[/yellow]" if g.get("lab_warning") else ""
         t.add_row(
-            f"[bold]{s}[/bold]", str(g["n"]), f"{g['accuracy']:.1%}", f"{g['flagged']:.1%}", f"{g['wrong_unflagged']:.1%}", f"macro-F1 {g['macro_f1']:.3f}{lab}"
+            f"[bold]{shown(s)}[/bold]",
+            str(g["n"]),
+            f"{g['accuracy']:.1%}",
+            f"{g['flagged']:.1%}",
+            f"{g['wrong_unflagged']:.1%}",
+            f"macro-F1 {g['macro_f1']:.3f}{lab}",
         )
         for k, tg in rep["by_type"].items():
             if k.split("/", 1)[0] == s:
                 top = ", ".join(f"{c} {n}" for c, n in sorted(tg["called"].items(), key=lambda kv: -kv[1])[:3])
-                t.add_row(f"  {k.split('/', 1)[1]}", str(tg["n"]), f"{tg['accuracy']:.1%}", f"{tg['flagged']:.1%}", f"{tg['wrong_unflagged']:.1%}", top)
+                t.add_row(f"  {shown(k.split('/', 1)[1])}", str(tg["n"]), f"{tg['accuracy']:.1%}", f"{tg['flagged']:.1%}", f"{tg['wrong_unflagged']:.1%}", top)
     return t
 
 
@@ -457,10 +463,10 @@ def other_table(rep: dict, title: str = "Sent to other, per source and cell type
         return "-" if v is None else f"{v:.1%}"
 
     for s, g in rep["by_source"].items():
-        t.add_row(f"[bold]{s}[/bold]", str(g["five_n"]), pct(g["five_sent_to_other"]), str(g["other_n"]), pct(g["other_caught"]))
+        t.add_row(f"[bold]{shown(s)}[/bold]", str(g["five_n"]), pct(g["five_sent_to_other"]), str(g["other_n"]), pct(g["other_caught"]))
         for k, tg in rep["by_type"].items():
             if k.split("/", 1)[0] == s:
-                name = f"  {k.split('/', 1)[1]}"
+                name = f"  {shown(k.split('/', 1)[1])}"
                 if tg["other"]:
                     t.add_row(name, "", "", str(tg["n"]), pct(tg["sent_to_other"]))
                 else:

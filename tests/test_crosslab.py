@@ -138,6 +138,33 @@ def test_sources_other_and_exclude(tmp_path):
         data.scan([flat, multi], exclude=["labC"])
 
 
+def test_a_stray_picture_does_not_turn_a_folder_of_labs_into_one_lab(tmp_path):
+    """A review: one thumbnail in a lab's folder (or a sibling folder of loose pictures) made a folder of sources one
+    source whose classes were the labs, and train fitted a model of labs; a lab whose class folders are capitalised
+    was left out with "no class folder named after a cell type inside" instead of being refused by name."""
+    labs = _tree(tmp_path / "labs", {"north": {"basophil": 5, "monocyte": 5}, "south": {"basophil": 5, "monocyte": 5}})
+    _img(labs / "north" / "thumbnail.png")
+    _img(labs / "scratch" / "loose" / "x.png")  # a folder of pictures, no class folders
+    (labs / "scratch" / "loose" / "x.png").rename(labs / "scratch" / "x.png")
+    _img(labs / "north" / "basophil" / "overview.png")
+    (labs / "north" / "basophil" / "overview.png").rename(labs / "overview.png")  # beside the source folders
+    sources, notes = data.discover_sources([labs])
+    assert [s.name for s in sources] == ["north", "south"]
+    assert any("scratch: no class folder named after a cell type inside; left out" in n for n in notes)
+    assert any("1 image(s) (overview.png) lie beside its source folders" in n for n in notes)
+    ds = data.scan(labs)
+    assert ds.classes == ["basophil", "monocyte"] and ds.counts() == {"basophil": 10, "monocyte": 10}
+    assert any("thumbnail.png" in n and "left out" in n for n in ds.notes)
+    capital = _tree(tmp_path / "caps", {"north": {"basophil": 5, "monocyte": 5}, "south": {"Basophil": 5, "Monocyte": 5}})
+    assert [s.name for s in data.discover_sources([capital])[0]] == ["north", "south"]
+    with pytest.raises(DataError, match=r"south/Basophil: .*lower case"):
+        data.scan(capital)
+    # a folder of class folders is one source, whatever its class folders hold
+    one = _tree(tmp_path / "one", {"": {"Basophil": 5, "monocyte": 5}})
+    _tree(one / "monocyte", {"odd": {"lymphocyte": 1}})
+    assert [s.name for s in data.discover_sources([one])[0]] == ["one"]
+
+
 def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     flat = _tree(tmp_path / "kaggle", {"": {"basophil": 6, "monocyte": 6}})
     other = _tree(tmp_path / "elsewhere", {"kaggle": {"basophil": 6}})
@@ -177,6 +204,9 @@ def test_data_name_equals_folder_names_a_source(tmp_path):
     res = CliRunner().invoke(cli, ["inspect", "--data", f"north={a}", "--data", f"south={b}", "--json", "-"])
     assert res.exit_code == 0, res.output
     assert '"north"' in res.output and '"south"' in res.output and '"cells"' not in res.output
+    res = CliRunner().invoke(cli, ["inspect", "--data", f"x[red]y={a}"])  # a name is printed as it is, not read as markup
+    assert res.exit_code == 0 and "┃ x[red]y ┃" in res.output
+    assert "every class comes from one source (x[red]y)" in " ".join((res.stderr or "").split() + res.output.split())
     ds = data.scan([NamedFolder(str(a), "north"), NamedFolder(str(b), "south")])
     assert ds.sources == {"north": a, "south": b} and ds.counts_by_source()["south"] == {"basophil": 5, "monocyte": 5}
     # a run records the names; reading its split back needs the same names (or the recorded folders)
@@ -186,6 +216,31 @@ def test_data_name_equals_folder_names_a_source(tmp_path):
     }
     with pytest.raises(DataError, match=r"holds sources \(labA\), each named after its folder; lab= names a folder of class folders"):
         data.scan(NamedFolder(str(_tree(tmp_path / "more", {"labA": {"monocyte": 5, "basophil": 5}})), "lab"))
+
+
+def test_a_run_on_a_folder_of_sources_records_what_it_used_and_audits_its_first(tmp_path):
+    """A review: a source left out by --exclude was recorded as one of the run's (evaluate then read it again, and
+    audit dropped the CNN for a run of "2 sources"); audit of a run trained on a folder of sources refused, although
+    its help says it takes the first source."""
+    pytest.importorskip("tensorflow")
+    from click.testing import CliRunner
+
+    from edgecell.cli import cli
+
+    labs = _tree(tmp_path / "labs", {lab: {"basophil": 12, "monocyte": 12} for lab in ("east", "north", "south")})
+    (labs / "east" / "band").mkdir()  # a class no model knows, in the source left out
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli, ["train", "--data", str(labs), "--exclude", "east", "--out", str(run), "--epochs", "1", "--img-size", "32", "--widths", "4,8"]
+    )
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((run / "metadata.json").read_text())["dataset"]["sources"]) == {"north", "south"}
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "all", "--json", str(tmp_path / "all.json")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "all.json").read_text())["sources"]["by_source"]) == {"north", "south"}
+    res = CliRunner().invoke(cli, ["audit", str(run), "--no-stain-shift"])
+    assert res.exit_code == 0, res.output
+    assert f"not {labs / 'north'}'s alone (the source audited, its first: --data names another)" in " ".join(res.output.split())
 
 
 def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
@@ -226,7 +281,9 @@ def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     assert res.exit_code == 0, res.output
     # the run's test figures are over both labs: not set beside one lab's baselines, and the output says why
     assert json.loads((tmp_path / "audit.json").read_text())["cnn"] is None
-    assert "the run was trained on 2 sources, so its test figures are not this one's alone" in " ".join(res.output.split())
+    said = " ".join(res.output.split())
+    assert f"the run was trained on 2 sources, so its test figures are not {folders['clinicA']}'s alone" in said
+    assert "(the source audited, its first: --data names another)" in said
     res = CliRunner().invoke(cli, ["audit", str(run), "--data", str(folders["clinicB"]), "--no-stain-shift"])
     assert res.exit_code == 1 and "is read as source cells, which the run's split does not have (it has: clinica, clinicb)" in " ".join(res.output.split())
     shutil.rmtree(folders["clinicB"] / "monocyte")  # one class left: nothing for a baseline to tell apart

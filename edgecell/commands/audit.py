@@ -62,14 +62,16 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     if len(data_dir) > 1:
         raise DataError("audit compares baselines on one data folder at a time; give --data once", data_dir[1])
     data_dir = data_dir[0] if data_dir else None
+    given_none = data_dir is None
     classes = None
     run = None
     if run_dir is not None:
         run = RunFolder.read(run_dir)
         classes = run.classes
-        if not data_dir:  # the run's first data folder, under the name its source was trained under
-            folders = [f for f in data_mod.recorded_folders(run.dataset) if Path(f) == Path(run.dataset_path or "")]
-            data_dir = folders[0] if folders else run.dataset_path
+        if not data_dir:  # the run's first data folder (its first source, of a folder of sources), under its source's name
+            folders = data_mod.recorded_folders(run.dataset)
+            first = [f for f in folders if Path(f) == Path(run.dataset_path or "")]
+            data_dir = (first or folders or [run.dataset_path])[0]
         run.require_split()
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError("no data folder: pass --data DIR" + (" (the run's data folder is not there)" if run_dir else ""), data_dir or "--data")
@@ -100,7 +102,8 @@ def audit(data_dir, run_dir, seed, margin, no_stain_shift, json_out):
     cnn = audit_mod.read_cnn(run_dir, groups, fs.classes) if run_dir and not several else None
     if several:
         warn(
-            f"the run was trained on {n_sources} sources, so its test figures are not this one's alone: "
+            f"the run was trained on {n_sources} sources, so its test figures are not {data_dir}'s alone "
+            f"(the source audited{', its first: --data names another' if given_none else ''}): "
             "the CNN is left out of the comparison (edgecell evaluate RUN reports it per source)"
         )
     shifted, cnn_shift, cnn_note = None, None, None

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
-from edgecell.console import console, stderr_console
-from firmware_host.errors import printable
+from edgecell.console import console, shown, stderr_console
 
 PROBLEMS_SHOWN = 50
 """The problems of a CSV printed one line each; the rest are counted (200,000 lines took 38 s to print)."""
@@ -77,21 +75,21 @@ def apply_cmd(ctx, csv_paths, out_dir, mode, base, model_path, replace):
     except CorrectionsError as exc:
         if len(exc.problems) == 1:  # one line, as every other error
             hint = f"; {exc.hint}" if exc.hint else ""
-            stderr_console.print(f"[red]Error:[/red] {escape(printable(exc.problems[0] + hint))}; nothing was written.", soft_wrap=True, highlight=False)
+            stderr_console.print(f"[red]Error:[/red] {shown(exc.problems[0] + hint)}; nothing was written.", soft_wrap=True, highlight=False)
             ctx.exit(1)
         for line in exc.problems[:PROBLEMS_SHOWN]:
-            stderr_console.print(f"[red]error:[/red] {escape(printable(line))}", soft_wrap=True, highlight=False)  # a name may hold a line break
+            stderr_console.print(f"[red]error:[/red] {shown(line)}", soft_wrap=True, highlight=False)  # a name may hold a line break
         if len(exc.problems) > PROBLEMS_SHOWN:
             stderr_console.print(f"... and {len(exc.problems) - PROBLEMS_SHOWN:,} more like them (not shown).", soft_wrap=True, highlight=False)
         if exc.hint:
-            stderr_console.print(escape(printable(exc.hint)), soft_wrap=True, highlight=False)
+            stderr_console.print(shown(exc.hint), soft_wrap=True, highlight=False)
         stderr_console.print(f"{len(exc.problems):,} problem(s); nothing was written.", soft_wrap=True)
         ctx.exit(1)
-    per_class = ", ".join(f"{escape(c)} {n}" for c, n in sorted(done.counts.items()))
+    per_class = ", ".join(f"{shown(c)} {n}" for c, n in sorted(done.counts.items()))
     verb = {"copy": "copied", "hard": "hard-linked", "sym": "symlinked"}[done.mode.value]
     what = [f"{done.n - done.cut} image(s) {verb}"] if done.n > done.cut else []
     what += [f"{done.cut} cell(s) cut out of their fields"] if done.cut else []
-    console.print(f"{' and '.join(what)} into [bold]{escape(str(done.out))}[/bold] ({per_class}).", soft_wrap=True)
+    console.print(f"{' and '.join(what)} into [bold]{shown(done.out)}[/bold] ({per_class}).", soft_wrap=True)
     if done.again:
         console.print(f"[yellow]note:[/yellow] {done.again} row(s) named a cell an earlier CSV gave the same class; used once.", soft_wrap=True)
     if done.replaced is not None:

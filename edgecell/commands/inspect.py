@@ -29,7 +29,7 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     from rich.table import Table
 
     from edgecell import data as data_mod
-    from edgecell.console import human, warn
+    from edgecell.console import human, shown, warn
     from edgecell.train import load_dataset
 
     con = human(json_out == "-")
@@ -42,19 +42,19 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
     st = Table(title="Images per cell type (class folder) and source")
     st.add_column("type (class)")
     for src in by_source:
-        st.add_column(src, justify="right")
+        st.add_column(shown(src), justify="right")
     for typ in sorted({s.type for s in ds.samples}):
         cls = data_mod.class_of(typ)
-        st.add_row(typ if cls == typ else f"{typ} ({cls})", *(str(by_source[src].get(typ, "")) for src in by_source))
+        st.add_row(shown(typ if cls == typ else f"{typ} ({cls})"), *(str(by_source[src].get(typ, "")) for src in by_source))
     con.print(st)
     for w in ds.confounding():
         warn(w)
-    t = Table(title=f"{', '.join(map(str, data_dir))}: {len(ds.samples)} usable images (split seed {seed})")
+    t = Table(title=f"{shown(', '.join(map(str, data_dir)))}: {len(ds.samples)} usable images (split seed {seed})")
     t.add_column("class")
     for col in ("images", "train", "val", "test"):
         t.add_column(col, justify="right")
     for c, n in ds.counts().items():
-        t.add_row(c, str(n), *(str(per[(c, sp)]) for sp in data_mod.SPLITS))
+        t.add_row(shown(c), str(n), *(str(per[(c, sp)]) for sp in data_mod.SPLITS))
     con.print(t)
     dups = ds.duplicate_groups()
 
@@ -67,7 +67,7 @@ def inspect_cmd(data_dir, exclude, seed, manifest_out, json_out):
         d.add_column("split")
         split_of = {(s.source, s.rel): sp for s, sp in zip(ds.samples, splits)}
         for g in dups:
-            d.add_row(", ".join(named(s) for s in g), split_of[(g[0].source, g[0].rel)])
+            d.add_row(shown(", ".join(named(s) for s in g)), split_of[(g[0].source, g[0].rel)])
         con.print(d)
     con.print(f"fingerprint {ds.fingerprint()[:16]}…, {len(ds.skipped)} file(s) skipped")
     if manifest_out and refusal is None:  # not a split that train would refuse to use

@@ -7,20 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rich import box
-from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from edgecell.console import warn
+from edgecell.console import shown, warn
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, model_notes, review_other_note
 from firmware_host.runtime import REVIEW_CLASSES, label_text, shown_reason
-
-
-def escape(text) -> str:
-    """Text from outside (a file name, an error naming one) made safe to print: control characters
-    escaped (:func:`firmware_host.errors.printable`), then rich markup escaped."""
-    from firmware_host.errors import printable
-
-    return _markup_escape(printable(str(text)))
 
 
 def print_warnings(err, job: ClassifyJob) -> None:
@@ -29,15 +20,15 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
     why = job.classifier.meta.unverified
     if why:
-        warn(f"{escape(job.classifier.path)}: {escape(why)}; used anyway because of --allow-unverified", err)
+        warn(f"{shown(job.classifier.path)}: {shown(why)}; used anyway because of --allow-unverified", err)
     for link, target in job.links:
-        warn(f"{escape(link)}: a link to {escape(target)}, which is read already; its images are classified once, under their own folder", err)
+        warn(f"{shown(link)}: a link to {shown(target)}, which is read already; its images are classified once, under their own folder", err)
     if job.same_files:
         from firmware_host.atomic import some_of
 
         warn(
             f"{len(job.same_files)} path(s) are links to, or copies of, a file listed already "
-            f"({escape(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
+            f"({shown(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
             "each file is classified once, so that no cell is counted twice",
             err,
         )
@@ -47,7 +38,7 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
         warn(
             f"{len(job.unread)} picture(s) in the folders given are not read, as edgecell reads {' '.join(IMAGE_SUFFIXES)} from folders "
-            f"({escape(some_of([str(p) for p in job.unread]))}); rename or convert them to one of these (or give each by name to read it)",
+            f"({shown(some_of([str(p) for p in job.unread]))}); rename or convert them to one of these (or give each by name to read it)",
             err,
         )
 
@@ -56,7 +47,7 @@ def print_header(con, job: ClassifyJob) -> None:
     """The model line; which worker processes will classify (for long lists)."""
     clf = job.classifier
     con.print(
-        f"Model [bold]{escape(str(clf.path))}[/bold] ({clf.precision.value}, {clf.input_size}x{clf.input_size}, "
+        f"Model [bold]{shown(str(clf.path))}[/bold] ({clf.precision.value}, {clf.input_size}x{clf.input_size}, "
         f"{len(clf.classes)} classes, SHA-256 verified{', parity check FAILED' if clf.meta.unverified else ''}) on {clf.backend.describe()}, "
         f"{clf.threads} thread(s)",
         soft_wrap=True,
@@ -64,7 +55,7 @@ def print_header(con, job: ClassifyJob) -> None:
 
 
 def print_error(err, exc) -> None:
-    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    err.print(f"[red]error:[/red] {shown(str(exc))}", soft_wrap=True, highlight=False)
 
 
 def print_start(con, err, job, items: str, work: str) -> None:
@@ -107,7 +98,7 @@ def differential_table(title: str, counts: dict[str, int]) -> Table:
     diff.add_column("%", justify="right")
     for c, count in counts.items():
         mark = " [red](review)[/red]" if c in REVIEW_CLASSES else ""
-        diff.add_row(escape(c) + mark, str(count), f"{100.0 * count / total if total else 0.0:.1f}")
+        diff.add_row(shown(c) + mark, str(count), f"{100.0 * count / total if total else 0.0:.1f}")
     diff.add_row("[bold]total[/bold]", f"[bold]{total}[/bold]", "100.0" if total else "-")
     return diff
 
@@ -120,7 +111,7 @@ def _flag_markup(flag: str) -> str:
     if not flag:
         return ""
     colour = "yellow" if flag.startswith("uncertain") else "red"
-    return f"[{colour}]{escape(flag)}[/{colour}]"
+    return f"[{colour}]{shown(flag)}[/{colour}]"
 
 
 def _where_saved(opts: ClassifyOptions) -> str:
@@ -130,7 +121,7 @@ def _where_saved(opts: ClassifyOptions) -> str:
         files.append("the " + ("CSV" if opts.csv_out == "-" else "JSON") + " on stdout")
     if not files:
         return "add --csv FILE or --json FILE to save every result"
-    return "every result is in " + " and ".join(escape(f) for f in files)
+    return "every result is in " + " and ".join(shown(f) for f in files)
 
 
 FOLDER_WARNINGS_SHOWN = 10
@@ -141,9 +132,9 @@ def print_lab_warnings(err, lab_warning: str | None, folder_warnings) -> None:
     """The run's lab warning, then each slide folder's, naming it (the first :data:`FOLDER_WARNINGS_SHOWN`; classify's
     and scan's)."""
     if lab_warning:
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(lab_warning)}", soft_wrap=True, highlight=False)
+        err.print(f"[bold yellow]warning:[/bold yellow] {shown(lab_warning)}", soft_wrap=True, highlight=False)
     for w in folder_warnings[:FOLDER_WARNINGS_SHOWN]:
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(w['folder'])}: {escape(w['lab_warning'])}", soft_wrap=True, highlight=False)
+        err.print(f"[bold yellow]warning:[/bold yellow] {shown(w['folder'])}: {shown(w['lab_warning'])}", soft_wrap=True, highlight=False)
     if len(folder_warnings) > FOLDER_WARNINGS_SHOWN:
         more = len(folder_warnings) - FOLDER_WARNINGS_SHOWN
         err.print(f"[bold yellow]warning:[/bold yellow] and {more} more folder(s) look unlike the training labs (all are in --json and --csv)", soft_wrap=True)
@@ -158,10 +149,10 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
     note = None
     if n_ok > MANY:
         rows = s.flagged_rows
-        shown = f"first {len(rows)} of the {s.n_flagged} flagged ones" if s.n_flagged > len(rows) else f"{s.n_flagged} flagged ones"
+        listed = f"first {len(rows)} of the {s.n_flagged} flagged ones" if s.n_flagged > len(rows) else f"{s.n_flagged} flagged ones"
         hidden = [f"{k} {what}" for k, what in ((s.n_flagged - len(rows), "more flagged"), (n_ok - s.n_flagged, "not flagged")) if k]
         left_out = f" (not shown: {', '.join(hidden)})" if hidden else ""
-        note = f"{n_ok} images classified: the table lists only the {shown}{left_out}; {_where_saved(opts)}."
+        note = f"{n_ok} images classified: the table lists only the {listed}{left_out}; {_where_saved(opts)}."
     if rows and con.width < TABLE_MIN_WIDTH:
         _print_lines(con, s, rows, "Flagged images" if note else "Results")
     elif rows:
@@ -169,7 +160,7 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         table = Table(
             title="Flagged images" if note else "Results",
             title_justify="left",
-            caption=f"files under {escape(root)}" if root else None,
+            caption=f"files under {shown(root)}" if root else None,
             caption_justify="left",
             box=box.SIMPLE_HEAD,
             collapse_padding=True,
@@ -184,10 +175,10 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
             table.add_column("ok", justify="center")  # predicted == folder label (the folder is shown in "file")
         for r in rows:
             cells = [
-                escape(os.path.relpath(r["path"], root) if root else r["path"]),
-                escape(_predicted(r)),
+                shown(os.path.relpath(r["path"], root) if root else r["path"]),
+                shown(_predicted(r)),
                 f"{r['confidence']:.2f}",
-                "\n".join(f"{t['prob']:.2f} {escape(t['label'])}" for t in r["top3"]),
+                "\n".join(f"{t['prob']:.2f} {shown(t['label'])}" for t in r["top3"]),
                 _flag_markup(r["flag"]),
             ]
             if show_truth:
@@ -231,14 +222,14 @@ TABLE_MIN_WIDTH = 90
 def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
     """The results as one line per image (every field, wrapped by the terminal, never cut)."""
     root = s.root
-    con.print(f"[bold]{title}[/bold]" + (f" (files under {escape(root)})" if root else ""), soft_wrap=True)
+    con.print(f"[bold]{title}[/bold]" + (f" (files under {shown(root)})" if root else ""), soft_wrap=True)
     for r in rows:
-        name = escape(os.path.relpath(r["path"], root) if root else r["path"])
-        top = ", ".join(f"{escape(t['label'])} {t['prob']:.2f}" for t in alternatives(r))
-        ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {escape(r['true_label'])})[/red]")
+        name = shown(os.path.relpath(r["path"], root) if root else r["path"])
+        top = ", ".join(f"{shown(t['label'])} {t['prob']:.2f}" for t in alternatives(r))
+        ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {shown(r['true_label'])})[/red]")
         flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
         con.print(
-            f"{name}: {escape(label_text(r['label'], r['confidence'], r.get('other_reason', '')))}{flag}{ok}" + (f"  (then {top})" if top else ""),
+            f"{name}: {shown(label_text(r['label'], r['confidence'], r.get('other_reason', '')))}{flag}{ok}" + (f"  (then {top})" if top else ""),
             soft_wrap=True,
         )
 
@@ -260,12 +251,12 @@ def _print_metrics(con, metrics: dict, classes) -> None:
     cm = Table(title="Confusion matrix (rows: folder label, columns: predicted)", title_justify="left")
     cm.add_column("")
     for c in classes:
-        cm.add_column(escape(c), justify="right")
+        cm.add_column(shown(c), justify="right")
     cm.add_column("recall", justify="right")
     for i, c in enumerate(classes):
         row = metrics["confusion_matrix"][i]
         if not sum(row):
             continue
         cells = [f"[bold]{v}[/bold]" if j == i else str(v) for j, v in enumerate(row)]
-        cm.add_row(escape(c), *cells, f"{metrics['per_class'][c]['recall']:.2f}")
+        cm.add_row(shown(c), *cells, f"{metrics['per_class'][c]['recall']:.2f}")
     con.print(cm)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgecell.views.classify import differential_table, escape, print_lab_warnings
+from edgecell.console import shown
+from edgecell.views.classify import differential_table, print_lab_warnings
 from firmware_host.classify import review_other_note
 from firmware_host.locate import AUTO
 from firmware_host.runtime import label_text
@@ -23,7 +24,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
     """The lab check's warning, the first fields' cells, the differential count, the flags, the timings and the failures."""
     print_lab_warnings(err, s.lab_warning, s.folder_lab_warnings)
     if s.size_warning:
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(s.size_warning)}", soft_wrap=True, highlight=False)
+        err.print(f"[bold yellow]warning:[/bold yellow] {shown(s.size_warning)}", soft_wrap=True, highlight=False)
     if s.first_fields:
         table = Table(title="Fields" if s.n_fields <= FIRST_FIELDS else f"First {len(s.first_fields)} fields", title_justify="left")
         table.add_column("field", overflow="fold")
@@ -34,7 +35,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
                 label_text(c["label"], c["confidence"], c.get("other_reason", "")) + (" (edge)" if c["edge"] else "") + (" !" if c["flag"] else "")
                 for c in cells
             )
-            table.add_row(escape(file), str(len(cells)), escape(found) or "[dim]no white cell[/dim]")
+            table.add_row(shown(file), str(len(cells)), shown(found) or "[dim]no white cell[/dim]")
         con.print(table)
     d = s.to_dict()
     if s.n_cells:
