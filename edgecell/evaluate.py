@@ -477,21 +477,30 @@ def other_table(rep: dict, title: str = "Sent to other, per source and cell type
 RISK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def risk_coverage(y_true: np.ndarray, probs: np.ndarray, thresholds=RISK_THRESHOLDS) -> list[dict]:
-    """What each ``classify --threshold`` would do on these images.
+def risk_coverage(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    pred: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+    thresholds=RISK_THRESHOLDS,
+) -> list[dict]:
+    """What each ``classify --threshold`` would do on these images: every flag of the runtime
+    (:func:`flagged`: below the threshold, a review class, ``other``, no colour), on the labels it gives (``pred``,
+    :func:`firmware_host.otherscore.decide`'s; default the most probable class).
 
-    ``probs`` should be the calibrated probabilities (what ``classify`` sees). The rule is the
-    runtime's (:func:`firmware_host.runtime.triage`): confidence below the threshold is referred.
-    Per threshold: share referred, images kept, accuracy of the kept ones (None if none kept),
-    errors kept, and the share of all errors that get referred.
+    ``probs`` should be the calibrated probabilities (what ``classify`` sees). Per threshold: share referred
+    (flagged), images kept (not flagged), accuracy of the kept ones (None if none kept), errors kept, and the share
+    of all errors that get referred. The review and ``other`` flags do not depend on the threshold, so the share
+    referred never falls below theirs.
     """
     y_true = np.asarray(y_true)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
+    pred = probs.argmax(axis=1) if pred is None else np.asarray(pred)
+    correct = pred == y_true
     n, n_err = len(y_true), int((~correct).sum())
     rows = []
     for t in thresholds:
-        kept = conf >= t
+        kept = ~flagged(probs, classes, t, pred, offsets)
         k = int(kept.sum())
         err_kept = int((kept & ~correct).sum())
         rows.append(
@@ -507,7 +516,7 @@ def risk_coverage(y_true: np.ndarray, probs: np.ndarray, thresholds=RISK_THRESHO
     return rows
 
 
-def risk_coverage_table(rows: list[dict], n: int, default: float | None = None, title: str = "Risk-coverage (calibrated confidence)"):
+def risk_coverage_table(rows: list[dict], n: int, default: float | None = None, title: str = "Risk-coverage: what classify --threshold refers (every flag)"):
     from rich.table import Table
 
     t = Table(title=title)
@@ -644,7 +653,8 @@ def evaluate(
     thr = other_threshold if other_threshold is not None else (score.threshold if score else None)
     nucleus_max = score.nucleus_max if score else None
     # the headline is what `classify` gives: the argmax, then `other` by the never-seen score and the nucleus check
-    m = decided_metrics(y, probs, target.classes, decide(probs, scores, thr, target.classes, nucleus_offsets=sp.offsets, nucleus_max=nucleus_max))
+    decided = decide(probs, scores, thr, target.classes, nucleus_offsets=sp.offsets, nucleus_max=nucleus_max)
+    m = decided_metrics(y, probs, target.classes, decided)
     cal = apply_temperature(probs, target.temperature)
     m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max, target.lab_check)
     m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
@@ -656,7 +666,7 @@ def evaluate(
             "temperature": target.temperature,
             "ece": expected_calibration_error(y, probs),
             "ece_calibrated": expected_calibration_error(y, cal),
-            "risk_coverage": risk_coverage(y, cal),
+            "risk_coverage": risk_coverage(y, cal, target.classes, decided, sp.offsets),
         }
     )
     if stain:

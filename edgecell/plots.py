@@ -68,7 +68,9 @@ def training_curves_png(path: str | os.PathLike, history: dict) -> None:
 
 
 def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[str, np.ndarray], bins: int = DEFAULT_BINS) -> None:
-    """Reliability diagram (accuracy vs confidence) and risk-coverage curve for each probs array."""
+    """Reliability diagram (accuracy vs confidence) and risk-coverage curve for each probs array: the curve refers
+    the least confident images first, by the top probability alone (what the probabilities can do; the risk-coverage
+    table of ``evaluate`` is what ``classify`` refers, with its review and ``other`` flags)."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     a1.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
@@ -88,7 +90,7 @@ def reliability_png(path: str | os.PathLike, y_true: np.ndarray, curves: dict[st
     a1.grid(alpha=0.3)
     a2.set_xlabel("share referred to a specialist")
     a2.set_ylabel("accuracy of the cases kept")
-    a2.set_title("Risk-coverage")
+    a2.set_title("Risk-coverage, top probability alone")
     a2.grid(alpha=0.3)
     a2.legend()
     fig.tight_layout()

@@ -354,6 +354,8 @@ def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
 # --------------------------------------------------------------------------- cross-validation
 
 
+CV_DECISION = "the argmax alone, without the never-seen score and nucleus check of the test figures"
+"""What the folds' figures read (``cv.json``'s ``decision``): no never-seen score is fitted per fold."""
 CV_MIN_TRAIN_PER_CLASS = 3
 """Training images per class in a cross-validation fold below which its figures are warned about."""
 
@@ -427,6 +429,7 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
     return {
         "k": k,
         "seed": opts.seed,
+        "decision": CV_DECISION,
         "folds": folds,
         "accuracy_mean": float(acc.mean()),
         "accuracy_std": float(acc.std(ddof=1)) if k > 1 else 0.0,
@@ -437,7 +440,7 @@ def cross_validate(ds: data_mod.Dataset, splits: Sequence[str], opts: TrainOptio
 
 
 def cv_table(cv: dict) -> Table:
-    t = Table(title=f"{cv['k']}-fold cross-validation (train+val, duplicates grouped)")
+    t = Table(title=f"{cv['k']}-fold cross-validation (train+val, duplicates grouped; {CV_DECISION})")
     t.add_column("fold", justify="right")
     t.add_column("train/val/test", justify="right")
     t.add_column("accuracy", justify="right")

@@ -112,11 +112,14 @@ def _probs(n=200, seed=0):
     return y, p / p.sum(axis=1, keepdims=True)
 
 
+CLASSES5 = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
+
+
 def test_risk_coverage_is_monotone_and_matches_triage():
     from firmware_host.runtime import Prediction, triage
 
     y, p = _probs()
-    rows = risk_coverage(y, p)
+    rows = risk_coverage(y, p, CLASSES5)
     assert [r["threshold"] for r in rows] == list(RISK_THRESHOLDS)
     referred = [r["referred"] for r in rows]
     kept = [r["kept"] for r in rows]
@@ -124,19 +127,36 @@ def test_risk_coverage_is_monotone_and_matches_triage():
     assert referred == sorted(referred) and kept == sorted(kept, reverse=True) and errors == sorted(errors, reverse=True)
     caught = [r["errors_referred"] for r in rows]
     assert caught == sorted(caught)
-    # the same rule as classify: confidence below the threshold is referred
-    conf = p.max(axis=1)
+    # the same rule as classify: every flag of triage, the review classes' included, whatever the threshold
+    pred = p.argmax(axis=1)
     for r in rows:
-        flags = [triage(Prediction("x", "basophil", float(c), [], p[0]), r["threshold"]) for c in conf]
-        assert r["kept"] == sum(f != "uncertain - refer" for f in flags)
+        flags = [triage(Prediction("x", CLASSES5[k], float(p[i, k]), [], p[i]), r["threshold"]) for i, k in enumerate(pred)]
+        assert r["kept"] == sum(f == "" for f in flags)
         assert r["kept"] + round(r["referred"] * len(y)) == len(y)
+    review = np.isin(pred, [CLASSES5.index("erythroblast"), CLASSES5.index("myeloblast")]).mean()
+    assert min(referred) >= review > 0  # a myeloblast is referred at any threshold (the table once said otherwise)
+
+
+def test_risk_coverage_reads_the_labels_classify_gives():
+    """A cell the never-seen score sends to `other` is flagged and scored as `other` (a review: the table scored the
+    network's first choice, kept it, and counted errors classify never leaves unflagged)."""
+    y, p = _probs(60, seed=2)
+    classes = [*CLASSES5, "other"]
+    p6 = np.hstack([p * 0.99, np.full((len(p), 1), 0.01)])
+    decided = p6.argmax(axis=1)
+    decided[:20] = classes.index("other")  # as if the never-seen score had fired
+    rows = risk_coverage(y, p6, classes, decided, thresholds=(0.0,))
+    assert rows[0]["kept"] <= len(y) - 20
+    kept = ~np.isin(np.arange(len(y)), np.arange(20)) & ~np.isin(decided, [1, 3])
+    assert rows[0]["kept"] == int(kept.sum()) and rows[0]["kept_accuracy"] == pytest.approx((decided == y)[kept].mean())
 
 
 def test_risk_coverage_edges():
     y, p = _probs(50, seed=1)
-    everything = risk_coverage(y, p, thresholds=(0.0, 1.01))
-    assert everything[0]["referred"] == 0.0
-    assert everything[0]["kept_accuracy"] == pytest.approx((p.argmax(axis=1) == y).mean())
+    everything = risk_coverage(y, p, CLASSES5, thresholds=(0.0, 1.0))
+    unflagged = ~np.isin(p.argmax(axis=1), [1, 3])  # erythroblast and myeloblast are always referred
+    assert everything[0]["referred"] == pytest.approx(1 - unflagged.mean())
+    assert everything[0]["kept_accuracy"] == pytest.approx((p.argmax(axis=1) == y)[unflagged].mean())
     assert everything[1]["kept"] == 0 and everything[1]["kept_accuracy"] is None and everything[1]["errors_referred"] == 1.0
 
 

@@ -143,7 +143,7 @@ def test_cross_validation(real_slice, tmp_path):
     res = CliRunner().invoke(cli, ["train", "--data", str(real_slice), "--out", str(out), "--epochs", "3", "--img-size", "32", "--widths", "4,8", "--cv", "3"])
     assert res.exit_code == 0, res.output
     cv = json.loads((out / "cv.json").read_text())
-    assert cv["k"] == 3 and len(cv["folds"]) == 3
+    assert cv["k"] == 3 and len(cv["folds"]) == 3 and cv["decision"].startswith("the argmax alone")
     assert sum(f["n_test"] for f in cv["folds"]) == 170  # train+val of 200 images: 30 per class held out as test
     for key in ("accuracy", "macro_f1"):  # the summary is the folds' mean and sample standard deviation
         per_fold = [f[key] for f in cv["folds"]]

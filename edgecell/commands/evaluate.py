@@ -39,8 +39,9 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
 
     MODEL is a run folder, its model.keras, an exported .tflite, or an export folder. The test
     split is the one written at training time, so no training image is ever tested on. The
-    risk-coverage table shows, for each `classify --threshold`, the share of images referred
-    and the accuracy of those kept (on temperature-calibrated confidence, as classify uses). Per
+        risk-coverage table shows, for each `classify --threshold`, the share of images classify
+    refers (every flag: below the threshold on calibrated confidence, review, other) and the
+    accuracy of those it keeps. Per
     source and cell type: the share caught as 'other' and the share of the five wrongly sent
     there, with a curve of both against --other-threshold (PNG and JSON). Each image's label,
     flag and scores, beside its folder's class, go to a JSON Lines file: which cells were wrong.
