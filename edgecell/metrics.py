@@ -104,7 +104,8 @@ in the pool of all the validation cells, which always has a limit too)."""
 LAB_CHECK_TOLERANCE = 0.9
 """How sure a limit is to fire on at most :data:`LAB_CHECK_QUANTILE` of a training lab's sets: a limit read off a
 few hundred validation cells is off by their sampling error, and so fired on 1.9 % of fresh sets on average (up to
-3.5 %; simulated, docs/design.md) where 1 % was meant; the limit is taken across resamples of the validation cells (a one-sided tolerance limit)."""
+3.5 %; simulated, docs/design.md) where 1 % was meant; the limit is taken across resamples of the validation
+cells (a one-sided tolerance limit)."""
 LAB_CHECK_RESAMPLES = 40
 """Resamples of the validation cells behind :data:`LAB_CHECK_TOLERANCE`."""
 

@@ -39,12 +39,12 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
 
     MODEL is a run folder, its model.keras, an exported .tflite, or an export folder. The test
     split is the one written at training time, so no training image is ever tested on. The
-        risk-coverage table shows, for each `classify --threshold`, the share of images classify
+    risk-coverage table shows, for each `classify --threshold`, the share of images classify
     refers (every flag: below the threshold on calibrated confidence, review, other) and the
-    accuracy of those it keeps. Per
-    source and cell type: the share caught as 'other' and the share of the five wrongly sent
-    there, with a curve of both against --other-threshold (PNG and JSON). Each image's label,
-    flag and scores, beside its folder's class, go to a JSON Lines file: which cells were wrong.
+    accuracy of those it keeps. Per source and cell type: the share caught as 'other' and the
+    share of the five wrongly sent there, with a curve of both against --other-threshold (PNG
+    and JSON). Each image's label, flag and scores, beside its folder's class, go to a JSON
+    Lines file: which cells were wrong.
 
     \b
     Example:
