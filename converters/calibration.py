@@ -71,6 +71,7 @@ class CalibrationSet:
         images: uint8 (N, S, S, 3), aligned with ``items``.
         skipped: (path, reason) of files reported and left out.
         warnings: one-line warnings (too few per class, ...).
+        notes: what the parity report records about the set (its images in the run's test split).
         per_class: requested images per class (automatic selection), else None.
         seed: the selection seed (automatic selection), else None.
     """
@@ -81,6 +82,7 @@ class CalibrationSet:
     images: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     per_class: int | None = None
     seed: int | None = None
 
@@ -168,6 +170,8 @@ def copy_selection(cal: CalibrationSet, out_dir: str | os.PathLike) -> Path:
 
     with staged_dir(out_dir, marker=MANIFEST_NAME, owned=copied_files) as tmp:
         for it in cal.items:
+            if not inside(it.file):  # read from a manifest, which refuses them; never written outside the copy
+                raise DataError(f"{it.file!r} is not inside the calibration folder; not copied", cal.root)
             dst = tmp / it.file
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cal.root / it.file, dst)
@@ -241,6 +245,13 @@ def _list_images(root: Path) -> list[Path]:
     return [p for p in list_files(root) if p.name != MANIFEST_NAME]
 
 
+def inside(rel: str) -> bool:
+    """Whether a manifest's path names a file inside its folder: relative, with no ``..`` (on any system's reading)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return not any(p.is_absolute() or p.drive or ".." in p.parts for p in (PurePosixPath(rel), PureWindowsPath(rel)))
+
+
 def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
     from firmware_host.atomic import read_csv_text
 
@@ -259,6 +270,12 @@ def _read_user_manifest(root: Path, classes: Sequence[str]) -> list[tuple[str, s
         r = {(k or "").strip(): (v or "").strip() for k, v in r.items()}
         if not r.get("file"):
             continue
+        if not inside(r["file"]):  # --calibration-out copies each file to its path: "../x.jpg" would land outside it
+            raise DataError(
+                f"calibration manifest lists {r['file']!r}, which is not inside the folder (an absolute path, or one with '..'): "
+                "list each image by its path relative to the folder, and put the images there",
+                path,
+            )
         label = r.get("class") or None
         if label is not None and label not in classes:
             unknown.add(label)
@@ -281,6 +298,7 @@ def from_folder(
     if not root.is_dir():
         raise DataError("calibration folder does not exist or is not a folder", root)
     skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
     jobs: list[tuple[str, str | None, str | None]] = []
     if (root / MANIFEST_NAME).is_file():
         source = "folder:manifest"
@@ -289,6 +307,12 @@ def from_folder(
         files = _list_images(root)
         top = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
         source = "folder:classes" if top & set(classes) else "folder:flat"
+        if top:  # a misspelt class folder would calibrate as unlabelled, and its class look short
+            from edgecell.data import close_name
+
+            odd = [f"{t} -> {m[0]}?" for t in sorted(top - set(classes)) if (m := close_name(t, classes))]
+            if odd:
+                notes.append(f"folder(s) not named after a model class are read as unlabelled images; rename {', '.join(odd)}")
         for p in files:
             rel = p.relative_to(root)
             if not p.name.lower().endswith(IMAGE_SUFFIXES):
@@ -330,7 +354,7 @@ def from_folder(
         seen.add(items[i].sha256)
         keep.append(i)
     images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
-    cal = CalibrationSet(root, source, [items[i] for i in keep], images, skipped=sorted(skipped))
+    cal = CalibrationSet(root, source, [items[i] for i in keep], images, skipped=sorted(skipped), warnings=notes)
     _check_amount(cal, classes, root, duplicates=len(items) - len(keep))
     return cal
 

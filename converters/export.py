@@ -163,11 +163,12 @@ def _calibration_set(opts: ExportOptions, run_dir: Path, data_dir: dict[str, Pat
     if opts.calibration:
         test_hashes = {r.sha256 for r in _test_rows(run_dir)}
         shared = sum(1 for it in cal.items if it.sha256 in test_hashes)
-        if shared:
-            rep.warn(
+        if shared:  # said now, and kept in the parity report's notes (where a later reader of the export looks)
+            cal.notes.append(
                 f"{shared} of the {len(cal.items)} calibration images in {opts.calibration} are in the run's test split, "
                 "on which the int8 model's parity is measured: for them it is not a held-out check"
             )
+            rep.warn(cal.notes[-1])
     return cal
 
 
@@ -272,6 +273,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> dict:
     notes = _int8_notes(io_int8)
     for n in notes:
         rep.warn(n)
+    notes = (cal.notes if cal is not None else []) + notes
 
     source = _source(run, data_dir)
     export_dir = run_dir / EXPORT_DIR

@@ -72,12 +72,13 @@ class LazyGroup(click.Group):
             raise _usage_line(exc) from None
 
     def invoke(self, ctx):
-        from firmware_host.atomic import Terminated, signals_as_interrupts
+        from firmware_host.atomic import Terminated, signals_as_interrupts, written_whole
         from firmware_host.errors import EdgecellError, first_line
         from firmware_host.quiet import warning_lines
 
         debug = ctx.params.get("debug") or os.environ.get("EDGECELL_DEBUG") == "1"
         _lenient_output()
+        written_whole(forget=True)  # this command's outputs only (one process may run several: tests, scripts)
         try:
             with signals_as_interrupts(), warning_lines():  # kill and a closed terminal clean up as Ctrl-C does
                 return super().invoke(ctx)
@@ -104,8 +105,14 @@ class LazyGroup(click.Group):
             if debug:
                 raise
             by = f" by {exc.name}" if isinstance(exc, Terminated) else ""
+            done = written_whole()
+            if done:  # the new results are in place: "earlier results are intact" would be untrue (a review)
+                names = ", ".join(map(str, done[:3])) + (f" and {len(done) - 3} more" if len(done) > 3 else "")
+                said = f"nothing half-written was kept; {names} {'was' if len(done) == 1 else 'were'} written in full before it (replacing any earlier)"
+            else:
+                said = "nothing half-written was kept; earlier results are intact"
             with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-                click.echo(f"Interrupted{by}: nothing half-written was kept; earlier results are intact.", err=True)
+                click.echo(f"Interrupted{by}: {said}.", err=True)
             ctx.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
         except click.UsageError as exc:
             raise _usage_line(exc) from None

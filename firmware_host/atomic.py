@@ -17,6 +17,7 @@ a comma, a quote, a line feed *or* a carriage return, so that every file name re
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import errno
@@ -34,6 +35,19 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from pathlib import Path
 
 from firmware_host.errors import EdgecellError, FolderCreated, os_reason
+
+_WRITTEN: collections.deque[Path] = collections.deque(maxlen=4096)
+"""The outputs this process has put in place whole (files renamed, folders swapped in), in order, the latest 4,096: an
+interrupt after them must not say that the earlier results are intact (:func:`written_whole`)."""
+
+
+def written_whole(forget: bool = False) -> list[Path]:
+    """The outputs put in place since the last ``forget`` (each command starts with one), those still there; outputs
+    written inside a staging folder that was then swapped in are named by the folder."""
+    out = [p for p in dict.fromkeys(_WRITTEN) if os.path.lexists(p)]
+    if forget:
+        _WRITTEN.clear()
+    return out
 
 
 @contextlib.contextmanager
@@ -68,6 +82,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         raise_if_interrupted()  # a Ctrl-C that Python swallowed while the file was written: it is not done
         os.replace(tmp_path, target)
+        _WRITTEN.append(target)
     except OSError as exc:
         if tmp_path is not None:
             _unlink(tmp_path)
@@ -97,6 +112,7 @@ def file_set(folder: str | os.PathLike, names: Collection[str] = ()) -> Iterator
             for name in made:
                 target = folder / name
                 os.replace(stage / name, Path(os.path.realpath(target)) if target.is_symlink() else target)
+                _WRITTEN.append(target)
             for name in set(names) - set(made):
                 if (folder / name).is_file():
                     _unlink(folder / name)
@@ -393,6 +409,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     try:
         with _interrupts_held():
             _swap(tmp, target)
+            _WRITTEN.append(target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EdgecellError(f"cannot write output folder ({os_reason(exc)}); the previous one is unchanged", target) from None

@@ -502,6 +502,35 @@ def test_bench_table_keeps_every_figure_on_one_line_at_80_columns():
         assert figure in line.split(), (figure, line)
 
 
+def test_bench_rows_of_two_runs_exports_are_told_apart():
+    """Every run's export folder is called ``export``: rows and speed-up lines of two runs read "export" and
+    "export", one 3.7x faster, the other 1.6x slower (a review); they are named by as much of the path as tells them apart."""
+    from rich.console import Console
+
+    from edgecell.views.bench import print_report
+
+    def row(run, prec, p50):
+        lat = {"min": p50, "p50": p50, "p95": p50, "p99": p50, "mean": p50}
+        return {
+            "model": f"/x/{run}/export/model_{prec}.tflite",
+            "precision": prec,
+            "threads": 1,
+            "size_bytes": 300 * 1024 if prec == "int8" else 1100 * 1024,
+            "latency_ms": lat,
+            "throughput_per_s": 1000 / p50,
+            "end_to_end": None,
+            "model_rss_mb": 2.0,
+            "process_peak_rss_mb": 60.0,
+            "interpreter": "ai_edge_litert",
+        }
+
+    con = Console(width=160, record=True, force_terminal=False)
+    print_report(con, [row("run_a", "float32", 0.9), row("run_a", "int8", 0.3), row("run_b", "float32", 0.5), row("run_b", "int8", 0.8)], None, False)
+    text = con.export_text()
+    assert "int8 vs float32 (run_a/export, 1 thread(s))" in text and "int8 vs float32 (run_b/export, 1 thread(s))" in text
+    assert sum(ln.strip().startswith("run_a/export") for ln in text.splitlines()) == 2
+
+
 def test_what_the_model_cannot_say_and_a_threshold_set_by_hand_are_said_before_the_results(models, data, tmp_path):
     """A five-class model counts a lymphocyte as one of the five; --other-threshold 0 sends every cell to other: the
     printed output and the review page said neither."""

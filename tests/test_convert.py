@@ -102,6 +102,24 @@ def test_calibration_folder_layouts(tmp_path):
     assert cal3.source == "folder:flat" and len(cal3.items) == 12 and cal3.images.shape[1:] == (24, 24, 3)
     assert any("no class labels" in w for w in cal3.warnings)
 
+    # a misspelt class folder is read as unlabelled, and named with the class it likely means
+    (root / "manifest.csv").unlink()
+    (root / "seg_neutrophil").rename(root / "neutrofil")
+    cal4 = cal_mod.from_folder(root, CLASSES, 24)
+    assert cal4.counts(CLASSES)["(unlabelled)"] == 3 and any("rename neutrofil -> seg_neutrophil?" in w for w in cal4.warnings)
+
+
+@pytest.mark.parametrize("listed", ["../elsewhere/a.jpg", "/tmp/a.jpg", "sub/../../a.jpg", "C:\\cells\\a.jpg"])
+def test_a_calibration_manifest_names_files_inside_its_folder(tmp_path, listed):
+    """A review: a manifest entry with '..' made --calibration-out copy (over) a file outside its folder."""
+    root = tmp_path / "cal"
+    _images(root / "basophil", 12)
+    (root / "manifest.csv").write_text(
+        "file,class\n" + "".join(f"basophil/{p.name},basophil\n" for p in sorted((root / "basophil").iterdir())) + f"{listed},basophil\n"
+    )
+    with pytest.raises(DataError, match="which is not inside the folder"):
+        cal_mod.from_folder(root, CLASSES, 24)
+
 
 def test_too_few_calibration_images_is_an_error(tmp_path):
     _images(tmp_path / "few", 4)
@@ -441,3 +459,5 @@ def test_calibration_folder_holding_test_images_is_warned(run_copy, tmp_path):
     assert res.exit_code == 0, res.output
     n = len({r["sha256"] for r in test + train})
     assert f"3 of the {n} calibration images in {cal} are in the run's test split" in " ".join(res.output.split())
+    notes = json.loads((run / "export" / "parity.json").read_text())["notes"]  # kept where a reader of the export looks
+    assert any(f"3 of the {n} calibration images" in note for note in notes)

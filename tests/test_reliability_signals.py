@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 from firmware_host.atomic import Terminated, raise_if_interrupted, signals_as_interrupts
@@ -329,3 +330,37 @@ def test_the_forkserver_starts_with_ctrl_c_blocked_until_it_ignores_it():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1], 16) & (1 << (signal.SIGINT - 1))
+
+
+@click.command("write-then-stop")
+@click.argument("out")
+@click.option("--stop-before", is_flag=True)
+def write_then_stop(out, stop_before):
+    """A command that puts a folder and a file in place, then is interrupted (as while printing its results)."""
+    from firmware_host.atomic import atomic_path, staged_dir
+
+    if stop_before:
+        raise KeyboardInterrupt
+    with staged_dir(Path(out) / "export") as tmp:
+        (tmp / "model.bin").write_bytes(b"new")
+    with atomic_path(Path(out) / "report.json") as tmp:
+        tmp.write_text("{}")
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_after_an_output_is_in_place_says_it_was_written(tmp_path, monkeypatch):
+    """A review: Ctrl-C while convert printed its table, after the new export had been swapped in, said "earlier
+    results are intact" (exit 130), and a script took the old export to be there. The line names what was written."""
+    from click.testing import CliRunner
+
+    from edgecell import cli as cli_mod
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "write-then-stop", f"{__name__}:write_then_stop")
+    res = CliRunner().invoke(cli_mod.cli, ["write-then-stop", str(tmp_path)])
+    assert res.exit_code == 130, res.output
+    said = " ".join((res.stderr or res.output).split())
+    assert said.endswith(
+        f"Interrupted: nothing half-written was kept; {tmp_path / 'export'}, {tmp_path / 'report.json'} were written in full before it (replacing any earlier)."
+    ), said
+    res = CliRunner().invoke(cli_mod.cli, ["write-then-stop", str(tmp_path), "--stop-before"])  # the next command starts afresh
+    assert res.exit_code == 130 and " ".join((res.stderr or res.output).split()).endswith("earlier results are intact.")

@@ -17,10 +17,21 @@ def _f(v, fmt="{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def _label(model: str) -> str:
-    """Short name of a row's model: the export folder's name, or the file name for a lone file."""
+def _labels(paths: list[str]) -> dict[str, str]:
+    """Short names that tell the paths apart: the last part, then as many parts more as it takes (every run's export
+    folder is called ``export``: ``run_a/export`` and ``run_b/export``, not two rows of ``export``)."""
+    parts = {p: Path(p).resolve().parts for p in paths}
+    for depth in range(1, max((len(v) for v in parts.values()), default=1) + 1):
+        names = {p: "/".join(v[-depth:]) for p, v in parts.items()}
+        if len(set(names.values())) == len(set(parts.values())):
+            return names
+    return {p: str(p) for p in paths}
+
+
+def _folder(model: str) -> str:
+    """What a row's model is: the export folder for a model in one, or the file for a lone file."""
     p = Path(model)
-    return p.parent.name if p.name in {x.filename for x in Precision} else p.name
+    return str(p.parent) if p.name in {x.filename for x in Precision} else str(p)
 
 
 def print_report(con, rows, keras_result, with_e2e: bool) -> None:
@@ -42,10 +53,11 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         table.add_column("e2e/s", justify="right", no_wrap=True)
     table.add_column("+RSS", justify="right", no_wrap=True)  # MB, as the note under the table says
     table.add_column("peak", justify="right", no_wrap=True)
+    label = _labels(sorted({_folder(r["model"]) for r in rows} | {s["folder"] for s in speedups(rows)}))
     for r in rows:
         lat = r["latency_ms"]
         cells = [
-            escape(_label(r["model"])),
+            escape(label[_folder(r["model"])]),
             r["precision"],
             str(r["threads"]),
             f"{r['size_bytes'] / 1024:.0f}",
@@ -87,7 +99,7 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         sp = s["speedup"]
         verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x slower"
         con.print(
-            f"int8 vs float32 ({escape(Path(s['folder']).name)}, {s['threads']} thread(s)): p50 {s['p50_int8_ms']:.3g} ms vs "
+            f"int8 vs float32 ({escape(label[s['folder']])}, {s['threads']} thread(s)): p50 {s['p50_int8_ms']:.3g} ms vs "
             f"{s['p50_float32_ms']:.3g} ms - int8 is {verdict}, {s['size_ratio']:.1f}x smaller",
             soft_wrap=True,
         )
