@@ -298,7 +298,7 @@ def from_folder(
     if not root.is_dir():
         raise DataError("calibration folder does not exist or is not a folder", root)
     skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
+    hints: list[str] = []
     jobs: list[tuple[str, str | None, str | None]] = []
     if (root / MANIFEST_NAME).is_file():
         source = "folder:manifest"
@@ -312,7 +312,7 @@ def from_folder(
 
             odd = [f"{t} -> {m[0]}?" for t in sorted(top - set(classes)) if (m := close_name(t, classes))]
             if odd:
-                notes.append(f"folder(s) not named after a model class are read as unlabelled images; rename {', '.join(odd)}")
+                hints.append(f"folder(s) not named after a model class are read as unlabelled images; rename {', '.join(odd)}")
         for p in files:
             rel = p.relative_to(root)
             if not p.name.lower().endswith(IMAGE_SUFFIXES):
@@ -354,7 +354,7 @@ def from_folder(
         seen.add(items[i].sha256)
         keep.append(i)
     images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
-    cal = CalibrationSet(root, source, [items[i] for i in keep], images, skipped=sorted(skipped), warnings=notes)
+    cal = CalibrationSet(root, source, [items[i] for i in keep], images, skipped=sorted(skipped), warnings=hints)
     _check_amount(cal, classes, root, duplicates=len(items) - len(keep))
     return cal
 

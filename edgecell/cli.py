@@ -72,7 +72,7 @@ class LazyGroup(click.Group):
             raise _usage_line(exc) from None
 
     def invoke(self, ctx):
-        from firmware_host.atomic import Terminated, signals_as_interrupts, written_whole
+        from firmware_host.atomic import Terminated, signals_as_interrupts, some_of, written_whole
         from firmware_host.errors import EdgecellError, first_line
         from firmware_host.quiet import warning_lines
 
@@ -105,10 +105,10 @@ class LazyGroup(click.Group):
             if debug:
                 raise
             by = f" by {exc.name}" if isinstance(exc, Terminated) else ""
-            done = written_whole()
+            done, total = written_whole()
             if done:  # the new results are in place: "earlier results are intact" would be untrue (a review)
-                names = ", ".join(map(str, done[:3])) + (f" and {len(done) - 3} more" if len(done) > 3 else "")
-                said = f"nothing half-written was kept; {names} {'was' if len(done) == 1 else 'were'} written in full before it (replacing any earlier)"
+                names = some_of([str(p) for p in done], total=total)
+                said = f"nothing half-written was kept; {names} {'was' if total == 1 else 'were'} written in full before it (replacing any earlier)"
             else:
                 said = "nothing half-written was kept; earlier results are intact"
             with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)

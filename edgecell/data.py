@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from firmware_host.atomic import some_of
 from firmware_host.decode import map_in_threads  # re-exported: audit uses data_mod.map_in_threads
 from firmware_host.errors import DataError, ImageError, os_reason
 from firmware_host.paths import OTHER_CLASS, OTHER_TYPES, class_of, is_image_name, list_files
@@ -85,14 +86,14 @@ def _is_type_folder(folder: Path) -> bool:
 def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
     """The sources under the data folders ``paths``, and notes on folders left out.
 
-    A folder is a folder of sources when none of its sub-folders is named after a known cell type
-    (:data:`KNOWN_TYPES`, in any case) and at least one of them holds a class folder that is: each such
-    sub-folder is a source; the others (say, a folder of whole fields with annotations, or of loose
-    pictures) are left out with a note, and so are images beside them. Any other folder is one source
-    (named after the folder) whose sub-folders are its classes. Whether a sub-folder holds images of its own
-    does not decide (one stray picture in a lab's folder made the labs the classes). A source is named
-    after its folder, or as given (``--data NAME=FOLDER``: :class:`edgecell.options.NamedFolder`). Two
-    sources with one name are an error.
+    A folder is a folder of sources when one or more of its sub-folders hold a folder named after a known
+    cell type (:data:`KNOWN_TYPES`, in any case): each such sub-folder is a source, whatever else it holds (one
+    stray picture in a lab's folder once made the labs the classes); the other sub-folders (say, whole fields
+    with annotations) are left out with a note, and so are images beside them. Sub-folders that look like
+    classes beside them (named after a cell type, or holding images of their own) are an error: read either
+    way, a lab or a class would be lost. Any other folder is one source (named after the folder) whose
+    sub-folders are its classes. A source is named after its folder, or as given (``--data NAME=FOLDER``:
+    :class:`edgecell.options.NamedFolder`). Two sources with one name are an error.
     """
     sources: list[Source] = []
     notes: list[str] = []
@@ -104,11 +105,18 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
         if (before := given.setdefault(root.resolve(), root)) is not root:
             raise DataError("is given twice" + ("" if before == root else f" (also as {before})") + "; give each data folder once", root)
         children = list_class_folders(root)
-        nested = [c for c in children if any(_is_type_folder(g) for g in list_class_folders(c))]
+        nested = [c for c in children if any(_is_type_folder(g) for g in list_class_folders(c))]  # labs: cell-type folders inside
         named = getattr(raw, "source_name", None)  # --data NAME=FOLDER (edgecell.options.NamedFolder)
-        if not nested or any(_is_type_folder(c) for c in children):
+        if not nested:
             sources.append(Source(named or root.resolve().name or str(root), root))
             continue
+        classes = [c for c in children if c not in nested and (_is_type_folder(c) or _top_images(c))]
+        if classes:  # read as labs, these would be left out; read as one lab, the labs would be classes: neither silently
+            raise DataError(
+                f"holds folders of labs (each with cell-type folders inside: {some_of([c.name for c in nested])}) beside folders of "
+                f"images ({some_of([c.name for c in classes])}): move the image folders out, or give each lab as --data",
+                root,
+            )
         if named:
             raise DataError(
                 f"holds sources ({', '.join(c.name for c in nested)}), each named after its folder; {named}= names a folder of "
@@ -122,8 +130,7 @@ def discover_sources(paths: Sequence[str | os.PathLike]) -> tuple[list[Source], 
                 notes.append(f"{child}: no class folder named after a cell type inside; left out")
         if loose := sorted(p.name for p in _top_images(root)):
             notes.append(
-                f"{root}: {len(loose)} image(s) ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) lie beside its source "
-                "folders, in none: left out (put each in a class folder of its source)"
+                f"{root}: {len(loose)} image(s) ({some_of(loose)}) lie beside its source folders, in none: left out (put each in a class folder of its source)"
             )
     seen: dict[str, Path] = {}
     where: dict[Path, Source] = {}
@@ -390,8 +397,7 @@ def find_images(root: str | os.PathLike | Sequence[str | os.PathLike], classes: 
         loose = sorted(p.name for p in _top_images(src.folder))
         if loose and list_class_folders(src.folder):
             out.notes.append(
-                f"{src.folder}: {len(loose)} image(s) ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) lie beside its class "
-                "folders, in none: left out (put each in the folder of its class)"
+                f"{src.folder}: {len(loose)} image(s) ({some_of(loose)}) lie beside its class folders, in none: left out (put each in the folder of its class)"
             )
     for src, folder in folders:
         label = class_of(folder.name)

@@ -6,6 +6,7 @@ import click
 
 from edgecell.runfolder import INPUT_SIZES
 from firmware_host.interpreter import MAX_THREADS
+from firmware_host.paths import EMPTY_PATH
 
 DEFAULT_SEED = 42
 DEFAULT_IMG_SIZE = 40
@@ -34,7 +35,7 @@ class InputPath(click.ParamType):
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value == "":
-            self.fail("'' is an empty path; give a file, a folder or a pattern", param, ctx)
+            self.fail(f"'' is {EMPTY_PATH}", param, ctx)
         return value
 
 

@@ -41,13 +41,25 @@ _WRITTEN: collections.deque[Path] = collections.deque(maxlen=4096)
 interrupt after them must not say that the earlier results are intact (:func:`written_whole`)."""
 
 
-def written_whole(forget: bool = False) -> list[Path]:
-    """The outputs put in place since the last ``forget`` (each command starts with one), those still there; outputs
-    written inside a staging folder that was then swapped in are named by the folder."""
+_WRITTEN_COUNT = [0]
+"""How many outputs were put in place since the last ``forget`` (more than :data:`_WRITTEN` keeps)."""
+
+
+def written_whole(forget: bool = False) -> tuple[list[Path], int]:
+    """The outputs put in place since the last ``forget`` (each command starts with one), those still there (the
+    latest 4,096), and how many were put in place in all; outputs written inside a staging folder that was then
+    swapped in are named by the folder."""
     out = [p for p in dict.fromkeys(_WRITTEN) if os.path.lexists(p)]
+    total = max(_WRITTEN_COUNT[0], len(out))
     if forget:
         _WRITTEN.clear()
-    return out
+        _WRITTEN_COUNT[0] = 0
+    return out, total
+
+
+def _put_in_place(path: Path) -> None:
+    _WRITTEN.append(path)
+    _WRITTEN_COUNT[0] += 1
 
 
 @contextlib.contextmanager
@@ -82,7 +94,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         raise_if_interrupted()  # a Ctrl-C that Python swallowed while the file was written: it is not done
         os.replace(tmp_path, target)
-        _WRITTEN.append(target)
+        _put_in_place(target)
     except OSError as exc:
         if tmp_path is not None:
             _unlink(tmp_path)
@@ -112,7 +124,7 @@ def file_set(folder: str | os.PathLike, names: Collection[str] = ()) -> Iterator
             for name in made:
                 target = folder / name
                 os.replace(stage / name, Path(os.path.realpath(target)) if target.is_symlink() else target)
-                _WRITTEN.append(target)
+                _put_in_place(target)
             for name in set(names) - set(made):
                 if (folder / name).is_file():
                     _unlink(folder / name)
@@ -305,9 +317,11 @@ def foreign_files(folder: str | os.PathLike, owned: Owned) -> list[str]:
     return sorted(found)
 
 
-def some_of(names: Sequence[str], shown: int = 3) -> str:
-    """The first ``shown`` of ``names``, comma-separated, and how many more there are: for a one-line message."""
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+def some_of(names: Sequence[str], shown: int = 3, total: int | None = None) -> str:
+    """The first ``shown`` of ``names``, comma-separated, and how many more there are (of ``total``, when ``names`` are
+    some of them): for a one-line message."""
+    total = len(names) if total is None else max(total, len(names))
+    return ", ".join(names[:shown]) + (f" and {total - min(shown, len(names))} more" if total > min(shown, len(names)) else "")
 
 
 ELSEWHERE = "choose another output folder"
@@ -409,7 +423,7 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     try:
         with _interrupts_held():
             _swap(tmp, target)
-            _WRITTEN.append(target)
+            _put_in_place(target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EdgecellError(f"cannot write output folder ({os_reason(exc)}); the previous one is unchanged", target) from None

@@ -34,6 +34,7 @@ import os
 import statistics
 import threading
 import time
+import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -533,6 +534,21 @@ def tensor_quant(detail: dict) -> TensorQuant:
     return TensorQuant(dtype=np.dtype(detail["dtype"]), scale=float(scale), zero_point=int(zero))
 
 
+_CLASSIFIERS: weakref.WeakSet = weakref.WeakSet()
+"""Every :class:`Classifier` of this process, for :func:`_fresh_locks`."""
+
+
+def _fresh_locks() -> None:
+    """In a child process made by ``fork``: a lock another thread of the parent held at the fork stays held, with no
+    thread to release it (the child hung on its first image); each classifier gets a new one."""
+    for clf in list(_CLASSIFIERS):
+        clf._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks)
+
+
 class Classifier:
     """A loaded, verified model. One instance may be shared by threads: its interpreter runs one image at a time (a
     lock; LiteRT raised, or answered with another image's outputs, when two threads invoked it at once), so threads
@@ -541,6 +557,7 @@ class Classifier:
 
     def __init__(self, path: Path, meta: ModelMetadata, interpreter: Any, backend: Backend, threads: int, size_bytes: int):
         self._lock = threading.RLock()  # the interpreter and the input buffer are one per instance
+        _CLASSIFIERS.add(self)
         self.path = path
         self.meta = meta
         self.interpreter = interpreter

@@ -300,3 +300,35 @@ def test_loading_a_sidecar_or_an_image_as_the_model_says_so(models, data):
         Classifier.load(models.export / "model_int8.json")
     with pytest.raises(ModelError, match="is an image, not a model"):
         Classifier.load(next((data / "monocyte").iterdir()))
+
+
+def test_a_process_forked_while_another_thread_classifies_can_classify(models):
+    """A fork while another thread held the Classifier's lock gave the child a lock nobody could release: it hung on
+    its first image (a review). The child gets a fresh lock."""
+    import multiprocessing
+    import threading
+
+    clf = Classifier.load(models.export)
+    image = np.full((clf.input_size, clf.input_size, 3), 128, np.uint8)
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with clf._lock:  # as a thread inside predict_scored would
+            held.set()
+            done.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=clf.predict_array, args=(image,))
+        child.start()
+        child.join(20)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+        assert not hung and child.exitcode == 0
+    finally:
+        done.set()
+        t.join()

@@ -156,3 +156,28 @@ def test_python_warnings_about_an_image_are_one_line_naming_it(models, tmp_path)
     assert "RuntimeWarning" not in res.stderr and "invalid value" not in res.stderr, res.stderr
     lines = warning_lines(res.stderr)
     assert len(lines) == 1 and "all-nan.tif" in lines[0] and "not numbers" in lines[0], res.stderr
+
+
+def test_a_warning_prints_names_as_they_are_once():
+    """warn() escapes rich markup and control characters itself (a source named ``x[red]y`` printed as ``xy``); a
+    caller that escaped them too printed ``slide\\[red]`` (a review)."""
+    from rich.console import Console
+
+    from edgecell.console import warn
+    from edgecell.views.classify import print_warnings
+
+    con = Console(record=True, width=200, force_terminal=False)
+    warn("slide[red]/cell[b].webp: a\nb", con)
+    assert con.export_text().strip() == "warning: slide[red]/cell[b].webp: a\\nb"
+
+    from types import SimpleNamespace
+
+    job = SimpleNamespace(  # what print_warnings reads of a classify job
+        classifier=SimpleNamespace(meta=SimpleNamespace(unverified=None), path="m"),
+        links=[("slide[red]/alias", "slide[red]/real")],
+        same_files=[],
+        unread=[],
+    )
+    con = Console(record=True, width=300, force_terminal=False)
+    print_warnings(con, job)
+    assert "warning: slide[red]/alias: a link to slide[red]/real, which is read already" in con.export_text()

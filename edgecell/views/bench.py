@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from edgecell.bench import KERAS_BATCH
+from edgecell.console import shown
 from firmware_host.bench import speedups
 from firmware_host.metadata import Precision
 
@@ -20,9 +20,9 @@ def _f(v, fmt="{:.3f}") -> str:
 def _labels(paths: list[str]) -> dict[str, str]:
     """Short names that tell the paths apart: the last part, then as many parts more as it takes (every run's export
     folder is called ``export``: ``run_a/export`` and ``run_b/export``, not two rows of ``export``)."""
-    parts = {p: Path(p).resolve().parts for p in paths}
+    parts = {p: Path(p).absolute().parts for p in paths}  # as typed (a link keeps its own name), not resolved
     for depth in range(1, max((len(v) for v in parts.values()), default=1) + 1):
-        names = {p: "/".join(v[-depth:]) for p, v in parts.items()}
+        names = {p: str(Path(*v[-depth:])) for p, v in parts.items()}
         if len(set(names.values())) == len(set(parts.values())):
             return names
     return {p: str(p) for p in paths}
@@ -57,7 +57,7 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
     for r in rows:
         lat = r["latency_ms"]
         cells = [
-            escape(label[_folder(r["model"])]),
+            shown(label[_folder(r["model"])]),
             r["precision"],
             str(r["threads"]),
             f"{r['size_bytes'] / 1024:.0f}",
@@ -77,7 +77,7 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
     for r in rows:
         if r.get("unverified") and r["threads"] == rows[0]["threads"]:  # once per model
             con.print(
-                f"[yellow]warning:[/yellow] {escape(r['model'])}: {escape(r['unverified'])}; timed all the same, "
+                f"[yellow]warning:[/yellow] {shown(r['model'])}: {shown(r['unverified'])}; timed all the same, "
                 "but classify refuses it without --allow-unverified",
                 soft_wrap=True,
             )
@@ -85,12 +85,12 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
     if e2e and e2e["classified"] < e2e["images"]:  # the e2e rate counts the images classified, not those that failed
         con.print(
             f"[yellow]warning:[/yellow] {e2e['images'] - e2e['classified']} of {e2e['images']} images could not be classified "
-            f"and are left out of e2e/s (first: {escape(e2e['first_failure'] or '?')})",
+            f"and are left out of e2e/s (first: {shown(e2e['first_failure'] or '?')})",
             soft_wrap=True,
         )
     if rows:
         con.print(
-            f"Interpreter: {escape(rows[0]['interpreter'])}. Latency: quantise + invoke + dequantise, decoding excluded; "
+            f"Interpreter: {shown(rows[0]['interpreter'])}. Latency: quantise + invoke + dequantise, decoding excluded; "
             "img/s = 1000 / mean latency; +RSS MB = resident memory this model added (load + timed runs); "
             "peak MB = the whole process's peak RSS so far (only rises, so later rows include earlier ones).",
             soft_wrap=True,
@@ -99,14 +99,14 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         sp = s["speedup"]
         verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x slower"
         con.print(
-            f"int8 vs float32 ({escape(label[s['folder']])}, {s['threads']} thread(s)): p50 {s['p50_int8_ms']:.3g} ms vs "
+            f"int8 vs float32 ({shown(label[s['folder']])}, {s['threads']} thread(s)): p50 {s['p50_int8_ms']:.3g} ms vs "
             f"{s['p50_float32_ms']:.3g} ms - int8 is {verdict}, {s['size_ratio']:.1f}x smaller",
             soft_wrap=True,
         )
     if keras_result:
         k = keras_result
         con.print(
-            f"Keras ({escape(Path(k['model']).name)}, TF {k['tensorflow_version']}): predict on 1 image p50 "
+            f"Keras ({shown(Path(k['model']).name)}, TF {k['tensorflow_version']}): predict on 1 image p50 "
             f"{k['predict_one']['latency_ms']['p50']:.2f} ms; predict_on_batch({KERAS_BATCH}) "
             f"{k['predict_on_batch']['per_image_ms']:.3f} ms/image ({k['predict_on_batch']['images_per_s']:.0f} img/s); "
             f"RSS added by the model {_f(k['model_rss_mb'], '{:.1f}')} MB (process peak {_f(k['process_peak_rss_mb'], '{:.0f}')} MB, TensorFlow included)",

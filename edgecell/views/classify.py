@@ -20,15 +20,15 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
     why = job.classifier.meta.unverified
     if why:
-        warn(f"{shown(job.classifier.path)}: {shown(why)}; used anyway because of --allow-unverified", err)
+        warn(f"{job.classifier.path}: {why}; used anyway because of --allow-unverified", err)
     for link, target in job.links:
-        warn(f"{shown(link)}: a link to {shown(target)}, which is read already; its images are classified once, under their own folder", err)
+        warn(f"{link}: a link to {target}, which is read already; its images are classified once, under their own folder", err)
     if job.same_files:
         from firmware_host.atomic import some_of
 
         warn(
             f"{len(job.same_files)} path(s) are links to, or copies of, a file listed already "
-            f"({shown(some_of([f'{p} = {k}' for p, k in job.same_files]))}); "
+            f"({some_of([f'{p} = {k}' for p, k in job.same_files])}); "
             "each file is classified once, so that no cell is counted twice",
             err,
         )
@@ -38,7 +38,7 @@ def print_warnings(err, job: ClassifyJob) -> None:
 
         warn(
             f"{len(job.unread)} picture(s) in the folders given are not read, as edgecell reads {' '.join(IMAGE_SUFFIXES)} from folders "
-            f"({shown(some_of([str(p) for p in job.unread]))}); rename or convert them to one of these (or give each by name to read it)",
+            f"({some_of([str(p) for p in job.unread])}); rename or convert them to one of these (or give each by name to read it)",
             err,
         )
 
