@@ -519,7 +519,9 @@ def scan(
         cell = decode_cell(data, size or PROBE_SIZE, path)  # without a size, a small decode just proves it decodes
         return cell if size else None
 
-    pairs = drop_ambiguous(found, read_images(found, read, on_progress, workers))
+    # one order whatever the order of --data: training's batches and each image's augmentation follow it (the same
+    # data listed the other way round trained another model from the same seed; a review)
+    pairs = sorted(drop_ambiguous(found, read_images(found, read, on_progress, workers)), key=lambda p: (p[0].source, p[0].rel))
     arrays = [a for _, (a, _) in pairs] if size else []
     ds = Dataset(
         root=root,

@@ -274,7 +274,10 @@ def fit_other_threshold(
     groups = np.asarray(y_train if groups_train is None else groups_train, dtype=np.int64)
     means, whitening = fit_feature_distance(f_train, groups, int(groups.max()) + 1 if groups_train is not None else len(classes))
     p_val, f_val = predict_with_features(model, x_val) if val_outputs is None else val_outputs
-    five = (np.asarray(y_val) != other) & (p_val.argmax(axis=1) != other)
+    of_five = np.asarray(y_val) != other
+    five = of_five & (p_val.argmax(axis=1) != other)
+    if not five.any():  # a model that calls every cell `other` (undertrained): fitted on the five's cells all the same
+        five = of_five
     if not five.any():
         return {}
     scores = OtherScore(means, whitening, 0.0).scores(f_val[five])

@@ -44,6 +44,17 @@ class ModelSpec:
     stem_kernel: int = 2
     views: int = 4  # docs/design.md, "Averaging mirrored views"
 
+    def blocks_that_fit(self) -> int:
+        """How many blocks the input can pass: each block's 2x2 pooling halves the side (the stem convolution divides
+        it by its stride first), and a side pooled below one pixel is no image (Keras raises deep inside fitting)."""
+        side, fit = -(-self.input_size // self.stem_stride), 0
+        for _ in self.widths:
+            side //= 2
+            if side < 1:
+                break
+            fit += 1
+        return fit
+
     def block_depths(self) -> tuple[int, ...]:
         """Convolutions per block, one entry per width."""
         if self.depths is None:

@@ -36,6 +36,7 @@ from firmware_host import preprocess
 from firmware_host.atomic import check_stageable, raise_if_interrupted, staged_dir, write_json
 from firmware_host.errors import DataError, EdgecellError
 from firmware_host.metadata import sha256_file
+from firmware_host.paths import OTHER_CLASS
 
 
 @dataclass
@@ -601,6 +602,12 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         raise EdgecellError("--epochs must be at least 1")
     if opts.depths is not None and len(opts.depths) != len(opts.widths):
         raise EdgecellError(f"{len(opts.depths)} depths for {len(opts.widths)} widths; give one depth per width")
+    spec = opts.model_spec(2)
+    if spec.blocks_that_fit() < len(opts.widths):  # found before the images are read, not as Keras's error after
+        raise EdgecellError(
+            f"--widths gives {len(opts.widths)} blocks, but a {opts.img_size} px input is pooled below one pixel after "
+            f"{spec.blocks_that_fit()} of them; give at most {spec.blocks_that_fit()} widths, or a larger --img-size"
+        )
     check_stageable(opts.out_dir, marker=RUN_MARKER, owned=RUN_OWNED)  # before minutes of work, not after
     tf = import_tf()  # fail early, before reading thousands of images
     ds = load_dataset(opts.data_dir, opts.img_size, con, exclude=opts.exclude)
@@ -628,6 +635,12 @@ def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
         sources = np.array([sample.source for sample in ds.samples])
         cal = calibrate(model, ds.images[va], y[va], ds.classes, ds.images[tr], y[tr], ds.nucleus_offsets[tr], sources[va])
         temperature = cal["temperature"]
+        if OTHER_CLASS in ds.classes and not cal["other_score"]:  # said, not a quietly smaller model
+            warn(
+                "the validation split holds no cell of the five types, so the never-seen score and the nucleus check are not "
+                "fitted: the model labels cells by their most probable class alone (label more cells of the five)",
+                con,
+            )
         metrics = write_results(tmp, model, history, ds.images[te], y[te], ds.classes, temperature, cal["other_score"], ds.nucleus_offsets[te])
         spec = opts.model_spec(len(target_names))
         meta = {

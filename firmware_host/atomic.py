@@ -82,7 +82,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if target.is_symlink():
         target = Path(os.path.realpath(target))
     folder = target.parent
-    _ensure_folder(folder)
+    _ensure_folder(folder, target)
     mode = _existing_mode(target)
     tmp_path: Path | None = None
     try:
@@ -176,17 +176,19 @@ def _new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False)
     return Path(made)
 
 
-def _ensure_folder(folder: Path) -> None:
-    """Create ``folder`` and its parents; a file standing in the way is named as such.
+def _ensure_folder(folder: Path, for_path: Path | None = None) -> None:
+    """Create ``folder`` and its parents; a file standing in the way is named as such, with the output (``for_path``,
+    in ``folder``) it keeps from being written.
 
     (``mkdir`` would only say "File exists" or "Not a directory".)
     """
     missing = None  # the outermost folder to make
+    wanted = for_path if for_path is not None else folder
     for anc in (folder, *folder.parents):
         if anc.is_dir():
             break
         if anc.exists() or anc.is_symlink():
-            what = "is a file, not a folder" + ("" if anc == folder else f", so {folder} cannot be created in it")
+            what = "is a file, not a folder" + ("" if anc == wanted else f", so {wanted} cannot be created in it")
             raise EdgecellError(what, anc)
         missing = anc
     if missing is None:
@@ -212,7 +214,7 @@ def check_writable(path: str | os.PathLike) -> None:
     if Path(path).is_symlink():
         path = os.path.realpath(path)
     folder = Path(path).parent
-    _ensure_folder(folder)
+    _ensure_folder(folder, Path(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".check", dir=folder)
         os.close(fd)
@@ -345,7 +347,7 @@ def _check_target_folder(target: Path, marker: str | None, owned: Owned | None =
                 f"move {them} out first" + (f", or {elsewhere}" if elsewhere else ""),
                 target,
             )
-    _ensure_folder(target.parent)
+    _ensure_folder(target.parent, target)
 
 
 def _staged_target(target: str | os.PathLike) -> Path:

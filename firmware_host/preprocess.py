@@ -383,7 +383,8 @@ def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.n
         raise ImageError("not enough memory to decode this image", path) from None
     except Exception as exc:  # truncated data, broken headers, codec errors: all one kind for the user
         reason = first_line(exc)
-        if reason.startswith("image file is truncated"):  # Pillow's "(3 bytes not processed)" says nothing to a user
+        if reason.startswith("image file is truncated") or "Truncated File Read" in reason:  # Pillow's words say nothing to a user
+            # (the second: a JPEG cut off inside its header)
             raise ImageError("the file ends early (truncated: a copy or a camera's write cut short?); copy it again", path) from None
         raise ImageError(f"cannot decode image ({reason})", path) from None
     return check_exposure(rgb, path)

@@ -177,6 +177,17 @@ def test_a_stray_picture_does_not_turn_a_folder_of_labs_into_one_lab(tmp_path):
     assert [s.name for s in data.discover_sources([custom])[0]] == ["custom"]
 
 
+def test_the_order_of_data_folders_does_not_change_the_data_set(tmp_path):
+    """A review: --data A --data B and --data B --data A gave one fingerprint and one split, but another order of the
+    images, so training's batches and each image's augmentation differed: another model from the same seed."""
+    flat = _tree(tmp_path / "kaggle", {"": {"basophil": 6, "monocyte": 6}})
+    multi = _tree(tmp_path / "more", {"labA": {"monocyte": 6, "lymphocyte": 5}, "labB": {"basophil": 5}})
+    one, two = data.scan([flat, multi], size=24), data.scan([multi, flat], size=24)
+    assert [(s.source, s.rel) for s in one.samples] == [(s.source, s.rel) for s in two.samples]
+    assert np.array_equal(one.images, two.images) and np.array_equal(one.nucleus_offsets, two.nucleus_offsets)
+    assert [(s.source, s.rel) for s in one.samples] == sorted((s.source, s.rel) for s in one.samples)
+
+
 def test_data_given_wrongly_is_named_in_one_true_line(tmp_path):
     flat = _tree(tmp_path / "kaggle", {"": {"basophil": 6, "monocyte": 6}})
     other = _tree(tmp_path / "elsewhere", {"kaggle": {"basophil": 6}})

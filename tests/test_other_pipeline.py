@@ -38,6 +38,12 @@ def test_fit_other_threshold_sends_the_stated_share_of_validation_cells():
     assert 0 < (scores > score.threshold * (1 + 1e-6)).mean() <= 0.05
     # a model without an `other` class: no score (argmax only)
     assert fit_other_threshold(model, x_tr, y_tr, x_va, y_va, ["a", "b", "c", "d"]) == {}
+    # a model that calls every validation cell `other` (undertrained) keeps its score and nucleus check (a review:
+    # both were dropped in silence), fitted on the five's cells
+    p_other = np.zeros((len(x_va), 4))
+    p_other[:, 2] = 1.0
+    kept = fit_other_threshold(model, x_tr, y_tr, x_va, y_va, classes, offsets_train=np.zeros(len(x_tr)), val_outputs=(p_other, feats))
+    assert kept["validation_n"] == int((y_va != 2).sum()) and OtherScore.from_dict(kept).nucleus_max is not None
 
 
 def test_fit_feature_distance_whitens_the_shared_covariance():

@@ -1169,7 +1169,7 @@ def test_train_names_each_unusable_file_when_it_refuses_the_data(real_data, tmp_
 def test_train_out_under_a_file(messy, tmp_path):
     (tmp_path / "runs").write_text("a file")
     res = cli_run("train", "--data", messy["data"], "--out", tmp_path / "runs" / "r1", "--epochs", 1, "--img-size", 32, "--widths", "4,8")
-    assert_one_line_error(res, tmp_path / "runs", "is a file, not a folder")
+    assert_one_line_error(res, tmp_path / "runs", f"is a file, not a folder, so {tmp_path / 'runs' / 'r1'} cannot be created in it")
     assert (tmp_path / "runs").read_text() == "a file"
 
 

@@ -160,3 +160,16 @@ def test_cross_validation_on_too_few_images_says_so(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "fold 1/2 trains on" in res.output and "too few for its figures to mean much" in " ".join(res.output.split())
+
+
+def test_more_blocks_than_the_input_can_pool_are_refused_before_reading(tmp_path):
+    """A review: --widths 8,8,8,8,8 at 32 px read every image, then ended in "unexpected error: ValueError" from Keras
+    (the fifth pooling of a 1x1 side); refused at once, naming how many blocks fit."""
+    from edgecell.model import ModelSpec
+
+    assert [ModelSpec(40, 5, (8,) * n, depths=None).blocks_that_fit() for n in (3, 4, 5)] == [3, 4, 4]
+    assert ModelSpec(32, 5, (8,) * 6, depths=None, stem_stride=1).blocks_that_fit() == 5
+    (tmp_path / "data" / "basophil").mkdir(parents=True)  # a folder nothing is read from: refused before
+    (tmp_path / "data" / "basophil" / "a.jpg").write_bytes(b"not read")
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "--img-size", "32", "--widths", "8,8,8,8,8"])
+    assert res.exit_code != 0 and "--widths gives 5 blocks, but a 32 px input is pooled below one pixel after 4 of them" in " ".join(res.output.split())
