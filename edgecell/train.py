@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from edgecell import __version__
 from edgecell import data as data_mod
-from edgecell.console import progress, stderr_console, warn
+from edgecell.console import progress, shown, stderr_console, warn
 from edgecell.model import ModelSpec  # no TensorFlow at import time
 from edgecell.options import DEFAULT_IMG_SIZE, DEFAULT_SEED
 from edgecell.runfolder import CV_FILE, HISTORY_FILE, KERAS_FILE, METRICS_FILE, PLOT_FILES, RUN_FORMAT, RUN_MARKER, RUN_OWNED, SPLIT_FILE, RunFolder, replacing
@@ -589,7 +588,7 @@ def report_skipped(ds: data_mod.Dataset, con: Console | None = None) -> None:
     if ds.skipped:
         warn(f"{len(ds.skipped)} file(s) skipped, {len(ds.samples)} used")
     for note in ds.notes:
-        (con or stderr_console).print(f"[dim]note: {escape(note)}[/dim]", soft_wrap=True, highlight=False)  # a folder may be "lab[red]"
+        (con or stderr_console).print(f"[dim]note: {shown(note)}[/dim]", soft_wrap=True, highlight=False)  # a folder may be "lab[red]"
 
 
 def run(opts: TrainOptions, con: Console | None = None) -> TrainResult:
