@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from firmware_host.errors import EdgecellError, FolderCreated, os_reason
+from firmware_host.errors import EdgecellError, FolderCreated, LeftOver, os_reason
 
 _WRITTEN: collections.deque[Path] = collections.deque(maxlen=4096)
 """The outputs this process has put in place whole (files renamed, folders swapped in), in order, the latest 4,096: an
@@ -398,10 +398,11 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
     target = _staged_target(target)
     parent = target.parent
     _check_target_folder(target, marker, owned, elsewhere)
+    _note_left_over(target)
     tmp: Path | None = None
     try:
         with _interrupts_held():  # Ctrl-C between creating the staging folder and owning it would leak it
-            tmp = _new_temp(parent, f".{target.name}.tmp-", folder=True)
+            tmp = _new_temp(parent, STAGING.format(target.name), folder=True)
         yield tmp
         raise_if_interrupted()  # a Ctrl-C that Python swallowed (in a finaliser) while the folder was built: not done
     except EdgecellError as exc:
@@ -431,12 +432,36 @@ def staged_dir(target: str | os.PathLike, marker: str | None = None, owned: Owne
         raise EdgecellError(f"cannot write output folder ({os_reason(exc)}); the previous one is unchanged", target) from None
 
 
+STAGING = ".{}.tmp-"
+"""How a staging folder beside an output folder is named (the output's name in the braces)."""
+
+MOVED_ASIDE = ".{}.old-"
+"""How the folder that holds the previous output during the swap is named."""
+
+
+def _note_left_over(target: Path) -> None:
+    """Say which staging folders of ``target`` a killed run left beside it (a run that ends by an error or
+    Ctrl-C removes its own); they are not removed here, since another run may be writing one now."""
+    staging, aside = STAGING.format(target.name), MOVED_ASIDE.format(target.name)
+    try:
+        names = sorted(e.name for e in os.scandir(target.parent) if e.name.startswith((staging, aside)))
+    except OSError:
+        return
+    for name in names:
+        path = target.parent / name
+        if name.startswith(aside) and (path / "prev").exists():
+            what = f"holds the previous {target.name}, moved aside by a run that was stopped while putting its results in place"
+        else:
+            what = "is left from a run that was killed before it finished; delete it when no edgecell is writing here"
+        warnings.warn(LeftOver(f"{path} {what}"), stacklevel=3)
+
+
 def _swap(tmp: Path, target: Path) -> None:
     """Put ``tmp`` where ``target`` is; on failure the previous ``target`` is back in place."""
     if not target.exists():
         os.replace(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=MOVED_ASIDE.format(target.name), dir=target.parent))
     try:
         os.replace(target, old / "prev")
     except OSError:

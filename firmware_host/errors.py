@@ -48,13 +48,22 @@ class ImageWarning(UserWarning):
     """Something about an image that was used anyway (only its first page, its colour profile dropped)."""
 
 
-class FolderCreated(UserWarning):
-    """An output's folder did not exist and was made. The command line says so (``note:``), since a path that
-    misses (a USB stick not mounted at ``/media/usb``) would otherwise fill the SD card unseen; the Python API is
-    silent about it (ignored unless a filter asks for it)."""
+class OutputNote(UserWarning):
+    """Something about where outputs go that a person at the command line should know (``note:``); the Python API
+    is silent about it (ignored unless a filter asks for it)."""
 
 
-warnings.filterwarnings("ignore", category=FolderCreated)
+class FolderCreated(OutputNote):
+    """An output's folder did not exist and was made: a path that misses (a USB stick not mounted at
+    ``/media/usb``) would otherwise fill the SD card unseen."""
+
+
+class LeftOver(OutputNote):
+    """A staging folder beside an output, left by a run that was killed or lost its power before it could clean up
+    (a run ended by Ctrl-C or an error removes its own): it may hold gigabytes, or the previous results."""
+
+
+warnings.filterwarnings("ignore", category=OutputNote)
 
 
 class ImageError(EdgecellError):

@@ -62,24 +62,24 @@ def install_warning_lines() -> None:
     """Make every later warning in this process one line (see :func:`warning_lines`); for worker processes."""
     import warnings
 
-    from firmware_host.errors import FolderCreated, ImageWarning
+    from firmware_host.errors import ImageWarning, OutputNote
 
     warnings.showwarning = _show_warning
     warnings.filterwarnings("always", category=ImageWarning)
-    warnings.filterwarnings("always", category=FolderCreated)
+    warnings.filterwarnings("always", category=OutputNote)
     # UserWarning only: Pillow's DecompressionBombWarning (a RuntimeWarning) must stay an error
     warnings.filterwarnings("always", category=UserWarning, module=r"(PIL|firmware_host)(\..*)?$")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from firmware_host.errors import FolderCreated, ImageWarning, printable
+    from firmware_host.errors import ImageWarning, OutputNote, printable
     from firmware_host.preprocess import decoding_path
 
     text = str(message).strip()
     text = text.splitlines()[0] if text else category.__name__
     path = decoding_path()
     kind = "warning"
-    if issubclass(category, FolderCreated):
+    if issubclass(category, OutputNote):
         kind = "note"  # it names its folder itself
     elif path is not None:
         text = f"{path}: {text}"

@@ -94,6 +94,16 @@ def test_apply_builds_a_folder_train_accepts(images, tmp_path, mode):
     assert leftovers(tmp_path, "corrected") == []
 
 
+def test_a_staging_folder_left_by_a_killed_run_is_named(images, tmp_path):
+    csv_path = write_csv(tmp_path / "corrections.csv", GOOD)
+    stale = tmp_path / ".corrected.tmp-x1y2"
+    (stale / "monocyte").mkdir(parents=True)
+    r = run("corrections", "apply", csv_path, "--out", tmp_path / "corrected", cwd=images)
+    assert r.exit_code == 0, r.output
+    assert f"note: {stale} is left from a run that was killed before it finished; delete it when no edgecell is writing here\n" in r.output
+    assert stale.is_dir()
+
+
 def test_several_days_of_corrections_make_one_folder(images, tmp_path):
     """One CSV a day: applied together into one folder (applied one by one, each replaced the last; a review). A cell in
     two CSVs with the same class is kept once and said; with different classes it is refused, naming both rows."""

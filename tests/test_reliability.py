@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from PIL import Image
 
 from edgecell.cli import cli
 from firmware_host import atomic
-from firmware_host.errors import EdgecellError, ImageError
+from firmware_host.errors import EdgecellError, ImageError, LeftOver
 from firmware_host.preprocess import MAX_PIXELS, decode, decode_rgb, load_image
 from tests._realdata import make_slice
 from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, reseal, save_jpeg
@@ -883,6 +884,49 @@ def test_ctrl_c_just_after_the_staging_folder_or_temp_file_is_made(tmp_path, mon
         else:
             atomic.write_text(tmp_path / "r.json", "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_DURING_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from firmware_host import atomic
+target = Path(sys.argv[1])
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if Path(src) == target:  # the old folder has just been moved aside: the power goes
+        os.kill(os.getpid(), signal.SIGKILL)
+atomic.os.replace = replace
+with atomic.staged_dir(target, marker="metadata.json") as tmp:
+    (tmp / "metadata.json").write_text("new")
+"""
+
+
+def test_what_a_killed_run_left_is_named_not_deleted(tmp_path):
+    """``kill -9`` (or a power cut) mid-swap leaves the previous folder moved aside and the new one staged: the next
+    run says where both are, and deletes neither (another run may be writing one of them)."""
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "metadata.json").write_text("previous")
+    p = subprocess.run([sys.executable, "-c", KILLED_DURING_SWAP, str(target)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr)
+    left = leftovers(tmp_path)
+    assert [n.split("-")[0] for n in left] == [".run.old", ".run.tmp"], left
+    (aside,) = [n for n in left if ".old-" in n]
+    assert (tmp_path / aside / "prev" / "metadata.json").read_text() == "previous"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with atomic.staged_dir(target, marker="metadata.json") as tmp:
+            (tmp / "metadata.json").write_text("newer")
+    notes = sorted(str(w.message) for w in caught if issubclass(w.category, LeftOver))
+    assert notes == sorted(
+        [
+            f"{tmp_path / aside} holds the previous run, moved aside by a run that was stopped while putting its results in place",
+            f"{tmp_path / left[1]} is left from a run that was killed before it finished; delete it when no edgecell is writing here",
+        ]
+    )
+    assert leftovers(tmp_path) == left  # named, not deleted
+    assert (target / "metadata.json").read_text() == "newer"
 
 
 def test_staged_folders_are_shareable_like_files(tmp_path):
