@@ -102,7 +102,7 @@ def bench_keras(kpath: Path, runs: int, warmup: int) -> dict:
             "batch": KERAS_BATCH,
             "runs": n_batch,
             "latency_ms": bs,
-            "per_image_ms": bs["p50"] / KERAS_BATCH,
+            "p50_per_image_ms": bs["p50"] / KERAS_BATCH,
             "images_per_s": 1000.0 * KERAS_BATCH / bs["mean"],
         },
         "model_rss_mb": model_rss,

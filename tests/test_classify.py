@@ -363,9 +363,11 @@ def test_bench_keras_comparison(models, tmp_path):
     assert r.exit_code == 0, r.output
     k = json.loads(out.read_text())["keras"]
     assert k["predict_one"]["latency_ms"]["n"] == 3 and k["predict_on_batch"]["batch"] == 32
-    assert k["predict_on_batch"]["images_per_s"] > 0
+    b = k["predict_on_batch"]
+    assert b["images_per_s"] == pytest.approx(1000.0 * b["batch"] / b["latency_ms"]["mean"])
+    assert b["p50_per_image_ms"] == pytest.approx(b["latency_ms"]["p50"] / b["batch"])
     assert 0 <= k["model_rss_mb"] < k["process_peak_rss_mb"] and "peak_rss_mb" not in k
-    assert "Keras (model.keras" in r.output and "RSS added by the model" in r.output
+    assert "Keras (model.keras" in r.output and "img/s at the mean" in r.output and "RSS added by the model" in r.output
     # a run folder works as well as the file
     r = run("bench", models.float32, "--runs", 1, "--warmup", 0, "--threads", "1", "--keras", models.keras_file.parent)
     assert r.exit_code == 0 and "Keras (model.keras" in r.output

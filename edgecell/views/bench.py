@@ -108,7 +108,7 @@ def print_report(con, rows, keras_result, with_e2e: bool) -> None:
         con.print(
             f"Keras ({shown(Path(k['model']).name)}, TF {k['tensorflow_version']}): predict on 1 image p50 "
             f"{k['predict_one']['latency_ms']['p50']:.2f} ms; predict_on_batch({KERAS_BATCH}) "
-            f"{k['predict_on_batch']['per_image_ms']:.3f} ms/image ({k['predict_on_batch']['images_per_s']:.0f} img/s); "
+            f"p50 {k['predict_on_batch']['p50_per_image_ms']:.3f} ms/image ({k['predict_on_batch']['images_per_s']:.0f} img/s at the mean); "
             f"RSS added by the model {_f(k['model_rss_mb'], '{:.1f}')} MB (process peak {_f(k['process_peak_rss_mb'], '{:.0f}')} MB, TensorFlow included)",
             soft_wrap=True,
         )
