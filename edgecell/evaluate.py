@@ -157,6 +157,10 @@ class Split:
     offsets: np.ndarray
     folders: dict[str, str] = field(default_factory=dict)
     """With ``--split all``: each source's name and its folder (resolved), which name the outputs (:func:`output_stem`)."""
+    roots: dict[str, str] = field(default_factory=dict)
+    """Each source's name and the folder its ``files`` are relative to (resolved), for any split."""
+    skipped: list[dict] = field(default_factory=list)
+    """With ``--split all``: the files left out (``path``, ``reason``: unreadable, not images, ambiguous labels)."""
 
 
 def trained_on(target: Target, samples) -> int:
@@ -203,7 +207,9 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         index = {c: i for i, c in enumerate(target.classes)}
         y = np.array([index[s.label] for s in ds.samples], dtype=np.int64)
         folders = {name: str(Path(folder).resolve()) for name, folder in ds.sources.items()}
-        return Split(ds.images, y, [s.rel for s in ds.samples], [s.source for s in ds.samples], [s.type for s in ds.samples], ds.nucleus_offsets, folders)
+        skipped = [{"path": s.path, "reason": s.reason} for s in ds.skipped]
+        samples = ds.samples
+        return Split(ds.images, y, [s.rel for s in samples], [s.source for s in samples], [s.type for s in samples], ds.nucleus_offsets, folders, folders, skipped)
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
     roots = data_mod.run_sources(target.dataset or {}, given)
@@ -213,7 +219,9 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         x, y, rows, offsets = data_mod.load_cells_from_manifest(
             roots, rows, target.input_size, target.classes, on_progress=lambda d, n: bar.update(task, completed=d)
         )
-    return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows], offsets)
+    used = {r.source for r in rows}
+    where = {name: str(Path(folder).resolve()) for name, folder in roots.items() if name in used}
+    return Split(x, y, [r.file for r in rows], [r.source for r in rows], [r.type for r in rows], offsets, roots=where)
 
 
 def flagged(probs: np.ndarray, classes: Sequence[str], threshold: float, pred: np.ndarray | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
@@ -667,6 +675,8 @@ def evaluate(
             "ece": expected_calibration_error(y, probs),
             "ece_calibrated": expected_calibration_error(y, cal),
             "risk_coverage": risk_coverage(y, cal, target.classes, decided, sp.offsets),
+            "folders": sp.roots,  # what each record's `file` is relative to, by its `source`
+            "skipped": sp.skipped,
         }
     )
     if stain:

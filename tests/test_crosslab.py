@@ -296,10 +296,15 @@ def test_a_run_of_named_sources_reads_them_back_under_their_names(tmp_path):
     labs = tmp_path / "labs"
     shutil.copytree(folders["clinicA"], labs / "clinicA")
     (labs / "fields").mkdir()
+    broken = sorted(p for p in (labs / "clinicA").rglob("*") if p.is_file())[0]
+    broken.write_bytes(b"not a jpeg")
     res = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(labs), "--split", "all", "--json", str(tmp_path / "l.json")])
     assert res.exit_code == 0 and f"note: {labs / 'fields'}: no class folder named after a cell type inside; left out" in " ".join(res.output.split()), (
         res.output
     )
+    m = json.loads((tmp_path / "l.json").read_text())
+    assert m["folders"] == {"clinicA": str((labs / "clinicA").resolve())} and set(m["folders"]) == set(m["sources"]["by_source"])
+    assert [s["path"] for s in m["skipped"]] == [str(broken)] and "not an image" in m["skipped"][0]["reason"]  # a script sees what was left out
     res = CliRunner().invoke(cli, ["audit", str(run), "--no-stain-shift", "--json", str(tmp_path / "audit.json")])
     assert res.exit_code == 0, res.output
     # the run's test figures are over both labs: not set beside one lab's baselines, and the output says why

@@ -237,6 +237,7 @@ def test_evaluate_names_each_cell_as_classify_labels_and_flags_it(other_run, tmp
     reasons = set()
     for rec in records:
         got = pi[str(other_run / "data" / rec["file"])]
+        assert Path(m["folders"][rec["source"]], rec["file"]) == (other_run / "data" / rec["file"]).resolve()  # joined back to its image
         assert (rec["label"], rec["flag"], rec["other_reason"]) == (got["label"], got["flag"], got["other_reason"]), rec["file"]
         assert rec["confidence"] == pytest.approx(got["confidence"], abs=1e-6) and rec["right"] == (rec["label"] == rec["true"])
         reasons.add(rec["other_reason"])
