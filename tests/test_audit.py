@@ -86,6 +86,7 @@ def test_audit_with_a_run_folder_uses_its_split_and_metrics(real_slice, tmp_path
     test_files = {s.rel for s, sp in zip(ds.samples, splits) if sp == "test"}
     assert result["n"]["test"] == len(test_files) == 30
     assert result["cnn"]["accuracy"] == 0.40 and result["cnn"]["group_accuracy"] == 1.0
+    assert result["cnn"]["decision"] == "argmax" and "(argmax)" in res.output  # as the baselines', said so
     assert result["cnn_lead_points"] == pytest.approx(100 * (0.40 - max(r["accuracy"] for r in result["baselines"])))
     # a CNN at 40% is beaten by colour alone: the warning must say so in plain words
     assert "without looking at a cell's shape" in " ".join(res.output.split())
