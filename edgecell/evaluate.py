@@ -209,7 +209,9 @@ def load_split(target: Target, data_dir: str | Sequence[str] | None, split: str,
         folders = {name: str(Path(folder).resolve()) for name, folder in ds.sources.items()}
         skipped = [{"path": s.path, "reason": s.reason} for s in ds.skipped]
         samples = ds.samples
-        return Split(ds.images, y, [s.rel for s in samples], [s.source for s in samples], [s.type for s in samples], ds.nucleus_offsets, folders, folders, skipped)
+        return Split(
+            ds.images, y, [s.rel for s in samples], [s.source for s in samples], [s.type for s in samples], ds.nucleus_offsets, folders, folders, skipped
+        )
     if target.run_dir is None:
         raise EdgecellError(f"no split manifest (split.csv) beside this model, so --split {split} is unknown; use --split all", target.model_path)
     roots = data_mod.run_sources(target.dataset or {}, given)
@@ -484,6 +486,9 @@ def other_table(rep: dict, title: str = "Sent to other, per source and cell type
 
 RISK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
+JSON_FORMAT = "edgecell-evaluation/1"
+"""The first member of an evaluation's metrics JSON: what it is and the version of its layout, for a script to check."""
+
 
 def risk_coverage(
     y_true: np.ndarray,
@@ -695,6 +700,9 @@ def evaluate(
                 probs,
                 on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
             )
+    from firmware_host.metadata import edgecell_version
+
+    m = {"format": JSON_FORMAT, "edgecell_version": edgecell_version(), **m}
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
     stem = output_stem(target.kind, split, sp.folders)
     records = image_records(sp, cal, target.classes, DEFAULT_THRESHOLD, scores, thr, nucleus_max)

@@ -32,7 +32,7 @@ from firmware_host import atomic
 from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer, json_text
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
-from firmware_host.metadata import model_reads
+from firmware_host.metadata import edgecell_version, model_reads
 from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, left_out, path_list, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
@@ -357,7 +357,7 @@ class ClassifyJob:
             if opts.csv_out:
                 self._csv = CsvStream(self._stack.enter_context(text_output(opts.csv_out)), classes)
             if opts.json_out:
-                head = {"model": self.classifier.info(), "threshold": opts.threshold}
+                head = {"format": JSON_FORMAT, "edgecell_version": edgecell_version(), "model": self.classifier.info(), "threshold": opts.threshold}
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
             if opts.report_out:
@@ -480,6 +480,9 @@ def text_output(dest: str) -> Iterator[IO[str]]:
         atomic.fsync(fh)  # a pipe or a device (written as a stream) cannot be synced
 
 
+JSON_FORMAT = "edgecell-classify/1"
+"""The first member of ``classify --json``'s report: what it is and the version of its layout, for a script to check."""
+
 JSON_INDENT_MAX_RESULTS = 500
 """Reports with more results are written without indentation (Python's indenting encoder is slow)."""
 
@@ -487,7 +490,7 @@ JSON_INDENT_MAX_RESULTS = 500
 class JsonStream:
     """Writes the JSON report ``json.dumps`` would write, with the results streamed in one by one.
 
-    The report is ``{"model", "threshold", "results": [...], "failed", "summary", "metrics",
+    The report is ``{"format", "edgecell_version", "model", "threshold", "results": [...], "failed", "summary", "metrics",
     "latency"}``; the keys before ``results`` are known at the start, those after it at the end.
     Each member is written as :func:`firmware_host.atomic.json_text` writes it, indented to its
     depth (JSON strings hold no raw newlines, so re-indenting a dumped value is exact).

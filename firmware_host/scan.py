@@ -59,9 +59,13 @@ from firmware_host.locate import (
     unsearchable,
     white_point,
 )
+from firmware_host.metadata import edgecell_version
 from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, rgb_array, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, label_text
+
+JSON_FORMAT = "edgecell-scan/1"
+"""The first member of ``scan --json``'s report: what it is and the version of its layout, for a script to check."""
 
 WHITE_SAMPLE = 250_000
 """About this many pixels of a field set the white its eyepiece frame is painted (:func:`classify_cells`)."""
@@ -576,7 +580,13 @@ class ScanJob:
             if opts.csv_out:
                 self._csv = CellCsv(self._stack.enter_context(text_output(opts.csv_out)))
             if opts.json_out:
-                head = {"model": self.classifier.info(), "threshold": opts.threshold, "cell_size": opts.cell_size}
+                head = {
+                    "format": JSON_FORMAT,
+                    "edgecell_version": edgecell_version(),
+                    "model": self.classifier.info(),
+                    "threshold": opts.threshold,
+                    "cell_size": opts.cell_size,
+                }
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
             if self.report is not None:

@@ -138,6 +138,7 @@ def normalise_report(rep: dict, models_root: Path, data_root: Path) -> dict:
     def is_ms(v) -> bool:
         return isinstance(v, (int, float)) and v >= 0
 
+    replace(rep, "edgecell_version", "<version>", lambda v: isinstance(v, str) and v)
     model = rep.get("model", {})
     if "path" in model:
         model["path"] = in_models(model["path"])

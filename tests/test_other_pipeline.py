@@ -230,6 +230,8 @@ def test_evaluate_names_each_cell_as_classify_labels_and_flags_it(other_run, tmp
     )
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
+    assert list(m)[:2] == ["format", "edgecell_version"] and m["format"] == "edgecell-evaluation/1"
+    assert json.loads(Path(m["outputs"]["metrics"]).read_text()) == m  # the file and --json: one report
     path = Path(m["outputs"]["predictions"])
     assert path.parent == tmp_path / "ev" and path.name == "float32_test_predictions.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -337,6 +337,7 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert res.exit_code == 1, res.output  # broken.jpg is reported and skipped
     assert "broken.jpg" in res.output
     report = json.loads(out.read_text())
+    assert list(report)[:2] == ["format", "edgecell_version"] and report["format"] == "edgecell-scan/1"
     by_name = {r["file"].rsplit("/", 1)[-1]: r for r in report["results"]}
     assert set(by_name) == {"two.jpg", "none.png", "edge.jpg"}
     assert by_name["none.png"]["cells"] == []
