@@ -368,7 +368,7 @@ class ReportWriter:
             for chunk in self.render():
                 fh.write(chunk)
             fh.flush()
-            os.fsync(fh.fileno())
+            atomic.fsync(fh)  # a pipe or a device (/dev/null, written as a stream) cannot be synced
         return Path(path)
 
     def render(self) -> Iterable[str]:

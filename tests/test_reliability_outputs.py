@@ -293,11 +293,13 @@ def _char_device(tmp_path: Path) -> Path:
     return dev
 
 
-@pytest.mark.parametrize("command", ["classify-json", "classify-csv", "inspect-manifest", "bench-json"])
+@pytest.mark.parametrize("command", ["classify-json", "classify-csv", "classify-report", "inspect-manifest", "bench-json"])
 def test_output_to_a_character_device_is_written_not_replaced(models, labelled, tmp_path, command):
     dev = _char_device(tmp_path)
     args = {
         "classify-json": ["classify", "--model", models.int8, labelled, "--json", dev],
+        # the page to /dev/null (it was fsynced: "Invalid argument", and the JSON beside it lost)
+        "classify-report": ["classify", "--model", models.int8, labelled, "--report", dev, "--json", tmp_path / "kept.json"],
         "classify-csv": ["classify", "--model", models.int8, labelled, "--csv", dev],
         "inspect-manifest": ["inspect", "--data", labelled_folder(tmp_path / "five", per_class=5), "--manifest", dev],
         "bench-json": ["bench", models.int8, "--runs", 1, "--warmup", 0, "--threads", 1, "--json", dev],
@@ -306,6 +308,8 @@ def test_output_to_a_character_device_is_written_not_replaced(models, labelled, 
     assert res.exit_code == 0, res.output
     assert stat.S_ISCHR(os.lstat(dev).st_mode), "the device was replaced by a regular file"
     assert leftovers(tmp_path) == []
+    if command == "classify-report":
+        assert json.loads((tmp_path / "kept.json").read_text())["results"]
 
 
 def test_replaced_output_keeps_its_mode(models, labelled, tmp_path):
