@@ -439,12 +439,18 @@ MOVED_ASIDE = ".{}.old-"
 """How the folder that holds the previous output during the swap is named."""
 
 
-def _note_left_over(target: Path) -> None:
-    """Say which staging folders of ``target`` a killed run left beside it (a run that ends by an error or
-    Ctrl-C removes its own); they are not removed here, since another run may be writing one now."""
+def _note_left_over(target: Path, folder: bool = True) -> None:
+    """Say which staging folders (``folder``) or temporary files of ``target`` a killed run left beside it (a run that
+    ends by an error or Ctrl-C removes its own); they are not removed here, since another run may be writing one now."""
     staging, aside = STAGING.format(target.name), MOVED_ASIDE.format(target.name)
+
+    def left(name: str) -> bool:
+        if folder:
+            return name.startswith((staging, aside))
+        return name.startswith(f".{target.name}.") and ".tmp" in name[len(target.name) + 2 :]  # _new_temp's file names
+
     try:
-        names = sorted(e.name for e in os.scandir(target.parent) if e.name.startswith((staging, aside)))
+        names = sorted(e.name for e in os.scandir(target.parent) if left(e.name))
     except OSError:
         return
     for name in names:
@@ -725,6 +731,8 @@ def check_outputs(
         if not is_folder and given.endswith(("/", os.sep)):
             raise OutputRefused(f"{opt} ends with '/', so it names a folder; give a file name (such as {given}{_example_name(opt)})", given)
         real = os.path.realpath(given)
+        if not is_folder and not is_stream(real):
+            _note_left_over(Path(real), folder=False)
         if real in seen:
             raise OutputRefused(f"{seen[real]} and {opt} name the same file; give each its own", given)
         seen[real] = opt

@@ -929,6 +929,19 @@ def test_what_a_killed_run_left_is_named_not_deleted(tmp_path):
     assert (target / "metadata.json").read_text() == "newer"
 
 
+def test_a_temporary_file_a_killed_classify_left_is_named(models, labelled, tmp_path):
+    out = tmp_path / "r.json"
+    stale = tmp_path / ".r.json.k2j3x9_a.tmp.json"  # as atomic_path names it
+    stale.write_text('{"model": ')
+    unrelated = tmp_path / ".r.jsonl.tmp"  # another output's name: not this one's
+    unrelated.write_text("")
+    res = cli_run("classify", "--model", models.int8, labelled, "--json", out)
+    assert res.exit_code == 0, res.output
+    said = [line for line in res.output.splitlines() if line.startswith("note:")]
+    assert said == [f"note: {stale} is left from a run that was killed before it finished; delete it when no edgecell is writing here"]
+    assert stale.exists() and json.loads(out.read_text())["results"]
+
+
 def test_staged_folders_are_shareable_like_files(tmp_path):
     umask = os.umask(0o022)
     try:
