@@ -158,6 +158,20 @@ def empty_reason(rgb: np.ndarray, cell_size: float | None, red_cells: float | No
     return None
 
 
+def small_cells_reason(w: int, h: int, cell_size: float | None, red_cells: float | None) -> str | None:
+    """Why the white cells found in a field may be too few or merged, or None: its red cells (``red_cells``,
+    :func:`red_cell_size`) are far smaller than at the magnification ``cell_size`` assumes (:data:`SMALL_RED_CELLS`,
+    which no field at the right magnification came near). One photo at a lower magnification (a phone's, of a 40x
+    field) found one "cell" where nine were; the run-wide :func:`size_warning` needs :data:`MIN_FIELDS_SIZED` fields."""
+    size = cell_size or default_cell_size(w, h)
+    if red_cells is None or red_cells >= SMALL_RED_CELLS * TYPICAL_RED_CELL * size:
+        return None
+    return (
+        f"the red cells here are as at a lower magnification (white cells about {red_cells / TYPICAL_RED_CELL:.0f} px across, "
+        f"not the {size:.0f} px assumed): white cells may be missed, or two counted as one; give --cell-size auto, or the white cells' diameter"
+    )
+
+
 TYPICAL_NUCLEUS = 1.08
 """The median ratio of a found nucleus's longer side to ``cell_size`` when ``cell_size`` is right: BCCD's fields at
 100x with the default (291 whole white cells; half the fields' medians within 0.72-1.52 of it)."""

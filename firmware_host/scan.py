@@ -56,6 +56,7 @@ from firmware_host.locate import (
     nucleus_ratio,
     red_cell_size,
     size_warning,
+    small_cells_reason,
     unsearchable,
     white_point,
 )
@@ -132,14 +133,15 @@ class FieldResult:
     """The field's :func:`~firmware_host.locate.red_cell_size` over its cell size, and that cell size (None: no red
     cells to measure), for the same warning (not in the JSON record)."""
     note: str | None = None
-    """Why a field without a white cell may have one after all (:func:`~firmware_host.locate.empty_reason`)."""
+    """Why a field without a white cell may have one after all (:func:`~firmware_host.locate.empty_reason`), or why one
+    with cells may have more (:func:`~firmware_host.locate.small_cells_reason`)."""
     cell_size_from: str | None = None
     """Under ``--cell-size auto``: where the field's cell size came from, :data:`FROM_RED_CELLS` or :data:`FROM_DEFAULT`
     (too few red cells to measure); None otherwise."""
 
     def to_dict(self) -> dict:
         """The field's JSON record (``file``, ``width``, ``height``, ``cell_size``, ``cell_size_from`` under ``--cell-size
-        auto``, ``cells``, and ``note`` when a field without a cell has one; ``error`` instead for a failure)."""
+        auto``, ``cells``, and ``note`` when cells may have been missed; ``error`` instead for a failure)."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
         record = {"file": self.file, "width": self.width, "height": self.height, "cell_size": round(self.cell_size, 1)}
@@ -201,7 +203,7 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
         red = None if cell_size is None else cell_size * TYPICAL_RED_CELL
     else:
         red = red_cell_size(rgb, cell_size)
-    note = empty_reason(rgb, cell_size, None if auto else red) if not cells else None
+    note = empty_reason(rgb, cell_size, None if auto else red) if not cells else None if auto else small_cells_reason(w, h, cell_size, red)
     if note:
         warnings.warn(ImageWarning(note), stacklevel=2)  # one line naming the field (scan_field sets its path)
     t1 = time.perf_counter()
@@ -848,5 +850,6 @@ class CellCsv:
                     "edge": int(c["edge"]),
                     **other_csv(c),
                     "error": "",
+                    "note": res.note or "",
                 }
             )

@@ -873,6 +873,35 @@ def test_the_fields_table_boxes_and_page_say_why_a_cell_is_other_rather_than_its
     assert f"<title>other ({OTHER_BY_SCORE})</title>" in text and "<title>other 0.01</title>" not in text
 
 
+def test_one_field_at_a_lower_magnification_says_cells_may_be_missed(models, tmp_path):
+    """One photo at a quarter of the magnification, its white cells found (some of them, or merged): said on that field
+    (a review: a phone's photo of nine fields gave "1 white cell found" and nothing else, one field being too few for
+    the run-wide size check); a field at the right magnification says nothing."""
+    from firmware_host.locate import small_cells_reason
+
+    right = draw_field([(150, 140), (470, 330)], _away(RBC_GRID, [(150, 140), (470, 330)]))
+    quarter = at_half([at_half([right] * 4)] * 4).copy()  # sixteen fields, each cell a quarter as large: none found
+    quarter[170:330, 240:400] = right[60:220, 70:230]  # and one white cell of the assumed size, which is found
+    assert len(locate(quarter)) == 1
+    assert small_cells_reason(W, H, None, red_cell_size(right)) is None
+    for name, rgb in (("quarter.png", quarter), ("right.png", right)):
+        Image.fromarray(rgb).save(tmp_path / name)
+    out, csv_out = tmp_path / "s.json", tmp_path / "s.csv"
+    res = CliRunner().invoke(
+        cli, ["scan", "--model", str(models.export), str(tmp_path / "quarter.png"), str(tmp_path / "right.png"), "--json", str(out), "--csv", str(csv_out)]
+    )
+    assert res.exit_code == 0, res.output
+    notes = {Path(f["file"]).name: f.get("note") for f in json.loads(out.read_text())["results"]}
+    assert notes["right.png"] is None
+    assert notes["quarter.png"].startswith("the red cells here are as at a lower magnification") and "--cell-size auto" in notes["quarter.png"]
+    said = " ".join(res.output.split())
+    assert f"{tmp_path / 'quarter.png'}: the red cells here are as at a lower magnification" in said
+    rows = [r for r in csv.DictReader(io.StringIO(csv_out.read_text(encoding="utf-8"), newline="")) if r["cell"] != ""]
+    assert {Path(r["file"]).name: r["note"] for r in rows} == {"quarter.png": notes["quarter.png"], "right.png": ""}
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(tmp_path / "quarter.png"), "--cell-size", "auto"])
+    assert res.exit_code == 0 and "lower magnification" not in res.output  # measured from its red cells: nothing to say
+
+
 def test_an_empty_field_says_when_cells_may_have_been_missed(models, tmp_path):
     """A washed-out field, or one at a lower magnification than the size assumed, was reported as a plain empty field."""
     from firmware_host.locate import LOW_CONTRAST, SMALL_RED_CELLS, TYPICAL_RED_CELL, brightness_spread, default_cell_size, empty_reason
