@@ -274,6 +274,11 @@ class Prediction:
     other_reason: str = ""
     """Why the label is ``other`` (:data:`OTHER_BY_CLASS`, :data:`OTHER_BY_SCORE`, :data:`OTHER_BY_NUCLEUS`); empty otherwise."""
 
+    def flag(self, threshold: float = DEFAULT_THRESHOLD) -> str:
+        """The flag ``classify`` gives this cell at ``threshold`` (:func:`triage`): ``"review: haematologist"``,
+        ``"uncertain - refer"``, ``"not one of the five - refer"``, or ``""``."""
+        return triage(self, threshold)
+
     def other_fields(self) -> dict:
         """What decided ``other``, as JSON gives it (``other_score``, ``nucleus_offset``, ``other_reason``)."""
         return {

@@ -30,6 +30,11 @@ def test_the_readme_script(models, data, tmp_path):
     pred = clf.classify_file(next((data / "monocyte").iterdir()))
     assert pred.label in CLASSES and len(pred.top3) == 3 and abs(float(pred.probs.sum()) - 1) < 1e-6
     summary = firmware_host.classify_paths(models.export, [str(data)], csv_out=str(tmp_path / "today.csv"))
+    rows = {r["path"]: r for r in csv.DictReader((tmp_path / "today.csv").open()) if not r["error"]}
+    for path, row in rows.items():  # the flag a script reads is the one classify writes, at any threshold
+        p = clf.classify_file(path)
+        assert p.flag() == row["flag"] and p.flag(0.0) == ("" if row["flag"] == "uncertain - refer" else row["flag"])  # coloured images
+    assert {r["flag"] for r in rows.values()} >= {"review: haematologist"}  # the comparison covers a flagged cell
     assert summary.n_classified == 10 and [f["path"] for f in summary.failed] == [str(data / "broken.jpg")]
     assert sum(summary.differential.values()) == 10 and summary.metrics()["n"] == 10
     rows = list(csv.DictReader((tmp_path / "today.csv").open()))
