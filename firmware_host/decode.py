@@ -43,9 +43,35 @@ Decoded = tuple[str, "np.ndarray | ImageError", float, float]
 """``(path, image or error, decode ms, nucleus offset)`` (the offset of :func:`firmware_host.preprocess.prepare_cell`; NaN for an error)."""
 
 
-def default_workers() -> int:
-    """Decode workers when not told: the cores, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+CELL_WORKER_MB = 80
+"""Memory a worker process classifying single-cell images takes: about 56 MB resident (Python, numpy, Pillow, LiteRT
+and the model, after 50 images; x86), with room."""
+
+FIELD_WORKER_MB = 400
+"""Memory a worker process scanning fields may take: 397 MB at its peak for a 48-megapixel JPEG, the size of a
+phone's largest photos (:data:`~firmware_host.preprocess.MAX_PIXELS` is 50 megapixels), 154 MB for 12 megapixels."""
+
+
+def available_mb() -> float | None:
+    """The memory the kernel says new work can take without swapping (``MemAvailable``), in MB; None where it
+    does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_workers(worker_mb: float = CELL_WORKER_MB) -> int:
+    """Worker processes when not told: the cores, at most 4, and no more than the available memory holds at
+    ``worker_mb`` each (a Pi Zero 2 has 4 cores and 512 MB: four workers on 48-megapixel photos would be killed
+    for memory one by one); 1 means the work is done in this process."""
+    n = max(1, min(4, os.cpu_count() or 1))
+    free = available_mb()
+    return n if free is None else max(1, min(n, int(free // worker_mb)))
 
 
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, float, str | None, float]:

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_lab_warnings
-from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
+from firmware_host.decode import FIELD_WORKER_MB, _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
     AUTO,
@@ -280,7 +280,7 @@ def scan_many(
     """
     from firmware_host.runtime import _init_worker_classifier
 
-    workers = workers or default_workers()
+    workers = workers or default_workers(FIELD_WORKER_MB)
     pool = None
     data = getattr(clf, "_model_bytes", None)
     if data is not None and use_processes(paths, workers, processes):
@@ -567,7 +567,7 @@ class ScanJob:
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))
         self._processes = None if opts.threads is None else False
-        self.workers = default_workers()
+        self.workers = default_workers(FIELD_WORKER_MB)
         self.processes = use_processes(self.paths, self.workers, self._processes)
         self.annotator: Annotator | None = None
         self._stack = contextlib.ExitStack()

@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import os
 from collections import deque
 from pathlib import Path
 
@@ -930,3 +931,39 @@ def test_an_empty_field_says_when_cells_may_have_been_missed(models, tmp_path):
     assert notes["plain.png"] is None and "little contrast" in notes["hazy.png"]
     assert doc["summary"]["fields_without_cells"] == 2 and doc["summary"]["fields_without_cells_noted"] == 1
     assert "2 without one (1 of them with a note above: white cells may have been missed)" in " ".join(res.output.split())
+
+
+def test_worker_processes_are_as_many_as_memory_holds(models, tmp_path, monkeypatch):
+    """A Pi Zero 2 has 4 cores and 512 MB: four workers scanning 48-megapixel photos would be killed for memory one
+    by one (a review measured 397 MB for one). scan starts no more workers than the available memory holds, down to
+    none (the fields are scanned in this process); classify's single cells take less each."""
+    from firmware_host import decode
+    from firmware_host.scan import ScanJob, ScanOptions
+
+    monkeypatch.setattr(decode.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(decode, "available_mb", lambda: 24_000.0)
+    assert decode.default_workers(decode.FIELD_WORKER_MB) == 4 and decode.default_workers() == 4
+    monkeypatch.setattr(decode, "available_mb", lambda: 900.0)
+    assert decode.default_workers(decode.FIELD_WORKER_MB) == 2 and decode.default_workers() == 4
+    monkeypatch.setattr(decode, "available_mb", lambda: 350.0)
+    assert decode.default_workers(decode.FIELD_WORKER_MB) == 1 and decode.default_workers() == 4
+    monkeypatch.setattr(decode, "available_mb", lambda: None)  # not Linux: the cores
+    assert decode.default_workers(decode.FIELD_WORKER_MB) == 4
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for k in range(300):  # enough for worker processes
+        (fields / f"f{k:03d}.png").write_bytes(b"")
+    job = ScanJob(ScanOptions(str(models.export), (str(fields),)))
+    assert job.workers == 4 and job.processes  # as many as the cores, when memory allows
+    monkeypatch.setattr(decode, "available_mb", lambda: 350.0)
+    job = ScanJob(ScanOptions(str(models.export), (str(fields),)))
+    assert job.workers == 1 and not job.processes
+
+
+def test_available_memory_is_read_on_linux():
+    from firmware_host.decode import available_mb
+
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("MemAvailable is Linux's")
+    free = available_mb()
+    assert free is not None and 0 < free < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
