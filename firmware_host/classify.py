@@ -44,6 +44,7 @@ from firmware_host.runtime import (
     LabChecks,
     check_number,
     classification_metrics,
+    has_no_nucleus,
     latency_summary,
     triage,
 )
@@ -154,7 +155,7 @@ class ClassifySummary:
         self.n_classified += 1
         # the lab check was fitted on the top probability; a cell labelled other by its never-seen score keeps it
         top = max(row["probs"].values())
-        self.labs.add(row["path"], row["true_label"] is not None, top, row.get("other_score"))
+        self.labs.add(row["path"], row["true_label"] is not None, top, row.get("other_score"), has_no_nucleus(row.get("other_reason", "")))
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         tally_flag(self, row)

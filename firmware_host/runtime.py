@@ -149,7 +149,18 @@ def lab_advice(lab_check: dict) -> str:
 _EPS = 1e-12
 
 
-def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: float | None = None, what: str = "images") -> str | None:
+NO_NUCLEUS_SHARE = 0.5
+"""A set of cells more than this share of which hold no whole stained nucleus (the nucleus check) is no training lab's
+cells: of ../shared's 5,030 cells of the five types, in three labs, none fails that check, and 2 of its 1,321 cells of
+other types (platelets). Such a set is in another colour order (BGR, as OpenCV gives), another stain, or not white
+cells; every cell of it is flagged, and the line says why (a review's 40 BGR cells: all `other`, no word of the cause)."""
+NO_NUCLEUS_ADVICE = (
+    "check the pictures: colours in another order (BGR, as OpenCV writes them), a stain other than a Romanowsky one "
+    "(May-Grunwald-Giemsa, Wright, Leishman), or pictures that are not of white cells"
+)
+
+
+def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: float | None = None, what: str = "images", no_nucleus: int = 0) -> str | None:
     """One line when a set of images looks unlike every lab the model was trained on, else None.
 
     ``lab_check`` comes from the model's sidecar (:func:`edgecell.metrics.fit_lab_check`). Two tests, each
@@ -164,10 +175,13 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
     A set of ``n`` >= ``batch`` images on which either fires is not like the training labs' (another stain,
     camera or magnification, or cells the model knows in another lab's look only), and the model's answers there
     are less reliable than its test figures say. ``what`` names the ``n`` things ("images"; scan's "cells").
-    The advice that ends the line is :func:`lab_advice`'s.
+    The advice that ends the line is :func:`lab_advice`'s. First, ``no_nucleus``: how many of the ``n`` hold no whole
+    stained nucleus; more than :data:`NO_NUCLEUS_SHARE` of them is said as such (:data:`NO_NUCLEUS_ADVICE`).
     """
     if not lab_check or n < int(lab_check.get("batch", 1)):
         return None
+    if no_nucleus > NO_NUCLEUS_SHARE * n:
+        return f"{no_nucleus} of these {n} {what} show no stained nucleus where a white cell's should be: {NO_NUCLEUS_ADVICE}"
     tests = []
     if median_score is not None and "max_median_score" in lab_check:
         tests.append((float(median_score), float(lab_check["max_median_score"]), "median never-seen score", "above"))
@@ -182,13 +196,18 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
     return None
 
 
-def tally_lab_warning(n: int, confidence_sum: float, scores: Sequence[float], lab_check: dict, what: str = "images") -> str | None:
-    """:func:`lab_warning` over a run's tally of ``n`` cells: the sum of their top probabilities, and their
-    never-seen scores (the median is read only when every cell has one)."""
+def tally_lab_warning(n: int, confidence_sum: float, scores: Sequence[float], lab_check: dict, what: str = "images", no_nucleus: int = 0) -> str | None:
+    """:func:`lab_warning` over a run's tally of ``n`` cells: the sum of their top probabilities, their never-seen
+    scores (the median is read only when every cell has one), and how many hold no whole stained nucleus."""
     if not n:
         return None
     median = statistics.median(scores) if len(scores) == n else None
-    return lab_warning(confidence_sum / n, n, lab_check, median, what)
+    return lab_warning(confidence_sum / n, n, lab_check, median, what, no_nucleus)
+
+
+def has_no_nucleus(other_reason: str) -> bool:
+    """Whether a cell's ``other_reason`` says the nucleus check sent it to ``other``."""
+    return OTHER_BY_NUCLEUS in (other_reason or "")
 
 
 @dataclass
@@ -199,16 +218,18 @@ class LabTally:
     n: int = 0
     confidence_sum: float = 0.0
     scores: array = field(default_factory=lambda: array("d"))
+    no_nucleus: int = 0
 
-    def add(self, top: float, score: float | None) -> None:
+    def add(self, top: float, score: float | None, no_nucleus: bool = False) -> None:
         self.n += 1
         self.confidence_sum += top
+        self.no_nucleus += bool(no_nucleus)
         if score is not None:
             self.scores.append(score)
 
     def warning(self, lab_check: dict, what: str = "images") -> str | None:
         """:func:`lab_warning` over the cells added."""
-        return tally_lab_warning(self.n, self.confidence_sum, self.scores, lab_check, what)
+        return tally_lab_warning(self.n, self.confidence_sum, self.scores, lab_check, what, self.no_nucleus)
 
 
 def slide_folder(path: str | os.PathLike, labelled: bool) -> str:
@@ -228,14 +249,19 @@ class LabChecks:
 
     tallies: dict[str, LabTally] = field(default_factory=dict)
 
-    def add(self, path: str | os.PathLike, labelled: bool, top: float, score: float | None) -> None:
-        self.tallies.setdefault(slide_folder(path, labelled), LabTally()).add(top, score)
+    def add(self, path: str | os.PathLike, labelled: bool, top: float, score: float | None, no_nucleus: bool = False) -> None:
+        self.tallies.setdefault(slide_folder(path, labelled), LabTally()).add(top, score, no_nucleus)
 
     @property
     def run(self) -> LabTally:
         """The whole run's tally: every folder's together."""
         folders = self.tallies.values()
-        return LabTally(sum(t.n for t in folders), sum(t.confidence_sum for t in folders), array("d", (v for t in folders for v in t.scores)))
+        return LabTally(
+            sum(t.n for t in folders),
+            sum(t.confidence_sum for t in folders),
+            array("d", (v for t in folders for v in t.scores)),
+            sum(t.no_nucleus for t in folders),
+        )
 
     def warnings(self, lab_check: dict, what: str = "images") -> list[dict]:
         """``{"folder", "n", "lab_warning"}`` for each folder whose cells the check finds unlike the training labs, in
@@ -727,7 +753,8 @@ class Classifier:
         predictions = list(predictions)  # a generator would be spent by the first pass
         scores = [p.other_score for p in predictions if p.other_score is not None]
         top = sum(float(np.max(p.probs)) for p in predictions)
-        return tally_lab_warning(len(predictions), top, scores, self.meta.lab_check, what)
+        no_nucleus = sum(has_no_nucleus(p.other_reason) for p in predictions)
+        return tally_lab_warning(len(predictions), top, scores, self.meta.lab_check, what, no_nucleus)
 
     def info(self) -> dict:
         """What a report says about the model and the runtime."""

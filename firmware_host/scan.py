@@ -63,7 +63,7 @@ from firmware_host.locate import (
 from firmware_host.metadata import edgecell_version
 from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import decode_rgb, read_bytes, rgb_array, warnings_about
-from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, label_text
+from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, label_text
 
 JSON_FORMAT = "edgecell-scan/1"
 """The first member of ``scan --json``'s report: what it is and the version of its layout, for a script to check."""
@@ -379,7 +379,7 @@ class ScanSummary:
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
-                self.labs.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"))
+                self.labs.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"), has_no_nucleus(c.get("other_reason", "")))
 
     @property
     def lab_warning(self) -> str | None:

@@ -379,3 +379,32 @@ def test_scan_other_threshold_option(other, tmp_path):
     assert len(cells) == 2 and all(c["label"] == "other" and c["flag"] == expected_flag(c) for c in cells)
     res = CliRunner().invoke(cli, [*args, "--other-threshold", "-1"])
     assert res.exit_code == 2 and "--other-threshold" in res.output
+
+
+def test_lab_warning_says_when_most_cells_show_no_stained_nucleus(other, tmp_path):
+    """Cells with their colours in another order (BGR, as OpenCV writes them): every one is `other` by the nucleus
+    check, and the run's one line says why (a review: 40 such cells, all flagged, and no word of the cause); the same
+    cells in their colours say nothing."""
+    from firmware_host.classify import classify_paths
+    from firmware_host.runtime import NO_NUCLEUS_ADVICE
+    from tests._fields import draw_field
+
+    folder, _, _ = other
+    model = copy_model(folder / "model_float32.tflite", tmp_path / "model")
+    meta = read_metadata(model)
+    meta.lab_check = {"min_mean_confidence": 0.0, "batch": 20}  # the confidence test never fires
+    meta.other_score = meta.other_score | {"nucleus_max_offset": 45.0}
+    write_metadata(model, meta)
+    for k in range(24):
+        cell = draw_field([(160, 120)], [(40, 40), (280, 200)], seed=k, size=(320, 240))
+        save_jpeg(tmp_path / "rgb" / f"{k}.jpg", cell)
+        save_jpeg(tmp_path / "swapped" / f"{k}.jpg", np.ascontiguousarray(cell[..., [1, 0, 2]]))  # red and green swapped
+    rows = []
+    swapped = classify_paths(model, [str(tmp_path / "swapped")], on_result=lambda p, r: rows.append(r))
+    assert all("no whole stained nucleus" in r["other_reason"] for r in rows) and len(rows) == 24
+    assert swapped.lab_warning == f"24 of these 24 images show no stained nucleus where a white cell's should be: {NO_NUCLEUS_ADVICE}"
+    clf = Classifier.load(model)
+    assert clf.lab_warning(clf.classify_file(tmp_path / "swapped" / f"{k}.jpg") for k in range(24)) == swapped.lab_warning
+    assert classify_paths(model, [str(tmp_path / "rgb")]).lab_warning is None
+    mixed = [clf.classify_file(tmp_path / d / f"{k}.jpg") for d, k in [("swapped", k) for k in range(12)] + [("rgb", k) for k in range(12)]]
+    assert clf.lab_warning(mixed) is None  # half of them: a slide with debris and platelets may come near it
