@@ -296,6 +296,7 @@ def by_source(
     """
     from edgecell.metrics import compute
     from firmware_host.otherscore import decide
+    from firmware_host.preprocess import no_nucleus
     from firmware_host.runtime import lab_warning
 
     pred = decide(probs, scores, other_threshold, classes, nucleus_offsets=offsets, nucleus_max=nucleus_max)
@@ -321,7 +322,8 @@ def by_source(
         g = group(mask)
         g["macro_f1"] = compute(y[mask], probs[mask], classes, pred[mask])["macro_f1"]
         median = float(np.median(scores[mask])) if scores is not None else None
-        g["lab_warning"] = lab_warning(float(probs[mask].max(axis=1).mean()), g["n"], lab_check or {}, median)
+        bare = int(no_nucleus(np.asarray(offsets)[mask], nucleus_max).sum()) if offsets is not None and nucleus_max is not None else 0
+        g["lab_warning"] = lab_warning(float(probs[mask].max(axis=1).mean()), g["n"], lab_check or {}, median, no_nucleus=bare)
         out_src[s] = g
     return {
         "threshold": threshold,

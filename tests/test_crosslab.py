@@ -469,6 +469,11 @@ def test_by_source_says_which_source_the_lab_check_would_warn_on():
     rep = by_source(np.zeros(6, int), probs, classes, ["home"] * 3 + ["away"] * 3, ["basophil"] * 6, 0.7, scores, 30.0, lab_check=check)
     assert rep["by_source"]["home"]["lab_warning"] is None
     assert "(median never-seen score 21.00, above 10.00)" in rep["by_source"]["away"]["lab_warning"]
+    # home's cells with no stained nucleus (two of three above the nucleus check's limit): said as such, as classify does
+    offsets = np.array([80.0, 90.0, 5.0, 5.0, 5.0, 5.0])
+    rep = by_source(np.zeros(6, int), probs, classes, ["home"] * 3 + ["away"] * 3, ["basophil"] * 6, 0.7, scores, 30.0, offsets, 45.0, lab_check=check)
+    assert rep["by_source"]["home"]["lab_warning"].startswith("2 of these 3 images show no stained nucleus where a white cell's should be")
+    assert "(median never-seen score 21.00, above 10.00)" in rep["by_source"]["away"]["lab_warning"]
 
 
 def test_labcheck_benchmark_counts_the_sets_each_rule_fires_on():
