@@ -328,9 +328,24 @@ def rgb_array(rgb: np.ndarray, path: str | os.PathLike, hint: str = "") -> np.nd
     return np.ascontiguousarray(rgb)
 
 
-def check_exposure(rgb: np.ndarray, path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """``rgb`` (uint8, ``(H, W, 3)``) unchanged, or an :class:`ImageError` when it is too dark to read (:data:`DIM_LEVEL`).
-    Read on a grid of about 4,096 pixels, so it costs microseconds even for a whole field of view."""
+DARK_CAUSES = {
+    "8-bit": "underexposed (take it again with more light)",
+    "float": "a float image's values are read as levels of 0-255, so values of 0-1 are black (save it at 8 bits, 0-255)",
+    "": "underexposed, or a 10- to 14-bit camera's values saved in a 16-bit file unscaled (save it at 8 bits, or scaled to 16)",
+}
+"""Why an image may be nearly black, for :func:`check_exposure`: by what it was (``"8-bit"``: a JPEG or a uint8 array,
+``"float"``: Pillow's mode F; ``""``: any other file, which may have been 16-bit: Pillow reads a 48-bit TIFF as RGB)."""
+
+
+def dark_kind(img: Image.Image) -> str:
+    """The key of :data:`DARK_CAUSES` for an image opened by Pillow."""
+    return "float" if img.mode == "F" else "8-bit" if img.format in JPEG_FORMATS else ""
+
+
+def check_exposure(rgb: np.ndarray, path: str | os.PathLike, what: str = "image", kind: str = "8-bit") -> np.ndarray:
+    """``rgb`` (uint8, ``(H, W, 3)``) unchanged, or an :class:`ImageError` when it is too dark to read (:data:`DIM_LEVEL`),
+    with the likely cause for an image of its ``kind`` (:data:`DARK_CAUSES`). Read on a grid of about 4,096 pixels,
+    so it costs microseconds even for a whole field of view."""
     h, w = rgb.shape[:2]
     step = max(1, math.isqrt(h * w // 4096))
     brightest = rgb[::step, ::step].max(axis=2).ravel()
@@ -338,8 +353,7 @@ def check_exposure(rgb: np.ndarray, path: str | os.PathLike, what: str = "image"
     top = int(np.partition(brightest, k)[k])
     if top < DIM_LEVEL:
         raise ImageError(
-            f"{what} is nearly black (its brightest pixels at {top} of 255, a smear's background {DIM_LEVEL} or more): underexposed, "
-            "or a 10- to 14-bit camera's values saved in a 16-bit file unscaled (save it at 8 bits, or scaled to 16)",
+            f"{what} is nearly black (its brightest pixels at {top} of 255, a smear's background {DIM_LEVEL} or more): " + DARK_CAUSES[kind],
             path,
         )
     return rgb
@@ -357,13 +371,14 @@ def image_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarr
     give: upright by its EXIF orientation, transparency on white, 16-bit scaled, the same size limits. ``path`` only
     names it in an :class:`ImageError`."""
     _check_size(*img.size, path)
+    kind = dark_kind(img)
     try:
         rgb = _pixels(_to_rgb(ImageOps.exif_transpose(img)))
     except MemoryError:
         raise ImageError("not enough memory to convert this image", path) from None
     except Exception as exc:
         raise ImageError(f"cannot convert image to RGB ({first_line(exc)})", path) from None
-    return check_exposure(rgb, path)
+    return check_exposure(rgb, path, kind=kind)
 
 
 def unread_jpeg(img: Image.Image) -> bytes | str | None:
@@ -394,6 +409,7 @@ def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.n
             img.draft("RGB", (draft, draft))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # not a copy: a 50-megapixel image is 150 MB more at the peak
+        kind = dark_kind(img)
         rgb = _pixels(_to_rgb(img))
     except ImageError:
         raise
@@ -411,7 +427,7 @@ def _decode_rgb(data: bytes, draft: int | None, path: str | os.PathLike) -> np.n
             # (the second: a JPEG cut off inside its header)
             raise ImageError("the file ends early (truncated: a copy or a camera's write cut short?); copy it again", path) from None
         raise ImageError(f"cannot decode image ({reason})", path) from None
-    return check_exposure(rgb, path)
+    return check_exposure(rgb, path, kind=kind)
 
 
 def decode(data: bytes, size: int, path: str | os.PathLike = "<bytes>") -> np.ndarray:

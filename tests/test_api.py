@@ -129,8 +129,13 @@ def test_classify_takes_a_path_a_pil_image_of_any_mode_or_an_array(models, data)
         (np.zeros((32, 32), np.uint8), "expected (H, W, 3) uint8 RGB"),
         (np.zeros((32, 32, 3), np.float32), "expected (H, W, 3) uint8 RGB"),
         (Image.new("RGB", (2, 40)), "too small to hold a cell"),
-        (np.full((32, 32, 3), 20, np.uint8), "array is nearly black"),
-        (Image.new("I;16", (32, 32), 4000), "image is nearly black"),  # a 12-bit camera's values in a 16-bit image
+        (np.full((32, 32, 3), 20, np.uint8), "array is nearly black (its brightest pixels at 20 of 255, a smear's background 64 or more): underexposed"),
+        (
+            Image.new("I;16", (32, 32), 4000),
+            "image is nearly black (its brightest pixels at 16 of 255, a smear's background 64 or more): underexposed, or a 10- to 14-bit camera's",
+        ),
+        (Image.new("F", (32, 32), 0.8), "a float image's values are read as levels of 0-255, so values of 0-1 are black"),  # not a camera's bits (a review)
+        (Image.new("RGB", (32, 32), (20, 20, 20)), "nearly black (its brightest pixels at 20 of 255, a smear's background 64 or more): underexposed, or a 10"),
         (None, "cannot classify a NoneType"),
         (b"\xff\xd8 not a path", "no such file"),
         (b"\xff\xd8\x00 damaged", "not an image Pillow can read"),

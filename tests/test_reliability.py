@@ -334,8 +334,8 @@ def test_an_image_too_dark_to_read_is_refused_with_the_likely_cause(tmp_path):
     from firmware_host.preprocess import DIM_LEVEL, check_exposure
 
     cell = cell_like(3, (60, 60))
-    for data in (tiff_rgb48(cell.astype(np.uint16) * 16), jpeg_bytes(cell // 5)):
-        with pytest.raises(ImageError, match=r"nearly black \(its brightest pixels at \d+ of 255.*16-bit file unscaled") as err:
+    for data, cause in ((tiff_rgb48(cell.astype(np.uint16) * 16), "16-bit file unscaled"), (jpeg_bytes(cell // 5), r"underexposed \(take it again")):
+        with pytest.raises(ImageError, match=r"nearly black \(its brightest pixels at \d+ of 255.*" + cause) as err:
             decode_rgb(data, 40, tmp_path / "dark.tif")
         assert str(tmp_path / "dark.tif") in str(err.value)
     grey12 = io.BytesIO()
