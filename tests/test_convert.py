@@ -235,6 +235,7 @@ def test_export_folder_has_models_sidecars_and_parity(converted, run_copy):
         assert meta.sha256 == sha256_file(export / f"model_{prec}.tflite")
         assert meta.classes == run_meta["classes"] and meta.input_size == run_meta["input_size"] == 48
         assert meta.temperature == run_meta["temperature"]
+        assert meta.lab_check == run_meta["lab_check"] and "min_mean_confidence" in meta.lab_check  # the Pi's lab check
         assert meta.preprocessing["version"] == PREPROCESSING_VERSION
         assert meta.source["keras_sha256"] == sha256_file(run_copy / "model.keras")
         assert meta.source["dataset_fingerprint"] == run_meta["dataset"]["fingerprint"]

@@ -108,9 +108,13 @@ def test_train_records_the_score_and_convert_exports_it(other_run):
     meta = json.loads((other_run / "run" / "metadata.json").read_text())
     score = OtherScore.from_dict(meta["other_score"])
     assert "other" in meta["classes"] and score.share == 0.01 and score.dim == 32
+    # the lab check reads the validation cells' never-seen scores: the limit a new lab's sets pass lies above their median
+    check = meta["lab_check"]
+    assert check["max_median_score"] > check["validation_median_score"] > 0 and 0 < check["min_mean_confidence"] < 1
     for prec in ("float32", "int8"):
         model = other_run / "run" / "export" / f"model_{prec}.tflite"
         assert read_metadata(model).other_score == meta["other_score"]
+        assert read_metadata(model).lab_check == check  # travels with the model to the Pi
         it, _ = load_interpreter(model_content=model.read_bytes(), num_threads=1)
         assert sorted(int(np.prod(o["shape"])) for o in it.get_output_details()) == sorted([len(meta["classes"]), 32])
         # the file is the network for one image; the sidecar tells the runtime to run it on the four views
