@@ -21,8 +21,6 @@ from tests._tflite_fixtures import CLASSES, copy_model, labelled_folder, save_jp
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "bloodcells"
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -465,11 +463,12 @@ print('tensorflow' in sys.modules, 'keras' in sys.modules)
 
 @pytest.mark.realdata
 def test_real_images_classify(models, tmp_path):
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real data set not found at {REAL_DATA}")
+    from tests._realdata import real_data_or_skip
+
+    real = real_data_or_skip()
     files = []
     for c in CLASSES:
-        files += sorted((REAL_DATA / c).glob("*.jpg"))[:3]
+        files += sorted((real / c).glob("*.jpg"))[:3]
     assert len(files) == 15, "expected at least 3 JPEGs per class"
     out = tmp_path / "real.json"
     r = run("classify", "--model", models.export, *files, "--json", out)
