@@ -53,6 +53,7 @@ def test_classify_job_predictions_equal_the_classifier(models, data):
     clf = Classifier.load(models.int8, threads=1)
     with ClassifyJob(ClassifyOptions(str(models.int8), (str(data / "myeloblast"),), threads=1)) as job:
         rows = [r for _, r in job]
+    assert len(rows) == 2
     for r in rows:
         np.testing.assert_allclose([r["probs"][c] for c in CLASSES], clf.classify_file(r["path"]).probs, atol=1e-7)
 

@@ -439,6 +439,11 @@ def test_audit_and_evaluate_read_a_split_csv_with_odd_names(odd_run, tmp_path):
     assert res.exit_code == 0, res.output
     res = cli_run("evaluate", odd_run["run"], "--out", tmp_path / "ev", "--json", tmp_path / "e.json")
     assert res.exit_code == 0, res.output
+    with open(odd_run["run"] / "split.csv", newline="", encoding="utf-8") as fh:
+        test_files = {r["file"] for r in csv.DictReader(fh) if r["split"] == "test"}
+    records = [json.loads(line) for line in Path(json.loads((tmp_path / "e.json").read_text())["outputs"]["predictions"]).read_text().splitlines()]
+    assert json.loads((tmp_path / "a.json").read_text())["n"]["test"] == len(test_files)  # audit read every test row too
+    assert {r["file"] for r in records} == test_files and any(any(ch in f for ch in ',"\r\n') for f in test_files)  # odd ones read
 
 
 def test_convert_reads_a_split_csv_with_odd_names(odd_run, tmp_path):
