@@ -702,9 +702,9 @@ def evaluate(
                 probs,
                 on_step=lambda name: bar.update(task, advance=1, description=f"stain shift: {name}"),
             )
-    from firmware_host.metadata import edgecell_version
+    from firmware_host.metadata import report_head
 
-    m = {"format": JSON_FORMAT, "edgecell_version": edgecell_version(), **m}
+    m = report_head(JSON_FORMAT) | m
     out = Path(out_dir) if out_dir else ((target.run_dir or target.model_path.parent) / EVALUATION_DIR)
     stem = output_stem(target.kind, split, sp.folders)
     records = image_records(sp, cal, target.classes, DEFAULT_THRESHOLD, scores, thr, nucleus_max)

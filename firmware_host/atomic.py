@@ -24,6 +24,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -444,10 +445,10 @@ def _note_left_over(target: Path, folder: bool = True) -> None:
     ends by an error or Ctrl-C removes its own); they are not removed here, since another run may be writing one now."""
     staging, aside = STAGING.format(target.name), MOVED_ASIDE.format(target.name)
 
+    temp_file = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")  # _new_temp's file names
+
     def left(name: str) -> bool:
-        if folder:
-            return name.startswith((staging, aside))
-        return name.startswith(f".{target.name}.") and ".tmp" in name[len(target.name) + 2 :]  # _new_temp's file names
+        return name.startswith((staging, aside)) if folder else temp_file.fullmatch(name) is not None
 
     try:
         names = sorted(e.name for e in os.scandir(target.parent) if left(e.name))

@@ -32,7 +32,7 @@ from firmware_host import atomic
 from firmware_host.atomic import check_outputs, check_writable, csv_dict_writer, json_text
 from firmware_host.decode import default_workers, use_processes
 from firmware_host.errors import ImageError
-from firmware_host.metadata import edgecell_version, model_reads
+from firmware_host.metadata import model_reads, report_head
 from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, left_out, path_list, path_reads
 from firmware_host.runtime import (
     DEFAULT_THRESHOLD,
@@ -358,7 +358,7 @@ class ClassifyJob:
             if opts.csv_out:
                 self._csv = CsvStream(self._stack.enter_context(text_output(opts.csv_out)), classes)
             if opts.json_out:
-                head = {"format": JSON_FORMAT, "edgecell_version": edgecell_version(), "model": self.classifier.info(), "threshold": opts.threshold}
+                head = report_head(JSON_FORMAT) | {"model": self.classifier.info(), "threshold": opts.threshold}
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
             if opts.report_out:

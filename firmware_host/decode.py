@@ -47,10 +47,6 @@ CELL_WORKER_MB = 80
 """Memory a worker process classifying single-cell images takes: about 56 MB resident (Python, numpy, Pillow, LiteRT
 and the model, after 50 images; x86), with room."""
 
-FIELD_WORKER_MB = 400
-"""Memory a worker process scanning fields may take: 397 MB at its peak for a 48-megapixel JPEG, the size of a
-phone's largest photos (:data:`~firmware_host.preprocess.MAX_PIXELS` is 50 megapixels), 154 MB for 12 megapixels."""
-
 
 def available_mb() -> float | None:
     """The memory the kernel says new work can take without swapping (``MemAvailable``), in MB; None where it

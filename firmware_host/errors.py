@@ -59,8 +59,8 @@ class FolderCreated(OutputNote):
 
 
 class LeftOver(OutputNote):
-    """A staging folder beside an output, left by a run that was killed or lost its power before it could clean up
-    (a run ended by Ctrl-C or an error removes its own): it may hold gigabytes, or the previous results."""
+    """A staging folder or temporary file beside an output, left by a run that was killed or lost its power before it
+    could clean up (a run ended by Ctrl-C or an error removes its own): it may hold gigabytes, or the previous results."""
 
 
 warnings.filterwarnings("ignore", category=OutputNote)

@@ -107,11 +107,20 @@ def unsearchable(rgb: np.ndarray, cell_size: float | None) -> str | None:
 
 
 SMALL_RED_CELLS = 0.4
-"""An empty field whose red cells (:func:`red_cell_size`) are under this share of their size at ``cell_size``'s
-magnification was taken at a lower one. BCCD's fields one by one at the right magnification: 0.79-1.59 of it (356
-fields), 0.45 and more upscaled to a phone's 4032x3024; at half the magnification 0.50-0.78, at a quarter 0.25-0.30
-(a review's variants), where the search found no white cell at all and the run-wide :func:`size_warning` needs
-:data:`MIN_FIELDS_SIZED` fields."""
+"""A field whose red cells (:func:`red_cell_size`) are under this share of their size at ``cell_size``'s
+magnification was taken at a lower one (:func:`empty_reason` for a field without a white cell,
+:func:`small_cells_reason` for one with). BCCD's fields one by one at the right magnification: 0.79 of it and more
+(356 fields), 0.45 and more upscaled to a phone's 4032x3024; at half the magnification 0.50-0.78, at a quarter
+0.25-0.30 (a review's variants), where the search found no white cell at all and the run-wide :func:`size_warning`
+needs :data:`MIN_FIELDS_SIZED` fields."""
+
+
+def red_cells_small(red_cells: float | None, size: float) -> bool:
+    """Whether red cells measured at ``red_cells`` (:func:`red_cell_size`) say a much lower magnification than a
+    white-cell diameter of ``size`` does (:data:`SMALL_RED_CELLS`)."""
+    return red_cells is not None and red_cells < SMALL_RED_CELLS * TYPICAL_RED_CELL * size
+
+
 LOW_CONTRAST = 35
 """An empty field whose brightness (the mean of R, G and B) spans fewer levels than this between its 1st and 99th
 percentiles is washed out. BCCD's 364 fields span 37-96 (one at 37, the next 42). Made hazy (half the contrast, plus
@@ -144,7 +153,7 @@ def empty_reason(rgb: np.ndarray, cell_size: float | None, red_cells: float | No
             "as in 640x480 fields at 100x): if this camera's cells are smaller, give --cell-size PX"
         )
     size = cell_size or default_cell_size(w, h)
-    if red_cells is not None and red_cells < SMALL_RED_CELLS * TYPICAL_RED_CELL * size:
+    if red_cells_small(red_cells, size):
         return (
             f"no white cell of about {size:.0f} px across, but the red cells here are as at a lower magnification "
             f"(white cells about {red_cells / TYPICAL_RED_CELL:.0f} px across): give --cell-size auto, or the white cells' diameter"
@@ -164,7 +173,7 @@ def small_cells_reason(w: int, h: int, cell_size: float | None, red_cells: float
     which no field at the right magnification came near). One photo at a lower magnification (a phone's, of a 40x
     field) found one "cell" where nine were; the run-wide :func:`size_warning` needs :data:`MIN_FIELDS_SIZED` fields."""
     size = cell_size or default_cell_size(w, h)
-    if red_cells is None or red_cells >= SMALL_RED_CELLS * TYPICAL_RED_CELL * size:
+    if not red_cells_small(red_cells, size):
         return None
     return (
         f"the red cells here are as at a lower magnification (white cells about {red_cells / TYPICAL_RED_CELL:.0f} px across, "

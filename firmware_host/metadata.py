@@ -391,6 +391,12 @@ def edgecell_version() -> str:
         return "unknown"
 
 
+def report_head(fmt: str) -> dict:
+    """The first members of a JSON report: ``format`` (what it is and its layout's version, as ``edgecell-classify/1``)
+    and the ``edgecell_version`` that wrote it, for a script to check what it reads."""
+    return {"format": fmt, "edgecell_version": edgecell_version()}
+
+
 def _older_version_advice(exported_by: str | None) -> str:
     """What to do with a model this runtime refuses for its preprocessing: retrain it, or classify with the edgecell
     version that exported it, when that is another version (a sidecar edited by hand, or written by a build of this

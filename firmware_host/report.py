@@ -351,8 +351,8 @@ class ReportWriter:
         )
 
     def add_field(self, file: str | os.PathLike, image: np.ndarray, note: str | None = None) -> int:
-        """Add a field of view (RGB uint8, full resolution; ``note``: why a field without a cell may have one after
-        all, shown under it); returns its index for :meth:`add_cell`."""
+        """Add a field of view (RGB uint8, full resolution; ``note``: why cells may have been missed in it, shown under
+        it); returns its index for :meth:`add_cell`."""
         h, w = image.shape[:2]
         jpeg = thumbnail_jpeg(image, FIELD_PX, FIELD_QUALITY)
         self.fields.append(_Field(page_text(os.fspath(file)), int(w), int(h), self._store(jpeg), note=None if note is None else page_text(note)))

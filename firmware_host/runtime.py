@@ -176,7 +176,8 @@ def lab_warning(mean_confidence: float, n: int, lab_check: dict, median_score: f
     camera or magnification, or cells the model knows in another lab's look only), and the model's answers there
     are less reliable than its test figures say. ``what`` names the ``n`` things ("images"; scan's "cells").
     The advice that ends the line is :func:`lab_advice`'s. First, ``no_nucleus``: how many of the ``n`` hold no whole
-    stained nucleus; more than :data:`NO_NUCLEUS_SHARE` of them is said as such (:data:`NO_NUCLEUS_ADVICE`).
+    stained nucleus; more than :data:`NO_NUCLEUS_SHARE` of them is said as such (:data:`NO_NUCLEUS_ADVICE`). Like the
+    two tests, only for a model with a lab check (every run trained since it was added) and a set of ``batch`` or more.
     """
     if not lab_check or n < int(lab_check.get("batch", 1)):
         return None

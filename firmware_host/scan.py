@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import io
 import os
+import stat
 import statistics
 import time
 import warnings
@@ -41,7 +42,7 @@ from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
 from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_lab_warnings
-from firmware_host.decode import FIELD_WORKER_MB, _process_pool, default_workers, ordered_chunks, use_processes
+from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
     AUTO,
@@ -60,10 +61,36 @@ from firmware_host.locate import (
     unsearchable,
     white_point,
 )
-from firmware_host.metadata import edgecell_version
+from firmware_host.metadata import report_head
 from firmware_host.paths import label_for, left_out, path_list
-from firmware_host.preprocess import decode_rgb, read_bytes, rgb_array, warnings_about
+from firmware_host.preprocess import MAX_PIXELS, decode_rgb, read_bytes, rgb_array, warnings_about
 from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, label_text
+
+FIELD_WORKER_MB = (73.0, 6.75)
+"""Memory a worker process scanning fields takes at its peak, in MB: the first number and the second per megapixel of
+the largest field (154 MB for a 12-megapixel JPEG, 397 MB for a 48-megapixel one, measured by a review)."""
+FIELDS_SIZED = 64
+""":func:`field_worker_mb` reads the headers of this many fields (a clinic's camera makes fields of one size)."""
+
+
+def field_worker_mb(paths: Sequence[str]) -> float:
+    """The memory a worker process scanning ``paths`` may take (:data:`FIELD_WORKER_MB`), from the largest of the first
+    :data:`FIELDS_SIZED` fields' sizes, read from their headers (regular files only: a pipe would block); the largest
+    field allowed (:data:`~firmware_host.preprocess.MAX_PIXELS`) when none can be read."""
+    most = 0
+    for p in list(paths)[:FIELDS_SIZED]:
+        try:
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a decompression bomb's header is not opened further
+                with Image.open(p) as im:
+                    most = max(most, im.size[0] * im.size[1])
+        except Exception:  # unreadable here: scanning it says why
+            continue
+    base, per_megapixel = FIELD_WORKER_MB
+    return base + per_megapixel * (most or MAX_PIXELS) / 1e6
+
 
 JSON_FORMAT = "edgecell-scan/1"
 """The first member of ``scan --json``'s report: what it is and the version of its layout, for a script to check."""
@@ -280,7 +307,7 @@ def scan_many(
     """
     from firmware_host.runtime import _init_worker_classifier
 
-    workers = workers or default_workers(FIELD_WORKER_MB)
+    workers = workers or default_workers(field_worker_mb(paths))
     pool = None
     data = getattr(clf, "_model_bytes", None)
     if data is not None and use_processes(paths, workers, processes):
@@ -567,7 +594,7 @@ class ScanJob:
         for exc in self.path_errors:
             self.summary.add(FieldResult(file=exc.path, error=exc.reason))
         self._processes = None if opts.threads is None else False
-        self.workers = default_workers(FIELD_WORKER_MB)
+        self.workers = default_workers(field_worker_mb(self.paths))
         self.processes = use_processes(self.paths, self.workers, self._processes)
         self.annotator: Annotator | None = None
         self._stack = contextlib.ExitStack()
@@ -582,13 +609,7 @@ class ScanJob:
             if opts.csv_out:
                 self._csv = CellCsv(self._stack.enter_context(text_output(opts.csv_out)))
             if opts.json_out:
-                head = {
-                    "format": JSON_FORMAT,
-                    "edgecell_version": edgecell_version(),
-                    "model": self.classifier.info(),
-                    "threshold": opts.threshold,
-                    "cell_size": opts.cell_size,
-                }
+                head = report_head(JSON_FORMAT) | {"model": self.classifier.info(), "threshold": opts.threshold, "cell_size": opts.cell_size}
                 indent = 2 if len(self.paths) <= JSON_INDENT_MAX_RESULTS else None
                 self._json = JsonStream(self._stack.enter_context(text_output(opts.json_out)), head, indent=indent)
             if self.report is not None:

@@ -741,3 +741,19 @@ def test_data_notes_print_folder_names_as_they_are(tmp_path):
     out = io.StringIO()
     report_skipped(data.scan(root), Console(file=out, width=400))
     assert f"note: {root}: 1 image(s) (x.png) lie beside its class folders" in out.getvalue()
+
+
+def test_folder_lab_warnings_beyond_those_shown_are_counted():
+    """A day of many slides: the first folders' warnings are printed, the rest counted (a warning may be the lab check's
+    or the no-nucleus line, so the count says 'a lab warning', not why)."""
+    import io
+
+    from rich.console import Console
+
+    from edgecell.views.classify import FOLDER_WARNINGS_SHOWN, print_lab_warnings
+
+    con = Console(record=True, width=200, file=io.StringIO())
+    print_lab_warnings(con, None, [{"folder": f"slide{k}", "lab_warning": "x"} for k in range(FOLDER_WARNINGS_SHOWN + 2)])
+    text = con.export_text()
+    assert text.count("warning: slide") == FOLDER_WARNINGS_SHOWN
+    assert "warning: and 2 more folder(s) with a lab warning (all are in --json and --csv)" in text

@@ -382,9 +382,10 @@ def test_scan_other_threshold_option(other, tmp_path):
 
 
 def test_lab_warning_says_when_most_cells_show_no_stained_nucleus(other, tmp_path):
-    """Cells with their colours in another order (BGR, as OpenCV writes them): every one is `other` by the nucleus
-    check, and the run's one line says why (a review: 40 such cells, all flagged, and no word of the cause); the same
-    cells in their colours say nothing."""
+    """Cells with their colours in another order: every one is `other` by the nucleus check, and the run's one line
+    says why (a review: 40 real cells in BGR, as OpenCV writes them, all flagged, and no word of the cause); the same
+    cells in their colours say nothing. Red and green are swapped here: the drawn cells' nucleus stays violet enough
+    in BGR (offset 22), real cells do not (52-87 degrees, 150 of 150 of ../shared's)."""
     from firmware_host.classify import classify_paths
     from firmware_host.runtime import NO_NUCLEUS_ADVICE
     from tests._fields import draw_field

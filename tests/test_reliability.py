@@ -943,8 +943,8 @@ def test_a_temporary_file_a_killed_classify_left_is_named(models, labelled, tmp_
     out = tmp_path / "r.json"
     stale = tmp_path / ".r.json.k2j3x9_a.tmp.json"  # as atomic_path names it
     stale.write_text('{"model": ')
-    unrelated = tmp_path / ".r.jsonl.tmp"  # another output's name: not this one's
-    unrelated.write_text("")
+    for unrelated in (".r.jsonl.tmp", ".r.json.csv.ab12cd34.tmp.csv", ".r.json.notes.tmp"):  # other outputs' or a person's
+        (tmp_path / unrelated).write_text("")
     res = cli_run("classify", "--model", models.int8, labelled, "--json", out)
     assert res.exit_code == 0, res.output
     said = [line for line in res.output.splitlines() if line.startswith("note:")]

@@ -935,29 +935,30 @@ def test_an_empty_field_says_when_cells_may_have_been_missed(models, tmp_path):
 
 def test_worker_processes_are_as_many_as_memory_holds(models, tmp_path, monkeypatch):
     """A Pi Zero 2 has 4 cores and 512 MB: four workers scanning 48-megapixel photos would be killed for memory one
-    by one (a review measured 397 MB for one). scan starts no more workers than the available memory holds, down to
-    none (the fields are scanned in this process); classify's single cells take less each."""
+    by one (a review measured 397 MB for one). scan starts no more workers than the available memory holds for fields
+    of the size given (read from their headers), down to none (the fields are scanned in this process); a 1 GB Pi
+    keeps its four workers for a microscope camera's small fields."""
     from firmware_host import decode
-    from firmware_host.scan import ScanJob, ScanOptions
+    from firmware_host.scan import MAX_PIXELS, ScanJob, ScanOptions, field_worker_mb
+    from tests.test_reliability import png_header_only
 
     monkeypatch.setattr(decode.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(decode, "available_mb", lambda: 24_000.0)
-    assert decode.default_workers(decode.FIELD_WORKER_MB) == 4 and decode.default_workers() == 4
-    monkeypatch.setattr(decode, "available_mb", lambda: 900.0)
-    assert decode.default_workers(decode.FIELD_WORKER_MB) == 2 and decode.default_workers() == 4
-    monkeypatch.setattr(decode, "available_mb", lambda: 350.0)
-    assert decode.default_workers(decode.FIELD_WORKER_MB) == 1 and decode.default_workers() == 4
-    monkeypatch.setattr(decode, "available_mb", lambda: None)  # not Linux: the cores
-    assert decode.default_workers(decode.FIELD_WORKER_MB) == 4
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for k in range(300):  # enough for worker processes
-        (fields / f"f{k:03d}.png").write_bytes(b"")
-    job = ScanJob(ScanOptions(str(models.export), (str(fields),)))
-    assert job.workers == 4 and job.processes  # as many as the cores, when memory allows
-    monkeypatch.setattr(decode, "available_mb", lambda: 350.0)
-    job = ScanJob(ScanOptions(str(models.export), (str(fields),)))
-    assert job.workers == 1 and not job.processes
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, (w, h) in ((small, (640, 480)), (large, (8000, 6000))):
+        folder.mkdir()
+        for k in range(300):  # enough for worker processes
+            (folder / f"f{k:03d}.png").write_bytes(png_header_only(w, h) + k.to_bytes(2, "big"))  # distinct files
+    small_mb, large_mb = field_worker_mb(sorted(map(str, small.iterdir()))), field_worker_mb(sorted(map(str, large.iterdir())))
+    assert 73 < small_mb < 80 and 390 < large_mb < 400  # 154 MB at 12 MP, 397 at 48, measured
+    assert field_worker_mb([str(tmp_path / "missing.png"), str(tmp_path)]) == field_worker_mb([]) > 400  # unknown: the largest
+    assert round(field_worker_mb([]) - 73, 6) == round(6.75 * MAX_PIXELS / 1e6, 6)
+    for free, on_small, on_large in ((24_000.0, 4, 4), (700.0, 4, 1), (350.0, 4, 1), (None, 4, 4)):  # None: not Linux
+        monkeypatch.setattr(decode, "available_mb", lambda free=free: free)
+        assert decode.default_workers(small_mb) == on_small and decode.default_workers(large_mb) == on_large, free
+        jobs = [ScanJob(ScanOptions(str(models.export), (str(folder),))) for folder in (small, large)]
+        assert [j.workers for j in jobs] == [on_small, on_large] and [j.processes for j in jobs] == [on_small > 1, on_large > 1]
+    monkeypatch.setattr(decode.os, "cpu_count", lambda: None)  # cores unknown: one, as before
+    assert decode.default_workers() == 1
 
 
 def test_available_memory_is_read_on_linux():
@@ -967,3 +968,21 @@ def test_available_memory_is_read_on_linux():
         pytest.skip("MemAvailable is Linux's")
     free = available_mb()
     assert free is not None and 0 < free < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def test_scan_counts_cells_with_no_stained_nucleus_for_the_lab_check():
+    """scan's tally gives the lab check the cells the nucleus check sent to other (edge cells are not counted): more
+    than half of them is said, as classify says it."""
+    from firmware_host.runtime import OTHER_BY_NUCLEUS, OTHER_BY_SCORE
+    from firmware_host.scan import FieldResult, ScanSummary
+
+    def cell(reason: str, edge: bool = False) -> dict:
+        label = "other" if reason else "monocyte"
+        return {"box": [0, 0, 9, 9], "label": label, "confidence": 0.9, "flag": "", "edge": edge, "other_score": None, "other_reason": reason,
+                "top3": [{"label": "monocyte", "prob": 0.9}]}  # fmt: skip
+
+    for reasons, fires in (([OTHER_BY_NUCLEUS] * 3 + [""], True), ([OTHER_BY_NUCLEUS] * 2 + [OTHER_BY_SCORE, ""], False)):
+        s = ScanSummary(classes=["monocyte", "other"], threshold=0.7, lab_check={"min_mean_confidence": 0.0, "batch": 4})
+        s.add(FieldResult(file="f/a.jpg", width=100, height=100, cells=[cell(r) for r in reasons] + [cell(OTHER_BY_NUCLEUS, edge=True)]))
+        assert s.labs.run.n == 4 and s.labs.run.no_nucleus == reasons.count(OTHER_BY_NUCLEUS)
+        assert (s.lab_warning is not None and s.lab_warning.startswith("3 of these 4 cells show no stained nucleus")) == fires, s.lab_warning

@@ -137,7 +137,7 @@ def print_lab_warnings(err, lab_warning: str | None, folder_warnings) -> None:
         err.print(f"[bold yellow]warning:[/bold yellow] {shown(w['folder'])}: {shown(w['lab_warning'])}", soft_wrap=True, highlight=False)
     if len(folder_warnings) > FOLDER_WARNINGS_SHOWN:
         more = len(folder_warnings) - FOLDER_WARNINGS_SHOWN
-        err.print(f"[bold yellow]warning:[/bold yellow] and {more} more folder(s) look unlike the training labs (all are in --json and --csv)", soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/bold yellow] and {more} more folder(s) with a lab warning (all are in --json and --csv)", soft_wrap=True)
 
 
 def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
