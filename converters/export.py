@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.calibration import DEFAULT_PER_CLASS, MAX_PER_CLASS, CalibrationSet
-from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import DEFAULT_SEED
 from edgecell.runfolder import CALIBRATION_MANIFEST, EXPORT_DIR, EXPORT_OWNED, KERAS_FILE, PARITY_FILE, RUN_MARKER, SPLIT_FILE, RunFolder, recorded_data_reads
-from firmware_host.metadata import Precision
+from firmware_host.metadata import DEFAULT_MAX_DROP, Precision
 
 FULL_RANGE = (0.5, 254.5)
 """An int8 input whose real range does not cover this much of 0-255 clips pixel values (a warning)."""

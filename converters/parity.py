@@ -30,8 +30,6 @@ from firmware_host.errors import EdgecellError
 
 FLOAT32_TOLERANCE = 1e-4
 """Largest |p_tflite - p_keras| allowed for the float32 model, on any class of any image."""
-DEFAULT_MAX_DROP = 1.0
-"""Default ``--max-drop``: percentage points of accuracy an int8 model may lose against Keras."""
 FORMAT = "edgecell-parity/1"
 
 

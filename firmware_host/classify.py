@@ -567,6 +567,8 @@ def model_notes(clf: Classifier) -> list[str]:
             "this model has no `other` class: lymphocytes, eosinophils, platelets and other cells not of its classes are counted as "
             "one of them (train it with folders of those types, which teach `other`)"
         )
+    if clf.meta.loosened:
+        notes.append(f"this model: {clf.meta.loosened}")
     return notes
 
 

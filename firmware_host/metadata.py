@@ -167,6 +167,22 @@ class ModelMetadata:
         )
 
     @property
+    def loosened(self) -> str | None:
+        """What to know of a model whose parity check passed with more accuracy loss allowed than
+        :data:`DEFAULT_MAX_DROP` (``convert --max-drop``), or None."""
+        v = self.verification
+        try:
+            allowed, drop = float(v["max_drop_pp"]), float(v["accuracy_drop_pp"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if v.get("status") != "passed" or allowed <= DEFAULT_MAX_DROP:
+            return None
+        return (
+            f"its parity check allowed {_num(allowed)} points of test accuracy lost against Keras (convert --max-drop; the default "
+            f"is {_num(DEFAULT_MAX_DROP)}); it lost {_num(drop)}"
+        )
+
+    @property
     def unverified(self) -> str | None:
         """Why this model's own parity check says it should not be used, or None.
 
@@ -185,6 +201,11 @@ class ModelMetadata:
         if status not in (None, "passed"):
             return f"its parity check did not finish (status {status!r})"
         return None
+
+
+DEFAULT_MAX_DROP = 1.0
+"""Default ``edgecell convert --max-drop``: percentage points of accuracy an int8 model may lose against Keras. A model
+converted with more allowed says so when it classifies (:meth:`ModelMetadata.loosened`)."""
 
 
 def _num(x) -> str:

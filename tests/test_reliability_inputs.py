@@ -162,6 +162,18 @@ def test_failed_parity_check_is_refused_unless_allowed(models, labelled, tmp_pat
     assert {r["precision"]: bool(r["unverified"]) for r in rows} == {"int8": True, "float32": False}
 
 
+@pytest.mark.parametrize(("allowed", "said"), [(100.0, True), (1.0, False), (0.5, False)])
+def test_a_model_converted_with_its_parity_gate_loosened_says_so(models, labelled, tmp_path, allowed, said):
+    """`convert --max-drop 100` passes any int8 model: classify says how much loss was allowed and how much there was
+    (a review: such a model showed "SHA-256 verified" and a passed status, as one held to the default)."""
+    model = copy_model(models.int8, tmp_path / "export")
+    _sidecar_case(model, _set("verification", {"status": "passed", "accuracy_drop_pp": 0.4, "max_drop_pp": allowed}))
+    res = cli_run("classify", "--model", model, labelled)
+    assert res.exit_code == 0, res.output
+    line = "warning: this model: its parity check allowed 100.00 points of test accuracy lost against Keras (convert --max-drop; the default is 1.00); it lost 0.40"
+    assert (line in res.stderr.splitlines()) == said, res.stderr
+
+
 def test_a_huge_model_file_is_refused_unread(models, labelled, tmp_path):
     model = copy_model(models.int8, tmp_path / "export")
     with open(model, "r+b") as fh:

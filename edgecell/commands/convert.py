@@ -8,8 +8,8 @@ import click
 
 from converters.calibration import DEFAULT_PER_CLASS, MAX_PER_CLASS
 from converters.export import EXPORT_DIR
-from converters.parity import DEFAULT_MAX_DROP
 from edgecell.options import PERCENTAGE_POINTS, check_outputs, data_option, emit_json, json_option, seeded
+from firmware_host.metadata import DEFAULT_MAX_DROP
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
