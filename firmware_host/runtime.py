@@ -68,6 +68,8 @@ PRECISION_PREFERENCE = (Precision.int8, Precision.float32, Precision.float16)
 
 MAX_MODEL_BYTES = 256 << 20
 """No edgecell model comes near this (int8: about 0.1 MiB, float32: under 2 MiB); a larger file is refused unread."""
+PARITY_FIELDS = ("status", "accuracy_drop_pp", "max_drop_pp")
+"""What :meth:`Classifier.info` reports of the sidecar's parity check (``verification``)."""
 DEFAULT_THRESHOLD = 0.7
 """Confidence below which a prediction is flagged as uncertain."""
 
@@ -768,6 +770,8 @@ class Classifier:
             "input_size": self.input_size,
             "temperature": self.temperature,
             "views": self.views,
+            # convert's parity check: its verdict, the int8 accuracy lost against Keras and the loss it allowed
+            "parity": {k: self.meta.verification[k] for k in PARITY_FIELDS if k in self.meta.verification} or None,
             "other_score": {
                 "kind": "mahalanobis",
                 "threshold": self.other_score.threshold,

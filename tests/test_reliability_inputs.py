@@ -167,9 +167,11 @@ def test_a_model_converted_with_its_parity_gate_loosened_says_so(models, labelle
     """`convert --max-drop 100` passes any int8 model: classify says how much loss was allowed and how much there was
     (a review: such a model showed "SHA-256 verified" and a passed status, as one held to the default)."""
     model = copy_model(models.int8, tmp_path / "export")
-    _sidecar_case(model, _set("verification", {"status": "passed", "accuracy_drop_pp": 0.4, "max_drop_pp": allowed}))
-    res = cli_run("classify", "--model", model, labelled)
+    verdict = {"status": "passed", "accuracy_drop_pp": 0.4, "max_drop_pp": allowed}
+    _sidecar_case(model, _set("verification", verdict))
+    res = cli_run("classify", "--model", model, labelled, "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["parity"] == verdict  # for a script too
     line = "warning: this model: its parity check allowed 100.00 points of test accuracy lost against Keras (convert --max-drop; the default is 1.00); it lost 0.40"
     assert (line in res.stderr.splitlines()) == said, res.stderr
 
