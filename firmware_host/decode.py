@@ -48,16 +48,49 @@ CELL_WORKER_MB = 80
 and the model, after 50 images; x86), with room."""
 
 
-def available_mb() -> float | None:
-    """The memory the kernel says new work can take without swapping (``MemAvailable``), in MB; None where it
-    does not say (not Linux)."""
+def available_mb(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> float | None:
+    """The memory new work can take without swapping, in MB: what the kernel says (``MemAvailable``), or less when this
+    process's control group (a container's, a service's ``MemoryMax``) has less left under its limit
+    (:func:`cgroup_free_mb`); None where neither says (not Linux)."""
+    free = None
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        with open(os.path.join(proc, "meminfo"), encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
+                    free = int(line.split()[1]) / 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
+    group = cgroup_free_mb(proc, cgroups)
+    return group if free is None else free if group is None else min(free, group)
+
+
+def cgroup_free_mb(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> float | None:
+    """What this process's memory control group has left under its limit, in MB (cgroup v2's ``memory.max`` less
+    ``memory.current``, or v1's ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``); None without a limit."""
+    try:
+        with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if controllers == "":  # v2: one hierarchy
+            folder, limit_file, used_file = os.path.join(cgroups, path.lstrip("/")), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's hierarchy
+            folder, limit_file, used_file = os.path.join(cgroups, "memory", path.lstrip("/")), "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            with open(os.path.join(folder, limit_file), encoding="ascii") as fh:
+                limit = fh.read().strip()
+            with open(os.path.join(folder, used_file), encoding="ascii") as fh:
+                used = int(fh.read())
+            if limit == "max" or int(limit) >= 1 << 60:  # no limit (v1 writes a huge number)
+                return None
+            return max(0.0, (int(limit) - used) / 2**20)
+        except (OSError, ValueError):
+            continue
     return None
 
 

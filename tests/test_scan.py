@@ -961,6 +961,37 @@ def test_worker_processes_are_as_many_as_memory_holds(models, tmp_path, monkeypa
     assert decode.default_workers() == 1
 
 
+def test_available_memory_is_the_lower_of_the_machines_and_the_control_groups(tmp_path):
+    """In a container or a service with a memory limit (a cgroup), MemAvailable is the whole machine's: the limit
+    left is what the workers may take. cgroup v2 and v1, with and without a limit."""
+    from firmware_host.decode import available_mb
+
+    proc, groups = tmp_path / "proc", tmp_path / "cg"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal:       24000000 kB\nMemAvailable:    2048000 kB\n")  # 2,000 MB
+
+    def group(text: str, folder: Path, limit_file: str, limit: str, used_file: str, used: int) -> float | None:
+        (proc / "self" / "cgroup").write_text(text)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / limit_file).write_text(limit + "\n")
+        (folder / used_file).write_text(f"{used}\n")
+        return available_mb(str(proc), str(groups))
+
+    mb = 2**20
+    v2 = groups / "system.slice" / "edgecell.service"
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(900 * mb), "memory.current", 300 * mb) == 600.0
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", "max", "memory.current", 300 * mb) == 2000.0
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(9000 * mb), "memory.current", 0) == 2000.0  # the machine's
+    v1 = groups / "memory" / "docker" / "abc"
+    text = "9:name=systemd:/\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n"
+    assert group(text, v1, "memory.limit_in_bytes", str(512 * mb), "memory.usage_in_bytes", 112 * mb) == 400.0
+    assert group(text, v1, "memory.limit_in_bytes", "9223372036854771712", "memory.usage_in_bytes", 112 * mb) == 2000.0
+    (proc / "meminfo").unlink()  # no meminfo: the group's alone
+    assert group(text, v1, "memory.limit_in_bytes", str(512 * mb), "memory.usage_in_bytes", 112 * mb) == 400.0
+    (proc / "self" / "cgroup").write_text("garbage\n")
+    assert available_mb(str(proc), str(groups)) is None
+
+
 def test_available_memory_is_read_on_linux():
     from firmware_host.decode import available_mb
 
