@@ -338,7 +338,8 @@ class ScanSummary:
         n_empty: fields with no white cell; ``n_empty_noted`` of them with a note that cells may have been missed
             (:func:`~firmware_host.locate.empty_reason`).
         n_cells: cells found, edge cells included.
-        n_edge: cells cut by a field's border (not in the differential count).
+        n_edge: cells cut by a field's border (not in the differential count); ``n_flagged_edge`` of them flagged (in the
+            flagged counts: a possible blast at a field's edge is still for review).
         predicted: non-edge cells predicted as each class (the differential count).
         n_review: cells flagged for a haematologist (review classes; and ``other`` cells whose first choice was one,
             ``n_review_other`` of them).
@@ -361,6 +362,7 @@ class ScanSummary:
     n_empty_noted: int = 0
     n_cells: int = 0
     n_edge: int = 0
+    n_flagged_edge: int = 0
     predicted: dict[str, int] = field(default_factory=dict)
     n_review: int = 0
     n_review_other: int = 0
@@ -403,6 +405,7 @@ class ScanSummary:
             tally_flag(self, c)
             if c["edge"]:
                 self.n_edge += 1
+                self.n_flagged_edge += bool(c["flag"])
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
@@ -454,6 +457,7 @@ class ScanSummary:
             "differential": dict(self.predicted),
             "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
             "flagged": flagged_counts(self),
+            "flagged_edge_cells": self.n_flagged_edge,  # of the flagged, those cut by a border (not in the differential)
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
             "classify_ms_per_cell": self.classify_ms / self.n_cells if self.n_cells else None,
             "wall_s": self.wall_s,

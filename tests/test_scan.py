@@ -339,6 +339,9 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert "broken.jpg" in res.output
     report = json.loads(out.read_text())
     assert list(report)[:2] == ["format", "edgecell_version"] and report["format"] == "edgecell-scan/1"
+    edge_flagged = sum(bool(c["flag"]) for f in report["results"] for c in f.get("cells", []) if c["edge"])
+    assert report["summary"]["flagged_edge_cells"] == edge_flagged  # flagged, and not in the differential count
+    assert (f"({edge_flagged} of them cut by a border)" in " ".join(res.output.split())) == bool(edge_flagged)
     by_name = {r["file"].rsplit("/", 1)[-1]: r for r in report["results"]}
     assert set(by_name) == {"two.jpg", "none.png", "edge.jpg"}
     assert by_name["none.png"]["cells"] == []

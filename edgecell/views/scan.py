@@ -12,6 +12,12 @@ from firmware_host.runtime import label_text
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
+def edge_flagged_text(n: int) -> str:
+    """What the summary adds after the flagged count when some flagged cells are cut by a field's border (flagged, and
+    so counted there, but not in the differential count)."""
+    return f" ({n} of them cut by a border)" if n else ""
+
+
 def noted_text(empty: int, noted: int) -> str:
     """What the summary adds about the empty fields that carry a note (cells may have been missed there)."""
     if not noted:
@@ -42,7 +48,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
         con.print(differential_table("Differential count (cells cut by a field's border left out)", s.predicted))
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
-        f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold] - {s.n_review} for haematologist review, "
+        f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold]{edge_flagged_text(s.n_flagged_edge)} - {s.n_review} for haematologist review, "
         f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five{review_other_note(s.n_review_other)}.",
         soft_wrap=True,
     )
