@@ -69,6 +69,9 @@ from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, 
 FIELD_WORKER_MB = (73.0, 6.75)
 """Memory a worker process scanning fields takes at its peak, in MB: the first number and the second per megapixel of
 the largest field (154 MB for a 12-megapixel JPEG, 397 MB for a 48-megapixel one, measured by a review)."""
+NOTES_SHOWN = 5
+"""scan says the notes of this many fields as they come (cells may have been missed there), then how many more: a
+clinic's 200 photos at a low magnification gave 200 lines (a review). Every note is in the JSON and CSV."""
 FIELDS_SIZED = 64
 """:func:`field_worker_mb` reads the headers of this many fields (a clinic's camera makes fields of one size)."""
 
@@ -231,8 +234,6 @@ def scan_array(clf, rgb: np.ndarray, threshold: float, path: str = "", cell_size
     else:
         red = red_cell_size(rgb, cell_size)
     note = empty_reason(rgb, cell_size, None if auto else red) if not cells else None if auto else small_cells_reason(w, h, cell_size, red)
-    if note:
-        warnings.warn(ImageWarning(note), stacklevel=2)  # one line naming the field (scan_field sets its path)
     t1 = time.perf_counter()
     rows = classify_cells(clf, rgb, cells, threshold, path, frame_at(frame, factor, rgb.shape))
     t2 = time.perf_counter()
@@ -604,6 +605,7 @@ class ScanJob:
         self._stack = contextlib.ExitStack()
         self._csv: CellCsv | None = None
         self._json = None
+        self._notes = 0  # fields with a note so far (the first NOTES_SHOWN are said as they come)
 
     def __enter__(self) -> ScanJob:
         from firmware_host.classify import JSON_INDENT_MAX_RESULTS, JsonStream, text_output
@@ -631,6 +633,8 @@ class ScanJob:
         try:
             for res in scan_many(self.classifier, self.paths, self.opts.threshold, self.opts.cell_size, processes=self._processes):
                 s.add(res)
+                if res.note:
+                    self._say_note(res)
                 if res.error is None:
                     if self._json:
                         self._json.add(res.to_dict())
@@ -639,8 +643,18 @@ class ScanJob:
                 if self._csv:
                     self._csv.add(res)
                 yield res
+            if self._notes > NOTES_SHOWN:
+                more = self._notes - NOTES_SHOWN
+                warnings.warn(ImageWarning(f"and {more} more field(s) with a note like those above (every one is in --json and --csv)"), stacklevel=2)
         finally:
             s.wall_s = time.perf_counter() - t0
+
+    def _say_note(self, res: FieldResult) -> None:
+        """A warning line naming a field with a note, for the first :data:`NOTES_SHOWN` of them."""
+        self._notes += 1
+        if self._notes <= NOTES_SHOWN:
+            with warnings_about(res.file):
+                warnings.warn(ImageWarning(res.note), stacklevel=3)
 
     def _pictures(self, res: FieldResult) -> None:
         """The field's pixels again, in this process (worker processes return only results)."""

@@ -1020,3 +1020,24 @@ def test_scan_counts_cells_with_no_stained_nucleus_for_the_lab_check():
         s.add(FieldResult(file="f/a.jpg", width=100, height=100, cells=[cell(r) for r in reasons] + [cell(OTHER_BY_NUCLEUS, edge=True)]))
         assert s.labs.run.n == 4 and s.labs.run.no_nucleus == reasons.count(OTHER_BY_NUCLEUS)
         assert (s.lab_warning is not None and s.lab_warning.startswith("3 of these 4 cells show no stained nucleus")) == fires, s.lab_warning
+
+
+def test_notes_of_many_fields_are_said_for_the_first_few_then_counted(models, tmp_path):
+    """A clinic's day of washed-out photos: the first NOTES_SHOWN fields' notes are warning lines naming them, the rest
+    one line with their count; the JSON has every note (a review: 200 photos gave 200 lines)."""
+    from firmware_host.scan import NOTES_SHOWN
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    n = NOTES_SHOWN + 3
+    for k in range(n):
+        plain = draw_field([], RBC_GRID, seed=k)
+        Image.fromarray(np.clip(0.35 * plain + 160, 0, 255).astype(np.uint8)).save(fields / f"hazy{k}.png")
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields), "--json", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    said = [ln for ln in res.output.splitlines() if ln.startswith("warning:") and "no `other` class" not in ln]  # the model's note
+    assert [ln.split(": ")[1] for ln in said[:NOTES_SHOWN]] == [str(fields / f"hazy{k}.png") for k in range(NOTES_SHOWN)]
+    assert all("little contrast" in ln for ln in said[:NOTES_SHOWN])
+    assert said[NOTES_SHOWN:] == ["warning: and 3 more field(s) with a note like those above (every one is in --json and --csv)"]
+    assert sum("little contrast" in (f.get("note") or "") for f in json.loads(out.read_text())["results"]) == n
