@@ -373,7 +373,7 @@ class ClassifyJob:
         s, classes, t0 = self.summary, self.classifier.classes, time.perf_counter()
         try:
             thumbnails = self._report.thumb_px if self._report else 0
-            for path, res in self.classifier.classify_many(self.paths, processes=self._processes, thumbnails=thumbnails):
+            for path, res in self.classifier.classify_many(self.paths, self.workers, processes=self._processes, thumbnails=thumbnails):
                 if isinstance(res, ImageError):
                     s.add_failure(path, res.reason)
                     yield path, res

@@ -631,7 +631,8 @@ class ScanJob:
         """Scan every path in order, tallying and streaming each field; yields its :class:`FieldResult`."""
         s, t0 = self.summary, time.perf_counter()
         try:
-            for res in scan_many(self.classifier, self.paths, self.opts.threshold, self.opts.cell_size, processes=self._processes):
+            # the workers counted once (the fields' headers read once), as self.processes was decided with them
+            for res in scan_many(self.classifier, self.paths, self.opts.threshold, self.opts.cell_size, self.workers, self._processes):
                 s.add(res)
                 if res.note:
                     self._say_note(res)

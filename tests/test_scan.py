@@ -1041,3 +1041,19 @@ def test_notes_of_many_fields_are_said_for_the_first_few_then_counted(models, tm
     assert all("little contrast" in ln for ln in said[:NOTES_SHOWN])
     assert said[NOTES_SHOWN:] == ["warning: and 3 more field(s) with a note like those above (every one is in --json and --csv)"]
     assert sum("little contrast" in (f.get("note") or "") for f in json.loads(out.read_text())["results"]) == n
+
+
+def test_scan_reads_the_fields_headers_for_its_workers_once(models, tmp_path, monkeypatch):
+    """The job decides its workers (and whether to use processes) once; the scan uses that decision, not a second
+    reading of the fields' headers that could come out otherwise."""
+    from firmware_host import scan as scan_mod
+    from firmware_host.scan import ScanJob, ScanOptions
+
+    calls = []
+    real = scan_mod.field_worker_mb
+    monkeypatch.setattr(scan_mod, "field_worker_mb", lambda paths: calls.append(1) or real(paths))
+    for k in range(2):
+        Image.fromarray(draw_field([(150, 140)], _away(RBC_GRID, [(150, 140)]), seed=k)).save(tmp_path / f"f{k}.png")
+    with ScanJob(ScanOptions(str(models.export), (str(tmp_path),))) as job:
+        assert len(list(job)) == 2
+    assert calls == [1]
