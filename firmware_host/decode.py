@@ -67,7 +67,9 @@ def available_mb(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> float 
 
 def cgroup_free_mb(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> float | None:
     """What this process's memory control group has left under its limit, in MB (cgroup v2's ``memory.max`` less
-    ``memory.current``, or v1's ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``); None without a limit."""
+    ``memory.current``, or v1's ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``): the least over the group and
+    the groups above it (a service's group without a limit of its own, in a slice or a container that has one); None
+    without a limit."""
     try:
         with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -76,22 +78,32 @@ def cgroup_free_mb(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> floa
     for line in lines:
         _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
         if controllers == "":  # v2: one hierarchy
-            folder, limit_file, used_file = os.path.join(cgroups, path.lstrip("/")), "memory.max", "memory.current"
+            root, limit_file, used_file = cgroups, "memory.max", "memory.current"
         elif "memory" in controllers.split(","):  # v1: the memory controller's hierarchy
-            folder, limit_file, used_file = os.path.join(cgroups, "memory", path.lstrip("/")), "memory.limit_in_bytes", "memory.usage_in_bytes"
+            root, limit_file, used_file = os.path.join(cgroups, "memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
-        try:
-            with open(os.path.join(folder, limit_file), encoding="ascii") as fh:
-                limit = fh.read().strip()
-            with open(os.path.join(folder, used_file), encoding="ascii") as fh:
-                used = int(fh.read())
-            if limit == "max" or int(limit) >= 1 << 60:  # no limit (v1 writes a huge number)
-                return None
-            return max(0.0, (int(limit) - used) / 2**20)
-        except (OSError, ValueError):
-            continue
+        parts = [p for p in path.split("/") if p and p != ".."]
+        free = [_group_free_mb(os.path.join(root, *parts[:n]), limit_file, used_file) for n in range(len(parts), -1, -1)]
+        limited = [f for f in free if f is not None]
+        if limited:
+            return min(limited)
     return None
+
+
+def _group_free_mb(folder: str, limit_file: str, used_file: str) -> float | None:
+    """One control group's memory left under its limit, in MB; None without a limit or without the files (a root group
+    has none)."""
+    try:
+        with open(os.path.join(folder, limit_file), encoding="ascii") as fh:
+            limit = fh.read().strip()
+        with open(os.path.join(folder, used_file), encoding="ascii") as fh:
+            used = int(fh.read())
+        if limit == "max" or int(limit) >= 1 << 60:  # no limit (v1 writes a huge number)
+            return None
+        return max(0.0, (int(limit) - used) / 2**20)
+    except (OSError, ValueError):
+        return None
 
 
 def default_workers(worker_mb: float = CELL_WORKER_MB) -> int:

@@ -985,10 +985,19 @@ def test_available_memory_is_the_lower_of_the_machines_and_the_control_groups(tm
     assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(900 * mb), "memory.current", 300 * mb) == 600.0
     assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", "max", "memory.current", 300 * mb) == 2000.0
     assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(9000 * mb), "memory.current", 0) == 2000.0  # the machine's
+    # a service with no limit of its own, in a slice that has one: the slice's
+    (groups / "system.slice" / "memory.max").write_text(f"{700 * mb}\n")
+    (groups / "system.slice" / "memory.current").write_text(f"{200 * mb}\n")
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", "max", "memory.current", 100 * mb) == 500.0
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(900 * mb), "memory.current", 100 * mb) == 500.0  # the lower
+    assert group("0::/system.slice/edgecell.service\n", v2, "memory.max", str(300 * mb), "memory.current", 100 * mb) == 200.0
+    (groups / "system.slice" / "memory.max").write_text("max\n")
     v1 = groups / "memory" / "docker" / "abc"
     text = "9:name=systemd:/\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n"
     assert group(text, v1, "memory.limit_in_bytes", str(512 * mb), "memory.usage_in_bytes", 112 * mb) == 400.0
     assert group(text, v1, "memory.limit_in_bytes", "9223372036854771712", "memory.usage_in_bytes", 112 * mb) == 2000.0
+    hybrid = "4:memory:/docker/abc\n0::/docker/abc\n"  # systemd's hybrid layout: memory in v1, a v2 line without it after
+    assert group(hybrid, v1, "memory.limit_in_bytes", str(512 * mb), "memory.usage_in_bytes", 112 * mb) == 400.0
     (proc / "meminfo").unlink()  # no meminfo: the group's alone
     assert group(text, v1, "memory.limit_in_bytes", str(512 * mb), "memory.usage_in_bytes", 112 * mb) == 400.0
     (proc / "self" / "cgroup").write_text("garbage\n")
