@@ -12,7 +12,7 @@ PI_MIN_TESTS ?= 250
 # The test files holding them (the others import TensorFlow, scikit-learn or hypothesis at collection).
 PI_TESTS = $(shell grep -l "pytest.mark.pi" tests/test_*.py)
 
-.PHONY: install lint demo test test-all pi-check pi-arm64 bench clean
+.PHONY: install lint demo test pi-check pi-arm64 bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## test: lint, then the test suite (slow tests excluded; `make test-all` includes them)
+## test: lint, then the whole test suite
 test: lint
 	$(BIN)/python -m pytest
-
-test-all: install
-	$(BIN)/python -m pytest -m "slow or not slow"
 
 ## pi-check: install .[pi] alone in a fresh environment (no TensorFlow); classify, bench, scan and the `pi` tests there (committed .tflite fixtures)
 pi-check: install
@@ -60,7 +57,7 @@ pi-check: install
 	$(PI_VENV)/bin/python tests/_fields.py build/pi-check/fields
 	cd build && ../$(PI_VENV)/bin/edgecell scan --model pi-check/run/export pi-check/fields --json pi-check/scan.json --annotate pi-check/scan-boxes
 	$(PI_VENV)/bin/python -m pip install --quiet "pytest>=8"
-	$(PI_VENV)/bin/python -m pytest -m "pi and not slow" -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
+	$(PI_VENV)/bin/python -m pytest -m pi -q -p no:cacheprovider --junitxml=build/pi-check/pytest.xml $(PI_TESTS)
 	$(PI_VENV)/bin/python tests/count_passed.py build/pi-check/pytest.xml --at-least $(PI_MIN_TESTS)
 	@echo "pi-check: classify, bench, scan and the runtime's tests ran without TensorFlow"
 

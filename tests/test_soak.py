@@ -1,9 +1,8 @@
 """Soak: ``edgecell classify`` on 20,000 images in one process; resident memory must not creep.
 
-Not part of the default run (``slow``). Run it with either of::
+Part of ``make test`` (about 45 s on 2 shared cores). Alone::
 
-    make test-all                                   # the whole suite, slow tests included
-    .venv/bin/pytest -m slow tests/test_soak.py -s  # just this; -s prints the RSS figures
+    .venv/bin/pytest tests/test_soak.py -s  # -s prints the RSS figures
 
 The real command line, as a user runs it on the Pi::
 
@@ -29,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests._tflite_fixtures import CLASSES, build_models, distinct_copy, save_jpeg
 
@@ -77,7 +75,6 @@ def _rss_kib(pid: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
 def test_classify_cli_20000_images_memory_is_flat(tmp_path_factory, tmp_path):
     models = build_models(tmp_path_factory)
     data = _image_folder(tmp_path)
