@@ -9,6 +9,9 @@ tests/golden/ holds
   What depends on the machine is replaced by a placeholder (paths become ``<models>/...`` and
   ``<data>/...``; timings, the model's SHA-256 and size, the interpreter and its version) and
   every other float is rounded to 4 decimals;
+* ``classify_other.json``: the same with the tiny six-class model (``other`` and a never-seen score), its sidecar given a
+  nucleus check and a lab check, on those images and a blank one filed as ``other``: the paths of a cell sent to
+  ``other`` (by its class, its score, its missing nucleus) and of the lab line;
 * ``classify_header.csv``: the header row of ``edgecell classify --csv -``.
 
 A difference fails with a diff. When the change is intended, regenerate the files and review
@@ -26,12 +29,14 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgecell.cli import COMMANDS, cli
 from firmware_host.atomic import write_text
-from tests._tflite_fixtures import build_models, labelled_folder
+from firmware_host.runtime import OTHER_BY_NUCLEUS, OTHER_BY_SCORE
+from tests._tflite_fixtures import build_models, copy_model, labelled_folder, reseal, save_jpeg
 
 pytestmark = pytest.mark.pi  # TensorFlow-free: run by `make pi-check` in the .[pi] environment too
 
@@ -162,15 +167,43 @@ def normalise_report(rep: dict, models_root: Path, data_root: Path) -> dict:
     return _round_floats(rep)
 
 
-def classify_json(models, data) -> str:
-    r = run("classify", "--model", models.export, "--precision", "float32", "--threads", 1, data, "--json", "-")
+def classify_json(models, data, export: Path | None = None, models_root: Path | None = None) -> str:
+    r = run("classify", "--model", export or models.export, "--precision", "float32", "--threads", 1, data, "--json", "-")
     assert r.exit_code == 1, r.output  # the unreadable file
-    rep = normalise_report(json.loads(r.stdout), models.root, data)
+    rep = normalise_report(json.loads(r.stdout), models_root or models.root, data)
     return json.dumps(rep, indent=2, ensure_ascii=False) + "\n"
 
 
 def test_classify_json(inputs, update_golden):
     check_golden("classify.json", classify_json(*inputs), update_golden)
+
+
+NUCLEUS_MAX = 95.0
+"""The nucleus check given to the six-class model's sidecar for classify_other.json (degrees; the runs' are 40-45, here some of the random images pass it)."""
+LAB_CHECK = {"batch": 4, "max_median_score": 1.5, "min_mean_confidence": 0.5}
+"""Its lab check: sets of 4 or more, a median never-seen score the random images' lies above."""
+
+
+def test_classify_other_json(inputs, update_golden, tmp_path_factory):
+    models, data = inputs
+    root = tmp_path_factory.mktemp("golden_other")
+    model = copy_model(models.root / "export_other" / "model_float32.tflite", root / "export")
+    side = model.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["other_score"]["nucleus_max_offset"] = NUCLEUS_MAX
+    meta["lab_check"] = LAB_CHECK
+    side.write_text(json.dumps(meta))
+    reseal(model)
+    with_blank = shutil.copytree(data, root / "data")
+    save_jpeg(with_blank / "other" / "blank.jpg", np.full((48, 48, 3), 225, dtype=np.uint8))  # a background: no nucleus
+    out = classify_json(models, with_blank, root / "export", root)
+    rep = json.loads(out)
+    # what this golden is for: each way to `other`, and the lab line, appear in it
+    reasons = {r["other_reason"] for r in rep["results"] if r["label"] == "other"}
+    assert {OTHER_BY_SCORE, OTHER_BY_NUCLEUS} <= {part for why in reasons for part in why.split("; ")}, reasons
+    assert any(r["label"] != "other" for r in rep["results"]), "every cell sent to other: nothing else pinned"
+    assert rep["summary"]["lab_warning"], rep["summary"]
+    check_golden("classify_other.json", out, update_golden)
 
 
 def test_classify_json_is_stable(inputs, tmp_path):
