@@ -561,8 +561,8 @@ def scan(
         for _, src, name in found.files:
             folders_of[class_of(name)].add(src.folder / name)
         for c in small:  # a class folder with no image file at all (empty, or only other files) is named too
-            if not folders_of[c]:
-                folders_of[c].update(src.folder / c for src in found.sources if (src.folder / c).is_dir())
+            if not folders_of[c]:  # by the folders' own names (an empty lymphocyte/ is the class other's)
+                folders_of[c].update(f for src in found.sources for f in list_class_folders(src.folder) if class_of(f.name) == c)
         first = sorted(folders_of[next(iter(small))])
         where = first[0] if len(first) == 1 else root
         several = len(found.sources) > 1

@@ -675,6 +675,18 @@ def test_too_few_images_names_the_class_folder_they_are_in(tmp_path):
     )
 
 
+def test_an_empty_folder_of_a_type_taught_as_other_is_named(tmp_path):
+    """An empty lymphocyte/ leaves the class other with no image: the refusal names that folder, not the data folder."""
+    kag = _tree(tmp_path / "kag", {"": {"basophil": 6, "monocyte": 6}})
+    (kag / "lymphocyte").mkdir()
+    with pytest.raises(DataError) as err:
+        data.scan([kag])
+    assert (err.value.path, err.value.reason) == (
+        str(kag / "lymphocyte"),
+        "too few usable images: other has 0 (each class needs at least 5 different images)",
+    )
+
+
 def test_a_class_an_exclude_removes_is_noted(tmp_path):
     kag = _tree(tmp_path / "kag", {"": {"basophil": 6, "monocyte": 6, "myeloblast": 6}})
     bccd = _tree(tmp_path / "bccd", {"": {"basophil": 6}})
