@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -35,6 +35,7 @@ from firmware_host.errors import ImageError
 from firmware_host.metadata import model_reads, report_head
 from firmware_host.paths import OTHER_CLASS, expand_paths, label_for, left_out, path_list, path_reads
 from firmware_host.runtime import (
+    BLAST_CLASSES,
     DEFAULT_THRESHOLD,
     FLAG_OTHER,
     FLAG_REVIEW,
@@ -44,7 +45,9 @@ from firmware_host.runtime import (
     LabChecks,
     check_number,
     classification_metrics,
+    differential_shares,
     has_no_nucleus,
+    is_possible_blast,
     latency_summary,
     triage,
 )
@@ -103,6 +106,8 @@ class ClassifySummary:
         n_review: cells flagged for the haematologist: predictions of a review class (myeloblast, erythroblast), and
             ``other`` cells whose first choice was one (``n_review_other`` of them).
         n_uncertain: predictions below ``threshold``.
+        n_blasts: possible blasts (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``, the first
+            :data:`BLASTS_NAMED` of their images.
         confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
         n_unlabelled: classified images that are not in a folder named after a class.
         preprocess_ms: per-image decode-and-resize time, float32, in input order.
@@ -127,6 +132,8 @@ class ClassifySummary:
     n_review_other: int = 0
     n_uncertain: int = 0
     n_other: int = 0
+    n_blasts: int = 0
+    blast_files: list[str] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
     n_unlabelled: int = 0
     preprocess_ms: array = field(default_factory=lambda: array("f"))
@@ -158,7 +165,7 @@ class ClassifySummary:
         self.labs.add(row["path"], row["true_label"] is not None, top, row.get("other_score"), has_no_nucleus(row.get("other_reason", "")))
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
-        tally_flag(self, row)
+        tally_flag(self, row, row["path"])
         if row["true_label"] is None:
             self.n_unlabelled += 1
         else:
@@ -245,8 +252,7 @@ class ClassifySummary:
             "n_classified": n_ok,
             "n_failed": len(self.failed),
             "threshold": self.threshold,
-            "differential": self.differential,
-            "differential_pct": {c: (100.0 * v / n_ok if n_ok else 0.0) for c, v in self.differential.items()},
+            **differential_counts(self.differential),
             "flagged": flagged_counts(self),
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
@@ -481,7 +487,7 @@ def text_output(dest: str) -> Iterator[IO[str]]:
         atomic.fsync(fh)  # a pipe or a device (written as a stream) cannot be synced
 
 
-JSON_FORMAT = "edgecell-classify/1"
+JSON_FORMAT = "edgecell-classify/2"
 """The first member of ``classify --json``'s report: what it is and the version of its layout, for a script to check."""
 
 JSON_INDENT_MAX_RESULTS = 500
@@ -533,14 +539,36 @@ class JsonStream:
         self.fh.write(self._newline(0) + "}\n")
 
 
-def tally_flag(summary, result: dict) -> None:
+BLASTS_NAMED = 10
+"""A summary names the images of this many possible blasts (each result in the JSON and CSV has its label and flag)."""
+
+
+def tally_flag(summary, result: dict, name: str) -> None:
     """Count one result's flag in a summary (:class:`ClassifySummary` or :class:`firmware_host.scan.ScanSummary`):
-    ``n_review`` (and ``n_review_other``, those labelled ``other``), ``n_uncertain``, ``n_other``."""
+    ``n_review`` (and ``n_review_other``, those labelled ``other``), ``n_uncertain``, ``n_other``; and whether it is a
+    possible blast (``n_blasts``, the first :data:`BLASTS_NAMED` ``blast_files``: ``name``, its image's, once)."""
+    if is_possible_blast(result["label"], result["top3"]):
+        summary.n_blasts += 1
+        if len(summary.blast_files) < BLASTS_NAMED and name not in summary.blast_files:
+            summary.blast_files.append(name)
     flag = result["flag"]
     summary.n_review += flag == FLAG_REVIEW
     summary.n_review_other += flag == FLAG_REVIEW and result["label"] == OTHER_CLASS
     summary.n_uncertain += flag == FLAG_UNCERTAIN
     summary.n_other += flag == FLAG_OTHER
+
+
+def differential_counts(counts: dict[str, int]) -> dict:
+    """The differential in a JSON summary (classify's and scan's): ``differential``, the cells counted per class;
+    ``white_cells``, ``differential_pct`` and ``per_100_white_cells``, as :func:`firmware_host.runtime.differential_shares`
+    gives them."""
+    shares = differential_shares(counts)
+    return {
+        "differential": dict(counts),
+        "white_cells": shares["white_cells"],
+        "differential_pct": shares["pct"],
+        "per_100_white_cells": shares["per_100_white_cells"],
+    }
 
 
 def flagged_counts(summary) -> dict:
@@ -551,6 +579,7 @@ def flagged_counts(summary) -> dict:
         "uncertain": summary.n_uncertain,
         "other": summary.n_other,
         "total": summary.n_flagged,
+        "possible_blasts": summary.n_blasts,  # among the flagged (review, or review_other)
     }
 
 
@@ -572,13 +601,26 @@ def model_notes(clf: Classifier) -> list[str]:
     return notes
 
 
-def review_other_note(n: int) -> str:
-    """What the summary line adds after its count of cells not one of the five when ``n`` cells sent to ``other`` went
-    to the haematologist instead (:func:`firmware_host.runtime.triage`: the network's first choice was a review class);
-    "" for none. The printed line and the review page say it alike."""
+def review_note(n_other: int, classes: Iterable[str] = REVIEW_CLASSES) -> str:
+    """What the summary line says after its count of cells for the haematologist: the review ``classes``, and how many
+    of those cells are labelled ``other`` (``n_other``: :func:`firmware_host.runtime.triage`, the network's first
+    choice was a review class). The printed lines and the review page say it alike."""
+    names = ", ".join(sorted(classes))
+    labelled = f"{n_other} of them labelled other, the model's first choice one of these" if n_other else ""
+    inside = "; ".join(t for t in (names, labelled) if t)
+    return f" ({inside})" if inside else ""
+
+
+def blasts_line(n: int, files: Sequence[str], what: str = "image") -> str | None:
+    """The line said before the rest of a run's results when it holds a possible blast (``n`` of them; ``files``, the
+    first of their images, or fields for scan: ``what``); None for none."""
     if not n:
-        return ""
-    return f" (and {n} other cell{'s' if n != 1 else ''} whose first choice was {' or '.join(sorted(REVIEW_CLASSES))}, counted for review)"
+        return None
+    named = ", ".join(files) + (", ..." if len(files) >= BLASTS_NAMED else "")
+    return (
+        f"possible blast: {n} cell{'s' if n != 1 else ''} the model took for a {' or '.join(sorted(BLAST_CLASSES))} "
+        f"({what}s: {named}): a haematologist sees {'them' if n != 1 else 'it'} before any count is reported"
+    )
 
 
 def alternatives(row: dict) -> list[dict]:

@@ -100,7 +100,7 @@ def unsearchable(rgb: np.ndarray, cell_size: float | None) -> str | None:
     colour), or a ``cell_size`` larger than the field. Such a field has failed, not come out empty."""
     h, w = rgb.shape[:2]
     if has_no_colour(rgb):
-        return "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
+        return "has no colour (a blank or unstained picture, or a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
     if cell_size and cell_size > min(w, h):
         return f"--cell-size {cell_size:g} is larger than this {w}x{h} field: give the white cells' diameter in its pixels"
     return None

@@ -60,7 +60,15 @@ from PIL import Image
 from firmware_host.metadata import edgecell_version
 from firmware_host.paths import OTHER_TYPES
 from firmware_host.preprocess import JPEG_FORMATS
-from firmware_host.runtime import label_text
+from firmware_host.runtime import (
+    BLAST_CLASSES,
+    FLAG_REVIEW,
+    MIN_DIFFERENTIAL_CELLS,
+    NOT_WHITE_CELLS,
+    TRIAGE_NOTE,
+    differential_shares,
+    label_text,
+)
 
 OTHER = "other"
 """The class a reviewer can always choose: not one of the model's cell types (debris, a smudge, two cells...)."""
@@ -138,7 +146,7 @@ class ReportHeader:
     @property
     def choices(self) -> list[str]:
         """The classes a reviewer can pick: the model's, then ``other`` if the model has none."""
-        return list(self.classes) + ([] if OTHER in self.classes else [OTHER])
+        return review_choices(self.classes)
 
 
 @dataclass
@@ -183,6 +191,14 @@ class _Cell:
     nearest: tuple[str, float] | None = None  # an ``other`` cell: the class the model gave it most probability
     edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
     sha256: str = ""  # the first SHA_SHOWN hex digits of the file's (a scan cell's: its field's) SHA-256; "" unknown
+
+
+def _possible_blast(c: _Cell) -> bool:
+    """:func:`firmware_host.runtime.is_possible_blast` for a cell of the page: a blast class, or ``other`` for the
+    haematologist with a blast class as the model's first choice (``nearest``)."""
+    if c.label in BLAST_CLASSES:
+        return True
+    return c.label == OTHER and c.flag == FLAG_REVIEW and c.nearest is not None and c.nearest[0] in BLAST_CLASSES
 
 
 @dataclass
@@ -397,6 +413,7 @@ class ReportWriter:
         yield from self._cells_html(choices, root)
         data = {
             "classes": choices,
+            "notWhite": [c for c in choices if c in NOT_WHITE_CELLS],  # counted per 100 white cells, not among them
             # the types a reviewer may name within `other` (counted as `other`; `corrections apply` keeps the type,
             # so that `adapt` learns each apart)
             "otherTypes": [t for t in OTHER_TYPES if t != OTHER],
@@ -427,9 +444,20 @@ class ReportWriter:
         if any(not os.path.isabs(f) for f in [c.file for c in self.cells] + [f.file for f in self.fields]):
             # the corrections CSV keeps the names as given: relative ones are found again from the folder this ran in
             facts.append(("names relative to", f"{os.getcwd()} (run corrections apply there, or give it --base)"))
-        out = [f'<header>\n<h1>{_e(title)}</h1>\n<dl class="facts">']
+        out = [f'<header>\n<h1>{_e(title)}</h1>\n<p class="note" id="triage">{_e(TRIAGE_NOTE)}</p>\n<dl class="facts">']
         out += [f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts]
         out.append("</dl>")
+        blasts = [c for c in self.cells if _possible_blast(c)]
+        if blasts:
+            n = len(blasts)
+            kinds = " or ".join(sorted(BLAST_CLASSES))
+            sent = sum(c.label == OTHER for c in blasts)
+            among = f" ({sent} of them sent to other with {_e(kinds)} as the model's first choice)" if sent else ""
+            out.append(
+                f'<p class="alert" role="alert" id="possible-blasts"><strong>Possible blast: {n} cell{"s" if n != 1 else ""}</strong> '
+                f'the model took for a {_e(kinds)}{among}, shown first under <a href="#cells">Cells</a>: a haematologist sees '
+                f"{'them' if n != 1 else 'it'} before any count is reported.</p>"
+            )
         for note in h.notes:
             out.append(f'<p class="warning model-note"><strong>Model:</strong> {_e(note)}</p>')
         if h.lab_warning:
@@ -466,44 +494,61 @@ class ReportWriter:
         counted = [c for c in self.cells if not c.edge]
         for c in counted:
             counts[c.label] = counts.get(c.label, 0) + 1
-        n, n_edge = len(counted), len(self.cells) - len(counted)
+        n_edge = len(self.cells) - len(counted)
+        n = differential_shares(counts)["white_cells"]
         review = set(self.header.review_classes)
-        rows = []
-        for k, c in enumerate(choices):
+
+        def row(k: int, c: str, per_100: bool) -> str:
             mark = ' <span class="tag review">review</span>' if c in review else ""
             pct = _pct(counts[c], n)
-            rows.append(
-                f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}</th>'
+            what = ", per 100 white cells" if per_100 else ""
+            return (
+                f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}{what}</th>'
                 f'<td class="num">{counts[c]}</td><td class="num">{pct}</td><td class="num after">{counts[c]}</td><td class="num pct-after">{pct}</td></tr>'
             )
+
+        white = [row(k, c, False) for k, c in enumerate(choices) if c not in NOT_WHITE_CELLS]
+        other = [row(k, c, True) for k, c in enumerate(choices) if c in NOT_WHITE_CELLS]
         total = _pct(n, n)
         table = (
             '<table class="diff" id="differential">\n'
             '<thead><tr><th scope="col">class</th><th scope="col">predicted</th><th scope="col">%</th>'
             '<th scope="col">after corrections</th><th scope="col">%</th></tr></thead>\n<tbody>\n'
-            + "\n".join(rows)
-            + f'\n</tbody>\n<tfoot><tr><th scope="row">total</th><td class="num">{n}</td><td class="num">{total}</td><td class="num">{n}</td>'
-            f'<td class="num">{total}</td></tr></tfoot>\n</table>'
+            + "\n".join(white)
+            + f'\n</tbody>\n<tbody class="total"><tr id="white-cells"><th scope="row">white cells</th><td class="num">{n}</td><td class="num">{total}</td>'
+            f'<td class="num after">{n}</td><td class="num pct-after">{total}</td></tr></tbody>\n'
+            + (f'<tbody class="per100">\n{"".join(other)}\n</tbody>\n' if other else "")
+            + "</table>"
         )
+        notes = []
+        if other:
+            notes.append("A nucleated red cell (erythroblast) is counted per 100 white cells, not among them.")
+        if OTHER in counts:
+            notes.append(f"{OTHER}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now and then).")
+        if 0 < n < MIN_DIFFERENTIAL_CELLS:
+            notes.append(
+                f"Only {n} white cell{'s' if n != 1 else ''}: a differential is read over {MIN_DIFFERENTIAL_CELLS} or more, so these percentages are rough."
+            )
         left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
         left_out = self._flags_html() + left_out
-        bars = '<p class="hint">The bars follow the corrections.</p>\n'
+        bars = '<p class="hint">' + " ".join(_e(t) for t in notes) + (" " if notes else "") + "The table and the bars follow the corrections.</p>\n"
         return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap"><div class="scroll">{table}</div>\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
 
     def _flags_html(self) -> str:
         """What a person must look at, counted from the flags as classify's and scan's summary lines count them (every cell
         shown, those cut by a field's border too: a blast there is flagged all the same)."""
-        from firmware_host.classify import review_other_note
-        from firmware_host.runtime import FLAG_OTHER, FLAG_REVIEW, FLAG_UNCERTAIN
+        from firmware_host.classify import review_note
+        from firmware_host.runtime import FLAG_OTHER, FLAG_UNCERTAIN
 
         review = set(self.header.review_classes)
         n = {flag: sum(c.flag == flag for c in self.cells) for flag in (FLAG_REVIEW, FLAG_UNCERTAIN, FLAG_OTHER)}
         n_review_other = sum(c.flag == FLAG_REVIEW and c.label == OTHER for c in self.cells)
-        to_whom = f" ({', '.join(sorted(review))})" if review else ""
+        n_edge = sum(c.edge for c in self.cells)
+        cells = f"{len(self.cells)} cells found ({n_edge} cut by a border, not counted)" if n_edge else str(len(self.cells))
         return (
-            f'<p id="flags"><strong>Flagged: {sum(n.values())} of {len(self.cells)}</strong>: {n[FLAG_REVIEW]} for the haematologist{_e(to_whom)}, '
-            f"{n[FLAG_UNCERTAIN]} uncertain (a person checks the class), {n[FLAG_OTHER]} not one of the five{_e(review_other_note(n_review_other))} "
-            "(referred: the model does not know the type; lymphocytes, eosinophils and platelets are among them).</p>\n"
+            f'<p id="flags"><strong>Flagged by the model: {sum(n.values())} of {_e(cells)}</strong>: {n[FLAG_REVIEW]} for the haematologist'
+            f"{_e(review_note(n_review_other, review))}, {n[FLAG_UNCERTAIN]} uncertain (a person checks the class), {n[FLAG_OTHER]} not one of the five "
+            "(a person names the type if they can: the model does not know it; lymphocytes, eosinophils and platelets are among them).</p>\n"
         )
 
     def _confusion_html(self, choices: list[str]) -> str:
@@ -543,9 +588,10 @@ class ReportWriter:
                 k = index.get(c.label, len(choices) - 1)
                 label = label_text(c.label, c.confidence, c.why)
                 shapes.append(
-                    f'<g class="k{k}{" flagged" if _flagged(c) else ""}"><title>{_e(label)}</title>'
+                    # as scan --annotate draws it: dashed when cut by the border, "!" when flagged
+                    f'<g class="k{k}{" edge" if c.edge else ""}"><title>{_e(label)}</title>'
                     f'<rect x="{b.x0}" y="{b.y0}" width="{b.x1 - b.x0}" height="{b.y1 - b.y0}"/>'
-                    f'<text x="{b.x0 + 2}" y="{max(b.y0 - 3, 10)}">{ci + 1}</text></g>'
+                    f'<text x="{b.x0 + 2}" y="{max(b.y0 - 3, 10)}">{ci + 1}{" !" if _flagged(c) else ""}</text></g>'
                 )
             yield (
                 f'<figure class="field" id="field-{fi}"><div class="fieldimg">'
@@ -567,13 +613,19 @@ class ReportWriter:
             '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
             '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right; cells cut by the border only when corrected)</label></div>\n'
-            '<p class="hint">Flagged cells come first in each class, then the least confident. '
+            '<p class="hint">Possible blasts and the other classes for the haematologist come first; in each class the flagged cells '
+            "(possible blasts first), then the least confident. "
             "Click the class under a cell to pick another; under <code>other</code> you can name the type (lymphocyte, "
             "eosinophil, ...), which counts as <code>other</code> and teaches <code>edgecell adapt</code> that type. "
             "An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
         )
-        for k, cls in enumerate(groups):
-            members = sorted(groups[cls], key=lambda c: (not _flagged(c), c.confidence, c.index))
+        review = set(self.header.review_classes)
+        colour = {c: k for k, c in enumerate(choices)}
+        # what a haematologist must see first: the blast classes, then the other review classes, then the rest
+        order = sorted(groups, key=lambda c: (c not in BLAST_CLASSES, c not in review))
+        for cls in order:
+            k = colour.get(cls, len(choices))
+            members = sorted(groups[cls], key=lambda c: (not _possible_blast(c), not _flagged(c), c.confidence, c.index))
             n_flag = sum(_flagged(c) for c in members)
             flagged_note = f", {n_flag} flagged" if n_flag else ""
             yield (
@@ -594,8 +646,9 @@ class ReportWriter:
         classes = ["cell"]
         tags = []
         if _flagged(c):
-            classes.append("flagged")
-            tags.append(f'<span class="tag flag">{_e(c.flag or OTHER)}</span>')
+            urgent = c.flag == FLAG_REVIEW
+            classes.append("flagged review" if urgent else "flagged")
+            tags.append(f'<span class="tag flag{" urgent" if urgent else ""}">{_e(c.flag or OTHER)}</span>')
             if c.why:
                 tags.append(f'<span class="tag why">{_e(c.why)}</span>')
         if c.true_label is not None and c.true_label != c.label:
@@ -691,25 +744,33 @@ def _rel(file: str, root: str) -> str:
     return file
 
 
+def review_choices(classes: Sequence[str]) -> list[str]:
+    """The classes a reviewer can pick: the model's, then ``other`` if the model has none."""
+    return list(classes) + ([] if OTHER in classes else [OTHER])
+
+
+def class_rgb(label: str, classes: Sequence[str]) -> tuple[int, int, int]:
+    """A class's colour, on the review page and in ``scan --annotate``'s pictures alike: evenly spaced hues by its place
+    in ``classes``; ``other`` (and a label not among them) grey."""
+    choices = review_choices(classes)
+    if label == OTHER or label not in choices:
+        rgb = (0.55, 0.55, 0.55)
+    else:
+        rgb = colorsys.hls_to_rgb(choices.index(label) / len(choices), 0.45, 0.6)
+    return tuple(round(v * 255) for v in rgb)
+
+
 def _class_colours(choices: Sequence[str]) -> str:
-    """One colour per class (``.k0``, ``.k1`` ...), evenly spaced hues; ``other`` grey."""
-    rules = []
-    n = max(1, len(choices))
-    for k, c in enumerate(choices):
-        if c == OTHER:
-            rgb = (0.55, 0.55, 0.55)
-        else:
-            rgb = colorsys.hls_to_rgb(k / n, 0.45, 0.6)
-        hexc = "#" + "".join(f"{round(v * 255):02x}" for v in rgb)
-        rules.append(f".k{k}{{--c:{hexc}}}")
+    """One colour per class (``.k0``, ``.k1`` ...): :func:`class_rgb`'s."""
+    rules = [f".k{k}{{--c:#{''.join(f'{v:02x}' for v in class_rgb(c, choices))}}}" for k, c in enumerate(choices)]
     return "\n" + "\n".join(rules) + "\n"
 
 
 def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
     """A horizontal bar per class as inline SVG (attributes only: the page's CSP allows no inline style attributes)."""
-    row, label_w, bar_w, count_w = 22, 120, 260, 70
+    row, label_w, bar_w, count_w = 22, 120, 260, 190
     top = max(counts.values()) if counts and max(counts.values()) else 1
-    n = sum(counts.values())
+    n = differential_shares(counts)["white_cells"]  # shares of the white cells; a nucleated red cell per 100 of them
     parts = [
         f'<svg class="bars" role="img" aria-labelledby="bars-title" data-label-w="{label_w}" data-bar-w="{bar_w}" width="{label_w + bar_w + count_w}" height="{row * len(choices) + 4}" '
         f'viewBox="0 0 {label_w + bar_w + count_w} {row * len(choices) + 4}"><title id="bars-title">Differential count, bar chart</title>'
@@ -721,7 +782,7 @@ def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
         parts.append(
             f'<g class="k{k}" data-class="{_e(c)}"><text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(c)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row - 6}"/>'
-            f'<text class="n" x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({pct:.0f} %)</text></g>'
+            f'<text class="n" x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({pct:.0f}{" per 100 white cells" if c in NOT_WHITE_CELLS else " %"})</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -742,7 +803,10 @@ svg.bars{max-width:100%;height:auto}section.group,section#count{scroll-margin-to
 .bars text{font-size:12px;fill:#222}.bars rect{fill:var(--c)}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;background:var(--c)}
 .tag{display:inline-block;font-size:.72rem;padding:0 4px;border-radius:3px;background:#e8e8e8;margin-left:3px}
-.tag.flag,.tag.review{background:#ffe0b3}.tag.nearest{background:#dde8f5}
+.tag.flag,.tag.review{background:#ffe0b3}.tag.urgent{background:#b71c1c;color:#fff;font-weight:700}
+.alert{background:#fde4e4;border:2px solid #b71c1c;border-radius:4px;padding:6px 10px}
+li.cell.review{border-left:6px solid #b71c1c}tbody.total th,tbody.total td{font-weight:700;border-top:1px solid #999}
+@media print{li.cell{content-visibility:visible}}.tag.nearest{background:#dde8f5}
 ul.failed{font-size:.85rem;columns:2 30em;margin:0;padding-left:1.2em}button:disabled{cursor:default}.tag.wrong{background:#f8caca}
 .toolbar{position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2;display:flex;gap:12px;align-items:center;flex-wrap:wrap;border-bottom:1px solid #ddd}
 button{font:inherit;padding:4px 12px;cursor:pointer}
@@ -763,7 +827,7 @@ li.cell .name{overflow-wrap:anywhere;color:#333}li.cell .conf{font-weight:700;fo
 .fieldimg{position:relative;display:inline-block;max-width:100%}.fieldimg img{display:block;max-width:100%;height:auto}
 .fieldimg svg{position:absolute;left:0;top:0;width:100%;height:100%}
 .fieldimg rect{fill:none;stroke:var(--c);stroke-width:3;vector-effect:non-scaling-stroke}
-.fieldimg .flagged rect{stroke-dasharray:6 3}.fieldimg text{fill:var(--c);font-size:14px;font-weight:700}
+.fieldimg .edge rect{stroke-dasharray:6 3}.fieldimg text{fill:var(--c);font-size:14px;font-weight:700}
 figcaption{font-size:.85rem;color:#333}
 """
 
@@ -788,9 +852,13 @@ _SCRIPT = """
       if (cell[2]) { return; }  // cut by its field's border: not counted
       var c = counted(has(i) ? corrected[i] : cell[1]);
       counts[c] = (counts[c] || 0) + 1;
-      total += 1;
+      if (data.notWhite.indexOf(c) < 0) { total += 1; }  // shares are of the white cells (a nucleated red cell: per 100 of them)
     });
-    document.querySelectorAll("#differential tbody tr").forEach(function (tr) {
+    var whiteRow = document.getElementById("white-cells");
+    whiteRow.querySelector("td.after").textContent = String(total);
+    whiteRow.querySelector("td.after").classList.toggle("changed", String(total) !== whiteRow.children[1].textContent);
+    whiteRow.querySelector("td.pct-after").textContent = pct(total, total);
+    document.querySelectorAll("#differential tbody tr[data-class]").forEach(function (tr) {
       var td = tr.querySelector("td.after");
       var c = tr.getAttribute("data-class");
       td.textContent = String(counts[c] || 0);
@@ -808,7 +876,8 @@ _SCRIPT = """
         g.querySelector("rect").setAttribute("width", String(w));
         var t = g.querySelector("text.n");
         t.setAttribute("x", String(labelW + w + 4));
-        t.textContent = k + " (" + (total ? Math.round(100 * k / total) : 0) + " %)";
+        var share = total ? Math.round(100 * k / total) : 0;
+        t.textContent = k + " (" + share + (data.notWhite.indexOf(g.getAttribute("data-class")) >= 0 ? " per 100 white cells)" : " %)");
       });
     }
     document.getElementById("ncorrected").textContent = n + " corrected";

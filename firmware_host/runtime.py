@@ -93,6 +93,45 @@ REVIEW_CLASSES = frozenset({"myeloblast", "erythroblast"})
 * ``erythroblast``: a nucleated red-cell precursor; abnormal in circulating adult blood.
 """
 
+BLAST_CLASSES = frozenset({"myeloblast"})
+"""Review classes that are blasts: a possible blast is said before the rest of a run's results (classify's and scan's
+summary, the top of the review page), naming its images."""
+NOT_WHITE_CELLS = frozenset({"erythroblast"})
+"""Classes that are not white cells: a nucleated red cell is counted per 100 white cells beside the differential, not in
+it (as a laboratory reports it). :func:`differential_shares`."""
+MIN_DIFFERENTIAL_CELLS = 100
+"""A differential is read over at least this many white cells; over fewer, its percentages are said to be rough (one
+blast in five cells reads as 20 %)."""
+TRIAGE_NOTE = "Triage support, not a diagnosis: a person checks every flagged cell before any result is reported."
+"""Said once with every run's results (classify's and scan's summary, the review page)."""
+
+
+def differential_shares(counts: dict[str, int]) -> dict:
+    """The differential count as a laboratory reads it: ``white_cells``, the cells counted but those of
+    :data:`NOT_WHITE_CELLS` (``other`` is among them: mostly lymphocytes and eosinophils, a platelet now and then);
+    ``pct``, each white-cell class's share of them, in %; ``per_100_white_cells``, each class of
+    :data:`NOT_WHITE_CELLS` counted per 100 white cells. Shares are None when no white cell was counted."""
+    white = {c: n for c, n in counts.items() if c not in NOT_WHITE_CELLS}
+    n = sum(white.values())
+    return {
+        "white_cells": n,
+        "pct": {c: (100.0 * k / n if n else None) for c, k in white.items()},
+        "per_100_white_cells": {c: (100.0 * k / n if n else None) for c, k in counts.items() if c in NOT_WHITE_CELLS},
+    }
+
+
+def is_possible_blast(label: str, top3: Sequence) -> bool:
+    """Whether a cell is a possible blast: labelled one of :data:`BLAST_CLASSES`, or sent to ``other`` when the model's
+    first choice was one (``top3``: its ``(label, probability)`` pairs or ``{"label", "prob"}`` records, most probable
+    first; :func:`first_choice`)."""
+    if label in BLAST_CLASSES:
+        return True
+    if label != OTHER_CLASS or not top3:
+        return False
+    best = top3[0]
+    return (best["label"] if isinstance(best, dict) else best[0]) in BLAST_CLASSES
+
+
 FLAG_UNCERTAIN = "uncertain - refer"
 """Flag for a prediction whose confidence is below the threshold."""
 FLAG_REVIEW = "review: haematologist"

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
-from firmware_host.classify import flagged_counts, other_csv, tally_flag, write_lab_warnings
+from firmware_host.classify import differential_counts, flagged_counts, other_csv, tally_flag, write_lab_warnings
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
@@ -64,6 +64,7 @@ from firmware_host.locate import (
 from firmware_host.metadata import report_head
 from firmware_host.paths import label_for, left_out, path_list
 from firmware_host.preprocess import MAX_PIXELS, decode_rgb, read_bytes, rgb_array, warnings_about
+from firmware_host.report import class_rgb
 from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, label_text
 
 FIELD_WORKER_MB = (73.0, 6.75)
@@ -95,7 +96,7 @@ def field_worker_mb(paths: Sequence[str]) -> float:
     return base + per_megapixel * (most or MAX_PIXELS) / 1e6
 
 
-JSON_FORMAT = "edgecell-scan/1"
+JSON_FORMAT = "edgecell-scan/2"
 """The first member of ``scan --json``'s report: what it is and the version of its layout, for a script to check."""
 
 WHITE_SAMPLE = 250_000
@@ -345,6 +346,8 @@ class ScanSummary:
         n_review: cells flagged for a haematologist (review classes; and ``other`` cells whose first choice was one,
             ``n_review_other`` of them).
         n_uncertain: cells flagged as uncertain.
+        n_blasts: possible blasts, edge cells too (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``,
+            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`).
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
@@ -369,6 +372,8 @@ class ScanSummary:
     n_review_other: int = 0
     n_uncertain: int = 0
     n_other: int = 0
+    n_blasts: int = 0
+    blast_files: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     locate_ms: float = 0.0
     classify_ms: float = 0.0
@@ -403,7 +408,7 @@ class ScanSummary:
             self.red_cells.append(res.red_cell)
         for c in res.cells:
             self.n_cells += 1
-            tally_flag(self, c)
+            tally_flag(self, c, res.file)
             if c["edge"]:
                 self.n_edge += 1
                 self.n_flagged_edge += bool(c["flag"])
@@ -455,8 +460,7 @@ class ScanSummary:
             "edge_cells": self.n_edge,
             "counted_cells": n,
             "threshold": self.threshold,
-            "differential": dict(self.predicted),
-            "differential_pct": {c: (100.0 * v / n if n else 0.0) for c, v in self.predicted.items()},
+            **differential_counts(self.predicted),
             "flagged": flagged_counts(self),
             "flagged_edge_cells": self.n_flagged_edge,  # of the flagged, those cut by a border (not in the differential)
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
@@ -473,15 +477,6 @@ class ScanSummary:
 # Pictures
 
 
-def class_colour(label: str, classes: Sequence[str]) -> tuple[int, int, int]:
-    """A distinct, saturated colour per class (by its position in ``classes``)."""
-    import colorsys
-
-    k = list(classes).index(label) if label in classes else len(classes)
-    r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.9, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> Image.Image:
     """The field with each cell's box in its class's colour and labelled (class, confidence, flag; :func:`~firmware_host.runtime.label_text`).
 
@@ -492,7 +487,7 @@ def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> 
     lw = max(1, int(round(ANNOTATE_WIDTH * img.width / 640)))
     for c in cells:
         x0, y0, x1, y1 = c["box"]
-        colour = class_colour(c["label"], classes)
+        colour = class_rgb(c["label"], classes)  # the review page's colours
         if c["edge"]:
             _dashed_rect(draw, (x0, y0, x1 - 1, y1 - 1), colour, lw)
         else:
@@ -501,7 +496,8 @@ def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> 
         tx, ty = x0 + lw, max(0, y0 - 12) if y0 >= 12 else y0 + lw
         tb = draw.textbbox((tx, ty), text)
         draw.rectangle(tb, fill=colour)
-        draw.text((tx, ty), text, fill=(0, 0, 0))
+        light = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140  # the label's text: black on light colours
+        draw.text((tx, ty), text, fill=(0, 0, 0) if light else (255, 255, 255))
     return img
 
 

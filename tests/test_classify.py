@@ -66,6 +66,42 @@ def test_all_good_exit_0_with_metrics(models, data, tmp_path):
     assert "p95" in r.output and "Flagged:" in r.output
 
 
+def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_first(models, data, tmp_path):
+    """As a laboratory reads a differential (a clinical review): shares of the white cells, other among them, a nucleated
+    red cell per 100 of them; too few cells said; a possible blast named before the table; the JSON says the same."""
+    from firmware_host.classify import BLASTS_NAMED, blasts_line
+    from firmware_host.runtime import TRIAGE_NOTE, differential_shares, is_possible_blast
+
+    shares = differential_shares({"seg_neutrophil": 6, "other": 2, "erythroblast": 2, "myeloblast": 0})
+    assert shares == {"white_cells": 8, "pct": {"seg_neutrophil": 75.0, "other": 25.0, "myeloblast": 0.0}, "per_100_white_cells": {"erythroblast": 25.0}}
+    assert differential_shares({"erythroblast": 3}) == {"white_cells": 0, "pct": {}, "per_100_white_cells": {"erythroblast": None}}
+    assert is_possible_blast("myeloblast", []) and is_possible_blast("other", [("myeloblast", 0.6), ("other", 0.3)])
+    assert not is_possible_blast("other", [{"label": "other", "prob": 0.6}, {"label": "myeloblast", "prob": 0.3}])  # taught as other
+    assert not is_possible_blast("erythroblast", [("myeloblast", 0.4)]) and blasts_line(0, []) is None
+    files = [f"c{k}.jpg" for k in range(BLASTS_NAMED)]
+    assert blasts_line(12, files).endswith(f"(images: {', '.join(files)}, ...): a haematologist sees them before any count is reported")
+    assert (
+        blasts_line(1, ["a.jpg"])
+        == "possible blast: 1 cell the model took for a myeloblast (images: a.jpg): a haematologist sees it before any count is reported"
+    )
+
+    out = tmp_path / "r.json"
+    r = run("classify", "--model", models.export, data, "--json", out, "--threads", 1)
+    summary = json.loads(out.read_text())["summary"]
+    results = json.loads(out.read_text())["results"]
+    blasts = [x["path"] for x in results if is_possible_blast(x["label"], x["top3"])]
+    assert summary["flagged"]["possible_blasts"] == len(blasts)
+    white = sum(n for c, n in summary["differential"].items() if c != "erythroblast")
+    assert summary["white_cells"] == white and set(summary["differential_pct"]) == set(CLASSES) - {"erythroblast"}
+    assert summary["per_100_white_cells"]["erythroblast"] == pytest.approx(100 * summary["differential"]["erythroblast"] / white)
+    lines = r.output.splitlines()
+    table = next(k for k, line in enumerate(lines) if line.startswith("Differential count"))
+    if blasts:  # said just before the table, naming the images
+        assert lines[table - 1].startswith(f"possible blast: {len(blasts)} cell") and os.path.relpath(blasts[0], data) in lines[table - 1]
+    assert "│ white cells  " in r.output and "│ erythroblast (review), per 100 white cells │" in r.output
+    assert f"only {white} white cells: a differential is read over 100 or more" in r.output and TRIAGE_NOTE in r.output
+
+
 def test_bad_files_among_good_ones_exit_1(models, data, tmp_path):
     d = tmp_path / "mixed"
     d.mkdir()

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgecell.cli import cli
 from firmware_host.paths import OTHER_TYPES
 from firmware_host.report import CSV_COLUMNS, OTHER, THUMB_MAX_PX, Box, ReportHeader, ReportWriter, cell_name, thumbnail_jpeg
-from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN
+from firmware_host.runtime import FLAG_REVIEW, FLAG_UNCERTAIN, TRIAGE_NOTE
 from tests._browser import browser
 from tests._tflite_fixtures import labelled_folder, save_jpeg
 
@@ -207,6 +207,44 @@ def test_an_empty_page_shares_nothing_and_a_field_of_one_cell_is_one_cell(tmp_pa
         assert "(80x60, 1 cell)" in w.write(tmp_path / "s.html").read_text(encoding="utf-8")
 
 
+def test_possible_blasts_are_said_first_and_shown_first(tmp_path):
+    """A blast among many cells must not be missed (a clinical review): a banner at the top of the page counts the possible
+    blasts (a myeloblast, or a cell sent to other for the haematologist with myeloblast as the model's first choice),
+    and the review classes' cells come before the rest."""
+    cells = _mixed_cells()
+    blasts = sum(c[1] == "myeloblast" for c in cells)
+    with ReportWriter(_header(SIX, n_images=len(cells) + 2, review_classes=("erythroblast", "myeloblast"))) as w:
+        for k, (f, label, conf, flag, truth) in enumerate(cells):
+            w.add_cell(f, label, conf, flag, truth, _thumb(k))
+        w.add_cell("x/sent.jpg", OTHER, 0.2, FLAG_REVIEW, None, _thumb(0), nearest=("myeloblast", 0.7), why="no whole stained nucleus")
+        w.add_cell("x/ery.jpg", OTHER, 0.2, FLAG_REVIEW, None, _thumb(0), nearest=("erythroblast", 0.7), why="no whole stained nucleus")
+        text = w.write(tmp_path / "p.html").read_text(encoding="utf-8")
+    banner = re.search(r'<p class="alert" role="alert" id="possible-blasts">(.*?)</p>', text).group(1)
+    assert f"Possible blast: {blasts + 1} cells</strong>" in banner and "1 of them sent to other" in banner
+    assert text.index('id="possible-blasts"') < text.index('id="count"') < text.index('id="cells"')
+    assert re.findall(r'<section class="group" data-class="([^"]+)"', text)[:2] == ["myeloblast", "erythroblast"]
+    other = text.split('<section class="group" data-class="other">', 1)[1].split("</section>", 1)[0]
+    assert other.index("sent.jpg") < other.index("ery.jpg")  # within a class, the possible blast first
+    assert text.count('class="tag flag urgent"') == sum(c[3] == FLAG_REVIEW for c in cells) + 2
+    assert TRIAGE_NOTE in text
+    out, _ = _page(tmp_path, SIX, [c for c in cells if c[1] != "myeloblast"], name="none.html")
+    assert 'id="possible-blasts"' not in out.read_text(encoding="utf-8")
+
+
+def test_the_differential_is_of_the_white_cells(tmp_path):
+    """An erythroblast (a nucleated red cell) is counted per 100 white cells, not among them; other stays among them."""
+    cells = [(f"s/{k}.jpg", c, 0.9, "", None) for k, c in enumerate(["seg_neutrophil"] * 6 + ["other"] * 2 + ["erythroblast"] * 2)]
+    text = _page(tmp_path, SIX, cells)[0].read_text(encoding="utf-8")
+    assert re.search(r'<tr id="white-cells"><th scope="row">white cells</th><td class="num">8</td><td class="num">100.0</td>', text)
+    ery = re.search(r'<tr data-class="erythroblast">.*?</tr>', text).group(0)
+    assert "per 100 white cells" in ery and '<td class="num">2</td><td class="num">25.0</td>' in ery
+    assert (
+        '<tr data-class="seg_neutrophil"><th scope="row"><span class="swatch k4"></span>seg_neutrophil</th><td class="num">6</td><td class="num">75.0</td>'
+        in text
+    )
+    assert "Only 8 white cells: a differential is read over 100 or more" in text
+
+
 def test_thumbnails_spool_and_size(tmp_path):
     from PIL import Image
 
@@ -282,6 +320,18 @@ def test_page_in_headless_chromium(tmp_path):
         assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / len(cells):.1f}"  # the share follows too
         bar = page.locator('svg.bars g[data-class="other"] text.n')
         assert bar.text_content().startswith(f"{expected[OTHER] + 1} (")  # and the bar chart
+        # a cell corrected to erythroblast leaves the white cells: it is counted per 100 of them, and the shares follow
+        ery, white = page.locator('#differential tr[data-class="erythroblast"]'), page.locator("#white-cells td.after")
+        i = next(k for k, c in enumerate(cells) if c[1] == "seg_neutrophil" and k != index)
+        page.click(f'button.cls[data-i="{i}"]')
+        page.click('.menu button.pick[data-class="erythroblast"]')
+        assert int(white.inner_text()) == len(cells) - 1 and int(ery.locator("td.after").inner_text()) == 1
+        assert ery.locator("td.pct-after").inner_text() == f"{100 / (len(cells) - 1):.1f}"
+        assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / (len(cells) - 1):.1f}"
+        assert page.locator('svg.bars g[data-class="erythroblast"] text.n').text_content() == f"1 ({round(100 / (len(cells) - 1))} per 100 white cells)"
+        page.click(f'button.cls[data-i="{i}"]')
+        page.click(f'.menu button.pick[data-class="{cells[i][1]}"]')  # back
+        assert int(white.inner_text()) == len(cells) and int(ery.locator("td.after").inner_text()) == 0
         # every class of the menu can be clicked, for a cell at any place in the window (a menu in the cell's card lost
         # its first classes: the card paints only inside itself)
         page.set_viewport_size({"width": 800, "height": 480})
@@ -365,7 +415,7 @@ def test_classify_report_end_to_end(models, tmp_path):
     assert "model_int8.tflite" in text and "int8" in text and json.loads((tmp_path / "r.json").read_text())["model"]["sha256"][:12] in text
     assert 'id="confusion"' in text  # the folders are named after classes
     f = json.loads((tmp_path / "r.json").read_text())["summary"]["flagged"]
-    assert f"Flagged: {f['total']} of {len(results)}</strong>: {f['review']} for the haematologist" in text  # as classify says
+    assert f"Flagged by the model: {f['total']} of {len(results)}</strong>: {f['review']} for the haematologist" in text  # as classify says
     assert f"{f['uncertain']} uncertain" in text and f"{f['other']} not one of the five" in text
 
 

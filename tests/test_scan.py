@@ -338,7 +338,7 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert res.exit_code == 1, res.output  # broken.jpg is reported and skipped
     assert "broken.jpg" in res.output
     report = json.loads(out.read_text())
-    assert list(report)[:2] == ["format", "edgecell_version"] and report["format"] == "edgecell-scan/1"
+    assert list(report)[:2] == ["format", "edgecell_version"] and report["format"] == "edgecell-scan/2"
     edge_flagged = sum(bool(c["flag"]) for f in report["results"] for c in f.get("cells", []) if c["edge"])
     assert report["summary"]["flagged_edge_cells"] == edge_flagged  # flagged, and not in the differential count
     assert (f"({edge_flagged} of them cut by a border)" in " ".join(res.output.split())) == bool(edge_flagged)
@@ -661,7 +661,9 @@ def test_a_field_that_cannot_be_searched_fails_and_an_empty_one_says_why(models,
         + ["--json", str(out), "--csv", str(tmp_path / "s.csv")],
     )
     assert res.exit_code == 1, res.output
-    grey = "has no colour (a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
+    grey = (
+        "has no colour (a blank or unstained picture, or a monochrome camera?): white cells are found by their stain's colour, so none can be searched for here"
+    )
     wide = "--cell-size 1300 is larger than this 1600x1200 field: give the white cells' diameter in its pixels"
     two = "--cell-size 1300 is larger than this 640x480 field: give the white cells' diameter in its pixels"
     text = " ".join(res.output.split())

@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.table import Table
 
 from edgecell.console import shown
-from edgecell.views.classify import differential_table, print_lab_warnings
-from firmware_host.classify import review_other_note
+from edgecell.views.classify import print_differential, print_lab_warnings
+from firmware_host.classify import blasts_line, review_note
 from firmware_host.locate import AUTO
-from firmware_host.runtime import label_text
+from firmware_host.runtime import TRIAGE_NOTE, label_text
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
@@ -45,11 +45,13 @@ def print_summary(con, err, s: ScanSummary) -> None:
         con.print(table)
     d = s.to_dict()
     if s.n_cells:
-        con.print(differential_table("Differential count (cells cut by a field's border left out)", s.predicted))
+        blasts = blasts_line(s.n_blasts, [shown(f) for f in s.blast_files], what="field")
+        print_differential(con, "Differential count (cells cut by a field's border left out)", s.predicted, blasts)
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
-        f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold]{edge_flagged_text(s.n_flagged_edge)} - {s.n_review} for haematologist review, "
-        f"{s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five{review_other_note(s.n_review_other)}.",
+        f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold]{edge_flagged_text(s.n_flagged_edge)} - {s.n_review} for haematologist review"
+        f"{review_note(s.n_review_other)}, {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five."
+        + (f" {TRIAGE_NOTE}" if s.n_cells else ""),
         soft_wrap=True,
     )
     if s.cell_size_given == AUTO and s.cell_size_spread:
