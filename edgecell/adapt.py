@@ -178,11 +178,16 @@ def check_local(ds: data_mod.Dataset, held: np.ndarray, share: float) -> list[st
             for s in ds.samples:
                 distinct[s.label][s.type].add(s.sha256)
             listed = "; ".join(f"{c}: " + ", ".join(str(len(h)) if t == c else f"{len(h)} {t}" for t, h in sorted(distinct[c].items())) for c in short)
+            # named by the class folders that hold them (with several --data folders, not the first one's)
+            folders = sorted({ds.sources[s.source] / s.rel.split("/", 1)[0] for s in ds.samples if s.label in short})
+            where = folders[0] if len(folders) == 1 else ds.root
+            found_in = f" (in {', '.join(map(str, folders))})" if len(folders) > 1 else ""
             raise DataError(
-                f"too few labelled cells to hold any out ({listed}; copies of one image count once): each class needs "
+                f"too few labelled cells to hold any out ({listed}{found_in}; copies of one image count once): each class needs "
                 f"{MIN_PER_CLASS} or more different cells of one type ({RECOMMENDED_PER_CLASS} or more help); "
-                "or pass --holdout-share 0 to train on all of them without a local check",
-                ds.root,
+                "label more, or move the folder of such a class out of --data (the model keeps the class from its own "
+                "training cells), or pass --holdout-share 0 to train on all of them without a local check",
+                where,
             )
     # per cell type: each is a prototype of its own (a clinic's lymphocytes and eosinophils both teach `other`)
     per_type = Counter(s.type or s.label for s in ds.samples)

@@ -154,12 +154,19 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         raise CorrectionsError([f"{where}: line {start}: malformed CSV ({exc})"], csv_path) from None  # where the bad record starts
     except OSError as exc:
         raise CorrectionsError([f"{where}: cannot read ({os_reason(exc)})"], csv_path) from None
+    from firmware_host.classify import CSV_BASE_COLUMNS
+    from firmware_host.scan import CSV_COLUMNS as SCAN_CSV_COLUMNS
+
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     if header not in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):  # a page made before the sha256 column: unchecked
         got = ",".join(rows[0][1]) if rows else "an empty file"
         line = f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"
         if len(header) == 1 and [c.strip() for c in header[0].split(";")] in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):
             line += f"; its fields are separated by semicolons (as a spreadsheet saves CSV in some languages): {RESAVE}"
+        elif header[: len(CSV_COLUMNS)] == list(CSV_COLUMNS) and len(header) > len(CSV_COLUMNS):
+            line += f"; remove the column(s) added after them ({', '.join(rows[0][1][len(CSV_COLUMNS) :])}), then save it as CSV again"
+        elif header[:2] in (CSV_BASE_COLUMNS[:2], SCAN_CSV_COLUMNS[:2]):
+            line += "; this is classify's or scan's results CSV, not the corrections the review page downloads (press Download corrections there)"
         raise CorrectionsError([line], csv_path)
 
     out: list[Correction] = []
@@ -229,7 +236,7 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
     if problems:
         hint = None
         if relative_missing:
-            hint = "run this in the folder classify was run in, or give --base"
+            hint = "run this in the folder classify was run in, or give --base (or the image was renamed or moved since the review)"
             hint = hint if relative_missing == 1 else f"{relative_missing} files are not found relative to {base}: {hint}"
         raise CorrectionsError(problems, csv_path, hint)
     return out
@@ -377,14 +384,14 @@ def apply_corrections(
 
 def _dropped(out: Path, rows: Sequence[Correction]) -> tuple[list[str], list[str]] | None:
     """The cells an earlier apply put in ``out`` (its :data:`MARKER`) that ``rows`` do not list, as the files written
-    for them, and the names of the CSVs that earlier apply read; None when there are none. A cell is its
+    for them, and the paths of the CSVs that earlier apply read (as it was given them); None when there are none. A cell is its
     :attr:`Correction.key`; an entry written before the key was recorded is its source file (any cell of that field)."""
     listed = _listed(out)
     keys = {r.key for r in rows} | {os.path.realpath(r.source) for r in rows}
     gone = [f for f in listed if (f.get("key") or os.path.realpath(str(f.get("source", "")))) not in keys]
     if not gone:
         return None
-    csvs = dict.fromkeys(os.path.basename(str(f.get("csv", ""))) for f in gone if f.get("csv"))
+    csvs = dict.fromkeys(str(f["csv"]) for f in gone if f.get("csv"))  # whole paths: the page always downloads corrections.csv
     return [f["file"] for f in gone], list(csvs) or ["unknown"]
 
 

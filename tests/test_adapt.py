@@ -232,6 +232,16 @@ def test_too_few_to_hold_out_is_refused_with_how_many_to_label(tiny_run, clinic,
     assert "too few labelled cells to hold any out (basophil: 1; copies of one image count once)" in lines[0]
     assert f"each class needs {MIN_PER_CLASS} or more different cells of one type" in lines[0]
     assert not out.exists()
+    # with the scan's cells in a second folder: the folder named is the one that holds the single basophil (a review:
+    # the first --data folder was named, whichever it was)
+    first = tmp_path / "clinic2" / "monocyte"
+    first.mkdir(parents=True)
+    for f in files[6:11]:
+        (first / f.name).symlink_to(f)
+    for order in ((first.parent, small), (small, first.parent)):
+        res = CliRunner().invoke(cli, ["adapt", str(tiny_run), *(a for d in order for a in ("--data", str(d))), "--out", str(out)])
+        assert res.exit_code == 1 and f"{small / 'basophil'}: too few labelled cells to hold any out (basophil: 1;" in res.output, res.output
+        assert "move the folder of such a class out of --data" in res.output
 
 
 def test_out_onto_the_parent_run_is_refused(tiny_run, clinic):

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,8 @@ def test_apply_again_replaces_its_own_folder_only_with_every_cell_it_holds_or_wh
     two = write_csv(tmp_path / "two.csv", GOOD[:1])
     with pytest.raises(
         DataError,
-        match=rf"holds {len(GOOD) - 1} cell\(s\) an earlier corrections apply put there \(.*\) that this CSV does not list; give the CSV\(s\) it was built from as well \(one.csv\) to keep them in one folder, or --replace to build it from these alone",
+        # the whole path: the review page always downloads corrections.csv, so a name alone does not tell Monday's from Tuesday's
+        match=rf"holds {len(GOOD) - 1} cell\(s\) an earlier corrections apply put there \(.*\) that this CSV does not list; give the CSV\(s\) it was built from as well \({re.escape(str(tmp_path / 'one.csv'))}\) to keep them in one folder, or --replace to build it from these alone",
     ):
         apply_corrections(two, out, base=images)
     assert digests(out) == before
@@ -248,14 +250,17 @@ def test_files_not_found_from_the_wrong_folder_say_where_to_run(images, tmp_path
     r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD), "--out", tmp_path / "out", cwd=tmp_path)
     lines = r.output.splitlines()
     assert r.exit_code == 1 and len(lines) == len(GOOD) + 2
-    assert lines[-2] == f"{len(GOOD)} files are not found relative to {tmp_path}: run this in the folder classify was run in, or give --base"
+    assert (
+        lines[-2]
+        == f"{len(GOOD)} files are not found relative to {tmp_path}: run this in the folder classify was run in, or give --base (or the image was renamed or moved since the review)"
+    )
 
 
 def test_one_file_not_found_from_the_wrong_folder_is_one_line_saying_where_to_run(images, tmp_path):
     r = run("corrections", "apply", write_csv(tmp_path / "c.csv", GOOD[:1]), "--out", tmp_path / "out", cwd=tmp_path)
     assert r.exit_code == 1 and r.output.splitlines() == [
         f"Error: {tmp_path / 'c.csv'}: line 2: monocyte/a.jpg: no such file (relative to {tmp_path}); run this in the folder classify "
-        "was run in, or give --base; nothing was written."
+        "was run in, or give --base (or the image was renamed or moved since the review); nothing was written."
     ]
 
 
@@ -375,8 +380,11 @@ def _shift(msg: str) -> str:
             "line 3: malformed CSV (unexpected end of data)",
         ),
         ("file,predicted,corrected\n", "holds no corrections"),
+        ("path,label,confidence\na.jpg,monocyte,0.9\n", "this is classify's or scan's results CSV, not the corrections the review page downloads"),
+        ("file,width,height,cell\nf.jpg,640,480,0\n", "this is classify's or scan's results CSV"),
+        ("file,predicted,corrected,sha256,note\nmonocyte/a.jpg,monocyte,other,ab,odd\n", "remove the column(s) added after them (note)"),
     ],
-    ids=["empty", "wrong-header", "unclosed-quote", "header-only"],
+    ids=["empty", "wrong-header", "unclosed-quote", "header-only", "classify-results", "scan-results", "added-column"],
 )
 def test_malformed_csv_one_line(images, tmp_path, content, expected):
     csv_path = tmp_path / "c.csv"
