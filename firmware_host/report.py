@@ -580,7 +580,7 @@ class ReportWriter:
         yield f'<section id="fields">\n<h2>Fields of view ({len(self.fields)})</h2>\n<div class="fieldlist">\n'
         for fi, f in enumerate(self.fields):
             shapes = []
-            for ci in f.cells:
+            for k_in_field, ci in enumerate(f.cells, start=1):
                 c = self.cells[ci]
                 if c.box is None:
                     continue
@@ -591,13 +591,13 @@ class ReportWriter:
                     # as scan --annotate draws it: dashed when cut by the border, "!" when flagged
                     f'<g class="k{k}{" edge" if c.edge else ""}"><title>{_e(label)}</title>'
                     f'<rect x="{b.x0}" y="{b.y0}" width="{b.x1 - b.x0}" height="{b.y1 - b.y0}"/>'
-                    f'<text x="{b.x0 + 2}" y="{max(b.y0 - 3, 10)}">{ci + 1}{" !" if _flagged(c) else ""}</text></g>'
+                    f'<text x="{b.x0 + 2}" y="{max(b.y0 - 3, 10)}">{k_in_field}{" !" if _flagged(c) else ""}</text></g>'
                 )
             yield (
                 f'<figure class="field" id="field-{fi}"><div class="fieldimg">'
                 f'<img alt="field of view {_e(_rel(f.file, root))}" src="data:image/jpeg;base64,{self._load(f.thumb)}">'
                 f'<svg viewBox="0 0 {f.width} {f.height}" preserveAspectRatio="none" aria-hidden="true">{"".join(shapes)}</svg></div>'
-                f'<figcaption><span class="name" title="{_e(f.file)}">{_e(_rel(f.file, root))}</span> '
+                f'<figcaption>field {fi + 1}: <span class="name" title="{_e(f.file)}">{_e(_rel(f.file, root))}</span> '
                 f"({f.width}x{f.height}, {len(f.cells)} cell{'s' if len(f.cells) != 1 else ''})"
                 + (f'<br><span class="note">{_e(f.note)}</span>' if f.note else "")
                 + "</figcaption></figure>\n"
@@ -655,7 +655,8 @@ class ReportWriter:
             classes.append("wrong")
             tags.append(f'<span class="tag wrong">folder: {_e(c.true_label)}</span>')
         if c.field is not None:
-            tags.append(f'<span class="tag">field {c.field + 1}, cell {c.index + 1}</span>')
+            # numbered as the field's boxes and scan's CSV number them: cell k of its field, from 1
+            tags.append(f'<span class="tag">field {c.field + 1}, cell {self.fields[c.field].cells.index(c.index) + 1}</span>')
         if c.edge:
             tags.append('<span class="tag">cut by the border: not counted</span>')
         conf = f'<span class="conf" title="probability of {_e(c.label)}">{c.confidence:.2f}</span>'

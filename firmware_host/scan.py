@@ -814,15 +814,10 @@ class ReportHook:
 
 
 def report_hook(dest: str) -> ReportHook:
-    """The ``--report`` writer, or :class:`~firmware_host.errors.EdgecellError` when the review page module is missing."""
-    import importlib
-    import importlib.util
+    """The ``--report`` writer."""
+    from firmware_host import report
 
-    from firmware_host.errors import EdgecellError
-
-    if importlib.util.find_spec("firmware_host.report") is None:
-        raise EdgecellError("--report needs the review page (firmware_host.report), which this edgecell does not have yet", dest)
-    return ReportHook(dest, importlib.import_module("firmware_host.report"))
+    return ReportHook(dest, report)
 
 
 CSV_COLUMNS = [
@@ -875,7 +870,7 @@ class CellCsv:
                     "file": res.file,
                     "width": res.width,
                     "height": res.height,
-                    "cell": i,
+                    "cell": i + 1,  # from 1, as the review page numbers a field's boxes
                     "x0": x0,
                     "y0": y0,
                     "x1": x1,

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import os
+import re
 from collections import deque
 from pathlib import Path
 
@@ -495,23 +496,23 @@ def test_scan_paths_is_the_library_behind_the_command(models, fields, tmp_path):
 
 
 def test_cli_scan_report(models, fields, tmp_path):
-    """--report writes the review page where the review module exists, else says so in one line."""
-    import importlib.util
+    """--report writes the review page; its cells are numbered within their field as the CSV numbers them."""
+    from firmware_host.report import short_sha
+    from tests.test_report import _page_data
 
-    page = tmp_path / "review.html"
-    res = CliRunner().invoke(cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--report", str(page), "--threads", "1"])
-    if importlib.util.find_spec("firmware_host.report") is None:
-        assert res.exit_code == 1 and "Traceback" not in res.output
-        assert "--report needs the review page" in res.output and not page.exists()
-    else:
-        assert res.exit_code == 0, res.output
-        html = page.read_text()
-        assert html.lstrip().lower().startswith("<!doctype html")
-        assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
-        from firmware_host.report import short_sha
-        from tests.test_report import _page_data
-
-        assert {c[3] for c in _page_data(page)["cells"]} == {short_sha((fields / "two.jpg").read_bytes())}  # the field's
+    page, table = tmp_path / "review.html", tmp_path / "s.csv"
+    res = CliRunner().invoke(
+        cli, ["scan", "--model", str(models.export), str(fields / "two.jpg"), "--report", str(page), "--csv", str(table), "--threads", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    html = page.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert html.count("two.jpg#") >= 2  # both cells, named FIELD#x0,y0,x1,y1
+    assert {c[3] for c in _page_data(page)["cells"]} == {short_sha((fields / "two.jpg").read_bytes())}  # the field's
+    rows = [r for r in csv.DictReader(io.StringIO(table.read_text(encoding="utf-8"), newline="")) if r["cell"] != ""]
+    assert [r["cell"] for r in rows] == ["1", "2"]
+    assert sorted(re.findall(r'<span class="tag">field (\d+), cell (\d+)</span>', html)) == [("1", "1"), ("1", "2")]  # cards in review order
+    assert "field 1: <span" in html
 
 
 def _cell(score: float, prob: float = 0.9, edge: bool = False) -> dict:
