@@ -753,7 +753,7 @@ def report_table(rep: dict):
 
     n = rep["local_holdout"]["before"]["n"]
     # a few dozen held-out cells move the figures in steps a person may read as gains (a review: +20.8 pts on 24)
-    caption = f"one of the {n} local held-out cells is {100 / n:.1f} points of their shares" if n else None
+    caption = f"with {n} local held-out cells, each cell moves a share of them by {100 / n:.1f} points" if n else None
     t = Table(title=f"Before and after adapting (calibrated; flag threshold {rep['threshold']})", caption=caption, caption_justify="left")
     for col, just in (("set", "left"), ("n", "right"), ("measure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
         t.add_column(col, justify=just)

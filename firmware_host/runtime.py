@@ -172,7 +172,7 @@ LAB_ADVICE = (
 cells sent to `other`, and the advice named the lab only)."""
 ADAPTED_ADVICE = (
     "check these results with care; the model was adapted to {labs} with {cells} labelled cells: if these images are from {which}, "
-    "label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab (edgecell adapt names it), "
+    "label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab (edgecell adapt, given this adapted run and that lab's cells, names that run), "
     "and if they are from another lab, adapt the model to it"
 )
 """...and when it fires for a model that ``edgecell adapt`` already fitted to a lab (``lab_check["adapted_to"]``)."""

@@ -66,7 +66,7 @@ def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
     for key in ("accuracy", "macro_f1", "flagged", "wrong_unflagged"):
         assert key in hold["after"] and key in rep["original_test"]["before"]
     assert "Before and after adapting" in output and "local, held out" in output
-    assert f"one of the {n} local held-out cells is {100 / n:.1f} points of their shares" in " ".join(output.split())
+    assert f"with {n} local held-out cells, each cell moves a share of them by {100 / n:.1f} points" in " ".join(output.split())
     # what the parent called the clinic's cells before adapting is in the report (said when it names most one other class)
     assert isinstance(rep["label_check"], list)
     for c in rep["label_check"]:

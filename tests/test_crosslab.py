@@ -527,7 +527,7 @@ def test_lab_warning_on_an_adapted_model_advises_more_cells_of_its_lab():
     assert msg.endswith(
         "check these results with care; the model was adapted to clinic, ward2 with 50 labelled cells: if these images are from one of "
         "those labs, label more of its cells and adapt again with all of them, from the run before it was first adapted to that lab "
-        "(edgecell adapt names it), and if they are from another lab, adapt the model to it"
+        "(edgecell adapt, given this adapted run and that lab's cells, names that run), and if they are from another lab, adapt the model to it"
     )
     assert "are from that lab, label" in lab_warning(0.62, 200, check | {"adapted_to": {"sources": ["clinic"], "cells": 50}})
     assert lab_warning(0.62, 200, check | {"adapted_to": {"sources": [], "cells": 0}}).endswith(LAB_ADVICE)

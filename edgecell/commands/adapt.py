@@ -84,7 +84,7 @@ def adapt(json_out, **options):
     con.print(report_table(res.report))
     local = res.report["local"]
     con.print(
-        f"adapted run written to [bold]{res.run_dir}[/bold]: {local['trained']} local images trained on, {local['held_out']} held out; {res.report['method']} {res.seconds:.0f} s"
+        f"adapted run written to [bold]{res.run_dir}[/bold] (from {opts.run_dir}): {local['trained']} local images trained on, {local['held_out']} held out; {res.report['method']} {res.seconds:.0f} s"
     )
     for line in res.report["warnings"]:
         con.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True, highlight=False)
