@@ -250,12 +250,18 @@ def report_warnings(rep: dict) -> list[str]:
     """Lines on what the adapted model does worse than its parent, from the before/after report (``adapt.json``):
     fewer of the local held-out cells right; more than :data:`MAX_ORIGINAL_DROP` points lost on the run's own test
     split; more cells wrong and not flagged on either (:data:`MAX_WRONG_UNFLAGGED_RISE`,
-    :data:`MIN_WRONG_UNFLAGGED_CELLS`). The run is written either way; these say when to keep the parent instead."""
+    :data:`MIN_WRONG_UNFLAGGED_CELLS`); no local cell held out, so nothing measured on the lab. The run is written either
+    way; these say when to keep the parent instead."""
     out = []
     for key, what in (("local_holdout", "your held-out cells"), ("original_test", "the run's own test split")):
         b, a = rep[key]["before"], rep[key]["after"]
         n = b["n"]
-        if not n:  # nothing held out (--holdout-share 0): no figures (None)
+        if not n:  # nothing held out (--holdout-share 0): no figures (None), and said (a review: 3 cells, exit 0, "+2.1 pts")
+            if key == "local_holdout":
+                out.append(
+                    "no local cell was held out (--holdout-share 0): nothing here measures the adapted model on your lab's "
+                    "cells; the test split's figures are of the labs it was trained on"
+                )
             continue
         if key == "local_holdout" and round(a["accuracy"] * n) < round(b["accuracy"] * n):
             out.append(

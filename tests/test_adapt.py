@@ -144,13 +144,14 @@ def _sets(local: tuple, original: tuple) -> dict:
 
 def test_adapting_with_nothing_held_out_reports_no_local_figures_and_no_warning_about_them(tiny_run, clinic, tmp_path):
     """--holdout-share 0 (as the adapt benchmark runs it) leaves the local figures empty (None): the warnings read the
-    run's own test split alone (a first version of them failed there on None)."""
+    run's own test split alone (a first version of them failed there on None), and say that nothing measured the lab."""
     js = tmp_path / "a.json"
     res = CliRunner().invoke(cli, ["adapt", str(tiny_run), "--data", str(clinic), "--out", str(tmp_path / "new"), "--holdout-share", "0", "--json", str(js)])
     assert res.exit_code == 0, res.output
     rep = json.loads(js.read_text())
     assert rep["local_holdout"]["after"]["n"] == 0 and rep["local_holdout"]["after"]["accuracy"] is None
     assert all("held-out cells" not in w for w in rep["warnings"])
+    assert rep["warnings"][0].startswith("no local cell was held out (--holdout-share 0): nothing here measures") and "no local cell" in res.output
 
 
 def test_report_warnings_say_when_the_adapted_model_does_worse_than_its_parent():
@@ -160,7 +161,7 @@ def test_report_warnings_say_when_the_adapted_model_does_worse_than_its_parent()
     from edgecell.adapt import report_warnings
 
     assert report_warnings(_sets((21, 0.80, 0.90, 0.05, 0.0), (900, 0.90, 0.895, 0.010, 0.011))) == []
-    assert report_warnings(_sets((0, None, None, None, None), (900, 0.90, 0.90, 0.01, 0.01))) == []  # --holdout-share 0
+    assert [w[:35] for w in report_warnings(_sets((0, None, None, None, None), (900, 0.90, 0.90, 0.01, 0.01)))] == ["no local cell was held out (--holdo"]
     assert report_warnings(_sets((84, 0.90, 0.90, 2 / 84, 3 / 84), (0, 0.0, 0.0, 0.0, 0.0))) == []  # one cell more: not a trend
     assert report_warnings(_sets((21, 19 / 21, 18 / 21, 0.0, 0.0), (900, 0.90, 0.90, 0.01, 0.01))) == [
         "on your 21 held-out cells the adapted model is right less often than the run it came from (85.7% against 90.5%): "
