@@ -178,8 +178,8 @@ class ModelMetadata:
         if v.get("status") != "passed" or allowed <= DEFAULT_MAX_DROP:
             return None
         return (
-            f"its parity check allowed {_num(allowed)} points of test accuracy lost against Keras (convert --max-drop; the default "
-            f"is {_num(DEFAULT_MAX_DROP)}); it lost {_num(drop)}"
+            f"its conversion was allowed to lose up to {_num(allowed)} points of test accuracy against the trained model "
+            f"(convert --max-drop; the default is {_num(DEFAULT_MAX_DROP)}); it lost {_num(drop)}"
         )
 
     @property

@@ -68,6 +68,7 @@ from firmware_host.runtime import (
     TRIAGE_NOTE,
     differential_shares,
     label_text,
+    prob_text,
 )
 
 OTHER = "other"
@@ -659,11 +660,11 @@ class ReportWriter:
             tags.append(f'<span class="tag">field {c.field + 1}, cell {self.fields[c.field].cells.index(c.index) + 1}</span>')
         if c.edge:
             tags.append('<span class="tag">cut by the border: not counted</span>')
-        conf = f'<span class="conf" title="probability of {_e(c.label)}">{c.confidence:.2f}</span>'
+        conf = f'<span class="conf" title="probability of {_e(c.label)}">{_e(prob_text(c.confidence))}</span>'
         if c.nearest is not None and c.nearest[1] >= NEAREST_SHOWN:
             near, p = c.nearest
             tags.append(
-                f'<span class="tag nearest" title="the class the model gave most probability, before it was sent to other">nearest: {_e(near)} {p:.2f}</span>'
+                f'<span class="tag nearest" title="the class the model gave most probability, before it was sent to other">nearest: {_e(near)} {_e(prob_text(p))}</span>'
             )
             if p > c.confidence:  # sent to other by its never-seen score or the nucleus check: p(other) says nothing
                 conf = ""

@@ -148,6 +148,13 @@ OTHER_REASONS = {"class": OTHER_BY_CLASS, "score": OTHER_BY_SCORE, "nucleus": OT
 """The reason for each test of :func:`firmware_host.otherscore.other_tests`."""
 
 
+def prob_text(p: float) -> str:
+    """A probability as a person reads it: two decimals, but ">0.99" and "<0.01" rather than "1.00" and "0.00" (a
+    calibrated probability is never certainty, and on a lab the model has not seen it can be high and wrong: a clinical
+    review). The JSON and CSV keep every digit."""
+    return ">0.99" if p >= 0.995 else "<0.01" if p < 0.005 else f"{p:.2f}"
+
+
 def label_text(label: str, confidence: float, other_reason: str = "", reason: bool = True) -> str:
     """A cell's label and its probability, as a person reads it (classify's and scan's results, the boxes of
     ``--annotate`` and the review page); for a cell labelled ``other`` by its never-seen score or the nucleus check
@@ -155,7 +162,7 @@ def label_text(label: str, confidence: float, other_reason: str = "", reason: bo
     ``other`` is then low, and "other 0.04" reads as "4 % sure" (the JSON has every probability)."""
     if shown_reason(label, other_reason):
         return f"{label} ({other_reason})" if reason else label
-    return f"{label} {confidence:.2f}"
+    return f"{label} {prob_text(confidence)}"
 
 
 def shown_reason(label: str, other_reason: str) -> str:

@@ -70,7 +70,7 @@ def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_fir
     """As a laboratory reads a differential (a clinical review): shares of the white cells, other among them, a nucleated
     red cell per 100 of them; too few cells said; a possible blast named before the table; the JSON says the same."""
     from firmware_host.classify import BLASTS_NAMED, blasts_line
-    from firmware_host.runtime import TRIAGE_NOTE, differential_shares, is_possible_blast
+    from firmware_host.runtime import TRIAGE_NOTE, differential_shares, is_possible_blast, label_text, prob_text
 
     shares = differential_shares({"seg_neutrophil": 6, "other": 2, "erythroblast": 2, "myeloblast": 0})
     assert shares == {"white_cells": 8, "pct": {"seg_neutrophil": 75.0, "other": 25.0, "myeloblast": 0.0}, "per_100_white_cells": {"erythroblast": 25.0}}
@@ -78,6 +78,9 @@ def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_fir
     assert is_possible_blast("myeloblast", []) and is_possible_blast("other", [("myeloblast", 0.6), ("other", 0.3)])
     assert not is_possible_blast("other", [{"label": "other", "prob": 0.6}, {"label": "myeloblast", "prob": 0.3}])  # taught as other
     assert not is_possible_blast("erythroblast", [("myeloblast", 0.4)]) and blasts_line(0, []) is None
+    # a probability is never shown as certainty (1.00) or impossibility (0.00)
+    assert [prob_text(p) for p in (0.9951, 0.994, 0.5, 0.0051, 0.0049)] == [">0.99", "0.99", "0.50", "0.01", "<0.01"]
+    assert label_text("myeloblast", 0.999) == "myeloblast >0.99"
     files = [f"c{k}.jpg" for k in range(BLASTS_NAMED)]
     assert blasts_line(12, files).endswith(f"(images: {', '.join(files)}, ...): a haematologist sees them before any count is reported")
     assert (

@@ -172,7 +172,7 @@ def test_a_model_converted_with_its_parity_gate_loosened_says_so(models, labelle
     res = cli_run("classify", "--model", model, labelled, "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["model"]["parity"] == verdict  # for a script too
-    line = "warning: this model: its parity check allowed 100.00 points of test accuracy lost against Keras (convert --max-drop; the default is 1.00); it lost 0.40"
+    line = "warning: this model: its conversion was allowed to lose up to 100.00 points of test accuracy against the trained model (convert --max-drop; the default is 1.00); it lost 0.40"
     assert (line in res.stderr.splitlines()) == said, res.stderr
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from edgecell.console import shown, warn
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, blasts_line, model_notes, review_note
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.runtime import MIN_DIFFERENTIAL_CELLS, REVIEW_CLASSES, TRIAGE_NOTE, differential_shares, label_text, shown_reason
+from firmware_host.runtime import MIN_DIFFERENTIAL_CELLS, REVIEW_CLASSES, TRIAGE_NOTE, differential_shares, label_text, prob_text, shown_reason
 
 
 def print_warnings(err, job: ClassifyJob) -> None:
@@ -213,8 +213,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
             cells = [
                 shown(os.path.relpath(r["path"], root) if root else r["path"]),
                 shown(_predicted(r)),
-                f"{r['confidence']:.2f}",
-                "\n".join(f"{t['prob']:.2f} {shown(t['label'])}" for t in r["top3"]),
+                prob_text(r["confidence"]),
+                "\n".join(f"{prob_text(t['prob'])} {shown(t['label'])}" for t in r["top3"]),
                 _flag_markup(r["flag"]),
             ]
             if show_truth:
@@ -263,7 +263,7 @@ def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
     con.print(f"[bold]{title}[/bold]" + (f" (files under {shown(root)})" if root else ""), soft_wrap=True)
     for r in rows:
         name = shown(os.path.relpath(r["path"], root) if root else r["path"])
-        top = ", ".join(f"{shown(t['label'])} {t['prob']:.2f}" for t in alternatives(r))
+        top = ", ".join(f"{shown(t['label'])} {prob_text(t['prob'])}" for t in alternatives(r))
         ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {shown(r['true_label'])})[/red]")
         flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
         con.print(
