@@ -67,6 +67,8 @@ def test_adapt_learns_the_new_lab_and_reports_before_and_after(adapted):
         assert key in hold["after"] and key in rep["original_test"]["before"]
     assert "Before and after adapting" in output and "local, held out" in output
     assert f"with {n} local held-out cells, each cell moves a share of them by {100 / n:.1f} points" in " ".join(output.split())
+    said = "".join(output.split())  # where the held-out cells are listed, and what was adapted (a review found neither said)
+    assert f"{n}heldout(listedin" in said and "split.csv,splittest)" in said and "(from" in said
     # what the parent called the clinic's cells before adapting is in the report (said when it names most one other class)
     assert isinstance(rep["label_check"], list)
     for c in rep["label_check"]:

@@ -7,6 +7,7 @@ import click
 from edgecell import adapt as _defaults  # no TensorFlow at import time
 from edgecell.options import DATA_FOLDER, FiniteFloatRange, check_outputs, data_option, data_reads, emit_json, json_option, seeded
 from edgecell.runfolder import recorded_data_reads
+from firmware_host.metadata import SPLIT_FILE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +85,9 @@ def adapt(json_out, **options):
     con.print(report_table(res.report))
     local = res.report["local"]
     con.print(
-        f"adapted run written to [bold]{res.run_dir}[/bold] (from {opts.run_dir}): {local['trained']} local images trained on, {local['held_out']} held out; {res.report['method']} {res.seconds:.0f} s"
+        f"adapted run written to [bold]{res.run_dir}[/bold] (from {opts.run_dir}): {local['trained']} local images trained on, {local['held_out']} held out"
+        + (f" (listed in {res.run_dir / SPLIT_FILE}, split test)" if local["held_out"] else "")
+        + f"; {res.report['method']} {res.seconds:.0f} s"
     )
     for line in res.report["warnings"]:
         con.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True, highlight=False)
