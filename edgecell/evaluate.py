@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,61 @@ def by_source(
         "by_source": out_src,
         "by_type": {k: group(key == k) for k in sorted(set(key.tolist()))},
     }
+
+
+def blast_report(
+    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], pred: np.ndarray, sources: Sequence[str], threshold: float, offsets: np.ndarray | None = None
+) -> dict:
+    """What happens to the blasts of a labelled set (cells of :data:`~firmware_host.runtime.BLAST_CLASSES`), as
+    ``classify`` would give them, from calibrated ``probs`` and the labels ``pred``: over all sources (``all``) and per
+    source (``by_source``), ``n`` blasts; ``possible_blast``, the share said first as a possible blast
+    (:func:`~firmware_host.runtime.is_possible_blast`); ``to_haematologist``, flagged for review; ``flagged_otherwise``
+    (uncertain, other); ``silent``, no flag at all, and what those were ``called``; and among the other cells
+    (``n_other``), ``false_alarms``, the share said to be a possible blast. Empty for a model without a blast class."""
+    from firmware_host.runtime import BLAST_CLASSES, FLAG_REVIEW, Prediction, is_possible_blast, triage
+
+    blast = np.isin(np.asarray(y), [k for k, c in enumerate(classes) if c in BLAST_CLASSES])
+    if not any(c in BLAST_CLASSES for c in classes):
+        return {}
+    offset = np.full(len(y), math.nan) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    flags, possible = [], []
+    for i, k in enumerate(pred):
+        top3 = [(classes[j], float(probs[i, j])) for j in np.argsort(-probs[i], kind="stable")[:3]]
+        flags.append(triage(Prediction("", classes[k], float(probs[i, k]), top3, probs[i], nucleus_offset=float(offset[i])), threshold))
+        possible.append(is_possible_blast(classes[k], top3))
+    flags, possible, src = np.array(flags, dtype=object), np.array(possible, dtype=bool), np.array(sources, dtype=object)
+
+    def tally(mask: np.ndarray) -> dict:
+        b, rest = mask & blast, mask & ~blast
+        n = int(b.sum())
+        silent = b & (flags == "")
+        return {
+            "n": n,
+            "possible_blast": float(possible[b].mean()) if n else None,
+            "to_haematologist": float((flags[b] == FLAG_REVIEW).mean()) if n else None,
+            "flagged_otherwise": float(((flags[b] != FLAG_REVIEW) & (flags[b] != "")).mean()) if n else None,
+            "silent": float(silent.sum() / n) if n else None,
+            "called": dict(Counter(classes[k] for k in np.asarray(pred)[silent]).most_common()),
+            "n_other": int(rest.sum()),
+            "false_alarms": float(possible[rest].mean()) if rest.any() else None,
+        }
+
+    everything = np.ones(len(y), dtype=bool)
+    return {"all": tally(everything), "by_source": {s: tally(src == s) for s in sorted(set(src.tolist()))}}
+
+
+def blast_line(rep: dict) -> str | None:
+    """The blasts' fate in one line (:func:`blast_report`'s ``all``), or None without blasts."""
+    a = (rep or {}).get("all") or {}
+    if not a.get("n"):
+        return None
+    n = a["n"]
+    called = ", ".join(f"{c} {k}" for c, k in a["called"].items())
+    alarms = f"; {a['false_alarms']:.1%} of the other {a['n_other']} cells were said to be possible blasts" if a["n_other"] else ""
+    return (
+        f"blasts (n={n}): {a['possible_blast']:.1%} said first as a possible blast, {a['to_haematologist']:.1%} sent to the haematologist, "
+        f"{a['flagged_otherwise']:.1%} flagged otherwise, {a['silent']:.1%} counted without a flag" + (f" ({called})" if called else "") + alarms
+    )
 
 
 def image_records(
@@ -673,6 +729,7 @@ def evaluate(
     cal = apply_temperature(probs, target.temperature)
     m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max, target.lab_check)
     m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
+    m["blasts"] = blast_report(y, cal, target.classes, decided, sp.sources, DEFAULT_THRESHOLD, sp.offsets)
     m.update(
         {
             "split": split,

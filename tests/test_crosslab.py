@@ -457,6 +457,40 @@ def test_by_source_counts_wrong_and_unflagged():
     assert rep["by_source"]["bccd"]["lab_warning"] is None  # no lab check given
 
 
+def test_the_blasts_fate_is_reported():
+    """What a clinic most needs from an evaluation (a clinical review): of the true blasts, how many were said first as a
+    possible blast, went to the haematologist, were flagged otherwise, or were counted without a flag, and as what;
+    and how often other cells were said to be possible blasts."""
+    from edgecell.evaluate import blast_line, blast_report
+
+    classes = ["basophil", "erythroblast", "monocyte", "myeloblast", "other"]
+    probs = np.array(
+        [
+            [0.0, 0.0, 0.05, 0.95, 0.0],  # blast called myeloblast: a possible blast, to the haematologist
+            [0.0, 0.1, 0.0, 0.6, 0.3],  # blast sent to other (by its score) with myeloblast first: a possible blast, for review
+            [0.0, 0.9, 0.0, 0.1, 0.0],  # blast called erythroblast: to the haematologist, not said as a blast
+            [0.1, 0.0, 0.6, 0.3, 0.0],  # blast called monocyte, unsure: flagged uncertain
+            [0.0, 0.0, 0.95, 0.05, 0.0],  # blast called monocyte, sure: counted without a flag
+            [0.0, 0.0, 0.1, 0.9, 0.0],  # a monocyte called myeloblast: a false alarm
+            [0.9, 0.0, 0.1, 0.0, 0.0],  # a basophil, right
+        ]
+    )
+    y = np.array([3, 3, 3, 3, 3, 2, 0])
+    pred = np.array([3, 4, 1, 2, 2, 3, 0])
+    rep = blast_report(y, probs, classes, pred, ["lab"] * 5 + ["other_lab"] * 2, 0.7)
+    a = rep["all"]
+    assert (a["n"], a["n_other"]) == (5, 2)
+    assert a["possible_blast"] == pytest.approx(2 / 5) and a["to_haematologist"] == pytest.approx(3 / 5)
+    assert a["flagged_otherwise"] == pytest.approx(1 / 5) and a["silent"] == pytest.approx(1 / 5) and a["called"] == {"monocyte": 1}
+    assert a["false_alarms"] == pytest.approx(1 / 2)
+    assert rep["by_source"]["other_lab"]["n"] == 0 and rep["by_source"]["other_lab"]["false_alarms"] == pytest.approx(1 / 2)
+    assert blast_line(rep) == (
+        "blasts (n=5): 40.0% said first as a possible blast, 60.0% sent to the haematologist, 20.0% flagged otherwise, "
+        "20.0% counted without a flag (monocyte 1); 50.0% of the other 2 cells were said to be possible blasts"
+    )
+    assert blast_report(y, probs[:, [0, 1, 2, 4]], ["basophil", "erythroblast", "monocyte", "other"], pred * 0, ["lab"] * 7, 0.7) == {}
+
+
 def test_by_source_says_which_source_the_lab_check_would_warn_on():
     """Each source is one set for the lab check: the source whose median score passes the limit is named."""
     pytest.importorskip("sklearn")

@@ -56,8 +56,8 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
     from rich.markup import escape
 
     from edgecell.console import human
+    from edgecell.evaluate import blast_line, other_table, reads, resolve, risk_coverage_table, source_table, stain_table
     from edgecell.evaluate import evaluate as run_eval
-    from edgecell.evaluate import other_table, reads, resolve, risk_coverage_table, source_table, stain_table
     from edgecell.metrics import confusion_table, metrics_table
     from edgecell.tfutil import require_train_extra
     from firmware_host.runtime import DEFAULT_THRESHOLD
@@ -72,6 +72,8 @@ def evaluate(model, data_dir, split, out_dir, stain, seed, other_threshold, thre
     con.print(f"expected calibration error: {m['ece']:.4f} (with temperature {m['temperature']:.2f}: {m['ece_calibrated']:.4f})")
     con.print(risk_coverage_table(m["risk_coverage"], m["n"], DEFAULT_THRESHOLD))
     con.print(source_table(m["sources"]))
+    if blast_line(m["blasts"]):
+        con.print(blast_line(m["blasts"]), soft_wrap=True, highlight=False)
     for source, g in m["sources"]["by_source"].items():
         if g.get("lab_warning"):
             con.print(f"[bold yellow]lab check, {escape(source)}:[/bold yellow] {escape(g['lab_warning'])}", soft_wrap=True, highlight=False)
