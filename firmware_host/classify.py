@@ -107,7 +107,9 @@ class ClassifySummary:
             ``other`` cells whose first choice was one (``n_review_other`` of them).
         n_uncertain: predictions below ``threshold``.
         n_blasts: possible blasts (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``, the first
-            :data:`BLASTS_NAMED` of their images.
+            :data:`BLASTS_NAMED` of their images (``n_blast_files`` in all).
+        n_no_nucleus: cells labelled ``other`` with no whole stained nucleus (not white cells: the differential leaves
+            them out).
         confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
         n_unlabelled: classified images that are not in a folder named after a class.
         preprocess_ms: per-image decode-and-resize time, float32, in input order.
@@ -134,6 +136,8 @@ class ClassifySummary:
     n_other: int = 0
     n_blasts: int = 0
     blast_files: list[str] = field(default_factory=list)
+    n_blast_files: int = 0
+    n_no_nucleus: int = 0
     confusion: list[list[int]] = field(default_factory=list)
     n_unlabelled: int = 0
     preprocess_ms: array = field(default_factory=lambda: array("f"))
@@ -165,6 +169,7 @@ class ClassifySummary:
         self.labs.add(row["path"], row["true_label"] is not None, top, row.get("other_score"), has_no_nucleus(row.get("other_reason", "")))
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
+        self.n_no_nucleus += row["label"] == OTHER_CLASS and has_no_nucleus(row.get("other_reason", ""))
         tally_flag(self, row, row["path"])
         if row["true_label"] is None:
             self.n_unlabelled += 1
@@ -252,7 +257,7 @@ class ClassifySummary:
             "n_classified": n_ok,
             "n_failed": len(self.failed),
             "threshold": self.threshold,
-            **differential_counts(self.differential),
+            **differential_counts(self.differential, self.n_no_nucleus),
             "flagged": flagged_counts(self),
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
@@ -546,11 +551,14 @@ BLASTS_NAMED = 10
 def tally_flag(summary, result: dict, name: str) -> None:
     """Count one result's flag in a summary (:class:`ClassifySummary` or :class:`firmware_host.scan.ScanSummary`):
     ``n_review`` (and ``n_review_other``, those labelled ``other``), ``n_uncertain``, ``n_other``; and whether it is a
-    possible blast (``n_blasts``, the first :data:`BLASTS_NAMED` ``blast_files``: ``name``, its image's, once)."""
+    possible blast (``n_blasts``; ``name``, its image's or field's, counted once in ``n_blast_files`` and named in
+    ``blast_files`` while there are fewer than :data:`BLASTS_NAMED`)."""
     if is_possible_blast(result["label"], result["top3"]):
         summary.n_blasts += 1
-        if len(summary.blast_files) < BLASTS_NAMED and name not in summary.blast_files:
-            summary.blast_files.append(name)
+        if not summary.blast_files or summary.blast_files[-1] != name:  # a field's cells come together
+            summary.n_blast_files += 1
+            if len(summary.blast_files) < BLASTS_NAMED:
+                summary.blast_files.append(name)
     flag = result["flag"]
     summary.n_review += flag == FLAG_REVIEW
     summary.n_review_other += flag == FLAG_REVIEW and result["label"] == OTHER_CLASS
@@ -558,16 +566,18 @@ def tally_flag(summary, result: dict, name: str) -> None:
     summary.n_other += flag == FLAG_OTHER
 
 
-def differential_counts(counts: dict[str, int]) -> dict:
-    """The differential in a JSON summary (classify's and scan's): ``differential``, the cells counted per class;
-    ``white_cells``, ``differential_pct`` and ``per_100_white_cells``, as :func:`firmware_host.runtime.differential_shares`
-    gives them."""
-    shares = differential_shares(counts)
+def differential_counts(counts: dict[str, int], no_nucleus: int = 0) -> dict:
+    """The differential in a JSON summary (classify's and scan's): ``differential``, the cells counted per label;
+    ``white_cells``, ``differential_pct`` (``other``'s: of its cells with a nucleus), ``per_100_white_cells`` and
+    ``no_nucleus`` (cells labelled ``other`` with no whole stained nucleus, not white cells), as
+    :func:`firmware_host.runtime.differential_shares` gives them."""
+    shares = differential_shares(counts, no_nucleus)
     return {
         "differential": dict(counts),
         "white_cells": shares["white_cells"],
         "differential_pct": shares["pct"],
         "per_100_white_cells": shares["per_100_white_cells"],
+        "no_nucleus": shares["no_nucleus"],
     }
 
 
@@ -611,15 +621,16 @@ def review_note(n_other: int, classes: Iterable[str] = REVIEW_CLASSES) -> str:
     return f" ({inside})" if inside else ""
 
 
-def blasts_line(n: int, files: Sequence[str], what: str = "image") -> str | None:
+def blasts_line(n: int, files: Sequence[str], n_files: int | None = None, what: str = "image") -> str | None:
     """The line said before the rest of a run's results when it holds a possible blast (``n`` of them; ``files``, the
-    first of their images, or fields for scan: ``what``); None for none."""
+    first of their images, or fields for scan: ``what``, of ``n_files`` in all, default ``len(files)``); None for none."""
     if not n:
         return None
-    named = ", ".join(files) + (", ..." if len(files) >= BLASTS_NAMED else "")
+    more = (n_files if n_files is not None else len(files)) - len(files)
+    named = ", ".join(files) + (f", and {more} more" if more > 0 else "")
     return (
         f"possible blast: {n} cell{'s' if n != 1 else ''} the model took for a {' or '.join(sorted(BLAST_CLASSES))} "
-        f"({what}s: {named}): a haematologist sees {'them' if n != 1 else 'it'} before any count is reported"
+        f"({what}s: {named}): have a haematologist check {'them' if n != 1 else 'it'} before any count is reported"
     )
 
 

@@ -12,8 +12,10 @@ What the page holds:
   corrections, and an inline SVG bar chart that follows them too);
 * for folder-labelled input, the confusion matrix (rows: folder, columns: predicted);
 * in scan mode, each field of view with a box around every cell found;
-* the cells as thumbnails grouped by predicted class, flagged ones first in each group (review
-  classes, uncertain, ``other``), then by confidence, lowest first; each with its confidence (an ``other`` cell: the
+* a banner at the top when the run holds a possible blast;
+* the cells as thumbnails grouped by predicted class, the review classes' groups first (and ``other``'s when it holds a
+  cell for review); in each group the possible blasts, the other cells for review, the rest of the flagged ones, then
+  by confidence, lowest first; each with its confidence (an ``other`` cell: the
   class the model found it nearest to), file name and a class selector. Cells whose folder label differs from the
   prediction are marked.
 
@@ -63,10 +65,11 @@ from firmware_host.preprocess import JPEG_FORMATS
 from firmware_host.runtime import (
     BLAST_CLASSES,
     FLAG_REVIEW,
-    MIN_DIFFERENTIAL_CELLS,
     NOT_WHITE_CELLS,
     TRIAGE_NOTE,
+    differential_notes,
     differential_shares,
+    has_no_nucleus,
     label_text,
     prob_text,
 )
@@ -192,6 +195,11 @@ class _Cell:
     nearest: tuple[str, float] | None = None  # an ``other`` cell: the class the model gave it most probability
     edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
     sha256: str = ""  # the first SHA_SHOWN hex digits of the file's (a scan cell's: its field's) SHA-256; "" unknown
+
+
+def _no_nucleus(c: _Cell) -> bool:
+    """Whether a cell is ``other`` for want of a whole stained nucleus (not a white cell: the differential leaves it out)."""
+    return c.label == OTHER and has_no_nucleus(c.why)
 
 
 def _possible_blast(c: _Cell) -> bool:
@@ -420,7 +428,8 @@ class ReportWriter:
             "otherTypes": [t for t in OTHER_TYPES if t != OTHER],
             "csvColumns": list(CSV_COLUMNS),
             "csvName": CSV_NAME,
-            "cells": [[c.file, c.label, int(c.edge), c.sha256] for c in self.cells],
+            # file, label, cut by the border, SHA-256 prefix, other for want of a nucleus (not a white cell unless corrected)
+            "cells": [[c.file, c.label, int(c.edge), c.sha256, int(_no_nucleus(c))] for c in self.cells],
         }
         yield f'<script type="application/json" id="edgecell-data">{_json_for_script(data)}</script>\n'
         yield f"<script>{script}</script>\n</body>\n</html>\n"
@@ -453,10 +462,10 @@ class ReportWriter:
             n = len(blasts)
             kinds = " or ".join(sorted(BLAST_CLASSES))
             sent = sum(c.label == OTHER for c in blasts)
-            among = f" ({sent} of them sent to other with {_e(kinds)} as the model's first choice)" if sent else ""
+            among = f" ({sent} of them sent to other with {_e(kinds)} as the model's first choice, first in the other group)" if sent else ""
             out.append(
                 f'<p class="alert" role="alert" id="possible-blasts"><strong>Possible blast: {n} cell{"s" if n != 1 else ""}</strong> '
-                f'the model took for a {_e(kinds)}{among}, shown first under <a href="#cells">Cells</a>: a haematologist sees '
+                f'the model took for a {_e(kinds)}{among}, shown first under <a href="#cells">Cells</a>: have a haematologist check '
                 f"{'them' if n != 1 else 'it'} before any count is reported.</p>"
             )
         for note in h.notes:
@@ -496,44 +505,41 @@ class ReportWriter:
         for c in counted:
             counts[c.label] = counts.get(c.label, 0) + 1
         n_edge = len(self.cells) - len(counted)
-        n = differential_shares(counts)["white_cells"]
+        shares = differential_shares(counts, sum(_no_nucleus(c) for c in counted))
+        n, white = shares["white_cells"], shares["white"]
         review = set(self.header.review_classes)
 
-        def row(k: int, c: str, per_100: bool) -> str:
+        def row(k: int, c: str, count: int, what: str = "") -> str:
             mark = ' <span class="tag review">review</span>' if c in review else ""
-            pct = _pct(counts[c], n)
-            what = ", per 100 white cells" if per_100 else ""
+            pct = _pct(count, n)
             return (
-                f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}{what}</th>'
-                f'<td class="num">{counts[c]}</td><td class="num">{pct}</td><td class="num after">{counts[c]}</td><td class="num pct-after">{pct}</td></tr>'
+                f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}{_e(what)}</th>'
+                f'<td class="num">{count}</td><td class="num">{pct}</td><td class="num after">{count}</td><td class="num pct-after">{pct}</td></tr>'
             )
 
-        white = [row(k, c, False) for k, c in enumerate(choices) if c not in NOT_WHITE_CELLS]
-        other = [row(k, c, True) for k, c in enumerate(choices) if c in NOT_WHITE_CELLS]
+        rows = [row(k, c, white[c]) for k, c in enumerate(choices) if c in white]
+        per_100 = [row(k, c, counts[c], ", per 100 white cells") for k, c in enumerate(choices) if c not in white]
         total = _pct(n, n)
+        k_other = choices.index(OTHER)
+        bare = shares["no_nucleus"]
         table = (
             '<table class="diff" id="differential">\n'
             '<thead><tr><th scope="col">class</th><th scope="col">predicted</th><th scope="col">%</th>'
             '<th scope="col">after corrections</th><th scope="col">%</th></tr></thead>\n<tbody>\n'
-            + "\n".join(white)
+            + "\n".join(rows)
             + f'\n</tbody>\n<tbody class="total"><tr id="white-cells"><th scope="row">white cells</th><td class="num">{n}</td><td class="num">{total}</td>'
             f'<td class="num after">{n}</td><td class="num pct-after">{total}</td></tr></tbody>\n'
-            + (f'<tbody class="per100">\n{"".join(other)}\n</tbody>\n' if other else "")
-            + "</table>"
+            + (f'<tbody class="per100">\n{"".join(per_100)}\n</tbody>\n' if per_100 else "")
+            # the cells the nucleus check sent to other: not white cells (a correction moves one into its class)
+            + f'<tbody class="bare"><tr id="no-nucleus"><th scope="row"><span class="swatch k{k_other}"></span>{OTHER}, no stained nucleus (not counted)</th>'
+            f'<td class="num">{bare}</td><td class="num">-</td><td class="num after">{bare}</td><td class="num">-</td></tr></tbody>\n'
+            "</table>"
         )
-        notes = []
-        if other:
-            notes.append("A nucleated red cell (erythroblast) is counted per 100 white cells, not among them.")
-        if OTHER in counts:
-            notes.append(f"{OTHER}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now and then).")
-        if 0 < n < MIN_DIFFERENTIAL_CELLS:
-            notes.append(
-                f"Only {n} white cell{'s' if n != 1 else ''}: a differential is read over {MIN_DIFFERENTIAL_CELLS} or more, so these percentages are rough."
-            )
+        notes = differential_notes(counts, bare)
         left_out = f"<p>{n_edge} cell{'s' if n_edge != 1 else ''} cut by a field's border shown below, not counted.</p>\n" if n_edge else ""
         left_out = self._flags_html() + left_out
         bars = '<p class="hint">' + " ".join(_e(t) for t in notes) + (" " if notes else "") + "The table and the bars follow the corrections.</p>\n"
-        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap"><div class="scroll">{table}</div>\n{_bar_chart(choices, counts)}</div>\n{bars}</section>\n'
+        return f'<section id="count">\n<h2>Differential count</h2>\n{left_out}<div class="diffwrap"><div class="scroll">{table}</div>\n{_bar_chart(choices, counts, shares)}</div>\n{bars}</section>\n'
 
     def _flags_html(self) -> str:
         """What a person must look at, counted from the flags as classify's and scan's summary lines count them (every cell
@@ -614,19 +620,21 @@ class ReportWriter:
             '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
             '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right; cells cut by the border only when corrected)</label></div>\n'
-            '<p class="hint">Possible blasts and the other classes for the haematologist come first; in each class the flagged cells '
-            "(possible blasts first), then the least confident. "
+            '<p class="hint">The classes for the haematologist come first (and other, when it holds a cell for them); in each '
+            "class the possible blasts, then the other cells for the haematologist, the rest of the flagged cells, then the least confident. "
             "Click the class under a cell to pick another; under <code>other</code> you can name the type (lymphocyte, "
             "eosinophil, ...), which counts as <code>other</code> and teaches <code>edgecell adapt</code> that type. "
             "An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
         )
         review = set(self.header.review_classes)
         colour = {c: k for k, c in enumerate(choices)}
-        # what a haematologist must see first: the blast classes, then the other review classes, then the rest
-        order = sorted(groups, key=lambda c: (c not in BLAST_CLASSES, c not in review))
+        # what a haematologist must see first: the blast classes, the other review classes, other when it holds a cell
+        # for the haematologist (sent there with a review class as the model's first choice), then the rest
+        for_review = {cls for cls, members in groups.items() if any(c.flag == FLAG_REVIEW for c in members)}
+        order = sorted(groups, key=lambda c: (c not in BLAST_CLASSES, c not in review, c not in for_review))
         for cls in order:
             k = colour.get(cls, len(choices))
-            members = sorted(groups[cls], key=lambda c: (not _possible_blast(c), not _flagged(c), c.confidence, c.index))
+            members = sorted(groups[cls], key=lambda c: (not _possible_blast(c), c.flag != FLAG_REVIEW, not _flagged(c), c.confidence, c.index))
             n_flag = sum(_flagged(c) for c in members)
             flagged_note = f", {n_flag} flagged" if n_flag else ""
             yield (
@@ -768,11 +776,12 @@ def _class_colours(choices: Sequence[str]) -> str:
     return "\n" + "\n".join(rules) + "\n"
 
 
-def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
+def _bar_chart(choices: Sequence[str], counts: dict[str, int], shares: dict) -> str:
     """A horizontal bar per class as inline SVG (attributes only: the page's CSP allows no inline style attributes)."""
     row, label_w, bar_w, count_w = 22, 120, 260, 190
+    counts = {c: shares["white"].get(c, counts[c]) for c in choices}  # other: its cells with a nucleus
     top = max(counts.values()) if counts and max(counts.values()) else 1
-    n = differential_shares(counts)["white_cells"]  # shares of the white cells; a nucleated red cell per 100 of them
+    n = shares["white_cells"]  # shares of the white cells; a nucleated red cell per 100 of them
     parts = [
         f'<svg class="bars" role="img" aria-labelledby="bars-title" data-label-w="{label_w}" data-bar-w="{bar_w}" width="{label_w + bar_w + count_w}" height="{row * len(choices) + 4}" '
         f'viewBox="0 0 {label_w + bar_w + count_w} {row * len(choices) + 4}"><title id="bars-title">Differential count, bar chart</title>'
@@ -780,11 +789,11 @@ def _bar_chart(choices: Sequence[str], counts: dict[str, int]) -> str:
     for k, c in enumerate(choices):
         y = k * row + 2
         w = round(bar_w * counts[c] / top, 1)
-        pct = 100.0 * counts[c] / n if n else 0.0
+        share = f"{100.0 * counts[c] / n:.0f}{' per 100 white cells' if c in NOT_WHITE_CELLS else ' %'}" if n else "-"
         parts.append(
             f'<g class="k{k}" data-class="{_e(c)}"><text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(c)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row - 6}"/>'
-            f'<text class="n" x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({pct:.0f}{" per 100 white cells" if c in NOT_WHITE_CELLS else " %"})</text></g>'
+            f'<text class="n" x="{label_w + w + 4}" y="{y + 15}">{counts[c]} ({share})</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -850,12 +859,17 @@ _SCRIPT = """
     var counts = {};
     var total = 0;
     data.classes.forEach(function (c) { counts[c] = 0; });
+    var bare = 0;
     data.cells.forEach(function (cell, i) {
       if (cell[2]) { return; }  // cut by its field's border: not counted
+      if (!has(i) && cell[4]) { bare += 1; return; }  // other for want of a nucleus: not a white cell, unless corrected
       var c = counted(has(i) ? corrected[i] : cell[1]);
       counts[c] = (counts[c] || 0) + 1;
       if (data.notWhite.indexOf(c) < 0) { total += 1; }  // shares are of the white cells (a nucleated red cell: per 100 of them)
     });
+    var bareCell = document.querySelector("#no-nucleus td.after");
+    bareCell.textContent = String(bare);
+    bareCell.classList.toggle("changed", bareCell.textContent !== document.querySelector("#no-nucleus").children[1].textContent);
     var whiteRow = document.getElementById("white-cells");
     whiteRow.querySelector("td.after").textContent = String(total);
     whiteRow.querySelector("td.after").classList.toggle("changed", String(total) !== whiteRow.children[1].textContent);
@@ -878,8 +892,8 @@ _SCRIPT = """
         g.querySelector("rect").setAttribute("width", String(w));
         var t = g.querySelector("text.n");
         t.setAttribute("x", String(labelW + w + 4));
-        var share = total ? Math.round(100 * k / total) : 0;
-        t.textContent = k + " (" + share + (data.notWhite.indexOf(g.getAttribute("data-class")) >= 0 ? " per 100 white cells)" : " %)");
+        var share = total ? Math.round(100 * k / total) + (data.notWhite.indexOf(g.getAttribute("data-class")) >= 0 ? " per 100 white cells" : " %") : "-";
+        t.textContent = k + " (" + share + ")";
       });
     }
     document.getElementById("ncorrected").textContent = n + " corrected";

@@ -106,18 +106,53 @@ TRIAGE_NOTE = "Triage support, not a diagnosis: a person checks every flagged ce
 """Said once with every run's results (classify's and scan's summary, the review page)."""
 
 
-def differential_shares(counts: dict[str, int]) -> dict:
-    """The differential count as a laboratory reads it: ``white_cells``, the cells counted but those of
-    :data:`NOT_WHITE_CELLS` (``other`` is among them: mostly lymphocytes and eosinophils, a platelet now and then);
-    ``pct``, each white-cell class's share of them, in %; ``per_100_white_cells``, each class of
-    :data:`NOT_WHITE_CELLS` counted per 100 white cells. Shares are None when no white cell was counted."""
+def differential_shares(counts: dict[str, int], no_nucleus: int = 0) -> dict:
+    """The differential count as a laboratory reads it, from the cells counted per label (``counts``) and how many of
+    those labelled ``other`` hold no whole stained nucleus (``no_nucleus``: the nucleus check; red cells, background,
+    debris, a blank picture): ``white`` and ``white_cells``, the cells counted per white-cell class and in all: every
+    class but those of :data:`NOT_WHITE_CELLS`, ``other`` less its cells without a nucleus (the rest of ``other`` is
+    mostly lymphocytes and eosinophils, a platelet now and then); ``pct``, each white-cell class's share of them, in %;
+    ``per_100_white_cells``, each class of :data:`NOT_WHITE_CELLS` counted per 100 white cells; ``no_nucleus``, the
+    cells left out. Shares are None when no white cell was counted."""
     white = {c: n for c, n in counts.items() if c not in NOT_WHITE_CELLS}
+    if OTHER_CLASS in white:
+        no_nucleus = min(no_nucleus, white[OTHER_CLASS])
+        white[OTHER_CLASS] -= no_nucleus
+    else:
+        no_nucleus = 0
     n = sum(white.values())
     return {
+        "white": white,
         "white_cells": n,
         "pct": {c: (100.0 * k / n if n else None) for c, k in white.items()},
         "per_100_white_cells": {c: (100.0 * k / n if n else None) for c, k in counts.items() if c in NOT_WHITE_CELLS},
+        "no_nucleus": no_nucleus,
     }
+
+
+def differential_notes(counts: dict[str, int], no_nucleus: int = 0) -> list[str]:
+    """What to say under the differential (classify's and scan's printed table, the review page): what the classes
+    that are not white cells are counted as, what ``other`` holds, the cells left out for want of a nucleus, and too few
+    white cells for its percentages (:data:`MIN_DIFFERENTIAL_CELLS`)."""
+    shares = differential_shares(counts, no_nucleus)
+    n, notes = shares["white_cells"], []
+    if shares["per_100_white_cells"]:
+        names = " and ".join(sorted(shares["per_100_white_cells"]))
+        notes.append(f"{names}: a nucleated red cell, not a white cell; counted per 100 white cells, not among them.")
+    if shares["white"].get(OTHER_CLASS):
+        notes.append(f"{OTHER_CLASS}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now and then).")
+    if shares["no_nucleus"]:
+        k = shares["no_nucleus"]
+        notes.append(
+            f"{k} cell{'s' if k != 1 else ''} labelled {OTHER_CLASS} hold{'s' if k == 1 else ''} no whole stained nucleus (red cells, background, debris): not white cells, left out of them."
+        )
+    if not n and sum(counts.values()):
+        notes.append("No white cell was counted, so there are no shares.")
+    elif 0 < n < MIN_DIFFERENTIAL_CELLS:
+        notes.append(
+            f"Only {n} white cell{'s' if n != 1 else ''}: a differential is read over {MIN_DIFFERENTIAL_CELLS} or more, so these percentages are rough."
+        )
+    return notes
 
 
 def is_possible_blast(label: str, top3: Sequence) -> bool:
@@ -137,7 +172,7 @@ FLAG_UNCERTAIN = "uncertain - refer"
 FLAG_REVIEW = "review: haematologist"
 """Flag for a confident prediction of one of :data:`REVIEW_CLASSES`."""
 FLAG_OTHER = "not one of the five - refer"
-"""Flag for a cell labelled :data:`OTHER_CLASS`: counted apart from the five in the differential."""
+"""Flag for a cell labelled :data:`OTHER_CLASS`: counted in a row of its own in the differential."""
 OTHER_BY_CLASS = "taught as other"
 """Why a cell is ``other`` (:attr:`Prediction.other_reason`): its most probable class is ``other``..."""
 OTHER_BY_SCORE = "unlike every trained type"

@@ -62,7 +62,7 @@ from firmware_host.locate import (
     white_point,
 )
 from firmware_host.metadata import report_head
-from firmware_host.paths import label_for, left_out, path_list
+from firmware_host.paths import OTHER_CLASS, label_for, left_out, path_list
 from firmware_host.preprocess import MAX_PIXELS, decode_rgb, read_bytes, rgb_array, warnings_about
 from firmware_host.report import class_rgb
 from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, label_text
@@ -347,7 +347,8 @@ class ScanSummary:
             ``n_review_other`` of them).
         n_uncertain: cells flagged as uncertain.
         n_blasts: possible blasts, edge cells too (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``,
-            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`).
+            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`; ``n_blast_files`` in all).
+        n_no_nucleus: counted cells labelled ``other`` with no whole stained nucleus (not white cells).
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
@@ -374,6 +375,8 @@ class ScanSummary:
     n_other: int = 0
     n_blasts: int = 0
     blast_files: list[str] = field(default_factory=list)
+    n_blast_files: int = 0
+    n_no_nucleus: int = 0
     failed: list[dict] = field(default_factory=list)
     locate_ms: float = 0.0
     classify_ms: float = 0.0
@@ -414,6 +417,7 @@ class ScanSummary:
                 self.n_flagged_edge += bool(c["flag"])
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
+                self.n_no_nucleus += c["label"] == OTHER_CLASS and has_no_nucleus(c.get("other_reason", ""))
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
                 self.labs.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"), has_no_nucleus(c.get("other_reason", "")))
 
@@ -460,7 +464,7 @@ class ScanSummary:
             "edge_cells": self.n_edge,
             "counted_cells": n,
             "threshold": self.threshold,
-            **differential_counts(self.predicted),
+            **differential_counts(self.predicted, self.n_no_nucleus),
             "flagged": flagged_counts(self),
             "flagged_edge_cells": self.n_flagged_edge,  # of the flagged, those cut by a border (not in the differential)
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,

@@ -69,12 +69,39 @@ def test_all_good_exit_0_with_metrics(models, data, tmp_path):
 def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_first(models, data, tmp_path):
     """As a laboratory reads a differential (a clinical review): shares of the white cells, other among them, a nucleated
     red cell per 100 of them; too few cells said; a possible blast named before the table; the JSON says the same."""
-    from firmware_host.classify import BLASTS_NAMED, blasts_line
-    from firmware_host.runtime import TRIAGE_NOTE, differential_shares, is_possible_blast, label_text, prob_text
+    from rich.console import Console
 
-    shares = differential_shares({"seg_neutrophil": 6, "other": 2, "erythroblast": 2, "myeloblast": 0})
-    assert shares == {"white_cells": 8, "pct": {"seg_neutrophil": 75.0, "other": 25.0, "myeloblast": 0.0}, "per_100_white_cells": {"erythroblast": 25.0}}
-    assert differential_shares({"erythroblast": 3}) == {"white_cells": 0, "pct": {}, "per_100_white_cells": {"erythroblast": None}}
+    from edgecell.views.classify import differential_table
+    from firmware_host.classify import BLASTS_NAMED, blasts_line
+    from firmware_host.runtime import TRIAGE_NOTE, differential_notes, differential_shares, is_possible_blast, label_text, prob_text
+    from tests._tflite_fixtures import copy_model, reseal
+
+    counts = {"seg_neutrophil": 6, "other": 5, "erythroblast": 2, "myeloblast": 0}
+    shares = differential_shares(counts, no_nucleus=3)  # 3 of the 5 other cells hold no stained nucleus: not white cells
+    assert shares == {
+        "white": {"seg_neutrophil": 6, "other": 2, "myeloblast": 0},
+        "white_cells": 8,
+        "pct": {"seg_neutrophil": 75.0, "other": 25.0, "myeloblast": 0.0},
+        "per_100_white_cells": {"erythroblast": 25.0},
+        "no_nucleus": 3,
+    }
+    assert differential_shares({"erythroblast": 3})["pct"] == {} and differential_shares({"erythroblast": 3})["per_100_white_cells"] == {"erythroblast": None}
+    assert differential_shares({"basophil": 2}, no_nucleus=4)["no_nucleus"] == 0  # a model without other has none
+    con = Console(width=100, record=True)
+    con.print(differential_table("Differential count", counts, 3))
+    text = con.export_text()
+    for row in (
+        "│ seg_neutrophil                             │     6 │  75.0 │",
+        "│ other                                      │     2 │  25.0 │",
+        "│ white cells                                │     8 │ 100.0 │",
+        "│ erythroblast (review), per 100 white cells │     2 │  25.0 │",
+        "│ other, no stained nucleus (not counted)    │     3 │     - │",
+    ):
+        assert row in text, text
+    notes = differential_notes(counts, 3)
+    assert notes[0].startswith("erythroblast: a nucleated red cell, not a white cell") and notes[-1].startswith("Only 8 white cells")
+    assert "3 cells labelled other hold no whole stained nucleus" in notes[2]
+    assert not any(n.startswith("other:") for n in differential_notes({"seg_neutrophil": 6, "other": 3}, 3))  # no other with a nucleus
     assert is_possible_blast("myeloblast", []) and is_possible_blast("other", [("myeloblast", 0.6), ("other", 0.3)])
     assert not is_possible_blast("other", [{"label": "other", "prob": 0.6}, {"label": "myeloblast", "prob": 0.3}])  # taught as other
     assert not is_possible_blast("erythroblast", [("myeloblast", 0.4)]) and blasts_line(0, []) is None
@@ -82,27 +109,36 @@ def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_fir
     assert [prob_text(p) for p in (0.9951, 0.994, 0.5, 0.0051, 0.0049)] == [">0.99", "0.99", "0.50", "0.01", "<0.01"]
     assert label_text("myeloblast", 0.999) == "myeloblast >0.99"
     files = [f"c{k}.jpg" for k in range(BLASTS_NAMED)]
-    assert blasts_line(12, files).endswith(f"(images: {', '.join(files)}, ...): a haematologist sees them before any count is reported")
+    assert blasts_line(12, files, 12).endswith(f"(images: {', '.join(files)}, and 2 more): have a haematologist check them before any count is reported")
+    assert blasts_line(10, files, 10).endswith(f"(images: {', '.join(files)}): have a haematologist check them before any count is reported")
     assert (
         blasts_line(1, ["a.jpg"])
-        == "possible blast: 1 cell the model took for a myeloblast (images: a.jpg): a haematologist sees it before any count is reported"
+        == "possible blast: 1 cell the model took for a myeloblast (images: a.jpg): have a haematologist check it before any count is reported"
     )
 
+    # the CLI, with the six-class model given a nucleus check that some of the drawn cells fail: the JSON and the
+    # printed table agree, and the cells without a nucleus are not white cells
+    model = copy_model(models.root / "export_other" / "model_float32.tflite", tmp_path / "export")
+    meta = json.loads(model.with_suffix(".json").read_text())
+    meta["other_score"]["nucleus_max_offset"] = 95.0
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    reseal(model)
     out = tmp_path / "r.json"
-    r = run("classify", "--model", models.export, data, "--json", out, "--threads", 1)
-    summary = json.loads(out.read_text())["summary"]
-    results = json.loads(out.read_text())["results"]
-    blasts = [x["path"] for x in results if is_possible_blast(x["label"], x["top3"])]
-    assert summary["flagged"]["possible_blasts"] == len(blasts)
-    white = sum(n for c, n in summary["differential"].items() if c != "erythroblast")
-    assert summary["white_cells"] == white and set(summary["differential_pct"]) == set(CLASSES) - {"erythroblast"}
+    r = run("classify", "--model", model, data, "--json", out, "--threads", 1)
+    rep = json.loads(out.read_text())
+    summary, results = rep["summary"], rep["results"]
+    bare = sum(x["label"] == "other" and "no whole stained nucleus" in x["other_reason"] for x in results)
+    assert 0 < bare == summary["no_nucleus"], [x["other_reason"] for x in results]
+    white = sum(n for c, n in summary["differential"].items() if c != "erythroblast") - bare
+    assert summary["white_cells"] == white and set(summary["differential_pct"]) == {*CLASSES, "other"} - {"erythroblast"}
     assert summary["per_100_white_cells"]["erythroblast"] == pytest.approx(100 * summary["differential"]["erythroblast"] / white)
+    blasts = [x["path"] for x in results if is_possible_blast(x["label"], x["top3"])]
+    assert summary["flagged"]["possible_blasts"] == len(blasts) > 0
     lines = r.output.splitlines()
     table = next(k for k, line in enumerate(lines) if line.startswith("Differential count"))
-    if blasts:  # said just before the table, naming the images
-        assert lines[table - 1].startswith(f"possible blast: {len(blasts)} cell") and os.path.relpath(blasts[0], data) in lines[table - 1]
-    assert "│ white cells  " in r.output and "│ erythroblast (review), per 100 white cells │" in r.output
-    assert f"only {white} white cells: a differential is read over 100 or more" in r.output and TRIAGE_NOTE in r.output
+    assert lines[table - 1].startswith(f"possible blast: {len(blasts)} cell") and os.path.relpath(blasts[0], data) in lines[table - 1]
+    assert "│ white cells " in r.output and f"│ {white:>5} │ 100.0 │" in r.output
+    assert f"{bare} cells labelled other hold no whole stained nucleus" in " ".join(r.output.split()) and TRIAGE_NOTE in " ".join(r.output.split())
 
 
 def test_bad_files_among_good_ones_exit_1(models, data, tmp_path):

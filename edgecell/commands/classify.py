@@ -41,7 +41,7 @@ def classify(ctx, model_path, paths, json_out, csv_out, report_out, threshold, o
     macro-F1 and the confusion matrix. Myeloblasts and erythroblasts are always flagged for a
     haematologist; predictions below --threshold are flagged as uncertain. Cells of no type the
     model knows (by class, or by a never-seen score above --other-threshold) are labelled 'other'
-    and counted apart from the five. Unreadable images are listed and skipped; the exit code is then 1.
+    and counted in a row of their own. Unreadable images are listed and skipped; the exit code is then 1.
 
     \b
     Example:

@@ -12,7 +12,7 @@ from rich.table import Table
 from edgecell.console import shown, warn
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, blasts_line, model_notes, review_note
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.runtime import MIN_DIFFERENTIAL_CELLS, REVIEW_CLASSES, TRIAGE_NOTE, differential_shares, label_text, prob_text, shown_reason
+from firmware_host.runtime import REVIEW_CLASSES, TRIAGE_NOTE, differential_notes, differential_shares, label_text, prob_text, shown_reason
 
 
 def print_warnings(err, job: ClassifyJob) -> None:
@@ -90,13 +90,14 @@ def run_job(job, items: str, work: str, description: str, error_of: Callable[[An
     return con, err
 
 
-def differential_table(title: str, counts: dict[str, int]) -> Table:
+def differential_table(title: str, counts: dict[str, int], no_nucleus: int = 0) -> Table:
     """The differential count as a laboratory reads it (:func:`firmware_host.runtime.differential_shares`): each
-    white-cell class's count and share of the white cells (``other`` among them), their total, then each class that is
-    not a white cell per 100 white cells; review classes marked."""
-    shares = differential_shares(counts)
+    white-cell class's count and share of the white cells (``other`` among them, less its cells with no stained
+    nucleus), their total, then each class that is not a white cell per 100 white cells, and the cells left out for
+    want of a nucleus; review classes marked."""
+    shares = differential_shares(counts, no_nucleus)
     n = shares["white_cells"]
-    diff = Table(title=title, title_justify="left", caption=DIFFERENTIAL_CAPTION if shares["per_100_white_cells"] else None, caption_justify="left")
+    diff = Table(title=title, title_justify="left")
     diff.add_column("class")
     diff.add_column("count", justify="right")
     diff.add_column("%", justify="right")
@@ -105,37 +106,22 @@ def differential_table(title: str, counts: dict[str, int]) -> Table:
         return " [red](review)[/red]" if c in REVIEW_CLASSES else ""
 
     for c, pct in shares["pct"].items():
-        diff.add_row(shown(c) + mark(c), str(counts[c]), "-" if pct is None else f"{pct:.1f}")
+        diff.add_row(shown(c) + mark(c), str(shares["white"][c]), "-" if pct is None else f"{pct:.1f}")
     diff.add_row("[bold]white cells[/bold]", f"[bold]{n}[/bold]", "100.0" if n else "-")
     for c, per in shares["per_100_white_cells"].items():
         diff.add_row(f"{shown(c)}{mark(c)}, per 100 white cells", str(counts[c]), "-" if per is None else f"{per:.1f}")
+    if shares["no_nucleus"]:
+        diff.add_row(f"{OTHER_CLASS}, no stained nucleus (not counted)", str(shares["no_nucleus"]), "-")
     return diff
 
 
-DIFFERENTIAL_CAPTION = "A nucleated red cell (erythroblast) is counted per 100 white cells, not among them."
-
-
-def differential_notes(counts: dict[str, int]) -> list[str]:
-    """What to say under the differential: too few white cells for its percentages (:data:`MIN_DIFFERENTIAL_CELLS`),
-    and what ``other`` holds."""
-    n = differential_shares(counts)["white_cells"]
-    notes = []
-    if counts.get(OTHER_CLASS):
-        notes.append(f"{OTHER_CLASS}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now and then)")
-    if 0 < n < MIN_DIFFERENTIAL_CELLS:
-        notes.append(
-            f"only {n} white cell{'s' if n != 1 else ''}: a differential is read over {MIN_DIFFERENTIAL_CELLS} or more, so these percentages are rough"
-        )
-    return notes
-
-
-def print_differential(con, title: str, counts: dict[str, int], blasts: str | None) -> None:
-    """The possible-blast line (:func:`firmware_host.classify.blasts_line`), the differential table and its notes, and
-    :data:`~firmware_host.runtime.TRIAGE_NOTE` (classify's and scan's)."""
+def print_differential(con, title: str, counts: dict[str, int], blasts: str | None, no_nucleus: int = 0) -> None:
+    """The possible-blast line (:func:`firmware_host.classify.blasts_line`), the differential table and its notes
+    (:func:`firmware_host.runtime.differential_notes`; classify's and scan's)."""
     if blasts:
         con.print(f"[bold red]{shown(blasts)}[/bold red]", soft_wrap=True, highlight=False)
-    con.print(differential_table(title, counts))
-    for note in differential_notes(counts):
+    con.print(differential_table(title, counts, no_nucleus))
+    for note in differential_notes(counts, no_nucleus):
         con.print(f"[dim]{shown(note)}[/dim]", soft_wrap=True, highlight=False)
 
 
@@ -226,9 +212,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         con.print(note, soft_wrap=True)
 
     if n_ok:
-        print_differential(
-            con, "Differential count", s.differential, blasts_line(s.n_blasts, [shown(os.path.relpath(f, s.root) if s.root else f) for f in s.blast_files])
-        )
+        named = [shown(os.path.relpath(f, s.root) if s.root else f) for f in s.blast_files]
+        print_differential(con, "Differential count", s.differential, blasts_line(s.n_blasts, named, s.n_blast_files), s.n_no_nucleus)
         con.print(
             f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review"
             f"{review_note(s.n_review_other)}, {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), "

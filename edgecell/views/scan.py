@@ -45,8 +45,8 @@ def print_summary(con, err, s: ScanSummary) -> None:
         con.print(table)
     d = s.to_dict()
     if s.n_cells:
-        blasts = blasts_line(s.n_blasts, [shown(f) for f in s.blast_files], what="field")
-        print_differential(con, "Differential count (cells cut by a field's border left out)", s.predicted, blasts)
+        blasts = blasts_line(s.n_blasts, [shown(f) for f in s.blast_files], s.n_blast_files, what="field")
+        print_differential(con, "Differential count (cells cut by a field's border left out)", s.predicted, blasts, s.n_no_nucleus)
     con.print(
         f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
         f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold]{edge_flagged_text(s.n_flagged_edge)} - {s.n_review} for haematologist review"
