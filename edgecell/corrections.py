@@ -163,8 +163,8 @@ def read_corrections(csv_path: str | os.PathLike, classes: Sequence[str], base: 
         line = f"{where}: line 1: expected the header {','.join(CSV_COLUMNS)}, found {got!r}"
         if len(header) == 1 and [c.strip() for c in header[0].split(";")] in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_SHA)):
             line += f"; its fields are separated by semicolons (as a spreadsheet saves CSV in some languages): {RESAVE}"
-        elif header[: len(CSV_COLUMNS)] == list(CSV_COLUMNS) and len(header) > len(CSV_COLUMNS):
-            line += f"; remove the column(s) added after them ({', '.join(rows[0][1][len(CSV_COLUMNS) :])}), then save it as CSV again"
+        elif extra := next((rows[0][1][len(cols) :] for cols in (CSV_COLUMNS, CSV_COLUMNS_WITHOUT_SHA) if header[: len(cols)] == list(cols)), None):
+            line += f"; remove the column(s) added after them ({', '.join(extra)}), then save it as CSV again"
         elif header[:2] in (CSV_BASE_COLUMNS[:2], SCAN_CSV_COLUMNS[:2]):
             line += "; this is classify's or scan's results CSV, not the corrections the review page downloads (press Download corrections there)"
         raise CorrectionsError([line], csv_path)

@@ -482,21 +482,23 @@ class ScanSummary:
 
 
 def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> Image.Image:
-    """The field with each cell's box in its class's colour and labelled (class, confidence, flag; :func:`~firmware_host.runtime.label_text`).
+    """The field with each cell's box in its class's colour (the review page's, :func:`firmware_host.report.class_rgb`)
+    and labelled: its number in the field (from 1, as the CSV and the review page number it), class, confidence
+    (:func:`~firmware_host.runtime.label_text`) and "!" when flagged.
 
     Edge cells get a dashed box.
     """
     img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     lw = max(1, int(round(ANNOTATE_WIDTH * img.width / 640)))
-    for c in cells:
+    for number, c in enumerate(cells, start=1):
         x0, y0, x1, y1 = c["box"]
-        colour = class_rgb(c["label"], classes)  # the review page's colours
+        colour = class_rgb(c["label"], classes)
         if c["edge"]:
             _dashed_rect(draw, (x0, y0, x1 - 1, y1 - 1), colour, lw)
         else:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=lw)
-        text = label_text(c["label"], c["confidence"], c.get("other_reason", ""), reason=False) + (" !" if c["flag"] else "")
+        text = f"{number} " + label_text(c["label"], c["confidence"], c.get("other_reason", ""), reason=False) + (" !" if c["flag"] else "")
         tx, ty = x0 + lw, max(0, y0 - 12) if y0 >= 12 else y0 + lw
         tb = draw.textbbox((tx, ty), text)
         draw.rectangle(tb, fill=colour)

@@ -383,8 +383,9 @@ def _shift(msg: str) -> str:
         ("path,label,confidence\na.jpg,monocyte,0.9\n", "this is classify's or scan's results CSV, not the corrections the review page downloads"),
         ("file,width,height,cell\nf.jpg,640,480,0\n", "this is classify's or scan's results CSV"),
         ("file,predicted,corrected,sha256,note\nmonocyte/a.jpg,monocyte,other,ab,odd\n", "remove the column(s) added after them (note)"),
+        ("file,predicted,corrected,note\nmonocyte/a.jpg,monocyte,other,odd\n", "remove the column(s) added after them (note)"),  # an older page's
     ],
-    ids=["empty", "wrong-header", "unclosed-quote", "header-only", "classify-results", "scan-results", "added-column"],
+    ids=["empty", "wrong-header", "unclosed-quote", "header-only", "classify-results", "scan-results", "added-column", "added-column-old"],
 )
 def test_malformed_csv_one_line(images, tmp_path, content, expected):
     csv_path = tmp_path / "c.csv"

@@ -338,6 +338,7 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     )
     assert res.exit_code == 1, res.output  # broken.jpg is reported and skipped
     assert "broken.jpg" in res.output
+    res_first = res.output
     report = json.loads(out.read_text())
     assert list(report)[:2] == ["format", "edgecell_version"] and report["format"] == "edgecell-scan/2"
     edge_flagged = sum(bool(c["flag"]) for f in report["results"] for c in f.get("cells", []) if c["edge"])
@@ -364,6 +365,21 @@ def test_cli_scan_json_csv_annotate(models, fields, tmp_path):
     assert [r["file"].rsplit("/", 1)[-1] for r in rows if r["error"]] == ["missing.jpg"]
     assert sorted(p.name for p in ann.iterdir()) == ["annotated.json", "edge.png", "none.png", "two.png"]
     assert Image.open(ann / "two.png").size == (W, H)
+    # each box in its class's colour, the review page's (one palette: a magenta box was a myeloblast in one and a
+    # neutrophil in the other; a review)
+    from firmware_host.report import class_rgb
+
+    drawn = np.asarray(Image.open(ann / "two.png").convert("RGB"))
+    for c in by_name["two.jpg"]["cells"]:
+        x0, y0, _, y1 = c["box"]
+        assert tuple(drawn[(y0 + y1) // 2, x0]) == class_rgb(c["label"], report["model"]["classes"]), c
+    # the blasts and the white cells, as the summary line and the JSON give them (edge cells' blasts too)
+    from firmware_host.runtime import is_possible_blast
+
+    cells = [c for f in report["results"] for c in f.get("cells", [])]
+    blasts = sum(is_possible_blast(c["label"], c["top3"]) for c in cells)
+    assert s["flagged"]["possible_blasts"] == blasts and (f"possible blast: {blasts} cell" in res_first) == bool(blasts)
+    assert s["white_cells"] == sum(n for k, n in s["differential"].items() if k != "erythroblast") - s["no_nucleus"]
     index = json.loads((ann / "annotated.json").read_text())["fields"]
     assert {(f["field"].rsplit("/", 1)[-1], f["png"], f["cells"]) for f in index} == {
         ("two.jpg", "two.png", 2),

@@ -8,7 +8,7 @@ from edgecell.console import shown
 from edgecell.views.classify import print_differential, print_lab_warnings
 from firmware_host.classify import blasts_line, review_note
 from firmware_host.locate import AUTO
-from firmware_host.runtime import TRIAGE_NOTE, label_text
+from firmware_host.runtime import BLAST_CLASSES, TRIAGE_NOTE, is_possible_blast, label_text
 from firmware_host.scan import FIRST_FIELDS, ScanSummary
 
 
@@ -38,7 +38,10 @@ def print_summary(con, err, s: ScanSummary) -> None:
         table.add_column("found", overflow="fold")
         for file, cells in s.first_fields:
             found = ", ".join(
-                label_text(c["label"], c["confidence"], c.get("other_reason", "")) + (" (edge)" if c["edge"] else "") + (" !" if c["flag"] else "")
+                label_text(c["label"], c["confidence"], c.get("other_reason", ""))
+                + (" (edge)" if c["edge"] else "")
+                + (" !" if c["flag"] else "")
+                + (" (possible blast)" if is_possible_blast(c["label"], c["top3"]) and c["label"] not in BLAST_CLASSES else "")
                 for c in cells
             )
             table.add_row(shown(file), str(len(cells)), shown(found) or "[dim]no white cell[/dim]")
