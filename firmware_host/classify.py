@@ -107,7 +107,7 @@ class ClassifySummary:
             ``other`` cells whose first choice was one (``n_review_other`` of them).
         n_uncertain: predictions below ``threshold``.
         n_blasts: possible blasts (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``, the first
-            :data:`BLASTS_NAMED` of their images (``n_blast_files`` in all).
+            :data:`BLASTS_NAMED` of their images (``n_blast_files`` in all); ``n_blasts_in_other``, those labelled ``other``.
         n_no_nucleus: cells labelled ``other`` with no whole stained nucleus (not white cells: the differential leaves
             them out).
         confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
@@ -137,6 +137,7 @@ class ClassifySummary:
     n_blasts: int = 0
     blast_files: list[str] = field(default_factory=list)
     n_blast_files: int = 0
+    n_blasts_in_other: int = 0
     n_no_nucleus: int = 0
     confusion: list[list[int]] = field(default_factory=list)
     n_unlabelled: int = 0
@@ -170,6 +171,7 @@ class ClassifySummary:
         pred = self._index[row["label"]]
         self.predicted[pred] += 1
         self.n_no_nucleus += row["label"] == OTHER_CLASS and has_no_nucleus(row.get("other_reason", ""))
+        self.n_blasts_in_other += row["label"] == OTHER_CLASS and is_possible_blast(row["label"], row["top3"])
         tally_flag(self, row, row["path"])
         if row["true_label"] is None:
             self.n_unlabelled += 1
@@ -257,7 +259,7 @@ class ClassifySummary:
             "n_classified": n_ok,
             "n_failed": len(self.failed),
             "threshold": self.threshold,
-            **differential_counts(self.differential, self.n_no_nucleus),
+            **differential_counts(self.differential, self.n_no_nucleus, self.n_blasts_in_other),
             "flagged": flagged_counts(self),
             "review_classes": sorted(REVIEW_CLASSES),
             "lab_warning": self.lab_warning,
@@ -391,7 +393,12 @@ class ClassifyJob:
                     continue
                 truth = label_for(path, classes)
                 row = res.to_dict(classes)
-                row.update(flag=triage(res, self.opts.threshold), true_label=truth, correct=None if truth is None else truth == res.label)
+                row.update(
+                    flag=triage(res, self.opts.threshold),
+                    possible_blast=is_possible_blast(res.label, res.top3),
+                    true_label=truth,
+                    correct=None if truth is None else truth == res.label,
+                )
                 s.add(row, res.preprocess_ms, res.inference_ms)
                 for out in (self._csv, self._json):
                     if out:
@@ -566,11 +573,12 @@ def tally_flag(summary, result: dict, name: str) -> None:
     summary.n_other += flag == FLAG_OTHER
 
 
-def differential_counts(counts: dict[str, int], no_nucleus: int = 0) -> dict:
+def differential_counts(counts: dict[str, int], no_nucleus: int = 0, blasts_in_other: int = 0) -> dict:
     """The differential in a JSON summary (classify's and scan's): ``differential``, the cells counted per label;
     ``white_cells``, ``differential_pct`` (``other``'s: of its cells with a nucleus), ``per_100_white_cells`` and
     ``no_nucleus`` (cells labelled ``other`` with no whole stained nucleus, not white cells), as
-    :func:`firmware_host.runtime.differential_shares` gives them."""
+    :func:`firmware_host.runtime.differential_shares` gives them; ``possible_blasts_in_other``, the possible blasts counted
+    in ``other`` (a blast class's row reads 0 without them)."""
     shares = differential_shares(counts, no_nucleus)
     return {
         "differential": dict(counts),
@@ -578,6 +586,7 @@ def differential_counts(counts: dict[str, int], no_nucleus: int = 0) -> dict:
         "differential_pct": shares["pct"],
         "per_100_white_cells": shares["per_100_white_cells"],
         "no_nucleus": shares["no_nucleus"],
+        "possible_blasts_in_other": blasts_in_other,
     }
 
 
@@ -621,16 +630,18 @@ def review_note(n_other: int, classes: Iterable[str] = REVIEW_CLASSES) -> str:
     return f" ({inside})" if inside else ""
 
 
-def blasts_line(n: int, files: Sequence[str], n_files: int | None = None, what: str = "image") -> str | None:
-    """The line said before the rest of a run's results when it holds a possible blast (``n`` of them; ``files``, the
-    first of their images, or fields for scan: ``what``, of ``n_files`` in all, default ``len(files)``); None for none."""
+def blasts_line(n: int, files: Sequence[str], n_files: int | None = None, what: str = "image", edge: int = 0) -> str | None:
+    """The line said before the rest of a run's results, and again last, when it holds a possible blast (``n`` of them;
+    ``files``, the first of their images, or fields for scan: ``what``, of ``n_files`` in all, default ``len(files)``;
+    ``edge`` of them cut by a field's border, so not in the differential); None for none."""
     if not n:
         return None
     more = (n_files if n_files is not None else len(files)) - len(files)
     named = ", ".join(files) + (f", and {more} more" if more > 0 else "")
+    cut = f"; {edge} of them cut by a border, not counted" if edge else ""
     return (
         f"possible blast: {n} cell{'s' if n != 1 else ''} the model took for a {' or '.join(sorted(BLAST_CLASSES))} "
-        f"({what}s: {named}): have a haematologist check {'them' if n != 1 else 'it'} before any count is reported"
+        f"({what}s: {named}{cut}): have a haematologist check {'them' if n != 1 else 'it'} before any count is reported"
     )
 
 
@@ -645,6 +656,7 @@ CSV_BASE_COLUMNS = [
     "label",
     "confidence",
     "flag",
+    "possible_blast",
     "other_score",
     "nucleus_offset",
     "other_reason",
@@ -687,6 +699,7 @@ class CsvStream:
             "label": r["label"],
             "confidence": f"{r['confidence']:.6f}",
             "flag": r["flag"],
+            "possible_blast": int(r["possible_blast"]),
             **other_csv(r),
             "top2_label": top[1]["label"],
             "top2_prob": "" if top[1]["prob"] == "" else f"{top[1]['prob']:.6f}",

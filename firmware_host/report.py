@@ -66,6 +66,7 @@ from firmware_host.runtime import (
     BLAST_CLASSES,
     FLAG_REVIEW,
     NOT_WHITE_CELLS,
+    NOT_WHITE_TYPES,
     TRIAGE_NOTE,
     differential_notes,
     differential_shares,
@@ -423,6 +424,7 @@ class ReportWriter:
         data = {
             "classes": choices,
             "notWhite": [c for c in choices if c in NOT_WHITE_CELLS],  # counted per 100 white cells, not among them
+            "notWhiteTypes": sorted(NOT_WHITE_TYPES),  # named within other, not white cells: counted with those without a nucleus
             # the types a reviewer may name within `other` (counted as `other`; `corrections apply` keeps the type,
             # so that `adapt` learns each apart)
             "otherTypes": [t for t in OTHER_TYPES if t != OTHER],
@@ -509,8 +511,13 @@ class ReportWriter:
         n, white = shares["white_cells"], shares["white"]
         review = set(self.header.review_classes)
 
+        in_other = sum(_possible_blast(c) and c.label == OTHER for c in counted)
+        first_blast = next((c for c in choices if c in BLAST_CLASSES), None)
+
         def row(k: int, c: str, count: int, what: str = "") -> str:
             mark = ' <span class="tag review">review</span>' if c in review else ""
+            if c == first_blast and in_other:  # without it, a slide whose one blast was sent to other read "myeloblast 0"
+                mark += f' <span class="tag blast">+{in_other} possible in {OTHER}</span>'
             pct = _pct(count, n)
             return (
                 f'<tr data-class="{_e(c)}"><th scope="row"><span class="swatch k{k}"></span>{_e(c)}{mark}{_e(what)}</th>'
@@ -531,7 +538,7 @@ class ReportWriter:
             f'<td class="num after">{n}</td><td class="num pct-after">{total}</td></tr></tbody>\n'
             + (f'<tbody class="per100">\n{"".join(per_100)}\n</tbody>\n' if per_100 else "")
             # the cells the nucleus check sent to other: not white cells (a correction moves one into its class)
-            + f'<tbody class="bare"><tr id="no-nucleus"><th scope="row"><span class="swatch k{k_other}"></span>{OTHER}, no stained nucleus (not counted)</th>'
+            + f'<tbody class="bare"><tr id="no-nucleus"><th scope="row"><span class="swatch k{k_other}"></span>{OTHER}, not a white cell (no stained nucleus found, or named platelet): not counted</th>'
             f'<td class="num">{bare}</td><td class="num">-</td><td class="num after">{bare}</td><td class="num">-</td></tr></tbody>\n'
             "</table>"
         )
@@ -620,8 +627,9 @@ class ReportWriter:
             '<div class="toolbar"><button type="button" id="download" disabled title="nothing corrected yet">Download corrections</button> '
             '<span id="ncorrected">0 corrected</span> '
             '<label><input type="checkbox" id="include-confirmed"> also list the cells left as predicted, as confirmed (only when you have checked them all: <code>adapt</code> learns them as right; cells cut by the border only when corrected)</label></div>\n'
-            '<p class="hint">The classes for the haematologist come first (and other, when it holds a cell for them); in each '
-            "class the possible blasts, then the other cells for the haematologist, the rest of the flagged cells, then the least confident. "
+            '<p class="hint">The classes holding a possible blast come first, then the other classes for the haematologist (and '
+            "other, when it holds a cell for them); in each class the possible blasts, then the other cells for the haematologist, "
+            "the rest of the flagged cells, then the least confident. "
             "Click the class under a cell to pick another; under <code>other</code> you can name the type (lymphocyte, "
             "eosinophil, ...), which counts as <code>other</code> and teaches <code>edgecell adapt</code> that type. "
             "An <code>other</code> cell shows the class the model found it nearest to.</p>\n"
@@ -631,7 +639,8 @@ class ReportWriter:
         # what a haematologist must see first: the blast classes, the other review classes, other when it holds a cell
         # for the haematologist (sent there with a review class as the model's first choice), then the rest
         for_review = {cls for cls, members in groups.items() if any(c.flag == FLAG_REVIEW for c in members)}
-        order = sorted(groups, key=lambda c: (c not in BLAST_CLASSES, c not in review, c not in for_review))
+        with_blast = {cls for cls, members in groups.items() if any(_possible_blast(c) for c in members)}
+        order = sorted(groups, key=lambda c: (c not in with_blast, c not in BLAST_CLASSES, c not in review, c not in for_review))
         for cls in order:
             k = colour.get(cls, len(choices))
             members = sorted(groups[cls], key=lambda c: (not _possible_blast(c), c.flag != FLAG_REVIEW, not _flagged(c), c.confidence, c.index))
@@ -654,6 +663,9 @@ class ReportWriter:
         name = _rel(c.file, root)
         classes = ["cell"]
         tags = []
+        if _possible_blast(c):
+            classes.append("blast")
+            tags.append('<span class="tag blast">possible blast</span>')
         if _flagged(c):
             urgent = c.flag == FLAG_REVIEW
             classes.append("flagged review" if urgent else "flagged")
@@ -789,7 +801,7 @@ def _bar_chart(choices: Sequence[str], counts: dict[str, int], shares: dict) -> 
     for k, c in enumerate(choices):
         y = k * row + 2
         w = round(bar_w * counts[c] / top, 1)
-        share = f"{100.0 * counts[c] / n:.0f}{' per 100 white cells' if c in NOT_WHITE_CELLS else ' %'}" if n else "-"
+        share = f"{_pct(counts[c], n)}{' per 100 white cells' if c in NOT_WHITE_CELLS else ' %'}" if n else "-"
         parts.append(
             f'<g class="k{k}" data-class="{_e(c)}"><text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(c)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row - 6}"/>'
@@ -814,7 +826,8 @@ svg.bars{max-width:100%;height:auto}section.group,section#count{scroll-margin-to
 .bars text{font-size:12px;fill:#222}.bars rect{fill:var(--c)}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;background:var(--c)}
 .tag{display:inline-block;font-size:.72rem;padding:0 4px;border-radius:3px;background:#e8e8e8;margin-left:3px}
-.tag.flag,.tag.review{background:#ffe0b3}.tag.urgent{background:#b71c1c;color:#fff;font-weight:700}
+.tag.flag,.tag.review{background:#ffe0b3}.tag.urgent{background:#b71c1c;color:#fff;font-weight:700}.tag.blast{background:#1b1b1b;color:#fff;font-weight:700}
+li.cell.blast{border:3px solid #1b1b1b}
 .alert{background:#fde4e4;border:2px solid #b71c1c;border-radius:4px;padding:6px 10px}
 li.cell.review{border-left:6px solid #b71c1c}tbody.total th,tbody.total td{font-weight:700;border-top:1px solid #999}
 @media print{li.cell{content-visibility:visible}}.tag.nearest{background:#dde8f5}
@@ -863,6 +876,7 @@ _SCRIPT = """
     data.cells.forEach(function (cell, i) {
       if (cell[2]) { return; }  // cut by its field's border: not counted
       if (!has(i) && cell[4]) { bare += 1; return; }  // other for want of a nucleus: not a white cell, unless corrected
+      if (has(i) && data.notWhiteTypes.indexOf(corrected[i]) >= 0) { bare += 1; return; }  // named platelet: not a white cell
       var c = counted(has(i) ? corrected[i] : cell[1]);
       counts[c] = (counts[c] || 0) + 1;
       if (data.notWhite.indexOf(c) < 0) { total += 1; }  // shares are of the white cells (a nucleated red cell: per 100 of them)
@@ -892,7 +906,7 @@ _SCRIPT = """
         g.querySelector("rect").setAttribute("width", String(w));
         var t = g.querySelector("text.n");
         t.setAttribute("x", String(labelW + w + 4));
-        var share = total ? Math.round(100 * k / total) + (data.notWhite.indexOf(g.getAttribute("data-class")) >= 0 ? " per 100 white cells" : " %") : "-";
+        var share = total ? pct(k, total) + (data.notWhite.indexOf(g.getAttribute("data-class")) >= 0 ? " per 100 white cells" : " %") : "-";
         t.textContent = k + " (" + share + ")";
       });
     }

@@ -99,6 +99,9 @@ summary, the top of the review page), naming its images."""
 NOT_WHITE_CELLS = frozenset({"erythroblast"})
 """Classes that are not white cells: a nucleated red cell is counted per 100 white cells beside the differential, not in
 it (as a laboratory reports it). :func:`differential_shares`."""
+NOT_WHITE_TYPES = frozenset({"platelet"})
+"""Types a reviewer may name within ``other`` that are not white cells: the review page counts a cell named so with those
+without a nucleus, outside the white cells."""
 MIN_DIFFERENTIAL_CELLS = 100
 """A differential is read over at least this many white cells; over fewer, its percentages are said to be rough (one
 blast in five cells reads as 20 %)."""
@@ -140,11 +143,15 @@ def differential_notes(counts: dict[str, int], no_nucleus: int = 0) -> list[str]
         names = " and ".join(sorted(shares["per_100_white_cells"]))
         notes.append(f"{names}: a nucleated red cell, not a white cell; counted per 100 white cells, not among them.")
     if shares["white"].get(OTHER_CLASS):
-        notes.append(f"{OTHER_CLASS}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now and then).")
+        notes.append(
+            f"{OTHER_CLASS}: white cells the model does not name (lymphocytes, eosinophils, immature granulocytes; a platelet now "
+            "and then), and abnormal cells may be among them, blasts too: look at them."
+        )
     if shares["no_nucleus"]:
         k = shares["no_nucleus"]
         notes.append(
-            f"{k} cell{'s' if k != 1 else ''} labelled {OTHER_CLASS} hold{'s' if k == 1 else ''} no whole stained nucleus (red cells, background, debris): not white cells, left out of them."
+            f"{k} cell{'s' if k != 1 else ''} labelled {OTHER_CLASS} with no whole stained nucleus found (usually red cells, background "
+            "or debris; check them): left out of the white cells."
         )
     if not n and sum(counts.values()):
         notes.append("No white cell was counted, so there are no shares.")
@@ -421,7 +428,9 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     * predicted class in :data:`REVIEW_CLASSES`: :data:`FLAG_REVIEW`, however sure the model is (a possible blast
       goes to the haematologist, and the count of those flags is the count of such cells); so is a cell labelled
       :data:`OTHER_CLASS` by its never-seen score or the nucleus check whose most probable class is one of them (the
-      network took it for a blast: 9 of Kaggle's 800 myeloblasts, up to p 1.00, were referred as `other` alone);
+      network took it for a blast: 9 of Kaggle's 800 myeloblasts, up to p 1.00, were referred as `other` alone), but
+      for one with no whole stained nucleus whose first choice is a nucleated red cell (:data:`NOT_WHITE_CELLS`): a red
+      cell, a blank picture (it filled the haematologist's queue; a clinical review);
     * labelled :data:`OTHER_CLASS` (its most probable class, its never-seen score passed the
       model's threshold, or it holds no stained nucleus: :meth:`Classifier.prediction`): :data:`FLAG_OTHER`
       (a person decides what it is);
@@ -431,7 +440,9 @@ def triage(prediction: Prediction, threshold: float = DEFAULT_THRESHOLD) -> str:
     """
     threshold = check_number("threshold", threshold, 0, 1)  # nan passed every comparison: never uncertain (a review)
     if prediction.label == OTHER_CLASS:
-        return FLAG_REVIEW if first_choice(prediction) in REVIEW_CLASSES else FLAG_OTHER
+        first = first_choice(prediction)
+        red_cell = first in NOT_WHITE_CELLS and has_no_nucleus(prediction.other_reason)  # a nucleated red cell has a nucleus
+        return FLAG_REVIEW if first in REVIEW_CLASSES and not red_cell else FLAG_OTHER
     if prediction.label in REVIEW_CLASSES:
         return FLAG_REVIEW
     if prediction.confidence < threshold or prediction.nucleus_offset == NO_COLOUR:

@@ -65,7 +65,7 @@ from firmware_host.metadata import report_head
 from firmware_host.paths import OTHER_CLASS, label_for, left_out, path_list
 from firmware_host.preprocess import MAX_PIXELS, decode_rgb, read_bytes, rgb_array, warnings_about
 from firmware_host.report import class_rgb
-from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, label_text
+from firmware_host.runtime import DEFAULT_THRESHOLD, LabChecks, has_no_nucleus, is_possible_blast, label_text
 
 FIELD_WORKER_MB = (73.0, 6.75)
 """Memory a worker process scanning fields takes at its peak, in MB: the first number and the second per megapixel of
@@ -205,6 +205,7 @@ def classify_cells(clf, rgb: np.ndarray, cells: Sequence[Cell], threshold: float
                 "label": pred.label,
                 "confidence": float(pred.confidence),
                 "flag": triage(pred, threshold),
+                "possible_blast": is_possible_blast(pred.label, pred.top3),
                 "edge": bool(c.edge),
                 **pred.other_fields(),
                 "top3": [{"label": lab, "prob": float(p)} for lab, p in pred.top3],
@@ -347,7 +348,8 @@ class ScanSummary:
             ``n_review_other`` of them).
         n_uncertain: cells flagged as uncertain.
         n_blasts: possible blasts, edge cells too (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``,
-            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`; ``n_blast_files`` in all).
+            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`; ``n_blast_files`` in all);
+            ``n_blasts_edge`` of them cut by a border, ``n_blasts_in_other`` counted in ``other``.
         n_no_nucleus: counted cells labelled ``other`` with no whole stained nucleus (not white cells).
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
@@ -376,6 +378,8 @@ class ScanSummary:
     n_blasts: int = 0
     blast_files: list[str] = field(default_factory=list)
     n_blast_files: int = 0
+    n_blasts_in_other: int = 0
+    n_blasts_edge: int = 0
     n_no_nucleus: int = 0
     failed: list[dict] = field(default_factory=list)
     locate_ms: float = 0.0
@@ -414,10 +418,12 @@ class ScanSummary:
             tally_flag(self, c, res.file)
             if c["edge"]:
                 self.n_edge += 1
+                self.n_blasts_edge += is_possible_blast(c["label"], c["top3"])
                 self.n_flagged_edge += bool(c["flag"])
             else:
                 self.predicted[c["label"]] = self.predicted.get(c["label"], 0) + 1
                 self.n_no_nucleus += c["label"] == OTHER_CLASS and has_no_nucleus(c.get("other_reason", ""))
+                self.n_blasts_in_other += c["label"] == OTHER_CLASS and is_possible_blast(c["label"], c["top3"])
                 top = c["top3"][0]["prob"]  # the top probability, as classify's lab check reads it
                 self.labs.add(res.file, label_for(res.file, self.classes) is not None, top, c.get("other_score"), has_no_nucleus(c.get("other_reason", "")))
 
@@ -464,7 +470,7 @@ class ScanSummary:
             "edge_cells": self.n_edge,
             "counted_cells": n,
             "threshold": self.threshold,
-            **differential_counts(self.predicted, self.n_no_nucleus),
+            **differential_counts(self.predicted, self.n_no_nucleus, self.n_blasts_in_other),
             "flagged": flagged_counts(self),
             "flagged_edge_cells": self.n_flagged_edge,  # of the flagged, those cut by a border (not in the differential)
             "locate_ms_per_field": self.locate_ms / self.n_fields if self.n_fields else None,
@@ -499,6 +505,7 @@ def annotate(rgb: np.ndarray, cells: Sequence[dict], classes: Sequence[str]) -> 
         else:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=lw)
         text = f"{number} " + label_text(c["label"], c["confidence"], c.get("other_reason", ""), reason=False) + (" !" if c["flag"] else "")
+        text += " (possible blast)" if c.get("possible_blast") and c["label"] == OTHER_CLASS else ""  # a blast's label says it
         tx, ty = x0 + lw, max(0, y0 - 12) if y0 >= 12 else y0 + lw
         tb = draw.textbbox((tx, ty), text)
         draw.rectangle(tb, fill=colour)
@@ -838,6 +845,7 @@ CSV_COLUMNS = [
     "label",
     "confidence",
     "flag",
+    "possible_blast",
     "edge",
     "other_score",
     "nucleus_offset",
@@ -884,6 +892,7 @@ class CellCsv:
                     "label": c["label"],
                     "confidence": f"{c['confidence']:.6f}",
                     "flag": c["flag"],
+                    "possible_blast": int(c["possible_blast"]),
                     "edge": int(c["edge"]),
                     **other_csv(c),
                     "error": "",

@@ -100,7 +100,7 @@ def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_fir
         assert row in text, text
     notes = differential_notes(counts, 3)
     assert notes[0].startswith("erythroblast: a nucleated red cell, not a white cell") and notes[-1].startswith("Only 8 white cells")
-    assert "3 cells labelled other hold no whole stained nucleus" in notes[2]
+    assert "3 cells labelled other with no whole stained nucleus found (usually red cells" in notes[2]
     assert not any(n.startswith("other:") for n in differential_notes({"seg_neutrophil": 6, "other": 3}, 3))  # no other with a nucleus
     assert is_possible_blast("myeloblast", []) and is_possible_blast("other", [("myeloblast", 0.6), ("other", 0.3)])
     assert not is_possible_blast("other", [{"label": "other", "prob": 0.6}, {"label": "myeloblast", "prob": 0.3}])  # taught as other
@@ -134,11 +134,17 @@ def test_the_differential_is_of_the_white_cells_and_a_possible_blast_is_said_fir
     assert summary["per_100_white_cells"]["erythroblast"] == pytest.approx(100 * summary["differential"]["erythroblast"] / white)
     blasts = [x["path"] for x in results if is_possible_blast(x["label"], x["top3"])]
     assert summary["flagged"]["possible_blasts"] == len(blasts) > 0
+    assert [x["possible_blast"] for x in results] == [is_possible_blast(x["label"], x["top3"]) for x in results]
+    in_other = sum(x["possible_blast"] and x["label"] == "other" for x in results)
+    assert summary["possible_blasts_in_other"] == in_other > 0
     lines = r.output.splitlines()
     table = next(k for k, line in enumerate(lines) if line.startswith("Differential count"))
     assert lines[table - 1].startswith(f"possible blast: {len(blasts)} cell") and os.path.relpath(blasts[0], data) in lines[table - 1]
+    assert lines[-1] == lines[table - 1]  # and said again last: the first has scrolled away on a small screen
+    assert f"myeloblast (review) (+{in_other} possible in other)" in r.output  # its row does not read as no blast
+    assert r.output.count("(possible blast)") == in_other  # each such cell marked in the printed results
     assert "│ white cells " in r.output and f"│ {white:>5} │ 100.0 │" in r.output
-    assert f"{bare} cells labelled other hold no whole stained nucleus" in " ".join(r.output.split()) and TRIAGE_NOTE in " ".join(r.output.split())
+    assert f"{bare} cells labelled other with no whole stained nucleus found" in " ".join(r.output.split()) and TRIAGE_NOTE in " ".join(r.output.split())
 
 
 def test_bad_files_among_good_ones_exit_1(models, data, tmp_path):

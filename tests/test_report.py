@@ -222,7 +222,9 @@ def test_possible_blasts_are_said_first_and_shown_first(tmp_path):
     banner = re.search(r'<p class="alert" role="alert" id="possible-blasts">(.*?)</p>', text).group(1)
     assert f"Possible blast: {blasts + 1} cells</strong>" in banner and "1 of them sent to other" in banner
     assert text.index('id="possible-blasts"') < text.index('id="count"') < text.index('id="cells"')
-    assert re.findall(r'<section class="group" data-class="([^"]+)"', text)[:2] == ["myeloblast", "erythroblast"]
+    # the groups holding a possible blast (other holds one here), then the other review class
+    assert re.findall(r'<section class="group" data-class="([^"]+)"', text)[:3] == ["myeloblast", "other", "erythroblast"]
+    assert text.count('<span class="tag blast">possible blast</span>') == blasts + 1
     other = text.split('<section class="group" data-class="other">', 1)[1].split("</section>", 1)[0]
     assert other.index("sent.jpg") < other.index("ery.jpg")  # within a class, the possible blast first
     assert text.count('class="tag flag urgent"') == sum(c[3] == FLAG_REVIEW for c in cells) + 2
@@ -252,7 +254,7 @@ def test_the_differential_is_of_the_white_cells(tmp_path):
     )
     assert neutrophils in text
     assert re.search(r'<tr data-class="other">.*?<td class="num">2</td><td class="num">25.0</td>', text)
-    assert re.search(r'<tr id="no-nucleus">.*?no stained nucleus \(not counted\)</th><td class="num">3</td>', text)
+    assert re.search(r'<tr id="no-nucleus">.*?not a white cell \(no stained nucleus found, or named platelet\): not counted</th><td class="num">3</td>', text)
     counts = {"basophil": 0, "erythroblast": 2, "monocyte": 0, "myeloblast": 0, "seg_neutrophil": 6, "other": 5}
     for note in differential_notes(counts, 3):  # one set of notes, the console's and the page's
         assert html.escape(note) in text, note
@@ -293,7 +295,11 @@ def test_a_cell_without_a_nucleus_corrected_joins_the_white_cells_in_chromium(tm
         tab.click('button.cls[data-i="3"]')
         tab.click('.menu button.pick[data-class="seg_neutrophil"]')
         assert (white.inner_text(), bare.inner_text(), ery.inner_text()) == ("3", "0", "33.3")
-        assert tab.locator('svg.bars g[data-class="erythroblast"] text.n').text_content() == "1 (33 per 100 white cells)"
+        assert tab.locator('svg.bars g[data-class="erythroblast"] text.n').text_content() == "1 (33.3 per 100 white cells)"
+        # a cell a person names platelet is not a white cell either (a clinical review: it stayed among them)
+        tab.click('button.cls[data-i="0"]')
+        tab.click('.menu button.pick[data-class="platelet"]')
+        assert (white.inner_text(), bare.inner_text(), ery.inner_text()) == ("2", "1", "50.0")
         assert problems == []
 
 
@@ -369,7 +375,7 @@ def test_page_in_headless_chromium(tmp_path):
         assert int(white.inner_text()) == len(cells) - 1 and int(ery.locator("td.after").inner_text()) == 1
         assert ery.locator("td.pct-after").inner_text() == f"{100 / (len(cells) - 1):.1f}"
         assert row.locator("td.pct-after").inner_text() == f"{100 * (expected[OTHER] + 1) / (len(cells) - 1):.1f}"
-        assert page.locator('svg.bars g[data-class="erythroblast"] text.n').text_content() == f"1 ({round(100 / (len(cells) - 1))} per 100 white cells)"
+        assert page.locator('svg.bars g[data-class="erythroblast"] text.n').text_content() == f"1 ({100 / (len(cells) - 1):.1f} per 100 white cells)"
         page.click(f'button.cls[data-i="{i}"]')
         page.click(f'.menu button.pick[data-class="{cells[i][1]}"]')  # back
         assert int(white.inner_text()) == len(cells) and int(ery.locator("td.after").inner_text()) == 0

@@ -440,6 +440,14 @@ def test_triage_flags():
     assert triage(as_other("erythroblast", 0.4), 0.7) == FLAG_REVIEW
     assert triage(as_other("monocyte", 0.97), 0.7) == FLAG_OTHER
     assert triage(as_other("other", 0.9), 0.7) == FLAG_OTHER  # other by its own class
+    # no whole stained nucleus and an erythroblast first: a red cell or a blank picture, not for the haematologist (it
+    # filled their queue; a clinical review); a myeloblast first still goes (a blast whose nucleus the frame cuts)
+    from firmware_host.runtime import OTHER_BY_NUCLEUS, OTHER_BY_SCORE
+
+    for first, flag in (("erythroblast", FLAG_OTHER), ("myeloblast", FLAG_REVIEW)):
+        bare = as_other(first, 0.7)
+        bare.other_reason = f"{OTHER_BY_SCORE}; {OTHER_BY_NUCLEUS}"
+        assert triage(bare, 0.7) == flag, first
     # an image with no colour (a monochrome camera): a person looks, however sure the model is (a review found grey
     # monocytes named basophil with 0.78, unflagged)
     from firmware_host.preprocess import NO_COLOUR

@@ -12,7 +12,7 @@ from rich.table import Table
 from edgecell.console import shown, warn
 from firmware_host.classify import MANY, ClassifyJob, ClassifyOptions, ClassifySummary, alternatives, blasts_line, model_notes, review_note
 from firmware_host.paths import OTHER_CLASS
-from firmware_host.runtime import REVIEW_CLASSES, TRIAGE_NOTE, differential_notes, differential_shares, label_text, prob_text, shown_reason
+from firmware_host.runtime import BLAST_CLASSES, REVIEW_CLASSES, TRIAGE_NOTE, differential_notes, differential_shares, label_text, prob_text, shown_reason
 
 
 def print_warnings(err, job: ClassifyJob) -> None:
@@ -90,11 +90,12 @@ def run_job(job, items: str, work: str, description: str, error_of: Callable[[An
     return con, err
 
 
-def differential_table(title: str, counts: dict[str, int], no_nucleus: int = 0) -> Table:
+def differential_table(title: str, counts: dict[str, int], no_nucleus: int = 0, blasts_in_other: int = 0) -> Table:
     """The differential count as a laboratory reads it (:func:`firmware_host.runtime.differential_shares`): each
     white-cell class's count and share of the white cells (``other`` among them, less its cells with no stained
     nucleus), their total, then each class that is not a white cell per 100 white cells, and the cells left out for
-    want of a nucleus; review classes marked."""
+    want of a nucleus; review classes marked, and the first blast class's row says how many possible blasts ``other``
+    holds (``blasts_in_other``: without it, a slide whose one blast the model sent to other read "myeloblast 0")."""
     shares = differential_shares(counts, no_nucleus)
     n = shares["white_cells"]
     diff = Table(title=title, title_justify="left")
@@ -105,8 +106,10 @@ def differential_table(title: str, counts: dict[str, int], no_nucleus: int = 0) 
     def mark(c: str) -> str:
         return " [red](review)[/red]" if c in REVIEW_CLASSES else ""
 
+    first_blast = next((c for c in shares["pct"] if c in BLAST_CLASSES), None)
     for c, pct in shares["pct"].items():
-        diff.add_row(shown(c) + mark(c), str(shares["white"][c]), "-" if pct is None else f"{pct:.1f}")
+        also = f" [bold red](+{blasts_in_other} possible in {OTHER_CLASS})[/bold red]" if c == first_blast and blasts_in_other else ""
+        diff.add_row(shown(c) + mark(c) + also, str(shares["white"][c]), "-" if pct is None else f"{pct:.1f}")
     diff.add_row("[bold]white cells[/bold]", f"[bold]{n}[/bold]", "100.0" if n else "-")
     for c, per in shares["per_100_white_cells"].items():
         diff.add_row(f"{shown(c)}{mark(c)}, per 100 white cells", str(counts[c]), "-" if per is None else f"{per:.1f}")
@@ -115,12 +118,12 @@ def differential_table(title: str, counts: dict[str, int], no_nucleus: int = 0) 
     return diff
 
 
-def print_differential(con, title: str, counts: dict[str, int], blasts: str | None, no_nucleus: int = 0) -> None:
+def print_differential(con, title: str, counts: dict[str, int], blasts: str | None, no_nucleus: int = 0, blasts_in_other: int = 0) -> None:
     """The possible-blast line (:func:`firmware_host.classify.blasts_line`), the differential table and its notes
     (:func:`firmware_host.runtime.differential_notes`; classify's and scan's)."""
     if blasts:
         con.print(f"[bold red]{shown(blasts)}[/bold red]", soft_wrap=True, highlight=False)
-    con.print(differential_table(title, counts, no_nucleus))
+    con.print(differential_table(title, counts, no_nucleus, blasts_in_other))
     for note in differential_notes(counts, no_nucleus):
         con.print(f"[dim]{shown(note)}[/dim]", soft_wrap=True, highlight=False)
 
@@ -165,6 +168,7 @@ def print_lab_warnings(err, lab_warning: str | None, folder_warnings) -> None:
 def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
     """The results table, differential count, flags, latency and (with folder labels) the metrics."""
     metrics, latency = s.metrics(), s.latency()
+    blasts = None
     n_ok = s.n_classified
     print_lab_warnings(err, s.lab_warning, s.folder_lab_warnings)
     rows = s.first_rows
@@ -213,7 +217,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
 
     if n_ok:
         named = [shown(os.path.relpath(f, s.root) if s.root else f) for f in s.blast_files]
-        print_differential(con, "Differential count", s.differential, blasts_line(s.n_blasts, named, s.n_blast_files), s.n_no_nucleus)
+        blasts = blasts_line(s.n_blasts, named, s.n_blast_files)
+        print_differential(con, "Differential count", s.differential, blasts, s.n_no_nucleus, s.n_blasts_in_other)
         con.print(
             f"Flagged: [bold]{s.n_flagged}[/bold] of {n_ok} - {s.n_review} for haematologist review"
             f"{review_note(s.n_review_other)}, {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), "
@@ -229,6 +234,8 @@ def print_summary(con, err, s: ClassifySummary, opts: ClassifyOptions) -> None:
         )
     if metrics:
         _print_metrics(con, metrics, s.classes)
+    if n_ok and blasts:  # said again last: the line before the table has scrolled away on a small screen (a review)
+        con.print(f"[bold red]{shown(blasts)}[/bold red]", soft_wrap=True, highlight=False)
     if s.failed:
         err.print(
             f"[red]{len(s.failed)} of {s.n_inputs} inputs could not be classified[/red] (listed above); {n_ok} classified.",
@@ -251,6 +258,7 @@ def _print_lines(con, s: ClassifySummary, rows: list[dict], title: str) -> None:
         top = ", ".join(f"{shown(t['label'])} {prob_text(t['prob'])}" for t in alternatives(r))
         ok = "" if r["true_label"] is None else ("  [green]ok[/green]" if r["correct"] else f"  [red]wrong (folder: {shown(r['true_label'])})[/red]")
         flag = f"  {_flag_markup(r['flag'])}" if r["flag"] else ""
+        flag += POSSIBLE_BLAST_MARK if r.get("possible_blast") and r["label"] not in BLAST_CLASSES else ""
         con.print(
             f"{name}: {shown(label_text(r['label'], r['confidence'], r.get('other_reason', '')))}{flag}{ok}" + (f"  (then {top})" if top else ""),
             soft_wrap=True,
@@ -261,7 +269,12 @@ def _predicted(r: dict) -> str:
     """The table's label: for a cell labelled ``other`` by its never-seen score or the nucleus check, with why (its
     probability of ``other``, beside it, is then low: "other 0.04" read as 4 % sure; a review)."""
     why = shown_reason(r["label"], r.get("other_reason", ""))
-    return f"{r['label']} ({why})" if why else r["label"]
+    blast = POSSIBLE_BLAST_MARK if r.get("possible_blast") and r["label"] not in BLAST_CLASSES else ""
+    return (f"{r['label']} ({why})" if why else r["label"]) + blast
+
+
+POSSIBLE_BLAST_MARK = " [bold red](possible blast)[/bold red]"
+"""Beside a cell labelled ``other`` that the model took for a blast (its label does not say it), in the printed results."""
 
 
 def _print_metrics(con, metrics: dict, classes) -> None:

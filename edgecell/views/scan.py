@@ -47,11 +47,11 @@ def print_summary(con, err, s: ScanSummary) -> None:
             table.add_row(shown(file), str(len(cells)), shown(found) or "[dim]no white cell[/dim]")
         con.print(table)
     d = s.to_dict()
+    blasts = blasts_line(s.n_blasts, [shown(f) for f in s.blast_files], s.n_blast_files, what="field", edge=s.n_blasts_edge)
     if s.n_cells:
-        blasts = blasts_line(s.n_blasts, [shown(f) for f in s.blast_files], s.n_blast_files, what="field")
-        print_differential(con, "Differential count (cells cut by a field's border left out)", s.predicted, blasts, s.n_no_nucleus)
+        print_differential(con, "Differential count (cells cut by a field's border left out)", s.predicted, blasts, s.n_no_nucleus, s.n_blasts_in_other)
     con.print(
-        f"{s.n_fields} fields scanned, {s.n_cells} white cells found ({s.n_edge} cut by the border), "
+        f"{s.n_fields} fields scanned, {s.n_cells} cells found ({s.n_edge} cut by the border), "
         f"{s.n_empty} without one{noted_text(s.n_empty, s.n_empty_noted)}. Flagged: [bold]{s.n_flagged}[/bold]{edge_flagged_text(s.n_flagged_edge)} - {s.n_review} for haematologist review"
         f"{review_note(s.n_review_other)}, {s.n_uncertain} uncertain (confidence < {s.threshold:.2f}), {s.n_other} not one of the five."
         + (f" {TRIAGE_NOTE}" if s.n_cells else ""),
@@ -71,5 +71,7 @@ def print_summary(con, err, s: ScanSummary) -> None:
             f"Locating {loc:.1f} ms per field" + (f", classifying {cls:.1f} ms per cell" if cls is not None else "") + f"; {s.wall_s:.2f} s in all.",
             soft_wrap=True,
         )
+    if blasts:  # said again last: the line before the table has scrolled away on a small screen (a review)
+        con.print(f"[bold red]{shown(blasts)}[/bold red]", soft_wrap=True, highlight=False)
     if s.n_failed:
         err.print(f"[red]{s.n_failed} input(s) could not be scanned[/red] (listed above).", soft_wrap=True)
