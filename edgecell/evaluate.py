@@ -335,15 +335,24 @@ def by_source(
 
 
 def blast_report(
-    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], pred: np.ndarray, sources: Sequence[str], threshold: float, offsets: np.ndarray | None = None
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    pred: np.ndarray,
+    sources: Sequence[str],
+    threshold: float,
+    offsets: np.ndarray | None = None,
+    nucleus_max: float | None = None,
 ) -> dict:
     """What happens to the blasts of a labelled set (cells of :data:`~firmware_host.runtime.BLAST_CLASSES`), as
     ``classify`` would give them, from calibrated ``probs`` and the labels ``pred``: over all sources (``all``) and per
     source (``by_source``), ``n`` blasts; ``possible_blast``, the share said first as a possible blast
     (:func:`~firmware_host.runtime.is_possible_blast`); ``to_haematologist``, flagged for review; ``flagged_otherwise``
     (uncertain, other); ``silent``, no flag at all, and what those were ``called``; and among the other cells
-    (``n_other``), ``false_alarms``, the share said to be a possible blast. Empty for a model without a blast class."""
-    from firmware_host.runtime import BLAST_CLASSES, FLAG_REVIEW, Prediction, is_possible_blast, triage
+    (``n_other``), ``false_alarms``, the share said to be a possible blast. Empty for a model without a blast class.
+    ``offsets`` and ``nucleus_max``: the nucleus check, which :func:`~firmware_host.runtime.triage` reads too."""
+    from firmware_host.preprocess import no_nucleus
+    from firmware_host.runtime import BLAST_CLASSES, FLAG_REVIEW, OTHER_BY_NUCLEUS, Prediction, is_possible_blast, triage
 
     blast = np.isin(np.asarray(y), [k for k, c in enumerate(classes) if c in BLAST_CLASSES])
     if not any(c in BLAST_CLASSES for c in classes):
@@ -352,7 +361,9 @@ def blast_report(
     flags, possible = [], []
     for i, k in enumerate(pred):
         top3 = [(classes[j], float(probs[i, j])) for j in np.argsort(-probs[i], kind="stable")[:3]]
-        flags.append(triage(Prediction("", classes[k], float(probs[i, k]), top3, probs[i], nucleus_offset=float(offset[i])), threshold))
+        bare = nucleus_max is not None and no_nucleus(float(offset[i]), nucleus_max)
+        p = Prediction("", classes[k], float(probs[i, k]), top3, probs[i], nucleus_offset=float(offset[i]), other_reason=OTHER_BY_NUCLEUS if bare else "")
+        flags.append(triage(p, threshold))
         possible.append(is_possible_blast(classes[k], top3))
     flags, possible, src = np.array(flags, dtype=object), np.array(possible, dtype=bool), np.array(sources, dtype=object)
 
@@ -729,7 +740,7 @@ def evaluate(
     cal = apply_temperature(probs, target.temperature)
     m["sources"] = by_source(y, cal, target.classes, sp.sources, sp.types, DEFAULT_THRESHOLD, scores, thr, sp.offsets, nucleus_max, target.lab_check)
     m["other"] = other_report(y, cal, scores, thr, target.classes, sp.sources, sp.types, offsets=sp.offsets, nucleus_max=nucleus_max)
-    m["blasts"] = blast_report(y, cal, target.classes, decided, sp.sources, DEFAULT_THRESHOLD, sp.offsets)
+    m["blasts"] = blast_report(y, cal, target.classes, decided, sp.sources, DEFAULT_THRESHOLD, sp.offsets, nucleus_max)
     m.update(
         {
             "split": split,

@@ -489,6 +489,12 @@ def test_the_blasts_fate_is_reported():
         "20.0% counted without a flag (monocyte 1); 50.0% of the other 2 cells were said to be possible blasts"
     )
     assert blast_report(y, probs[:, [0, 1, 2, 4]], ["basophil", "erythroblast", "monocyte", "other"], pred * 0, ["lab"] * 7, 0.7) == {}
+    # read with the nucleus check, as triage reads it: a blast sent to other for want of a nucleus, with an erythroblast
+    # first, is referred as other, not sent to the haematologist
+    bare = np.array([[0.0, 0.7, 0.0, 0.2, 0.1]])
+    offsets = np.array([80.0])
+    assert blast_report(np.array([3]), bare, classes, np.array([4]), ["lab"], 0.7, offsets, 40.0)["all"]["flagged_otherwise"] == 1.0
+    assert blast_report(np.array([3]), bare, classes, np.array([4]), ["lab"], 0.7, offsets)["all"]["to_haematologist"] == 1.0
 
 
 def test_by_source_says_which_source_the_lab_check_would_warn_on():
