@@ -88,8 +88,38 @@ class ClassifyOptions:
     other_threshold: float | None = None
 
 
+@dataclass(kw_only=True)
+class FlagTally:
+    """What classify's and scan's summaries count of the flags and the possible blasts (:func:`tally_flag`).
+
+    Attributes:
+        n_review: cells flagged for the haematologist: predictions of a review class (myeloblast, erythroblast), and
+            ``other`` cells whose first choice was one (``n_review_other`` of them).
+        n_uncertain: cells flagged as uncertain; ``n_other``, as not one of the five.
+        n_blasts: possible blasts (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``, the first
+            :data:`BLASTS_NAMED` of their images or fields (``n_blast_files`` in all); ``n_blasts_in_other``, those
+            counted in the differential as ``other``.
+        n_no_nucleus: cells counted as ``other`` with no whole stained nucleus (not white cells: the differential
+            leaves them out).
+    """
+
+    n_review: int = 0
+    n_review_other: int = 0
+    n_uncertain: int = 0
+    n_other: int = 0
+    n_blasts: int = 0
+    blast_files: list[str] = field(default_factory=list)
+    n_blast_files: int = 0
+    n_blasts_in_other: int = 0
+    n_no_nucleus: int = 0
+
+    @property
+    def n_flagged(self) -> int:
+        return self.n_review + self.n_uncertain + self.n_other
+
+
 @dataclass
-class ClassifySummary:
+class ClassifySummary(FlagTally):
     """What a classify run keeps while the images stream past: counts, not per-image results.
 
     Every per-image result goes straight to --csv / --json; memory held here grows by 8 bytes
@@ -102,14 +132,7 @@ class ClassifySummary:
         n_inputs: inputs given, after expanding folders and globs (images plus path errors).
         n_images: image files found.
         n_classified: images classified.
-        predicted: images predicted as each class (the differential count).
-        n_review: cells flagged for the haematologist: predictions of a review class (myeloblast, erythroblast), and
-            ``other`` cells whose first choice was one (``n_review_other`` of them).
-        n_uncertain: predictions below ``threshold``.
-        n_blasts: possible blasts (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``, the first
-            :data:`BLASTS_NAMED` of their images (``n_blast_files`` in all); ``n_blasts_in_other``, those labelled ``other``.
-        n_no_nucleus: cells labelled ``other`` with no whole stained nucleus (not white cells: the differential leaves
-            them out).
+        predicted: images predicted as each class (the differential count); the flags: :class:`FlagTally`.
         confusion: ``confusion[i][j]`` = images in a folder named ``classes[i]`` predicted as ``classes[j]``.
         n_unlabelled: classified images that are not in a folder named after a class.
         preprocess_ms: per-image decode-and-resize time, float32, in input order.
@@ -130,15 +153,6 @@ class ClassifySummary:
     n_images: int = 0
     n_classified: int = 0
     predicted: list[int] = field(default_factory=list)
-    n_review: int = 0
-    n_review_other: int = 0
-    n_uncertain: int = 0
-    n_other: int = 0
-    n_blasts: int = 0
-    blast_files: list[str] = field(default_factory=list)
-    n_blast_files: int = 0
-    n_blasts_in_other: int = 0
-    n_no_nucleus: int = 0
     confusion: list[list[int]] = field(default_factory=list)
     n_unlabelled: int = 0
     preprocess_ms: array = field(default_factory=lambda: array("f"))
@@ -205,10 +219,6 @@ class ClassifySummary:
     def root(self) -> str:
         """The folder all classified images share (shown once under the table), or ""."""
         return "" if self._root in (None, "", os.sep) else self._root
-
-    @property
-    def n_flagged(self) -> int:
-        return self.n_review + self.n_uncertain + self.n_other
 
     @property
     def n_labelled(self) -> int:
@@ -555,8 +565,8 @@ BLASTS_NAMED = 10
 """A summary names the images of this many possible blasts (each result in the JSON and CSV has its label and flag)."""
 
 
-def tally_flag(summary, result: dict, name: str) -> None:
-    """Count one result's flag in a summary (:class:`ClassifySummary` or :class:`firmware_host.scan.ScanSummary`):
+def tally_flag(summary: FlagTally, result: dict, name: str) -> None:
+    """Count one result's flag in a summary (:class:`FlagTally`: classify's and scan's):
     ``n_review`` (and ``n_review_other``, those labelled ``other``), ``n_uncertain``, ``n_other``; and whether it is a
     possible blast (``n_blasts``; ``name``, its image's or field's, counted once in ``n_blast_files`` and named in
     ``blast_files`` while there are fewer than :data:`BLASTS_NAMED`)."""

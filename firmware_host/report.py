@@ -71,6 +71,7 @@ from firmware_host.runtime import (
     differential_notes,
     differential_shares,
     has_no_nucleus,
+    is_possible_blast,
     label_text,
     prob_text,
 )
@@ -196,19 +197,12 @@ class _Cell:
     nearest: tuple[str, float] | None = None  # an ``other`` cell: the class the model gave it most probability
     edge: bool = False  # scan: cut by its field's border, so not counted in the differential (as scan's summary)
     sha256: str = ""  # the first SHA_SHOWN hex digits of the file's (a scan cell's: its field's) SHA-256; "" unknown
+    possible_blast: bool = False  # runtime.is_possible_blast, from the model's top3
 
 
 def _no_nucleus(c: _Cell) -> bool:
     """Whether a cell is ``other`` for want of a whole stained nucleus (not a white cell: the differential leaves it out)."""
     return c.label == OTHER and has_no_nucleus(c.why)
-
-
-def _possible_blast(c: _Cell) -> bool:
-    """:func:`firmware_host.runtime.is_possible_blast` for a cell of the page: a blast class, or ``other`` for the
-    haematologist with a blast class as the model's first choice (``nearest``)."""
-    if c.label in BLAST_CLASSES:
-        return True
-    return c.label == OTHER and c.flag == FLAG_REVIEW and c.nearest is not None and c.nearest[0] in BLAST_CLASSES
 
 
 @dataclass
@@ -344,9 +338,11 @@ class ReportWriter:
         edge: bool = False,
         nearest: tuple[str, float] | None = None,
         sha256: str = "",
+        top3: Sequence = (),
     ) -> int:
         """Add one classified cell; ``thumbnail`` is JPEG bytes (:func:`thumbnail_jpeg`) or None; ``sha256``: the file's
-        :func:`short_sha` (a scan cell's: its field's), which the corrections CSV carries.
+        :func:`short_sha` (a scan cell's: its field's), which the corrections CSV carries; ``top3``: the model's three
+        most probable classes, from which it is a possible blast or not (:func:`firmware_host.runtime.is_possible_blast`).
 
         In scan mode ``field`` is the index :meth:`add_field` returned and ``box`` the cell's box in
         that field. ``why``: why the cell is ``other`` (shown beside its flag). ``edge``: the cell is cut by its
@@ -356,7 +352,22 @@ class ReportWriter:
         i = len(self.cells)
         ref = self._store(thumbnail) if thumbnail else None
         self.cells.append(
-            _Cell(i, page_text(os.fspath(file)), str(label), float(confidence), flag or "", true_label, ref, field, box, why or "", nearest, bool(edge), sha256)
+            _Cell(
+                i,
+                page_text(os.fspath(file)),
+                str(label),
+                float(confidence),
+                flag or "",
+                true_label,
+                ref,
+                field,
+                box,
+                why or "",
+                nearest,
+                bool(edge),
+                sha256,
+                is_possible_blast(str(label), top3),
+            )
         )
         if field is not None:
             self.fields[field].cells.append(i)
@@ -374,6 +385,7 @@ class ReportWriter:
             why=row.get("other_reason", ""),
             nearest=nearest_class(row),
             sha256=sha256,
+            top3=row.get("top3", ()),
         )
 
     def add_field(self, file: str | os.PathLike, image: np.ndarray, note: str | None = None) -> int:
@@ -459,7 +471,7 @@ class ReportWriter:
         out = [f'<header>\n<h1>{_e(title)}</h1>\n<p class="note" id="triage">{_e(TRIAGE_NOTE)}</p>\n<dl class="facts">']
         out += [f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts]
         out.append("</dl>")
-        blasts = [c for c in self.cells if _possible_blast(c)]
+        blasts = [c for c in self.cells if c.possible_blast]
         if blasts:
             n = len(blasts)
             kinds = " or ".join(sorted(BLAST_CLASSES))
@@ -511,7 +523,7 @@ class ReportWriter:
         n, white = shares["white_cells"], shares["white"]
         review = set(self.header.review_classes)
 
-        in_other = sum(_possible_blast(c) and c.label == OTHER for c in counted)
+        in_other = sum(c.possible_blast and c.label == OTHER for c in counted)
         first_blast = next((c for c in choices if c in BLAST_CLASSES), None)
 
         def row(k: int, c: str, count: int, what: str = "") -> str:
@@ -639,11 +651,11 @@ class ReportWriter:
         # what a haematologist must see first: the blast classes, the other review classes, other when it holds a cell
         # for the haematologist (sent there with a review class as the model's first choice), then the rest
         for_review = {cls for cls, members in groups.items() if any(c.flag == FLAG_REVIEW for c in members)}
-        with_blast = {cls for cls, members in groups.items() if any(_possible_blast(c) for c in members)}
+        with_blast = {cls for cls, members in groups.items() if any(c.possible_blast for c in members)}
         order = sorted(groups, key=lambda c: (c not in with_blast, c not in BLAST_CLASSES, c not in review, c not in for_review))
         for cls in order:
             k = colour.get(cls, len(choices))
-            members = sorted(groups[cls], key=lambda c: (not _possible_blast(c), c.flag != FLAG_REVIEW, not _flagged(c), c.confidence, c.index))
+            members = sorted(groups[cls], key=lambda c: (not c.possible_blast, c.flag != FLAG_REVIEW, not _flagged(c), c.confidence, c.index))
             n_flag = sum(_flagged(c) for c in members)
             flagged_note = f", {n_flag} flagged" if n_flag else ""
             yield (
@@ -663,7 +675,7 @@ class ReportWriter:
         name = _rel(c.file, root)
         classes = ["cell"]
         tags = []
-        if _possible_blast(c):
+        if c.possible_blast:
             classes.append("blast")
             tags.append('<span class="tag blast">possible blast</span>')
         if _flagged(c):

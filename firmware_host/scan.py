@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from firmware_host.atomic import csv_dict_writer, staged_dir, write_bytes
-from firmware_host.classify import differential_counts, flagged_counts, other_csv, tally_flag, write_lab_warnings
+from firmware_host.classify import FlagTally, differential_counts, flagged_counts, other_csv, tally_flag, write_lab_warnings
 from firmware_host.decode import _process_pool, default_workers, ordered_chunks, use_processes
 from firmware_host.errors import ImageError, ImageWarning
 from firmware_host.locate import (
@@ -330,7 +330,7 @@ def scan_many(
 
 
 @dataclass
-class ScanSummary:
+class ScanSummary(FlagTally):
     """Counts over a scan run (no per-field results are kept).
 
     Attributes:
@@ -343,14 +343,9 @@ class ScanSummary:
         n_cells: cells found, edge cells included.
         n_edge: cells cut by a field's border (not in the differential count); ``n_flagged_edge`` of them flagged (in the
             flagged counts: a possible blast at a field's edge is still for review).
-        predicted: non-edge cells predicted as each class (the differential count).
-        n_review: cells flagged for a haematologist (review classes; and ``other`` cells whose first choice was one,
-            ``n_review_other`` of them).
-        n_uncertain: cells flagged as uncertain.
-        n_blasts: possible blasts, edge cells too (:func:`firmware_host.runtime.is_possible_blast`); ``blast_files``,
-            the first fields that hold one (:data:`firmware_host.classify.BLASTS_NAMED`; ``n_blast_files`` in all);
-            ``n_blasts_edge`` of them cut by a border, ``n_blasts_in_other`` counted in ``other``.
-        n_no_nucleus: counted cells labelled ``other`` with no whole stained nucleus (not white cells).
+        predicted: non-edge cells predicted as each class (the differential count); the flags and possible blasts
+            (:class:`~firmware_host.classify.FlagTally`) count edge cells too, but for ``n_blasts_in_other`` and
+            ``n_no_nucleus``; ``n_blasts_edge``: possible blasts cut by a border.
         failed: ``{"file", "error"}`` per field that could not be read, in order.
         locate_ms: total time spent locating cells; ``classify_ms`` classifying them.
         first_fields: ``(file, cells)`` of the first :data:`FIRST_FIELDS` fields scanned.
@@ -371,16 +366,7 @@ class ScanSummary:
     n_edge: int = 0
     n_flagged_edge: int = 0
     predicted: dict[str, int] = field(default_factory=dict)
-    n_review: int = 0
-    n_review_other: int = 0
-    n_uncertain: int = 0
-    n_other: int = 0
-    n_blasts: int = 0
-    blast_files: list[str] = field(default_factory=list)
-    n_blast_files: int = 0
-    n_blasts_in_other: int = 0
     n_blasts_edge: int = 0
-    n_no_nucleus: int = 0
     failed: list[dict] = field(default_factory=list)
     locate_ms: float = 0.0
     classify_ms: float = 0.0
@@ -450,10 +436,6 @@ class ScanSummary:
         if not self.cell_sizes:
             return None
         return {"median": round(statistics.median(self.cell_sizes), 1), "min": round(min(self.cell_sizes), 1), "max": round(max(self.cell_sizes), 1)}
-
-    @property
-    def n_flagged(self) -> int:
-        return self.n_review + self.n_uncertain + self.n_other
 
     @property
     def n_counted(self) -> int:
@@ -811,6 +793,7 @@ class ReportHook:
                 edge=bool(c["edge"]),
                 nearest=self.mod.nearest_class(c),
                 sha256=digest,
+                top3=c["top3"],
             )
 
     def finish(self, summary: ScanSummary) -> None:

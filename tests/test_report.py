@@ -216,8 +216,28 @@ def test_possible_blasts_are_said_first_and_shown_first(tmp_path):
     with ReportWriter(_header(SIX, n_images=len(cells) + 2, review_classes=("erythroblast", "myeloblast"))) as w:
         for k, (f, label, conf, flag, truth) in enumerate(cells):
             w.add_cell(f, label, conf, flag, truth, _thumb(k))
-        w.add_cell("x/sent.jpg", OTHER, 0.2, FLAG_REVIEW, None, _thumb(0), nearest=("myeloblast", 0.7), why="no whole stained nucleus")
-        w.add_cell("x/ery.jpg", OTHER, 0.2, FLAG_REVIEW, None, _thumb(0), nearest=("erythroblast", 0.7), why="no whole stained nucleus")
+        w.add_cell(
+            "x/sent.jpg",
+            OTHER,
+            0.2,
+            FLAG_REVIEW,
+            None,
+            _thumb(0),
+            nearest=("myeloblast", 0.7),
+            why="no whole stained nucleus",
+            top3=[("myeloblast", 0.7), ("other", 0.2)],
+        )
+        w.add_cell(
+            "x/ery.jpg",
+            OTHER,
+            0.2,
+            FLAG_REVIEW,
+            None,
+            _thumb(0),
+            nearest=("erythroblast", 0.7),
+            why="no whole stained nucleus",
+            top3=[("erythroblast", 0.7), ("other", 0.2)],
+        )
         text = w.write(tmp_path / "p.html").read_text(encoding="utf-8")
     banner = re.search(r'<p class="alert" role="alert" id="possible-blasts">(.*?)</p>', text).group(1)
     assert f"Possible blast: {blasts + 1} cells</strong>" in banner and "1 of them sent to other" in banner
